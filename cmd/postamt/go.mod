@@ -1,0 +1,3 @@
+module github.com/postamt/postamt/cmd/postamt
+
+go 1.26

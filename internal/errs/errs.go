@@ -1,0 +1,212 @@
+// Package errs holds the suite's domain errors. Domain packages return them; the gRPC edge turns
+// them into a status with the precise code and details exactly once (see ToStatus), so handlers
+// never choose codes and callers never parse messages.
+package errs
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Kind classifies an error by what the caller should do about it; each kind maps to one gRPC code.
+type Kind int
+
+// The kinds, each with the gRPC code the edge gives it.
+const (
+	// KindInternal is a bug or an unexpected dependency failure: Internal, with no detail leaked.
+	KindInternal Kind = iota
+	// KindInvalid is bad input the caller must fix: InvalidArgument with BadRequest field violations.
+	KindInvalid
+	// KindNotFound is an unknown id, or an id of another tenant: NotFound with ResourceInfo.
+	KindNotFound
+	// KindAlreadyExists is a duplicate create: AlreadyExists with ResourceInfo.
+	KindAlreadyExists
+	// KindPermissionDenied is an authenticated caller without the right: PermissionDenied with ErrorInfo.
+	KindPermissionDenied
+	// KindFailedPrecondition is a request that is valid but not in the current state: FailedPrecondition
+	// with a PreconditionFailure.
+	KindFailedPrecondition
+	// KindAborted is a lost race (a version or lease changed under the caller): Aborted; retry the
+	// read-modify-write.
+	KindAborted
+	// KindResourceExhausted is a limit or quota hit: ResourceExhausted with a QuotaFailure.
+	KindResourceExhausted
+	// KindUnavailable is a dependency that is down for now: Unavailable with RetryInfo.
+	KindUnavailable
+	// KindUnauthenticated is a missing or bad credential: Unauthenticated.
+	KindUnauthenticated
+)
+
+// String names the kind for logs.
+func (k Kind) String() string {
+	switch k {
+	case KindInvalid:
+		return "invalid"
+	case KindNotFound:
+		return "not_found"
+	case KindAlreadyExists:
+		return "already_exists"
+	case KindPermissionDenied:
+		return "permission_denied"
+	case KindFailedPrecondition:
+		return "failed_precondition"
+	case KindAborted:
+		return "aborted"
+	case KindResourceExhausted:
+		return "resource_exhausted"
+	case KindUnavailable:
+		return "unavailable"
+	case KindUnauthenticated:
+		return "unauthenticated"
+	default:
+		return "internal"
+	}
+}
+
+// FieldViolation names one bad request field in the request's own field path (e.g. "to[2]"), so a
+// UI can put the message next to the input.
+type FieldViolation struct {
+	Field       string
+	Description string
+}
+
+// Error is a classified domain error. Its fields feed the gRPC status details; Msg is safe to show
+// to the caller, Cause is only for logs.
+type Error struct {
+	Kind Kind
+	// Msg is the caller-facing message.
+	Msg string
+	// Resource and ID name the entity for NotFound and AlreadyExists.
+	Resource string
+	ID       string
+	// Reason is a stable UPPER_SNAKE machine-readable reason (ErrorInfo / PreconditionFailure type).
+	Reason string
+	// Violations are the bad fields of an invalid request.
+	Violations []FieldViolation
+	// RetryAfter tells an Unavailable or ResourceExhausted caller when to try again.
+	RetryAfter time.Duration
+	// Cause is the underlying error, kept for errors.Is/As and logs; never sent to the caller.
+	Cause error
+}
+
+// Error renders the message with its cause for logs.
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return e.Msg + ": " + e.Cause.Error()
+	}
+	return e.Msg
+}
+
+// Unwrap exposes the cause to errors.Is and errors.As.
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Is lets errors.Is(err, errs.ErrNotFound) and the other kind sentinels match any error of that kind.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	if !ok {
+		return false
+	}
+	return t.Msg == "" && t.Resource == "" && t.Kind == e.Kind
+}
+
+// Sentinels for errors.Is: they match every *Error of their kind.
+var (
+	ErrInvalid            = &Error{Kind: KindInvalid}
+	ErrNotFound           = &Error{Kind: KindNotFound}
+	ErrAlreadyExists      = &Error{Kind: KindAlreadyExists}
+	ErrPermissionDenied   = &Error{Kind: KindPermissionDenied}
+	ErrFailedPrecondition = &Error{Kind: KindFailedPrecondition}
+	ErrAborted            = &Error{Kind: KindAborted}
+	ErrResourceExhausted  = &Error{Kind: KindResourceExhausted}
+	ErrUnavailable        = &Error{Kind: KindUnavailable}
+	ErrUnauthenticated    = &Error{Kind: KindUnauthenticated}
+)
+
+// KindOf reports the kind of err; errors that are not *Error are internal.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return KindInternal
+}
+
+// NotFound says that resource id does not exist for the caller. Use it for ids of other tenants too:
+// their existence is never revealed.
+func NotFound(resource, id string) error {
+	return &Error{Kind: KindNotFound, Resource: resource, ID: id, Msg: fmt.Sprintf("%s %q not found", resource, id)}
+}
+
+// AlreadyExists says that a create collided with an existing resource id.
+func AlreadyExists(resource, id string) error {
+	return &Error{Kind: KindAlreadyExists, Resource: resource, ID: id, Msg: fmt.Sprintf("%s %q already exists", resource, id)}
+}
+
+// PermissionDenied says the caller lacks a right; reason is a stable machine-readable code.
+func PermissionDenied(reason, msg string) error {
+	return &Error{Kind: KindPermissionDenied, Reason: reason, Msg: msg}
+}
+
+// FailedPrecondition says the request does not fit the current state; reason is a stable code.
+func FailedPrecondition(reason, msg string) error {
+	return &Error{Kind: KindFailedPrecondition, Reason: reason, Msg: msg}
+}
+
+// Aborted says a concurrent change won; the caller may re-read and retry.
+func Aborted(reason, msg string) error {
+	return &Error{Kind: KindAborted, Reason: reason, Msg: msg}
+}
+
+// ResourceExhausted says a limit was hit; retryAfter is zero when waiting will not help.
+func ResourceExhausted(reason, msg string, retryAfter time.Duration) error {
+	return &Error{Kind: KindResourceExhausted, Reason: reason, Msg: msg, RetryAfter: retryAfter}
+}
+
+// Unavailable says a dependency is down for now; cause goes to logs only.
+func Unavailable(msg string, retryAfter time.Duration, cause error) error {
+	return &Error{Kind: KindUnavailable, Msg: msg, RetryAfter: retryAfter, Cause: cause}
+}
+
+// Unauthenticated says the credential is missing or bad; msg must not say which check failed in a
+// way that helps an attacker beyond "expired" or "invalid".
+func Unauthenticated(msg string, cause error) error {
+	return &Error{Kind: KindUnauthenticated, Msg: msg, Cause: cause}
+}
+
+// Violations collects the bad fields of one request so the caller learns of all of them at once.
+type Violations []FieldViolation
+
+// Add records that field is bad, with a description the caller can show.
+func (v *Violations) Add(field, description string) {
+	*v = append(*v, FieldViolation{Field: field, Description: description})
+}
+
+// Addf is Add with a formatted description.
+func (v *Violations) Addf(field, format string, args ...any) {
+	v.Add(field, fmt.Sprintf(format, args...))
+}
+
+// Err returns nil when nothing was added, else an InvalidArgument error listing every violation.
+func (v Violations) Err() error {
+	if len(v) == 0 {
+		return nil
+	}
+	fields := make([]string, len(v))
+	for i, f := range v {
+		fields[i] = f.Field
+	}
+	return &Error{
+		Kind:       KindInvalid,
+		Msg:        "invalid request: " + strings.Join(fields, ", "),
+		Violations: append([]FieldViolation(nil), v...),
+	}
+}
+
+// Invalid is a single-field InvalidArgument error.
+func Invalid(field, description string) error {
+	var v Violations
+	v.Add(field, description)
+	return v.Err()
+}

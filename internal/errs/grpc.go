@@ -1,0 +1,89 @@
+package errs
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// ErrorDomain is the ErrorInfo domain of every Postamt error, so clients can tell ours from a proxy's.
+const ErrorDomain = "postamt.dev"
+
+// ToStatus maps err to the gRPC status the caller sees. It is called once, by the server's
+// interceptor; handlers return domain errors unchanged. A status error passes through as it is,
+// context errors keep their meaning, and anything unclassified becomes a bare Internal so no
+// internals leak.
+func ToStatus(err error) *status.Status {
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok {
+		return s
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		switch {
+		case errors.Is(err, context.Canceled):
+			return status.New(codes.Canceled, "request canceled")
+		case errors.Is(err, context.DeadlineExceeded):
+			return status.New(codes.DeadlineExceeded, "deadline exceeded")
+		}
+		return status.New(codes.Internal, "internal error")
+	}
+	var (
+		code    codes.Code
+		details []protoadapt.MessageV1
+	)
+	switch e.Kind {
+	case KindInvalid:
+		code = codes.InvalidArgument
+		br := &errdetails.BadRequest{}
+		for _, v := range e.Violations {
+			br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.Field, Description: v.Description})
+		}
+		details = append(details, br)
+	case KindNotFound:
+		code = codes.NotFound
+		details = append(details, &errdetails.ResourceInfo{ResourceType: e.Resource, ResourceName: e.ID})
+	case KindAlreadyExists:
+		code = codes.AlreadyExists
+		details = append(details, &errdetails.ResourceInfo{ResourceType: e.Resource, ResourceName: e.ID})
+	case KindPermissionDenied:
+		code = codes.PermissionDenied
+		details = append(details, &errdetails.ErrorInfo{Reason: e.Reason, Domain: ErrorDomain})
+	case KindFailedPrecondition:
+		code = codes.FailedPrecondition
+		details = append(details, &errdetails.PreconditionFailure{Violations: []*errdetails.PreconditionFailure_Violation{{Type: e.Reason, Description: e.Msg}}})
+	case KindAborted:
+		code = codes.Aborted
+		details = append(details, &errdetails.ErrorInfo{Reason: e.Reason, Domain: ErrorDomain})
+	case KindResourceExhausted:
+		code = codes.ResourceExhausted
+		details = append(details, &errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: e.Reason, Description: e.Msg}}})
+		if e.RetryAfter > 0 {
+			details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
+		}
+	case KindUnavailable:
+		code = codes.Unavailable
+		if e.RetryAfter > 0 {
+			details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
+		}
+	case KindUnauthenticated:
+		code = codes.Unauthenticated
+	default:
+		return status.New(codes.Internal, "internal error")
+	}
+	s := status.New(code, e.Msg)
+	if len(details) == 0 {
+		return s
+	}
+	if ws, derr := s.WithDetails(details...); derr == nil {
+		return ws
+	}
+	return s
+}

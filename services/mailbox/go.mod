@@ -1,0 +1,3 @@
+module github.com/postamt/postamt/services/mailbox
+
+go 1.26
