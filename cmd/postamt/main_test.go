@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, &out, io.Discard, env(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); got != "postamt dev\n" {
+		t.Errorf("version = %q", got)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	if err := run(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard, env(nil)); err == nil {
+		t.Error("unknown command accepted")
+	}
+	if err := run(context.Background(), []string{"serve", "nosuch"}, io.Discard, io.Discard, env(nil)); err == nil {
+		t.Error("unknown service accepted")
+	}
+}
+
+// TestConfigDocIsCurrent keeps docs/configuration.md in step with the config structs.
+func TestConfigDocIsCurrent(t *testing.T) {
+	want, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := configDoc(); got != string(want) {
+		t.Errorf("docs/configuration.md is out of date; regenerate it with: go run ./cmd/postamt config > docs/configuration.md")
+	}
+}
+
+func TestTokenIsVerifiable(t *testing.T) {
+	const secret = "token-test-secret-token-test-secret!"
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"token", "-tenant", "kanzlei", "-user", "max", "-roles", "admin,operator", "-teams", "t1"},
+		&out, io.Discard, env(map[string]string{"AUTH_HS256_SECRET": secret}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewVerifier(auth.Config{HS256Secret: secret, Audience: "postamt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := v.Verify(strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Tenant != "kanzlei" || p.User != "max" || !p.HasRole("operator") || len(p.Teams) != 1 {
+		t.Errorf("principal = %+v", p)
+	}
+}
+
+// syncBuffer lets the test read what `up` prints while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestUp runs `postamt up` as `make run` does (with the test's own Redis), then follows its printed
+// quick start: the grpcurl list (reflection, no token) and a call with the printed token.
+func TestUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	rs := redistest.Start(t)
+	grpcAddr, opsAddr := freeAddr(t), freeAddr(t)
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"up", "-data", t.TempDir(), "-grpc", grpcAddr, "-ops", opsAddr}, &out, io.Discard,
+			env(map[string]string{"REDIS_URL": rs.URL()}))
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("up: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("up did not stop within 30s of its context ending")
+		}
+	}()
+
+	tokenRE := regexp.MustCompile(`export TOKEN=(\S+)`)
+	var token string
+	deadline := time.Now().Add(60 * time.Second)
+	for token == "" {
+		select {
+		case err := <-done:
+			t.Fatalf("up ended early: %v\n%s", err, out.String())
+		default:
+		}
+		if m := tokenRE.FindStringSubmatch(out.String()); m != nil {
+			token = m[1]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no quick start printed:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "grpcurl -plaintext "+grpcAddr+" list") {
+		t.Errorf("quick start lacks the grpcurl list line:\n%s", out.String())
+	}
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	t.Run("reflection lists the mailbox service", func(t *testing.T) {
+		stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, s := range resp.GetListServicesResponse().GetService() {
+			names = append(names, s.GetName())
+		}
+		if !strings.Contains(fmt.Sprint(names), "postamt.mailbox.v1.MailboxService") {
+			t.Errorf("services = %v", names)
+		}
+	})
+	t.Run("the printed token works", func(t *testing.T) {
+		c := mailboxv1.NewMailboxServiceClient(conn)
+		r, err := c.GetTenant(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), &mailboxv1.GetTenantRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetTenant().GetTenantId() != devTenant {
+			t.Errorf("tenant = %v", r.GetTenant())
+		}
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

@@ -1,0 +1,86 @@
+// Package auth verifies the JWTs every Postamt request carries and mints the ones the suite needs
+// itself (development tokens, service credentials). Every service verifies tokens on its own, so a
+// request that bypasses the gateway is held to the same rules.
+package auth
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+// Principal is who a request acts for: a user of a tenant, or a service working within a tenant.
+type Principal struct {
+	// Tenant scopes every read and write of the request.
+	Tenant string
+	// User is the acting user; empty for service principals.
+	User string
+	// Teams and Roles come from the identity provider.
+	Teams []string
+	Roles []string
+	// Service names the calling service for service credentials ("outbox"); empty for users.
+	Service string
+}
+
+// RoleAdmin is the role that manages a tenant's directory and mailboxes.
+const RoleAdmin = "admin"
+
+// IsAdmin reports whether the principal administers its tenant.
+func (p Principal) IsAdmin() bool { return p.HasRole(RoleAdmin) }
+
+// IsService reports whether the principal is another Postamt service, trusted within its tenant.
+func (p Principal) IsService() bool { return p.Service != "" }
+
+// HasRole reports whether the principal holds role.
+func (p Principal) HasRole(role string) bool { return slices.Contains(p.Roles, role) }
+
+// Config says which keys verify and sign tokens. Fields are read from the environment by the
+// service's config (see internal/config).
+type Config struct {
+	// HS256Secret enables HS256 with a shared secret: for development and tests only.
+	HS256Secret string `env:"AUTH_HS256_SECRET" desc:"shared HS256 secret (development only); empty disables HS256"`
+	// JWKSFile holds the RS256/EdDSA public keys of the identity provider, selected by kid.
+	JWKSFile string `env:"AUTH_JWKS_FILE" desc:"JWKS file with the identity provider's RS256/EdDSA public keys"`
+	// Audience must be in every token's aud claim.
+	Audience string `env:"AUTH_AUDIENCE, default=postamt" desc:"audience every token must name"`
+	// Issuer, when set, must be every token's iss claim.
+	Issuer string `env:"AUTH_ISSUER" desc:"issuer every token must name; empty accepts any"`
+	// SigningKeyFile is a PEM private key (RSA or Ed25519) for minting service tokens in production.
+	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE" desc:"PEM private key (RSA or Ed25519) this service signs service tokens with; its public key must be in the JWKS"`
+	// SigningKeyID is the kid written into tokens signed with SigningKeyFile.
+	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key"`
+	// Leeway tolerates clock skew on exp and nbf.
+	Leeway time.Duration `env:"AUTH_LEEWAY, default=30s" desc:"clock skew tolerated on exp and nbf"`
+}
+
+type ctxKey struct{}
+
+// NewContext returns ctx carrying p.
+func NewContext(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, ctxKey{}, p)
+}
+
+// FromContext returns the principal of the request, if authenticated.
+func FromContext(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(ctxKey{}).(Principal)
+	return p, ok
+}
+
+type tenantKey struct{}
+
+// WithTenant marks ctx as acting within tenant, for service credentials of background work that
+// has no incoming request to take the tenant from.
+func WithTenant(ctx context.Context, tenant string) context.Context {
+	return context.WithValue(ctx, tenantKey{}, tenant)
+}
+
+// tenantOf returns the tenant a service call acts within: WithTenant first, else the principal's.
+func tenantOf(ctx context.Context) string {
+	if t, ok := ctx.Value(tenantKey{}).(string); ok {
+		return t
+	}
+	if p, ok := FromContext(ctx); ok {
+		return p.Tenant
+	}
+	return ""
+}

@@ -1,0 +1,147 @@
+// Package app wires the mailbox service: the domain over its Redis store, the gRPC API, the event
+// relay and the sent-view consumer. cmd/postamt runs it alone (`postamt serve mailbox`) or with
+// the rest of the suite (`postamt up`); the dependencies it shares with other services are passed
+// in, so one process can run them all on one Redis and one NATS connection.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/redisx"
+	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	"github.com/postamt/postamt/services/mailbox/internal/events"
+	"github.com/postamt/postamt/services/mailbox/internal/grpcapi"
+	"github.com/postamt/postamt/services/mailbox/internal/mailbox"
+	"github.com/postamt/postamt/services/mailbox/internal/redisstore"
+)
+
+// Name is the service's name in logs, metrics and service credentials.
+const Name = "mailbox"
+
+// Config is the mailbox service's own configuration; the shared part (addresses, Redis, NATS,
+// auth) is config.Common, read by the caller.
+type Config struct {
+	// RelayBatch is how many events the relay publishes per round.
+	RelayBatch int `env:"MAILBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
+	// RelayClaimIdle is how long an event may stay unacknowledged by a relay before another claims it.
+	RelayClaimIdle time.Duration `env:"MAILBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
+	// SentView turns the EmailSent consumer on; off only for a replica that must not consume.
+	SentView bool `env:"MAILBOX_SENT_VIEW, default=true" desc:"consume the outbox's EmailSent events into the sent view"`
+}
+
+// Validate checks the values no default can fix.
+func (c *Config) Validate() error {
+	var errList []error
+	if c.RelayBatch < 1 || c.RelayBatch > 10000 {
+		errList = append(errList, fmt.Errorf("MAILBOX_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch))
+	}
+	if c.RelayClaimIdle < time.Second {
+		errList = append(errList, fmt.Errorf("MAILBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle))
+	}
+	return errors.Join(errList...)
+}
+
+// Deps are what the mailbox service shares with its process.
+type Deps struct {
+	Logger   *slog.Logger
+	Redis    redis.UniversalClient
+	JS       jetstream.JetStream
+	Verifier *auth.Verifier
+	Metrics  *prometheus.Registry
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Server holds the options of the gRPC server other than what the service sets itself.
+	Server grpcserver.Options
+}
+
+// App is a wired mailbox service.
+type App struct {
+	cfg     Config
+	deps    Deps
+	svc     *mailbox.Service
+	server  *grpcserver.Server
+	relay   *eventbus.Relay
+	handler *grpcapi.Handler
+}
+
+// New wires the service; nothing runs until Run.
+func New(cfg Config, deps Deps) (*App, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	store := redisstore.New(deps.Redis)
+	svc := mailbox.New(store, mailbox.Options{Now: deps.Now})
+	a := &App{cfg: cfg, deps: deps, svc: svc, handler: grpcapi.New(svc)}
+
+	opts := deps.Server
+	opts.Name = append(opts.Name, mailboxv1.MailboxService_ServiceDesc.ServiceName)
+	opts.Logger = deps.Logger
+	opts.Verifier = deps.Verifier
+	opts.Metrics = deps.Metrics
+	opts.Readiness = append(opts.Readiness, grpcserver.Check{Name: "redis", Probe: redisx.Probe(deps.Redis)})
+	opts.Register = func(s *grpc.Server) { mailboxv1.RegisterMailboxServiceServer(s, a.handler) }
+	srv, err := grpcserver.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("mailbox grpc server: %w", err)
+	}
+	a.server = srv
+	a.relay = &eventbus.Relay{
+		Client:    deps.Redis,
+		JS:        deps.JS,
+		Streams:   redisstore.EventStreams(),
+		Group:     "relay",
+		Consumer:  Name,
+		BatchSize: cfg.RelayBatch,
+		ClaimIdle: cfg.RelayClaimIdle,
+		Logger:    deps.Logger,
+	}
+	return a, nil
+}
+
+// Register adds the mailbox API to another gRPC server (the gateway's single port).
+func (a *App) Register(s *grpc.Server) { mailboxv1.RegisterMailboxServiceServer(s, a.handler) }
+
+// Run serves on lis and runs the relay and the sent-view consumer until ctx ends, then drains the
+// server first and stops the background work after it.
+func (a *App) Run(ctx context.Context, lis net.Listener) error {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects}); err != nil {
+		return fmt.Errorf("ensure mailbox stream: %w", err)
+	}
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.OutboxStreamName, Subjects: events.OutboxStreamSubjects}); err != nil {
+		return fmt.Errorf("ensure outbox stream: %w", err)
+	}
+	bg, bgCtx := errgroup.WithContext(context.WithoutCancel(ctx))
+	stopBG, cancelBG := context.WithCancel(bgCtx)
+	defer cancelBG()
+	bg.Go(func() error { return a.relay.Run(stopBG) })
+	if a.cfg.SentView {
+		bg.Go(func() error {
+			return eventbus.Consume(stopBG, a.deps.JS, eventbus.ConsumerSpec{
+				Stream:         events.OutboxStreamName,
+				Durable:        events.SentViewDurable,
+				FilterSubjects: []string{events.EmailSentSubject},
+			}, events.SentViewHandler(a.svc))
+		})
+	}
+	serveErr := a.server.Serve(ctx, lis)
+	cancelBG()
+	bgErr := bg.Wait()
+	if errors.Is(bgErr, context.Canceled) {
+		bgErr = nil
+	}
+	return errors.Join(serveErr, bgErr)
+}
