@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/sethvargo/go-envconfig"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/postamt/postamt/internal/auth"
@@ -24,11 +25,6 @@ import (
 	"github.com/postamt/postamt/internal/telemetry"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 )
-
-// lookupFunc adapts a lookup function to envconfig's Lookuper.
-type lookupFunc func(string) (string, bool)
-
-func (f lookupFunc) Lookup(key string) (string, bool) { return f(key) }
 
 // serveConfig is everything `postamt serve` reads from the environment.
 type serveConfig struct {
@@ -65,7 +61,7 @@ func serve(ctx context.Context, services []string, stderr io.Writer, lookup func
 		}
 	}
 	var cfg serveConfig
-	if err := config.Load(ctx, lookupFunc(lookup), &cfg); err != nil {
+	if err := config.Load(ctx, envconfig.LookuperFunc(lookup), &cfg); err != nil {
 		return err
 	}
 	logger, err := logging.New(stderr, cfg.LogLevel, cfg.LogFormat)

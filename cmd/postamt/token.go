@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sethvargo/go-envconfig"
+
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/config"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
@@ -29,7 +31,7 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		return err
 	}
 	var cfg config.Common
-	if err := config.Load(ctx, lookupFunc(func(k string) (string, bool) {
+	if err := config.Load(ctx, envconfig.LookuperFunc(func(k string) (string, bool) {
 		if k == "AUTH_HS256_SECRET" {
 			if v, ok := lookup(k); ok && v != "" {
 				return v, true

@@ -43,15 +43,20 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(*dataDir, 0o755); err != nil {
+	// Absolute, because redis-server resolves its log file after changing into its data directory.
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	secret, err := devSecret(filepath.Join(*dataDir, "dev-secret"), lookup)
+	secret, err := devSecret(filepath.Join(dir, "dev-secret"), lookup)
 	if err != nil {
 		return err
 	}
 
-	ns, err := startNATS(filepath.Join(*dataDir, "nats"))
+	ns, err := startNATS(filepath.Join(dir, "nats"))
 	if err != nil {
 		return err
 	}
@@ -62,7 +67,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 
 	redisURL, hasURL := lookup("REDIS_URL")
 	if !hasURL || redisURL == "" {
-		url, stopRedis, err := startRedis(ctx, filepath.Join(*dataDir, "redis"), stderr)
+		url, stopRedis, err := startRedis(ctx, filepath.Join(dir, "redis"), stderr)
 		if err != nil {
 			return err
 		}

@@ -34,33 +34,44 @@ func (p Principal) IsService() bool { return p.Service != "" }
 // HasRole reports whether the principal holds role.
 func (p Principal) HasRole(role string) bool { return slices.Contains(p.Roles, role) }
 
+// MinSecretBytes is the shortest HS256 secret accepted: shorter ones can be brute-forced from a
+// single token.
+const MinSecretBytes = 32
+
+// DefaultAudience is the aud claim tokens for Postamt carry when Config.Audience is empty.
+const DefaultAudience = "postamt"
+
 // Config says which keys verify and sign tokens. Fields are read from the environment by the
-// service's config (see internal/config).
+// service's config (internal/config embeds it in config.Common); the zero value of each field is
+// its documented default.
 type Config struct {
 	// HS256Secret enables HS256 with a shared secret: for development and tests only.
-	HS256Secret string `env:"AUTH_HS256_SECRET" desc:"shared HS256 secret (development only); empty disables HS256"`
+	HS256Secret string `env:"AUTH_HS256_SECRET" desc:"shared HS256 secret, at least 32 bytes (development only); empty disables HS256"`
 	// JWKSFile holds the RS256/EdDSA public keys of the identity provider, selected by kid.
 	JWKSFile string `env:"AUTH_JWKS_FILE" desc:"JWKS file with the identity provider's RS256/EdDSA public keys"`
-	// Audience must be in every token's aud claim.
+	// Audience must be in every token's aud claim; empty means DefaultAudience.
 	Audience string `env:"AUTH_AUDIENCE, default=postamt" desc:"audience every token must name"`
 	// Issuer, when set, must be every token's iss claim.
 	Issuer string `env:"AUTH_ISSUER" desc:"issuer every token must name; empty accepts any"`
 	// SigningKeyFile is a PEM private key (RSA or Ed25519) for minting service tokens in production.
 	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE" desc:"PEM private key (RSA or Ed25519) this service signs service tokens with; its public key must be in the JWKS"`
-	// SigningKeyID is the kid written into tokens signed with SigningKeyFile.
-	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key"`
+	// SigningKeyID is the kid written into tokens signed with SigningKeyFile; empty means the key's
+	// RFC 7638 thumbprint, which is also what MarshalJWKS writes.
+	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key; empty uses its RFC 7638 thumbprint"`
 	// Leeway tolerates clock skew on exp and nbf.
 	Leeway time.Duration `env:"AUTH_LEEWAY, default=30s" desc:"clock skew tolerated on exp and nbf"`
 }
 
 type ctxKey struct{}
 
-// NewContext returns ctx carrying p.
+// NewContext returns ctx carrying p; the auth interceptors call it for every authenticated call,
+// and tests of handlers call it to act as someone.
 func NewContext(ctx context.Context, p Principal) context.Context {
 	return context.WithValue(ctx, ctxKey{}, p)
 }
 
-// FromContext returns the principal of the request, if authenticated.
+// FromContext returns the principal of the request, if authenticated; handlers take the tenant
+// from it, never from the request message.
 func FromContext(ctx context.Context) (Principal, bool) {
 	p, ok := ctx.Value(ctxKey{}).(Principal)
 	return p, ok

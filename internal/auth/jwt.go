@@ -1,17 +1,10 @@
 package auth
 
 import (
-	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"os"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -19,7 +12,8 @@ import (
 	"github.com/postamt/postamt/internal/errs"
 )
 
-// claims is the token body: registered claims plus the tenant, teams, roles and service name.
+// claims is the token body: registered claims (sub is the user) plus the tenant, teams, roles and,
+// for service credentials, the service name.
 type claims struct {
 	jwt.RegisteredClaims
 	Tenant  string   `json:"tid,omitempty"`
@@ -28,55 +22,56 @@ type claims struct {
 	Service string   `json:"svc,omitempty"`
 }
 
-// Verifier checks tokens. Only algorithms whose keys are configured are accepted, so a token
-// cannot pick a weaker algorithm (or "none") than the operator chose.
+// maxTokenBytes bounds what is parsed at all; real tokens are far smaller.
+const maxTokenBytes = 8 << 10
+
+// Verifier checks tokens. It accepts only the algorithms whose keys are configured (HS256 for a
+// secret, RS256 for RSA keys, EdDSA for Ed25519 keys), so a token cannot choose a weaker
+// algorithm, "none", or have a public key used as an HMAC secret.
 type Verifier struct {
-	secret  []byte
-	keys    map[string]crypto.PublicKey // by kid
-	methods []string
-	parser  *jwt.Parser
+	secret []byte
+	rsa    map[string]*rsa.PublicKey
+	ed     map[string]ed25519.PublicKey
+	parser *jwt.Parser
 }
 
-// NewVerifier builds a Verifier from cfg; at least one key source must be configured.
+// NewVerifier builds a Verifier from cfg: HS256 from the secret and/or the RS256/EdDSA keys of
+// the JWKS file; at least one must be configured.
 func NewVerifier(cfg Config) (*Verifier, error) {
-	v := &Verifier{keys: map[string]crypto.PublicKey{}}
+	v := &Verifier{}
+	var methods []string
 	if cfg.HS256Secret != "" {
-		if len(cfg.HS256Secret) < 32 {
-			return nil, errors.New("AUTH_HS256_SECRET must be at least 32 bytes")
+		if len(cfg.HS256Secret) < MinSecretBytes {
+			return nil, fmt.Errorf("AUTH_HS256_SECRET must be at least %d bytes", MinSecretBytes)
 		}
 		v.secret = []byte(cfg.HS256Secret)
-		v.methods = append(v.methods, jwt.SigningMethodHS256.Alg())
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
 	}
 	if cfg.JWKSFile != "" {
-		keys, err := loadJWKS(cfg.JWKSFile)
+		set, err := ReadJWKS(cfg.JWKSFile)
 		if err != nil {
 			return nil, err
 		}
-		v.keys = keys
-		var hasRSA, hasEd bool
-		for _, k := range keys {
-			switch k.(type) {
-			case *rsa.PublicKey:
-				hasRSA = true
-			case ed25519.PublicKey:
-				hasEd = true
-			}
+		v.rsa, v.ed = set.RSA, set.Ed25519
+		if len(v.rsa) > 0 {
+			methods = append(methods, jwt.SigningMethodRS256.Alg())
 		}
-		if hasRSA {
-			v.methods = append(v.methods, jwt.SigningMethodRS256.Alg())
-		}
-		if hasEd {
-			v.methods = append(v.methods, jwt.SigningMethodEdDSA.Alg())
+		if len(v.ed) > 0 {
+			methods = append(methods, jwt.SigningMethodEdDSA.Alg())
 		}
 	}
-	if len(v.methods) == 0 {
-		return nil, errors.New("no token keys configured: set AUTH_HS256_SECRET (development) or AUTH_JWKS_FILE")
+	if len(methods) == 0 {
+		return nil, errors.New("no token keys configured: set AUTH_JWKS_FILE or, for development, AUTH_HS256_SECRET")
+	}
+	aud := cfg.Audience
+	if aud == "" {
+		aud = DefaultAudience
 	}
 	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(v.methods),
+		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(cfg.Leeway),
-		jwt.WithAudience(cfg.Audience),
+		jwt.WithAudience(aud),
 	}
 	if cfg.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
@@ -85,11 +80,15 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	return v, nil
 }
 
-// Verify checks a token and returns its principal; every failure is errs.Unauthenticated.
+// Verify checks a token (signature, algorithm, exp, nbf, aud, iss) and returns its principal.
+// Every failure is an errs.Unauthenticated error that says "expired" or "invalid", never which
+// check failed; the cause is kept for logs.
 func (v *Verifier) Verify(token string) (Principal, error) {
+	if len(token) > maxTokenBytes {
+		return Principal{}, errs.Unauthenticated("invalid token", errors.New("token too long"))
+	}
 	var c claims
-	_, err := v.parser.ParseWithClaims(token, &c, v.key)
-	if err != nil {
+	if _, err := v.parser.ParseWithClaims(token, &c, v.key); err != nil {
 		msg := "invalid token"
 		if errors.Is(err, jwt.ErrTokenExpired) {
 			msg = "token expired"
@@ -97,10 +96,10 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 		return Principal{}, errs.Unauthenticated(msg, err)
 	}
 	if c.Tenant == "" {
-		return Principal{}, errs.Unauthenticated("token has no tenant (tid)", nil)
+		return Principal{}, errs.Unauthenticated("invalid token", errors.New("no tenant (tid) claim"))
 	}
 	if c.Service == "" && c.Subject == "" {
-		return Principal{}, errs.Unauthenticated("token has neither a user (sub) nor a service (svc)", nil)
+		return Principal{}, errs.Unauthenticated("invalid token", errors.New("neither a user (sub) nor a service (svc) claim"))
 	}
 	p := Principal{Tenant: c.Tenant, Teams: c.Teams, Roles: c.Roles, Service: c.Service}
 	if c.Service == "" {
@@ -109,140 +108,112 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	return p, nil
 }
 
-// key picks the verification key by algorithm and kid.
+// key picks the verification key by algorithm, then by kid. A token without a kid is accepted
+// only when exactly one key of its algorithm is configured.
 func (v *Verifier) key(t *jwt.Token) (any, error) {
+	kid, _ := t.Header["kid"].(string)
 	switch t.Method.(type) {
 	case *jwt.SigningMethodHMAC:
 		return v.secret, nil
-	case *jwt.SigningMethodRSA, *jwt.SigningMethodEd25519:
-		kid, _ := t.Header["kid"].(string)
-		k, ok := v.keys[kid]
-		if !ok {
-			return nil, fmt.Errorf("unknown key id %q", kid)
-		}
-		return k, nil
+	case *jwt.SigningMethodRSA:
+		return pick(v.rsa, kid)
+	case *jwt.SigningMethodEd25519:
+		return pick(v.ed, kid)
 	}
 	return nil, fmt.Errorf("unexpected signing method %v", t.Header["alg"])
 }
 
-// jwk is the part of RFC 7517/8037 keys Postamt reads.
-type jwk struct {
-	Kty string `json:"kty"`
-	Kid string `json:"kid"`
-	Crv string `json:"crv"`
-	N   string `json:"n"`
-	E   string `json:"e"`
-	X   string `json:"x"`
-	Use string `json:"use"`
+func pick[K any](keys map[string]K, kid string) (K, error) {
+	if kid == "" && len(keys) == 1 {
+		for _, k := range keys {
+			return k, nil
+		}
+	}
+	k, ok := keys[kid]
+	if !ok {
+		return k, fmt.Errorf("no key with kid %q for the token's algorithm", kid)
+	}
+	return k, nil
 }
 
-// loadJWKS reads RSA and Ed25519 public keys from a JWKS file. Keys of other types are skipped;
-// a key without a kid, or a malformed one, is an error so a typo does not silently drop a key.
-func loadJWKS(path string) (map[string]crypto.PublicKey, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read AUTH_JWKS_FILE: %w", err)
-	}
-	var set struct {
-		Keys []jwk `json:"keys"`
-	}
-	if err := json.Unmarshal(b, &set); err != nil {
-		return nil, fmt.Errorf("parse AUTH_JWKS_FILE %s: %w", path, err)
-	}
-	out := map[string]crypto.PublicKey{}
-	for i, k := range set.Keys {
-		if k.Use != "" && k.Use != "sig" {
-			continue
-		}
-		if k.Kid == "" {
-			return nil, fmt.Errorf("AUTH_JWKS_FILE key %d has no kid", i)
-		}
-		switch k.Kty {
-		case "RSA":
-			n, err1 := base64.RawURLEncoding.DecodeString(k.N)
-			e, err2 := base64.RawURLEncoding.DecodeString(k.E)
-			if err := errors.Join(err1, err2); err != nil || len(n) == 0 || len(e) == 0 || len(e) > 4 {
-				return nil, fmt.Errorf("AUTH_JWKS_FILE key %q: bad RSA n or e", k.Kid)
-			}
-			out[k.Kid] = &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
-		case "OKP":
-			x, err := base64.RawURLEncoding.DecodeString(k.X)
-			if k.Crv != "Ed25519" || err != nil || len(x) != ed25519.PublicKeySize {
-				return nil, fmt.Errorf("AUTH_JWKS_FILE key %q: only Ed25519 OKP keys are supported", k.Kid)
-			}
-			out[k.Kid] = ed25519.PublicKey(x)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("AUTH_JWKS_FILE %s holds no RSA or Ed25519 signing key", path)
-	}
-	return out, nil
-}
-
-// Signer mints tokens: development tokens (`postamt token`) and service credentials.
+// Signer mints tokens: development tokens (`postamt token`) and service credentials. It signs
+// with the private key file (RS256 or EdDSA by the key's type) when configured, else with the
+// HS256 secret.
 type Signer struct {
 	method   jwt.SigningMethod
 	key      any
+	pub      any // public key of an asymmetric signer, for MarshalJWKS
 	kid      string
 	audience string
 	issuer   string
 	now      func() time.Time
 }
 
-// NewSigner builds a Signer from cfg: the private key file when set (RS256 or EdDSA by key type),
-// else the HS256 secret.
+// NewSigner builds a Signer from cfg: AUTH_SIGNING_KEY_FILE (PEM, PKCS#8 or PKCS#1, RSA of at
+// least 2048 bits or Ed25519) when set, else AUTH_HS256_SECRET.
 func NewSigner(cfg Config) (*Signer, error) {
 	s := &Signer{audience: cfg.Audience, issuer: cfg.Issuer, kid: cfg.SigningKeyID, now: time.Now}
+	if s.audience == "" {
+		s.audience = DefaultAudience
+	}
 	switch {
 	case cfg.SigningKeyFile != "":
-		b, err := os.ReadFile(cfg.SigningKeyFile)
+		key, err := readPrivateKey(cfg.SigningKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("read AUTH_SIGNING_KEY_FILE: %w", err)
-		}
-		block, _ := pem.Decode(b)
-		if block == nil {
-			return nil, errors.New("AUTH_SIGNING_KEY_FILE holds no PEM block")
-		}
-		key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-		if err != nil {
-			if rk, rerr := x509.ParsePKCS1PrivateKey(block.Bytes); rerr == nil {
-				key, err = rk, nil
-			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("parse AUTH_SIGNING_KEY_FILE: %w", err)
+			return nil, err
 		}
 		switch k := key.(type) {
 		case *rsa.PrivateKey:
-			s.method, s.key = jwt.SigningMethodRS256, k
+			s.method, s.key, s.pub = jwt.SigningMethodRS256, k, &k.PublicKey
 		case ed25519.PrivateKey:
-			s.method, s.key = jwt.SigningMethodEdDSA, k
-		default:
-			return nil, fmt.Errorf("AUTH_SIGNING_KEY_FILE: unsupported key type %T", key)
+			s.method, s.key, s.pub = jwt.SigningMethodEdDSA, k, k.Public()
+		}
+		if s.kid == "" {
+			s.kid = thumbprint(s.pub)
 		}
 	case cfg.HS256Secret != "":
+		if len(cfg.HS256Secret) < MinSecretBytes {
+			return nil, fmt.Errorf("AUTH_HS256_SECRET must be at least %d bytes", MinSecretBytes)
+		}
 		s.method, s.key = jwt.SigningMethodHS256, []byte(cfg.HS256Secret)
 	default:
-		return nil, errors.New("no signing key: set AUTH_SIGNING_KEY_FILE or AUTH_HS256_SECRET")
+		return nil, errors.New("no signing key: set AUTH_SIGNING_KEY_FILE or, for development, AUTH_HS256_SECRET")
 	}
 	return s, nil
 }
 
-// Mint signs a token for p valid for ttl.
+// Algorithm is the JWT alg the signer writes: HS256, RS256 or EdDSA.
+func (s *Signer) Algorithm() string { return s.method.Alg() }
+
+// KeyID is the kid the signer writes; empty for HS256.
+func (s *Signer) KeyID() string { return s.kid }
+
+// Mint signs a token for p, valid from now for ttl. A user principal needs Tenant and User, a
+// service principal Tenant and Service; anything else would be rejected by every Verifier, so it
+// is refused here already.
 func (s *Signer) Mint(p Principal, ttl time.Duration) (string, error) {
+	switch {
+	case p.Tenant == "":
+		return "", errors.New("mint token: principal has no tenant")
+	case p.User == "" && p.Service == "":
+		return "", errors.New("mint token: principal has neither a user nor a service")
+	case ttl <= 0:
+		return "", fmt.Errorf("mint token: ttl %s is not positive", ttl)
+	}
 	now := s.now()
 	c := claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   p.User,
 			Issuer:    s.issuer,
+			Audience:  jwt.ClaimStrings{s.audience},
 			IssuedAt:  jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 		},
 		Tenant: p.Tenant, Teams: p.Teams, Roles: p.Roles, Service: p.Service,
 	}
-	if s.audience != "" {
-		c.Audience = jwt.ClaimStrings{s.audience}
+	if p.Service != "" {
+		c.Subject = ""
 	}
 	t := jwt.NewWithClaims(s.method, c)
 	if s.kid != "" {

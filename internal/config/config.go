@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"reflect"
 	"strings"
 	"time"
 
@@ -19,68 +18,163 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 )
 
-// Common is the configuration every service shares; a service's own struct sits beside it.
+// Common is the configuration every service shares; each service's config struct embeds it (or
+// sits beside it in the process's struct) so the variables mean the same everywhere.
 type Common struct {
-	GRPCAddr         string        `env:"GRPC_ADDR, default=:9090" desc:"address of the gRPC API (health, reflection and the service)"`
-	OpsAddr          string        `env:"OPS_ADDR, default=:9091" desc:"address of /metrics, /debug/pprof and /healthz; empty disables it"`
+	GRPCAddr         string        `env:"GRPC_ADDR, default=:9090" desc:"listen address of the gRPC API (the service, health and reflection)"`
+	OpsAddr          string        `env:"OPS_ADDR, default=:9091" desc:"listen address of /metrics, /debug/pprof and /healthz; empty disables it"`
 	LogLevel         string        `env:"LOG_LEVEL, default=info" desc:"debug, info, warn or error"`
 	LogFormat        string        `env:"LOG_FORMAT, default=json" desc:"json or text"`
-	RedisURL         string        `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis:// or rediss://, password in the URL)"`
-	NATSURL          string        `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS URL(s), comma-separated"`
-	DrainDelay       time.Duration `env:"DRAIN_DELAY, default=2s" desc:"on SIGTERM, time between NOT_SERVING and refusing new calls, so load balancers notice"`
+	RedisURL         string        `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis://, rediss:// or unix://; a password goes in the URL)"`
+	NATSURL          string        `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
+	DrainDelay       time.Duration `env:"DRAIN_DELAY, default=2s" desc:"on SIGTERM, time between reporting NOT_SERVING and refusing new calls, so load balancers notice first"`
 	DrainTimeout     time.Duration `env:"DRAIN_TIMEOUT, default=30s" desc:"on SIGTERM, time running calls get to finish before they are cut"`
-	GRPCMaxRecvBytes int           `env:"GRPC_MAX_RECV_BYTES, default=33554432" desc:"largest gRPC request accepted, in bytes"`
-	OTLPEndpoint     string        `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC endpoint for traces (host:port); empty exports none"`
+	GRPCMaxRecvBytes int           `env:"GRPC_MAX_RECV_BYTES, default=33554432" desc:"largest gRPC request message accepted, in bytes"`
+	OTLPEndpoint     string        `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC endpoint for traces (host:port, or http:// or https:// URL); empty exports none"`
 	Auth             auth.Config
 }
 
-// Validate checks what the defaults cannot guarantee.
+// Validate checks what the tags cannot: addresses, enumerations, ranges and that some token key is
+// configured. It reports every bad variable at once, each as an *Error.
 func (c *Common) Validate() error {
 	var errList []error
+	bad := func(name, format string, args ...any) {
+		errList = append(errList, Invalid(name, fmt.Sprintf(format, args...)))
+	}
 	if _, _, err := net.SplitHostPort(c.GRPCAddr); err != nil {
-		errList = append(errList, fmt.Errorf("GRPC_ADDR %q: %w", c.GRPCAddr, err))
+		bad("GRPC_ADDR", "want host:port, got %q", c.GRPCAddr)
 	}
 	if c.OpsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.OpsAddr); err != nil {
-			errList = append(errList, fmt.Errorf("OPS_ADDR %q: %w", c.OpsAddr, err))
+			bad("OPS_ADDR", "want host:port or empty, got %q", c.OpsAddr)
 		}
 	}
-	switch c.LogLevel {
+	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:
-		errList = append(errList, fmt.Errorf("LOG_LEVEL must be debug, info, warn or error, got %q", c.LogLevel))
+		bad("LOG_LEVEL", "want debug, info, warn or error, got %q", c.LogLevel)
 	}
-	switch c.LogFormat {
+	switch strings.ToLower(c.LogFormat) {
 	case "json", "text":
 	default:
-		errList = append(errList, fmt.Errorf("LOG_FORMAT must be json or text, got %q", c.LogFormat))
+		bad("LOG_FORMAT", "want json or text, got %q", c.LogFormat)
 	}
 	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		errList = append(errList, errors.New("REDIS_URL must be a redis://, rediss:// or unix:// URL"))
+		bad("REDIS_URL", "want a redis://, rediss:// or unix:// URL")
 	}
-	if !strings.HasPrefix(c.NATSURL, "nats://") && !strings.HasPrefix(c.NATSURL, "tls://") {
-		errList = append(errList, fmt.Errorf("NATS_URL must start with nats:// or tls://, got %q", c.NATSURL))
+	for _, s := range strings.Split(c.NATSURL, ",") {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			bad("NATS_URL", "want nats://host:port (or tls://, ws://, wss://), comma-separated")
+			break
+		}
 	}
-	if c.DrainDelay < 0 || c.DrainTimeout <= 0 {
-		errList = append(errList, errors.New("DRAIN_DELAY must not be negative and DRAIN_TIMEOUT must be positive"))
+	if c.DrainDelay < 0 {
+		bad("DRAIN_DELAY", "must not be negative, got %s", c.DrainDelay)
+	}
+	if c.DrainTimeout <= 0 {
+		bad("DRAIN_TIMEOUT", "must be positive, got %s", c.DrainTimeout)
 	}
 	if c.GRPCMaxRecvBytes < 1024 {
-		errList = append(errList, fmt.Errorf("GRPC_MAX_RECV_BYTES must be at least 1024, got %d", c.GRPCMaxRecvBytes))
+		bad("GRPC_MAX_RECV_BYTES", "must be at least 1024, got %d", c.GRPCMaxRecvBytes)
 	}
-	if c.Auth.HS256Secret == "" && c.Auth.JWKSFile == "" {
-		errList = append(errList, errors.New("set AUTH_JWKS_FILE (production) or AUTH_HS256_SECRET (development)"))
+	if c.OTLPEndpoint != "" {
+		if strings.Contains(c.OTLPEndpoint, "://") {
+			if u, err := url.Parse(c.OTLPEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad("OTEL_EXPORTER_OTLP_ENDPOINT", "want host:port or an http:// or https:// URL")
+			}
+		} else if _, _, err := net.SplitHostPort(c.OTLPEndpoint); err != nil {
+			bad("OTEL_EXPORTER_OTLP_ENDPOINT", "want host:port or an http:// or https:// URL")
+		}
+	}
+	a := c.Auth
+	switch {
+	case a.HS256Secret == "" && a.JWKSFile == "":
+		bad("AUTH_JWKS_FILE", "set AUTH_JWKS_FILE (production) or AUTH_HS256_SECRET (development)")
+	case a.HS256Secret != "" && len(a.HS256Secret) < auth.MinSecretBytes:
+		bad("AUTH_HS256_SECRET", "must be at least %d bytes", auth.MinSecretBytes)
+	}
+	if a.Audience == "" {
+		bad("AUTH_AUDIENCE", "must not be empty")
+	}
+	if a.Leeway < 0 || a.Leeway > 5*time.Minute {
+		bad("AUTH_LEEWAY", "must be between 0 and 5m, got %s", a.Leeway)
+	}
+	if a.SigningKeyID != "" && a.SigningKeyFile == "" {
+		bad("AUTH_SIGNING_KEY_ID", "needs AUTH_SIGNING_KEY_FILE")
 	}
 	return errors.Join(errList...)
 }
 
-// Validator is implemented by config structs with rules beyond their tags.
+// Validator is implemented by config structs with rules beyond their tags; Load calls it.
 type Validator interface {
 	Validate() error
 }
 
-// Load fills dst (a pointer to a struct) from lookup, then validates it.
+// Error says which variable is wrong and why. Validate methods return them (joined), and Load
+// returns one for a value that does not parse, so callers and tests can name the variable without
+// reading messages (see BadVars).
+type Error struct {
+	// Var is the environment variable, e.g. "DRAIN_TIMEOUT".
+	Var string
+	// Msg says what is wrong with it.
+	Msg string
+	// Err is the underlying parse error, if any.
+	Err error
+}
+
+// Error renders "VAR: problem".
+func (e *Error) Error() string {
+	switch {
+	case e.Err != nil && e.Msg != "":
+		return e.Var + ": " + e.Msg + ": " + e.Err.Error()
+	case e.Err != nil:
+		return e.Var + ": " + e.Err.Error()
+	}
+	return e.Var + ": " + e.Msg
+}
+
+// Unwrap exposes the parse error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Invalid is the error a Validate method returns for one bad variable.
+func Invalid(name, msg string) error { return &Error{Var: name, Msg: msg} }
+
+// BadVars lists the variables named by the *Error values in err's tree (errors.Join included), in
+// order, so a test can check which variables were rejected.
+func BadVars(err error) []string {
+	var out []string
+	var walk func(error)
+	walk = func(err error) {
+		if err == nil {
+			return
+		}
+		if e, ok := err.(*Error); ok {
+			out = append(out, e.Var)
+			return
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		case interface{ Unwrap() error }:
+			walk(u.Unwrap())
+		}
+	}
+	walk(err)
+	return out
+}
+
+// Load fills dst (a pointer to a struct) from lookup (envconfig.OsLookuper() in main, a
+// envconfig.MapLookuper in tests), then calls dst.Validate when dst implements Validator. A value
+// that does not parse is reported as an *Error naming its variable.
 func Load(ctx context.Context, lookup envconfig.Lookuper, dst any) error {
-	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: dst, Lookuper: lookup}); err != nil {
+	rec := &recordingLookuper{next: lookup}
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: dst, Lookuper: rec}); err != nil {
+		if rec.last != "" {
+			err = &Error{Var: rec.last, Err: err}
+		}
 		return fmt.Errorf("configuration: %w", err)
 	}
 	if v, ok := dst.(Validator); ok {
@@ -91,50 +185,14 @@ func Load(ctx context.Context, lookup envconfig.Lookuper, dst any) error {
 	return nil
 }
 
-// Var documents one environment variable.
-type Var struct {
-	Name        string
-	Default     string
-	Description string
+// recordingLookuper remembers the last variable looked up: envconfig processes fields in order and
+// stops at the first failure, so that is the variable whose value did not parse.
+type recordingLookuper struct {
+	next envconfig.Lookuper
+	last string
 }
 
-// Vars lists the variables of a config struct (pointer or value), nested structs included, in
-// field order.
-func Vars(v any) []Var {
-	t := reflect.TypeOf(v)
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	var out []Var
-	for i := range t.NumField() {
-		f := t.Field(i)
-		tag, ok := f.Tag.Lookup("env")
-		if !ok {
-			if f.Type.Kind() == reflect.Struct {
-				out = append(out, Vars(reflect.New(f.Type).Interface())...)
-			}
-			continue
-		}
-		name, opts, _ := strings.Cut(tag, ",")
-		var def string
-		if _, d, ok := strings.Cut(opts, "default="); ok {
-			def = d
-		}
-		out = append(out, Var{Name: strings.TrimSpace(name), Default: def, Description: f.Tag.Get("desc")})
-	}
-	return out
-}
-
-// MarkdownTable renders vars as a Markdown table.
-func MarkdownTable(vars []Var) string {
-	var b strings.Builder
-	b.WriteString("| variable | default | meaning |\n|---|---|---|\n")
-	for _, v := range vars {
-		def := "(empty)"
-		if v.Default != "" {
-			def = "`" + v.Default + "`"
-		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, v.Description)
-	}
-	return b.String()
+func (l *recordingLookuper) Lookup(key string) (string, bool) {
+	l.last = key
+	return l.next.Lookup(key)
 }
