@@ -94,7 +94,7 @@ func (c *Common) Validate() error {
 	case a.HS256Secret != "" && len(a.HS256Secret) < auth.MinSecretBytes:
 		bad("AUTH_HS256_SECRET", "must be at least %d bytes", auth.MinSecretBytes)
 	}
-	if a.Audience == "" {
+	if strings.TrimSpace(a.Audience) == "" {
 		bad("AUTH_AUDIENCE", "must not be empty")
 	}
 	if a.Leeway < 0 || a.Leeway > 5*time.Minute {

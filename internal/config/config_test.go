@@ -1,0 +1,90 @@
+package config_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/postamt/postamt/internal/config"
+)
+
+type svcConfig struct {
+	config.Common
+	Batch int `env:"SVC_BATCH, default=10" desc:"batch size"`
+}
+
+func load(t *testing.T, env map[string]string) (*svcConfig, error) {
+	t.Helper()
+	var c svcConfig
+	err := config.Load(context.Background(), envconfig.MapLookuper(env), &c)
+	return &c, err
+}
+
+func TestLoad(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef"
+	t.Run("defaults", func(t *testing.T) {
+		c, err := load(t, map[string]string{"AUTH_HS256_SECRET": secret})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.GRPCAddr != ":9090" || c.DrainTimeout != 30*time.Second || c.Auth.Audience != "postamt" || c.Batch != 10 {
+			t.Errorf("defaults = %+v", c)
+		}
+	})
+	t.Run("overrides", func(t *testing.T) {
+		c, err := load(t, map[string]string{"AUTH_HS256_SECRET": secret, "GRPC_ADDR": "127.0.0.1:1", "SVC_BATCH": "7", "DRAIN_DELAY": "0s"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.GRPCAddr != "127.0.0.1:1" || c.Batch != 7 || c.DrainDelay != 0 {
+			t.Errorf("overrides = %+v", c)
+		}
+	})
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"no key source", map[string]string{}, "AUTH_JWKS_FILE"},
+		{"bad log level", map[string]string{"AUTH_HS256_SECRET": secret, "LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{"bad redis url", map[string]string{"AUTH_HS256_SECRET": secret, "REDIS_URL": "http://x"}, "REDIS_URL"},
+		{"bad address", map[string]string{"AUTH_HS256_SECRET": secret, "GRPC_ADDR": "nowhere"}, "GRPC_ADDR"},
+		{"unparsable duration", map[string]string{"AUTH_HS256_SECRET": secret, "DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := load(t, tt.env)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %v, want one naming %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestVars(t *testing.T) {
+	vars := config.Vars(&svcConfig{})
+	byName := map[string]config.Var{}
+	for _, v := range vars {
+		byName[v.Name] = v
+	}
+	for _, name := range []string{"GRPC_ADDR", "AUTH_HS256_SECRET", "AUTH_AUDIENCE", "SVC_BATCH"} {
+		if _, ok := byName[name]; !ok {
+			t.Errorf("Vars lacks %s", name)
+		}
+	}
+	if v := byName["SVC_BATCH"]; v.Default != "10" || v.Description != "batch size" {
+		t.Errorf("SVC_BATCH = %+v", v)
+	}
+	for _, v := range vars {
+		if v.Description == "" {
+			t.Errorf("%s has no description", v.Name)
+		}
+	}
+	table := config.MarkdownTable(vars[:1])
+	if want := "| `GRPC_ADDR` | `:9090` |"; !strings.Contains(table, want) {
+		t.Errorf("table %q lacks %q", table, want)
+	}
+}

@@ -1,0 +1,66 @@
+package errs_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+
+	"github.com/postamt/postamt/internal/errs"
+)
+
+func TestToStatus(t *testing.T) {
+	var v errs.Violations
+	v.Add("to[0]", "bad address")
+	v.Add("subject", "contains CR")
+	tests := []struct {
+		name    string
+		err     error
+		code    codes.Code
+		msg     string
+		details int
+	}{
+		{"not found, wrapped", fmt.Errorf("get: %w", errs.NotFound("mailbox", "m1")), codes.NotFound, `mailbox "m1" not found`, 1},
+		{"invalid with two fields", v.Err(), codes.InvalidArgument, "invalid request: to[0], subject", 1},
+		{"already exists", errs.AlreadyExists("user", "u1"), codes.AlreadyExists, `user "u1" already exists`, 1},
+		{"permission denied", errs.PermissionDenied("ADMIN_REQUIRED", "needs admin"), codes.PermissionDenied, "needs admin", 1},
+		{"failed precondition", errs.FailedPrecondition("TENANT_NOT_EMPTY", "has users"), codes.FailedPrecondition, "has users", 1},
+		{"unavailable with retry", errs.Unavailable("redis down", time.Second, errors.New("dial")), codes.Unavailable, "redis down", 1},
+		{"exhausted", errs.ResourceExhausted("RECIPIENTS", "too many", 0), codes.ResourceExhausted, "too many", 1},
+		{"unauthenticated", errs.Unauthenticated("token expired", nil), codes.Unauthenticated, "token expired", 0},
+		{"plain error leaks nothing", errors.New("redis: secret detail"), codes.Internal, "internal error", 0},
+		{"canceled", fmt.Errorf("x: %w", context.Canceled), codes.Canceled, "request canceled", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := errs.ToStatus(tt.err)
+			if s.Code() != tt.code || s.Message() != tt.msg || len(s.Details()) != tt.details {
+				t.Errorf("ToStatus = %s %q %d details, want %s %q %d", s.Code(), s.Message(), len(s.Details()), tt.code, tt.msg, tt.details)
+			}
+		})
+	}
+	t.Run("field violations in order", func(t *testing.T) {
+		br := errs.ToStatus(v.Err()).Details()[0].(*errdetails.BadRequest)
+		if got := br.GetFieldViolations()[1].GetField(); got != "subject" {
+			t.Errorf("second field = %q", got)
+		}
+	})
+}
+
+func TestSentinels(t *testing.T) {
+	err := fmt.Errorf("store: %w", errs.NotFound("user", "u1"))
+	if !errors.Is(err, errs.ErrNotFound) || errors.Is(err, errs.ErrAlreadyExists) {
+		t.Error("errors.Is does not follow the kind")
+	}
+	if errs.KindOf(err) != errs.KindNotFound || errs.KindOf(errors.New("x")) != errs.KindInternal {
+		t.Error("KindOf is wrong")
+	}
+	var none errs.Violations
+	if none.Err() != nil {
+		t.Error("empty violations are an error")
+	}
+}
