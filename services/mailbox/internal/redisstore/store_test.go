@@ -1,0 +1,136 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/services/mailbox/internal/mailbox"
+	"github.com/postamt/postamt/services/mailbox/internal/redisstore"
+)
+
+var t0 = time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)
+
+func seed(t *testing.T, s *redisstore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	if err := s.CreateTenant(ctx, &mailbox.Tenant{ID: "kanzlei", Version: 1, Created: t0, Updated: t0}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"martina", "max"} {
+		if err := s.CreateUser(ctx, "kanzlei", &mailbox.User{ID: u, DisplayName: u, Email: u + "@kanzlei.example", Version: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CreateMailbox(ctx, "kanzlei", &mailbox.Mailbox{ID: u + "-pm", Address: u + "@pm.example", Kind: mailbox.KindPersonal, Owner: u, Sync: mailbox.SyncNone, Version: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateMailbox(ctx, "kanzlei", &mailbox.Mailbox{ID: "info", Address: "info@kanzlei.example", Kind: mailbox.KindShared, Sync: mailbox.SyncNone, Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDefaultSenderInvariantUnderConcurrency races admins adding and removing a membership
+// against the user choosing the mailbox as default. Whatever the interleaving, a user's default
+// sender never names a mailbox they may not send from, and every change is announced.
+func TestDefaultSenderInvariantUnderConcurrency(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	s := redisstore.New(rdb)
+	seed(t, s)
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				switch (w + i) % 3 {
+				case 0:
+					_ = s.AddMember(ctx, "kanzlei", "info", "martina", mailbox.RightSendAs, t0)
+				case 1:
+					_ = s.RemoveMember(ctx, "kanzlei", "info", "martina", t0)
+				case 2:
+					_, _ = s.SetDefaultSender(ctx, "kanzlei", "martina", "info", t0)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	u, err := s.GetUser(ctx, "kanzlei", "martina")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.SendGrant(ctx, "kanzlei", "martina", "info@kanzlei.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	canSendInfo := mailbox.Decide("martina", &g).Allowed
+	switch u.DefaultSender {
+	case "info":
+		if !canSendInfo {
+			t.Errorf("default sender is info, but martina may not send from it")
+		}
+	case "martina-pm":
+	default:
+		t.Errorf("default sender = %q", u.DefaultSender)
+	}
+	// The reverse index agrees with the user record.
+	for _, m := range []string{"info", "martina-pm"} {
+		in, err := rdb.SIsMember(ctx, redisstore.DefaultsKeyForTest("kanzlei", m), "martina").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in != (u.DefaultSender == m) {
+			t.Errorf("reverse index of %s says %v, user says default %q", m, in, u.DefaultSender)
+		}
+	}
+}
+
+// TestEveryWriteIsAnnounced checks that writes and their events commit together: every change
+// adds exactly its events to the tenant partition's stream, and a failed write adds none.
+func TestEveryWriteIsAnnounced(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	s := redisstore.New(rdb)
+	ctx := context.Background()
+	seed(t, s)
+	stream := streamOf(t, rdb)
+	subjects := func() []string {
+		msgs, err := rdb.XRange(ctx, stream, "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range msgs {
+			out = append(out, fmt.Sprint(m.Values[eventbus.FieldSubject]))
+		}
+		return out
+	}
+	before := len(subjects())
+	if err := s.AddMember(ctx, "kanzlei", "info", "max", mailbox.RightSendAs, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddMember(ctx, "kanzlei", "info", "max", mailbox.RightSendAs, t0); err == nil {
+		t.Fatal("duplicate AddMember succeeded")
+	}
+	after := subjects()
+	if got := after[before:]; fmt.Sprint(got) != "[postamt.mailbox.v1.MembershipChanged]" {
+		t.Errorf("events of one AddMember and one failed duplicate = %v", got)
+	}
+}
+
+func streamOf(t *testing.T, rdb *redis.Client) string {
+	t.Helper()
+	for _, s := range redisstore.EventStreams() {
+		if n, _ := rdb.XLen(context.Background(), s).Result(); n > 0 {
+			return s
+		}
+	}
+	t.Fatal("no event stream has entries")
+	return ""
+}
