@@ -15,8 +15,9 @@ type Principal struct {
 	Tenant string
 	// User is the acting user; empty for service principals.
 	User string
-	// Teams and Roles come from the identity provider.
+	// Teams are the user's teams, from the identity provider; mailbox membership can name them.
 	Teams []string
+	// Roles are the user's roles in the tenant, from the identity provider (RoleAdmin, ...).
 	Roles []string
 	// Service names the calling service for service credentials ("outbox"); empty for users.
 	Service string

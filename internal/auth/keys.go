@@ -19,7 +19,9 @@ const minRSABits = 2048
 
 // JWKS holds the public keys of a JSON Web Key Set (RFC 7517) that Postamt can verify with, by kid.
 type JWKS struct {
-	RSA     map[string]*rsa.PublicKey
+	// RSA are the RS256 keys, by kid.
+	RSA map[string]*rsa.PublicKey
+	// Ed25519 are the EdDSA keys, by kid.
 	Ed25519 map[string]ed25519.PublicKey
 }
 

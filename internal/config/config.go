@@ -21,17 +21,26 @@ import (
 // Common is the configuration every service shares; each service's config struct embeds it (or
 // sits beside it in the process's struct) so the variables mean the same everywhere.
 type Common struct {
-	GRPCAddr         string        `env:"GRPC_ADDR, default=:9090" desc:"listen address of the gRPC API (the service, health and reflection)"`
-	OpsAddr          string        `env:"OPS_ADDR, default=:9091" desc:"listen address of /metrics, /debug/pprof and /healthz; empty disables it"`
-	LogLevel         string        `env:"LOG_LEVEL, default=info" desc:"debug, info, warn or error"`
-	LogFormat        string        `env:"LOG_FORMAT, default=json" desc:"json or text"`
-	RedisURL         string        `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis://, rediss:// or unix://; a password goes in the URL)"`
-	NATSURL          string        `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
-	DrainDelay       time.Duration `env:"DRAIN_DELAY, default=2s" desc:"on SIGTERM, time between reporting NOT_SERVING and refusing new calls, so load balancers notice first"`
-	DrainTimeout     time.Duration `env:"DRAIN_TIMEOUT, default=30s" desc:"on SIGTERM, time running calls get to finish before they are cut"`
-	GRPCMaxRecvBytes int           `env:"GRPC_MAX_RECV_BYTES, default=33554432" desc:"largest gRPC request message accepted, in bytes"`
-	OTLPEndpoint     string        `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC endpoint for traces (host:port, or http:// or https:// URL); empty exports none"`
-	Auth             auth.Config
+	// GRPCAddr is where the API listens; the same port serves health and reflection.
+	GRPCAddr string `env:"GRPC_ADDR, default=:9090" desc:"listen address of the gRPC API (the service, health and reflection)"`
+	// OpsAddr is where metrics and pprof listen, apart from the API so they are never exposed with it.
+	OpsAddr string `env:"OPS_ADDR, default=:9091" desc:"listen address of /metrics, /debug/pprof and /healthz; empty disables it"`
+	// LogLevel and LogFormat configure the process logger (internal/logging).
+	LogLevel  string `env:"LOG_LEVEL, default=info" desc:"debug, info, warn or error"`
+	LogFormat string `env:"LOG_FORMAT, default=json" desc:"json or text"`
+	// RedisURL locates the service's Redis (each service owns its keyspace; it may be its own Redis).
+	RedisURL string `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis://, rediss:// or unix://; a password goes in the URL)"`
+	// NATSURL locates NATS JetStream, which carries the events.
+	NATSURL string `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
+	// DrainDelay and DrainTimeout shape the graceful drain on SIGTERM (grpcserver.Options).
+	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=2s" desc:"on SIGTERM, time between reporting NOT_SERVING and refusing new calls, so load balancers notice first"`
+	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT, default=30s" desc:"on SIGTERM, time running calls get to finish before they are cut"`
+	// GRPCMaxRecvBytes bounds a request message, so one caller cannot exhaust memory.
+	GRPCMaxRecvBytes int `env:"GRPC_MAX_RECV_BYTES, default=33554432" desc:"largest gRPC request message accepted, in bytes"`
+	// OTLPEndpoint is where traces go (telemetry.SetupTracing); empty keeps them in the process.
+	OTLPEndpoint string `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC endpoint for traces (host:port, or http:// or https:// URL); empty exports none"`
+	// Auth holds the token keys (AUTH_* variables).
+	Auth auth.Config
 }
 
 // Validate checks what the tags cannot: addresses, enumerations, ranges and that some token key is

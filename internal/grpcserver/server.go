@@ -1,6 +1,9 @@
-// Package grpcserver is the one place a Postamt gRPC server is built, so every service has the
-// same health and readiness, reflection, tracing, recovery, request ids, logs, metrics, auth,
-// error mapping, limits and drain. A service only registers its API.
+// Package grpcserver is the one place a Postamt gRPC server is built, so that every service has
+// the same health and readiness, reflection, tracing, panic recovery, request ids, request logs,
+// metrics, authentication, error mapping, limits and drain. A service only registers its API.
+//
+// The shape follows temporal's frontend service (Start/Stop): health is failed first so load
+// balancers stop sending, then the server drains, then what is left is cut.
 package grpcserver
 
 import (
@@ -14,110 +17,184 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 
 	"github.com/postamt/postamt/internal/auth"
 )
 
 // ReadinessService is the health service name whose status includes the dependencies (Redis,
-// NATS). Kubernetes readiness probes ask for it; liveness asks for "" (the process).
+// NATS): Kubernetes readiness probes ask for it (grpc.health.v1 with service "readiness"), while
+// liveness asks for "" (the process itself).
 const ReadinessService = "readiness"
 
-// Check is one dependency the server is ready only with.
+// Defaults of the Options fields left zero.
+const (
+	DefaultMaxRecvBytes      = 32 << 20
+	DefaultReadinessInterval = 2 * time.Second
+	DefaultDrainTimeout      = 30 * time.Second
+)
+
+// Keepalive settings shared by servers and Dial: clients ping idle connections every
+// clientPingInterval, which must not be more often than the servers' enforcement minimum, or the
+// server closes the connection with "too many pings".
+const (
+	serverPingInterval = 2 * time.Minute
+	pingTimeout        = 20 * time.Second
+	minClientPing      = 10 * time.Second
+	clientPingInterval = 30 * time.Second
+)
+
+// Check is one dependency the server is ready only with: Probe returns nil while it is usable.
+// Probe must honour its context's deadline.
 type Check struct {
-	Name  string
+	// Name says which dependency failed, in the log.
+	Name string
+	// Probe reports whether the dependency is usable now.
 	Probe func(ctx context.Context) error
 }
 
 // Options configure a Server. Zero values are the documented defaults.
 type Options struct {
-	// Name lists the service names reported by health besides "" and ReadinessService; they
-	// follow readiness.
+	// Name lists the full names of the services registered (e.g. "postamt.mailbox.v1.MailboxService");
+	// their health status follows readiness, like ReadinessService.
 	Name []string
-	// Logger receives request logs; nil discards.
+	// Logger receives request logs and readiness changes; nil discards them.
 	Logger *slog.Logger
-	// Verifier authenticates calls; nil leaves every call unauthenticated (tests of open servers
-	// only: services always set it).
+	// Verifier authenticates calls; nil accepts every call unauthenticated (only for tests of open
+	// servers: services always set it).
 	Verifier *auth.Verifier
-	// MaxRecvBytes bounds a request; 0 means 32 MiB.
+	// MaxRecvBytes bounds a request message; 0 means DefaultMaxRecvBytes.
 	MaxRecvBytes int
-	// Readiness are the dependencies probed every ReadinessInterval (0: 2s), each with a timeout of
-	// the interval.
-	Readiness         []Check
+	// Readiness are the dependencies probed every ReadinessInterval, concurrently, each with the
+	// interval as its timeout.
+	Readiness []Check
+	// ReadinessInterval is how often readiness is probed; 0 means DefaultReadinessInterval.
 	ReadinessInterval time.Duration
-	// DrainDelay is the time between NOT_SERVING and GracefulStop; DrainTimeout bounds GracefulStop
-	// (0: 30s) before running calls are cut.
-	DrainDelay   time.Duration
+	// DrainDelay is the time between reporting NOT_SERVING and refusing new calls, so load
+	// balancers and Kubernetes notice first; 0 (tests) goes straight on.
+	DrainDelay time.Duration
+	// DrainTimeout bounds how long running calls may take to finish once the drain refuses new
+	// ones; then they are cut. 0 means DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	// Metrics receives the request metrics; nil skips them.
+	// Metrics receives the request counters and latencies; nil skips them. Servers of one process
+	// may share a registerer: the collectors are registered once and shared.
 	Metrics prometheus.Registerer
+	// TracerProvider makes the server spans; nil means OpenTelemetry's global provider (see
+	// telemetry.SetupTracing).
+	TracerProvider trace.TracerProvider
 	// Register adds the service implementations.
 	Register func(*grpc.Server)
 }
 
-// Server is a configured gRPC server with health and drain.
+// Server is a gRPC server with the suite's interceptors, health, reflection and drain.
 type Server struct {
 	opts   Options
 	grpc   *grpc.Server
 	health *health.Server
 	log    *slog.Logger
 
-	mu    sync.Mutex
-	ready bool
+	mu      sync.Mutex
+	ready   bool
+	serving bool
 }
 
-// New builds the server; nothing listens until Serve.
+// New builds the server and registers health, reflection and opts.Register's services; nothing
+// listens until Serve.
 func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.MaxRecvBytes == 0 {
-		opts.MaxRecvBytes = 32 << 20
+		opts.MaxRecvBytes = DefaultMaxRecvBytes
 	}
 	if opts.ReadinessInterval == 0 {
-		opts.ReadinessInterval = 2 * time.Second
+		opts.ReadinessInterval = DefaultReadinessInterval
 	}
 	if opts.DrainTimeout == 0 {
-		opts.DrainTimeout = 30 * time.Second
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	switch {
+	case opts.MaxRecvBytes < 0, opts.ReadinessInterval < 0, opts.DrainTimeout < 0, opts.DrainDelay < 0:
+		return nil, errors.New("grpcserver: negative MaxRecvBytes, ReadinessInterval, DrainDelay or DrainTimeout")
+	}
+	for _, c := range opts.Readiness {
+		if c.Name == "" || c.Probe == nil {
+			return nil, fmt.Errorf("grpcserver: readiness check %q needs a name and a probe", c.Name)
+		}
 	}
 	m, err := newMetrics(opts.Metrics)
 	if err != nil {
 		return nil, err
 	}
-	// Order: recovery outermost; the error mapping wraps auth so its errors get codes too; the
-	// innermost step hands the authenticated context back to the log line.
-	unary := []grpc.UnaryServerInterceptor{recoverUnary(opts.Logger), requestIDUnary(), logUnary(opts.Logger, m), mapErrorsUnary()}
-	stream := []grpc.StreamServerInterceptor{recoverStream(opts.Logger), requestIDStream(), logStream(opts.Logger, m), mapErrorsStream()}
+
+	// The chain, outermost first:
+	//   recover      a panic anywhere in the chain becomes Internal instead of killing the process
+	//   request id   taken from x-request-id or made; into the context, the logs and the header
+	//   observe      one log line and the metrics per call, with the code the caller sees
+	//   recover      a panic in the handler, so that it is logged and counted as Internal too
+	//   map errors   domain errors (the handler's and auth's) become statuses, exactly once
+	//   auth         the principal into the context; open methods pass
+	//   principal    hands the authenticated context back to the log line
+	unary := []grpc.UnaryServerInterceptor{
+		recoverUnary(opts.Logger), requestIDUnary(), observeUnary(opts.Logger, m),
+		recoverUnary(opts.Logger), mapErrorsUnary(),
+	}
+	stream := []grpc.StreamServerInterceptor{
+		recoverStream(opts.Logger), requestIDStream(), observeStream(opts.Logger, m),
+		recoverStream(opts.Logger), mapErrorsStream(),
+	}
 	if opts.Verifier != nil {
 		unary = append(unary, auth.UnaryServerInterceptor(opts.Verifier))
 		stream = append(stream, auth.StreamServerInterceptor(opts.Verifier))
 	}
 	unary = append(unary, rememberUnary())
 	stream = append(stream, rememberStream())
+
+	otelOpts := []otelgrpc.Option{otelgrpc.WithFilter(notHealth)}
+	if opts.TracerProvider != nil {
+		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
+	}
 	s := &Server{opts: opts, log: opts.Logger, health: health.NewServer()}
 	s.grpc = grpc.NewServer(
-		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(opts.MaxRecvBytes),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: serverPingInterval, Timeout: pingTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
 	)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	if opts.Register != nil {
 		opts.Register(s.grpc)
 	}
+	// Alive from the start; ready only once the first probe round has passed.
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.setReadiness(false)
 	return s, nil
 }
 
-// GRPC exposes the underlying server, for registering more services before Serve.
+// notHealth keeps health checks out of traces: probes every few seconds would drown the rest.
+func notHealth(info *stats.RPCTagInfo) bool {
+	return !auth.OpenMethod(info.FullMethodName)
+}
+
+// GRPC exposes the underlying server, to register more services before Serve (the gateway serves
+// every service's API on one port).
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Ready reports whether the last readiness round passed.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready
+}
 
 func (s *Server) setReadiness(ready bool) {
 	st := healthpb.HealthCheckResponse_NOT_SERVING
@@ -130,17 +207,44 @@ func (s *Server) setReadiness(ready bool) {
 	}
 }
 
-// probe runs every readiness check once and reports the result.
+// probe runs every readiness check once, concurrently, and publishes the result when it changed.
+// A probe still running at the deadline counts as failed and is left behind, so a probe that
+// ignores its context can hold neither readiness nor the drain.
 func (s *Server) probe(ctx context.Context) {
-	var failed error
-	for _, c := range s.opts.Readiness {
-		pctx, cancel := context.WithTimeout(ctx, s.opts.ReadinessInterval)
-		err := c.Probe(pctx)
-		cancel()
-		if err != nil {
-			failed = errors.Join(failed, fmt.Errorf("%s: %w", c.Name, err))
+	checks := s.opts.Readiness
+	pctx, cancel := context.WithTimeout(ctx, s.opts.ReadinessInterval)
+	defer cancel()
+	type result struct {
+		i   int
+		err error
+	}
+	results := make(chan result, len(checks)) // buffered: a late probe never blocks
+	for i, c := range checks {
+		go func() { results <- result{i, c.Probe(pctx)} }()
+	}
+	errList := make([]error, len(checks))
+	answered := make([]bool, len(checks))
+collect:
+	for range checks {
+		select {
+		case r := <-results:
+			answered[r.i] = true
+			if r.err != nil {
+				errList[r.i] = fmt.Errorf("%s: %w", checks[r.i].Name, r.err)
+			}
+		case <-pctx.Done():
+			for i, ok := range answered {
+				if !ok {
+					errList[i] = fmt.Errorf("%s: no answer within %s", checks[i].Name, s.opts.ReadinessInterval)
+				}
+			}
+			break collect
 		}
 	}
+	if ctx.Err() != nil {
+		return // draining: the result means nothing
+	}
+	failed := errors.Join(errList...)
 	s.mu.Lock()
 	changed := s.ready != (failed == nil)
 	s.ready = failed == nil
@@ -149,7 +253,7 @@ func (s *Server) probe(ctx context.Context) {
 		return
 	}
 	if failed != nil {
-		s.log.Warn("not ready", "error", failed)
+		s.log.Warn("not ready", "error", failed.Error())
 	} else {
 		s.log.Info("ready")
 	}
@@ -157,9 +261,18 @@ func (s *Server) probe(ctx context.Context) {
 }
 
 // Serve serves on lis until ctx ends, then drains: every health status NOT_SERVING, DrainDelay
-// for load balancers to notice, GracefulStop bounded by DrainTimeout, then Stop.
+// for load balancers to notice, GracefulStop (new calls refused, running ones finish) bounded by
+// DrainTimeout, then Stop, which cuts what is still running. It returns nil after a drain, or the
+// error that ended serving early. A Server serves once.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.mu.Lock()
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("grpcserver: Serve called twice")
+	}
+	s.serving = true
+	s.mu.Unlock()
+
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	probed := make(chan struct{})
 	go func() {
@@ -182,29 +295,27 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	case err := <-serveErr:
 		stopProbe()
 		<-probed
-		return fmt.Errorf("grpc serve: %w", err)
+		s.grpc.Stop()
+		return fmt.Errorf("grpc serve on %s: %w", lis.Addr(), err)
 	case <-ctx.Done():
 	}
 	stopProbe()
 	<-probed
-	s.health.Shutdown() // every service NOT_SERVING, and stays so
+
+	s.log.Info("draining", "delay", s.opts.DrainDelay, "timeout", s.opts.DrainTimeout)
+	s.health.Shutdown() // every service NOT_SERVING, and it stays so
 	if s.opts.DrainDelay > 0 {
-		time.Sleep(s.opts.DrainDelay)
+		<-time.After(s.opts.DrainDelay)
 	}
-	stopped := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(s.opts.DrainTimeout):
+	cut := time.AfterFunc(s.opts.DrainTimeout, func() {
 		s.log.Warn("drain timeout: cutting running calls", "timeout", s.opts.DrainTimeout)
 		s.grpc.Stop()
-		<-stopped
-	}
+	})
+	s.grpc.GracefulStop()
+	cut.Stop()
 	if err := <-serveErr; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("grpc serve: %w", err)
+		return fmt.Errorf("grpc serve on %s: %w", lis.Addr(), err)
 	}
+	s.log.Info("drained")
 	return nil
 }
