@@ -1,0 +1,459 @@
+// Package smtptest runs an in-process SMTP sink (built on go-smtp) for tests of code that sends
+// mail: it listens on a random loopback port, records every accepted message, and can be told at
+// run time to answer with temporary or permanent failures, to hang, or to drop the connection, so
+// that retry and error handling of an outbox can be exercised without a real mail server.
+package smtptest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Behavior selects how the sink answers a message, so a test can inject a specific SMTP failure
+// at the protocol step where a real server would produce it.
+type Behavior int
+
+const (
+	// Accept answers every step with success and records the message; it is the default.
+	Accept Behavior = iota
+	// TempFailRcpt answers RCPT TO with 451 4.3.0, a transient per-recipient failure the sender
+	// should retry.
+	TempFailRcpt
+	// TempFailData reads the whole message and then answers 451 4.3.0, a transient failure
+	// reported only after the body was transferred.
+	TempFailData
+	// ServiceUnavailable answers MAIL FROM with 421 4.3.2 and closes the connection, as a server
+	// that is shutting down does.
+	ServiceUnavailable
+	// MailboxFull answers RCPT TO with 452 4.2.2, the transient "mailbox full" condition.
+	MailboxFull
+	// PermFailRcpt answers RCPT TO with 550 5.1.1, an unknown recipient that must not be retried.
+	PermFailRcpt
+	// MessageTooBig reads the whole message and then answers 552 5.3.4, a permanent size
+	// rejection.
+	MessageTooBig
+	// PermFailData reads the whole message and then answers 554 5.6.0, a permanent content
+	// rejection.
+	PermFailData
+	// Hang reads the whole message and then never replies, until the sink is closed or the client
+	// disconnects, so client-side timeouts can be tested.
+	Hang
+	// Drop reads the whole message and then closes the TCP connection without replying: the
+	// RFC 1047 window in which the sender cannot know whether the message was delivered.
+	Drop
+)
+
+var behaviorNames = [...]string{
+	Accept:             "Accept",
+	TempFailRcpt:       "TempFailRcpt",
+	TempFailData:       "TempFailData",
+	ServiceUnavailable: "ServiceUnavailable",
+	MailboxFull:        "MailboxFull",
+	PermFailRcpt:       "PermFailRcpt",
+	MessageTooBig:      "MessageTooBig",
+	PermFailData:       "PermFailData",
+	Hang:               "Hang",
+	Drop:               "Drop",
+}
+
+// String returns the constant's name, so behaviours read well in subtest names and failures.
+func (b Behavior) String() string {
+	if b >= 0 && int(b) < len(behaviorNames) {
+		return behaviorNames[b]
+	}
+	return fmt.Sprintf("Behavior(%d)", int(b))
+}
+
+// Replies the sink sends for the injected failures.
+var (
+	errTempFailRcpt = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "smtptest: temporary recipient failure"}
+	errTempFailData = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "smtptest: temporary failure after data"}
+	errServiceUnav  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "smtptest: service not available, closing transmission channel"}
+	errMailboxFull  = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "smtptest: mailbox full"}
+	errPermFailRcpt = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "smtptest: no such user"}
+	errTooBig       = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "smtptest: message too big"}
+	errPermFailData = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "smtptest: message content rejected"}
+	errSinkClosed   = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "smtptest: sink closed"}
+)
+
+// Envelope is what a hook sees when choosing a Behavior, so it can fail selected senders or
+// recipients while accepting the rest.
+//
+// The hook is consulted at MAIL FROM (To is empty), at each RCPT TO (To holds the recipients
+// accepted so far followed by the one being offered, so the last element is the candidate), and
+// after DATA (To holds all accepted recipients). At each step only the behaviours belonging to
+// that step take effect; any other returned value counts as Accept there.
+type Envelope struct {
+	From string
+	To   []string
+}
+
+// Message is one accepted message as the sink received it, for assertions on envelope and body.
+type Message struct {
+	From     string
+	To       []string
+	Data     []byte
+	Received time.Time
+}
+
+// Option configures Start, so tests opt into authentication or a size limit only when they
+// exercise them.
+type Option func(*config)
+
+type config struct {
+	authSet         bool
+	user, pass      string
+	maxMessageBytes int64
+}
+
+// WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
+// without TLS), so a sender's authentication path can be tested.
+func WithAuth(user, pass string) Option {
+	return func(c *config) { c.authSet, c.user, c.pass = true, user, pass }
+}
+
+// WithMaxMessageBytes advertises SIZE n and rejects larger messages with 552 5.3.4, so a sender's
+// handling of oversized mail can be tested.
+func WithMaxMessageBytes(n int64) Option {
+	return func(c *config) { c.maxMessageBytes = n }
+}
+
+// Sink is a running SMTP server that records accepted messages and injects failures on demand.
+// Its methods are safe for concurrent use.
+type Sink struct {
+	cfg    config
+	server *smtp.Server
+	ln     net.Listener
+	addr   string
+
+	served chan struct{} // closed when Serve has returned
+	done   chan struct{} // closed by Close; releases hung sessions
+
+	mu       sync.Mutex
+	closed   bool
+	active   sync.WaitGroup // sessions' Data calls and their helper goroutines
+	behavior Behavior
+	hook     func(Envelope) Behavior
+	messages []Message
+	changed  chan struct{} // closed and replaced whenever a message is recorded
+	tb       testing.TB
+}
+
+// Start runs a sink on 127.0.0.1 with a random port for tb and closes it at tb's cleanup.
+func Start(tb testing.TB, opts ...Option) *Sink {
+	tb.Helper()
+	s := &Sink{
+		served:  make(chan struct{}),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		tb:      tb,
+	}
+	for _, o := range opts {
+		o(&s.cfg)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("smtptest: listen: %v", err)
+	}
+	s.ln = ln
+	s.addr = ln.Addr().String()
+
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = "smtptest.localhost"
+	srv.AllowInsecureAuth = true
+	srv.MaxMessageBytes = s.cfg.maxMessageBytes
+	srv.ErrorLog = sinkLogger{s}
+	s.server = srv
+
+	go func() {
+		defer close(s.served)
+		_ = srv.Serve(ln)
+	}()
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// Addr returns the host:port the sink listens on, for the sender under test to dial.
+func (s *Sink) Addr() string { return s.addr }
+
+// SetBehavior makes the sink answer all following messages with b (unless a hook is set).
+func (s *Sink) SetBehavior(b Behavior) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.behavior = b
+}
+
+// SetHook lets f choose the Behavior per message and per recipient from the envelope; see
+// Envelope for when it is called. A non-nil hook takes precedence over SetBehavior; nil removes
+// it. f runs on the server's goroutines and must be safe for concurrent use.
+func (s *Sink) SetHook(f func(env Envelope) Behavior) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hook = f
+}
+
+// Messages returns a copy of the messages accepted so far, in order of arrival.
+func (s *Sink) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.copyMessages()
+}
+
+// WaitForMessages blocks until at least n messages have been accepted and returns a copy of all
+// of them; it fails tb if that does not happen within timeout or the sink closes first. Because
+// it calls tb.Fatalf, call it from the test's goroutine.
+func (s *Sink) WaitForMessages(tb testing.TB, n int, timeout time.Duration) []Message {
+	tb.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		if len(s.messages) >= n {
+			msgs := s.copyMessages()
+			s.mu.Unlock()
+			return msgs
+		}
+		changed, got := s.changed, len(s.messages)
+		s.mu.Unlock()
+
+		select {
+		case <-changed:
+		case <-timer.C:
+			tb.Fatalf("smtptest: got %d messages after %v, want at least %d", got, timeout, n)
+			return nil
+		case <-s.done:
+			tb.Fatalf("smtptest: sink closed with %d messages, want at least %d", got, n)
+			return nil
+		}
+	}
+}
+
+// Close stops the sink: it closes the listener and all connections, releases hung sessions and
+// waits for the sink's goroutines to leave its code. It is idempotent and registered with
+// tb.Cleanup by Start.
+func (s *Sink) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.mu.Unlock()
+
+	_ = s.server.Close() // closes listener and connections; Logout releases hung sessions
+	close(s.done)        // releases anything still waiting
+	<-s.served
+	s.active.Wait()
+}
+
+func (s *Sink) copyMessages() []Message {
+	out := make([]Message, len(s.messages))
+	for i, m := range s.messages {
+		out[i] = Message{From: m.From, To: slices.Clone(m.To), Data: slices.Clone(m.Data), Received: m.Received}
+	}
+	return out
+}
+
+// decide returns the behaviour for env: the hook's if set, else the fixed one.
+func (s *Sink) decide(env Envelope) Behavior {
+	s.mu.Lock()
+	hook, b := s.hook, s.behavior
+	s.mu.Unlock()
+	if hook != nil {
+		return hook(Envelope{From: env.From, To: slices.Clone(env.To)})
+	}
+	return b
+}
+
+// enter registers a goroutine in the sink's code; it fails once the sink is closed, so
+// active.Add never races with Close's active.Wait.
+func (s *Sink) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.active.Add(1)
+	return true
+}
+
+func (s *Sink) record(m Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.messages = append(s.messages, m)
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *Sink) newSession(c *smtp.Conn) (smtp.Session, error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, errSinkClosed
+	}
+	return &session{sink: s, conn: c.Conn(), gone: make(chan struct{})}, nil
+}
+
+// sinkLogger forwards go-smtp's error log to the test log until the sink is closed (logging to a
+// finished test panics).
+type sinkLogger struct{ s *Sink }
+
+func (l sinkLogger) Printf(format string, v ...interface{}) {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	if !l.s.closed {
+		l.s.tb.Logf("smtptest: "+format, v...)
+	}
+}
+
+func (l sinkLogger) Println(v ...interface{}) {
+	l.Printf("%s", fmt.Sprintln(v...))
+}
+
+// session is one SMTP connection's state.
+type session struct {
+	sink *Sink
+	conn net.Conn
+
+	authed bool
+	from   string
+	to     []string
+
+	goneOnce sync.Once
+	gone     chan struct{} // closed by Logout, i.e. when the connection is closed
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (ss *session) AuthMechanisms() []string {
+	if !ss.sink.cfg.authSet {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if !ss.sink.cfg.authSet || mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		if (identity != "" && identity != user) || user != ss.sink.cfg.user || pass != ss.sink.cfg.pass {
+			return smtp.ErrAuthFailed
+		}
+		ss.authed = true
+		return nil
+	}), nil
+}
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	if ss.sink.cfg.authSet && !ss.authed {
+		return smtp.ErrAuthRequired
+	}
+	if ss.sink.decide(Envelope{From: from}) == ServiceUnavailable {
+		// go-smtp only writes the reply after Mail returns, and 421 must be followed by closing
+		// the connection, so write the reply ourselves, then close. No output is buffered: go-smtp
+		// flushes after every reply.
+		e := errServiceUnav
+		_, _ = fmt.Fprintf(ss.conn, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+		_ = ss.conn.Close()
+		return e
+	}
+	ss.from = from
+	ss.to = nil
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	env := Envelope{From: ss.from, To: append(slices.Clone(ss.to), to)}
+	switch ss.sink.decide(env) {
+	case TempFailRcpt:
+		return errTempFailRcpt
+	case MailboxFull:
+		return errMailboxFull
+	case PermFailRcpt:
+		return errPermFailRcpt
+	}
+	ss.to = append(ss.to, to)
+	return nil
+}
+
+func (ss *session) Data(r io.Reader) error {
+	if !ss.sink.enter() {
+		return errSinkClosed
+	}
+	defer ss.sink.active.Done()
+
+	data, err := io.ReadAll(r)
+	if err != nil {
+		// Typically smtp.ErrDataTooLarge (552 5.3.4); go-smtp needs the *SMTPError unwrapped.
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se
+		}
+		return err
+	}
+	received := time.Now()
+
+	switch ss.sink.decide(Envelope{From: ss.from, To: ss.to}) {
+	case TempFailData:
+		return errTempFailData
+	case MessageTooBig:
+		return errTooBig
+	case PermFailData:
+		return errPermFailData
+	case Hang:
+		ss.hang()
+		_ = ss.conn.Close() // never reply, even once released
+		return errSinkClosed
+	case Drop:
+		_ = ss.conn.Close()
+		return errSinkClosed // not delivered: the connection is gone
+	}
+
+	ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received})
+	return nil
+}
+
+// hang blocks until the sink closes, the connection is closed (Logout), or the client
+// disconnects. The protocol is stalled while we are here, so nothing else reads the connection
+// and a watcher may read it directly to notice EOF.
+func (ss *session) hang() {
+	clientGone := make(chan struct{})
+	if ss.sink.enter() {
+		go func() {
+			defer ss.sink.active.Done()
+			defer close(clientGone)
+			buf := make([]byte, 512)
+			for {
+				if _, err := ss.conn.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	select {
+	case <-ss.sink.done:
+	case <-ss.gone:
+	case <-clientGone:
+	}
+}
+
+func (ss *session) Reset() {
+	ss.from = ""
+	ss.to = nil
+}
+
+func (ss *session) Logout() error {
+	ss.goneOnce.Do(func() { close(ss.gone) })
+	return nil
+}
