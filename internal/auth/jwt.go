@@ -33,12 +33,13 @@ type Verifier struct {
 	rsa    map[string]*rsa.PublicKey
 	ed     map[string]ed25519.PublicKey
 	parser *jwt.Parser
+	cache  *verifiedCache
 }
 
 // NewVerifier builds a Verifier from cfg: HS256 from the secret and/or the RS256/EdDSA keys of
 // the JWKS file; at least one must be configured.
 func NewVerifier(cfg Config) (*Verifier, error) {
-	v := &Verifier{}
+	v := &Verifier{cache: newVerifiedCache(time.Now)}
 	var methods []string
 	if cfg.HS256Secret != "" {
 		if len(cfg.HS256Secret) < MinSecretBytes {
@@ -87,6 +88,9 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if len(token) > maxTokenBytes {
 		return Principal{}, errs.Unauthenticated("invalid token", errors.New("token too long"))
 	}
+	if p, ok := v.cache.get(token); ok {
+		return p, nil
+	}
 	var c claims
 	if _, err := v.parser.ParseWithClaims(token, &c, v.key); err != nil {
 		msg := "invalid token"
@@ -105,6 +109,8 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if c.Service == "" {
 		p.User = c.Subject
 	}
+	// Cached until exp without the leeway: the cache never extends a token's life.
+	v.cache.put(token, p, c.ExpiresAt.Time)
 	return p, nil
 }
 

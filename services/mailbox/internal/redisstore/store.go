@@ -25,13 +25,16 @@ const maxTxAttempts = 16
 // without its event. A concurrent write to a watched key makes EXEC fail and the write retry on
 // the new state.
 type Store struct {
-	rdb redis.UniversalClient
+	rdb    redis.UniversalClient
+	grants *grantBatcher
 }
 
 var _ mailbox.Store = (*Store)(nil)
 
 // New returns a Store on rdb.
-func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+func New(rdb redis.UniversalClient) *Store {
+	return &Store{rdb: rdb, grants: &grantBatcher{rdb: rdb}}
+}
 
 // batch collects the writes of one transaction while its reads run, so all reads happen under
 // WATCH before MULTI and all writes inside it.
@@ -997,31 +1000,11 @@ func (s *Store) SetDefaultSender(ctx context.Context, tenant, userID, mailboxID 
 	return out, err
 }
 
-// SendGrant implements mailbox.Store in one pipelined round trip of three reads, none depending
-// on another: the user, the address summary and the user's grant on that address.
+// SendGrant implements mailbox.Store with three independent reads (the user, the address's
+// mailbox summary and the user's grant on that address), pipelined together with those of other
+// concurrent callers (see grantBatcher).
 func (s *Store) SendGrant(ctx context.Context, tenant, userID, address string) (mailbox.SendGrant, error) {
-	k := tenantKeys(tenant)
-	var g mailbox.SendGrant
-	p := s.rdb.Pipeline()
-	user := p.HMGet(ctx, k.user(userID), "id", "display_name", "email")
-	summary := p.HGet(ctx, k.addrs(), address)
-	grant := p.HGet(ctx, k.userGrants(userID), address)
-	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return g, fmt.Errorf("read send grant: %w", err)
-	}
-	uv := user.Val()
-	if len(uv) == 3 && uv[0] != nil {
-		g.UserFound = true
-		g.UserDisplayName, _ = uv[1].(string)
-		g.UserEmail, _ = uv[2].(string)
-	}
-	if sv := summary.Val(); sv != "" {
-		decodeAddrSummary(sv, &g)
-	}
-	if gv := grant.Val(); gv != "" {
-		g.Explicit = parseRights(gv)
-	}
-	return g, nil
+	return s.grants.get(ctx, tenantKeys(tenant), userID, address)
 }
 
 // ---- sent view ----
