@@ -134,3 +134,52 @@ func streamOf(t *testing.T, rdb *redis.Client) string {
 	t.Fatal("no event stream has entries")
 	return ""
 }
+
+// TestConcurrentSendGrantsGetTheirOwnAnswers drives the coalescing of send-grant reads: many
+// callers at once, each asking about a different user and address, each gets its own answer.
+func TestConcurrentSendGrantsGetTheirOwnAnswers(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	s := redisstore.New(rdb)
+	seed(t, s)
+	ctx := context.Background()
+	if err := s.AddMember(ctx, "kanzlei", "info", "max", mailbox.RightSendOnBehalf, t0); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		user, addr string
+		want       mailbox.SendMode
+	}{
+		{"max", "info@kanzlei.example", mailbox.SendOnBehalf},
+		{"martina", "info@kanzlei.example", mailbox.SendDenied},
+		{"martina", "martina@pm.example", mailbox.SendOwner},
+		{"max", "martina@pm.example", mailbox.SendDenied},
+		{"max", "max@pm.example", mailbox.SendOwner},
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 500)
+	for i := range 500 {
+		c := cases[i%len(cases)]
+		wg.Go(func() {
+			g, err := s.SendGrant(ctx, "kanzlei", c.user, c.addr)
+			if err != nil {
+				errc <- err
+				return
+			}
+			if got := mailbox.Decide(c.user, &g).Mode; got != c.want {
+				errc <- fmt.Errorf("%s from %s: mode %d, want %d", c.user, c.addr, got, c.want)
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	t.Run("a cancelled caller returns at once", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := s.SendGrant(cctx, "kanzlei", "max", "info@kanzlei.example"); err == nil {
+			t.Log("answered before noticing the cancellation; allowed")
+		}
+	})
+}
