@@ -16,9 +16,13 @@ BASELINE := proto/baseline.binpb
 
 all: test
 
-## run: the whole suite in one process (embedded NATS, Redis from REDIS_URL or a spawned one).
-run:
+## run: the whole suite in one process (embedded NATS, Redis from REDIS_URL or a spawned one),
+## with bin/grpcurl (pinned in tools/go.mod) for the printed quick start.
+run: $(BIN)/grpcurl
 	$(GO) run ./cmd/postamt up
+
+$(BIN)/grpcurl: tools/go.mod tools/go.sum
+	cd tools && GOWORK=off GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 ## test: everything CI checks.
 test: lint breaking check-generated tidy-check build-modules vet go-test
