@@ -66,10 +66,9 @@ func validRequestID(id string) bool {
 
 func withRequestID(ctx context.Context) context.Context {
 	id := ""
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
-			id = v[0]
-		}
+	// One key, without copying the whole metadata map as FromIncomingContext would.
+	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
+		id = v[0]
 	}
 	if id == "" {
 		id = newRequestID()
