@@ -21,9 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/natstest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
@@ -77,15 +77,7 @@ func startMailbox(b *testing.B) (*roundRobin, context.Context) {
 	b.Helper()
 	rs := redistest.Start(b)
 	ns := natstest.Start(b)
-	cfg := auth.Config{HS256Secret: "bench-secret-bench-secret-bench-secret", Audience: "postamt"}
-	verifier, err := auth.NewVerifier(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	signer, err := auth.NewSigner(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	verifier, signer := authtest.Keys(b)
 	a, err := app.New(app.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: true}, app.Deps{
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Redis:    rs.Client(b),
@@ -116,11 +108,7 @@ func startMailbox(b *testing.B) (*roundRobin, context.Context) {
 		b.Cleanup(func() { c.Close() })
 		conns[i] = c
 	}
-	tok, err := signer.Mint(auth.Principal{Tenant: "bench", User: "admin", Roles: []string{"admin", "operator"}}, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	ctx := authtest.Outgoing(b, signer, auth.Principal{Tenant: "bench", User: "admin", Roles: []string{"admin", "operator"}})
 	return &roundRobin{conns: conns}, ctx
 }
 

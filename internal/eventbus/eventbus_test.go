@@ -20,6 +20,7 @@ import (
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
 	"github.com/postamt/postamt/internal/testkit/natstest"
+	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 )
 
@@ -128,18 +129,6 @@ func consume(t *testing.T, js jetstream.JetStream, durable string, h eventbus.Ha
 	})
 }
 
-// eventually polls cond every few milliseconds until it holds or 20s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRelayPublishesAtomicWritesInOrder(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
@@ -152,14 +141,14 @@ func TestRelayPublishesAtomicWritesInOrder(t *testing.T) {
 	for i := 5; i < 10; i++ {
 		write(t, ctx, h.rdb, fmt.Sprintf("e:%d", i), fmt.Sprintf("v%d", i))
 	}
-	eventually(t, "10 events", func() bool { return len(c.snapshot()) == 10 })
+	poll.Eventually(t, "10 events", func() bool { return len(c.snapshot()) == 10 })
 	if got, want := fmt.Sprint(c.snapshot()), "[e:0 e:1 e:2 e:3 e:4 e:5 e:6 e:7 e:8 e:9]"; got != want {
 		t.Errorf("ids = %s, want %s", got, want)
 	}
 	if got := fmt.Sprint(c.vals); got != "[v0 v1 v2 v3 v4 v5 v6 v7 v8 v9]" {
 		t.Errorf("values = %s", got)
 	}
-	eventually(t, "the stream to be emptied", func() bool { return h.rdb.XLen(ctx, streamKey).Val() == 0 })
+	poll.Eventually(t, "the stream to be emptied", func() bool { return h.rdb.XLen(ctx, streamKey).Val() == 0 })
 }
 
 // TestCrashedRelayIsTakenOver: a relay read an entry, published it and died before XACK. Another
@@ -183,14 +172,14 @@ func TestCrashedRelayIsTakenOver(t *testing.T) {
 	}
 
 	r := h.relay(t, "alive", 50*time.Millisecond)
-	eventually(t, "the entry to be reclaimed and acknowledged", func() bool { return h.rdb.XLen(ctx, streamKey).Val() == 0 })
+	poll.Eventually(t, "the entry to be reclaimed and acknowledged", func() bool { return h.rdb.XLen(ctx, streamKey).Val() == 0 })
 	if _, reclaimed, _ := r.Stats(); reclaimed != 1 {
 		t.Errorf("reclaimed = %d, want 1", reclaimed)
 	}
 	write(t, ctx, h.rdb, "e:2", "v2")
 	var c collector
 	consume(t, h.js, "c1", c.handler(t))
-	eventually(t, "e:2", func() bool { ids := c.snapshot(); return len(ids) > 0 && ids[len(ids)-1] == "e:2" })
+	poll.Eventually(t, "e:2", func() bool { ids := c.snapshot(); return len(ids) > 0 && ids[len(ids)-1] == "e:2" })
 	if got := fmt.Sprint(c.snapshot()); got != "[e:1 e:2]" {
 		t.Errorf("delivered = %s, want [e:1 e:2] (e:1 once)", got)
 	}
@@ -209,10 +198,10 @@ func TestRelaySurvivesJetStreamRestart(t *testing.T) {
 	for i := 20; i < 40; i++ {
 		write(t, ctx, h.rdb, fmt.Sprintf("e:%02d", i), "v")
 	}
-	eventually(t, "the stream to drain", func() bool { return h.rdb.XLen(ctx, streamKey).Val() == 0 })
+	poll.Eventually(t, "the stream to drain", func() bool { return h.rdb.XLen(ctx, streamKey).Val() == 0 })
 	var c collector
 	consume(t, h.js, "c1", c.handler(t))
-	eventually(t, "40 events", func() bool { return len(c.snapshot()) >= 40 })
+	poll.Eventually(t, "40 events", func() bool { return len(c.snapshot()) >= 40 })
 	var want []string
 	for i := range 40 {
 		want = append(want, fmt.Sprintf("e:%02d", i))
@@ -236,7 +225,7 @@ func TestTraceContextCrossesRedisAndNATS(t *testing.T) {
 	h.relay(t, "r1", time.Minute)
 	var c collector
 	consume(t, h.js, "c1", c.handler(t))
-	eventually(t, "the event", func() bool { return len(c.snapshot()) == 1 })
+	poll.Eventually(t, "the event", func() bool { return len(c.snapshot()) == 1 })
 	c.mu.Lock()
 	got := trace.SpanContextFromContext(c.ctxs[0])
 	c.mu.Unlock()
@@ -271,7 +260,7 @@ func TestConsumerRetriesAndTerminates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "flaky and last applied", func() bool {
+	poll.Eventually(t, "flaky and last applied", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(done) == 2
@@ -282,7 +271,7 @@ func TestConsumerRetriesAndTerminates(t *testing.T) {
 	if _, err := h.js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "sentinel applied", func() bool {
+	poll.Eventually(t, "sentinel applied", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(done) == 3

@@ -14,30 +14,19 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/natstest"
+	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/mailbox/app"
 )
-
-// eventually polls cond until it holds or the deadline passes; no sleeps of fixed length.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // TestEndToEnd runs the wired service on a spawned Redis and an embedded JetStream: events of
 // admin changes leave through the relay, and an EmailSent published as the outbox would publish
@@ -46,15 +35,7 @@ func TestEndToEnd(t *testing.T) {
 	rs := redistest.Start(t)
 	ns := natstest.Start(t)
 	js := ns.JetStream(t)
-	cfg := auth.Config{HS256Secret: "e2e-secret-e2e-secret-e2e-secret!!", Audience: "postamt"}
-	verifier, err := auth.NewVerifier(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := auth.NewSigner(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	verifier, signer := authtest.Keys(t)
 	a, err := app.New(app.Config{RelayBatch: 64, RelayClaimIdle: time.Second, SentView: true}, app.Deps{
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Redis:    rs.Client(t),
@@ -85,17 +66,13 @@ func TestEndToEnd(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	health := grpc_health_v1.NewHealthClient(conn)
-	eventually(t, "readiness", func() bool {
+	poll.Eventually(t, "readiness", func() bool {
 		r, err := health.Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: grpcserver.ReadinessService})
 		return err == nil && r.GetStatus() == grpc_health_v1.HealthCheckResponse_SERVING
 	})
 
 	as := func(tenant, user string, roles ...string) context.Context {
-		tok, err := signer.Mint(auth.Principal{Tenant: tenant, User: user, Roles: roles}, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		return authtest.Outgoing(t, signer, auth.Principal{Tenant: tenant, User: user, Roles: roles})
 	}
 	c := mailboxv1.NewMailboxServiceClient(conn)
 	admin := as("kanzlei", "admin", "admin", "operator")
@@ -141,7 +118,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got []string
-		eventually(t, "two MembershipChanged events", func() bool {
+		poll.Eventually(t, "two MembershipChanged events", func() bool {
 			msgs, err := cons.FetchNoWait(10)
 			if err != nil {
 				return false
@@ -185,7 +162,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		for _, user := range []string{"max", "martina"} {
 			var items []*mailboxv1.SentItem
-			eventually(t, "the sent item in "+user+"'s view", func() bool {
+			poll.Eventually(t, "the sent item in "+user+"'s view", func() bool {
 				r, err := c.ListSentItems(as("kanzlei", user), &mailboxv1.ListSentItemsRequest{})
 				if err != nil {
 					t.Fatal(err)

@@ -8,25 +8,22 @@ import (
 	"net"
 	"slices"
 	"testing"
-	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	"github.com/postamt/postamt/services/mailbox/internal/grpcapi"
 	"github.com/postamt/postamt/services/mailbox/internal/mailbox"
 	"github.com/postamt/postamt/services/mailbox/internal/redisstore"
 )
-
-const testSecret = "test-secret-test-secret-test-secret!"
 
 // env is a mailbox API over a real gRPC connection, a real server chain (auth, error mapping) and
 // a spawned redis-server of its own.
@@ -42,15 +39,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
 	svc := mailbox.New(redisstore.New(rdb), mailbox.Options{})
-	cfg := auth.Config{HS256Secret: testSecret, Audience: "postamt"}
-	verifier, err := auth.NewVerifier(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := auth.NewSigner(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	verifier, signer := authtest.Keys(t)
 	h := grpcapi.New(svc)
 	srv, err := grpcserver.New(grpcserver.Options{
 		Name:     []string{mailboxv1.MailboxService_ServiceDesc.ServiceName},
@@ -83,21 +72,13 @@ func newEnv(t *testing.T) *env {
 // as returns a context carrying a token for the given caller.
 func (e *env) as(tenant, user string, roles ...string) context.Context {
 	e.t.Helper()
-	tok, err := e.signer.Mint(auth.Principal{Tenant: tenant, User: user, Roles: roles}, time.Hour)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	return authtest.Outgoing(e.t, e.signer, auth.Principal{Tenant: tenant, User: user, Roles: roles})
 }
 
 // service returns a context carrying a service token, as another Postamt service would send.
 func (e *env) service(tenant, name string) context.Context {
 	e.t.Helper()
-	tok, err := e.signer.Mint(auth.Principal{Tenant: tenant, Service: name}, time.Hour)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	return authtest.Outgoing(e.t, e.signer, auth.Principal{Tenant: tenant, Service: name})
 }
 
 func (e *env) operator() context.Context { return e.as("acme", "op", "operator", "admin") }
