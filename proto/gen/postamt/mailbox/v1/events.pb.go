@@ -331,8 +331,9 @@ func (x *MailboxChanged) GetMailbox() *Mailbox {
 }
 
 // MembershipChanged is published on subject postamt.mailbox.v1.MembershipChanged with Nats-Msg-Id
-// "<tenant_id>:mailbox:<mailbox_id>:<version>" (the mailbox's version, which every membership
-// change increases).
+// "<tenant_id>:mailbox:<mailbox_id>:member:<user_id>:<mailbox_version>": every membership change
+// increases the mailbox's version, and the user id keeps the ids of the several memberships a
+// single change (a deleted mailbox) announces apart.
 type MembershipChanged struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The tenant.
