@@ -21,6 +21,8 @@ import (
 // at once, and a busy one batches by itself.
 type grantBatcher struct {
 	rdb redis.UniversalClient
+	// reqs recycles requests (and their done channels) between calls of the hot path.
+	reqs sync.Pool
 
 	mu       sync.Mutex
 	queue    []*grantReq
@@ -46,10 +48,11 @@ type grantReq struct {
 	done       chan struct{}
 }
 
-var grantReqPool = sync.Pool{New: func() any { return &grantReq{done: make(chan struct{}, 1)} }}
-
 func (b *grantBatcher) get(ctx context.Context, k keys, user, addr string) (mailbox.SendGrant, error) {
-	r := grantReqPool.Get().(*grantReq)
+	r, _ := b.reqs.Get().(*grantReq)
+	if r == nil {
+		r = &grantReq{done: make(chan struct{}, 1)}
+	}
 	r.k, r.user, r.addr, r.g, r.err = k, user, addr, mailbox.SendGrant{}, nil
 
 	b.mu.Lock()
@@ -67,7 +70,7 @@ func (b *grantBatcher) get(ctx context.Context, k keys, user, addr string) (mail
 		return mailbox.SendGrant{}, ctx.Err()
 	}
 	g, err := r.g, r.err
-	grantReqPool.Put(r)
+	b.reqs.Put(r)
 	return g, err
 }
 
