@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/testkit/authtest"
@@ -53,6 +55,11 @@ func BenchmarkP5CheckSend(b *testing.B) {
 	client, ctx := startMailbox(b)
 	reqs := seedP5(b, client, ctx)
 
+	reportLoad(b, ctx, client, reqs)
+}
+
+// reportLoad runs the closed loop and the open-loop rates and reports their figures.
+func reportLoad(b *testing.B, ctx context.Context, client checker, reqs []*mailboxv1.CheckSendRequest) {
 	b.ResetTimer()
 	for range b.N {
 		maxRate := closedLoop(ctx, client, reqs, 64, 3*time.Second)
@@ -129,6 +136,38 @@ func (r *roundRobin) CheckSend(ctx context.Context, in *mailboxv1.CheckSendReque
 
 type checker interface {
 	CheckSend(ctx context.Context, in *mailboxv1.CheckSendRequest, opts ...grpc.CallOption) (*mailboxv1.CheckSendResponse, error)
+}
+
+// healthChecker makes a plain health client look like a checker, for the baseline.
+type healthChecker struct{ rr *roundRobin }
+
+func (h healthChecker) CheckSend(ctx context.Context, _ *mailboxv1.CheckSendRequest, opts ...grpc.CallOption) (*mailboxv1.CheckSendResponse, error) {
+	_, err := healthpb.NewHealthClient(h.rr.conns[int(h.rr.n.Add(1))%len(h.rr.conns)]).Check(ctx, &healthpb.HealthCheckRequest{}, opts...)
+	return nil, err
+}
+
+// BenchmarkP5Baseline is the floor under P5 on this machine: the same load against a bare
+// grpc-go server answering grpc.health.v1 Check — no interceptors, no auth, no Redis. What
+// CheckSend costs beyond it is Postamt's.
+func BenchmarkP5Baseline(b *testing.B) {
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	b.Cleanup(srv.Stop)
+	rr := &roundRobin{}
+	for range p5Conns {
+		c, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		rr.conns = append(rr.conns, c)
+	}
+	reportLoad(b, context.Background(), healthChecker{rr}, []*mailboxv1.CheckSendRequest{{}})
 }
 
 func seedP5(b *testing.B, rr *roundRobin, ctx context.Context) []*mailboxv1.CheckSendRequest {
