@@ -1,17 +1,43 @@
 // Package eventbus carries the suite's facts from Redis to NATS JetStream and on to consumers.
 //
-// The transactional outbox: a service writes a state change and the event announcing it in one
-// atomic Redis step (a Lua script or MULTI/EXEC), the event as an entry of a Redis stream. The
-// Relay publishes stream entries to JetStream with Nats-Msg-Id set to the event id
-// (<entity id>:<version>), waits for JetStream's acknowledgement, then acknowledges and deletes
-// the entry. So no event exists without its state and no state without its event; an entry
-// published twice (a relay crash between publish and XACK) is dropped by JetStream's duplicate
-// window, and consumers apply idempotently anyway.
+// # The transactional outbox
+//
+// A service writes a state change and the event announcing it in one atomic Redis step, the
+// event as an entry of a Redis stream in the service's own keyspace. No event exists without its
+// state and no state without its event. The Relay then publishes the stream entries to
+// JetStream with Nats-Msg-Id set to the event id (<entity id>:<version>), waits for JetStream's
+// acknowledgement, and only then acknowledges and deletes the entries. An entry published twice
+// (a relay dies between publish and XACK) is dropped by the stream's duplicate window, and
+// consumers apply idempotently anyway.
+//
+// # Writing an event from a Lua script
+//
+// Prepend LuaEmit to the service's script, pass the six values Envelope returns as the script's
+// last ARGV, and call postamt_emit with the stream key and them, in order:
+//
+//	local function ... (LuaEmit)
+//	-- KEYS[1] the record, KEYS[2] the partition's event stream
+//	-- ARGV[1] the record, ARGV[2..7] Envelope(ctx, id, subject, tenant, msg)
+//	if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS') end
+//	redis.call('SET', KEYS[1], ARGV[1])
+//	return postamt_emit(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+//
+// Rules such a script keeps:
+//   - KEYS declares every key it touches, the stream key included.
+//   - For Redis Cluster the stream key shares the hash tag of the entity keys, so services use
+//     partitioned stream keys such as pm:mailbox:{p3}:events, one per partition of entities, and
+//     give all of them to the Relay.
+//   - Check everything that can fail before the first write and emit last: Redis does not roll
+//     back the writes a script made before an error.
+//
+// Code using MULTI/EXEC instead of a script XADDs the pairs Fields returns in the transaction.
 package eventbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,7 +46,7 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Stream entry fields. A service's Lua script or MULTI writes exactly these.
+// Stream entry fields. LuaEmit and Fields write exactly these; the Relay reads them.
 const (
 	FieldID          = "id"
 	FieldSubject     = "subject"
@@ -30,58 +56,91 @@ const (
 	FieldTracestate  = "tracestate"
 )
 
-// Header names set on published messages. Trace headers are lower case on purpose: nats.Header is
-// case-sensitive, and W3C names are lower case for every non-Go consumer.
+// Header names set on published messages, for consumers in any language.
 const (
+	// HeaderTenant carries the tenant the event belongs to, so consumers can route or filter
+	// without decoding the payload.
 	HeaderTenant = "Postamt-Tenant"
+	// HeaderTraceparent and HeaderTracestate are the W3C trace context headers, lower case as
+	// the W3C spells them; nats.Header is case-sensitive, so the case matters to non-Go readers.
+	HeaderTraceparent = "traceparent"
+	HeaderTracestate  = "tracestate"
 )
 
-// LuaEmit is a Lua function for scripts that write state and their event in one step. Prepend it
-// to the script and call postamt_emit(KEYS[n], ARGV...) with the stream key declared in KEYS (for
-// Redis Cluster it shares the hash tag of the entity's keys). The arguments are the values Fields
-// returns, in order. No MAXLEN: unpublished events are never trimmed.
+// LuaEmit defines postamt_emit(stream, id, subject, tenant, data, traceparent, tracestate) for
+// scripts that write state and its event in one atomic step; see the package documentation. It
+// XADDs one entry with an auto-generated id and returns that id. There is deliberately no MAXLEN:
+// trimming could silently drop events the relay has not published yet; the relay deletes entries
+// once JetStream has them.
 const LuaEmit = `
 local function postamt_emit(stream, id, subject, tenant, data, traceparent, tracestate)
   return redis.call('XADD', stream, '*', 'id', id, 'subject', subject, 'tenant', tenant,
-    'data', data, 'traceparent', traceparent, 'tracestate', tracestate)
+    'data', data, 'traceparent', traceparent or '', 'tracestate', tracestate or '')
 end
 `
 
-// propagator is the W3C trace context format carried through Redis and NATS.
-var propagator = propagation.TraceContext{}
+// ErrInvalidEvent reports an event that cannot be written: an empty id or subject, or a message
+// that does not marshal. It is a programming error, never retried.
+var ErrInvalidEvent = errors.New("eventbus: invalid event")
 
-// Fields returns the stream entry of an event, ready for XADD (as field/value pairs) or, taking
-// every second value, as ARGV for LuaEmit. The trace context of ctx goes along so the trace
-// continues in the relay and the consumers.
-func Fields(ctx context.Context, id, subject, tenant string, msg proto.Message) ([]any, error) {
+// Envelope returns the ARGV values postamt_emit takes after the stream key, in order: id,
+// subject, tenant, the marshalled msg, and the W3C traceparent and tracestate of the span in ctx
+// (empty without one), so the trace continues in the relay and in every consumer although the
+// event waits in Redis in between. id is <entity id>:<version> and becomes the Nats-Msg-Id that
+// JetStream deduplicates on; subject is normally Subject(msg).
+func Envelope(ctx context.Context, id, subject, tenant string, msg proto.Message) ([]any, error) {
+	if id == "" || subject == "" {
+		return nil, fmt.Errorf("%w: id %q, subject %q: both are required", ErrInvalidEvent, id, subject)
+	}
 	data, err := proto.Marshal(msg)
 	if err != nil {
-		return nil, fmt.Errorf("marshal event %s: %w", id, err)
+		return nil, fmt.Errorf("%w: marshal %s: %w", ErrInvalidEvent, id, err)
 	}
 	tc := propagation.MapCarrier{}
-	propagator.Inject(ctx, tc)
-	return []any{
-		FieldID, id, FieldSubject, subject, FieldTenant, tenant, FieldData, data,
-		FieldTraceparent, tc["traceparent"], FieldTracestate, tc["tracestate"],
-	}, nil
+	propagation.TraceContext{}.Inject(ctx, tc)
+	return []any{id, subject, tenant, data, tc[HeaderTraceparent], tc[HeaderTracestate]}, nil
 }
 
-// HeaderCarrier adapts nats.Header to OpenTelemetry propagation without changing the case of
-// keys, unlike http.Header-based carriers.
+// Fields returns the same event as Envelope as field/value pairs, for code that XADDs the event
+// in a MULTI/EXEC transaction instead of a script.
+func Fields(ctx context.Context, id, subject, tenant string, msg proto.Message) ([]any, error) {
+	argv, err := Envelope(ctx, id, subject, tenant, msg)
+	if err != nil {
+		return nil, err
+	}
+	names := [...]string{FieldID, FieldSubject, FieldTenant, FieldData, FieldTraceparent, FieldTracestate}
+	out := make([]any, 0, 2*len(names))
+	for i, n := range names {
+		out = append(out, n, argv[i])
+	}
+	return out, nil
+}
+
+// Subject is the subject an event is published on: the full name of its protobuf message (e.g.
+// postamt.mailbox.v1.MembershipChanged), so a stream's subjects are its proto package plus ">".
+func Subject(msg proto.Message) string {
+	return string(msg.ProtoReflect().Descriptor().FullName())
+}
+
+// HeaderCarrier lets OpenTelemetry propagators read and write nats.Header. Keys are kept lower
+// case (traceparent, tracestate), as the W3C names them: nats.Header is case-sensitive, and
+// carriers built on http.Header would write Traceparent, which consumers outside Go do not find.
 type HeaderCarrier nats.Header
 
-// Get implements propagation.TextMapCarrier.
+var _ propagation.TextMapCarrier = HeaderCarrier(nil)
+
+// Get returns the first value of key, looked up in lower case.
 func (c HeaderCarrier) Get(key string) string {
-	if v := c[key]; len(v) > 0 {
+	if v := c[strings.ToLower(key)]; len(v) > 0 {
 		return v[0]
 	}
 	return ""
 }
 
-// Set implements propagation.TextMapCarrier.
-func (c HeaderCarrier) Set(key, value string) { c[key] = []string{value} }
+// Set replaces the values of key, stored in lower case.
+func (c HeaderCarrier) Set(key, value string) { c[strings.ToLower(key)] = []string{value} }
 
-// Keys implements propagation.TextMapCarrier.
+// Keys lists the header names present.
 func (c HeaderCarrier) Keys() []string {
 	out := make([]string, 0, len(c))
 	for k := range c {
@@ -90,24 +149,37 @@ func (c HeaderCarrier) Keys() []string {
 	return out
 }
 
-// StreamSpec describes a service's JetStream stream.
+// StreamSpec describes a service's JetStream stream. Zero values are the documented defaults.
 type StreamSpec struct {
-	Name     string
+	// Name is the stream name, e.g. POSTAMT_MAILBOX.
+	Name string
+	// Subjects are the subjects stored, e.g. postamt.mailbox.v1.>.
 	Subjects []string
 	// Duplicates is the Nats-Msg-Id dedupe window; 0 means 10 minutes, longer than any relay
-	// retry.
+	// retry or takeover. An entry republished after a longer NATS outage can arrive twice, which
+	// idempotent consumers absorb.
 	Duplicates time.Duration
-	// MaxAge bounds how long events are kept; 0 means 7 days.
+	// MaxAge bounds how long events are kept; 0 means 7 days, time enough for a consumer that
+	// was down to catch up.
 	MaxAge time.Duration
+	// Replicas is the number of copies in a NATS cluster; 0 means 1.
+	Replicas int
 }
 
-// EnsureStream creates the stream or updates it to spec; safe to call from every replica at start.
+// EnsureStream creates the stream or updates it to spec, with file storage, so every replica of
+// a service may call it at start-up.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, spec StreamSpec) error {
+	if spec.Name == "" || len(spec.Subjects) == 0 {
+		return fmt.Errorf("ensure stream %q: a name and subjects are required", spec.Name)
+	}
 	if spec.Duplicates == 0 {
 		spec.Duplicates = 10 * time.Minute
 	}
 	if spec.MaxAge == 0 {
 		spec.MaxAge = 7 * 24 * time.Hour
+	}
+	if spec.Replicas == 0 {
+		spec.Replicas = 1
 	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       spec.Name,
@@ -116,6 +188,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, spec StreamSpec) 
 		Retention:  jetstream.LimitsPolicy,
 		Duplicates: spec.Duplicates,
 		MaxAge:     spec.MaxAge,
+		Replicas:   spec.Replicas,
 	})
 	if err != nil {
 		return fmt.Errorf("ensure stream %s: %w", spec.Name, err)

@@ -5,9 +5,16 @@
 package smtptest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"slices"
 	"sync"
@@ -50,19 +57,34 @@ const (
 	// Drop reads the whole message and then closes the TCP connection without replying: the
 	// RFC 1047 window in which the sender cannot know whether the message was delivered.
 	Drop
+	// ServiceUnavailableRcpt answers RCPT TO with 421 4.3.2 and closes the connection.
+	ServiceUnavailableRcpt
+	// ServiceUnavailableData reads the whole message, answers 421 4.3.2 and closes the
+	// connection: a transient failure after the body, with the connection gone.
+	ServiceUnavailableData
+	// InsufficientStorageData reads the whole message and then answers 452 4.3.1, the transient
+	// "insufficient system storage" condition.
+	InsufficientStorageData
+	// PermFailMail answers MAIL FROM with 550 5.7.1, a sender the relay refuses (e.g. not
+	// allowed to send as that address); it must not be retried.
+	PermFailMail
 )
 
 var behaviorNames = [...]string{
-	Accept:             "Accept",
-	TempFailRcpt:       "TempFailRcpt",
-	TempFailData:       "TempFailData",
-	ServiceUnavailable: "ServiceUnavailable",
-	MailboxFull:        "MailboxFull",
-	PermFailRcpt:       "PermFailRcpt",
-	MessageTooBig:      "MessageTooBig",
-	PermFailData:       "PermFailData",
-	Hang:               "Hang",
-	Drop:               "Drop",
+	Accept:                  "Accept",
+	TempFailRcpt:            "TempFailRcpt",
+	TempFailData:            "TempFailData",
+	ServiceUnavailable:      "ServiceUnavailable",
+	MailboxFull:             "MailboxFull",
+	PermFailRcpt:            "PermFailRcpt",
+	MessageTooBig:           "MessageTooBig",
+	PermFailData:            "PermFailData",
+	Hang:                    "Hang",
+	Drop:                    "Drop",
+	ServiceUnavailableRcpt:  "ServiceUnavailableRcpt",
+	ServiceUnavailableData:  "ServiceUnavailableData",
+	InsufficientStorageData: "InsufficientStorageData",
+	PermFailMail:            "PermFailMail",
 }
 
 // String returns the constant's name, so behaviours read well in subtest names and failures.
@@ -83,6 +105,9 @@ var (
 	errTooBig       = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "smtptest: message too big"}
 	errPermFailData = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "smtptest: message content rejected"}
 	errSinkClosed   = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "smtptest: sink closed"}
+	errNoStorage    = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "smtptest: insufficient system storage"}
+	errPermFailMail = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "smtptest: sender not allowed"}
+	errTLSRequired  = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "smtptest: must issue a STARTTLS command first"}
 )
 
 // Envelope is what a hook sees when choosing a Behavior, so it can fail selected senders or
@@ -91,7 +116,12 @@ var (
 // The hook is consulted at MAIL FROM (To is empty), at each RCPT TO (To holds the recipients
 // accepted so far followed by the one being offered, so the last element is the candidate), and
 // after DATA (To holds all accepted recipients). At each step only the behaviours belonging to
-// that step take effect; any other returned value counts as Accept there.
+// that step take effect; any other returned value counts as Accept there:
+//
+//	MAIL FROM     ServiceUnavailable (421), PermFailMail (550)
+//	RCPT TO       ServiceUnavailableRcpt (421), TempFailRcpt (451), MailboxFull (452), PermFailRcpt (550)
+//	end of DATA   ServiceUnavailableData (421), TempFailData (451), InsufficientStorageData (452),
+//	              MessageTooBig (552), PermFailData (554), Hang, Drop
 type Envelope struct {
 	From string
 	To   []string
@@ -103,6 +133,8 @@ type Message struct {
 	To       []string
 	Data     []byte
 	Received time.Time
+	// TLS reports whether the message came over a connection upgraded with STARTTLS.
+	TLS bool
 }
 
 // Option configures Start, so tests opt into authentication or a size limit only when they
@@ -113,6 +145,8 @@ type config struct {
 	authSet         bool
 	user, pass      string
 	maxMessageBytes int64
+	startTLS        bool
+	requireTLS      bool
 }
 
 // WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
@@ -127,11 +161,20 @@ func WithMaxMessageBytes(n int64) Option {
 	return func(c *config) { c.maxMessageBytes = n }
 }
 
+// WithSTARTTLS offers STARTTLS with a self-signed certificate generated in memory for 127.0.0.1,
+// ::1 and localhost; clients trust it through ClientTLSConfig. Plain text is still accepted.
+func WithSTARTTLS() Option { return func(c *config) { c.startTLS = true } }
+
+// WithRequireTLS implies WithSTARTTLS and refuses MAIL FROM before STARTTLS with 530 5.7.0, as
+// relays that demand encryption do.
+func WithRequireTLS() Option { return func(c *config) { c.startTLS, c.requireTLS = true, true } }
+
 // Sink is a running SMTP server that records accepted messages and injects failures on demand.
 // Its methods are safe for concurrent use.
 type Sink struct {
 	cfg    config
 	server *smtp.Server
+	certs  *x509.CertPool // trusts the STARTTLS certificate; nil without WithSTARTTLS
 	ln     net.Listener
 	addr   string
 
@@ -172,6 +215,14 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 	srv.AllowInsecureAuth = true
 	srv.MaxMessageBytes = s.cfg.maxMessageBytes
 	srv.ErrorLog = sinkLogger{s}
+	if s.cfg.startTLS {
+		cert, pool, err := selfSigned()
+		if err != nil {
+			tb.Fatalf("smtptest: %v", err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.certs = pool
+	}
 	s.server = srv
 
 	go func() {
@@ -184,6 +235,15 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 
 // Addr returns the host:port the sink listens on, for the sender under test to dial.
 func (s *Sink) Addr() string { return s.addr }
+
+// ClientTLSConfig returns a client configuration that trusts the sink's certificate, for
+// Client.StartTLS or a connector's TLS settings; nil when the sink offers no STARTTLS.
+func (s *Sink) ClientTLSConfig() *tls.Config {
+	if s.certs == nil {
+		return nil
+	}
+	return &tls.Config{RootCAs: s.certs, MinVersion: tls.VersionTLS12}
+}
 
 // SetBehavior makes the sink answer all following messages with b (unless a hook is set).
 func (s *Sink) SetBehavior(b Behavior) {
@@ -258,7 +318,8 @@ func (s *Sink) Close() {
 func (s *Sink) copyMessages() []Message {
 	out := make([]Message, len(s.messages))
 	for i, m := range s.messages {
-		out[i] = Message{From: m.From, To: slices.Clone(m.To), Data: slices.Clone(m.Data), Received: m.Received}
+		m.To, m.Data = slices.Clone(m.To), slices.Clone(m.Data)
+		out[i] = m
 	}
 	return out
 }
@@ -301,7 +362,8 @@ func (s *Sink) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if closed {
 		return nil, errSinkClosed
 	}
-	return &session{sink: s, conn: c.Conn(), gone: make(chan struct{})}, nil
+	_, isTLS := c.TLSConnectionState()
+	return &session{sink: s, conn: c.Conn(), tls: isTLS, gone: make(chan struct{})}, nil
 }
 
 // sinkLogger forwards go-smtp's error log to the test log until the sink is closed (logging to a
@@ -324,6 +386,7 @@ func (l sinkLogger) Println(v ...interface{}) {
 type session struct {
 	sink *Sink
 	conn net.Conn
+	tls  bool
 
 	authed bool
 	from   string
@@ -356,17 +419,17 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	if ss.sink.cfg.requireTLS && !ss.tls {
+		return errTLSRequired
+	}
 	if ss.sink.cfg.authSet && !ss.authed {
 		return smtp.ErrAuthRequired
 	}
-	if ss.sink.decide(Envelope{From: from}) == ServiceUnavailable {
-		// go-smtp only writes the reply after Mail returns, and 421 must be followed by closing
-		// the connection, so write the reply ourselves, then close. No output is buffered: go-smtp
-		// flushes after every reply.
-		e := errServiceUnav
-		_, _ = fmt.Fprintf(ss.conn, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
-		_ = ss.conn.Close()
-		return e
+	switch ss.sink.decide(Envelope{From: from}) {
+	case ServiceUnavailable:
+		return ss.replyAndClose(errServiceUnav)
+	case PermFailMail:
+		return errPermFailMail
 	}
 	ss.from = from
 	ss.to = nil
@@ -376,6 +439,8 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	env := Envelope{From: ss.from, To: append(slices.Clone(ss.to), to)}
 	switch ss.sink.decide(env) {
+	case ServiceUnavailableRcpt:
+		return ss.replyAndClose(errServiceUnav)
 	case TempFailRcpt:
 		return errTempFailRcpt
 	case MailboxFull:
@@ -411,6 +476,10 @@ func (ss *session) Data(r io.Reader) error {
 		return errTooBig
 	case PermFailData:
 		return errPermFailData
+	case InsufficientStorageData:
+		return errNoStorage
+	case ServiceUnavailableData:
+		return ss.replyAndClose(errServiceUnav)
 	case Hang:
 		ss.hang()
 		_ = ss.conn.Close() // never reply, even once released
@@ -420,8 +489,19 @@ func (ss *session) Data(r io.Reader) error {
 		return errSinkClosed // not delivered: the connection is gone
 	}
 
-	ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received})
+	ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls})
 	return nil
+}
+
+// replyAndClose sends e and closes the connection, as RFC 5321 wants after a 421. go-smtp writes
+// a reply only after the session method returns and then keeps reading, so the sink writes the
+// reply itself; go-smtp has flushed everything before (it flushes after every reply), so nothing
+// is interleaved. The error returned is for go-smtp, whose own write then fails on the closed
+// connection.
+func (ss *session) replyAndClose(e *smtp.SMTPError) error {
+	_, _ = fmt.Fprintf(ss.conn, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+	_ = ss.conn.Close()
+	return e
 }
 
 // hang blocks until the sink closes, the connection is closed (Logout), or the client
@@ -456,4 +536,40 @@ func (ss *session) Reset() {
 func (ss *session) Logout() error {
 	ss.goneOnce.Do(func() { close(ss.gone) })
 	return nil
+}
+
+// selfSigned makes a certificate for the loopback names, valid for a day, and a pool trusting it.
+func selfSigned() (tls.Certificate, *x509.CertPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("generate key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("serial: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "smtptest"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("create certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
 }

@@ -1,6 +1,7 @@
 package smtptest_test
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -111,6 +112,10 @@ func TestFaultBehaviors(t *testing.T) {
 		{smtptest.PermFailRcpt, "RCPT", 550},
 		{smtptest.MessageTooBig, "DATA-end", 552},
 		{smtptest.PermFailData, "DATA-end", 554},
+		{smtptest.ServiceUnavailableRcpt, "RCPT", 421},
+		{smtptest.ServiceUnavailableData, "DATA-end", 421},
+		{smtptest.InsufficientStorageData, "DATA-end", 452},
+		{smtptest.PermFailMail, "MAIL", 550},
 	}
 	for _, tt := range tests {
 		t.Run(tt.behavior.String(), func(t *testing.T) {
@@ -136,14 +141,19 @@ func TestFaultBehaviors(t *testing.T) {
 }
 
 func TestServiceUnavailableClosesConnection(t *testing.T) {
-	s := smtptest.Start(t)
-	s.SetBehavior(smtptest.ServiceUnavailable)
-	c := dial(t, s)
-	if err := c.Mail("sender@example.com", nil); err == nil {
-		t.Fatal("MAIL succeeded, want 421")
-	}
-	if err := c.Noop(); err == nil {
-		t.Error("NOOP after 421 succeeded, want a connection error")
+	for _, b := range []smtptest.Behavior{smtptest.ServiceUnavailable, smtptest.ServiceUnavailableRcpt, smtptest.ServiceUnavailableData} {
+		t.Run(b.String(), func(t *testing.T) {
+			s := smtptest.Start(t)
+			s.SetBehavior(b)
+			c := dial(t, s)
+			_, err := send(c, "sender@example.com", []string{"r@example.org"}, body)
+			if got, want := smtpCode(t, err), 421; got != want {
+				t.Fatalf("reply code = %d, want %d", got, want)
+			}
+			if err := c.Noop(); err == nil {
+				t.Error("NOOP after 421 succeeded, want a connection error")
+			}
+		})
 	}
 }
 
@@ -413,5 +423,77 @@ func TestMaxMessageBytes(t *testing.T) {
 				t.Errorf("recorded %d messages, want 0", got)
 			}
 		})
+	}
+}
+
+func TestSTARTTLS(t *testing.T) {
+	tests := []struct {
+		name     string
+		opt      smtptest.Option
+		startTLS bool
+		wantStep string // "" means delivered
+		wantCode int
+	}{
+		{"offered, used", smtptest.WithSTARTTLS(), true, "", 0},
+		{"offered, plain text still accepted", smtptest.WithSTARTTLS(), false, "", 0},
+		{"required, used", smtptest.WithRequireTLS(), true, "", 0},
+		{"required, not used", smtptest.WithRequireTLS(), false, "MAIL", 530},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := smtptest.Start(t, tt.opt)
+			c := dial(t, s)
+			if ok, _ := c.Extension("STARTTLS"); !ok {
+				t.Fatal("STARTTLS not advertised")
+			}
+			if tt.startTLS {
+				var err error
+				if c, err = smtp.DialStartTLS(s.Addr(), s.ClientTLSConfig()); err != nil {
+					t.Fatalf("DialStartTLS: %v", err)
+				}
+				t.Cleanup(func() { c.Close() })
+				if _, ok := c.TLSConnectionState(); !ok {
+					t.Fatal("connection is not TLS after STARTTLS")
+				}
+			}
+			step, err := send(c, "sender@example.com", []string{"r@example.org"}, body)
+			if got, want := step, tt.wantStep; got != want {
+				t.Fatalf("failed at step %q, want %q (err %v)", got, want, err)
+			}
+			if tt.wantCode != 0 {
+				if got, want := smtpCode(t, err), tt.wantCode; got != want {
+					t.Errorf("code = %d, want %d", got, want)
+				}
+				return
+			}
+			if got, want := s.WaitForMessages(t, 1, waitTimeout)[0].TLS, tt.startTLS; got != want {
+				t.Errorf("Message.TLS = %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestSTARTTLSRejectsUntrustingClient(t *testing.T) {
+	s := smtptest.Start(t, smtptest.WithSTARTTLS())
+	// The system roots do not know the in-memory certificate.
+	c, err := smtp.DialStartTLS(s.Addr(), &tls.Config{MinVersion: tls.VersionTLS12})
+	if err == nil {
+		defer c.Close()
+		err = c.Noop() // the handshake happens with the first command after STARTTLS
+	}
+	var verr *tls.CertificateVerificationError
+	if !errors.As(err, &verr) {
+		t.Fatalf("STARTTLS without the sink's roots: err = %v, want a certificate verification error", err)
+	}
+}
+
+func TestNoSTARTTLSByDefault(t *testing.T) {
+	s := smtptest.Start(t)
+	c := dial(t, s)
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		t.Error("STARTTLS advertised without WithSTARTTLS")
+	}
+	if s.ClientTLSConfig() != nil {
+		t.Error("ClientTLSConfig() != nil without WithSTARTTLS")
 	}
 }
