@@ -104,7 +104,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 		JS:        deps.JS,
 		Streams:   redisstore.EventStreams(),
 		Group:     "relay",
-		Consumer:  Name,
+		// Consumer is left to the relay: the host name, i.e. the pod name on Kubernetes.
 		BatchSize: cfg.RelayBatch,
 		ClaimIdle: cfg.RelayClaimIdle,
 		Logger:    deps.Logger,
