@@ -100,10 +100,10 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a.server = srv
 	a.relay = &eventbus.Relay{
-		Client:    deps.Redis,
-		JS:        deps.JS,
-		Streams:   redisstore.EventStreams(),
-		Group:     "relay",
+		Client:  deps.Redis,
+		JS:      deps.JS,
+		Streams: redisstore.EventStreams(),
+		Group:   "relay",
 		// Consumer is left to the relay: the host name, i.e. the pod name on Kubernetes.
 		BatchSize: cfg.RelayBatch,
 		ClaimIdle: cfg.RelayClaimIdle,
