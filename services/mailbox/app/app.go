@@ -110,30 +110,11 @@ func New(cfg Config, deps Deps) (*App, error) {
 		Logger:    deps.Logger,
 	}
 	if deps.Metrics != nil {
-		if err := registerRelayMetrics(deps.Metrics, a.relay); err != nil {
-			return nil, err
+		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
+			return nil, fmt.Errorf("register relay metrics: %w", err)
 		}
 	}
 	return a, nil
-}
-
-// registerRelayMetrics exports the relay's counters: published events, entries taken over from a
-// crashed relay, and failed rounds (an alert on the last one finds a NATS outage).
-func registerRelayMetrics(reg prometheus.Registerer, r *eventbus.Relay) error {
-	labels := prometheus.Labels{"service": Name}
-	for _, c := range []struct {
-		name, help string
-		val        func() float64
-	}{
-		{"postamt_relay_published_total", "Events the relay published to JetStream.", func() float64 { p, _, _ := r.Stats(); return float64(p) }},
-		{"postamt_relay_reclaimed_total", "Stream entries taken over from a relay that stopped.", func() float64 { _, c, _ := r.Stats(); return float64(c) }},
-		{"postamt_relay_failures_total", "Relay rounds that failed and were retried.", func() float64 { _, _, f := r.Stats(); return float64(f) }},
-	} {
-		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help, ConstLabels: labels}, c.val)); err != nil {
-			return fmt.Errorf("register %s: %w", c.name, err)
-		}
-	}
-	return nil
 }
 
 // Register adds the mailbox API to another gRPC server (the gateway's single port).
