@@ -1,0 +1,212 @@
+// Package smtp delivers built messages to a connector's relay over go-smtp and classifies every
+// way an attempt can end into the outbox's outcomes: 2xx sent, 4xx or a network failure before
+// the final "." temporary, 5xx permanent, and a connection lost between the final "." and the
+// reply unknown (RFC 1047: the relay may have the message). Connections are pooled and reused.
+package smtp
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+)
+
+// TLSMode is how the connection to the relay is secured.
+type TLSMode int
+
+// The TLS modes.
+const (
+	TLSNone TLSMode = iota + 1
+	TLSStartTLS
+	TLSImplicit
+)
+
+// Config describes one connector's relay.
+type Config struct {
+	Host string
+	Port int
+	TLS  TLSMode
+	// TLSConfig overrides certificate checks (tests with a self-signed relay).
+	TLSConfig *tls.Config
+	// LocalName is sent in EHLO; empty means "localhost".
+	LocalName string
+	// CommandTimeout bounds each command's reply; SubmitTimeout bounds the reply to the final ".".
+	// Zero means 30s and 2m.
+	CommandTimeout time.Duration
+	SubmitTimeout  time.Duration
+	// PoolSize bounds idle connections kept for reuse; 0 means 4.
+	PoolSize int
+}
+
+// Result is how an attempt ended, with what the relay said.
+type Result struct {
+	Outcome  outbox.Outcome
+	Code     int
+	Enhanced string
+	Message  string
+}
+
+// Sender delivers to one relay, reusing connections.
+type Sender struct {
+	cfg  Config
+	mu   sync.Mutex
+	idle []*gosmtp.Client
+}
+
+// New returns a Sender for cfg.
+func New(cfg Config) *Sender {
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = 30 * time.Second
+	}
+	if cfg.SubmitTimeout == 0 {
+		cfg.SubmitTimeout = 2 * time.Minute
+	}
+	if cfg.PoolSize == 0 {
+		cfg.PoolSize = 4
+	}
+	if cfg.LocalName == "" {
+		cfg.LocalName = "localhost"
+	}
+	return &Sender{cfg: cfg}
+}
+
+// Close closes the idle connections.
+func (s *Sender) Close() {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle = nil
+	s.mu.Unlock()
+	for _, c := range idle {
+		_ = c.Quit()
+	}
+}
+
+func (s *Sender) get(ctx context.Context) (*gosmtp.Client, error) {
+	s.mu.Lock()
+	if n := len(s.idle); n > 0 {
+		c := s.idle[n-1]
+		s.idle = s.idle[:n-1]
+		s.mu.Unlock()
+		// A pooled connection may have been closed by the relay meanwhile; RSET finds out.
+		if err := c.Reset(); err == nil {
+			return c, nil
+		}
+		_ = c.Close()
+		return s.dial(ctx)
+	}
+	s.mu.Unlock()
+	return s.dial(ctx)
+}
+
+func (s *Sender) put(c *gosmtp.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.idle) < s.cfg.PoolSize {
+		s.idle = append(s.idle, c)
+		return
+	}
+	go func() { _ = c.Quit() }()
+}
+
+func (s *Sender) dial(ctx context.Context) (*gosmtp.Client, error) {
+	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
+	d := net.Dialer{Timeout: s.cfg.CommandTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	tlsCfg := s.cfg.TLSConfig
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{ServerName: s.cfg.Host, MinVersion: tls.VersionTLS12}
+	}
+	var c *gosmtp.Client
+	switch s.cfg.TLS {
+	case TLSImplicit:
+		c = gosmtp.NewClient(tls.Client(conn, tlsCfg))
+	case TLSStartTLS:
+		c, err = gosmtp.NewClientStartTLS(conn, tlsCfg)
+		if err != nil {
+			return nil, fmt.Errorf("starttls with %s: %w", addr, err)
+		}
+	default:
+		c = gosmtp.NewClient(conn)
+	}
+	c.CommandTimeout, c.SubmissionTimeout = s.cfg.CommandTimeout, s.cfg.SubmitTimeout
+	if err := c.Hello(s.cfg.LocalName); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("EHLO to %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// Send delivers msg (a complete RFC 5322 message with CRLF line ends) from from to rcpts. A
+// recipient refused at RCPT fails the whole attempt with that reply: partial delivery is not
+// attempted in this version.
+func (s *Sender) Send(ctx context.Context, from string, rcpts []string, msg []byte) Result {
+	c, err := s.get(ctx)
+	if err != nil {
+		return classify(err, false)
+	}
+	if err := c.Mail(from, nil); err != nil {
+		_ = c.Close()
+		return classify(err, false)
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r, nil); err != nil {
+			_ = c.Close()
+			return classify(err, false)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		_ = c.Close()
+		return classify(err, false)
+	}
+	if _, err := w.Write(msg); err != nil {
+		_ = c.Close()
+		return classify(err, false)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		_ = c.Close()
+		return classify(err, true)
+	}
+	s.put(c)
+	return Result{Outcome: outbox.OutcomeSent, Code: 250, Message: resp.StatusText}
+}
+
+// classify maps an error to an outcome. afterDot says the final "." may have been written, so a
+// failure without a reply leaves the outcome unknown.
+func classify(err error, afterDot bool) Result {
+	var se *gosmtp.SMTPError
+	if errors.As(err, &se) {
+		r := Result{Code: se.Code, Message: se.Message}
+		if se.EnhancedCode != (gosmtp.EnhancedCode{}) {
+			r.Enhanced = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+		}
+		switch {
+		case se.Code >= 400 && se.Code < 500:
+			r.Outcome = outbox.OutcomeTemporary
+		default:
+			r.Outcome = outbox.OutcomePermanent
+		}
+		return r
+	}
+	if afterDot {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "write" {
+			// The "." did not leave: the relay cannot have accepted the message.
+			return Result{Outcome: outbox.OutcomeTemporary, Message: err.Error()}
+		}
+		return Result{Outcome: outbox.OutcomeUnknown, Message: "connection lost after the message was sent, before the relay replied: " + err.Error()}
+	}
+	return Result{Outcome: outbox.OutcomeTemporary, Message: err.Error()}
+}
