@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -39,6 +40,7 @@ func tag(p int) string { return prefix + "{ob" + strconv.Itoa(p) + "}" }
 
 func recordKey(id string) string   { return tag(Partition(id)) + ":e:" + id }
 func attemptsKey(id string) string { return tag(Partition(id)) + ":a:" + id }
+func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
 func dueKey(p int) string          { return tag(p) + ":due" }
 func eventsKey(p int) string       { return tag(p) + ":events" }
 
@@ -64,6 +66,10 @@ type Email struct {
 	Version   int64
 	// Fence is the claim's fencing token; only Complete calls with it are accepted.
 	Fence int64
+	// From and Rcpts are the SMTP envelope; Body the built message (stored apart, see P8).
+	From  string
+	Rcpts []string
+	Body  []byte
 }
 
 // Event is an announcement a transition appends in its own atomic step; its id is derived from
@@ -88,14 +94,16 @@ func eventArgs(ctx context.Context, e *Email, version int64, ev Event) ([]any, e
 	return eventbus.Envelope(ctx, id, ev.Subject, e.Tenant, ev.Msg)
 }
 
-// submitScript stores a new email and indexes it by due time.
-// KEYS[1] record, KEYS[2] partition due index, KEYS[3] partition events.
-// ARGV[1] due ms, ARGV[2] email id, ARGV[3..8] event envelope, ARGV[9..] record field/value pairs.
+// submitScript stores a new email and its body and indexes it by due time.
+// KEYS[1] record, KEYS[2] partition due index, KEYS[3] partition events, KEYS[4] body.
+// ARGV[1] due ms, ARGV[2] email id, ARGV[3..8] event envelope, ARGV[9] body, ARGV[10..] record
+// field/value pairs.
 // Returns 1, or 0 when the email exists (nothing written). Invariant: a record is in the due
 // index exactly while its status is SCHEDULED, QUEUED, PENDING_RETRY or SENDING.
 var submitScript = redis.NewScript(eventbus.LuaEmit + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('SET', KEYS[4], ARGV[9])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 postamt_emit(KEYS[3], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 return 1
@@ -113,10 +121,11 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) error {
 		imported = "1"
 	}
 	argv := append([]any{ms(e.Due), e.ID}, env...)
-	argv = append(argv,
+	argv = append(argv, e.Body,
 		"id", e.ID, "tenant", e.Tenant, "status", int(e.Status), "priority", e.Priority, "due", ms(e.Due),
-		"connector", e.Connector, "imported", imported, "attempts", 0, "version", e.Version, "fence", 0)
-	n, err := submitScript.Run(ctx, l.rdb, []string{recordKey(e.ID), dueKey(p), eventsKey(p)}, argv...).Int()
+		"connector", e.Connector, "imported", imported, "attempts", 0, "version", e.Version, "fence", 0,
+		"from", e.From, "rcpts", strings.Join(e.Rcpts, ","))
+	n, err := submitScript.Run(ctx, l.rdb, []string{recordKey(e.ID), dueKey(p), eventsKey(p), bodyKey(e.ID)}, argv...).Int()
 	if err != nil {
 		return fmt.Errorf("submit %s: %w", e.ID, err)
 	}
@@ -133,7 +142,7 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) error {
 // highest priority, oldest due first; for each it bumps the fencing token and the version, sets
 // SENDING and moves the due score to the lease end, so a crashed worker's mail comes due again.
 // Never early: a candidate whose score moved past now is skipped. Returns, per claimed email,
-// {id, fence, version, attempts, connector, imported}.
+// {id, fence, version, attempts, connector, imported, tenant, from, rcpts}.
 var claimScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local cands = {}
@@ -161,8 +170,8 @@ for n = 1, math.min(#cands, tonumber(ARGV[3])) do
   local version = redis.call('HINCRBY', key, 'version', 1)
   redis.call('HSET', key, 'status', 3)
   redis.call('ZADD', KEYS[1], ARGV[2], c.id)
-  local r = redis.call('HMGET', key, 'attempts', 'connector', 'imported', 'tenant')
-  out[#out + 1] = {c.id, fence, version, r[1], r[2], r[3], r[4]}
+  local r = redis.call('HMGET', key, 'attempts', 'connector', 'imported', 'tenant', 'from', 'rcpts')
+  out[#out + 1] = {c.id, fence, version, r[1], r[2], r[3], r[4], r[5], r[6]}
 end
 return out
 `)
@@ -195,7 +204,7 @@ func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lea
 	out := make([]Email, 0, len(res))
 	for _, r := range res {
 		row, ok := r.([]any)
-		if !ok || len(row) != 7 {
+		if !ok || len(row) != 9 {
 			return nil, errors.New("claim: malformed reply")
 		}
 		str := func(i int) string { s, _ := row[i].(string); return s }
@@ -212,6 +221,7 @@ func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lea
 		out = append(out, Email{
 			ID: str(0), Fence: num(1), Version: num(2), Attempts: int(num(3)), Connector: str(4),
 			Imported: str(5) == "1", Tenant: str(6), Status: outbox.StatusSending, Due: now.Add(lease),
+			From: str(7), Rcpts: strings.Split(str(8), ","),
 		})
 	}
 	return out, nil
@@ -299,6 +309,18 @@ func (l *Ledger) Get(ctx context.Context, id string) (*Email, error) {
 		Due: time.UnixMilli(n("due")).UTC(), Connector: h["connector"], Imported: h["imported"] == "1",
 		Attempts: int(n("attempts")), Version: n("version"), Fence: n("fence"),
 	}, nil
+}
+
+// Body returns the built message of an email.
+func (l *Ledger) Body(ctx context.Context, id string) ([]byte, error) {
+	b, err := l.rdb.Get(ctx, bodyKey(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, errs.NotFound("email body", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	return b, nil
 }
 
 // Earliest returns the earliest due time of partition p, so the dispatcher sleeps until then.

@@ -1,0 +1,177 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/postamt/postamt/internal/testkit/poll"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/smtptest"
+	"github.com/postamt/postamt/services/outbox/internal/dispatch"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+	"github.com/postamt/postamt/services/outbox/internal/smtp"
+)
+
+// fakeClock is set by the test; After fires at once, since tests drive Step directly.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) set(t time.Time) {
+	c.mu.Lock()
+	c.now = t
+	c.mu.Unlock()
+}
+
+func (c *fakeClock) After(time.Duration) <-chan time.Time { return time.After(0) }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+var t0 = time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)
+
+type fixture struct {
+	ledger  *redisstore.Ledger
+	sink    *smtptest.Sink
+	enabled bool
+	d       *dispatch.Dispatcher
+}
+
+func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
+	t.Helper()
+	f := &fixture{ledger: redisstore.New(redistest.Start(t).Client(t)), sink: smtptest.Start(t), enabled: true}
+	host, port, _ := net.SplitHostPort(f.sink.Addr())
+	p, _ := strconv.Atoi(port)
+	sender := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 2 * time.Second})
+	t.Cleanup(sender.Close)
+	policy := outbox.RetryPolicy{Pattern: []time.Duration{time.Minute, 5 * time.Minute}, MaxAttempts: 3}
+	f.d = &dispatch.Dispatcher{
+		Ledger: f.ledger,
+		Connector: func(id string) (dispatch.Connector, bool) {
+			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled}, id == "relay"
+		},
+		Event: func(*redisstore.Email, outbox.Decision) redisstore.Event {
+			return redisstore.Event{Subject: "postamt.outbox.v1.EmailStatusChanged", Msg: wrapperspb.String("x")}
+		},
+		Clock: clock,
+	}
+	return f
+}
+
+func (f *fixture) submit(t *testing.T, id string, due time.Time) {
+	t.Helper()
+	body := fmt.Sprintf("From: info@kanzlei.example\r\nTo: client@example.com\r\nMessage-ID: <%s@kanzlei.example>\r\nSubject: %s\r\n\r\nHallo\r\n", id, id)
+	err := f.ledger.Submit(context.Background(), &redisstore.Email{
+		ID: id, Tenant: "kanzlei", Status: outbox.StatusQueued, Priority: 2, Due: due, Connector: "relay", Version: 1,
+		From: "info@kanzlei.example", Rcpts: []string{"client@example.com"}, Body: []byte(body),
+	}, redisstore.Event{Subject: "postamt.outbox.v1.EmailSubmitted", Msg: wrapperspb.String(id)})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) status(t *testing.T, id string) outbox.Status {
+	t.Helper()
+	e, err := f.ledger.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.Status
+}
+
+func (f *fixture) step(t *testing.T) {
+	t.Helper()
+	if _, err := f.d.Step(context.Background(), redisstore.Partition("m1")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRetryPatternWithInjectedClock: a 451 makes the mail wait the pattern's first delay, not a
+// millisecond less, then it is sent; the same Message-ID goes out.
+func TestRetryPatternWithInjectedClock(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	f := newFixture(t, clock)
+	f.submit(t, "m1", t0)
+
+	f.sink.SetBehavior(smtptest.TempFailData)
+	f.step(t)
+	if got := f.status(t, "m1"); got != outbox.StatusPendingRetry {
+		t.Fatalf("after 451: %s", got)
+	}
+	f.sink.SetBehavior(smtptest.Accept)
+	clock.set(t0.Add(time.Minute - time.Millisecond))
+	f.step(t)
+	if got := f.status(t, "m1"); got != outbox.StatusPendingRetry {
+		t.Fatalf("retried early: %s", got)
+	}
+	clock.set(t0.Add(time.Minute))
+	f.step(t)
+	if got := f.status(t, "m1"); got != outbox.StatusSent {
+		t.Fatalf("after the delay: %s", got)
+	}
+	msgs := f.sink.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("sink has %d messages", len(msgs))
+	}
+}
+
+func TestPermanentFailureAndDisabledConnector(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	f := newFixture(t, clock)
+	f.submit(t, "m1", t0)
+	f.sink.SetBehavior(smtptest.PermFailRcpt)
+	f.step(t)
+	if got := f.status(t, "m1"); got != outbox.StatusFailed {
+		t.Fatalf("after 550: %s", got)
+	}
+
+	f.enabled = false
+	id := ""
+	for i := 0; id == "" || redisstore.Partition(id) != redisstore.Partition("m1"); i++ {
+		id = fmt.Sprintf("m1-%d", i)
+	}
+	f.submit(t, id, t0)
+	f.step(t)
+	e, err := f.ledger.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Status != outbox.StatusConnectorDisabled || e.Attempts != 0 {
+		t.Errorf("disabled connector: %+v", e)
+	}
+}
+
+// TestRunSleepsUntilDueAndWakes runs the real loop: mail due in the future is sent once due, and
+// a wake-up makes newly submitted mail go out without waiting for the idle bound.
+func TestRunSleepsUntilDueAndWakes(t *testing.T) {
+	f := newFixture(t, realClock{})
+	f.d.MaxIdle = time.Minute // a lost wake-up would make the test time out, not pass
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	f.submit(t, "m1", time.Now().Add(100*time.Millisecond))
+	f.d.Wake(redisstore.Partition("m1"))
+	poll.Eventually(t, "the scheduled mail to be sent", func() bool { return len(f.sink.Messages()) == 1 })
+	if got := f.status(t, "m1"); got != outbox.StatusSent {
+		t.Errorf("status = %s", got)
+	}
+}
