@@ -28,6 +28,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/natstest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/servetest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	"github.com/postamt/postamt/services/mailbox/app"
 )
@@ -95,25 +96,13 @@ func startMailbox(b *testing.B) (*roundRobin, context.Context) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx, lis) }()
-	b.Cleanup(func() { cancel(); <-done })
+	addr := servetest.Run(b, a.Run)
 
 	// Several connections, as a replicated outbox would hold: one HTTP/2 connection serialises
 	// its frames through one writer.
 	conns := make([]grpc.ClientConnInterface, p5Conns)
 	for i := range conns {
-		c, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { c.Close() })
-		conns[i] = c
+		conns[i] = servetest.Dial(b, addr)
 	}
 	ctx := authtest.Outgoing(b, signer, auth.Principal{Tenant: "bench", User: "admin", Roles: []string{"admin", "operator"}})
 	return &roundRobin{conns: conns}, ctx
