@@ -3,6 +3,7 @@ module github.com/postamt/postamt/services/outbox
 go 1.26.0
 
 require (
+	github.com/emersion/go-message v0.18.2
 	github.com/emersion/go-smtp v0.25.1
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/redis/go-redis/v9 v9.23.0
