@@ -1,0 +1,158 @@
+package outbox
+
+import (
+	"fmt"
+	"net/mail"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/postamt/postamt/internal/errs"
+)
+
+// Limits bound what one submission may carry. The zero value is not usable; DefaultLimits is.
+type Limits struct {
+	// MaxRecipients bounds to+cc+bcc together.
+	MaxRecipients int
+	// MaxMessageBytes bounds bodies plus attachments (the built message is a little larger).
+	MaxMessageBytes int64
+	// MaxSubjectRunes bounds the subject.
+	MaxSubjectRunes int
+	// PastTolerance is how far in the past send_at may be (clock skew of the caller); earlier is
+	// rejected rather than sent at once, since the caller meant a schedule.
+	PastTolerance time.Duration
+	// Horizon is how far in the future send_at may be.
+	Horizon time.Duration
+	// MaxAttachments bounds the number of attachments.
+	MaxAttachments int
+}
+
+// DefaultLimits returns the documented defaults (25 MiB messages, 500 recipients, a year ahead).
+func DefaultLimits() Limits {
+	return Limits{
+		MaxRecipients:   500,
+		MaxMessageBytes: 25 << 20,
+		MaxSubjectRunes: 998,
+		PastTolerance:   5 * time.Minute,
+		Horizon:         366 * 24 * time.Hour,
+		MaxAttachments:  100,
+	}
+}
+
+// Submission is a new email as the caller sent it.
+type Submission struct {
+	From           string
+	To, Cc, Bcc    []string
+	Subject        string
+	Text, HTML     string
+	Attachments    []AttachmentInput
+	SendAt         time.Time // zero: after the undo delay
+	IdempotencyKey string
+	InReplyTo      string
+	References     []string
+}
+
+// AttachmentInput is an attachment as submitted.
+type AttachmentInput struct {
+	Filename    string
+	ContentType string
+	Size        int64
+}
+
+// ValidateSubmission checks everything about a submission that does not need state: addresses,
+// CR/LF in header fields, counts and sizes, and the schedule. All field problems are reported
+// at once (InvalidArgument with one violation per field, named by the request's field paths);
+// exceeded limits are ResourceExhausted, because the caller must send less, not fix a typo.
+func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
+	var v errs.Violations
+	checkAddr(&v, "from_address", s.From)
+	n := len(s.To) + len(s.Cc) + len(s.Bcc)
+	if n == 0 {
+		v.Add("to", "at least one recipient (to, cc or bcc) is required")
+	}
+	for _, rl := range []struct {
+		field string
+		list  []string
+	}{{"to", s.To}, {"cc", s.Cc}, {"bcc", s.Bcc}} {
+		for i, a := range rl.list {
+			checkAddr(&v, rl.field+"["+strconv.Itoa(i)+"]", a)
+		}
+	}
+	checkHeaderText(&v, "subject", s.Subject, l.MaxSubjectRunes)
+	if s.Text == "" && s.HTML == "" {
+		v.Add("text_body", "text_body or html_body is required")
+	}
+	if !utf8.ValidString(s.Text) {
+		v.Add("text_body", "must be valid UTF-8")
+	}
+	if !utf8.ValidString(s.HTML) {
+		v.Add("html_body", "must be valid UTF-8")
+	}
+	size := int64(len(s.Text) + len(s.HTML))
+	for i, a := range s.Attachments {
+		f := "attachments[" + strconv.Itoa(i) + "]"
+		checkHeaderText(&v, f+".filename", a.Filename, 255)
+		if a.Filename == "" || strings.ContainsAny(a.Filename, `/\`) {
+			v.Add(f+".filename", "is required and must not contain path separators")
+		}
+		checkHeaderText(&v, f+".content_type", a.ContentType, 255)
+		size += a.Size
+	}
+	if s.IdempotencyKey != "" {
+		checkHeaderText(&v, "idempotency_key", s.IdempotencyKey, 128)
+	}
+	if s.InReplyTo != "" {
+		checkHeaderText(&v, "in_reply_to", s.InReplyTo, 998)
+	}
+	for i, r := range s.References {
+		checkHeaderText(&v, "references["+strconv.Itoa(i)+"]", r, 998)
+	}
+	if !s.SendAt.IsZero() {
+		switch {
+		case s.SendAt.Before(now.Add(-l.PastTolerance)):
+			v.Addf("send_at", "is more than %s in the past", l.PastTolerance)
+		case s.SendAt.After(now.Add(l.Horizon)):
+			v.Addf("send_at", "is more than %s ahead", l.Horizon)
+		}
+	}
+	if err := v.Err(); err != nil {
+		return err
+	}
+	switch {
+	case n > l.MaxRecipients:
+		return errs.ResourceExhausted("RECIPIENTS", fmt.Sprintf("%d recipients; at most %d", n, l.MaxRecipients), 0)
+	case len(s.Attachments) > l.MaxAttachments:
+		return errs.ResourceExhausted("ATTACHMENTS", fmt.Sprintf("%d attachments; at most %d", len(s.Attachments), l.MaxAttachments), 0)
+	case size > l.MaxMessageBytes:
+		return errs.ResourceExhausted("MESSAGE_SIZE", fmt.Sprintf("%d bytes of content; at most %d", size, l.MaxMessageBytes), 0)
+	}
+	return nil
+}
+
+// checkAddr accepts a plain addr-spec: recipients are identities, and a display name smuggled in
+// here would end up in headers unchecked.
+func checkAddr(v *errs.Violations, field, a string) {
+	if a == "" || len(a) > 254 || strings.ContainsAny(a, "\r\n") {
+		v.Add(field, "must be a plain email address without CR or LF, at most 254 bytes")
+		return
+	}
+	p, err := mail.ParseAddress(a)
+	if err != nil || p.Name != "" || p.Address != a || !strings.Contains(a, "@") {
+		v.Add(field, "must be a plain email address such as client@example.com")
+	}
+}
+
+// checkHeaderText rejects what would break or extend a header: CR, LF and other control
+// characters, invalid UTF-8, and overlong values.
+func checkHeaderText(v *errs.Violations, field, s string, maxRunes int) {
+	switch {
+	case !utf8.ValidString(s):
+		v.Add(field, "must be valid UTF-8")
+	case strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) >= 0:
+		v.Add(field, "must not contain CR, LF or other control characters")
+	case utf8.RuneCountInString(s) > maxRunes:
+		v.Addf(field, "must be at most %d characters", maxRunes)
+	}
+}
