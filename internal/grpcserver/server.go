@@ -190,10 +190,6 @@ func notHealth(info *stats.RPCTagInfo) bool {
 	return !auth.OpenMethod(info.FullMethodName)
 }
 
-// GRPC exposes the underlying server, to register more services before Serve (the gateway serves
-// every service's API on one port).
-func (s *Server) GRPC() *grpc.Server { return s.grpc }
-
 // Ready reports whether the last readiness round passed.
 func (s *Server) Ready() bool {
 	s.mu.Lock()

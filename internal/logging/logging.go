@@ -36,9 +36,6 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 	return slog.New(contextHandler{h}), nil
 }
 
-// Discard is a logger that drops everything, for tests and benchmarks that do not look at logs.
-func Discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
 type attrsKey struct{}
 
 // WithAttrs returns ctx carrying attrs, which loggers made by New add to every record logged with

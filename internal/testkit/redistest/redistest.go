@@ -225,9 +225,6 @@ func (s *Server) Addr() string {
 // URL is the server's redis:// URL, for code under test that is configured by REDIS_URL.
 func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
-// Dir is the server's data directory (the AOF lives there).
-func (s *Server) Dir() string { return s.dir }
-
 // Client returns a client of the server, closed at tb's cleanup.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()

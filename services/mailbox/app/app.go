@@ -70,12 +70,11 @@ type Deps struct {
 
 // App is a wired mailbox service.
 type App struct {
-	cfg     Config
-	deps    Deps
-	svc     *mailbox.Service
-	server  *grpcserver.Server
-	relay   *eventbus.Relay
-	handler *grpcapi.Handler
+	cfg    Config
+	deps   Deps
+	svc    *mailbox.Service
+	server *grpcserver.Server
+	relay  *eventbus.Relay
 }
 
 // New wires the service; nothing runs until Run.
@@ -85,7 +84,8 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	store := redisstore.New(deps.Redis)
 	svc := mailbox.New(store, mailbox.Options{Now: deps.Now})
-	a := &App{cfg: cfg, deps: deps, svc: svc, handler: grpcapi.New(svc)}
+	a := &App{cfg: cfg, deps: deps, svc: svc}
+	handler := grpcapi.New(svc)
 
 	opts := deps.Server
 	opts.Name = append(opts.Name, mailboxv1.MailboxService_ServiceDesc.ServiceName)
@@ -93,7 +93,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	opts.Verifier = deps.Verifier
 	opts.Metrics = deps.Metrics
 	opts.Readiness = append(opts.Readiness, grpcserver.Check{Name: "redis", Probe: redisx.Probe(deps.Redis)})
-	opts.Register = func(s *grpc.Server) { mailboxv1.RegisterMailboxServiceServer(s, a.handler) }
+	opts.Register = func(s *grpc.Server) { mailboxv1.RegisterMailboxServiceServer(s, handler) }
 	srv, err := grpcserver.New(opts)
 	if err != nil {
 		return nil, fmt.Errorf("mailbox grpc server: %w", err)
@@ -116,9 +116,6 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	return a, nil
 }
-
-// Register adds the mailbox API to another gRPC server (the gateway's single port).
-func (a *App) Register(s *grpc.Server) { mailboxv1.RegisterMailboxServiceServer(s, a.handler) }
 
 // Run serves on lis and runs the relay and the sent-view consumer until ctx ends, then drains the
 // server first and stops the background work after it.

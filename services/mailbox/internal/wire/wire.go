@@ -203,9 +203,6 @@ func SendDecision(d *mailbox.SendDecision) *mailboxv1.CheckSendResponse {
 	}
 }
 
-// SendMode converts a send mode to protobuf.
-func SendMode(m mailbox.SendMode) mailboxv1.SendMode { return modes[m] }
-
 // SendModeFrom converts a protobuf send mode (the outbox's enum has the same numbers).
 func SendModeFrom(n int32) mailbox.SendMode {
 	for k, v := range modes {
