@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/url"
 	"strings"
 	"time"
@@ -91,4 +92,13 @@ func Probe(c redis.UniversalClient) func(context.Context) error {
 		}
 		return nil
 	}
+}
+
+// Partition maps key to one of n partitions with 32-bit FNV-1a. Services spread their keys over
+// a fixed set of Redis Cluster hash tags with it; the mapping is part of their data layout, so it
+// must never change.
+func Partition(key string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
 }

@@ -110,3 +110,13 @@ func TestProbe(t *testing.T) {
 		t.Error("probe of a killed Redis succeeded, want an error")
 	}
 }
+
+// TestPartitionIsStable pins the mapping: stored keys carry their partition, so a change here
+// would orphan every record. Fails if someone "improves" the hash.
+func TestPartitionIsStable(t *testing.T) {
+	for key, want := range map[string]int{"kanzlei": 9, "acme": 15, "e-1": 2, "": 5} {
+		if got := redisx.Partition(key, 16); got != want {
+			t.Errorf("redisx.Partition(%q, 16) = %d, want %d", key, got, want)
+		}
+	}
+}

@@ -29,8 +29,9 @@
 package redisstore
 
 import (
-	"hash/fnv"
 	"strconv"
+
+	"github.com/postamt/postamt/internal/redisx"
 )
 
 // Partitions is the number of tenant partitions (and event streams). Part of the data layout.
@@ -40,9 +41,7 @@ const prefix = "pm:mb:"
 
 // partitionTag returns the hash tag of a tenant's partition.
 func partitionTag(tenant string) string {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(tenant))
-	return "{mb" + strconv.Itoa(int(h.Sum32()%Partitions)) + "}"
+	return "{mb" + strconv.Itoa(redisx.Partition(tenant, Partitions)) + "}"
 }
 
 // EventStreams returns every partition's event stream key, for the relay.

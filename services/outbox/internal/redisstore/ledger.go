@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
 
@@ -31,9 +31,7 @@ const prefix = "pm:ob:"
 
 // Partition returns the partition of an email id; the engine runs one claim loop per partition.
 func Partition(emailID string) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(emailID))
-	return int(h.Sum32() % Partitions)
+	return redisx.Partition(emailID, Partitions)
 }
 
 func tag(p int) string { return prefix + "{ob" + strconv.Itoa(p) + "}" }
