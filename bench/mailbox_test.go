@@ -7,6 +7,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +21,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -139,22 +139,19 @@ func (h healthChecker) CheckSend(ctx context.Context, _ *mailboxv1.CheckSendRequ
 // grpc-go server answering grpc.health.v1 Check — no interceptors, no auth, no Redis. What
 // CheckSend costs beyond it is Postamt's.
 func BenchmarkP5Baseline(b *testing.B) {
-	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	b.Cleanup(srv.Stop)
+	addr := servetest.Run(b, func(ctx context.Context, lis net.Listener) error {
+		srv := grpc.NewServer()
+		healthpb.RegisterHealthServer(srv, health.NewServer())
+		stop := context.AfterFunc(ctx, srv.Stop)
+		defer stop()
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return err
+		}
+		return nil
+	})
 	rr := &roundRobin{}
 	for range p5Conns {
-		c, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { c.Close() })
-		rr.conns = append(rr.conns, c)
+		rr.conns = append(rr.conns, servetest.Dial(b, addr))
 	}
 	reportLoad(b, context.Background(), healthChecker{rr}, []*mailboxv1.CheckSendRequest{{}})
 }
