@@ -142,6 +142,16 @@ func TestEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// Both deliveries applied (acknowledged by the sent-view consumer) before the views are read,
+		// so a second copy would show.
+		poll.Eventually(t, "both deliveries acknowledged", func() bool {
+			cons, err := js.Consumer(ctx, "POSTAMT_OUTBOX", "mailbox-sent-view")
+			if err != nil {
+				return false
+			}
+			info, err := cons.Info(ctx)
+			return err == nil && info.AckFloor.Stream >= 2
+		})
 		for _, user := range []string{"max", "martina"} {
 			var items []*mailboxv1.SentItem
 			poll.Eventually(t, "the sent item in "+user+"'s view", func() bool {
