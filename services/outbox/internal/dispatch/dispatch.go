@@ -8,8 +8,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/wire"
 
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -32,12 +40,14 @@ type Connector struct {
 // Dispatcher sends due mail.
 type Dispatcher struct {
 	Ledger *redisstore.Ledger
-	// Connector looks a connector up by id; false means unknown (the mail fails permanently).
-	Connector func(id string) (Connector, bool)
-	// Event builds the status-change event of a transition.
-	Event  func(e *redisstore.Email, d outbox.Decision) redisstore.Event
-	Clock  Clock
-	Logger *slog.Logger
+	// Connector looks a tenant's connector up by id; false means unknown (the mail fails
+	// permanently: a connector deleted under queued mail is an admin's error to see).
+	Connector func(tenant, id string) (Connector, bool)
+	Clock     Clock
+	Logger    *slog.Logger
+	// Outcomes counts attempts by outcome, among them the RFC 1047 unknown ones; nil counts
+	// nothing.
+	Outcomes *prometheus.CounterVec
 	// Batch is the number of emails claimed per round; 0 means 64.
 	Batch int
 	// Lease is how long a claim holds; mail of a crashed worker comes due again after it. 0 means
@@ -46,6 +56,9 @@ type Dispatcher struct {
 	// MaxIdle bounds a sleep even when nothing is due, as a safety net for a lost wake-up; 0 means
 	// 5 seconds.
 	MaxIdle time.Duration
+	// Redis, when set, carries wake-ups from every replica's submits (redisstore.WakeChannel);
+	// without it only Wake calls in this process cut a sleep short.
+	Redis redis.UniversalClient
 
 	once  sync.Once
 	wakes []chan struct{}
@@ -85,10 +98,28 @@ func (d *Dispatcher) Wake(partition int) {
 func (d *Dispatcher) Run(ctx context.Context) error {
 	d.init()
 	var wg sync.WaitGroup
-	for p := range redisstore.Partitions {
-		wg.Go(func() { d.runPartition(ctx, p) })
+	if d.Redis != nil {
+		sub := d.Redis.Subscribe(ctx, redisstore.WakeChannel)
+		if _, err := sub.Receive(ctx); err != nil {
+			_ = sub.Close()
+			return fmt.Errorf("subscribe to wake-ups: %w", err)
+		}
+		wg.Go(func() {
+			for m := range sub.Channel() {
+				if p, ok := redisstore.WakePartition(m.Payload); ok {
+					d.Wake(p)
+				}
+			}
+		})
+		// Closing the subscription ends the forwarding loop; wait for it after the partitions.
+		defer wg.Wait()
+		defer func() { _ = sub.Close() }()
 	}
-	wg.Wait()
+	var loops sync.WaitGroup
+	for p := range redisstore.Partitions {
+		loops.Go(func() { d.runPartition(ctx, p) })
+	}
+	loops.Wait()
 	return nil
 }
 
@@ -146,7 +177,8 @@ func (d *Dispatcher) Step(ctx context.Context, p int) (int, error) {
 }
 
 func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email) error {
-	c, ok := d.Connector(e.Connector)
+	c, ok := d.Connector(e.Tenant, e.Connector)
+	start := d.Clock.Now()
 	var res smtp.Result
 	switch {
 	case !ok:
@@ -160,17 +192,72 @@ func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email) error {
 		}
 		res = c.Sender.Send(ctx, e.From, e.Rcpts, body)
 	}
+	end := d.Clock.Now()
+	if d.Outcomes != nil {
+		d.Outcomes.WithLabelValues(outcomeLabel(res.Outcome)).Inc()
+	}
 	decision := c.Policy.Decide(res.Outcome, e.Attempts+1, e.Imported)
-	lastErr := ""
+	change := redisstore.Change{
+		Status: decision.Status, At: end, Fenced: true,
+		CountAttempt: decision.ConsumesAttempt, Attempted: decision.ConsumesAttempt, MaxAttempts: c.Policy.MaxAttempts,
+	}
 	if res.Outcome != outbox.OutcomeSent {
-		lastErr = res.Message
+		change.Error = res.Message
 		if res.Code != 0 {
-			lastErr = fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message)
+			change.Error = strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
+		}
+		if decision.MayHaveBeenSent {
+			change.Error = "the connection was lost after the message was handed over; it may have been sent: " + change.Error
 		}
 	}
-	_, err := d.Ledger.Complete(ctx, e, redisstore.Result{
-		Decision: decision, At: d.Clock.Now(), LastError: lastErr,
-		Entry: fmt.Sprintf("%d|%d|%s", res.Outcome, res.Code, lastErr),
-	}, d.Event(e, decision))
-	return err
+	var attempt *outboxv1.Attempt
+	if decision.ConsumesAttempt {
+		attempt = &outboxv1.Attempt{
+			Number: int32(e.Attempts + 1), StartTime: wire.Timestamp(start), EndTime: wire.Timestamp(end),
+			ConnectorId: e.Connector, Outcome: attemptOutcome(res.Outcome), SmtpCode: int32(res.Code),
+			EnhancedCode: res.Enhanced, Message: change.Error,
+		}
+		b, err := proto.Marshal(attempt)
+		if err != nil {
+			return fmt.Errorf("encode attempt: %w", err)
+		}
+		change.Attempt = b
+	}
+	if decision.Status == outbox.StatusPendingRetry {
+		change.Due = end.Add(decision.Delay)
+	}
+	prev := e.Status
+	return d.Ledger.Apply(ctx, e, change, func(next *redisstore.Email) redisstore.Event {
+		return wire.Events{}.Changed(prev, next, attempt)
+	})
+}
+
+func outcomeLabel(o outbox.Outcome) string {
+	switch o {
+	case outbox.OutcomeSent:
+		return "sent"
+	case outbox.OutcomeTemporary:
+		return "temporary"
+	case outbox.OutcomePermanent:
+		return "permanent"
+	case outbox.OutcomeUnknown:
+		return "unknown"
+	case outbox.OutcomeConnectorDisabled:
+		return "connector_disabled"
+	}
+	return "other"
+}
+
+func attemptOutcome(o outbox.Outcome) outboxv1.AttemptOutcome {
+	switch o {
+	case outbox.OutcomeSent:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_SENT
+	case outbox.OutcomeTemporary:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_TEMPORARY_FAILURE
+	case outbox.OutcomePermanent:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_PERMANENT_FAILURE
+	case outbox.OutcomeUnknown:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN
+	}
+	return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNSPECIFIED
 }

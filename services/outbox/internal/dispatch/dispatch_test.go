@@ -56,7 +56,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
 	t.Helper()
-	f := &fixture{ledger: redisstore.New(redistest.Start(t).Client(t)), sink: smtptest.Start(t), enabled: true}
+	f := &fixture{ledger: redisstore.New(redistest.Start(t).Client(t), 0), sink: smtptest.Start(t), enabled: true}
 	host, port, _ := net.SplitHostPort(f.sink.Addr())
 	p, _ := strconv.Atoi(port)
 	sender := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 2 * time.Second})
@@ -64,11 +64,8 @@ func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
 	policy := outbox.RetryPolicy{Pattern: []time.Duration{time.Minute, 5 * time.Minute}, MaxAttempts: 3}
 	f.d = &dispatch.Dispatcher{
 		Ledger: f.ledger,
-		Connector: func(id string) (dispatch.Connector, bool) {
-			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled}, id == "relay"
-		},
-		Event: func(*redisstore.Email, outbox.Decision) redisstore.Event {
-			return redisstore.Event{Subject: "postamt.outbox.v1.EmailStatusChanged", Msg: wrapperspb.String("x")}
+		Connector: func(tenant, id string) (dispatch.Connector, bool) {
+			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled}, tenant == "kanzlei" && id == "relay"
 		},
 		Clock: clock,
 	}
@@ -78,9 +75,10 @@ func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
 func (f *fixture) submit(t *testing.T, id string, due time.Time) {
 	t.Helper()
 	body := fmt.Sprintf("From: info@kanzlei.example\r\nTo: client@example.com\r\nMessage-ID: <%s@kanzlei.example>\r\nSubject: %s\r\n\r\nHallo\r\n", id, id)
-	err := f.ledger.Submit(context.Background(), &redisstore.Email{
+	_, _, err := f.ledger.Submit(context.Background(), &redisstore.Email{
 		ID: id, Tenant: "kanzlei", Status: outbox.StatusQueued, Priority: 2, Due: due, Connector: "relay", Version: 1,
 		From: "info@kanzlei.example", Rcpts: []string{"client@example.com"}, Body: []byte(body),
+		Buckets: []string{redisstore.BucketAll, redisstore.BucketUser("max")},
 	}, redisstore.Event{Subject: "postamt.outbox.v1.EmailSubmitted", Msg: wrapperspb.String(id)})
 	if err != nil {
 		t.Fatal(err)

@@ -1,15 +1,15 @@
-// Package redisstore is the outbox's ledger in Redis: one record per email, a due-time index per
-// partition, and the transitions as Lua scripts that check state and fencing token and append
-// their event in the same step. See docs/outbox-design.md for the layout.
-//
-// This is the first slice of issue 3: submit, claim under a lease with a fencing token, and
-// complete. Views, counts, cancel, retry and the other actions build on the same record.
+// Package redisstore is the outbox's state in Redis: one record per email, a due-time index and
+// view indexes per partition, connectors and user settings, and every transition as one Lua
+// script that checks the version (and, for a worker, the fencing token) and appends its event in
+// the same step. See docs/outbox-design.md for the layout.
 package redisstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +23,8 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
 
-// Partitions is the number of email partitions, each with its own due index and event stream.
-// Part of the data layout: changing it needs a migration.
+// Partitions is the number of email partitions, each with its own due index, view indexes and
+// event stream. Part of the data layout: changing it needs a migration.
 const Partitions = 16
 
 const prefix = "pm:ob:"
@@ -42,6 +42,21 @@ func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
 func dueKey(p int) string          { return tag(p) + ":due" }
 func eventsKey(p int) string       { return tag(p) + ":events" }
 
+// idemKey maps an idempotency key to its email. It lives in the partition of the email, whose id
+// is chosen so (see IDForKey).
+func idemKey(p int, tenant, key string) string { return tag(p) + ":t:" + tenant + ":k:" + key }
+
+// indexKey is one view index: the tenant's emails of one bucket in one status, scored by the
+// list's sort time. See Buckets.
+func indexKey(p int, tenant, bucket string, s outbox.Status) string {
+	return tag(p) + ":t:" + tenant + ":i:" + bucket + ":" + strconv.Itoa(int(s))
+}
+
+// disabledKey holds a partition's CONNECTOR_DISABLED mail of one connector, to requeue on enable.
+func disabledKey(p int, tenant, connector string) string {
+	return tag(p) + ":t:" + tenant + ":cd:" + connector
+}
+
 // EventStreams returns every partition's event stream, for the relay.
 func EventStreams() []string {
 	out := make([]string, Partitions)
@@ -51,7 +66,9 @@ func EventStreams() []string {
 	return out
 }
 
-// Email is the part of the record the engine's transitions read and write.
+// Email is an email's record: what the engine's transitions read and write, and Meta, the
+// encoded immutable part the API shows (recipients, subject, work item, ...), which the store
+// never interprets.
 type Email struct {
 	ID        string
 	Tenant    string
@@ -64,10 +81,69 @@ type Email struct {
 	Version   int64
 	// Fence is the claim's fencing token; only Complete calls with it are accepted.
 	Fence int64
-	// From and Rcpts are the SMTP envelope; Body the built message (stored apart, see P8).
+	// From and Rcpts are the SMTP envelope.
 	From  string
 	Rcpts []string
-	Body  []byte
+	// Buckets are the view indexes the email is listed in (Bucket* functions).
+	Buckets []string
+	// IdemKey is the client's idempotency key, if any.
+	IdemKey string
+	// Meta is the encoded immutable part of the email.
+	Meta []byte
+	// Extra is the encoded part only the sent event needs (threading headers, Sender).
+	Extra []byte
+	// Body is the built message, stored apart from the record (P8 counts everything else); only
+	// Submit reads it.
+	Body []byte
+
+	// Score is the email's sort time in the view indexes: its due time while it has one, else the
+	// time of its last change.
+	Score        time.Time
+	LastAttempt  time.Time
+	FirstFailure time.Time
+	LastError    string
+	SentTime     time.Time
+	CancelTime   time.Time
+	// MaxAttempts is the connector's attempt limit at the last attempt.
+	MaxAttempts int
+}
+
+// Bucket names of the view indexes. An email is listed under BucketAll and under each bucket
+// that gives someone access to it; a view is the union of the buckets the caller holds.
+const BucketAll = "a"
+
+// BucketUser lists the mail a user sent (view MINE).
+func BucketUser(user string) string { return "u:" + user }
+
+// BucketTeam lists the mail sent by members of a team, by their teams at sending time (TEAM).
+func BucketTeam(team string) string { return "t:" + team }
+
+// BucketMailbox lists the mail sent from a shared mailbox, for its members (ALL).
+func BucketMailbox(mailbox string) string { return "m:" + mailbox }
+
+// BucketSystem lists the tenant's system-generated mail (SYSTEM, for admins).
+const BucketSystem = "s"
+
+// BucketSystemMailbox lists the system-generated mail of a shared mailbox (SYSTEM, for members).
+func BucketSystemMailbox(mailbox string) string { return "sm:" + mailbox }
+
+// IndexScore is an email's score in the view indexes: its sort time in milliseconds times 1024
+// plus 10 bits of a hash of its id, so that emails of the same millisecond rarely tie and a page
+// can continue after a (score, id) cursor with an exclusive range. Exact in a float64 until the
+// year 2248.
+func IndexScore(t time.Time, id string) int64 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	// The high bits: FNV-1a's low bits are what picks the partition, so within one partition
+	// they are all alike.
+	return ms(t)<<10 | int64(h.Sum32()>>22)
+}
+
+func scoreTime(score int64) time.Time {
+	if score <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(score >> 10).UTC()
 }
 
 // Event is an announcement a transition appends in its own atomic step; its id is derived from
@@ -77,222 +153,497 @@ type Event struct {
 	Msg     proto.Message
 }
 
-// Ledger is the outbox's Redis state.
+// Ledger is the outbox's email state.
 type Ledger struct {
-	rdb redis.UniversalClient
+	rdb       redis.UniversalClient
+	retention time.Duration
 }
 
-// New returns a Ledger on rdb.
-func New(rdb redis.UniversalClient) *Ledger { return &Ledger{rdb: rdb} }
+// New returns a Ledger on rdb that keeps SENT and CANCELLED records for retention (0: 30 days).
+// FAILED and every other status are kept until a person acts: nothing failed is dropped.
+func New(rdb redis.UniversalClient, retention time.Duration) *Ledger {
+	if retention <= 0 {
+		retention = 30 * 24 * time.Hour
+	}
+	return &Ledger{rdb: rdb, retention: retention}
+}
 
-func ms(t time.Time) int64 { return t.UnixMilli() }
+// Retention returns how long final records are kept.
+func (l *Ledger) Retention() time.Duration { return l.retention }
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func msString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(t.UnixMilli(), 10)
+}
 
 func eventArgs(ctx context.Context, e *Email, version int64, ev Event) ([]any, error) {
 	id := e.Tenant + ":email:" + e.ID + ":" + strconv.FormatInt(version, 10)
 	return eventbus.Envelope(ctx, id, ev.Subject, e.Tenant, ev.Msg)
 }
 
-// submitScript stores a new email and its body and indexes it by due time.
-// KEYS[1] record, KEYS[2] partition due index, KEYS[3] partition events, KEYS[4] body.
-// ARGV[1] due ms, ARGV[2] email id, ARGV[3..8] event envelope, ARGV[9] body, ARGV[10..] record
-// field/value pairs.
-// Returns 1, or 0 when the email exists (nothing written). Invariant: a record is in the due
-// index exactly while its status is SCHEDULED, QUEUED, PENDING_RETRY or SENDING.
-var submitScript = redis.NewScript(eventbus.LuaEmit + `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
-redis.call('SET', KEYS[4], ARGV[9])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-postamt_emit(KEYS[3], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-return 1
+// inDue reports whether a status keeps the email in the due index.
+func inDue(s outbox.Status) bool {
+	return s == outbox.StatusScheduled || s == outbox.StatusQueued || s == outbox.StatusPendingRetry || s == outbox.StatusSending
+}
+
+func indexKeys(p int, e *Email, s outbox.Status) []string {
+	if s.Final() {
+		return nil
+	}
+	out := make([]string, len(e.Buckets))
+	for i, b := range e.Buckets {
+		out[i] = indexKey(p, e.Tenant, b, s)
+	}
+	return out
+}
+
+// WakeChannel is where a script announces a due time earlier than any its partition had: the
+// message is the partition's due index key. Dispatchers of every replica subscribe, so a sleep
+// until the earliest due time is cut short without polling.
+const WakeChannel = prefix + "wake"
+
+// WakePartition returns the partition a WakeChannel message names, or false.
+func WakePartition(msg string) (int, bool) {
+	for p := range Partitions {
+		if msg == dueKey(p) {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// luaWake publishes on WakeChannel when due (ms) is earlier than every due time in dueKey.
+const luaWake = `
+local function postamt_wake(dueKey, due)
+  local first = redis.call('ZRANGE', dueKey, 0, 0, 'WITHSCORES')
+  if not first[2] or tonumber(due) < tonumber(first[2]) then
+    redis.call('PUBLISH', '` + WakeChannel + `', dueKey)
+  end
+end
+`
+
+// submitScript stores a new email and its body, and indexes it by due time and in its views.
+// KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] body, KEYS[5] idempotency key (or
+// the record again when there is none), KEYS[6..] view indexes of the status.
+// ARGV[1] due ms or "" (not due: FAILED imports), ARGV[2] id, ARGV[3] index score, ARGV[4] 1 with
+// an idempotency key, ARGV[5..10] event envelope, ARGV[11] body, ARGV[12..] record field/value
+// pairs.
+// Returns {1, id} when stored, {0, id} with the existing email's id when the idempotency key or
+// the id is taken (nothing written). Invariant: a record is in the due index exactly while its
+// status is SCHEDULED, QUEUED, PENDING_RETRY or SENDING, and in one view index per bucket while
+// it is not final.
+var submitScript = redis.NewScript(eventbus.LuaEmit + luaWake + `
+if ARGV[4] == '1' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then return {0, prev} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[2]} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('SET', KEYS[4], ARGV[11])
+if ARGV[1] ~= '' then
+  postamt_wake(KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+end
+for i = 6, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[2]) end
+if ARGV[4] == '1' then redis.call('SET', KEYS[5], ARGV[2]) end
+postamt_emit(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+return {1, ARGV[2]}
 `)
 
-// Submit stores e (Status SCHEDULED or QUEUED, Version 1) due at e.Due with its event.
-func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) error {
+// Submit stores e (Version 1) with its event. It returns the id of the stored email and whether
+// it was created: a repeated idempotency key returns the first email's id and created false.
+// An email whose id exists is AlreadyExists.
+func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, error) {
 	p := Partition(e.ID)
 	env, err := eventArgs(ctx, e, e.Version, ev)
 	if err != nil {
-		return err
+		return "", false, err
 	}
-	imported := "0"
-	if e.Imported {
-		imported = "1"
+	ik, hasIK := recordKey(e.ID), "0"
+	if e.IdemKey != "" {
+		if Partition(e.Tenant+"\x00"+e.IdemKey) != p {
+			return "", false, fmt.Errorf("submit %s: id is not in the idempotency key's partition (use IDForKey)", e.ID)
+		}
+		ik, hasIK = idemKey(p, e.Tenant, e.IdemKey), "1"
 	}
-	argv := append([]any{ms(e.Due), e.ID}, env...)
-	argv = append(argv, e.Body,
-		"id", e.ID, "tenant", e.Tenant, "status", int(e.Status), "priority", e.Priority, "due", ms(e.Due),
-		"connector", e.Connector, "imported", imported, "attempts", 0, "version", e.Version, "fence", 0,
-		"from", e.From, "rcpts", strings.Join(e.Rcpts, ","))
-	n, err := submitScript.Run(ctx, l.rdb, []string{recordKey(e.ID), dueKey(p), eventsKey(p), bodyKey(e.ID)}, argv...).Int()
+	due := ""
+	if inDue(e.Status) {
+		due = strconv.FormatInt(ms(e.Due), 10)
+	}
+	if e.Score.IsZero() {
+		e.Score = e.Due
+	}
+	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), bodyKey(e.ID), ik}, indexKeys(p, e, e.Status)...)
+	argv := append([]any{due, e.ID, IndexScore(e.Score, e.ID), hasIK}, env...)
+	argv = append(argv, e.Body)
+	argv = append(argv, recordFields(e)...)
+	res, err := submitScript.Run(ctx, l.rdb, keys, argv...).Slice()
 	if err != nil {
-		return fmt.Errorf("submit %s: %w", e.ID, err)
+		return "", false, fmt.Errorf("submit %s: %w", e.ID, err)
 	}
-	if n == 0 {
-		return errs.AlreadyExists("email", e.ID)
+	created, _ := res[0].(int64)
+	id, _ := res[1].(string)
+	if created == 0 && id == e.ID && e.IdemKey == "" {
+		return "", false, errs.AlreadyExists("email", e.ID)
 	}
-	return nil
+	return id, created == 1, nil
 }
 
-// claimScript leases due emails to a worker.
-// KEYS[1] due index, KEYS[2..] the candidates' records. ARGV[1] now ms, ARGV[2] lease end ms,
-// ARGV[3] batch, ARGV[4..] the candidates' ids (same order as KEYS[2..]).
-// Among candidates still due (score <= now) in a claimable status, it takes the batch with the
-// highest priority, oldest due first; for each it bumps the fencing token and the version, sets
-// SENDING and moves the due score to the lease end, so a crashed worker's mail comes due again.
-// Never early: a candidate whose score moved past now is skipped. Returns, per claimed email,
-// {id, fence, version, attempts, connector, imported, tenant, from, rcpts}.
+func boolField(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func recordFields(e *Email) []any {
+	return []any{
+		"id", e.ID, "tenant", e.Tenant, "status", int(e.Status), "priority", e.Priority,
+		"due", msString(e.Due), "sc", IndexScore(e.Score, e.ID), "connector", e.Connector, "imported", boolField(e.Imported),
+		"attempts", e.Attempts, "version", e.Version, "fence", 0, "from", e.From,
+		"rcpts", strings.Join(e.Rcpts, ","), "bk", strings.Join(e.Buckets, ","), "ik", e.IdemKey,
+		"meta", e.Meta, "xs", e.Extra, "le", e.LastError, "la", msString(e.LastAttempt), "ff", msString(e.FirstFailure),
+		"maxa", e.MaxAttempts,
+	}
+}
+
+// IDForKey reports whether an email id may carry an idempotency key of tenant: the id must be in
+// the key's partition, so submit checks and writes both in one script. Callers draw ids until
+// one fits (one in Partitions on average).
+func IDForKey(id, tenant, key string) bool {
+	return key == "" || Partition(id) == Partition(tenant+"\x00"+key)
+}
+
+// claimScript leases chosen due emails to a worker.
+// KEYS[1] due index, then per candidate: its record, then its old and new (SENDING) view index
+// keys. ARGV[1] now ms, ARGV[2] lease end ms, then per candidate: id, the version it was read
+// at, the number of view index keys (old and new, half each), and its index score at the lease
+// end.
+// A candidate is claimed only if its version is unchanged since it was chosen and it is still
+// due (never early): for each it bumps the fencing token and the version, sets SENDING, moves its
+// view entries and its due score to the lease end, so a crashed worker's mail comes due again.
+// Returns, per claimed email, {id, fence, version}.
 var claimScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
-local cands = {}
-for i = 2, #KEYS do
-  local id = ARGV[i + 2]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now then
-    local st = redis.call('HMGET', KEYS[i], 'status', 'priority')
-    local s = tonumber(st[1])
-    if s == 1 or s == 2 or s == 3 or s == 4 then
-      cands[#cands + 1] = {i = i, id = id, prio = tonumber(st[2]) or 2, due = tonumber(score)}
-    end
-  end
-end
-table.sort(cands, function(a, b)
-  if a.prio ~= b.prio then return a.prio < b.prio end
-  if a.due ~= b.due then return a.due < b.due end
-  return a.id < b.id
-end)
 local out = {}
-for n = 1, math.min(#cands, tonumber(ARGV[3])) do
-  local c = cands[n]
-  local key = KEYS[c.i]
-  local fence = redis.call('HINCRBY', key, 'fence', 1)
-  local version = redis.call('HINCRBY', key, 'version', 1)
-  redis.call('HSET', key, 'status', 3)
-  redis.call('ZADD', KEYS[1], ARGV[2], c.id)
-  local r = redis.call('HMGET', key, 'attempts', 'connector', 'imported', 'tenant', 'from', 'rcpts')
-  out[#out + 1] = {c.id, fence, version, r[1], r[2], r[3], r[4], r[5], r[6]}
+local k = 2
+local a = 3
+while a <= #ARGV do
+  local id, ver, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local rec = KEYS[k]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
+    local fence = redis.call('HINCRBY', rec, 'fence', 1)
+    local version = redis.call('HINCRBY', rec, 'version', 1)
+    redis.call('HSET', rec, 'status', 3, 'due', ARGV[2], 'sc', ARGV[a + 3])
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    local half = nidx / 2
+    for j = 1, half do
+      redis.call('ZREM', KEYS[k + j], id)
+      redis.call('ZADD', KEYS[k + half + j], ARGV[a + 3], id)
+    end
+    out[#out + 1] = {id, fence, version}
+  end
+  k = k + 1 + nidx
+  a = a + 4
 end
 return out
 `)
 
-// Claim leases up to batch emails of partition p that are due at now, until now+lease. It reads
-// a window of candidates (4×batch, oldest due first) and claims in one script that declares
-// every key it touches.
+// claimFields are the record fields Claim reads to choose and then hand to the worker.
+var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "rcpts", "ik", "meta", "maxa", "ff", "xs"}
+
+// Claim leases up to batch emails of partition p that are due at now, until now+lease: high
+// before normal before low priority, oldest due first, within a window of 4×batch of the oldest
+// due. Three round trips: the window, the candidates' records, and one script that claims those
+// still unchanged. Never early: nothing with a due time after now is claimed.
 func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lease time.Duration) ([]Email, error) {
-	ids, err := l.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+	zs, err := l.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
 		Key: dueKey(p), Start: "-inf", Stop: strconv.FormatInt(ms(now), 10), ByScore: true, Count: int64(4 * batch),
 	}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read due emails: %w", err)
 	}
-	if len(ids) == 0 {
+	if len(zs) == 0 {
 		return nil, nil
 	}
-	keys := make([]string, 0, len(ids)+1)
-	keys = append(keys, dueKey(p))
-	argv := make([]any, 0, len(ids)+3)
-	argv = append(argv, ms(now), ms(now.Add(lease)), batch)
-	for _, id := range ids {
-		keys = append(keys, recordKey(id))
-		argv = append(argv, id)
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(zs))
+	for i, z := range zs {
+		cmds[i] = pipe.HMGet(ctx, recordKey(z.Member.(string)), claimFields...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read due records: %w", err)
+	}
+	type cand struct {
+		e    Email
+		prio int
+	}
+	cands := make([]cand, 0, len(zs))
+	for i, z := range zs {
+		v := cmds[i].Val()
+		if len(v) != len(claimFields) || v[0] == nil {
+			continue // removed meanwhile
+		}
+		e, err := claimedRecord(z.Member.(string), v)
+		if err != nil {
+			return nil, err
+		}
+		if !inDue(e.Status) {
+			continue
+		}
+		e.Due = time.UnixMilli(int64(z.Score)).UTC()
+		cands = append(cands, cand{e: e, prio: e.Priority})
+	}
+	slices.SortStableFunc(cands, func(a, b cand) int {
+		if a.prio != b.prio {
+			return a.prio - b.prio
+		}
+		if c := a.e.Due.Compare(b.e.Due); c != 0 {
+			return c
+		}
+		return strings.Compare(a.e.ID, b.e.ID)
+	})
+	cands = cands[:min(len(cands), batch)]
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	keys := []string{dueKey(p)}
+	argv := []any{ms(now), ms(now.Add(lease))}
+	for _, c := range cands {
+		keys = append(keys, recordKey(c.e.ID))
+		old, nw := indexKeys(p, &c.e, c.e.Status), indexKeys(p, &c.e, outbox.StatusSending)
+		keys = append(append(keys, old...), nw...)
+		argv = append(argv, c.e.ID, c.e.Version, len(old)+len(nw), IndexScore(now.Add(lease), c.e.ID))
 	}
 	res, err := claimScript.Run(ctx, l.rdb, keys, argv...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
+	byID := make(map[string]*Email, len(cands))
+	for i := range cands {
+		byID[cands[i].e.ID] = &cands[i].e
+	}
 	out := make([]Email, 0, len(res))
 	for _, r := range res {
 		row, ok := r.([]any)
-		if !ok || len(row) != 9 {
+		if !ok || len(row) != 3 {
 			return nil, errors.New("claim: malformed reply")
 		}
-		str := func(i int) string { s, _ := row[i].(string); return s }
-		num := func(i int) int64 {
-			switch v := row[i].(type) {
-			case int64:
-				return v
-			case string:
-				n, _ := strconv.ParseInt(v, 10, 64)
-				return n
-			}
-			return 0
+		id, _ := row[0].(string)
+		e := byID[id]
+		if e == nil {
+			return nil, errors.New("claim: reply names an email not asked for")
 		}
-		out = append(out, Email{
-			ID: str(0), Fence: num(1), Version: num(2), Attempts: int(num(3)), Connector: str(4),
-			Imported: str(5) == "1", Tenant: str(6), Status: outbox.StatusSending, Due: now.Add(lease),
-			From: str(7), Rcpts: strings.Split(str(8), ","),
-		})
+		e.Fence, _ = row[1].(int64)
+		e.Version, _ = row[2].(int64)
+		e.Status = outbox.StatusSending
+		e.Due = now.Add(lease)
+		e.Score = e.Due
+		out = append(out, *e)
 	}
 	return out, nil
+}
+
+func claimedRecord(id string, v []any) (Email, error) {
+	s := func(i int) string { x, _ := v[i].(string); return x }
+	n := func(i int) int64 { x, _ := strconv.ParseInt(s(i), 10, 64); return x }
+	e := Email{
+		ID: id, Status: outbox.Status(n(0)), Priority: int(n(1)), Version: n(2), Tenant: s(4),
+		Attempts: int(n(5)), Connector: s(6), Imported: s(7) == "1", From: s(8), IdemKey: s(10),
+		Meta: []byte(s(11)), MaxAttempts: int(n(12)), FirstFailure: msTime(s(13)), Extra: []byte(s(14)),
+	}
+	if b := s(3); b != "" {
+		e.Buckets = strings.Split(b, ",")
+	}
+	if r := s(9); r != "" {
+		e.Rcpts = strings.Split(r, ",")
+	}
+	if e.Tenant == "" {
+		return Email{}, fmt.Errorf("claim: record %s has no tenant", id)
+	}
+	return e, nil
+}
+
+func msTime(s string) time.Time {
+	if s == "" || s == "0" {
+		return time.Time{}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
 }
 
 // ErrFenced means the caller no longer holds the email: its lease ran out and another worker
 // claimed it, or a person changed it. The caller must drop its result.
 var ErrFenced = errs.Aborted("LEASE_LOST", "the email was claimed again or changed; the result was not recorded")
 
-// completeScript records an attempt's result, if the caller still holds the email.
-// KEYS[1] record, KEYS[2] due index, KEYS[3] attempt history, KEYS[4] events.
-// ARGV[1] fence, ARGV[2] new status, ARGV[3] next due ms or "" (leaves the due index),
-// ARGV[4] 1 if the attempt counts, ARGV[5] history entry, ARGV[6] email id, ARGV[7] new version,
-// ARGV[8..13] event envelope, ARGV[14..] extra field/value pairs (last error, times).
-// Returns the new version, or 0 when the fence or status does not match (nothing written).
-var completeScript = redis.NewScript(eventbus.LuaEmit + `
-local cur = redis.call('HMGET', KEYS[1], 'fence', 'status', 'version')
-if cur[1] ~= ARGV[1] or cur[2] ~= '3' or tonumber(cur[3]) + 1 ~= tonumber(ARGV[7]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'version', ARGV[7])
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-if #ARGV >= 14 then redis.call('HSET', KEYS[1], unpack(ARGV, 14)) end
-redis.call('RPUSH', KEYS[3], ARGV[5])
-if ARGV[3] == '' then
-  redis.call('ZREM', KEYS[2], ARGV[6])
+// ErrChanged means the email changed between reading it and writing it; the caller reads again.
+var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrently; read it again")
+
+// applyScript is every transition after submit: a worker's result and a person's action.
+// KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] attempt history, KEYS[5] body,
+// KEYS[6] idempotency key (or the record), KEYS[7] disabled set (or the record),
+// KEYS[8..7+n] old view index keys, KEYS[8+n..] new view index keys.
+// ARGV[1] expected version, ARGV[2] expected fence or "", ARGV[3] new version, ARGV[4] new
+// status, ARGV[5] n, ARGV[6] id, ARGV[7] due ms or "" (leaves the due index), ARGV[8] index
+// score, ARGV[9] history entry or "", ARGV[10] retention ms or "" (final: the record, body,
+// history and idempotency key expire then), ARGV[11] "add"/"rem"/"" for the disabled set,
+// ARGV[12] attempts: "inc", "reset" or "", ARGV[13..18] event envelope, ARGV[19..] field/value
+// pairs to set.
+// Returns the new version, or 0 when the version or fence does not match (nothing written).
+var applyScript = redis.NewScript(eventbus.LuaEmit + luaWake + `
+local cur = redis.call('HMGET', KEYS[1], 'version', 'fence')
+if cur[1] ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' and cur[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'version', ARGV[3], 'sc', ARGV[8], 'due', ARGV[7])
+if ARGV[12] == 'inc' then redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+elseif ARGV[12] == 'reset' then redis.call('HSET', KEYS[1], 'attempts', 0) end
+if #ARGV >= 19 then redis.call('HSET', KEYS[1], unpack(ARGV, 19)) end
+if ARGV[9] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[9]) end
+if ARGV[7] == '' then redis.call('ZREM', KEYS[2], ARGV[6])
 else
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
-  redis.call('HSET', KEYS[1], 'due', ARGV[3])
+  postamt_wake(KEYS[2], ARGV[7])
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
 end
-postamt_emit(KEYS[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
-return tonumber(ARGV[7])
+local n = tonumber(ARGV[5])
+for i = 8, 7 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
+for i = 8 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
+if ARGV[11] == 'add' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6])
+elseif ARGV[11] == 'rem' then redis.call('ZREM', KEYS[7], ARGV[6]) end
+if ARGV[10] ~= '' then
+  for i = 4, 6 do
+    if KEYS[i] ~= KEYS[1] then redis.call('PEXPIRE', KEYS[i], ARGV[10]) end
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+end
+postamt_emit(KEYS[3], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18])
+return tonumber(ARGV[3])
 `)
 
-// Result is what a worker reports for a claimed email.
-type Result struct {
-	Decision outbox.Decision
-	At       time.Time
-	// Entry is the attempt's history entry (encoded by the caller).
-	Entry string
-	// LastError is shown in the outbox; empty on success.
-	LastError string
+// Change is one transition of an email, applied by Apply.
+type Change struct {
+	Status outbox.Status
+	// Due is the next due time; zero leaves the due index (which statuses other than SCHEDULED,
+	// QUEUED, PENDING_RETRY and SENDING must).
+	Due time.Time
+	// At is when the change happens; it is the index score of mail without a due time.
+	At time.Time
+	// Fenced makes the change a worker's: it applies only under the claim's fencing token.
+	Fenced bool
+	// Attempt is an encoded history entry to append.
+	Attempt []byte
+	// CountAttempt adds one to the attempt count; ResetAttempts starts it again (manual retry).
+	CountAttempt, ResetAttempts bool
+	// Attempted marks the end of a delivery attempt at At, under the connector's MaxAttempts.
+	Attempted   bool
+	MaxAttempts int
+	// Error becomes the last error shown in the outbox; the first one also sets the first-failure
+	// time. Empty leaves the last error as it was.
+	Error string
 }
 
-// Complete records r for the claimed email e (as Claim returned it). It fails with ErrFenced
-// when e's lease was lost, so a slow worker can never overwrite a newer attempt.
-func (l *Ledger) Complete(ctx context.Context, e *Email, r Result, ev Event) (int64, error) {
+// Apply makes change c to e, which the caller read (Get) or claimed (Claim) at e.Version. It
+// fails with ErrFenced for a worker that lost its claim and ErrChanged when the email changed
+// since it was read; nothing is written then. On success e holds the new state.
+func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Email) Event) error {
 	p := Partition(e.ID)
-	version := e.Version + 1
-	env, err := eventArgs(ctx, e, version, ev)
+	if inDue(c.Status) != !c.Due.IsZero() {
+		return fmt.Errorf("apply %s: status %s with due time %v breaks the due-index invariant", e.ID, c.Status, c.Due)
+	}
+	next := *e
+	next.Version = e.Version + 1
+	next.Status = c.Status
+	next.Due = c.Due
+	next.Score = c.Due
+	if next.Score.IsZero() {
+		next.Score = c.At
+	}
+	fence := ""
+	if c.Fenced {
+		fence = strconv.FormatInt(e.Fence, 10)
+	}
+	ik, cd := recordKey(e.ID), recordKey(e.ID)
+	if e.IdemKey != "" {
+		ik = idemKey(p, e.Tenant, e.IdemKey)
+	}
+	cdOp := ""
+	switch {
+	case c.Status == outbox.StatusConnectorDisabled:
+		cdOp, cd = "add", disabledKey(p, e.Tenant, e.Connector)
+	case e.Status == outbox.StatusConnectorDisabled:
+		cdOp, cd = "rem", disabledKey(p, e.Tenant, e.Connector)
+	}
+	retention := ""
+	if c.Status.Final() {
+		retention = strconv.FormatInt(l.retention.Milliseconds(), 10)
+	}
+	attempts := ""
+	switch {
+	case c.ResetAttempts:
+		attempts = "reset"
+		next.Attempts = 0
+	case c.CountAttempt:
+		attempts = "inc"
+		next.Attempts++
+	}
+	var set []any
+	switch c.Status {
+	case outbox.StatusSent:
+		next.SentTime = c.At
+		set = append(set, "st", ms(c.At))
+	case outbox.StatusCancelled:
+		next.CancelTime = c.At
+		set = append(set, "ct", ms(c.At))
+	}
+	if c.Attempted {
+		next.LastAttempt, next.MaxAttempts = c.At, c.MaxAttempts
+		set = append(set, "la", ms(c.At), "maxa", c.MaxAttempts)
+	}
+	if c.Error != "" {
+		next.LastError = c.Error
+		set = append(set, "le", c.Error)
+		if next.FirstFailure.IsZero() {
+			next.FirstFailure = c.At
+			set = append(set, "ff", ms(c.At))
+		}
+	}
+	env, err := eventArgs(ctx, &next, next.Version, ev(&next))
 	if err != nil {
-		return 0, err
+		return err
 	}
-	next := ""
-	if r.Decision.Status == outbox.StatusPendingRetry {
-		next = strconv.FormatInt(ms(r.At.Add(r.Decision.Delay)), 10)
-	}
-	counts := "0"
-	if r.Decision.ConsumesAttempt {
-		counts = "1"
-	}
-	argv := []any{e.Fence, int(r.Decision.Status), next, counts, r.Entry, e.ID, version}
+	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
+	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd}, old...)
+	keys = append(keys, nw...)
+	argv := []any{e.Version, fence, next.Version, int(c.Status), len(old), e.ID, msString(c.Due), IndexScore(next.Score, e.ID), c.Attempt, retention, cdOp, attempts}
 	argv = append(argv, env...)
-	argv = append(argv, "last_attempt", ms(r.At), "last_error", r.LastError)
-	n, err := completeScript.Run(ctx, l.rdb, []string{recordKey(e.ID), dueKey(p), attemptsKey(e.ID), eventsKey(p)}, argv...).Int64()
+	argv = append(argv, set...)
+	n, err := applyScript.Run(ctx, l.rdb, keys, argv...).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("complete %s: %w", e.ID, err)
+		return fmt.Errorf("apply %s to %s: %w", c.Status, e.ID, err)
 	}
 	if n == 0 {
-		return 0, ErrFenced
+		if c.Fenced {
+			return ErrFenced
+		}
+		return ErrChanged
 	}
-	return n, nil
+	*e = next
+	return nil
 }
 
-// Get reads an email's engine fields, for tests and the API.
+// Get reads an email's record.
 func (l *Ledger) Get(ctx context.Context, id string) (*Email, error) {
 	h, err := l.rdb.HGetAll(ctx, recordKey(id)).Result()
 	if err != nil {
@@ -301,12 +652,58 @@ func (l *Ledger) Get(ctx context.Context, id string) (*Email, error) {
 	if len(h) == 0 {
 		return nil, errs.NotFound("email", id)
 	}
+	return parseRecord(h), nil
+}
+
+func parseRecord(h map[string]string) *Email {
 	n := func(k string) int64 { v, _ := strconv.ParseInt(h[k], 10, 64); return v }
-	return &Email{
+	e := &Email{
 		ID: h["id"], Tenant: h["tenant"], Status: outbox.Status(n("status")), Priority: int(n("priority")),
-		Due: time.UnixMilli(n("due")).UTC(), Connector: h["connector"], Imported: h["imported"] == "1",
-		Attempts: int(n("attempts")), Version: n("version"), Fence: n("fence"),
-	}, nil
+		Due: msTime(h["due"]), Score: scoreTime(n("sc")), Connector: h["connector"], Imported: h["imported"] == "1",
+		Attempts: int(n("attempts")), Version: n("version"), Fence: n("fence"), From: h["from"],
+		IdemKey: h["ik"], Meta: []byte(h["meta"]), Extra: []byte(h["xs"]), LastError: h["le"], LastAttempt: msTime(h["la"]),
+		FirstFailure: msTime(h["ff"]), SentTime: msTime(h["st"]), CancelTime: msTime(h["ct"]),
+		MaxAttempts: int(n("maxa")),
+	}
+	if r := h["rcpts"]; r != "" {
+		e.Rcpts = strings.Split(r, ",")
+	}
+	if b := h["bk"]; b != "" {
+		e.Buckets = strings.Split(b, ",")
+	}
+	return e
+}
+
+// GetMany reads several records in one round trip; missing ones are left out.
+func (l *Ledger) GetMany(ctx context.Context, ids []string) ([]*Email, error) {
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGetAll(ctx, recordKey(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read emails: %w", err)
+	}
+	out := make([]*Email, 0, len(ids))
+	for _, c := range cmds {
+		if h := c.Val(); len(h) > 0 {
+			out = append(out, parseRecord(h))
+		}
+	}
+	return out, nil
+}
+
+// Attempts returns an email's encoded attempt history, oldest first.
+func (l *Ledger) Attempts(ctx context.Context, id string) ([][]byte, error) {
+	vs, err := l.rdb.LRange(ctx, attemptsKey(id), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read attempts: %w", err)
+	}
+	out := make([][]byte, len(vs))
+	for i, v := range vs {
+		out[i] = []byte(v)
+	}
+	return out, nil
 }
 
 // Body returns the built message of an email.
@@ -331,4 +728,14 @@ func (l *Ledger) Earliest(ctx context.Context, p int) (time.Time, bool, error) {
 		return time.Time{}, false, nil
 	}
 	return time.UnixMilli(int64(z[0].Score)).UTC(), true, nil
+}
+
+// Disabled returns up to n ids of partition p's CONNECTOR_DISABLED mail of a connector, so
+// enabling it can requeue them.
+func (l *Ledger) Disabled(ctx context.Context, p int, tenant, connector string, n int) ([]string, error) {
+	ids, err := l.rdb.ZRange(ctx, disabledKey(p, tenant, connector), 0, int64(n-1)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read disabled mail: %w", err)
+	}
+	return ids, nil
 }

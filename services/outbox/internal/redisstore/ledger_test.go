@@ -21,6 +21,20 @@ var (
 	policy = outbox.RetryPolicy{Pattern: []time.Duration{time.Minute, 5 * time.Minute}, MaxAttempts: 3}
 )
 
+func evf(*redisstore.Email) redisstore.Event { return ev }
+
+// result is the change a worker records for decision d at at.
+func result(d outbox.Decision, at time.Time) redisstore.Change {
+	c := redisstore.Change{Status: d.Status, At: at, Fenced: true, CountAttempt: d.ConsumesAttempt, Attempted: d.ConsumesAttempt, MaxAttempts: 3}
+	if d.Status == outbox.StatusPendingRetry {
+		c.Due = at.Add(d.Delay)
+	}
+	if d.Status != outbox.StatusSent {
+		c.Error = "x"
+	}
+	return c
+}
+
 // samePartition returns n email ids that land in one partition, so claims see them together.
 func samePartition(n int) (int, []string) {
 	var ids []string
@@ -35,8 +49,9 @@ func samePartition(n int) (int, []string) {
 
 func submit(t *testing.T, l *redisstore.Ledger, id string, prio int, due time.Time) {
 	t.Helper()
-	e := &redisstore.Email{ID: id, Tenant: "kanzlei", Status: outbox.StatusQueued, Priority: prio, Due: due, Connector: "relay", Version: 1}
-	if err := l.Submit(context.Background(), e, ev); err != nil {
+	e := &redisstore.Email{ID: id, Tenant: "kanzlei", Status: outbox.StatusQueued, Priority: prio, Due: due, Connector: "relay", Version: 1,
+		Buckets: []string{redisstore.BucketAll, redisstore.BucketUser("max")}}
+	if _, _, err := l.Submit(context.Background(), e, ev); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -59,13 +74,13 @@ func ids(es []redisstore.Email) string {
 }
 
 func TestSubmitAndClaim(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t))
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
 	ctx := context.Background()
 	p, id := samePartition(4)
 	submit(t, l, id[0], 2, t0)
 
 	t.Run("a duplicate submit writes nothing", func(t *testing.T) {
-		err := l.Submit(ctx, &redisstore.Email{ID: id[0], Tenant: "kanzlei", Status: outbox.StatusQueued, Due: t0.Add(time.Hour), Version: 1}, ev)
+		_, _, err := l.Submit(ctx, &redisstore.Email{ID: id[0], Tenant: "kanzlei", Status: outbox.StatusQueued, Due: t0.Add(time.Hour), Version: 1}, ev)
 		if !errors.Is(err, errs.ErrAlreadyExists) {
 			t.Fatalf("err = %v", err)
 		}
@@ -104,7 +119,7 @@ func TestSubmitAndClaim(t *testing.T) {
 }
 
 func TestCompleteOutcomes(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t))
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
 	ctx := context.Background()
 	p, id := samePartition(3)
 	for _, e := range id {
@@ -119,9 +134,7 @@ func TestCompleteOutcomes(t *testing.T) {
 		byID[claimed[i].ID] = &claimed[i]
 	}
 	complete := func(e *redisstore.Email, o outbox.Outcome, at time.Time) error {
-		d := policy.Decide(o, e.Attempts+1, e.Imported)
-		_, err := l.Complete(ctx, e, redisstore.Result{Decision: d, At: at, Entry: fmt.Sprint(o), LastError: "x"}, ev)
-		return err
+		return l.Apply(ctx, e, result(policy.Decide(o, e.Attempts+1, e.Imported), at), evf)
 	}
 
 	t.Run("sent leaves the due index", func(t *testing.T) {
@@ -163,7 +176,7 @@ func TestCompleteOutcomes(t *testing.T) {
 // TestLostLeaseCannotRecord: a worker stalls past its lease; the mail comes due again by itself,
 // another worker claims it with a newer fencing token, and the stale worker's result is refused.
 func TestLostLeaseCannotRecord(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t))
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
 	ctx := context.Background()
 	p, id := samePartition(1)
 	submit(t, l, id[0], 2, t0)
@@ -172,11 +185,11 @@ func TestLostLeaseCannotRecord(t *testing.T) {
 	if len(fast) != 1 || fast[0].Fence != slow.Fence+1 {
 		t.Fatalf("reclaim after the lease = %+v", fast)
 	}
-	sent := redisstore.Result{Decision: outbox.Decision{Status: outbox.StatusSent, ConsumesAttempt: true}, At: t0.Add(31 * time.Second)}
-	if _, err := l.Complete(ctx, &slow, sent, ev); !errors.Is(err, redisstore.ErrFenced) {
+	sent := result(outbox.Decision{Status: outbox.StatusSent, ConsumesAttempt: true}, t0.Add(31*time.Second))
+	if err := l.Apply(ctx, &slow, sent, evf); !errors.Is(err, redisstore.ErrFenced) {
 		t.Fatalf("stale complete: err = %v, want ErrFenced", err)
 	}
-	if _, err := l.Complete(ctx, &fast[0], sent, ev); err != nil {
+	if err := l.Apply(ctx, &fast[0], sent, evf); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := l.Get(ctx, id[0])

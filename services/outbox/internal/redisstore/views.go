@@ -1,0 +1,202 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+)
+
+// OpenStatuses are the statuses the outbox lists: everything not final.
+var OpenStatuses = []outbox.Status{
+	outbox.StatusScheduled, outbox.StatusQueued, outbox.StatusSending, outbox.StatusPendingRetry,
+	outbox.StatusConnectorDisabled, outbox.StatusFailed,
+}
+
+// View selects emails of a tenant through its indexes: the union of Buckets in Statuses (all
+// open statuses when empty). Final (SENT, CANCELLED) mail is in no index.
+type View struct {
+	Tenant   string
+	Buckets  []string
+	Statuses []outbox.Status
+}
+
+func (v View) statuses() []outbox.Status {
+	if len(v.Statuses) == 0 {
+		return OpenStatuses
+	}
+	return v.Statuses
+}
+
+// Cursor is a position in a view's order (index score, then id); the zero Cursor is the start.
+type Cursor struct {
+	Score int64
+	ID    string
+}
+
+func (c Cursor) less(score int64, id string) bool {
+	return c.Score < score || c.Score == score && c.ID < id
+}
+
+// Entry is an email's place in a view.
+type Entry struct {
+	Score int64
+	ID    string
+}
+
+// tieSlack is how many entries beyond the limit each index read takes, to step over entries that
+// tie with the cursor's score (same millisecond and the same 10 hash bits: rare).
+const tieSlack = 16
+
+// Scan returns up to limit entries of v after cursor, in (score, id) order, and whether more may
+// follow. One pipelined round trip over every partition, bucket and status; an email in several
+// of the caller's buckets is returned once.
+func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]Entry, bool, error) {
+	if limit <= 0 || len(v.Buckets) == 0 {
+		return nil, false, nil
+	}
+	min := "-inf"
+	if after.ID != "" || after.Score != 0 {
+		min = strconv.FormatInt(after.Score, 10)
+	}
+	pipe := l.rdb.Pipeline()
+	var cmds []*redis.ZSliceCmd
+	for p := range Partitions {
+		for _, b := range v.Buckets {
+			for _, s := range v.statuses() {
+				cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+					Key: indexKey(p, v.Tenant, b, s), Start: min, Stop: "+inf", ByScore: true, Count: int64(limit + tieSlack),
+				}))
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, false, fmt.Errorf("scan view: %w", err)
+	}
+	seen := make(map[string]struct{})
+	var all []Entry
+	more := false
+	for _, c := range cmds {
+		zs := c.Val()
+		if len(zs) == limit+tieSlack {
+			more = true
+		}
+		for _, z := range zs {
+			id, _ := z.Member.(string)
+			score := int64(z.Score)
+			if !after.less(score, id) {
+				continue
+			}
+			if _, dup := seen[id]; dup {
+				continue
+			}
+			seen[id] = struct{}{}
+			all = append(all, Entry{Score: score, ID: id})
+		}
+	}
+	slices.SortFunc(all, func(a, b Entry) int {
+		if a.Score != b.Score {
+			if a.Score < b.Score {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	if len(all) > limit {
+		return all[:limit], true, nil
+	}
+	return all, more, nil
+}
+
+// countScript counts a view's emails per status in one partition, each email once however many
+// of the view's buckets list it.
+// KEYS: per status, nb index keys (one per bucket). ARGV[1] nb.
+// With one bucket it is a ZCARD per status. With several it starts from the largest set and, for
+// each smaller one, counts the members no larger set holds: the cost is the size of the smaller
+// sets (a user's own buckets), never the tenant-wide one.
+var countScript = redis.NewScript(`
+local nb = tonumber(ARGV[1])
+local out = {}
+for s = 0, #KEYS / nb - 1 do
+  local sets = {}
+  for b = 1, nb do
+    local k = KEYS[s * nb + b]
+    sets[#sets + 1] = {k = k, n = redis.call('ZCARD', k)}
+  end
+  table.sort(sets, function(x, y) return x.n > y.n end)
+  local total = sets[1].n
+  for i = 2, #sets do
+    if sets[i].n > 0 then
+      for _, id in ipairs(redis.call('ZRANGE', sets[i].k, 0, -1)) do
+        local dup = false
+        for j = 1, i - 1 do
+          if redis.call('ZSCORE', sets[j].k, id) then dup = true break end
+        end
+        if not dup then total = total + 1 end
+      end
+    end
+  end
+  out[#out + 1] = total
+end
+return out
+`)
+
+// Count returns the number of v's emails per status (in v's status order). One pipelined round
+// trip: a script per partition.
+func (l *Ledger) Count(ctx context.Context, v View) (map[outbox.Status]int64, error) {
+	out := make(map[outbox.Status]int64)
+	if len(v.Buckets) == 0 {
+		return out, nil
+	}
+	sts := v.statuses()
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, Partitions)
+	for p := range Partitions {
+		keys := make([]string, 0, len(sts)*len(v.Buckets))
+		for _, s := range sts {
+			for _, b := range v.Buckets {
+				keys = append(keys, indexKey(p, v.Tenant, b, s))
+			}
+		}
+		cmds[p] = countScript.Run(ctx, pipe, keys, len(v.Buckets))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return nil, fmt.Errorf("count view: %w", err)
+	}
+	for p, c := range cmds {
+		ns, err := c.Int64Slice()
+		if err != nil {
+			// A pipelined EVALSHA fails with NOSCRIPT on a fresh server: count this partition alone,
+			// which loads the script.
+			ns, err = l.countPartition(ctx, p, v, sts)
+			if err != nil {
+				return nil, err
+			}
+		}
+		for i, n := range ns {
+			out[sts[i]] += n
+		}
+	}
+	return out, nil
+}
+
+func (l *Ledger) countPartition(ctx context.Context, p int, v View, sts []outbox.Status) ([]int64, error) {
+	keys := make([]string, 0, len(sts)*len(v.Buckets))
+	for _, s := range sts {
+		for _, b := range v.Buckets {
+			keys = append(keys, indexKey(p, v.Tenant, b, s))
+		}
+	}
+	ns, err := countScript.Run(ctx, l.rdb, keys, len(v.Buckets)).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("count view: %w", err)
+	}
+	return ns, nil
+}
