@@ -196,7 +196,7 @@ func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email) error {
 	if d.Outcomes != nil {
 		d.Outcomes.WithLabelValues(outcomeLabel(res.Outcome)).Inc()
 	}
-	decision := c.Policy.Decide(res.Outcome, e.Attempts+1, e.Imported)
+	decision := c.Policy.Decide(res.Outcome, e.Attempts-e.RetryBase+1, e.Imported)
 	change := redisstore.Change{
 		Status: decision.Status, At: end, Fenced: true,
 		CountAttempt: decision.ConsumesAttempt, Attempted: decision.ConsumesAttempt, MaxAttempts: c.Policy.MaxAttempts,

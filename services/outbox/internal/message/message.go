@@ -193,3 +193,47 @@ func writeClose(w io.WriteCloser, s string) error {
 	}
 	return nil
 }
+
+// Parsed is what Parse reads back from a built message: the bodies and attachments the API
+// returns with an email, from the one copy that is sent.
+type Parsed struct {
+	Text, HTML  string
+	Attachments []Attachment
+}
+
+// Parse reads a message Build produced. Parts it does not know (nested multiparts of other
+// producers) are skipped, not an error.
+func Parse(raw []byte, maxBytes int64) (*Parsed, error) {
+	r, err := mail.CreateReader(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parse message: %w", err)
+	}
+	defer r.Close()
+	out := &Parsed{}
+	for {
+		p, err := r.NextPart()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse message: %w", err)
+		}
+		b, err := io.ReadAll(io.LimitReader(p.Body, maxBytes))
+		if err != nil {
+			return nil, fmt.Errorf("parse message: %w", err)
+		}
+		switch h := p.Header.(type) {
+		case *mail.InlineHeader:
+			ct, _, _ := h.ContentType()
+			if ct == "text/html" {
+				out.HTML = string(b)
+			} else if ct == "text/plain" {
+				out.Text = string(b)
+			}
+		case *mail.AttachmentHeader:
+			name, _ := h.Filename()
+			ct, _, _ := h.ContentType()
+			out.Attachments = append(out.Attachments, Attachment{Filename: name, ContentType: ct, Content: b})
+		}
+	}
+}

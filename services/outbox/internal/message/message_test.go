@@ -167,3 +167,24 @@ func mustBuild(t *testing.T, e *Email) []byte {
 	}
 	return b
 }
+
+func TestParseReadsBackWhatBuildWrote(t *testing.T) {
+	e := &Email{
+		MessageID: "m1@kanzlei.example", Date: time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC),
+		From: Address{Address: "info@kanzlei.example"}, To: []Address{{Address: "client@example.com"}},
+		Subject: "Ihre Akte", Text: "Grüße\r\n", HTML: "<p>Grüße</p>",
+		Attachments: []Attachment{{Filename: "vollmacht.pdf", ContentType: "application/pdf", Content: []byte("%PDF-1.7 x")}},
+	}
+	raw, err := Build(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(raw, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Text != e.Text || got.HTML != e.HTML || len(got.Attachments) != 1 ||
+		got.Attachments[0].Filename != "vollmacht.pdf" || string(got.Attachments[0].Content) != "%PDF-1.7 x" {
+		t.Errorf("parsed %+v", got)
+	}
+}

@@ -78,6 +78,9 @@ type Email struct {
 	Connector string
 	Imported  bool
 	Attempts  int
+	// RetryBase is the attempt count at the last manual retry: the retry pattern applies to the
+	// attempts after it.
+	RetryBase int
 	Version   int64
 	// Fence is the claim's fencing token; only Complete calls with it are accepted.
 	Fence int64
@@ -360,7 +363,7 @@ return out
 `)
 
 // claimFields are the record fields Claim reads to choose and then hand to the worker.
-var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "rcpts", "ik", "meta", "maxa", "ff", "xs"}
+var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "rcpts", "ik", "meta", "maxa", "ff", "xs", "rb"}
 
 // Claim leases up to batch emails of partition p that are due at now, until now+lease: high
 // before normal before low priority, oldest due first, within a window of 4×batch of the oldest
@@ -460,7 +463,7 @@ func claimedRecord(id string, v []any) (Email, error) {
 	e := Email{
 		ID: id, Status: outbox.Status(n(0)), Priority: int(n(1)), Version: n(2), Tenant: s(4),
 		Attempts: int(n(5)), Connector: s(6), Imported: s(7) == "1", From: s(8), IdemKey: s(10),
-		Meta: []byte(s(11)), MaxAttempts: int(n(12)), FirstFailure: msTime(s(13)), Extra: []byte(s(14)),
+		Meta: []byte(s(11)), MaxAttempts: int(n(12)), FirstFailure: msTime(s(13)), Extra: []byte(s(14)), RetryBase: int(n(15)),
 	}
 	if b := s(3); b != "" {
 		e.Buckets = strings.Split(b, ",")
@@ -509,7 +512,7 @@ if cur[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and cur[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'version', ARGV[3], 'sc', ARGV[8], 'due', ARGV[7])
 if ARGV[12] == 'inc' then redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-elseif ARGV[12] == 'reset' then redis.call('HSET', KEYS[1], 'attempts', 0) end
+elseif ARGV[12] == 'reset' then redis.call('HSET', KEYS[1], 'rb', redis.call('HGET', KEYS[1], 'attempts') or 0) end
 if #ARGV >= 19 then redis.call('HSET', KEYS[1], unpack(ARGV, 19)) end
 if ARGV[9] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[9]) end
 if ARGV[7] == '' then redis.call('ZREM', KEYS[2], ARGV[6])
@@ -544,7 +547,8 @@ type Change struct {
 	Fenced bool
 	// Attempt is an encoded history entry to append.
 	Attempt []byte
-	// CountAttempt adds one to the attempt count; ResetAttempts starts it again (manual retry).
+	// CountAttempt adds one to the attempt count; ResetAttempts starts the connector's pattern
+	// again (a manual retry) while the count and the history go on.
 	CountAttempt, ResetAttempts bool
 	// Attempted marks the end of a delivery attempt at At, under the connector's MaxAttempts.
 	Attempted   bool
@@ -593,7 +597,7 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 	switch {
 	case c.ResetAttempts:
 		attempts = "reset"
-		next.Attempts = 0
+		next.RetryBase = e.Attempts
 	case c.CountAttempt:
 		attempts = "inc"
 		next.Attempts++
@@ -663,7 +667,7 @@ func parseRecord(h map[string]string) *Email {
 		Attempts: int(n("attempts")), Version: n("version"), Fence: n("fence"), From: h["from"],
 		IdemKey: h["ik"], Meta: []byte(h["meta"]), Extra: []byte(h["xs"]), LastError: h["le"], LastAttempt: msTime(h["la"]),
 		FirstFailure: msTime(h["ff"]), SentTime: msTime(h["st"]), CancelTime: msTime(h["ct"]),
-		MaxAttempts: int(n("maxa")),
+		MaxAttempts: int(n("maxa")), RetryBase: int(n("rb")),
 	}
 	if r := h["rcpts"]; r != "" {
 		e.Rcpts = strings.Split(r, ",")
@@ -738,4 +742,16 @@ func (l *Ledger) Disabled(ctx context.Context, p int, tenant, connector string, 
 		return nil, fmt.Errorf("read disabled mail: %w", err)
 	}
 	return ids, nil
+}
+
+// ByIdempotencyKey returns the email a tenant's idempotency key names, if any.
+func (l *Ledger) ByIdempotencyKey(ctx context.Context, tenant, key string) (string, bool, error) {
+	id, err := l.rdb.Get(ctx, idemKey(Partition(tenant+"\x00"+key), tenant, key)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read idempotency key: %w", err)
+	}
+	return id, true, nil
 }

@@ -1,0 +1,241 @@
+// Package service is the outbox's application layer: it checks who may do what, resolves the
+// sender through mailbox, builds the message once, and turns requests into ledger transitions.
+// The gRPC handlers only decode and encode; the rules of an email's life are in package outbox
+// and the atomic steps in redisstore.
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+)
+
+// SendRight is mailbox's answer to "may this user send from this address, and how".
+type SendRight struct {
+	Allowed bool
+	Mode    outboxv1.SendMode
+	// MailboxID is the mailbox of the address.
+	MailboxID string
+	// From is the From header value (display name and address); Sender the Sender header value
+	// for on-behalf mail.
+	From, Sender string
+	// Reason says why not, for the PermissionDenied message.
+	Reason string
+}
+
+// Directory is what the outbox asks mailbox, the owner of users, mailboxes and rights.
+type Directory interface {
+	// CheckSend answers whether user may send from address.
+	CheckSend(ctx context.Context, tenant, user, address string) (SendRight, error)
+	// Mailboxes returns the mailboxes whose mail the user sees in the outbox: those they are a
+	// member of.
+	Mailboxes(ctx context.Context, tenant, user string) ([]string, error)
+	// LeadsTeam reports whether the user leads a team, which makes TEAM their first view.
+	LeadsTeam(ctx context.Context, tenant, user string) (bool, error)
+}
+
+// ConnectorCheck reports whether a tenant's connector exists (nil) or not (NotFound).
+type ConnectorCheck func(ctx context.Context, tenant, id string) error
+
+// Options are the service's limits and defaults; zero values take the documented defaults.
+type Options struct {
+	Limits outbox.Limits
+	// DefaultUndoDelay applies to users who never set one; MaxUndoDelay bounds what they set.
+	DefaultUndoDelay time.Duration
+	MaxUndoDelay     time.Duration
+	// DefaultConnector is used when a submit names none.
+	DefaultConnector string
+	// DefaultPageSize is a list's page size when neither the request nor the user's settings
+	// give one.
+	DefaultPageSize int
+	// MaxSelection bounds the emails one bulk action may select by filter.
+	MaxSelection int
+	// MaxFilterScan bounds the emails one list or count reads to apply a filter the indexes do
+	// not answer (connector, work item, mailbox, text).
+	MaxFilterScan int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) defaults() {
+	if o.Limits == (outbox.Limits{}) {
+		o.Limits = outbox.DefaultLimits()
+	}
+	if o.DefaultUndoDelay == 0 {
+		o.DefaultUndoDelay = 10 * time.Second
+	}
+	if o.MaxUndoDelay == 0 {
+		o.MaxUndoDelay = 10 * time.Minute
+	}
+	if o.DefaultConnector == "" {
+		o.DefaultConnector = "default"
+	}
+	if o.DefaultPageSize == 0 {
+		o.DefaultPageSize = 50
+	}
+	if o.MaxSelection == 0 {
+		o.MaxSelection = 100_000
+	}
+	if o.MaxFilterScan == 0 {
+		o.MaxFilterScan = 10_000
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Service is the outbox.
+type Service struct {
+	ledger     *redisstore.Ledger
+	settings   *redisstore.Settings
+	dir        Directory
+	connectors ConnectorCheck
+	opts       Options
+}
+
+// New returns the service.
+func New(ledger *redisstore.Ledger, settings *redisstore.Settings, dir Directory, connectors ConnectorCheck, opts Options) *Service {
+	opts.defaults()
+	return &Service{ledger: ledger, settings: settings, dir: dir, connectors: connectors, opts: opts}
+}
+
+// Limits returns the submission limits, for the handler's request size checks.
+func (s *Service) Limits() outbox.Limits { return s.opts.Limits }
+
+// newID draws a random email id (26 characters of base32); with an idempotency key it draws
+// until the id lands in the key's partition (16 draws on average), so one script checks the key
+// and writes the email.
+func newID(tenant, key string) string {
+	var b [16]byte
+	for {
+		_, _ = rand.Read(b[:])
+		id := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+		if redisstore.IDForKey(id, tenant, key) {
+			return id
+		}
+	}
+}
+
+// viewBuckets returns the index buckets a view means for the caller. An empty result is an
+// empty view (a user without teams has an empty TEAM view), not an error.
+func (s *Service) viewBuckets(ctx context.Context, p auth.Principal, v outboxv1.View) ([]string, error) {
+	admin := p.IsAdmin() || p.IsService()
+	switch v {
+	case outboxv1.View_VIEW_MINE:
+		if p.User == "" {
+			return nil, nil
+		}
+		return []string{redisstore.BucketUser(p.User)}, nil
+	case outboxv1.View_VIEW_TEAM:
+		out := make([]string, 0, len(p.Teams))
+		for _, t := range p.Teams {
+			out = append(out, redisstore.BucketTeam(t))
+		}
+		return out, nil
+	case outboxv1.View_VIEW_SYSTEM:
+		if admin {
+			return []string{redisstore.BucketSystem}, nil
+		}
+		mbs, err := s.dir.Mailboxes(ctx, p.Tenant, p.User)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]string, 0, len(mbs))
+		for _, m := range mbs {
+			out = append(out, redisstore.BucketSystemMailbox(m))
+		}
+		return out, nil
+	case outboxv1.View_VIEW_ALL:
+		if admin {
+			return []string{redisstore.BucketAll}, nil
+		}
+		mbs, err := s.dir.Mailboxes(ctx, p.Tenant, p.User)
+		if err != nil {
+			return nil, err
+		}
+		out := []string{redisstore.BucketUser(p.User)}
+		for _, t := range p.Teams {
+			out = append(out, redisstore.BucketTeam(t))
+		}
+		for _, m := range mbs {
+			out = append(out, redisstore.BucketMailbox(m))
+		}
+		return out, nil
+	}
+	return nil, errs.Invalid("view", "unknown view")
+}
+
+// visible reports whether the caller may see an email: same tenant, and one of the email's
+// buckets is in the caller's ALL view.
+func (s *Service) visible(ctx context.Context, p auth.Principal, e *redisstore.Email) (bool, error) {
+	if e.Tenant != p.Tenant {
+		return false, nil
+	}
+	mine, err := s.viewBuckets(ctx, p, outboxv1.View_VIEW_ALL)
+	if err != nil {
+		return false, err
+	}
+	for _, b := range e.Buckets {
+		if slices.Contains(mine, b) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// read returns an email the caller may see; others (and other tenants') are NotFound, so ids
+// cannot be probed.
+func (s *Service) read(ctx context.Context, p auth.Principal, id string) (*redisstore.Email, error) {
+	if id == "" || len(id) > 64 {
+		return nil, errs.Invalid("email_id", "is required, at most 64 characters")
+	}
+	e, err := s.ledger.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := s.visible(ctx, p, e)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errs.NotFound("email", id)
+	}
+	return e, nil
+}
+
+// defaultView is the caller's first view: their saved choice, else TEAM for a team lead and
+// MINE for everyone else (ALL for services, which have no mail of their own).
+func (s *Service) defaultView(ctx context.Context, p auth.Principal) (outboxv1.View, error) {
+	if p.User == "" {
+		return outboxv1.View_VIEW_ALL, nil
+	}
+	us, err := s.Settings(ctx, p, "")
+	if err != nil {
+		return 0, err
+	}
+	return us.GetDefaultView(), nil
+}
+
+func principalUser(p auth.Principal) string {
+	if p.User != "" {
+		return p.User
+	}
+	return "service:" + p.Service
+}
+
+// errNoUser is the answer to user-only calls made by a service.
+func errNoUser(field string) error {
+	return errs.Invalid(field, "is required for service callers")
+}
+
+var _ = fmt.Sprintf

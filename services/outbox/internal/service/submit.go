@@ -1,0 +1,286 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/message"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+	"github.com/postamt/postamt/services/outbox/internal/wire"
+)
+
+// Submit validates, authorizes, builds and stores a new email. A repeated idempotency key
+// returns the first email (created false) without checking or writing anything else.
+func (s *Service) Submit(ctx context.Context, p auth.Principal, req *outboxv1.SubmitEmailRequest) (*redisstore.Email, bool, error) {
+	return s.submit(ctx, p, req, nil)
+}
+
+// importState is the legacy state of an imported email.
+type importState struct {
+	sender    string
+	status    outbox.Status
+	attempts  int
+	lastError string
+	firstFail time.Time
+	messageID string
+}
+
+func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.SubmitEmailRequest, imp *importState) (*redisstore.Email, bool, error) {
+	now := s.opts.Now()
+	sub := submission(req)
+	if err := outbox.ValidateSubmission(sub, s.opts.Limits, now); err != nil {
+		return nil, false, err
+	}
+	if req.GetPriority() > outboxv1.Priority_PRIORITY_LOW {
+		return nil, false, errs.Invalid("priority", "unknown priority")
+	}
+	if t := req.GetWorkItem().GetType(); t > outboxv1.WorkItemType_WORK_ITEM_TYPE_ACTION {
+		return nil, false, errs.Invalid("work_item.type", "unknown work item type")
+	}
+	if len(req.GetWorkItem().GetId()) > 128 || len(req.GetConversationId()) > 128 {
+		return nil, false, errs.Invalid("work_item.id", "work_item.id and conversation_id are at most 128 characters")
+	}
+	if req.GetSystemGenerated() && !p.IsService() {
+		return nil, false, errs.PermissionDenied("SYSTEM_GENERATED", "only services may submit system-generated mail")
+	}
+	sender := p.User
+	if imp != nil {
+		sender = imp.sender
+	}
+	if sender == "" && !p.IsService() {
+		return nil, false, errs.Unauthenticated("the token names no user", nil)
+	}
+
+	// The idempotency key is looked up before anything that costs or could refuse: a retried
+	// submit must get the first answer, even if rights changed since.
+	if k := req.GetIdempotencyKey(); k != "" {
+		if first, ok, err := s.ledger.ByIdempotencyKey(ctx, p.Tenant, k); err != nil {
+			return nil, false, err
+		} else if ok {
+			e, err := s.read(ctx, p, first)
+			if err == nil || !errors.Is(err, errs.ErrNotFound) {
+				return e, false, err
+			}
+			// The key outlived its email (retention): a new email may take it.
+		}
+	}
+	id := newID(p.Tenant, req.GetIdempotencyKey())
+
+	// Who sends, and how.
+	right := SendRight{Allowed: true, Mode: outboxv1.SendMode_SEND_MODE_SEND_AS, From: req.GetFromAddress()}
+	if sender != "" {
+		var err error
+		right, err = s.dir.CheckSend(ctx, p.Tenant, sender, req.GetFromAddress())
+		if err != nil {
+			return nil, false, fmt.Errorf("check send right: %w", err)
+		}
+		if !right.Allowed {
+			return nil, false, errs.PermissionDenied("CANNOT_SEND_FROM_ADDRESS",
+				fmt.Sprintf("user %s may not send from %s (%s)", sender, req.GetFromAddress(), right.Reason))
+		}
+	}
+	connector := req.GetConnectorId()
+	if connector == "" {
+		connector = s.opts.DefaultConnector
+	}
+	if err := s.connectors(ctx, p.Tenant, connector); err != nil {
+		if errors.Is(err, errs.ErrNotFound) {
+			return nil, false, errs.FailedPrecondition("UNKNOWN_CONNECTOR", fmt.Sprintf("connector %q does not exist; create it or name another", connector))
+		}
+		return nil, false, err
+	}
+
+	// Status and due time.
+	status, due := outbox.StatusQueued, now
+	if at := wire.Time(req.GetSendAt()); !at.IsZero() {
+		status, due = outbox.StatusScheduled, at
+	} else if imp == nil && sender != "" && p.User != "" {
+		us, err := s.Settings(ctx, p, "")
+		if err != nil {
+			return nil, false, err
+		}
+		due = now.Add(us.GetUndoDelay().AsDuration())
+	}
+	if imp != nil {
+		status = imp.status
+		if status == outbox.StatusFailed {
+			due = time.Time{}
+		}
+	}
+
+	// The message, built once: every attempt sends these bytes, with this Message-ID.
+	msgID := id + "@" + domainOf(req.GetFromAddress())
+	if imp != nil && imp.messageID != "" {
+		msgID = imp.messageID
+	}
+	from, err := headerAddress(right.From, "from_address")
+	if err != nil {
+		return nil, false, err
+	}
+	m := &message.Email{
+		MessageID: msgID, Date: now, From: from, Subject: req.GetSubject(), Text: req.GetTextBody(), HTML: req.GetHtmlBody(),
+		To: addresses(req.GetTo()), Cc: addresses(req.GetCc()), InReplyTo: req.GetInReplyTo(), References: req.GetReferences(),
+	}
+	senderAddr := ""
+	if right.Mode == outboxv1.SendMode_SEND_MODE_ON_BEHALF && right.Sender != "" {
+		sa, err := headerAddress(right.Sender, "from_address")
+		if err != nil {
+			return nil, false, err
+		}
+		m.Sender, senderAddr = &sa, sa.Address
+	}
+	for _, a := range req.GetAttachments() {
+		m.Attachments = append(m.Attachments, message.Attachment{Filename: a.GetFilename(), ContentType: a.GetContentType(), Content: a.GetContent()})
+	}
+	body, err := message.Build(m)
+	if err != nil {
+		if errors.Is(err, message.ErrHeaderInjection) {
+			return nil, false, errs.Invalid("from_address", err.Error())
+		}
+		return nil, false, fmt.Errorf("build message: %w", err)
+	}
+	if int64(len(body)) > s.opts.Limits.MaxMessageBytes+s.opts.Limits.MaxMessageBytes/3+64<<10 {
+		// Base64 grows attachments by a third; beyond that the content itself was too large.
+		return nil, false, errs.ResourceExhausted("MESSAGE_SIZE", fmt.Sprintf("the message is %d bytes", len(body)), 0)
+	}
+
+	meta := &outboxv1.Email{
+		SenderUserId: sender, MailboxId: right.MailboxID, FromAddress: req.GetFromAddress(), SendMode: right.Mode,
+		To: req.GetTo(), Cc: req.GetCc(), Bcc: req.GetBcc(), Subject: req.GetSubject(),
+		AttachmentCount: int32(len(req.GetAttachments())), WorkItem: req.GetWorkItem(),
+		SystemGenerated: req.GetSystemGenerated(), MessageId: msgID, SendAt: req.GetSendAt(),
+		SubmitTime: wire.Timestamp(now), SizeBytes: int64(len(body)),
+	}
+	if req.GetSendAt() != nil {
+		meta.ScheduledByUserId = principalUser(p)
+	}
+	extra := &outboxv1.EmailSent{
+		SenderAddress: senderAddr, InReplyTo: req.GetInReplyTo(), References: req.GetReferences(), ConversationId: req.GetConversationId(),
+	}
+	metaBytes, err := proto.Marshal(meta)
+	if err != nil {
+		return nil, false, fmt.Errorf("encode email: %w", err)
+	}
+	extraBytes, err := proto.Marshal(extra)
+	if err != nil {
+		return nil, false, fmt.Errorf("encode email: %w", err)
+	}
+	prio := int(req.GetPriority())
+	if prio == 0 {
+		prio = int(outboxv1.Priority_PRIORITY_NORMAL)
+	}
+	rec := &redisstore.Email{
+		ID: id, Tenant: p.Tenant, Status: status, Priority: prio, Due: due, Score: due, Connector: connector,
+		Imported: imp != nil, Version: 1, From: envelopeFrom(req.GetFromAddress()), Rcpts: recipients(req),
+		Buckets: buckets(p, sender, right.MailboxID, req.GetSystemGenerated(), imp != nil), IdemKey: req.GetIdempotencyKey(),
+		Meta: metaBytes, Extra: extraBytes, Body: body,
+	}
+	if imp != nil {
+		rec.Attempts, rec.LastError, rec.FirstFailure = imp.attempts, imp.lastError, imp.firstFail
+		if status == outbox.StatusFailed {
+			rec.Score = now
+		}
+	}
+	gotID, created, err := s.ledger.Submit(ctx, rec, wire.Events{}.Submitted(rec))
+	if err != nil {
+		return nil, false, err
+	}
+	if !created {
+		first, err := s.read(ctx, p, gotID)
+		if err != nil {
+			return nil, false, err
+		}
+		return first, false, nil
+	}
+	return rec, true, nil
+}
+
+func submission(req *outboxv1.SubmitEmailRequest) *outbox.Submission {
+	sub := &outbox.Submission{
+		From: req.GetFromAddress(), To: req.GetTo(), Cc: req.GetCc(), Bcc: req.GetBcc(), Subject: req.GetSubject(),
+		Text: req.GetTextBody(), HTML: req.GetHtmlBody(), SendAt: wire.Time(req.GetSendAt()),
+		IdempotencyKey: req.GetIdempotencyKey(), InReplyTo: req.GetInReplyTo(), References: req.GetReferences(),
+	}
+	for _, a := range req.GetAttachments() {
+		sub.Attachments = append(sub.Attachments, outbox.AttachmentInput{Filename: a.GetFilename(), ContentType: a.GetContentType(), Size: int64(len(a.GetContent()))})
+	}
+	return sub
+}
+
+// buckets are the view indexes a new email is listed in: the tenant's, its sender's, the
+// sender's teams' (as of sending), its mailbox's, and the system ones for system mail. Imported
+// mail is listed like mail sent here.
+func buckets(p auth.Principal, sender, mailbox string, system, imported bool) []string {
+	out := []string{redisstore.BucketAll}
+	if sender != "" {
+		out = append(out, redisstore.BucketUser(sender))
+	}
+	if !imported {
+		for _, t := range p.Teams {
+			out = append(out, redisstore.BucketTeam(t))
+		}
+	}
+	if mailbox != "" {
+		out = append(out, redisstore.BucketMailbox(mailbox))
+	}
+	if system {
+		out = append(out, redisstore.BucketSystem)
+		if mailbox != "" {
+			out = append(out, redisstore.BucketSystemMailbox(mailbox))
+		}
+	}
+	return out
+}
+
+// recipients is the envelope: to, cc and bcc, each address once.
+func recipients(req *outboxv1.SubmitEmailRequest) []string {
+	seen := make(map[string]bool)
+	var out []string
+	for _, l := range [][]string{req.GetTo(), req.GetCc(), req.GetBcc()} {
+		for _, a := range l {
+			k := strings.ToLower(a)
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+func addresses(as []string) []message.Address {
+	out := make([]message.Address, len(as))
+	for i, a := range as {
+		out[i] = message.Address{Address: a}
+	}
+	return out
+}
+
+// headerAddress parses a header value mailbox returned ("Info <info@x>" or a plain address).
+func headerAddress(v, field string) (message.Address, error) {
+	a, err := mail.ParseAddress(v)
+	if err != nil {
+		return message.Address{}, errs.Invalid(field, "the directory returned an address that cannot be used: "+err.Error())
+	}
+	return message.Address{Name: a.Name, Address: a.Address}, nil
+}
+
+// envelopeFrom is the MAIL FROM address: the From address, validated before.
+func envelopeFrom(addr string) string { return addr }
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return addr[i+1:]
+	}
+	return "postamt.invalid"
+}
