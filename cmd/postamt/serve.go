@@ -24,21 +24,35 @@ import (
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/telemetry"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
+	outboxapp "github.com/postamt/postamt/services/outbox/app"
 )
 
 // serveConfig is everything `postamt serve` reads from the environment.
 type serveConfig struct {
 	config.Common
 	Mailbox mailboxapp.Config
+	Outbox  outboxapp.Config
 }
 
-// Validate implements config.Validator for the parts that have rules.
-func (c *serveConfig) Validate() error {
-	return errors.Join(c.Common.Validate(), c.Mailbox.Validate())
+// validate checks the part of the service to run; config.Load checked the shared part (the
+// embedded Common's Validate).
+func (c *serveConfig) validate(service string) error {
+	switch service {
+	case mailboxapp.Name:
+		return c.Mailbox.Validate()
+	case outboxapp.Name:
+		return c.Outbox.Validate()
+	}
+	return nil
 }
 
 // knownServices are the services `postamt serve` can run.
-var knownServices = []string{"mailbox"}
+var knownServices = []string{mailboxapp.Name, outboxapp.Name}
+
+// app is what every service's wiring offers its process.
+type app interface {
+	Run(ctx context.Context, lis net.Listener) error
+}
 
 func runServe(ctx context.Context, args []string, stderr io.Writer, lookup func(string) (string, bool)) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -46,22 +60,23 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, lookup func(
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() == 0 {
-		return fmt.Errorf("serve: name the services to run: %v", knownServices)
+	if fs.NArg() != 1 {
+		return fmt.Errorf("serve: name the one service to run (each has its own GRPC_ADDR): one of %v", knownServices)
 	}
-	return serve(ctx, fs.Args(), stderr, lookup, nil)
+	return serve(ctx, fs.Arg(0), stderr, lookup, nil)
 }
 
-// serve runs the named services with the environment's configuration; ready (when not nil) is
-// closed once the gRPC listener accepts connections.
-func serve(ctx context.Context, services []string, stderr io.Writer, lookup func(string) (string, bool), ready chan<- struct{}) error {
-	for _, s := range services {
-		if !slices.Contains(knownServices, s) {
-			return fmt.Errorf("unknown service %q; known: %v", s, knownServices)
-		}
+// serve runs a service with the environment's configuration; ready (when not nil) is closed once
+// the gRPC listener accepts connections.
+func serve(ctx context.Context, service string, stderr io.Writer, lookup func(string) (string, bool), ready chan<- struct{}) error {
+	if !slices.Contains(knownServices, service) {
+		return fmt.Errorf("unknown service %q; known: %v", service, knownServices)
 	}
 	var cfg serveConfig
 	if err := config.Load(ctx, envconfig.LookuperFunc(lookup), &cfg); err != nil {
+		return err
+	}
+	if err := cfg.validate(service); err != nil {
 		return err
 	}
 	logger, err := logging.New(stderr, cfg.LogLevel, cfg.LogFormat)
@@ -99,19 +114,28 @@ func serve(ctx context.Context, services []string, stderr io.Writer, lookup func
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	mb, err := mailboxapp.New(cfg.Mailbox, mailboxapp.Deps{
-		Logger:   logger.With("service", mailboxapp.Name),
-		Redis:    rdb,
-		JS:       js,
-		Verifier: verifier,
-		Metrics:  reg,
-		Server: grpcserver.Options{
-			MaxRecvBytes: cfg.GRPCMaxRecvBytes,
-			DrainDelay:   cfg.DrainDelay,
-			DrainTimeout: cfg.DrainTimeout,
-			Readiness:    []grpcserver.Check{{Name: "nats", Probe: natsProbe(nc)}},
-		},
-	})
+	serverOpts := grpcserver.Options{
+		MaxRecvBytes: cfg.GRPCMaxRecvBytes,
+		DrainDelay:   cfg.DrainDelay,
+		DrainTimeout: cfg.DrainTimeout,
+		Readiness:    []grpcserver.Check{{Name: "nats", Probe: natsProbe(nc)}},
+	}
+	var svc app
+	switch service {
+	case mailboxapp.Name:
+		svc, err = mailboxapp.New(cfg.Mailbox, mailboxapp.Deps{
+			Logger: logger.With("service", service), Redis: rdb, JS: js, Verifier: verifier, Metrics: reg, Server: serverOpts,
+		})
+	case outboxapp.Name:
+		var signer *auth.Signer
+		signer, err = auth.NewSigner(cfg.Auth)
+		if err != nil {
+			return fmt.Errorf("outbox service credentials: %w", err)
+		}
+		svc, err = outboxapp.New(cfg.Outbox, outboxapp.Deps{
+			Logger: logger.With("service", service), Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -122,8 +146,8 @@ func serve(ctx context.Context, services []string, stderr io.Writer, lookup func
 	ops := telemetry.NewOpsServer(cfg.OpsAddr, reg, logger)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ops.Run(gctx) })
-	g.Go(func() error { return mb.Run(gctx, lis) })
-	logger.Info("serving", "services", services, "grpc", lis.Addr().String(), "ops", cfg.OpsAddr)
+	g.Go(func() error { return svc.Run(gctx, lis) })
+	logger.Info("serving", "service", service, "grpc", lis.Addr().String(), "ops", cfg.OpsAddr)
 	if ready != nil {
 		close(ready)
 	}

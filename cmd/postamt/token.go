@@ -13,6 +13,7 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/config"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
+	outboxapp "github.com/postamt/postamt/services/outbox/app"
 )
 
 // runToken mints a development token with the configured signing key (AUTH_HS256_SECRET, or
@@ -84,6 +85,8 @@ func configDoc() string {
 		config.MarkdownTable(config.Vars(&config.Common{})) +
 		"\n## mailbox\n\n" +
 		config.MarkdownTable(config.Vars(&mailboxapp.Config{})) +
+		"\n## outbox\n\n" +
+		config.MarkdownTable(config.Vars(&outboxapp.Config{})) +
 		"\n`postamt up` sets GRPC_ADDR, OPS_ADDR, NATS_URL, REDIS_URL (unless given) and AUTH_HS256_SECRET\n" +
 		"itself; see `postamt up -h`.\n"
 }

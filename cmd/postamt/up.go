@@ -24,9 +24,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/postamt/postamt/internal/auth"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
 
 // devTenant is the tenant `postamt up` creates so the printed quick start works when pasted.
@@ -39,7 +42,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data", "data", "directory for NATS and Redis data and the development secret")
 	grpcAddr := fs.String("grpc", "127.0.0.1:8090", "address of the mailbox gRPC API")
-	opsAddr := fs.String("ops", "127.0.0.1:8091", "address of metrics and pprof")
+	opsAddr := fs.String("ops", "127.0.0.1:8091", "address of the mailbox's metrics and pprof")
+	outboxAddr := fs.String("outbox-grpc", "127.0.0.1:8092", "address of the outbox gRPC API")
+	outboxOps := fs.String("outbox-ops", "127.0.0.1:8093", "address of the outbox's metrics and pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -91,13 +96,40 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 		return v, ok
 	}
 
-	ready := make(chan struct{})
-	errc := make(chan error, 1)
-	go func() { errc <- serve(ctx, []string{"mailbox"}, stderr, upLookup, ready) }()
-	select {
-	case err := <-errc:
+	catch, err := startCatcher(filepath.Join(dir, "mail"))
+	if err != nil {
 		return err
-	case <-ready:
+	}
+	defer catch.close()
+
+	// Each service is served as on Kubernetes, on its own port; they share this process's
+	// Redis and NATS.
+	errc := make(chan error, 2)
+	start := func(service string, env map[string]string) error {
+		ready := make(chan struct{})
+		go func() {
+			errc <- serve(ctx, service, stderr, func(k string) (string, bool) {
+				if v, ok := env[k]; ok {
+					return v, true
+				}
+				return upLookup(k)
+			}, ready)
+		}()
+		select {
+		case err := <-errc:
+			if err == nil {
+				err = fmt.Errorf("%s stopped at start", service)
+			}
+			return err
+		case <-ready:
+			return nil
+		}
+	}
+	if err := start("mailbox", nil); err != nil {
+		return err
+	}
+	if err := start("outbox", map[string]string{"GRPC_ADDR": *outboxAddr, "OPS_ADDR": *outboxOps, "OUTBOX_MAILBOX_ADDR": *grpcAddr}); err != nil {
+		return err
 	}
 	signer, err := auth.NewSigner(auth.Config{HS256Secret: secret, Audience: "postamt"})
 	if err != nil {
@@ -107,11 +139,16 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err != nil {
 		return fmt.Errorf("mint dev token: %w", err)
 	}
-	if err := seedDev(ctx, *grpcAddr, token); err != nil {
+	host, port := catch.addr()
+	if err := seedDev(ctx, *grpcAddr, *outboxAddr, token, host, port); err != nil {
 		return err
 	}
-	printQuickStart(stdout, *grpcAddr, token)
-	return <-errc
+	printQuickStart(stdout, *grpcAddr, *outboxAddr, token, catch.dir)
+	err = <-errc
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
 }
 
 // devSecret returns AUTH_HS256_SECRET when set, else the secret kept in path, made on first use.
@@ -206,14 +243,20 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// seedDev creates the development tenant and its admin user through the API, so the quick start
-// has a tenant to act in; both already existing (a restart) is fine.
-func seedDev(ctx context.Context, addr, token string) error {
+// seedDev creates the development tenant, its admin user and the outbox's default connector
+// (to the mail catcher) through the APIs, so the quick start has a tenant to act in; all of them
+// already existing (a restart) is fine, and the connector is pointed at this run's catcher.
+func seedDev(ctx context.Context, addr, outboxAddr, token, catchHost string, catchPort int) error {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.Close()
+	oconn, err := grpc.NewClient(outboxAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", outboxAddr, err)
+	}
+	defer oconn.Close()
 	c := mailboxv1.NewMailboxServiceClient(conn)
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	_, err = c.CreateTenant(ctx, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: devTenant, DisplayName: "Development"}})
@@ -226,19 +269,35 @@ func seedDev(ctx context.Context, addr, token string) error {
 	if status.Code(err) != codes.OK && status.Code(err) != codes.AlreadyExists {
 		return fmt.Errorf("create the dev-admin user: %w", err)
 	}
+	ob := outboxv1.NewOutboxServiceClient(oconn)
+	conn0 := &outboxv1.Connector{
+		ConnectorId: "default", DisplayName: "Development mail catcher", Host: catchHost, Port: int32(catchPort),
+		TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, MaxAttempts: 5,
+		RetryPattern: []*durationpb.Duration{durationpb.New(time.Minute), durationpb.New(5 * time.Minute), durationpb.New(15 * time.Minute), durationpb.New(time.Hour)},
+	}
+	_, err = ob.CreateConnector(ctx, &outboxv1.CreateConnectorRequest{Connector: conn0})
+	if status.Code(err) == codes.AlreadyExists {
+		_, err = ob.UpdateConnector(ctx, &outboxv1.UpdateConnectorRequest{Connector: conn0, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"host", "port"}}})
+	}
+	if err != nil {
+		return fmt.Errorf("create the default connector: %w", err)
+	}
 	return nil
 }
 
-func printQuickStart(w io.Writer, addr, token string) {
+func printQuickStart(w io.Writer, addr, outboxAddr, token, mailDir string) {
 	fmt.Fprintf(w, `
-Postamt is up. Mailbox API: %[1]s (gRPC, plaintext). Stop with Ctrl-C.
+Postamt is up. Mailbox API: %[1]s, outbox API: %[4]s (gRPC, plaintext). Stop with Ctrl-C.
 
   export TOKEN=%[2]s
 
   bin/grpcurl -plaintext %[1]s list
   bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{"user":{"user_id":"martina","display_name":"Martina Musterfrau","email":"m.musterfrau@kanzlei.example"}}' %[1]s postamt.mailbox.v1.MailboxService/CreateUser
   bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{}' %[1]s postamt.mailbox.v1.MailboxService/GetTenant
+  bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}' %[4]s postamt.outbox.v1.OutboxService/SubmitEmail
+  bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{"view":"VIEW_ALL","filter":{"statuses":["EMAIL_STATUS_QUEUED"]}}' %[4]s postamt.outbox.v1.OutboxService/ListEmails
 
-The token is for tenant %[3]q with the admin and operator roles, valid for 24h.
-`, addr, token, devTenant)
+The token is for tenant %[3]q with the admin and operator roles, valid for 24h. Sent mail
+leaves through the connector "default" to a mail catcher that writes it to %[5]s.
+`, addr, token, devTenant, outboxAddr, mailDir)
 }

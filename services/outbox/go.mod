@@ -6,6 +6,8 @@ require (
 	github.com/emersion/go-message v0.18.2
 	github.com/emersion/go-smtp v0.25.1
 	github.com/postamt/postamt/internal v0.0.0
+	github.com/postamt/postamt/proto v0.0.0
+	github.com/postamt/postamt/services/mailbox v0.0.0
 	github.com/redis/go-redis/v9 v9.23.0
 	google.golang.org/protobuf v1.36.12
 )
@@ -41,4 +43,5 @@ require (
 replace (
 	github.com/postamt/postamt/internal => ../../internal
 	github.com/postamt/postamt/proto => ../../proto
+	github.com/postamt/postamt/services/mailbox => ../mailbox
 )

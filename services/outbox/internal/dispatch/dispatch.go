@@ -158,12 +158,15 @@ func (d *Dispatcher) Step(ctx context.Context, p int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// What was claimed is finished even when ctx ends (shutdown): a send cut off halfway would
+	// leave the mail waiting for its lease to run out.
+	work := context.WithoutCancel(ctx)
 	var wg sync.WaitGroup
 	errc := make(chan error, len(claimed))
 	for i := range claimed {
 		e := &claimed[i]
 		wg.Go(func() {
-			if err := d.deliver(ctx, e); err != nil {
+			if err := d.deliver(work, e); err != nil {
 				errc <- err
 			}
 		})

@@ -1,0 +1,233 @@
+// Package app wires the outbox service: the ledger and its dispatcher, the gRPC API, the
+// connectors, the event relay and the mailbox client. cmd/postamt runs it (`postamt serve
+// outbox`, `postamt up`); the dependencies it shares with its process are passed in.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/redisx"
+	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/directory"
+	"github.com/postamt/postamt/services/outbox/internal/dispatch"
+	"github.com/postamt/postamt/services/outbox/internal/grpcapi"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+	"github.com/postamt/postamt/services/outbox/internal/service"
+	"github.com/postamt/postamt/services/outbox/internal/wire"
+)
+
+// Name is the service's name in logs, metrics and service credentials.
+const Name = "outbox"
+
+// Config is the outbox's own configuration; the shared part (addresses, Redis, NATS, auth) is
+// config.Common, read by the caller.
+type Config struct {
+	MailboxAddr       string        `env:"OUTBOX_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (send rights, mailboxes, teams)"`
+	DirectoryCacheTTL time.Duration `env:"OUTBOX_DIRECTORY_CACHE_TTL, default=10s" desc:"how long a user's mailboxes and team leadership are cached for views (send rights are never cached)"`
+	DefaultConnector  string        `env:"OUTBOX_DEFAULT_CONNECTOR, default=default" desc:"connector of a submit that names none"`
+	DefaultUndoDelay  time.Duration `env:"OUTBOX_DEFAULT_UNDO_DELAY, default=10s" desc:"undo delay of users who never set one"`
+	MaxUndoDelay      time.Duration `env:"OUTBOX_MAX_UNDO_DELAY, default=10m" desc:"largest undo delay a user may set"`
+	MaxMessageBytes   int64         `env:"OUTBOX_MAX_MESSAGE_BYTES, default=26214400" desc:"largest content (bodies and attachments) of one email, in bytes"`
+	MaxRecipients     int           `env:"OUTBOX_MAX_RECIPIENTS, default=500" desc:"most recipients (to, cc and bcc together) of one email"`
+	ScheduleHorizon   time.Duration `env:"OUTBOX_SCHEDULE_HORIZON, default=8784h" desc:"how far ahead send_at may be"`
+	Retention         time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept; failed mail is never dropped"`
+	Dispatch          bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
+	ClaimBatch        int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"emails a dispatcher claims per partition and round"`
+	Lease             time.Duration `env:"OUTBOX_LEASE, default=2m" desc:"how long a claim holds; a crashed replica's mail is due again after it (longer than the SMTP submit timeout)"`
+	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply"`
+	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
+	RelayBatch        int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
+	RelayClaimIdle    time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
+}
+
+// Validate checks the values no default can fix.
+func (c *Config) Validate() error {
+	var errList []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errList = append(errList, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.MailboxAddr != "", "OUTBOX_MAILBOX_ADDR is required")
+	check(c.DefaultUndoDelay >= 0 && c.DefaultUndoDelay <= c.MaxUndoDelay, "OUTBOX_DEFAULT_UNDO_DELAY must be between 0 and OUTBOX_MAX_UNDO_DELAY, got %s", c.DefaultUndoDelay)
+	check(c.MaxMessageBytes >= 1024 && c.MaxMessageBytes <= 100<<20, "OUTBOX_MAX_MESSAGE_BYTES must be between 1 KiB and 100 MiB, got %d", c.MaxMessageBytes)
+	check(c.MaxRecipients >= 1 && c.MaxRecipients <= 10000, "OUTBOX_MAX_RECIPIENTS must be between 1 and 10000, got %d", c.MaxRecipients)
+	check(c.ScheduleHorizon >= time.Hour, "OUTBOX_SCHEDULE_HORIZON must be at least 1h, got %s", c.ScheduleHorizon)
+	check(c.Retention >= time.Minute, "OUTBOX_RETENTION must be at least 1m, got %s", c.Retention)
+	check(c.ClaimBatch >= 1 && c.ClaimBatch <= 1000, "OUTBOX_CLAIM_BATCH must be between 1 and 1000, got %d", c.ClaimBatch)
+	check(c.Lease > c.SMTPSubmitTimeout, "OUTBOX_LEASE (%s) must be longer than OUTBOX_SMTP_SUBMIT_TIMEOUT (%s), or mail still being sent is claimed again", c.Lease, c.SMTPSubmitTimeout)
+	check(c.RelayBatch >= 1 && c.RelayBatch <= 10000, "OUTBOX_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch)
+	check(c.RelayClaimIdle >= time.Second, "OUTBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle)
+	return errors.Join(errList...)
+}
+
+// Deps are what the outbox shares with its process.
+type Deps struct {
+	Logger   *slog.Logger
+	Redis    redis.UniversalClient
+	JS       jetstream.JetStream
+	Verifier *auth.Verifier
+	// Signer mints the outbox's service tokens for its calls to mailbox.
+	Signer  *auth.Signer
+	Metrics *prometheus.Registry
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Getenv and ReadFile resolve connector secrets (env: and file: references); nil means the
+	// process environment and the file system.
+	Getenv   func(string) string
+	ReadFile func(string) ([]byte, error)
+	// Server holds the options of the gRPC server other than what the service sets itself.
+	Server grpcserver.Options
+	// MailboxDialOptions are added to the mailbox client's (tests use them for bufconn or TLS).
+	MailboxDialOptions []grpc.DialOption
+}
+
+// App is a wired outbox.
+type App struct {
+	cfg        Config
+	deps       Deps
+	server     *grpcserver.Server
+	relay      *eventbus.Relay
+	dispatcher *dispatch.Dispatcher
+	registry   *service.Registry
+	mailbox    *grpc.ClientConn
+}
+
+// New wires the outbox; nothing runs until Run.
+func New(cfg Config, deps Deps) (*App, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.Getenv == nil {
+		deps.Getenv = os.Getenv
+	}
+	if deps.ReadFile == nil {
+		deps.ReadFile = os.ReadFile
+	}
+	if deps.Signer == nil {
+		return nil, errors.New("outbox: a signer for service credentials is required")
+	}
+	conn, err := grpcserver.Dial(cfg.MailboxAddr, append([]grpc.DialOption{
+		grpc.WithPerRPCCredentials(auth.ServiceCredentials(deps.Signer, Name)),
+	}, deps.MailboxDialOptions...)...)
+	if err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, deps: deps, mailbox: conn}
+
+	ledger := redisstore.New(deps.Redis, cfg.Retention)
+	connStore := redisstore.NewConnectors(deps.Redis)
+	a.registry = service.NewRegistry(connStore, service.SenderOptions{
+		CommandTimeout: cfg.SMTPCommandTimeout, SubmitTimeout: cfg.SMTPSubmitTimeout,
+		Getenv: deps.Getenv, ReadFile: deps.ReadFile,
+	}, deps.Logger)
+	limits := outbox.DefaultLimits()
+	limits.MaxMessageBytes, limits.MaxRecipients, limits.Horizon = cfg.MaxMessageBytes, cfg.MaxRecipients, cfg.ScheduleHorizon
+	dir := directory.New(mailboxv1.NewMailboxServiceClient(conn), cfg.DirectoryCacheTTL)
+	svc := service.New(ledger, redisstore.NewSettings(deps.Redis), dir, a.registry.Exists, service.Options{
+		Limits: limits, DefaultUndoDelay: cfg.DefaultUndoDelay, MaxUndoDelay: cfg.MaxUndoDelay,
+		DefaultConnector: cfg.DefaultConnector, Now: deps.Now,
+	})
+	admin := service.NewConnectorAdmin(connStore, ledger, svc, a.registry, deps.Now)
+	handler := grpcapi.New(svc, admin, service.NewWatcher(deps.JS, svc))
+
+	opts := deps.Server
+	opts.Name = append(opts.Name, outboxv1.OutboxService_ServiceDesc.ServiceName)
+	opts.Logger = deps.Logger
+	opts.Verifier = deps.Verifier
+	opts.Metrics = deps.Metrics
+	opts.Readiness = append(opts.Readiness, grpcserver.Check{Name: "redis", Probe: redisx.Probe(deps.Redis)})
+	opts.Register = func(s *grpc.Server) { outboxv1.RegisterOutboxServiceServer(s, handler) }
+	srv, err := grpcserver.New(opts)
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("outbox grpc server: %w", err)
+	}
+	a.server = srv
+	a.relay = &eventbus.Relay{
+		Client: deps.Redis, JS: deps.JS, Streams: redisstore.EventStreams(), Group: "relay",
+		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
+	}
+	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postamt_outbox_attempts_total",
+		Help: "Delivery attempts by outcome; outcome=\"unknown\" counts connections lost after the final dot (RFC 1047: the mail may have been sent).",
+	}, []string{"outcome"})
+	a.dispatcher = &dispatch.Dispatcher{
+		Ledger: ledger, Connector: a.registry.Lookup, Clock: realClock{}, Logger: deps.Logger,
+		Outcomes: outcomes, Batch: cfg.ClaimBatch, Lease: cfg.Lease, Redis: deps.Redis,
+	}
+	if deps.Metrics != nil {
+		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
+			return nil, fmt.Errorf("register relay metrics: %w", err)
+		}
+		if err := deps.Metrics.Register(outcomes); err != nil {
+			return nil, fmt.Errorf("register outbox metrics: %w", err)
+		}
+	}
+	return a, nil
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Run serves on lis and runs the relay, the connector registry and the dispatcher until ctx
+// ends. Shutdown: the server drains first (no new submits), then the dispatcher stops claiming
+// and finishes the sends it holds, then the relay stops; events it did not publish stay in Redis
+// for the next relay of any replica.
+func (a *App) Run(ctx context.Context, lis net.Listener) error {
+	defer a.mailbox.Close()
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects}); err != nil {
+		return fmt.Errorf("ensure outbox stream: %w", err)
+	}
+	if err := a.registry.Load(ctx); err != nil {
+		return err
+	}
+	base := context.WithoutCancel(ctx)
+	relayCtx, stopRelay := context.WithCancel(base)
+	defer stopRelay()
+	workCtx, stopWork := context.WithCancel(base)
+	defer stopWork()
+
+	relay := make(chan error, 1)
+	go func() { relay <- a.relay.Run(relayCtx) }()
+	work, _ := errgroup.WithContext(workCtx)
+	work.Go(func() error { return a.registry.Run(workCtx) })
+	if a.cfg.Dispatch {
+		work.Go(func() error { return a.dispatcher.Run(workCtx) })
+	}
+	serveErr := a.server.Serve(ctx, lis)
+	stopWork()
+	workErr := work.Wait()
+	a.registry.Close()
+	stopRelay()
+	relayErr := <-relay
+	if errors.Is(relayErr, context.Canceled) {
+		relayErr = nil
+	}
+	if errors.Is(workErr, context.Canceled) {
+		workErr = nil
+	}
+	return errors.Join(serveErr, workErr, relayErr)
+}

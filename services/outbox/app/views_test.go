@@ -1,0 +1,298 @@
+package app_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/postamt/postamt/internal/testkit/poll"
+	"github.com/postamt/postamt/internal/testkit/smtptest"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+)
+
+func ids(es []*outboxv1.Email) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.GetEmailId())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func sorted(s ...string) []string { slices.Sort(s); return s }
+
+func (e *env) list(ctx context.Context, view outboxv1.View, f *outboxv1.EmailFilter) []*outboxv1.Email {
+	e.t.Helper()
+	var out []*outboxv1.Email
+	tok := ""
+	for {
+		r, err := e.outbox.ListEmails(ctx, &outboxv1.ListEmailsRequest{View: view, Filter: f, PageSize: 2, PageToken: tok})
+		if err != nil {
+			e.t.Fatalf("list %s: %v", view, err)
+		}
+		out = append(out, r.GetEmails()...)
+		if tok = r.GetNextPageToken(); tok == "" {
+			return out
+		}
+	}
+}
+
+// holdAll gives every user an hour of undo delay, so submitted mail stays in the outbox.
+func (e *env) holdAll(users ...string) {
+	e.t.Helper()
+	for _, u := range users {
+		_, err := e.outbox.UpdateUserSettings(e.admin(), &outboxv1.UpdateUserSettingsRequest{
+			Settings: &outboxv1.UserSettings{UserId: u, UndoDelay: durationpb.New(time.Hour)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"undo_delay"}},
+		})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// TestViewsAndAccess: MINE, TEAM (by the sender's teams), ALL (mine, my teams', my mailboxes'),
+// SYSTEM (system mail of my mailboxes; the tenant's for admins), the badge per view, and
+// NotFound for mail outside the caller's access.
+func TestViewsAndAccess(t *testing.T) {
+	e := startEnv(t)
+	e.holdAll("max", "martina", "eva")
+	martina, max, eva := e.as("martina", []string{"empfang"}), e.as("max", []string{"empfang"}), e.as("eva", nil)
+	fromMax := e.submit(max, email("max@kanzlei.example", "a@example.com", "Max privat"))
+	fromMaxInfo := e.submit(max, email("info@kanzlei.example", "b@example.com", "Max fuer info"))
+	fromMartina := e.submit(martina, email("martina@kanzlei.example", "c@example.com", "Martina"))
+	fromEva := e.submit(eva, email("eva@kanzlei.example", "d@example.com", "Eva"))
+	sysReq := email("info@kanzlei.example", "e@example.com", "Automatische Eingangsbestaetigung")
+	sysReq.SystemGenerated = true
+	system := e.submit(e.service(), sysReq)
+
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		view outboxv1.View
+		want []string
+	}{
+		{"max MINE", max, outboxv1.View_VIEW_MINE, sorted(fromMax.GetEmailId(), fromMaxInfo.GetEmailId())},
+		{"martina TEAM", martina, outboxv1.View_VIEW_TEAM, sorted(fromMax.GetEmailId(), fromMaxInfo.GetEmailId(), fromMartina.GetEmailId())},
+		{"martina ALL", martina, outboxv1.View_VIEW_ALL, sorted(fromMax.GetEmailId(), fromMaxInfo.GetEmailId(), fromMartina.GetEmailId(), system.GetEmailId())},
+		{"martina SYSTEM", martina, outboxv1.View_VIEW_SYSTEM, []string{system.GetEmailId()}},
+		{"eva ALL", eva, outboxv1.View_VIEW_ALL, []string{fromEva.GetEmailId()}},
+		{"eva TEAM", eva, outboxv1.View_VIEW_TEAM, nil},
+		{"eva SYSTEM", eva, outboxv1.View_VIEW_SYSTEM, nil},
+		{"admin ALL", e.admin(), outboxv1.View_VIEW_ALL, sorted(fromMax.GetEmailId(), fromMaxInfo.GetEmailId(), fromMartina.GetEmailId(), fromEva.GetEmailId(), system.GetEmailId())},
+		{"admin SYSTEM", e.admin(), outboxv1.View_VIEW_SYSTEM, []string{system.GetEmailId()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ids(e.list(tc.ctx, tc.view, nil)); !slices.Equal(got, tc.want) {
+				t.Errorf("listed %v, want %v", got, tc.want)
+			}
+			c, err := e.outbox.CountEmails(tc.ctx, &outboxv1.CountEmailsRequest{View: tc.view})
+			if err != nil || c.GetTotal() != int64(len(tc.want)) {
+				t.Errorf("badge = %v (%v), want %d", c.GetTotal(), err, len(tc.want))
+			}
+		})
+	}
+	t.Run("first view: TEAM for a lead, MINE otherwise", func(t *testing.T) {
+		for ctx, want := range map[context.Context]outboxv1.View{martina: outboxv1.View_VIEW_TEAM, max: outboxv1.View_VIEW_MINE} {
+			r, err := e.outbox.ListEmails(ctx, &outboxv1.ListEmailsRequest{})
+			if err != nil || r.GetView() != want {
+				t.Errorf("default view %v (%v), want %v", r.GetView(), err, want)
+			}
+		}
+	})
+	t.Run("mail outside the caller's access is not found", func(t *testing.T) {
+		_, err := e.outbox.GetEmail(eva, &outboxv1.GetEmailRequest{EmailId: fromMax.GetEmailId()})
+		code(t, err, codes.NotFound)
+		r, err := e.outbox.Cancel(eva, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{EmailIds: []string{fromMax.GetEmailId()}}})
+		if err != nil || r.GetResult().GetSucceeded() != 0 || r.GetResult().GetFailures()[0].GetCode() != int32(codes.NotFound) {
+			t.Errorf("eva cancels max's mail: %v (%v)", r, err)
+		}
+		other := authtestOther(e)
+		_, err = e.outbox.GetEmail(other, &outboxv1.GetEmailRequest{EmailId: fromEva.GetEmailId()})
+		code(t, err, codes.NotFound)
+	})
+	t.Run("filters", func(t *testing.T) {
+		got := ids(e.list(e.admin(), outboxv1.View_VIEW_ALL, &outboxv1.EmailFilter{Text: "INFO"}))
+		if want := sorted(fromMaxInfo.GetEmailId()); !slices.Equal(got, want) {
+			t.Errorf("text filter: %v, want %v", got, want)
+		}
+		got = ids(e.list(e.admin(), outboxv1.View_VIEW_ALL, &outboxv1.EmailFilter{MailboxId: "info"}))
+		if want := sorted(fromMaxInfo.GetEmailId(), system.GetEmailId()); !slices.Equal(got, want) {
+			t.Errorf("mailbox filter: %v, want %v", got, want)
+		}
+		got = ids(e.list(e.admin(), outboxv1.View_VIEW_ALL, &outboxv1.EmailFilter{Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_FAILED}}))
+		if len(got) != 0 {
+			t.Errorf("status filter: %v", got)
+		}
+	})
+	t.Run("bulk cancel by filter", func(t *testing.T) {
+		r, err := e.outbox.Cancel(martina, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{View: outboxv1.View_VIEW_TEAM, Filter: &outboxv1.EmailFilter{}}})
+		if err != nil || r.GetResult().GetMatched() != 3 || r.GetResult().GetSucceeded() != 3 {
+			t.Fatalf("bulk cancel = %v (%v)", r, err)
+		}
+		if got := ids(e.list(e.admin(), outboxv1.View_VIEW_ALL, nil)); !slices.Equal(got, sorted(fromEva.GetEmailId(), system.GetEmailId())) {
+			t.Errorf("left after bulk cancel: %v", got)
+		}
+	})
+}
+
+// TestSMTPOutcomes: each answer of the relay leads to its status, with the attempt recorded.
+func TestSMTPOutcomes(t *testing.T) {
+	e := startEnv(t)
+	eva := e.as("eva", nil)
+	for _, tc := range []struct {
+		b    smtptest.Behavior
+		want outboxv1.EmailStatus
+		code int32
+	}{
+		{smtptest.ServiceUnavailable, outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY, 421},
+		{smtptest.TempFailRcpt, outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY, 451},
+		{smtptest.MailboxFull, outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY, 452},
+		{smtptest.PermFailRcpt, outboxv1.EmailStatus_EMAIL_STATUS_FAILED, 550},
+		{smtptest.MessageTooBig, outboxv1.EmailStatus_EMAIL_STATUS_FAILED, 552},
+		{smtptest.PermFailData, outboxv1.EmailStatus_EMAIL_STATUS_FAILED, 554},
+		{smtptest.Hang, outboxv1.EmailStatus_EMAIL_STATUS_FAILED, 0},
+		{smtptest.Drop, outboxv1.EmailStatus_EMAIL_STATUS_FAILED, 0},
+	} {
+		t.Run(tc.b.String(), func(t *testing.T) {
+			subject := "outcome " + tc.b.String()
+			e.sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior { return tc.b })
+			m := e.submit(eva, email("eva@kanzlei.example", "client@example.com", subject))
+			got := e.waitStatus(eva, m.GetEmailId(), tc.want)
+			e.sink.SetHook(nil)
+			if got.GetAttemptCount() != 1 || len(got.GetAttempts()) != 1 || got.GetAttempts()[0].GetSmtpCode() != tc.code || got.GetLastError() == "" || got.GetFirstFailureTime() == nil {
+				t.Errorf("after %s: %v", tc.b, got)
+			}
+			if tc.want == outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY {
+				if d := got.GetNextAttemptTime().AsTime().Sub(got.GetLastAttemptTime().AsTime()); d != time.Minute {
+					t.Errorf("next attempt %s after the last, want the pattern's 1m", d)
+				}
+			}
+		})
+	}
+	t.Run("a manual retry sends failed mail", func(t *testing.T) {
+		failed := e.list(e.admin(), outboxv1.View_VIEW_ALL, &outboxv1.EmailFilter{Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_FAILED}})
+		if len(failed) != 5 {
+			t.Fatalf("%d failed", len(failed))
+		}
+		r, err := e.outbox.Retry(eva, &outboxv1.RetryRequest{Selection: &outboxv1.Selection{EmailIds: []string{failed[0].GetEmailId()}}})
+		if err != nil || r.GetResult().GetSucceeded() != 1 {
+			t.Fatalf("retry = %v (%v)", r, err)
+		}
+		got := e.waitStatus(eva, failed[0].GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+		if got.GetAttemptCount() != 2 || len(got.GetAttempts()) != 2 {
+			t.Errorf("after retry: %v", got)
+		}
+	})
+}
+
+// TestConnectorDisableEnable: mail due on a disabled connector waits without using an attempt,
+// and is queued again when the connector is enabled.
+func TestConnectorDisableEnable(t *testing.T) {
+	e := startEnv(t)
+	eva := e.as("eva", nil)
+	if _, err := e.outbox.DisableConnector(e.admin(), &outboxv1.DisableConnectorRequest{ConnectorId: "default"}); err != nil {
+		t.Fatal(err)
+	}
+	m := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "Wartet"))
+	got := e.waitStatus(eva, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_CONNECTOR_DISABLED)
+	if got.GetAttemptCount() != 0 || got.GetLastError() != "connector default is disabled; enable it and retry" {
+		t.Errorf("disabled: %v", got)
+	}
+	r, err := e.outbox.EnableConnector(e.admin(), &outboxv1.EnableConnectorRequest{ConnectorId: "default"})
+	if err != nil || r.GetRequeued() != 1 || !r.GetConnector().GetEnabled() {
+		t.Fatalf("enable = %v (%v)", r, err)
+	}
+	got = e.waitStatus(eva, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+	if got.GetAttemptCount() != 1 {
+		t.Errorf("sent after enable: %v", got)
+	}
+	t.Run("only admins manage connectors", func(t *testing.T) {
+		_, err := e.outbox.DisableConnector(eva, &outboxv1.DisableConnectorRequest{ConnectorId: "default"})
+		code(t, err, codes.PermissionDenied)
+	})
+	t.Run("the secret is a reference and never returned", func(t *testing.T) {
+		c, err := e.outbox.GetConnector(eva, &outboxv1.GetConnectorRequest{ConnectorId: "default"})
+		if err != nil || c.GetConnector().GetHost() == "" {
+			t.Fatalf("get = %v (%v)", c, err)
+		}
+	})
+}
+
+// TestImportedMailIsNeverRetriedAutomatically: an imported email that meets a temporary failure
+// fails at once; only a person's retry sends it.
+func TestImportedMailIsNeverRetriedAutomatically(t *testing.T) {
+	e := startEnv(t)
+	e.sink.SetBehavior(smtptest.TempFailRcpt)
+	r, err := e.outbox.ImportEmails(e.admin(), &outboxv1.ImportEmailsRequest{Emails: []*outboxv1.ImportedEmail{
+		{Email: email("eva@kanzlei.example", "client@example.com", "Altlast"), SenderUserId: "eva", Status: outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY, AttemptCount: 2, LastError: "451 legacy"},
+		{Email: email("eva@kanzlei.example", "client@example.com", "Kaputt"), SenderUserId: "eva", Status: outboxv1.EmailStatus_EMAIL_STATUS_SENT},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.GetFailures()) != 1 || r.GetFailures()[0].GetEmailId() != "#1" || r.GetEmailIds()[0] == "" {
+		t.Fatalf("import = %v", r)
+	}
+	eva := e.as("eva", nil)
+	got := e.waitStatus(eva, r.GetEmailIds()[0], outboxv1.EmailStatus_EMAIL_STATUS_FAILED)
+	if !got.GetImported() || got.GetAttemptCount() != 3 {
+		t.Errorf("imported after a 451: %v", got)
+	}
+	e.sink.SetBehavior(smtptest.Accept)
+	if _, err := e.outbox.Retry(eva, &outboxv1.RetryRequest{Selection: &outboxv1.Selection{EmailIds: []string{got.GetEmailId()}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStatus(eva, got.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+}
+
+// TestWatchEmails: a watcher of a view sees the changes of its mail, and nothing of others'.
+func TestWatchEmails(t *testing.T) {
+	e := startEnv(t)
+	e.holdAll("eva")
+	ctx, cancel := context.WithCancel(e.as("max", []string{"empfang"}))
+	defer cancel()
+	stream, err := e.outbox.WatchEmails(ctx, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *outboxv1.Email, 16)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- r.GetEmail()
+		}
+	}()
+	// The watch starts at new messages; wait until its consumer exists before changing anything.
+	time.Sleep(200 * time.Millisecond)
+	e.submit(e.as("eva", nil), email("eva@kanzlei.example", "client@example.com", "Nicht fuer Max"))
+	m := e.submit(e.as("max", []string{"empfang"}), email("max@kanzlei.example", "client@example.com", "Fuer Max"))
+	var statuses []outboxv1.EmailStatus
+	poll.Eventually(t, "max's email submitted, claimed and sent on the watch", func() bool {
+		for {
+			select {
+			case em, ok := <-got:
+				if !ok {
+					t.Fatal("watch ended")
+				}
+				if em.GetEmailId() != m.GetEmailId() {
+					t.Fatalf("watch of max's mail shows %v", em)
+				}
+				statuses = append(statuses, em.GetStatus())
+			default:
+				return slices.Contains(statuses, outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+			}
+		}
+	})
+	if statuses[0] != outboxv1.EmailStatus_EMAIL_STATUS_QUEUED {
+		t.Errorf("statuses %v", statuses)
+	}
+}

@@ -1,0 +1,472 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
+	"github.com/postamt/postamt/services/outbox/internal/dispatch"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+	"github.com/postamt/postamt/services/outbox/internal/smtp"
+	"github.com/postamt/postamt/services/outbox/internal/wire"
+)
+
+// SenderOptions are the SMTP settings every connector's sender shares.
+type SenderOptions struct {
+	CommandTimeout, SubmitTimeout time.Duration
+	// Getenv and ReadFile resolve secret references.
+	Getenv   func(string) string
+	ReadFile func(string) ([]byte, error)
+}
+
+// Registry holds every tenant's connectors in memory with an SMTP sender each, for the
+// dispatcher's lookups on the hot path. It reloads when the store's generation moves (checked
+// every RefreshInterval, and at once after a change made through this process), and keeps a
+// connector's sender (its pooled connections) while the connector's version stays the same.
+type Registry struct {
+	store  *redisstore.Connectors
+	opts   SenderOptions
+	logger *slog.Logger
+	// RefreshInterval is how often the store's generation is checked; 0 means 1s. A change made
+	// in another replica takes effect here within it.
+	RefreshInterval time.Duration
+
+	mu   sync.RWMutex
+	gen  int64
+	byID map[string]registered
+}
+
+type registered struct {
+	c      connector.Connector
+	sender *smtp.Sender
+}
+
+// NewRegistry returns an empty registry; Load fills it.
+func NewRegistry(store *redisstore.Connectors, opts SenderOptions, logger *slog.Logger) *Registry {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{store: store, opts: opts, logger: logger, gen: -1, byID: make(map[string]registered)}
+}
+
+func regKey(tenant, id string) string { return tenant + "\x00" + id }
+
+// Load reads every connector if the store changed since the last load.
+func (r *Registry) Load(ctx context.Context) error {
+	gen, err := r.store.Generation(ctx)
+	if err != nil {
+		return err
+	}
+	r.mu.RLock()
+	same := gen == r.gen
+	r.mu.RUnlock()
+	if same {
+		return nil
+	}
+	all, err := r.store.ListAll(ctx)
+	if err != nil {
+		return err
+	}
+	next := make(map[string]registered, len(all))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range all {
+		k := regKey(c.Tenant, c.ID)
+		if old, ok := r.byID[k]; ok && old.c.Version == c.Version {
+			next[k] = old
+			continue
+		}
+		next[k] = registered{c: c, sender: r.newSender(c)}
+	}
+	for k, old := range r.byID {
+		if cur, ok := next[k]; !ok || cur.sender != old.sender {
+			go old.sender.Close()
+		}
+	}
+	r.byID, r.gen = next, gen
+	return nil
+}
+
+func (r *Registry) newSender(c connector.Connector) *smtp.Sender {
+	ref := c.SecretRef
+	return smtp.New(smtp.Config{
+		Host: c.Host, Port: c.Port, TLS: c.TLS, PoolSize: c.PoolSize,
+		CommandTimeout: r.opts.CommandTimeout, SubmitTimeout: r.opts.SubmitTimeout,
+		Auth: c.Auth, Username: c.Username,
+		Secret: func() (string, error) { return connector.ResolveSecret(ref, r.opts.Getenv, r.opts.ReadFile) },
+	})
+}
+
+// Run reloads on changes until ctx ends.
+func (r *Registry) Run(ctx context.Context) error {
+	every := r.RefreshInterval
+	if every == 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := r.Load(ctx); err != nil && ctx.Err() == nil {
+				r.logger.Warn("reload connectors", "error", err)
+			}
+		}
+	}
+}
+
+// Close closes every sender's pooled connections.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, reg := range r.byID {
+		reg.sender.Close()
+	}
+	r.byID = map[string]registered{}
+	r.gen = -1
+}
+
+// Lookup is the dispatcher's view of a connector.
+func (r *Registry) Lookup(tenant, id string) (dispatch.Connector, bool) {
+	r.mu.RLock()
+	reg, ok := r.byID[regKey(tenant, id)]
+	r.mu.RUnlock()
+	if !ok {
+		return dispatch.Connector{}, false
+	}
+	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled}, true
+}
+
+// Exists implements ConnectorCheck from the store, so a connector created a moment ago in
+// another replica is found.
+func (r *Registry) Exists(ctx context.Context, tenant, id string) error {
+	r.mu.RLock()
+	_, ok := r.byID[regKey(tenant, id)]
+	r.mu.RUnlock()
+	if ok {
+		return nil
+	}
+	_, err := r.store.Get(ctx, tenant, id)
+	return err
+}
+
+// ConnectorAdmin is the connectors' API: admins manage them; everyone in the tenant may read
+// them (without secrets, which are only ever references).
+type ConnectorAdmin struct {
+	store    *redisstore.Connectors
+	ledger   *redisstore.Ledger
+	svc      *Service
+	registry *Registry
+	now      func() time.Time
+}
+
+// NewConnectorAdmin returns the connectors' API.
+func NewConnectorAdmin(store *redisstore.Connectors, ledger *redisstore.Ledger, svc *Service, registry *Registry, now func() time.Time) *ConnectorAdmin {
+	return &ConnectorAdmin{store: store, ledger: ledger, svc: svc, registry: registry, now: now}
+}
+
+func adminOnly(p auth.Principal) error {
+	if !p.IsAdmin() && !p.IsService() {
+		return errs.PermissionDenied("ADMIN_ONLY", "only admins manage connectors")
+	}
+	return nil
+}
+
+// refresh makes this process see its own change at once; other replicas see it within their
+// refresh interval.
+func (a *ConnectorAdmin) refresh(ctx context.Context) {
+	if err := a.registry.Load(ctx); err != nil {
+		a.registry.logger.Warn("reload connectors after a change", "error", err)
+	}
+}
+
+// Create stores a new connector.
+func (a *ConnectorAdmin) Create(ctx context.Context, p auth.Principal, in *outboxv1.Connector) (*outboxv1.Connector, error) {
+	if err := adminOnly(p); err != nil {
+		return nil, err
+	}
+	c, err := connectorFrom(p.Tenant, in)
+	if err != nil {
+		return nil, err
+	}
+	out, err := a.store.Create(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	a.refresh(ctx)
+	return ConnectorProto(out), nil
+}
+
+// Get returns a connector.
+func (a *ConnectorAdmin) Get(ctx context.Context, p auth.Principal, id string) (*outboxv1.Connector, error) {
+	c, err := a.store.Get(ctx, p.Tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	return ConnectorProto(c), nil
+}
+
+// List returns a page of connectors by id.
+func (a *ConnectorAdmin) List(ctx context.Context, p auth.Principal, size int, token string) ([]*outboxv1.Connector, string, error) {
+	if size < 0 || size > MaxPageSize {
+		return nil, "", errs.Invalid("page_size", fmt.Sprintf("must be between 0 and %d", MaxPageSize))
+	}
+	if size == 0 {
+		size = 50
+	}
+	cs, next, err := a.store.List(ctx, p.Tenant, size, token)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]*outboxv1.Connector, len(cs))
+	for i, c := range cs {
+		out[i] = ConnectorProto(c)
+	}
+	return out, next, nil
+}
+
+// Update changes the fields named in paths (every mutable field when empty). enabled is changed
+// by Enable and Disable only, so that requeueing cannot be skipped.
+func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outboxv1.Connector, paths []string) (*outboxv1.Connector, error) {
+	if err := adminOnly(p); err != nil {
+		return nil, err
+	}
+	cur, err := a.store.Get(ctx, p.Tenant, in.GetConnectorId())
+	if err != nil {
+		return nil, err
+	}
+	merged := ConnectorProto(cur)
+	if len(paths) == 0 {
+		paths = []string{"display_name", "host", "port", "tls_mode", "auth_mechanism", "username", "secret_ref", "retry_pattern", "max_attempts", "unknown_outcome_policy", "max_message_bytes", "pool_size"}
+	}
+	for _, f := range paths {
+		switch f {
+		case "display_name":
+			merged.DisplayName = in.GetDisplayName()
+		case "host":
+			merged.Host = in.GetHost()
+		case "port":
+			merged.Port = in.GetPort()
+		case "tls_mode":
+			merged.TlsMode = in.GetTlsMode()
+		case "auth_mechanism":
+			merged.AuthMechanism = in.GetAuthMechanism()
+		case "username":
+			merged.Username = in.GetUsername()
+		case "secret_ref":
+			merged.SecretRef = in.GetSecretRef()
+		case "retry_pattern":
+			merged.RetryPattern = in.GetRetryPattern()
+		case "max_attempts":
+			merged.MaxAttempts = in.GetMaxAttempts()
+		case "unknown_outcome_policy":
+			merged.UnknownOutcomePolicy = in.GetUnknownOutcomePolicy()
+		case "max_message_bytes":
+			merged.MaxMessageBytes = in.GetMaxMessageBytes()
+		case "pool_size":
+			merged.PoolSize = in.GetPoolSize()
+		default:
+			return nil, errs.Invalid("update_mask", fmt.Sprintf("field %q cannot be changed here (enabled: use EnableConnector and DisableConnector)", f))
+		}
+	}
+	c, err := connectorFrom(p.Tenant, merged)
+	if err != nil {
+		return nil, err
+	}
+	c.Enabled = cur.Enabled
+	out, err := a.store.Update(ctx, p.Tenant, c, in.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	a.refresh(ctx)
+	return ConnectorProto(out), nil
+}
+
+// Delete removes a connector no open mail uses.
+func (a *ConnectorAdmin) Delete(ctx context.Context, p auth.Principal, id string) error {
+	if err := adminOnly(p); err != nil {
+		return err
+	}
+	if _, err := a.store.Get(ctx, p.Tenant, id); err != nil {
+		return err
+	}
+	counts, err := a.svc.Count(ctx, p, outboxv1.View_VIEW_ALL, &outboxv1.EmailFilter{ConnectorId: id})
+	if err != nil {
+		return fmt.Errorf("check the connector's mail: %w", err)
+	}
+	if counts.GetTotal() > 0 {
+		return errs.FailedPrecondition("CONNECTOR_IN_USE", fmt.Sprintf("%d emails in the outbox use connector %s; send, cancel or move them first", counts.GetTotal(), id))
+	}
+	if err := a.store.Delete(ctx, p.Tenant, id); err != nil {
+		return err
+	}
+	a.refresh(ctx)
+	return nil
+}
+
+// Disable stops a connector: its mail waits in CONNECTOR_DISABLED when it comes due, without
+// using an attempt.
+func (a *ConnectorAdmin) Disable(ctx context.Context, p auth.Principal, id string) (*outboxv1.Connector, error) {
+	if err := adminOnly(p); err != nil {
+		return nil, err
+	}
+	c, err := a.store.SetEnabled(ctx, p.Tenant, id, false)
+	if err != nil {
+		return nil, err
+	}
+	a.refresh(ctx)
+	return ConnectorProto(c), nil
+}
+
+// Enable starts a connector again and queues its CONNECTOR_DISABLED mail, in every partition.
+// The requeue is idempotent: calling Enable again finishes one that was cut short.
+func (a *ConnectorAdmin) Enable(ctx context.Context, p auth.Principal, id string) (*outboxv1.Connector, int64, error) {
+	if err := adminOnly(p); err != nil {
+		return nil, 0, err
+	}
+	c, err := a.store.SetEnabled(ctx, p.Tenant, id, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	a.refresh(ctx)
+	var n int64
+	for part := range redisstore.Partitions {
+		for {
+			ids, err := a.ledger.Disabled(ctx, part, p.Tenant, id, 500)
+			if err != nil {
+				return nil, n, err
+			}
+			if len(ids) == 0 {
+				break
+			}
+			moved := 0
+			for _, eid := range ids {
+				ok, err := a.requeue(ctx, eid)
+				if err != nil {
+					return nil, n, err
+				}
+				if ok {
+					n++
+					moved++
+				}
+			}
+			if moved == 0 {
+				break // only entries that changed meanwhile; their own transitions clean them up
+			}
+		}
+	}
+	return ConnectorProto(c), n, nil
+}
+
+func (a *ConnectorAdmin) requeue(ctx context.Context, id string) (bool, error) {
+	for range 3 {
+		e, err := a.ledger.Get(ctx, id)
+		if errors.Is(err, errs.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if e.Status != outbox.StatusConnectorDisabled {
+			return false, nil
+		}
+		now := a.now()
+		err = a.ledger.Apply(ctx, e, redisstore.Change{Status: outbox.StatusQueued, Due: now, At: now}, func(next *redisstore.Email) redisstore.Event {
+			return wire.Events{}.Changed(outbox.StatusConnectorDisabled, next, nil)
+		})
+		if errors.Is(err, redisstore.ErrChanged) {
+			continue
+		}
+		return err == nil, err
+	}
+	return false, redisstore.ErrChanged
+}
+
+// connectorFrom validates a connector from the API.
+func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, error) {
+	if in == nil {
+		return connector.Connector{}, errs.Invalid("connector", "is required")
+	}
+	c := connector.Connector{
+		Tenant: tenant, ID: in.GetConnectorId(), DisplayName: in.GetDisplayName(), Host: in.GetHost(), Port: int(in.GetPort()),
+		Username: in.GetUsername(), SecretRef: in.GetSecretRef(), MaxAttempts: int(in.GetMaxAttempts()),
+		ResendUnknown: in.GetUnknownOutcomePolicy() == outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND,
+		MaxMessageBytes: in.GetMaxMessageBytes(), PoolSize: int(in.GetPoolSize()), Enabled: true,
+	}
+	switch in.GetTlsMode() {
+	case outboxv1.TlsMode_TLS_MODE_NONE:
+		c.TLS = smtp.TLSNone
+	case outboxv1.TlsMode_TLS_MODE_STARTTLS, outboxv1.TlsMode_TLS_MODE_UNSPECIFIED:
+		c.TLS = smtp.TLSStartTLS
+	case outboxv1.TlsMode_TLS_MODE_IMPLICIT:
+		c.TLS = smtp.TLSImplicit
+	default:
+		return connector.Connector{}, errs.Invalid("connector.tls_mode", "unknown TLS mode")
+	}
+	switch in.GetAuthMechanism() {
+	case outboxv1.AuthMechanism_AUTH_MECHANISM_UNSPECIFIED, outboxv1.AuthMechanism_AUTH_MECHANISM_NONE:
+		c.Auth = smtp.AuthNone
+	case outboxv1.AuthMechanism_AUTH_MECHANISM_PLAIN:
+		c.Auth = smtp.AuthPlain
+	case outboxv1.AuthMechanism_AUTH_MECHANISM_LOGIN:
+		c.Auth = smtp.AuthLogin
+	default:
+		return connector.Connector{}, errs.Invalid("connector.auth_mechanism", "unknown mechanism")
+	}
+	for i, d := range in.GetRetryPattern() {
+		if err := d.CheckValid(); err != nil {
+			return connector.Connector{}, errs.Invalid(fmt.Sprintf("connector.retry_pattern[%d]", i), err.Error())
+		}
+		c.RetryPattern = append(c.RetryPattern, d.AsDuration())
+	}
+	if err := c.Validate(); err != nil {
+		return connector.Connector{}, err
+	}
+	return c, nil
+}
+
+// ConnectorProto is the API's view of a connector: the secret's reference, never a secret.
+func ConnectorProto(c connector.Connector) *outboxv1.Connector {
+	out := &outboxv1.Connector{
+		ConnectorId: c.ID, DisplayName: c.DisplayName, Host: c.Host, Port: int32(c.Port), Username: c.Username,
+		SecretRef: c.SecretRef, MaxAttempts: int32(c.MaxAttempts), Enabled: c.Enabled,
+		MaxMessageBytes: c.MaxMessageBytes, PoolSize: int32(c.PoolSize), Version: c.Version,
+		CreateTime: wire.Timestamp(c.Created), UpdateTime: wire.Timestamp(c.Updated),
+		UnknownOutcomePolicy: outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_HOLD,
+	}
+	if c.ResendUnknown {
+		out.UnknownOutcomePolicy = outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND
+	}
+	switch c.TLS {
+	case smtp.TLSNone:
+		out.TlsMode = outboxv1.TlsMode_TLS_MODE_NONE
+	case smtp.TLSStartTLS:
+		out.TlsMode = outboxv1.TlsMode_TLS_MODE_STARTTLS
+	case smtp.TLSImplicit:
+		out.TlsMode = outboxv1.TlsMode_TLS_MODE_IMPLICIT
+	}
+	switch c.Auth {
+	case smtp.AuthPlain:
+		out.AuthMechanism = outboxv1.AuthMechanism_AUTH_MECHANISM_PLAIN
+	case smtp.AuthLogin:
+		out.AuthMechanism = outboxv1.AuthMechanism_AUTH_MECHANISM_LOGIN
+	default:
+		out.AuthMechanism = outboxv1.AuthMechanism_AUTH_MECHANISM_NONE
+	}
+	for _, d := range c.RetryPattern {
+		out.RetryPattern = append(out.RetryPattern, durationpb.New(d))
+	}
+	return out
+}
