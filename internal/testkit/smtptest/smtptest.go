@@ -402,20 +402,52 @@ func (ss *session) AuthMechanisms() []string {
 	if !ss.sink.cfg.authSet {
 		return nil
 	}
-	return []string{sasl.Plain}
+	return []string{sasl.Plain, sasl.Login}
 }
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
-	if !ss.sink.cfg.authSet || mech != sasl.Plain {
+	if !ss.sink.cfg.authSet {
 		return nil, smtp.ErrAuthUnknownMechanism
 	}
-	return sasl.NewPlainServer(func(identity, user, pass string) error {
+	check := func(identity, user, pass string) error {
 		if (identity != "" && identity != user) || user != ss.sink.cfg.user || pass != ss.sink.cfg.pass {
 			return smtp.ErrAuthFailed
 		}
 		ss.authed = true
 		return nil
-	}), nil
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(check), nil
+	case sasl.Login:
+		return &loginServer{check: check}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// loginServer is the server side of the obsolete but common LOGIN mechanism, which go-sasl only
+// implements for clients: "Username:", then "Password:", each answered in its own line.
+type loginServer struct {
+	check func(identity, user, pass string) error
+	user  string
+	step  int
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step++
+		if len(response) > 0 { // initial response carries the user name
+			l.user, l.step = string(response), 2
+			return []byte("Password:"), false, nil
+		}
+		return []byte("Username:"), false, nil
+	case 1:
+		l.user, l.step = string(response), 2
+		return []byte("Password:"), false, nil
+	default:
+		return nil, true, l.check("", l.user, string(response))
+	}
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {

@@ -96,7 +96,7 @@ func (e *env) as(user string, teams []string, roles ...string) context.Context {
 	return authtest.Outgoing(e.t, e.signer, auth.Principal{Tenant: "kanzlei", User: user, Teams: teams, Roles: roles})
 }
 
-func (e *env) admin() context.Context { return e.as("admin", nil, auth.RoleAdmin) }
+func (e *env) admin() context.Context { return e.as("admin", nil, auth.RoleAdmin, "operator") }
 
 func (e *env) service() context.Context {
 	return authtest.Outgoing(e.t, e.signer, auth.Principal{Tenant: "kanzlei", Service: "crm"})
@@ -115,19 +115,27 @@ func (e *env) seed() {
 	must(e.mailbox.CreateTenant(ctx, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: "kanzlei"}}))
 	for _, u := range []struct{ id, name string }{{"max", "Max Mustermann"}, {"martina", "Martina Musterfrau"}, {"eva", "Eva Beispiel"}} {
 		must(e.mailbox.CreateUser(ctx, &mailboxv1.CreateUserRequest{User: &mailboxv1.User{UserId: u.id, DisplayName: u.name, Email: u.id + "@kanzlei.example"}}))
+		must(e.mailbox.CreateMailbox(ctx, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
+			MailboxId: "p-" + u.id, Address: u.id + "@kanzlei.example", DisplayName: u.name, Kind: mailboxv1.MailboxKind_MAILBOX_KIND_PERSONAL, OwnerUserId: u.id,
+		}}))
 	}
-	must(e.mailbox.CreateTeam(ctx, &mailboxv1.CreateTeamRequest{Team: &mailboxv1.Team{TeamId: "empfang", MemberUserIds: []string{"martina", "max"}, LeadUserIds: []string{"martina"}}}))
+	must(e.mailbox.CreateTeam(ctx, &mailboxv1.CreateTeamRequest{Team: &mailboxv1.Team{TeamId: "empfang", DisplayName: "Empfang", MemberUserIds: []string{"martina", "max"}, LeadUserIds: []string{"martina"}}}))
 	must(e.mailbox.CreateMailbox(ctx, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
 		MailboxId: "info", Address: "info@kanzlei.example", DisplayName: "Kanzlei Muster", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_SHARED,
 	}}))
 	must(e.mailbox.AddMember(ctx, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "martina", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}))
 	must(e.mailbox.AddMember(ctx, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "max", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_ON_BEHALF}}))
-	host, port, _ := net.SplitHostPort(e.sink.Addr())
-	p, _ := strconv.Atoi(port)
+	host, port := e.sinkHostPort()
 	must(e.outbox.CreateConnector(ctx, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
-		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE,
+		ConnectorId: "default", Host: host, Port: port, TlsMode: outboxv1.TlsMode_TLS_MODE_NONE,
 		RetryPattern: []*durationpb.Duration{durationpb.New(time.Minute), durationpb.New(5 * time.Minute)}, MaxAttempts: 3,
 	}}))
+}
+
+func (e *env) sinkHostPort() (string, int32) {
+	host, port, _ := net.SplitHostPort(e.sink.Addr())
+	p, _ := strconv.Atoi(port)
+	return host, int32(p)
 }
 
 // submit submits as user and fails the test on an error.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
@@ -42,12 +43,12 @@ func (e *env) list(ctx context.Context, view outboxv1.View, f *outboxv1.EmailFil
 	}
 }
 
-// holdAll gives every user an hour of undo delay, so submitted mail stays in the outbox.
+// holdAll gives every user five minutes of undo delay, so submitted mail stays in the outbox.
 func (e *env) holdAll(users ...string) {
 	e.t.Helper()
 	for _, u := range users {
 		_, err := e.outbox.UpdateUserSettings(e.admin(), &outboxv1.UpdateUserSettingsRequest{
-			Settings: &outboxv1.UserSettings{UserId: u, UndoDelay: durationpb.New(time.Hour)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"undo_delay"}},
+			Settings: &outboxv1.UserSettings{UserId: u, UndoDelay: durationpb.New(5 * time.Minute)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"undo_delay"}},
 		})
 		if err != nil {
 			e.t.Fatal(err)
@@ -68,6 +69,7 @@ func TestViewsAndAccess(t *testing.T) {
 	fromEva := e.submit(eva, email("eva@kanzlei.example", "d@example.com", "Eva"))
 	sysReq := email("info@kanzlei.example", "e@example.com", "Automatische Eingangsbestaetigung")
 	sysReq.SystemGenerated = true
+	sysReq.SendAt = timestamppb.New(time.Now().Add(time.Hour)) // services have no undo delay
 	system := e.submit(e.service(), sysReq)
 
 	for _, tc := range []struct {
@@ -144,6 +146,15 @@ func TestViewsAndAccess(t *testing.T) {
 func TestSMTPOutcomes(t *testing.T) {
 	e := startEnv(t)
 	eva := e.as("eva", nil)
+	// A pattern long enough that no retry comes due while the test runs on the real clock (the
+	// pattern's timing is tested with an injected clock in internal/dispatch).
+	host, port := e.sinkHostPort()
+	if _, err := e.outbox.CreateConnector(e.admin(), &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
+		ConnectorId: "langsam", Host: host, Port: port, TlsMode: outboxv1.TlsMode_TLS_MODE_NONE,
+		RetryPattern: []*durationpb.Duration{durationpb.New(time.Hour)}, MaxAttempts: 3,
+	}}); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		b    smtptest.Behavior
 		want outboxv1.EmailStatus
@@ -161,15 +172,17 @@ func TestSMTPOutcomes(t *testing.T) {
 		t.Run(tc.b.String(), func(t *testing.T) {
 			subject := "outcome " + tc.b.String()
 			e.sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior { return tc.b })
-			m := e.submit(eva, email("eva@kanzlei.example", "client@example.com", subject))
+			req := email("eva@kanzlei.example", "client@example.com", subject)
+			req.ConnectorId = "langsam"
+			m := e.submit(eva, req)
 			got := e.waitStatus(eva, m.GetEmailId(), tc.want)
 			e.sink.SetHook(nil)
 			if got.GetAttemptCount() != 1 || len(got.GetAttempts()) != 1 || got.GetAttempts()[0].GetSmtpCode() != tc.code || got.GetLastError() == "" || got.GetFirstFailureTime() == nil {
 				t.Errorf("after %s: %v", tc.b, got)
 			}
 			if tc.want == outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY {
-				if d := got.GetNextAttemptTime().AsTime().Sub(got.GetLastAttemptTime().AsTime()); d != time.Minute {
-					t.Errorf("next attempt %s after the last, want the pattern's 1m", d)
+				if d := got.GetNextAttemptTime().AsTime().Sub(got.GetLastAttemptTime().AsTime()); d != time.Hour {
+					t.Errorf("next attempt %s after the last, want the pattern's 1h", d)
 				}
 			}
 		})

@@ -806,10 +806,16 @@ func (s *Service) SetDefaultSender(ctx context.Context, p auth.Principal, userID
 
 // CheckSend answers "may user U send from address A, and how?". It is the hot path of every send:
 // one store round trip, no allocation beyond the answer's strings.
+//
+// A service asking with no user asks for the system: system-generated mail may leave from any
+// mailbox of the tenant, as the mailbox (send-as); the answer names the mailbox and its From.
 func (s *Service) CheckSend(ctx context.Context, p auth.Principal, userID, address string) (SendDecision, error) {
-	userID, err := selfOrAdmin(p, userID)
-	if err != nil {
-		return SendDecision{}, err
+	system := userID == "" && p.User == "" && p.IsService()
+	if !system {
+		var err error
+		if userID, err = selfOrAdmin(p, userID); err != nil {
+			return SendDecision{}, err
+		}
 	}
 	address = normalizeAddress(address)
 	var v errs.Violations
@@ -820,6 +826,12 @@ func (s *Service) CheckSend(ctx context.Context, p auth.Principal, userID, addre
 	g, err := s.store.SendGrant(ctx, p.Tenant, userID, address)
 	if err != nil {
 		return SendDecision{}, fmt.Errorf("check send: %w", err)
+	}
+	if system {
+		if !g.AddressFound {
+			return SendDecision{Deny: DenyUnknownAddress}, nil
+		}
+		return SendDecision{Allowed: true, Mode: SendAs, MailboxID: g.MailboxID, From: formatAddress(g.DisplayName, g.Address)}, nil
 	}
 	return Decide(userID, &g), nil
 }

@@ -77,17 +77,19 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	id := newID(p.Tenant, req.GetIdempotencyKey())
 
 	// Who sends, and how.
-	right := SendRight{Allowed: true, Mode: outboxv1.SendMode_SEND_MODE_SEND_AS, From: req.GetFromAddress()}
-	if sender != "" {
-		var err error
-		right, err = s.dir.CheckSend(ctx, p.Tenant, sender, req.GetFromAddress())
-		if err != nil {
-			return nil, false, fmt.Errorf("check send right: %w", err)
+	// A service without a user sends as the system: mailbox answers for any of the tenant's
+	// mailbox addresses.
+	right, err := s.dir.CheckSend(ctx, p.Tenant, sender, req.GetFromAddress())
+	if err != nil {
+		return nil, false, fmt.Errorf("check send right: %w", err)
+	}
+	if !right.Allowed {
+		who := "user " + sender
+		if sender == "" {
+			who = "the system"
 		}
-		if !right.Allowed {
-			return nil, false, errs.PermissionDenied("CANNOT_SEND_FROM_ADDRESS",
-				fmt.Sprintf("user %s may not send from %s (%s)", sender, req.GetFromAddress(), right.Reason))
-		}
+		return nil, false, errs.PermissionDenied("CANNOT_SEND_FROM_ADDRESS",
+			fmt.Sprintf("%s may not send from %s (%s)", who, req.GetFromAddress(), right.Reason))
 	}
 	connector := req.GetConnectorId()
 	if connector == "" {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
@@ -29,6 +30,16 @@ const (
 	TLSImplicit
 )
 
+// AuthMechanism is how the outbox authenticates to the relay.
+type AuthMechanism int
+
+// The mechanisms.
+const (
+	AuthNone AuthMechanism = iota + 1
+	AuthPlain
+	AuthLogin
+)
+
 // Config describes one connector's relay.
 type Config struct {
 	Host string
@@ -42,8 +53,14 @@ type Config struct {
 	// Zero means 30s and 2m.
 	CommandTimeout time.Duration
 	SubmitTimeout  time.Duration
-	// PoolSize bounds idle connections kept for reuse; 0 means 4.
+	// PoolSize bounds the connections to the relay, open at once and kept idle for reuse; a send
+	// waits for a free one. 0 means 4.
 	PoolSize int
+	// Auth, Username and Secret authenticate each new connection. Secret is called at dial time,
+	// so a rotated secret file is used from the next connection on.
+	Auth     AuthMechanism
+	Username string
+	Secret   func() (string, error)
 }
 
 // Result is how an attempt ended, with what the relay said.
@@ -56,9 +73,10 @@ type Result struct {
 
 // Sender delivers to one relay, reusing connections.
 type Sender struct {
-	cfg  Config
-	mu   sync.Mutex
-	idle []*gosmtp.Client
+	cfg   Config
+	slots chan struct{}
+	mu    sync.Mutex
+	idle  []*gosmtp.Client
 }
 
 // New returns a Sender for cfg.
@@ -75,7 +93,7 @@ func New(cfg Config) *Sender {
 	if cfg.LocalName == "" {
 		cfg.LocalName = "localhost"
 	}
-	return &Sender{cfg: cfg}
+	return &Sender{cfg: cfg, slots: make(chan struct{}, cfg.PoolSize)}
 }
 
 // Close closes the idle connections.
@@ -144,6 +162,21 @@ func (s *Sender) dial(ctx context.Context) (*gosmtp.Client, error) {
 		_ = c.Close()
 		return nil, fmt.Errorf("EHLO to %s: %w", addr, err)
 	}
+	if s.cfg.Auth == AuthPlain || s.cfg.Auth == AuthLogin {
+		secret, err := s.cfg.Secret()
+		if err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("AUTH to %s: %w", addr, err)
+		}
+		mech := sasl.NewPlainClient("", s.cfg.Username, secret)
+		if s.cfg.Auth == AuthLogin {
+			mech = sasl.NewLoginClient(s.cfg.Username, secret)
+		}
+		if err := c.Auth(mech); err != nil {
+			_ = c.Close()
+			return nil, err // an SMTPError keeps its code: 535 is permanent, 454 temporary
+		}
+	}
 	return c, nil
 }
 
@@ -151,6 +184,12 @@ func (s *Sender) dial(ctx context.Context) (*gosmtp.Client, error) {
 // recipient refused at RCPT fails the whole attempt with that reply: partial delivery is not
 // attempted in this version.
 func (s *Sender) Send(ctx context.Context, from string, rcpts []string, msg []byte) Result {
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return Result{Outcome: outbox.OutcomeTemporary, Message: "no connection to the relay was free: " + ctx.Err().Error()}
+	}
+	defer func() { <-s.slots }()
 	c, err := s.get(ctx)
 	if err != nil {
 		return classify(err, false)

@@ -2,6 +2,7 @@ package smtp_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"testing"
@@ -92,5 +93,36 @@ func TestRelayDown(t *testing.T) {
 	s := smtp.New(smtp.Config{Host: "127.0.0.1", Port: addr.Port, TLS: smtp.TLSNone, CommandTimeout: time.Second})
 	if got := s.Send(context.Background(), "a@b.example", []string{"c@d.example"}, []byte(msg)); got.Outcome != outbox.OutcomeTemporary {
 		t.Errorf("refused connection = %+v, want temporary", got)
+	}
+}
+
+// TestAuth: PLAIN and LOGIN against a sink that requires credentials; a wrong password is a
+// permanent 535, and a secret that cannot be read is temporary (an admin can fix the file).
+func TestAuth(t *testing.T) {
+	sink := smtptest.Start(t, smtptest.WithAuth("kanzlei", "s3cret"))
+	host, port, _ := net.SplitHostPort(sink.Addr())
+	p, _ := strconv.Atoi(port)
+	send := func(mech smtp.AuthMechanism, secret func() (string, error)) smtp.Result {
+		s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 2 * time.Second, Auth: mech, Username: "kanzlei", Secret: secret})
+		defer s.Close()
+		return s.Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))
+	}
+	good := func() (string, error) { return "s3cret", nil }
+	for _, mech := range []smtp.AuthMechanism{smtp.AuthPlain, smtp.AuthLogin} {
+		if r := send(mech, good); r.Outcome != outbox.OutcomeSent {
+			t.Errorf("mechanism %d: %+v", mech, r)
+		}
+	}
+	if r := send(smtp.AuthPlain, func() (string, error) { return "falsch", nil }); r.Outcome != outbox.OutcomePermanent || r.Code != 535 {
+		t.Errorf("wrong password: %+v, want a permanent 535", r)
+	}
+	if r := send(smtp.AuthLogin, func() (string, error) { return "", errors.New(`secret reference "file:/run/x": no such file`) }); r.Outcome != outbox.OutcomeTemporary {
+		t.Errorf("unreadable secret: %+v, want temporary", r)
+	}
+	if r := send(0, nil); r.Outcome != outbox.OutcomePermanent {
+		t.Errorf("no credentials: %+v, want the sink's refusal", r)
+	}
+	if n := len(sink.Messages()); n != 2 {
+		t.Errorf("%d messages delivered, want 2", n)
 	}
 }

@@ -126,7 +126,9 @@ type MailboxServiceClient interface {
 	SetDefaultSender(ctx context.Context, in *SetDefaultSenderRequest, opts ...grpc.CallOption) (*SetDefaultSenderResponse, error)
 	// Answers "may user U send from address A, and how?". The hot question of every send: answered
 	// from one Redis round trip. A "no" is an answer (allowed = false with a reason), not an error.
-	// Users may ask for themselves; admins and services for anyone.
+	// Users may ask for themselves; admins and services for anyone. A service that gives no
+	// user_id asks for the system (system-generated mail): any mailbox address of the tenant is
+	// allowed, as SEND_AS.
 	CheckSend(ctx context.Context, in *CheckSendRequest, opts ...grpc.CallOption) (*CheckSendResponse, error)
 	// Lists a user's sent view, newest first: everything stored in their own Sent folder, and
 	// everything sent from the shared mailboxes they are a member of now, with attribution.
@@ -507,7 +509,9 @@ type MailboxServiceServer interface {
 	SetDefaultSender(context.Context, *SetDefaultSenderRequest) (*SetDefaultSenderResponse, error)
 	// Answers "may user U send from address A, and how?". The hot question of every send: answered
 	// from one Redis round trip. A "no" is an answer (allowed = false with a reason), not an error.
-	// Users may ask for themselves; admins and services for anyone.
+	// Users may ask for themselves; admins and services for anyone. A service that gives no
+	// user_id asks for the system (system-generated mail): any mailbox address of the tenant is
+	// allowed, as SEND_AS.
 	CheckSend(context.Context, *CheckSendRequest) (*CheckSendResponse, error)
 	// Lists a user's sent view, newest first: everything stored in their own Sent folder, and
 	// everything sent from the shared mailboxes they are a member of now, with attribution.

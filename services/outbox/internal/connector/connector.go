@@ -1,0 +1,214 @@
+// Package connector holds what a connector is — a named SMTP relay with its retry pattern — and
+// its rules: what a valid one looks like, how its secret reference is resolved, and the retry
+// policy it gives the dispatcher. Pure Go; storage is in redisstore.
+package connector
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/smtp"
+)
+
+// Connector is a tenant's SMTP relay as the outbox uses it.
+type Connector struct {
+	Tenant      string
+	ID          string
+	DisplayName string
+	Host        string
+	Port        int
+	TLS         smtp.TLSMode
+	Auth        smtp.AuthMechanism
+	Username    string
+	// SecretRef names where the password is: "env:NAME" or "file:/absolute/path". The secret
+	// itself is never stored or returned.
+	SecretRef    string
+	RetryPattern []time.Duration
+	// MaxAttempts counts every attempt, the first included; 0 means 1+len(RetryPattern).
+	MaxAttempts int
+	Enabled     bool
+	// ResendUnknown resends mail whose outcome is unknown (the connection was lost after the
+	// final dot) instead of holding it as FAILED.
+	ResendUnknown bool
+	// MaxMessageBytes is the relay's size limit; 0 means DefaultMaxMessageBytes.
+	MaxMessageBytes int64
+	// PoolSize bounds the connections to the relay; 0 means DefaultPoolSize.
+	PoolSize         int
+	Version          int64
+	Created, Updated time.Time
+}
+
+// Defaults of the optional fields.
+const (
+	DefaultMaxMessageBytes = 25 << 20
+	DefaultPoolSize        = 4
+)
+
+var (
+	idPattern  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	envPattern = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+)
+
+// Validate checks c and fills in the defaults; every problem is reported at once, with the
+// request's field paths.
+func (c *Connector) Validate() error {
+	var v errs.Violations
+	if !idPattern.MatchString(c.ID) {
+		v.Add("connector.connector_id", "1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
+	}
+	if len(c.DisplayName) > 200 || strings.IndexFunc(c.DisplayName, unicode.IsControl) >= 0 {
+		v.Add("connector.display_name", "at most 200 characters, no control characters")
+	}
+	if c.Host == "" || len(c.Host) > 253 || strings.IndexFunc(c.Host, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' }) >= 0 {
+		v.Add("connector.host", "a host name or IP address, at most 253 characters")
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		v.Add("connector.port", "must be between 1 and 65535")
+	}
+	switch c.TLS {
+	case smtp.TLSNone, smtp.TLSStartTLS, smtp.TLSImplicit:
+	default:
+		v.Add("connector.tls_mode", "NONE, STARTTLS or IMPLICIT")
+	}
+	switch c.Auth {
+	case smtp.AuthNone:
+		if c.SecretRef != "" {
+			v.Add("connector.secret_ref", "only with an auth mechanism")
+		}
+	case smtp.AuthPlain, smtp.AuthLogin:
+		if c.Username == "" {
+			v.Add("connector.username", "is required with an auth mechanism")
+		}
+		if err := checkRef(c.SecretRef); err != nil {
+			v.Add("connector.secret_ref", err.Error())
+		}
+	default:
+		v.Add("connector.auth_mechanism", "NONE, PLAIN or LOGIN")
+	}
+	if len(c.Username) > 256 || strings.IndexFunc(c.Username, unicode.IsControl) >= 0 {
+		v.Add("connector.username", "at most 256 characters, no control characters")
+	}
+	if len(c.RetryPattern) > 20 {
+		v.Add("connector.retry_pattern", "at most 20 delays")
+	}
+	for i, d := range c.RetryPattern {
+		if d < time.Second || d > 7*24*time.Hour {
+			v.Addf(fmt.Sprintf("connector.retry_pattern[%d]", i), "must be between 1s and 7 days, got %s", d)
+		}
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 1 + len(c.RetryPattern)
+	}
+	if c.MaxAttempts < 1 || c.MaxAttempts > 50 {
+		v.Add("connector.max_attempts", "must be between 1 and 50")
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.MaxMessageBytes < 1<<10 || c.MaxMessageBytes > 100<<20 {
+		v.Add("connector.max_message_bytes", "must be between 1 KiB and 100 MiB")
+	}
+	if c.PoolSize == 0 {
+		c.PoolSize = DefaultPoolSize
+	}
+	if c.PoolSize < 1 || c.PoolSize > 64 {
+		v.Add("connector.pool_size", "must be between 1 and 64")
+	}
+	return v.Err()
+}
+
+func checkRef(ref string) error {
+	switch {
+	case strings.HasPrefix(ref, "env:"):
+		if !envPattern.MatchString(strings.TrimPrefix(ref, "env:")) {
+			return errors.New(`"env:NAME" with NAME of A-Z, 0-9 and '_'`)
+		}
+	case strings.HasPrefix(ref, "file:"):
+		if p := strings.TrimPrefix(ref, "file:"); !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "\x00\r\n") {
+			return errors.New(`"file:/absolute/path"`)
+		}
+	default:
+		return errors.New(`is required with an auth mechanism: "env:NAME" or "file:/absolute/path"`)
+	}
+	return nil
+}
+
+// Policy is the retry policy the dispatcher applies to the connector's mail.
+func (c *Connector) Policy() outbox.RetryPolicy {
+	return outbox.RetryPolicy{Pattern: c.RetryPattern, MaxAttempts: c.MaxAttempts, ResendUnknown: c.ResendUnknown}
+}
+
+// ParsePattern reads a retry pattern such as "1m,5m,15m,1h,4h".
+func ParsePattern(s string) ([]time.Duration, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []time.Duration
+	for i, f := range strings.Split(s, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("retry pattern entry %d (%q): a positive duration such as 5m", i+1, strings.TrimSpace(f))
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// FormatPattern writes a retry pattern the way ParsePattern reads it.
+func FormatPattern(p []time.Duration) string {
+	parts := make([]string, len(p))
+	for i, d := range p {
+		f := d.String()
+		if strings.HasSuffix(f, "m0s") {
+			f = strings.TrimSuffix(f, "0s")
+		}
+		if strings.HasSuffix(f, "h0m") {
+			f = strings.TrimSuffix(f, "0m")
+		}
+		parts[i] = f
+	}
+	return strings.Join(parts, ",")
+}
+
+// ResolveSecret reads the secret a reference names. Errors name the reference, never a secret.
+// getenv and readFile are injected so tests need no process environment; nil means os.Getenv
+// and os.ReadFile.
+func ResolveSecret(ref string, getenv func(string) string, readFile func(string) ([]byte, error)) (string, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if readFile == nil {
+		readFile = os.ReadFile
+	}
+	if err := checkRef(ref); err != nil {
+		return "", fmt.Errorf("secret reference %q: %w", ref, err)
+	}
+	if name, ok := strings.CutPrefix(ref, "env:"); ok {
+		s := getenv(name)
+		if s == "" {
+			return "", fmt.Errorf("secret reference %q: the variable is not set", ref)
+		}
+		return s, nil
+	}
+	b, err := readFile(strings.TrimPrefix(ref, "file:"))
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is in the reference already
+		}
+		return "", fmt.Errorf("secret reference %q: %w", ref, err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("secret reference %q: the file is empty", ref)
+	}
+	return s, nil
+}
