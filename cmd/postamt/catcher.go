@@ -52,9 +52,9 @@ func (c *catcher) addr() (string, int) {
 func (c *catcher) close() { _ = c.srv.Close() }
 
 type caughtSession struct {
-	c        *catcher
-	from     string
-	rcpts    []string
+	c     *catcher
+	from  string
+	rcpts []string
 }
 
 func (s *caughtSession) Mail(from string, _ *smtp.MailOptions) error {

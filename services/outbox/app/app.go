@@ -39,22 +39,22 @@ const Name = "outbox"
 // Config is the outbox's own configuration; the shared part (addresses, Redis, NATS, auth) is
 // config.Common, read by the caller.
 type Config struct {
-	MailboxAddr       string        `env:"OUTBOX_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (send rights, mailboxes, teams)"`
-	DirectoryCacheTTL time.Duration `env:"OUTBOX_DIRECTORY_CACHE_TTL, default=10s" desc:"how long a user's mailboxes and team leadership are cached for views (send rights are never cached)"`
-	DefaultConnector  string        `env:"OUTBOX_DEFAULT_CONNECTOR, default=default" desc:"connector of a submit that names none"`
-	DefaultUndoDelay  time.Duration `env:"OUTBOX_DEFAULT_UNDO_DELAY, default=10s" desc:"undo delay of users who never set one"`
-	MaxUndoDelay      time.Duration `env:"OUTBOX_MAX_UNDO_DELAY, default=10m" desc:"largest undo delay a user may set"`
-	MaxMessageBytes   int64         `env:"OUTBOX_MAX_MESSAGE_BYTES, default=26214400" desc:"largest content (bodies and attachments) of one email, in bytes"`
-	MaxRecipients     int           `env:"OUTBOX_MAX_RECIPIENTS, default=500" desc:"most recipients (to, cc and bcc together) of one email"`
-	ScheduleHorizon   time.Duration `env:"OUTBOX_SCHEDULE_HORIZON, default=8784h" desc:"how far ahead send_at may be"`
-	Retention         time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept; failed mail is never dropped"`
-	Dispatch          bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
-	ClaimBatch        int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"emails a dispatcher claims per partition and round"`
-	Lease             time.Duration `env:"OUTBOX_LEASE, default=2m" desc:"how long a claim holds; a crashed replica's mail is due again after it (longer than the SMTP submit timeout)"`
+	MailboxAddr        string        `env:"OUTBOX_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (send rights, mailboxes, teams)"`
+	DirectoryCacheTTL  time.Duration `env:"OUTBOX_DIRECTORY_CACHE_TTL, default=10s" desc:"how long a user's mailboxes and team leadership are cached for views (send rights are never cached)"`
+	DefaultConnector   string        `env:"OUTBOX_DEFAULT_CONNECTOR, default=default" desc:"connector of a submit that names none"`
+	DefaultUndoDelay   time.Duration `env:"OUTBOX_DEFAULT_UNDO_DELAY, default=10s" desc:"undo delay of users who never set one"`
+	MaxUndoDelay       time.Duration `env:"OUTBOX_MAX_UNDO_DELAY, default=10m" desc:"largest undo delay a user may set"`
+	MaxMessageBytes    int64         `env:"OUTBOX_MAX_MESSAGE_BYTES, default=26214400" desc:"largest content (bodies and attachments) of one email, in bytes"`
+	MaxRecipients      int           `env:"OUTBOX_MAX_RECIPIENTS, default=500" desc:"most recipients (to, cc and bcc together) of one email"`
+	ScheduleHorizon    time.Duration `env:"OUTBOX_SCHEDULE_HORIZON, default=8784h" desc:"how far ahead send_at may be"`
+	Retention          time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept; failed mail is never dropped"`
+	Dispatch           bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
+	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"emails a dispatcher claims per partition and round"`
+	Lease              time.Duration `env:"OUTBOX_LEASE, default=2m" desc:"how long a claim holds; a crashed replica's mail is due again after it (longer than the SMTP submit timeout)"`
 	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply"`
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
-	RelayBatch        int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
-	RelayClaimIdle    time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
+	RelayBatch         int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
+	RelayClaimIdle     time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
 }
 
 // Validate checks the values no default can fix.

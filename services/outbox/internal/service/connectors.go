@@ -402,7 +402,7 @@ func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, 
 	c := connector.Connector{
 		Tenant: tenant, ID: in.GetConnectorId(), DisplayName: in.GetDisplayName(), Host: in.GetHost(), Port: int(in.GetPort()),
 		Username: in.GetUsername(), SecretRef: in.GetSecretRef(), MaxAttempts: int(in.GetMaxAttempts()),
-		ResendUnknown: in.GetUnknownOutcomePolicy() == outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND,
+		ResendUnknown:   in.GetUnknownOutcomePolicy() == outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND,
 		MaxMessageBytes: in.GetMaxMessageBytes(), PoolSize: int(in.GetPoolSize()), Enabled: true,
 	}
 	switch in.GetTlsMode() {

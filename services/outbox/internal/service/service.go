@@ -50,7 +50,8 @@ type ConnectorCheck func(ctx context.Context, tenant, id string) error
 // Options are the service's limits and defaults; zero values take the documented defaults.
 type Options struct {
 	Limits outbox.Limits
-	// DefaultUndoDelay applies to users who never set one; MaxUndoDelay bounds what they set.
+	// DefaultUndoDelay applies to users who never set one (zero: none); MaxUndoDelay bounds what
+	// they set.
 	DefaultUndoDelay time.Duration
 	MaxUndoDelay     time.Duration
 	// DefaultConnector is used when a submit names none.
@@ -70,9 +71,6 @@ type Options struct {
 func (o *Options) defaults() {
 	if o.Limits == (outbox.Limits{}) {
 		o.Limits = outbox.DefaultLimits()
-	}
-	if o.DefaultUndoDelay == 0 {
-		o.DefaultUndoDelay = 10 * time.Second
 	}
 	if o.MaxUndoDelay == 0 {
 		o.MaxUndoDelay = 10 * time.Minute
