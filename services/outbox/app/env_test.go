@@ -41,6 +41,32 @@ type env struct {
 	signer  *auth.Signer
 	mailbox mailboxv1.MailboxServiceClient
 	outbox  outboxv1.OutboxServiceClient
+	// replica starts another outbox on the same Redis and NATS.
+	replica func() outboxv1.OutboxServiceClient
+	// metrics are the outboxes' registries, the first one's first.
+	metrics []*prometheus.Registry
+}
+
+// sent is how many attempts an outbox replica recorded as sent.
+func sent(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "postamt_outbox_attempts_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == "sent" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 type envOption func(*app.Config)
@@ -73,8 +99,22 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&cfg)
 	}
+	e.replica = func() outboxv1.OutboxServiceClient {
+		reg := prometheus.NewRegistry()
+		e.metrics = append(e.metrics, reg)
+		ob, err := app.New(cfg, app.Deps{
+			Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
+			Getenv: func(string) string { return "" },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return outboxv1.NewOutboxServiceClient(servetest.Dial(t, servetest.Run(t, ob.Run)))
+	}
+	reg := prometheus.NewRegistry()
+	e.metrics = append(e.metrics, reg)
 	ob, err := app.New(cfg, app.Deps{
-		Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Server: serverOpts,
+		Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
 		Getenv: func(string) string { return "" },
 	})
 	if err != nil {
