@@ -36,6 +36,9 @@ import (
 // Name is the service's name in logs, metrics and service credentials.
 const Name = "outbox"
 
+// MailboxStream is mailbox's JetStream stream, whose events drop the outbox's cached answers.
+const MailboxStream = "POSTAMT_MAILBOX"
+
 // Config is the outbox's own configuration; the shared part (addresses, Redis, NATS, auth) is
 // config.Common, read by the caller.
 type Config struct {
@@ -107,6 +110,7 @@ type App struct {
 	relay      *eventbus.Relay
 	dispatcher *dispatch.Dispatcher
 	registry   *service.Registry
+	directory  *directory.Client
 	mailbox    *grpc.ClientConn
 }
 
@@ -144,6 +148,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	limits := outbox.DefaultLimits()
 	limits.MaxMessageBytes, limits.MaxRecipients, limits.Horizon = cfg.MaxMessageBytes, cfg.MaxRecipients, cfg.ScheduleHorizon
 	dir := directory.New(mailboxv1.NewMailboxServiceClient(conn), cfg.DirectoryCacheTTL)
+	a.directory = dir
 	svc := service.New(ledger, redisstore.NewSettings(deps.Redis), dir, a.registry.Exists, service.Options{
 		Limits: limits, DefaultUndoDelay: cfg.DefaultUndoDelay, MaxUndoDelay: cfg.MaxUndoDelay,
 		DefaultConnector: cfg.DefaultConnector, Now: deps.Now,
@@ -214,6 +219,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	go func() { relay <- a.relay.Run(relayCtx) }()
 	work, _ := errgroup.WithContext(workCtx)
 	work.Go(func() error { return a.registry.Run(workCtx) })
+	work.Go(func() error { return a.directory.Follow(workCtx, a.deps.JS, MailboxStream, a.deps.Logger) })
 	if a.cfg.Dispatch {
 		work.Go(func() error { return a.dispatcher.Run(workCtx) })
 	}

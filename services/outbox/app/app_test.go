@@ -23,6 +23,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/app"
 )
 
 func email(from, to, subject string) *outboxv1.SubmitEmailRequest {
@@ -280,4 +281,24 @@ func TestUndoSendNowCancelReschedule(t *testing.T) {
 			t.Errorf("next attempt %v, want %v", got.GetEmail().GetNextAttemptTime().AsTime(), at)
 		}
 	})
+}
+
+// TestSendRightCacheFollowsMailboxChanges: with answers cached for an hour, a right granted or
+// taken away in mailbox reaches the outbox through mailbox's events, not the TTL.
+func TestSendRightCacheFollowsMailboxChanges(t *testing.T) {
+	e := startEnv(t, func(c *app.Config) { c.DirectoryCacheTTL = time.Hour })
+	eva := e.as("eva", nil)
+	submit := func() error {
+		_, err := e.outbox.SubmitEmail(eva, email("info@kanzlei.example", "client@example.com", "Von info"))
+		return err
+	}
+	code(t, submit(), codes.PermissionDenied) // cached now
+	if _, err := e.mailbox.AddMember(e.admin(), &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "eva", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Eventually(t, "the granted right to reach the outbox", func() bool { return submit() == nil })
+	if _, err := e.mailbox.RemoveMember(e.admin(), &mailboxv1.RemoveMemberRequest{MailboxId: "info", UserId: "eva"}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Eventually(t, "the removed right to reach the outbox", func() bool { return status.Code(submit()) == codes.PermissionDenied })
 }

@@ -181,6 +181,16 @@ func ms(t time.Time) int64 {
 	return t.UnixMilli()
 }
 
+// dueMS is a due time in the due index's milliseconds, rounded up: a claim at the millisecond
+// of the score must not be before the due time (never early).
+func dueMS(t time.Time) int64 {
+	m := t.UnixMilli()
+	if t.Sub(time.UnixMilli(m)) > 0 {
+		m++
+	}
+	return m
+}
+
 func msString(t time.Time) string {
 	if t.IsZero() {
 		return ""
@@ -280,7 +290,7 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, 
 	}
 	due := ""
 	if inDue(e.Status) {
-		due = strconv.FormatInt(ms(e.Due), 10)
+		due = strconv.FormatInt(dueMS(e.Due), 10)
 	}
 	if e.Score.IsZero() {
 		e.Score = e.Due
@@ -308,10 +318,17 @@ func boolField(b bool) string {
 	return "0"
 }
 
+func dueField(e *Email) string {
+	if e.Due.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(dueMS(e.Due), 10)
+}
+
 func recordFields(e *Email) []any {
 	return []any{
 		"id", e.ID, "tenant", e.Tenant, "status", int(e.Status), "priority", e.Priority,
-		"due", msString(e.Due), "sc", IndexScore(e.Score, e.ID), "connector", e.Connector, "imported", boolField(e.Imported),
+		"due", dueField(e), "sc", IndexScore(e.Score, e.ID), "connector", e.Connector, "imported", boolField(e.Imported),
 		"attempts", e.Attempts, "version", e.Version, "fence", 0, "from", e.From,
 		"rcpts", strings.Join(e.Rcpts, ","), "bk", strings.Join(e.Buckets, ","), "ik", e.IdemKey,
 		"meta", e.Meta, "xs", e.Extra, "le", e.LastError, "la", msString(e.LastAttempt), "ff", msString(e.FirstFailure),
@@ -630,7 +647,11 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
 	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd}, old...)
 	keys = append(keys, nw...)
-	argv := []any{e.Version, fence, next.Version, int(c.Status), len(old), e.ID, msString(c.Due), IndexScore(next.Score, e.ID), c.Attempt, retention, cdOp, attempts}
+	due := ""
+	if !c.Due.IsZero() {
+		due = strconv.FormatInt(dueMS(c.Due), 10)
+	}
+	argv := []any{e.Version, fence, next.Version, int(c.Status), len(old), e.ID, due, IndexScore(next.Score, e.ID), c.Attempt, retention, cdOp, attempts}
 	argv = append(argv, env...)
 	argv = append(argv, set...)
 	n, err := applyScript.Run(ctx, l.rdb, keys, argv...).Int64()

@@ -1,0 +1,325 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/mail"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/authtest"
+	"github.com/postamt/postamt/internal/testkit/natstest"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/servetest"
+	"github.com/postamt/postamt/internal/testkit/smtptest"
+	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
+	outboxapp "github.com/postamt/postamt/services/outbox/app"
+)
+
+// envInt reads a size from the environment, so a quick run can use smaller workloads.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// suite is mailbox and outbox wired as in production, on a spawned Redis, an embedded
+// JetStream and an SMTP sink, all on this machine.
+type suite struct {
+	rdb    *redis.Client
+	sink   *smtptest.Sink
+	outbox outboxv1.OutboxServiceClient
+	user   context.Context
+	admin  context.Context
+}
+
+func startSuite(b *testing.B) *suite {
+	b.Helper()
+	rs := redistest.Start(b)
+	ns := natstest.Start(b)
+	js := ns.JetStream(b)
+	verifier, signer := authtest.Keys(b)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := &suite{rdb: rs.Client(b), sink: smtptest.Start(b)}
+	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: true}, mailboxapp.Deps{
+		Logger: logger, Redis: s.rdb, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	mbAddr := servetest.Run(b, mb.Run)
+	mbc := mailboxv1.NewMailboxServiceClient(servetest.Dial(b, mbAddr))
+	ob, err := outboxapp.New(outboxapp.Config{
+		MailboxAddr: mbAddr, DirectoryCacheTTL: 10 * time.Second, DefaultConnector: "default", MaxUndoDelay: 10 * time.Minute,
+		MaxMessageBytes: 25 << 20, MaxRecipients: 500, ScheduleHorizon: 366 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
+		ClaimBatch: 64, Lease: 2 * time.Minute, SMTPCommandTimeout: 30 * time.Second, SMTPSubmitTimeout: 100 * time.Second,
+		RelayBatch: 256, RelayClaimIdle: 30 * time.Second,
+	}, outboxapp.Deps{
+		Logger: logger, Redis: s.rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(),
+		Server: grpcserver.Options{},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.outbox = outboxv1.NewOutboxServiceClient(servetest.Dial(b, servetest.Run(b, ob.Run)))
+	s.admin = authtest.Outgoing(b, signer, auth.Principal{Tenant: "kanzlei", User: "admin", Roles: []string{auth.RoleAdmin, "operator"}})
+	s.user = authtest.Outgoing(b, signer, auth.Principal{Tenant: "kanzlei", User: "max", Teams: []string{"empfang"}})
+	must := func(_ any, err error) {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	must(mbc.CreateTenant(s.admin, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: "kanzlei"}}))
+	must(mbc.CreateUser(s.admin, &mailboxv1.CreateUserRequest{User: &mailboxv1.User{UserId: "max", DisplayName: "Max Mustermann", Email: "max@kanzlei.example"}}))
+	must(mbc.CreateMailbox(s.admin, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
+		MailboxId: "info", Address: "info@kanzlei.example", DisplayName: "Kanzlei Muster", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_SHARED,
+	}}))
+	must(mbc.AddMember(s.admin, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "max", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}))
+	host, port, _ := net.SplitHostPort(s.sink.Addr())
+	p, _ := strconv.Atoi(port)
+	must(s.outbox.CreateConnector(s.admin, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
+		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, PoolSize: 32,
+		RetryPattern: []*durationpb.Duration{durationpb.New(time.Minute)},
+	}}))
+	must(s.outbox.UpdateUserSettings(s.user, &outboxv1.UpdateUserSettingsRequest{
+		Settings: &outboxv1.UserSettings{UndoDelay: durationpb.New(0)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"undo_delay"}},
+	}))
+	return s
+}
+
+// benchEmail is a typical small email (~1 KiB built) from the shared mailbox.
+func benchEmail(i int, sendAt time.Time) *outboxv1.SubmitEmailRequest {
+	return &outboxv1.SubmitEmailRequest{
+		FromAddress: "info@kanzlei.example", To: []string{fmt.Sprintf("mandant%d@example.com", i%1000)},
+		Subject:  fmt.Sprintf("Ihre Akte %d due %d", i, sendAt.UnixNano()),
+		TextBody: strings.Repeat("Sehr geehrte Damen und Herren, anbei die Unterlagen zu Ihrer Akte.\r\n", 8),
+		WorkItem: &outboxv1.WorkItem{Id: fmt.Sprintf("akte-%d", i%5000), Type: outboxv1.WorkItemType_WORK_ITEM_TYPE_CASE},
+		SendAt:   timestamppb.New(sendAt),
+	}
+}
+
+// submitAll submits n emails from `clients` concurrent callers and returns each call's latency.
+func (s *suite) submitAll(b *testing.B, n, clients int, req func(i int) *outboxv1.SubmitEmailRequest) []time.Duration {
+	b.Helper()
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				start := time.Now()
+				if _, err := s.outbox.SubmitEmail(s.user, req(i)); err != nil {
+					if failed.Add(1) == 1 {
+						b.Errorf("submit: %v", err)
+					}
+				}
+				lat[i] = time.Since(start)
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		b.Fatalf("%d submits failed", failed.Load())
+	}
+	return lat
+}
+
+// BenchmarkP3Submit measures DESIGN.md §5 P3: SubmitEmail over gRPC from 50 concurrent clients
+// (mail scheduled an hour ahead, so the dispatcher does not compete), with every check a real
+// submit makes (the sender's right through mailbox's CheckSend, settings, the idempotency-free
+// ledger write with its event).
+func BenchmarkP3Submit(b *testing.B) {
+	s := startSuite(b)
+	n := envInt("POSTAMT_BENCH_P3_N", 30_000)
+	at := time.Now().Add(time.Hour)
+	s.submitAll(b, 2000, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) }) // warm-up
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		lat := s.submitAll(b, n, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) })
+		secs := time.Since(start).Seconds()
+		b.ReportMetric(float64(n)/secs, "submits/s")
+		b.ReportMetric(ms(percentile(lat, 0.50)), "p50-ms")
+		b.ReportMetric(ms(percentile(lat, 0.99)), "p99-ms")
+		b.ReportMetric(ms(percentile(lat, 1)), "max-ms")
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BenchmarkP1Delivery measures DESIGN.md §5 P1: emails delivered per second to a local SMTP
+// sink. n emails are submitted due at one instant t; the figure is n / (last arrival − t). The
+// mailbox service consumes every EmailSent into the sent view meanwhile, as in production.
+func BenchmarkP1Delivery(b *testing.B) {
+	s := startSuite(b)
+	n := envInt("POSTAMT_BENCH_P1_N", 20_000)
+	b.ResetTimer()
+	for round := range b.N {
+		at := time.Now().Add(time.Duration(n/4000+3) * time.Second) // after the submits are in
+		s.submitAll(b, n, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) })
+		if time.Now().After(at) {
+			b.Fatalf("submitting took longer than planned; the delivery started before the clock did")
+		}
+		msgs := s.sink.WaitForMessages(b, (round+1)*n, 5*time.Minute)
+		last := slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
+		b.ReportMetric(float64(n)/last.Sub(at).Seconds(), "emails/s")
+	}
+}
+
+// BenchmarkP2P4P8Backlog builds a backlog of emails scheduled an hour ahead (default 1,000,000,
+// POSTAMT_BENCH_BACKLOG), then measures on it:
+//   - P8: Redis memory per queued email beyond its body (used_memory grown by the backlog,
+//     minus what the bodies take, measured by deleting them at the end);
+//   - P4: a page of 50 (p50/p99 of 200 pages through the tenant's ALL view, admin) and the
+//     badge count (p50/p99 of 200 counts) with the whole backlog in one tenant;
+//   - P2: 5,000 emails due spread over 10 s; lateness of their arrival at the sink after their
+//     send_at: early count, p50, p99, max.
+func BenchmarkP2P4P8Backlog(b *testing.B) {
+	s := startSuite(b)
+	backlog := envInt("POSTAMT_BENCH_BACKLOG", 1_000_000)
+	due := envInt("POSTAMT_BENCH_P2_N", 5000)
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		before := usedMemory(b, s.rdb)
+		later := time.Now().Add(time.Hour)
+		start := time.Now()
+		s.submitAll(b, backlog, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, later) })
+		b.ReportMetric(float64(backlog)/time.Since(start).Seconds(), "backlog-submits/s")
+		withBodies := usedMemory(b, s.rdb)
+
+		// P4 on the full tenant.
+		var pages, counts []time.Duration
+		tok := ""
+		for range 200 {
+			t0 := time.Now()
+			r, err := s.outbox.ListEmails(s.admin, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_ALL, PageSize: 50, PageToken: tok})
+			pages = append(pages, time.Since(t0))
+			if err != nil || len(r.GetEmails()) != 50 {
+				b.Fatalf("list: %d emails, %v", len(r.GetEmails()), err)
+			}
+			tok = r.GetNextPageToken()
+			t0 = time.Now()
+			c, err := s.outbox.CountEmails(s.admin, &outboxv1.CountEmailsRequest{View: outboxv1.View_VIEW_ALL})
+			counts = append(counts, time.Since(t0))
+			if err != nil || c.GetTotal() < int64(backlog) {
+				b.Fatalf("count: %v, %v", c.GetTotal(), err)
+			}
+		}
+		b.ReportMetric(ms(percentile(pages, 0.50)), "P4-page-p50-ms")
+		b.ReportMetric(ms(percentile(pages, 0.99)), "P4-page-p99-ms")
+		b.ReportMetric(ms(percentile(counts, 0.50)), "P4-count-p50-ms")
+		b.ReportMetric(ms(percentile(counts, 0.99)), "P4-count-p99-ms")
+
+		// P2: due mail among the backlog.
+		sent := len(s.sink.Messages())
+		window := time.Now().Add(2 * time.Second)
+		s.submitAll(b, due, 50, func(i int) *outboxv1.SubmitEmailRequest {
+			return benchEmail(backlog+i, window.Add(time.Duration(i)*10*time.Second/time.Duration(due)))
+		})
+		msgs := s.sink.WaitForMessages(b, sent+due, 2*time.Minute)
+		var late []time.Duration
+		early := 0
+		for _, m := range msgs[sent:] {
+			d := m.Received.Sub(dueOf(b, m))
+			if d < 0 {
+				early++
+			}
+			late = append(late, d)
+		}
+		b.ReportMetric(float64(early), "P2-early")
+		b.ReportMetric(ms(percentile(late, 0.50)), "P2-late-p50-ms")
+		b.ReportMetric(ms(percentile(late, 0.99)), "P2-late-p99-ms")
+		b.ReportMetric(ms(percentile(late, 1)), "P2-late-max-ms")
+
+		// P8: drop the bodies and see what the backlog costs without them.
+		dropBodies(ctx, b, s.rdb)
+		without := usedMemory(b, s.rdb)
+		b.ReportMetric(float64(without-before)/float64(backlog), "P8-bytes/email")
+		b.ReportMetric(float64(withBodies-before)/float64(backlog), "bytes/email-with-body")
+	}
+}
+
+func dueOf(b *testing.B, m smtptest.Message) time.Time {
+	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+	if err != nil {
+		b.Fatal(err)
+	}
+	subj := msg.Header.Get("Subject")
+	i := strings.LastIndex(subj, "due ")
+	n, err := strconv.ParseInt(subj[i+4:], 10, 64)
+	if i < 0 || err != nil {
+		b.Fatalf("subject %q carries no due time", subj)
+	}
+	return time.Unix(0, n)
+}
+
+func usedMemory(b *testing.B, rdb *redis.Client) int64 {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "memory").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	b.Fatal("no used_memory in INFO")
+	return 0
+}
+
+func dropBodies(ctx context.Context, b *testing.B, rdb *redis.Client) {
+	b.Helper()
+	iter := rdb.Scan(ctx, 0, "pm:ob:*:b:*", 10_000).Iterator()
+	pipe := rdb.Pipeline()
+	for iter.Next(ctx) {
+		pipe.Unlink(ctx, iter.Val())
+		if pipe.Len() >= 1000 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := iter.Err(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && pipe.Len() > 0 {
+		b.Fatal(err)
+	}
+	// Lazy freeing: wait until Redis has given the memory back.
+	for range 100 {
+		info, _ := rdb.Info(ctx, "memory").Result()
+		if strings.Contains(info, "lazyfree_pending_objects:0") {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
