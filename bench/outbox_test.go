@@ -45,7 +45,8 @@ func envInt(name string, def int) int {
 }
 
 // suite is mailbox and outbox wired as in production, on a spawned Redis, an embedded
-// JetStream and an SMTP sink, all on this machine.
+// JetStream and an SMTP sink, all on this machine. POSTAMT_BENCH_NO_SENT_VIEW=1 leaves out
+// mailbox's EmailSent consumer, to show its share of the machine.
 type suite struct {
 	rdb    *redis.Client
 	sink   *smtptest.Sink
@@ -62,7 +63,7 @@ func startSuite(b *testing.B) *suite {
 	verifier, signer := authtest.Keys(b)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := &suite{rdb: rs.Client(b), sink: smtptest.Start(b)}
-	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: true}, mailboxapp.Deps{
+	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: os.Getenv("POSTAMT_BENCH_NO_SENT_VIEW") == ""}, mailboxapp.Deps{
 		Logger: logger, Redis: s.rdb, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(),
 	})
 	if err != nil {

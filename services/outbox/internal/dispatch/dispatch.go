@@ -161,12 +161,20 @@ func (d *Dispatcher) Step(ctx context.Context, p int) (int, error) {
 	// What was claimed is finished even when ctx ends (shutdown): a send cut off halfway would
 	// leave the mail waiting for its lease to run out.
 	work := context.WithoutCancel(ctx)
+	ids := make([]string, len(claimed))
+	for i := range claimed {
+		ids[i] = claimed[i].ID
+	}
+	bodies, err := d.Ledger.Bodies(work, ids)
+	if err != nil {
+		return len(claimed), err // the claims run out and the mail comes due again
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, len(claimed))
 	for i := range claimed {
-		e := &claimed[i]
+		e, body := &claimed[i], bodies[i]
 		wg.Go(func() {
-			if err := d.deliver(work, e); err != nil {
+			if err := d.deliver(work, e, body); err != nil {
 				errc <- err
 			}
 		})
@@ -179,7 +187,7 @@ func (d *Dispatcher) Step(ctx context.Context, p int) (int, error) {
 	return len(claimed), nil
 }
 
-func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email) error {
+func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []byte) error {
 	c, ok := d.Connector(e.Tenant, e.Connector)
 	start := d.Clock.Now()
 	var res smtp.Result
@@ -188,11 +196,11 @@ func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email) error {
 		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: fmt.Sprintf("connector %s does not exist", e.Connector)}
 	case !c.Enabled:
 		res = smtp.Result{Outcome: outbox.OutcomeConnectorDisabled, Message: fmt.Sprintf("connector %s is disabled; enable it and retry", e.Connector)}
+	case body == nil:
+		// The record is there without its body: nothing can be sent, ever. Fail it for a person
+		// to see rather than retry forever.
+		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: "the message body is missing from the store"}
 	default:
-		body, err := d.Ledger.Body(ctx, e.ID)
-		if err != nil {
-			return err
-		}
 		res = c.Sender.Send(ctx, e.From, e.Rcpts, body)
 	}
 	end := d.Clock.Now()

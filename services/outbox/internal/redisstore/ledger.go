@@ -743,6 +743,29 @@ func (l *Ledger) Body(ctx context.Context, id string) ([]byte, error) {
 	return b, nil
 }
 
+// Bodies returns the built messages of emails of one partition in one round trip (MGET: their
+// keys share the partition's slot); a missing body is nil.
+func (l *Ledger) Bodies(ctx context.Context, ids []string) ([][]byte, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = bodyKey(id)
+	}
+	vals, err := l.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read bodies: %w", err)
+	}
+	out := make([][]byte, len(vals))
+	for i, v := range vals {
+		if s, ok := v.(string); ok {
+			out[i] = []byte(s)
+		}
+	}
+	return out, nil
+}
+
 // Earliest returns the earliest due time of partition p, so the dispatcher sleeps until then.
 func (l *Ledger) Earliest(ctx context.Context, p int) (time.Time, bool, error) {
 	z, err := l.rdb.ZRangeWithScores(ctx, dueKey(p), 0, 0).Result()

@@ -76,8 +76,19 @@ type Sender struct {
 	cfg   Config
 	slots chan struct{}
 	mu    sync.Mutex
-	idle  []*gosmtp.Client
+	idle  []pooled
 }
+
+// pooled is an idle connection and when its last transaction ended.
+type pooled struct {
+	c    *gosmtp.Client
+	used time.Time
+}
+
+// freshFor is how long after a completed transaction a pooled connection is reused without a
+// RSET probe: the relay just answered on it, and a transaction that completed leaves no state.
+// Older connections are probed, since relays close idle ones.
+const freshFor = 2 * time.Second
 
 // New returns a Sender for cfg.
 func New(cfg Config) *Sender {
@@ -102,17 +113,21 @@ func (s *Sender) Close() {
 	idle := s.idle
 	s.idle = nil
 	s.mu.Unlock()
-	for _, c := range idle {
-		_ = c.Quit()
+	for _, p := range idle {
+		_ = p.c.Quit()
 	}
 }
 
 func (s *Sender) get(ctx context.Context) (*gosmtp.Client, error) {
 	s.mu.Lock()
 	if n := len(s.idle); n > 0 {
-		c := s.idle[n-1]
+		p := s.idle[n-1]
 		s.idle = s.idle[:n-1]
 		s.mu.Unlock()
+		c := p.c
+		if time.Since(p.used) < freshFor {
+			return c, nil
+		}
 		// A pooled connection may have been closed by the relay meanwhile; RSET finds out.
 		if err := c.Reset(); err == nil {
 			return c, nil
@@ -128,7 +143,7 @@ func (s *Sender) put(c *gosmtp.Client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.idle) < s.cfg.PoolSize {
-		s.idle = append(s.idle, c)
+		s.idle = append(s.idle, pooled{c: c, used: time.Now()})
 		return
 	}
 	go func() { _ = c.Quit() }()
