@@ -181,7 +181,8 @@ func TestSMTPOutcomes(t *testing.T) {
 				t.Errorf("after %s: %v", tc.b, got)
 			}
 			if tc.want == outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY {
-				if d := got.GetNextAttemptTime().AsTime().Sub(got.GetLastAttemptTime().AsTime()); d != time.Hour {
+				// Due times round up to the millisecond (never early); attempt times are shown truncated.
+				if d := got.GetNextAttemptTime().AsTime().Sub(got.GetLastAttemptTime().AsTime()); d < time.Hour || d > time.Hour+time.Millisecond {
 					t.Errorf("next attempt %s after the last, want the pattern's 1h", d)
 				}
 			}
@@ -308,4 +309,57 @@ func TestWatchEmails(t *testing.T) {
 	if statuses[0] != outboxv1.EmailStatus_EMAIL_STATUS_QUEUED {
 		t.Errorf("statuses %v", statuses)
 	}
+}
+
+// TestCancelWhileSendingFailsCleanly: an email a worker holds is refused per email with
+// FAILED_PRECONDITION (BEING_SENT), and its send goes on.
+func TestCancelWhileSendingFailsCleanly(t *testing.T) {
+	e := startEnv(t)
+	eva := e.as("eva", nil)
+	e.sink.SetBehavior(smtptest.Hang) // the relay takes the message and keeps the reply
+	m := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "Haengt"))
+	e.waitStatus(eva, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENDING)
+	r, err := e.outbox.Cancel(eva, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{EmailIds: []string{m.GetEmailId()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := r.GetResult().GetFailures()
+	if r.GetResult().GetSucceeded() != 0 || len(f) != 1 || f[0].GetCode() != int32(codes.FailedPrecondition) {
+		t.Fatalf("cancel while sending = %v", r.GetResult())
+	}
+	// The hang ends in the submit timeout: the outcome is unknown, held as FAILED by default.
+	got := e.waitStatus(eva, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_FAILED)
+	if got.GetAttempts()[0].GetOutcome() != outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN {
+		t.Errorf("attempt %v, want the unknown outcome", got.GetAttempts()[0])
+	}
+}
+
+// TestUserSettings: defaults, an update by field mask, and To and Subject that cannot be hidden.
+func TestUserSettings(t *testing.T) {
+	e := startEnv(t)
+	eva := e.as("eva", nil)
+	got, err := e.outbox.GetUserSettings(eva, &outboxv1.GetUserSettingsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := got.GetSettings()
+	if s.GetUserId() != "eva" || s.GetDefaultView() != outboxv1.View_VIEW_MINE || s.GetPageSize() != 50 || len(s.GetVisibleColumns()) == 0 {
+		t.Errorf("defaults %v", s)
+	}
+	_, err = e.outbox.UpdateUserSettings(eva, &outboxv1.UpdateUserSettingsRequest{
+		Settings:   &outboxv1.UserSettings{VisibleColumns: []outboxv1.Column{outboxv1.Column_COLUMN_SUBJECT}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"visible_columns"}},
+	})
+	if st := code(t, err, codes.InvalidArgument); !slices.Contains(fields(st), "settings.visible_columns") {
+		t.Errorf("violations %v", fields(st))
+	}
+	up, err := e.outbox.UpdateUserSettings(eva, &outboxv1.UpdateUserSettingsRequest{
+		Settings:   &outboxv1.UserSettings{DefaultView: outboxv1.View_VIEW_ALL, PageSize: 100},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"default_view", "page_size"}},
+	})
+	if err != nil || up.GetSettings().GetDefaultView() != outboxv1.View_VIEW_ALL || up.GetSettings().GetPageSize() != 100 || up.GetSettings().GetVersion() != 1 {
+		t.Fatalf("update = %v (%v)", up, err)
+	}
+	_, err = e.outbox.GetUserSettings(eva, &outboxv1.GetUserSettingsRequest{UserId: "max"})
+	code(t, err, codes.PermissionDenied)
 }

@@ -18,38 +18,58 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
 
-// Connector is a tenant's SMTP relay as the outbox uses it.
+// Connector is a tenant's SMTP relay as the outbox uses it: where mail leaves, how it
+// authenticates, and how failures are retried. It is plain Go so the rules below are tested
+// without gRPC or Redis; the proto message stops at the handler and the store.
 type Connector struct {
-	Tenant      string
-	ID          string
+	// Tenant owns the connector; ids are unique per tenant only.
+	Tenant string
+	// ID is chosen by the client and names the connector in every email that uses it.
+	ID string
+	// DisplayName is what people see in the outbox.
 	DisplayName string
-	Host        string
-	Port        int
-	TLS         smtp.TLSMode
-	Auth        smtp.AuthMechanism
-	Username    string
+	// Host and Port are the relay's address.
+	Host string
+	Port int
+	// TLS is how the connection is secured.
+	TLS smtp.TLSMode
+	// Auth is how the outbox authenticates (AuthNone, AuthPlain or AuthLogin); Username and
+	// SecretRef are required with a mechanism.
+	Auth     smtp.AuthMechanism
+	Username string
 	// SecretRef names where the password is: "env:NAME" or "file:/absolute/path". The secret
-	// itself is never stored or returned.
-	SecretRef    string
+	// itself is never stored or returned, so the API and Redis never hold it.
+	SecretRef string
+	// RetryPattern is the delay before the second, third, ... attempt; the last one repeats while
+	// attempts remain.
 	RetryPattern []time.Duration
 	// MaxAttempts counts every attempt, the first included; 0 means 1+len(RetryPattern).
 	MaxAttempts int
-	Enabled     bool
+	// Enabled says whether mail may leave; a disabled connector's due mail waits without using
+	// attempts.
+	Enabled bool
 	// ResendUnknown resends mail whose outcome is unknown (the connection was lost after the
-	// final dot) instead of holding it as FAILED.
+	// final dot) instead of holding it as FAILED; false is the proto's HOLD, the safe default
+	// that never sends twice.
 	ResendUnknown bool
 	// MaxMessageBytes is the relay's size limit; 0 means DefaultMaxMessageBytes.
 	MaxMessageBytes int64
 	// PoolSize bounds the connections to the relay; 0 means DefaultPoolSize.
-	PoolSize         int
-	Version          int64
+	PoolSize int
+	// Version goes up by one with every stored change, for optimistic concurrency and so the
+	// dispatcher knows when to rebuild the connector's sender.
+	Version int64
+	// Created and Updated are set by the store.
 	Created, Updated time.Time
 }
 
-// Defaults of the optional fields.
+// Defaults of the optional fields, so that a connector created with only an address works.
 const (
+	// DefaultMaxMessageBytes is 25 MiB, what common relays accept.
 	DefaultMaxMessageBytes = 25 << 20
-	DefaultPoolSize        = 4
+	// DefaultPoolSize is a few connections: enough to overlap round trips without a relay
+	// counting us as abusive.
+	DefaultPoolSize = 4
 )
 
 var (
@@ -57,8 +77,9 @@ var (
 	envPattern = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 )
 
-// Validate checks c and fills in the defaults; every problem is reported at once, with the
-// request's field paths.
+// Validate checks c and fills in the defaults (MaxAttempts, MaxMessageBytes, PoolSize). Every
+// problem is reported at once, as an errs.Violations InvalidArgument with the request's field
+// paths ("connector.host"), so a form can mark every bad field in one round trip.
 func (c *Connector) Validate() error {
 	var v errs.Violations
 	if !idPattern.MatchString(c.ID) {
@@ -125,28 +146,36 @@ func (c *Connector) Validate() error {
 	return v.Err()
 }
 
+// checkRef checks a secret reference's form (not whether it resolves: the secret may be put in
+// place after the connector is created) and says what is wrong without repeating it.
 func checkRef(ref string) error {
-	switch {
-	case strings.HasPrefix(ref, "env:"):
-		if !envPattern.MatchString(strings.TrimPrefix(ref, "env:")) {
-			return errors.New(`"env:NAME" with NAME of A-Z, 0-9 and '_'`)
-		}
-	case strings.HasPrefix(ref, "file:"):
-		if p := strings.TrimPrefix(ref, "file:"); !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "\x00\r\n") {
-			return errors.New(`"file:/absolute/path"`)
-		}
-	default:
+	if ref == "" {
 		return errors.New(`is required with an auth mechanism: "env:NAME" or "file:/absolute/path"`)
 	}
-	return nil
+	if name, ok := strings.CutPrefix(ref, "env:"); ok {
+		if !envPattern.MatchString(name) {
+			return errors.New(`"env:NAME" needs NAME of A-Z, 0-9 and '_', not starting with a digit`)
+		}
+		return nil
+	}
+	if path, ok := strings.CutPrefix(ref, "file:"); ok {
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "\x00\r\n") {
+			return errors.New(`"file:" needs an absolute path`)
+		}
+		return nil
+	}
+	return errors.New(`must be "env:NAME" or "file:/absolute/path"`)
 }
 
-// Policy is the retry policy the dispatcher applies to the connector's mail.
+// Policy is the retry policy the dispatcher applies to the connector's mail, so the outbox's
+// rules (outbox.RetryPolicy.Decide) need not know about connectors.
 func (c *Connector) Policy() outbox.RetryPolicy {
 	return outbox.RetryPolicy{Pattern: c.RetryPattern, MaxAttempts: c.MaxAttempts, ResendUnknown: c.ResendUnknown}
 }
 
-// ParsePattern reads a retry pattern such as "1m,5m,15m,1h,4h".
+// ParsePattern reads a retry pattern such as "1m,5m,15m,1h,4h" (Go durations, commas, optional
+// spaces), the form configuration and the CLI use. An empty string is no retries; an entry that
+// is not a positive duration is an error naming it. Ranges are Validate's business.
 func ParsePattern(s string) ([]time.Duration, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
@@ -162,7 +191,8 @@ func ParsePattern(s string) ([]time.Duration, error) {
 	return out, nil
 }
 
-// FormatPattern writes a retry pattern the way ParsePattern reads it.
+// FormatPattern writes a retry pattern the way ParsePattern reads it, without Go's trailing
+// zero units ("1h", not "1h0m0s"), so it reads as an admin would type it.
 func FormatPattern(p []time.Duration) string {
 	parts := make([]string, len(p))
 	for i, d := range p {
@@ -178,9 +208,11 @@ func FormatPattern(p []time.Duration) string {
 	return strings.Join(parts, ",")
 }
 
-// ResolveSecret reads the secret a reference names. Errors name the reference, never a secret.
-// getenv and readFile are injected so tests need no process environment; nil means os.Getenv
-// and os.ReadFile.
+// ResolveSecret reads the secret a reference names, at the moment it is needed, so a rotated
+// file is picked up without a restart. A file's trailing line break is dropped (editors and
+// "echo" add one). Errors name the reference, never a secret; a malformed reference is not
+// even echoed, since it may be a password pasted into the wrong field. getenv and readFile are
+// injected so tests need no process environment; nil means os.Getenv and os.ReadFile.
 func ResolveSecret(ref string, getenv func(string) string, readFile func(string) ([]byte, error)) (string, error) {
 	if getenv == nil {
 		getenv = os.Getenv
@@ -189,7 +221,7 @@ func ResolveSecret(ref string, getenv func(string) string, readFile func(string)
 		readFile = os.ReadFile
 	}
 	if err := checkRef(ref); err != nil {
-		return "", fmt.Errorf("secret reference %q: %w", ref, err)
+		return "", fmt.Errorf("malformed secret reference: %w", err)
 	}
 	if name, ok := strings.CutPrefix(ref, "env:"); ok {
 		s := getenv(name)

@@ -35,6 +35,8 @@ type Connector struct {
 	Sender  *smtp.Sender
 	Policy  outbox.RetryPolicy
 	Enabled bool
+	// MaxMessageBytes is the relay's size limit; larger mail fails without being offered.
+	MaxMessageBytes int64
 }
 
 // Dispatcher sends due mail.
@@ -196,6 +198,9 @@ func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []by
 		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: fmt.Sprintf("connector %s does not exist", e.Connector)}
 	case !c.Enabled:
 		res = smtp.Result{Outcome: outbox.OutcomeConnectorDisabled, Message: fmt.Sprintf("connector %s is disabled; enable it and retry", e.Connector)}
+	case c.MaxMessageBytes > 0 && int64(len(body)) > c.MaxMessageBytes:
+		res = smtp.Result{Outcome: outbox.OutcomePermanent, Code: 552, Enhanced: "5.3.4",
+			Message: fmt.Sprintf("the message is %d bytes; connector %s takes at most %d", len(body), e.Connector, c.MaxMessageBytes)}
 	case body == nil:
 		// The record is there without its body: nothing can be sent, ever. Fail it for a person
 		// to see rather than retry forever.

@@ -1,10 +1,13 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -18,11 +21,16 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
 
-// Connector keys share the slot {obc}: there are few, and the dispatcher reads them all.
+// Connector keys share the slot {obc}: there are few, the dispatcher reads them all at once, and
+// every write is one script that declares all three keys it touches (Redis Cluster ready).
 //
 //	{obc}:gen            counter  bumped by every write; replicas reload when it moves
-//	{obc}:all            hash     "tenant\x00id" -> encoded connector (every tenant's)
+//	{obc}:all            hash     "tenant\x00id" -> encoded outboxv1.Connector (every tenant's,
+//	                              so ListAll is one HGETALL and a consistent snapshot)
 //	{obc}:t:T:ids        zset     tenant T's connector ids (score 0), for lex-ordered paging
+//
+// A tenant's connectors are only ever addressed through fields and keys that carry the tenant,
+// so one tenant cannot read or change another's.
 const connTag = prefix + "{obc}"
 
 func connGenKey() string                 { return connTag + ":gen" }
@@ -30,13 +38,22 @@ func connAllKey() string                 { return connTag + ":all" }
 func connIDsKey(tenant string) string    { return connTag + ":t:" + tenant + ":ids" }
 func connField(tenant, id string) string { return tenant + "\x00" + id }
 
-// Connectors stores the tenants' connectors.
+// Page sizes of List: a non-positive size means defaultConnPage; larger ones are cut to
+// maxConnPage so a request cannot make one reply unbounded.
+const (
+	defaultConnPage = 50
+	maxConnPage     = 1000
+)
+
+// Connectors stores the tenants' connectors in Redis; the service layer validates them first
+// (connector.Validate) and maps the errors it returns (errs kinds) at the gRPC edge.
 type Connectors struct {
 	rdb redis.UniversalClient
 	now func() time.Time
 }
 
-// NewConnectors returns the connector store on rdb.
+// NewConnectors returns the connector store on rdb, so the service and the dispatcher's
+// registry share one source of truth across replicas.
 func NewConnectors(rdb redis.UniversalClient) *Connectors {
 	return &Connectors{rdb: rdb, now: time.Now}
 }
@@ -97,7 +114,9 @@ redis.call('INCR', KEYS[3])
 return 1
 `)
 
-// Create stores a new connector (validated by the caller) as version 1.
+// Create stores a new connector (validated by the caller) as version 1 with both times set to
+// now, and returns it as stored. An id the tenant already uses is errs.AlreadyExists; the same
+// id in another tenant is a different connector.
 func (s *Connectors) Create(ctx context.Context, c connector.Connector) (connector.Connector, error) {
 	now := s.now().UTC()
 	c.Version, c.Created, c.Updated = 1, now, now
@@ -116,7 +135,8 @@ func (s *Connectors) Create(ctx context.Context, c connector.Connector) (connect
 	return c, nil
 }
 
-// Get returns a tenant's connector.
+// Get returns a tenant's connector; errs.NotFound when the tenant has none of that id (also
+// when another tenant has), so existence never leaks across tenants.
 func (s *Connectors) Get(ctx context.Context, tenant, id string) (connector.Connector, error) {
 	b, err := s.rdb.HGet(ctx, connAllKey(), connField(tenant, id)).Bytes()
 	if errors.Is(err, redis.Nil) {
@@ -128,8 +148,15 @@ func (s *Connectors) Get(ctx context.Context, tenant, id string) (connector.Conn
 	return decodeConnector(tenant, b)
 }
 
-// List returns a page of a tenant's connectors ordered by id, and the token of the next page.
+// List returns a page of a tenant's connectors ordered by id, and the token of the next page
+// ("" after the last). The token is the last id returned (base64), so paging is keyset-based:
+// connectors created or deleted meanwhile neither repeat nor shift the pages. size <= 0 means 50,
+// and more than 1000 is cut to 1000. A token this store did not issue is errs.Invalid.
 func (s *Connectors) List(ctx context.Context, tenant string, size int, token string) ([]connector.Connector, string, error) {
+	if size <= 0 {
+		size = defaultConnPage
+	}
+	size = min(size, maxConnPage)
 	start := "-"
 	if token != "" {
 		after, err := base64.RawURLEncoding.DecodeString(token)
@@ -147,8 +174,28 @@ func (s *Connectors) List(ctx context.Context, tenant string, size int, token st
 		ids = ids[:size]
 		next = base64.RawURLEncoding.EncodeToString([]byte(ids[len(ids)-1]))
 	}
+	out, err := s.load(ctx, tenant, ids)
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, nil
+}
+
+// All returns every connector of a tenant ordered by id, for callers that need the whole set
+// (a settings page, an import) rather than a page.
+func (s *Connectors) All(ctx context.Context, tenant string) ([]connector.Connector, error) {
+	ids, err := s.rdb.ZRange(ctx, connIDsKey(tenant), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list connectors: %w", err)
+	}
+	return s.load(ctx, tenant, ids)
+}
+
+// load reads a tenant's connectors by id, in the order given, skipping those deleted since the
+// ids were read.
+func (s *Connectors) load(ctx context.Context, tenant string, ids []string) ([]connector.Connector, error) {
 	if len(ids) == 0 {
-		return nil, "", nil
+		return nil, nil
 	}
 	fields := make([]string, len(ids))
 	for i, id := range ids {
@@ -156,7 +203,7 @@ func (s *Connectors) List(ctx context.Context, tenant string, size int, token st
 	}
 	vals, err := s.rdb.HMGet(ctx, connAllKey(), fields...).Result()
 	if err != nil {
-		return nil, "", fmt.Errorf("list connectors: %w", err)
+		return nil, fmt.Errorf("read connectors: %w", err)
 	}
 	out := make([]connector.Connector, 0, len(vals))
 	for _, v := range vals {
@@ -166,32 +213,41 @@ func (s *Connectors) List(ctx context.Context, tenant string, size int, token st
 		}
 		c, err := decodeConnector(tenant, []byte(str))
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		out = append(out, c)
 	}
-	return out, next, nil
+	return out, nil
 }
 
 // Update replaces a connector (validated by the caller) if its stored version is
-// expectedVersion (0: any). The version goes up by one.
+// expectedVersion (0: any), and returns it as stored: the version one higher, Updated now,
+// Created and Enabled kept. Enabled changes only through SetEnabled, because enabling also
+// requeues held mail. A missing connector is errs.NotFound; a different stored version is
+// errs.Aborted (reason VERSION_MISMATCH): the caller read a stale copy and must read again.
 func (s *Connectors) Update(ctx context.Context, tenant string, c connector.Connector, expectedVersion int64) (connector.Connector, error) {
-	return s.modify(ctx, tenant, c.ID, expectedVersion, func(cur connector.Connector) connector.Connector {
+	return s.modify(ctx, tenant, c.ID, expectedVersion, func(cur connector.Connector) (connector.Connector, bool) {
 		c.Tenant, c.Created, c.Enabled = tenant, cur.Created, cur.Enabled
-		return c
+		return c, true
 	})
 }
 
-// SetEnabled enables or disables a connector.
+// SetEnabled enables or disables a connector and returns it as stored. Setting the state it
+// already has writes nothing (no new version), so a repeated Enable does not make every replica
+// rebuild the connector's sender and drop its pooled connections.
 func (s *Connectors) SetEnabled(ctx context.Context, tenant, id string, enabled bool) (connector.Connector, error) {
-	return s.modify(ctx, tenant, id, 0, func(cur connector.Connector) connector.Connector {
+	return s.modify(ctx, tenant, id, 0, func(cur connector.Connector) (connector.Connector, bool) {
+		if cur.Enabled == enabled {
+			return cur, false
+		}
 		cur.Enabled = enabled
-		return cur
+		return cur, true
 	})
 }
 
 // modify reads, changes and writes a connector, retrying when another write came between.
-func (s *Connectors) modify(ctx context.Context, tenant, id string, expected int64, change func(connector.Connector) connector.Connector) (connector.Connector, error) {
+// change returns false when there is nothing to write.
+func (s *Connectors) modify(ctx context.Context, tenant, id string, expected int64, change func(connector.Connector) (connector.Connector, bool)) (connector.Connector, error) {
 	for range 5 {
 		raw, err := s.rdb.HGet(ctx, connAllKey(), connField(tenant, id)).Bytes()
 		if errors.Is(err, redis.Nil) {
@@ -207,7 +263,10 @@ func (s *Connectors) modify(ctx context.Context, tenant, id string, expected int
 		if expected != 0 && cur.Version != expected {
 			return connector.Connector{}, errs.Aborted("VERSION_MISMATCH", fmt.Sprintf("connector %s is at version %d, not %d; read it again", id, cur.Version, expected))
 		}
-		next := change(cur)
+		next, changed := change(cur)
+		if !changed {
+			return cur, nil
+		}
 		next.Version, next.Updated = cur.Version+1, s.now().UTC()
 		b, err := encodeConnector(next)
 		if err != nil {
@@ -224,6 +283,7 @@ func (s *Connectors) modify(ctx context.Context, tenant, id string, expected int
 		case 0:
 			return connector.Connector{}, errs.NotFound("connector", id)
 		}
+		// -1: another write came between our read and our write; read again.
 	}
 	return connector.Connector{}, errs.Aborted("CONCURRENT_CHANGE", "the connector changed concurrently; try again")
 }
@@ -237,7 +297,8 @@ redis.call('INCR', KEYS[3])
 return 1
 `)
 
-// Delete removes a connector.
+// Delete removes a connector; errs.NotFound when the tenant has none of that id. Whether mail
+// still uses it is the service's check, made before.
 func (s *Connectors) Delete(ctx context.Context, tenant, id string) error {
 	n, err := deleteConnectorScript.Run(ctx, s.rdb, []string{connAllKey(), connIDsKey(tenant), connGenKey()}, connField(tenant, id), id).Int()
 	if err != nil {
@@ -249,8 +310,9 @@ func (s *Connectors) Delete(ctx context.Context, tenant, id string) error {
 	return nil
 }
 
-// Generation returns a number that changes with every connector write, so replicas reload only
-// when something changed.
+// Generation returns a number that changes with every connector write in any tenant (0 before
+// the first), so the dispatcher's registry in every replica polls one GET and reloads (ListAll)
+// only when something changed.
 func (s *Connectors) Generation(ctx context.Context) (int64, error) {
 	n, err := s.rdb.Get(ctx, connGenKey()).Int64()
 	if errors.Is(err, redis.Nil) {
@@ -262,7 +324,8 @@ func (s *Connectors) Generation(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-// ListAll returns every tenant's connectors, for the dispatcher's registry.
+// ListAll returns every tenant's connectors ordered by tenant and id, in one read (a consistent
+// snapshot), for the dispatcher's registry.
 func (s *Connectors) ListAll(ctx context.Context) ([]connector.Connector, error) {
 	all, err := s.rdb.HGetAll(ctx, connAllKey()).Result()
 	if err != nil {
@@ -270,7 +333,7 @@ func (s *Connectors) ListAll(ctx context.Context) ([]connector.Connector, error)
 	}
 	out := make([]connector.Connector, 0, len(all))
 	for field, v := range all {
-		tenant, _, ok := cutNUL(field)
+		tenant, _, ok := strings.Cut(field, "\x00")
 		if !ok {
 			continue
 		}
@@ -280,14 +343,8 @@ func (s *Connectors) ListAll(ctx context.Context) ([]connector.Connector, error)
 		}
 		out = append(out, c)
 	}
+	slices.SortFunc(out, func(a, b connector.Connector) int {
+		return cmp.Or(strings.Compare(a.Tenant, b.Tenant), strings.Compare(a.ID, b.ID))
+	})
 	return out, nil
-}
-
-func cutNUL(s string) (string, string, bool) {
-	for i := range len(s) {
-		if s[i] == 0 {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return "", "", false
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/postamt/postamt/internal/errs"
@@ -39,6 +40,11 @@ func tag(p int) string { return prefix + "{ob" + strconv.Itoa(p) + "}" }
 func recordKey(id string) string   { return tag(Partition(id)) + ":e:" + id }
 func attemptsKey(id string) string { return tag(Partition(id)) + ":a:" + id }
 func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
+
+// staticKey holds what never changes after submit (Meta, Extra, the recipients), apart from the
+// record: the record's fields then stay small, so Redis keeps the hash as a compact listpack
+// (hash-max-listpack-value is 64 bytes by default), which is most of P8's budget.
+func staticKey(id string) string { return tag(Partition(id)) + ":m:" + id }
 func dueKey(p int) string          { return tag(p) + ":due" }
 func eventsKey(p int) string       { return tag(p) + ":events" }
 
@@ -244,12 +250,14 @@ local function postamt_wake(dueKey, due)
 end
 `
 
-// submitScript stores a new email and its body, and indexes it by due time and in its views.
+// submitScript stores a new email, its body and its static part, and indexes it by due time
+// and in its views.
 // KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] body, KEYS[5] idempotency key (or
-// the record again when there is none), KEYS[6..] view indexes of the status.
+// the record again when there is none), KEYS[6] static part, KEYS[7..] view indexes of the
+// status.
 // ARGV[1] due ms or "" (not due: FAILED imports), ARGV[2] id, ARGV[3] index score, ARGV[4] 1 with
-// an idempotency key, ARGV[5..10] event envelope, ARGV[11] body, ARGV[12..] record field/value
-// pairs.
+// an idempotency key, ARGV[5..10] event envelope, ARGV[11] body, ARGV[12] static part,
+// ARGV[13..] record field/value pairs.
 // Returns {1, id} when stored, {0, id} with the existing email's id when the idempotency key or
 // the id is taken (nothing written). Invariant: a record is in the due index exactly while its
 // status is SCHEDULED, QUEUED, PENDING_RETRY or SENDING, and in one view index per bucket while
@@ -260,13 +268,14 @@ if ARGV[4] == '1' then
   if prev then return {0, prev} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[2]} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('SET', KEYS[4], ARGV[11])
+redis.call('SET', KEYS[6], ARGV[12])
 if ARGV[1] ~= '' then
   postamt_wake(KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 end
-for i = 6, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[2]) end
+for i = 7, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[2]) end
 if ARGV[4] == '1' then redis.call('SET', KEYS[5], ARGV[2]) end
 postamt_emit(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 return {1, ARGV[2]}
@@ -295,9 +304,9 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, 
 	if e.Score.IsZero() {
 		e.Score = e.Due
 	}
-	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), bodyKey(e.ID), ik}, indexKeys(p, e, e.Status)...)
+	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), bodyKey(e.ID), ik, staticKey(e.ID)}, indexKeys(p, e, e.Status)...)
 	argv := append([]any{due, e.ID, IndexScore(e.Score, e.ID), hasIK}, env...)
-	argv = append(argv, e.Body)
+	argv = append(argv, e.Body, encodeStatic(e))
 	argv = append(argv, recordFields(e)...)
 	res, err := submitScript.Run(ctx, l.rdb, keys, argv...).Slice()
 	if err != nil {
@@ -330,10 +339,49 @@ func recordFields(e *Email) []any {
 		"id", e.ID, "tenant", e.Tenant, "status", int(e.Status), "priority", e.Priority,
 		"due", dueField(e), "sc", IndexScore(e.Score, e.ID), "connector", e.Connector, "imported", boolField(e.Imported),
 		"attempts", e.Attempts, "version", e.Version, "fence", 0, "from", e.From,
-		"rcpts", strings.Join(e.Rcpts, ","), "bk", strings.Join(e.Buckets, ","), "ik", e.IdemKey,
-		"meta", e.Meta, "xs", e.Extra, "le", e.LastError, "la", msString(e.LastAttempt), "ff", msString(e.FirstFailure),
-		"maxa", e.MaxAttempts,
+		"bk", strings.Join(e.Buckets, ","), "ik", e.IdemKey,
+		"le", e.LastError, "la", msString(e.LastAttempt), "ff", msString(e.FirstFailure), "maxa", e.MaxAttempts,
 	}
+}
+
+// encodeStatic packs the static part as protobuf fields: 1 Meta, 2 Extra, 3 each recipient.
+func encodeStatic(e *Email) []byte {
+	b := make([]byte, 0, len(e.Meta)+len(e.Extra)+16*len(e.Rcpts)+8)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, e.Meta)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendBytes(b, e.Extra)
+	for _, r := range e.Rcpts {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendString(b, r)
+	}
+	return b
+}
+
+// decodeStatic unpacks what encodeStatic wrote into e.
+func decodeStatic(b []byte, e *Email) error {
+	e.Meta, e.Extra, e.Rcpts = nil, nil, nil
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			return fmt.Errorf("static part of %s: malformed", e.ID)
+		}
+		b = b[n:]
+		v, m := protowire.ConsumeBytes(b)
+		if m < 0 {
+			return fmt.Errorf("static part of %s: malformed", e.ID)
+		}
+		b = b[m:]
+		switch num {
+		case 1:
+			e.Meta = v
+		case 2:
+			e.Extra = v
+		case 3:
+			e.Rcpts = append(e.Rcpts, string(v))
+		}
+	}
+	return nil
 }
 
 // IDForKey reports whether an email id may carry an idempotency key of tenant: the id must be in
@@ -380,7 +428,7 @@ return out
 `)
 
 // claimFields are the record fields Claim reads to choose and then hand to the worker.
-var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "rcpts", "ik", "meta", "maxa", "ff", "xs", "rb"}
+var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "ik", "maxa", "ff", "rb"}
 
 // Claim leases up to batch emails of partition p that are due at now, until now+lease: high
 // before normal before low priority, oldest due first, within a window of 4×batch of the oldest
@@ -398,8 +446,10 @@ func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lea
 	}
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(zs))
+	statics := make([]*redis.StringCmd, len(zs))
 	for i, z := range zs {
 		cmds[i] = pipe.HMGet(ctx, recordKey(z.Member.(string)), claimFields...)
+		statics[i] = pipe.Get(ctx, staticKey(z.Member.(string)))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read due records: %w", err)
@@ -416,6 +466,9 @@ func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lea
 		}
 		e, err := claimedRecord(z.Member.(string), v)
 		if err != nil {
+			return nil, err
+		}
+		if err := decodeStatic([]byte(statics[i].Val()), &e); err != nil {
 			return nil, err
 		}
 		if !inDue(e.Status) {
@@ -479,14 +532,11 @@ func claimedRecord(id string, v []any) (Email, error) {
 	n := func(i int) int64 { x, _ := strconv.ParseInt(s(i), 10, 64); return x }
 	e := Email{
 		ID: id, Status: outbox.Status(n(0)), Priority: int(n(1)), Version: n(2), Tenant: s(4),
-		Attempts: int(n(5)), Connector: s(6), Imported: s(7) == "1", From: s(8), IdemKey: s(10),
-		Meta: []byte(s(11)), MaxAttempts: int(n(12)), FirstFailure: msTime(s(13)), Extra: []byte(s(14)), RetryBase: int(n(15)),
+		Attempts: int(n(5)), Connector: s(6), Imported: s(7) == "1", From: s(8), IdemKey: s(9),
+		MaxAttempts: int(n(10)), FirstFailure: msTime(s(11)), RetryBase: int(n(12)),
 	}
 	if b := s(3); b != "" {
 		e.Buckets = strings.Split(b, ",")
-	}
-	if r := s(9); r != "" {
-		e.Rcpts = strings.Split(r, ",")
 	}
 	if e.Tenant == "" {
 		return Email{}, fmt.Errorf("claim: record %s has no tenant", id)
@@ -514,12 +564,12 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 
 // applyScript is every transition after submit: a worker's result and a person's action.
 // KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] attempt history, KEYS[5] body,
-// KEYS[6] idempotency key (or the record), KEYS[7] disabled set (or the record),
-// KEYS[8..7+n] old view index keys, KEYS[8+n..] new view index keys.
+// KEYS[6] idempotency key (or the record), KEYS[7] disabled set (or the record), KEYS[8] static
+// part, KEYS[9..8+n] old view index keys, KEYS[9+n..] new view index keys.
 // ARGV[1] expected version, ARGV[2] expected fence or "", ARGV[3] new version, ARGV[4] new
 // status, ARGV[5] n, ARGV[6] id, ARGV[7] due ms or "" (leaves the due index), ARGV[8] index
 // score, ARGV[9] history entry or "", ARGV[10] retention ms or "" (final: the record, body,
-// history and idempotency key expire then), ARGV[11] "add"/"rem"/"" for the disabled set,
+// history, static part and idempotency key expire then), ARGV[11] "add"/"rem"/"" for the disabled set,
 // ARGV[12] attempts: "inc", "reset" or "", ARGV[13..18] event envelope, ARGV[19..] field/value
 // pairs to set.
 // Returns the new version, or 0 when the version or fence does not match (nothing written).
@@ -538,12 +588,12 @@ else
   redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
 end
 local n = tonumber(ARGV[5])
-for i = 8, 7 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
-for i = 8 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
+for i = 9, 8 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
+for i = 9 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
 if ARGV[11] == 'add' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6])
 elseif ARGV[11] == 'rem' then redis.call('ZREM', KEYS[7], ARGV[6]) end
 if ARGV[10] ~= '' then
-  for i = 4, 6 do
+  for _, i in ipairs({4, 5, 6, 8}) do
     if KEYS[i] ~= KEYS[1] then redis.call('PEXPIRE', KEYS[i], ARGV[10]) end
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
@@ -645,7 +695,7 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 		return err
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
-	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd}, old...)
+	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID)}, old...)
 	keys = append(keys, nw...)
 	due := ""
 	if !c.Due.IsZero() {
@@ -670,49 +720,55 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 
 // Get reads an email's record.
 func (l *Ledger) Get(ctx context.Context, id string) (*Email, error) {
-	h, err := l.rdb.HGetAll(ctx, recordKey(id)).Result()
+	es, err := l.GetMany(ctx, []string{id})
 	if err != nil {
-		return nil, fmt.Errorf("read email: %w", err)
+		return nil, err
 	}
-	if len(h) == 0 {
+	if len(es) == 0 {
 		return nil, errs.NotFound("email", id)
 	}
-	return parseRecord(h), nil
+	return es[0], nil
 }
 
-func parseRecord(h map[string]string) *Email {
+func parseRecord(h map[string]string, static string) (*Email, error) {
 	n := func(k string) int64 { v, _ := strconv.ParseInt(h[k], 10, 64); return v }
 	e := &Email{
 		ID: h["id"], Tenant: h["tenant"], Status: outbox.Status(n("status")), Priority: int(n("priority")),
 		Due: msTime(h["due"]), Score: scoreTime(n("sc")), Connector: h["connector"], Imported: h["imported"] == "1",
 		Attempts: int(n("attempts")), Version: n("version"), Fence: n("fence"), From: h["from"],
-		IdemKey: h["ik"], Meta: []byte(h["meta"]), Extra: []byte(h["xs"]), LastError: h["le"], LastAttempt: msTime(h["la"]),
+		IdemKey: h["ik"], LastError: h["le"], LastAttempt: msTime(h["la"]),
 		FirstFailure: msTime(h["ff"]), SentTime: msTime(h["st"]), CancelTime: msTime(h["ct"]),
 		MaxAttempts: int(n("maxa")), RetryBase: int(n("rb")),
-	}
-	if r := h["rcpts"]; r != "" {
-		e.Rcpts = strings.Split(r, ",")
 	}
 	if b := h["bk"]; b != "" {
 		e.Buckets = strings.Split(b, ",")
 	}
-	return e
+	if err := decodeStatic([]byte(static), e); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // GetMany reads several records in one round trip; missing ones are left out.
 func (l *Ledger) GetMany(ctx context.Context, ids []string) ([]*Email, error) {
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	statics := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HGetAll(ctx, recordKey(id))
+		statics[i] = pipe.Get(ctx, staticKey(id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read emails: %w", err)
 	}
 	out := make([]*Email, 0, len(ids))
-	for _, c := range cmds {
+	for i, c := range cmds {
 		if h := c.Val(); len(h) > 0 {
-			out = append(out, parseRecord(h))
+			e, err := parseRecord(h, statics[i].Val())
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
 		}
 	}
 	return out, nil

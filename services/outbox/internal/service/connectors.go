@@ -146,7 +146,7 @@ func (r *Registry) Lookup(tenant, id string) (dispatch.Connector, bool) {
 	if !ok {
 		return dispatch.Connector{}, false
 	}
-	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled}, true
+	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes}, true
 }
 
 // Exists implements ConnectorCheck from the store, so a connector created a moment ago in

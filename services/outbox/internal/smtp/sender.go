@@ -209,7 +209,9 @@ func (s *Sender) Send(ctx context.Context, from string, rcpts []string, msg []by
 	if err != nil {
 		return classify(err, false)
 	}
-	if err := c.Mail(from, nil); err != nil {
+	// SIZE (RFC 1870), where the relay offers it, lets it refuse an oversize message before the
+	// data is sent.
+	if err := c.Mail(from, &gosmtp.MailOptions{Size: int64(len(msg))}); err != nil {
 		_ = c.Close()
 		return classify(err, false)
 	}
