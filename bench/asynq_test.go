@@ -207,4 +207,3 @@ func BenchmarkP2Asynq(b *testing.B) {
 		mu.Unlock()
 	}
 }
-

@@ -45,8 +45,8 @@ func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
 // record: the record's fields then stay small, so Redis keeps the hash as a compact listpack
 // (hash-max-listpack-value is 64 bytes by default), which is most of P8's budget.
 func staticKey(id string) string { return tag(Partition(id)) + ":m:" + id }
-func dueKey(p int) string          { return tag(p) + ":due" }
-func eventsKey(p int) string       { return tag(p) + ":events" }
+func dueKey(p int) string        { return tag(p) + ":due" }
+func eventsKey(p int) string     { return tag(p) + ":events" }
 
 // idemKey maps an idempotency key to its email. It lives in the partition of the email, whose id
 // is chosen so (see IDForKey).
