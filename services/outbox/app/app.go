@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,6 +25,7 @@ import (
 	"github.com/postamt/postamt/internal/redisx"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/directory"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
 	"github.com/postamt/postamt/services/outbox/internal/grpcapi"
@@ -56,6 +58,8 @@ type Config struct {
 	Lease              time.Duration `env:"OUTBOX_LEASE, default=2m" desc:"how long a claim holds; a crashed replica's mail is due again after it (longer than the SMTP submit timeout)"`
 	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply"`
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
+	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref (env:NAME) may name"`
+	SecretDir          string        `env:"OUTBOX_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a connector's secret_ref (file:/path) may name"`
 	RelayBatch         int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle     time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
 }
@@ -76,6 +80,7 @@ func (c *Config) Validate() error {
 	check(c.Retention >= time.Minute, "OUTBOX_RETENTION must be at least 1m, got %s", c.Retention)
 	check(c.ClaimBatch >= 1 && c.ClaimBatch <= 1000, "OUTBOX_CLAIM_BATCH must be between 1 and 1000, got %d", c.ClaimBatch)
 	check(c.Lease > c.SMTPSubmitTimeout, "OUTBOX_LEASE (%s) must be longer than OUTBOX_SMTP_SUBMIT_TIMEOUT (%s), or mail still being sent is claimed again", c.Lease, c.SMTPSubmitTimeout)
+	check(c.SecretEnvPrefix != "" && c.SecretDir != "" && strings.HasPrefix(c.SecretDir, "/"), "OUTBOX_SECRET_ENV_PREFIX and OUTBOX_SECRET_DIR (absolute) are required: they bound what connectors may read")
 	check(c.RelayBatch >= 1 && c.RelayBatch <= 10000, "OUTBOX_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch)
 	check(c.RelayClaimIdle >= time.Second, "OUTBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle)
 	return errors.Join(errList...)
@@ -144,6 +149,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.registry = service.NewRegistry(connStore, service.SenderOptions{
 		CommandTimeout: cfg.SMTPCommandTimeout, SubmitTimeout: cfg.SMTPSubmitTimeout,
 		Getenv: deps.Getenv, ReadFile: deps.ReadFile,
+		Scope: connector.SecretScope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir},
 	}, deps.Logger)
 	limits := outbox.DefaultLimits()
 	limits.MaxMessageBytes, limits.MaxRecipients, limits.Horizon = cfg.MaxMessageBytes, cfg.MaxRecipients, cfg.ScheduleHorizon

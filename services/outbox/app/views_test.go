@@ -229,6 +229,18 @@ func TestConnectorDisableEnable(t *testing.T) {
 		_, err := e.outbox.DisableConnector(eva, &outboxv1.DisableConnectorRequest{ConnectorId: "default"})
 		code(t, err, codes.PermissionDenied)
 	})
+	t.Run("a secret reference outside the operator's scope is refused", func(t *testing.T) {
+		host, port := e.sinkHostPort()
+		for _, ref := range []string{"env:AUTH_HS256_SECRET", "file:/etc/shadow"} {
+			_, err := e.outbox.CreateConnector(e.admin(), &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
+				ConnectorId: "neugierig", Host: host, Port: port, AuthMechanism: outboxv1.AuthMechanism_AUTH_MECHANISM_PLAIN,
+				Username: "x", SecretRef: ref,
+			}})
+			if st := code(t, err, codes.InvalidArgument); !slices.Contains(fields(st), "connector.secret_ref") {
+				t.Errorf("%s: violations %v", ref, fields(st))
+			}
+		}
+	})
 	t.Run("the secret is a reference and never returned", func(t *testing.T) {
 		c, err := e.outbox.GetConnector(eva, &outboxv1.GetConnectorRequest{ConnectorId: "default"})
 		if err != nil || c.GetConnector().GetHost() == "" {

@@ -244,3 +244,31 @@ func ResolveSecret(ref string, getenv func(string) string, readFile func(string)
 	}
 	return s, nil
 }
+
+// SecretScope bounds what a secret reference may name. Tenant admins write connectors; without
+// a scope, one could point secret_ref at any variable or file the outbox can read and have it
+// sent as the AUTH password to a relay of their own. The operator sets the scope.
+type SecretScope struct {
+	// EnvPrefix is the prefix every env: reference must carry, e.g. "POSTAMT_SMTP_".
+	EnvPrefix string
+	// Dir is the directory every file: reference must be inside, e.g. "/run/secrets/postamt".
+	Dir string
+}
+
+// Check reports whether ref is inside the scope.
+func (s SecretScope) Check(ref string) error {
+	if name, ok := strings.CutPrefix(ref, "env:"); ok {
+		if s.EnvPrefix == "" || !strings.HasPrefix(name, s.EnvPrefix) {
+			return fmt.Errorf("env: references must name a variable starting with %q", s.EnvPrefix)
+		}
+		return nil
+	}
+	if p, ok := strings.CutPrefix(ref, "file:"); ok {
+		dir := strings.TrimSuffix(s.Dir, "/")
+		if dir == "" || !strings.HasPrefix(p, dir+"/") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/..") {
+			return fmt.Errorf("file: references must name a file in %s", s.Dir)
+		}
+		return nil
+	}
+	return nil // not a reference; Validate reports it
+}

@@ -328,3 +328,22 @@ func TestResolveSecretDefaults(t *testing.T) {
 		t.Errorf("missing file: %v, want ErrNotExist", err)
 	}
 }
+
+func TestSecretScope(t *testing.T) {
+	s := SecretScope{EnvPrefix: "POSTAMT_SMTP_", Dir: "/run/secrets/postamt"}
+	for ref, ok := range map[string]bool{
+		"env:POSTAMT_SMTP_KANZLEI":                 true,
+		"env:AUTH_HS256_SECRET":                    false,
+		"file:/run/secrets/postamt/kanzlei":        true,
+		"file:/etc/shadow":                         false,
+		"file:/run/secrets/postamt/../other":       false,
+		"file:/run/secrets/postamt-other/password": false,
+	} {
+		if err := s.Check(ref); (err == nil) != ok {
+			t.Errorf("Check(%q) = %v, want allowed %v", ref, err, ok)
+		}
+	}
+	if err := (SecretScope{}).Check("env:ANY"); err == nil {
+		t.Error("an empty scope allows env references")
+	}
+}

@@ -24,6 +24,9 @@ import (
 // SenderOptions are the SMTP settings every connector's sender shares.
 type SenderOptions struct {
 	CommandTimeout, SubmitTimeout time.Duration
+	// Scope bounds the secret references connectors may use; resolving checks it again, so a
+	// connector stored before the scope was narrowed cannot read outside it.
+	Scope connector.SecretScope
 	// Getenv and ReadFile resolve secret references.
 	Getenv   func(string) string
 	ReadFile func(string) ([]byte, error)
@@ -103,7 +106,12 @@ func (r *Registry) newSender(c connector.Connector) *smtp.Sender {
 		Host: c.Host, Port: c.Port, TLS: c.TLS, PoolSize: c.PoolSize,
 		CommandTimeout: r.opts.CommandTimeout, SubmitTimeout: r.opts.SubmitTimeout,
 		Auth: c.Auth, Username: c.Username,
-		Secret: func() (string, error) { return connector.ResolveSecret(ref, r.opts.Getenv, r.opts.ReadFile) },
+		Secret: func() (string, error) {
+			if err := r.opts.Scope.Check(ref); err != nil {
+				return "", fmt.Errorf("secret reference refused: %w", err)
+			}
+			return connector.ResolveSecret(ref, r.opts.Getenv, r.opts.ReadFile)
+		},
 	})
 }
 
@@ -197,7 +205,7 @@ func (a *ConnectorAdmin) Create(ctx context.Context, p auth.Principal, in *outbo
 	if err := adminOnly(p); err != nil {
 		return nil, err
 	}
-	c, err := connectorFrom(p.Tenant, in)
+	c, err := a.connectorFrom(p.Tenant, in)
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +289,7 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 			return nil, errs.Invalid("update_mask", fmt.Sprintf("field %q cannot be changed here (enabled: use EnableConnector and DisableConnector)", f))
 		}
 	}
-	c, err := connectorFrom(p.Tenant, merged)
+	c, err := a.connectorFrom(p.Tenant, merged)
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +402,20 @@ func (a *ConnectorAdmin) requeue(ctx context.Context, id string) (bool, error) {
 	return false, redisstore.ErrChanged
 }
 
-// connectorFrom validates a connector from the API.
+// connectorFrom validates a connector from the API, its secret reference within the scope.
+func (a *ConnectorAdmin) connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, error) {
+	c, err := connectorFrom(tenant, in)
+	if err != nil {
+		return c, err
+	}
+	if c.SecretRef != "" {
+		if err := a.registry.opts.Scope.Check(c.SecretRef); err != nil {
+			return connector.Connector{}, errs.Invalid("connector.secret_ref", err.Error())
+		}
+	}
+	return c, nil
+}
+
 func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, error) {
 	if in == nil {
 		return connector.Connector{}, errs.Invalid("connector", "is required")

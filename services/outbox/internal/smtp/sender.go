@@ -20,31 +20,42 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
 
-// TLSMode is how the connection to the relay is secured.
+// TLSMode is how the connection to the relay is secured; a connector chooses it because relays
+// differ (port 465 speaks TLS at once, 587 upgrades, a relay on a trusted network may do neither).
 type TLSMode int
 
-// The TLS modes.
+// The TLS modes; the values match postamt.outbox.v1.TlsMode, and zero is "not set".
 const (
+	// TLSNone is plain text, for a relay on a trusted network (and the development catcher).
 	TLSNone TLSMode = iota + 1
+	// TLSStartTLS upgrades a plain connection, and fails if the relay does not offer STARTTLS.
 	TLSStartTLS
+	// TLSImplicit speaks TLS from the first byte (port 465).
 	TLSImplicit
 )
 
-// AuthMechanism is how the outbox authenticates to the relay.
+// AuthMechanism is how the outbox authenticates to the relay, since most relays accept mail for
+// the world only from authenticated clients.
 type AuthMechanism int
 
-// The mechanisms.
+// The mechanisms; the values match postamt.outbox.v1.AuthMechanism, and zero means none.
 const (
+	// AuthNone sends no AUTH: the relay trusts the network.
 	AuthNone AuthMechanism = iota + 1
+	// AuthPlain is SASL PLAIN (RFC 4616), which every relay that authenticates offers.
 	AuthPlain
+	// AuthLogin is the obsolete LOGIN mechanism, for relays (older Exchange) without PLAIN.
 	AuthLogin
 )
 
-// Config describes one connector's relay.
+// Config describes one connector's relay; zero values of the optional fields are the documented
+// defaults, so a connector only sets what it changes.
 type Config struct {
+	// Host and Port are the relay's address; Host is also the TLS server name.
 	Host string
 	Port int
-	TLS  TLSMode
+	// TLS is how the connection is secured.
+	TLS TLSMode
 	// TLSConfig overrides certificate checks (tests with a self-signed relay).
 	TLSConfig *tls.Config
 	// LocalName is sent in EHLO; empty means "localhost".
@@ -56,22 +67,31 @@ type Config struct {
 	// PoolSize bounds the connections to the relay, open at once and kept idle for reuse; a send
 	// waits for a free one. 0 means 4.
 	PoolSize int
-	// Auth, Username and Secret authenticate each new connection. Secret is called at dial time,
-	// so a rotated secret file is used from the next connection on.
+	// Auth, Username and Secret authenticate each new connection (AuthNone or zero: no AUTH).
+	// Secret is called at dial time, so a rotated secret file is used from the next connection
+	// on; its error must not contain the secret, as it becomes the attempt's message. A 535
+	// reply to AUTH is a permanent outcome, a 454 a temporary one, and a Secret that fails (or
+	// is nil) is temporary: an admin can put the file in place and the mail goes out.
 	Auth     AuthMechanism
 	Username string
 	Secret   func() (string, error)
 }
 
-// Result is how an attempt ended, with what the relay said.
+// Result is how an attempt ended, with what the relay said, so the outbox can decide what
+// follows and show the person why.
 type Result struct {
-	Outcome  outbox.Outcome
-	Code     int
+	// Outcome is what the outbox's rules act on.
+	Outcome outbox.Outcome
+	// Code is the SMTP reply code; 0 when there was no reply (network error, timeout).
+	Code int
+	// Enhanced is the RFC 3463 code ("5.7.8") when the relay sent one.
 	Enhanced string
-	Message  string
+	// Message is the relay's text or the error, never a secret.
+	Message string
 }
 
-// Sender delivers to one relay, reusing connections.
+// Sender delivers to one relay, reusing connections: a connection and its TLS and AUTH
+// handshakes cost several round trips, a message on an open one costs four.
 type Sender struct {
 	cfg   Config
 	slots chan struct{}
@@ -90,7 +110,7 @@ type pooled struct {
 // Older connections are probed, since relays close idle ones.
 const freshFor = 2 * time.Second
 
-// New returns a Sender for cfg.
+// New returns a Sender for cfg; it dials nothing until the first Send.
 func New(cfg Config) *Sender {
 	if cfg.CommandTimeout == 0 {
 		cfg.CommandTimeout = 30 * time.Second
@@ -107,7 +127,8 @@ func New(cfg Config) *Sender {
 	return &Sender{cfg: cfg, slots: make(chan struct{}, cfg.PoolSize)}
 }
 
-// Close closes the idle connections.
+// Close quits the idle connections, when the connector changes or the service stops. A Send
+// after Close dials again.
 func (s *Sender) Close() {
 	s.mu.Lock()
 	idle := s.idle
@@ -178,10 +199,14 @@ func (s *Sender) dial(ctx context.Context) (*gosmtp.Client, error) {
 		return nil, fmt.Errorf("EHLO to %s: %w", addr, err)
 	}
 	if s.cfg.Auth == AuthPlain || s.cfg.Auth == AuthLogin {
+		if s.cfg.Secret == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("AUTH to %s not attempted: no password source configured", addr)
+		}
 		secret, err := s.cfg.Secret()
 		if err != nil {
 			_ = c.Close()
-			return nil, fmt.Errorf("AUTH to %s: %w", addr, err)
+			return nil, fmt.Errorf("AUTH to %s not attempted: %w", addr, err)
 		}
 		mech := sasl.NewPlainClient("", s.cfg.Username, secret)
 		if s.cfg.Auth == AuthLogin {

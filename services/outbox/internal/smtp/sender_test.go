@@ -3,12 +3,20 @@ package smtp_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
+	gosmtp "github.com/emersion/go-smtp"
+
 	"github.com/postamt/postamt/internal/testkit/smtptest"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
@@ -96,33 +104,138 @@ func TestRelayDown(t *testing.T) {
 	}
 }
 
-// TestAuth: PLAIN and LOGIN against a sink that requires credentials; a wrong password is a
-// permanent 535, and a secret that cannot be read is temporary (an admin can fix the file).
-func TestAuth(t *testing.T) {
-	sink := smtptest.Start(t, smtptest.WithAuth("kanzlei", "s3cret"))
-	host, port, _ := net.SplitHostPort(sink.Addr())
-	p, _ := strconv.Atoi(port)
-	send := func(mech smtp.AuthMechanism, secret func() (string, error)) smtp.Result {
-		s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 2 * time.Second, Auth: mech, Username: "kanzlei", Secret: secret})
-		defer s.Close()
-		return s.Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))
+// authSender returns a Sender that authenticates to sink with mech, user "kanzlei" and secret.
+func authSender(t *testing.T, addr string, mech smtp.AuthMechanism, secret func() (string, error)) *smtp.Sender {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	good := func() (string, error) { return "s3cret", nil }
+	p, _ := strconv.Atoi(port)
+	s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 2 * time.Second, Auth: mech, Username: "kanzlei", Secret: secret})
+	t.Cleanup(s.Close)
+	return s
+}
+
+func fixed(secret string) func() (string, error) {
+	return func() (string, error) { return secret, nil }
+}
+
+// TestAuth: PLAIN and LOGIN against a sink that requires credentials (the sink implements both
+// mechanisms' server side); a wrong password is a permanent 535, and a secret that cannot be
+// read is temporary (an admin can fix the file). No message names a secret.
+func TestAuth(t *testing.T) {
+	tests := []struct {
+		name    string
+		mech    smtp.AuthMechanism
+		secret  func() (string, error)
+		outcome outbox.Outcome
+		code    int
+	}{
+		{"PLAIN", smtp.AuthPlain, fixed("s3cret"), outbox.OutcomeSent, 250},
+		{"LOGIN", smtp.AuthLogin, fixed("s3cret"), outbox.OutcomeSent, 250},
+		{"PLAIN, wrong password", smtp.AuthPlain, fixed("falsch"), outbox.OutcomePermanent, 535},
+		{"LOGIN, wrong password", smtp.AuthLogin, fixed("falsch"), outbox.OutcomePermanent, 535},
+		{"secret unreadable", smtp.AuthLogin, func() (string, error) {
+			return "", errors.New(`secret reference "file:/run/x": no such file or directory`)
+		}, outbox.OutcomeTemporary, 0},
+		{"no secret source", smtp.AuthPlain, nil, outbox.OutcomeTemporary, 0},
+		// The relay insists at MAIL (go-smtp says 502 5.7.0, others 530): the connector is
+		// misconfigured, and mail fails for good.
+		{"no AUTH configured", smtp.AuthNone, nil, outbox.OutcomePermanent, 502},
+		{"mechanism not set", 0, nil, outbox.OutcomePermanent, 502},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sink := smtptest.Start(t, smtptest.WithAuth("kanzlei", "s3cret"))
+			got := authSender(t, sink.Addr(), tt.mech, tt.secret).Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))
+			if got.Outcome != tt.outcome || got.Code != tt.code {
+				t.Errorf("Send = %+v, want outcome %d code %d", got, tt.outcome, tt.code)
+			}
+			if strings.Contains(got.Message, "s3cret") || strings.Contains(got.Message, "falsch") {
+				t.Errorf("message %q contains a secret", got.Message)
+			}
+			if tt.outcome == outbox.OutcomeTemporary && !strings.Contains(got.Message, "AUTH") {
+				t.Errorf("message %q does not say that AUTH could not be attempted", got.Message)
+			}
+			if n := len(sink.Messages()); (tt.outcome == outbox.OutcomeSent) != (n == 1) {
+				t.Errorf("sink recorded %d messages", n)
+			}
+		})
+	}
+}
+
+// TestAuthTemporaryFailure: a relay whose authentication backend is down answers 454 (RFC
+// 4954), which is retried, not failed.
+func TestAuthTemporaryFailure(t *testing.T) {
+	srv := gosmtp.NewServer(gosmtp.BackendFunc(func(*gosmtp.Conn) (gosmtp.Session, error) { return authOutage{}, nil }))
+	srv.Domain, srv.AllowInsecureAuth = "relay.localhost", true
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+
 	for _, mech := range []smtp.AuthMechanism{smtp.AuthPlain, smtp.AuthLogin} {
-		if r := send(mech, good); r.Outcome != outbox.OutcomeSent {
-			t.Errorf("mechanism %d: %+v", mech, r)
+		got := authSender(t, l.Addr().String(), mech, fixed("s3cret")).Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))
+		if got.Outcome != outbox.OutcomeTemporary || got.Code != 454 || got.Enhanced != "4.7.0" {
+			t.Errorf("mechanism %d: Send = %+v, want a temporary 454 4.7.0", mech, got)
 		}
 	}
-	if r := send(smtp.AuthPlain, func() (string, error) { return "falsch", nil }); r.Outcome != outbox.OutcomePermanent || r.Code != 535 {
-		t.Errorf("wrong password: %+v, want a permanent 535", r)
+}
+
+// authOutage is a relay session whose AUTH always fails temporarily.
+type authOutage struct{}
+
+func (authOutage) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+func (authOutage) Auth(string) (sasl.Server, error) {
+	// go-smtp answers an error that is not an SMTPError with 454 4.7.0.
+	return sasl.NewPlainServer(func(string, string, string) error { return errors.New("directory unreachable") }), nil
+}
+func (authOutage) Mail(string, *gosmtp.MailOptions) error { return gosmtp.ErrAuthRequired }
+func (authOutage) Rcpt(string, *gosmtp.RcptOptions) error { return gosmtp.ErrAuthRequired }
+func (authOutage) Data(io.Reader) error                   { return gosmtp.ErrAuthRequired }
+func (authOutage) Reset()                                 {}
+func (authOutage) Logout() error                          { return nil }
+
+// TestAuthSecretRotation: the secret is read when a connection is made, not when the sender is
+// built, so fixing or rotating the file takes effect without restarting anything; an open
+// connection is reused without reading it again.
+func TestAuthSecretRotation(t *testing.T) {
+	sink := smtptest.Start(t, smtptest.WithAuth("kanzlei", "s3cret"))
+	file := filepath.Join(t.TempDir(), "smtp-password")
+	if err := os.WriteFile(file, []byte("old-password\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if r := send(smtp.AuthLogin, func() (string, error) { return "", errors.New(`secret reference "file:/run/x": no such file`) }); r.Outcome != outbox.OutcomeTemporary {
-		t.Errorf("unreadable secret: %+v, want temporary", r)
+	reads := 0
+	s := authSender(t, sink.Addr(), smtp.AuthPlain, func() (string, error) {
+		reads++
+		return connector.ResolveSecret("file:"+file, nil, nil)
+	})
+	send := func() smtp.Result {
+		return s.Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))
 	}
-	if r := send(0, nil); r.Outcome != outbox.OutcomePermanent {
-		t.Errorf("no credentials: %+v, want the sink's refusal", r)
+	if got := send(); got.Outcome != outbox.OutcomePermanent || got.Code != 535 {
+		t.Fatalf("with the old password: %+v, want a permanent 535", got)
 	}
-	if n := len(sink.Messages()); n != 2 {
-		t.Errorf("%d messages delivered, want 2", n)
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if got := send(); got.Outcome != outbox.OutcomeSent {
+			t.Fatalf("send %d after the rotation: %+v", i, got)
+		}
+	}
+	if reads != 2 {
+		t.Errorf("secret read %d times, want 2 (one per connection)", reads)
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // the next send needs a new connection, and the file is gone
+	if got := send(); got.Outcome != outbox.OutcomeTemporary || !strings.Contains(got.Message, file) {
+		t.Errorf("with the file gone: %+v, want temporary, naming the reference", got)
 	}
 }
