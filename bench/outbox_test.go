@@ -100,7 +100,7 @@ func startSuite(b *testing.B) *suite {
 	host, port, _ := net.SplitHostPort(s.sink.Addr())
 	p, _ := strconv.Atoi(port)
 	must(s.outbox.CreateConnector(s.admin, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
-		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, PoolSize: 32,
+		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, PoolSize: int32(envInt("POSTAMT_BENCH_POOL", 32)),
 		RetryPattern: []*durationpb.Duration{durationpb.New(time.Minute)},
 	}}))
 	must(s.outbox.UpdateUserSettings(s.user, &outboxv1.UpdateUserSettingsRequest{

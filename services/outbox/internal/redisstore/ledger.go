@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +44,17 @@ func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
 // record: the record's fields then stay small, so Redis keeps the hash as a compact listpack
 // (hash-max-listpack-value is 64 bytes by default), which is most of P8's budget.
 func staticKey(id string) string { return tag(Partition(id)) + ":m:" + id }
-func dueKey(p int) string        { return tag(p) + ":due" }
+// dueKey is the due index of one priority (1 high, 2 normal, 3 low) in a partition: a claim
+// takes high before normal before low, each oldest first, by reading the indexes in that order.
+func dueKey(p, prio int) string { return tag(p) + ":due:" + strconv.Itoa(clampPrio(prio)) }
+
+// clampPrio keeps a priority to the three indexes; unset is normal.
+func clampPrio(prio int) int {
+	if prio == 0 {
+		return 2
+	}
+	return min(max(prio, 1), 3)
+}
 func eventsKey(p int) string     { return tag(p) + ":events" }
 
 // idemKey maps an idempotency key to its email. It lives in the partition of the email, whose id
@@ -233,8 +242,10 @@ const WakeChannel = prefix + "wake"
 // WakePartition returns the partition a WakeChannel message names, or false.
 func WakePartition(msg string) (int, bool) {
 	for p := range Partitions {
-		if msg == dueKey(p) {
-			return p, true
+		for prio := 1; prio <= 3; prio++ {
+			if msg == dueKey(p, prio) {
+				return p, true
+			}
 		}
 	}
 	return 0, false
@@ -304,7 +315,7 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, 
 	if e.Score.IsZero() {
 		e.Score = e.Due
 	}
-	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), bodyKey(e.ID), ik, staticKey(e.ID)}, indexKeys(p, e, e.Status)...)
+	keys := append([]string{recordKey(e.ID), dueKey(p, e.Priority), eventsKey(p), bodyKey(e.ID), ik, staticKey(e.ID)}, indexKeys(p, e, e.Status)...)
 	argv := append([]any{due, e.ID, IndexScore(e.Score, e.ID), hasIK}, env...)
 	argv = append(argv, e.Body, encodeStatic(e))
 	argv = append(argv, recordFields(e)...)
@@ -392,7 +403,7 @@ func IDForKey(id, tenant, key string) bool {
 }
 
 // claimScript leases chosen due emails to a worker.
-// KEYS[1] due index, then per candidate: its record, then its old and new (SENDING) view index
+// KEYS, per candidate: its due index, its record, then its old and new (SENDING) view index
 // keys. ARGV[1] now ms, ARGV[2] lease end ms, then per candidate: id, the version it was read
 // at, the number of view index keys (old and new, half each), and its index score at the lease
 // end.
@@ -407,13 +418,13 @@ local k = 2
 local a = 3
 while a <= #ARGV do
   local id, ver, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local rec = KEYS[k]
-  local score = redis.call('ZSCORE', KEYS[1], id)
+  local due, rec = KEYS[k - 1], KEYS[k]
+  local score = redis.call('ZSCORE', due, id)
   if score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
     local fence = redis.call('HINCRBY', rec, 'fence', 1)
     local version = redis.call('HINCRBY', rec, 'version', 1)
     redis.call('HSET', rec, 'status', 3, 'due', ARGV[2], 'sc', ARGV[a + 3])
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('ZADD', due, ARGV[2], id)
     local half = nidx / 2
     for j = 1, half do
       redis.call('ZREM', KEYS[k + j], id)
@@ -421,7 +432,7 @@ while a <= #ARGV do
     end
     out[#out + 1] = {id, fence, version}
   end
-  k = k + 1 + nidx
+  k = k + 2 + nidx
   a = a + 4
 end
 return out
@@ -431,20 +442,29 @@ return out
 var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "ik", "maxa", "ff", "rb"}
 
 // Claim leases up to batch emails of partition p that are due at now, until now+lease: high
-// before normal before low priority, oldest due first, within a window of 4×batch of the oldest
-// due. Three round trips: the window, the candidates' records, and one script that claims those
-// still unchanged. Never early: nothing with a due time after now is claimed.
+// before normal before low priority, oldest due first. Three round trips: the due indexes of the
+// three priorities, the chosen emails' records, and one script that claims those still
+// unchanged. Never early: nothing with a due time after now is claimed.
 func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lease time.Duration) ([]Email, error) {
-	zs, err := l.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-		Key: dueKey(p), Start: "-inf", Stop: strconv.FormatInt(ms(now), 10), ByScore: true, Count: int64(4 * batch),
-	}).Result()
-	if err != nil {
+	pipe := l.rdb.Pipeline()
+	var dues [3]*redis.ZSliceCmd
+	for i := range dues {
+		dues[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: dueKey(p, i+1), Start: "-inf", Stop: strconv.FormatInt(ms(now), 10), ByScore: true, Count: int64(batch),
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read due emails: %w", err)
 	}
+	var zs []redis.Z
+	for _, d := range dues {
+		zs = append(zs, d.Val()...)
+	}
+	zs = zs[:min(len(zs), batch)]
 	if len(zs) == 0 {
 		return nil, nil
 	}
-	pipe := l.rdb.Pipeline()
+	pipe = l.rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(zs))
 	statics := make([]*redis.StringCmd, len(zs))
 	for i, z := range zs {
@@ -454,10 +474,7 @@ func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lea
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read due records: %w", err)
 	}
-	type cand struct {
-		e    Email
-		prio int
-	}
+	type cand struct{ e Email }
 	cands := make([]cand, 0, len(zs))
 	for i, z := range zs {
 		v := cmds[i].Val()
@@ -475,25 +492,15 @@ func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lea
 			continue
 		}
 		e.Due = time.UnixMilli(int64(z.Score)).UTC()
-		cands = append(cands, cand{e: e, prio: e.Priority})
+		cands = append(cands, cand{e: e})
 	}
-	slices.SortStableFunc(cands, func(a, b cand) int {
-		if a.prio != b.prio {
-			return a.prio - b.prio
-		}
-		if c := a.e.Due.Compare(b.e.Due); c != 0 {
-			return c
-		}
-		return strings.Compare(a.e.ID, b.e.ID)
-	})
-	cands = cands[:min(len(cands), batch)]
 	if len(cands) == 0 {
 		return nil, nil
 	}
-	keys := []string{dueKey(p)}
+	var keys []string
 	argv := []any{ms(now), ms(now.Add(lease))}
 	for _, c := range cands {
-		keys = append(keys, recordKey(c.e.ID))
+		keys = append(keys, dueKey(p, c.e.Priority), recordKey(c.e.ID))
 		old, nw := indexKeys(p, &c.e, c.e.Status), indexKeys(p, &c.e, outbox.StatusSending)
 		keys = append(append(keys, old...), nw...)
 		argv = append(argv, c.e.ID, c.e.Version, len(old)+len(nw), IndexScore(now.Add(lease), c.e.ID))
@@ -695,7 +702,7 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 		return err
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
-	keys := append([]string{recordKey(e.ID), dueKey(p), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID)}, old...)
+	keys := append([]string{recordKey(e.ID), dueKey(p, e.Priority), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID)}, old...)
 	keys = append(keys, nw...)
 	due := ""
 	if !c.Due.IsZero() {
@@ -824,14 +831,25 @@ func (l *Ledger) Bodies(ctx context.Context, ids []string) ([][]byte, error) {
 
 // Earliest returns the earliest due time of partition p, so the dispatcher sleeps until then.
 func (l *Ledger) Earliest(ctx context.Context, p int) (time.Time, bool, error) {
-	z, err := l.rdb.ZRangeWithScores(ctx, dueKey(p), 0, 0).Result()
-	if err != nil {
+	pipe := l.rdb.Pipeline()
+	var cmds [3]*redis.ZSliceCmd
+	for i := range cmds {
+		cmds[i] = pipe.ZRangeWithScores(ctx, dueKey(p, i+1), 0, 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return time.Time{}, false, fmt.Errorf("read earliest due: %w", err)
 	}
-	if len(z) == 0 {
-		return time.Time{}, false, nil
+	var first time.Time
+	found := false
+	for _, c := range cmds {
+		if z := c.Val(); len(z) > 0 {
+			t := time.UnixMilli(int64(z[0].Score)).UTC()
+			if !found || t.Before(first) {
+				first, found = t, true
+			}
+		}
 	}
-	return time.UnixMilli(int64(z[0].Score)).UTC(), true, nil
+	return first, found, nil
 }
 
 // Disabled returns up to n ids of partition p's CONNECTOR_DISABLED mail of a connector, so
