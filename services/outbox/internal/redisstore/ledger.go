@@ -44,6 +44,7 @@ func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
 // record: the record's fields then stay small, so Redis keeps the hash as a compact listpack
 // (hash-max-listpack-value is 64 bytes by default), which is most of P8's budget.
 func staticKey(id string) string { return tag(Partition(id)) + ":m:" + id }
+
 // dueKey is the due index of one priority (1 high, 2 normal, 3 low) in a partition: a claim
 // takes high before normal before low, each oldest first, by reading the indexes in that order.
 func dueKey(p, prio int) string { return tag(p) + ":due:" + strconv.Itoa(clampPrio(prio)) }
@@ -55,7 +56,7 @@ func clampPrio(prio int) int {
 	}
 	return min(max(prio, 1), 3)
 }
-func eventsKey(p int) string     { return tag(p) + ":events" }
+func eventsKey(p int) string { return tag(p) + ":events" }
 
 // idemKey maps an idempotency key to its email. It lives in the partition of the email, whose id
 // is chosen so (see IDForKey).
