@@ -54,42 +54,9 @@ type Entry struct {
 // tie with the cursor's score (same millisecond and the same 10 hash bits: rare).
 const tieSlack = 16
 
-// scanScript merges one partition's part of a view: the first entries at or after a score in
-// each of the view's index keys, deduplicated and sorted by (score, id), at most ARGV[2] of them.
-// KEYS: the partition's index keys of the view (buckets × statuses). ARGV[1] the lowest score
-// ("-inf" for the start), ARGV[2] the limit. Returns {id, score, id, score, ...} and, last, 1
-// when some key had more than it returned.
-// Merging here sends the client one short list per partition instead of one per key.
-var scanScript = redis.NewScript(`
-local limit = tonumber(ARGV[2])
-local all, seen, more = {}, {}, 0
-for _, k in ipairs(KEYS) do
-  local r = redis.call('ZRANGE', k, ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
-  if #r / 2 == limit then more = 1 end
-  for i = 1, #r, 2 do
-    if not seen[r[i]] then
-      seen[r[i]] = true
-      all[#all + 1] = {r[i], tonumber(r[i + 1])}
-    end
-  end
-end
-table.sort(all, function(a, b)
-  if a[2] ~= b[2] then return a[2] < b[2] end
-  return a[1] < b[1]
-end)
-local out = {}
-for i = 1, math.min(#all, limit) do
-  out[#out + 1] = all[i][1]
-  out[#out + 1] = string.format('%d', all[i][2])
-end
-if #all > limit then more = 1 end
-out[#out + 1] = more
-return out
-`)
-
 // Scan returns up to limit entries of v after cursor, in (score, id) order, and whether more may
-// follow. One pipelined round trip of a script per partition that merges the partition's index
-// keys; an email in several of the caller's buckets is returned once.
+// follow. One pipelined round trip over every partition, bucket and status; an email in several
+// of the caller's buckets is returned once.
 func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]Entry, bool, error) {
 	if limit <= 0 || len(v.Buckets) == 0 {
 		return nil, false, nil
@@ -98,45 +65,31 @@ func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]E
 	if after.ID != "" || after.Score != 0 {
 		min = strconv.FormatInt(after.Score, 10)
 	}
-	per := limit + tieSlack
-	keysOf := func(p int) []string {
-		keys := make([]string, 0, len(v.Buckets)*len(v.statuses()))
+	pipe := l.rdb.Pipeline()
+	var cmds []*redis.ZSliceCmd
+	for p := range Partitions {
 		for _, b := range v.Buckets {
 			for _, s := range v.statuses() {
-				keys = append(keys, indexKey(p, v.Tenant, b, s))
+				cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+					Key: indexKey(p, v.Tenant, b, s), Start: min, Stop: "+inf", ByScore: true, Count: int64(limit + tieSlack),
+				}))
 			}
 		}
-		return keys
 	}
-	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, Partitions)
-	for p := range Partitions {
-		cmds[p] = scanScript.EvalSha(ctx, pipe, keysOf(p), min, per)
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, false, fmt.Errorf("scan view: %w", err)
 	}
 	seen := make(map[string]struct{})
 	var all []Entry
 	more := false
-	for p, c := range cmds {
-		res, err := c.Slice()
-		if err != nil {
-			// NOSCRIPT on a fresh server: run this partition alone, which loads the script.
-			if res, err = scanScript.Run(ctx, l.rdb, keysOf(p), min, per).Slice(); err != nil {
-				return nil, false, fmt.Errorf("scan view: %w", err)
-			}
-		}
-		if len(res) == 0 {
-			continue
-		}
-		if m, _ := res[len(res)-1].(int64); m == 1 {
+	for _, c := range cmds {
+		zs := c.Val()
+		if len(zs) == limit+tieSlack {
 			more = true
 		}
-		for i := 0; i+1 < len(res)-1; i += 2 {
-			id, _ := res[i].(string)
-			sc, _ := res[i+1].(string)
-			score, _ := strconv.ParseInt(sc, 10, 64)
+		for _, z := range zs {
+			id, _ := z.Member.(string)
+			score := int64(z.Score)
 			if !after.less(score, id) {
 				continue
 			}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -235,5 +234,3 @@ func principalUser(p auth.Principal) string {
 func errNoUser(field string) error {
 	return errs.Invalid(field, "is required for service callers")
 }
-
-var _ = fmt.Sprintf

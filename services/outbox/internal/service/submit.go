@@ -183,7 +183,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	}
 	rec := &redisstore.Email{
 		ID: id, Tenant: p.Tenant, Status: status, Priority: prio, Due: due, Score: due, Connector: connector,
-		Imported: imp != nil, Version: 1, From: envelopeFrom(req.GetFromAddress()), Rcpts: recipients(req),
+		Imported: imp != nil, Version: 1, From: req.GetFromAddress(), // MAIL FROM: the From address, validated above Rcpts: recipients(req),
 		Buckets: buckets(p, sender, right.MailboxID, req.GetSystemGenerated(), imp != nil), IdemKey: req.GetIdempotencyKey(),
 		Meta: metaBytes, Extra: extraBytes, Body: body,
 	}
@@ -276,9 +276,6 @@ func headerAddress(v, field string) (message.Address, error) {
 	}
 	return message.Address{Name: a.Name, Address: a.Address}, nil
 }
-
-// envelopeFrom is the MAIL FROM address: the From address, validated before.
-func envelopeFrom(addr string) string { return addr }
 
 func domainOf(addr string) string {
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
