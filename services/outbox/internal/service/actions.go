@@ -91,34 +91,30 @@ func (s *Service) selectByFilter(ctx context.Context, p auth.Principal, view out
 	if err != nil {
 		return nil, err
 	}
+	tooMany := errs.ResourceExhausted("SELECTION", fmt.Sprintf("the filter selects more than %d emails; narrow it", s.opts.MaxSelection), 0)
 	var ids []string
+	if q.post {
+		// The filter is applied to the records: read at most MaxSelection of them, as for ids.
+		truncated, err := s.eachMatch(ctx, q, s.opts.MaxSelection, func(r *redisstore.Email) { ids = append(ids, r.ID) })
+		if err != nil {
+			return nil, err
+		}
+		if truncated {
+			return nil, tooMany
+		}
+		return ids, nil
+	}
 	cur := redisstore.Cursor{}
 	for {
 		entries, more, err := s.ledger.Scan(ctx, q.idx, cur, 500)
 		if err != nil {
 			return nil, err
 		}
-		if q.post {
-			keys := make([]string, len(entries))
-			for i, e := range entries {
-				keys[i] = e.ID
-			}
-			recs, err := s.ledger.GetMany(ctx, keys)
-			if err != nil {
-				return nil, err
-			}
-			for _, r := range recs {
-				if e, err := wire.Email(r); err == nil && q.match(e) {
-					ids = append(ids, r.ID)
-				}
-			}
-		} else {
-			for _, e := range entries {
-				ids = append(ids, e.ID)
-			}
+		for _, e := range entries {
+			ids = append(ids, e.ID)
 		}
 		if len(ids) > s.opts.MaxSelection {
-			return nil, errs.ResourceExhausted("SELECTION", fmt.Sprintf("the filter selects more than %d emails; narrow it", s.opts.MaxSelection), 0)
+			return nil, tooMany
 		}
 		if !more || len(entries) == 0 {
 			return ids, nil

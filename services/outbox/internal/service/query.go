@@ -123,6 +123,46 @@ func (q *query) match(e *outboxv1.Email) bool {
 	return false
 }
 
+// recordsOf reads the records of index entries in one round trip; entries whose email became
+// final meanwhile are left out.
+func (s *Service) recordsOf(ctx context.Context, entries []redisstore.Entry) ([]*redisstore.Email, error) {
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = e.ID
+	}
+	return s.ledger.GetMany(ctx, ids)
+}
+
+// eachMatch calls fn with every email of the query's view that its record filters accept, reading
+// the view in batches of 500 and at most maxRead emails; it reports whether it stopped at that
+// bound with more to read.
+func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(r *redisstore.Email)) (bool, error) {
+	cur := redisstore.Cursor{}
+	for read := 0; ; {
+		entries, more, err := s.ledger.Scan(ctx, q.idx, cur, 500)
+		if err != nil {
+			return false, err
+		}
+		recs, err := s.recordsOf(ctx, entries)
+		if err != nil {
+			return false, err
+		}
+		for _, r := range recs {
+			if e, err := wire.Email(r); err == nil && q.match(e) {
+				fn(r)
+			}
+		}
+		read += len(entries)
+		if !more || len(entries) == 0 {
+			return false, nil
+		}
+		if read >= maxRead {
+			return true, nil
+		}
+		cur = redisstore.Cursor{Score: entries[len(entries)-1].Score, ID: entries[len(entries)-1].ID}
+	}
+}
+
 // pageToken encodes a cursor; it is opaque to clients.
 func pageToken(c redisstore.Cursor) string {
 	return base64.RawURLEncoding.EncodeToString([]byte("1|" + strconv.FormatInt(c.Score, 10) + "|" + c.ID))
@@ -186,11 +226,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 		if err != nil {
 			return nil, err
 		}
-		ids := make([]string, len(entries))
-		for i, e := range entries {
-			ids[i] = e.ID
-		}
-		recs, err := s.ledger.GetMany(ctx, ids)
+		recs, err := s.recordsOf(ctx, entries)
 		if err != nil {
 			return nil, err
 		}
@@ -245,33 +281,12 @@ func (s *Service) Count(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			return nil, err
 		}
 	} else {
-		cur := redisstore.Cursor{}
-		for n := 0; ; {
-			entries, more, err := s.ledger.Scan(ctx, q.idx, cur, 500)
-			if err != nil {
-				return nil, err
-			}
-			ids := make([]string, len(entries))
-			for i, e := range entries {
-				ids[i] = e.ID
-			}
-			recs, err := s.ledger.GetMany(ctx, ids)
-			if err != nil {
-				return nil, err
-			}
-			for _, r := range recs {
-				if e, err := wire.Email(r); err == nil && q.match(e) {
-					counts[r.Status]++
-				}
-			}
-			n += len(entries)
-			if !more || len(entries) == 0 {
-				break
-			}
-			if n >= s.opts.MaxFilterScan {
-				return nil, errs.FailedPrecondition("FILTER_TOO_BROAD", fmt.Sprintf("counting with this filter reads more than %d emails; narrow the view or filter by status only", s.opts.MaxFilterScan))
-			}
-			cur = redisstore.Cursor{Score: entries[len(entries)-1].Score, ID: entries[len(entries)-1].ID}
+		truncated, err := s.eachMatch(ctx, q, s.opts.MaxFilterScan, func(r *redisstore.Email) { counts[r.Status]++ })
+		if err != nil {
+			return nil, err
+		}
+		if truncated {
+			return nil, errs.FailedPrecondition("FILTER_TOO_BROAD", fmt.Sprintf("counting with this filter reads more than %d emails; narrow the view or filter by status only", s.opts.MaxFilterScan))
 		}
 	}
 	sts := q.idx.Statuses

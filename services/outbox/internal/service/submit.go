@@ -183,7 +183,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	}
 	rec := &redisstore.Email{
 		ID: id, Tenant: p.Tenant, Status: status, Priority: prio, Due: due, Score: due, Connector: connector,
-		Imported: imp != nil, Version: 1, From: req.GetFromAddress(), // MAIL FROM: the From address, validated above Rcpts: recipients(req),
+		Imported: imp != nil, Version: 1, From: req.GetFromAddress(), Rcpts: recipients(req),
 		Buckets: buckets(p, sender, right.MailboxID, req.GetSystemGenerated(), imp != nil), IdemKey: req.GetIdempotencyKey(),
 		Meta: metaBytes, Extra: extraBytes, Body: body,
 	}
