@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -17,10 +18,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -106,12 +109,13 @@ func TestUp(t *testing.T) {
 		t.Skip("starts servers")
 	}
 	rs := redistest.Start(t)
-	grpcAddr, opsAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, opsAddr, outboxAddr, outboxOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	dataDir := t.TempDir()
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"up", "-data", t.TempDir(), "-grpc", grpcAddr, "-ops", opsAddr}, &out, io.Discard,
+		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps}, &out, io.Discard,
 			env(map[string]string{"REDIS_URL": rs.URL()}))
 	}()
 	defer func() {
@@ -172,6 +176,42 @@ func TestUp(t *testing.T) {
 		}
 		if !strings.Contains(fmt.Sprint(names), "postamt.mailbox.v1.MailboxService") {
 			t.Errorf("services = %v", names)
+		}
+	})
+	t.Run("the printed submit reaches the mail catcher", func(t *testing.T) {
+		if !strings.Contains(out.String(), outboxAddr+" postamt.outbox.v1.OutboxService/SubmitEmail") {
+			t.Fatalf("quick start lacks the submit line:\n%s", out.String())
+		}
+		oconn, err := grpc.NewClient(outboxAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer oconn.Close()
+		req := &outboxv1.SubmitEmailRequest{}
+		if err := protojson.Unmarshal([]byte(`{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}`), req); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), `'{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}'`) {
+			t.Fatalf("the printed submit differs from the one tested:\n%s", out.String())
+		}
+		if _, err := outboxv1.NewOutboxServiceClient(oconn).SubmitEmail(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), req); err != nil {
+			t.Fatal(err)
+		}
+		// The dev-admin has the default undo delay (10s) before the mail leaves.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			files, _ := filepath.Glob(filepath.Join(dataDir, "mail", "*.eml"))
+			if len(files) == 1 {
+				b, err := os.ReadFile(files[0])
+				if err != nil || !strings.Contains(string(b), "Subject: Hallo") {
+					t.Fatalf("caught %s: %q, %v", files[0], b, err)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no mail caught in %s after 30s (%d files)", filepath.Join(dataDir, "mail"), len(files))
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 	t.Run("the printed token works", func(t *testing.T) {

@@ -269,6 +269,13 @@ func seedDev(ctx context.Context, addr, outboxAddr, token, catchHost string, cat
 	if status.Code(err) != codes.OK && status.Code(err) != codes.AlreadyExists {
 		return fmt.Errorf("create the dev-admin user: %w", err)
 	}
+	_, err = c.CreateMailbox(ctx, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
+		MailboxId: "dev-admin", Address: "dev-admin@postamt.localhost", DisplayName: "Development Admin",
+		Kind: mailboxv1.MailboxKind_MAILBOX_KIND_PERSONAL, OwnerUserId: "dev-admin",
+	}})
+	if status.Code(err) != codes.OK && status.Code(err) != codes.AlreadyExists {
+		return fmt.Errorf("create the dev-admin mailbox: %w", err)
+	}
 	ob := outboxv1.NewOutboxServiceClient(oconn)
 	conn0 := &outboxv1.Connector{
 		ConnectorId: "default", DisplayName: "Development mail catcher", Host: catchHost, Port: int32(catchPort),
