@@ -283,3 +283,31 @@ func TestCheckSend(t *testing.T) {
 		})
 	}
 }
+
+// TestSystemSender: a service asking without a user asks for the system, which may send
+// system-generated mail as any mailbox of the tenant; unknown addresses are denied, and users
+// still ask only for themselves.
+func TestSystemSender(t *testing.T) {
+	e := newEnv(t)
+	admin := e.tenant("kanzlei")
+	e.shared(admin, "info", "info@kanzlei.example", "Kanzlei Muster", false)
+	svc := e.service("kanzlei", "outbox")
+
+	r := must(e.client.CheckSend(svc, &mailboxv1.CheckSendRequest{FromAddress: "info@kanzlei.example"}))(t)
+	if !r.GetAllowed() || r.GetMode() != mailboxv1.SendMode_SEND_MODE_SEND_AS || r.GetMailboxId() != "info" || r.GetFrom() != `"Kanzlei Muster" <info@kanzlei.example>` {
+		t.Errorf("system CheckSend = %v", r)
+	}
+	r = must(e.client.CheckSend(svc, &mailboxv1.CheckSendRequest{FromAddress: "unbekannt@kanzlei.example"}))(t)
+	if r.GetAllowed() || r.GetDenyReason() != mailboxv1.DenyReason_DENY_REASON_UNKNOWN_ADDRESS {
+		t.Errorf("unknown address = %v", r)
+	}
+	r = must(e.client.CheckSend(e.service("andere", "outbox"), &mailboxv1.CheckSendRequest{FromAddress: "info@kanzlei.example"}))(t)
+	if r.GetAllowed() {
+		t.Errorf("another tenant's system may send as kanzlei's mailbox: %v", r)
+	}
+	e.user(admin, "eva", "Eva Beispiel", "eva@kanzlei.example")
+	r = must(e.client.CheckSend(e.as("kanzlei", "eva"), &mailboxv1.CheckSendRequest{FromAddress: "info@kanzlei.example"}))(t)
+	if r.GetAllowed() {
+		t.Errorf("a user without rights asking for herself is allowed: %v", r)
+	}
+}
