@@ -184,7 +184,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 		Help: "Delivery attempts by outcome; outcome=\"unknown\" counts connections lost after the final dot (RFC 1047: the mail may have been sent).",
 	}, []string{"outcome"})
 	a.dispatcher = &dispatch.Dispatcher{
-		Ledger: ledger, Connector: a.registry.Lookup, Clock: realClock{}, Logger: deps.Logger,
+		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,
 		Outcomes: outcomes, Batch: cfg.ClaimBatch, Lease: cfg.Lease, Redis: deps.Redis,
 	}
 	if deps.Metrics != nil {

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/postamt/postamt/internal/testkit/poll"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
 
 // TestTwoReplicasSendEachEmailOnce: two outbox replicas on one Redis share the due mail; 10,000
@@ -70,5 +73,34 @@ func TestTwoReplicasSendEachEmailOnce(t *testing.T) {
 	a, b := sent(t, e.metrics[0]), sent(t, e.metrics[1])
 	if a == 0 || b == 0 || a+b != n {
 		t.Errorf("replicas sent %v and %v; want both to share the %d", a, b, n)
+	}
+}
+
+// TestConnectorCreatedOnOneReplicaIsFoundByTheOther: mail for a connector created a moment ago
+// through one replica is sent whichever replica claims it, not failed as "unknown connector"
+// by a replica that has not reloaded its connectors yet.
+func TestConnectorCreatedOnOneReplicaIsFoundByTheOther(t *testing.T) {
+	e := startEnv(t)
+	second := e.replica()
+	// Once it answers, the second replica has loaded its connectors (Run loads before serving).
+	poll.Eventually(t, "the second replica to serve", func() bool {
+		_, err := second.ListConnectors(e.admin(), &outboxv1.ListConnectorsRequest{})
+		return err == nil
+	})
+	host, port := e.sinkHostPort()
+	if _, err := e.outbox.CreateConnector(e.admin(), &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
+		ConnectorId: "neu", Host: host, Port: port, TlsMode: outboxv1.TlsMode_TLS_MODE_NONE,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	eva := e.as("eva", nil)
+	var ids []string
+	for i := range 40 {
+		req := email("eva@kanzlei.example", "client@example.com", fmt.Sprintf("Neu %d", i))
+		req.ConnectorId = "neu"
+		ids = append(ids, e.submit(eva, req).GetEmailId())
+	}
+	for _, id := range ids {
+		e.waitStatus(eva, id, outboxv1.EmailStatus_EMAIL_STATUS_SENT)
 	}
 }

@@ -45,8 +45,11 @@ type Dispatcher struct {
 	// Connector looks a tenant's connector up by id; false means unknown (the mail fails
 	// permanently: a connector deleted under queued mail is an admin's error to see).
 	Connector func(tenant, id string) (Connector, bool)
-	Clock     Clock
-	Logger    *slog.Logger
+	// Reload, when set, refreshes what Connector knows; it is called once before a lookup miss
+	// counts, so a connector created a moment ago through another replica is found.
+	Reload func(ctx context.Context) error
+	Clock  Clock
+	Logger *slog.Logger
 	// Outcomes counts attempts by outcome, among them the RFC 1047 unknown ones; nil counts
 	// nothing.
 	Outcomes *prometheus.CounterVec
@@ -191,6 +194,12 @@ func (d *Dispatcher) Step(ctx context.Context, p int) (int, error) {
 
 func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []byte) error {
 	c, ok := d.Connector(e.Tenant, e.Connector)
+	if !ok && d.Reload != nil {
+		if err := d.Reload(ctx); err != nil {
+			return fmt.Errorf("reload connectors: %w", err) // the claim runs out; the mail comes due again
+		}
+		c, ok = d.Connector(e.Tenant, e.Connector)
+	}
 	start := d.Clock.Now()
 	var res smtp.Result
 	switch {

@@ -138,7 +138,12 @@ func (s *Service) UpdateSettings(ctx context.Context, p auth.Principal, in *outb
 				case "page_size":
 					next.PageSize = in.GetPageSize()
 				case "visible_columns":
-					next.VisibleColumns = slices.Compact(in.GetVisibleColumns())
+					next.VisibleColumns = nil
+					for _, c := range in.GetVisibleColumns() {
+						if !slices.Contains(next.VisibleColumns, c) {
+							next.VisibleColumns = append(next.VisibleColumns, c)
+						}
+					}
 				}
 			}
 			return next, nil
