@@ -57,11 +57,13 @@ type caughtSession struct {
 	rcpts []string
 }
 
+// Mail accepts any sender: the catcher is for looking at what would have been sent.
 func (s *caughtSession) Mail(from string, _ *smtp.MailOptions) error {
 	s.from = from
 	return nil
 }
 
+// Rcpt accepts any recipient; nothing leaves the machine.
 func (s *caughtSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.rcpts = append(s.rcpts, to)
 	return nil
@@ -86,6 +88,8 @@ func (s *caughtSession) Data(r io.Reader) error {
 	return nil
 }
 
+// Reset forgets the envelope between messages on one connection.
 func (s *caughtSession) Reset() { s.from, s.rcpts = "", nil }
 
+// Logout has nothing to release.
 func (s *caughtSession) Logout() error { return nil }
