@@ -5,6 +5,7 @@
 package dispatch
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -174,29 +175,60 @@ func (d *Dispatcher) Step(ctx context.Context, p int) (int, error) {
 	if err != nil {
 		return len(claimed), err // the claims run out and the mail comes due again
 	}
+	// Every send runs at once (the connector's pool bounds the connections). Results are
+	// recorded as they come, whatever is ready in one pipelined round trip: under load they
+	// batch by themselves, and a slow send never holds back the record of a finished one (an
+	// unrecorded send is one a crash would repeat).
+	type result struct {
+		a   redisstore.Applied
+		err error
+	}
+	resc := make(chan result, len(claimed))
 	var wg sync.WaitGroup
-	errc := make(chan error, len(claimed))
 	for i := range claimed {
-		e, body := &claimed[i], bodies[i]
 		wg.Go(func() {
-			if err := d.deliver(work, e, body); err != nil {
-				errc <- err
-			}
+			a, err := d.deliver(work, &claimed[i], bodies[i])
+			resc <- result{a, err}
 		})
 	}
-	wg.Wait()
-	close(errc)
-	for err := range errc {
-		return len(claimed), err
+	go func() { wg.Wait(); close(resc) }()
+	var first error
+	pending := make([]redisstore.Applied, 0, len(claimed))
+	add := func(r result) {
+		if r.err != nil {
+			first = cmp.Or(first, r.err)
+			return
+		}
+		pending = append(pending, r.a)
 	}
-	return len(claimed), nil
+	for r := range resc {
+		add(r)
+	ready:
+		for {
+			select {
+			case r, ok := <-resc:
+				if !ok {
+					break ready
+				}
+				add(r)
+			default:
+				break ready
+			}
+		}
+		for _, err := range d.Ledger.ApplyMany(work, pending) {
+			first = cmp.Or(first, err)
+		}
+		pending = pending[:0]
+	}
+	return len(claimed), first
 }
 
-func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []byte) error {
+// deliver sends one claimed email and returns the transition that records the attempt.
+func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []byte) (redisstore.Applied, error) {
 	c, ok := d.Connector(e.Tenant, e.Connector)
 	if !ok && d.Reload != nil {
 		if err := d.Reload(ctx); err != nil {
-			return fmt.Errorf("reload connectors: %w", err) // the claim runs out; the mail comes due again
+			return redisstore.Applied{}, fmt.Errorf("reload connectors: %w", err) // the claim runs out; the mail comes due again
 		}
 		c, ok = d.Connector(e.Tenant, e.Connector)
 	}
@@ -244,7 +276,7 @@ func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []by
 		}
 		b, err := proto.Marshal(attempt)
 		if err != nil {
-			return fmt.Errorf("encode attempt: %w", err)
+			return redisstore.Applied{}, fmt.Errorf("encode attempt: %w", err)
 		}
 		change.Attempt = b
 	}
@@ -252,9 +284,9 @@ func (d *Dispatcher) deliver(ctx context.Context, e *redisstore.Email, body []by
 		change.Due = end.Add(decision.Delay)
 	}
 	prev := e.Status
-	return d.Ledger.Apply(ctx, e, change, func(next *redisstore.Email) redisstore.Event {
+	return redisstore.Applied{Email: e, Change: change, Event: func(next *redisstore.Email) redisstore.Event {
 		return wire.Events{}.Changed(prev, next, attempt)
-	})
+	}}, nil
 }
 
 func outcomeLabel(o outbox.Outcome) string {

@@ -637,9 +637,83 @@ type Change struct {
 // fails with ErrFenced for a worker that lost its claim and ErrChanged when the email changed
 // since it was read; nothing is written then. On success e holds the new state.
 func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Email) Event) error {
+	keys, argv, next, err := l.prepare(ctx, e, c, ev)
+	if err != nil {
+		return err
+	}
+	n, err := applyScript.Run(ctx, l.rdb, keys, argv...).Int64()
+	return finish(e, c, next, n, err)
+}
+
+// Applied is one transition for ApplyMany: the email as claimed or read, the change, its event.
+type Applied struct {
+	Email *Email
+	Change
+	Event func(next *Email) Event
+}
+
+// ApplyMany makes several transitions in one pipelined round trip, each as Apply would (each
+// checked and applied on its own: one refused does not stop the others), and returns each one's
+// error in order. The dispatcher records a batch's results with it.
+func (l *Ledger) ApplyMany(ctx context.Context, as []Applied) []error {
+	errs := make([]error, len(as))
+	type prepared struct {
+		next *Email
+		cmd  *redis.Cmd
+	}
+	ps := make([]prepared, len(as))
+	pipe := l.rdb.Pipeline()
+	for i, a := range as {
+		keys, argv, next, err := l.prepare(ctx, a.Email, a.Change, a.Event)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		ps[i] = prepared{next: next, cmd: applyScript.EvalSha(ctx, pipe, keys, argv...)}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// A failed round trip: every transition in it is unknown; the claims run out and the
+		// mail comes due again.
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = fmt.Errorf("apply: %w", err)
+			}
+		}
+		return errs
+	}
+	for i, a := range as {
+		if errs[i] != nil {
+			continue
+		}
+		n, err := ps[i].cmd.Int64()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			errs[i] = l.Apply(ctx, a.Email, a.Change, a.Event) // loads the script for the next batch
+			continue
+		}
+		errs[i] = finish(a.Email, a.Change, ps[i].next, n, err)
+	}
+	return errs
+}
+
+func finish(e *Email, c Change, next *Email, n int64, err error) error {
+	if err != nil {
+		return fmt.Errorf("apply %s to %s: %w", c.Status, e.ID, err)
+	}
+	if n == 0 {
+		if c.Fenced {
+			return ErrFenced
+		}
+		return ErrChanged
+	}
+	*e = *next
+	return nil
+}
+
+// prepare builds the keys and arguments of applyScript for change c to e, and e's state after it.
+func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *Email) Event) ([]string, []any, *Email, error) {
 	p := Partition(e.ID)
 	if inDue(c.Status) != !c.Due.IsZero() {
-		return fmt.Errorf("apply %s: status %s with due time %v breaks the due-index invariant", e.ID, c.Status, c.Due)
+		return nil, nil, nil, fmt.Errorf("apply %s: status %s with due time %v breaks the due-index invariant", e.ID, c.Status, c.Due)
 	}
 	next := *e
 	next.Version = e.Version + 1
@@ -700,7 +774,7 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 	}
 	env, err := eventArgs(ctx, &next, next.Version, ev(&next))
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
 	keys := append([]string{recordKey(e.ID), dueKey(p, e.Priority), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID)}, old...)
@@ -712,18 +786,7 @@ func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Em
 	argv := []any{e.Version, fence, next.Version, int(c.Status), len(old), e.ID, due, IndexScore(next.Score, e.ID), c.Attempt, retention, cdOp, attempts}
 	argv = append(argv, env...)
 	argv = append(argv, set...)
-	n, err := applyScript.Run(ctx, l.rdb, keys, argv...).Int64()
-	if err != nil {
-		return fmt.Errorf("apply %s to %s: %w", c.Status, e.ID, err)
-	}
-	if n == 0 {
-		if c.Fenced {
-			return ErrFenced
-		}
-		return ErrChanged
-	}
-	*e = next
-	return nil
+	return keys, argv, &next, nil
 }
 
 // Get reads an email's record.
