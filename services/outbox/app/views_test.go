@@ -280,6 +280,17 @@ func TestImportedMailIsNeverRetriedAutomatically(t *testing.T) {
 func TestWatchEmails(t *testing.T) {
 	e := startEnv(t)
 	e.holdAll("eva")
+	consumers := 0 // mailbox's sent view has one of its own; count from when it exists
+	poll.Eventually(t, "mailbox's consumer on the outbox stream", func() bool {
+		if _, err := e.js.Consumer(context.Background(), "POSTAMT_OUTBOX", "mailbox-sent-view"); err != nil {
+			return false
+		}
+		info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
+		if err == nil {
+			consumers = info.CachedInfo().State.Consumers
+		}
+		return err == nil
+	})
 	ctx, cancel := context.WithCancel(e.as("max", []string{"empfang"}))
 	defer cancel()
 	stream, err := e.outbox.WatchEmails(ctx, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
@@ -298,7 +309,10 @@ func TestWatchEmails(t *testing.T) {
 		}
 	}()
 	// The watch starts at new messages; wait until its consumer exists before changing anything.
-	time.Sleep(200 * time.Millisecond)
+	poll.Eventually(t, "the watch's consumer", func() bool {
+		info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
+		return err == nil && info.CachedInfo().State.Consumers > consumers
+	})
 	e.submit(e.as("eva", nil), email("eva@kanzlei.example", "client@example.com", "Nicht fuer Max"))
 	m := e.submit(e.as("max", []string{"empfang"}), email("max@kanzlei.example", "client@example.com", "Fuer Max"))
 	var statuses []outboxv1.EmailStatus
