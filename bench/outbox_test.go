@@ -257,6 +257,7 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 			late = append(late, d)
 		}
 		b.ReportMetric(float64(early), "P2-early")
+		b.ReportMetric(ms(percentile(late, 0)), "P2-earliest-ms")
 		b.ReportMetric(ms(percentile(late, 0.50)), "P2-late-p50-ms")
 		b.ReportMetric(ms(percentile(late, 0.99)), "P2-late-p99-ms")
 		b.ReportMetric(ms(percentile(late, 1)), "P2-late-max-ms")
