@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -99,7 +100,7 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	e.replica = func() outboxv1.OutboxServiceClient {
+	start := func() *grpc.ClientConn {
 		reg := prometheus.NewRegistry()
 		e.metrics = append(e.metrics, reg)
 		ob, err := app.New(cfg, app.Deps{
@@ -109,18 +110,10 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return outboxv1.NewOutboxServiceClient(servetest.Dial(t, servetest.Run(t, ob.Run)))
+		return servetest.Dial(t, servetest.Run(t, ob.Run))
 	}
-	reg := prometheus.NewRegistry()
-	e.metrics = append(e.metrics, reg)
-	ob, err := app.New(cfg, app.Deps{
-		Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
-		Getenv: func(string) string { return "" },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := servetest.Dial(t, servetest.Run(t, ob.Run))
+	e.replica = func() outboxv1.OutboxServiceClient { return outboxv1.NewOutboxServiceClient(start()) }
+	conn := start()
 	e.outbox = outboxv1.NewOutboxServiceClient(conn)
 	health := grpc_health_v1.NewHealthClient(conn)
 	poll.Eventually(t, "outbox readiness", func() bool {
