@@ -76,6 +76,7 @@ func startSuite(b *testing.B) *suite {
 		MaxMessageBytes: 25 << 20, MaxRecipients: 500, ScheduleHorizon: 366 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
 		ClaimBatch: 64, Lease: 2 * time.Minute, SMTPCommandTimeout: 30 * time.Second, SMTPSubmitTimeout: 100 * time.Second,
 		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: 30 * time.Second,
+		MaxFilterScan: 10_000, MaxSelection: 100_000,
 	}, outboxapp.Deps{
 		Logger: logger, Redis: s.rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(),
 		Server: grpcserver.Options{},

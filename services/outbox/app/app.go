@@ -60,6 +60,8 @@ type Config struct {
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
 	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref (env:NAME) may name"`
 	SecretDir          string        `env:"OUTBOX_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a connector's secret_ref (file:/path) may name"`
+	MaxFilterScan      int           `env:"OUTBOX_MAX_FILTER_SCAN, default=10000" desc:"most emails one list or count reads to apply a filter or order the indexes do not answer (connector, work item, mailbox, text; the submit and last-attempt orders)"`
+	MaxSelection       int           `env:"OUTBOX_MAX_SELECTION, default=100000" desc:"most emails one bulk action (send now, cancel, retry, reschedule) may select by filter"`
 	RelayBatch         int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle     time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
 }
@@ -81,6 +83,8 @@ func (c *Config) Validate() error {
 	check(c.ClaimBatch >= 1 && c.ClaimBatch <= 1000, "OUTBOX_CLAIM_BATCH must be between 1 and 1000, got %d", c.ClaimBatch)
 	check(c.Lease > c.SMTPSubmitTimeout, "OUTBOX_LEASE (%s) must be longer than OUTBOX_SMTP_SUBMIT_TIMEOUT (%s), or mail still being sent is claimed again", c.Lease, c.SMTPSubmitTimeout)
 	check(c.SecretEnvPrefix != "" && c.SecretDir != "" && strings.HasPrefix(c.SecretDir, "/"), "OUTBOX_SECRET_ENV_PREFIX and OUTBOX_SECRET_DIR (absolute) are required: they bound what connectors may read")
+	check(c.MaxFilterScan >= 100 && c.MaxFilterScan <= 1_000_000, "OUTBOX_MAX_FILTER_SCAN must be between 100 and 1000000, got %d", c.MaxFilterScan)
+	check(c.MaxSelection >= 1 && c.MaxSelection <= 10_000_000, "OUTBOX_MAX_SELECTION must be between 1 and 10000000, got %d", c.MaxSelection)
 	check(c.RelayBatch >= 1 && c.RelayBatch <= 10000, "OUTBOX_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch)
 	check(c.RelayClaimIdle >= time.Second, "OUTBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle)
 	return errors.Join(errList...)
@@ -157,7 +161,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.directory = dir
 	svc := service.New(ledger, redisstore.NewSettings(deps.Redis), dir, a.registry.Exists, service.Options{
 		Limits: limits, DefaultUndoDelay: cfg.DefaultUndoDelay, MaxUndoDelay: cfg.MaxUndoDelay,
-		DefaultConnector: cfg.DefaultConnector, Now: deps.Now,
+		DefaultConnector: cfg.DefaultConnector, Now: deps.Now, MaxFilterScan: cfg.MaxFilterScan, MaxSelection: cfg.MaxSelection,
 	})
 	admin := service.NewConnectorAdmin(connStore, ledger, svc, a.registry, deps.Now)
 	handler := grpcapi.New(svc, admin, service.NewWatcher(deps.JS, svc))

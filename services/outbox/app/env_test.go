@@ -96,6 +96,7 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 		MaxMessageBytes: 1 << 20, MaxRecipients: 50, ScheduleHorizon: 30 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
 		ClaimBatch: 64, Lease: 10 * time.Second, SMTPCommandTimeout: 2 * time.Second, SMTPSubmitTimeout: 3 * time.Second,
 		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: time.Second,
+		MaxFilterScan: 10_000, MaxSelection: 100_000,
 	}
 	for _, o := range opts {
 		o(&cfg)

@@ -2,7 +2,9 @@ package app_test
 
 import (
 	"context"
+	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/app"
 )
 
 func ids(es []*outboxv1.Email) []string {
@@ -139,6 +142,22 @@ func TestViewsAndAccess(t *testing.T) {
 		if got := ids(e.list(e.admin(), outboxv1.View_VIEW_ALL, nil)); !slices.Equal(got, sorted(fromEva.GetEmailId(), system.GetEmailId())) {
 			t.Errorf("left after bulk cancel: %v", got)
 		}
+	})
+	t.Run("mail about a work item my team works on", func(t *testing.T) {
+		req := email("eva@kanzlei.example", "f@example.com", "Zum Ticket des Empfangs")
+		req.WorkItem = &outboxv1.WorkItem{Id: "T-4711", Type: outboxv1.WorkItemType_WORK_ITEM_TYPE_TICKET, TeamId: "empfang"}
+		about := e.submit(eva, req)
+		for name, ctx := range map[string]context.Context{"martina": martina, "max": max} {
+			if got := ids(e.list(ctx, outboxv1.View_VIEW_TEAM, nil)); !slices.Equal(got, []string{about.GetEmailId()}) {
+				t.Errorf("%s TEAM: %v, want the work item's email", name, got)
+			}
+		}
+		if got := ids(e.list(eva, outboxv1.View_VIEW_TEAM, nil)); len(got) != 0 {
+			t.Errorf("eva TEAM: %v, want nothing (eva is in no team)", got)
+		}
+		req.WorkItem.TeamId = "bad\nteam"
+		_, err := e.outbox.SubmitEmail(eva, req)
+		code(t, err, codes.InvalidArgument)
 	})
 }
 
@@ -388,4 +407,105 @@ func TestUserSettings(t *testing.T) {
 	}
 	_, err = e.outbox.GetUserSettings(eva, &outboxv1.GetUserSettingsRequest{UserId: "max"})
 	code(t, err, codes.PermissionDenied)
+}
+
+// TestListOrders: the orders the indexes do not keep (newest submitted first, most recent
+// attempt first) over pages, the token bound to its order, and FILTER_TOO_BROAD past the bound.
+func TestListOrders(t *testing.T) {
+	e := startEnv(t, func(c *app.Config) { c.MaxFilterScan = 100 })
+	e.holdAll("eva")
+	eva := e.as("eva", nil)
+	// Due order is the submit order; submit order newest first is its reverse.
+	var held []string
+	var last int64
+	for i := range 3 {
+		for time.Now().UnixMilli() <= last {
+			runtime.Gosched() // distinct submit milliseconds, so that the order is not decided by ids
+		}
+		req := email("eva@kanzlei.example", "client@example.com", "held "+strconv.Itoa(i))
+		req.SendAt = timestamppb.New(time.Now().Add(time.Duration(i+1) * time.Hour))
+		m := e.submit(eva, req)
+		held = append(held, m.GetEmailId())
+		last = m.GetSubmitTime().AsTime().UnixMilli()
+	}
+	// Three that fail at once, one after another: the last attempted is the newest.
+	e.sink.SetHook(func(smtptest.Envelope) smtptest.Behavior { return smtptest.PermFailRcpt })
+	var failed []string
+	for i := range 3 {
+		req := email("eva@kanzlei.example", "client@example.com", "failed "+strconv.Itoa(i))
+		req.SendAt = timestamppb.New(time.Now().Add(time.Millisecond))
+		m := e.submit(eva, req)
+		got := e.waitStatus(eva, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_FAILED)
+		failed = append(failed, got.GetEmailId())
+		for time.Now().UnixMilli() <= got.GetLastAttemptTime().AsTime().UnixMilli() {
+			runtime.Gosched()
+		}
+	}
+	e.sink.SetHook(nil)
+
+	listAll := func(order outboxv1.EmailOrder, f *outboxv1.EmailFilter) []string {
+		t.Helper()
+		var out []string
+		tok := ""
+		for {
+			r, err := e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: f, Order: order, PageSize: 2, PageToken: tok})
+			if err != nil {
+				t.Fatalf("list by %s: %v", order, err)
+			}
+			for _, m := range r.GetEmails() {
+				out = append(out, m.GetEmailId())
+			}
+			if tok = r.GetNextPageToken(); tok == "" {
+				return out
+			}
+		}
+	}
+	heldOnly := &outboxv1.EmailFilter{Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_SCHEDULED}}
+	t.Run("due time", func(t *testing.T) {
+		if got := listAll(outboxv1.EmailOrder_EMAIL_ORDER_DUE_TIME, heldOnly); !slices.Equal(got, held) {
+			t.Errorf("got %v, want %v", got, held)
+		}
+	})
+	t.Run("newest submitted first", func(t *testing.T) {
+		want := slices.Clone(held)
+		slices.Reverse(want)
+		if got := listAll(outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC, heldOnly); !slices.Equal(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+	})
+	t.Run("most recent attempt first, never attempted last", func(t *testing.T) {
+		want := slices.Clone(failed)
+		slices.Reverse(want)
+		neverTried := slices.Clone(held)
+		slices.Sort(neverTried)
+		want = append(want, neverTried...)
+		if got := listAll(outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC, nil); !slices.Equal(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+	})
+	t.Run("a token is bound to its order", func(t *testing.T) {
+		r, err := e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, Order: outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC, PageSize: 1})
+		if err != nil || r.GetNextPageToken() == "" {
+			t.Fatalf("first page: %v (%v)", r, err)
+		}
+		for _, order := range []outboxv1.EmailOrder{outboxv1.EmailOrder_EMAIL_ORDER_DUE_TIME, outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC} {
+			_, err = e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, Order: order, PageToken: r.GetNextPageToken()})
+			code(t, err, codes.InvalidArgument)
+		}
+		_, err = e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{Order: outboxv1.EmailOrder(99)})
+		code(t, err, codes.InvalidArgument)
+	})
+	t.Run("more than the scan bound", func(t *testing.T) {
+		for i := range 100 {
+			req := email("eva@kanzlei.example", "client@example.com", "many "+strconv.Itoa(i))
+			req.SendAt = timestamppb.New(time.Now().Add(2 * time.Hour))
+			e.submit(eva, req)
+		}
+		_, err := e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, Order: outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC})
+		code(t, err, codes.FailedPrecondition)
+		// The due-time order serves any size.
+		if r, err := e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, PageSize: 10}); err != nil || len(r.GetEmails()) != 10 {
+			t.Errorf("due-time page: %d emails (%v)", len(r.GetEmails()), err)
+		}
+	})
 }

@@ -95,7 +95,7 @@ func (s *Service) selectByFilter(ctx context.Context, p auth.Principal, view out
 	var ids []string
 	if q.post {
 		// The filter is applied to the records: read at most MaxSelection of them, as for ids.
-		truncated, err := s.eachMatch(ctx, q, s.opts.MaxSelection, func(r *redisstore.Email) { ids = append(ids, r.ID) })
+		truncated, err := s.eachMatch(ctx, q, s.opts.MaxSelection, func(r *redisstore.Email, _ *outboxv1.Email) { ids = append(ids, r.ID) })
 		if err != nil {
 			return nil, err
 		}

@@ -134,12 +134,12 @@ func (s *Service) recordsOf(ctx context.Context, entries []redisstore.Entry) ([]
 }
 
 // eachMatch calls fn with every email of the query's view that its record filters accept, reading
-// the view in batches of 500 and at most maxRead emails; it reports whether it stopped at that
-// bound with more to read.
-func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(r *redisstore.Email)) (bool, error) {
+// the view in batches of 500; it reports whether the view holds more than maxRead emails, and then
+// stops after reading maxRead+1 of them.
+func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(r *redisstore.Email, e *outboxv1.Email)) (bool, error) {
 	cur := redisstore.Cursor{}
 	for read := 0; ; {
-		entries, more, err := s.ledger.Scan(ctx, q.idx, cur, 500)
+		entries, more, err := s.ledger.Scan(ctx, q.idx, cur, min(500, maxRead+1-read))
 		if err != nil {
 			return false, err
 		}
@@ -149,15 +149,15 @@ func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(
 		}
 		for _, r := range recs {
 			if e, err := wire.Email(r); err == nil && q.match(e) {
-				fn(r)
+				fn(r, e)
 			}
 		}
 		read += len(entries)
+		if read > maxRead {
+			return true, nil
+		}
 		if !more || len(entries) == 0 {
 			return false, nil
-		}
-		if read >= maxRead {
-			return true, nil
 		}
 		cur = redisstore.Cursor{Score: entries[len(entries)-1].Score, ID: entries[len(entries)-1].ID}
 	}
@@ -185,14 +185,18 @@ func parseToken(tok string) (redisstore.Cursor, error) {
 }
 
 // List returns one page of a view, soonest due first (mail without a due time by its last
-// change). Filters the indexes answer (view, status) cost nothing extra; the others are applied
-// to the records, reading at most MaxFilterScan of them per page: a page may then come back
-// short, with a token to go on.
+// change) unless another order is asked for. Filters the indexes answer (view, status) cost
+// nothing extra; the others are applied to the records, reading at most MaxFilterScan of them per
+// page: a page may then come back short, with a token to go on. The orders by submit and by last
+// attempt time are not indexed (each would cost another index entry per email, beyond P8's
+// budget): they sort the whole matching set, up to MaxFilterScan emails (listSorted).
 func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.ListEmailsRequest) (*outboxv1.ListEmailsResponse, error) {
-	switch req.GetOrder() {
-	case outboxv1.EmailOrder_EMAIL_ORDER_UNSPECIFIED, outboxv1.EmailOrder_EMAIL_ORDER_DUE_TIME:
+	order := req.GetOrder()
+	switch order {
+	case outboxv1.EmailOrder_EMAIL_ORDER_UNSPECIFIED, outboxv1.EmailOrder_EMAIL_ORDER_DUE_TIME,
+		outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC, outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC:
 	default:
-		return nil, errs.Invalid("order", "only DUE_TIME is supported; the other orders are not indexed yet")
+		return nil, errs.Invalid("order", "unknown order")
 	}
 	q, err := s.resolve(ctx, p, req.GetView(), req.GetFilter())
 	if err != nil {
@@ -210,6 +214,9 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 		size = int(us.GetPageSize())
 	case size == 0:
 		size = s.opts.DefaultPageSize
+	}
+	if order == outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC || order == outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC {
+		return s.listSorted(ctx, q, order, size, req.GetPageToken())
 	}
 	cur, err := parseToken(req.GetPageToken())
 	if err != nil {
@@ -281,7 +288,7 @@ func (s *Service) Count(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			return nil, err
 		}
 	} else {
-		truncated, err := s.eachMatch(ctx, q, s.opts.MaxFilterScan, func(r *redisstore.Email) { counts[r.Status]++ })
+		truncated, err := s.eachMatch(ctx, q, s.opts.MaxFilterScan, func(r *redisstore.Email, _ *outboxv1.Email) { counts[r.Status]++ })
 		if err != nil {
 			return nil, err
 		}
@@ -299,4 +306,83 @@ func (s *Service) Count(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	}
 	slices.SortFunc(out.ByStatus, func(a, b *outboxv1.StatusCount) int { return int(a.Status) - int(b.Status) })
 	return out, nil
+}
+
+// sortedEntry is an email's place in an order that is not indexed.
+type sortedEntry struct {
+	key int64 // Unix milliseconds of the order's time; 0 when the email has none (never attempted)
+	e   *outboxv1.Email
+}
+
+// listSorted returns one page of q in an order the indexes do not keep, newest first (ties by
+// id): it reads every matching email of the view, at most MaxFilterScan, sorts them and cuts the
+// page after the token's position. A view holding more fails with FailedPrecondition
+// FILTER_TOO_BROAD rather than sorting a sample. The outbox lists open mail only, which in a
+// practice is hundreds of emails, not millions; the due-time order serves any size.
+func (s *Service) listSorted(ctx context.Context, q *query, order outboxv1.EmailOrder, size int, token string) (*outboxv1.ListEmailsResponse, error) {
+	after, err := parseSortedToken(token, order)
+	if err != nil {
+		return nil, err
+	}
+	var all []sortedEntry
+	truncated, err := s.eachMatch(ctx, q, s.opts.MaxFilterScan, func(_ *redisstore.Email, e *outboxv1.Email) {
+		ts := e.GetSubmitTime()
+		if order == outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC {
+			ts = e.GetLastAttemptTime()
+		}
+		var key int64
+		if ts != nil {
+			key = ts.AsTime().UnixMilli()
+		}
+		if after.ID == "" || key < after.Score || key == after.Score && e.GetEmailId() > after.ID {
+			all = append(all, sortedEntry{key: key, e: e})
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if truncated {
+		return nil, errs.FailedPrecondition("FILTER_TOO_BROAD", fmt.Sprintf("sorting this view by %s reads more than %d emails; narrow the view or filter, or sort by due time", order, s.opts.MaxFilterScan))
+	}
+	slices.SortFunc(all, func(a, b sortedEntry) int {
+		if a.key != b.key {
+			if a.key > b.key {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.e.GetEmailId(), b.e.GetEmailId())
+	})
+	out := &outboxv1.ListEmailsResponse{View: q.view}
+	for i, se := range all {
+		if i == size {
+			last := all[i-1]
+			out.NextPageToken = sortedToken(order, redisstore.Cursor{Score: last.key, ID: last.e.GetEmailId()})
+			break
+		}
+		out.Emails = append(out.Emails, se.e)
+	}
+	return out, nil
+}
+
+// sortedToken encodes a position in a sorted order; the order is part of the token, so that a
+// token is never read in another order.
+func sortedToken(order outboxv1.EmailOrder, c redisstore.Cursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("2|" + strconv.Itoa(int(order)) + "|" + strconv.FormatInt(c.Score, 10) + "|" + c.ID))
+}
+
+func parseSortedToken(tok string, order outboxv1.EmailOrder) (redisstore.Cursor, error) {
+	if tok == "" {
+		return redisstore.Cursor{}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	parts := strings.SplitN(string(b), "|", 4)
+	if err != nil || len(parts) != 4 || parts[0] != "2" || parts[1] != strconv.Itoa(int(order)) || parts[3] == "" {
+		return redisstore.Cursor{}, errs.Invalid("page_token", "not a token this service issued for this order")
+	}
+	n, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return redisstore.Cursor{}, errs.Invalid("page_token", "not a token this service issued for this order")
+	}
+	return redisstore.Cursor{Score: n, ID: parts[3]}, nil
 }

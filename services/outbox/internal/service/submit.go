@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"google.golang.org/protobuf/proto"
 
@@ -49,6 +51,9 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	}
 	if len(req.GetWorkItem().GetId()) > 128 || len(req.GetConversationId()) > 128 {
 		return nil, false, errs.Invalid("work_item.id", "work_item.id and conversation_id are at most 128 characters")
+	}
+	if team := req.GetWorkItem().GetTeamId(); len(team) > 128 || strings.ContainsFunc(team, unicode.IsControl) {
+		return nil, false, errs.Invalid("work_item.team_id", "at most 128 characters, no control characters")
 	}
 	if req.GetSystemGenerated() && !p.IsService() {
 		return nil, false, errs.PermissionDenied("SYSTEM_GENERATED", "only services may submit system-generated mail")
@@ -184,7 +189,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	rec := &redisstore.Email{
 		ID: id, Tenant: p.Tenant, Status: status, Priority: prio, Due: due, Score: due, Connector: connector,
 		Imported: imp != nil, Version: 1, From: req.GetFromAddress(), Rcpts: recipients(req),
-		Buckets: buckets(p, sender, right.MailboxID, req.GetSystemGenerated(), imp != nil), IdemKey: req.GetIdempotencyKey(),
+		Buckets: buckets(p, sender, right.MailboxID, req.GetWorkItem().GetTeamId(), req.GetSystemGenerated(), imp != nil), IdemKey: req.GetIdempotencyKey(),
 		Meta: metaBytes, Extra: extraBytes, Body: body,
 	}
 	if imp != nil {
@@ -220,9 +225,9 @@ func submission(req *outboxv1.SubmitEmailRequest) *outbox.Submission {
 }
 
 // buckets are the view indexes a new email is listed in: the tenant's, its sender's, the
-// sender's teams' (as of sending), its mailbox's, and the system ones for system mail. Imported
-// mail is listed like mail sent here.
-func buckets(p auth.Principal, sender, mailbox string, system, imported bool) []string {
+// sender's teams' (as of sending) and its work item's team, its mailbox's, and the system ones for
+// system mail. Imported mail is listed like mail sent here.
+func buckets(p auth.Principal, sender, mailbox, workTeam string, system, imported bool) []string {
 	out := []string{redisstore.BucketAll}
 	if sender != "" {
 		out = append(out, redisstore.BucketUser(sender))
@@ -231,6 +236,9 @@ func buckets(p auth.Principal, sender, mailbox string, system, imported bool) []
 		for _, t := range p.Teams {
 			out = append(out, redisstore.BucketTeam(t))
 		}
+	}
+	if workTeam != "" && (imported || !slices.Contains(p.Teams, workTeam)) {
+		out = append(out, redisstore.BucketTeam(workTeam))
 	}
 	if mailbox != "" {
 		out = append(out, redisstore.BucketMailbox(mailbox))

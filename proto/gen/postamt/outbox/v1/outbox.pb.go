@@ -32,9 +32,10 @@ const (
 	EmailOrder_EMAIL_ORDER_UNSPECIFIED EmailOrder = 0
 	// Soonest due first.
 	EmailOrder_EMAIL_ORDER_DUE_TIME EmailOrder = 1
-	// Newest submitted first.
+	// Newest submitted first. Not indexed: the matching emails are sorted per request, up to the
+	// scan bound (OUTBOX_MAX_FILTER_SCAN).
 	EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC EmailOrder = 2
-	// Most recent failure first.
+	// Most recent attempt first, never attempted last. Not indexed, as SUBMIT_TIME_DESC.
 	EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC EmailOrder = 3
 )
 

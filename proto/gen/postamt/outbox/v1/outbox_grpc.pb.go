@@ -58,7 +58,9 @@ type OutboxServiceClient interface {
 	SubmitEmail(ctx context.Context, in *SubmitEmailRequest, opts ...grpc.CallOption) (*SubmitEmailResponse, error)
 	// Returns one email with its attempt history.
 	GetEmail(ctx context.Context, in *GetEmailRequest, opts ...grpc.CallOption) (*GetEmailResponse, error)
-	// Lists the emails of a view that match a filter, keyset-paged.
+	// Lists the emails of a view that match a filter, keyset-paged. Errors: InvalidArgument (a
+	// filter, page size, order or page token); FailedPrecondition FILTER_TOO_BROAD when an order
+	// other than DUE_TIME would sort more than the configured scan bound of emails.
 	ListEmails(ctx context.Context, in *ListEmailsRequest, opts ...grpc.CallOption) (*ListEmailsResponse, error)
 	// Counts the emails of a view by status (the outbox badge).
 	CountEmails(ctx context.Context, in *CountEmailsRequest, opts ...grpc.CallOption) (*CountEmailsResponse, error)
@@ -323,7 +325,9 @@ type OutboxServiceServer interface {
 	SubmitEmail(context.Context, *SubmitEmailRequest) (*SubmitEmailResponse, error)
 	// Returns one email with its attempt history.
 	GetEmail(context.Context, *GetEmailRequest) (*GetEmailResponse, error)
-	// Lists the emails of a view that match a filter, keyset-paged.
+	// Lists the emails of a view that match a filter, keyset-paged. Errors: InvalidArgument (a
+	// filter, page size, order or page token); FailedPrecondition FILTER_TOO_BROAD when an order
+	// other than DUE_TIME would sort more than the configured scan bound of emails.
 	ListEmails(context.Context, *ListEmailsRequest) (*ListEmailsResponse, error)
 	// Counts the emails of a view by status (the outbox badge).
 	CountEmails(context.Context, *CountEmailsRequest) (*CountEmailsResponse, error)

@@ -616,7 +616,11 @@ type WorkItem struct {
 	// The work item's id in the product, 1-128 characters.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Its type.
-	Type          WorkItemType `protobuf:"varint,2,opt,name=type,proto3,enum=postamt.outbox.v1.WorkItemType" json:"type,omitempty"`
+	Type WorkItemType `protobuf:"varint,2,opt,name=type,proto3,enum=postamt.outbox.v1.WorkItemType" json:"type,omitempty"`
+	// The team that works on the work item, when the product knows it (at most 128 characters):
+	// the email is then in that team's TEAM view too, whoever sent it ("mail about work items my
+	// team works on").
+	TeamId        string `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -663,6 +667,13 @@ func (x *WorkItem) GetType() WorkItemType {
 		return x.Type
 	}
 	return WorkItemType_WORK_ITEM_TYPE_UNSPECIFIED
+}
+
+func (x *WorkItem) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
 }
 
 // Attachment is a file sent with an email. Responses carry only its metadata.
@@ -1489,10 +1500,11 @@ var File_postamt_outbox_v1_resources_proto protoreflect.FileDescriptor
 
 const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"!postamt/outbox/v1/resources.proto\x12\x11postamt.outbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epostamt/outbox/v1/events.proto\"O\n" +
+	"!postamt/outbox/v1/resources.proto\x12\x11postamt.outbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epostamt/outbox/v1/events.proto\"h\n" +
 	"\bWorkItem\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
-	"\x04type\x18\x02 \x01(\x0e2\x1f.postamt.outbox.v1.WorkItemTypeR\x04type\"\xa3\x01\n" +
+	"\x04type\x18\x02 \x01(\x0e2\x1f.postamt.outbox.v1.WorkItemTypeR\x04type\x12\x17\n" +
+	"\ateam_id\x18\x03 \x01(\tR\x06teamId\"\xa3\x01\n" +
 	"\n" +
 	"Attachment\x12\x1a\n" +
 	"\bfilename\x18\x01 \x01(\tR\bfilename\x12!\n" +
