@@ -1,0 +1,279 @@
+// Package journal is the tracker's SMTP journaling endpoint: an SMTP server (go-smtp) to which a
+// mail server journals copies of the mail its users send. Each configured journal address stands
+// for one journaled mailbox (tenant, mailbox, sending user), like a journal rule scoped to that
+// mailbox; a copy received for it is read with go-message and fed into the same ingest path as
+// the outbox's events and IngestSentItem.
+//
+// Replies follow RFC 5321 with RFC 3463 enhanced codes: 550 5.1.1 for an address that is not a
+// journal address, 552 5.3.4 for a message over the size limit (announced in EHLO as SIZE, and
+// checked on MAIL FROM's SIZE and while reading DATA), 554 5.6.0 for a copy whose headers cannot
+// be read (retrying cannot help), 451 4.3.0 when the tracker cannot evaluate it now (the sending
+// server keeps the copy and retries). An Exchange envelope journal report is unwrapped: the
+// message evaluated is the attached original (message/rfc822).
+package journal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/services/tracker/internal/tracker"
+)
+
+// Target is what a journal address stands for: the journaled mailbox and the user whose
+// acceptance option applies to its sent mail.
+type Target struct {
+	Tenant    string
+	MailboxID string
+	User      string
+}
+
+// Ingester is the part of the tracker service the endpoint feeds.
+type Ingester interface {
+	Ingest(ctx context.Context, tenant string, m *tracker.Message) (*tracker.Result, error)
+}
+
+// Config configures the endpoint. Zero values are the documented defaults.
+type Config struct {
+	// Addresses maps journal addresses (lower case) to what they stand for.
+	Addresses map[string]Target
+	// Domain is the host name in the greeting; "" means "localhost".
+	Domain string
+	// MaxMessageBytes bounds one journal copy; 0 means 25 MiB.
+	MaxMessageBytes int64
+	// MaxRecipients bounds RCPT TO per transaction; 0 means 100.
+	MaxRecipients int
+	// Timeout bounds each read and write on a connection; 0 means 5 minutes (RFC 5321 4.5.3.2).
+	Timeout time.Duration
+	// IngestTimeout bounds the evaluation of one copy; 0 means 30s.
+	IngestTimeout time.Duration
+}
+
+// Server is the journaling endpoint.
+type Server struct {
+	cfg Config
+	ing Ingester
+	log *slog.Logger
+	srv *smtp.Server
+
+	mu     sync.Mutex
+	lis    net.Listener
+	closed bool
+}
+
+// New returns a Server feeding ing; nothing listens until Serve.
+func New(cfg Config, ing Ingester, logger *slog.Logger) *Server {
+	if cfg.Domain == "" {
+		cfg.Domain = "localhost"
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 25 << 20
+	}
+	if cfg.MaxRecipients == 0 {
+		cfg.MaxRecipients = 100
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Minute
+	}
+	if cfg.IngestTimeout == 0 {
+		cfg.IngestTimeout = 30 * time.Second
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, ing: ing, log: logger}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &session{s: s}, nil }))
+	srv.Domain = cfg.Domain
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.ReadTimeout, srv.WriteTimeout = cfg.Timeout, cfg.Timeout
+	srv.ErrorLog = slogLogger{logger}
+	s.srv = srv
+	return s
+}
+
+// Serve accepts connections on l until Shutdown; it returns nil after a shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = l.Close()
+		return nil
+	}
+	s.lis = l
+	s.mu.Unlock()
+	err := s.srv.Serve(l)
+	if errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits for running sessions until ctx ends, then closes them.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	lis := s.lis
+	s.mu.Unlock()
+	err := s.srv.Shutdown(ctx)
+	if lis != nil {
+		// go-smtp closes only the listeners its Serve registered already; a Serve that started
+		// just now may not have, and would accept forever.
+		_ = lis.Close()
+	}
+	if err != nil {
+		_ = s.srv.Close()
+	}
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Replies with their RFC 3463 codes.
+var (
+	errUnknownAddress = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such journal address"}
+	errTryLater       = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot evaluate the journal copy now; try again later"}
+)
+
+func errMalformed(detail string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed journal copy: " + detail}
+}
+
+type session struct {
+	s       *Server
+	targets []Target
+}
+
+// Reset implements smtp.Session: RSET forgets the transaction's journal addresses.
+func (ss *session) Reset() { ss.targets = nil }
+
+// Logout implements smtp.Session; a session holds nothing to free.
+func (ss *session) Logout() error { return nil }
+
+// Mail implements smtp.Session: any sender may journal (the endpoint is internal); the size
+// limit is checked by go-smtp against MAIL FROM's SIZE.
+func (ss *session) Mail(string, *smtp.MailOptions) error {
+	ss.targets = nil
+	return nil
+}
+
+// Rcpt implements smtp.Session: only configured journal addresses are accepted (550 5.1.1).
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	t, ok := ss.s.cfg.Addresses[tracker.NormalizeAddress(to)]
+	if !ok {
+		return errUnknownAddress
+	}
+	for _, have := range ss.targets {
+		if have == t {
+			return nil
+		}
+	}
+	ss.targets = append(ss.targets, t)
+	return nil
+}
+
+// Data implements smtp.Session: the copy is read (552 5.3.4 beyond the limit), its original
+// header found and evaluated once for each journaled mailbox of the transaction.
+func (ss *session) Data(r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		// go-smtp's ErrDataTooLarge (552 5.3.4) or a broken connection.
+		return err
+	}
+	h, err := originalHeader(data)
+	if err != nil {
+		return errMalformed(err.Error())
+	}
+	for _, t := range ss.targets {
+		if err := ss.ingest(t, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ingest evaluates the copy for one journaled mailbox.
+func (ss *session) ingest(t Target, h mail.Header) error {
+	m, err := tracker.FromHeader("message", h)
+	if err != nil {
+		var e *errs.Error
+		if errors.As(err, &e) && len(e.Violations) > 0 {
+			return errMalformed(e.Violations[0].Field + " " + e.Violations[0].Description)
+		}
+		return errMalformed("unreadable headers")
+	}
+	m.MailboxID, m.SenderUser, m.Source = t.MailboxID, t.User, tracker.SourceJournal
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.IngestTimeout)
+	defer cancel()
+	r, err := ss.s.ing.Ingest(ctx, t.Tenant, m)
+	if err != nil {
+		if errs.KindOf(err) == errs.KindInvalid {
+			return errMalformed("invalid message")
+		}
+		ss.s.log.Warn("journal: ingest failed; the sender will retry", "tenant", t.Tenant, "message_id", m.MessageID, "error", err)
+		return errTryLater
+	}
+	ss.s.log.Debug("journal: evaluated", "tenant", t.Tenant, "message_id", m.MessageID, "tracked", r.Tracked)
+	return nil
+}
+
+// originalHeader returns the header of the journaled message: the attached original of an
+// envelope journal report (a multipart message with a message/rfc822 part), else the message's
+// own.
+func originalHeader(data []byte) (mail.Header, error) {
+	e, err := message.Read(bytes.NewReader(data))
+	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+		return mail.Header{}, fmt.Errorf("unreadable message: %w", err)
+	}
+	mt, _, _ := e.Header.ContentType()
+	if !strings.HasPrefix(mt, "multipart/") {
+		return mail.Header{Header: e.Header}, nil
+	}
+	mr := e.MultipartReader()
+	if mr == nil {
+		return mail.Header{Header: e.Header}, nil
+	}
+	for {
+		p, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			return mail.Header{Header: e.Header}, nil
+		}
+		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+			return mail.Header{}, fmt.Errorf("unreadable part: %w", err)
+		}
+		pt, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
+		if pt != "message/rfc822" {
+			continue
+		}
+		inner, err := message.Read(p.Body)
+		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+			return mail.Header{}, fmt.Errorf("unreadable attached message: %w", err)
+		}
+		return mail.Header{Header: inner.Header}, nil
+	}
+}
+
+// slogLogger lets go-smtp log connection errors through the service's logger.
+type slogLogger struct{ l *slog.Logger }
+
+// Printf implements smtp.Logger.
+func (s slogLogger) Printf(format string, v ...any) {
+	s.l.Warn("journal smtp: " + fmt.Sprintf(format, v...))
+}
+
+// Println implements smtp.Logger.
+func (s slogLogger) Println(v ...any) { s.l.Warn("journal smtp: " + fmt.Sprint(v...)) }

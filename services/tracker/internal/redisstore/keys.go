@@ -1,0 +1,76 @@
+// Package redisstore keeps the tracker's state in Redis. All of the service's Redis access is
+// here: key builders, the scripts that keep the Store invariants, and the encoding (JSON of the
+// domain types; the tracker reads what it wrote itself, so readability in redis-cli wins over a
+// few bytes).
+//
+// Layout. Tenants are spread over a fixed number of partitions; every key of a tenant carries
+// the partition's hash tag ({trN}), so a script over any keys of one tenant stays in one Redis
+// Cluster slot, and each partition has one event stream that the relay publishes to JetStream.
+// The partition count is part of the data layout: changing it needs a migration.
+//
+//	pm:tr:{trN}:events              stream      EmailTracked events waiting for the relay
+//	pm:tr:{trN}:t:T:org             string      org settings (JSON)
+//	pm:tr:{trN}:t:T:u:U             string      user U's options (JSON)
+//	pm:tr:{trN}:t:T:recs            zset (lex)  record ids
+//	pm:tr:{trN}:t:T:r:R             hash        record R: v (version), j (JSON)
+//	pm:tr:{trN}:t:T:r:R:mails       zset (lex)  tracked emails linked to R or regarding it (cursor members)
+//	pm:tr:{trN}:t:T:a:A             hash        address A -> record id -> RecordRef (JSON): the address index
+//	pm:tr:{trN}:t:T:tok:K           string      issued tracking token K (JSON)
+//	pm:tr:{trN}:t:T:m:M             string      tracked email with Message-ID M (JSON)
+//	pm:tr:{trN}:t:T:th:X            string      latest tracked email of thread X (stamped candidate)
+//	pm:tr:{trN}:t:T:sm:K            string      latest tracked email with smart key K (stamped candidate)
+//	pm:tr:{trN}:t:T:d:M             string      explanation of untracked Message-ID M (JSON, with a TTL)
+//	pm:tr:{trtok}:seq               string      the token number counter, shared by all tenants
+package redisstore
+
+import (
+	"strconv"
+
+	"github.com/postamt/postamt/internal/redisx"
+)
+
+// Partitions is the number of tenant partitions (and event streams). Part of the data layout.
+const Partitions = 16
+
+const prefix = "pm:tr:"
+
+// tokenSeqKey counts token numbers across tenants, so a number is issued once and a token
+// correlates only in the tenant that issued it. It has a slot of its own.
+const tokenSeqKey = prefix + "{trtok}:seq"
+
+func partitionTag(tenant string) string {
+	return "{tr" + strconv.Itoa(redisx.Partition(tenant, Partitions)) + "}"
+}
+
+// EventStreams returns every partition's event stream key, for the relay.
+func EventStreams() []string {
+	out := make([]string, Partitions)
+	for i := range out {
+		out[i] = prefix + "{tr" + strconv.Itoa(i) + "}:events"
+	}
+	return out
+}
+
+// keys builds the keys of one tenant.
+type keys struct {
+	part string // pm:tr:{trN}
+	base string // pm:tr:{trN}:t:T
+}
+
+func tenantKeys(tenant string) keys {
+	part := prefix + partitionTag(tenant)
+	return keys{part: part, base: part + ":t:" + tenant}
+}
+
+func (k keys) events() string                   { return k.part + ":events" }
+func (k keys) org() string                      { return k.base + ":org" }
+func (k keys) user(u string) string             { return k.base + ":u:" + u }
+func (k keys) records() string                  { return k.base + ":recs" }
+func (k keys) record(id string) string          { return k.base + ":r:" + id }
+func (k keys) recordMails(id string) string     { return k.record(id) + ":mails" }
+func (k keys) address(a string) string          { return k.base + ":a:" + a }
+func (k keys) token(t string) string            { return k.base + ":tok:" + t }
+func (k keys) email(messageID string) string    { return k.base + ":m:" + messageID }
+func (k keys) thread(id string) string          { return k.base + ":th:" + id }
+func (k keys) smart(key string) string          { return k.base + ":sm:" + key }
+func (k keys) decision(messageID string) string { return k.base + ":d:" + messageID }

@@ -1,0 +1,711 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/services/tracker/internal/events"
+	"github.com/postamt/postamt/services/tracker/internal/tracker"
+)
+
+// maxCASAttempts bounds the retries of one read-modify-write under contention.
+const maxCASAttempts = 16
+
+// Store implements tracker.Store on Redis.
+type Store struct {
+	rdb redis.UniversalClient
+}
+
+var _ tracker.Store = (*Store)(nil)
+
+// New returns a Store on rdb.
+func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+
+// Scripts. Each names every key it touches in KEYS; all keys of one call share the tenant's
+// partition tag, so each runs in one Redis Cluster slot.
+var (
+	// casScript replaces a string value if it is still the one the caller read.
+	// KEYS[1] the value; ARGV[1] the value read ("" when absent), ARGV[2] the new value.
+	// Returns 1, or 0 when another write came first (nothing written).
+	casScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+`)
+
+	// recordScript writes or deletes a record and keeps the address index exact: the record's
+	// old addresses lose it, its new ones gain it, in one step with the record, so the index
+	// never lists a record under an address it no longer has.
+	// KEYS[1] the record hash, KEYS[2] the tenant's record ids, KEYS[3 .. 2+n] the old
+	// addresses' index hashes, KEYS[3+n ..] the new ones'.
+	// ARGV[1] the version read (0: absent), ARGV[2] the record's JSON ("" deletes), ARGV[3] the
+	// record id, ARGV[4] n, ARGV[5] the RecordRef JSON the index holds.
+	// Returns 1, or 0 when the version changed since the read (nothing written).
+	recordScript = redis.NewScript(`
+if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local n = tonumber(ARGV[4])
+for i = 3, 2 + n do redis.call('HDEL', KEYS[i], ARGV[3]) end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 1
+end
+for i = 3 + n, #KEYS do redis.call('HSET', KEYS[i], ARGV[3], ARGV[5]) end
+redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[1]) + 1, 'j', ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+return 1
+`)
+
+	// trackScript stores a tracked email once per (tenant, Message-ID) with its indexes and its
+	// EmailTracked event, atomically: no event without its email, no email without its event,
+	// and a second arrival of the Message-ID (a redelivery, another member's Sent folder, a
+	// journal copy) changes nothing.
+	// KEYS[1] the email, KEYS[2] the partition's event stream, then the thread index (when
+	// ARGV[2] is 1), the smart-key index (when ARGV[3] is 1), then the record indexes.
+	// ARGV[1] the email's JSON, ARGV[4] the stamped candidate for the thread and smart indexes
+	// ("<13-digit sent ms>|<JSON>": an index keeps the latest sent), ARGV[5] the record-index
+	// member, ARGV[6..11] eventbus.Envelope.
+	// Returns {1} when stored, {0, stored JSON} when the Message-ID was tracked before.
+	trackScript = redis.NewScript(eventbus.LuaEmit + `
+local cur = redis.call('GET', KEYS[1])
+if cur then return {0, cur} end
+redis.call('SET', KEYS[1], ARGV[1])
+local i = 3
+local sent = tonumber(string.sub(ARGV[4], 1, 13))
+local function latest(key)
+  local old = redis.call('GET', key)
+  if (not old) or tonumber(string.sub(old, 1, 13)) <= sent then redis.call('SET', key, ARGV[4]) end
+end
+if ARGV[2] == '1' then latest(KEYS[i]); i = i + 1 end
+if ARGV[3] == '1' then latest(KEYS[i]); i = i + 1 end
+for j = i, #KEYS do redis.call('ZADD', KEYS[j], 0, ARGV[5]) end
+postamt_emit(KEYS[2], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+return {1}
+`)
+)
+
+// ---- settings ----
+
+// getJSON reads a JSON value; found is false when the key does not exist.
+func getJSON(ctx context.Context, c redis.Cmdable, key string, dst any) (raw string, found bool, err error) {
+	raw, err = c.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	if err := json.Unmarshal([]byte(raw), dst); err != nil {
+		return "", false, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return raw, true, nil
+}
+
+// update runs a compare-and-set read-modify-write of a JSON value.
+func update[T any](ctx context.Context, rdb redis.UniversalClient, key string, mutate func(*T) error) (T, error) {
+	for range maxCASAttempts {
+		var v T
+		raw, _, err := getJSON(ctx, rdb, key, &v)
+		if err != nil {
+			return v, err
+		}
+		if err := mutate(&v); err != nil {
+			return v, err
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return v, err
+		}
+		n, err := casScript.Run(ctx, rdb, []string{key}, raw, b).Int()
+		if err != nil {
+			return v, err
+		}
+		if n == 1 {
+			return v, nil
+		}
+	}
+	var zero T
+	return zero, errs.Aborted("CONCURRENT_UPDATE", "too many concurrent changes to the same settings; retry")
+}
+
+// storedOrg is the JSON form of org settings.
+type storedOrg struct {
+	Auto        bool          `json:"auto"`
+	Prefix      string        `json:"prefix,omitempty"`
+	Digits      int           `json:"digits,omitempty"`
+	InSubject   bool          `json:"in_subject,omitempty"`
+	Smart       bool          `json:"smart,omitempty"`
+	SmartMax    int           `json:"smart_max,omitempty"`
+	SmartMinLen int           `json:"smart_min,omitempty"`
+	SmartWindow time.Duration `json:"smart_window,omitempty"`
+	Version     int64         `json:"v"`
+	Updated     time.Time     `json:"at"`
+}
+
+func (s storedOrg) domain() tracker.OrgSettings {
+	return tracker.OrgSettings{
+		AutoTrackSentFolderItems: s.Auto, TokenPrefix: s.Prefix, TokenDigits: s.Digits, TokenInSubject: s.InSubject,
+		Smart:   tracker.SmartMatching{Enabled: s.Smart, MaxRecipients: s.SmartMax, MinSubjectLen: s.SmartMinLen, Window: s.SmartWindow},
+		Version: s.Version, Updated: s.Updated,
+	}
+}
+
+func storeOrg(o tracker.OrgSettings) storedOrg {
+	return storedOrg{
+		Auto: o.AutoTrackSentFolderItems, Prefix: o.TokenPrefix, Digits: o.TokenDigits, InSubject: o.TokenInSubject,
+		Smart: o.Smart.Enabled, SmartMax: o.Smart.MaxRecipients, SmartMinLen: o.Smart.MinSubjectLen, SmartWindow: o.Smart.Window,
+		Version: o.Version, Updated: o.Updated,
+	}
+}
+
+// OrgSettings implements tracker.Store.
+func (s *Store) OrgSettings(ctx context.Context, tenant string) (tracker.OrgSettings, error) {
+	var o storedOrg
+	if _, _, err := getJSON(ctx, s.rdb, tenantKeys(tenant).org(), &o); err != nil {
+		return tracker.OrgSettings{}, fmt.Errorf("read org settings: %w", err)
+	}
+	return o.domain(), nil
+}
+
+// UpdateOrgSettings implements tracker.Store.
+func (s *Store) UpdateOrgSettings(ctx context.Context, tenant string, mutate func(*tracker.OrgSettings) error) (tracker.OrgSettings, error) {
+	o, err := update(ctx, s.rdb, tenantKeys(tenant).org(), func(st *storedOrg) error {
+		d := st.domain()
+		if err := mutate(&d); err != nil {
+			return err
+		}
+		*st = storeOrg(d)
+		return nil
+	})
+	if err != nil {
+		return tracker.OrgSettings{}, fmt.Errorf("write org settings: %w", err)
+	}
+	return o.domain(), nil
+}
+
+type storedUser struct {
+	Option  *tracker.Option `json:"opt,omitempty"`
+	Version int64           `json:"v"`
+}
+
+// UserSettings implements tracker.Store.
+func (s *Store) UserSettings(ctx context.Context, tenant, user string) (tracker.UserSettings, error) {
+	var u storedUser
+	if _, _, err := getJSON(ctx, s.rdb, tenantKeys(tenant).user(user), &u); err != nil {
+		return tracker.UserSettings{}, fmt.Errorf("read user settings: %w", err)
+	}
+	return tracker.UserSettings{UserID: user, Option: u.Option, Version: u.Version}, nil
+}
+
+// UpdateUserSettings implements tracker.Store.
+func (s *Store) UpdateUserSettings(ctx context.Context, tenant, user string, mutate func(*tracker.UserSettings) error) (tracker.UserSettings, error) {
+	u, err := update(ctx, s.rdb, tenantKeys(tenant).user(user), func(st *storedUser) error {
+		d := tracker.UserSettings{UserID: user, Option: st.Option, Version: st.Version}
+		if err := mutate(&d); err != nil {
+			return err
+		}
+		*st = storedUser{Option: d.Option, Version: d.Version}
+		return nil
+	})
+	if err != nil {
+		return tracker.UserSettings{}, fmt.Errorf("write user settings: %w", err)
+	}
+	return tracker.UserSettings{UserID: user, Option: u.Option, Version: u.Version}, nil
+}
+
+// ---- records ----
+
+type storedRecord struct {
+	ID          string             `json:"id"`
+	Kind        tracker.RecordKind `json:"k"`
+	EntityType  string             `json:"et,omitempty"`
+	DisplayName string             `json:"dn,omitempty"`
+	Addresses   []string           `json:"a"`
+	Version     int64              `json:"v"`
+	Updated     time.Time          `json:"at"`
+}
+
+func (r *storedRecord) domain() tracker.Record {
+	return tracker.Record{ID: r.ID, Kind: r.Kind, EntityType: r.EntityType, DisplayName: r.DisplayName, Addresses: r.Addresses, Version: r.Version, Updated: r.Updated}
+}
+
+// readRecord returns the record and its version; nil when absent.
+func (s *Store) readRecord(ctx context.Context, k keys, id string) (*tracker.Record, error) {
+	h, err := s.rdb.HMGet(ctx, k.record(id), "j").Result()
+	if err != nil {
+		return nil, fmt.Errorf("read record %s: %w", id, err)
+	}
+	raw, ok := h[0].(string)
+	if !ok {
+		return nil, nil
+	}
+	var r storedRecord
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		return nil, fmt.Errorf("decode record %s: %w", id, err)
+	}
+	d := r.domain()
+	return &d, nil
+}
+
+// writeRecord runs recordScript for a change from old (nil: absent) to r (nil: delete).
+func (s *Store) writeRecord(ctx context.Context, k keys, id string, old, r *tracker.Record) (bool, error) {
+	keysList := []string{k.record(id), k.records()}
+	var version int64
+	if old != nil {
+		version = old.Version
+		for _, a := range old.Addresses {
+			keysList = append(keysList, k.address(a))
+		}
+	}
+	nOld := len(keysList) - 2
+	var data, ref []byte
+	if r != nil {
+		r.Version = version + 1
+		for _, a := range r.Addresses {
+			keysList = append(keysList, k.address(a))
+		}
+		var err error
+		if data, err = json.Marshal(storedRecord{ID: r.ID, Kind: r.Kind, EntityType: r.EntityType, DisplayName: r.DisplayName, Addresses: r.Addresses, Version: r.Version, Updated: r.Updated}); err != nil {
+			return false, err
+		}
+		if ref, err = json.Marshal(r.Ref()); err != nil {
+			return false, err
+		}
+	}
+	n, err := recordScript.Run(ctx, s.rdb, keysList, version, data, id, nOld, ref).Int()
+	if err != nil {
+		return false, fmt.Errorf("write record %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// UpsertRecord implements tracker.Store.
+func (s *Store) UpsertRecord(ctx context.Context, tenant string, r *tracker.Record) error {
+	k := tenantKeys(tenant)
+	for range maxCASAttempts {
+		old, err := s.readRecord(ctx, k, r.ID)
+		if err != nil {
+			return err
+		}
+		ok, err := s.writeRecord(ctx, k, r.ID, old, r)
+		if err != nil || ok {
+			return err
+		}
+	}
+	return errs.Aborted("CONCURRENT_UPDATE", "too many concurrent changes to the same record; retry")
+}
+
+// DeleteRecord implements tracker.Store.
+func (s *Store) DeleteRecord(ctx context.Context, tenant, id string) error {
+	k := tenantKeys(tenant)
+	for range maxCASAttempts {
+		old, err := s.readRecord(ctx, k, id)
+		if err != nil {
+			return err
+		}
+		if old == nil {
+			return errs.NotFound("record", id)
+		}
+		ok, err := s.writeRecord(ctx, k, id, old, nil)
+		if err != nil || ok {
+			return err
+		}
+	}
+	return errs.Aborted("CONCURRENT_UPDATE", "too many concurrent changes to the same record; retry")
+}
+
+// GetRecord implements tracker.Store.
+func (s *Store) GetRecord(ctx context.Context, tenant, id string) (*tracker.Record, error) {
+	r, err := s.readRecord(ctx, tenantKeys(tenant), id)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return nil, errs.NotFound("record", id)
+	}
+	return r, nil
+}
+
+// ListRecords implements tracker.Store.
+func (s *Store) ListRecords(ctx context.Context, tenant, after string, limit int) ([]tracker.Record, error) {
+	k := tenantKeys(tenant)
+	min := "-"
+	if after != "" {
+		min = "(" + after
+	}
+	ids, err := s.rdb.ZRangeByLex(ctx, k.records(), &redis.ZRangeBy{Min: min, Max: "+", Count: int64(limit)}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list records: %w", err)
+	}
+	return s.records(ctx, k, ids)
+}
+
+// RecordsByAddress implements tracker.Store.
+func (s *Store) RecordsByAddress(ctx context.Context, tenant, address string) ([]tracker.Record, error) {
+	k := tenantKeys(tenant)
+	ids, err := s.rdb.HKeys(ctx, k.address(address)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read address index: %w", err)
+	}
+	slices.Sort(ids)
+	return s.records(ctx, k, ids)
+}
+
+func (s *Store) records(ctx context.Context, k keys, ids []string) ([]tracker.Record, error) {
+	cmds := make([]*redis.SliceCmd, len(ids))
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.HMGet(ctx, k.record(id), "j")
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read records: %w", err)
+	}
+	out := make([]tracker.Record, 0, len(ids))
+	for i, c := range cmds {
+		raw, ok := c.Val()[0].(string)
+		if !ok {
+			continue // deleted between the index read and this one
+		}
+		var r storedRecord
+		if err := json.Unmarshal([]byte(raw), &r); err != nil {
+			return nil, fmt.Errorf("decode record %s: %w", ids[i], err)
+		}
+		out = append(out, r.domain())
+	}
+	return out, nil
+}
+
+// ---- tokens ----
+
+// IssueToken implements tracker.Store. The number comes from one counter for all tenants (INCR,
+// its own slot), then the token is recorded in the tenant's keyspace; a crash between the two
+// only leaves a number unused.
+func (s *Store) IssueToken(ctx context.Context, tenant, prefix string, digits int, regarding tracker.RecordRef, now time.Time) (tracker.Token, error) {
+	n, err := s.rdb.Incr(ctx, tokenSeqKey).Result()
+	if err != nil {
+		return tracker.Token{}, fmt.Errorf("allocate token number: %w", err)
+	}
+	t := tracker.Token{Token: tracker.FormatToken(prefix, digits, n), Regarding: regarding, Issued: now}
+	b, err := json.Marshal(t)
+	if err != nil {
+		return tracker.Token{}, err
+	}
+	if err := s.rdb.Set(ctx, tenantKeys(tenant).token(t.Token), b, 0).Err(); err != nil {
+		return tracker.Token{}, fmt.Errorf("record token: %w", err)
+	}
+	return t, nil
+}
+
+// ---- tracking ----
+
+// stamp prefixes a candidate's JSON with its sent time in 13 digits of milliseconds, so the
+// tracking script can keep the latest without decoding JSON.
+func stamp(c tracker.Candidate) (string, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%013d|%s", max(c.SentAt.UnixMilli(), 0), b), nil
+}
+
+func unstamp(raw string) (*tracker.Candidate, error) {
+	_, js, ok := strings.Cut(raw, "|")
+	if !ok {
+		return nil, fmt.Errorf("index value without stamp")
+	}
+	var c tracker.Candidate
+	if err := json.Unmarshal([]byte(js), &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// cursor is the member of a record's index: newest sent first in lexical order, Message-ID
+// breaking ties, so pages are keyset ranges.
+func cursor(e *tracker.TrackedEmail) string {
+	const maxMs = 9_999_999_999_999
+	return fmt.Sprintf("%013d|%s", maxMs-max(min(e.SentAt.UnixMilli(), maxMs), 0), e.MessageID)
+}
+
+func candidate(e *tracker.TrackedEmail) tracker.Candidate {
+	return tracker.Candidate{MessageID: e.MessageID, Regarding: e.Regarding, SentAt: e.SentAt}
+}
+
+// Gather implements tracker.Store: one pipeline reads the settings, the Message-ID, and every
+// correlation and address lookup.
+func (s *Store) Gather(ctx context.Context, tenant string, q tracker.Query) (tracker.Gathered, error) {
+	k := tenantKeys(tenant)
+	var (
+		org, user, existing, irt, thread, smart *redis.StringCmd
+		tokens                                  = make([]*redis.StringCmd, len(q.Tokens))
+		refs                                    = make([]*redis.StringCmd, len(q.References))
+		addrs                                   = make([]*redis.StringSliceCmd, len(q.Addresses))
+	)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		org = p.Get(ctx, k.org())
+		if q.User != "" {
+			user = p.Get(ctx, k.user(q.User))
+		}
+		existing = p.Get(ctx, k.email(q.MessageID))
+		if q.InReplyTo != "" {
+			irt = p.Get(ctx, k.email(q.InReplyTo))
+		}
+		for i, t := range q.Tokens {
+			tokens[i] = p.Get(ctx, k.token(t))
+		}
+		for i, r := range q.References {
+			refs[i] = p.Get(ctx, k.email(r))
+		}
+		if q.ThreadID != "" {
+			thread = p.Get(ctx, k.thread(q.ThreadID))
+		}
+		if q.SmartKey != "" {
+			smart = p.Get(ctx, k.smart(q.SmartKey))
+		}
+		for i, a := range q.Addresses {
+			addrs[i] = p.HVals(ctx, k.address(a))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return tracker.Gathered{}, fmt.Errorf("gather: %w", err)
+	}
+	var g tracker.Gathered
+	ev := &g.Evidence
+	val := func(c *redis.StringCmd) (string, bool) {
+		if c == nil || c.Err() != nil {
+			return "", false
+		}
+		return c.Val(), true
+	}
+	if raw, ok := val(org); ok {
+		var o storedOrg
+		if err := json.Unmarshal([]byte(raw), &o); err != nil {
+			return g, fmt.Errorf("decode org settings: %w", err)
+		}
+		ev.Org = o.domain()
+	}
+	ev.User = tracker.UserSettings{UserID: q.User}
+	if raw, ok := val(user); ok {
+		var u storedUser
+		if err := json.Unmarshal([]byte(raw), &u); err != nil {
+			return g, fmt.Errorf("decode user settings: %w", err)
+		}
+		ev.User.Option, ev.User.Version = u.Option, u.Version
+	}
+	email := func(raw string) (*tracker.TrackedEmail, error) {
+		var e tracker.TrackedEmail
+		if err := json.Unmarshal([]byte(raw), &e); err != nil {
+			return nil, fmt.Errorf("decode tracked email: %w", err)
+		}
+		return &e, nil
+	}
+	if raw, ok := val(existing); ok {
+		if g.Existing, err = email(raw); err != nil {
+			return g, err
+		}
+	}
+	if raw, ok := val(irt); ok {
+		e, err := email(raw)
+		if err != nil {
+			return g, err
+		}
+		c := candidate(e)
+		ev.InReplyTo = &c
+	}
+	for i, c := range tokens {
+		if raw, ok := val(c); ok {
+			var t tracker.Token
+			if err := json.Unmarshal([]byte(raw), &t); err != nil {
+				return g, fmt.Errorf("decode token: %w", err)
+			}
+			if ev.Tokens == nil {
+				ev.Tokens = map[string]tracker.Token{}
+			}
+			ev.Tokens[q.Tokens[i]] = t
+		}
+	}
+	for i, c := range refs {
+		if raw, ok := val(c); ok {
+			e, err := email(raw)
+			if err != nil {
+				return g, err
+			}
+			if ev.References == nil {
+				ev.References = map[string]tracker.Candidate{}
+			}
+			ev.References[q.References[i]] = candidate(e)
+		}
+	}
+	if raw, ok := val(thread); ok {
+		if ev.Thread, err = unstamp(raw); err != nil {
+			return g, fmt.Errorf("decode thread index: %w", err)
+		}
+	}
+	if raw, ok := val(smart); ok {
+		if ev.Smart, err = unstamp(raw); err != nil {
+			return g, fmt.Errorf("decode smart index: %w", err)
+		}
+	}
+	for i, c := range addrs {
+		if c.Err() != nil || len(c.Val()) == 0 {
+			continue
+		}
+		refs := make([]tracker.RecordRef, 0, len(c.Val()))
+		for _, raw := range c.Val() {
+			var r tracker.RecordRef
+			if err := json.Unmarshal([]byte(raw), &r); err != nil {
+				return g, fmt.Errorf("decode address index: %w", err)
+			}
+			refs = append(refs, r)
+		}
+		slices.SortFunc(refs, func(a, b tracker.RecordRef) int { return strings.Compare(a.ID, b.ID) })
+		if ev.Records == nil {
+			ev.Records = map[string][]tracker.RecordRef{}
+		}
+		ev.Records[q.Addresses[i]] = refs
+	}
+	return g, nil
+}
+
+// Track implements tracker.Store.
+func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) (bool, *tracker.TrackedEmail, error) {
+	k := tenantKeys(tenant)
+	data, err := json.Marshal(e)
+	if err != nil {
+		return false, nil, err
+	}
+	cand, err := stamp(candidate(e))
+	if err != nil {
+		return false, nil, err
+	}
+	ks := []string{k.email(e.MessageID), k.events()}
+	hasThread, hasSmart := "0", "0"
+	if e.ThreadID != "" {
+		ks, hasThread = append(ks, k.thread(e.ThreadID)), "1"
+	}
+	if smartKey != "" {
+		ks, hasSmart = append(ks, k.smart(smartKey)), "1"
+	}
+	seen := map[string]bool{}
+	addRecord := func(id string) {
+		if !seen[id] {
+			seen[id] = true
+			ks = append(ks, k.recordMails(id))
+		}
+	}
+	if e.Regarding != nil {
+		addRecord(e.Regarding.ID)
+	}
+	for _, l := range e.Links {
+		addRecord(l.Record.ID)
+	}
+	ev := events.EmailTracked(tenant, e)
+	env, err := eventbus.Envelope(ctx, ev.ID, ev.Subject, tenant, ev.Msg)
+	if err != nil {
+		return false, nil, err
+	}
+	argv := append([]any{data, hasThread, hasSmart, cand, cursor(e)}, env...)
+	res, err := trackScript.Run(ctx, s.rdb, ks, argv...).Slice()
+	if err != nil {
+		return false, nil, fmt.Errorf("track: %w", err)
+	}
+	if n, _ := res[0].(int64); n == 1 {
+		return true, e, nil
+	}
+	raw, _ := res[1].(string)
+	var old tracker.TrackedEmail
+	if err := json.Unmarshal([]byte(raw), &old); err != nil {
+		return false, nil, fmt.Errorf("decode tracked email: %w", err)
+	}
+	return false, &old, nil
+}
+
+// GetTracked implements tracker.Store.
+func (s *Store) GetTracked(ctx context.Context, tenant, messageID string) (*tracker.TrackedEmail, error) {
+	var e tracker.TrackedEmail
+	_, found, err := getJSON(ctx, s.rdb, tenantKeys(tenant).email(messageID), &e)
+	if err != nil {
+		return nil, fmt.Errorf("read tracked email: %w", err)
+	}
+	if !found {
+		return nil, errs.NotFound("tracked email", messageID)
+	}
+	return &e, nil
+}
+
+// ListTracked implements tracker.Store.
+func (s *Store) ListTracked(ctx context.Context, tenant, recordID, after string, limit int) ([]tracker.TrackedEmail, string, error) {
+	k := tenantKeys(tenant)
+	min := "-"
+	if after != "" {
+		min = "(" + after
+	}
+	members, err := s.rdb.ZRangeByLex(ctx, k.recordMails(recordID), &redis.ZRangeBy{Min: min, Max: "+", Count: int64(limit + 1)}).Result()
+	if err != nil {
+		return nil, "", fmt.Errorf("list tracked emails: %w", err)
+	}
+	next := ""
+	if len(members) > limit {
+		members = members[:limit]
+		next = members[limit-1]
+	}
+	cmds := make([]*redis.StringCmd, len(members))
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, m := range members {
+			_, id, _ := strings.Cut(m, "|")
+			cmds[i] = p.Get(ctx, k.email(id))
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, "", fmt.Errorf("read tracked emails: %w", err)
+	}
+	out := make([]tracker.TrackedEmail, 0, len(cmds))
+	for _, c := range cmds {
+		if c.Err() != nil {
+			continue
+		}
+		var e tracker.TrackedEmail
+		if err := json.Unmarshal([]byte(c.Val()), &e); err != nil {
+			return nil, "", fmt.Errorf("decode tracked email: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, next, nil
+}
+
+// SaveDecision implements tracker.Store.
+func (s *Store) SaveDecision(ctx context.Context, tenant string, x *tracker.Explanation, ttl time.Duration) error {
+	b, err := json.Marshal(x)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.Set(ctx, tenantKeys(tenant).decision(x.MessageID), b, ttl).Err(); err != nil {
+		return fmt.Errorf("keep decision: %w", err)
+	}
+	return nil
+}
+
+// Decision implements tracker.Store.
+func (s *Store) Decision(ctx context.Context, tenant, messageID string) (*tracker.Explanation, error) {
+	var x tracker.Explanation
+	_, found, err := getJSON(ctx, s.rdb, tenantKeys(tenant).decision(messageID), &x)
+	if err != nil {
+		return nil, fmt.Errorf("read decision: %w", err)
+	}
+	if !found {
+		return nil, errs.NotFound("decision", messageID)
+	}
+	return &x, nil
+}

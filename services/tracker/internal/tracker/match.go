@@ -1,0 +1,143 @@
+package tracker
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// tokenLike finds every <prefix>:<digits> in a subject, whatever the prefix: the store looks the
+// candidates up in one round trip before the tenant's settings are known, and the rules keep only
+// those of the configured shape (acceptsToken).
+var tokenLike = regexp.MustCompile(`\b[A-Za-z0-9]{1,10}:[0-9]{4,18}\b`)
+
+// maxTokenCandidates bounds the tokens looked up per subject.
+const maxTokenCandidates = 4
+
+// TokenCandidates returns the token-shaped words of a subject, at most a few, last first (a
+// token is appended to the end of the subject, and replies keep it there).
+func TokenCandidates(subject string) []string {
+	var out []string
+	for _, m := range tokenLike.FindAllString(subject, 64) {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	slices.Reverse(out)
+	if len(out) > maxTokenCandidates {
+		out = out[:maxTokenCandidates]
+	}
+	return out
+}
+
+// FormatToken renders token number n with the tenant's prefix and digits, e.g. CRM:0001001.
+func FormatToken(prefix string, digits int, n int64) string {
+	return fmt.Sprintf("%s:%0*d", prefix, digits, n)
+}
+
+// acceptsToken reports whether tok has the tenant's configured shape: the prefix exactly and at
+// least the configured digits.
+func acceptsToken(s OrgSettings, tok string) bool {
+	p, num, ok := strings.Cut(tok, ":")
+	return ok && p == s.TokenPrefix && len(num) >= s.TokenDigits
+}
+
+// replyPrefixes are the reply and forward markers mail clients put before a subject, in the
+// languages of the product's users (English, German, Danish, Dutch, French, Swedish).
+var replyPrefixes = regexp.MustCompile(`(?i)^\s*(re|fw|fwd|aw|wg|sv|vs|vl|antw|tr|r|rif|enc)\s*(\[\d+\])?\s*:\s*`)
+
+// NormalizeSubject folds a subject for smart matching: reply and forward prefixes and tracking
+// tokens removed, bracketed list tags kept, case folded, runs of space collapsed.
+func NormalizeSubject(subject string) string {
+	s := tokenLike.ReplaceAllString(subject, " ")
+	for {
+		t := replyPrefixes.ReplaceAllString(s, "")
+		if t == s {
+			break
+		}
+		s = t
+	}
+	return strings.Join(strings.FieldsFunc(strings.ToLower(s), unicode.IsSpace), " ")
+}
+
+// SmartKey is the smart-matching key of a message: its normalised subject and the set of its
+// From, To and Cc addresses, hashed. It does not depend on the tenant's settings, so it can be
+// looked up before they are read and is stored with every tracked email (turning smart matching
+// on then finds the conversations tracked before); the rules apply the thresholds (smartFits).
+// It is empty for a message without subject or without recipients.
+func SmartKey(m *Message) string {
+	subj := NormalizeSubject(m.Subject)
+	set := addressSet(m)
+	if subj == "" || len(set) < 2 {
+		return ""
+	}
+	h := sha256.New()
+	h.Write([]byte(subj))
+	for _, a := range set {
+		h.Write([]byte{0})
+		h.Write([]byte(a))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// smartFits reports whether the message may be smart-matched under s: a subject long enough to
+// mean something, and not too many addresses.
+func smartFits(s SmartMatching, m *Message) bool {
+	return len([]rune(NormalizeSubject(m.Subject))) >= s.MinSubjectLen && len(addressSet(m)) <= s.MaxRecipients && SmartKey(m) != ""
+}
+
+// addressSet is the sorted, unique set of From, To and Cc.
+func addressSet(m *Message) []string {
+	set := make([]string, 0, 1+len(m.To)+len(m.Cc))
+	set = append(set, m.From)
+	set = append(set, m.To...)
+	set = append(set, m.Cc...)
+	slices.Sort(set)
+	return slices.Compact(slices.DeleteFunc(set, func(s string) bool { return s == "" }))
+}
+
+// Addresses returns the message's addresses with their roles, each address once (its first
+// role: From, To, Cc, Bcc).
+func Addresses(m *Message) []RoleAddress {
+	var out []RoleAddress
+	seen := map[string]bool{}
+	add := func(r Role, as ...string) {
+		for _, a := range as {
+			if a == "" || seen[a] {
+				continue
+			}
+			seen[a] = true
+			out = append(out, RoleAddress{Address: a, Role: r})
+		}
+	}
+	add(RoleFrom, m.From)
+	add(RoleTo, m.To...)
+	add(RoleCc, m.Cc...)
+	add(RoleBcc, m.Bcc...)
+	return out
+}
+
+// RoleAddress is an address of a message with where it appeared.
+type RoleAddress struct {
+	Address string
+	Role    Role
+}
+
+func roleName(r Role) string {
+	switch r {
+	case RoleFrom:
+		return "From"
+	case RoleTo:
+		return "To"
+	case RoleCc:
+		return "Cc"
+	case RoleBcc:
+		return "Bcc"
+	}
+	return strconv.Itoa(int(r))
+}

@@ -1,0 +1,74 @@
+package tracker
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps the tracker's state. It is declared here, by its consumer, so the rules can be read
+// without Redis; redisstore implements it. Besides persistence it keeps these invariants:
+//   - one tracked email per (tenant, Message-ID): Track writes it, its indexes (thread, smart
+//     key, records) and its EmailTracked event in one atomic step, or nothing when the Message-ID
+//     is tracked already;
+//   - the address index always lists exactly the records that have each address;
+//   - a tracking token number is issued once across all tenants, so a token correlates only in
+//     the tenant that issued it;
+//   - the mutate callbacks run on the current state and may run again when a concurrent write
+//     interferes; their error aborts the write unchanged.
+type Store interface {
+	// OrgSettings returns the tenant's stored settings (the zero value when none are stored).
+	OrgSettings(ctx context.Context, tenant string) (OrgSettings, error)
+	UpdateOrgSettings(ctx context.Context, tenant string, mutate func(*OrgSettings) error) (OrgSettings, error)
+	// UserSettings returns a user's stored options (no option when none are stored).
+	UserSettings(ctx context.Context, tenant, user string) (UserSettings, error)
+	UpdateUserSettings(ctx context.Context, tenant, user string, mutate func(*UserSettings) error) (UserSettings, error)
+
+	// UpsertRecord creates or replaces a record, setting its version, and updates the address
+	// index.
+	UpsertRecord(ctx context.Context, tenant string, r *Record) error
+	// DeleteRecord removes a record and its addresses from the index; errs.NotFound when unknown.
+	DeleteRecord(ctx context.Context, tenant, id string) error
+	// GetRecord returns a record; errs.NotFound when unknown.
+	GetRecord(ctx context.Context, tenant, id string) (*Record, error)
+	// ListRecords returns records ordered by id after the given id.
+	ListRecords(ctx context.Context, tenant, after string, limit int) ([]Record, error)
+	// RecordsByAddress returns the records with an address, ordered by id.
+	RecordsByAddress(ctx context.Context, tenant, address string) ([]Record, error)
+
+	// IssueToken allocates the next token number, formats it with the tenant's prefix and
+	// digits and records it with the record mail carrying it is regarding.
+	IssueToken(ctx context.Context, tenant, prefix string, digits int, regarding RecordRef, now time.Time) (Token, error)
+
+	// Gather reads everything the rules need about a message in one round trip.
+	Gather(ctx context.Context, tenant string, q Query) (Gathered, error)
+	// Track stores a tracked email with its indexes and event, reporting false and the stored
+	// one when the Message-ID was tracked before.
+	Track(ctx context.Context, tenant string, e *TrackedEmail, smartKey string) (bool, *TrackedEmail, error)
+	// GetTracked returns a tracked email; errs.NotFound when the Message-ID is not tracked.
+	GetTracked(ctx context.Context, tenant, messageID string) (*TrackedEmail, error)
+	// ListTracked returns a record's tracked emails, newest sent first, after the cursor.
+	ListTracked(ctx context.Context, tenant, recordID, after string, limit int) ([]TrackedEmail, string, error)
+	// SaveDecision keeps the explanation of an untracked message for ttl.
+	SaveDecision(ctx context.Context, tenant string, x *Explanation, ttl time.Duration) error
+	// Decision returns a kept explanation; errs.NotFound when none is kept.
+	Decision(ctx context.Context, tenant, messageID string) (*Explanation, error)
+}
+
+// Query says what Gather looks up for one message.
+type Query struct {
+	User       string
+	MessageID  string
+	InReplyTo  string
+	Tokens     []string
+	References []string
+	ThreadID   string
+	SmartKey   string
+	Addresses  []string
+}
+
+// Gathered is what Gather found: the tracked email with the message's Message-ID, if any, and
+// the evidence for the rules (all but the sync kind, which mailbox knows).
+type Gathered struct {
+	Existing *TrackedEmail
+	Evidence Evidence
+}
