@@ -1,0 +1,12 @@
+package radicaletest
+
+import (
+	"os/exec"
+	"syscall"
+)
+
+// setProcAttr has the kernel kill radicale when the test binary dies (a panic, a timeout's
+// SIGQUIT), so no server outlives its test.
+func setProcAttr(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}

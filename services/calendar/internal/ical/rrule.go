@@ -1,0 +1,118 @@
+package ical
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/teambition/rrule-go"
+)
+
+// isRRulePart reports whether k is an RFC 5545 rule part. rrule-go also accepts DTSTART and
+// BYEASTER inside a rule, which no calendar client understands.
+func isRRulePart(k string) bool {
+	switch k {
+	case "FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMINUTE", "BYHOUR", "BYDAY",
+		"BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYMONTH", "BYSETPOS", "WKST":
+		return true
+	}
+	return false
+}
+
+// ValidateRRule checks a recurrence rule for an entry that starts at start (all-day when
+// allDay) and returns it as it is written: upper case, without an "RRULE:" prefix.
+//
+// rrule-go parses the values and checks their ranges; on top of it the rule must follow RFC
+// 5545 where rrule-go is lenient: no duplicate parts, not both COUNT and UNTIL, positive COUNT
+// and INTERVAL, UNTIL a DATE for all-day entries and a UTC DATE-TIME for timed ones, not before
+// the start, and no BYHOUR/BYMINUTE/BYSECOND on all-day entries. FREQ must be DAILY, WEEKLY,
+// MONTHLY or YEARLY: Outlook, where the live agent writes, cannot store sub-daily recurrences.
+func ValidateRRule(rule string, allDay bool, start time.Time) (string, error) {
+	s := strings.ToUpper(strings.TrimSpace(rule))
+	s = strings.TrimPrefix(s, "RRULE:")
+	if s == "" {
+		return "", fmt.Errorf("%w: empty", ErrInvalidRRule)
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("=;,+-", r))
+	}); i >= 0 {
+		return "", fmt.Errorf("%w: unexpected character %q", ErrInvalidRRule, s[i:i+1])
+	}
+	parts := make(map[string]string)
+	for _, p := range strings.Split(s, ";") {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || v == "" {
+			return "", fmt.Errorf("%w: %q is not NAME=VALUE", ErrInvalidRRule, p)
+		}
+		if !isRRulePart(k) {
+			return "", fmt.Errorf("%w: unknown part %s", ErrInvalidRRule, k)
+		}
+		if _, dup := parts[k]; dup {
+			return "", fmt.Errorf("%w: %s given twice", ErrInvalidRRule, k)
+		}
+		parts[k] = v
+	}
+	switch parts["FREQ"] {
+	case "DAILY", "WEEKLY", "MONTHLY", "YEARLY":
+	case "":
+		return "", fmt.Errorf("%w: FREQ is required", ErrInvalidRRule)
+	default:
+		return "", fmt.Errorf("%w: FREQ=%s is not supported (DAILY, WEEKLY, MONTHLY or YEARLY)", ErrInvalidRRule, parts["FREQ"])
+	}
+	if _, ok := parts["COUNT"]; ok {
+		if _, ok := parts["UNTIL"]; ok {
+			return "", fmt.Errorf("%w: COUNT and UNTIL exclude each other", ErrInvalidRRule)
+		}
+	}
+	for _, k := range []string{"COUNT", "INTERVAL"} {
+		if v, ok := parts[k]; ok {
+			if n, err := strconv.Atoi(v); err != nil || n < 1 {
+				return "", fmt.Errorf("%w: %s=%s is not a positive number", ErrInvalidRRule, k, v)
+			}
+		}
+	}
+	if allDay {
+		for _, k := range []string{"BYHOUR", "BYMINUTE", "BYSECOND"} {
+			if _, ok := parts[k]; ok {
+				return "", fmt.Errorf("%w: %s on an all-day entry", ErrInvalidRRule, k)
+			}
+		}
+	}
+	if v, ok := parts["UNTIL"]; ok {
+		until, err := parseUntil(v, allDay)
+		if err != nil {
+			return "", err
+		}
+		first := start
+		if allDay {
+			first = DateOf(start).midnight()
+		}
+		if until.Before(first) {
+			return "", fmt.Errorf("%w: UNTIL %s is before the start", ErrInvalidRRule, v)
+		}
+	}
+	opt, err := rrule.StrToROption(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidRRule, err)
+	}
+	opt.Dtstart = start
+	if _, err := rrule.NewRRule(*opt); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidRRule, err)
+	}
+	return s, nil
+}
+
+// parseUntil parses UNTIL in the form RFC 5545 demands for the start's value type: a DATE for
+// all-day entries, a UTC DATE-TIME for entries with a TZID.
+func parseUntil(v string, allDay bool) (time.Time, error) {
+	layout, want := "20060102T150405Z", "a UTC date-time such as 20261231T235959Z"
+	if allDay {
+		layout, want = "20060102", "a date such as 20261231"
+	}
+	t, err := time.Parse(layout, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%w: UNTIL=%s must be %s", ErrInvalidRRule, v, want)
+	}
+	return t, nil
+}
