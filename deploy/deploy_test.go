@@ -1,0 +1,282 @@
+package deploy_test
+
+import (
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/postamt/postamt/deploy"
+)
+
+// overlays are what each overlay expects beyond the common rules.
+var overlays = map[string]deploy.Rules{
+	"dev": {Namespace: "postamt-dev"},
+	"prod": {
+		Namespace:    "postamt",
+		PinnedImages: true,
+		External: []string{
+			"Secret/postamt-redis", "ConfigMap/postamt-jwks", "Secret/outbox-smtp",
+			"Secret/outbox-signing-key", "Secret/tracker-signing-key", "Secret/calendar-signing-key",
+		},
+	},
+}
+
+func render(t *testing.T, dir string) *deploy.Manifest {
+	t.Helper()
+	m, err := deploy.Render(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestOverlays(t *testing.T) {
+	dirs, err := deploy.Overlays("k8s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, d := range dirs {
+		names = append(names, filepath.Base(d))
+	}
+	if want := []string{"dev", "prod"}; !slices.Equal(names, want) {
+		t.Fatalf("overlays = %v, want %v (add new ones to the table in this test)", names, want)
+	}
+	for _, dir := range dirs {
+		name := filepath.Base(dir)
+		t.Run(name, func(t *testing.T) {
+			m := render(t, dir)
+			for _, v := range deploy.Check(m, overlays[name]) {
+				t.Error(v)
+			}
+		})
+	}
+}
+
+// TestOverlaySpecifics checks what differs between the overlays on purpose.
+func TestOverlaySpecifics(t *testing.T) {
+	dev := render(t, "k8s/overlays/dev")
+	prod := render(t, "k8s/overlays/prod")
+	t.Run("dev runs one replica of each service", func(t *testing.T) {
+		for _, h := range dev.HPAs {
+			if got := *h.Spec.MinReplicas; got != 1 || h.Spec.MaxReplicas != 1 {
+				t.Errorf("HPA %s: min %d max %d, want 1 and 1", h.Name, got, h.Spec.MaxReplicas)
+			}
+		}
+	})
+	t.Run("prod runs at least two replicas of each service", func(t *testing.T) {
+		for _, h := range prod.HPAs {
+			if got := *h.Spec.MinReplicas; got < 2 {
+				t.Errorf("HPA %s: min %d, want at least 2", h.Name, got)
+			}
+		}
+	})
+	t.Run("prod runs a three-server NATS cluster", func(t *testing.T) {
+		for _, s := range prod.StatefulSets {
+			if s.Name == "nats" && (s.Spec.Replicas == nil || *s.Spec.Replicas != 3) {
+				t.Errorf("nats replicas = %v, want 3", s.Spec.Replicas)
+			}
+		}
+	})
+	t.Run("dev tokens are HS256, prod tokens are checked against the JWKS", func(t *testing.T) {
+		for _, s := range deploy.Services {
+			devEnv, prodEnv := envNames(dev, s), envNames(prod, s)
+			if !slices.Contains(devEnv, "AUTH_HS256_SECRET") {
+				t.Errorf("dev %s: no AUTH_HS256_SECRET", s)
+			}
+			if slices.Contains(prodEnv, "AUTH_HS256_SECRET") {
+				t.Errorf("prod %s: AUTH_HS256_SECRET is set", s)
+			}
+			d := prod.Deployment(s)
+			if got := prod.Env(&d.Spec.Template.Spec.Containers[0])["AUTH_JWKS_FILE"]; got == "" {
+				t.Errorf("prod %s: AUTH_JWKS_FILE is empty", s)
+			}
+		}
+	})
+	t.Run("prod services that call others sign with their own key", func(t *testing.T) {
+		for _, s := range []string{"outbox", "tracker", "calendar"} {
+			if !slices.Contains(envNames(prod, s), "AUTH_SIGNING_KEY_FILE") {
+				t.Errorf("prod %s: no AUTH_SIGNING_KEY_FILE", s)
+			}
+		}
+	})
+}
+
+func statefulSet(m *deploy.Manifest, name string) *appsv1.StatefulSet {
+	for _, s := range m.StatefulSets {
+		if s.Name == name {
+			return s
+		}
+	}
+	panic("no StatefulSet " + name)
+}
+
+func envNames(m *deploy.Manifest, service string) []string {
+	d := m.Deployment(service)
+	if d == nil {
+		return nil
+	}
+	var names []string
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		names = append(names, e.Name)
+	}
+	return names
+}
+
+// TestCheckFinds breaks a good manifest in one way at a time and expects the rule that guards it
+// to say so, so that a check that never fails cannot pass for one that holds.
+func TestCheckFinds(t *testing.T) {
+	rules := overlays["prod"]
+	tests := []struct {
+		name   string
+		rule   deploy.Rule
+		mutate func(m *deploy.Manifest)
+	}{
+		{"a Service selecting no pods", deploy.RuleSelector, func(m *deploy.Manifest) {
+			m.Services[0].Spec.Selector = map[string]string{"app.kubernetes.io/name": "nobody"}
+		}},
+		{"a Service port no pod declares", deploy.RuleSelector, func(m *deploy.Manifest) {
+			m.Services[0].Spec.Ports[0].TargetPort = intstr.FromString("nope")
+		}},
+		{"an HTTP readiness probe", deploy.RuleProbe, func(m *deploy.Manifest) {
+			p := m.Deployment("outbox").Spec.Template.Spec.Containers[0].ReadinessProbe
+			p.GRPC = nil
+			p.HTTPGet = &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("ops")}
+		}},
+		{"readiness on the empty service name", deploy.RuleProbe, func(m *deploy.Manifest) {
+			m.Deployment("mailbox").Spec.Template.Spec.Containers[0].ReadinessProbe.GRPC.Service = ptr.To("")
+		}},
+		{"a probe on an undeclared port", deploy.RuleProbe, func(m *deploy.Manifest) {
+			m.Deployment("tracker").Spec.Template.Spec.Containers[0].LivenessProbe.GRPC.Port = 9999
+		}},
+		{"GRPC_ADDR on another port", deploy.RulePorts, func(m *deploy.Manifest) {
+			m.ConfigMaps[slices.IndexFunc(m.ConfigMaps, func(c *corev1.ConfigMap) bool {
+				return strings.HasPrefix(c.Name, "postamt-common")
+			})].Data["GRPC_ADDR"] = ":7000"
+		}},
+		{"a writable root filesystem", deploy.RuleSecurity, func(m *deploy.Manifest) {
+			m.Deployment("gateway").Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = ptr.To(false)
+		}},
+		{"a mounted service-account token", deploy.RuleSecurity, func(m *deploy.Manifest) {
+			statefulSet(m, "nats").Spec.Template.Spec.AutomountServiceAccountToken = nil
+		}},
+		{"a capability kept", deploy.RuleSecurity, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Drop = []corev1.Capability{"NET_RAW"}
+		}},
+		{"outbox grace shorter than an SMTP send", deploy.RuleGrace, func(m *deploy.Manifest) {
+			m.Deployment("outbox").Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To[int64](60)
+		}},
+		{"no preStop", deploy.RuleGrace, func(m *deploy.Manifest) {
+			m.Deployment("calendar").Spec.Template.Spec.Containers[0].Lifecycle = nil
+		}},
+		{"a latest image", deploy.RuleImage, func(m *deploy.Manifest) {
+			m.Deployment("mailbox").Spec.Template.Spec.Containers[0].Image = "ghcr.io/postamt/postamt:latest"
+		}},
+		{"a floating tag", deploy.RuleImage, func(m *deploy.Manifest) {
+			statefulSet(m, "nats").Spec.Template.Spec.Containers[0].Image = "nats:2-alpine"
+		}},
+		{"no default deny", deploy.RuleDefaultDeny, func(m *deploy.Manifest) {
+			m.NetworkPolicies = slices.DeleteFunc(m.NetworkPolicies, func(p *networkingv1.NetworkPolicy) bool { return p.Name == "default-deny" })
+		}},
+		{"outbox cut off from mailbox", deploy.RuleFlow, func(m *deploy.Manifest) {
+			np := m.NetworkPolicies[slices.IndexFunc(m.NetworkPolicies, func(p *networkingv1.NetworkPolicy) bool { return p.Name == "outbox" })]
+			np.Spec.Egress = np.Spec.Egress[1:]
+		}},
+		{"mailbox open to every pod", deploy.RuleFlow, func(m *deploy.Manifest) {
+			np := m.NetworkPolicies[slices.IndexFunc(m.NetworkPolicies, func(p *networkingv1.NetworkPolicy) bool { return p.Name == "mailbox" })]
+			np.Spec.Ingress[0].From = nil
+		}},
+		{"a PDB selecting nothing", deploy.RuleDisruption, func(m *deploy.Manifest) {
+			m.PDBs[0].Spec.Selector.MatchLabels = map[string]string{"app.kubernetes.io/name": "nobody"}
+		}},
+		{"an HPA aiming at nothing", deploy.RuleAutoscale, func(m *deploy.Manifest) {
+			m.HPAs[0].Spec.ScaleTargetRef.Name = "nobody"
+		}},
+		{"replicas beside an HPA", deploy.RuleAutoscale, func(m *deploy.Manifest) {
+			m.Deployment("outbox").Spec.Replicas = ptr.To[int32](2)
+		}},
+		{"no memory limit", deploy.RuleResources, func(m *deploy.Manifest) {
+			m.Deployment("mailbox").Spec.Template.Spec.Containers[0].Resources.Limits = nil
+		}},
+		{"a Secret nobody creates", deploy.RuleReference, func(m *deploy.Manifest) {
+			c := &m.Deployment("mailbox").Spec.Template.Spec.Containers[0]
+			c.EnvFrom = append(c.EnvFrom, corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "typo"}}})
+		}},
+		{"a namespace without the restricted profile", deploy.RuleNamespace, func(m *deploy.Manifest) {
+			delete(m.Namespaces[0].Labels, "pod-security.kubernetes.io/enforce")
+		}},
+		{"a service missing its headless Service", deploy.RuleComplete, func(m *deploy.Manifest) {
+			m.Services = slices.DeleteFunc(m.Services, func(s *corev1.Service) bool { return s.Name == "tracker-headless" })
+		}},
+		{"NATS without fsync on every write", deploy.RuleStore, func(m *deploy.Manifest) {
+			for _, c := range m.ConfigMaps {
+				if conf, ok := c.Data["nats.conf"]; ok {
+					c.Data["nats.conf"] = strings.ReplaceAll(conf, "sync_interval: always", "sync_interval: 2m")
+				}
+			}
+		}},
+		{"Redis with a password in the manifest", deploy.RuleStore, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.Containers[0].Args = []string{"/etc/redis/redis.conf", "--requirepass", "hunter2"}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := render(t, "k8s/overlays/prod")
+			tt.mutate(m)
+			var found []deploy.Rule
+			for _, v := range deploy.Check(m, rules) {
+				found = append(found, v.Rule)
+			}
+			if !slices.Contains(found, tt.rule) {
+				t.Errorf("Check found %v, want a %s violation", found, tt.rule)
+			}
+		})
+	}
+}
+
+// TestDecodeIsStrict: the manifests cannot carry a misspelt or unknown field, which kubectl
+// apply without strict validation would drop silently.
+func TestDecodeIsStrict(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+	}{
+		{"unknown field", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {selectr: {a: b}}\n"},
+		{"wrong case", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {Selector: {a: b}}\n"},
+		{"duplicate key", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {type: ClusterIP}\nspec: {type: ClusterIP}\n"},
+		{"unknown kind", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := deploy.Decode([]byte(tt.doc)); err == nil {
+				t.Error("Decode accepted it")
+			}
+		})
+	}
+	t.Run("a good document", func(t *testing.T) {
+		m, err := deploy.Decode([]byte("---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {selector: {a: b}}\n---\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Services) != 1 {
+			t.Fatalf("decoded %d services, want 1", len(m.Services))
+		}
+	})
+}
+
+// TestViolationIsError keeps Violation usable with errors.Join and friends.
+func TestViolationIsError(t *testing.T) {
+	var err error = deploy.Violation{Rule: deploy.RuleImage, Object: "Deployment/x", Msg: "unpinned"}
+	var v deploy.Violation
+	if !errors.As(errors.Join(err), &v) || v.Rule != deploy.RuleImage {
+		t.Fatalf("errors.As did not find the Violation in %v", err)
+	}
+}
