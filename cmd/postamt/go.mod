@@ -6,10 +6,12 @@ require (
 	github.com/emersion/go-smtp v0.25.1
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
+	github.com/postamt/postamt/gateway v0.0.0
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/postamt/postamt/proto v0.0.0
 	github.com/postamt/postamt/services/mailbox v0.0.0
 	github.com/postamt/postamt/services/outbox v0.0.0
+	github.com/postamt/postamt/services/tracker v0.0.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/sethvargo/go-envconfig v1.4.3
@@ -61,8 +63,10 @@ require (
 )
 
 replace (
+	github.com/postamt/postamt/gateway => ../../gateway
 	github.com/postamt/postamt/internal => ../../internal
 	github.com/postamt/postamt/proto => ../../proto
 	github.com/postamt/postamt/services/mailbox => ../../services/mailbox
 	github.com/postamt/postamt/services/outbox => ../../services/outbox
+	github.com/postamt/postamt/services/tracker => ../../services/tracker
 )

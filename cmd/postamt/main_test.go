@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -110,12 +111,14 @@ func TestUp(t *testing.T) {
 	}
 	rs := redistest.Start(t)
 	grpcAddr, opsAddr, outboxAddr, outboxOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	dataDir := t.TempDir()
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps}, &out, io.Discard,
+		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps,
+			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, io.Discard,
 			env(map[string]string{"REDIS_URL": rs.URL()}))
 	}()
 	defer func() {
@@ -148,11 +151,12 @@ func TestUp(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(out.String(), "grpcurl -plaintext "+grpcAddr+" list") {
+	if !strings.Contains(out.String(), "grpcurl -plaintext "+gwAddr+" list") {
 		t.Errorf("quick start lacks the grpcurl list line:\n%s", out.String())
 	}
 
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Everything goes through the gateway, as the quick start says.
+	conn, err := grpc.NewClient(gwAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,42 +178,52 @@ func TestUp(t *testing.T) {
 		for _, s := range resp.GetListServicesResponse().GetService() {
 			names = append(names, s.GetName())
 		}
-		if !strings.Contains(fmt.Sprint(names), "postamt.mailbox.v1.MailboxService") {
+		if l := fmt.Sprint(names); !strings.Contains(l, "postamt.mailbox.v1.MailboxService") || !strings.Contains(l, "postamt.outbox.v1.OutboxService") || !strings.Contains(l, "postamt.tracker.v1.TrackerService") {
 			t.Errorf("services = %v", names)
 		}
 	})
-	t.Run("the printed submit reaches the mail catcher", func(t *testing.T) {
-		if !strings.Contains(out.String(), outboxAddr+" postamt.outbox.v1.OutboxService/SubmitEmail") {
-			t.Fatalf("quick start lacks the submit line:\n%s", out.String())
+	t.Run("the printed submits reach the mail catcher", func(t *testing.T) {
+		if !strings.Contains(out.String(), "'"+grpcSubmit+"' "+gwAddr+" postamt.outbox.v1.OutboxService/SubmitEmail") {
+			t.Fatalf("quick start lacks the gRPC submit line:\n%s", out.String())
 		}
-		oconn, err := grpc.NewClient(outboxAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer oconn.Close()
 		req := &outboxv1.SubmitEmailRequest{}
-		if err := protojson.Unmarshal([]byte(`{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}`), req); err != nil {
+		if err := protojson.Unmarshal([]byte(grpcSubmit), req); err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out.String(), `'{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}'`) {
-			t.Fatalf("the printed submit differs from the one tested:\n%s", out.String())
-		}
-		if _, err := outboxv1.NewOutboxServiceClient(oconn).SubmitEmail(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), req); err != nil {
+		if _, err := outboxv1.NewOutboxServiceClient(conn).SubmitEmail(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), req); err != nil {
 			t.Fatal(err)
+		}
+		// The curl steps, as printed.
+		for _, step := range []struct{ body, path string }{{quickMailbox, "/v1/mailboxes"}, {quickMember, "/v1/mailboxes/team/members"}, {quickSubmit, "/v1/outbox/emails"}} {
+			if !strings.Contains(out.String(), "-d '"+step.body+"' http://"+gwHTTP+step.path) {
+				t.Fatalf("quick start lacks the curl line for %s:\n%s", step.path, out.String())
+			}
+			hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+gwHTTP+step.path, strings.NewReader(step.body))
+			hreq.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(hreq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("POST %s: %s %s", step.path, resp.Status, b)
+			}
 		}
 		// The dev-admin has the default undo delay (10s) before the mail leaves.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			files, _ := filepath.Glob(filepath.Join(dataDir, "mail", "*.eml"))
-			if len(files) == 1 {
-				b, err := os.ReadFile(files[0])
-				if err != nil || !strings.Contains(string(b), "Subject: Hallo") {
-					t.Fatalf("caught %s: %q, %v", files[0], b, err)
-				}
+			var all strings.Builder
+			for _, f := range files {
+				b, _ := os.ReadFile(f)
+				all.Write(b)
+			}
+			if strings.Contains(all.String(), "Subject: Hallo\r\n") && strings.Contains(all.String(), "Subject: Hallo vom Team") {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("no mail caught in %s after 30s (%d files)", filepath.Join(dataDir, "mail"), len(files))
+				t.Fatalf("not both mails caught in %s after 30s (%d files)", filepath.Join(dataDir, "mail"), len(files))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"time"
@@ -13,9 +14,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-envconfig"
 	"golang.org/x/sync/errgroup"
 
+	gatewayapp "github.com/postamt/postamt/gateway/app"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/grpcserver"
@@ -24,6 +27,7 @@ import (
 	"github.com/postamt/postamt/internal/telemetry"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 	outboxapp "github.com/postamt/postamt/services/outbox/app"
+	trackerapp "github.com/postamt/postamt/services/tracker/app"
 )
 
 // serveConfig is everything `postamt serve` reads from the environment.
@@ -31,6 +35,8 @@ type serveConfig struct {
 	config.Common
 	Mailbox mailboxapp.Config
 	Outbox  outboxapp.Config
+	Tracker trackerapp.Config
+	Gateway gatewayapp.Config
 }
 
 // validate checks the part of the service to run; config.Load checked the shared part (the
@@ -41,12 +47,16 @@ func (c *serveConfig) validate(service string) error {
 		return c.Mailbox.Validate()
 	case outboxapp.Name:
 		return c.Outbox.Validate()
+	case trackerapp.Name:
+		return c.Tracker.Validate()
+	case gatewayapp.Name:
+		return c.Gateway.Validate()
 	}
 	return nil
 }
 
 // knownServices are the services `postamt serve` can run.
-var knownServices = []string{mailboxapp.Name, outboxapp.Name}
+var knownServices = []string{mailboxapp.Name, outboxapp.Name, trackerapp.Name, gatewayapp.Name}
 
 // app is what every service's wiring offers its process.
 type app interface {
@@ -92,48 +102,39 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		_ = shutdownTracing(sctx)
 	}()
 
-	rdb, err := redisx.Open(ctx, cfg.RedisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	nc, err := nats.Connect(cfg.NATSURL, nats.Name("postamt"), nats.MaxReconnects(-1))
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
-	}
-	defer nc.Drain()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
 	verifier, err := auth.NewVerifier(cfg.Auth)
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
 	serverOpts := grpcserver.Options{
 		MaxRecvBytes: cfg.GRPCMaxRecvBytes,
 		DrainDelay:   cfg.DrainDelay,
 		DrainTimeout: cfg.DrainTimeout,
-		Readiness:    []grpcserver.Check{{Name: "nats", Probe: natsProbe(nc)}},
 	}
+	log := logger.With("service", service)
 	var svc app
-	switch service {
-	case mailboxapp.Name:
-		svc, err = mailboxapp.New(cfg.Mailbox, mailboxapp.Deps{
-			Logger: logger.With("service", service), Redis: rdb, JS: js, Verifier: verifier, Metrics: reg, Server: serverOpts,
-		})
-	case outboxapp.Name:
-		var signer *auth.Signer
-		signer, err = auth.NewSigner(cfg.Auth)
+	if service == gatewayapp.Name {
+		// The gateway keeps no state: no Redis, no NATS.
+		svc, err = gatewayapp.New(ctx, cfg.Gateway, gatewayapp.Deps{Logger: log, Verifier: verifier, Metrics: reg, Server: serverOpts})
+	} else {
+		rdb, err := redisx.Open(ctx, cfg.RedisURL)
 		if err != nil {
-			return fmt.Errorf("outbox service credentials: %w", err)
+			return err
 		}
-		svc, err = outboxapp.New(cfg.Outbox, outboxapp.Deps{
-			Logger: logger.With("service", service), Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
-		})
+		defer rdb.Close()
+		nc, err := nats.Connect(cfg.NATSURL, nats.Name("postamt"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
+		}
+		defer nc.Drain()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		serverOpts.Readiness = []grpcserver.Check{{Name: "nats", Probe: natsProbe(nc)}}
+		svc, err = newService(service, cfg, log, rdb, js, verifier, reg, serverOpts)
 	}
 	if err != nil {
 		return err
@@ -151,6 +152,25 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		close(ready)
 	}
 	return g.Wait()
+}
+
+// newService wires one of the services that keep state in Redis and speak over NATS.
+func newService(service string, cfg serveConfig, log *slog.Logger, rdb redis.UniversalClient, js jetstream.JetStream, verifier *auth.Verifier, reg *prometheus.Registry, opts grpcserver.Options) (app, error) {
+	if service == mailboxapp.Name {
+		return mailboxapp.New(cfg.Mailbox, mailboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Metrics: reg, Server: opts})
+	}
+	// The others call mailbox with service credentials.
+	signer, err := auth.NewSigner(cfg.Auth)
+	if err != nil {
+		return nil, fmt.Errorf("%s service credentials: %w", service, err)
+	}
+	switch service {
+	case outboxapp.Name:
+		return outboxapp.New(cfg.Outbox, outboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts})
+	case trackerapp.Name:
+		return trackerapp.New(cfg.Tracker, trackerapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts})
+	}
+	return nil, fmt.Errorf("unknown service %q", service)
 }
 
 // natsProbe reports the NATS connection's health for readiness.

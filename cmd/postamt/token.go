@@ -10,10 +10,12 @@ import (
 
 	"github.com/sethvargo/go-envconfig"
 
+	gatewayapp "github.com/postamt/postamt/gateway/app"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/config"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 	outboxapp "github.com/postamt/postamt/services/outbox/app"
+	trackerapp "github.com/postamt/postamt/services/tracker/app"
 )
 
 // runToken mints a development token with the configured signing key (AUTH_HS256_SECRET, or
@@ -87,6 +89,11 @@ func configDoc() string {
 		config.MarkdownTable(config.Vars(&mailboxapp.Config{})) +
 		"\n## outbox\n\n" +
 		config.MarkdownTable(config.Vars(&outboxapp.Config{})) +
+		"\n## tracker\n\n" +
+		config.MarkdownTable(config.Vars(&trackerapp.Config{})) +
+		"\n## gateway\n\n" +
+		"The gateway keeps no state: it reads no REDIS_URL or NATS_URL.\n\n" +
+		config.MarkdownTable(config.Vars(&gatewayapp.Config{})) +
 		"\n`postamt up` sets GRPC_ADDR, OPS_ADDR, NATS_URL, REDIS_URL (unless given) and AUTH_HS256_SECRET\n" +
 		"itself; see `postamt up -h`.\n"
 }

@@ -45,6 +45,11 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	opsAddr := fs.String("ops", "127.0.0.1:8091", "address of the mailbox's metrics and pprof")
 	outboxAddr := fs.String("outbox-grpc", "127.0.0.1:8092", "address of the outbox gRPC API")
 	outboxOps := fs.String("outbox-ops", "127.0.0.1:8093", "address of the outbox's metrics and pprof")
+	trackerAddr := fs.String("tracker-grpc", "127.0.0.1:8094", "address of the tracker gRPC API")
+	trackerOps := fs.String("tracker-ops", "127.0.0.1:8095", "address of the tracker's metrics and pprof")
+	gatewayAddr := fs.String("gateway-grpc", "127.0.0.1:8070", "address of the gateway's gRPC port (every service through one address)")
+	gatewayHTTP := fs.String("gateway-http", "127.0.0.1:8080", "address of the gateway's HTTP/JSON API")
+	gatewayOps := fs.String("gateway-ops", "127.0.0.1:8071", "address of the gateway's metrics and pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -104,7 +109,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 
 	// Each service is served as on Kubernetes, on its own port; they share this process's
 	// Redis and NATS.
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	start := func(service string, env map[string]string) error {
 		ready := make(chan struct{})
 		go func() {
@@ -131,6 +136,15 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := start("outbox", map[string]string{"GRPC_ADDR": *outboxAddr, "OPS_ADDR": *outboxOps, "OUTBOX_MAILBOX_ADDR": *grpcAddr}); err != nil {
 		return err
 	}
+	if err := start("tracker", map[string]string{"GRPC_ADDR": *trackerAddr, "OPS_ADDR": *trackerOps, "TRACKER_MAILBOX_ADDR": *grpcAddr}); err != nil {
+		return err
+	}
+	if err := start("gateway", map[string]string{
+		"GRPC_ADDR": *gatewayAddr, "OPS_ADDR": *gatewayOps, "GATEWAY_HTTP_ADDR": *gatewayHTTP,
+		"GATEWAY_MAILBOX_ADDR": *grpcAddr, "GATEWAY_OUTBOX_ADDR": *outboxAddr, "GATEWAY_TRACKER_ADDR": *trackerAddr,
+	}); err != nil {
+		return err
+	}
 	signer, err := auth.NewSigner(auth.Config{HS256Secret: secret, Audience: "postamt"})
 	if err != nil {
 		return fmt.Errorf("dev signer: %w", err)
@@ -143,10 +157,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := seedDev(ctx, *grpcAddr, *outboxAddr, token, host, port); err != nil {
 		return err
 	}
-	printQuickStart(stdout, *grpcAddr, *outboxAddr, token, catch.dir)
+	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir)
 	err = <-errc
-	if err2 := <-errc; err == nil {
-		err = err2
+	for range 3 {
+		if err2 := <-errc; err == nil {
+			err = err2
+		}
 	}
 	return err
 }
@@ -292,19 +308,34 @@ func seedDev(ctx context.Context, addr, outboxAddr, token, catchHost string, cat
 	return nil
 }
 
-func printQuickStart(w io.Writer, addr, outboxAddr, token, mailDir string) {
+// The quick start's HTTP steps; TestUp sends exactly these through the gateway.
+const (
+	quickMailbox = `{"mailbox":{"mailbox_id":"team","address":"team@postamt.localhost","display_name":"Team","kind":"MAILBOX_KIND_SHARED"}}`
+	quickMember  = `{"user_id":"dev-admin","rights":["RIGHT_SEND_AS"]}`
+	quickSubmit  = `{"from_address":"team@postamt.localhost","to":["client@example.com"],"subject":"Hallo vom Team","text_body":"Erste Mail ueber HTTP"}`
+	grpcSubmit   = `{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}`
+)
+
+// printQuickStart prints what to paste: every call goes through the gateway, gRPC on one
+// address for every service and HTTP/JSON with curl.
+func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir string) {
 	fmt.Fprintf(w, `
-Postamt is up. Mailbox API: %[1]s, outbox API: %[4]s (gRPC, plaintext). Stop with Ctrl-C.
+Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
+(OpenAPI at /openapi.json). Stop with Ctrl-C.
 
   export TOKEN=%[2]s
 
   bin/grpcurl -plaintext %[1]s list
-  bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{"user":{"user_id":"martina","display_name":"Martina Musterfrau","email":"m.musterfrau@kanzlei.example"}}' %[1]s postamt.mailbox.v1.MailboxService/CreateUser
   bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{}' %[1]s postamt.mailbox.v1.MailboxService/GetTenant
-  bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{"from_address":"dev-admin@postamt.localhost","to":["client@example.com"],"subject":"Hallo","text_body":"Erste Mail"}' %[4]s postamt.outbox.v1.OutboxService/SubmitEmail
-  bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{"view":"VIEW_ALL","filter":{"statuses":["EMAIL_STATUS_QUEUED"]}}' %[4]s postamt.outbox.v1.OutboxService/ListEmails
+  bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '%[6]s' %[1]s postamt.outbox.v1.OutboxService/SubmitEmail
+
+  curl -s -H "Authorization: Bearer $TOKEN" -d '%[7]s' http://%[4]s/v1/mailboxes
+  curl -s -H "Authorization: Bearer $TOKEN" -d '%[8]s' http://%[4]s/v1/mailboxes/team/members
+  curl -s -H "Authorization: Bearer $TOKEN" -d '%[9]s' http://%[4]s/v1/outbox/emails
+  curl -s -H "Authorization: Bearer $TOKEN" 'http://%[4]s/v1/outbox/emails?view=VIEW_ALL'
 
 The token is for tenant %[3]q with the admin and operator roles, valid for 24h. Sent mail
-leaves through the connector "default" to a mail catcher that writes it to %[5]s.
-`, addr, token, devTenant, outboxAddr, mailDir)
+leaves (after the 10s undo delay) through the connector "default" to a mail catcher that
+writes it to %[5]s.
+`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit)
 }

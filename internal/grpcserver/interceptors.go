@@ -44,6 +44,16 @@ func WithRequestID(ctx context.Context, id string) context.Context {
 	return logging.WithAttrs(context.WithValue(ctx, requestIDKey{}, id), slog.String("request_id", id))
 }
 
+// AcceptRequestID returns a caller's request id when the servers would keep it, else a new one:
+// the same rule for edges that are not gRPC (the gateway's HTTP side), so that one id follows a
+// request however it came in.
+func AcceptRequestID(id string) string {
+	if validRequestID(id) {
+		return id
+	}
+	return newRequestID()
+}
+
 func newRequestID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails

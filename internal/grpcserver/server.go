@@ -24,6 +24,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/stats"
 
 	"github.com/postamt/postamt/internal/auth"
@@ -91,6 +93,12 @@ type Options struct {
 	TracerProvider trace.TracerProvider
 	// Register adds the service implementations.
 	Register func(*grpc.Server)
+	// ServerOptions are added after the server's own: the gateway's forwarding handler and codec,
+	// and its interceptors, which run inside the chain above (after auth).
+	ServerOptions []grpc.ServerOption
+	// Reflect names services this server answers without registering them (the gateway forwards
+	// them); reflection lists them too, from the descriptors linked into the binary.
+	Reflect []string
 }
 
 // Server is a gRPC server with the suite's interceptors, health, reflection and drain.
@@ -162,7 +170,7 @@ func New(opts Options) (*Server, error) {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
 	}
 	s := &Server{opts: opts, log: opts.Logger, health: health.NewServer()}
-	s.grpc = grpc.NewServer(
+	serverOpts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
@@ -172,10 +180,17 @@ func New(opts Options) (*Server, error) {
 		// Reused handler goroutines keep their grown stacks: without them every call starts on a
 		// fresh 8 KiB stack and grows it through the interceptor chain (copystack was 8% of CPU in
 		// the P5 benchmark). Calls beyond the workers still get goroutines of their own.
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
-	)
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
+	}
+	s.grpc = grpc.NewServer(append(serverOpts, opts.ServerOptions...)...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
-	reflection.Register(s.grpc)
+	if len(opts.Reflect) == 0 {
+		reflection.Register(s.grpc)
+	} else {
+		ro := reflection.ServerOptions{Services: reflected{s.grpc, opts.Reflect}}
+		reflectionv1.RegisterServerReflectionServer(s.grpc, reflection.NewServerV1(ro))
+		reflectionv1alpha.RegisterServerReflectionServer(s.grpc, reflection.NewServer(ro))
+	}
 	if opts.Register != nil {
 		opts.Register(s.grpc)
 	}
@@ -319,4 +334,21 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	s.log.Info("drained")
 	return nil
+}
+
+// reflected is what reflection lists: the registered services and the forwarded ones. Reflection
+// reads only the names; their descriptors come from the protobuf registry of the binary.
+type reflected struct {
+	srv   *grpc.Server
+	names []string
+}
+
+func (r reflected) GetServiceInfo() map[string]grpc.ServiceInfo {
+	out := r.srv.GetServiceInfo()
+	for _, n := range r.names {
+		if _, ok := out[n]; !ok {
+			out[n] = grpc.ServiceInfo{}
+		}
+	}
+	return out
 }

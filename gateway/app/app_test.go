@@ -1,0 +1,505 @@
+package app_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/postamt/postamt/gateway/app"
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/authtest"
+	"github.com/postamt/postamt/internal/testkit/natstest"
+	"github.com/postamt/postamt/internal/testkit/poll"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/servetest"
+	"github.com/postamt/postamt/internal/testkit/smtptest"
+	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
+	outboxapp "github.com/postamt/postamt/services/outbox/app"
+)
+
+// env is the suite behind its gateway: mailbox and outbox on a spawned Redis and an embedded
+// JetStream, mail leaving to an SMTP sink, and the gateway in front with its two doors. Clients
+// reach the services only through the gateway.
+type env struct {
+	t       *testing.T
+	js      jetstream.JetStream
+	signer  *auth.Signer
+	httpURL string
+	conn    *grpc.ClientConn // to the gateway's gRPC port
+	sink    *smtptest.Sink
+}
+
+func startEnv(t *testing.T, tune func(*app.Config)) *env {
+	t.Helper()
+	rs, ns := redistest.Start(t), natstest.Start(t)
+	rdb := rs.Client(t)
+	e := &env{t: t, js: ns.JetStream(t), sink: smtptest.Start(t)}
+	verifier, signer := authtest.Keys(t)
+	e.signer = signer
+	logger := slog.New(slog.DiscardHandler)
+	serverOpts := grpcserver.Options{ReadinessInterval: 50 * time.Millisecond, DrainTimeout: time.Second}
+
+	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 64, RelayClaimIdle: time.Second, SentView: true}, mailboxapp.Deps{
+		Logger: logger, Redis: rdb, JS: e.js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: serverOpts,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbAddr := servetest.Run(t, mb.Run)
+	ob, err := outboxapp.New(outboxapp.Config{
+		MailboxAddr: mbAddr, DefaultConnector: "default", MaxUndoDelay: 10 * time.Minute,
+		MaxMessageBytes: 1 << 20, MaxRecipients: 50, ScheduleHorizon: 30 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
+		ClaimBatch: 64, Lease: 10 * time.Second, SMTPCommandTimeout: 2 * time.Second, SMTPSubmitTimeout: 3 * time.Second,
+		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: time.Second,
+		MaxFilterScan: 10_000, MaxSelection: 100_000,
+	}, outboxapp.Deps{
+		Logger: logger, Redis: rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Server: serverOpts,
+		Getenv: func(string) string { return "" },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obAddr := servetest.Run(t, ob.Run)
+
+	cfg := app.Config{
+		HTTPAddr: "127.0.0.1:0", MailboxAddr: mbAddr, OutboxAddr: obAddr, TrackerAddr: "127.0.0.1:1", RatePerSec: 1000, RateBurst: 1000, RateCallers: 1000,
+		CORSOrigins: "https://kanzlei.example", MaxBodyBytes: 1 << 20, HTTPTimeout: 10 * time.Second,
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	gw, err := app.New(context.Background(), cfg, app.Deps{Logger: logger, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: serverOpts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.conn = servetest.Dial(t, servetest.Run(t, gw.Run))
+	e.httpURL = "http://" + gw.HTTPAddr()
+	health := grpc_health_v1.NewHealthClient(e.conn)
+	poll.Eventually(t, "gateway readiness", func() bool {
+		r, err := health.Check(context.Background(), &grpc_health_v1.HealthCheckRequest{Service: grpcserver.ReadinessService})
+		return err == nil && r.GetStatus() == grpc_health_v1.HealthCheckResponse_SERVING
+	})
+	return e
+}
+
+func (e *env) token(p auth.Principal) string {
+	e.t.Helper()
+	tok, err := e.signer.Mint(p, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+func (e *env) admin() string {
+	return e.token(auth.Principal{Tenant: "kanzlei", User: "admin", Roles: []string{auth.RoleAdmin, "operator"}})
+}
+
+func (e *env) as(user string) string { return e.token(auth.Principal{Tenant: "kanzlei", User: user}) }
+
+// call makes an HTTP request to the gateway and decodes a JSON answer into out (when not nil).
+func (e *env) call(method, path, token string, body any, out any, header ...string) *http.Response {
+	e.t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		r = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequest(method, e.httpURL+path, r)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			e.t.Fatalf("%s %s: decode answer (%s): %v", method, path, resp.Status, err)
+		}
+	}
+	return resp
+}
+
+// rpcStatus is google.rpc.Status as the gateway writes it in JSON.
+type rpcStatus struct {
+	Code    int32             `json:"code"`
+	Message string            `json:"message"`
+	Details []json.RawMessage `json:"details"`
+}
+
+func (s rpcStatus) detailTypes() []string {
+	var out []string
+	for _, d := range s.Details {
+		var typed struct {
+			Type string `json:"@type"`
+		}
+		_ = json.Unmarshal(d, &typed)
+		out = append(out, typed.Type)
+	}
+	return out
+}
+
+// seed makes the tenant kanzlei with the user eva, her mailbox and the default connector, over
+// the gateway's HTTP side as an operator would with curl.
+func (e *env) seed() {
+	t := e.t
+	t.Helper()
+	admin := e.admin()
+	host, port, _ := net.SplitHostPort(e.sink.Addr())
+	for _, step := range []struct {
+		path string
+		body any
+	}{
+		{"/v1/tenants", map[string]any{"tenant": map[string]any{"tenantId": "kanzlei"}}},
+		{"/v1/users", map[string]any{"user": map[string]any{"userId": "eva", "displayName": "Eva Beispiel", "email": "eva@kanzlei.example"}}},
+		{"/v1/mailboxes", map[string]any{"mailbox": map[string]any{
+			"mailboxId": "p-eva", "address": "eva@kanzlei.example", "displayName": "Eva Beispiel", "kind": "MAILBOX_KIND_PERSONAL", "ownerUserId": "eva",
+		}}},
+		{"/v1/outbox/connectors", map[string]any{"connector": map[string]any{
+			"connectorId": "default", "host": host, "port": port, "tlsMode": "TLS_MODE_NONE", "retryPattern": []string{"60s"}, "maxAttempts": 3,
+		}}},
+	} {
+		var st rpcStatus
+		if resp := e.call(http.MethodPost, step.path, admin, step.body, &st); resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: %s %+v", step.path, resp.Status, st)
+		}
+	}
+}
+
+// TestHTTPQuickStart: the README's curl walk through the gateway: create a mailbox, submit an
+// email, list the outbox, and the email arrives at the relay.
+func TestHTTPQuickStart(t *testing.T) {
+	e := startEnv(t, nil)
+	e.seed()
+	eva := e.as("eva")
+	var sub struct {
+		Email struct {
+			EmailID string `json:"emailId"`
+			Status  string `json:"status"`
+		} `json:"email"`
+	}
+	resp := e.call(http.MethodPost, "/v1/outbox/emails", eva, map[string]any{
+		"fromAddress": "eva@kanzlei.example", "to": []string{"client@example.com"}, "subject": "Ueber das Gateway", "textBody": "Hallo",
+		"sendAt": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+	}, &sub, "X-Request-Id", "quickstart-1")
+	if resp.StatusCode != http.StatusOK || sub.Email.EmailID == "" || sub.Email.Status != "EMAIL_STATUS_SCHEDULED" {
+		t.Fatalf("submit: %s %+v", resp.Status, sub)
+	}
+	if got := resp.Header.Get("X-Request-Id"); got != "quickstart-1" {
+		t.Errorf("X-Request-Id %q, want the caller's", got)
+	}
+	var list struct {
+		Emails []struct {
+			EmailID string `json:"emailId"`
+		} `json:"emails"`
+	}
+	if resp := e.call(http.MethodGet, "/v1/outbox/emails?view=VIEW_MINE", eva, nil, &list); resp.StatusCode != http.StatusOK || len(list.Emails) != 1 || list.Emails[0].EmailID != sub.Email.EmailID {
+		t.Fatalf("list: %s %+v", resp.Status, list)
+	}
+	if resp := e.call(http.MethodPost, "/v1/outbox/emails:sendNow", eva, map[string]any{"selection": map[string]any{"emailIds": []string{sub.Email.EmailID}}}, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("send now: %s", resp.Status)
+	}
+	poll.Eventually(t, "the email at the relay", func() bool {
+		for _, m := range e.sink.Messages() {
+			if strings.Contains(string(m.Data), "Subject: Ueber das Gateway") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestHTTPErrors: errors are google.rpc.Status JSON with their details and the HTTP code of their
+// gRPC code, from the edge (401) as from a service (400, 404).
+func TestHTTPErrors(t *testing.T) {
+	e := startEnv(t, nil)
+	e.seed()
+	for _, tc := range []struct {
+		name, method, path, token string
+		body                      any
+		wantHTTP                  int
+		wantCode                  codes.Code
+		wantDetail                string
+	}{
+		{"no token", http.MethodGet, "/v1/outbox/emails", "", nil, http.StatusUnauthorized, codes.Unauthenticated, ""},
+		{"bad token", http.MethodGet, "/v1/outbox/emails", "not-a-jwt", nil, http.StatusUnauthorized, codes.Unauthenticated, ""},
+		{"field violation", http.MethodPost, "/v1/outbox/emails", e.as("eva"), map[string]any{"fromAddress": "eva@kanzlei.example", "subject": "ohne Empfaenger"},
+			http.StatusBadRequest, codes.InvalidArgument, "type.googleapis.com/google.rpc.BadRequest"},
+		{"not found", http.MethodGet, "/v1/outbox/emails/no-such-email", e.as("eva"), nil, http.StatusNotFound, codes.NotFound, "type.googleapis.com/google.rpc.ResourceInfo"},
+		{"unknown path", http.MethodGet, "/v1/nothing", e.as("eva"), nil, http.StatusNotFound, codes.NotFound, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st rpcStatus
+			resp := e.call(tc.method, tc.path, tc.token, tc.body, &st)
+			if resp.StatusCode != tc.wantHTTP || codes.Code(st.Code) != tc.wantCode || st.Message == "" {
+				t.Fatalf("%s %+v, want HTTP %d with code %s", resp.Status, st, tc.wantHTTP, tc.wantCode)
+			}
+			if tc.wantDetail != "" && !strings.Contains(strings.Join(st.detailTypes(), " "), tc.wantDetail) {
+				t.Errorf("details %v, want a %s", st.detailTypes(), tc.wantDetail)
+			}
+			if resp.Header.Get("X-Request-Id") == "" {
+				t.Error("no X-Request-Id on an error")
+			}
+		})
+	}
+}
+
+// TestOpenAPIAndCORS: the OpenAPI document is served without a token; CORS answers a preflight
+// from an allowed origin and ignores others.
+func TestOpenAPIAndCORS(t *testing.T) {
+	e := startEnv(t, nil)
+	var doc struct {
+		Swagger string                     `json:"swagger"`
+		Paths   map[string]json.RawMessage `json:"paths"`
+	}
+	if resp := e.call(http.MethodGet, "/openapi.json", "", nil, &doc); resp.StatusCode != http.StatusOK || doc.Swagger != "2.0" {
+		t.Fatalf("openapi: %s %q", resp.Status, doc.Swagger)
+	}
+	for _, p := range []string{"/v1/outbox/emails", "/v1/outbox/emails:watch", "/v1/mailboxes"} {
+		if _, ok := doc.Paths[p]; !ok {
+			t.Errorf("openapi has no path %s", p)
+		}
+	}
+	resp := e.call(http.MethodOptions, "/v1/outbox/emails", "", nil, nil, "Origin", "https://kanzlei.example", "Access-Control-Request-Method", "POST")
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != "https://kanzlei.example" || !strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), "Authorization") {
+		t.Errorf("preflight: %s %v", resp.Status, resp.Header)
+	}
+	resp = e.call(http.MethodOptions, "/v1/outbox/emails", "", nil, nil, "Origin", "https://evil.example", "Access-Control-Request-Method", "POST")
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("preflight from another origin allowed: %v", resp.Header)
+	}
+}
+
+// TestRateLimit: a caller over its budget gets 429 with Retry-After over HTTP and
+// RESOURCE_EXHAUSTED with RetryInfo over gRPC, from one shared budget; others are not affected.
+func TestRateLimit(t *testing.T) {
+	e := startEnv(t, func(c *app.Config) { c.RatePerSec, c.RateBurst = 0.5, 2 })
+	eva := e.as("eva")
+	for i := range 2 {
+		if resp := e.call(http.MethodGet, "/v1/outbox/emails", eva, nil, nil); resp.StatusCode == http.StatusTooManyRequests {
+			t.Fatalf("request %d of the burst limited", i+1)
+		}
+	}
+	var st rpcStatus
+	resp := e.call(http.MethodGet, "/v1/outbox/emails", eva, nil, &st)
+	if resp.StatusCode != http.StatusTooManyRequests || codes.Code(st.Code) != codes.ResourceExhausted {
+		t.Fatalf("third request: %s %+v", resp.Status, st)
+	}
+	if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 2 {
+		t.Errorf("Retry-After %q, want 1-2 s", resp.Header.Get("Retry-After"))
+	}
+	if !strings.Contains(strings.Join(st.detailTypes(), " "), "google.rpc.RetryInfo") {
+		t.Errorf("details %v, want RetryInfo", st.detailTypes())
+	}
+	// The same caller over gRPC shares the budget.
+	ctx := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "kanzlei", User: "eva"})
+	_, err := outboxv1.NewOutboxServiceClient(e.conn).ListEmails(ctx, &outboxv1.ListEmailsRequest{})
+	s := status.Convert(err)
+	if s.Code() != codes.ResourceExhausted {
+		t.Fatalf("gRPC: %v, want ResourceExhausted", err)
+	}
+	var retry *errdetails.RetryInfo
+	for _, d := range s.Details() {
+		if r, ok := d.(*errdetails.RetryInfo); ok {
+			retry = r
+		}
+	}
+	if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
+		t.Errorf("gRPC details %v, want a RetryInfo delay", s.Details())
+	}
+	// Another caller has a budget of its own (the call reaches the service: no tenant there).
+	_, err = outboxv1.NewOutboxServiceClient(e.conn).ListEmails(authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "kanzlei", User: "max"}), &outboxv1.ListEmailsRequest{})
+	if status.Code(err) == codes.ResourceExhausted {
+		t.Errorf("max limited by eva's requests: %v", err)
+	}
+}
+
+// TestGRPCOnePort: one gRPC address reaches every service, unary and streaming, with the
+// services' own errors; reflection lists every service for grpcurl.
+func TestGRPCOnePort(t *testing.T) {
+	e := startEnv(t, nil)
+	admin := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "kanzlei", User: "admin", Roles: []string{auth.RoleAdmin, "operator"}})
+	mailbox, outbox := mailboxv1.NewMailboxServiceClient(e.conn), outboxv1.NewOutboxServiceClient(e.conn)
+	if _, err := mailbox.CreateTenant(admin, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: "kanzlei"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mailbox.CreateUser(admin, &mailboxv1.CreateUserRequest{User: &mailboxv1.User{UserId: "eva", DisplayName: "Eva", Email: "eva@kanzlei.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mailbox.CreateMailbox(admin, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
+		MailboxId: "p-eva", Address: "eva@kanzlei.example", DisplayName: "Eva", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_PERSONAL, OwnerUserId: "eva",
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(e.sink.Addr())
+	p, _ := strconv.Atoi(port)
+	if _, err := outbox.CreateConnector(admin, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
+		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE,
+		RetryPattern: []*durationpb.Duration{durationpb.New(time.Minute)}, MaxAttempts: 3,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	eva := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "kanzlei", User: "eva"})
+
+	t.Run("a service's error comes back as it was", func(t *testing.T) {
+		_, err := outbox.SubmitEmail(eva, &outboxv1.SubmitEmailRequest{FromAddress: "eva@kanzlei.example", Subject: "ohne Empfaenger"})
+		s := status.Convert(err)
+		if s.Code() != codes.InvalidArgument || len(s.Details()) == 0 {
+			t.Fatalf("%v, want InvalidArgument with details", err)
+		}
+		_, err = mailbox.GetMailbox(context.Background(), &mailboxv1.GetMailboxRequest{MailboxId: "p-eva"})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("without a token: %v", err)
+		}
+	})
+	t.Run("a server stream", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(eva)
+		defer cancel()
+		before := e.consumers()
+		stream, err := outbox.WatchEmails(ctx, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
+		if err != nil {
+			t.Fatal(err)
+		}
+		poll.Eventually(t, "the watch's consumer", func() bool { return e.consumers() > before })
+		m, err := outbox.SubmitEmail(eva, &outboxv1.SubmitEmailRequest{FromAddress: "eva@kanzlei.example", To: []string{"client@example.com"}, Subject: "Beobachtet", TextBody: "x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := stream.Recv()
+		if err != nil || r.GetEmail().GetEmailId() != m.GetEmail().GetEmailId() {
+			t.Fatalf("watch: %v (%v)", r, err)
+		}
+	})
+	t.Run("reflection lists every service", func(t *testing.T) {
+		rc, err := reflectionv1.NewServerReflectionClient(e.conn).ServerReflectionInfo(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := rc.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, s := range r.GetListServicesResponse().GetService() {
+			names = append(names, s.GetName())
+		}
+		for _, want := range []string{"postamt.mailbox.v1.MailboxService", "postamt.outbox.v1.OutboxService", "grpc.health.v1.Health"} {
+			if !strings.Contains(strings.Join(names, " "), want) {
+				t.Errorf("reflection lists %v, missing %s", names, want)
+			}
+		}
+		if err := rc.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: "postamt.outbox.v1.OutboxService"}}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := rc.Recv(); err != nil || len(r.GetFileDescriptorResponse().GetFileDescriptorProto()) == 0 {
+			t.Errorf("descriptor of the outbox service: %v (%v)", r, err)
+		}
+	})
+}
+
+// consumers is how many consumers the outbox stream has (a watch is one).
+func (e *env) consumers() int {
+	info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
+	if err != nil {
+		return 0
+	}
+	return info.CachedInfo().State.Consumers
+}
+
+// TestWatchOverHTTP: a server stream over HTTP as newline-delimited JSON, and as server-sent
+// events when asked for.
+func TestWatchOverHTTP(t *testing.T) {
+	e := startEnv(t, nil)
+	e.seed()
+	eva := e.as("eva")
+	for _, tc := range []struct {
+		accept, contentType, prefix string
+	}{
+		{"", "application/json", `{"result":`},
+		{"text/event-stream", "text/event-stream", `data: {"result":`},
+	} {
+		t.Run(tc.contentType, func(t *testing.T) {
+			poll.Eventually(t, "the outbox stream", func() bool { return e.consumers() > 0 })
+			before := e.consumers()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.httpURL+"/v1/outbox/emails:watch?view=VIEW_MINE", nil)
+			req.Header.Set("Authorization", "Bearer "+eva)
+			if tc.accept != "" {
+				req.Header.Set("Accept", tc.accept)
+			}
+			lines := make(chan string, 16)
+			go func() {
+				defer close(lines)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					return
+				}
+				defer resp.Body.Close()
+				if got := resp.Header.Get("Content-Type"); got != tc.contentType {
+					lines <- "content type " + got
+					return
+				}
+				sc := bufio.NewScanner(resp.Body)
+				for sc.Scan() {
+					if sc.Text() != "" {
+						lines <- sc.Text()
+					}
+				}
+			}()
+			poll.Eventually(t, "the watch's consumer", func() bool { return e.consumers() > before })
+			var sub struct {
+				Email struct {
+					EmailID string `json:"emailId"`
+				} `json:"email"`
+			}
+			e.call(http.MethodPost, "/v1/outbox/emails", eva, map[string]any{
+				"fromAddress": "eva@kanzlei.example", "to": []string{"client@example.com"}, "subject": "Live " + tc.contentType, "textBody": "x",
+				"sendAt": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+			}, &sub)
+			select {
+			case l := <-lines:
+				if !strings.HasPrefix(l, tc.prefix) || !strings.Contains(l, sub.Email.EmailID) {
+					t.Errorf("first line %q, want %s... with %s", l, tc.prefix, sub.Email.EmailID)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no change on the watch")
+			}
+		})
+	}
+}

@@ -1,0 +1,154 @@
+// Package edge is what the gateway does to every request before it reaches a service: a request
+// id, CORS, a bound on the body, authentication with the services' own JWT rules, and the
+// per-caller rate limit. The same checks apply on both doors (HTTP/JSON and gRPC), so a caller
+// meets one set of rules.
+package edge
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+
+	"github.com/postamt/postamt/gateway/internal/limit"
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/grpcserver"
+)
+
+// OpenAPIPath is where the HTTP side serves the API's OpenAPI document, without authentication.
+const OpenAPIPath = "/openapi.json"
+
+// Options configure the HTTP edge.
+type Options struct {
+	// Mux serves the services' HTTP mappings (grpc-gateway); its error handler writes the errors
+	// of the edge too, so they have the same google.rpc.Status shape.
+	Mux *runtime.ServeMux
+	// Verifier authenticates callers by their bearer token, which is passed on unchanged.
+	Verifier *auth.Verifier
+	// Limiter is the per-caller rate limit shared with the gRPC side.
+	Limiter *limit.Limiter
+	// CORSOrigins are the origins browsers may call from; "*" allows any. Empty: no CORS headers.
+	CORSOrigins []string
+	// MaxBodyBytes bounds a request body.
+	MaxBodyBytes int64
+	// OpenAPI is the document served at OpenAPIPath.
+	OpenAPI []byte
+}
+
+// CallerKey names a caller's rate-limit bucket: per user, and per service for service tokens.
+func CallerKey(p auth.Principal) string {
+	if p.IsService() {
+		return p.Tenant + "\x00svc\x00" + p.Service
+	}
+	return p.Tenant + "\x00usr\x00" + p.User
+}
+
+// Handler returns the HTTP side of the gateway.
+func Handler(o Options) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := grpcserver.AcceptRequestID(r.Header.Get("X-Request-Id"))
+		r.Header.Set("X-Request-Id", id) // passed on to the service as x-request-id metadata
+		w.Header().Set("X-Request-Id", id)
+		if o.cors(w, r) {
+			return
+		}
+		if r.URL.Path == OpenAPIPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", strconv.Itoa(len(o.OpenAPI)))
+			if r.Method == http.MethodGet {
+				_, _ = w.Write(o.OpenAPI)
+			}
+			return
+		}
+		ctx := grpcserver.WithRequestID(r.Context(), id)
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || token == "" {
+			o.fail(ctx, w, r, errs.Unauthenticated("missing bearer token (Authorization: Bearer <JWT>)", nil))
+			return
+		}
+		p, err := o.Verifier.Verify(token)
+		if err != nil {
+			o.fail(ctx, w, r, err)
+			return
+		}
+		if wait, ok := o.Limiter.Allow(CallerKey(p)); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			o.fail(ctx, w, r, limited(wait))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, o.MaxBodyBytes)
+		o.Mux.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+func limited(wait time.Duration) error {
+	return errs.ResourceExhausted("RATE_LIMITED", "too many requests from this caller; retry after the delay given", wait)
+}
+
+// fail writes err as the services' errors are written: a google.rpc.Status in the marshaler the
+// request asked for, with the HTTP code of its gRPC code.
+func (o Options) fail(ctx context.Context, w http.ResponseWriter, r *http.Request, err error) {
+	_, out := runtime.MarshalerForRequest(o.Mux, r)
+	runtime.HTTPError(ctx, o.Mux, out, w, r, errs.ToStatus(err).Err())
+}
+
+// cors sets the CORS headers for an allowed origin and answers a preflight; it reports whether
+// the request was answered.
+func (o Options) cors(w http.ResponseWriter, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || len(o.CORSOrigins) == 0 || !slices.Contains(o.CORSOrigins, "*") && !slices.Contains(o.CORSOrigins, origin) {
+		return false
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+	if r.Method != http.MethodOptions || r.Header.Get("Access-Control-Request-Method") == "" {
+		return false
+	}
+	h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE")
+	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id")
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+	return true
+}
+
+// LimitUnary applies the per-caller limit to unary gRPC calls; it runs after authentication.
+// Open methods (health, reflection) carry no principal and are not limited.
+func LimitUnary(l *limit.Limiter) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if err := allow(ctx, l); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+}
+
+// LimitStream applies the per-caller limit to the start of streaming gRPC calls (and to every
+// forwarded call, which the gateway handles as a stream).
+func LimitStream(l *limit.Limiter) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if err := allow(ss.Context(), l); err != nil {
+			return err
+		}
+		return h(srv, ss)
+	}
+}
+
+func allow(ctx context.Context, l *limit.Limiter) error {
+	p, ok := auth.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if wait, ok := l.Allow(CallerKey(p)); !ok {
+		return limited(wait)
+	}
+	return nil
+}
