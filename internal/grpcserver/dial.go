@@ -16,6 +16,11 @@ import (
 // telemetry.SetupTracing), the caller's request id forwarded in x-request-id, keepalive pings
 // that the servers' enforcement policy accepts, and the same message size limit.
 //
+// Calls are spread over every address the name resolves to (round_robin): behind a headless
+// Kubernetes Service that is every ready pod, where gRPC's default (pick_first) would send all
+// of a client's calls to one pod for the life of the connection. A single address behaves as
+// before.
+//
 // It dials plaintext by default (in-cluster traffic; mTLS is the mesh's job): pass
 // grpc.WithTransportCredentials to override, and grpc.WithPerRPCCredentials with
 // auth.ServiceCredentials to authenticate. Options given are applied after the defaults. Like
@@ -28,6 +33,7 @@ func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithChainUnaryInterceptor(forwardRequestIDUnary),
 		grpc.WithChainStreamInterceptor(forwardRequestIDStream),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvBytes)),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 	}
 	conn, err := grpc.NewClient(target, append(defaults, opts...)...)
 	if err != nil {

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -668,5 +670,45 @@ func TestDialForwardsRequestID(t *testing.T) {
 				t.Errorf("request id at the server = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// calls is how many calls a server's metrics counted.
+func calls(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() == "grpc_server_handled_total" {
+			for _, m := range mf.GetMetric() {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// TestDialSpreadsCalls: a name that resolves to several servers (a headless Service) gets calls
+// on each of them, not all on the first.
+func TestDialSpreadsCalls(t *testing.T) {
+	a, b := start(t, grpcserver.Options{}), start(t, grpcserver.Options{})
+	res := manual.NewBuilderWithScheme("pods")
+	res.InitialState(resolver.State{Addresses: []resolver.Address{{Addr: a.addr}, {Addr: b.addr}}})
+	conn, err := grpcserver.Dial("pods:///outbox-headless", grpc.WithResolvers(res))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ctx := testCtx(t)
+	for range 20 {
+		if _, err := echo(ctx, conn, "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if na, nb := calls(t, a.reg), calls(t, b.reg); na == 0 || nb == 0 || na+nb != 20 {
+		t.Errorf("calls per server: %v and %v, want both used", na, nb)
 	}
 }
