@@ -23,9 +23,9 @@ import (
 	"github.com/postamt/postamt/internal/eventbus"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
+	"github.com/postamt/postamt/internal/secretref"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
-	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/directory"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
 	"github.com/postamt/postamt/services/outbox/internal/grpcapi"
@@ -153,7 +153,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.registry = service.NewRegistry(connStore, service.SenderOptions{
 		CommandTimeout: cfg.SMTPCommandTimeout, SubmitTimeout: cfg.SMTPSubmitTimeout,
 		Getenv: deps.Getenv, ReadFile: deps.ReadFile,
-		Scope: connector.SecretScope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir},
+		Scope: secretref.Scope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir},
 	}, deps.Logger)
 	limits := outbox.DefaultLimits()
 	limits.MaxMessageBytes, limits.MaxRecipients, limits.Horizon = cfg.MaxMessageBytes, cfg.MaxRecipients, cfg.ScheduleHorizon

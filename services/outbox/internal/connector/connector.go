@@ -4,16 +4,14 @@
 package connector
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"regexp"
 	"strings"
 	"time"
 	"unicode"
 
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/secretref"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
@@ -72,10 +70,7 @@ const (
 	DefaultPoolSize = 4
 )
 
-var (
-	idPattern  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-	envPattern = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
-)
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // Validate checks c and fills in the defaults (MaxAttempts, MaxMessageBytes, PoolSize). Every
 // problem is reported at once, as an errs.Violations InvalidArgument with the request's field
@@ -108,7 +103,7 @@ func (c *Connector) Validate() error {
 		if c.Username == "" {
 			v.Add("connector.username", "is required with an auth mechanism")
 		}
-		if err := checkRef(c.SecretRef); err != nil {
+		if err := secretref.CheckForm(c.SecretRef); err != nil {
 			v.Add("connector.secret_ref", err.Error())
 		}
 	default:
@@ -144,27 +139,6 @@ func (c *Connector) Validate() error {
 		v.Add("connector.pool_size", "must be between 1 and 64")
 	}
 	return v.Err()
-}
-
-// checkRef checks a secret reference's form (not whether it resolves: the secret may be put in
-// place after the connector is created) and says what is wrong without repeating it.
-func checkRef(ref string) error {
-	if ref == "" {
-		return errors.New(`is required with an auth mechanism: "env:NAME" or "file:/absolute/path"`)
-	}
-	if name, ok := strings.CutPrefix(ref, "env:"); ok {
-		if !envPattern.MatchString(name) {
-			return errors.New(`"env:NAME" needs NAME of A-Z, 0-9 and '_', not starting with a digit`)
-		}
-		return nil
-	}
-	if path, ok := strings.CutPrefix(ref, "file:"); ok {
-		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "\x00\r\n") {
-			return errors.New(`"file:" needs an absolute path`)
-		}
-		return nil
-	}
-	return errors.New(`must be "env:NAME" or "file:/absolute/path"`)
 }
 
 // Policy is the retry policy the dispatcher applies to the connector's mail, so the outbox's
@@ -206,69 +180,4 @@ func FormatPattern(p []time.Duration) string {
 		parts[i] = f
 	}
 	return strings.Join(parts, ",")
-}
-
-// ResolveSecret reads the secret a reference names, at the moment it is needed, so a rotated
-// file is picked up without a restart. A file's trailing line break is dropped (editors and
-// "echo" add one). Errors name the reference, never a secret; a malformed reference is not
-// even echoed, since it may be a password pasted into the wrong field. getenv and readFile are
-// injected so tests need no process environment; nil means os.Getenv and os.ReadFile.
-func ResolveSecret(ref string, getenv func(string) string, readFile func(string) ([]byte, error)) (string, error) {
-	if getenv == nil {
-		getenv = os.Getenv
-	}
-	if readFile == nil {
-		readFile = os.ReadFile
-	}
-	if err := checkRef(ref); err != nil {
-		return "", fmt.Errorf("malformed secret reference: %w", err)
-	}
-	if name, ok := strings.CutPrefix(ref, "env:"); ok {
-		s := getenv(name)
-		if s == "" {
-			return "", fmt.Errorf("secret reference %q: the variable is not set", ref)
-		}
-		return s, nil
-	}
-	b, err := readFile(strings.TrimPrefix(ref, "file:"))
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err // the path is in the reference already
-		}
-		return "", fmt.Errorf("secret reference %q: %w", ref, err)
-	}
-	s := strings.TrimRight(string(b), "\r\n")
-	if s == "" {
-		return "", fmt.Errorf("secret reference %q: the file is empty", ref)
-	}
-	return s, nil
-}
-
-// SecretScope bounds what a secret reference may name. Tenant admins write connectors; without
-// a scope, one could point secret_ref at any variable or file the outbox can read and have it
-// sent as the AUTH password to a relay of their own. The operator sets the scope.
-type SecretScope struct {
-	// EnvPrefix is the prefix every env: reference must carry, e.g. "POSTAMT_SMTP_".
-	EnvPrefix string
-	// Dir is the directory every file: reference must be inside, e.g. "/run/secrets/postamt".
-	Dir string
-}
-
-// Check reports whether ref is inside the scope.
-func (s SecretScope) Check(ref string) error {
-	if name, ok := strings.CutPrefix(ref, "env:"); ok {
-		if s.EnvPrefix == "" || !strings.HasPrefix(name, s.EnvPrefix) {
-			return fmt.Errorf("env: references must name a variable starting with %q", s.EnvPrefix)
-		}
-		return nil
-	}
-	if p, ok := strings.CutPrefix(ref, "file:"); ok {
-		dir := strings.TrimSuffix(s.Dir, "/")
-		if dir == "" || !strings.HasPrefix(p, dir+"/") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/..") {
-			return fmt.Errorf("file: references must name a file in %s", s.Dir)
-		}
-		return nil
-	}
-	return nil // not a reference; Validate reports it
 }

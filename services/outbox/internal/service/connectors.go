@@ -12,6 +12,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/secretref"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
@@ -26,7 +27,7 @@ type SenderOptions struct {
 	CommandTimeout, SubmitTimeout time.Duration
 	// Scope bounds the secret references connectors may use; resolving checks it again, so a
 	// connector stored before the scope was narrowed cannot read outside it.
-	Scope connector.SecretScope
+	Scope secretref.Scope
 	// Getenv and ReadFile resolve secret references.
 	Getenv   func(string) string
 	ReadFile func(string) ([]byte, error)
@@ -107,10 +108,7 @@ func (r *Registry) newSender(c connector.Connector) *smtp.Sender {
 		CommandTimeout: r.opts.CommandTimeout, SubmitTimeout: r.opts.SubmitTimeout,
 		Auth: c.Auth, Username: c.Username,
 		Secret: func() (string, error) {
-			if err := r.opts.Scope.Check(ref); err != nil {
-				return "", fmt.Errorf("secret reference refused: %w", err)
-			}
-			return connector.ResolveSecret(ref, r.opts.Getenv, r.opts.ReadFile)
+			return r.opts.Scope.Resolve(ref, r.opts.Getenv, r.opts.ReadFile)
 		},
 	})
 }

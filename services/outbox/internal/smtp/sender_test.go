@@ -15,8 +15,8 @@ import (
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/postamt/postamt/internal/secretref"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
-	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
@@ -212,7 +212,7 @@ func TestAuthSecretRotation(t *testing.T) {
 	reads := 0
 	s := authSender(t, sink.Addr(), smtp.AuthPlain, func() (string, error) {
 		reads++
-		return connector.ResolveSecret("file:"+file, nil, nil)
+		return secretref.Resolve("file:"+file, nil, nil)
 	})
 	send := func() smtp.Result {
 		return s.Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))

@@ -1,0 +1,407 @@
+package app_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/postamt/postamt/internal/testkit/poll"
+	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
+	"github.com/postamt/postamt/services/calendar/app"
+)
+
+var vienna = mustZone("Europe/Vienna")
+
+func mustZone(name string) *time.Location {
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+func appointment(id, owner, summary string, day int, zone string) *calendarv1.Entry {
+	start := time.Date(2026, 3, day, 9, 0, 0, 0, vienna)
+	return &calendarv1.Entry{
+		EntryId: id, OwnerUserId: owner, Kind: calendarv1.EntryKind_ENTRY_KIND_APPOINTMENT, Summary: summary,
+		StartTime: timestamppb.New(start), EndTime: timestamppb.New(start.Add(time.Hour)), TimeZone: zone,
+	}
+}
+
+func deadline(id, owner, summary string, day int) *calendarv1.Entry {
+	return &calendarv1.Entry{
+		EntryId: id, OwnerUserId: owner, Kind: calendarv1.EntryKind_ENTRY_KIND_DEADLINE, Summary: summary,
+		Day: &calendarv1.Date{Year: 2026, Month: 3, Day: int32(day)},
+	}
+}
+
+func fieldViolations(err error) []string {
+	var out []string
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out = append(out, v.GetField())
+			}
+		}
+	}
+	return out
+}
+
+// TestSeed002Story is seed 002 end to end: a secretary books three appointments for a lawyer
+// who is offline and changes one; the lawyer's agent connects later, receives each entry once,
+// the changed one as its latest revision, in order; acknowledges; a reconnect delivers nothing
+// twice. The secretary, to whom live sync does not apply, sees NOT_APPLICABLE and no warning.
+func TestSeed002Story(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	sek := e.as("maier")
+
+	// The secretary books three appointments for Dr. Huber, one with a Windows zone name.
+	for i, a := range []*calendarv1.Entry{
+		appointment("termin-1", "huber", "Besprechung Mandant A", 10, "Europe/Vienna"),
+		appointment("termin-2", "huber", "Tagsatzung BG Innere Stadt", 11, "W. Europe Standard Time"),
+		appointment("termin-3", "huber", "Besprechung Mandant B", 12, "Europe/Vienna"),
+	} {
+		r, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: a})
+		if err != nil {
+			t.Fatalf("CreateEntry #%d: %v", i+1, err)
+		}
+		if r.GetEntry().GetRevision() != 1 || r.GetEntry().GetCreatorUserId() != "maier" || r.GetEntry().GetUid() == "" {
+			t.Errorf("created %v", r.GetEntry())
+		}
+	}
+	// The Windows name was mapped to its IANA zone.
+	got, err := e.calendar.GetEntry(sek, &calendarv1.GetEntryRequest{EntryId: "termin-2"})
+	if err != nil || got.GetEntry().GetTimeZone() != "Europe/Berlin" || !strings.Contains(got.GetIcal(), "TZID=Europe/Berlin") {
+		t.Fatalf("termin-2 = %v, %v; want zone Europe/Berlin", got.GetEntry().GetTimeZone(), err)
+	}
+
+	// Repeating a create is harmless; the same id with other content is ALREADY_EXISTS.
+	again, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: appointment("termin-1", "huber", "Besprechung Mandant A", 10, "Europe/Vienna")})
+	if err != nil || !again.GetAlreadyExisted() {
+		t.Errorf("repeated CreateEntry = %v, %v; want already_existed", again, err)
+	}
+	_, err = e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: appointment("termin-1", "huber", "Etwas anderes", 10, "Europe/Vienna")})
+	if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("CreateEntry with a used id = %v, want AlreadyExists", err)
+	}
+
+	// While Dr. Huber is still offline, the hearing moves by an hour.
+	moved := appointment("termin-2", "huber", "Tagsatzung BG Innere Stadt (verlegt)", 11, "W. Europe Standard Time")
+	moved.StartTime = timestamppb.New(time.Date(2026, 3, 11, 10, 0, 0, 0, vienna))
+	moved.EndTime = timestamppb.New(time.Date(2026, 3, 11, 11, 0, 0, 0, vienna))
+	up, err := e.calendar.UpdateEntry(sek, &calendarv1.UpdateEntryRequest{Entry: moved, ExpectedRevision: 1})
+	if err != nil || up.GetEntry().GetRevision() != 2 || up.GetEntry().GetSequence() != 1 {
+		t.Fatalf("UpdateEntry = %v, %v", up, err)
+	}
+
+	// Statuses before the agent connects.
+	st, err := e.calendar.GetSyncStatus(e.as("huber"), &calendarv1.GetSyncStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st.GetStatus(); s.GetApplicability() != calendarv1.SyncApplicability_SYNC_APPLICABILITY_APPLICABLE ||
+		s.GetEffectiveMode() != calendarv1.SyncMode_SYNC_MODE_LIVE_AGENT || s.GetPendingCount() != 3 || !s.GetNoticePending() ||
+		!slices.Contains(s.GetWarnings(), calendarv1.SyncWarning_SYNC_WARNING_AGENT_NEVER_CONNECTED) {
+		t.Errorf("lawyer's status = %v", s)
+	}
+	st, err = e.calendar.GetSyncStatus(sek, &calendarv1.GetSyncStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &calendarv1.SyncStatus{UserId: "maier", Applicability: calendarv1.SyncApplicability_SYNC_APPLICABILITY_NOT_APPLICABLE, EffectiveMode: calendarv1.SyncMode_SYNC_MODE_LIVE_AGENT}
+	if !proto.Equal(st.GetStatus(), want) {
+		t.Errorf("secretary's status = %v, want %v (no warning, no notice)", st.GetStatus(), want)
+	}
+
+	// Dr. Huber's agent connects and receives the three entries, termin-2 once, as revision 2.
+	a, w, err := e.connect("huber", &calendarv1.Hello{AgentId: "outlook-pc-17"})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	if w.GetSessionId() == "" || w.GetAckedPosition() != 0 {
+		t.Errorf("Welcome = %v", w)
+	}
+	var ds []*calendarv1.Delivery
+	for range 3 {
+		ds = append(ds, a.next())
+	}
+	var ids []string
+	for i, d := range ds {
+		ids = append(ids, d.GetEntry().GetEntryId())
+		if i > 0 && d.GetPosition() <= ds[i-1].GetPosition() {
+			t.Errorf("positions not increasing: %d after %d", d.GetPosition(), ds[i-1].GetPosition())
+		}
+		if d.GetAction() != calendarv1.DeliveryAction_DELIVERY_ACTION_UPSERT || !strings.Contains(d.GetIcal(), "UID:"+d.GetEntry().GetUid()) {
+			t.Errorf("delivery %d = %v", i, d)
+		}
+	}
+	if want := []string{"termin-1", "termin-3", "termin-2"}; !slices.Equal(ids, want) {
+		t.Errorf("delivered %v, want %v (in order of the changes, the update superseding revision 1)", ids, want)
+	}
+	if d := ds[2]; d.GetEntry().GetRevision() != 2 || !strings.Contains(d.GetIcal(), "SEQUENCE:1") || !strings.Contains(d.GetIcal(), "verlegt") {
+		t.Errorf("termin-2 delivered as revision %d:\n%s", d.GetEntry().GetRevision(), d.GetIcal())
+	}
+	for i, d := range ds {
+		a.ack(d, calendarv1.DeliveryOutcome_DELIVERY_OUTCOME_APPLIED, "outlook-"+ids[i])
+	}
+	last := ds[2].GetPosition()
+	poll.Eventually(t, "all acknowledged", func() bool {
+		st, err := e.calendar.GetSyncStatus(e.as("huber"), &calendarv1.GetSyncStatusRequest{})
+		return err == nil && st.GetStatus().GetPendingCount() == 0 && st.GetStatus().GetAckedPosition() == last &&
+			st.GetStatus().GetAgent().GetOnline() && st.GetStatus().GetAgent().GetAgentId() == "outlook-pc-17" &&
+			len(st.GetStatus().GetWarnings()) == 0
+	})
+
+	// The agent reconnects: nothing is delivered again. A new entry is the first delivery.
+	a.close()
+	a2, w2, err := e.connect("huber", &calendarv1.Hello{AgentId: "outlook-pc-17", LastAckedPosition: last, UserId: "huber"})
+	if err != nil {
+		t.Fatalf("reconnect: %v", err)
+	}
+	if w2.GetAckedPosition() != last {
+		t.Errorf("Welcome after reconnect = %v, want acked position %d", w2, last)
+	}
+	if _, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: appointment("termin-4", "huber", "Neu", 13, "Europe/Vienna")}); err != nil {
+		t.Fatal(err)
+	}
+	d := a2.next()
+	if d.GetEntry().GetEntryId() != "termin-4" || d.GetPosition() <= last {
+		t.Errorf("first delivery after reconnect = %s at %d, want termin-4 after %d", d.GetEntry().GetEntryId(), d.GetPosition(), last)
+	}
+	// An update carries the remote id the agent reported.
+	moved.Summary = "Tagsatzung (nochmals verlegt)"
+	if _, err := e.calendar.UpdateEntry(sek, &calendarv1.UpdateEntryRequest{Entry: moved}); err != nil {
+		t.Fatal(err)
+	}
+	if d := a2.next(); d.GetEntry().GetEntryId() != "termin-2" || d.GetRemoteId() != "outlook-termin-2" || d.GetEntry().GetRevision() != 3 {
+		t.Errorf("update delivered as %v", d)
+	}
+
+	// The one-time notice, once acknowledged, stays gone.
+	ack, err := e.calendar.AcknowledgeNotice(e.as("huber"), &calendarv1.AcknowledgeNoticeRequest{})
+	if err != nil || ack.GetStatus().GetNoticePending() {
+		t.Errorf("AcknowledgeNotice = %v, %v", ack, err)
+	}
+
+	// Every revision was announced; every acknowledged delivery too.
+	poll.Eventually(t, "events on JetStream", func() bool {
+		return len(e.events("postamt.calendar.v1.EntryChanged", func() proto.Message { return &calendarv1.EntryChanged{} })) == 6 &&
+			len(e.events("postamt.calendar.v1.EntryDelivered", func() proto.Message { return &calendarv1.EntryDelivered{} })) == 3
+	})
+}
+
+// TestBadInput checks every kind of bad input is refused with the right code and field.
+func TestBadInput(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	sek := e.as("maier")
+	if _, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: appointment("a-1", "huber", "Termin", 10, "Europe/Vienna")}); err != nil {
+		t.Fatal(err)
+	}
+	backwards := appointment("x", "huber", "Rückwärts", 10, "Europe/Vienna")
+	backwards.EndTime = timestamppb.New(backwards.GetStartTime().AsTime().Add(-time.Minute))
+	rrule := appointment("x", "huber", "Serie", 10, "Europe/Vienna")
+	rrule.Rrule = "FREQ=SOMETIMES"
+	deadlineWithZone := deadline("x", "huber", "Frist", 31)
+	deadlineWithZone.TimeZone = "Europe/Vienna"
+	prelim := deadline("x", "huber", "Vorfrist", 20)
+	prelim.Kind = calendarv1.EntryKind_ENTRY_KIND_PRELIMINARY_DEADLINE
+	prelim.DeadlineEntryId = "a-1"
+	long := appointment("x", "huber", strings.Repeat("x", 2000), 10, "Europe/Vienna")
+	for _, tc := range []struct {
+		name   string
+		entry  *calendarv1.Entry
+		code   codes.Code
+		fields []string
+	}{
+		{"end before start", backwards, codes.InvalidArgument, []string{"entry.end_time"}},
+		{"unknown time zone", appointment("x", "huber", "Termin", 10, "Mars/Olympus_Mons"), codes.InvalidArgument, []string{"entry.time_zone"}},
+		{"unknown Windows zone", appointment("x", "huber", "Termin", 10, "Atlantis Standard Time"), codes.InvalidArgument, []string{"entry.time_zone"}},
+		{"invalid rrule", rrule, codes.InvalidArgument, []string{"entry.rrule"}},
+		{"no kind", &calendarv1.Entry{EntryId: "x", OwnerUserId: "huber", Summary: "?"}, codes.InvalidArgument, []string{"entry.kind"}},
+		{"bad id", appointment("../x", "huber", "Termin", 10, "Europe/Vienna"), codes.InvalidArgument, []string{"entry.entry_id"}},
+		{"summary too long", long, codes.InvalidArgument, []string{"entry.summary"}},
+		{"zone on a deadline", deadlineWithZone, codes.InvalidArgument, []string{"entry.time_zone"}},
+		{"preliminary deadline linked to an appointment", prelim, codes.InvalidArgument, []string{"entry.deadline_entry_id"}},
+		{"owner unknown in the tenant", appointment("x", "nobody", "Termin", 10, "Europe/Vienna"), codes.NotFound, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: tc.entry})
+			if status.Code(err) != tc.code {
+				t.Fatalf("CreateEntry = %v, want %v", err, tc.code)
+			}
+			if got := fieldViolations(err); tc.fields != nil && !slices.Equal(got, tc.fields) {
+				t.Errorf("field violations = %v, want %v", got, tc.fields)
+			}
+		})
+	}
+	t.Run("owner in another tenant", func(t *testing.T) {
+		_, err := e.calendar.CreateEntry(e.other(), &calendarv1.CreateEntryRequest{Entry: appointment("x", "huber", "Termin", 10, "Europe/Vienna")})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("CreateEntry for huber from another tenant = %v, want NotFound", err)
+		}
+		_, err = e.calendar.GetEntry(e.other(), &calendarv1.GetEntryRequest{EntryId: "a-1"})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("GetEntry from another tenant = %v, want NotFound", err)
+		}
+	})
+	t.Run("mark an appointment done", func(t *testing.T) {
+		_, err := e.calendar.MarkDone(sek, &calendarv1.MarkDoneRequest{EntryId: "a-1", Done: true})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("MarkDone(appointment) = %v, want FailedPrecondition", err)
+		}
+	})
+	t.Run("stale expected revision", func(t *testing.T) {
+		_, err := e.calendar.UpdateEntry(sek, &calendarv1.UpdateEntryRequest{Entry: appointment("a-1", "huber", "Termin", 10, "Europe/Vienna"), ExpectedRevision: 7})
+		if status.Code(err) != codes.Aborted {
+			t.Errorf("UpdateEntry(expected 7) = %v, want Aborted", err)
+		}
+	})
+	t.Run("tenant settings need an admin", func(t *testing.T) {
+		_, err := e.calendar.UpdateTenantSettings(sek, &calendarv1.UpdateTenantSettingsRequest{Settings: &calendarv1.TenantSettings{}})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("UpdateTenantSettings as a user = %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("another user's settings", func(t *testing.T) {
+		_, err := e.calendar.GetUserSettings(sek, &calendarv1.GetUserSettingsRequest{UserId: "huber"})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("GetUserSettings(huber) as maier = %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("a password instead of a reference", func(t *testing.T) {
+		_, err := e.calendar.UpdateUserSettings(e.as("anwalt"), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
+			Mode:   calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH,
+			Caldav: &calendarv1.CalDAVTarget{CalendarUrl: "https://dav.example/anwalt/", Username: "anwalt", PasswordRef: "hunter2"},
+		}})
+		if got := fieldViolations(err); status.Code(err) != codes.InvalidArgument || !slices.Equal(got, []string{"settings.caldav.password_ref"}) {
+			t.Errorf("UpdateUserSettings = %v (%v), want InvalidArgument on password_ref", err, got)
+		}
+	})
+	t.Run("agent with another user's token", func(t *testing.T) {
+		_, _, err := e.connect("maier", &calendarv1.Hello{AgentId: "pc-1", UserId: "huber"})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("Connect as maier for huber = %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("agent of a user live sync does not apply to", func(t *testing.T) {
+		_, _, err := e.connect("maier", &calendarv1.Hello{AgentId: "pc-1"})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("Connect as maier = %v, want FailedPrecondition", err)
+		}
+	})
+	t.Run("agent with a bad ack", func(t *testing.T) {
+		a, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "pc-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := a.next()
+		a.ack(d, calendarv1.DeliveryOutcome_DELIVERY_OUTCOME_UNSPECIFIED, "")
+		if err := a.ended(); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("stream after an ack without outcome ended with %v, want InvalidArgument", err)
+		}
+	})
+}
+
+// TestOneStreamPerUser: a second stream of the same user replaces the first, which ends with
+// ABORTED; deliveries go to the new one.
+func TestOneStreamPerUser(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	first, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "desktop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.ended(); status.Code(err) != codes.Aborted {
+		t.Errorf("the replaced stream ended with %v, want Aborted", err)
+	}
+	if _, err := e.calendar.CreateEntry(e.as("maier"), &calendarv1.CreateEntryRequest{Entry: deadline("frist-1", "huber", "Berufungsfrist", 31)}); err != nil {
+		t.Fatal(err)
+	}
+	d := second.next()
+	if d.GetEntry().GetEntryId() != "frist-1" || !strings.Contains(d.GetIcal(), "DTSTART;VALUE=DATE:20260331") {
+		t.Errorf("delivery = %v", d)
+	}
+	st, err := e.calendar.GetSyncStatus(e.admin(), &calendarv1.GetSyncStatusRequest{UserId: "huber"})
+	if err != nil || st.GetStatus().GetAgent().GetAgentId() != "desktop" || !st.GetStatus().GetAgent().GetOnline() {
+		t.Errorf("presence = %v, %v; want desktop online", st.GetStatus().GetAgent(), err)
+	}
+}
+
+// TestAgentErrorsRetryThenDead: an agent's ERROR answers bring a delivery again, until the
+// attempts are used up; then it is dead, DeliveryFailed goes out and the status warns.
+func TestAgentErrorsRetryThenDead(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	if _, err := e.calendar.UpdateUserSettings(e.as("huber"), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{SyncLogEnabled: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.calendar.CreateEntry(e.as("maier"), &calendarv1.CreateEntryRequest{Entry: deadline("frist-1", "huber", "Frist", 31)}); err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "pc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 { // CALENDAR_AGENT_MAX_ATTEMPTS is 3 in tests
+		d := a.next()
+		if d.GetAttempt() != int32(i) {
+			t.Errorf("delivery %d has attempt %d", i, d.GetAttempt())
+		}
+		if err := a.stream.Send(&calendarv1.ConnectRequest{Message: &calendarv1.ConnectRequest_Ack{Ack: &calendarv1.Ack{
+			Position: d.GetPosition(), Outcome: calendarv1.DeliveryOutcome_DELIVERY_OUTCOME_ERROR, Message: "Outlook is busy",
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Eventually(t, "dead delivery", func() bool {
+		st, err := e.calendar.GetSyncStatus(e.as("huber"), &calendarv1.GetSyncStatusRequest{})
+		return err == nil && st.GetStatus().GetDeadCount() == 1 && st.GetStatus().GetPendingCount() == 0 &&
+			slices.Contains(st.GetStatus().GetWarnings(), calendarv1.SyncWarning_SYNC_WARNING_DELIVERIES_DEAD)
+	})
+	poll.Eventually(t, "DeliveryFailed", func() bool {
+		return len(e.events("postamt.calendar.v1.DeliveryFailed", func() proto.Message { return &calendarv1.DeliveryFailed{} })) == 1
+	})
+	log, err := e.calendar.ListSyncLog(e.as("huber"), &calendarv1.ListSyncLogRequest{PageSize: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, l := range log.GetEntries() {
+		actions = append(actions, l.GetAction())
+	}
+	if want := []string{"DEAD", "RETRY", "RETRY"}; !slices.Equal(actions, want) || log.GetNextPageToken() == "" {
+		t.Errorf("newest log lines = %v (next %q), want %v and more", actions, log.GetNextPageToken(), want)
+	}
+	older, err := e.calendar.ListSyncLog(e.as("huber"), &calendarv1.ListSyncLogRequest{PageSize: 10, PageToken: log.GetNextPageToken()})
+	if err != nil || len(older.GetEntries()) < 2 || older.GetEntries()[len(older.GetEntries())-1].GetAction() != "QUEUED" {
+		t.Errorf("older log lines = %v, %v", older, err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := testConfig("127.0.0.1:1")
+	if err := good.Validate(); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	for name, mutate := range map[string]func(*app.Config){
+		"no mailbox":      func(c *app.Config) { c.MailboxAddr = "" },
+		"bad retry":       func(c *app.Config) { c.PushRetry = "5s,soon" },
+		"short lease":     func(c *app.Config) { c.PushLease = c.PushTimeout },
+		"relative secret": func(c *app.Config) { c.SecretDir = "secrets" },
+	} {
+		c := good
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: Validate = nil", name)
+		}
+	}
+}

@@ -1,0 +1,355 @@
+package calendar
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+)
+
+// Hello opens an agent's stream.
+type Hello struct {
+	AgentID   string
+	LastAcked int64
+	UserID    string
+}
+
+// AckMessage acknowledges one delivery.
+type AckMessage struct {
+	Position      int64
+	Outcome       Outcome
+	RemoteID      string
+	RemoteVersion string
+	Message       string
+}
+
+// AgentMessage is one message from the agent: exactly one field is set.
+type AgentMessage struct {
+	Hello     *Hello
+	Ack       *AckMessage
+	Heartbeat bool
+}
+
+// Welcome answers Hello.
+type Welcome struct {
+	Session       string
+	AckedPosition int64
+	Heartbeat     time.Duration
+}
+
+// ServerMessage is one message to the agent: exactly one field is set.
+type ServerMessage struct {
+	Welcome   *Welcome
+	Delivery  *Delivery
+	Heartbeat bool
+}
+
+// AgentStream is the Connect stream as the rules see it; grpcapi adapts the gRPC stream.
+type AgentStream interface {
+	Send(ServerMessage) error
+	Recv() (AgentMessage, error)
+}
+
+// session is one agent's stream after Hello.
+type session struct {
+	s      *Service
+	tenant string
+	user   string
+	id     string
+	log    bool
+
+	mu   sync.Mutex
+	sent map[int64]Delivery // delivered in this stream and not yet acknowledged
+
+	lastHeard atomic.Int64 // unix ms
+	sub       *sub
+}
+
+// Connect runs an agent's stream until the agent leaves, another stream of the user replaces it,
+// the agent falls silent, or ctx ends. It delivers the user's queued revisions in position
+// order, then new ones as they are queued, and records the agent's acks.
+func (s *Service) Connect(ctx context.Context, p auth.Principal, st AgentStream) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	first := make(chan AgentMessage, 1)
+	errc := make(chan error, 1)
+	ready := make(chan *session, 1)
+	go func() { // the only reader of st
+		m, err := st.Recv()
+		if err != nil {
+			errc <- err
+			return
+		}
+		first <- m
+		var a *session
+		select {
+		case a = <-ready:
+		case <-ctx.Done():
+			return
+		}
+		for {
+			m, err := st.Recv()
+			if err == nil {
+				err = a.received(ctx, m)
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+
+	var hello AgentMessage
+	timer := time.NewTimer(s.opts.HelloTimeout)
+	defer timer.Stop()
+	select {
+	case hello = <-first:
+	case err := <-errc:
+		return recvEnd(err)
+	case <-timer.C:
+		return fmt.Errorf("no Hello within %s: %w", s.opts.HelloTimeout, context.DeadlineExceeded)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	a, welcome, err := s.open(ctx, p, hello)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	if err := st.Send(ServerMessage{Welcome: welcome}); err != nil {
+		return err
+	}
+	ready <- a
+	return a.run(ctx, st, errc)
+}
+
+func recvEnd(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// open checks Hello, claims the user's agent slot and counts what Hello acknowledges.
+func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*session, *Welcome, error) {
+	h := m.Hello
+	if h == nil {
+		return nil, nil, errs.Invalid("hello", "the first message must be Hello")
+	}
+	if p.User == "" {
+		return nil, nil, errs.PermissionDenied(ReasonUserRequired, "an agent connects with its user's token")
+	}
+	if h.UserID != "" && h.UserID != p.User {
+		return nil, nil, errs.PermissionDenied(ReasonAgentOtherUser, "the token is for another user than Hello names")
+	}
+	var v errs.Violations
+	if !idPattern.MatchString(h.AgentID) {
+		v.Add("hello.agent_id", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
+	}
+	if h.LastAcked < 0 {
+		v.Add("hello.last_acked_position", "must not be negative")
+	}
+	if err := v.Err(); err != nil {
+		return nil, nil, err
+	}
+	u, err := s.user(ctx, p.Tenant, p.User)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, us, err := s.decide(ctx, p.Tenant, u)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d.Target != TargetAgent {
+		return nil, nil, errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user")
+	}
+	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.SyncLog, sent: map[int64]Delivery{}}
+	now := s.now()
+	a.lastHeard.Store(now.UnixMilli())
+	a.sub = s.hub.subscribe(a.tenant, a.user, a.id)
+	prev, err := s.store.ClaimAgent(ctx, a.tenant, a.user, Presence{Session: a.id, AgentID: h.AgentID, Since: now, LastSeen: now})
+	if err != nil {
+		s.hub.unsubscribe(a.tenant, a.user, a.sub)
+		return nil, nil, err
+	}
+	s.hub.Kick(a.tenant, a.user, a.id)
+	if a.log {
+		detail := "agent " + h.AgentID
+		if prev != "" {
+			detail += ", replacing session " + prev
+		}
+		_ = s.store.AppendLog(ctx, a.tenant, a.user, LogLine{Action: "AGENT_CONNECTED", Target: TargetAgent, Detail: detail})
+	}
+	if h.LastAcked > 0 {
+		ds, err := s.store.PendingThrough(ctx, a.tenant, a.user, TargetAgent, h.LastAcked)
+		if err != nil {
+			a.close()
+			return nil, nil, err
+		}
+		for _, d := range ds {
+			if _, err := a.ack(ctx, d, AckMessage{Position: d.Position, Outcome: OutcomeApplied}); err != nil {
+				a.close()
+				return nil, nil, err
+			}
+		}
+	}
+	stats, err := s.store.QueueStats(ctx, a.tenant, a.user)
+	if err != nil {
+		a.close()
+		return nil, nil, err
+	}
+	return a, &Welcome{Session: a.id, AckedPosition: stats.AckedPosition, Heartbeat: s.opts.Heartbeat}, nil
+}
+
+func newSessionID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand does not fail
+	return hex.EncodeToString(b[:])
+}
+
+// close gives the user's agent slot up, if it is still ours.
+func (a *session) close() {
+	ctx := context.Background()
+	a.s.hub.unsubscribe(a.tenant, a.user, a.sub)
+	_ = a.s.store.ReleaseAgent(ctx, a.tenant, a.user, a.id, a.s.now())
+	if a.log {
+		_ = a.s.store.AppendLog(ctx, a.tenant, a.user, LogLine{Action: "AGENT_DISCONNECTED", Target: TargetAgent, Detail: "session " + a.id})
+	}
+}
+
+// run delivers until the stream ends.
+func (a *session) run(ctx context.Context, st AgentStream, errc <-chan error) error {
+	hb := a.s.opts.Heartbeat
+	ticker := time.NewTicker(hb)
+	defer ticker.Stop()
+	var cursor int64
+	replaced := func() error {
+		return errs.Aborted(ReasonStreamReplaced, "another stream of the user replaced this one")
+	}
+	for {
+		for {
+			select {
+			case <-a.sub.kicked:
+				return replaced()
+			case err := <-errc:
+				return recvEnd(err)
+			default:
+			}
+			ds, err := a.s.store.NextDeliveries(ctx, a.tenant, a.user, TargetAgent, cursor, a.s.opts.DeliveryBatch)
+			if err != nil {
+				return err
+			}
+			if len(ds) == 0 {
+				break
+			}
+			a.mu.Lock()
+			for _, d := range ds {
+				a.sent[d.Position] = Delivery{Position: d.Position, EntryID: d.EntryID, Revision: d.Revision, Attempt: d.Attempt}
+			}
+			a.mu.Unlock()
+			for i := range ds {
+				if err := st.Send(ServerMessage{Delivery: &ds[i]}); err != nil {
+					return err
+				}
+				cursor = ds[i].Position
+			}
+		}
+		select {
+		case <-a.sub.wake:
+		case <-a.s.hub.closing:
+			return errs.Unavailable("the service is shutting down; reconnect", time.Second, nil)
+		case <-a.sub.kicked:
+			return replaced()
+		case err := <-errc:
+			return recvEnd(err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+			now := a.s.now()
+			if now.Sub(time.UnixMilli(a.lastHeard.Load())) > 3*hb {
+				return fmt.Errorf("the agent was silent for three heartbeat intervals: %w", context.DeadlineExceeded)
+			}
+			ok, err := a.s.store.TouchAgent(ctx, a.tenant, a.user, a.id, time.UnixMilli(a.lastHeard.Load()))
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return replaced()
+			}
+			if err := st.Send(ServerMessage{Heartbeat: true}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// received handles one message after Hello, on the reader goroutine.
+func (a *session) received(ctx context.Context, m AgentMessage) error {
+	a.lastHeard.Store(a.s.now().UnixMilli())
+	switch {
+	case m.Hello != nil:
+		return errs.Invalid("hello", "Hello is only the first message")
+	case m.Heartbeat:
+		return nil
+	case m.Ack == nil:
+		return errs.Invalid("message", "is empty")
+	}
+	k := m.Ack
+	var v errs.Violations
+	if k.Position <= 0 {
+		v.Add("ack.position", "must be a delivered position")
+	}
+	if k.Outcome != OutcomeApplied && k.Outcome != OutcomeConflict && k.Outcome != OutcomeError {
+		v.Add("ack.outcome", "must be APPLIED, CONFLICT or ERROR")
+	}
+	for f, s := range map[string]string{"ack.remote_id": k.RemoteID, "ack.remote_version": k.RemoteVersion, "ack.message": k.Message} {
+		if len(s) > maxRemoteLen {
+			v.Addf(f, "is longer than %d bytes", maxRemoteLen)
+		}
+	}
+	if err := v.Err(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	d, ok := a.sent[k.Position]
+	a.mu.Unlock()
+	if !ok {
+		var err error
+		if d, ok, err = a.s.store.DeliveryAt(ctx, a.tenant, a.user, TargetAgent, k.Position); err != nil {
+			return err
+		}
+		if !ok {
+			return nil // acknowledged before, or superseded: nothing to do
+		}
+	}
+	res, err := a.ack(ctx, d, *k)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.sent, k.Position)
+	a.mu.Unlock()
+	if res.Replaced {
+		return errs.Aborted(ReasonStreamReplaced, "another stream of the user replaced this one")
+	}
+	if res.Requeued > 0 {
+		a.s.hub.Notify(a.tenant, a.user)
+	}
+	return nil
+}
+
+func (a *session) ack(ctx context.Context, d Delivery, k AckMessage) (AckResult, error) {
+	return a.s.store.Ack(ctx, a.tenant, a.user, AckInput{
+		Target: TargetAgent, Session: a.id, Position: d.Position, EntryID: d.EntryID, Revision: d.Revision,
+		Outcome: k.Outcome, RemoteID: k.RemoteID, RemoteVersion: k.RemoteVersion, Message: k.Message,
+		MaxAttempts: a.s.opts.MaxAgentAttempts, Attempts: d.Attempt + 1, Log: a.log, Now: a.s.now(),
+	})
+}

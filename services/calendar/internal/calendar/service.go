@@ -1,0 +1,655 @@
+package calendar
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/secretref"
+	"github.com/postamt/postamt/services/calendar/internal/ical"
+)
+
+// Reasons of PermissionDenied, FailedPrecondition and Aborted errors, stable for clients.
+const (
+	ReasonAdminRequired    = "ADMIN_REQUIRED"
+	ReasonSelfOrAdmin      = "SELF_OR_ADMIN_REQUIRED"
+	ReasonUserRequired     = "USER_TOKEN_REQUIRED"
+	ReasonAgentOtherUser   = "AGENT_FOR_ANOTHER_USER"
+	ReasonNotApplicable    = "LIVE_SYNC_NOT_APPLICABLE"
+	ReasonEntryCancelled   = "ENTRY_CANCELLED"
+	ReasonNotADeadline     = "NOT_A_DEADLINE"
+	ReasonRevisionMismatch = "REVISION_MISMATCH"
+	ReasonStreamReplaced   = "STREAM_REPLACED"
+	ReasonTooManyRevisions = "TOO_MANY_REVISIONS"
+)
+
+// Limits of the API's inputs.
+const (
+	maxIDLen          = 64
+	defaultPageSize   = 50
+	maxPageSize       = 500
+	maxPageTokenBytes = 512
+	maxURLLen         = 2048
+	maxUsernameLen    = 256
+	maxRefLen         = 512
+	maxRemoteLen      = 1024
+	// MaxRevisions bounds an entry's history; a deadline edited thousands of times is a bug.
+	MaxRevisions  = 10000
+	writeAttempts = 8
+)
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Directory answers who a user is; directory.Client asks the mailbox service and caches. An
+// unknown user is errs.NotFound; errs.Unavailable when mailbox cannot be asked.
+type Directory interface {
+	User(ctx context.Context, tenant, id string) (User, error)
+}
+
+// Options tune a Service; the zero value is ready for production.
+type Options struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Secrets bounds the password references of CalDAV targets.
+	Secrets secretref.Scope
+	// Builder encodes revisions; nil means ical.NewBuilder with defaults.
+	Builder *ical.Builder
+	// MaxAgentAttempts is how often an agent may answer ERROR for one delivery before it is
+	// dead; 0 means 5.
+	MaxAgentAttempts int
+	// Heartbeat is the Connect heartbeat interval; 0 means 15s.
+	Heartbeat time.Duration
+	// HelloTimeout bounds the wait for Hello; 0 means 10s.
+	HelloTimeout time.Duration
+	// DeliveryBatch is how many deliveries are read per round; 0 means 512.
+	DeliveryBatch int
+	// LogRetention bounds the age of sync log lines read back; 0 means 30 days.
+	LogRetention time.Duration
+	// Hub routes wake-ups and replacements to this process's streams; nil means a private one
+	// (streams then only learn of changes made through this Service and of their heartbeats).
+	Hub *Hub
+}
+
+// Service applies the calendar's rules on top of a Store. It is safe for concurrent use.
+type Service struct {
+	store Store
+	dir   Directory
+	b     *ical.Builder
+	now   func() time.Time
+	opts  Options
+	hub   *Hub
+}
+
+// New returns a Service over store, asking dir about users.
+func New(store Store, dir Directory, opts Options) (*Service, error) {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	if opts.Builder == nil {
+		b, err := ical.NewBuilder(ical.Config{})
+		if err != nil {
+			return nil, err
+		}
+		opts.Builder = b
+	}
+	if opts.MaxAgentAttempts == 0 {
+		opts.MaxAgentAttempts = 5
+	}
+	if opts.Heartbeat == 0 {
+		opts.Heartbeat = 15 * time.Second
+	}
+	if opts.HelloTimeout == 0 {
+		opts.HelloTimeout = 10 * time.Second
+	}
+	if opts.DeliveryBatch == 0 {
+		opts.DeliveryBatch = 512
+	}
+	if opts.LogRetention == 0 {
+		opts.LogRetention = 30 * 24 * time.Hour
+	}
+	if opts.Hub == nil {
+		opts.Hub = NewHub()
+	}
+	return &Service{store: store, dir: dir, b: opts.Builder, opts: opts, hub: opts.Hub,
+		now: func() time.Time { return now().UTC().Truncate(time.Millisecond) }}, nil
+}
+
+// Builder is the iCalendar encoder the service uses, for the push worker's merges.
+func (s *Service) Builder() *ical.Builder { return s.b }
+
+func requireAdmin(p auth.Principal) error {
+	if p.IsAdmin() || p.IsService() {
+		return nil
+	}
+	return errs.PermissionDenied(ReasonAdminRequired, "this call needs the admin role")
+}
+
+// selfOrAdmin resolves the user a call is about (empty: the caller) and checks the caller may
+// act for them.
+func selfOrAdmin(p auth.Principal, userID string) (string, error) {
+	if userID == "" {
+		userID = p.User
+	}
+	if userID == "" {
+		return "", errs.Invalid("user_id", "is required for service callers")
+	}
+	if err := checkID("user_id", userID); err != nil {
+		return "", err
+	}
+	if userID != p.User && !p.IsAdmin() && !p.IsService() {
+		return "", errs.PermissionDenied(ReasonSelfOrAdmin, "users may only read and change their own synchronisation")
+	}
+	return userID, nil
+}
+
+func checkID(field, id string) error {
+	if !idPattern.MatchString(id) {
+		return errs.Invalid(field, "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+	}
+	return nil
+}
+
+// user looks a user of the tenant up; unknown users are NotFound, which is also what a user of
+// another tenant is.
+func (s *Service) user(ctx context.Context, tenant, id string) (User, error) {
+	u, err := s.dir.User(ctx, tenant, id)
+	if err != nil {
+		return User{}, err
+	}
+	return u, nil
+}
+
+// decide returns where the user's entries go now.
+func (s *Service) decide(ctx context.Context, tenant string, u User) (Decision, UserSettings, error) {
+	ts, err := s.store.TenantSettings(ctx, tenant)
+	if err != nil {
+		return Decision{}, UserSettings{}, err
+	}
+	us, err := s.store.UserSettings(ctx, tenant, u.ID)
+	if err != nil {
+		return Decision{}, UserSettings{}, err
+	}
+	return Decide(ts, us, u), us, nil
+}
+
+// ---- entries ----
+
+// CreateEntry stores the first revision of an entry and queues it. A repeated request (same id,
+// same content) returns the stored entry and true.
+func (s *Service) CreateEntry(ctx context.Context, p auth.Principal, in Entry) (*Entry, bool, error) {
+	if in.Owner == "" {
+		in.Owner = p.User
+	}
+	var v errs.Violations
+	if !idPattern.MatchString(in.ID) {
+		v.Add("entry.entry_id", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+	}
+	if in.Owner == "" {
+		v.Add("entry.owner_user_id", "is required for service callers")
+	} else if !idPattern.MatchString(in.Owner) {
+		v.Add("entry.owner_user_id", "is not a user id")
+	}
+	if err := v.Err(); err != nil {
+		return nil, false, err
+	}
+	in.Done, in.Cancelled = false, false
+	fp := fingerprint(in)
+	if cur, err := s.store.GetEntry(ctx, p.Tenant, in.ID); err == nil {
+		return s.repeated(cur, fp)
+	} else if !errors.Is(err, errs.ErrNotFound) {
+		return nil, false, err
+	}
+	now := s.now()
+	e := in
+	e.Revision, e.Creator, e.Updater, e.Created, e.Updated, e.Fingerprint = 1, p.User, p.User, now, now, fp
+	if e.Creator == "" {
+		e.Creator, e.Updater = "service:"+p.Service, "service:"+p.Service
+	}
+	rev, err := s.prepare(ctx, p.Tenant, &e)
+	if err != nil {
+		return nil, false, err
+	}
+	d, us, err := s.ownerTarget(ctx, p.Tenant, e.Owner)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := s.store.WriteEntry(ctx, p.Tenant, Write{Rev: rev, Prev: 0, Target: d.Target, Log: us.SyncLog, Now: now}); err != nil {
+		var rc *ErrRevisionChanged
+		if errors.As(err, &rc) && rc.Current != nil {
+			return s.repeated(rc.Current, fp)
+		}
+		return nil, false, err
+	}
+	s.hub.Notify(p.Tenant, e.Owner)
+	return &e, false, nil
+}
+
+func (s *Service) repeated(cur *Entry, fp string) (*Entry, bool, error) {
+	if cur.Fingerprint != fp {
+		return nil, false, errs.AlreadyExists("entry", cur.ID)
+	}
+	return cur, true, nil
+}
+
+// ownerTarget checks the owner is a user of the tenant and decides where their entries go.
+func (s *Service) ownerTarget(ctx context.Context, tenant, owner string) (Decision, UserSettings, error) {
+	u, err := s.user(ctx, tenant, owner)
+	if err != nil {
+		return Decision{}, UserSettings{}, err
+	}
+	return s.decide(ctx, tenant, u)
+}
+
+// fingerprint identifies a create request by its content.
+func fingerprint(e Entry) string {
+	e.Revision, e.Creator, e.Updater, e.Created, e.Updated, e.Fingerprint = 0, "", "", time.Time{}, time.Time{}, ""
+	b, _ := json.Marshal(e) // plain data: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
+}
+
+// fieldNames maps ical's field names to the API's request paths.
+var fieldNames = map[string]string{
+	"uid": "entry.entry_id", "kind": "entry.kind", "summary": "entry.summary", "description": "entry.description",
+	"location": "entry.location", "time_zone": "entry.time_zone", "start": "entry.start_time", "end": "entry.end_time",
+	"day": "entry.day", "done": "entry.done", "except_starts": "entry.except_start_times",
+	"except_days": "entry.except_days", "rrule": "entry.rrule", "related": "entry.deadline_entry_id",
+}
+
+// prepare checks e, resolves its zone and linked deadline, and encodes the revision.
+func (s *Service) prepare(ctx context.Context, tenant string, e *Entry) (*Revision, error) {
+	var v errs.Violations
+	if e.Kind == ical.Appointment && e.TimeZone != "" {
+		if loc, err := s.b.Zones().Load(e.TimeZone); err == nil {
+			e.TimeZone = loc.String()
+		}
+	}
+	if e.Kind == ical.Appointment && e.Deadline != "" {
+		v.Add("entry.deadline_entry_id", "only preliminary deadlines link to a deadline")
+	}
+	ie := icalEntry(tenant, e)
+	if e.Kind == ical.PreliminaryDeadline && e.Deadline != "" {
+		if !idPattern.MatchString(e.Deadline) || e.Deadline == e.ID {
+			v.Add("entry.deadline_entry_id", "is not another entry's id")
+		} else {
+			d, err := s.store.GetEntry(ctx, tenant, e.Deadline)
+			switch {
+			case errors.Is(err, errs.ErrNotFound):
+				v.Add("entry.deadline_entry_id", "no such deadline")
+			case err != nil:
+				return nil, err
+			case d.Kind != ical.Deadline || d.Owner != e.Owner:
+				v.Add("entry.deadline_entry_id", "must name a deadline of the same owner")
+			default:
+				ie.Related = []ical.Relation{{UID: ical.StableUID(tenant, d.ID), Type: ical.RelParent}}
+			}
+		}
+	}
+	if err := s.b.Validate(ie); err != nil {
+		var ve *ical.ValidationError
+		if !errors.As(err, &ve) {
+			return nil, err
+		}
+		for _, f := range ve.Fields {
+			name, ok := fieldNames[f.Field]
+			if !ok {
+				name = "entry"
+			}
+			desc := f.Err.Error()
+			if errors.Is(f.Err, ical.ErrEndBeforeStart) {
+				desc = "must not be before start_time"
+			}
+			v.Add(name, desc)
+		}
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	ics, err := s.b.Build(ie)
+	if err != nil {
+		return nil, fmt.Errorf("encode entry %s: %w", e.ID, err)
+	}
+	return &Revision{Entry: *e, ICS: ics}, nil
+}
+
+// icalEntry is the iCalendar form of a revision (without the deadline link, which prepare
+// resolves).
+func icalEntry(tenant string, e *Entry) ical.Entry {
+	return ical.Entry{
+		UID: ical.StableUID(tenant, e.ID), Sequence: e.Sequence(), Stamp: e.Updated, Kind: e.Kind,
+		Summary: e.Summary, Description: e.Desc, Location: e.Location,
+		Start: e.Start, End: e.End, TimeZone: e.TimeZone, Day: e.Day, Done: e.Done,
+		RRule: e.RRule, ExceptStarts: e.ExStarts, ExceptDays: e.ExDays, Cancelled: e.Cancelled,
+	}
+}
+
+// change writes a new revision made by mutate on top of the current one, retrying when another
+// write comes first (unless the caller named the revision it expects).
+func (s *Service) change(ctx context.Context, p auth.Principal, id string, expected int64, mutate func(cur *Entry, next *Entry) (bool, error)) (*Entry, error) {
+	if err := checkID("entry_id", id); err != nil {
+		return nil, err
+	}
+	if expected < 0 {
+		return nil, errs.Invalid("expected_revision", "must not be negative")
+	}
+	for range writeAttempts {
+		cur, err := s.store.GetEntry(ctx, p.Tenant, id)
+		if err != nil {
+			return nil, err
+		}
+		if expected != 0 && cur.Revision != expected {
+			return nil, errs.Aborted(ReasonRevisionMismatch, fmt.Sprintf("the entry is at revision %d, not %d", cur.Revision, expected))
+		}
+		if cur.Revision >= MaxRevisions {
+			return nil, errs.ResourceExhausted(ReasonTooManyRevisions, fmt.Sprintf("an entry keeps at most %d revisions", MaxRevisions), 0)
+		}
+		next := *cur
+		changed, err := mutate(cur, &next)
+		if err != nil {
+			return nil, err
+		}
+		if !changed {
+			return cur, nil
+		}
+		now := s.now()
+		next.Revision, next.Updated, next.Updater = cur.Revision+1, now, p.User
+		if next.Updater == "" {
+			next.Updater = "service:" + p.Service
+		}
+		rev, err := s.prepare(ctx, p.Tenant, &next)
+		if err != nil {
+			return nil, err
+		}
+		d, us, err := s.ownerTarget(ctx, p.Tenant, next.Owner)
+		if err != nil && !errors.Is(err, errs.ErrNotFound) {
+			return nil, err
+		}
+		// An owner who left the directory keeps their entries; nothing is delivered any more.
+		_, err = s.store.WriteEntry(ctx, p.Tenant, Write{Rev: rev, Prev: cur.Revision, Target: d.Target, Log: us.SyncLog, Now: now})
+		if errors.Is(err, errRevisionChanged) {
+			if expected != 0 {
+				return nil, errs.Aborted(ReasonRevisionMismatch, "the entry changed concurrently")
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.hub.Notify(p.Tenant, next.Owner)
+		return &next, nil
+	}
+	return nil, errs.Aborted(ReasonRevisionMismatch, "too many concurrent changes to the entry; retry")
+}
+
+// UpdateEntry replaces the mutable fields of an entry with a new revision.
+func (s *Service) UpdateEntry(ctx context.Context, p auth.Principal, in Entry, expected int64) (*Entry, error) {
+	return s.change(ctx, p, in.ID, expected, func(cur, next *Entry) (bool, error) {
+		var v errs.Violations
+		if in.Owner != "" && in.Owner != cur.Owner {
+			v.Add("entry.owner_user_id", "cannot change; cancel the entry and create one for the new owner")
+		}
+		if in.Kind != ical.KindUnspecified && in.Kind != cur.Kind {
+			v.Add("entry.kind", "cannot change")
+		}
+		if err := v.Err(); err != nil {
+			return false, err
+		}
+		if cur.Cancelled {
+			return false, errs.FailedPrecondition(ReasonEntryCancelled, "the entry is cancelled; create a new one")
+		}
+		next.Summary, next.Desc, next.Location = in.Summary, in.Desc, in.Location
+		next.Start, next.End, next.TimeZone, next.Day = in.Start, in.End, in.TimeZone, in.Day
+		next.RRule, next.ExStarts, next.ExDays, next.Deadline = in.RRule, in.ExStarts, in.ExDays, in.Deadline
+		return true, nil
+	})
+}
+
+// CancelEntry writes a cancelled revision; nothing is deleted.
+func (s *Service) CancelEntry(ctx context.Context, p auth.Principal, id string, expected int64) (*Entry, error) {
+	return s.change(ctx, p, id, expected, func(cur, next *Entry) (bool, error) {
+		if cur.Cancelled {
+			return false, nil
+		}
+		next.Cancelled = true
+		return true, nil
+	})
+}
+
+// MarkDone marks a deadline or preliminary deadline done, or reopens it.
+func (s *Service) MarkDone(ctx context.Context, p auth.Principal, id string, done bool) (*Entry, error) {
+	return s.change(ctx, p, id, 0, func(cur, next *Entry) (bool, error) {
+		if !cur.Kind.AllDay() {
+			return false, errs.FailedPrecondition(ReasonNotADeadline, "only deadlines and preliminary deadlines are marked done")
+		}
+		if cur.Cancelled {
+			return false, errs.FailedPrecondition(ReasonEntryCancelled, "the entry is cancelled")
+		}
+		if cur.Done == done {
+			return false, nil
+		}
+		next.Done = done
+		return true, nil
+	})
+}
+
+// GetEntry returns the latest revision (rev 0) or an earlier one.
+func (s *Service) GetEntry(ctx context.Context, p auth.Principal, id string, rev int64) (*Revision, error) {
+	if err := checkID("entry_id", id); err != nil {
+		return nil, err
+	}
+	if rev < 0 {
+		return nil, errs.Invalid("revision", "must not be negative")
+	}
+	if rev == 0 {
+		cur, err := s.store.GetEntry(ctx, p.Tenant, id)
+		if err != nil {
+			return nil, err
+		}
+		rev = cur.Revision
+	}
+	return s.store.GetRevision(ctx, p.Tenant, id, rev)
+}
+
+// ListQuery selects an owner's entries.
+type ListQuery struct {
+	Owner            string
+	From, To         time.Time
+	PageSize         int
+	PageToken        string
+	IncludeCancelled bool
+}
+
+// ListEntries pages through an owner's entries by start.
+func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery) ([]Entry, string, error) {
+	if q.Owner == "" {
+		q.Owner = p.User
+	}
+	var v errs.Violations
+	if !idPattern.MatchString(q.Owner) {
+		v.Add("owner_user_id", "is required and must be a user id")
+	}
+	size := q.PageSize
+	switch {
+	case size == 0:
+		size = defaultPageSize
+	case size < 0 || size > maxPageSize:
+		v.Addf("page_size", "must be between 0 and %d", maxPageSize)
+	}
+	from, to := int64(-1<<62), int64(1<<62)
+	if !q.From.IsZero() {
+		from = q.From.UnixMilli()
+	}
+	if !q.To.IsZero() {
+		to = q.To.UnixMilli()
+	}
+	if to < from {
+		v.Add("end_time", "must not be before start_time")
+	}
+	afterScore, afterID := from-1, ""
+	if q.PageToken != "" {
+		sc, id, ok := decodeToken(q.PageToken)
+		if !ok {
+			v.Add("page_token", "is not a token this service issued")
+		}
+		afterScore, afterID = sc, id
+	}
+	if err := v.Err(); err != nil {
+		return nil, "", err
+	}
+	if _, err := s.user(ctx, p.Tenant, q.Owner); err != nil {
+		return nil, "", err
+	}
+	var out []Entry
+	for {
+		want := size - len(out)
+		batch, err := s.store.ListEntries(ctx, p.Tenant, q.Owner, from, to, afterScore, afterID, want)
+		if err != nil {
+			return nil, "", err
+		}
+		for i := range batch {
+			e := &batch[i]
+			afterScore, afterID = e.Score(), e.ID
+			if !e.Cancelled || q.IncludeCancelled {
+				out = append(out, *e)
+			}
+		}
+		if len(batch) < want {
+			return out, "", nil // exhausted
+		}
+		if len(out) == size {
+			// More may follow; a token that leads to an empty page is harmless.
+			return out, encodeToken(afterScore, afterID), nil
+		}
+	}
+}
+
+func encodeToken(score int64, id string) string {
+	b := binary.AppendVarint(nil, score)
+	return base64.RawURLEncoding.EncodeToString(append(b, id...))
+}
+
+func decodeToken(tok string) (int64, string, bool) {
+	if len(tok) > maxPageTokenBytes {
+		return 0, "", false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, "", false
+	}
+	sc, n := binary.Varint(b)
+	if n <= 0 || !idPattern.Match(b[n:]) {
+		return 0, "", false
+	}
+	return sc, string(b[n:]), true
+}
+
+// ---- settings ----
+
+// GetTenantSettings returns the tenant's settings.
+func (s *Service) GetTenantSettings(ctx context.Context, p auth.Principal) (TenantSettings, error) {
+	return s.store.TenantSettings(ctx, p.Tenant)
+}
+
+// UpdateTenantSettings changes the tenant's settings; admins only.
+func (s *Service) UpdateTenantSettings(ctx context.Context, p auth.Principal, in TenantSettings) (TenantSettings, error) {
+	if err := requireAdmin(p); err != nil {
+		return TenantSettings{}, err
+	}
+	now := s.now()
+	return s.store.UpdateTenantSettings(ctx, p.Tenant, func(t *TenantSettings) error {
+		t.LiveSync = in.LiveSync
+		t.Version++
+		t.Updated = now
+		return nil
+	})
+}
+
+// GetUserSettings returns a user's options.
+func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID string) (UserSettings, error) {
+	id, err := selfOrAdmin(p, userID)
+	if err != nil {
+		return UserSettings{}, err
+	}
+	us, err := s.store.UserSettings(ctx, p.Tenant, id)
+	us.UserID = id
+	return us, err
+}
+
+// UpdateUserSettings replaces a user's options (the notice memory is kept).
+func (s *Service) UpdateUserSettings(ctx context.Context, p auth.Principal, in UserSettings) (UserSettings, error) {
+	id, err := selfOrAdmin(p, in.UserID)
+	if err != nil {
+		return UserSettings{}, err
+	}
+	if p.IsService() && !p.IsAdmin() && p.User == "" {
+		// Services may read settings but changing them is a person's decision.
+		return UserSettings{}, errs.PermissionDenied(ReasonSelfOrAdmin, "only the user or an admin changes synchronisation options")
+	}
+	var v errs.Violations
+	if in.Mode < ModeDefault || in.Mode > ModeOff {
+		v.Add("settings.mode", "is not a sync mode")
+	}
+	t := in.CalDAV
+	if in.Mode == ModeServerPush || t != (CalDAVTarget{}) {
+		checkTarget(&v, t, s.opts.Secrets, in.Mode == ModeServerPush)
+	}
+	if err := v.Err(); err != nil {
+		return UserSettings{}, err
+	}
+	if _, err := s.user(ctx, p.Tenant, id); err != nil {
+		return UserSettings{}, err
+	}
+	out, err := s.store.UpdateUserSettings(ctx, p.Tenant, id, func(u *UserSettings) error {
+		u.Mode, u.CalDAV, u.SyncLog = in.Mode, in.CalDAV, in.SyncLog
+		u.Version++
+		return nil
+	})
+	out.UserID = id
+	return out, err
+}
+
+func checkTarget(v *errs.Violations, t CalDAVTarget, scope secretref.Scope, required bool) {
+	const f = "settings.caldav."
+	switch u, err := url.Parse(t.URL); {
+	case t.URL == "" && required:
+		v.Add(f+"calendar_url", "is required for SERVER_PUSH")
+	case t.URL == "":
+	case len(t.URL) > maxURLLen:
+		v.Addf(f+"calendar_url", "is longer than %d bytes", maxURLLen)
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		v.Add(f+"calendar_url", "must be an http or https URL")
+	case u.User != nil:
+		v.Add(f+"calendar_url", "must not contain credentials; use username and password_ref")
+	}
+	switch {
+	case t.Username == "" && required:
+		v.Add(f+"username", "is required for SERVER_PUSH")
+	case len(t.Username) > maxUsernameLen || strings.ContainsAny(t.Username, ":\r\n"):
+		v.Add(f+"username", "must be at most 256 bytes without ':' or line breaks")
+	}
+	switch {
+	case t.PasswordRef == "" && required:
+		v.Add(f+"password_ref", "is required for SERVER_PUSH")
+	case t.PasswordRef == "":
+	case len(t.PasswordRef) > maxRefLen:
+		v.Add(f+"password_ref", "is too long")
+	default:
+		if err := secretref.CheckForm(t.PasswordRef); err != nil {
+			v.Add(f+"password_ref", err.Error())
+		} else if err := scope.Check(t.PasswordRef); err != nil {
+			v.Add(f+"password_ref", err.Error())
+		}
+	}
+}

@@ -1,0 +1,97 @@
+package calendar
+
+import (
+	"context"
+	"regexp"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
+)
+
+// GetSyncStatus returns a user's synchronisation status. Users to whom synchronisation does not
+// apply get their applicability and nothing else: no counts, no notice, no warning.
+func (s *Service) GetSyncStatus(ctx context.Context, p auth.Principal, userID string) (SyncStatus, error) {
+	id, err := selfOrAdmin(p, userID)
+	if err != nil {
+		return SyncStatus{}, err
+	}
+	u, err := s.user(ctx, p.Tenant, id)
+	if err != nil {
+		return SyncStatus{}, err
+	}
+	d, us, err := s.decide(ctx, p.Tenant, u)
+	if err != nil {
+		return SyncStatus{}, err
+	}
+	st := SyncStatus{UserID: id, Applicability: d.Applicability, Mode: d.Mode}
+	if d.Applicability != Applicable {
+		return st, nil
+	}
+	if st.Stats, err = s.store.QueueStats(ctx, p.Tenant, id); err != nil {
+		return SyncStatus{}, err
+	}
+	if st.Agent, err = s.store.Presence(ctx, p.Tenant, id); err != nil {
+		return SyncStatus{}, err
+	}
+	st.Online = st.Agent != nil && st.Agent.Session != "" && s.now().Sub(st.Agent.LastSeen) < 3*s.opts.Heartbeat
+	st.NoticePending = d.Target == TargetAgent && us.NoticeAcked.IsZero()
+	if d.Target == TargetAgent && st.Agent == nil && st.Stats.Pending > 0 {
+		st.Warnings = append(st.Warnings, WarnAgentNeverConnected)
+	}
+	if st.Stats.Dead > 0 {
+		st.Warnings = append(st.Warnings, WarnDeliveriesDead)
+	}
+	if d.Target == TargetCalDAV && !us.CalDAV.Complete() {
+		st.Warnings = append(st.Warnings, WarnCalDAVTargetMissing)
+	}
+	return st, nil
+}
+
+// AcknowledgeNotice clears the caller's one-time notice, for good.
+func (s *Service) AcknowledgeNotice(ctx context.Context, p auth.Principal) (SyncStatus, error) {
+	if p.User == "" {
+		return SyncStatus{}, errs.PermissionDenied(ReasonUserRequired, "only a user acknowledges their notice")
+	}
+	now := s.now()
+	if _, err := s.store.UpdateUserSettings(ctx, p.Tenant, p.User, func(u *UserSettings) error {
+		if u.NoticeAcked.IsZero() {
+			u.NoticeAcked = now
+		}
+		return nil
+	}); err != nil {
+		return SyncStatus{}, err
+	}
+	return s.GetSyncStatus(ctx, p, p.User)
+}
+
+var logIDPattern = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
+
+// ListSyncLog pages through a user's sync log, newest first, within the retention.
+func (s *Service) ListSyncLog(ctx context.Context, p auth.Principal, userID string, size int, token string) ([]LogLine, string, error) {
+	id, err := selfOrAdmin(p, userID)
+	if err != nil {
+		return nil, "", err
+	}
+	var v errs.Violations
+	switch {
+	case size == 0:
+		size = defaultPageSize
+	case size < 0 || size > maxPageSize:
+		v.Addf("page_size", "must be between 0 and %d", maxPageSize)
+	}
+	if token != "" && !logIDPattern.MatchString(token) {
+		v.Add("page_token", "is not a token this service issued")
+	}
+	if err := v.Err(); err != nil {
+		return nil, "", err
+	}
+	lines, err := s.store.SyncLog(ctx, p.Tenant, id, token, s.now().Add(-s.opts.LogRetention), size)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(lines) == size {
+		next = lines[len(lines)-1].ID
+	}
+	return lines, next, nil
+}

@@ -1,0 +1,137 @@
+// Package redisstore keeps the calendar's state in Redis. All of the service's Redis access is
+// here: key builders, the scripts that keep the Store invariants, and the encoding (JSON of the
+// domain types, readable in redis-cli).
+//
+// Layout. Tenants are spread over a fixed number of partitions; every key of a tenant carries
+// the partition's hash tag ({calN}), so a script over any keys of one tenant stays in one Redis
+// Cluster slot, and each partition has one event stream and one push due index. The partition
+// count is part of the data layout: changing it needs a migration.
+//
+//	pm:cal:{calN}:events              stream  events waiting for the relay
+//	pm:cal:{calN}:pushdue             zset    CalDAV deliveries by due time (ms); member T|U|E
+//	pm:cal:{calN}:t:T:set             string  tenant settings (JSON)
+//	pm:cal:{calN}:t:T:e:E             hash    entry E: rev (latest revision), cur (its JSON)
+//	pm:cal:{calN}:t:T:e:E:revs        hash    revision number -> revision JSON (entry and iCalendar)
+//	pm:cal:{calN}:t:T:o:U             zset    owner U's entries by start (ms)
+//	pm:cal:{calN}:t:T:u:U:set         string  user U's options (JSON)
+//	pm:cal:{calN}:t:T:u:U:pos         string  U's last queue position (all targets)
+//	pm:cal:{calN}:t:T:u:U:q:G         zset    U's queue for target G: entry id by position
+//	pm:cal:{calN}:t:T:u:U:q:G:items   hash    entry id -> "pos|rev|state|attempts|last error"
+//	pm:cal:{calN}:t:T:u:U:q:G:dead    hash    entry id -> the dead item
+//	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag)
+//	pm:cal:{calN}:t:T:u:U:acked       string  highest position U's agent acknowledged
+//	pm:cal:{calN}:t:T:u:U:agent       hash    U's agent: s (session, "" when gone), a, since, seen (ms)
+//	pm:cal:{calN}:t:T:u:U:log         stream  U's sync log (MAXLEN ~ bounded)
+//
+// Notifications go out on the Pub/Sub channel NotifyChannel from the scripts that cause them:
+// "w|T|U" (deliveries for U's agent), "k|T|U|S" (session S is now U's agent), "p|N" (CalDAV
+// deliveries due in partition N).
+package redisstore
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/postamt/postamt/internal/redisx"
+	"github.com/postamt/postamt/services/calendar/internal/calendar"
+)
+
+// Partitions is the number of tenant partitions. Part of the data layout.
+const Partitions = 16
+
+const prefix = "pm:cal:"
+
+// NotifyChannel carries wake-ups and replacements to every replica.
+const NotifyChannel = prefix + "notify"
+
+// PartitionOf is the partition of a tenant.
+func PartitionOf(tenant string) int { return redisx.Partition(tenant, Partitions) }
+
+func partKey(n int) string { return prefix + "{cal" + strconv.Itoa(n) + "}" }
+
+// EventStreams returns every partition's event stream key, for the relay.
+func EventStreams() []string {
+	out := make([]string, Partitions)
+	for i := range out {
+		out[i] = partKey(i) + ":events"
+	}
+	return out
+}
+
+func pushDueKey(n int) string { return partKey(n) + ":pushdue" }
+
+// keys builds the keys of one tenant.
+type keys struct {
+	part string
+	base string
+	n    int
+}
+
+func tenantKeys(tenant string) keys {
+	n := PartitionOf(tenant)
+	part := partKey(n)
+	return keys{part: part, base: part + ":t:" + tenant, n: n}
+}
+
+func (k keys) events() string                            { return k.part + ":events" }
+func (k keys) pushDue() string                           { return k.part + ":pushdue" }
+func (k keys) settings() string                          { return k.base + ":set" }
+func (k keys) entry(id string) string                    { return k.base + ":e:" + id }
+func (k keys) revs(id string) string                     { return k.entry(id) + ":revs" }
+func (k keys) owner(u string) string                     { return k.base + ":o:" + u }
+func (k keys) user(u string) string                      { return k.base + ":u:" + u }
+func (k keys) userSettings(u string) string              { return k.user(u) + ":set" }
+func (k keys) pos(u string) string                       { return k.user(u) + ":pos" }
+func (k keys) acked(u string) string                     { return k.user(u) + ":acked" }
+func (k keys) agent(u string) string                     { return k.user(u) + ":agent" }
+func (k keys) log(u string) string                       { return k.user(u) + ":log" }
+func (k keys) queue(u string, g calendar.Target) string  { return k.user(u) + ":q:" + string(g) }
+func (k keys) items(u string, g calendar.Target) string  { return k.queue(u, g) + ":items" }
+func (k keys) dead(u string, g calendar.Target) string   { return k.queue(u, g) + ":dead" }
+func (k keys) remote(u string, g calendar.Target) string { return k.user(u) + ":remote:" + string(g) }
+
+// dueMember names a CalDAV delivery in the push due index.
+func dueMember(tenant, user, entry string) string { return tenant + "|" + user + "|" + entry }
+
+// parseDueMember splits a due member.
+func parseDueMember(m string) (tenant, user, entry string, ok bool) {
+	parts := strings.Split(m, "|")
+	if len(parts) != 3 {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
+}
+
+// Notification is a decoded message of NotifyChannel.
+type Notification struct {
+	// Kind is 'w' (agent deliveries), 'k' (agent replaced) or 'p' (push due).
+	Kind      byte
+	Tenant    string
+	User      string
+	Session   string
+	Partition int
+}
+
+// ParseNotification decodes a NotifyChannel payload; false for anything else.
+func ParseNotification(payload string) (Notification, bool) {
+	parts := strings.Split(payload, "|")
+	switch {
+	case len(parts) == 3 && parts[0] == "w":
+		return Notification{Kind: 'w', Tenant: parts[1], User: parts[2]}, true
+	case len(parts) == 4 && parts[0] == "k":
+		return Notification{Kind: 'k', Tenant: parts[1], User: parts[2], Session: parts[3]}, true
+	case len(parts) == 2 && parts[0] == "p":
+		n, err := strconv.Atoi(parts[1])
+		if err != nil || n < 0 || n >= Partitions {
+			return Notification{}, false
+		}
+		return Notification{Kind: 'p', Partition: n}, true
+	}
+	return Notification{}, false
+}
+
+func wakePayload(tenant, user string) string { return "w|" + tenant + "|" + user }
+func kickPayload(tenant, user, session string) string {
+	return "k|" + tenant + "|" + user + "|" + session
+}
+func pushPayload(n int) string { return "p|" + strconv.Itoa(n) }

@@ -1,0 +1,209 @@
+package redisstore
+
+import (
+	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/internal/eventbus"
+)
+
+// luaLog defines cal_log, which appends a line to a user's sync log when ARGV says so.
+const luaLog = `
+local function cal_log(on, key, maxlen, action, entry, rev, target, pos, detail)
+  if on ~= '1' then return end
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'a', action, 'e', entry, 'r', rev, 'g', target, 'p', pos, 'd', detail)
+end
+`
+
+// Scripts. Each names every key it touches in KEYS; all keys of one call share the tenant's
+// partition tag, so each runs in one Redis Cluster slot. PUBLISH names a channel, not a key.
+var (
+	// casScript replaces a string value if it is still the one the caller read.
+	// KEYS[1] the value; ARGV[1] the value read ("" when absent), ARGV[2] the new value.
+	// Returns 1, or 0 when another write came first (nothing written).
+	casScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+`)
+
+	// writeScript stores a revision of an entry with its EntryChanged event and, when a target is
+	// given, its queue item, in one step: no revision without its event and its delivery. The
+	// queue keeps one item per entry (the zset member is the entry id): a newer revision takes a
+	// new position and replaces the older item, delivered or not; an item being pushed keeps its
+	// due time (its lease) and is made due again when the push reports back.
+	// KEYS[1] entry hash, [2] revisions hash, [3] owner index, [4] event stream, [5] queue zset,
+	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash.
+	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision JSON,
+	// [5] entry id, [6] index score, [7] target ("" queues nothing), [8] log "1"/"0", [9] log
+	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14..19]
+	// eventbus.Envelope.
+	// Returns {1, position (0 when nothing was queued)}, or {0, stored entry JSON} when the stored
+	// revision is not ARGV[1] (nothing written).
+	writeScript = redis.NewScript(eventbus.LuaEmit + luaLog + `
+local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
+if cur ~= tonumber(ARGV[1]) then return {0, redis.call('HGET', KEYS[1], 'cur') or ''} end
+redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'cur', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+local pos = 0
+if ARGV[7] ~= '' then
+  pos = redis.call('INCR', KEYS[7])
+  local old = redis.call('HGET', KEYS[6], ARGV[5])
+  local held = false
+  if old then
+    local opos, orev, ost = string.match(old, '^(%d+)|(%d+)|(%a+)|')
+    held = (ost == 'inflight')
+    cal_log(ARGV[8], KEYS[8], ARGV[9], 'SUPERSEDED', ARGV[5], orev, ARGV[7], opos, 'by revision ' .. ARGV[2])
+  end
+  redis.call('HDEL', KEYS[10], ARGV[5])
+  redis.call('ZADD', KEYS[5], pos, ARGV[5])
+  redis.call('HSET', KEYS[6], ARGV[5], pos .. '|' .. ARGV[2] .. '|pending|0|')
+  if ARGV[7] == 'caldav' then
+    if held then
+      redis.call('ZADD', KEYS[9], 'NX', ARGV[10], ARGV[11])
+    else
+      redis.call('ZADD', KEYS[9], ARGV[10], ARGV[11])
+    end
+  end
+  redis.call('PUBLISH', ARGV[12], ARGV[13])
+  cal_log(ARGV[8], KEYS[8], ARGV[9], 'QUEUED', ARGV[5], ARGV[2], ARGV[7], pos, '')
+end
+postamt_emit(KEYS[4], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19])
+return {1, pos}
+`)
+
+	// nextScript hands out the queue items after a position, in order, marking each in flight
+	// and counting the attempt.
+	// KEYS[1] queue zset, [2] queue items. ARGV[1] position after, [2] limit.
+	// Returns {entry, position, revision, earlier attempts, ...}.
+	nextScript = redis.NewScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local item = redis.call('HGET', KEYS[2], id)
+  if item then
+    local pos, rev, st, att, err = string.match(item, '^(%d+)|(%d+)|(%a+)|(%d+)|(.*)$')
+    redis.call('HSET', KEYS[2], id, pos .. '|' .. rev .. '|inflight|' .. (tonumber(att) + 1) .. '|' .. err)
+    out[#out + 1] = id
+    out[#out + 1] = pos
+    out[#out + 1] = rev
+    out[#out + 1] = att
+  end
+end
+return out
+`)
+
+	// holdScript marks one push delivery in flight if its position still holds it.
+	// KEYS[1] queue items. ARGV[1] entry, [2] position.
+	// Returns {revision, earlier attempts}, or {} when the item moved on.
+	holdScript = redis.NewScript(`
+local item = redis.call('HGET', KEYS[1], ARGV[1])
+if not item then return {} end
+local pos, rev, st, att, err = string.match(item, '^(%d+)|(%d+)|(%a+)|(%d+)|(.*)$')
+if pos ~= ARGV[2] then return {} end
+redis.call('HSET', KEYS[1], ARGV[1], pos .. '|' .. rev .. '|inflight|' .. (tonumber(att) + 1) .. '|' .. err)
+return {rev, att}
+`)
+
+	// ackScript records a target's answer for one delivery with its event. An agent's answer
+	// counts only while its session is the user's agent (fencing). An answer for a position that
+	// no longer holds the entry (superseded, or acknowledged before) changes nothing but the
+	// remembered remote id; a superseded push item is made due at once. APPLIED and CONFLICT end
+	// the delivery (EntryDelivered); ERROR retries it — an agent's with a new position, a push
+	// at ARGV[12] — until the attempts reach the maximum or ARGV[12] is "dead" (DeliveryFailed).
+	// KEYS[1] queue zset, [2] queue items, [3] dead hash, [4] acked position, [5] remote hash,
+	// [6] event stream, [7] sync log, [8] agent presence, [9] position counter, [10] push due.
+	// ARGV[1] position, [2] entry, [3] outcome, [4] remote id, [5] remote version, [6] message,
+	// [7] session ("" for push), [8] max attempts, [9] log, [10] log maxlen, [11] target,
+	// [12] retry due ms or "dead", [13] due member, [14] revision, [15] now ms, [16] channel,
+	// [17] wake payload, [18..23] delivered envelope, [24..29] failed envelope.
+	// Returns {"replaced"}, {"stale"}, {"ok"}, {"dead"}, {"retry"} or {"requeued", position}.
+	ackScript = redis.NewScript(eventbus.LuaEmit + luaLog + `
+local agent = ARGV[7] ~= ''
+if agent and redis.call('HGET', KEYS[8], 's') ~= ARGV[7] then return {'replaced'} end
+if ARGV[3] ~= 'error' and (ARGV[4] ~= '' or ARGV[5] ~= '') then
+  redis.call('HSET', KEYS[5], ARGV[2], ARGV[4] .. '\n' .. ARGV[5])
+end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+local item = redis.call('HGET', KEYS[2], ARGV[2])
+if (not score) or (not item) or tonumber(score) ~= tonumber(ARGV[1]) then
+  if (not agent) and item then redis.call('ZADD', KEYS[10], ARGV[15], ARGV[13]) end
+  return {'stale'}
+end
+local pos, rev, st, att, err = string.match(item, '^(%d+)|(%d+)|(%a+)|(%d+)|(.*)$')
+att = tonumber(att)
+if ARGV[3] ~= 'error' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  if agent then
+    if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], ARGV[1]) end
+  else
+    redis.call('ZREM', KEYS[10], ARGV[13])
+  end
+  local action = 'ACKNOWLEDGED'
+  if ARGV[3] == 'conflict' then action = 'CONFLICT' end
+  cal_log(ARGV[9], KEYS[7], ARGV[10], action, ARGV[2], rev, ARGV[11], pos, ARGV[4] .. ' ' .. ARGV[6])
+  postamt_emit(KEYS[6], ARGV[18], ARGV[19], ARGV[20], ARGV[21], ARGV[22], ARGV[23])
+  return {'ok'}
+end
+if ARGV[12] == 'dead' or att >= tonumber(ARGV[8]) then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HSET', KEYS[3], ARGV[2], pos .. '|' .. rev .. '|dead|' .. att .. '|' .. ARGV[6])
+  if not agent then redis.call('ZREM', KEYS[10], ARGV[13]) end
+  cal_log(ARGV[9], KEYS[7], ARGV[10], 'DEAD', ARGV[2], rev, ARGV[11], pos, ARGV[6])
+  postamt_emit(KEYS[6], ARGV[24], ARGV[25], ARGV[26], ARGV[27], ARGV[28], ARGV[29])
+  return {'dead'}
+end
+if agent then
+  local np = redis.call('INCR', KEYS[9])
+  redis.call('ZADD', KEYS[1], np, ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], np .. '|' .. rev .. '|retry|' .. att .. '|' .. ARGV[6])
+  cal_log(ARGV[9], KEYS[7], ARGV[10], 'RETRY', ARGV[2], rev, ARGV[11], np, ARGV[6])
+  redis.call('PUBLISH', ARGV[16], ARGV[17])
+  return {'requeued', np}
+end
+redis.call('HSET', KEYS[2], ARGV[2], pos .. '|' .. rev .. '|retry|' .. att .. '|' .. ARGV[6])
+redis.call('ZADD', KEYS[10], ARGV[12], ARGV[13])
+cal_log(ARGV[9], KEYS[7], ARGV[10], 'RETRY', ARGV[2], rev, ARGV[11], pos, ARGV[6])
+return {'retry'}
+`)
+
+	// claimAgentScript makes a session the user's agent and tells every replica that the
+	// previous one must stop.
+	// KEYS[1] presence. ARGV[1] session, [2] agent id, [3] since ms, [4] channel, [5] payload.
+	// Returns the previous session ("" when none).
+	claimAgentScript = redis.NewScript(`
+local old = redis.call('HGET', KEYS[1], 's') or ''
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'a', ARGV[2], 'since', ARGV[3], 'seen', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return old
+`)
+
+	// touchAgentScript records when the session's agent was last heard from.
+	// KEYS[1] presence. ARGV[1] session, [2] seen ms. Returns 1, or 0 when replaced.
+	touchAgentScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'seen', ARGV[2])
+return 1
+`)
+
+	// releaseAgentScript ends the session's presence if it is still the user's agent.
+	// KEYS[1] presence. ARGV[1] session, [2] seen ms. Returns 1, or 0 when replaced.
+	releaseAgentScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 's', '', 'seen', ARGV[2])
+return 1
+`)
+
+	// claimDueScript leases the push deliveries of a partition that are due: their due time
+	// moves to the lease's end, so a crashed worker's deliveries come due again by themselves.
+	// KEYS[1] push due index. ARGV[1] now ms, [2] lease end ms, [3] limit.
+	// Returns the members.
+	claimDueScript = redis.NewScript(`
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], m) end
+return due
+`)
+)
