@@ -5,6 +5,7 @@ go 1.26.0
 replace (
 	github.com/postamt/postamt/internal => ../internal
 	github.com/postamt/postamt/proto => ../proto
+	github.com/postamt/postamt/services/calendar => ../services/calendar
 	github.com/postamt/postamt/services/mailbox => ../services/mailbox
 	github.com/postamt/postamt/services/outbox => ../services/outbox
 )
@@ -14,6 +15,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/postamt/postamt/proto v0.0.0
+	github.com/postamt/postamt/services/calendar v0.0.0
 	github.com/postamt/postamt/services/mailbox v0.0.0
 	github.com/postamt/postamt/services/outbox v0.0.0
 	github.com/prometheus/client_golang v1.25.0
@@ -28,6 +30,7 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/emersion/go-ical v0.0.0-20250609112844-439c63cef608 // indirect
 	github.com/emersion/go-message v0.18.2 // indirect
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6 // indirect
 	github.com/emersion/go-smtp v0.25.1 // indirect
@@ -46,6 +49,7 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/redis/go-redis/v9 v9.23.0 // indirect
+	github.com/teambition/rrule-go v1.8.2 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.72.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect

@@ -9,6 +9,7 @@ require (
 	github.com/postamt/postamt/gateway v0.0.0
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/postamt/postamt/proto v0.0.0
+	github.com/postamt/postamt/services/calendar v0.0.0
 	github.com/postamt/postamt/services/mailbox v0.0.0
 	github.com/postamt/postamt/services/outbox v0.0.0
 	github.com/postamt/postamt/services/tracker v0.0.0
@@ -25,6 +26,7 @@ require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/emersion/go-ical v0.0.0-20250609112844-439c63cef608 // indirect
 	github.com/emersion/go-message v0.18.2 // indirect
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6 // indirect
 	github.com/go-logr/logr v1.4.4 // indirect
@@ -42,6 +44,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/teambition/rrule-go v1.8.2 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.72.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -66,6 +69,7 @@ replace (
 	github.com/postamt/postamt/gateway => ../../gateway
 	github.com/postamt/postamt/internal => ../../internal
 	github.com/postamt/postamt/proto => ../../proto
+	github.com/postamt/postamt/services/calendar => ../../services/calendar
 	github.com/postamt/postamt/services/mailbox => ../../services/mailbox
 	github.com/postamt/postamt/services/outbox => ../../services/outbox
 	github.com/postamt/postamt/services/tracker => ../../services/tracker

@@ -112,13 +112,14 @@ func TestUp(t *testing.T) {
 	rs := redistest.Start(t)
 	grpcAddr, opsAddr, outboxAddr, outboxOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	calendarAddr, calendarOps := freeAddr(t), freeAddr(t)
 	dataDir := t.TempDir()
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps,
-			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, io.Discard,
+			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-calendar-grpc", calendarAddr, "-calendar-ops", calendarOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, io.Discard,
 			env(map[string]string{"REDIS_URL": rs.URL()}))
 	}()
 	defer func() {
@@ -178,7 +179,7 @@ func TestUp(t *testing.T) {
 		for _, s := range resp.GetListServicesResponse().GetService() {
 			names = append(names, s.GetName())
 		}
-		if l := fmt.Sprint(names); !strings.Contains(l, "postamt.mailbox.v1.MailboxService") || !strings.Contains(l, "postamt.outbox.v1.OutboxService") || !strings.Contains(l, "postamt.tracker.v1.TrackerService") {
+		if l := fmt.Sprint(names); !strings.Contains(l, "postamt.mailbox.v1.MailboxService") || !strings.Contains(l, "postamt.outbox.v1.OutboxService") || !strings.Contains(l, "postamt.tracker.v1.TrackerService") || !strings.Contains(l, "postamt.calendar.v1.CalendarService") {
 			t.Errorf("services = %v", names)
 		}
 	})

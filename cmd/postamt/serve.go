@@ -25,6 +25,7 @@ import (
 	"github.com/postamt/postamt/internal/logging"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/telemetry"
+	calendarapp "github.com/postamt/postamt/services/calendar/app"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 	outboxapp "github.com/postamt/postamt/services/outbox/app"
 	trackerapp "github.com/postamt/postamt/services/tracker/app"
@@ -33,10 +34,11 @@ import (
 // serveConfig is everything `postamt serve` reads from the environment.
 type serveConfig struct {
 	config.Common
-	Mailbox mailboxapp.Config
-	Outbox  outboxapp.Config
-	Tracker trackerapp.Config
-	Gateway gatewayapp.Config
+	Mailbox  mailboxapp.Config
+	Outbox   outboxapp.Config
+	Tracker  trackerapp.Config
+	Calendar calendarapp.Config
+	Gateway  gatewayapp.Config
 }
 
 // validate checks the part of the service to run; config.Load checked the shared part (the
@@ -49,6 +51,8 @@ func (c *serveConfig) validate(service string) error {
 		return c.Outbox.Validate()
 	case trackerapp.Name:
 		return c.Tracker.Validate()
+	case calendarapp.Name:
+		return c.Calendar.Validate()
 	case gatewayapp.Name:
 		return c.Gateway.Validate()
 	}
@@ -56,7 +60,7 @@ func (c *serveConfig) validate(service string) error {
 }
 
 // knownServices are the services `postamt serve` can run.
-var knownServices = []string{mailboxapp.Name, outboxapp.Name, trackerapp.Name, gatewayapp.Name}
+var knownServices = []string{mailboxapp.Name, outboxapp.Name, trackerapp.Name, calendarapp.Name, gatewayapp.Name}
 
 // app is what every service's wiring offers its process.
 type app interface {
@@ -169,6 +173,8 @@ func newService(service string, cfg serveConfig, log *slog.Logger, rdb redis.Uni
 		return outboxapp.New(cfg.Outbox, outboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts})
 	case trackerapp.Name:
 		return trackerapp.New(cfg.Tracker, trackerapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts})
+	case calendarapp.Name:
+		return calendarapp.New(cfg.Calendar, calendarapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts})
 	}
 	return nil, fmt.Errorf("unknown service %q", service)
 }

@@ -13,6 +13,7 @@ import (
 	gatewayapp "github.com/postamt/postamt/gateway/app"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/config"
+	calendarapp "github.com/postamt/postamt/services/calendar/app"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 	outboxapp "github.com/postamt/postamt/services/outbox/app"
 	trackerapp "github.com/postamt/postamt/services/tracker/app"
@@ -91,6 +92,8 @@ func configDoc() string {
 		config.MarkdownTable(config.Vars(&outboxapp.Config{})) +
 		"\n## tracker\n\n" +
 		config.MarkdownTable(config.Vars(&trackerapp.Config{})) +
+		"\n## calendar\n\n" +
+		config.MarkdownTable(config.Vars(&calendarapp.Config{})) +
 		"\n## gateway\n\n" +
 		"The gateway keeps no state: it reads no REDIS_URL or NATS_URL.\n\n" +
 		config.MarkdownTable(config.Vars(&gatewayapp.Config{})) +

@@ -47,6 +47,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	outboxOps := fs.String("outbox-ops", "127.0.0.1:8093", "address of the outbox's metrics and pprof")
 	trackerAddr := fs.String("tracker-grpc", "127.0.0.1:8094", "address of the tracker gRPC API")
 	trackerOps := fs.String("tracker-ops", "127.0.0.1:8095", "address of the tracker's metrics and pprof")
+	calendarAddr := fs.String("calendar-grpc", "127.0.0.1:8096", "address of the calendar gRPC API")
+	calendarOps := fs.String("calendar-ops", "127.0.0.1:8097", "address of the calendar's metrics and pprof")
 	gatewayAddr := fs.String("gateway-grpc", "127.0.0.1:8070", "address of the gateway's gRPC port (every service through one address)")
 	gatewayHTTP := fs.String("gateway-http", "127.0.0.1:8080", "address of the gateway's HTTP/JSON API")
 	gatewayOps := fs.String("gateway-ops", "127.0.0.1:8071", "address of the gateway's metrics and pprof")
@@ -109,7 +111,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 
 	// Each service is served as on Kubernetes, on its own port; they share this process's
 	// Redis and NATS.
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	start := func(service string, env map[string]string) error {
 		ready := make(chan struct{})
 		go func() {
@@ -139,9 +141,13 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := start("tracker", map[string]string{"GRPC_ADDR": *trackerAddr, "OPS_ADDR": *trackerOps, "TRACKER_MAILBOX_ADDR": *grpcAddr}); err != nil {
 		return err
 	}
+	if err := start("calendar", map[string]string{"GRPC_ADDR": *calendarAddr, "OPS_ADDR": *calendarOps, "CALENDAR_MAILBOX_ADDR": *grpcAddr}); err != nil {
+		return err
+	}
 	if err := start("gateway", map[string]string{
 		"GRPC_ADDR": *gatewayAddr, "OPS_ADDR": *gatewayOps, "GATEWAY_HTTP_ADDR": *gatewayHTTP,
 		"GATEWAY_MAILBOX_ADDR": *grpcAddr, "GATEWAY_OUTBOX_ADDR": *outboxAddr, "GATEWAY_TRACKER_ADDR": *trackerAddr,
+		"GATEWAY_CALENDAR_ADDR": *calendarAddr,
 	}); err != nil {
 		return err
 	}
@@ -159,7 +165,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	}
 	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir)
 	err = <-errc
-	for range 3 {
+	for range 4 {
 		if err2 := <-errc; err == nil {
 			err = err2
 		}

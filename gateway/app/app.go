@@ -27,6 +27,7 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/grpcserver"
 	postamtproto "github.com/postamt/postamt/proto"
+	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
@@ -42,6 +43,7 @@ type Config struct {
 	MailboxAddr  string        `env:"GATEWAY_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service"`
 	OutboxAddr   string        `env:"GATEWAY_OUTBOX_ADDR, default=127.0.0.1:9092" desc:"gRPC address of the outbox service"`
 	TrackerAddr  string        `env:"GATEWAY_TRACKER_ADDR, default=127.0.0.1:9094" desc:"gRPC address of the tracker service"`
+	CalendarAddr string        `env:"GATEWAY_CALENDAR_ADDR, default=127.0.0.1:9096" desc:"gRPC address of the calendar service (its live agents' Connect streams too)"`
 	RatePerSec   float64       `env:"GATEWAY_RATE, default=100" desc:"requests per second each caller (a user, or a service, of a tenant) may make, over HTTP and gRPC together"`
 	RateBurst    int           `env:"GATEWAY_RATE_BURST, default=200" desc:"requests a caller may make at once before GATEWAY_RATE applies"`
 	RateCallers  int           `env:"GATEWAY_RATE_CALLERS, default=100000" desc:"callers whose rate the gateway remembers; beyond it, idle ones are forgotten first"`
@@ -59,7 +61,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	check(c.HTTPAddr != "", "GATEWAY_HTTP_ADDR is required")
-	check(c.MailboxAddr != "" && c.OutboxAddr != "" && c.TrackerAddr != "", "GATEWAY_MAILBOX_ADDR, GATEWAY_OUTBOX_ADDR and GATEWAY_TRACKER_ADDR are required")
+	check(c.MailboxAddr != "" && c.OutboxAddr != "" && c.TrackerAddr != "" && c.CalendarAddr != "", "GATEWAY_MAILBOX_ADDR, GATEWAY_OUTBOX_ADDR, GATEWAY_TRACKER_ADDR and GATEWAY_CALENDAR_ADDR are required")
 	check(c.RatePerSec > 0 && c.RatePerSec <= 1e6, "GATEWAY_RATE must be above 0 and at most 1000000, got %g", c.RatePerSec)
 	check(c.RateBurst >= 1 && c.RateBurst <= 1e6, "GATEWAY_RATE_BURST must be between 1 and 1000000, got %d", c.RateBurst)
 	check(c.RateCallers >= 1 && c.RateCallers <= 10_000_000, "GATEWAY_RATE_CALLERS must be between 1 and 10000000, got %d", c.RateCallers)
@@ -136,10 +138,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	if err != nil {
 		return nil, err
 	}
+	calendar, err := dial(cfg.CalendarAddr)
+	if err != nil {
+		return nil, err
+	}
 	fwd := proxy.New(map[string]*grpc.ClientConn{
-		mailboxv1.MailboxService_ServiceDesc.ServiceName: mailbox,
-		outboxv1.OutboxService_ServiceDesc.ServiceName:   outbox,
-		trackerv1.TrackerService_ServiceDesc.ServiceName: tracker,
+		calendarv1.CalendarService_ServiceDesc.ServiceName: calendar,
+		mailboxv1.MailboxService_ServiceDesc.ServiceName:   mailbox,
+		outboxv1.OutboxService_ServiceDesc.ServiceName:     outbox,
+		trackerv1.TrackerService_ServiceDesc.ServiceName:   tracker,
 	})
 	limiter := limit.New(cfg.RatePerSec, cfg.RateBurst, cfg.RateCallers, deps.Now)
 
@@ -181,6 +188,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	}
 	if err := trackerv1.RegisterTrackerServiceHandlerClient(ctx, mux, trackerv1.NewTrackerServiceClient(tracker)); err != nil {
 		return nil, fmt.Errorf("gateway: tracker routes: %w", err)
+	}
+	if err := calendarv1.RegisterCalendarServiceHandlerClient(ctx, mux, calendarv1.NewCalendarServiceClient(calendar)); err != nil {
+		return nil, fmt.Errorf("gateway: calendar routes: %w", err)
 	}
 	a.http = &http.Server{
 		Handler: edge.Handler(edge.Options{

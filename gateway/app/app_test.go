@@ -22,6 +22,7 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postamt/postamt/gateway/app"
 	"github.com/postamt/postamt/internal/auth"
@@ -32,8 +33,10 @@ import (
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/internal/testkit/servetest"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
+	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	calendarapp "github.com/postamt/postamt/services/calendar/app"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 	outboxapp "github.com/postamt/postamt/services/outbox/app"
 )
@@ -81,9 +84,19 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		t.Fatal(err)
 	}
 	obAddr := servetest.Run(t, ob.Run)
+	cal, err := calendarapp.New(calendarapp.Config{
+		MailboxAddr: mbAddr, UserCacheTTL: time.Hour, Heartbeat: time.Second, AgentMaxAttempts: 3, DeliveryBatch: 64,
+		Push: false, PushRetry: "1s", PushMaxAttempts: 3, PushTimeout: 2 * time.Second, PushLease: 10 * time.Second,
+		SecretEnvPrefix: "POSTAMT_CALDAV_", SecretDir: "/run/secrets/postamt", SyncLogMaxLines: 100, SyncLogRetention: time.Hour,
+		RelayBatch: 256, RelayClaimIdle: time.Second,
+	}, calendarapp.Deps{Logger: logger, Redis: rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Server: serverOpts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calAddr := servetest.Run(t, cal.Run)
 
 	cfg := app.Config{
-		HTTPAddr: "127.0.0.1:0", MailboxAddr: mbAddr, OutboxAddr: obAddr, TrackerAddr: "127.0.0.1:1", RatePerSec: 1000, RateBurst: 1000, RateCallers: 1000,
+		HTTPAddr: "127.0.0.1:0", MailboxAddr: mbAddr, OutboxAddr: obAddr, TrackerAddr: "127.0.0.1:1", CalendarAddr: calAddr, RatePerSec: 1000, RateBurst: 1000, RateCallers: 1000,
 		CORSOrigins: "https://kanzlei.example", MaxBodyBytes: 1 << 20, HTTPTimeout: 10 * time.Second,
 	}
 	if tune != nil {
@@ -402,6 +415,54 @@ func TestGRPCOnePort(t *testing.T) {
 			t.Fatalf("watch: %v (%v)", r, err)
 		}
 	})
+	t.Run("a two-way stream: the calendar's live agent", func(t *testing.T) {
+		if _, err := mailbox.CreateUser(admin, &mailboxv1.CreateUserRequest{User: &mailboxv1.User{
+			UserId: "huber", DisplayName: "Dr. Huber", Email: "huber@kanzlei.example", DirectoryUsername: `KANZLEI\huber`, PracticeUsername: "huber",
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		calendar := calendarv1.NewCalendarServiceClient(e.conn)
+		if _, err := calendar.UpdateTenantSettings(admin, &calendarv1.UpdateTenantSettingsRequest{Settings: &calendarv1.TenantSettings{LiveSyncEnabled: true}}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Date(2026, 3, 10, 9, 0, 0, 0, time.UTC)
+		if _, err := calendar.CreateEntry(admin, &calendarv1.CreateEntryRequest{Entry: &calendarv1.Entry{
+			EntryId: "termin-1", OwnerUserId: "huber", Kind: calendarv1.EntryKind_ENTRY_KIND_APPOINTMENT, Summary: "Mandant A",
+			StartTime: timestamppb.New(start), EndTime: timestamppb.New(start.Add(time.Hour)), TimeZone: "Europe/Vienna",
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		huber := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "kanzlei", User: "huber"})
+		ctx, cancel := context.WithCancel(huber)
+		defer cancel()
+		s, err := calendar.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&calendarv1.ConnectRequest{Message: &calendarv1.ConnectRequest_Hello{Hello: &calendarv1.Hello{AgentId: "outlook-pc-1"}}}); err != nil {
+			t.Fatal(err)
+		}
+		var d *calendarv1.Delivery
+		for d == nil {
+			m, err := s.Recv()
+			if err != nil {
+				t.Fatalf("before the delivery: %v", err)
+			}
+			d = m.GetDelivery()
+		}
+		if d.GetEntry().GetEntryId() != "termin-1" {
+			t.Fatalf("delivered %v", d)
+		}
+		if err := s.Send(&calendarv1.ConnectRequest{Message: &calendarv1.ConnectRequest_Ack{Ack: &calendarv1.Ack{
+			Position: d.GetPosition(), Outcome: calendarv1.DeliveryOutcome_DELIVERY_OUTCOME_APPLIED, RemoteId: "outlook-1", RemoteVersion: "v1",
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+		poll.Eventually(t, "the ack through the gateway", func() bool {
+			st, err := calendar.GetSyncStatus(huber, &calendarv1.GetSyncStatusRequest{})
+			return err == nil && st.GetStatus().GetAckedPosition() == d.GetPosition() && st.GetStatus().GetPendingCount() == 0
+		})
+	})
 	t.Run("reflection lists every service", func(t *testing.T) {
 		rc, err := reflectionv1.NewServerReflectionClient(e.conn).ServerReflectionInfo(context.Background())
 		if err != nil {
@@ -418,7 +479,7 @@ func TestGRPCOnePort(t *testing.T) {
 		for _, s := range r.GetListServicesResponse().GetService() {
 			names = append(names, s.GetName())
 		}
-		for _, want := range []string{"postamt.mailbox.v1.MailboxService", "postamt.outbox.v1.OutboxService", "grpc.health.v1.Health"} {
+		for _, want := range []string{"postamt.mailbox.v1.MailboxService", "postamt.outbox.v1.OutboxService", "postamt.tracker.v1.TrackerService", "postamt.calendar.v1.CalendarService", "grpc.health.v1.Health"} {
 			if !strings.Contains(strings.Join(names, " "), want) {
 				t.Errorf("reflection lists %v, missing %s", names, want)
 			}
