@@ -23,8 +23,10 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/testkit/redistest"
+	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -227,6 +229,31 @@ func TestUp(t *testing.T) {
 				t.Fatalf("not both mails caught in %s after 30s (%d files)", filepath.Join(dataDir, "mail"), len(files))
 			}
 			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	t.Run("the gateway's one port reaches every service", func(t *testing.T) {
+		authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		for name, call := range map[string]func() error{
+			"mailbox": func() error {
+				_, err := mailboxv1.NewMailboxServiceClient(conn).GetTenant(authed, &mailboxv1.GetTenantRequest{})
+				return err
+			},
+			"outbox": func() error {
+				_, err := outboxv1.NewOutboxServiceClient(conn).CountEmails(authed, &outboxv1.CountEmailsRequest{})
+				return err
+			},
+			"tracker": func() error {
+				_, err := trackerv1.NewTrackerServiceClient(conn).GetOrgSettings(authed, &trackerv1.GetOrgSettingsRequest{})
+				return err
+			},
+			"calendar": func() error {
+				_, err := calendarv1.NewCalendarServiceClient(conn).GetTenantSettings(authed, &calendarv1.GetTenantSettingsRequest{})
+				return err
+			},
+		} {
+			if err := call(); err != nil {
+				t.Errorf("%s through the gateway: %v", name, err)
+			}
 		}
 	})
 	t.Run("the printed token works", func(t *testing.T) {
