@@ -195,7 +195,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	a.http = &http.Server{
 		Handler: edge.Handler(edge.Options{
 			Mux: mux, Verifier: deps.Verifier, Limiter: limiter, CORSOrigins: cfg.origins(),
-			MaxBodyBytes: cfg.MaxBodyBytes, OpenAPI: postamtproto.OpenAPI(),
+			MaxBodyBytes: cfg.MaxBodyBytes, OpenAPI: postamtproto.OpenAPI(), Logger: deps.Logger,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.HTTPTimeout,

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,13 +53,32 @@ type env struct {
 	httpURL string
 	conn    *grpc.ClientConn // to the gateway's gRPC port
 	sink    *smtptest.Sink
+	logs    *syncBuffer // the gateway's log
+}
+
+// syncBuffer is a log destination a test may read while the server writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func startEnv(t *testing.T, tune func(*app.Config)) *env {
 	t.Helper()
 	rs, ns := redistest.Start(t), natstest.Start(t)
 	rdb := rs.Client(t)
-	e := &env{t: t, js: ns.JetStream(t), sink: smtptest.Start(t)}
+	e := &env{t: t, js: ns.JetStream(t), sink: smtptest.Start(t), logs: &syncBuffer{}}
 	verifier, signer := authtest.Keys(t)
 	e.signer = signer
 	logger := slog.New(slog.DiscardHandler)
@@ -102,7 +123,8 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 	if tune != nil {
 		tune(&cfg)
 	}
-	gw, err := app.New(context.Background(), cfg, app.Deps{Logger: logger, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: serverOpts})
+	gwLogger := slog.New(slog.NewJSONHandler(e.logs, nil))
+	gw, err := app.New(context.Background(), cfg, app.Deps{Logger: gwLogger, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: serverOpts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +255,10 @@ func TestHTTPQuickStart(t *testing.T) {
 	if got := resp.Header.Get("X-Request-Id"); got != "quickstart-1" {
 		t.Errorf("X-Request-Id %q, want the caller's", got)
 	}
+	poll.Eventually(t, "the request's log line", func() bool {
+		return strings.Contains(e.logs.String(), `"path":"/v1/outbox/emails","status":200`) &&
+			strings.Contains(e.logs.String(), `"request_id":"quickstart-1","tenant":"kanzlei","user":"eva"`)
+	})
 	var list struct {
 		Emails []struct {
 			EmailID string `json:"emailId"`

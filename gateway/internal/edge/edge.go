@@ -6,6 +6,7 @@ package edge
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"net/http"
 	"slices"
@@ -40,6 +41,9 @@ type Options struct {
 	MaxBodyBytes int64
 	// OpenAPI is the document served at OpenAPIPath.
 	OpenAPI []byte
+	// Logger receives one line per request (method, path, status, duration, request id, caller);
+	// nil discards them.
+	Logger *slog.Logger
 }
 
 // CallerKey names a caller's rate-limit bucket: per user, and per service for service tokens.
@@ -52,40 +56,77 @@ func CallerKey(p auth.Principal) string {
 
 // Handler returns the HTTP side of the gateway.
 func Handler(o Options) http.Handler {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	serve := o.serve
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := grpcserver.AcceptRequestID(r.Header.Get("X-Request-Id"))
-		r.Header.Set("X-Request-Id", id) // passed on to the service as x-request-id metadata
-		w.Header().Set("X-Request-Id", id)
-		if o.cors(w, r) {
-			return
-		}
-		if r.URL.Path == OpenAPIPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Content-Length", strconv.Itoa(len(o.OpenAPI)))
-			if r.Method == http.MethodGet {
-				_, _ = w.Write(o.OpenAPI)
-			}
-			return
-		}
-		ctx := grpcserver.WithRequestID(r.Context(), id)
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || token == "" {
-			o.fail(ctx, w, r, errs.Unauthenticated("missing bearer token (Authorization: Bearer <JWT>)", nil))
-			return
-		}
-		p, err := o.Verifier.Verify(token)
-		if err != nil {
-			o.fail(ctx, w, r, err)
-			return
-		}
-		if wait, ok := o.Limiter.Allow(CallerKey(p)); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-			o.fail(ctx, w, r, limited(wait))
-			return
-		}
-		r.Body = http.MaxBytesReader(w, r.Body, o.MaxBodyBytes)
-		o.Mux.ServeHTTP(w, r.WithContext(ctx))
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		caller := serve(sw, r)
+		o.Logger.LogAttrs(r.Context(), slog.LevelInfo, "http request",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", sw.status),
+			slog.Duration("duration", time.Since(start)), slog.String("request_id", w.Header().Get("X-Request-Id")),
+			slog.String("tenant", caller.Tenant), slog.String("user", caller.User), slog.String("service", caller.Service))
 	})
+}
+
+// statusWriter remembers the status for the log line; it keeps Flush, which grpc-gateway needs
+// for streams.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// serve handles one request and returns the caller, when authenticated.
+func (o Options) serve(w http.ResponseWriter, r *http.Request) (caller auth.Principal) {
+	id := grpcserver.AcceptRequestID(r.Header.Get("X-Request-Id"))
+	r.Header.Set("X-Request-Id", id) // passed on to the service as x-request-id metadata
+	w.Header().Set("X-Request-Id", id)
+	if o.cors(w, r) {
+		return caller
+	}
+	if r.URL.Path == OpenAPIPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(o.OpenAPI)))
+		if r.Method == http.MethodGet {
+			_, _ = w.Write(o.OpenAPI)
+		}
+		return caller
+	}
+	ctx := grpcserver.WithRequestID(r.Context(), id)
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		o.fail(ctx, w, r, errs.Unauthenticated("missing bearer token (Authorization: Bearer <JWT>)", nil))
+		return caller
+	}
+	p, err := o.Verifier.Verify(token)
+	if err != nil {
+		o.fail(ctx, w, r, err)
+		return caller
+	}
+	if wait, ok := o.Limiter.Allow(CallerKey(p)); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		o.fail(ctx, w, r, limited(wait))
+		return p
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, o.MaxBodyBytes)
+	o.Mux.ServeHTTP(w, r.WithContext(ctx))
+	return p
 }
 
 func limited(wait time.Duration) error {
