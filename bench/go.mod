@@ -5,10 +5,13 @@ go 1.26.0
 require (
 	github.com/emersion/go-smtp v0.25.1
 	github.com/hibiken/asynq v0.26.0
+	github.com/nats-io/nats.go v1.55.0
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/postamt/postamt/proto v0.0.0
+	github.com/postamt/postamt/services/calendar v0.0.0
 	github.com/postamt/postamt/services/mailbox v0.0.0
 	github.com/postamt/postamt/services/outbox v0.0.0
+	github.com/postamt/postamt/services/tracker v0.0.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0
 	google.golang.org/grpc v1.85.0
@@ -19,6 +22,7 @@ require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/emersion/go-ical v0.0.0-20250609112844-439c63cef608 // indirect
 	github.com/emersion/go-message v0.18.2 // indirect
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6 // indirect
 	github.com/go-logr/logr v1.4.4 // indirect
@@ -32,7 +36,6 @@ require (
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
-	github.com/nats-io/nats.go v1.55.0 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
@@ -40,6 +43,7 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/spf13/cast v1.10.0 // indirect
+	github.com/teambition/rrule-go v1.8.2 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.72.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -60,6 +64,8 @@ require (
 replace (
 	github.com/postamt/postamt/internal => ../internal
 	github.com/postamt/postamt/proto => ../proto
+	github.com/postamt/postamt/services/calendar => ../services/calendar
 	github.com/postamt/postamt/services/mailbox => ../services/mailbox
 	github.com/postamt/postamt/services/outbox => ../services/outbox
+	github.com/postamt/postamt/services/tracker => ../services/tracker
 )

@@ -227,10 +227,8 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	work.Go(func() error { return a.mailboxes.Follow(workCtx, a.deps.JS, events.MailboxStreamName, a.deps.Logger) })
 	if a.cfg.ConsumeSent {
 		work.Go(func() error {
-			return eventbus.Consume(workCtx, a.deps.JS, eventbus.ConsumerSpec{
-				Stream: events.OutboxStreamName, Durable: events.SentDurable,
-				FilterSubjects: []string{events.EmailSentSubject}, Logger: a.deps.Logger,
-			}, events.SentHandler(a.svc))
+			c := &events.SentConsumer{JS: a.deps.JS, Svc: a.svc, Logger: a.deps.Logger}
+			return c.Run(workCtx)
 		})
 	}
 	journalDone := make(chan error, 1)

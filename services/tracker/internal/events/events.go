@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
@@ -81,25 +80,18 @@ func SentMessage(ev *outboxv1.EmailSent) (*tracker.Message, error) {
 	return m, nil
 }
 
-// SentHandler returns the consumer handler that feeds the outbox's EmailSent events into the
-// ingest path. Redelivery is harmless: ingest is idempotent by (tenant, Message-ID). An event
+// SentHandler returns an eventbus handler that feeds the outbox's EmailSent events one at a time
+// into the ingest path (the service runs SentConsumer, which evaluates them in batches). Redelivery is harmless: ingest is idempotent by (tenant, Message-ID). An event
 // that cannot be decoded or is invalid is terminated (errs.Invalid); a failure to reach Redis or
 // mailbox is retried by JetStream.
 func SentHandler(svc Ingester) eventbus.Handler {
 	return func(ctx context.Context, m eventbus.Message) error {
-		var ev outboxv1.EmailSent
-		if err := proto.Unmarshal(m.Data, &ev); err != nil {
-			return errs.Invalid("data", "not an EmailSent message: "+err.Error())
-		}
-		if ev.GetTenantId() == "" {
-			return errs.Invalid("tenant_id", "is required")
-		}
-		msg, err := SentMessage(&ev)
+		tenant, msg, err := DecodeSent(m.Data)
 		if err != nil {
-			return fmt.Errorf("EmailSent %s: %w", ev.GetEmailId(), err)
+			return err
 		}
-		if _, err := svc.Ingest(ctx, ev.GetTenantId(), msg); err != nil {
-			return fmt.Errorf("ingest EmailSent %s: %w", ev.GetEmailId(), err)
+		if _, err := svc.Ingest(ctx, tenant, msg); err != nil {
+			return fmt.Errorf("ingest EmailSent <%s>: %w", msg.MessageID, err)
 		}
 		return nil
 	}

@@ -92,6 +92,42 @@ for j = i, #KEYS do redis.call('ZADD', KEYS[j], 0, ARGV[5]) end
 postamt_emit(KEYS[2], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 return {1}
 `)
+
+	// trackManyScript is trackScript for several emails of one partition in one call (a
+	// batch's writes: one script call per partition instead of one per email, which is most of
+	// a call's cost). Each email is stored, indexed and announced exactly as trackScript does,
+	// in the order given, and atomically on its own.
+	// KEYS: each email's keys as trackScript takes them, one email after the other.
+	// ARGV[1] the number of emails; then 12 values per email: its number of keys, then
+	// trackScript's ARGV[1..11].
+	// Returns one number per email: 1 stored, 0 tracked before (nothing written).
+	trackManyScript = redis.NewScript(eventbus.LuaEmit + `
+local out = {}
+local k, a = 1, 2
+for j = 1, tonumber(ARGV[1]) do
+  local nk = tonumber(ARGV[a])
+  local last = k + nk - 1
+  if redis.call('GET', KEYS[k]) then
+    out[j] = 0
+  else
+    redis.call('SET', KEYS[k], ARGV[a + 1])
+    local i = k + 2
+    local cand = ARGV[a + 4]
+    local sent = tonumber(string.sub(cand, 1, 13))
+    local function latest(key)
+      local old = redis.call('GET', key)
+      if (not old) or tonumber(string.sub(old, 1, 13)) <= sent then redis.call('SET', key, cand) end
+    end
+    if ARGV[a + 2] == '1' then latest(KEYS[i]); i = i + 1 end
+    if ARGV[a + 3] == '1' then latest(KEYS[i]); i = i + 1 end
+    for r = i, last do redis.call('ZADD', KEYS[r], 0, ARGV[a + 5]) end
+    postamt_emit(KEYS[k + 1], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    out[j] = 1
+  end
+  k, a = last + 1, a + 12
+end
+return out
+`)
 )
 
 // ---- settings ----
@@ -445,90 +481,190 @@ func candidate(e *tracker.TrackedEmail) tracker.Candidate {
 // Gather implements tracker.Store: one pipeline reads the settings, the Message-ID, and every
 // correlation and address lookup.
 func (s *Store) Gather(ctx context.Context, tenant string, q tracker.Query) (tracker.Gathered, error) {
-	k := tenantKeys(tenant)
-	var (
-		org, user, existing, irt, thread, smart *redis.StringCmd
-		tokens                                  = make([]*redis.StringCmd, len(q.Tokens))
-		refs                                    = make([]*redis.StringCmd, len(q.References))
-		addrs                                   = make([]*redis.StringSliceCmd, len(q.Addresses))
-	)
+	gs, err := s.GatherMany(ctx, []tracker.TenantQuery{{Tenant: tenant, Query: q}})
+	if err != nil {
+		return tracker.Gathered{}, err
+	}
+	return gs[0], nil
+}
+
+// gatherCmds are one query's commands in a GatherMany pipeline.
+type gatherCmds struct {
+	org, user, existing, irt, thread, smart *redis.StringCmd
+	exists                                  *redis.IntCmd
+	tokens, refs                            []*redis.StringCmd
+	addrs                                   []*redis.StringSliceCmd
+}
+
+// GatherMany implements tracker.Store: one pipeline for every query. A key several messages
+// read (the tenant's settings, a user's options, the email many replies answer, a sender's
+// address) is read and decoded once per call.
+func (s *Store) GatherMany(ctx context.Context, qs []tracker.TenantQuery) ([]tracker.Gathered, error) {
+	cmds := make([]gatherCmds, len(qs))
+	strs := map[string]*redis.StringCmd{}
+	hashes := map[string]*redis.StringSliceCmd{}
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		org = p.Get(ctx, k.org())
-		if q.User != "" {
-			user = p.Get(ctx, k.user(q.User))
+		get := func(key string) *redis.StringCmd {
+			c, ok := strs[key]
+			if !ok {
+				c = p.Get(ctx, key)
+				strs[key] = c
+			}
+			return c
 		}
-		existing = p.Get(ctx, k.email(q.MessageID))
-		if q.InReplyTo != "" {
-			irt = p.Get(ctx, k.email(q.InReplyTo))
-		}
-		for i, t := range q.Tokens {
-			tokens[i] = p.Get(ctx, k.token(t))
-		}
-		for i, r := range q.References {
-			refs[i] = p.Get(ctx, k.email(r))
-		}
-		if q.ThreadID != "" {
-			thread = p.Get(ctx, k.thread(q.ThreadID))
-		}
-		if q.SmartKey != "" {
-			smart = p.Get(ctx, k.smart(q.SmartKey))
-		}
-		for i, a := range q.Addresses {
-			addrs[i] = p.HVals(ctx, k.address(a))
+		for i := range qs {
+			q, c, k := &qs[i], &cmds[i], tenantKeys(qs[i].Tenant)
+			c.org = get(k.org())
+			if q.User != "" {
+				c.user = get(k.user(q.User))
+			}
+			if q.PresenceOnly {
+				c.exists = p.Exists(ctx, k.email(q.MessageID))
+			} else {
+				c.existing = p.Get(ctx, k.email(q.MessageID))
+			}
+			if q.InReplyTo != "" {
+				c.irt = get(k.email(q.InReplyTo))
+			}
+			if len(q.Tokens) > 0 {
+				c.tokens = make([]*redis.StringCmd, len(q.Tokens))
+				for j, t := range q.Tokens {
+					c.tokens[j] = get(k.token(t))
+				}
+			}
+			if len(q.References) > 0 {
+				c.refs = make([]*redis.StringCmd, len(q.References))
+				for j, r := range q.References {
+					c.refs[j] = get(k.email(r))
+				}
+			}
+			if q.ThreadID != "" {
+				c.thread = get(k.thread(q.ThreadID))
+			}
+			if q.SmartKey != "" {
+				c.smart = get(k.smart(q.SmartKey))
+			}
+			c.addrs = make([]*redis.StringSliceCmd, len(q.Addresses))
+			for j, a := range q.Addresses {
+				key := k.address(a)
+				hc, ok := hashes[key]
+				if !ok {
+					hc = p.HVals(ctx, key)
+					hashes[key] = hc
+				}
+				c.addrs[j] = hc
+			}
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return tracker.Gathered{}, fmt.Errorf("gather: %w", err)
+		return nil, fmt.Errorf("gather: %w", err)
 	}
-	var g tracker.Gathered
+	d := &decoder{
+		orgs: map[*redis.StringCmd]tracker.OrgSettings{}, users: map[*redis.StringCmd]storedUser{},
+		cands: map[*redis.StringCmd]*tracker.Candidate{}, recs: map[*redis.StringSliceCmd][]tracker.RecordRef{},
+	}
+	out := make([]tracker.Gathered, len(qs))
+	for i := range qs {
+		if err := d.gathered(&qs[i].Query, &cmds[i], &out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// val is a string reply, false when the key does not exist (or the command was not sent).
+func val(c *redis.StringCmd) (string, bool) {
+	if c == nil || c.Err() != nil {
+		return "", false
+	}
+	return c.Val(), true
+}
+
+// decoder decodes GatherMany's replies, each shared reply once.
+type decoder struct {
+	orgs  map[*redis.StringCmd]tracker.OrgSettings
+	users map[*redis.StringCmd]storedUser
+	// cands are decoded emails and index entries; nil for a key that does not exist.
+	cands map[*redis.StringCmd]*tracker.Candidate
+	recs  map[*redis.StringSliceCmd][]tracker.RecordRef
+}
+
+// candidate decodes a tracked email's JSON (stamped false) or an index entry (stamped true).
+func (d *decoder) candidate(c *redis.StringCmd, stamped bool) (*tracker.Candidate, error) {
+	if cand, ok := d.cands[c]; ok {
+		return cand, nil
+	}
+	raw, ok := val(c)
+	if !ok {
+		d.cands[c] = nil
+		return nil, nil
+	}
+	var cand *tracker.Candidate
+	var err error
+	if stamped {
+		cand, err = unstamp(raw)
+	} else {
+		var x tracker.Candidate
+		x, err = decodeCandidate(raw)
+		cand = &x
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.cands[c] = cand
+	return cand, nil
+}
+
+// gathered decodes one query's replies into g.
+func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered) error {
 	ev := &g.Evidence
-	val := func(c *redis.StringCmd) (string, bool) {
-		if c == nil || c.Err() != nil {
-			return "", false
+	if o, ok := d.orgs[c.org]; ok {
+		ev.Org = o
+	} else {
+		if raw, ok := val(c.org); ok {
+			var o storedOrg
+			if err := json.Unmarshal([]byte(raw), &o); err != nil {
+				return fmt.Errorf("decode org settings: %w", err)
+			}
+			ev.Org = o.domain()
 		}
-		return c.Val(), true
-	}
-	if raw, ok := val(org); ok {
-		var o storedOrg
-		if err := json.Unmarshal([]byte(raw), &o); err != nil {
-			return g, fmt.Errorf("decode org settings: %w", err)
-		}
-		ev.Org = o.domain()
+		d.orgs[c.org] = ev.Org
 	}
 	ev.User = tracker.UserSettings{UserID: q.User}
-	if raw, ok := val(user); ok {
-		var u storedUser
-		if err := json.Unmarshal([]byte(raw), &u); err != nil {
-			return g, fmt.Errorf("decode user settings: %w", err)
+	if c.user != nil {
+		u, ok := d.users[c.user]
+		if !ok {
+			if raw, found := val(c.user); found {
+				if err := json.Unmarshal([]byte(raw), &u); err != nil {
+					return fmt.Errorf("decode user settings: %w", err)
+				}
+			}
+			d.users[c.user] = u
 		}
 		ev.User.Option, ev.User.Version = u.Option, u.Version
 	}
-	email := func(raw string) (*tracker.TrackedEmail, error) {
+	if c.exists != nil {
+		g.AlreadyTracked = c.exists.Err() == nil && c.exists.Val() > 0
+	}
+	if raw, ok := val(c.existing); ok {
 		var e tracker.TrackedEmail
 		if err := json.Unmarshal([]byte(raw), &e); err != nil {
-			return nil, fmt.Errorf("decode tracked email: %w", err)
+			return fmt.Errorf("decode tracked email: %w", err)
 		}
-		return &e, nil
+		g.Existing, g.AlreadyTracked = &e, true
 	}
-	if raw, ok := val(existing); ok {
-		if g.Existing, err = email(raw); err != nil {
-			return g, err
+	var err error
+	if c.irt != nil {
+		if ev.InReplyTo, err = d.copyOf(d.candidate(c.irt, false)); err != nil {
+			return err
 		}
 	}
-	if raw, ok := val(irt); ok {
-		e, err := email(raw)
-		if err != nil {
-			return g, err
-		}
-		c := candidate(e)
-		ev.InReplyTo = &c
-	}
-	for i, c := range tokens {
-		if raw, ok := val(c); ok {
+	for i, tc := range c.tokens {
+		if raw, ok := val(tc); ok {
 			var t tracker.Token
 			if err := json.Unmarshal([]byte(raw), &t); err != nil {
-				return g, fmt.Errorf("decode token: %w", err)
+				return fmt.Errorf("decode token: %w", err)
 			}
 			if ev.Tokens == nil {
 				ev.Tokens = map[string]tracker.Token{}
@@ -536,59 +672,72 @@ func (s *Store) Gather(ctx context.Context, tenant string, q tracker.Query) (tra
 			ev.Tokens[q.Tokens[i]] = t
 		}
 	}
-	for i, c := range refs {
-		if raw, ok := val(c); ok {
-			e, err := email(raw)
-			if err != nil {
-				return g, err
-			}
+	for i, rc := range c.refs {
+		cand, err := d.candidate(rc, false)
+		if err != nil {
+			return err
+		}
+		if cand != nil {
 			if ev.References == nil {
 				ev.References = map[string]tracker.Candidate{}
 			}
-			ev.References[q.References[i]] = candidate(e)
+			ev.References[q.References[i]] = *cand
 		}
 	}
-	if raw, ok := val(thread); ok {
-		if ev.Thread, err = unstamp(raw); err != nil {
-			return g, fmt.Errorf("decode thread index: %w", err)
+	if c.thread != nil {
+		if ev.Thread, err = d.copyOf(d.candidate(c.thread, true)); err != nil {
+			return fmt.Errorf("decode thread index: %w", err)
 		}
 	}
-	if raw, ok := val(smart); ok {
-		if ev.Smart, err = unstamp(raw); err != nil {
-			return g, fmt.Errorf("decode smart index: %w", err)
+	if c.smart != nil {
+		if ev.Smart, err = d.copyOf(d.candidate(c.smart, true)); err != nil {
+			return fmt.Errorf("decode smart index: %w", err)
 		}
 	}
-	for i, c := range addrs {
-		if c.Err() != nil || len(c.Val()) == 0 {
+	for i, ac := range c.addrs {
+		refs, ok := d.recs[ac]
+		if !ok {
+			for _, raw := range ac.Val() {
+				var r tracker.RecordRef
+				if err := json.Unmarshal([]byte(raw), &r); err != nil {
+					return fmt.Errorf("decode address index: %w", err)
+				}
+				refs = append(refs, r)
+			}
+			slices.SortFunc(refs, func(a, b tracker.RecordRef) int { return strings.Compare(a.ID, b.ID) })
+			d.recs[ac] = refs
+		}
+		if len(refs) == 0 {
 			continue
 		}
-		refs := make([]tracker.RecordRef, 0, len(c.Val()))
-		for _, raw := range c.Val() {
-			var r tracker.RecordRef
-			if err := json.Unmarshal([]byte(raw), &r); err != nil {
-				return g, fmt.Errorf("decode address index: %w", err)
-			}
-			refs = append(refs, r)
-		}
-		slices.SortFunc(refs, func(a, b tracker.RecordRef) int { return strings.Compare(a.ID, b.ID) })
 		if ev.Records == nil {
 			ev.Records = map[string][]tracker.RecordRef{}
 		}
 		ev.Records[q.Addresses[i]] = refs
 	}
-	return g, nil
+	return nil
 }
 
-// Track implements tracker.Store.
-func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) (bool, *tracker.TrackedEmail, error) {
+// copyOf returns a copy of a shared candidate, so one message's evidence never aliases
+// another's.
+func (d *decoder) copyOf(c *tracker.Candidate, err error) (*tracker.Candidate, error) {
+	if c == nil || err != nil {
+		return nil, err
+	}
+	x := *c
+	return &x, nil
+}
+
+// trackCall is trackScript's keys and arguments for one tracked email.
+func trackCall(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) ([]string, []any, error) {
 	k := tenantKeys(tenant)
 	data, err := json.Marshal(e)
 	if err != nil {
-		return false, nil, err
+		return nil, nil, err
 	}
 	cand, err := stamp(candidate(e))
 	if err != nil {
-		return false, nil, err
+		return nil, nil, err
 	}
 	ks := []string{k.email(e.MessageID), k.events()}
 	hasThread, hasSmart := "0", "0"
@@ -598,10 +747,10 @@ func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmai
 	if smartKey != "" {
 		ks, hasSmart = append(ks, k.smart(smartKey)), "1"
 	}
-	seen := map[string]bool{}
+	var seen []string
 	addRecord := func(id string) {
-		if !seen[id] {
-			seen[id] = true
+		if !slices.Contains(seen, id) {
+			seen = append(seen, id)
 			ks = append(ks, k.recordMails(id))
 		}
 	}
@@ -614,9 +763,17 @@ func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmai
 	ev := events.EmailTracked(tenant, e)
 	env, err := eventbus.Envelope(ctx, ev.ID, ev.Subject, tenant, ev.Msg)
 	if err != nil {
+		return nil, nil, err
+	}
+	return ks, append([]any{data, hasThread, hasSmart, cand, cursor(e)}, env...), nil
+}
+
+// Track implements tracker.Store.
+func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) (bool, *tracker.TrackedEmail, error) {
+	ks, argv, err := trackCall(ctx, tenant, e, smartKey)
+	if err != nil {
 		return false, nil, err
 	}
-	argv := append([]any{data, hasThread, hasSmart, cand, cursor(e)}, env...)
 	res, err := trackScript.Run(ctx, s.rdb, ks, argv...).Slice()
 	if err != nil {
 		return false, nil, fmt.Errorf("track: %w", err)
@@ -631,6 +788,125 @@ func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmai
 	}
 	return false, &old, nil
 }
+
+// maxTrackPerCall bounds the emails of one trackManyScript call, so one call keeps Redis busy
+// for a millisecond or two at most.
+const maxTrackPerCall = 64
+
+// WriteMany implements tracker.Store: one pipeline of SETs of explanations with their TTL and
+// trackManyScript calls, each for up to maxTrackPerCall tracked emails of one partition in
+// their order (each email atomic on its own, so a Message-ID tracked meanwhile is left as it
+// is). Writes to the same key keep their order: all keys of an email are in its tenant's
+// partition. The scripts are called by their SHA; when Redis does not know one (a restart, a
+// SCRIPT FLUSH), it is loaded and the refused calls are sent again: a refused call ran nothing.
+func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.WriteResult, error) {
+	out := make([]tracker.WriteResult, len(ws))
+	type call struct {
+		idx  []int // the writes it tracks
+		keys []string
+		argv []any
+		cmd  *redis.Cmd
+	}
+	var calls []*call
+	open := map[string]*call{} // by partition
+	sets := make([]*redis.StatusCmd, len(ws))
+	type set struct {
+		key string
+		val []byte
+		ttl time.Duration
+	}
+	pending := make([]set, len(ws))
+	for i, w := range ws {
+		wctx := w.Ctx
+		if wctx == nil {
+			wctx = ctx
+		}
+		switch {
+		case w.Email != nil:
+			ks, argv, err := trackCall(wctx, w.Tenant, w.Email, w.SmartKey)
+			if err != nil {
+				out[i].Err = err
+				continue
+			}
+			part := tenantKeys(w.Tenant).part
+			c := open[part]
+			if c == nil || len(c.idx) == maxTrackPerCall {
+				c = &call{argv: []any{0}}
+				open[part] = c
+				calls = append(calls, c)
+			}
+			c.idx = append(c.idx, i)
+			c.keys = append(c.keys, ks...)
+			c.argv = append(append(c.argv, len(ks)), argv...)
+			c.argv[0] = len(c.idx)
+		case w.Explanation != nil:
+			b, err := json.Marshal(w.Explanation)
+			if err != nil {
+				out[i].Err = err
+				continue
+			}
+			pending[i] = set{key: tenantKeys(w.Tenant).decision(w.Explanation.MessageID), val: b, ttl: w.TTL}
+		default:
+			out[i].Err = errors.New("write: neither a tracked email nor an explanation")
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, c := range calls {
+				c.cmd = trackManyScript.EvalSha(ctx, p, c.keys, c.argv...)
+			}
+			if attempt == 0 {
+				for i, st := range pending {
+					if st.key != "" {
+						sets[i] = p.Set(ctx, st.key, st.val, st.ttl)
+					}
+				}
+			}
+			return nil
+		})
+		// A Redis error reply is the one command's (NOSCRIPT, WRONGTYPE); anything else (the
+		// connection) fails every write.
+		var reply redis.Error
+		if err != nil && !errors.As(err, &reply) {
+			return nil, fmt.Errorf("write decisions: %w", err)
+		}
+		if attempt == 0 {
+			for i, c := range sets {
+				if c != nil && c.Err() != nil {
+					out[i].Err = fmt.Errorf("keep decision: %w", c.Err())
+				}
+			}
+		}
+		var again []*call
+		for _, c := range calls {
+			res, err := c.cmd.Int64Slice()
+			switch {
+			case isNoScript(err) && attempt == 0:
+				again = append(again, c)
+			case err != nil || len(res) != len(c.idx):
+				if err == nil {
+					err = fmt.Errorf("%d results for %d emails", len(res), len(c.idx))
+				}
+				for _, i := range c.idx {
+					out[i].Err = fmt.Errorf("track: %w", err)
+				}
+			default:
+				for j, i := range c.idx {
+					out[i].Created = res[j] == 1
+				}
+			}
+		}
+		if len(again) == 0 {
+			return out, nil
+		}
+		if err := trackManyScript.Load(ctx, s.rdb).Err(); err != nil {
+			return nil, fmt.Errorf("load the tracking script: %w", err)
+		}
+		calls = again
+	}
+}
+
+func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
 
 // GetTracked implements tracker.Store.
 func (s *Store) GetTracked(ctx context.Context, tenant, messageID string) (*tracker.TrackedEmail, error) {

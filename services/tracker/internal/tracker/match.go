@@ -22,6 +22,9 @@ const maxTokenCandidates = 4
 // TokenCandidates returns the token-shaped words of a subject, at most a few, last first (a
 // token is appended to the end of the subject, and replies keep it there).
 func TokenCandidates(subject string) []string {
+	if !mayHoldToken(subject) {
+		return nil
+	}
 	var out []string
 	for _, m := range tokenLike.FindAllString(subject, 64) {
 		if !slices.Contains(out, m) {
@@ -33,6 +36,22 @@ func TokenCandidates(subject string) []string {
 		out = out[:maxTokenCandidates]
 	}
 	return out
+}
+
+// mayHoldToken is a cheap test that lets most subjects skip the token expression: a token has a
+// colon followed by a digit.
+func mayHoldToken(s string) bool {
+	for i := strings.IndexByte(s, ':'); i >= 0; {
+		if i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '9' {
+			return true
+		}
+		j := strings.IndexByte(s[i+1:], ':')
+		if j < 0 {
+			return false
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 // FormatToken renders token number n with the tenant's prefix and digits, e.g. CRM:0001001.
@@ -54,8 +73,12 @@ var replyPrefixes = regexp.MustCompile(`(?i)^\s*(re|fw|fwd|aw|wg|sv|vs|vl|antw|t
 // NormalizeSubject folds a subject for smart matching: reply and forward prefixes and tracking
 // tokens removed, bracketed list tags kept, case folded, runs of space collapsed.
 func NormalizeSubject(subject string) string {
-	s := tokenLike.ReplaceAllString(subject, " ")
-	for {
+	s := subject
+	if mayHoldToken(s) {
+		s = tokenLike.ReplaceAllString(s, " ")
+	}
+	// Every reply or forward prefix ends in a colon.
+	for strings.IndexByte(s, ':') >= 0 {
 		t := replyPrefixes.ReplaceAllString(s, "")
 		if t == s {
 			break

@@ -466,8 +466,8 @@ func (s *Service) Explain(ctx context.Context, p auth.Principal, in SentItemInpu
 	return s.evaluate(ctx, p.Tenant, m, false)
 }
 
-func (s *Service) evaluate(ctx context.Context, tenant string, m *Message, write bool) (*Result, error) {
-	now := s.now()
+// prepare stamps a message and builds what the store looks up for it.
+func prepare(m *Message, now time.Time) Query {
 	stamp(m, now)
 	addrs := Addresses(m)
 	q := Query{
@@ -477,6 +477,22 @@ func (s *Service) evaluate(ctx context.Context, tenant string, m *Message, write
 	for i, a := range addrs {
 		q.Addresses[i] = a.Address
 	}
+	return q
+}
+
+// trackedEmail is the email a tracking decision stores.
+func trackedEmail(m *Message, d *Decision, now time.Time) *TrackedEmail {
+	return &TrackedEmail{
+		MessageID: m.MessageID, MailboxID: m.MailboxID, SenderUser: m.SenderUser, From: m.From,
+		To: m.To, Cc: m.Cc, Bcc: m.Bcc, Subject: m.Subject, SentAt: m.SentAt, ThreadID: m.ThreadID,
+		Method: d.Method, CorrelatedID: d.CorrelatedID, Token: d.Token, Regarding: d.Regarding,
+		Links: d.Links, Ambiguous: d.Ambiguous, Source: m.Source, Tracked: now, Explanation: d.Explanation,
+	}
+}
+
+func (s *Service) evaluate(ctx context.Context, tenant string, m *Message, write bool) (*Result, error) {
+	now := s.now()
+	q := prepare(m, now)
 	g, err := s.store.Gather(ctx, tenant, q)
 	if err != nil {
 		return nil, fmt.Errorf("gather evidence for <%s>: %w", m.MessageID, err)
@@ -500,12 +516,7 @@ func (s *Service) evaluate(ctx context.Context, tenant string, m *Message, write
 		}
 		return &Result{Explanation: d.Explanation}, nil
 	}
-	e := &TrackedEmail{
-		MessageID: m.MessageID, MailboxID: m.MailboxID, SenderUser: m.SenderUser, From: m.From,
-		To: m.To, Cc: m.Cc, Bcc: m.Bcc, Subject: m.Subject, SentAt: m.SentAt, ThreadID: m.ThreadID,
-		Method: d.Method, CorrelatedID: d.CorrelatedID, Token: d.Token, Regarding: d.Regarding,
-		Links: d.Links, Ambiguous: d.Ambiguous, Source: m.Source, Tracked: now, Explanation: d.Explanation,
-	}
+	e := trackedEmail(m, &d, now)
 	if !write {
 		return &Result{Tracked: true, Email: e, Explanation: d.Explanation}, nil
 	}

@@ -41,6 +41,10 @@ type Store interface {
 
 	// Gather reads everything the rules need about a message in one round trip.
 	Gather(ctx context.Context, tenant string, q Query) (Gathered, error)
+	// GatherMany is Gather for several messages, of any tenants, in one round trip; an error
+	// fails them all. A query with PresenceOnly reports a tracked Message-ID in
+	// Gathered.AlreadyTracked without reading the email.
+	GatherMany(ctx context.Context, qs []TenantQuery) ([]Gathered, error)
 	// Track stores a tracked email with its indexes and event, reporting false and the stored
 	// one when the Message-ID was tracked before.
 	Track(ctx context.Context, tenant string, e *TrackedEmail, smartKey string) (bool, *TrackedEmail, error)
@@ -50,6 +54,11 @@ type Store interface {
 	ListTracked(ctx context.Context, tenant, recordID, after string, limit int) ([]TrackedEmail, string, error)
 	// SaveDecision keeps the explanation of an untracked message for ttl.
 	SaveDecision(ctx context.Context, tenant string, x *Explanation, ttl time.Duration) error
+	// WriteMany writes the outcomes of several evaluations in one round trip: a tracked email
+	// as Track does (Created false when its Message-ID was tracked before), an untracked
+	// message's explanation as SaveDecision does. An error fails them all; a write that failed
+	// on its own has its WriteResult.Err.
+	WriteMany(ctx context.Context, ws []Write) ([]WriteResult, error)
 	// Decision returns a kept explanation; errs.NotFound when none is kept.
 	Decision(ctx context.Context, tenant, messageID string) (*Explanation, error)
 }
@@ -66,9 +75,45 @@ type Query struct {
 	Addresses  []string
 }
 
+// TenantQuery is a Query in a tenant, for GatherMany.
+type TenantQuery struct {
+	// Tenant is the tenant whose keyspace is read.
+	Tenant string
+	Query
+	// PresenceOnly asks only whether the Message-ID is tracked (Gathered.AlreadyTracked), not
+	// for the tracked email itself (Gathered.Existing stays nil).
+	PresenceOnly bool
+}
+
+// Write is the outcome of one evaluation for WriteMany: Email when the message is tracked,
+// Explanation (kept for TTL) when it is not.
+type Write struct {
+	// Ctx carries the trace the EmailTracked event continues; nil means WriteMany's ctx.
+	Ctx    context.Context
+	Tenant string
+	// Email is the tracked email and SmartKey its smart-matching key (Track's arguments).
+	Email    *TrackedEmail
+	SmartKey string
+	// Explanation is the decision on an untracked message, kept for TTL.
+	Explanation *Explanation
+	TTL         time.Duration
+}
+
+// WriteResult is what became of one Write.
+type WriteResult struct {
+	// Created is true when Email was stored now, false when its Message-ID was tracked before
+	// (and for explanations).
+	Created bool
+	// Err is this write's own failure (the others may have succeeded).
+	Err error
+}
+
 // Gathered is what Gather found: the tracked email with the message's Message-ID, if any, and
 // the evidence for the rules (all but the sync kind, which mailbox knows).
 type Gathered struct {
-	Existing *TrackedEmail
-	Evidence Evidence
+	// AlreadyTracked is true when the message's Message-ID is tracked; Existing is that email
+	// (nil for PresenceOnly queries).
+	AlreadyTracked bool
+	Existing       *TrackedEmail
+	Evidence       Evidence
 }
