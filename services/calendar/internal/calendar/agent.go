@@ -71,7 +71,13 @@ type session struct {
 
 	lastHeard atomic.Int64 // unix ms
 	sub       *sub
+	// acks carries validated acks from the reader to the acker, which records whatever has
+	// arrived in one round trip.
+	acks chan AckMessage
 }
+
+// maxAckBatch bounds the acks recorded in one round trip.
+const maxAckBatch = 256
 
 // Connect runs an agent's stream until the agent leaves, another stream of the user replaces it,
 // the agent falls silent, or ctx ends. It delivers the user's queued revisions in position
@@ -128,7 +134,17 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, st AgentStream)
 		return err
 	}
 	ready <- a
-	return a.run(ctx, st, errc)
+	ackErr, stopAcks, acksDone := make(chan error, 1), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(acksDone)
+		if err := a.acker(ctx, stopAcks); err != nil {
+			ackErr <- err
+		}
+	}()
+	err = a.run(ctx, st, errc, ackErr)
+	close(stopAcks) // the acks received before the end are still recorded
+	<-acksDone
+	return err
 }
 
 func recvEnd(err error) error {
@@ -171,7 +187,7 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 	if d.Target != TargetAgent {
 		return nil, nil, errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user")
 	}
-	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.SyncLog, sent: map[int64]Delivery{}}
+	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.SyncLog, sent: map[int64]Delivery{}, acks: make(chan AckMessage, maxAckBatch)}
 	now := s.now()
 	a.lastHeard.Store(now.UnixMilli())
 	a.sub = s.hub.subscribe(a.tenant, a.user, a.id)
@@ -226,7 +242,7 @@ func (a *session) close() {
 }
 
 // run delivers until the stream ends.
-func (a *session) run(ctx context.Context, st AgentStream, errc <-chan error) error {
+func (a *session) run(ctx context.Context, st AgentStream, errc, ackErr <-chan error) error {
 	hb := a.s.opts.Heartbeat
 	ticker := time.NewTicker(hb)
 	defer ticker.Stop()
@@ -241,6 +257,8 @@ func (a *session) run(ctx context.Context, st AgentStream, errc <-chan error) er
 				return replaced()
 			case err := <-errc:
 				return recvEnd(err)
+			case err := <-ackErr:
+				return err
 			default:
 			}
 			ds, err := a.s.store.NextDeliveries(ctx, a.tenant, a.user, TargetAgent, cursor, a.s.opts.DeliveryBatch)
@@ -270,6 +288,8 @@ func (a *session) run(ctx context.Context, st AgentStream, errc <-chan error) er
 			return replaced()
 		case err := <-errc:
 			return recvEnd(err)
+		case err := <-ackErr:
+			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-ticker.C:
@@ -318,38 +338,111 @@ func (a *session) received(ctx context.Context, m AgentMessage) error {
 	if err := v.Err(); err != nil {
 		return err
 	}
-	a.mu.Lock()
-	d, ok := a.sent[k.Position]
-	a.mu.Unlock()
-	if !ok {
-		var err error
-		if d, ok, err = a.s.store.DeliveryAt(ctx, a.tenant, a.user, TargetAgent, k.Position); err != nil {
+	select {
+	case a.acks <- *k:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// acker records the agent's acks in order: whatever has arrived, up to maxAckBatch, in one
+// round trip. When stop closes it records what has arrived and returns; an error ends the stream.
+func (a *session) acker(ctx context.Context, stop <-chan struct{}) error {
+	batch := make([]AckMessage, 0, maxAckBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case k := <-a.acks:
+			batch = append(batch, k)
+		case <-stop:
+			// The stream has ended (perhaps by its context): what arrived before is recorded
+			// all the same, so that a reconnect does not see it again.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			for {
+				select {
+				case k := <-a.acks:
+					batch = append(batch, k)
+					if len(batch) < maxAckBatch {
+						continue
+					}
+					if err := a.record(ctx, batch); err != nil {
+						return err
+					}
+					batch = batch[:0]
+				default:
+					return a.record(ctx, batch)
+				}
+			}
+		}
+	more:
+		for len(batch) < maxAckBatch {
+			select {
+			case k := <-a.acks:
+				batch = append(batch, k)
+			default:
+				break more
+			}
+		}
+		if err := a.record(ctx, batch); err != nil {
 			return err
 		}
-		if !ok {
-			return nil // acknowledged before, or superseded: nothing to do
-		}
 	}
-	res, err := a.ack(ctx, d, *k)
+}
+
+// record applies a batch of acks: the deliveries of this stream from memory, others (sent by an
+// earlier stream) from the store; acks of nothing pending are ignored.
+func (a *session) record(ctx context.Context, batch []AckMessage) error {
+	in := make([]AckInput, 0, len(batch))
+	for _, k := range batch {
+		a.mu.Lock()
+		d, ok := a.sent[k.Position]
+		a.mu.Unlock()
+		if !ok {
+			var err error
+			if d, ok, err = a.s.store.DeliveryAt(ctx, a.tenant, a.user, TargetAgent, k.Position); err != nil {
+				return err
+			}
+			if !ok {
+				continue // acknowledged before, or superseded: nothing to do
+			}
+		}
+		in = append(in, a.ackInput(d, k))
+	}
+	if len(in) == 0 {
+		return nil
+	}
+	res, err := a.s.store.AckMany(ctx, a.tenant, a.user, in)
+	a.mu.Lock()
+	for i := range res {
+		delete(a.sent, in[i].Position)
+	}
+	a.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	delete(a.sent, k.Position)
-	a.mu.Unlock()
-	if res.Replaced {
-		return errs.Aborted(ReasonStreamReplaced, "another stream of the user replaced this one")
+	requeued := false
+	for _, r := range res {
+		if r.Replaced {
+			return errs.Aborted(ReasonStreamReplaced, "another stream of the user replaced this one")
+		}
+		requeued = requeued || r.Requeued > 0
 	}
-	if res.Requeued > 0 {
+	if requeued {
 		a.s.hub.Notify(a.tenant, a.user)
 	}
 	return nil
 }
 
 func (a *session) ack(ctx context.Context, d Delivery, k AckMessage) (AckResult, error) {
-	return a.s.store.Ack(ctx, a.tenant, a.user, AckInput{
+	return a.s.store.Ack(ctx, a.tenant, a.user, a.ackInput(d, k))
+}
+
+func (a *session) ackInput(d Delivery, k AckMessage) AckInput {
+	return AckInput{
 		Target: TargetAgent, Session: a.id, Position: d.Position, EntryID: d.EntryID, Revision: d.Revision,
 		Outcome: k.Outcome, RemoteID: k.RemoteID, RemoteVersion: k.RemoteVersion, Message: k.Message,
 		MaxAttempts: a.s.opts.MaxAgentAttempts, Attempts: d.Attempt + 1, Log: a.log, Now: a.s.now(),
-	})
+	}
 }

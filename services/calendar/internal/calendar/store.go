@@ -71,6 +71,9 @@ type Store interface {
 	DeliveryAt(ctx context.Context, tenant, user string, target Target, pos int64) (Delivery, bool, error)
 	// Ack records a target's answer for one delivery.
 	Ack(ctx context.Context, tenant, user string, a AckInput) (AckResult, error)
+	// AckMany records the acknowledgements of one stream in order, in one round trip; on an
+	// error, the results before the failed one are returned (those were recorded).
+	AckMany(ctx context.Context, tenant, user string, as []AckInput) ([]AckResult, error)
 	// QueueStats counts the user's deliveries over all targets.
 	QueueStats(ctx context.Context, tenant, user string) (QueueStats, error)
 

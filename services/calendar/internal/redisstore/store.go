@@ -386,16 +386,77 @@ func (s *Store) DeliveryAt(ctx context.Context, tenant, user string, target cale
 
 // Ack implements calendar.Store.
 func (s *Store) Ack(ctx context.Context, tenant, user string, a calendar.AckInput) (calendar.AckResult, error) {
+	keys, argv, err := s.ackArgs(ctx, tenant, user, a)
+	if err != nil {
+		return calendar.AckResult{}, err
+	}
+	res, err := ackScript.Run(ctx, s.rdb, keys, argv...).Slice()
+	if err != nil {
+		return calendar.AckResult{}, fmt.Errorf("ack %s@%d: %w", a.EntryID, a.Position, err)
+	}
+	return ackResult(res), nil
+}
+
+// AckMany implements calendar.Store: the acknowledgements of one stream, in order, in one round
+// trip (an agent catching up acknowledges thousands of deliveries a second).
+func (s *Store) AckMany(ctx context.Context, tenant, user string, as []calendar.AckInput) ([]calendar.AckResult, error) {
+	out := make([]calendar.AckResult, len(as))
+	if len(as) == 1 {
+		r, err := s.Ack(ctx, tenant, user, as[0])
+		out[0] = r
+		return out, err
+	}
+	keys := make([][]string, len(as))
+	argv := make([][]any, len(as))
+	for i, a := range as {
+		var err error
+		if keys[i], argv[i], err = s.ackArgs(ctx, tenant, user, a); err != nil {
+			return nil, err
+		}
+	}
+	run := func() ([]*redis.Cmd, error) {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(as))
+		for i := range as {
+			cmds[i] = ackScript.EvalSha(ctx, pipe, keys[i], argv[i]...)
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// A fresh server refuses every EVALSHA of the pipeline, so none ran: load and go again.
+		if err := ackScript.Load(ctx, s.rdb).Err(); err != nil {
+			return nil, fmt.Errorf("load ack script: %w", err)
+		}
+		cmds, err = run()
+	}
+	for i, c := range cmds {
+		res, cerr := c.Slice()
+		if cerr != nil {
+			return out[:i], fmt.Errorf("ack %s@%d: %w", as[i].EntryID, as[i].Position, cerr)
+		}
+		out[i] = ackResult(res)
+	}
+	if err != nil {
+		return out, fmt.Errorf("ack: %w", err)
+	}
+	return out, nil
+}
+
+// ackArgs are the ack script's keys and arguments, with both events the outcome may announce
+// (delivered, or failed); the script emits the one that applies.
+func (s *Store) ackArgs(ctx context.Context, tenant, user string, a calendar.AckInput) ([]string, []any, error) {
 	k := tenantKeys(tenant)
 	dev := events.EntryDelivered(tenant, user, a)
 	denv, err := eventbus.Envelope(ctx, dev.ID, dev.Subject, tenant, dev.Msg)
 	if err != nil {
-		return calendar.AckResult{}, err
+		return nil, nil, err
 	}
 	fev := events.DeliveryFailed(tenant, user, a, max(a.Attempts, 1))
 	fenv, err := eventbus.Envelope(ctx, fev.ID, fev.Subject, tenant, fev.Msg)
 	if err != nil {
-		return calendar.AckResult{}, err
+		return nil, nil, err
 	}
 	retry := "0"
 	switch {
@@ -413,13 +474,15 @@ func (s *Store) Ack(ctx context.Context, tenant, user string, a calendar.AckInpu
 		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue()}
 	argv := []any{a.Position, a.EntryID, string(a.Outcome), a.RemoteID, a.RemoteVersion, a.Message, a.Session, maxAttempts,
 		flag(a.Log), s.logMax, string(a.Target), retry, dueMember(tenant, user, a.EntryID), a.Revision, ms(a.Now), NotifyChannel, wake}
-	argv = append(append(argv, denv...), fenv...)
-	res, err := ackScript.Run(ctx, s.rdb, keys, argv...).Slice()
-	if err != nil {
-		return calendar.AckResult{}, fmt.Errorf("ack %s@%d: %w", a.EntryID, a.Position, err)
-	}
+	return keys, append(append(argv, denv...), fenv...), nil
+}
+
+func ackResult(res []any) calendar.AckResult {
 	var out calendar.AckResult
-	switch res[0].(string) {
+	if len(res) == 0 {
+		return out
+	}
+	switch res[0] {
 	case "replaced":
 		out.Replaced = true
 	case "stale":
@@ -427,9 +490,11 @@ func (s *Store) Ack(ctx context.Context, tenant, user string, a calendar.AckInpu
 	case "dead":
 		out.Dead = true
 	case "requeued":
-		out.Requeued = res[1].(int64)
+		if len(res) > 1 {
+			out.Requeued, _ = res[1].(int64)
+		}
 	}
-	return out, nil
+	return out
 }
 
 // QueueStats implements calendar.Store.
