@@ -11,7 +11,7 @@
 //	pm:cal:{calN}:pushdue             zset    CalDAV deliveries by due time (ms); member T|U|E
 //	pm:cal:{calN}:t:T:set             string  tenant settings (JSON)
 //	pm:cal:{calN}:t:T:e:E             hash    entry E: rev (latest revision), cur (its JSON)
-//	pm:cal:{calN}:t:T:e:E:revs        hash    revision number -> revision JSON (entry and iCalendar)
+//	pm:cal:{calN}:t:T:e:E:revs        hash    revision number -> the entry as JSON, a line break, the iCalendar text
 //	pm:cal:{calN}:t:T:o:U             zset    owner U's entries by start (ms)
 //	pm:cal:{calN}:t:T:u:U:set         string  user U's options (JSON)
 //	pm:cal:{calN}:t:T:u:U:pos         string  U's last queue position (all targets)
