@@ -9,6 +9,7 @@ require (
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/postamt/postamt/proto v0.0.0
 	github.com/postamt/postamt/services/mailbox v0.0.0
+	github.com/postamt/postamt/services/outbox v0.0.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0
 	go.opentelemetry.io/otel v1.47.0
@@ -57,4 +58,5 @@ replace (
 	github.com/postamt/postamt/internal => ../../internal
 	github.com/postamt/postamt/proto => ../../proto
 	github.com/postamt/postamt/services/mailbox => ../mailbox
+	github.com/postamt/postamt/services/outbox => ../outbox
 )

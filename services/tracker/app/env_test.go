@@ -41,6 +41,10 @@ type env struct {
 	mailbox     mailboxv1.MailboxServiceClient
 	tracker     trackerv1.TrackerServiceClient
 	journalAddr string
+	// mailboxAddr, verifier and logger let a test start more of the suite beside (the outbox).
+	mailboxAddr string
+	verifier    *auth.Verifier
+	logger      *slog.Logger
 }
 
 func startEnv(t *testing.T) *env {
@@ -61,6 +65,7 @@ func startEnv(t *testing.T) *env {
 	}
 	mbAddr := servetest.Run(t, mb.Run)
 	e.mailbox = mailboxv1.NewMailboxServiceClient(servetest.Dial(t, mbAddr))
+	e.mailboxAddr, e.verifier, e.logger = mbAddr, verifier, logger
 
 	journalLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
