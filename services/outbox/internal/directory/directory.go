@@ -15,13 +15,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/postamt/postamt/internal/auth"
-	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/tenantcache"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/service"
@@ -29,136 +28,46 @@ import (
 
 // Client implements service.Directory over mailbox's gRPC API.
 type Client struct {
-	mb  mailboxv1.MailboxServiceClient
-	ttl time.Duration
-	now func() time.Time
-
-	mu      sync.Mutex
-	tenants map[string]*tenantCache
-	size    int
+	mb    mailboxv1.MailboxServiceClient
+	cache *tenantcache.Cache[cached]
 }
 
-// tenantCache holds one tenant's answers, so an event of the tenant drops them in one step.
-type tenantCache struct {
-	users map[string]entry
-	sends map[sendKey]sendEntry
+// cached is one answer: a send right (keys "s\x00user\x00address") or a user's mailboxes and
+// team leadership (keys "u\x00user"), in one cache so that an event of the tenant drops both.
+type cached struct {
+	right service.SendRight
+	user  entry
 }
-
-type sendKey struct{ user, address string }
-
-type sendEntry struct {
-	right   service.SendRight
-	expires time.Time
-}
-
-// maxEntries bounds the cache; when full it starts again empty (the next reads refill what is
-// used).
-const maxEntries = 200_000
 
 type entry struct {
 	mailboxes []string
 	lead      bool
-	expires   time.Time
 }
 
 // New returns a Client; ttl bounds how stale a user's mailboxes and team leadership may be (0
 // disables the cache).
 func New(mb mailboxv1.MailboxServiceClient, ttl time.Duration) *Client {
-	return &Client{mb: mb, ttl: ttl, now: time.Now, tenants: make(map[string]*tenantCache)}
-}
-
-// tenant returns the tenant's cache, creating it; the caller holds mu.
-func (c *Client) tenant(t string) *tenantCache {
-	tc := c.tenants[t]
-	if tc == nil {
-		tc = &tenantCache{users: make(map[string]entry), sends: make(map[sendKey]sendEntry)}
-		c.tenants[t] = tc
-	}
-	return tc
-}
-
-// put runs f with the tenant's cache under the lock, bounding the cache's size.
-func (c *Client) put(t string, f func(tc *tenantCache)) {
-	if c.ttl <= 0 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.size >= maxEntries {
-		clear(c.tenants)
-		c.size = 0
-	}
-	c.size++
-	f(c.tenant(t))
+	return &Client{mb: mb, cache: tenantcache.New[cached](ttl, 0, nil)}
 }
 
 // Invalidate drops every answer about a tenant.
-func (c *Client) Invalidate(tenant string) {
-	c.mu.Lock()
-	if tc := c.tenants[tenant]; tc != nil {
-		c.size -= len(tc.users) + len(tc.sends)
-		delete(c.tenants, tenant)
-	}
-	c.mu.Unlock()
-}
+func (c *Client) Invalidate(tenant string) { c.cache.Invalidate(tenant) }
 
 // Follow drops a tenant's answers whenever mailbox publishes an event of that tenant (users,
-// teams, mailboxes, members: everything the answers depend on), until ctx ends. It reconnects
-// after errors, so a NATS outage only lets answers live until their TTL.
+// teams, mailboxes, members: everything the answers depend on), until ctx ends
+// (tenantcache.Cache.Follow), so a NATS outage only lets answers live until their TTL.
 func (c *Client) Follow(ctx context.Context, js jetstream.JetStream, stream string, logger *slog.Logger) error {
-	for {
-		err := c.follow(ctx, js, stream)
-		if ctx.Err() != nil {
-			return nil
-		}
-		logger.Warn("directory cache: following mailbox events failed; answers expire by TTL meanwhile", "error", err)
-		c.mu.Lock()
-		clear(c.tenants) // events may have been missed
-		c.size = 0
-		c.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (c *Client) follow(ctx context.Context, js jetstream.JetStream, stream string) error {
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", stream, err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", stream, err)
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	defer it.Stop()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			return fmt.Errorf("consume %s: %w", stream, err)
-		}
-		c.Invalidate(m.Headers().Get(eventbus.HeaderTenant))
-	}
+	return c.cache.Follow(ctx, js, stream, logger)
 }
 
 var _ service.Directory = (*Client)(nil)
 
 // CheckSend implements service.Directory.
 func (c *Client) CheckSend(ctx context.Context, tenant, user, address string) (service.SendRight, error) {
-	k := sendKey{user, address}
-	now := c.now()
-	c.mu.Lock()
-	if tc := c.tenants[tenant]; tc != nil {
-		if e, ok := tc.sends[k]; ok && now.Before(e.expires) {
-			c.mu.Unlock()
-			return e.right, nil
-		}
+	k := "s\x00" + user + "\x00" + address
+	if e, ok := c.cache.Get(tenant, k); ok {
+		return e.right, nil
 	}
-	c.mu.Unlock()
 	r, err := c.mb.CheckSend(auth.WithTenant(ctx, tenant), &mailboxv1.CheckSendRequest{UserId: user, FromAddress: address})
 	if err != nil {
 		return service.SendRight{}, fmt.Errorf("mailbox CheckSend: %w", err)
@@ -167,7 +76,7 @@ func (c *Client) CheckSend(ctx context.Context, tenant, user, address string) (s
 		Allowed: r.GetAllowed(), Mode: outboxv1.SendMode(r.GetMode()), MailboxID: r.GetMailboxId(),
 		From: r.GetFrom(), Sender: r.GetSender(), Reason: r.GetDenyReason().String(),
 	}
-	c.put(tenant, func(tc *tenantCache) { tc.sends[k] = sendEntry{right: right, expires: now.Add(c.ttl)} })
+	c.cache.Put(tenant, k, cached{right: right})
 	return right, nil
 }
 
@@ -188,23 +97,16 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 	if user == "" {
 		return entry{}, nil
 	}
-	now := c.now()
-	c.mu.Lock()
-	var e entry
-	ok := false
-	if tc := c.tenants[tenant]; tc != nil {
-		e, ok = tc.users[user]
-	}
-	c.mu.Unlock()
-	if ok && now.Before(e.expires) {
-		return e, nil
+	k := "u\x00" + user
+	if e, ok := c.cache.Get(tenant, k); ok {
+		return e.user, nil
 	}
 	ctx = auth.WithTenant(ctx, tenant)
 	vis, err := c.mb.ListVisibleMailboxes(ctx, &mailboxv1.ListVisibleMailboxesRequest{UserId: user})
 	if err != nil {
 		return entry{}, fmt.Errorf("mailbox ListVisibleMailboxes: %w", err)
 	}
-	e = entry{expires: now.Add(c.ttl)}
+	var e entry
 	for _, m := range vis.GetMailboxes() {
 		e.mailboxes = append(e.mailboxes, m.GetMailbox().GetMailboxId())
 	}
@@ -225,6 +127,6 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 			break
 		}
 	}
-	c.put(tenant, func(tc *tenantCache) { tc.users[user] = e })
+	c.cache.Put(tenant, k, cached{user: e})
 	return e, nil
 }
