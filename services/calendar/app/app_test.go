@@ -405,3 +405,71 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestListEntriesByRange: a range lists the entries starting in it and the series that began
+// before it and still recur in it, in start order, across pages; a series that ended before the
+// range, or stops recurring, is not listed.
+func TestListEntriesByRange(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	sek := e.as("maier")
+	book := func(en *calendarv1.Entry) {
+		t.Helper()
+		if _, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: en}); err != nil {
+			t.Fatalf("create %s: %v", en.GetEntryId(), err)
+		}
+	}
+	weekly := appointment("weekly", "huber", "Jour fixe", 2, "Europe/Vienna") // 2026-03-02
+	weekly.StartTime = timestamppb.New(time.Date(2026, 2, 2, 9, 0, 0, 0, vienna))
+	weekly.EndTime = timestamppb.New(time.Date(2026, 2, 2, 10, 0, 0, 0, vienna))
+	weekly.Rrule = "FREQ=WEEKLY;COUNT=10" // until 2026-04-06
+	ended := appointment("ended", "huber", "Vorbei", 5, "Europe/Vienna")
+	ended.StartTime = timestamppb.New(time.Date(2026, 1, 5, 9, 0, 0, 0, vienna))
+	ended.EndTime = timestamppb.New(time.Date(2026, 1, 5, 10, 0, 0, 0, vienna))
+	ended.Rrule = "FREQ=WEEKLY;UNTIL=20260131T000000Z"
+	open := appointment("open", "huber", "Immer montags", 5, "Europe/Vienna")
+	open.StartTime = timestamppb.New(time.Date(2025, 12, 1, 8, 0, 0, 0, vienna))
+	open.EndTime = timestamppb.New(time.Date(2025, 12, 1, 9, 0, 0, 0, vienna))
+	open.Rrule = "FREQ=WEEKLY"
+	for _, en := range []*calendarv1.Entry{
+		weekly, ended, open,
+		appointment("march", "huber", "Mandant", 5, "Europe/Vienna"),
+		deadline("frist", "huber", "Frist", 10),
+		appointment("april", "huber", "Spaeter", 20, "Europe/Vienna"),
+	} {
+		book(en)
+	}
+	list := func(size int32) []string {
+		t.Helper()
+		var ids []string
+		tok := ""
+		for {
+			r, err := e.calendar.ListEntries(sek, &calendarv1.ListEntriesRequest{
+				OwnerUserId: "huber", StartTime: timestamppb.New(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)),
+				EndTime: timestamppb.New(time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC)), PageSize: size, PageToken: tok,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, en := range r.GetEntries() {
+				ids = append(ids, en.GetEntryId())
+			}
+			if tok = r.GetNextPageToken(); tok == "" {
+				return ids
+			}
+		}
+	}
+	want := []string{"open", "weekly", "march", "frist"}
+	for _, size := range []int32{50, 1} {
+		if got := list(size); !slices.Equal(got, want) {
+			t.Errorf("page size %d: listed %v, want %v", size, got, want)
+		}
+	}
+	// The weekly series becomes a single appointment in February: no longer in March.
+	weekly.Rrule = ""
+	if _, err := e.calendar.UpdateEntry(sek, &calendarv1.UpdateEntryRequest{Entry: weekly}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := list(50), []string{"open", "march", "frist"}; !slices.Equal(got, want) {
+		t.Errorf("after the update: listed %v, want %v", got, want)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"strings"
@@ -497,7 +498,7 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 	if to < from {
 		v.Add("end_time", "must not be before start_time")
 	}
-	afterScore, afterID := from-1, ""
+	afterScore, afterID := int64(math.MinInt64), "" // before everything, series that began before from too
 	if q.PageToken != "" {
 		sc, id, ok := decodeToken(q.PageToken)
 		if !ok {

@@ -116,3 +116,33 @@ func parseUntil(v string, allDay bool) (time.Time, error) {
 	}
 	return t, nil
 }
+
+// maxSeriesCount bounds the occurrences SeriesEnd expands for a COUNT rule; beyond it the series
+// is treated as open-ended (listing then errs on the side of showing it).
+const maxSeriesCount = 10_000
+
+// SeriesEnd returns when the last occurrence of a validated rule starts, so that a series can be
+// found by the ranges it reaches: UNTIL's instant, the last of COUNT occurrences, or open-ended
+// (ok false) when the rule has neither.
+func SeriesEnd(rule string, start time.Time) (last time.Time, ok bool, err error) {
+	opt, err := rrule.StrToROption(strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(rule)), "RRULE:"))
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("%w: %w", ErrInvalidRRule, err)
+	}
+	switch {
+	case !opt.Until.IsZero():
+		return opt.Until, true, nil
+	case opt.Count > 0 && opt.Count <= maxSeriesCount:
+		opt.Dtstart = start
+		r, err := rrule.NewRRule(*opt)
+		if err != nil {
+			return time.Time{}, false, fmt.Errorf("%w: %w", ErrInvalidRRule, err)
+		}
+		all := r.All()
+		if len(all) == 0 {
+			return start, true, nil
+		}
+		return all[len(all)-1], true, nil
+	}
+	return time.Time{}, false, nil
+}

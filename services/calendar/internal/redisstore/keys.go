@@ -13,6 +13,7 @@
 //	pm:cal:{calN}:t:T:e:E             hash    entry E: rev (latest revision), cur (its JSON)
 //	pm:cal:{calN}:t:T:e:E:revs        hash    revision number -> the entry as JSON, a line break, the iCalendar text
 //	pm:cal:{calN}:t:T:o:U             zset    owner U's entries by start (ms)
+//	pm:cal:{calN}:t:T:os:U            zset    owner U's recurring entries by the start of their last occurrence (ms, +inf: no end)
 //	pm:cal:{calN}:t:T:u:U:set         string  user U's options (JSON)
 //	pm:cal:{calN}:t:T:u:U:pos         string  U's last queue position (all targets)
 //	pm:cal:{calN}:t:T:u:U:q:G         zset    U's queue for target G: entry id by position
@@ -79,6 +80,7 @@ func (k keys) settings() string                          { return k.base + ":set
 func (k keys) entry(id string) string                    { return k.base + ":e:" + id }
 func (k keys) revs(id string) string                     { return k.entry(id) + ":revs" }
 func (k keys) owner(u string) string                     { return k.base + ":o:" + u }
+func (k keys) series(u string) string                    { return k.base + ":os:" + u }
 func (k keys) user(u string) string                      { return k.base + ":u:" + u }
 func (k keys) userSettings(u string) string              { return k.user(u) + ":set" }
 func (k keys) pos(u string) string                       { return k.user(u) + ":pos" }

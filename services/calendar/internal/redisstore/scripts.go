@@ -33,10 +33,12 @@ return 1
 	// new position and replaces the older item, delivered or not; an item being pushed keeps its
 	// due time (its lease) and is made due again when the push reports back.
 	// KEYS[1] entry hash, [2] revisions hash, [3] owner index, [4] event stream, [5] queue zset,
-	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash.
-	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision JSON,
+	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash,
+	// [11] owner's series index (recurring entries by the start of their last occurrence).
+	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision,
 	// [5] entry id, [6] index score, [7] target ("" queues nothing), [8] log "1"/"0", [9] log
-	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14..19]
+	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14] series score
+	// ("" for an entry that does not recur, "+inf" for an open-ended series), [15..20]
 	// eventbus.Envelope.
 	// Returns {1, position (0 when nothing was queued)}, or {0, stored entry JSON} when the stored
 	// revision is not ARGV[1] (nothing written).
@@ -46,6 +48,11 @@ if cur ~= tonumber(ARGV[1]) then return {0, redis.call('HGET', KEYS[1], 'cur') o
 redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'cur', ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+if ARGV[14] == '' then
+  redis.call('ZREM', KEYS[11], ARGV[5])
+else
+  redis.call('ZADD', KEYS[11], ARGV[14], ARGV[5])
+end
 local pos = 0
 if ARGV[7] ~= '' then
   pos = redis.call('INCR', KEYS[7])
@@ -69,7 +76,7 @@ if ARGV[7] ~= '' then
   redis.call('PUBLISH', ARGV[12], ARGV[13])
   cal_log(ARGV[8], KEYS[8], ARGV[9], 'QUEUED', ARGV[5], ARGV[2], ARGV[7], pos, '')
 end
-postamt_emit(KEYS[4], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19])
+postamt_emit(KEYS[4], ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20])
 return {1, pos}
 `)
 

@@ -1,10 +1,12 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/postamt/postamt/internal/eventbus"
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
 	"github.com/postamt/postamt/services/calendar/internal/events"
+	"github.com/postamt/postamt/services/calendar/internal/ical"
 )
 
 // maxCASAttempts bounds the retries of one read-modify-write under contention.
@@ -166,10 +169,14 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 	if target == calendar.TargetCalDAV {
 		wake = pushPayload(k.n)
 	}
+	series, err := seriesScore(e)
+	if err != nil {
+		return 0, err
+	}
 	keys := []string{k.entry(e.ID), k.revs(e.ID), k.owner(e.Owner), k.events(), k.queue(e.Owner, qt), k.items(e.Owner, qt),
-		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt)}
+		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner)}
 	argv := append([]any{w.Prev, e.Revision, cur, rev, e.ID, e.Score(), string(target), flag(w.Log), s.logMax, ms(w.Now),
-		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake}, env...)
+		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, env...)
 	res, err := writeScript.Run(ctx, s.rdb, keys, argv...).Slice()
 	if err != nil {
 		return 0, fmt.Errorf("write entry %s: %w", e.ID, err)
@@ -186,6 +193,22 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 		return 0, rc
 	}
 	return res[1].(int64), nil
+}
+
+// seriesScore is a recurring entry's place in the owner's series index: the start of its last
+// occurrence in Unix milliseconds, "+inf" when it has no end, "" when it does not recur.
+func seriesScore(e *calendar.Entry) (string, error) {
+	if e.RRule == "" {
+		return "", nil
+	}
+	last, ok, err := ical.SeriesEnd(e.RRule, time.UnixMilli(e.Score()).UTC())
+	if err != nil {
+		return "", fmt.Errorf("series end of %s: %w", e.ID, err)
+	}
+	if !ok {
+		return "+inf", nil
+	}
+	return strconv.FormatInt(last.UnixMilli(), 10), nil
 }
 
 // GetEntry implements calendar.Store.
@@ -232,6 +255,20 @@ func decodeRevision(raw string) (*calendar.Revision, error) {
 // after the cursor's id (Redis orders equal scores by member).
 func (s *Store) ListEntries(ctx context.Context, tenant, owner string, from, to, afterScore int64, afterID string, limit int) ([]calendar.Entry, error) {
 	k := tenantKeys(tenant)
+	var out []calendar.Entry
+	if afterScore < from {
+		// First the series that began before the range and still have occurrences in it, in
+		// (start, id) order after the cursor.
+		early, err := s.seriesBefore(ctx, k, owner, from, to, afterScore, afterID)
+		if err != nil {
+			return nil, err
+		}
+		if len(early) >= limit {
+			return early[:limit], nil
+		}
+		out, limit = early, limit-len(early)
+		afterScore, afterID = from-1, ""
+	}
 	var ids []string
 	min := strconv.FormatInt(max(from, afterScore), 10)
 	if afterScore >= from {
@@ -255,6 +292,42 @@ func (s *Store) ListEntries(ctx context.Context, tenant, owner string, from, to,
 		}
 		ids = append(ids, more...)
 	}
+	es, err := s.entries(ctx, k, ids)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, es...), nil
+}
+
+// seriesBefore returns the owner's recurring entries that start before from (and before to) and
+// whose last occurrence is at or after from, after the cursor, in (start, id) order.
+func (s *Store) seriesBefore(ctx context.Context, k keys, owner string, from, to, afterScore int64, afterID string) ([]calendar.Entry, error) {
+	ids, err := s.rdb.ZRangeByScore(ctx, k.series(owner), &redis.ZRangeBy{Min: strconv.FormatInt(from, 10), Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list series: %w", err)
+	}
+	es, err := s.entries(ctx, k, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := es[:0]
+	for _, e := range es {
+		sc := e.Score()
+		if sc < from && sc < to && (sc > afterScore || sc == afterScore && e.ID > afterID) {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b calendar.Entry) int {
+		if c := cmp.Compare(a.Score(), b.Score()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// entries reads the current revisions of ids in one round trip, skipping ids gone meanwhile.
+func (s *Store) entries(ctx context.Context, k keys, ids []string) ([]calendar.Entry, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
