@@ -1,6 +1,9 @@
 package app_test
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -471,5 +474,59 @@ func TestListEntriesByRange(t *testing.T) {
 	}
 	if got, want := list(50), []string{"open", "march", "frist"}; !slices.Equal(got, want) {
 		t.Errorf("after the update: listed %v, want %v", got, want)
+	}
+}
+
+// TestManyAcksAtOnce: an agent that acknowledges a backlog as fast as it arrives (the acks are
+// recorded in batches) leaves nothing pending, and a reconnect delivers nothing again; acks sent
+// just before the agent closes its side are recorded too.
+func TestManyAcksAtOnce(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	sek := e.as("maier")
+	const n = 300
+	for i := range n {
+		if _, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: deadline(fmt.Sprintf("frist-%03d", i), "huber", "Frist", 1+i%28)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "outlook"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last int64
+	seen := map[string]bool{}
+	for range n {
+		d := a.next()
+		if seen[d.GetEntry().GetEntryId()] {
+			t.Fatalf("%s delivered twice", d.GetEntry().GetEntryId())
+		}
+		seen[d.GetEntry().GetEntryId()] = true
+		a.ack(d, calendarv1.DeliveryOutcome_DELIVERY_OUTCOME_APPLIED, "r-"+d.GetEntry().GetEntryId())
+		last = d.GetPosition()
+	}
+	// The agent says goodbye right after its last ack (half-close): the acks still on their way
+	// are recorded before the stream ends.
+	if err := a.stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ended(); !errors.Is(err, io.EOF) {
+		t.Fatalf("stream ended with %v, want a clean end", err)
+	}
+	poll.Eventually(t, "every ack recorded", func() bool {
+		st, err := e.calendar.GetSyncStatus(e.as("huber"), &calendarv1.GetSyncStatusRequest{})
+		return err == nil && st.GetStatus().GetPendingCount() == 0 && st.GetStatus().GetAckedPosition() == last
+	})
+	b, w, err := e.connect("huber", &calendarv1.Hello{AgentId: "outlook"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.GetAckedPosition() != last {
+		t.Errorf("Welcome acked position %d, want %d", w.GetAckedPosition(), last)
+	}
+	if _, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: deadline("neu", "huber", "Neu", 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if d := b.next(); d.GetEntry().GetEntryId() != "neu" {
+		t.Errorf("after the reconnect the first delivery is %s, want the new entry", d.GetEntry().GetEntryId())
 	}
 }
