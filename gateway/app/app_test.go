@@ -298,6 +298,8 @@ func TestHTTPErrors(t *testing.T) {
 			http.StatusBadRequest, codes.InvalidArgument, "type.googleapis.com/google.rpc.BadRequest"},
 		{"not found", http.MethodGet, "/v1/outbox/emails/no-such-email", e.as("eva"), nil, http.StatusNotFound, codes.NotFound, "type.googleapis.com/google.rpc.ResourceInfo"},
 		{"unknown path", http.MethodGet, "/v1/nothing", e.as("eva"), nil, http.StatusNotFound, codes.NotFound, ""},
+		{"body over the bound", http.MethodPost, "/v1/outbox/emails", e.as("eva"), map[string]any{"fromAddress": "eva@kanzlei.example", "textBody": strings.Repeat("x", 2<<20)},
+			http.StatusRequestEntityTooLarge, codes.ResourceExhausted, "type.googleapis.com/google.rpc.QuotaFailure"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var st rpcStatus

@@ -124,7 +124,11 @@ func (o Options) serve(w http.ResponseWriter, r *http.Request) (caller auth.Prin
 		o.fail(ctx, w, r, limited(wait))
 		return p
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, o.MaxBodyBytes)
+	if r.ContentLength > o.MaxBodyBytes {
+		o.tooLarge(ctx, w, r)
+		return p
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, o.MaxBodyBytes) // a body without a length stops at the bound too
 	o.Mux.ServeHTTP(w, r.WithContext(ctx))
 	return p
 }
@@ -138,6 +142,22 @@ func limited(wait time.Duration) error {
 func (o Options) fail(ctx context.Context, w http.ResponseWriter, r *http.Request, err error) {
 	_, out := runtime.MarshalerForRequest(o.Mux, r)
 	runtime.HTTPError(ctx, o.Mux, out, w, r, errs.ToStatus(err).Err())
+}
+
+// tooLarge answers a body over the bound with 413 and a RESOURCE_EXHAUSTED status, before
+// reading it (grpc-gateway would map the code to 429, which tells a client to retry the same
+// request).
+func (o Options) tooLarge(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	_, out := runtime.MarshalerForRequest(o.Mux, r)
+	st := errs.ToStatus(errs.ResourceExhausted("BODY_TOO_LARGE", "the request body is larger than "+strconv.FormatInt(o.MaxBodyBytes, 10)+" bytes", 0))
+	buf, err := out.Marshal(st.Proto())
+	if err != nil {
+		runtime.HTTPError(ctx, o.Mux, out, w, r, st.Err())
+		return
+	}
+	w.Header().Set("Content-Type", out.ContentType(st.Proto()))
+	w.WriteHeader(http.StatusRequestEntityTooLarge)
+	_, _ = w.Write(buf)
 }
 
 // cors sets the CORS headers for an allowed origin and answers a preflight; it reports whether
