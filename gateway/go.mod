@@ -8,6 +8,7 @@ replace (
 	github.com/postamt/postamt/services/calendar => ../services/calendar
 	github.com/postamt/postamt/services/mailbox => ../services/mailbox
 	github.com/postamt/postamt/services/outbox => ../services/outbox
+	github.com/postamt/postamt/services/tracker => ../services/tracker
 )
 
 require (
@@ -18,6 +19,7 @@ require (
 	github.com/postamt/postamt/services/calendar v0.0.0
 	github.com/postamt/postamt/services/mailbox v0.0.0
 	github.com/postamt/postamt/services/outbox v0.0.0
+	github.com/postamt/postamt/services/tracker v0.0.0
 	github.com/prometheus/client_golang v1.25.0
 	golang.org/x/sync v0.24.0
 	golang.org/x/time v0.16.0

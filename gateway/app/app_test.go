@@ -38,9 +38,11 @@ import (
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 	calendarapp "github.com/postamt/postamt/services/calendar/app"
 	mailboxapp "github.com/postamt/postamt/services/mailbox/app"
 	outboxapp "github.com/postamt/postamt/services/outbox/app"
+	trackerapp "github.com/postamt/postamt/services/tracker/app"
 )
 
 // env is the suite behind its gateway: mailbox and outbox on a spawned Redis and an embedded
@@ -115,9 +117,17 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		t.Fatal(err)
 	}
 	calAddr := servetest.Run(t, cal.Run)
+	tr, err := trackerapp.New(trackerapp.Config{
+		MailboxAddr: mbAddr, SyncKindCacheTTL: time.Hour, DecisionRetention: time.Hour, ConsumeSent: true,
+		RelayBatch: 256, RelayClaimIdle: time.Second, JournalDomain: "localhost", JournalMaxBytes: 1 << 20,
+	}, trackerapp.Deps{Logger: logger, Redis: rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Server: serverOpts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trAddr := servetest.Run(t, tr.Run)
 
 	cfg := app.Config{
-		HTTPAddr: "127.0.0.1:0", MailboxAddr: mbAddr, OutboxAddr: obAddr, TrackerAddr: "127.0.0.1:1", CalendarAddr: calAddr, RatePerSec: 1000, RateBurst: 1000, RateCallers: 1000,
+		HTTPAddr: "127.0.0.1:0", MailboxAddr: mbAddr, OutboxAddr: obAddr, TrackerAddr: trAddr, CalendarAddr: calAddr, RatePerSec: 1000, RateBurst: 1000, RateCallers: 1000,
 		CORSOrigins: "https://kanzlei.example", MaxBodyBytes: 1 << 20, HTTPTimeout: 10 * time.Second,
 	}
 	if tune != nil {
@@ -441,6 +451,11 @@ func TestGRPCOnePort(t *testing.T) {
 		r, err := stream.Recv()
 		if err != nil || r.GetEmail().GetEmailId() != m.GetEmail().GetEmailId() {
 			t.Fatalf("watch: %v (%v)", r, err)
+		}
+	})
+	t.Run("the tracker too", func(t *testing.T) {
+		if _, err := trackerv1.NewTrackerServiceClient(e.conn).GetOrgSettings(admin, &trackerv1.GetOrgSettingsRequest{}); err != nil {
+			t.Fatal(err)
 		}
 	})
 	t.Run("a two-way stream: the calendar's live agent", func(t *testing.T) {
