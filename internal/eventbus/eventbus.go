@@ -37,6 +37,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -162,12 +163,16 @@ type StreamSpec struct {
 	// MaxAge bounds how long events are kept; 0 means 7 days, time enough for a consumer that
 	// was down to catch up.
 	MaxAge time.Duration
-	// Replicas is the number of copies in a NATS cluster; 0 means 1.
+	// Replicas is the number of copies in a NATS cluster; 0 means 1 for a new stream and leaves
+	// an existing stream's count as the operator set it.
 	Replicas int
 }
 
-// EnsureStream creates the stream or updates it to spec, with file storage, so every replica of
-// a service may call it at start-up.
+// EnsureStream creates the stream, or brings an existing one to spec, with file storage, so
+// every replica of every service that writes or reads it may call it at start-up. A stream that
+// already matches is left alone: no update request (concurrent updates of one stream while
+// consumers are created on it are what an embedded nats-server 2.15 races on), and an operator's
+// replica count stands unless spec names one.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, spec StreamSpec) error {
 	if spec.Name == "" || len(spec.Subjects) == 0 {
 		return fmt.Errorf("ensure stream %q: a name and subjects are required", spec.Name)
@@ -178,19 +183,38 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, spec StreamSpec) 
 	if spec.MaxAge == 0 {
 		spec.MaxAge = 7 * 24 * time.Hour
 	}
-	if spec.Replicas == 0 {
-		spec.Replicas = 1
+	st, err := js.Stream(ctx, spec.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:       spec.Name,
+			Subjects:   spec.Subjects,
+			Storage:    jetstream.FileStorage,
+			Retention:  jetstream.LimitsPolicy,
+			Duplicates: spec.Duplicates,
+			MaxAge:     spec.MaxAge,
+			Replicas:   max(spec.Replicas, 1),
+		})
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("ensure stream %s: %w", spec.Name, err)
+		}
+		st, err = js.Stream(ctx, spec.Name) // another replica created it meanwhile
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       spec.Name,
-		Subjects:   spec.Subjects,
-		Storage:    jetstream.FileStorage,
-		Retention:  jetstream.LimitsPolicy,
-		Duplicates: spec.Duplicates,
-		MaxAge:     spec.MaxAge,
-		Replicas:   spec.Replicas,
-	})
 	if err != nil {
+		return fmt.Errorf("ensure stream %s: %w", spec.Name, err)
+	}
+	cfg := st.CachedInfo().Config
+	if slices.Equal(cfg.Subjects, spec.Subjects) && cfg.Duplicates == spec.Duplicates && cfg.MaxAge == spec.MaxAge &&
+		(spec.Replicas == 0 || cfg.Replicas == spec.Replicas) {
+		return nil
+	}
+	cfg.Subjects, cfg.Duplicates, cfg.MaxAge = spec.Subjects, spec.Duplicates, spec.MaxAge
+	if spec.Replicas != 0 {
+		cfg.Replicas = spec.Replicas
+	}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		return fmt.Errorf("ensure stream %s: %w", spec.Name, err)
 	}
 	return nil

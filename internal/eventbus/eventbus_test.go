@@ -177,6 +177,32 @@ func TestEnsureStream(t *testing.T) {
 			t.Errorf("config = %v %v, want %v %v", got.Subjects, got.Duplicates, spec.Subjects, time.Minute)
 		}
 	})
+	t.Run("what an operator set and the spec does not name stays", func(t *testing.T) {
+		st, err := h.js.Stream(ctx, testStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := st.CachedInfo().Config
+		cfg.Description, cfg.MaxMsgs = "set by hand", 1_000_000
+		if _, err := h.js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		spec := eventbus.StreamSpec{Name: testStream, Subjects: cfg.Subjects, Duplicates: cfg.Duplicates}
+		if err := eventbus.EnsureStream(ctx, h.js, spec); err != nil {
+			t.Fatal(err)
+		}
+		spec.MaxAge = time.Hour // a change of ours: applied, the operator's settings kept
+		if err := eventbus.EnsureStream(ctx, h.js, spec); err != nil {
+			t.Fatal(err)
+		}
+		st, err = h.js.Stream(ctx, testStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.CachedInfo().Config; got.Description != "set by hand" || got.MaxMsgs != 1_000_000 || got.MaxAge != time.Hour {
+			t.Errorf("config = %q %d %v, want the operator's description and limit kept, MaxAge 1h", got.Description, got.MaxMsgs, got.MaxAge)
+		}
+	})
 }
 
 func TestRelayRejectsBadConfig(t *testing.T) {
