@@ -93,6 +93,7 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		t.Fatal(err)
 	}
 	mbAddr := servetest.Run(t, mb.Run)
+	ready(t, mbAddr)
 	ob, err := outboxapp.New(outboxapp.Config{
 		MailboxAddr: mbAddr, DefaultConnector: "default", MaxUndoDelay: 10 * time.Minute,
 		MaxMessageBytes: 1 << 20, MaxRecipients: 50, ScheduleHorizon: 30 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
@@ -107,6 +108,7 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		t.Fatal(err)
 	}
 	obAddr := servetest.Run(t, ob.Run)
+	ready(t, obAddr)
 	cal, err := calendarapp.New(calendarapp.Config{
 		MailboxAddr: mbAddr, UserCacheTTL: time.Hour, Heartbeat: time.Second, AgentMaxAttempts: 3, DeliveryBatch: 64,
 		Push: false, PushRetry: "1s", PushMaxAttempts: 3, PushTimeout: 2 * time.Second, PushLease: 10 * time.Second,
@@ -117,6 +119,7 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		t.Fatal(err)
 	}
 	calAddr := servetest.Run(t, cal.Run)
+	ready(t, calAddr)
 	tr, err := trackerapp.New(trackerapp.Config{
 		MailboxAddr: mbAddr, SyncKindCacheTTL: time.Hour, DecisionRetention: time.Hour, ConsumeSent: true,
 		RelayBatch: 256, RelayClaimIdle: time.Second, JournalDomain: "localhost", JournalMaxBytes: 1 << 20,
@@ -125,6 +128,7 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		t.Fatal(err)
 	}
 	trAddr := servetest.Run(t, tr.Run)
+	ready(t, trAddr)
 
 	cfg := app.Config{
 		HTTPAddr: "127.0.0.1:0", MailboxAddr: mbAddr, OutboxAddr: obAddr, TrackerAddr: trAddr, CalendarAddr: calAddr, RatePerSec: 1000, RateBurst: 1000, RateCallers: 1000,
@@ -146,6 +150,17 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 		return err == nil && r.GetStatus() == grpc_health_v1.HealthCheckResponse_SERVING
 	})
 	return e
+}
+
+// ready waits until the server at addr reports ready, so that a test never ends while a service
+// is still starting (its Run would then fail on the canceled start-up).
+func ready(t *testing.T, addr string) {
+	t.Helper()
+	health := grpc_health_v1.NewHealthClient(servetest.Dial(t, addr))
+	poll.Eventually(t, "readiness of "+addr, func() bool {
+		r, err := health.Check(context.Background(), &grpc_health_v1.HealthCheckRequest{Service: grpcserver.ReadinessService})
+		return err == nil && r.GetStatus() == grpc_health_v1.HealthCheckResponse_SERVING
+	})
 }
 
 func (e *env) token(p auth.Principal) string {
