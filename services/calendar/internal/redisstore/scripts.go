@@ -17,16 +17,6 @@ end
 // Scripts. Each names every key it touches in KEYS; all keys of one call share the tenant's
 // partition tag, so each runs in one Redis Cluster slot. PUBLISH names a channel, not a key.
 var (
-	// casScript replaces a string value if it is still the one the caller read.
-	// KEYS[1] the value; ARGV[1] the value read ("" when absent), ARGV[2] the new value.
-	// Returns 1, or 0 when another write came first (nothing written).
-	casScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1]) or ''
-if cur ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-`)
-
 	// writeScript stores a revision of an entry with its EntryChanged event and, when a target is
 	// given, its queue item, in one step: no revision without its event and its delivery. The
 	// queue keeps one item per entry (the zset member is the entry id): a newer revision takes a

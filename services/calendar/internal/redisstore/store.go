@@ -15,13 +15,11 @@ import (
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
 	"github.com/postamt/postamt/services/calendar/internal/events"
 	"github.com/postamt/postamt/services/calendar/internal/ical"
 )
-
-// maxCASAttempts bounds the retries of one read-modify-write under contention.
-const maxCASAttempts = 16
 
 // Options tune a Store; zero values are the documented defaults.
 type Options struct {
@@ -56,50 +54,10 @@ func ms(t time.Time) int64 { return t.UnixMilli() }
 
 // ---- settings ----
 
-func getJSON(ctx context.Context, c redis.Cmdable, key string, dst any) (string, error) {
-	raw, err := c.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	if err := json.Unmarshal([]byte(raw), dst); err != nil {
-		return "", fmt.Errorf("decode %s: %w", key, err)
-	}
-	return raw, nil
-}
-
-func update[T any](ctx context.Context, rdb redis.UniversalClient, key string, mutate func(*T) error) (T, error) {
-	for range maxCASAttempts {
-		var v T
-		raw, err := getJSON(ctx, rdb, key, &v)
-		if err != nil {
-			return v, err
-		}
-		if err := mutate(&v); err != nil {
-			return v, err
-		}
-		b, err := json.Marshal(v)
-		if err != nil {
-			return v, err
-		}
-		n, err := casScript.Run(ctx, rdb, []string{key}, raw, b).Int()
-		if err != nil {
-			return v, err
-		}
-		if n == 1 {
-			return v, nil
-		}
-	}
-	var zero T
-	return zero, errs.Aborted("CONCURRENT_UPDATE", "too many concurrent changes to the same settings; retry")
-}
-
 // TenantSettings implements calendar.Store.
 func (s *Store) TenantSettings(ctx context.Context, tenant string) (calendar.TenantSettings, error) {
 	var t calendar.TenantSettings
-	if _, err := getJSON(ctx, s.rdb, tenantKeys(tenant).settings(), &t); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).settings(), &t); err != nil {
 		return t, fmt.Errorf("read tenant settings: %w", err)
 	}
 	return t, nil
@@ -107,13 +65,13 @@ func (s *Store) TenantSettings(ctx context.Context, tenant string) (calendar.Ten
 
 // UpdateTenantSettings implements calendar.Store.
 func (s *Store) UpdateTenantSettings(ctx context.Context, tenant string, mutate func(*calendar.TenantSettings) error) (calendar.TenantSettings, error) {
-	return update(ctx, s.rdb, tenantKeys(tenant).settings(), mutate)
+	return redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).settings(), mutate)
 }
 
 // UserSettings implements calendar.Store.
 func (s *Store) UserSettings(ctx context.Context, tenant, user string) (calendar.UserSettings, error) {
 	var u calendar.UserSettings
-	if _, err := getJSON(ctx, s.rdb, tenantKeys(tenant).userSettings(user), &u); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).userSettings(user), &u); err != nil {
 		return u, fmt.Errorf("read user settings: %w", err)
 	}
 	u.UserID = user
@@ -122,7 +80,7 @@ func (s *Store) UserSettings(ctx context.Context, tenant, user string) (calendar
 
 // UpdateUserSettings implements calendar.Store.
 func (s *Store) UpdateUserSettings(ctx context.Context, tenant, user string, mutate func(*calendar.UserSettings) error) (calendar.UserSettings, error) {
-	u, err := update(ctx, s.rdb, tenantKeys(tenant).userSettings(user), func(u *calendar.UserSettings) error {
+	u, err := redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).userSettings(user), func(u *calendar.UserSettings) error {
 		u.UserID = user
 		return mutate(u)
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/tracker/internal/events"
 	"github.com/postamt/postamt/services/tracker/internal/tracker"
 )
@@ -33,16 +34,6 @@ func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
 // Scripts. Each names every key it touches in KEYS; all keys of one call share the tenant's
 // partition tag, so each runs in one Redis Cluster slot.
 var (
-	// casScript replaces a string value if it is still the one the caller read.
-	// KEYS[1] the value; ARGV[1] the value read ("" when absent), ARGV[2] the new value.
-	// Returns 1, or 0 when another write came first (nothing written).
-	casScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1]) or ''
-if cur ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-`)
-
 	// recordScript writes or deletes a record and keeps the address index exact: the record's
 	// old addresses lose it, its new ones gain it, in one step with the record, so the index
 	// never lists a record under an address it no longer has.
@@ -132,48 +123,6 @@ return out
 
 // ---- settings ----
 
-// getJSON reads a JSON value; found is false when the key does not exist.
-func getJSON(ctx context.Context, c redis.Cmdable, key string, dst any) (raw string, found bool, err error) {
-	raw, err = c.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, err
-	}
-	if err := json.Unmarshal([]byte(raw), dst); err != nil {
-		return "", false, fmt.Errorf("decode %s: %w", key, err)
-	}
-	return raw, true, nil
-}
-
-// update runs a compare-and-set read-modify-write of a JSON value.
-func update[T any](ctx context.Context, rdb redis.UniversalClient, key string, mutate func(*T) error) (T, error) {
-	for range maxCASAttempts {
-		var v T
-		raw, _, err := getJSON(ctx, rdb, key, &v)
-		if err != nil {
-			return v, err
-		}
-		if err := mutate(&v); err != nil {
-			return v, err
-		}
-		b, err := json.Marshal(v)
-		if err != nil {
-			return v, err
-		}
-		n, err := casScript.Run(ctx, rdb, []string{key}, raw, b).Int()
-		if err != nil {
-			return v, err
-		}
-		if n == 1 {
-			return v, nil
-		}
-	}
-	var zero T
-	return zero, errs.Aborted("CONCURRENT_UPDATE", "too many concurrent changes to the same settings; retry")
-}
-
 // storedOrg is the JSON form of org settings.
 type storedOrg struct {
 	Auto        bool          `json:"auto"`
@@ -207,7 +156,7 @@ func storeOrg(o tracker.OrgSettings) storedOrg {
 // OrgSettings implements tracker.Store.
 func (s *Store) OrgSettings(ctx context.Context, tenant string) (tracker.OrgSettings, error) {
 	var o storedOrg
-	if _, _, err := getJSON(ctx, s.rdb, tenantKeys(tenant).org(), &o); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).org(), &o); err != nil {
 		return tracker.OrgSettings{}, fmt.Errorf("read org settings: %w", err)
 	}
 	return o.domain(), nil
@@ -215,7 +164,7 @@ func (s *Store) OrgSettings(ctx context.Context, tenant string) (tracker.OrgSett
 
 // UpdateOrgSettings implements tracker.Store.
 func (s *Store) UpdateOrgSettings(ctx context.Context, tenant string, mutate func(*tracker.OrgSettings) error) (tracker.OrgSettings, error) {
-	o, err := update(ctx, s.rdb, tenantKeys(tenant).org(), func(st *storedOrg) error {
+	o, err := redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).org(), func(st *storedOrg) error {
 		d := st.domain()
 		if err := mutate(&d); err != nil {
 			return err
@@ -237,7 +186,7 @@ type storedUser struct {
 // UserSettings implements tracker.Store.
 func (s *Store) UserSettings(ctx context.Context, tenant, user string) (tracker.UserSettings, error) {
 	var u storedUser
-	if _, _, err := getJSON(ctx, s.rdb, tenantKeys(tenant).user(user), &u); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).user(user), &u); err != nil {
 		return tracker.UserSettings{}, fmt.Errorf("read user settings: %w", err)
 	}
 	return tracker.UserSettings{UserID: user, Option: u.Option, Version: u.Version}, nil
@@ -245,7 +194,7 @@ func (s *Store) UserSettings(ctx context.Context, tenant, user string) (tracker.
 
 // UpdateUserSettings implements tracker.Store.
 func (s *Store) UpdateUserSettings(ctx context.Context, tenant, user string, mutate func(*tracker.UserSettings) error) (tracker.UserSettings, error) {
-	u, err := update(ctx, s.rdb, tenantKeys(tenant).user(user), func(st *storedUser) error {
+	u, err := redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).user(user), func(st *storedUser) error {
 		d := tracker.UserSettings{UserID: user, Option: st.Option, Version: st.Version}
 		if err := mutate(&d); err != nil {
 			return err
@@ -911,7 +860,7 @@ func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Err
 // GetTracked implements tracker.Store.
 func (s *Store) GetTracked(ctx context.Context, tenant, messageID string) (*tracker.TrackedEmail, error) {
 	var e tracker.TrackedEmail
-	_, found, err := getJSON(ctx, s.rdb, tenantKeys(tenant).email(messageID), &e)
+	_, found, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).email(messageID), &e)
 	if err != nil {
 		return nil, fmt.Errorf("read tracked email: %w", err)
 	}
@@ -976,7 +925,7 @@ func (s *Store) SaveDecision(ctx context.Context, tenant string, x *tracker.Expl
 // Decision implements tracker.Store.
 func (s *Store) Decision(ctx context.Context, tenant, messageID string) (*tracker.Explanation, error) {
 	var x tracker.Explanation
-	_, found, err := getJSON(ctx, s.rdb, tenantKeys(tenant).decision(messageID), &x)
+	_, found, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).decision(messageID), &x)
 	if err != nil {
 		return nil, fmt.Errorf("read decision: %w", err)
 	}
