@@ -147,6 +147,7 @@ type config struct {
 	maxMessageBytes int64
 	startTLS        bool
 	requireTLS      bool
+	implicitTLS     bool
 }
 
 // WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
@@ -168,6 +169,10 @@ func WithSTARTTLS() Option { return func(c *config) { c.startTLS = true } }
 // WithRequireTLS implies WithSTARTTLS and refuses MAIL FROM before STARTTLS with 530 5.7.0, as
 // relays that demand encryption do.
 func WithRequireTLS() Option { return func(c *config) { c.startTLS, c.requireTLS = true, true } }
+
+// WithImplicitTLS makes the sink speak TLS from the first byte, as relays on port 465 do, with
+// the certificate WithSTARTTLS uses; clients trust it through ClientTLSConfig.
+func WithImplicitTLS() Option { return func(c *config) { c.implicitTLS = true } }
 
 // Sink is a running SMTP server that records accepted messages and injects failures on demand.
 // Its methods are safe for concurrent use.
@@ -207,7 +212,6 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 	if err != nil {
 		tb.Fatalf("smtptest: listen: %v", err)
 	}
-	s.ln = ln
 	s.addr = ln.Addr().String()
 
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
@@ -215,15 +219,19 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 	srv.AllowInsecureAuth = true
 	srv.MaxMessageBytes = s.cfg.maxMessageBytes
 	srv.ErrorLog = sinkLogger{s}
-	if s.cfg.startTLS {
+	if s.cfg.startTLS || s.cfg.implicitTLS {
 		cert, pool, err := selfSigned()
 		if err != nil {
 			tb.Fatalf("smtptest: %v", err)
 		}
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		s.certs = pool
+		if s.cfg.implicitTLS {
+			ln = tls.NewListener(ln, srv.TLSConfig)
+		}
 	}
 	s.server = srv
+	s.ln = ln
 
 	go func() {
 		defer close(s.served)
@@ -237,7 +245,7 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 func (s *Sink) Addr() string { return s.addr }
 
 // ClientTLSConfig returns a client configuration that trusts the sink's certificate, for
-// Client.StartTLS or a connector's TLS settings; nil when the sink offers no STARTTLS.
+// Client.StartTLS or a connector's TLS settings; nil when the sink offers no TLS.
 func (s *Sink) ClientTLSConfig() *tls.Config {
 	if s.certs == nil {
 		return nil

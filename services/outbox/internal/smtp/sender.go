@@ -1,21 +1,17 @@
-// Package smtp delivers built messages to a connector's relay over go-smtp and classifies every
+// Package smtp delivers built messages to a connector's relay and classifies every
 // way an attempt can end into the outbox's outcomes: 2xx sent, 4xx or a network failure before
 // the final "." temporary, 5xx permanent, and a connection lost between the final "." and the
-// reply unknown (RFC 1047: the relay may have the message). Connections are pooled and reused.
+// reply unknown (RFC 1047: the relay may have the message). Connections are pooled and reused,
+// and a relay that offers PIPELINING gets a transaction's commands in one write (client.go).
 package smtp
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-sasl"
-	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
@@ -91,7 +87,8 @@ type Result struct {
 }
 
 // Sender delivers to one relay, reusing connections: a connection and its TLS and AUTH
-// handshakes cost several round trips, a message on an open one costs four.
+// handshakes cost several round trips, a message on an open one two with PIPELINING (four and
+// one per recipient without).
 type Sender struct {
 	cfg   Config
 	slots chan struct{}
@@ -101,7 +98,7 @@ type Sender struct {
 
 // pooled is an idle connection and when its last transaction ended.
 type pooled struct {
-	c    *gosmtp.Client
+	c    *conn
 	used time.Time
 }
 
@@ -135,89 +132,38 @@ func (s *Sender) Close() {
 	s.idle = nil
 	s.mu.Unlock()
 	for _, p := range idle {
-		_ = p.c.Quit()
+		p.c.quit()
 	}
 }
 
-func (s *Sender) get(ctx context.Context) (*gosmtp.Client, error) {
+func (s *Sender) get(ctx context.Context) (*conn, error) {
 	s.mu.Lock()
 	if n := len(s.idle); n > 0 {
 		p := s.idle[n-1]
 		s.idle = s.idle[:n-1]
 		s.mu.Unlock()
-		c := p.c
 		if time.Since(p.used) < freshFor {
-			return c, nil
+			return p.c, nil
 		}
 		// A pooled connection may have been closed by the relay meanwhile; RSET finds out.
-		if err := c.Reset(); err == nil {
-			return c, nil
+		if err := p.c.reset(); err == nil {
+			return p.c, nil
 		}
-		_ = c.Close()
-		return s.dial(ctx)
+		p.c.close()
+		return dialConn(ctx, s.cfg)
 	}
 	s.mu.Unlock()
-	return s.dial(ctx)
+	return dialConn(ctx, s.cfg)
 }
 
-func (s *Sender) put(c *gosmtp.Client) {
+func (s *Sender) put(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.idle) < s.cfg.PoolSize {
 		s.idle = append(s.idle, pooled{c: c, used: time.Now()})
 		return
 	}
-	go func() { _ = c.Quit() }()
-}
-
-func (s *Sender) dial(ctx context.Context) (*gosmtp.Client, error) {
-	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
-	d := net.Dialer{Timeout: s.cfg.CommandTimeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
-	}
-	tlsCfg := s.cfg.TLSConfig
-	if tlsCfg == nil {
-		tlsCfg = &tls.Config{ServerName: s.cfg.Host, MinVersion: tls.VersionTLS12}
-	}
-	var c *gosmtp.Client
-	switch s.cfg.TLS {
-	case TLSImplicit:
-		c = gosmtp.NewClient(tls.Client(conn, tlsCfg))
-	case TLSStartTLS:
-		c, err = gosmtp.NewClientStartTLS(conn, tlsCfg)
-		if err != nil {
-			return nil, fmt.Errorf("starttls with %s: %w", addr, err)
-		}
-	default:
-		c = gosmtp.NewClient(conn)
-	}
-	c.CommandTimeout, c.SubmissionTimeout = s.cfg.CommandTimeout, s.cfg.SubmitTimeout
-	if err := c.Hello(s.cfg.LocalName); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("EHLO to %s: %w", addr, err)
-	}
-	if s.cfg.Auth == AuthPlain || s.cfg.Auth == AuthLogin {
-		if s.cfg.Secret == nil {
-			_ = c.Close()
-			return nil, fmt.Errorf("AUTH to %s not attempted: no password source configured", addr)
-		}
-		secret, err := s.cfg.Secret()
-		if err != nil {
-			_ = c.Close()
-			return nil, fmt.Errorf("AUTH to %s not attempted: %w", addr, err)
-		}
-		mech := sasl.NewPlainClient("", s.cfg.Username, secret)
-		if s.cfg.Auth == AuthLogin {
-			mech = sasl.NewLoginClient(s.cfg.Username, secret)
-		}
-		if err := c.Auth(mech); err != nil {
-			_ = c.Close()
-			return nil, err // an SMTPError keeps its code: 535 is permanent, 454 temporary
-		}
-	}
-	return c, nil
+	go c.quit()
 }
 
 // Send delivers msg (a complete RFC 5322 message with CRLF line ends) from from to rcpts. A
@@ -234,47 +180,26 @@ func (s *Sender) Send(ctx context.Context, from string, rcpts []string, msg []by
 	if err != nil {
 		return classify(err, false)
 	}
-	// SIZE (RFC 1870), where the relay offers it, lets it refuse an oversize message before the
-	// data is sent.
-	if err := c.Mail(from, &gosmtp.MailOptions{Size: int64(len(msg))}); err != nil {
-		_ = c.Close()
-		return classify(err, false)
-	}
-	for _, r := range rcpts {
-		if err := c.Rcpt(r, nil); err != nil {
-			_ = c.Close()
-			return classify(err, false)
-		}
-	}
-	w, err := c.Data()
+	code, text, dataSent, err := c.send(from, rcpts, msg)
 	if err != nil {
-		_ = c.Close()
-		return classify(err, false)
-	}
-	if _, err := w.Write(msg); err != nil {
-		_ = c.Close()
-		return classify(err, false)
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		_ = c.Close()
-		return classify(err, true)
+		c.close()
+		return classify(err, dataSent)
 	}
 	s.put(c)
-	return Result{Outcome: outbox.OutcomeSent, Code: 250, Message: resp.StatusText}
+	return Result{Outcome: outbox.OutcomeSent, Code: code, Message: text}
 }
 
 // classify maps an error to an outcome. afterDot says the final "." may have been written, so a
 // failure without a reply leaves the outcome unknown.
 func classify(err error, afterDot bool) Result {
-	var se *gosmtp.SMTPError
-	if errors.As(err, &se) {
-		r := Result{Code: se.Code, Message: se.Message}
-		if se.EnhancedCode != (gosmtp.EnhancedCode{}) {
-			r.Enhanced = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	var re *replyError
+	if errors.As(err, &re) {
+		r := Result{Code: re.Code, Enhanced: re.Enhanced, Message: re.Message}
+		if err != error(re) {
+			r.Message = err.Error() // a refusal during the handshake says which step it was
 		}
 		switch {
-		case se.Code >= 400 && se.Code < 500:
+		case re.Code >= 400 && re.Code < 500:
 			r.Outcome = outbox.OutcomeTemporary
 		default:
 			r.Outcome = outbox.OutcomePermanent

@@ -1,0 +1,471 @@
+package smtp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+)
+
+// This file is the outbox's SMTP client: one connection to a relay, its handshake (greeting,
+// EHLO, STARTTLS, AUTH) and its mail transactions. It replaces go-smtp's client because that
+// client sends one command and waits for its reply before the next, and keeps its connection to
+// itself, so PIPELINING (RFC 2920) cannot be added around it. With PIPELINING a transaction
+// costs two round trips (MAIL, every RCPT and DATA together; then the message and its ".")
+// instead of 3 + recipients. go-smtp's server stays the relay in every test.
+
+// replyError is a relay's reply that refused a command, with the RFC 3463 code split off, so
+// the outbox can tell a temporary refusal from a permanent one and show the person why.
+type replyError struct {
+	Code int
+	// Enhanced is "5.1.1" when the relay sent an enhanced status code, else empty.
+	Enhanced string
+	Message  string
+}
+
+func (e *replyError) Error() string {
+	if e.Enhanced != "" {
+		return fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Message)
+	}
+	return fmt.Sprintf("%d %s", e.Code, e.Message)
+}
+
+// maxReplyLine bounds a reply line from the relay (RFC 5321 §4.5.3.1.5 allows 512 octets; twice
+// that, as go-smtp does), so a broken relay cannot make the client buffer without end.
+const maxReplyLine = 2000
+
+// errReplyLineTooLong ends a connection whose relay sent a reply line over maxReplyLine.
+var errReplyLineTooLong = errors.New("reply line from the relay too long")
+
+// lineLimitReader fails a read once a line grows beyond limit bytes.
+type lineLimitReader struct {
+	r     io.Reader
+	limit int
+	cur   int // bytes of the current line seen so far
+}
+
+func (l *lineLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	b := p[:n]
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			l.cur += len(b)
+			break
+		}
+		if l.cur+i > l.limit {
+			return 0, errReplyLineTooLong
+		}
+		l.cur, b = 0, b[i+1:]
+	}
+	if l.cur > l.limit {
+		return 0, errReplyLineTooLong
+	}
+	return n, err
+}
+
+// conn is one connection to the relay after its handshake, ready for transactions. It is not
+// safe for concurrent use: the Sender's pool hands it to one Send at a time.
+type conn struct {
+	nc     net.Conn
+	r      *textproto.Reader
+	bw     *bufio.Writer
+	w      *textproto.Writer
+	cmdTO  time.Duration
+	dataTO time.Duration
+	// What the relay's EHLO offered and the client uses.
+	pipelining, size, eightBitMIME bool
+	line                           []byte // a command line being built, reused
+}
+
+// newConn wraps an established (and, for implicit TLS, already encrypted) connection.
+func newConn(nc net.Conn, cmdTO, dataTO time.Duration) *conn {
+	c := &conn{cmdTO: cmdTO, dataTO: dataTO}
+	c.setNetConn(nc)
+	return c
+}
+
+func (c *conn) setNetConn(nc net.Conn) {
+	c.nc = nc
+	c.r = textproto.NewReader(bufio.NewReaderSize(&lineLimitReader{r: nc, limit: maxReplyLine}, 4096))
+	c.bw = bufio.NewWriterSize(nc, 8192)
+	c.w = textproto.NewWriter(c.bw)
+}
+
+// handshake reads the greeting, says EHLO (HELO where the relay knows no EHLO), upgrades with
+// STARTTLS when asked, and authenticates with mech when it is not nil.
+func (c *conn) handshake(localName string, startTLS *tls.Config, mech func() (sasl.Client, error)) error {
+	if err := checkLine(localName); err != nil {
+		return err
+	}
+	c.deadline(c.cmdTO)
+	if _, _, err := c.reply(220); err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	if err := c.hello(localName); err != nil {
+		return err
+	}
+	if startTLS != nil {
+		if _, _, err := c.cmd(220, "STARTTLS"); err != nil {
+			return fmt.Errorf("STARTTLS: %w", err)
+		}
+		tc := tls.Client(c.nc, startTLS)
+		c.deadline(c.cmdTO)
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("TLS handshake after STARTTLS: %w", err)
+		}
+		c.setNetConn(tc)
+		// RFC 3207 §4.2: what was learned before TLS is forgotten; ask again.
+		if err := c.hello(localName); err != nil {
+			return err
+		}
+	}
+	if mech != nil {
+		m, err := mech()
+		if err != nil {
+			return err
+		}
+		if err := c.auth(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hello says EHLO and records the extensions used; a relay that answers EHLO with 500 or 502
+// gets HELO and is used without extensions.
+func (c *conn) hello(localName string) error {
+	_, text, err := c.cmd(2, "EHLO "+localName)
+	var re *replyError
+	if errors.As(err, &re) && (re.Code == 500 || re.Code == 502) {
+		c.pipelining, c.size, c.eightBitMIME = false, false, false
+		if _, _, err := c.cmd(2, "HELO "+localName); err != nil {
+			return fmt.Errorf("HELO: %w", err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("EHLO: %w", err)
+	}
+	c.pipelining, c.size, c.eightBitMIME = false, false, false
+	lines := strings.Split(text, "\n")
+	for _, l := range lines[1:] { // the first line is the relay's name
+		kw, _, _ := strings.Cut(l, " ")
+		switch strings.ToUpper(kw) {
+		case "PIPELINING":
+			c.pipelining = true
+		case "SIZE":
+			c.size = true
+		case "8BITMIME":
+			c.eightBitMIME = true
+		}
+	}
+	return nil
+}
+
+// auth runs a SASL exchange (RFC 4954). The relay's refusal keeps its code: 535 is a wrong
+// password (permanent), 454 a temporary failure on the relay's side.
+func (c *conn) auth(m sasl.Client) error {
+	name, ir, err := m.Start()
+	if err != nil {
+		return fmt.Errorf("AUTH: %w", err)
+	}
+	line := "AUTH " + name
+	switch {
+	case len(ir) > 0:
+		line += " " + base64.StdEncoding.EncodeToString(ir)
+	case ir != nil:
+		line += " =" // an empty initial response
+	}
+	code, text, err := c.cmd(0, line)
+	for {
+		if err != nil {
+			return err
+		}
+		switch code {
+		case 235:
+			return nil
+		case 334:
+		default:
+			return replyErr(code, text)
+		}
+		challenge, derr := base64.StdEncoding.DecodeString(text)
+		var resp []byte
+		if derr == nil {
+			resp, derr = m.Next(challenge)
+		}
+		if derr != nil {
+			_, _, _ = c.cmd(0, "*") // cancel the exchange (RFC 4954 §4)
+			return fmt.Errorf("AUTH %s: %w", name, derr)
+		}
+		code, text, err = c.cmd(0, base64.StdEncoding.EncodeToString(resp))
+	}
+}
+
+// send runs one mail transaction. dataSent says whether the message and its final "." may have
+// reached the relay: after that a failure without a reply leaves the outcome unknown (RFC 1047).
+// After any error the connection is in an unknown state and must be closed.
+func (c *conn) send(from string, rcpts []string, msg []byte) (code int, text string, dataSent bool, err error) {
+	if err := checkLine(from); err != nil {
+		return 0, "", false, err
+	}
+	for _, r := range rcpts {
+		if err := checkLine(r); err != nil {
+			return 0, "", false, err
+		}
+	}
+	c.deadline(c.cmdTO)
+	c.line = append(c.line[:0], "MAIL FROM:<"...)
+	c.line = append(c.line, from...)
+	c.line = append(c.line, '>')
+	if c.eightBitMIME {
+		c.line = append(c.line, " BODY=8BITMIME"...)
+	}
+	if c.size {
+		// SIZE (RFC 1870) lets the relay refuse an oversize message before the data is sent.
+		c.line = append(c.line, " SIZE="...)
+		c.line = strconv.AppendInt(c.line, int64(len(msg)), 10)
+	}
+	c.line = append(c.line, "\r\n"...)
+	if c.pipelining {
+		err = c.pipelined(rcpts)
+	} else {
+		err = c.stepwise(rcpts)
+	}
+	if err != nil {
+		return 0, "", false, err
+	}
+
+	c.deadline(c.dataTO)
+	dw := c.w.DotWriter() // dot-stuffing, and the final "." on Close, which also flushes
+	if _, err := dw.Write(msg); err != nil {
+		return 0, "", true, err
+	}
+	if err := dw.Close(); err != nil {
+		return 0, "", true, err
+	}
+	code, text, err = c.reply(2)
+	return code, text, true, err
+}
+
+// pipelined writes MAIL, every RCPT and DATA at once (RFC 2920 §3.1: DATA ends the group) and
+// then reads their replies in order. Every reply is read, so the connection stays in step; the
+// first refusal is the transaction's error. When a recipient was refused but DATA was accepted
+// anyway (others were not refused), the connection is given up instead of sending the message,
+// since a recipient is never dropped silently.
+func (c *conn) pipelined(rcpts []string) error {
+	for _, r := range rcpts {
+		c.appendRcpt(r)
+	}
+	c.line = append(c.line, "DATA\r\n"...)
+	if _, err := c.bw.Write(c.line); err != nil {
+		return err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	var first error
+	for i := 0; i < len(rcpts)+2; i++ {
+		expect := 2
+		if i == len(rcpts)+1 {
+			expect = 354
+		}
+		_, _, err := c.reply(expect)
+		var re *replyError
+		if err != nil && !errors.As(err, &re) {
+			// The connection failed; a refusal read before it says more (a 421 closes it).
+			if first != nil {
+				return first
+			}
+			return err
+		}
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// stepwise is the same transaction for a relay without PIPELINING, one command at a time.
+func (c *conn) stepwise(rcpts []string) error {
+	if err := c.flushAndReply(2); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		c.line = c.line[:0]
+		c.appendRcpt(r)
+		if err := c.flushAndReply(2); err != nil {
+			return err
+		}
+	}
+	c.line = append(c.line[:0], "DATA\r\n"...)
+	return c.flushAndReply(354)
+}
+
+func (c *conn) appendRcpt(r string) {
+	c.line = append(c.line, "RCPT TO:<"...)
+	c.line = append(c.line, r...)
+	c.line = append(c.line, ">\r\n"...)
+}
+
+func (c *conn) flushAndReply(expect int) error {
+	if _, err := c.bw.Write(c.line); err != nil {
+		return err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	_, _, err := c.reply(expect)
+	return err
+}
+
+// reset ends any transaction (RSET); on a pooled connection it also finds out whether the relay
+// has closed it meanwhile.
+func (c *conn) reset() error {
+	_, _, err := c.cmd(2, "RSET")
+	return err
+}
+
+// quit says goodbye and closes the connection whatever the relay answers.
+func (c *conn) quit() {
+	_, _, _ = c.cmd(221, "QUIT")
+	_ = c.nc.Close()
+}
+
+func (c *conn) close() { _ = c.nc.Close() }
+
+// cmd writes one command line and reads its reply within the command timeout. expect is a
+// reply code, or its first digit, that counts as success; 0 accepts any reply.
+func (c *conn) cmd(expect int, line string) (int, string, error) {
+	c.deadline(c.cmdTO)
+	c.line = append(append(c.line[:0], line...), "\r\n"...)
+	if _, err := c.bw.Write(c.line); err != nil {
+		return 0, "", err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return 0, "", err
+	}
+	return c.reply(expect)
+}
+
+// reply reads one (possibly multi-line) reply; a code other than expect is a *replyError.
+func (c *conn) reply(expect int) (int, string, error) {
+	code, text, err := c.r.ReadResponse(0)
+	if err != nil {
+		var pe textproto.ProtocolError
+		if errors.As(err, &pe) {
+			return 0, "", fmt.Errorf("malformed reply from the relay: %w", err)
+		}
+		return 0, "", err
+	}
+	ok := expect == 0 || code == expect || (expect < 10 && code/100 == expect)
+	if !ok {
+		return code, text, replyErr(code, text)
+	}
+	return code, text, nil
+}
+
+// replyErr splits an RFC 3463 enhanced code off a refusal's text; RFC 2034 repeats it on
+// every line, and it is kept once.
+func replyErr(code int, text string) *replyError {
+	e := &replyError{Code: code, Message: text}
+	first, rest, ok := strings.Cut(text, " ")
+	if !ok || !isEnhanced(first) {
+		return e
+	}
+	e.Enhanced = first
+	e.Message = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
+	return e
+}
+
+// isEnhanced reports whether s looks like "class.subject.detail" (RFC 3463 §2).
+func isEnhanced(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 || len(parts[0]) != 1 || (s[0] != '2' && s[0] != '4' && s[0] != '5') {
+		return false
+	}
+	for _, p := range parts[1:] {
+		if len(p) == 0 || len(p) > 3 {
+			return false
+		}
+		if _, err := strconv.Atoi(p); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// checkLine refuses what would end a command line early and smuggle in another command; the
+// outbox validates addresses long before, so this only guards the protocol.
+func checkLine(s string) error {
+	if strings.ContainsAny(s, "\r\n") {
+		return errors.New("a line break in an SMTP command argument")
+	}
+	return nil
+}
+
+func (c *conn) deadline(d time.Duration) { _ = c.nc.SetDeadline(time.Now().Add(d)) }
+
+// dialConn connects to the relay of cfg and runs the handshake.
+func dialConn(ctx context.Context, cfg Config) (*conn, error) {
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+	d := net.Dialer{Timeout: cfg.CommandTimeout}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	tlsCfg := cfg.TLSConfig
+	switch {
+	case tlsCfg == nil:
+		tlsCfg = &tls.Config{ServerName: cfg.Host, MinVersion: tls.VersionTLS12}
+	case tlsCfg.ServerName == "":
+		tlsCfg = tlsCfg.Clone()
+		tlsCfg.ServerName = cfg.Host // the certificate is checked against the host dialled
+	}
+	var startTLS *tls.Config
+	switch cfg.TLS {
+	case TLSImplicit:
+		tc := tls.Client(nc, tlsCfg)
+		_ = tc.SetDeadline(time.Now().Add(cfg.CommandTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = nc.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+		}
+		nc = tc
+	case TLSStartTLS:
+		startTLS = tlsCfg
+	}
+	var mech func() (sasl.Client, error)
+	if cfg.Auth == AuthPlain || cfg.Auth == AuthLogin {
+		mech = func() (sasl.Client, error) {
+			if cfg.Secret == nil {
+				return nil, errors.New("AUTH not attempted: no password source configured")
+			}
+			secret, err := cfg.Secret()
+			if err != nil {
+				return nil, fmt.Errorf("AUTH not attempted: %w", err)
+			}
+			if cfg.Auth == AuthLogin {
+				return sasl.NewLoginClient(cfg.Username, secret), nil
+			}
+			return sasl.NewPlainClient("", cfg.Username, secret), nil
+		}
+	}
+	c := newConn(nc, cfg.CommandTimeout, cfg.SubmitTimeout)
+	if err := c.handshake(cfg.LocalName, startTLS, mech); err != nil {
+		c.close()
+		return nil, fmt.Errorf("%s: %w", addr, err) // a refusal keeps its code: 535 permanent, 454 temporary
+	}
+	return c, nil
+}
