@@ -112,4 +112,3 @@ func floorSend(c *textproto.Conn, msg string, pipelined bool) error {
 	_, _, err := c.ReadResponse(250)
 	return err
 }
-
