@@ -56,7 +56,7 @@ type Config struct {
 	Dispatch           bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
 	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"emails a dispatcher claims per partition and round"`
 	Lease              time.Duration `env:"OUTBOX_LEASE, default=2m" desc:"how long a claim holds; a crashed replica's mail is due again after it (longer than the SMTP submit timeout)"`
-	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply"`
+	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply, and of each 64 KiB of a message while it is written"`
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
 	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref (env:NAME) may name"`
 	SecretDir          string        `env:"OUTBOX_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a connector's secret_ref (file:/path) may name"`

@@ -75,6 +75,9 @@ func (l *lineLimitReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// dataChunk is how much of a message is written under one deadline.
+const dataChunk = 64 << 10
+
 // conn is one connection to the relay after its handshake, ready for transactions. It is not
 // safe for concurrent use: the Sender's pool hands it to one Send at a time.
 type conn struct {
@@ -247,14 +250,22 @@ func (c *conn) send(from string, rcpts []string, msg []byte) (code int, text str
 		return 0, "", false, err
 	}
 
-	c.deadline(c.dataTO)
+	// The message goes out in chunks, each with the command timeout: a large message on a slow
+	// link gets the time it needs as long as it moves, and a stalled relay is noticed.
 	dw := c.w.DotWriter() // dot-stuffing, and the final "." on Close, which also flushes
-	if _, err := dw.Write(msg); err != nil {
-		return 0, "", true, err
+	for rest := msg; len(rest) > 0; {
+		n := min(len(rest), dataChunk)
+		c.deadline(c.cmdTO)
+		if _, err := dw.Write(rest[:n]); err != nil {
+			return 0, "", true, err
+		}
+		rest = rest[n:]
 	}
+	c.deadline(c.cmdTO)
 	if err := dw.Close(); err != nil {
 		return 0, "", true, err
 	}
+	c.deadline(c.dataTO) // the relay may scan the message before it answers
 	code, text, err = c.reply(2)
 	return code, text, true, err
 }

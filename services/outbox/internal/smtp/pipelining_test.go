@@ -376,8 +376,8 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-// TestDotStuffing: lines that begin with a dot, a lone "." line and a message without a final
-// line break arrive exactly as built.
+// TestDotStuffing: lines that begin with a dot, a lone "." line, a message without a final
+// line break and a message larger than one write chunk arrive exactly as built.
 func TestDotStuffing(t *testing.T) {
 	sink := smtptest.Start(t)
 	s := sender(t, sink)
@@ -391,6 +391,17 @@ func TestDotStuffing(t *testing.T) {
 	}
 	if want := body + "\r\n"; string(msgs[0].Data) != want {
 		t.Errorf("received %q, want %q", msgs[0].Data, want)
+	}
+
+	// 256 KiB of 64-byte lines that all begin with a dot: the message is written in 64 KiB
+	// chunks, and a line starts exactly at each chunk's boundary.
+	line := "." + strings.Repeat("x", 61) + "\r\n"
+	big := strings.Repeat(line, 4096)
+	if got := s.Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(big)); got.Outcome != outbox.OutcomeSent {
+		t.Fatalf("Send of 256 KiB = %+v", got)
+	}
+	if msgs := sink.Messages(); len(msgs) != 2 || string(msgs[1].Data) != big {
+		t.Errorf("the 256 KiB message did not arrive as sent")
 	}
 }
 

@@ -56,7 +56,8 @@ type Config struct {
 	TLSConfig *tls.Config
 	// LocalName is sent in EHLO; empty means "localhost".
 	LocalName string
-	// CommandTimeout bounds each command's reply; SubmitTimeout bounds the reply to the final ".".
+	// CommandTimeout bounds each command's reply and each 64 KiB of the message while it is
+	// written; SubmitTimeout bounds the reply to the final ".".
 	// Zero means 30s and 2m.
 	CommandTimeout time.Duration
 	SubmitTimeout  time.Duration
