@@ -32,6 +32,9 @@ type Common struct {
 	RedisURL string `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis://, rediss:// or unix://; a password goes in the URL)"`
 	// NATSURL locates NATS JetStream, which carries the events.
 	NATSURL string `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
+	// NATSStreamReplicas is how many copies of each event stream a NATS cluster keeps, so events
+	// survive the loss of a NATS server; every service that creates or checks a stream applies it.
+	NATSStreamReplicas int `env:"NATS_STREAM_REPLICAS, default=0" desc:"copies of each JetStream stream in a NATS cluster (1-5; 3 survives one server's loss); 0 creates streams with 1 and leaves an existing stream's count as it is. Set the same value for every service"`
 	// DrainDelay and DrainTimeout shape the graceful drain on SIGTERM (grpcserver.Options).
 	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=2s" desc:"on SIGTERM, time between reporting NOT_SERVING and refusing new calls, so load balancers notice first"`
 	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT, default=30s" desc:"on SIGTERM, time running calls get to finish before they are cut"`
@@ -77,6 +80,9 @@ func (c *Common) Validate() error {
 			bad("NATS_URL", "want nats://host:port (or tls://, ws://, wss://), comma-separated")
 			break
 		}
+	}
+	if c.NATSStreamReplicas < 0 || c.NATSStreamReplicas > 5 {
+		bad("NATS_STREAM_REPLICAS", "must be between 0 and 5, got %d", c.NATSStreamReplicas)
 	}
 	if c.DrainDelay < 0 {
 		bad("DRAIN_DELAY", "must not be negative, got %s", c.DrainDelay)

@@ -53,6 +53,8 @@ func TestLoad(t *testing.T) {
 		{"bad redis url", map[string]string{"AUTH_HS256_SECRET": secret, "REDIS_URL": "http://x"}, "REDIS_URL"},
 		{"bad address", map[string]string{"AUTH_HS256_SECRET": secret, "GRPC_ADDR": "nowhere"}, "GRPC_ADDR"},
 		{"unparsable duration", map[string]string{"AUTH_HS256_SECRET": secret, "DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT"},
+		{"too many stream replicas", map[string]string{"AUTH_HS256_SECRET": secret, "NATS_STREAM_REPLICAS": "7"}, "NATS_STREAM_REPLICAS"},
+		{"negative stream replicas", map[string]string{"AUTH_HS256_SECRET": secret, "NATS_STREAM_REPLICAS": "-1"}, "NATS_STREAM_REPLICAS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

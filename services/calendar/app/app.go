@@ -113,6 +113,9 @@ type Deps struct {
 	Now func() time.Time
 	// Server holds the options of the gRPC server other than what the service sets itself.
 	Server grpcserver.Options
+	// StreamReplicas is the replica count of the event streams this service ensures
+	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
+	StreamReplicas int
 	// MailboxDialOptions are added to the mailbox client's.
 	MailboxDialOptions []grpc.DialOption
 	// Getenv and ReadFile resolve CalDAV password references; nil means the process's.
@@ -205,7 +208,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 // so events written by the last calls still go out (or stay in Redis for the next relay).
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure stream: %w", err)
 	}
 	base := context.WithoutCancel(ctx)

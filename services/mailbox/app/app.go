@@ -66,6 +66,9 @@ type Deps struct {
 	Now func() time.Time
 	// Server holds the options of the gRPC server other than what the service sets itself.
 	Server grpcserver.Options
+	// StreamReplicas is the replica count of the event streams this service ensures
+	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
+	StreamReplicas int
 }
 
 // App is a wired mailbox service.
@@ -120,10 +123,10 @@ func New(cfg Config, deps Deps) (*App, error) {
 // Run serves on lis and runs the relay and the sent-view consumer until ctx ends, then drains the
 // server first and stops the background work after it.
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure mailbox stream: %w", err)
 	}
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.OutboxStreamName, Subjects: events.OutboxStreamSubjects}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.OutboxStreamName, Subjects: events.OutboxStreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure outbox stream: %w", err)
 	}
 	bg, bgCtx := errgroup.WithContext(context.WithoutCancel(ctx))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,4 +169,36 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestStreamReplicas: the replica count (NATS_STREAM_REPLICAS) reaches JetStream when the
+// service ensures its streams. A single embedded server cannot keep three copies and says so, and
+// the service does not start; with the count at 0 it starts on the same server.
+func TestStreamReplicas(t *testing.T) {
+	rs := redistest.Start(t)
+	ns := natstest.Start(t)
+	verifier, _ := authtest.Keys(t)
+	for _, replicas := range []int{3, 0} {
+		a, err := app.New(app.Config{RelayBatch: 64, RelayClaimIdle: time.Second}, app.Deps{
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Redis: rs.Client(t), JS: ns.JetStream(t),
+			Verifier: verifier, Metrics: prometheus.NewRegistry(), StreamReplicas: replicas,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = a.Run(ctx, lis)
+		cancel()
+		t.Logf("replicas %d: Run = %v", replicas, err)
+		switch {
+		case replicas == 3 && (err == nil || !strings.Contains(strings.ToLower(err.Error()), "replicas")):
+			t.Errorf("with 3 replicas on one server: Run = %v, want an error about replicas", err)
+		case replicas == 0 && err != nil:
+			t.Errorf("with 0 replicas: Run = %v, want a clean stop when the context ends", err)
+		}
+	}
 }

@@ -107,6 +107,9 @@ type Deps struct {
 	ReadFile func(string) ([]byte, error)
 	// Server holds the options of the gRPC server other than what the service sets itself.
 	Server grpcserver.Options
+	// StreamReplicas is the replica count of the event streams this service ensures
+	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
+	StreamReplicas int
 	// MailboxDialOptions are added to the mailbox client's (tests use them for bufconn or TLS).
 	MailboxDialOptions []grpc.DialOption
 }
@@ -213,7 +216,7 @@ func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // for the next relay of any replica.
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure outbox stream: %w", err)
 	}
 	if err := a.registry.Load(ctx); err != nil {

@@ -119,6 +119,9 @@ type Deps struct {
 	Now func() time.Time
 	// Server holds the options of the gRPC server other than what the service sets itself.
 	Server grpcserver.Options
+	// StreamReplicas is the replica count of the event streams this service ensures
+	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
+	StreamReplicas int
 	// MailboxDialOptions are added to the mailbox client's (tests use them for bufconn or TLS).
 	MailboxDialOptions []grpc.DialOption
 	// JournalListener, when set, is where the journaling endpoint listens instead of
@@ -201,6 +204,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 		{Name: events.StreamName, Subjects: events.StreamSubjects},
 		{Name: events.OutboxStreamName, Subjects: events.OutboxStreamSubjects},
 	} {
+		s.Replicas = a.deps.StreamReplicas
 		if err := eventbus.EnsureStream(ctx, a.deps.JS, s); err != nil {
 			return fmt.Errorf("ensure stream: %w", err)
 		}
