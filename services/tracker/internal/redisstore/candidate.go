@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,10 +45,11 @@ func candidateOf(vals []string) (tracker.Candidate, error) {
 		return c, err
 	}
 	if r := vals[1]; r != "" && r != "null" {
-		c.Regarding = new(tracker.RecordRef)
-		if err := json.Unmarshal([]byte(r), c.Regarding); err != nil {
+		ref, err := decodeRef(r)
+		if err != nil {
 			return c, err
 		}
+		c.Regarding = &ref
 	}
 	if vals[2] != "" {
 		var s string
@@ -63,6 +65,30 @@ func candidateOf(vals []string) (tracker.Candidate, error) {
 	return c, nil
 }
 
+// refFields are tracker.RecordRef's members.
+var refFields = []string{"id", "k", "et", "dn"}
+
+// decodeRef reads a record reference's JSON (the address index holds one per record and
+// address, and every message reads those of its addresses) with the member scanner; JSON it
+// does not follow is decoded by encoding/json.
+func decodeRef(raw string) (tracker.RecordRef, error) {
+	var r tracker.RecordRef
+	if vals, ok := findMembers(raw, refFields); ok && vals[0] != "" {
+		k, err := strconv.Atoi(vals[1])
+		if err == nil && jsonString(vals[0], &r.ID) == nil &&
+			(vals[2] == "" || jsonString(vals[2], &r.EntityType) == nil) &&
+			(vals[3] == "" || jsonString(vals[3], &r.DisplayName) == nil) {
+			r.Kind = tracker.RecordKind(k)
+			return r, nil
+		}
+		r = tracker.RecordRef{}
+	}
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		return tracker.RecordRef{}, fmt.Errorf("decode record reference: %w", err)
+	}
+	return r, nil
+}
+
 // jsonString decodes a JSON string; one without escapes is taken as it is.
 func jsonString(raw string, dst *string) error {
 	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && !strings.ContainsAny(raw[1:len(raw)-1], "\\\"") {
@@ -76,7 +102,7 @@ func jsonString(raw string, dst *string) error {
 // order of names ("" for a member that is absent); false when raw is not an object it can
 // follow. It skips values without decoding them (strings to their closing quote, objects and
 // arrays by nesting depth) and stops when it has found every name. It assumes valid JSON, which
-// json.Marshal wrote; the values found are decoded with checks.
+// the store wrote itself; the values found are decoded with checks.
 func findMembers(raw string, names []string) ([]string, bool) {
 	vals := make([]string, len(names))
 	i := skipSpace(raw, 0)

@@ -17,15 +17,12 @@ func TestDecodeCandidate(t *testing.T) {
 	emails := []tracker.TrackedEmail{
 		{MessageID: "m1@x", SentAt: sent, Subject: `AW: "Angebot" {x} [y] \\ \"`, Regarding: reg,
 			Links:       []tracker.Link{{Address: "a@b", Role: tracker.RoleTo, Record: *reg}},
-			Explanation: tracker.Explanation{MessageID: "m1@x", Rules: []tracker.RuleOutcome{{Rule: tracker.RuleRecords, Detail: `"}]`}}}},
+			Explanation: tracker.Explanation{MessageID: "m1@x", Rules: []tracker.RuleOutcome{{Rule: tracker.RuleRecords, Args: []string{`"}]`, `{[`}}}}},
 		{MessageID: "m2@x", SentAt: sent, To: []string{"x@y"}},
 		{MessageID: "m3@x"},
 	}
 	for _, e := range emails {
-		b, err := json.Marshal(e)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := appendEmail(nil, &e)
 		got, err := decodeCandidate(string(b))
 		if err != nil {
 			t.Fatal(err)
@@ -53,9 +50,9 @@ func BenchmarkDecodeCandidate(b *testing.B) {
 	reg := &tracker.RecordRef{ID: "a-1", Kind: tracker.KindAccount}
 	e := tracker.TrackedEmail{MessageID: "m1@x", Regarding: reg, Links: []tracker.Link{{Address: "a@b", Record: *reg}}}
 	for r := range 9 {
-		e.Explanation.Rules = append(e.Explanation.Rules, tracker.RuleOutcome{Rule: tracker.Rule(r + 1), Detail: "a sentence of about sixty characters explaining the rule's outcome"})
+		e.Explanation.Rules = append(e.Explanation.Rules, tracker.RuleOutcome{Rule: tracker.Rule(r + 1), Reason: tracker.ReasonRecords, Args: []string{"1", "0", "a@b"}})
 	}
-	raw, _ := json.Marshal(e)
+	raw := appendEmail(nil, &e)
 	str := string(raw)
 	b.Run("scan", func(b *testing.B) {
 		for b.Loop() {

@@ -1,7 +1,9 @@
 // Package redisstore keeps the tracker's state in Redis. All of the service's Redis access is
-// here: key builders, the scripts that keep the Store invariants, and the encoding (JSON of the
-// domain types; the tracker reads what it wrote itself, so readability in redis-cli wins over a
-// few bytes).
+// here: key builders, the scripts that keep the Store invariants, and the encoding (JSON, so it
+// stays readable in redis-cli; what every evaluated message writes — tracked emails,
+// explanations, index entries — is appended by hand in codec.go rather than by reflection, and
+// explanations are stored as rule outcomes with reason codes, rendered to sentences only when
+// read).
 //
 // Layout. Tenants are spread over a fixed number of partitions; every key of a tenant carries
 // the partition's hash tag ({trN}), so a script over any keys of one tenant stays in one Redis
@@ -16,10 +18,10 @@
 //	pm:tr:{trN}:t:T:r:R:mails       zset (lex)  tracked emails linked to R or regarding it (cursor members)
 //	pm:tr:{trN}:t:T:a:A             hash        address A -> record id -> RecordRef (JSON): the address index
 //	pm:tr:{trN}:t:T:tok:K           string      issued tracking token K (JSON)
-//	pm:tr:{trN}:t:T:m:M             string      tracked email with Message-ID M (JSON)
+//	pm:tr:{trN}:t:T:m:M             string      tracked email with Message-ID M (JSON; its explanation compact: "x":{"opt":N,"r":[[rule,outcome,reason,values...],...]})
 //	pm:tr:{trN}:t:T:th:X            string      latest tracked email of thread X (stamped candidate)
 //	pm:tr:{trN}:t:T:sm:K            string      latest tracked email with smart key K (stamped candidate)
-//	pm:tr:{trN}:t:T:d:M             string      explanation of untracked Message-ID M (JSON, with a TTL)
+//	pm:tr:{trN}:t:T:d:M             string      explanation of untracked Message-ID M (compact JSON as above, with mid, t, m, at; a TTL)
 //	pm:tr:{trtok}:seq               string      the token number counter, shared by all tenants
 package redisstore
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,14 +64,13 @@ return 1
 	// journal copy) changes nothing.
 	// KEYS[1] the email, KEYS[2] the partition's event stream, then the thread index (when
 	// ARGV[2] is 1), the smart-key index (when ARGV[3] is 1), then the record indexes.
-	// ARGV[1] the email's JSON, ARGV[4] the stamped candidate for the thread and smart indexes
-	// ("<13-digit sent ms>|<JSON>": an index keeps the latest sent), ARGV[5] the record-index
-	// member, ARGV[6..11] eventbus.Envelope.
-	// Returns {1} when stored, {0, stored JSON} when the Message-ID was tracked before.
+	// ARGV[1] the email's JSON (appendEmail), ARGV[4] the stamped candidate for the thread and
+	// smart indexes ("<13-digit sent ms>|<JSON>": an index keeps the latest sent), ARGV[5] the
+	// record-index member, ARGV[6..11] eventbus.Envelope.
+	// Returns {1} when stored, {0, stored JSON} when the Message-ID was tracked before. (SET NX
+	// is the presence check and the write in one command.)
 	trackScript = redis.NewScript(eventbus.LuaEmit + `
-local cur = redis.call('GET', KEYS[1])
-if cur then return {0, cur} end
-redis.call('SET', KEYS[1], ARGV[1])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return {0, redis.call('GET', KEYS[1])} end
 local i = 3
 local sent = tonumber(string.sub(ARGV[4], 1, 13))
 local function latest(key)
@@ -93,24 +93,23 @@ return {1}
 	// trackScript's ARGV[1..11].
 	// Returns one number per email: 1 stored, 0 tracked before (nothing written).
 	trackManyScript = redis.NewScript(eventbus.LuaEmit + `
+local function latest(key, cand, sent)
+  local old = redis.call('GET', key)
+  if (not old) or tonumber(string.sub(old, 1, 13)) <= sent then redis.call('SET', key, cand) end
+end
 local out = {}
 local k, a = 1, 2
 for j = 1, tonumber(ARGV[1]) do
   local nk = tonumber(ARGV[a])
   local last = k + nk - 1
-  if redis.call('GET', KEYS[k]) then
+  if not redis.call('SET', KEYS[k], ARGV[a + 1], 'NX') then
     out[j] = 0
   else
-    redis.call('SET', KEYS[k], ARGV[a + 1])
     local i = k + 2
     local cand = ARGV[a + 4]
     local sent = tonumber(string.sub(cand, 1, 13))
-    local function latest(key)
-      local old = redis.call('GET', key)
-      if (not old) or tonumber(string.sub(old, 1, 13)) <= sent then redis.call('SET', key, cand) end
-    end
-    if ARGV[a + 2] == '1' then latest(KEYS[i]); i = i + 1 end
-    if ARGV[a + 3] == '1' then latest(KEYS[i]); i = i + 1 end
+    if ARGV[a + 2] == '1' then latest(KEYS[i], cand, sent); i = i + 1 end
+    if ARGV[a + 3] == '1' then latest(KEYS[i], cand, sent); i = i + 1 end
     for r = i, last do redis.call('ZADD', KEYS[r], 0, ARGV[a + 5]) end
     postamt_emit(KEYS[k + 1], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
     out[j] = 1
@@ -394,14 +393,22 @@ func (s *Store) IssueToken(ctx context.Context, tenant, prefix string, digits in
 
 // ---- tracking ----
 
-// stamp prefixes a candidate's JSON with its sent time in 13 digits of milliseconds, so the
-// tracking script can keep the latest without decoding JSON.
-func stamp(c tracker.Candidate) (string, error) {
-	b, err := json.Marshal(c)
-	if err != nil {
-		return "", err
+// appendStamped appends a candidate's JSON prefixed with its sent time in 13 digits of
+// milliseconds, so the tracking script can keep the latest without decoding JSON.
+func appendStamped(b []byte, c *tracker.Candidate) []byte {
+	b = appendDigits13(b, max(c.SentAt.UnixMilli(), 0))
+	b = append(b, '|')
+	return appendCandidate(b, c)
+}
+
+// appendDigits13 appends n (≥ 0) zero-padded to 13 digits.
+func appendDigits13(b []byte, n int64) []byte {
+	var d [20]byte
+	s := strconv.AppendInt(d[:0], n, 10)
+	for range 13 - len(s) {
+		b = append(b, '0')
 	}
-	return fmt.Sprintf("%013d|%s", max(c.SentAt.UnixMilli(), 0), b), nil
+	return append(b, s...)
 }
 
 func unstamp(raw string) (*tracker.Candidate, error) {
@@ -409,8 +416,8 @@ func unstamp(raw string) (*tracker.Candidate, error) {
 	if !ok {
 		return nil, fmt.Errorf("index value without stamp")
 	}
-	var c tracker.Candidate
-	if err := json.Unmarshal([]byte(js), &c); err != nil {
+	c, err := decodeCandidate(js)
+	if err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -420,7 +427,10 @@ func unstamp(raw string) (*tracker.Candidate, error) {
 // breaking ties, so pages are keyset ranges.
 func cursor(e *tracker.TrackedEmail) string {
 	const maxMs = 9_999_999_999_999
-	return fmt.Sprintf("%013d|%s", maxMs-max(min(e.SentAt.UnixMilli(), maxMs), 0), e.MessageID)
+	b := make([]byte, 0, 14+len(e.MessageID))
+	b = appendDigits13(b, maxMs-max(min(e.SentAt.UnixMilli(), maxMs), 0))
+	b = append(b, '|')
+	return string(append(b, e.MessageID...))
 }
 
 func candidate(e *tracker.TrackedEmail) tracker.Candidate {
@@ -597,11 +607,11 @@ func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered)
 		g.AlreadyTracked = c.exists.Err() == nil && c.exists.Val() > 0
 	}
 	if raw, ok := val(c.existing); ok {
-		var e tracker.TrackedEmail
-		if err := json.Unmarshal([]byte(raw), &e); err != nil {
-			return fmt.Errorf("decode tracked email: %w", err)
+		e, err := decodeEmail([]byte(raw))
+		if err != nil {
+			return err
 		}
-		g.Existing, g.AlreadyTracked = &e, true
+		g.Existing, g.AlreadyTracked = e, true
 	}
 	var err error
 	if c.irt != nil {
@@ -646,9 +656,13 @@ func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered)
 	for i, ac := range c.addrs {
 		refs, ok := d.recs[ac]
 		if !ok {
-			for _, raw := range ac.Val() {
-				var r tracker.RecordRef
-				if err := json.Unmarshal([]byte(raw), &r); err != nil {
+			vals := ac.Val()
+			if len(vals) > 0 {
+				refs = make([]tracker.RecordRef, 0, len(vals))
+			}
+			for _, raw := range vals {
+				r, err := decodeRef(raw)
+				if err != nil {
 					return fmt.Errorf("decode address index: %w", err)
 				}
 				refs = append(refs, r)
@@ -680,15 +694,11 @@ func (d *decoder) copyOf(c *tracker.Candidate, err error) (*tracker.Candidate, e
 // trackCall is trackScript's keys and arguments for one tracked email.
 func trackCall(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) ([]string, []any, error) {
 	k := tenantKeys(tenant)
-	data, err := json.Marshal(e)
-	if err != nil {
-		return nil, nil, err
-	}
-	cand, err := stamp(candidate(e))
-	if err != nil {
-		return nil, nil, err
-	}
-	ks := []string{k.email(e.MessageID), k.events()}
+	data := appendEmail(make([]byte, 0, 1024), e)
+	c := candidate(e)
+	cand := appendStamped(make([]byte, 0, 128), &c)
+	ks := make([]string, 2, 6)
+	ks[0], ks[1] = k.email(e.MessageID), k.events()
 	hasThread, hasSmart := "0", "0"
 	if e.ThreadID != "" {
 		ks, hasThread = append(ks, k.thread(e.ThreadID)), "1"
@@ -731,11 +741,11 @@ func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmai
 		return true, e, nil
 	}
 	raw, _ := res[1].(string)
-	var old tracker.TrackedEmail
-	if err := json.Unmarshal([]byte(raw), &old); err != nil {
-		return false, nil, fmt.Errorf("decode tracked email: %w", err)
+	old, err := decodeEmail([]byte(raw))
+	if err != nil {
+		return false, nil, err
 	}
-	return false, &old, nil
+	return false, old, nil
 }
 
 // maxTrackPerCall bounds the emails of one trackManyScript call, so one call keeps Redis busy
@@ -789,11 +799,7 @@ func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.Wr
 			c.argv = append(append(c.argv, len(ks)), argv...)
 			c.argv[0] = len(c.idx)
 		case w.Explanation != nil:
-			b, err := json.Marshal(w.Explanation)
-			if err != nil {
-				out[i].Err = err
-				continue
-			}
+			b := appendExplanation(make([]byte, 0, 512), w.Explanation)
 			pending[i] = set{key: tenantKeys(w.Tenant).decision(w.Explanation.MessageID), val: b, ttl: w.TTL}
 		default:
 			out[i].Err = errors.New("write: neither a tracked email nor an explanation")
@@ -859,15 +865,14 @@ func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Err
 
 // GetTracked implements tracker.Store.
 func (s *Store) GetTracked(ctx context.Context, tenant, messageID string) (*tracker.TrackedEmail, error) {
-	var e tracker.TrackedEmail
-	_, found, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).email(messageID), &e)
-	if err != nil {
+	raw, err := s.rdb.Get(ctx, tenantKeys(tenant).email(messageID)).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, errs.NotFound("tracked email", messageID)
+	case err != nil:
 		return nil, fmt.Errorf("read tracked email: %w", err)
 	}
-	if !found {
-		return nil, errs.NotFound("tracked email", messageID)
-	}
-	return &e, nil
+	return decodeEmail(raw)
 }
 
 // ListTracked implements tracker.Store.
@@ -901,21 +906,18 @@ func (s *Store) ListTracked(ctx context.Context, tenant, recordID, after string,
 		if c.Err() != nil {
 			continue
 		}
-		var e tracker.TrackedEmail
-		if err := json.Unmarshal([]byte(c.Val()), &e); err != nil {
-			return nil, "", fmt.Errorf("decode tracked email: %w", err)
+		e, err := decodeEmail([]byte(c.Val()))
+		if err != nil {
+			return nil, "", err
 		}
-		out = append(out, e)
+		out = append(out, *e)
 	}
 	return out, next, nil
 }
 
 // SaveDecision implements tracker.Store.
 func (s *Store) SaveDecision(ctx context.Context, tenant string, x *tracker.Explanation, ttl time.Duration) error {
-	b, err := json.Marshal(x)
-	if err != nil {
-		return err
-	}
+	b := appendExplanation(nil, x)
 	if err := s.rdb.Set(ctx, tenantKeys(tenant).decision(x.MessageID), b, ttl).Err(); err != nil {
 		return fmt.Errorf("keep decision: %w", err)
 	}
@@ -924,13 +926,12 @@ func (s *Store) SaveDecision(ctx context.Context, tenant string, x *tracker.Expl
 
 // Decision implements tracker.Store.
 func (s *Store) Decision(ctx context.Context, tenant, messageID string) (*tracker.Explanation, error) {
-	var x tracker.Explanation
-	_, found, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).decision(messageID), &x)
-	if err != nil {
+	raw, err := s.rdb.Get(ctx, tenantKeys(tenant).decision(messageID)).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, errs.NotFound("decision", messageID)
+	case err != nil:
 		return nil, fmt.Errorf("read decision: %w", err)
 	}
-	if !found {
-		return nil, errs.NotFound("decision", messageID)
-	}
-	return &x, nil
+	return decodeExplanation(raw)
 }

@@ -22,7 +22,7 @@ import (
 
 var t0 = time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 
-func newStore(t *testing.T) (*redisstore.Store, *redis.Client) {
+func newStore(t testing.TB) (*redisstore.Store, *redis.Client) {
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
 	return redisstore.New(rdb), rdb
@@ -275,12 +275,12 @@ func TestListTrackedPages(t *testing.T) {
 func TestDecisions(t *testing.T) {
 	s, rdb := newStore(t)
 	ctx := context.Background()
-	x := &tracker.Explanation{MessageID: "m@x", Rules: []tracker.RuleOutcome{{Rule: tracker.RuleOrgSetting, Outcome: tracker.Failed, Detail: "off"}}}
+	x := &tracker.Explanation{MessageID: "m@x", Rules: []tracker.RuleOutcome{{Rule: tracker.RuleOrgSetting, Outcome: tracker.Failed, Reason: tracker.ReasonOrgOff}}}
 	if err := s.SaveDecision(ctx, "kanzlei", x, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Decision(ctx, "kanzlei", "m@x")
-	if err != nil || len(got.Rules) != 1 || got.Rules[0].Detail != "off" {
+	if err != nil || len(got.Rules) != 1 || got.Rules[0].Detail() != "auto_track_sent_folder_items is off for the tenant" {
 		t.Fatalf("Decision = %+v, %v", got, err)
 	}
 	keys, _ := rdb.Keys(ctx, "*:d:m@x").Result()

@@ -149,3 +149,50 @@ func (f *failingKinds) SyncKind(ctx context.Context, tenant, mailboxID string) (
 	}
 	return f.syncKinds.SyncKind(ctx, tenant, mailboxID)
 }
+
+// TestStoredExplanations: what ExplainTracking reads back for a tracked and an untracked
+// message (stored in the compact form, rendered on demand) is the explanation the rules
+// produced, sentence for sentence.
+func TestStoredExplanations(t *testing.T) {
+	svc, _ := batchService(t)
+	ctx := context.Background()
+	if _, err := svc.UpsertRecord(ctx, crm, tracker.Record{ID: "l-1", Kind: tracker.KindLead, Addresses: []string{"erika@kunde.example"}}); err != nil {
+		t.Fatal(err) // erika@kunde.example is now ambiguous
+	}
+	msgs := []string{
+		"Message-ID: <t1@kanzlei.example>\r\nFrom: max@kanzlei.example\r\nTo: erika@kunde.example, neu@kunde.example\r\nSubject: Angebot CRM:0000042\r\n",
+		"Message-ID: <u1@kanzlei.example>\r\nFrom: eva@kanzlei.example\r\nTo: neu@kunde.example\r\nSubject: Hallo\r\nIn-Reply-To: <weg@x>\r\nReferences: <a@x> <weg@x>\r\n",
+		"Message-ID: <t2@kanzlei.example>\r\nFrom: eva@kanzlei.example\r\nTo: neu@kunde.example\r\nSubject: AW: Angebot\r\nIn-Reply-To: <t1@kanzlei.example>\r\n",
+	}
+	for i, h := range msgs {
+		user := map[bool]string{true: "max", false: "eva"}[i == 0]
+		in := sentItem("p-"+user, user, h)
+		dry, err := svc.Explain(ctx, admin, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dry.Tracked != (i != 1) {
+			t.Fatalf("%s: tracked %v", dry.Explanation.MessageID, dry.Tracked)
+		}
+		if _, err := svc.IngestSentItem(ctx, admin, in); err != nil {
+			t.Fatal(err)
+		}
+		x, e, err := svc.ExplainMessage(ctx, admin, dry.Explanation.MessageID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x.Tracked != dry.Tracked || (e != nil) != dry.Tracked || x.MessageID != dry.Explanation.MessageID ||
+			x.Option != dry.Explanation.Option || x.Method != dry.Explanation.Method || !x.Evaluated.Equal(dry.Explanation.Evaluated) {
+			t.Errorf("%s: read back %+v, decided %+v", dry.Explanation.MessageID, *x, dry.Explanation)
+		}
+		if len(x.Rules) != len(dry.Explanation.Rules) {
+			t.Fatalf("%s: %d rules, want %d", dry.Explanation.MessageID, len(x.Rules), len(dry.Explanation.Rules))
+		}
+		for j, r := range x.Rules {
+			want := dry.Explanation.Rules[j]
+			if r.Rule != want.Rule || r.Outcome != want.Outcome || r.Detail() != want.Detail() {
+				t.Errorf("%s rule %d: %d %q, want %d %q", dry.Explanation.MessageID, r.Rule, r.Outcome, r.Detail(), want.Outcome, want.Detail())
+			}
+		}
+	}
+}

@@ -1,9 +1,8 @@
 package tracker
 
 import (
-	"fmt"
 	"slices"
-	"strings"
+	"strconv"
 	"time"
 )
 
@@ -64,31 +63,31 @@ type Decision struct {
 // Correlation, first match wins: In-Reply-To, a tracking token of the tenant's shape issued in the
 // tenant, References (newest first), the thread, smart matching (when on, within its window).
 // The regarding record is inherited from the correlated email or the token.
+//
+// Each rule's outcome records a Reason and the values its sentence names, not the sentence:
+// most explanations are never read, and RuleOutcome.Detail renders one when asked.
 func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 	org := ev.Org.WithDefaults()
 	opt := ev.User.Effective()
 	var d Decision
-	var rules []RuleOutcome
-	add := func(r Rule, o Outcome, format string, args ...any) {
-		rules = append(rules, RuleOutcome{Rule: r, Outcome: o, Detail: fmt.Sprintf(format, args...)})
-	}
+	x := newExplainer()
 
 	eligible := true
 	if org.AutoTrackSentFolderItems {
-		add(RuleOrgSetting, Passed, "auto_track_sent_folder_items is on")
+		x.add(RuleOrgSetting, Passed, ReasonOrgOn)
 	} else {
 		eligible = false
-		add(RuleOrgSetting, Failed, "auto_track_sent_folder_items is off for the tenant")
+		x.add(RuleOrgSetting, Failed, ReasonOrgOff)
 	}
 	switch ev.SyncKind {
 	case SyncExchange:
-		add(RuleSyncKind, Passed, "mailbox %s synchronises with Exchange", m.MailboxID)
+		x.add(RuleSyncKind, Passed, ReasonSyncExchange, m.MailboxID)
 	case 0:
 		eligible = false
-		add(RuleSyncKind, Skipped, "mailbox %s was not asked about: tracking is off", m.MailboxID)
+		x.add(RuleSyncKind, Skipped, ReasonSyncNotAsked, m.MailboxID)
 	default:
 		eligible = false
-		add(RuleSyncKind, Failed, "mailbox %s has sync kind %s; sent items are tracked only for EXCHANGE", m.MailboxID, ev.SyncKind)
+		x.add(RuleSyncKind, Failed, ReasonSyncOther, m.MailboxID, strconv.Itoa(int(ev.SyncKind)))
 	}
 
 	d.Method = MethodNone
@@ -101,7 +100,7 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 	}
 	skipped := func(r Rule) bool {
 		if d.Method != MethodNone {
-			add(r, Skipped, "an earlier rule correlated the message")
+			x.add(r, Skipped, ReasonEarlierMatch)
 			return true
 		}
 		return false
@@ -110,22 +109,22 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 	// 1. In-Reply-To.
 	switch {
 	case m.InReplyTo == "":
-		add(RuleInReplyTo, Skipped, "no In-Reply-To header")
+		x.add(RuleInReplyTo, Skipped, ReasonNoInReplyTo)
 	case ev.InReplyTo != nil:
 		found(MethodInReplyTo, ev.InReplyTo)
-		add(RuleInReplyTo, Passed, "In-Reply-To <%s> is a tracked email", m.InReplyTo)
+		x.add(RuleInReplyTo, Passed, ReasonInReplyToTracked, m.InReplyTo)
 	default:
-		add(RuleInReplyTo, Failed, "In-Reply-To <%s> is not a tracked email", m.InReplyTo)
+		x.add(RuleInReplyTo, Failed, ReasonInReplyToUntracked, m.InReplyTo)
 	}
 
 	// 2. Tracking token. The token found is recorded even when an earlier rule correlated.
-	d.Token, rules = tokenRule(m, ev, org, &d, rules)
+	d.Token = tokenRule(m, ev, org, &d, x)
 
 	// 3. References, newest first.
 	if !skipped(RuleReferences) {
 		switch {
 		case len(m.References) == 0:
-			add(RuleReferences, Skipped, "no References header")
+			x.add(RuleReferences, Skipped, ReasonNoReferences)
 		default:
 			var hit *Candidate
 			for i := len(m.References) - 1; i >= 0 && hit == nil; i-- {
@@ -135,9 +134,9 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 			}
 			if hit != nil {
 				found(MethodReferences, hit)
-				add(RuleReferences, Passed, "References names the tracked email <%s>", hit.MessageID)
+				x.add(RuleReferences, Passed, ReasonReferencesTracked, hit.MessageID)
 			} else {
-				add(RuleReferences, Failed, "none of the %d References is a tracked email", len(m.References))
+				x.add(RuleReferences, Failed, ReasonReferencesUntracked, strconv.Itoa(len(m.References)))
 			}
 		}
 	}
@@ -146,12 +145,12 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 	if !skipped(RuleThread) {
 		switch {
 		case m.ThreadID == "":
-			add(RuleThread, Skipped, "no thread id")
+			x.add(RuleThread, Skipped, ReasonNoThread)
 		case ev.Thread != nil:
 			found(MethodThread, ev.Thread)
-			add(RuleThread, Passed, "thread %q holds the tracked email <%s>", m.ThreadID, ev.Thread.MessageID)
+			x.add(RuleThread, Passed, ReasonThreadTracked, m.ThreadID, ev.Thread.MessageID)
 		default:
-			add(RuleThread, Failed, "thread %q holds no tracked email", m.ThreadID)
+			x.add(RuleThread, Failed, ReasonThreadUntracked, m.ThreadID)
 		}
 	}
 
@@ -160,92 +159,88 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 		sm := org.Smart
 		switch {
 		case !sm.Enabled:
-			add(RuleSmart, Skipped, "smart matching is off")
+			x.add(RuleSmart, Skipped, ReasonSmartOff)
 		case !smartFits(sm, m):
-			add(RuleSmart, Skipped, "the subject is shorter than %d characters or the message has more than %d addresses", sm.MinSubjectLen, sm.MaxRecipients)
+			x.add(RuleSmart, Skipped, ReasonSmartUnfit, strconv.Itoa(sm.MinSubjectLen), strconv.Itoa(sm.MaxRecipients))
 		case ev.Smart == nil:
-			add(RuleSmart, Failed, "no tracked email has this subject and these addresses")
+			x.add(RuleSmart, Failed, ReasonSmartNone)
 		case !ev.Smart.SentAt.IsZero() && sentAt(m, now).Sub(ev.Smart.SentAt) > sm.Window:
-			add(RuleSmart, Failed, "the tracked email <%s> with this subject and these addresses is older than the %s window", ev.Smart.MessageID, sm.Window)
+			x.add(RuleSmart, Failed, ReasonSmartTooOld, ev.Smart.MessageID, strconv.FormatInt(int64(sm.Window), 10))
 		default:
 			found(MethodSmart, ev.Smart)
-			add(RuleSmart, Passed, "the tracked email <%s> has the same subject and addresses", ev.Smart.MessageID)
+			x.add(RuleSmart, Passed, ReasonSmartMatched, ev.Smart.MessageID)
 		}
 	}
 
-	// Records: links, ambiguity, and what the acceptance options 2 and 3 look at.
-	var toCLA, toAny []string
-	for _, ra := range Addresses(m) {
+	// Records: links, ambiguity, and what the acceptance options 2 and 3 look at. The
+	// outcome's values are the number of links, the ambiguous addresses with their numbers of
+	// candidates, and the recipients that are records.
+	var toCLA bool
+	addrs := Addresses(m)
+	start := len(x.args)
+	x.args = append(x.args, "", "")
+	for _, ra := range addrs {
 		recs := ev.Records[ra.Address]
 		if len(recs) == 0 {
 			continue
 		}
-		if ra.Role != RoleFrom {
-			toAny = append(toAny, ra.Address)
-			if slices.ContainsFunc(recs, func(r RecordRef) bool { return r.Kind.leadContactAccount() }) {
-				toCLA = append(toCLA, ra.Address)
-			}
-		}
 		if len(recs) > 1 {
 			d.Ambiguous = append(d.Ambiguous, Ambiguous{Address: ra.Address, Role: ra.Role, Candidates: slices.Clone(recs)})
+			x.args = append(x.args, ra.Address, strconv.Itoa(len(recs)))
 			continue
 		}
 		d.Links = append(d.Links, Link{Address: ra.Address, Role: ra.Role, Record: recs[0]})
 	}
-	recDetail := fmt.Sprintf("%d address(es) linked to a record", len(d.Links))
-	if len(d.Ambiguous) > 0 {
-		amb := make([]string, len(d.Ambiguous))
-		for i, a := range d.Ambiguous {
-			amb[i] = fmt.Sprintf("%s (%d records)", a.Address, len(a.Candidates))
+	x.args[start], x.args[start+1] = strconv.Itoa(len(d.Links)), strconv.Itoa(len(d.Ambiguous))
+	toAny := len(x.args)
+	for _, ra := range addrs {
+		recs := ev.Records[ra.Address]
+		if len(recs) == 0 || ra.Role == RoleFrom {
+			continue
 		}
-		recDetail += "; ambiguous, linked to none: " + strings.Join(amb, ", ")
+		x.args = append(x.args, ra.Address)
+		if !toCLA && slices.ContainsFunc(recs, func(r RecordRef) bool { return r.Kind.leadContactAccount() }) {
+			toCLA = true
+		}
 	}
-	if len(toAny) > 0 {
-		add(RuleRecords, Passed, "%s; recipients that are CRM records: %s", recDetail, strings.Join(toAny, ", "))
+	hasAny := len(x.args) > toAny
+	if hasAny {
+		x.addArgs(RuleRecords, Passed, ReasonRecords)
 	} else {
-		add(RuleRecords, Failed, "%s; no recipient is a CRM record", recDetail)
+		x.addArgs(RuleRecords, Failed, ReasonRecords)
 	}
 
 	// The acceptance option.
 	var accepted bool
-	var why string
 	switch opt {
 	case OptionAll:
-		accepted, why = true, "accepts every email"
+		accepted = true
 	case OptionReplies:
 		accepted = d.Method != MethodNone
-		why = map[bool]string{true: "accepts it: it correlates with tracked email", false: "accepts only email that correlates with tracked email, and no rule correlated it"}[accepted]
 	case OptionLeadsContactsAccounts:
-		accepted = len(toCLA) > 0
-		why = map[bool]string{true: "accepts it: sent to a lead, contact or account", false: "accepts only email to leads, contacts and accounts"}[accepted]
+		accepted = toCLA
 	case OptionEmailEnabled:
-		accepted = len(toAny) > 0
-		why = map[bool]string{true: "accepts it: sent to an email-enabled record", false: "accepts only email to email-enabled records"}[accepted]
-	default:
-		accepted, why = false, "accepts no email"
+		accepted = hasAny
 	}
-	src := "the default"
-	if ev.User.Option != nil {
-		src = "chosen by " + userName(m.SenderUser)
-	}
+	outcome := Failed
 	if accepted {
-		add(RuleOption, Passed, "option %s, %s, %s", opt, src, why)
+		outcome = Passed
+	}
+	if ev.User.Option != nil {
+		x.add(RuleOption, outcome, ReasonOptionChosen, strconv.Itoa(int(opt)), m.SenderUser)
 	} else {
-		add(RuleOption, Failed, "option %s, %s, %s", opt, src, why)
+		x.add(RuleOption, outcome, ReasonOptionDefault, strconv.Itoa(int(opt)))
 	}
 
 	d.Track = eligible && accepted
-	d.Explanation = Explanation{MessageID: m.MessageID, Tracked: d.Track, Rules: rules, Option: opt, Method: d.Method, Evaluated: now}
+	d.Explanation = Explanation{MessageID: m.MessageID, Tracked: d.Track, Rules: x.done(), Option: opt, Method: d.Method, Evaluated: now}
 	return d
 }
 
 // tokenRule evaluates the tracking token. It takes the last token of the configured shape that
 // was issued in the tenant; a token of the right shape that was not issued here (another
 // tenant's, or invented) is ignored and said so.
-func tokenRule(m *Message, ev *Evidence, org OrgSettings, d *Decision, rules []RuleOutcome) (string, []RuleOutcome) {
-	add := func(o Outcome, format string, args ...any) {
-		rules = append(rules, RuleOutcome{Rule: RuleToken, Outcome: o, Detail: fmt.Sprintf(format, args...)})
-	}
+func tokenRule(m *Message, ev *Evidence, org OrgSettings, d *Decision, x *explainer) string {
 	var shaped []string
 	for _, t := range TokenCandidates(m.Subject) {
 		if acceptsToken(org, t) {
@@ -253,8 +248,8 @@ func tokenRule(m *Message, ev *Evidence, org OrgSettings, d *Decision, rules []R
 		}
 	}
 	if len(shaped) == 0 {
-		add(Skipped, "no tracking token of the form %s in the subject", FormatToken(org.TokenPrefix, org.TokenDigits, 0))
-		return "", rules
+		x.add(RuleToken, Skipped, ReasonNoToken, org.TokenPrefix, strconv.Itoa(org.TokenDigits))
+		return ""
 	}
 	for _, t := range shaped {
 		tok, ok := ev.Tokens[t]
@@ -262,21 +257,21 @@ func tokenRule(m *Message, ev *Evidence, org OrgSettings, d *Decision, rules []R
 			continue
 		}
 		if d.Method != MethodNone {
-			add(Skipped, "an earlier rule correlated the message (token %s noted)", t)
-			return t, rules
+			x.add(RuleToken, Skipped, ReasonTokenNoted, t)
+			return t
 		}
 		d.Method = MethodToken
 		r := tok.Regarding
 		d.Regarding = &r
-		add(Passed, "token %s was issued in this tenant regarding %s %s", t, r.Kind, r.ID)
-		return t, rules
+		x.add(RuleToken, Passed, ReasonTokenIssued, t, strconv.Itoa(int(r.Kind)), r.ID)
+		return t
 	}
 	if d.Method != MethodNone {
-		add(Skipped, "an earlier rule correlated the message")
-		return "", rules
+		x.add(RuleToken, Skipped, ReasonEarlierMatch)
+		return ""
 	}
-	add(Failed, "token %s was not issued in this tenant; ignored", strings.Join(shaped, ", "))
-	return "", rules
+	x.add(RuleToken, Failed, ReasonTokenForeign, shaped...)
+	return ""
 }
 
 func sentAt(m *Message, now time.Time) time.Time {

@@ -221,7 +221,7 @@ func TestExplanationListsEveryRule(t *testing.T) {
 	var got []tracker.Rule
 	for _, r := range d.Explanation.Rules {
 		got = append(got, r.Rule)
-		if r.Detail == "" {
+		if r.Detail() == "" {
 			t.Errorf("rule %d has no detail", r.Rule)
 		}
 	}

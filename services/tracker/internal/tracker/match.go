@@ -127,14 +127,26 @@ func addressSet(m *Message) []string {
 // Addresses returns the message's addresses with their roles, each address once (its first
 // role: From, To, Cc, Bcc).
 func Addresses(m *Message) []RoleAddress {
-	var out []RoleAddress
-	seen := map[string]bool{}
+	n := 1 + len(m.To) + len(m.Cc) + len(m.Bcc)
+	out := make([]RoleAddress, 0, n)
+	// Most messages have a few addresses: a linear search beats building a set.
+	var seen map[string]bool
+	if n > 16 {
+		seen = make(map[string]bool, n)
+	}
 	add := func(r Role, as ...string) {
 		for _, a := range as {
-			if a == "" || seen[a] {
+			if a == "" {
 				continue
 			}
-			seen[a] = true
+			if seen != nil {
+				if seen[a] {
+					continue
+				}
+				seen[a] = true
+			} else if slices.ContainsFunc(out, func(x RoleAddress) bool { return x.Address == a }) {
+				continue
+			}
 			out = append(out, RoleAddress{Address: a, Role: r})
 		}
 	}

@@ -288,7 +288,7 @@ type TrackedEmail struct {
 	Ambiguous    []Ambiguous `json:"amb,omitempty"`
 	Source       Source      `json:"src"`
 	Tracked      time.Time   `json:"at"`
-	Explanation  Explanation `json:"x"`
+	Explanation  Explanation `json:"-"` // stored by redisstore in its compact form
 }
 
 // Rule is one step of the decision; the values match the API's.
@@ -317,21 +317,24 @@ const (
 	Skipped
 )
 
-// RuleOutcome is one rule's outcome with a sentence for people.
+// RuleOutcome is one rule's outcome: why (a Reason with the values its sentence names), so
+// that deciding writes no text; Detail renders the sentence for people.
 type RuleOutcome struct {
-	Rule    Rule    `json:"r"`
-	Outcome Outcome `json:"o"`
-	Detail  string  `json:"d"`
+	Rule    Rule
+	Outcome Outcome
+	Reason  Reason
+	// Args are the values Reason's sentence names (see the Reason constants).
+	Args []string
 }
 
 // Explanation lists every rule's outcome for one message.
 type Explanation struct {
-	MessageID string        `json:"mid"`
-	Tracked   bool          `json:"t"`
-	Rules     []RuleOutcome `json:"rules"`
-	Option    Option        `json:"opt"`
-	Method    Method        `json:"m"`
-	Evaluated time.Time     `json:"at"`
+	MessageID string
+	Tracked   bool
+	Rules     []RuleOutcome
+	Option    Option
+	Method    Method
+	Evaluated time.Time
 }
 
 // Outcome returns the outcome of rule r, for tests and callers that check one rule.

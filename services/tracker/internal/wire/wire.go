@@ -129,7 +129,7 @@ func Explanation(x *tracker.Explanation) *trackerv1.Explanation {
 		CorrelationMethod: trackerv1.CorrelationMethod(x.Method), EvaluateTime: ts(x.Evaluated),
 	}
 	for _, r := range x.Rules {
-		out.Rules = append(out.Rules, &trackerv1.RuleOutcome{Rule: trackerv1.Rule(r.Rule), Outcome: trackerv1.Outcome(r.Outcome), Detail: r.Detail})
+		out.Rules = append(out.Rules, &trackerv1.RuleOutcome{Rule: trackerv1.Rule(r.Rule), Outcome: trackerv1.Outcome(r.Outcome), Detail: r.Detail()})
 	}
 	return out
 }
