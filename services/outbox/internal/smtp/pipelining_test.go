@@ -196,7 +196,7 @@ func senderTo(t *testing.T, addr string) *smtp.Sender {
 		t.Fatal(err)
 	}
 	p, _ := strconv.Atoi(port)
-	s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 5 * time.Second, SubmitTimeout: 5 * time.Second})
+	s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 5 * time.Second, SubmitTimeout: 300 * time.Millisecond})
 	t.Cleanup(s.Close)
 	return s
 }
@@ -251,9 +251,10 @@ func TestNoPipeliningWhenNotOffered(t *testing.T) {
 	}
 }
 
-// TestOutcomesBothWays drives every refusal the sink can give at MAIL, RCPT and after the data
-// through a pipelining client and through one talking to a relay without PIPELINING: the
-// outcome and the reply code are the same, whichever way the commands went.
+// TestOutcomesBothWays drives every reply the sink can give at MAIL, RCPT and after the data
+// (a hang and a dropped connection after the data included) through a real SMTP conversation,
+// once pipelined and once with a relay without PIPELINING: the outcome and the reply code are
+// the same, whichever way the commands went.
 func TestOutcomesBothWays(t *testing.T) {
 	tests := []struct {
 		behavior smtptest.Behavior
@@ -272,6 +273,7 @@ func TestOutcomesBothWays(t *testing.T) {
 		{smtptest.ServiceUnavailableData, outbox.OutcomeTemporary, 421},
 		{smtptest.MessageTooBig, outbox.OutcomePermanent, 552},
 		{smtptest.PermFailData, outbox.OutcomePermanent, 554},
+		{smtptest.Hang, outbox.OutcomeUnknown, 0},
 		{smtptest.Drop, outbox.OutcomeUnknown, 0},
 	}
 	for _, pipelined := range []bool{true, false} {

@@ -35,39 +35,6 @@ func sender(t *testing.T, sink *smtptest.Sink) *smtp.Sender {
 	return s
 }
 
-// TestOutcomes drives every reply the sink can give through a real SMTP conversation.
-func TestOutcomes(t *testing.T) {
-	tests := []struct {
-		behavior smtptest.Behavior
-		want     outbox.Outcome
-		code     int
-	}{
-		{smtptest.Accept, outbox.OutcomeSent, 250},
-		{smtptest.ServiceUnavailable, outbox.OutcomeTemporary, 421},
-		{smtptest.TempFailRcpt, outbox.OutcomeTemporary, 451},
-		{smtptest.MailboxFull, outbox.OutcomeTemporary, 452},
-		{smtptest.TempFailData, outbox.OutcomeTemporary, 451},
-		{smtptest.PermFailRcpt, outbox.OutcomePermanent, 550},
-		{smtptest.MessageTooBig, outbox.OutcomePermanent, 552},
-		{smtptest.PermFailData, outbox.OutcomePermanent, 554},
-		{smtptest.Hang, outbox.OutcomeUnknown, 0},
-		{smtptest.Drop, outbox.OutcomeUnknown, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.behavior.String(), func(t *testing.T) {
-			sink := smtptest.Start(t)
-			sink.SetBehavior(tt.behavior)
-			got := sender(t, sink).Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg))
-			if got.Outcome != tt.want || got.Code != tt.code {
-				t.Errorf("Send = %+v, want outcome %d code %d", got, tt.want, tt.code)
-			}
-			if n := len(sink.Messages()); (tt.want == outbox.OutcomeSent) != (n == 1) {
-				t.Errorf("sink recorded %d messages", n)
-			}
-		})
-	}
-}
-
 func TestConnectionIsReusedAndRecovers(t *testing.T) {
 	sink := smtptest.Start(t)
 	s := sender(t, sink)
