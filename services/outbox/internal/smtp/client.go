@@ -194,14 +194,14 @@ func (c *conn) auth(m sasl.Client) error {
 	code, text, err := c.cmd(0, line)
 	for {
 		if err != nil {
-			return err
+			return fmt.Errorf("AUTH %s: %w", name, err)
 		}
 		switch code {
 		case 235:
 			return nil
 		case 334:
 		default:
-			return replyErr(code, text)
+			return fmt.Errorf("AUTH %s: %w", name, replyErr(code, text))
 		}
 		challenge, derr := base64.StdEncoding.DecodeString(text)
 		var resp []byte
