@@ -9,7 +9,8 @@
 // checked on MAIL FROM's SIZE and while reading DATA), 554 5.6.0 for a copy whose headers cannot
 // be read (retrying cannot help), 451 4.3.0 when the tracker cannot evaluate it now (the sending
 // server keeps the copy and retries). An Exchange envelope journal report is unwrapped: the
-// message evaluated is the attached original (message/rfc822).
+// message evaluated is the attached original (message/rfc822), with the Bcc recipients the
+// report lists added to it (the original's header no longer names them).
 package journal
 
 import (
@@ -21,6 +22,7 @@ import (
 	"log/slog"
 	"mime"
 	"net"
+	netmail "net/mail"
 	"strings"
 	"sync"
 	"time"
@@ -194,12 +196,12 @@ func (ss *session) Data(r io.Reader) error {
 		// go-smtp's ErrDataTooLarge (552 5.3.4) or a broken connection.
 		return err
 	}
-	h, err := originalHeader(data)
+	jc, err := readCopy(data)
 	if err != nil {
 		return errMalformed(err.Error())
 	}
 	for _, t := range ss.targets {
-		if err := ss.ingest(t, h); err != nil {
+		if err := ss.ingest(t, jc); err != nil {
 			return err
 		}
 	}
@@ -207,8 +209,8 @@ func (ss *session) Data(r io.Reader) error {
 }
 
 // ingest evaluates the copy for one journaled mailbox.
-func (ss *session) ingest(t Target, h mail.Header) error {
-	m, err := tracker.FromHeader("message", h)
+func (ss *session) ingest(t Target, jc journalCopy) error {
+	m, err := tracker.FromHeader("message", jc.header)
 	if err != nil {
 		var e *errs.Error
 		if errors.As(err, &e) && len(e.Violations) > 0 {
@@ -216,6 +218,7 @@ func (ss *session) ingest(t Target, h mail.Header) error {
 		}
 		return errMalformed("unreadable headers")
 	}
+	addBcc(m, jc.bcc)
 	m.MailboxID, m.SenderUser, m.Source = t.MailboxID, t.User, tracker.SourceJournal
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.IngestTimeout)
 	defer cancel()
@@ -231,39 +234,114 @@ func (ss *session) ingest(t Target, h mail.Header) error {
 	return nil
 }
 
-// originalHeader returns the header of the journaled message: the attached original of an
-// envelope journal report (a multipart message with a message/rfc822 part), else the message's
-// own.
-func originalHeader(data []byte) (mail.Header, error) {
+// journalCopy is what a journal copy says about the message it journals: the original's header
+// and, from an envelope journal report, the Bcc recipients (as the sender addressed them).
+type journalCopy struct {
+	header mail.Header
+	bcc    []string
+}
+
+// readCopy reads a journal copy: an envelope journal report (a multipart message with a
+// message/rfc822 part, the original) gives the attached original's header and the Bcc lines of
+// its report part; any other message is the original itself.
+func readCopy(data []byte) (journalCopy, error) {
 	e, err := message.Read(bytes.NewReader(data))
 	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
-		return mail.Header{}, fmt.Errorf("unreadable message: %w", err)
+		return journalCopy{}, fmt.Errorf("unreadable message: %w", err)
 	}
+	own := journalCopy{header: mail.Header{Header: e.Header}}
 	mt, _, _ := e.Header.ContentType()
 	if !strings.HasPrefix(mt, "multipart/") {
-		return mail.Header{Header: e.Header}, nil
+		return own, nil
 	}
 	mr := e.MultipartReader()
 	if mr == nil {
-		return mail.Header{Header: e.Header}, nil
+		return own, nil
 	}
+	var bcc []string
 	for {
 		p, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
-			return mail.Header{Header: e.Header}, nil
+			return own, nil
 		}
 		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
-			return mail.Header{}, fmt.Errorf("unreadable part: %w", err)
+			return journalCopy{}, fmt.Errorf("unreadable part: %w", err)
 		}
 		pt, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
-		if pt != "message/rfc822" {
+		switch pt {
+		case "text/plain":
+			if bcc == nil {
+				body, err := io.ReadAll(p.Body)
+				if err != nil {
+					return journalCopy{}, fmt.Errorf("unreadable report part: %w", err)
+				}
+				bcc = reportBcc(body)
+			}
+		case "message/rfc822":
+			inner, err := message.Read(p.Body)
+			if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+				return journalCopy{}, fmt.Errorf("unreadable attached message: %w", err)
+			}
+			return journalCopy{header: mail.Header{Header: inner.Header}, bcc: bcc}, nil
+		}
+	}
+}
+
+// reportBcc reads the Bcc recipients of an Exchange envelope journal report's body: one line per
+// recipient, "Bcc: address", or "Bcc: address, Expanded: list" / ", Forwarded: address" when
+// Exchange expanded a distribution list or followed a forwarding. The sender addressed the
+// list or the original address, and that is what the sent item shows, so it is the one taken.
+// Lines that are not Bcc, or whose address does not parse, are skipped: the report adds to
+// what the original's header says, and never makes a copy unreadable.
+func reportBcc(body []byte) []string {
+	var out []string
+	for _, line := range strings.Split(string(body), "\n") {
+		v, ok := cutField(strings.TrimSpace(line), "Bcc")
+		if !ok {
 			continue
 		}
-		inner, err := message.Read(p.Body)
-		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
-			return mail.Header{}, fmt.Errorf("unreadable attached message: %w", err)
+		addr, redirect, _ := strings.Cut(v, ",")
+		if kind, src, ok := strings.Cut(strings.TrimSpace(redirect), ":"); ok {
+			if k := strings.TrimSpace(kind); strings.EqualFold(k, "Expanded") || strings.EqualFold(k, "Forwarded") {
+				addr = src
+			}
 		}
-		return mail.Header{Header: inner.Header}, nil
+		a, err := netmail.ParseAddress(strings.TrimSpace(addr))
+		if err != nil || len(a.Address) > 254 {
+			continue
+		}
+		out = append(out, tracker.NormalizeAddress(a.Address))
+	}
+	return out
+}
+
+// cutField returns the value of a "Name: value" line whose name is name (any case).
+func cutField(line, name string) (string, bool) {
+	k, v, ok := strings.Cut(line, ":")
+	if !ok || !strings.EqualFold(strings.TrimSpace(k), name) {
+		return "", false
+	}
+	return strings.TrimSpace(v), true
+}
+
+// addBcc adds the report's Bcc recipients the message does not name yet, up to the recipient
+// limit.
+func addBcc(m *tracker.Message, bcc []string) {
+	if len(bcc) == 0 {
+		return
+	}
+	have := make(map[string]bool, len(m.To)+len(m.Cc)+len(m.Bcc))
+	for _, l := range [][]string{m.To, m.Cc, m.Bcc} {
+		for _, a := range l {
+			have[tracker.NormalizeAddress(a)] = true
+		}
+	}
+	for _, a := range bcc {
+		if have[a] || len(m.To)+len(m.Cc)+len(m.Bcc) >= tracker.MaxRecipients {
+			continue
+		}
+		have[a] = true
+		m.Bcc = append(m.Bcc, a)
 	}
 }
 

@@ -165,7 +165,7 @@ func TestJournalConversation(t *testing.T) {
 		}
 	})
 
-	t.Run("an envelope journal report is unwrapped", func(t *testing.T) {
+	t.Run("an envelope journal report is unwrapped, with the Bcc recipients it lists", func(t *testing.T) {
 		report := "Message-ID: <report-1@exchange.kanzlei.example>\r\n" +
 			"From: Microsoft Exchange <journal@kanzlei.example>\r\n" +
 			"To: journal-max@tracker.kanzlei.example\r\n" +
@@ -174,16 +174,30 @@ func TestJournalConversation(t *testing.T) {
 			"MIME-Version: 1.0\r\n" +
 			"Content-Type: multipart/mixed; boundary=\"b1\"\r\n" +
 			"\r\n" +
-			"--b1\r\nContent-Type: text/plain\r\n\r\nSender: max@kanzlei.example\r\nMessage-Id: <m2@kanzlei.example>\r\n" +
+			"--b1\r\nContent-Type: text/plain\r\n\r\n" +
+			"Sender: max@kanzlei.example\r\nSubject: Angebot\r\nMessage-Id: <m2@kanzlei.example>\r\n" +
+			"To: erika@kunde.example\r\n" +
+			"Bcc: Akte7@Kanzlei.example\r\n" +
+			"Bcc: sekretariat-1@kanzlei.example, Expanded: team@kanzlei.example\r\n" +
+			"Bcc: erika@kunde.example\r\n" +
+			"Recipient: unverified@kunde.example\r\n" +
+			"Bcc: not an address\r\n" +
 			"--b1\r\nContent-Type: message/rfc822\r\n\r\n" +
-			strings.Replace(copyOfSent, "m1@", "m2@", 1) +
+			// As relayed: the sending server removed the Bcc header.
+			strings.Replace(strings.Replace(copyOfSent, "m1@", "m2@", 1), "Bcc: akte7@kanzlei.example\r\n", "", 1) +
 			"--b1--\r\n"
 		if err := send(t, c, []string{"journal-max@tracker.kanzlei.example"}, report); err != nil {
 			t.Fatalf("send: %v", err)
 		}
 		got := ing.calls()
-		if last := got[len(got)-1].msg; last.MessageID != "m2@kanzlei.example" || last.Subject != "Angebot" {
+		last := got[len(got)-1].msg
+		if last.MessageID != "m2@kanzlei.example" || last.Subject != "Angebot" {
 			t.Errorf("evaluated %+v, want the attached original", last)
+		}
+		// The report's Bcc lines, as the sender addressed them (the list, not its member), each
+		// once, none that is already a recipient; Recipient lines and unreadable ones left out.
+		if got, want := strings.Join(last.Bcc, " "), "akte7@kanzlei.example team@kanzlei.example"; got != want {
+			t.Errorf("Bcc = %q, want %q", got, want)
 		}
 	})
 
