@@ -196,7 +196,7 @@ func senderTo(t *testing.T, addr string) *smtp.Sender {
 		t.Fatal(err)
 	}
 	p, _ := strconv.Atoi(port)
-	s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 5 * time.Second, SubmitTimeout: 300 * time.Millisecond})
+	s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 5 * time.Second, SubmitTimeout: time.Second})
 	t.Cleanup(s.Close)
 	return s
 }
@@ -382,7 +382,7 @@ func TestTLS(t *testing.T) {
 // line break and a message larger than one write chunk arrive exactly as built.
 func TestDotStuffing(t *testing.T) {
 	sink := smtptest.Start(t)
-	s := sender(t, sink)
+	s := senderTo(t, sink.Addr())
 	body := "From: info@kanzlei.example\r\nTo: client@example.com\r\nSubject: Punkte\r\n\r\n.\r\n..zwei\r\n.eins\r\nEnde ohne Umbruch"
 	if got := s.Send(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(body)); got.Outcome != outbox.OutcomeSent {
 		t.Fatalf("Send = %+v", got)
