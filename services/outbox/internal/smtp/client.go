@@ -78,6 +78,10 @@ func (l *lineLimitReader) Read(p []byte) (int, error) {
 // dataChunk is how much of a message is written under one deadline.
 const dataChunk = 64 << 10
 
+// maxPipelined bounds the commands sent ahead of their replies: 100 commands and their replies
+// are a few kilobytes, far below any socket buffer.
+const maxPipelined = 100
+
 // conn is one connection to the relay after its handshake, ready for transactions. It is not
 // safe for concurrent use: the Sender's pool hands it to one Send at a time.
 type conn struct {
@@ -270,39 +274,48 @@ func (c *conn) send(from string, rcpts []string, msg []byte) (code int, text str
 	return code, text, true, err
 }
 
-// pipelined writes MAIL, every RCPT and DATA at once (RFC 2920 §3.1: DATA ends the group) and
-// then reads their replies in order. Every reply is read, so the connection stays in step; the
-// first refusal is the transaction's error. When a recipient was refused but DATA was accepted
-// anyway (others were not refused), the connection is given up instead of sending the message,
-// since a recipient is never dropped silently.
+// pipelined writes MAIL, every RCPT and DATA without waiting (RFC 2920 §3.1: DATA ends the
+// group) and reads their replies in order. Every reply is read, so the connection stays in
+// step; the first refusal is the transaction's error. When a recipient was refused but DATA was
+// accepted anyway (others were not refused), the connection is given up instead of sending the
+// message, since a recipient is never dropped silently. At most maxPipelined commands are
+// unanswered at a time: a client that writes without reading can fill the relay's send buffer
+// with replies until both sides wait on each other (RFC 2920 §3.1 warns of it).
 func (c *conn) pipelined(rcpts []string) error {
-	for _, r := range rcpts {
-		c.appendRcpt(r)
-	}
-	c.line = append(c.line, "DATA\r\n"...)
-	if _, err := c.bw.Write(c.line); err != nil {
-		return err
-	}
-	if err := c.bw.Flush(); err != nil {
-		return err
-	}
+	n := len(rcpts) + 2 // MAIL (already in c.line), the RCPTs, DATA
 	var first error
-	for i := 0; i < len(rcpts)+2; i++ {
-		expect := 2
-		if i == len(rcpts)+1 {
-			expect = 354
-		}
-		_, _, err := c.reply(expect)
-		var re *replyError
-		if err != nil && !errors.As(err, &re) {
-			// The connection failed; a refusal read before it says more (a 421 closes it).
-			if first != nil {
-				return first
+	for written, read := 1, 0; read < n; {
+		for ; written < n && written-read < maxPipelined; written++ {
+			if written <= len(rcpts) {
+				c.appendRcpt(rcpts[written-1])
+			} else {
+				c.line = append(c.line, "DATA\r\n"...)
 			}
+		}
+		if _, err := c.bw.Write(c.line); err != nil {
 			return err
 		}
-		if err != nil && first == nil {
-			first = err
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		c.line = c.line[:0]
+		for ; read < written; read++ {
+			expect := 2
+			if read == n-1 {
+				expect = 354
+			}
+			_, _, err := c.reply(expect)
+			var re *replyError
+			if err != nil && !errors.As(err, &re) {
+				// The connection failed; a refusal read before it says more (a 421 closes it).
+				if first != nil {
+					return first
+				}
+				return err
+			}
+			if err != nil && first == nil {
+				first = err
+			}
 		}
 	}
 	return first

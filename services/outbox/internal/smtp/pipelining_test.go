@@ -3,6 +3,7 @@ package smtp_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -223,6 +224,30 @@ func TestPipelining(t *testing.T) {
 	msgs := sink.Messages()
 	if len(msgs) != 3 || strings.Join(msgs[2].To, ",") != strings.Join(twoRcpts, ",") || string(msgs[2].Data) != msg {
 		t.Fatalf("sink recorded %+v", msgs)
+	}
+}
+
+// TestManyRecipients: 250 recipients go out in groups of at most 100 unanswered commands, and
+// the message reaches all of them.
+func TestManyRecipients(t *testing.T) {
+	sink := smtptest.Start(t)
+	tp, addr := startTap(t, sink.Addr(), false, false)
+	var rcpts []string
+	for i := range 250 {
+		rcpts = append(rcpts, fmt.Sprintf("mandant%d@example.com", i))
+	}
+	if got := senderTo(t, addr).Send(context.Background(), "info@kanzlei.example", rcpts, []byte(msg)); got.Outcome != outbox.OutcomeSent {
+		t.Fatalf("Send = %+v", got)
+	}
+	if msgs := sink.Messages(); len(msgs) != 1 || len(msgs[0].To) != 250 {
+		t.Fatalf("sink recorded %d messages", len(msgs))
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	for _, c := range tp.commands {
+		if c.unanswered >= 100 {
+			t.Fatalf("%s sent with %d commands unanswered, want fewer than 100", c.verb, c.unanswered)
+		}
 	}
 }
 
