@@ -12,6 +12,7 @@ import (
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/mailbox/internal/events"
 	"github.com/postamt/postamt/services/mailbox/internal/mailbox"
 )
@@ -26,14 +27,14 @@ const maxTxAttempts = 16
 // the new state.
 type Store struct {
 	rdb    redis.UniversalClient
-	grants *grantBatcher
+	grants *redisx.Coalescer
 }
 
 var _ mailbox.Store = (*Store)(nil)
 
 // New returns a Store on rdb.
 func New(rdb redis.UniversalClient) *Store {
-	return &Store{rdb: rdb, grants: &grantBatcher{rdb: rdb}}
+	return &Store{rdb: rdb, grants: redisx.NewCoalescer(rdb)}
 }
 
 // batch collects the writes of one transaction while its reads run, so all reads happen under
@@ -1002,9 +1003,9 @@ func (s *Store) SetDefaultSender(ctx context.Context, tenant, userID, mailboxID 
 
 // SendGrant implements mailbox.Store with three independent reads (the user, the address's
 // mailbox summary and the user's grant on that address), pipelined together with those of other
-// concurrent callers (see grantBatcher).
+// concurrent callers (see sendGrant).
 func (s *Store) SendGrant(ctx context.Context, tenant, userID, address string) (mailbox.SendGrant, error) {
-	return s.grants.get(ctx, tenantKeys(tenant), userID, address)
+	return s.sendGrant(ctx, tenantKeys(tenant), userID, address)
 }
 
 // ---- sent view ----
