@@ -45,28 +45,3 @@ func TestDecodeCandidate(t *testing.T) {
 		t.Error("broken JSON decoded")
 	}
 }
-
-func BenchmarkDecodeCandidate(b *testing.B) {
-	reg := &tracker.RecordRef{ID: "a-1", Kind: tracker.KindAccount}
-	e := tracker.TrackedEmail{MessageID: "m1@x", Regarding: reg, Links: []tracker.Link{{Address: "a@b", Record: *reg}}}
-	for r := range 9 {
-		e.Explanation.Rules = append(e.Explanation.Rules, tracker.RuleOutcome{Rule: tracker.Rule(r + 1), Reason: tracker.ReasonRecords, Args: []string{"1", "0", "a@b"}})
-	}
-	raw := appendEmail(nil, &e)
-	str := string(raw)
-	b.Run("scan", func(b *testing.B) {
-		for b.Loop() {
-			if _, err := decodeCandidate(str); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("json", func(b *testing.B) {
-		for b.Loop() {
-			var c candidateJSON
-			if err := json.Unmarshal(raw, &c); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
@@ -87,34 +89,61 @@ return {1}
 	// trackManyScript is trackScript for several emails of one partition in one call (a
 	// batch's writes: one script call per partition instead of one per email, which is most of
 	// a call's cost). Each email is stored, indexed and announced exactly as trackScript does,
-	// in the order given, and atomically on its own.
-	// KEYS: each email's keys as trackScript takes them, one email after the other.
-	// ARGV[1] the number of emails; then 12 values per email: its number of keys, then
-	// trackScript's ARGV[1..11].
+	// in the order given, and atomically on its own. Redis pays for every argument of a call,
+	// so an email passes only what cannot be derived: values shared by the call come once, its
+	// flags ride on its key count, and the Message-ID, the event id and the record-index member
+	// are built here from the email's key and stamp.
+	// KEYS[1] the partition's event stream; then each email's keys: the email, the thread index
+	// (flag 1), the smart-key index (flag 2), then the record indexes.
+	// ARGV[1] the number of emails, ARGV[2] the event subject; then per email: its header
+	// (64 × its number of keys + flags), its tenant (flag 4: the first email of the call and
+	// one whose tenant differs from the one before), trackScript's ARGV[1] (the email) and
+	// ARGV[4] (the stamped candidate), the event's data, then its traceparent (flag 8), its
+	// tracestate (flag 16) and its record-index member (flag 32; otherwise built from the
+	// stamp, which gives the same member for every sent time before the year 2286).
 	// Returns one number per email: 1 stored, 0 tracked before (nothing written).
 	trackManyScript = redis.NewScript(eventbus.LuaEmit + `
 local function latest(key, cand, sent)
-  local old = redis.call('GET', key)
-  if (not old) or tonumber(string.sub(old, 1, 13)) <= sent then redis.call('SET', key, cand) end
+  local old = redis.call('SET', key, cand, 'GET')
+  if old and tonumber(string.sub(old, 1, 13)) > sent then redis.call('SET', key, old) end
 end
 local out = {}
-local k, a = 1, 2
+local stream, subject = KEYS[1], ARGV[2]
+local k, a = 2, 3
+local tenant, off
 for j = 1, tonumber(ARGV[1]) do
-  local nk = tonumber(ARGV[a])
-  local last = k + nk - 1
-  if not redis.call('SET', KEYS[k], ARGV[a + 1], 'NX') then
+  local h = tonumber(ARGV[a])
+  local f = h % 64
+  local last = k + (h - f) / 64 - 1
+  a = a + 1
+  if f % 8 >= 4 then
+    tenant = ARGV[a]
+    a = a + 1
+    -- KEYS[k] is pm:tr:{trN}:t:<tenant>:m:<Message-ID>
+    off = string.find(KEYS[k], '}', 1, true) + 7 + #tenant
+  end
+  local data, cand, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  a = a + 3
+  local tp, ts, member = '', '', nil
+  if f % 16 >= 8 then tp = ARGV[a]; a = a + 1 end
+  if f % 32 >= 16 then ts = ARGV[a]; a = a + 1 end
+  if f >= 32 then member = ARGV[a]; a = a + 1 end
+  if not redis.call('SET', KEYS[k], data, 'NX') then
     out[j] = 0
   else
-    local i = k + 2
-    local cand = ARGV[a + 4]
+    local mid = string.sub(KEYS[k], off)
     local sent = tonumber(string.sub(cand, 1, 13))
-    if ARGV[a + 2] == '1' then latest(KEYS[i], cand, sent); i = i + 1 end
-    if ARGV[a + 3] == '1' then latest(KEYS[i], cand, sent); i = i + 1 end
-    for r = i, last do redis.call('ZADD', KEYS[r], 0, ARGV[a + 5]) end
-    postamt_emit(KEYS[k + 1], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    local i = k + 1
+    if f % 2 == 1 then latest(KEYS[i], cand, sent); i = i + 1 end
+    if f % 4 >= 2 then latest(KEYS[i], cand, sent); i = i + 1 end
+    if i <= last then
+      member = member or (string.format('%013d', 9999999999999 - sent) .. '|' .. mid)
+      for r = i, last do redis.call('ZADD', KEYS[r], 0, member) end
+    end
+    postamt_emit(stream, tenant .. ':tracked:' .. mid .. ':1', subject, tenant, payload, tp, ts)
     out[j] = 1
   end
-  k, a = last + 1, a + 12
+  k = last + 1
 end
 return out
 `)
@@ -447,81 +476,140 @@ func (s *Store) Gather(ctx context.Context, tenant string, q tracker.Query) (tra
 	return gs[0], nil
 }
 
-// gatherCmds are one query's commands in a GatherMany pipeline.
+// gatherCmds are one query's replies in a GatherMany pipeline: slots of the string values
+// read (-1: not read) and the address index commands.
 type gatherCmds struct {
-	org, user, existing, irt, thread, smart *redis.StringCmd
+	org, user, existing, irt, thread, smart int
 	exists                                  *redis.IntCmd
-	tokens, refs                            []*redis.StringCmd
+	tokens, refs                            []int
 	addrs                                   []*redis.StringSliceCmd
+}
+
+// gatherStrings are the string keys a GatherMany call reads, each once: one MGET per partition
+// (a Redis Cluster slot) instead of a GET per key, so Redis parses and dispatches one command
+// for all of them.
+type gatherStrings struct {
+	slot  map[string]int // key -> slot
+	part  []int          // slot -> its MGET
+	pos   []int          // slot -> its position in that MGET
+	mgets []*mgetCall
+	parts map[string]int // partition -> its MGET
+	vals  []string       // after the read: slot -> value
+	found []bool         // slot -> the key exists
+}
+
+type mgetCall struct {
+	keys []string
+	cmd  *redis.SliceCmd
+}
+
+// add returns the slot of a key of partition k.part, adding it when new.
+func (g *gatherStrings) add(k *keys, key string) int {
+	if i, ok := g.slot[key]; ok {
+		return i
+	}
+	m, ok := g.parts[k.part]
+	if !ok {
+		m = len(g.mgets)
+		g.parts[k.part] = m
+		g.mgets = append(g.mgets, &mgetCall{})
+	}
+	i := len(g.part)
+	g.slot[key] = i
+	g.part = append(g.part, m)
+	g.pos = append(g.pos, len(g.mgets[m].keys))
+	g.mgets[m].keys = append(g.mgets[m].keys, key)
+	return i
+}
+
+// read takes the MGET replies.
+func (g *gatherStrings) read() error {
+	g.vals, g.found = make([]string, len(g.part)), make([]bool, len(g.part))
+	for _, m := range g.mgets {
+		if err := m.cmd.Err(); err != nil {
+			return err
+		}
+		if n := len(m.cmd.Val()); n != len(m.keys) {
+			return fmt.Errorf("MGET of %d keys answered %d values", len(m.keys), n)
+		}
+	}
+	for i, m := range g.part {
+		v, ok := g.mgets[m].cmd.Val()[g.pos[i]].(string)
+		g.vals[i], g.found[i] = v, ok
+	}
+	return nil
 }
 
 // GatherMany implements tracker.Store: one pipeline for every query. A key several messages
 // read (the tenant's settings, a user's options, the email many replies answer, a sender's
-// address) is read and decoded once per call.
+// address) is read and decoded once per call; the string values are read by one MGET per
+// partition.
 func (s *Store) GatherMany(ctx context.Context, qs []tracker.TenantQuery) ([]tracker.Gathered, error) {
 	cmds := make([]gatherCmds, len(qs))
-	strs := map[string]*redis.StringCmd{}
-	hashes := map[string]*redis.StringSliceCmd{}
+	strs := &gatherStrings{slot: make(map[string]int, 4*len(qs)), parts: map[string]int{}}
+	hashes := make(map[string]*redis.StringSliceCmd, 2*len(qs))
+	slots := make([]int, 0, 2*len(qs))
+	addrs := make([]*redis.StringSliceCmd, 0, 4*len(qs))
+	var tk keysOf
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		get := func(key string) *redis.StringCmd {
-			c, ok := strs[key]
-			if !ok {
-				c = p.Get(ctx, key)
-				strs[key] = c
-			}
-			return c
-		}
 		for i := range qs {
-			q, c, k := &qs[i], &cmds[i], tenantKeys(qs[i].Tenant)
-			c.org = get(k.org())
+			q, c, k := &qs[i], &cmds[i], tk.of(qs[i].Tenant)
+			c.org, c.user, c.existing, c.irt, c.thread, c.smart = strs.add(&k, k.org()), -1, -1, -1, -1, -1
 			if q.User != "" {
-				c.user = get(k.user(q.User))
+				c.user = strs.add(&k, k.user(q.User))
 			}
 			if q.PresenceOnly {
 				c.exists = p.Exists(ctx, k.email(q.MessageID))
 			} else {
-				c.existing = p.Get(ctx, k.email(q.MessageID))
+				c.existing = strs.add(&k, k.email(q.MessageID))
 			}
 			if q.InReplyTo != "" {
-				c.irt = get(k.email(q.InReplyTo))
+				c.irt = strs.add(&k, k.email(q.InReplyTo))
 			}
-			if len(q.Tokens) > 0 {
-				c.tokens = make([]*redis.StringCmd, len(q.Tokens))
-				for j, t := range q.Tokens {
-					c.tokens[j] = get(k.token(t))
+			if len(q.Tokens)+len(q.References) > 0 {
+				start := len(slots)
+				for _, t := range q.Tokens {
+					slots = append(slots, strs.add(&k, k.token(t)))
 				}
-			}
-			if len(q.References) > 0 {
-				c.refs = make([]*redis.StringCmd, len(q.References))
-				for j, r := range q.References {
-					c.refs[j] = get(k.email(r))
+				for _, r := range q.References {
+					slots = append(slots, strs.add(&k, k.email(r)))
 				}
+				all := slots[start:len(slots):len(slots)]
+				c.tokens, c.refs = all[:len(q.Tokens):len(q.Tokens)], all[len(q.Tokens):]
 			}
 			if q.ThreadID != "" {
-				c.thread = get(k.thread(q.ThreadID))
+				c.thread = strs.add(&k, k.thread(q.ThreadID))
 			}
 			if q.SmartKey != "" {
-				c.smart = get(k.smart(q.SmartKey))
+				c.smart = strs.add(&k, k.smart(q.SmartKey))
 			}
-			c.addrs = make([]*redis.StringSliceCmd, len(q.Addresses))
-			for j, a := range q.Addresses {
+			start := len(addrs)
+			for _, a := range q.Addresses {
 				key := k.address(a)
 				hc, ok := hashes[key]
 				if !ok {
 					hc = p.HVals(ctx, key)
 					hashes[key] = hc
 				}
-				c.addrs[j] = hc
+				addrs = append(addrs, hc)
 			}
+			c.addrs = addrs[start:len(addrs):len(addrs)]
+		}
+		for _, m := range strs.mgets {
+			m.cmd = p.MGet(ctx, m.keys...)
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("gather: %w", err)
 	}
+	if err := strs.read(); err != nil {
+		return nil, fmt.Errorf("gather: %w", err)
+	}
+	n := len(strs.part)
 	d := &decoder{
-		orgs: map[*redis.StringCmd]tracker.OrgSettings{}, users: map[*redis.StringCmd]storedUser{},
-		cands: map[*redis.StringCmd]*tracker.Candidate{}, recs: map[*redis.StringSliceCmd][]tracker.RecordRef{},
+		strs: strs, decoded: make([]bool, n), orgs: make([]tracker.OrgSettings, n), users: make([]storedUser, n),
+		cands: make([]*tracker.Candidate, n), recs: make(map[*redis.StringSliceCmd][]tracker.RecordRef, len(hashes)),
 	}
 	out := make([]tracker.Gathered, len(qs))
 	for i := range qs {
@@ -532,33 +620,28 @@ func (s *Store) GatherMany(ctx context.Context, qs []tracker.TenantQuery) ([]tra
 	return out, nil
 }
 
-// val is a string reply, false when the key does not exist (or the command was not sent).
-func val(c *redis.StringCmd) (string, bool) {
-	if c == nil || c.Err() != nil {
-		return "", false
-	}
-	return c.Val(), true
-}
-
 // decoder decodes GatherMany's replies, each shared reply once.
 type decoder struct {
-	orgs  map[*redis.StringCmd]tracker.OrgSettings
-	users map[*redis.StringCmd]storedUser
+	strs *gatherStrings
+	// decoded[slot] says that the slot's value has been decoded into orgs, users or cands.
+	decoded []bool
+	orgs    []tracker.OrgSettings
+	users   []storedUser
 	// cands are decoded emails and index entries; nil for a key that does not exist.
-	cands map[*redis.StringCmd]*tracker.Candidate
+	cands []*tracker.Candidate
 	recs  map[*redis.StringSliceCmd][]tracker.RecordRef
 }
 
 // candidate decodes a tracked email's JSON (stamped false) or an index entry (stamped true).
-func (d *decoder) candidate(c *redis.StringCmd, stamped bool) (*tracker.Candidate, error) {
-	if cand, ok := d.cands[c]; ok {
-		return cand, nil
+func (d *decoder) candidate(slot int, stamped bool) (*tracker.Candidate, error) {
+	if d.decoded[slot] {
+		return d.cands[slot], nil
 	}
-	raw, ok := val(c)
-	if !ok {
-		d.cands[c] = nil
+	d.decoded[slot] = true
+	if !d.strs.found[slot] {
 		return nil, nil
 	}
+	raw := d.strs.vals[slot]
 	var cand *tracker.Candidate
 	var err error
 	if stamped {
@@ -569,60 +652,60 @@ func (d *decoder) candidate(c *redis.StringCmd, stamped bool) (*tracker.Candidat
 		cand = &x
 	}
 	if err != nil {
+		d.decoded[slot] = false
 		return nil, err
 	}
-	d.cands[c] = cand
+	d.cands[slot] = cand
 	return cand, nil
 }
 
 // gathered decodes one query's replies into g.
 func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered) error {
 	ev := &g.Evidence
-	if o, ok := d.orgs[c.org]; ok {
-		ev.Org = o
-	} else {
-		if raw, ok := val(c.org); ok {
+	if !d.decoded[c.org] {
+		if d.strs.found[c.org] {
 			var o storedOrg
-			if err := json.Unmarshal([]byte(raw), &o); err != nil {
+			if err := json.Unmarshal([]byte(d.strs.vals[c.org]), &o); err != nil {
 				return fmt.Errorf("decode org settings: %w", err)
 			}
-			ev.Org = o.domain()
+			d.orgs[c.org] = o.domain()
 		}
-		d.orgs[c.org] = ev.Org
+		d.decoded[c.org] = true
 	}
+	ev.Org = d.orgs[c.org]
 	ev.User = tracker.UserSettings{UserID: q.User}
-	if c.user != nil {
-		u, ok := d.users[c.user]
-		if !ok {
-			if raw, found := val(c.user); found {
-				if err := json.Unmarshal([]byte(raw), &u); err != nil {
+	if c.user >= 0 {
+		if !d.decoded[c.user] {
+			if d.strs.found[c.user] {
+				if err := json.Unmarshal([]byte(d.strs.vals[c.user]), &d.users[c.user]); err != nil {
 					return fmt.Errorf("decode user settings: %w", err)
 				}
 			}
-			d.users[c.user] = u
+			d.decoded[c.user] = true
 		}
+		u := d.users[c.user]
 		ev.User.Option, ev.User.Version = u.Option, u.Version
 	}
 	if c.exists != nil {
 		g.AlreadyTracked = c.exists.Err() == nil && c.exists.Val() > 0
 	}
-	if raw, ok := val(c.existing); ok {
-		e, err := decodeEmail([]byte(raw))
+	if c.existing >= 0 && d.strs.found[c.existing] {
+		e, err := decodeEmail([]byte(d.strs.vals[c.existing]))
 		if err != nil {
 			return err
 		}
 		g.Existing, g.AlreadyTracked = e, true
 	}
 	var err error
-	if c.irt != nil {
+	if c.irt >= 0 {
 		if ev.InReplyTo, err = d.copyOf(d.candidate(c.irt, false)); err != nil {
 			return err
 		}
 	}
-	for i, tc := range c.tokens {
-		if raw, ok := val(tc); ok {
+	for i, slot := range c.tokens {
+		if d.strs.found[slot] {
 			var t tracker.Token
-			if err := json.Unmarshal([]byte(raw), &t); err != nil {
+			if err := json.Unmarshal([]byte(d.strs.vals[slot]), &t); err != nil {
 				return fmt.Errorf("decode token: %w", err)
 			}
 			if ev.Tokens == nil {
@@ -631,8 +714,8 @@ func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered)
 			ev.Tokens[q.Tokens[i]] = t
 		}
 	}
-	for i, rc := range c.refs {
-		cand, err := d.candidate(rc, false)
+	for i, slot := range c.refs {
+		cand, err := d.candidate(slot, false)
 		if err != nil {
 			return err
 		}
@@ -643,12 +726,12 @@ func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered)
 			ev.References[q.References[i]] = *cand
 		}
 	}
-	if c.thread != nil {
+	if c.thread >= 0 {
 		if ev.Thread, err = d.copyOf(d.candidate(c.thread, true)); err != nil {
 			return fmt.Errorf("decode thread index: %w", err)
 		}
 	}
-	if c.smart != nil {
+	if c.smart >= 0 {
 		if ev.Smart, err = d.copyOf(d.candidate(c.smart, true)); err != nil {
 			return fmt.Errorf("decode smart index: %w", err)
 		}
@@ -752,6 +835,147 @@ func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmai
 // for a millisecond or two at most.
 const maxTrackPerCall = 64
 
+// keysOf remembers the keys of the last tenant asked for: the messages of a batch are mostly of
+// one tenant, and building a tenant's keys hashes the tenant and allocates.
+type keysOf struct {
+	tenant string
+	k      keys
+	ok     bool
+}
+
+func (c *keysOf) of(tenant string) keys {
+	if !c.ok || c.tenant != tenant {
+		c.tenant, c.k, c.ok = tenant, tenantKeys(tenant), true
+	}
+	return c.k
+}
+
+// trackMany is one trackManyScript call being built: the keys and arguments of up to
+// maxTrackPerCall tracked emails of one partition.
+type trackMany struct {
+	idx    []int // the writes it tracks
+	keys   []string
+	argv   []any
+	tenant string // the tenant of the last email added
+	cmd    *redis.Cmd
+	// buf holds the emails' JSON, stamped candidates and event data, each argument a piece of
+	// it (a piece stays valid when buf grows).
+	buf []byte
+}
+
+func newTrackMany(k keys) *trackMany {
+	c := &trackMany{keys: make([]string, 1, 1+4*16), argv: make([]any, 2, 2+5*16), buf: make([]byte, 0, 8<<10)}
+	c.keys[0], c.argv[0], c.argv[1] = k.events(), 0, events.EmailTrackedSubject
+	return c
+}
+
+// The flags of an email's header in a trackManyScript call.
+const (
+	tmThread  = 1
+	tmSmart   = 2
+	tmTenant  = 4
+	tmParent  = 8
+	tmState   = 16
+	tmCursor  = 32
+	tmPerKey  = 64 // the header is tmPerKey × the email's number of keys + its flags
+	maxCursor = 9_999_999_999_999
+)
+
+// add appends an email's keys and arguments (see trackManyScript). The EmailTracked event is
+// the one trackCall builds for trackScript.
+func (c *trackMany) add(ctx context.Context, tenant string, k keys, e *tracker.TrackedEmail, smartKey string) error {
+	ev := events.EmailTracked(tenant, e)
+	start := len(c.buf)
+	buf, err := proto.MarshalOptions{}.MarshalAppend(c.buf, ev.Msg)
+	if err != nil {
+		return fmt.Errorf("%w: marshal %s: %w", eventbus.ErrInvalidEvent, ev.ID, err)
+	}
+	payload := buf[start:len(buf):len(buf)]
+	var tc traceCarrier
+	propagation.TraceContext{}.Inject(ctx, &tc)
+
+	first := len(c.keys)
+	flags := 0
+	c.keys = append(c.keys, k.email(e.MessageID))
+	if e.ThreadID != "" {
+		c.keys, flags = append(c.keys, k.thread(e.ThreadID)), flags|tmThread
+	}
+	if smartKey != "" {
+		c.keys, flags = append(c.keys, k.smart(smartKey)), flags|tmSmart
+	}
+	records := len(c.keys)
+	addRecord := func(id string) {
+		key := k.recordMails(id)
+		if !slices.Contains(c.keys[records:], key) {
+			c.keys = append(c.keys, key)
+		}
+	}
+	if e.Regarding != nil {
+		addRecord(e.Regarding.ID)
+	}
+	for _, l := range e.Links {
+		addRecord(l.Record.ID)
+	}
+	newTenant := len(c.idx) == 0 || tenant != c.tenant
+	if newTenant {
+		flags |= tmTenant
+	}
+	if tc.parent != "" {
+		flags |= tmParent
+	}
+	if tc.state != "" {
+		flags |= tmState
+	}
+	ms := e.SentAt.UnixMilli()
+	if ms > maxCursor {
+		flags |= tmCursor
+	}
+	c.argv = append(c.argv, tmPerKey*(len(c.keys)-first)+flags)
+	if newTenant {
+		c.argv = append(c.argv, tenant)
+		c.tenant = tenant
+	}
+	cand := candidate(e)
+	start = len(buf)
+	buf = appendEmail(buf, e)
+	data := buf[start:len(buf):len(buf)]
+	start = len(buf)
+	buf = appendStamped(buf, &cand)
+	c.argv = append(c.argv, data, buf[start:len(buf):len(buf)], payload)
+	c.buf = buf
+	if tc.parent != "" {
+		c.argv = append(c.argv, tc.parent)
+	}
+	if tc.state != "" {
+		c.argv = append(c.argv, tc.state)
+	}
+	if flags&tmCursor != 0 {
+		c.argv = append(c.argv, cursor(e))
+	}
+	c.argv[0] = len(c.idx) + 1
+	return nil
+}
+
+// traceCarrier takes the W3C trace context of an event as eventbus.Envelope would put it into
+// the stream entry, without a map per event.
+type traceCarrier struct{ parent, state string }
+
+// Get is part of propagation.TextMapCarrier; injecting never reads.
+func (t *traceCarrier) Get(string) string { return "" }
+
+// Keys is part of propagation.TextMapCarrier; injecting never lists.
+func (t *traceCarrier) Keys() []string { return nil }
+
+// Set keeps the two headers the stream entry has fields for (eventbus.Envelope keeps the same).
+func (t *traceCarrier) Set(key, value string) {
+	switch key {
+	case eventbus.HeaderTraceparent:
+		t.parent = value
+	case eventbus.HeaderTracestate:
+		t.state = value
+	}
+}
+
 // WriteMany implements tracker.Store: one pipeline of SETs of explanations with their TTL and
 // trackManyScript calls, each for up to maxTrackPerCall tracked emails of one partition in
 // their order (each email atomic on its own, so a Message-ID tracked meanwhile is left as it
@@ -760,14 +984,8 @@ const maxTrackPerCall = 64
 // SCRIPT FLUSH), it is loaded and the refused calls are sent again: a refused call ran nothing.
 func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.WriteResult, error) {
 	out := make([]tracker.WriteResult, len(ws))
-	type call struct {
-		idx  []int // the writes it tracks
-		keys []string
-		argv []any
-		cmd  *redis.Cmd
-	}
-	var calls []*call
-	open := map[string]*call{} // by partition
+	var calls []*trackMany
+	open := map[string]*trackMany{} // by partition
 	sets := make([]*redis.StatusCmd, len(ws))
 	type set struct {
 		key string
@@ -775,6 +993,7 @@ func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.Wr
 		ttl time.Duration
 	}
 	pending := make([]set, len(ws))
+	var tk keysOf
 	for i, w := range ws {
 		wctx := w.Ctx
 		if wctx == nil {
@@ -782,25 +1001,21 @@ func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.Wr
 		}
 		switch {
 		case w.Email != nil:
-			ks, argv, err := trackCall(wctx, w.Tenant, w.Email, w.SmartKey)
-			if err != nil {
+			k := tk.of(w.Tenant)
+			c := open[k.part]
+			if c == nil || len(c.idx) == maxTrackPerCall {
+				c = newTrackMany(k)
+				open[k.part] = c
+				calls = append(calls, c)
+			}
+			if err := c.add(wctx, w.Tenant, k, w.Email, w.SmartKey); err != nil {
 				out[i].Err = err
 				continue
 			}
-			part := tenantKeys(w.Tenant).part
-			c := open[part]
-			if c == nil || len(c.idx) == maxTrackPerCall {
-				c = &call{argv: []any{0}}
-				open[part] = c
-				calls = append(calls, c)
-			}
 			c.idx = append(c.idx, i)
-			c.keys = append(c.keys, ks...)
-			c.argv = append(append(c.argv, len(ks)), argv...)
-			c.argv[0] = len(c.idx)
 		case w.Explanation != nil:
 			b := appendExplanation(make([]byte, 0, 512), w.Explanation)
-			pending[i] = set{key: tenantKeys(w.Tenant).decision(w.Explanation.MessageID), val: b, ttl: w.TTL}
+			pending[i] = set{key: tk.of(w.Tenant).decision(w.Explanation.MessageID), val: b, ttl: w.TTL}
 		default:
 			out[i].Err = errors.New("write: neither a tracked email nor an explanation")
 		}
@@ -832,7 +1047,7 @@ func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.Wr
 				}
 			}
 		}
-		var again []*call
+		var again []*trackMany
 		for _, c := range calls {
 			res, err := c.cmd.Int64Slice()
 			switch {

@@ -150,7 +150,7 @@ func (s *Service) WriteBatch(ctx context.Context, d *Decided) (errList []error, 
 // write with the same or a newer sent millisecond wins). Each entry carries the sequence number
 // of the batch that wrote it last, and is dropped once a gather saw that batch's writes.
 type Pending struct {
-	emails, threads, smarts map[string]pendingEntry
+	emails, threads, smarts map[pendingKey]pendingEntry
 }
 
 type pendingEntry struct {
@@ -160,7 +160,7 @@ type pendingEntry struct {
 
 // NewPending returns an empty Pending.
 func NewPending() *Pending {
-	return &Pending{emails: map[string]pendingEntry{}, threads: map[string]pendingEntry{}, smarts: map[string]pendingEntry{}}
+	return &Pending{emails: map[pendingKey]pendingEntry{}, threads: map[pendingKey]pendingEntry{}, smarts: map[pendingKey]pendingEntry{}}
 }
 
 // Reset drops every entry (after a failed write: the batches after it are decided again).
@@ -171,7 +171,7 @@ func (p *Pending) Reset() {
 }
 
 func (p *Pending) prune(visible uint64) {
-	for _, m := range []map[string]pendingEntry{p.emails, p.threads, p.smarts} {
+	for _, m := range [...]map[pendingKey]pendingEntry{p.emails, p.threads, p.smarts} {
 		for k, e := range m {
 			if e.seq <= visible {
 				delete(m, k)
@@ -180,11 +180,13 @@ func (p *Pending) prune(visible uint64) {
 	}
 }
 
-func pendingKey(tenant, id string) string { return tenant + "\x00" + id }
+// pendingKey is a Message-ID, thread or smart key of a tenant (a struct: no string built per
+// lookup).
+type pendingKey struct{ tenant, id string }
 
 // tracked reports whether a pending write tracks the Message-ID.
 func (p *Pending) tracked(tenant, messageID string) bool {
-	_, ok := p.emails[pendingKey(tenant, messageID)]
+	_, ok := p.emails[pendingKey{tenant, messageID}]
 	return ok
 }
 
@@ -194,13 +196,13 @@ func (p *Pending) apply(tenant string, q *Query, ev *Evidence) {
 		return
 	}
 	if q.InReplyTo != "" && ev.InReplyTo == nil {
-		if e, ok := p.emails[pendingKey(tenant, q.InReplyTo)]; ok {
+		if e, ok := p.emails[pendingKey{tenant, q.InReplyTo}]; ok {
 			c := e.c
 			ev.InReplyTo = &c
 		}
 	}
 	for _, r := range q.References {
-		if e, ok := p.emails[pendingKey(tenant, r)]; ok {
+		if e, ok := p.emails[pendingKey{tenant, r}]; ok {
 			if _, found := ev.References[r]; !found {
 				if ev.References == nil {
 					ev.References = map[string]Candidate{}
@@ -210,13 +212,13 @@ func (p *Pending) apply(tenant string, q *Query, ev *Evidence) {
 		}
 	}
 	if q.ThreadID != "" {
-		if e, ok := p.threads[pendingKey(tenant, q.ThreadID)]; ok {
+		if e, ok := p.threads[pendingKey{tenant, q.ThreadID}]; ok {
 			c := e.c
 			ev.Thread = &c
 		}
 	}
 	if q.SmartKey != "" {
-		if e, ok := p.smarts[pendingKey(tenant, q.SmartKey)]; ok {
+		if e, ok := p.smarts[pendingKey{tenant, q.SmartKey}]; ok {
 			c := e.c
 			ev.Smart = &c
 		}
@@ -227,7 +229,7 @@ func (p *Pending) apply(tenant string, q *Query, ev *Evidence) {
 // smart key indexes as they are before it is written).
 func (p *Pending) track(tenant string, e *TrackedEmail, smartKey string, ev *Evidence, seq uint64) {
 	c := Candidate{MessageID: e.MessageID, Regarding: e.Regarding, SentAt: e.SentAt}
-	p.emails[pendingKey(tenant, e.MessageID)] = pendingEntry{c, seq}
+	p.emails[pendingKey{tenant, e.MessageID}] = pendingEntry{c, seq}
 	latest := func(cur *Candidate) pendingEntry {
 		if cur == nil || sentMillis(cur.SentAt) <= sentMillis(c.SentAt) {
 			return pendingEntry{c, seq}
@@ -235,10 +237,10 @@ func (p *Pending) track(tenant string, e *TrackedEmail, smartKey string, ev *Evi
 		return pendingEntry{*cur, seq}
 	}
 	if e.ThreadID != "" {
-		p.threads[pendingKey(tenant, e.ThreadID)] = latest(ev.Thread)
+		p.threads[pendingKey{tenant, e.ThreadID}] = latest(ev.Thread)
 	}
 	if smartKey != "" {
-		p.smarts[pendingKey(tenant, smartKey)] = latest(ev.Smart)
+		p.smarts[pendingKey{tenant, smartKey}] = latest(ev.Smart)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // tokenLike finds every <prefix>:<digits> in a subject, whatever the prefix: the store looks the
@@ -85,7 +86,36 @@ func NormalizeSubject(subject string) string {
 		}
 		s = t
 	}
-	return strings.Join(strings.FieldsFunc(strings.ToLower(s), unicode.IsSpace), " ")
+	return foldSubject(s)
+}
+
+// foldSubject lower-cases s and folds its spacing: the words (runs of non-space runes), lower
+// case, joined by single spaces. It is strings.Join(strings.FieldsFunc(strings.ToLower(s),
+// unicode.IsSpace), " ") in one pass and one allocation (the smart key of every message
+// normalises its subject; the keys are stored, so the result must never change).
+func foldSubject(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	space := false
+	for _, r := range s {
+		if unicode.IsSpace(r) {
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		if r < utf8.RuneSelf {
+			if 'A' <= r && r <= 'Z' {
+				r += 'a' - 'A'
+			}
+			b.WriteByte(byte(r))
+		} else {
+			b.WriteRune(unicode.ToLower(r))
+		}
+	}
+	return b.String()
 }
 
 // SmartKey is the smart-matching key of a message: its normalised subject and the set of its
@@ -99,13 +129,17 @@ func SmartKey(m *Message) string {
 	if subj == "" || len(set) < 2 {
 		return ""
 	}
-	h := sha256.New()
-	h.Write([]byte(subj))
+	n := len(subj)
 	for _, a := range set {
-		h.Write([]byte{0})
-		h.Write([]byte(a))
+		n += 1 + len(a)
 	}
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	var stack [512]byte
+	b := append(stack[:0:min(n, len(stack))], subj...)
+	for _, a := range set {
+		b = append(append(b, 0), a...)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // smartFits reports whether the message may be smart-matched under s: a subject long enough to
