@@ -223,7 +223,8 @@ func BenchmarkP1Delivery(b *testing.B) {
 //   - P4: a page of 50 (p50/p99 of 200 pages through the tenant's ALL view, admin) and the
 //     badge count (p50/p99 of 200 counts) with the whole backlog in one tenant;
 //   - P2: 5,000 emails due spread over 10 s; lateness of their arrival at the sink after their
-//     send_at: early count, p50, p99, max.
+//     send_at: early count, p50, p99, max. POSTAMT_BENCH_P2_STATS=file writes what Redis spent
+//     10 ms or more on during that window (LATENCY LATEST, SLOWLOG) there.
 func BenchmarkP2P4P8Backlog(b *testing.B) {
 	s := startSuite(b)
 	backlog := envInt("POSTAMT_BENCH_BACKLOG", 1_000_000)
@@ -264,6 +265,11 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 		b.ReportMetric(ms(percentile(counts, 0.99)), "P4-count-p99-ms")
 
 		// P2: due mail among the backlog.
+		stats := os.Getenv("POSTAMT_BENCH_P2_STATS")
+		if stats != "" {
+			s.rdb.ConfigSet(ctx, "latency-monitor-threshold", "10")
+			s.rdb.SlowLogReset(ctx)
+		}
 		sent := len(s.sink.Messages())
 		window := time.Now().Add(2 * time.Second)
 		s.submitAll(b, due, 50, func(i int) *outboxv1.SubmitEmailRequest {
@@ -278,6 +284,14 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 				early++
 			}
 			late = append(late, d)
+		}
+		if stats != "" {
+			// What Redis itself spent ≥ 10 ms on during the due window (LATENCY LATEST, SLOWLOG).
+			lat := s.rdb.Do(ctx, "LATENCY", "LATEST").String()
+			slow := fmt.Sprint(s.rdb.SlowLogGet(ctx, 20).Val())
+			if err := os.WriteFile(stats, []byte(lat+"\n"+slow+"\n"), 0o644); err != nil {
+				b.Fatal(err)
+			}
 		}
 		b.ReportMetric(float64(early), "P2-early")
 		b.ReportMetric(ms(percentile(late, 0)), "P2-earliest-ms")
