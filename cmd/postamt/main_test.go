@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/logtest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
@@ -87,24 +87,6 @@ func TestTokenIsVerifiable(t *testing.T) {
 	}
 }
 
-// syncBuffer lets the test read what `up` prints while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestUp runs `postamt up` as `make run` does (with the test's own Redis), then follows its printed
 // quick start: the grpcurl list (reflection, no token) and a call with the printed token.
 func TestUp(t *testing.T) {
@@ -116,7 +98,7 @@ func TestUp(t *testing.T) {
 	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	calendarAddr, calendarOps := freeAddr(t), freeAddr(t)
 	dataDir := t.TempDir()
-	var out syncBuffer
+	var out logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

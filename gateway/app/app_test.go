@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +28,7 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/testkit/authtest"
+	"github.com/postamt/postamt/internal/testkit/logtest"
 	"github.com/postamt/postamt/internal/testkit/natstest"
 	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/redistest"
@@ -55,32 +54,14 @@ type env struct {
 	httpURL string
 	conn    *grpc.ClientConn // to the gateway's gRPC port
 	sink    *smtptest.Sink
-	logs    *syncBuffer // the gateway's log
-}
-
-// syncBuffer is a log destination a test may read while the server writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs    *logtest.Buffer // the gateway's log
 }
 
 func startEnv(t *testing.T, tune func(*app.Config)) *env {
 	t.Helper()
 	rs, ns := redistest.Start(t), natstest.Start(t)
 	rdb := rs.Client(t)
-	e := &env{t: t, js: ns.JetStream(t), sink: smtptest.Start(t), logs: &syncBuffer{}}
+	e := &env{t: t, js: ns.JetStream(t), sink: smtptest.Start(t), logs: &logtest.Buffer{}}
 	verifier, signer := authtest.Keys(t)
 	e.signer = signer
 	logger := slog.New(slog.DiscardHandler)

@@ -1,7 +1,6 @@
 package grpcserver_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,6 +31,7 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/logtest"
 )
 
 const serviceName = "postamt.test.v1.TestService"
@@ -103,25 +103,11 @@ func (s *testService) desc() *grpc.ServiceDesc {
 	}
 }
 
-// syncBuffer is a log sink the server goroutines and the test can share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the JSON log records written so far.
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+// logLines returns the JSON log records written to b so far.
+func logLines(t *testing.T, b *logtest.Buffer) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 		if l == "" {
 			continue
 		}
@@ -134,19 +120,13 @@ func (b *syncBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // running is a started server and a connection to it.
 type running struct {
 	svc    *testService
 	conn   *grpc.ClientConn
 	addr   string
 	reg    *prometheus.Registry
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 	cancel context.CancelFunc
 	done   chan error // Serve's result
 
@@ -164,7 +144,7 @@ func (r *running) wait() error {
 // ends or r.cancel is called.
 func start(t *testing.T, opts grpcserver.Options) *running {
 	t.Helper()
-	r := &running{svc: newTestService(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}, done: make(chan error, 1)}
+	r := &running{svc: newTestService(), reg: prometheus.NewRegistry(), logs: &logtest.Buffer{}, done: make(chan error, 1)}
 	opts.Name = append(opts.Name, serviceName)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -386,7 +366,7 @@ func TestErrors(t *testing.T) {
 	})
 	t.Run("panics are logged with their stack", func(t *testing.T) {
 		var stacks int
-		for _, l := range r.logs.lines(t) {
+		for _, l := range logLines(t, r.logs) {
 			if s, _ := l["stack"].(string); strings.Contains(s, "testService") {
 				stacks++
 			}
@@ -502,12 +482,12 @@ func TestRequestLogAndAuth(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := len(r.logs.lines(t))
+			before := len(logLines(t, r.logs))
 			_, err := tt.call(tt.ctx, r.conn, tt.value)
 			if got := status.Code(err); got != tt.wantCode {
 				t.Fatalf("code = %v, want %v (%v)", got, tt.wantCode, err)
 			}
-			lines := r.logs.lines(t)[before:]
+			lines := logLines(t, r.logs)[before:]
 			var rpc map[string]any
 			for _, l := range lines {
 				if l["msg"] == "rpc" {
