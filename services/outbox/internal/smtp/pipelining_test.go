@@ -119,22 +119,31 @@ func (tp *tap) serverToClient(server, client net.Conn) {
 				break
 			}
 		}
+		// The command this reply answers stays unanswered until the reply is on its way to
+		// the client: popping it when the sink answers would let a reply the tap still holds,
+		// or one the client cannot yet have seen, count as answered.
 		var verb string
 		if greeted {
 			tp.mu.Lock()
 			if len(tp.pending) > 0 {
 				verb = tp.pending[0]
-				tp.pending = tp.pending[1:]
 			}
 			tp.mu.Unlock()
 		}
-		greeted = true
 		if verb == "MAIL" && tp.hold {
 			select {
 			case <-tp.datas:
 			case <-time.After(2 * time.Second):
 			}
 		}
+		if greeted {
+			tp.mu.Lock()
+			if len(tp.pending) > 0 {
+				tp.pending = tp.pending[1:]
+			}
+			tp.mu.Unlock()
+		}
+		greeted = true
 		if verb == "EHLO" && tp.hidePipelining {
 			lines = withoutExtension(lines, "PIPELINING")
 		}
