@@ -135,7 +135,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := start("mailbox", nil); err != nil {
 		return err
 	}
-	if err := start("outbox", map[string]string{"GRPC_ADDR": *outboxAddr, "OPS_ADDR": *outboxOps, "OUTBOX_MAILBOX_ADDR": *grpcAddr}); err != nil {
+	if err := start("outbox", map[string]string{"GRPC_ADDR": *outboxAddr, "OPS_ADDR": *outboxOps, "OUTBOX_MAILBOX_ADDR": *grpcAddr, "OUTBOX_TRACKER_ADDR": *trackerAddr}); err != nil {
 		return err
 	}
 	if err := start("tracker", map[string]string{"GRPC_ADDR": *trackerAddr, "OPS_ADDR": *trackerOps, "TRACKER_MAILBOX_ADDR": *grpcAddr}); err != nil {

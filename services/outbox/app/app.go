@@ -26,12 +26,14 @@ import (
 	"github.com/postamt/postamt/internal/secretref"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 	"github.com/postamt/postamt/services/outbox/internal/directory"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
 	"github.com/postamt/postamt/services/outbox/internal/grpcapi"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 	"github.com/postamt/postamt/services/outbox/internal/service"
+	"github.com/postamt/postamt/services/outbox/internal/tracking"
 	"github.com/postamt/postamt/services/outbox/internal/wire"
 )
 
@@ -45,6 +47,7 @@ const MailboxStream = "POSTAMT_MAILBOX"
 // config.Common, read by the caller.
 type Config struct {
 	MailboxAddr        string        `env:"OUTBOX_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (send rights, mailboxes, teams)"`
+	TrackerAddr        string        `env:"OUTBOX_TRACKER_ADDR" desc:"gRPC address of the tracker service, which issues the tracking tokens appended to the subjects of mail submitted with regarding_record_id when the tenant has tokens in subjects on; empty: no tokens, the record is only stored"`
 	DirectoryCacheTTL  time.Duration `env:"OUTBOX_DIRECTORY_CACHE_TTL, default=10s" desc:"how long a user's mailboxes and team leadership are cached for views (send rights are never cached)"`
 	DefaultConnector   string        `env:"OUTBOX_DEFAULT_CONNECTOR, default=default" desc:"connector of a submit that names none"`
 	DefaultUndoDelay   time.Duration `env:"OUTBOX_DEFAULT_UNDO_DELAY, default=10s" desc:"undo delay of users who never set one"`
@@ -124,6 +127,7 @@ type App struct {
 	registry   *service.Registry
 	directory  *directory.Client
 	mailbox    *grpc.ClientConn
+	tracker    *grpc.ClientConn // nil without OUTBOX_TRACKER_ADDR
 }
 
 // New wires the outbox; nothing runs until Run.
@@ -150,6 +154,16 @@ func New(cfg Config, deps Deps) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn}
+	var tokens service.Tokens
+	if cfg.TrackerAddr != "" {
+		tc, err := grpcserver.Dial(cfg.TrackerAddr, grpc.WithPerRPCCredentials(auth.ServiceCredentials(deps.Signer, Name)))
+		if err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		a.tracker = tc
+		tokens = tracking.New(trackerv1.NewTrackerServiceClient(tc))
+	}
 
 	ledger := redisstore.New(deps.Redis, cfg.Retention)
 	connStore := redisstore.NewConnectors(deps.Redis)
@@ -165,6 +179,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	svc := service.New(ledger, redisstore.NewSettings(deps.Redis), dir, a.registry.Exists, service.Options{
 		Limits: limits, DefaultUndoDelay: cfg.DefaultUndoDelay, MaxUndoDelay: cfg.MaxUndoDelay,
 		DefaultConnector: cfg.DefaultConnector, Now: deps.Now, MaxFilterScan: cfg.MaxFilterScan, MaxSelection: cfg.MaxSelection,
+		Tokens: tokens,
 	})
 	admin := service.NewConnectorAdmin(connStore, ledger, svc, a.registry, deps.Now)
 	handler := grpcapi.New(svc, admin, service.NewWatcher(deps.JS, svc))
@@ -179,6 +194,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 	srv, err := grpcserver.New(opts)
 	if err != nil {
 		_ = conn.Close()
+		if a.tracker != nil {
+			_ = a.tracker.Close()
+		}
 		return nil, fmt.Errorf("outbox grpc server: %w", err)
 	}
 	a.server = srv
@@ -216,6 +234,9 @@ func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // for the next relay of any replica.
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
+	if a.tracker != nil {
+		defer a.tracker.Close()
+	}
 	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure outbox stream: %w", err)
 	}

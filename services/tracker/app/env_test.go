@@ -41,8 +41,10 @@ type env struct {
 	mailbox     mailboxv1.MailboxServiceClient
 	tracker     trackerv1.TrackerServiceClient
 	journalAddr string
-	// mailboxAddr, verifier and logger let a test start more of the suite beside (the outbox).
+	// mailboxAddr, trackerAddr, verifier and logger let a test start more of the suite beside
+	// (the outbox).
 	mailboxAddr string
+	trackerAddr string
 	verifier    *auth.Verifier
 	logger      *slog.Logger
 }
@@ -84,7 +86,8 @@ func startEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := servetest.Dial(t, servetest.Run(t, tr.Run))
+	e.trackerAddr = servetest.Run(t, tr.Run)
+	conn := servetest.Dial(t, e.trackerAddr)
 	e.tracker = trackerv1.NewTrackerServiceClient(conn)
 	health := grpc_health_v1.NewHealthClient(conn)
 	poll.Eventually(t, "tracker readiness", func() bool {

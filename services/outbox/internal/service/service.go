@@ -43,6 +43,13 @@ type Directory interface {
 	LeadsTeam(ctx context.Context, tenant, user string) (bool, error)
 }
 
+// Tokens is what the outbox asks the tracker, the owner of CRM records and tracking tokens.
+type Tokens interface {
+	// Subject returns the subject for mail regarding record: with a tracking token appended
+	// when the tenant has tokens in subjects on, else as given.
+	Subject(ctx context.Context, tenant, record, subject string) (string, error)
+}
+
 // ConnectorCheck reports whether a tenant's connector exists (nil) or not (NotFound).
 type ConnectorCheck func(ctx context.Context, tenant, id string) error
 
@@ -65,6 +72,9 @@ type Options struct {
 	MaxFilterScan int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Tokens issues tracking tokens for submits that name a regarding record; nil (no tracker
+	// configured) stores the record and leaves subjects as they are.
+	Tokens Tokens
 }
 
 func (o *Options) defaults() {

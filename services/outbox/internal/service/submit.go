@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -26,6 +27,9 @@ import (
 func (s *Service) Submit(ctx context.Context, p auth.Principal, req *outboxv1.SubmitEmailRequest) (*redisstore.Email, bool, error) {
 	return s.submit(ctx, p, req, nil)
 }
+
+// recordID is the shape of a CRM record id, as the tracker accepts it.
+var recordID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // importState is the legacy state of an imported email.
 type importState struct {
@@ -54,6 +58,9 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	}
 	if team := req.GetWorkItem().GetTeamId(); len(team) > 128 || strings.ContainsFunc(team, unicode.IsControl) {
 		return nil, false, errs.Invalid("work_item.team_id", "at most 128 characters, no control characters")
+	}
+	if r := req.GetRegardingRecordId(); r != "" && !recordID.MatchString(r) {
+		return nil, false, errs.Invalid("regarding_record_id", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
 	}
 	if req.GetSystemGenerated() && !p.IsService() {
 		return nil, false, errs.PermissionDenied("SYSTEM_GENERATED", "only services may submit system-generated mail")
@@ -107,6 +114,17 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 		return nil, false, err
 	}
 
+	// The subject, with a tracking token when the tenant wants one: asked only now that the
+	// submit is authorized and complete, so a refused submit issues no token. (A submit that
+	// fails after this leaves an unused token behind, which is harmless.) Imported mail was
+	// sent as it was.
+	subject := req.GetSubject()
+	if r := req.GetRegardingRecordId(); r != "" && imp == nil && s.opts.Tokens != nil {
+		if subject, err = s.opts.Tokens.Subject(ctx, p.Tenant, r, subject); err != nil {
+			return nil, false, fmt.Errorf("tracking token: %w", err)
+		}
+	}
+
 	// Status and due time.
 	status, due := outbox.StatusQueued, now
 	if at := wire.Time(req.GetSendAt()); !at.IsZero() {
@@ -135,7 +153,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 		return nil, false, err
 	}
 	m := &message.Email{
-		MessageID: msgID, Date: now, From: from, Subject: req.GetSubject(), Text: req.GetTextBody(), HTML: req.GetHtmlBody(),
+		MessageID: msgID, Date: now, From: from, Subject: subject, Text: req.GetTextBody(), HTML: req.GetHtmlBody(),
 		To: addresses(req.GetTo()), Cc: addresses(req.GetCc()), InReplyTo: req.GetInReplyTo(), References: req.GetReferences(),
 	}
 	senderAddr := ""
@@ -163,7 +181,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 
 	meta := &outboxv1.Email{
 		SenderUserId: sender, MailboxId: right.MailboxID, FromAddress: req.GetFromAddress(), SendMode: right.Mode,
-		To: req.GetTo(), Cc: req.GetCc(), Bcc: req.GetBcc(), Subject: req.GetSubject(),
+		To: req.GetTo(), Cc: req.GetCc(), Bcc: req.GetBcc(), Subject: subject, RegardingRecordId: req.GetRegardingRecordId(),
 		AttachmentCount: int32(len(req.GetAttachments())), WorkItem: req.GetWorkItem(),
 		SystemGenerated: req.GetSystemGenerated(), MessageId: msgID, SendAt: req.GetSendAt(),
 		SubmitTime: wire.Timestamp(now), SizeBytes: int64(len(body)),

@@ -154,7 +154,7 @@ func (h *Handler) IssueTrackingToken(ctx context.Context, req *trackerv1.IssueTr
 	if err != nil {
 		return nil, err
 	}
-	tok, subject, err := h.svc.IssueTrackingToken(ctx, p, req.GetRegardingRecordId(), req.GetSubject())
+	tok, subject, err := h.svc.IssueTrackingToken(ctx, p, req.GetRegardingRecordId(), req.GetSubject(), req.GetOnlyIfEnabled())
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
@@ -367,23 +368,31 @@ func (s *Service) ListRecords(ctx context.Context, p auth.Principal, pr PageRequ
 // ---- tokens ----
 
 // IssueTrackingToken issues a token for mail regarding a record and returns it with the subject
-// the mail should carry: the subject, a space, the token.
-func (s *Service) IssueTrackingToken(ctx context.Context, p auth.Principal, recordID, subject string) (Token, string, error) {
+// the mail should carry: the subject, a space, the token. With onlyIfEnabled (the outbox's
+// call) a tenant without tokens in subjects gets no token (a zero Token) and the subject back
+// unchanged, so the outbox needs neither a second call nor a cache of the setting.
+func (s *Service) IssueTrackingToken(ctx context.Context, p auth.Principal, recordID, subject string, onlyIfEnabled bool) (Token, string, error) {
 	var v errs.Violations
 	checkID(&v, "regarding_record_id", recordID)
-	checkText(&v, "subject", subject, maxSubject-30)
+	checkText(&v, "subject", subject, maxSubject)
 	if err := v.Err(); err != nil {
 		return Token{}, "", err
-	}
-	rec, err := s.store.GetRecord(ctx, p.Tenant, recordID)
-	if err != nil {
-		return Token{}, "", fmt.Errorf("issue token: %w", err)
 	}
 	org, err := s.store.OrgSettings(ctx, p.Tenant)
 	if err != nil {
 		return Token{}, "", fmt.Errorf("issue token: %w", err)
 	}
 	org = org.WithDefaults()
+	if onlyIfEnabled && !org.TokenInSubject {
+		return Token{}, subject, nil
+	}
+	if utf8.RuneCountInString(subject) > maxSubject-30 {
+		return Token{}, "", errs.Invalid("subject", fmt.Sprintf("must be at most %d characters, to leave room for the token", maxSubject-30))
+	}
+	rec, err := s.store.GetRecord(ctx, p.Tenant, recordID)
+	if err != nil {
+		return Token{}, "", fmt.Errorf("issue token: %w", err)
+	}
 	tok, err := s.store.IssueToken(ctx, p.Tenant, org.TokenPrefix, org.TokenDigits, rec.Ref(), s.now())
 	if err != nil {
 		return Token{}, "", fmt.Errorf("issue token: %w", err)

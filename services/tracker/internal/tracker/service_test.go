@@ -3,6 +3,7 @@ package tracker_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,7 +62,7 @@ func TestServiceTrackingFlow(t *testing.T) {
 	if _, err := svc.UpsertRecord(ctx, crm, tracker.Record{ID: "c-1", Kind: tracker.KindContact, DisplayName: "Erika", Addresses: []string{"erika@kunde.example"}}); err != nil {
 		t.Fatal(err)
 	}
-	tok, subject, err := svc.IssueTrackingToken(ctx, crm, "case-7", "Ihr Angebot")
+	tok, subject, err := svc.IssueTrackingToken(ctx, crm, "case-7", "Ihr Angebot", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +200,38 @@ func TestServiceValidation(t *testing.T) {
 	if _, err := svc.UpdateUserSettings(ctx, maxP, tracker.UserSettings{UserID: "eva", Option: &o}); !errors.Is(err, errs.ErrPermissionDenied) {
 		t.Errorf("user changing another's option = %v, want permission denied", err)
 	}
-	if _, _, err := svc.IssueTrackingToken(ctx, crm, "unknown", "x"); !errors.Is(err, errs.ErrNotFound) {
+	if _, _, err := svc.IssueTrackingToken(ctx, crm, "unknown", "x", false); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("token for unknown record = %v, want not found", err)
+	}
+}
+
+// TestIssueTokenOnlyIfEnabled: the outbox's call issues a token only for tenants with tokens in
+// subjects, and leaves other tenants' subjects (and unknown records) alone.
+func TestIssueTokenOnlyIfEnabled(t *testing.T) {
+	svc, _ := newService(t)
+	ctx := context.Background()
+	tok, subject, err := svc.IssueTrackingToken(ctx, crm, "unknown", "Ihr Angebot", true)
+	if err != nil || tok.Token != "" || subject != "Ihr Angebot" {
+		t.Fatalf("setting off: %+v %q %v, want no token and the subject unchanged", tok, subject, err)
+	}
+	long := strings.Repeat("x", 990)
+	if _, subject, err := svc.IssueTrackingToken(ctx, crm, "a-1", long, true); err != nil || subject != long {
+		t.Fatalf("setting off, a subject without room for a token: %v, want it unchanged", err)
+	}
+	if _, err := svc.UpdateOrgSettings(ctx, admin, tracker.OrgSettings{TokenInSubject: true}, []string{"tracking_token_in_subject"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := svc.IssueTrackingToken(ctx, crm, "unknown", "Ihr Angebot", true); !errors.Is(err, errs.ErrNotFound) {
+		t.Fatalf("setting on, unknown record: %v, want not found", err)
+	}
+	if _, err := svc.UpsertRecord(ctx, crm, tracker.Record{ID: "a-1", Kind: tracker.KindAccount, DisplayName: "Muster", Addresses: []string{"office@muster.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := svc.IssueTrackingToken(ctx, crm, "a-1", long, true); !errors.Is(err, errs.ErrInvalid) {
+		t.Fatalf("setting on, a subject without room for a token: %v, want invalid", err)
+	}
+	tok, subject, err = svc.IssueTrackingToken(ctx, crm, "a-1", "Ihr Angebot", true)
+	if err != nil || tok.Token == "" || subject != "Ihr Angebot "+tok.Token {
+		t.Fatalf("setting on: %+v %q %v, want a token appended", tok, subject, err)
 	}
 }

@@ -121,8 +121,14 @@ type SubmitEmailRequest struct {
 	References []string `protobuf:"bytes,16,rep,name=references,proto3" json:"references,omitempty"`
 	// The product's conversation (thread) id.
 	ConversationId string `protobuf:"bytes,17,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The CRM record the email is regarding (1-64 of A-Z a-z 0-9 . _ -), as upserted into the
+	// tracker. When the tenant's tracker setting tracking_token_in_subject is on, the outbox has
+	// the tracker issue a tracking token for it and appends the token to the subject (replies that
+	// keep it correlate with the record); NOT_FOUND when the tracker does not know the record.
+	// With the setting off, or no tracker configured (OUTBOX_TRACKER_ADDR), it is only stored.
+	RegardingRecordId string `protobuf:"bytes,18,opt,name=regarding_record_id,json=regardingRecordId,proto3" json:"regarding_record_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SubmitEmailRequest) Reset() {
@@ -270,6 +276,13 @@ func (x *SubmitEmailRequest) GetReferences() []string {
 func (x *SubmitEmailRequest) GetConversationId() string {
 	if x != nil {
 		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *SubmitEmailRequest) GetRegardingRecordId() string {
+	if x != nil {
+		return x.RegardingRecordId
 	}
 	return ""
 }
@@ -2563,7 +2576,7 @@ var File_postamt_outbox_v1_outbox_proto protoreflect.FileDescriptor
 
 const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\n" +
-	"\x1epostamt/outbox/v1/outbox.proto\x12\x11postamt.outbox.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!postamt/outbox/v1/resources.proto\"\x86\x05\n" +
+	"\x1epostamt/outbox/v1/outbox.proto\x12\x11postamt.outbox.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!postamt/outbox/v1/resources.proto\"\xb6\x05\n" +
 	"\x12SubmitEmailRequest\x12!\n" +
 	"\ffrom_address\x18\x01 \x01(\tR\vfromAddress\x12\x0e\n" +
 	"\x02to\x18\x02 \x03(\tR\x02to\x12\x0e\n" +
@@ -2584,7 +2597,8 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\n" +
 	"references\x18\x10 \x03(\tR\n" +
 	"references\x12'\n" +
-	"\x0fconversation_id\x18\x11 \x01(\tR\x0econversationId\"E\n" +
+	"\x0fconversation_id\x18\x11 \x01(\tR\x0econversationId\x12.\n" +
+	"\x13regarding_record_id\x18\x12 \x01(\tR\x11regardingRecordId\"E\n" +
 	"\x13SubmitEmailResponse\x12.\n" +
 	"\x05email\x18\x01 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\"S\n" +
 	"\x0fGetEmailRequest\x12\x19\n" +

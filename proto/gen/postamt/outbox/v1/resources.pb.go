@@ -887,7 +887,7 @@ type Email struct {
 	Cc []string `protobuf:"bytes,7,rep,name=cc,proto3" json:"cc,omitempty"`
 	// Bcc recipients; shown only to the sender and admins.
 	Bcc []string `protobuf:"bytes,8,rep,name=bcc,proto3" json:"bcc,omitempty"`
-	// Subject.
+	// Subject as sent: with the tracking token when one was appended (regarding_record_id).
 	Subject string `protobuf:"bytes,9,opt,name=subject,proto3" json:"subject,omitempty"`
 	// Plain-text body; empty in lists, and in GetEmail unless include_bodies is set.
 	TextBody string `protobuf:"bytes,10,opt,name=text_body,json=textBody,proto3" json:"text_body,omitempty"`
@@ -938,9 +938,12 @@ type Email struct {
 	// The size of the built message in bytes.
 	SizeBytes int64 `protobuf:"varint,33,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// Increases by one with every change; events carry it.
-	Version       int64 `protobuf:"varint,34,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version int64 `protobuf:"varint,34,opt,name=version,proto3" json:"version,omitempty"`
+	// The CRM record it is regarding, as submitted; the subject then carries its tracking token
+	// when the tenant has tokens in subjects on.
+	RegardingRecordId string `protobuf:"bytes,35,opt,name=regarding_record_id,json=regardingRecordId,proto3" json:"regarding_record_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Email) Reset() {
@@ -1209,6 +1212,13 @@ func (x *Email) GetVersion() int64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *Email) GetRegardingRecordId() string {
+	if x != nil {
+		return x.RegardingRecordId
+	}
+	return ""
 }
 
 // Connector is a named SMTP relay mail leaves through.
@@ -1523,7 +1533,7 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\x0e2!.postamt.outbox.v1.AttemptOutcomeR\aoutcome\x12\x1b\n" +
 	"\tsmtp_code\x18\x06 \x01(\x05R\bsmtpCode\x12#\n" +
 	"\renhanced_code\x18\a \x01(\tR\fenhancedCode\x12\x18\n" +
-	"\amessage\x18\b \x01(\tR\amessage\"\xb5\v\n" +
+	"\amessage\x18\b \x01(\tR\amessage\"\xe5\v\n" +
 	"\x05Email\x12\x19\n" +
 	"\bemail_id\x18\x01 \x01(\tR\aemailId\x12$\n" +
 	"\x0esender_user_id\x18\x02 \x01(\tR\fsenderUserId\x12\x1d\n" +
@@ -1565,7 +1575,8 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"cancelTime\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18! \x01(\x03R\tsizeBytes\x12\x18\n" +
-	"\aversion\x18\" \x01(\x03R\aversion\"\xed\x05\n" +
+	"\aversion\x18\" \x01(\x03R\aversion\x12.\n" +
+	"\x13regarding_record_id\x18# \x01(\tR\x11regardingRecordId\"\xed\x05\n" +
 	"\tConnector\x12!\n" +
 	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +

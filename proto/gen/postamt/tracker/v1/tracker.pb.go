@@ -812,8 +812,13 @@ type IssueTrackingTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The record the mail is regarding; it must have been upserted.
 	RegardingRecordId string `protobuf:"bytes,1,opt,name=regarding_record_id,json=regardingRecordId,proto3" json:"regarding_record_id,omitempty"`
-	// The subject to append the token to, at most 998 characters without CR or LF; may be empty.
-	Subject       string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The subject to append the token to, without CR or LF, may be empty: at most 968 characters
+	// when a token is appended (998 when only_if_enabled returns it unchanged).
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Issue a token only when the tenant's tracking_token_in_subject is on; when it is off the
+	// response carries no token and the subject as given, and the record is not looked up. The
+	// outbox sets it for SubmitEmail's regarding_record_id, so one call both asks and issues.
+	OnlyIfEnabled bool `protobuf:"varint,3,opt,name=only_if_enabled,json=onlyIfEnabled,proto3" json:"only_if_enabled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -860,6 +865,13 @@ func (x *IssueTrackingTokenRequest) GetSubject() string {
 		return x.Subject
 	}
 	return ""
+}
+
+func (x *IssueTrackingTokenRequest) GetOnlyIfEnabled() bool {
+	if x != nil {
+		return x.OnlyIfEnabled
+	}
+	return false
 }
 
 // IssueTrackingTokenResponse carries the token.
@@ -1313,10 +1325,11 @@ const file_postamt_tracker_v1_tracker_proto_rawDesc = "" +
 	"\atracked\x18\x01 \x01(\bR\atracked\x12'\n" +
 	"\x0falready_tracked\x18\x02 \x01(\bR\x0ealreadyTracked\x12E\n" +
 	"\rtracked_email\x18\x03 \x01(\v2 .postamt.tracker.v1.TrackedEmailR\ftrackedEmail\x12A\n" +
-	"\vexplanation\x18\x04 \x01(\v2\x1f.postamt.tracker.v1.ExplanationR\vexplanation\"e\n" +
+	"\vexplanation\x18\x04 \x01(\v2\x1f.postamt.tracker.v1.ExplanationR\vexplanation\"\x8d\x01\n" +
 	"\x19IssueTrackingTokenRequest\x12.\n" +
 	"\x13regarding_record_id\x18\x01 \x01(\tR\x11regardingRecordId\x12\x18\n" +
-	"\asubject\x18\x02 \x01(\tR\asubject\"L\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12&\n" +
+	"\x0fonly_if_enabled\x18\x03 \x01(\bR\ronlyIfEnabled\"L\n" +
 	"\x1aIssueTrackingTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\"3\n" +
