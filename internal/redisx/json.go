@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -41,11 +43,19 @@ func GetJSON(ctx context.Context, c redis.Cmdable, key string, dst any) (raw str
 }
 
 // UpdateJSON changes a JSON value (settings, mostly) by read, mutate, compare-and-set, again while
-// another writer came first; a missing key starts from T's zero value. After 16 lost races it
-// gives up with ABORTED (CONCURRENT_UPDATE), which a caller may retry. mutate's error is returned
-// as it is, with nothing written.
+// another writer came first; a missing key starts from T's zero value. A lost race waits a
+// random while before the next try, growing with each loss (up to about 13 ms), so writers
+// that keep colliding spread out instead of one starving while descheduled between its read
+// and its write. After 16 lost races it gives up with ABORTED (CONCURRENT_UPDATE), which a
+// caller may retry. mutate's error is returned as it is, with nothing written.
 func UpdateJSON[T any](ctx context.Context, rdb redis.UniversalClient, key string, mutate func(*T) error) (T, error) {
-	for range maxCASAttempts {
+	for attempt := range maxCASAttempts {
+		if attempt > 0 {
+			if err := casBackoff(ctx, attempt); err != nil {
+				var zero T
+				return zero, err
+			}
+		}
 		var v T
 		raw, _, err := GetJSON(ctx, rdb, key, &v)
 		if err != nil {
@@ -68,4 +78,18 @@ func UpdateJSON[T any](ctx context.Context, rdb redis.UniversalClient, key strin
 	}
 	var zero T
 	return zero, errs.Aborted("CONCURRENT_UPDATE", "too many concurrent changes to the same settings; retry")
+}
+
+// casBackoff waits a random duration in [0, 100µs·2^min(attempt,7)) before retry attempt, or
+// until ctx ends.
+func casBackoff(ctx context.Context, attempt int) error {
+	d := time.Duration(rand.Int64N(int64(100*time.Microsecond) << min(attempt, 7)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
