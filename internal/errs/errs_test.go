@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/errs"
 )
@@ -34,6 +35,8 @@ func TestToStatus(t *testing.T) {
 		{"unauthenticated", errs.Unauthenticated("token expired", nil), codes.Unauthenticated, "token expired", 0},
 		{"plain error leaks nothing", errors.New("redis: secret detail"), codes.Internal, "internal error", 0},
 		{"canceled", fmt.Errorf("x: %w", context.Canceled), codes.Canceled, "request canceled", 0},
+		{"a dependency's status passes through, without our wrapping", fmt.Errorf("mailbox CheckSend: %w", status.Error(codes.NotFound, "user u1")), codes.NotFound, "user u1", 0},
+		{"ours wins over a dependency's status in its cause", fmt.Errorf("x: %w", errs.Unavailable("mailbox down", time.Second, fmt.Errorf("GetUser: %w", status.Error(codes.Internal, "secret")))), codes.Unavailable, "mailbox down", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

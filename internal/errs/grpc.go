@@ -15,18 +15,26 @@ import (
 const ErrorDomain = "postamt.dev"
 
 // ToStatus maps err to the gRPC status the caller sees. It is called once, by the server's
-// interceptor; handlers return domain errors unchanged. A status error passes through as it is,
-// context errors keep their meaning, and anything unclassified becomes a bare Internal so no
-// internals leak.
+// interceptor; handlers return domain errors unchanged. A domain error wins over anything in its
+// cause chain (an Unavailable caused by a dependency's status is our Unavailable, with our
+// message and RetryInfo, not the dependency's code and error text); a status error that no
+// domain error classifies passes through as it is, without the text of what wrapped it; context
+// errors keep their meaning, and anything unclassified becomes a bare Internal so no internals
+// leak.
 func ToStatus(err error) *status.Status {
 	if err == nil {
 		return nil
 	}
-	if s, ok := status.FromError(err); ok {
-		return s
-	}
 	var e *Error
 	if !errors.As(err, &e) {
+		// Not status.FromError: for a wrapped status it puts the whole chain's text into the
+		// message.
+		var gs interface{ GRPCStatus() *status.Status }
+		if errors.As(err, &gs) {
+			if s := gs.GRPCStatus(); s != nil {
+				return s
+			}
+		}
 		switch {
 		case errors.Is(err, context.Canceled):
 			return status.New(codes.Canceled, "request canceled")

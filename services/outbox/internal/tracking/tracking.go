@@ -38,8 +38,8 @@ func (c *Client) Subject(ctx context.Context, tenant, record, subject string) (s
 	if err == nil {
 		return r.GetSubject(), nil
 	}
-	// Not %w: the edge would pass a wrapped status on to the caller as it is (status.FromError
-	// unwraps), the tracker's code and message in place of ours.
+	// Not %w: the edge passes a status that no domain error classifies on to the caller as it
+	// is (errs.ToStatus), the tracker's code and message in place of ours.
 	cause := fmt.Errorf("tracker IssueTrackingToken: %v", err)
 	switch status.Code(err) {
 	case codes.NotFound:
