@@ -235,3 +235,45 @@ func TestIssueTokenOnlyIfEnabled(t *testing.T) {
 		t.Fatalf("setting on: %+v %q %v, want a token appended", tok, subject, err)
 	}
 }
+
+// TestSmartMatchingThroughTheStore: smart matching finds an earlier tracked email through the
+// smart-key index in Redis (same subject after reply prefixes and tokens are folded away, same
+// participants), only once the org turns it on, and the match inherits the regarding record.
+func TestSmartMatchingThroughTheStore(t *testing.T) {
+	svc, _ := newService(t)
+	ctx := context.Background()
+	if _, err := svc.UpsertRecord(ctx, crm, tracker.Record{ID: "case-7", Kind: tracker.KindOther, EntityType: "case", DisplayName: "Akte 7/26", Addresses: []string{"akte7@kanzlei.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.UpdateOrgSettings(ctx, admin, tracker.OrgSettings{AutoTrackSentFolderItems: true}, []string{"auto_track_sent_folder_items"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, subject, err := svc.IssueTrackingToken(ctx, crm, "case-7", "Unterlagen zur Akte", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := "Message-ID: <s1@kanzlei.example>\r\nFrom: max@kanzlei.example\r\nTo: erika@kunde.example\r\nSubject: " + subject + "\r\n"
+	if r, err := svc.IngestSentItem(ctx, crm, sentItem("p-max", "max", first)); err != nil || !r.Tracked || r.Email.Method != tracker.MethodToken {
+		t.Fatalf("first (token %s) = %+v, %v", tok.Token, r, err)
+	}
+	// The same conversation without token, reply headers or thread.
+	later := func(id string) string {
+		return "Message-ID: <" + id + "@kanzlei.example>\r\nFrom: max@kanzlei.example\r\nTo: Erika@Kunde.example\r\nSubject: AW: Unterlagen zur Akte\r\n"
+	}
+	r, err := svc.IngestSentItem(ctx, crm, sentItem("p-max", "max", later("s2")))
+	if err != nil || r.Tracked {
+		t.Fatalf("smart matching off: %+v, %v; want untracked (responses only, nothing correlates)", r, err)
+	}
+	if _, err := svc.UpdateOrgSettings(ctx, admin, tracker.OrgSettings{Smart: tracker.SmartMatching{Enabled: true}}, []string{"smart_matching.enabled"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err = svc.IngestSentItem(ctx, crm, sentItem("p-max", "max", later("s3")))
+	if err != nil || !r.Tracked || r.Email.Method != tracker.MethodSmart || r.Email.Regarding.ID != "case-7" {
+		t.Fatalf("smart matching on: %+v, %v; want tracked by smart matching, regarding case-7", r, err)
+	}
+	// Other participants: no match.
+	other := "Message-ID: <s4@kanzlei.example>\r\nFrom: max@kanzlei.example\r\nTo: jemand@anders.example\r\nSubject: AW: Unterlagen zur Akte\r\n"
+	if r, err := svc.IngestSentItem(ctx, crm, sentItem("p-max", "max", other)); err != nil || r.Tracked {
+		t.Fatalf("other participants: %+v, %v; want untracked", r, err)
+	}
+}
