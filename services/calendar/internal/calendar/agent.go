@@ -196,7 +196,9 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 		s.hub.unsubscribe(a.tenant, a.user, a.sub)
 		return nil, nil, err
 	}
-	s.hub.Kick(a.tenant, a.user, a.id)
+	if prev != "" {
+		s.hub.Kick(a.tenant, a.user, prev) // at once on this replica; the others by the store's message
+	}
 	if a.log {
 		detail := "agent " + h.AgentID
 		if prev != "" {

@@ -67,12 +67,14 @@ func (h *Hub) Notify(tenant, user string) {
 	}
 }
 
-// Kick ends every stream of the user except the one of session current, which replaced them.
-func (h *Hub) Kick(tenant, user, current string) {
+// Kick ends the user's stream of session replaced, which another session took over. It names
+// the stream to end, not the one that won: a kick that arrives late, after a still newer
+// session connected, must not end the newer one.
+func (h *Hub) Kick(tenant, user, replaced string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs[hubKey(tenant, user)] {
-		if s.session != current {
+		if s.session == replaced {
 			s.kick()
 		}
 	}

@@ -107,9 +107,10 @@ func parseDueMember(m string) (tenant, user, entry string, ok bool) {
 // Notification is a decoded message of NotifyChannel.
 type Notification struct {
 	// Kind is 'w' (agent deliveries), 'k' (agent replaced) or 'p' (push due).
-	Kind      byte
-	Tenant    string
-	User      string
+	Kind   byte
+	Tenant string
+	User   string
+	// Session is, for 'k', the session that was replaced and must stop.
 	Session   string
 	Partition int
 }
@@ -133,7 +134,8 @@ func ParseNotification(payload string) (Notification, bool) {
 }
 
 func wakePayload(tenant, user string) string { return "w|" + tenant + "|" + user }
-func kickPayload(tenant, user, session string) string {
-	return "k|" + tenant + "|" + user + "|" + session
-}
+
+// kickPrefix is a kick's payload without the replaced session, which claimAgentScript appends.
+func kickPrefix(tenant, user string) string { return "k|" + tenant + "|" + user + "|" }
+
 func pushPayload(n int) string { return "p|" + strconv.Itoa(n) }

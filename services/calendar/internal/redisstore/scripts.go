@@ -168,13 +168,16 @@ return {'retry'}
 `)
 
 	// claimAgentScript makes a session the user's agent and tells every replica that the
-	// previous one must stop.
-	// KEYS[1] presence. ARGV[1] session, [2] agent id, [3] since ms, [4] channel, [5] payload.
+	// previous one must stop. The message names the session replaced, not the new one: a
+	// replica that gets it late (after a still newer claim) then ends only that session, never
+	// the newer stream.
+	// KEYS[1] presence. ARGV[1] session, [2] agent id, [3] since ms, [4] channel, [5] payload
+	// prefix (the replaced session is appended).
 	// Returns the previous session ("" when none).
 	claimAgentScript = redis.NewScript(`
 local old = redis.call('HGET', KEYS[1], 's') or ''
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'a', ARGV[2], 'since', ARGV[3], 'seen', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if old ~= '' and old ~= ARGV[1] then redis.call('PUBLISH', ARGV[4], ARGV[5] .. old) end
 return old
 `)
 

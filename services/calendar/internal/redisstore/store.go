@@ -566,7 +566,7 @@ func (s *Store) QueueStats(ctx context.Context, tenant, user string) (calendar.Q
 func (s *Store) ClaimAgent(ctx context.Context, tenant, user string, p calendar.Presence) (string, error) {
 	k := tenantKeys(tenant)
 	prev, err := claimAgentScript.Run(ctx, s.rdb, []string{k.agent(user)}, p.Session, p.AgentID, ms(p.Since),
-		NotifyChannel, kickPayload(tenant, user, p.Session)).Text()
+		NotifyChannel, kickPrefix(tenant, user)).Text()
 	if err != nil {
 		return "", fmt.Errorf("claim agent: %w", err)
 	}
