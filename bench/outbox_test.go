@@ -74,7 +74,7 @@ func startSuite(b *testing.B) *suite {
 	ob, err := outboxapp.New(outboxapp.Config{
 		MailboxAddr: mbAddr, DirectoryCacheTTL: 10 * time.Second, DefaultConnector: "default", MaxUndoDelay: 10 * time.Minute,
 		MaxMessageBytes: 25 << 20, MaxRecipients: 500, ScheduleHorizon: 366 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
-		ClaimBatch: 64, Lease: 2 * time.Minute, SMTPCommandTimeout: 30 * time.Second, SMTPSubmitTimeout: 100 * time.Second,
+		ClaimBatch: 64, Lease: 8 * time.Second, ClaimAhead: 1, StopTimeout: 10 * time.Second, SMTPCommandTimeout: 30 * time.Second, SMTPSubmitTimeout: 100 * time.Second,
 		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: 30 * time.Second,
 		MaxFilterScan: 10_000, MaxSelection: 100_000,
 	}, outboxapp.Deps{

@@ -57,8 +57,10 @@ type Config struct {
 	ScheduleHorizon    time.Duration `env:"OUTBOX_SCHEDULE_HORIZON, default=8784h" desc:"how far ahead send_at may be"`
 	Retention          time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept; failed mail is never dropped"`
 	Dispatch           bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
-	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"emails a dispatcher claims per partition and round"`
-	Lease              time.Duration `env:"OUTBOX_LEASE, default=2m" desc:"how long a claim holds; a crashed replica's mail is due again after it (longer than the SMTP submit timeout)"`
+	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"most emails one connector's lane claims in one round trip"`
+	Lease              time.Duration `env:"OUTBOX_LEASE, default=8s" desc:"how long a claim holds without renewal; held mail is renewed every quarter of it, so a crashed replica's mail is due again at most this long after the crash"`
+	ClaimAhead         float64       `env:"OUTBOX_CLAIM_AHEAD, default=1" desc:"emails a connector's lane claims beyond its free connections, as a multiple of its pool size (0-4), so a connection that frees up finds its next email waiting"`
+	StopTimeout        time.Duration `env:"OUTBOX_STOP_TIMEOUT, default=60s" desc:"on SIGTERM, how long SMTP conversations in progress get to finish; claims not started are handed back at once"`
 	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply, and of each 64 KiB of a message while it is written"`
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
 	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref (env:NAME) may name"`
@@ -84,7 +86,9 @@ func (c *Config) Validate() error {
 	check(c.ScheduleHorizon >= time.Hour, "OUTBOX_SCHEDULE_HORIZON must be at least 1h, got %s", c.ScheduleHorizon)
 	check(c.Retention >= time.Minute, "OUTBOX_RETENTION must be at least 1m, got %s", c.Retention)
 	check(c.ClaimBatch >= 1 && c.ClaimBatch <= 1000, "OUTBOX_CLAIM_BATCH must be between 1 and 1000, got %d", c.ClaimBatch)
-	check(c.Lease > c.SMTPSubmitTimeout, "OUTBOX_LEASE (%s) must be longer than OUTBOX_SMTP_SUBMIT_TIMEOUT (%s), or mail still being sent is claimed again", c.Lease, c.SMTPSubmitTimeout)
+	check(c.Lease >= 2*time.Second && c.Lease <= 10*time.Minute, "OUTBOX_LEASE must be between 2s and 10m, got %s", c.Lease)
+	check(c.ClaimAhead >= 0 && c.ClaimAhead <= 4, "OUTBOX_CLAIM_AHEAD must be between 0 and 4, got %v", c.ClaimAhead)
+	check(c.StopTimeout >= time.Second, "OUTBOX_STOP_TIMEOUT must be at least 1s, got %s", c.StopTimeout)
 	check(c.SecretEnvPrefix != "" && c.SecretDir != "" && strings.HasPrefix(c.SecretDir, "/"), "OUTBOX_SECRET_ENV_PREFIX and OUTBOX_SECRET_DIR (absolute) are required: they bound what connectors may read")
 	check(c.MaxFilterScan >= 100 && c.MaxFilterScan <= 1_000_000, "OUTBOX_MAX_FILTER_SCAN must be between 100 and 1000000, got %d", c.MaxFilterScan)
 	check(c.MaxSelection >= 1 && c.MaxSelection <= 10_000_000, "OUTBOX_MAX_SELECTION must be between 1 and 10000000, got %d", c.MaxSelection)
@@ -206,18 +210,25 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postamt_outbox_attempts_total",
-		Help: "Delivery attempts by outcome; outcome=\"unknown\" counts connections lost after the final dot (RFC 1047: the mail may have been sent).",
+		Help: "Delivery attempts by outcome; outcome=\"unknown\" counts attempts that may have delivered the mail: connections lost after the final dot (RFC 1047) and mail taken over from a worker whose lease ran out.",
 	}, []string{"outcome"})
+	events := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postamt_outbox_dispatch_events_total",
+		Help: "Dispatcher events besides attempts: reclaimed (mail taken over after a lease ran out), lease_lost, handed_back (claims given back unstarted), record_retried (results kept while Redis was away), unrecorded (results dropped because their claim was lost).",
+	}, []string{"event"})
 	a.dispatcher = &dispatch.Dispatcher{
 		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,
-		Outcomes: outcomes, Batch: cfg.ClaimBatch, Lease: cfg.Lease, Redis: deps.Redis,
+		Outcomes: outcomes, Events: events, Batch: cfg.ClaimBatch, Lease: cfg.Lease, ClaimAhead: cfg.ClaimAhead,
+		StopTimeout: cfg.StopTimeout, Redis: deps.Redis,
 	}
 	if deps.Metrics != nil {
 		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
 			return nil, fmt.Errorf("register relay metrics: %w", err)
 		}
-		if err := deps.Metrics.Register(outcomes); err != nil {
-			return nil, fmt.Errorf("register outbox metrics: %w", err)
+		for _, c := range []prometheus.Collector{outcomes, events} {
+			if err := deps.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("register outbox metrics: %w", err)
+			}
 		}
 	}
 	return a, nil

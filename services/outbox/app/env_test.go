@@ -94,7 +94,7 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 	cfg := app.Config{
 		MailboxAddr: mbAddr, DirectoryCacheTTL: 0, DefaultConnector: "default", DefaultUndoDelay: 0, MaxUndoDelay: 10 * time.Minute,
 		MaxMessageBytes: 1 << 20, MaxRecipients: 50, ScheduleHorizon: 30 * 24 * time.Hour, Retention: time.Hour, Dispatch: true,
-		ClaimBatch: 64, Lease: 10 * time.Second, SMTPCommandTimeout: 2 * time.Second, SMTPSubmitTimeout: 3 * time.Second,
+		ClaimBatch: 64, Lease: 10 * time.Second, ClaimAhead: 1, StopTimeout: 10 * time.Second, SMTPCommandTimeout: 2 * time.Second, SMTPSubmitTimeout: 3 * time.Second,
 		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: time.Second,
 		MaxFilterScan: 10_000, MaxSelection: 100_000,
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
 
-// fakeClock is set by the test; After fires at once, since tests drive Step directly.
+// fakeClock is set by the test; After fires at once, since tests drive Drain directly.
 type fakeClock struct {
 	mu  sync.Mutex
 	now time.Time
@@ -96,7 +96,7 @@ func (f *fixture) status(t *testing.T, id string) outbox.Status {
 
 func (f *fixture) step(t *testing.T) {
 	t.Helper()
-	if _, err := f.d.Step(context.Background(), redisstore.Partition("m1")); err != nil {
+	if _, err := f.d.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -50,6 +50,10 @@ const (
 	OutcomeUnknown
 	// OutcomeConnectorDisabled means the connector was disabled when the mail came due.
 	OutcomeConnectorDisabled
+	// OutcomeNotSent means the worker stopped the conversation before the message could have
+	// reached the relay, because it could no longer vouch for its claim (lease about to run out,
+	// Redis unreachable, shutting down): no attempt was made, and the claim is handed back.
+	OutcomeNotSent
 )
 
 // RetryPolicy is a connector's automatic retry pattern.

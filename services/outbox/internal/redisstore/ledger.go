@@ -45,9 +45,38 @@ func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
 // (hash-max-listpack-value is 64 bytes by default), which is most of P8's budget.
 func staticKey(id string) string { return tag(Partition(id)) + ":m:" + id }
 
-// dueKey is the due index of one priority (1 high, 2 normal, 3 low) in a partition: a claim
-// takes high before normal before low, each oldest first, by reading the indexes in that order.
-func dueKey(p, prio int) string { return tag(p) + ":due:" + strconv.Itoa(clampPrio(prio)) }
+// dueKey is the due index of one connector of a tenant and one priority (1 high, 2 normal, 3
+// low) in a partition. Each connector has its own indexes, so a connector whose relay is slow
+// or hangs, with any backlog, never stands in front of another connector's mail; a claim for a
+// connector takes high before normal before low, each oldest first, by reading its three indexes.
+func dueKey(p int, tenant, connector string, prio int) string {
+	return tag(p) + ":t:" + tenant + ":due:" + connector + ":" + strconv.Itoa(clampPrio(prio))
+}
+
+// readyKey is a partition's ready index: one member per connector with mail in the partition's
+// due indexes (LaneMember), scored by a lower bound of its earliest due time. Writers lower a
+// score with ZADD LT and announce it on WakeChannel; only a claim, which reads the connector's
+// indexes, raises it to the exact value or removes the member. A low score costs a dispatcher one
+// look that finds nothing; a high one would hide due mail, and no script writes one.
+func readyKey(p int) string { return tag(p) + ":rdy" }
+
+// Lane names the due mail of one connector of one tenant: the dispatcher's unit of concurrency.
+type Lane struct{ Tenant, Connector string }
+
+// Member is the lane's member in the ready index: connector ids cannot hold "/", so the first "/"
+// separates the two.
+func (l Lane) Member() string { return l.Connector + "/" + l.Tenant }
+
+// ParseLane reads a ready index member.
+func ParseLane(m string) (Lane, bool) {
+	i := strings.IndexByte(m, '/')
+	if i <= 0 || i == len(m)-1 {
+		return Lane{}, false
+	}
+	return Lane{Connector: m[:i], Tenant: m[i+1:]}, true
+}
+
+func laneOf(e *Email) Lane { return Lane{Tenant: e.Tenant, Connector: e.Connector} }
 
 // clampPrio keeps a priority to the three indexes; unset is normal.
 func clampPrio(prio int) int {
@@ -98,8 +127,14 @@ type Email struct {
 	// attempts after it.
 	RetryBase int
 	Version   int64
-	// Fence is the claim's fencing token; only Complete calls with it are accepted.
+	// Fence is the claim's fencing token; only fenced changes carrying it are applied.
 	Fence int64
+	// Before and BeforeDue are, on a claimed email, the status and due time the claim replaced,
+	// so a claim that was never started can be handed back as it was. Before == StatusSending
+	// means the claim took the email over from a worker whose lease ran out: that worker may
+	// have sent it.
+	Before    outbox.Status
+	BeforeDue time.Time
 	// From and Rcpts are the SMTP envelope.
 	From  string
 	Rcpts []string
@@ -238,29 +273,27 @@ func indexKeys(p int, e *Email, s outbox.Status) []string {
 	return out
 }
 
-// WakeChannel is where a script announces a due time earlier than any its partition had: the
-// message is the partition's due index key. Dispatchers of every replica subscribe, so a sleep
-// until the earliest due time is cut short without polling.
+// WakeChannel is where a script announces that a connector's earliest due time in a partition
+// moved earlier (new mail, a retry, mail handed back): the message is the partition's number.
+// Dispatchers of every replica subscribe, so a sleep until the earliest due time is cut short
+// without polling.
 const WakeChannel = prefix + "wake"
 
 // WakePartition returns the partition a WakeChannel message names, or false.
 func WakePartition(msg string) (int, bool) {
-	for p := range Partitions {
-		for prio := 1; prio <= 3; prio++ {
-			if msg == dueKey(p, prio) {
-				return p, true
-			}
-		}
+	p, err := strconv.Atoi(msg)
+	if err != nil || p < 0 || p >= Partitions {
+		return 0, false
 	}
-	return 0, false
+	return p, true
 }
 
-// luaWake publishes on WakeChannel when due (ms) is earlier than every due time in dueKey.
-const luaWake = `
-local function postamt_wake(dueKey, due)
-  local first = redis.call('ZRANGE', dueKey, 0, 0, 'WITHSCORES')
-  if not first[2] or tonumber(due) < tonumber(first[2]) then
-    redis.call('PUBLISH', '` + WakeChannel + `', dueKey)
+// luaReady lowers a lane's score in the ready index to due (ms) when that is earlier (or the lane
+// was not there), and then announces the partition on WakeChannel.
+const luaReady = `
+local function postamt_ready(readyKey, member, due, partition)
+  if redis.call('ZADD', readyKey, 'LT', 'CH', due, member) == 1 then
+    redis.call('PUBLISH', '` + WakeChannel + `', partition)
   end
 end
 `
@@ -268,29 +301,29 @@ end
 // submitScript stores a new email, its body and its static part, and indexes it by due time
 // and in its views.
 // KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] body, KEYS[5] idempotency key (or
-// the record again when there is none), KEYS[6] static part, KEYS[7..] view indexes of the
-// status.
+// the record again when there is none), KEYS[6] static part, KEYS[7] ready index, KEYS[8..]
+// view indexes of the status.
 // ARGV[1] due ms or "" (not due: FAILED imports), ARGV[2] id, ARGV[3] index score, ARGV[4] 1 with
-// an idempotency key, ARGV[5..10] event envelope, ARGV[11] body, ARGV[12] static part,
-// ARGV[13..] record field/value pairs.
+// an idempotency key, ARGV[5..10] event envelope, ARGV[11] body, ARGV[12] static part, ARGV[13]
+// lane member, ARGV[14] partition, ARGV[15..] record field/value pairs.
 // Returns {1, id} when stored, {0, id} with the existing email's id when the idempotency key or
-// the id is taken (nothing written). Invariant: a record is in the due index exactly while its
-// status is SCHEDULED, QUEUED, PENDING_RETRY or SENDING, and in one view index per bucket while
-// it is not final.
-var submitScript = redis.NewScript(eventbus.LuaEmit + luaWake + `
+// the id is taken (nothing written). Invariant: a record is in its lane's due index exactly while
+// its status is SCHEDULED, QUEUED, PENDING_RETRY or SENDING, the lane's ready score is at most its
+// earliest due time, and the record is in one view index per bucket while it is not final.
+var submitScript = redis.NewScript(eventbus.LuaEmit + luaReady + `
 if ARGV[4] == '1' then
   local prev = redis.call('GET', KEYS[5])
   if prev then return {0, prev} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[2]} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], unpack(ARGV, 15))
 redis.call('SET', KEYS[4], ARGV[11])
 redis.call('SET', KEYS[6], ARGV[12])
 if ARGV[1] ~= '' then
-  postamt_wake(KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+  postamt_ready(KEYS[7], ARGV[13], ARGV[1], ARGV[14])
 end
-for i = 7, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[2]) end
+for i = 8, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[2]) end
 if ARGV[4] == '1' then redis.call('SET', KEYS[5], ARGV[2]) end
 postamt_emit(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 return {1, ARGV[2]}
@@ -319,9 +352,9 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, 
 	if e.Score.IsZero() {
 		e.Score = e.Due
 	}
-	keys := append([]string{recordKey(e.ID), dueKey(p, e.Priority), eventsKey(p), bodyKey(e.ID), ik, staticKey(e.ID)}, indexKeys(p, e, e.Status)...)
+	keys := append([]string{recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority), eventsKey(p), bodyKey(e.ID), ik, staticKey(e.ID), readyKey(p)}, indexKeys(p, e, e.Status)...)
 	argv := append([]any{due, e.ID, IndexScore(e.Score, e.ID), hasIK}, env...)
-	argv = append(argv, e.Body, encodeStatic(e))
+	argv = append(argv, e.Body, encodeStatic(e), laneOf(e).Member(), p)
 	argv = append(argv, recordFields(e)...)
 	var cmd *redis.Cmd
 	if err := l.submits.Do(ctx, func(p redis.Pipeliner) { cmd = submitScript.EvalSha(ctx, p, keys, argv...) }); err != nil {
@@ -413,138 +446,6 @@ func IDForKey(id, tenant, key string) bool {
 	return key == "" || Partition(id) == Partition(tenant+"\x00"+key)
 }
 
-// claimScript leases chosen due emails to a worker.
-// KEYS, per candidate: its due index, its record, then its old and new (SENDING) view index
-// keys. ARGV[1] now ms, ARGV[2] lease end ms, then per candidate: id, the version it was read
-// at, the number of view index keys (old and new, half each), and its index score at the lease
-// end.
-// A candidate is claimed only if its version is unchanged since it was chosen and it is still
-// due (never early): for each it bumps the fencing token and the version, sets SENDING, moves its
-// view entries and its due score to the lease end, so a crashed worker's mail comes due again.
-// Returns, per claimed email, {id, fence, version}.
-var claimScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local out = {}
-local k = 2
-local a = 3
-while a <= #ARGV do
-  local id, ver, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local due, rec = KEYS[k - 1], KEYS[k]
-  local score = redis.call('ZSCORE', due, id)
-  if score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
-    local fence = redis.call('HINCRBY', rec, 'fence', 1)
-    local version = redis.call('HINCRBY', rec, 'version', 1)
-    redis.call('HSET', rec, 'status', 3, 'due', ARGV[2], 'sc', ARGV[a + 3])
-    redis.call('ZADD', due, ARGV[2], id)
-    local half = nidx / 2
-    for j = 1, half do
-      redis.call('ZREM', KEYS[k + j], id)
-      redis.call('ZADD', KEYS[k + half + j], ARGV[a + 3], id)
-    end
-    out[#out + 1] = {id, fence, version}
-  end
-  k = k + 2 + nidx
-  a = a + 4
-end
-return out
-`)
-
-// claimFields are the record fields Claim reads to choose and then hand to the worker.
-var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "ik", "maxa", "ff", "rb"}
-
-// Claim leases up to batch emails of partition p that are due at now, until now+lease: high
-// before normal before low priority, oldest due first. Three round trips: the due indexes of the
-// three priorities, the chosen emails' records, and one script that claims those still
-// unchanged. Never early: nothing with a due time after now is claimed.
-func (l *Ledger) Claim(ctx context.Context, p int, now time.Time, batch int, lease time.Duration) ([]Email, error) {
-	pipe := l.rdb.Pipeline()
-	var dues [3]*redis.ZSliceCmd
-	for i := range dues {
-		dues[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-			Key: dueKey(p, i+1), Start: "-inf", Stop: strconv.FormatInt(ms(now), 10), ByScore: true, Count: int64(batch),
-		})
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read due emails: %w", err)
-	}
-	var zs []redis.Z
-	for _, d := range dues {
-		zs = append(zs, d.Val()...)
-	}
-	zs = zs[:min(len(zs), batch)]
-	if len(zs) == 0 {
-		return nil, nil
-	}
-	pipe = l.rdb.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(zs))
-	statics := make([]*redis.StringCmd, len(zs))
-	for i, z := range zs {
-		cmds[i] = pipe.HMGet(ctx, recordKey(z.Member.(string)), claimFields...)
-		statics[i] = pipe.Get(ctx, staticKey(z.Member.(string)))
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read due records: %w", err)
-	}
-	type cand struct{ e Email }
-	cands := make([]cand, 0, len(zs))
-	for i, z := range zs {
-		v := cmds[i].Val()
-		if len(v) != len(claimFields) || v[0] == nil {
-			continue // removed meanwhile
-		}
-		e, err := claimedRecord(z.Member.(string), v)
-		if err != nil {
-			return nil, err
-		}
-		if err := decodeStatic([]byte(statics[i].Val()), &e); err != nil {
-			return nil, err
-		}
-		if !inDue(e.Status) {
-			continue
-		}
-		e.Due = time.UnixMilli(int64(z.Score)).UTC()
-		cands = append(cands, cand{e: e})
-	}
-	if len(cands) == 0 {
-		return nil, nil
-	}
-	var keys []string
-	argv := []any{ms(now), ms(now.Add(lease))}
-	for _, c := range cands {
-		keys = append(keys, dueKey(p, c.e.Priority), recordKey(c.e.ID))
-		old, nw := indexKeys(p, &c.e, c.e.Status), indexKeys(p, &c.e, outbox.StatusSending)
-		keys = append(append(keys, old...), nw...)
-		argv = append(argv, c.e.ID, c.e.Version, len(old)+len(nw), IndexScore(now.Add(lease), c.e.ID))
-	}
-	res, err := claimScript.Run(ctx, l.rdb, keys, argv...).Slice()
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	byID := make(map[string]*Email, len(cands))
-	for i := range cands {
-		byID[cands[i].e.ID] = &cands[i].e
-	}
-	out := make([]Email, 0, len(res))
-	for _, r := range res {
-		row, ok := r.([]any)
-		if !ok || len(row) != 3 {
-			return nil, errors.New("claim: malformed reply")
-		}
-		id, _ := row[0].(string)
-		e := byID[id]
-		if e == nil {
-			return nil, errors.New("claim: reply names an email not asked for")
-		}
-		e.Fence, _ = row[1].(int64)
-		e.Version, _ = row[2].(int64)
-		e.Status = outbox.StatusSending
-		e.Due = now.Add(lease)
-		e.Score = e.Due
-		out = append(out, *e)
-	}
-	return out, nil
-}
-
 func claimedRecord(id string, v []any) (Email, error) {
 	s := func(i int) string { x, _ := v[i].(string); return x }
 	n := func(i int) int64 { x, _ := strconv.ParseInt(s(i), 10, 64); return x }
@@ -580,34 +481,41 @@ var ErrFenced = errs.Aborted("LEASE_LOST", "the email was claimed again or chang
 // ErrChanged means the email changed between reading it and writing it; the caller reads again.
 var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrently; read it again")
 
-// applyScript is every transition after submit: a worker's result and a person's action.
+// applyScript is every transition after submit: a worker's result, a claim handed back, and a
+// person's action.
 // KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] attempt history, KEYS[5] body,
 // KEYS[6] idempotency key (or the record), KEYS[7] disabled set (or the record), KEYS[8] static
-// part, KEYS[9..8+n] old view index keys, KEYS[9+n..] new view index keys.
+// part, KEYS[9] ready index, KEYS[10..9+n] old view index keys, KEYS[10+n..] new view index keys.
 // ARGV[1] expected version, ARGV[2] expected fence or "", ARGV[3] new version, ARGV[4] new
 // status, ARGV[5] n, ARGV[6] id, ARGV[7] due ms or "" (leaves the due index), ARGV[8] index
 // score, ARGV[9] history entry or "", ARGV[10] retention ms or "" (final: the record, body,
 // history, static part and idempotency key expire then), ARGV[11] "add"/"rem"/"" for the disabled set,
-// ARGV[12] attempts: "inc", "reset" or "", ARGV[13..18] event envelope, ARGV[19..] field/value
-// pairs to set.
-// Returns the new version, or 0 when the version or fence does not match (nothing written).
-var applyScript = redis.NewScript(eventbus.LuaEmit + luaWake + `
+// ARGV[12] attempts: "inc", "reset" or "", ARGV[13..18] event envelope (ARGV[13] "": no event,
+// for a claim handed back, which announced nothing either), ARGV[19] lane member, ARGV[20]
+// partition, ARGV[21..] field/value pairs to set.
+// Returns the new version; 0 when the version or fence does not match (nothing written); -1 when
+// a fenced change finds the record at exactly the version it would produce under the same fence:
+// the change was applied by an earlier try whose reply was lost (only the fence's holder changes
+// mail in SENDING), so a worker retrying after a broken connection does not take its own write
+// for a lost lease.
+var applyScript = redis.NewScript(eventbus.LuaEmit + luaReady + `
 local cur = redis.call('HMGET', KEYS[1], 'version', 'fence')
+if ARGV[2] ~= '' and cur[1] == ARGV[3] and cur[2] == ARGV[2] then return -1 end
 if cur[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and cur[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'version', ARGV[3], 'sc', ARGV[8], 'due', ARGV[7])
 if ARGV[12] == 'inc' then redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 elseif ARGV[12] == 'reset' then redis.call('HSET', KEYS[1], 'rb', redis.call('HGET', KEYS[1], 'attempts') or 0) end
-if #ARGV >= 19 then redis.call('HSET', KEYS[1], unpack(ARGV, 19)) end
+if #ARGV >= 21 then redis.call('HSET', KEYS[1], unpack(ARGV, 21)) end
 if ARGV[9] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[9]) end
 if ARGV[7] == '' then redis.call('ZREM', KEYS[2], ARGV[6])
 else
-  postamt_wake(KEYS[2], ARGV[7])
   redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
+  postamt_ready(KEYS[9], ARGV[19], ARGV[7], ARGV[20])
 end
 local n = tonumber(ARGV[5])
-for i = 9, 8 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
-for i = 9 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
+for i = 10, 9 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
+for i = 10 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
 if ARGV[11] == 'add' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6])
 elseif ARGV[11] == 'rem' then redis.call('ZREM', KEYS[7], ARGV[6]) end
 if ARGV[10] ~= '' then
@@ -616,7 +524,9 @@ if ARGV[10] ~= '' then
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
 end
-postamt_emit(KEYS[3], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18])
+if ARGV[13] ~= '' then
+  postamt_emit(KEYS[3], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18])
+end
 return tonumber(ARGV[3])
 `)
 
@@ -643,7 +553,8 @@ type Change struct {
 	Error string
 }
 
-// Apply makes change c to e, which the caller read (Get) or claimed (Claim) at e.Version. It
+// Apply makes change c to e, which the caller read (Get) or claimed (ClaimLane) at e.Version;
+// ev announces the change (nil: nothing is announced, for a claim handed back). It
 // fails with ErrFenced for a worker that lost its claim and ErrChanged when the email changed
 // since it was read; nothing is written then. On success e holds the new state.
 func (l *Ledger) Apply(ctx context.Context, e *Email, c Change, ev func(next *Email) Event) error {
@@ -715,7 +626,7 @@ func finish(e *Email, c Change, next *Email, n int64, err error) error {
 		}
 		return ErrChanged
 	}
-	*e = *next
+	*e = *next // n == -1 too: an earlier try of this very change was applied
 	return nil
 }
 
@@ -782,12 +693,15 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 			set = append(set, "ff", ms(c.At))
 		}
 	}
-	env, err := eventArgs(ctx, &next, next.Version, ev(&next))
-	if err != nil {
-		return nil, nil, nil, err
+	env := []any{"", "", "", "", "", ""}
+	if ev != nil {
+		var err error
+		if env, err = eventArgs(ctx, &next, next.Version, ev(&next)); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
-	keys := append([]string{recordKey(e.ID), dueKey(p, e.Priority), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID)}, old...)
+	keys := append([]string{recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID), readyKey(p)}, old...)
 	keys = append(keys, nw...)
 	due := ""
 	if !c.Due.IsZero() {
@@ -795,6 +709,7 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	}
 	argv := []any{e.Version, fence, next.Version, int(c.Status), len(old), e.ID, due, IndexScore(next.Score, e.ID), c.Attempt, retention, cdOp, attempts}
 	argv = append(argv, env...)
+	argv = append(argv, laneOf(e).Member(), p)
 	argv = append(argv, set...)
 	return keys, argv, &next, nil
 }
@@ -901,29 +816,6 @@ func (l *Ledger) Bodies(ctx context.Context, ids []string) ([][]byte, error) {
 		}
 	}
 	return out, nil
-}
-
-// Earliest returns the earliest due time of partition p, so the dispatcher sleeps until then.
-func (l *Ledger) Earliest(ctx context.Context, p int) (time.Time, bool, error) {
-	pipe := l.rdb.Pipeline()
-	var cmds [3]*redis.ZSliceCmd
-	for i := range cmds {
-		cmds[i] = pipe.ZRangeWithScores(ctx, dueKey(p, i+1), 0, 0)
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return time.Time{}, false, fmt.Errorf("read earliest due: %w", err)
-	}
-	var first time.Time
-	found := false
-	for _, c := range cmds {
-		if z := c.Val(); len(z) > 0 {
-			t := time.UnixMilli(int64(z[0].Score)).UTC()
-			if !found || t.Before(first) {
-				first, found = t, true
-			}
-		}
-	}
-	return first, found, nil
 }
 
 // Disabled returns up to n ids of partition p's CONNECTOR_DISABLED mail of a connector, so

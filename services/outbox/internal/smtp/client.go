@@ -94,7 +94,14 @@ type conn struct {
 	// What the relay's EHLO offered and the client uses.
 	pipelining, size, eightBitMIME bool
 	line                           []byte // a command line being built, reused
+	// ctx is the running transaction's context: once it ends, no new deadline is set in the
+	// future, so interrupt's deadline in the past sticks.
+	ctx context.Context
 }
+
+// interrupt makes every blocked read and write of the connection fail now; the transaction's
+// context ending calls it.
+func (c *conn) interrupt() { _ = c.nc.SetDeadline(time.Unix(1, 0)) }
 
 // newConn wraps an established (and, for implicit TLS, already encrypted) connection.
 func newConn(nc net.Conn, cmdTO, dataTO time.Duration) *conn {
@@ -223,7 +230,9 @@ func (c *conn) auth(m sasl.Client) error {
 // send runs one mail transaction. dataSent says whether the message and its final "." may have
 // reached the relay: after that a failure without a reply leaves the outcome unknown (RFC 1047).
 // After any error the connection is in an unknown state and must be closed.
-func (c *conn) send(from string, rcpts []string, msg []byte) (code int, text string, dataSent bool, err error) {
+// guard, when set, is asked before MAIL and before the message is written; its error, or ctx
+// ending before the final ".", stops the transaction with errNotSent.
+func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte, guard func() error) (code int, text string, dataSent bool, err error) {
 	if err := checkLine(from); err != nil {
 		return 0, "", false, err
 	}
@@ -231,6 +240,22 @@ func (c *conn) send(from string, rcpts []string, msg []byte) (code int, text str
 		if err := checkLine(r); err != nil {
 			return 0, "", false, err
 		}
+	}
+	c.ctx = ctx
+	defer func() { c.ctx = nil }()
+	vouch := func() error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w: %w", errNotSent, err)
+		}
+		if guard != nil {
+			if err := guard(); err != nil {
+				return fmt.Errorf("%w: %w", errNotSent, err)
+			}
+		}
+		return nil
+	}
+	if err := vouch(); err != nil {
+		return 0, "", false, err
 	}
 	c.deadline(c.cmdTO)
 	c.line = append(c.line[:0], "MAIL FROM:<"...)
@@ -251,6 +276,10 @@ func (c *conn) send(from string, rcpts []string, msg []byte) (code int, text str
 		err = c.stepwise(rcpts)
 	}
 	if err != nil {
+		return 0, "", false, err
+	}
+	// The relay accepted DATA and waits for the message: the last moment to stop without sending.
+	if err := vouch(); err != nil {
 		return 0, "", false, err
 	}
 
@@ -439,7 +468,13 @@ func checkLine(s string) error {
 	return nil
 }
 
-func (c *conn) deadline(d time.Duration) { _ = c.nc.SetDeadline(time.Now().Add(d)) }
+func (c *conn) deadline(d time.Duration) {
+	if c.ctx != nil && c.ctx.Err() != nil {
+		c.interrupt()
+		return
+	}
+	_ = c.nc.SetDeadline(time.Now().Add(d))
+}
 
 // dialConn connects to the relay of cfg and runs the handshake.
 func dialConn(ctx context.Context, cfg Config) (*conn, error) {

@@ -85,6 +85,9 @@ type Result struct {
 	Enhanced string
 	// Message is the relay's text or the error, never a secret.
 	Message string
+	// Started is when the conversation began: a connection was free, and it was taken from the
+	// pool or dialled. Waiting for a free connection is not part of the attempt.
+	Started time.Time
 }
 
 // Sender delivers to one relay, reusing connections: a connection and its TLS and AUTH
@@ -167,27 +170,65 @@ func (s *Sender) put(c *conn) {
 	go c.quit()
 }
 
+// PoolSize is how many conversations the relay gets at once: the connector's concurrency.
+func (s *Sender) PoolSize() int { return s.cfg.PoolSize }
+
 // Send delivers msg (a complete RFC 5322 message with CRLF line ends) from from to rcpts. A
 // recipient refused at RCPT fails the whole attempt with that reply: partial delivery is not
 // attempted in this version.
 func (s *Sender) Send(ctx context.Context, from string, rcpts []string, msg []byte) Result {
+	return s.SendGuarded(ctx, from, rcpts, msg, nil)
+}
+
+// errNotSent is a guard's refusal or a cancellation before the message could have left.
+var errNotSent = errors.New("the conversation was stopped before the message was sent")
+
+// SendGuarded is Send with a guard the worker uses to vouch for its claim: it is asked right
+// before MAIL and again right before the message is written (after the relay accepted DATA), and
+// an error from it ends the conversation with OutcomeNotSent; the relay discards a transaction
+// whose message never ended with ".". Cancelling ctx does the same until the final "." has left;
+// after it, the outcome is what the relay answers, or unknown when the answer cannot be read.
+func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, msg []byte, guard func() error) Result {
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
-		return Result{Outcome: outbox.OutcomeTemporary, Message: "no connection to the relay was free: " + ctx.Err().Error()}
+		return Result{Outcome: outbox.OutcomeNotSent, Message: "no connection to the relay was free: " + ctx.Err().Error()}
 	}
 	defer func() { <-s.slots }()
+	started := time.Now()
+	if guard != nil {
+		if err := guard(); err != nil {
+			return Result{Outcome: outbox.OutcomeNotSent, Message: err.Error(), Started: started}
+		}
+	}
 	c, err := s.get(ctx)
 	if err != nil {
-		return classify(err, false)
+		r := classify(err, false)
+		if ctx.Err() != nil {
+			r.Outcome = outbox.OutcomeNotSent
+		}
+		r.Started = started
+		return r
 	}
-	code, text, dataSent, err := c.send(from, rcpts, msg)
+	stop := context.AfterFunc(ctx, c.interrupt)
+	code, text, dataSent, err := c.send(ctx, from, rcpts, msg, guard)
+	if !stop() && err == nil {
+		// ctx ended as the transaction completed: the interruption may still land on this
+		// connection, so it is not pooled.
+		c.close()
+		return Result{Outcome: outbox.OutcomeSent, Code: code, Message: text, Started: started}
+	}
 	if err != nil {
 		c.close()
-		return classify(err, dataSent)
+		r := classify(err, dataSent)
+		if errors.Is(err, errNotSent) || (ctx.Err() != nil && !dataSent) {
+			r.Outcome = outbox.OutcomeNotSent
+		}
+		r.Started = started
+		return r
 	}
 	s.put(c)
-	return Result{Outcome: outbox.OutcomeSent, Code: code, Message: text}
+	return Result{Outcome: outbox.OutcomeSent, Code: code, Message: text, Started: started}
 }
 
 // classify maps an error to an outcome. afterDot says the final "." may have been written, so a

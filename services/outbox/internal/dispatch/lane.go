@@ -1,0 +1,525 @@
+package dispatch
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+	"github.com/postamt/postamt/services/outbox/internal/smtp"
+	"github.com/postamt/postamt/services/outbox/internal/wire"
+)
+
+// Why a conversation does not start, or stops before the message.
+var (
+	errLeaseLost  = errors.New("the claim was taken over by another worker")
+	errRedisDown  = errors.New("Redis is unreachable, so the claim cannot be renewed or the result recorded")
+	errLeaseShort = errors.New("the claim's lease is about to run out")
+)
+
+// disabledConcurrency is how many emails a lane moves at once when its connector is disabled or
+// unknown: no relay is involved, so its pool does not bound it.
+const disabledConcurrency = 64
+
+// claim is one email a lane holds: claimed, queued or in conversation, or waiting for its
+// outcome to be recorded.
+type claim struct {
+	e    redisstore.Email
+	lane *lane
+	seq  uint64
+	// leaseEnd is the lease's end in Unix milliseconds, as the last successful claim or renewal
+	// set it in Redis.
+	leaseEnd atomic.Int64
+	// lost is set when a renewal found the email claimed again: nothing more may be sent.
+	lost atomic.Bool
+	// cancel stops the conversation in progress (nil before it starts); under Dispatcher.mu.
+	cancel context.CancelFunc
+	queued bool // in the lane's queue; under lane.mu
+}
+
+// lane is one connector of one tenant in this replica: its due mail across all partitions, its
+// concurrency, and the claims it holds. Partition loops mark the partitions where it has due
+// mail; the lane claims from them, by priority across partitions, as much as its free
+// connections and its claim-ahead allow.
+type lane struct {
+	d   *Dispatcher
+	key redisstore.Lane
+
+	mu sync.Mutex
+	// ready has bit p set while partition p may have due mail of the lane; gen[p] counts the
+	// partition loop's marks, so a lane that found partition p drained clears the bit only if no
+	// mark came in since it looked.
+	ready    uint32
+	gen      [redisstore.Partitions]uint64
+	queue    claimQueue
+	inflight int
+	capacity int
+	seq      uint64
+
+	kick  chan struct{}
+	quitc chan struct{}
+	quits sync.Once
+	done  chan struct{}
+}
+
+func newLane(d *Dispatcher, key redisstore.Lane) *lane {
+	return &lane{d: d, key: key, capacity: 1, kick: make(chan struct{}, 1), quitc: make(chan struct{}), done: make(chan struct{})}
+}
+
+// markReady notes that partition p has mail of the lane due now.
+func (l *lane) markReady(p int) {
+	l.mu.Lock()
+	l.ready |= 1 << p
+	l.gen[p]++
+	l.mu.Unlock()
+	l.poke()
+}
+
+func (l *lane) poke() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (l *lane) quit() { l.quits.Do(func() { close(l.quitc) }) }
+
+func (l *lane) quitting() bool {
+	select {
+	case <-l.quitc:
+		return true
+	default:
+		return false
+	}
+}
+
+// run claims whenever the lane has ready partitions and room, until quit.
+func (l *lane) run() {
+	defer close(l.done)
+	for {
+		select {
+		case <-l.quitc:
+			return
+		case <-l.kick:
+		}
+		l.fill(context.Background())
+	}
+}
+
+// sleep waits d or until quit; false means quit.
+func (l *lane) sleep(d time.Duration) bool {
+	select {
+	case <-l.quitc:
+		return false
+	case <-l.d.Clock.After(d):
+		return true
+	}
+}
+
+// lookup returns the lane's connector, reloading the registry once on a miss.
+func (l *lane) lookup(ctx context.Context) (Connector, bool, error) {
+	c, ok := l.d.Connector(l.key.Tenant, l.key.Connector)
+	if !ok && l.d.Reload != nil {
+		if err := l.d.Reload(ctx); err != nil {
+			return Connector{}, false, fmt.Errorf("reload connectors: %w", err)
+		}
+		c, ok = l.d.Connector(l.key.Tenant, l.key.Connector)
+	}
+	return c, ok, nil
+}
+
+func concurrency(c Connector, ok bool) int {
+	if !ok || !c.Enabled || c.Sender == nil {
+		return disabledConcurrency
+	}
+	return max(c.Sender.PoolSize(), 1)
+}
+
+// want is how many more emails the lane may claim now, and the partitions to claim from.
+func (l *lane) want() (int, []int, [redisstore.Partitions]uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ahead := int(math.Ceil(l.d.ClaimAhead * float64(l.capacity)))
+	n := min(l.capacity+ahead-l.inflight-l.queue.Len(), l.d.Batch)
+	var parts []int
+	for b := l.ready; b != 0; b &= b - 1 {
+		parts = append(parts, bits.TrailingZeros32(b))
+	}
+	return n, parts, l.gen
+}
+
+// fill claims until the lane is full or has nothing due, and starts what it may.
+func (l *lane) fill(ctx context.Context) {
+	backoff := 20 * time.Millisecond
+	for !l.quitting() && !l.d.stopping.Load() {
+		c, ok, err := l.lookup(ctx)
+		if err != nil {
+			l.d.Logger.Warn("look up connector", "tenant", l.key.Tenant, "connector", l.key.Connector, "error", err)
+			if !l.sleep(backoff) {
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		l.mu.Lock()
+		l.capacity = concurrency(c, ok)
+		l.mu.Unlock()
+		l.start()
+		n, parts, gens := l.want()
+		if n <= 0 || len(parts) == 0 {
+			return
+		}
+		got, looked, err := l.claim(ctx, parts, gens, n)
+		if err != nil {
+			l.d.redisDown.Store(true)
+			l.d.Logger.Warn("claim due mail", "tenant", l.key.Tenant, "connector", l.key.Connector, "error", err)
+			if !l.sleep(backoff) {
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 20 * time.Millisecond
+		l.start()
+		if got == 0 && looked > 0 {
+			// Another replica took what this one read: read again after a moment.
+			if !l.sleep(time.Millisecond) {
+				return
+			}
+		}
+	}
+}
+
+// claim runs one claim round over parts for up to n emails. It returns how many were claimed
+// and how many due emails were looked at.
+func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitions]uint64, n int) (int, int, error) {
+	d := l.d
+	now := d.Clock.Now()
+	cands, err := d.Ledger.Heads(ctx, l.key, parts, now, n)
+	if err != nil {
+		return 0, 0, err
+	}
+	looked := len(cands)
+	cands = cands[:min(len(cands), n)]
+	res, err := d.Ledger.ClaimLane(ctx, l.key, parts, cands, now, d.Lease)
+	if err != nil {
+		return 0, looked, err
+	}
+	d.redisDown.Store(false)
+	// Partitions the claim found drained for this lane: their bit goes, unless a partition
+	// loop marked them again meanwhile; their loops learn the lane's next due time.
+	l.mu.Lock()
+	for p, next := range res.Next {
+		if (next.IsZero() || next.After(now)) && l.gen[p] == gens[p] {
+			l.ready &^= 1 << p
+			if !next.IsZero() {
+				defer d.Wake(p)
+			}
+		}
+	}
+	l.mu.Unlock()
+	end := now.Add(d.Lease).UnixMilli()
+	claims := make([]*claim, 0, len(res.Emails))
+	var notes []redisstore.Applied
+	var noted []*claim
+	for i := range res.Emails {
+		c := &claim{e: res.Emails[i], lane: l}
+		c.leaseEnd.Store(end)
+		d.hold(c)
+		if c.e.Before == outbox.StatusSending {
+			a, err := d.reclaimNote(c, now)
+			if err != nil {
+				d.release(c)
+				d.Logger.Error("record a taken-over attempt", "email", c.e.ID, "error", err)
+				continue
+			}
+			notes, noted = append(notes, a), append(noted, c)
+			continue
+		}
+		claims = append(claims, c)
+	}
+	if len(notes) > 0 {
+		// The attempt the lost worker may have made is on record before this one starts, so every
+		// copy that reaches the relay is counted.
+		for i, err := range d.Ledger.ApplyMany(ctx, notes) {
+			if err != nil {
+				d.release(noted[i])
+				d.Logger.Warn("record a taken-over attempt; its lease runs out and it is taken over again", "email", noted[i].e.ID, "error", err)
+				continue
+			}
+			d.count("reclaimed", 1)
+			if d.Outcomes != nil {
+				d.Outcomes.WithLabelValues(outcomeLabel(outbox.OutcomeUnknown)).Inc()
+			}
+			claims = append(claims, noted[i])
+		}
+	}
+	l.mu.Lock()
+	for _, c := range claims {
+		l.seq++
+		c.seq = l.seq
+		c.queued = true
+		heap.Push(&l.queue, c)
+	}
+	l.mu.Unlock()
+	return len(res.Emails), looked, nil
+}
+
+// reclaimNote is the attempt recorded when a claim takes over mail whose holder's lease ran out:
+// that worker may have delivered it, so its attempt is on record as unknown before this worker
+// sends it again.
+func (d *Dispatcher) reclaimNote(c *claim, now time.Time) (redisstore.Applied, error) {
+	msg := "the worker that held this email stopped before recording its attempt (its lease ran out); it may have been sent, and is sent again"
+	attempt := &outboxv1.Attempt{
+		Number: int32(c.e.Attempts + 1), StartTime: wire.Timestamp(c.e.BeforeDue), EndTime: wire.Timestamp(now),
+		ConnectorId: c.e.Connector, Outcome: outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN, Message: msg,
+	}
+	b, err := proto.Marshal(attempt)
+	if err != nil {
+		return redisstore.Applied{}, fmt.Errorf("encode attempt: %w", err)
+	}
+	prev := c.e.Status
+	return redisstore.Applied{Email: &c.e, Change: redisstore.Change{
+		Status: outbox.StatusSending, Due: c.e.Due, At: now, Fenced: true, Attempt: b,
+		CountAttempt: true, Attempted: true, MaxAttempts: c.e.MaxAttempts, Error: msg,
+	}, Event: func(next *redisstore.Email) redisstore.Event { return wire.Events{}.Changed(prev, next, attempt) }}, nil
+}
+
+// start begins conversations for queued claims while connections are free, highest priority
+// first.
+func (l *lane) start() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.inflight < l.capacity && l.queue.Len() > 0 && !l.d.stopping.Load() {
+		c := heap.Pop(&l.queue).(*claim)
+		c.queued = false
+		l.inflight++
+		l.d.sends.Add(1)
+		go l.send(c)
+	}
+}
+
+// send runs one claim's conversation and hands its outcome to the recorder.
+func (l *lane) send(c *claim) {
+	defer l.d.sends.Done()
+	l.deliver(context.Background(), c)
+	l.mu.Lock()
+	l.inflight--
+	l.mu.Unlock()
+	l.start()
+	l.poke()
+}
+
+// drop removes a claim from the queue whose lease was lost; false when it has started.
+func (l *lane) drop(c *claim) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !c.queued {
+		return false
+	}
+	for i, q := range l.queue {
+		if q == c {
+			heap.Remove(&l.queue, i)
+			c.queued = false
+			return true
+		}
+	}
+	return false
+}
+
+// drain hands back every queued claim (the lane has quit) and reports how many, and how many
+// conversations are still in progress.
+func (l *lane) drain() (handed, inProgress int) {
+	l.mu.Lock()
+	queued := make([]*claim, 0, l.queue.Len())
+	for l.queue.Len() > 0 {
+		c := heap.Pop(&l.queue).(*claim)
+		c.queued = false
+		queued = append(queued, c)
+	}
+	inProgress = l.inflight
+	l.mu.Unlock()
+	for _, c := range queued {
+		l.d.handBack(c, "the replica is stopping")
+	}
+	return len(queued), inProgress
+}
+
+// handBack gives an unstarted claim back as it was before the claim, with no attempt and no
+// event, so any replica can send it at once.
+func (d *Dispatcher) handBack(c *claim, why string) {
+	status, due := c.e.Before, c.e.BeforeDue
+	if status == outbox.StatusSending || !(status == outbox.StatusQueued || status == outbox.StatusScheduled || status == outbox.StatusPendingRetry) {
+		status = outbox.StatusQueued
+	}
+	if due.IsZero() {
+		due = d.Clock.Now()
+	}
+	d.count("handed_back", 1)
+	d.Logger.Debug("claim handed back", "email", c.e.ID, "reason", why)
+	d.rec.add(c, redisstore.Applied{Email: &c.e, Change: redisstore.Change{Status: status, Due: due, At: d.Clock.Now(), Fenced: true}})
+}
+
+// deliver runs one conversation for c (or decides without one) and gives the result, or the
+// claim handed back, to the recorder.
+func (l *lane) deliver(ctx context.Context, c *claim) {
+	d := l.d
+	conn, ok, err := l.lookup(ctx)
+	if err != nil {
+		d.handBack(c, err.Error())
+		return
+	}
+	if err := d.vouch(c); err != nil {
+		d.keepOrHandBack(c, err)
+		return
+	}
+	sendCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.mu.Lock()
+	c.cancel = cancel
+	d.mu.Unlock()
+	e, body := &c.e, c.e.Body
+	start := d.Clock.Now()
+	var res smtp.Result
+	switch {
+	case !ok:
+		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: fmt.Sprintf("connector %s does not exist", e.Connector)}
+	case !conn.Enabled:
+		res = smtp.Result{Outcome: outbox.OutcomeConnectorDisabled, Message: fmt.Sprintf("connector %s is disabled; enable it and retry", e.Connector)}
+	case conn.MaxMessageBytes > 0 && int64(len(body)) > conn.MaxMessageBytes:
+		res = smtp.Result{Outcome: outbox.OutcomePermanent, Code: 552, Enhanced: "5.3.4",
+			Message: fmt.Sprintf("the message is %d bytes; connector %s takes at most %d", len(body), e.Connector, conn.MaxMessageBytes)}
+	case body == nil:
+		// The record is there without its body: nothing can be sent, ever. Fail it for a person
+		// to see rather than retry forever.
+		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: "the message body is missing from the store"}
+	default:
+		res = conn.Sender.SendGuarded(sendCtx, e.From, e.Rcpts, body, func() error { return d.vouch(c) })
+	}
+	d.mu.Lock()
+	c.cancel = nil
+	d.mu.Unlock()
+	if res.Outcome == outbox.OutcomeNotSent {
+		d.keepOrHandBack(c, errors.New(res.Message))
+		return
+	}
+	if !res.Started.IsZero() {
+		start = res.Started
+	}
+	a, err := d.result(c, conn.Policy, res, start, d.Clock.Now())
+	if err != nil {
+		d.Logger.Error("encode a result", "email", e.ID, "error", err)
+		d.release(c)
+		return
+	}
+	d.rec.add(c, a)
+}
+
+// keepOrHandBack deals with a claim that was not sent: a lost one is dropped (its new holder
+// sends it); any other is handed back, which the recorder writes once Redis takes it.
+func (d *Dispatcher) keepOrHandBack(c *claim, why error) {
+	if c.lost.Load() {
+		d.release(c)
+		return
+	}
+	d.handBack(c, why.Error())
+}
+
+// result is the transition that records an attempt that ended with res.
+func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result, start, end time.Time) (redisstore.Applied, error) {
+	e := &c.e
+	if d.Outcomes != nil {
+		d.Outcomes.WithLabelValues(outcomeLabel(res.Outcome)).Inc()
+	}
+	decision := policy.Decide(res.Outcome, e.Attempts-e.RetryBase+1, e.Imported)
+	change := redisstore.Change{
+		Status: decision.Status, At: end, Fenced: true,
+		CountAttempt: decision.ConsumesAttempt, Attempted: decision.ConsumesAttempt, MaxAttempts: policy.MaxAttempts,
+	}
+	if res.Outcome != outbox.OutcomeSent {
+		change.Error = res.Message
+		if res.Code != 0 {
+			change.Error = strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
+		}
+		if decision.MayHaveBeenSent {
+			change.Error = "the connection was lost after the message was handed over; it may have been sent: " + change.Error
+		}
+	}
+	var attempt *outboxv1.Attempt
+	if decision.ConsumesAttempt {
+		attempt = &outboxv1.Attempt{
+			Number: int32(e.Attempts + 1), StartTime: wire.Timestamp(start), EndTime: wire.Timestamp(end),
+			ConnectorId: e.Connector, Outcome: attemptOutcome(res.Outcome), SmtpCode: int32(res.Code),
+			EnhancedCode: res.Enhanced, Message: change.Error,
+		}
+		b, err := proto.Marshal(attempt)
+		if err != nil {
+			return redisstore.Applied{}, fmt.Errorf("encode attempt: %w", err)
+		}
+		change.Attempt = b
+	}
+	if decision.Status == outbox.StatusPendingRetry {
+		change.Due = end.Add(decision.Delay)
+	}
+	prev := e.Status
+	return redisstore.Applied{Email: e, Change: change, Event: func(next *redisstore.Email) redisstore.Event {
+		return wire.Events{}.Changed(prev, next, attempt)
+	}}, nil
+}
+
+func attemptOutcome(o outbox.Outcome) outboxv1.AttemptOutcome {
+	switch o {
+	case outbox.OutcomeSent:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_SENT
+	case outbox.OutcomeTemporary:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_TEMPORARY_FAILURE
+	case outbox.OutcomePermanent:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_PERMANENT_FAILURE
+	case outbox.OutcomeUnknown:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN
+	}
+	return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNSPECIFIED
+}
+
+// claimQueue orders a lane's queued claims: high before normal before low priority, then by due
+// time, then by claim order.
+type claimQueue []*claim
+
+func (q claimQueue) Len() int { return len(q) }
+func (q claimQueue) Less(i, j int) bool {
+	a, b := q[i], q[j]
+	if pa, pb := prio(a.e.Priority), prio(b.e.Priority); pa != pb {
+		return pa < pb
+	}
+	if !a.e.BeforeDue.Equal(b.e.BeforeDue) {
+		return a.e.BeforeDue.Before(b.e.BeforeDue)
+	}
+	return a.seq < b.seq
+}
+func (q claimQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *claimQueue) Push(x any)   { *q = append(*q, x.(*claim)) }
+func (q *claimQueue) Pop() any {
+	old := *q
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	return c
+}
+
+func prio(p int) int {
+	if p == 0 {
+		return 2
+	}
+	return p
+}

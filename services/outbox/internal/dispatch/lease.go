@@ -1,0 +1,228 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+)
+
+// renewLoop extends the leases of every claim this replica holds (queued, in conversation, or
+// waiting for its record) every Lease/4, so a lease never lapses while its mail is being sent;
+// a claim found taken over is marked lost, which stops its conversation before the message
+// if it has not gone yet, and drops it from its lane's queue.
+func (d *Dispatcher) renewLoop(ctx context.Context) {
+	every := d.Lease / 4
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.Clock.After(every):
+		}
+		d.renew(ctx, every)
+	}
+}
+
+// renew extends the leases that were last set more than one renewal period ago.
+func (d *Dispatcher) renew(ctx context.Context, every time.Duration) {
+	now := d.Clock.Now()
+	d.mu.Lock()
+	var cs []*claim
+	for c := range d.held {
+		if !c.lost.Load() && time.UnixMilli(c.leaseEnd.Load()).Sub(now) < d.Lease-every/2 {
+			cs = append(cs, c)
+		}
+	}
+	d.mu.Unlock()
+	if len(cs) == 0 {
+		return
+	}
+	es := make([]*redisstore.Email, len(cs))
+	for i, c := range cs {
+		es[i] = &c.e
+	}
+	until := now.Add(d.Lease)
+	ok, err := d.Ledger.Renew(ctx, es, until)
+	if err != nil {
+		if !d.redisDown.Swap(true) {
+			d.Logger.Warn("renew leases: no new conversation starts until Redis answers", "held", len(cs), "error", err)
+		}
+		return
+	}
+	d.redisDown.Store(false)
+	for i, c := range cs {
+		if ok[i] {
+			c.leaseEnd.Store(until.UnixMilli())
+			continue
+		}
+		d.mu.Lock()
+		_, still := d.held[c]
+		if still && c.cancel != nil {
+			c.cancel()
+		}
+		d.mu.Unlock()
+		if !still {
+			continue // recorded meanwhile
+		}
+		c.lost.Store(true)
+		d.count("lease_lost", 1)
+		d.Logger.Warn("a held email was claimed again; it is not sent from here", "email", c.e.ID)
+		if c.lane.drop(c) {
+			d.release(c)
+		}
+	}
+}
+
+// recorder writes results and hand-backs in order, in pipelined batches. What Redis does not
+// take because it cannot be reached is kept and written when it answers again, under the same
+// fence: a result is never lost to an outage and its mail never sent again because of one.
+type recorder struct {
+	d      *Dispatcher
+	mu     sync.Mutex
+	items  []recItem
+	busy   bool // a batch is being written
+	signal chan struct{}
+	idle   chan struct{} // closed and replaced when the recorder has nothing left
+}
+
+type recItem struct {
+	c *claim
+	a redisstore.Applied
+}
+
+func newRecorder(d *Dispatcher) *recorder {
+	return &recorder{d: d, signal: make(chan struct{}, 1), idle: make(chan struct{})}
+}
+
+func (r *recorder) add(c *claim, a redisstore.Applied) {
+	r.mu.Lock()
+	r.items = append(r.items, recItem{c: c, a: a})
+	r.mu.Unlock()
+	select {
+	case r.signal <- struct{}{}:
+	default:
+	}
+}
+
+// maxRecordBatch bounds one pipelined write of results.
+const maxRecordBatch = 256
+
+func (r *recorder) run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for {
+		if r.once(ctx) {
+			backoff = 50 * time.Millisecond
+			continue
+		}
+		r.mu.Lock()
+		pending := len(r.items)
+		r.mu.Unlock()
+		var retry <-chan time.Time // nil: wait for new items
+		if pending > 0 {
+			retry = r.d.Clock.After(backoff)
+			backoff = min(2*backoff, 2*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.signal:
+		case <-retry:
+		}
+	}
+}
+
+// once writes one batch; it reports whether all of it was written (false also when there was
+// nothing to write).
+func (r *recorder) once(ctx context.Context) bool {
+	r.mu.Lock()
+	n := min(len(r.items), maxRecordBatch)
+	if n == 0 {
+		if !r.busy {
+			close(r.idle)
+			r.idle = make(chan struct{})
+		}
+		r.mu.Unlock()
+		return false
+	}
+	batch := make([]recItem, n)
+	copy(batch, r.items)
+	r.items = r.items[n:]
+	r.busy = true
+	r.mu.Unlock()
+
+	as := make([]redisstore.Applied, n)
+	for i, it := range batch {
+		as[i] = it.a
+	}
+	var kept []recItem
+	for i, err := range r.d.Ledger.ApplyMany(ctx, as) {
+		it := batch[i]
+		var rerr redis.Error
+		switch {
+		case err == nil:
+			r.d.release(it.c)
+		case errors.Is(err, redisstore.ErrFenced):
+			// Another worker took the email over after this claim's lease ran out; it has
+			// recorded the attempt this one may have made as unknown.
+			r.d.release(it.c)
+			r.d.count("unrecorded", 1)
+			r.d.Logger.Warn("result not recorded: the email was claimed again", "email", it.c.e.ID, "status", it.a.Status.String())
+		case errors.As(err, &rerr):
+			// Redis answered, with an error no retry mends (a bug): the lease runs out and the
+			// email is taken over, counted as unknown.
+			r.d.release(it.c)
+			r.d.count("unrecorded", 1)
+			r.d.Logger.Error("result not recorded", "email", it.c.e.ID, "error", err)
+		default:
+			kept = append(kept, it)
+		}
+	}
+	r.mu.Lock()
+	r.busy = false
+	if len(kept) > 0 {
+		r.items = append(kept, r.items...)
+	}
+	r.mu.Unlock()
+	if len(kept) > 0 {
+		if !r.d.redisDown.Swap(true) {
+			r.d.Logger.Warn("results kept until Redis answers; no new conversation starts meanwhile", "kept", len(kept))
+		}
+		r.d.count("record_retried", len(kept))
+		return false
+	}
+	r.d.redisDown.Store(false)
+	return true
+}
+
+// flush waits up to timeout for every pending item to be written and returns how many were not.
+func (r *recorder) flush(ctx context.Context, timeout time.Duration) int {
+	deadline := r.d.Clock.After(timeout)
+	for {
+		r.mu.Lock()
+		n, idle := len(r.items), r.idle
+		busy := r.busy
+		r.mu.Unlock()
+		if n == 0 && !busy {
+			return 0
+		}
+		select {
+		case r.signal <- struct{}{}:
+		default:
+		}
+		select {
+		case <-idle:
+		case <-deadline:
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return len(r.items)
+		case <-ctx.Done():
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return len(r.items)
+		}
+	}
+}

@@ -1,0 +1,351 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+)
+
+// This file is the dispatcher's side of the ledger: which lanes (connectors) of a partition have
+// due mail, the heads of a lane's due indexes, claims under a lease with a fencing token, and the
+// renewal of leases while their mail is held. See docs/outbox-design.md, "Dispatch".
+
+// Ready returns up to limit lanes of partition p whose ready score is at or before now, and the
+// earliest ready score after now (ok false when there is none), so the partition's loop hands
+// the first to their lanes and sleeps until the second.
+func (l *Ledger) Ready(ctx context.Context, p int, now time.Time, limit int) (due []Lane, next time.Time, ok bool, err error) {
+	pipe := l.rdb.Pipeline()
+	nowMS := strconv.FormatInt(ms(now), 10)
+	dueCmd := pipe.ZRangeArgs(ctx, redis.ZRangeArgs{Key: readyKey(p), Start: "-inf", Stop: nowMS, ByScore: true, Count: int64(limit)})
+	nextCmd := pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: readyKey(p), Start: "(" + nowMS, Stop: "+inf", ByScore: true, Count: 1})
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, time.Time{}, false, fmt.Errorf("read ready lanes: %w", err)
+	}
+	for _, m := range dueCmd.Val() {
+		if ln, ok := ParseLane(m); ok {
+			due = append(due, ln)
+		}
+	}
+	if z := nextCmd.Val(); len(z) > 0 {
+		return due, time.UnixMilli(int64(z[0].Score)).UTC(), true, nil
+	}
+	return due, time.Time{}, false, nil
+}
+
+// Candidate is a due email at the head of one of its lane's indexes, as Heads read it.
+type Candidate struct {
+	ID        string
+	Partition int
+	Priority  int
+	// Due is its score in the due index, milliseconds.
+	Due int64
+}
+
+// Heads reads up to n due emails of lane in each of the partitions parts, in one round trip:
+// for each partition the first n of each priority's index with a score at or before now.
+// The result is in claim order: high before normal before low, oldest first, across partitions.
+func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Time, n int) ([]Candidate, error) {
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.ZSliceCmd, 0, 3*len(parts))
+	nowMS := strconv.FormatInt(ms(now), 10)
+	for _, p := range parts {
+		for prio := 1; prio <= 3; prio++ {
+			cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+				Key: dueKey(p, lane.Tenant, lane.Connector, prio), Start: "-inf", Stop: nowMS, ByScore: true, Count: int64(n),
+			}))
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read due emails: %w", err)
+	}
+	var out []Candidate
+	for i, c := range cmds {
+		for _, z := range c.Val() {
+			id, _ := z.Member.(string)
+			out = append(out, Candidate{ID: id, Partition: parts[i/3], Priority: i%3 + 1, Due: int64(z.Score)})
+		}
+	}
+	slices.SortFunc(out, func(a, b Candidate) int {
+		if a.Priority != b.Priority {
+			return a.Priority - b.Priority
+		}
+		if a.Due != b.Due {
+			return int(min(max(a.Due-b.Due, -1), 1))
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// claimScript leases chosen due emails of one lane in one partition to a worker, and sets the
+// lane's ready score to its exact earliest due time afterwards.
+// KEYS[1..3] the lane's due indexes (high, normal, low), KEYS[4] the ready index, then per
+// candidate: its record, then its old and new (SENDING) view index keys.
+// ARGV[1] now ms, ARGV[2] lease end ms, ARGV[3] lane member, then per candidate: id, the version
+// it was read at, its priority, the number of view index keys (old and new, half each), and its
+// index score at the lease end.
+// A candidate is claimed only if its version is unchanged since it was chosen and it is still
+// due (never early): for each it bumps the fencing token and the version, sets SENDING, moves its
+// view entries and its due score to the lease end, so a crashed worker's mail comes due again.
+// Returns {claimed, ready}: per claimed email {id, fence, version, status before, due before
+// (ms)}, and the lane's new ready score (-1: the lane has no mail in this partition).
+var claimScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local out = {}
+local k = 5
+local a = 4
+while a <= #ARGV do
+  local id, ver, prio, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local due, rec = KEYS[prio], KEYS[k]
+  local score = redis.call('ZSCORE', due, id)
+  if score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
+    local before = redis.call('HGET', rec, 'status')
+    local fence = redis.call('HINCRBY', rec, 'fence', 1)
+    local version = redis.call('HINCRBY', rec, 'version', 1)
+    redis.call('HSET', rec, 'status', 3, 'due', ARGV[2], 'sc', ARGV[a + 4])
+    redis.call('ZADD', due, ARGV[2], id)
+    local half = nidx / 2
+    for j = 1, half do
+      redis.call('ZREM', KEYS[k + j], id)
+      redis.call('ZADD', KEYS[k + half + j], ARGV[a + 4], id)
+    end
+    out[#out + 1] = {id, fence, version, tonumber(before), score}
+  end
+  k = k + 1 + nidx
+  a = a + 5
+end
+local best = -1
+for i = 1, 3 do
+  local f = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  if f[2] and (best < 0 or tonumber(f[2]) < best) then best = tonumber(f[2]) end
+end
+if best < 0 then redis.call('ZREM', KEYS[4], ARGV[3])
+else redis.call('ZADD', KEYS[4], best, ARGV[3]) end
+return {out, best}
+`)
+
+// claimFields are the record fields ClaimLane reads of its candidates and hands to the worker.
+var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "ik", "maxa", "ff", "rb"}
+
+// Claimed is what ClaimLane took: the emails, each with its body, and per partition looked at
+// the lane's earliest due time there afterwards (zero: none), which tells the dispatcher whether
+// the partition still has due mail for the lane.
+type Claimed struct {
+	Emails []Email
+	Next   map[int]time.Time
+}
+
+// ClaimLane leases the candidates cands (from Heads) of lane until now+lease, partition by
+// partition, and brings the lane's ready score of every partition in parts up to date. Two round
+// trips: the candidates' records, then one script per partition with the bodies of the
+// candidates read in the same pipeline. Never early: nothing with a due time after now is
+// claimed. Each claimed email comes back with Body set, Fence and Version as the claim left them,
+// and Before/BeforeDue as it found them.
+func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []Candidate, now time.Time, lease time.Duration) (Claimed, error) {
+	out := Claimed{Next: make(map[int]time.Time, len(parts))}
+	var es []Email
+	if len(cands) > 0 {
+		pipe := l.rdb.Pipeline()
+		recs := make([]*redis.SliceCmd, len(cands))
+		statics := make([]*redis.StringCmd, len(cands))
+		for i, c := range cands {
+			recs[i] = pipe.HMGet(ctx, recordKey(c.ID), claimFields...)
+			statics[i] = pipe.Get(ctx, staticKey(c.ID))
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return out, fmt.Errorf("read due records: %w", err)
+		}
+		for i, c := range cands {
+			v := recs[i].Val()
+			if len(v) != len(claimFields) || v[0] == nil {
+				continue // removed meanwhile
+			}
+			e, err := claimedRecord(c.ID, v)
+			if err != nil {
+				return out, err
+			}
+			if err := decodeStatic([]byte(statics[i].Val()), &e); err != nil {
+				return out, err
+			}
+			if !inDue(e.Status) || laneOf(&e) != lane {
+				continue
+			}
+			es = append(es, e)
+		}
+	}
+	end := now.Add(lease)
+	endMS := ms(end)
+	type call struct {
+		p      int
+		cmd    *redis.Cmd
+		bodies *redis.SliceCmd
+		ids    []string
+		keys   []string
+		argv   []any
+	}
+	calls := make([]call, 0, len(parts))
+	pipe := l.rdb.Pipeline()
+	for _, p := range parts {
+		keys := []string{dueKey(p, lane.Tenant, lane.Connector, 1), dueKey(p, lane.Tenant, lane.Connector, 2), dueKey(p, lane.Tenant, lane.Connector, 3), readyKey(p)}
+		argv := []any{ms(now), endMS, lane.Member()}
+		var ids, bodies []string
+		for i := range es {
+			e := &es[i]
+			if Partition(e.ID) != p {
+				continue
+			}
+			old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, outbox.StatusSending)
+			keys = append(append(append(keys, recordKey(e.ID)), old...), nw...)
+			argv = append(argv, e.ID, e.Version, clampPrio(e.Priority), len(old)+len(nw), IndexScore(end, e.ID))
+			ids = append(ids, e.ID)
+			bodies = append(bodies, bodyKey(e.ID))
+		}
+		c := call{p: p, ids: ids, keys: keys, argv: argv, cmd: claimScript.EvalSha(ctx, pipe, keys, argv...)}
+		if len(bodies) > 0 {
+			c.bodies = pipe.MGet(ctx, bodies...)
+		}
+		calls = append(calls, c)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return out, fmt.Errorf("claim: %w", err)
+	}
+	byID := make(map[string]*Email, len(es))
+	for i := range es {
+		byID[es[i].ID] = &es[i]
+	}
+	for _, c := range calls {
+		res, err := c.cmd.Slice()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			res, err = claimScript.Run(ctx, l.rdb, c.keys, c.argv...).Slice() // loads the script
+		}
+		if err != nil {
+			return out, fmt.Errorf("claim: %w", err)
+		}
+		rows, ok1 := res[0].([]any)
+		best, ok2 := res[1].(int64)
+		if !ok1 || !ok2 {
+			return out, errors.New("claim: malformed reply")
+		}
+		if best >= 0 {
+			out.Next[c.p] = time.UnixMilli(best).UTC()
+		} else {
+			out.Next[c.p] = time.Time{}
+		}
+		var bodies []any
+		if c.bodies != nil {
+			bodies = c.bodies.Val()
+		}
+		for _, r := range rows {
+			row, ok := r.([]any)
+			if !ok || len(row) != 5 {
+				return out, errors.New("claim: malformed reply")
+			}
+			id, _ := row[0].(string)
+			e := byID[id]
+			if e == nil {
+				return out, errors.New("claim: reply names an email not asked for")
+			}
+			e.Fence, _ = row[1].(int64)
+			e.Version, _ = row[2].(int64)
+			before, _ := row[3].(int64)
+			e.Before = outbox.Status(before)
+			if s, ok := row[4].(string); ok {
+				n, _ := strconv.ParseFloat(s, 64)
+				e.BeforeDue = time.UnixMilli(int64(n)).UTC()
+			}
+			e.Status = outbox.StatusSending
+			e.Due, e.Score = end, end
+			if i := slices.Index(c.ids, id); i >= 0 && i < len(bodies) {
+				if s, ok := bodies[i].(string); ok {
+					e.Body = []byte(s)
+				}
+			}
+			out.Emails = append(out.Emails, *e)
+		}
+	}
+	return out, nil
+}
+
+// renewScript extends the leases of emails a worker still holds.
+// KEYS, per email: its record, its due index. ARGV[1] the new lease end ms, then per email: id,
+// fence.
+// An email's lease is extended only while it is SENDING under that fence; the lane's ready score
+// is left as it is (a lower bound stays one when scores rise).
+// Returns per email 1 (extended) or 0 (the fence was lost: the email was claimed again or has
+// left SENDING).
+var renewScript = redis.NewScript(`
+local out = {}
+for i = 2, #ARGV, 2 do
+  local rec, due = KEYS[i - 1], KEYS[i]
+  local cur = redis.call('HMGET', rec, 'status', 'fence')
+  if cur[1] == '3' and cur[2] == ARGV[i + 1] and redis.call('ZSCORE', due, ARGV[i]) then
+    redis.call('ZADD', due, ARGV[1], ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+`)
+
+// Renew extends the leases of held emails (claimed, not yet recorded) to until, one script per
+// partition in one round trip. It reports per email whether its lease still holds; false means
+// another worker has claimed it, or its result was recorded meanwhile.
+func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]bool, error) {
+	byPart := make(map[int][]int)
+	for i, e := range held {
+		p := Partition(e.ID)
+		byPart[p] = append(byPart[p], i)
+	}
+	type call struct {
+		idx []int
+		cmd *redis.Cmd
+	}
+	calls := make([]call, 0, len(byPart))
+	pipe := l.rdb.Pipeline()
+	for p, idx := range byPart {
+		keys := make([]string, 0, 2*len(idx))
+		argv := make([]any, 0, 1+2*len(idx))
+		argv = append(argv, ms(until))
+		for _, i := range idx {
+			e := held[i]
+			keys = append(keys, recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority))
+			argv = append(argv, e.ID, e.Fence)
+		}
+		calls = append(calls, call{idx: idx, cmd: renewScript.EvalSha(ctx, pipe, keys, argv...)})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return nil, fmt.Errorf("renew leases: %w", err)
+	}
+	out := make([]bool, len(held))
+	for _, c := range calls {
+		res, err := c.cmd.Int64Slice()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			keys := make([]string, 0, 2*len(c.idx))
+			argv := []any{ms(until)}
+			for _, i := range c.idx {
+				e := held[i]
+				keys = append(keys, recordKey(e.ID), dueKey(Partition(e.ID), e.Tenant, e.Connector, e.Priority))
+				argv = append(argv, e.ID, e.Fence)
+			}
+			res, err = renewScript.Run(ctx, l.rdb, keys, argv...).Int64Slice()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("renew leases: %w", err)
+		}
+		if len(res) != len(c.idx) {
+			return nil, errors.New("renew leases: malformed reply")
+		}
+		for j, i := range c.idx {
+			out[i] = res[j] == 1
+		}
+	}
+	return out, nil
+}
