@@ -176,6 +176,9 @@ func (l *lane) fill(ctx context.Context) {
 		l.capacity = concurrency(c, ok)
 		l.mu.Unlock()
 		l.start()
+		if l.d.redisDown.Load() || l.d.rec.behind() {
+			return // the renewal loop or the recorder pokes the lane when Redis is back
+		}
 		n, parts, gens := l.want()
 		if n <= 0 || len(parts) == 0 {
 			return
@@ -216,7 +219,6 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	if err != nil {
 		return 0, looked, err
 	}
-	d.redisDown.Store(false)
 	// Partitions the claim found drained for this lane: their bit goes, unless a partition
 	// loop marked them again meanwhile; their loops learn the lane's next due time.
 	l.mu.Lock()
@@ -301,7 +303,7 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time) (redisstore.Applied, e
 func (l *lane) start() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for l.inflight < l.capacity && l.queue.Len() > 0 && !l.d.stopping.Load() {
+	for l.inflight < l.capacity && l.queue.Len() > 0 && !l.d.stopping.Load() && !l.d.redisDown.Load() {
 		c := heap.Pop(&l.queue).(*claim)
 		c.queued = false
 		l.inflight++

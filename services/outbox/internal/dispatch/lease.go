@@ -15,15 +15,45 @@ import (
 // waiting for its record) every Lease/4, so a lease never lapses while its mail is being sent;
 // a claim found taken over is marked lost, which stops its conversation before the message
 // if it has not gone yet, and drops it from its lane's queue.
+//
+// While Redis is away it tries every 100 ms, and the first renewal that succeeds after an outage
+// (or a ping, when nothing is held) ends the outage: the held claims' leases are fresh again
+// before any lane claims, so a replica never takes over its own mail.
 func (d *Dispatcher) renewLoop(ctx context.Context) {
 	every := d.Lease / 4
 	for {
+		wait := every
+		if d.redisDown.Load() {
+			wait = min(every, 100*time.Millisecond)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.Clock.After(every):
+		case <-d.Clock.After(wait):
 		}
 		d.renew(ctx, every)
+	}
+}
+
+// redisBack ends an outage: the recorder writes what it kept, and the lanes claim again.
+func (d *Dispatcher) redisBack() {
+	if !d.redisDown.Swap(false) {
+		return
+	}
+	d.Logger.Info("Redis answers again")
+	d.rec.poke()
+	d.pokeLanes()
+}
+
+func (d *Dispatcher) pokeLanes() {
+	d.mu.Lock()
+	lanes := make([]*lane, 0, len(d.lanes))
+	for _, l := range d.lanes {
+		lanes = append(lanes, l)
+	}
+	d.mu.Unlock()
+	for _, l := range lanes {
+		l.poke()
 	}
 }
 
@@ -39,6 +69,11 @@ func (d *Dispatcher) renew(ctx context.Context, every time.Duration) {
 	}
 	d.mu.Unlock()
 	if len(cs) == 0 {
+		if d.redisDown.Load() {
+			if err := d.Ledger.Ping(ctx); err == nil {
+				d.redisBack()
+			}
+		}
 		return
 	}
 	es := make([]*redisstore.Email, len(cs))
@@ -53,7 +88,7 @@ func (d *Dispatcher) renew(ctx context.Context, every time.Duration) {
 		}
 		return
 	}
-	d.redisDown.Store(false)
+	d.redisBack()
 	for i, c := range cs {
 		if ok[i] {
 			c.leaseEnd.Store(until.UnixMilli())
@@ -85,6 +120,7 @@ type recorder struct {
 	mu     sync.Mutex
 	items  []recItem
 	busy   bool // a batch is being written
+	failed bool // the last batch found Redis away; cleared when one is written whole
 	signal chan struct{}
 	idle   chan struct{} // closed and replaced when the recorder has nothing left
 }
@@ -102,10 +138,22 @@ func (r *recorder) add(c *claim, a redisstore.Applied) {
 	r.mu.Lock()
 	r.items = append(r.items, recItem{c: c, a: a})
 	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *recorder) poke() {
 	select {
 	case r.signal <- struct{}{}:
 	default:
 	}
+}
+
+// behind reports whether results wait for Redis: lanes claim nothing new until they are written,
+// so what was sent is on record before anything is taken over.
+func (r *recorder) behind() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
 }
 
 // maxRecordBatch bounds one pipelined write of results.
@@ -183,6 +231,8 @@ func (r *recorder) once(ctx context.Context) bool {
 	}
 	r.mu.Lock()
 	r.busy = false
+	wasFailing := r.failed
+	r.failed = len(kept) > 0
 	if len(kept) > 0 {
 		r.items = append(kept, r.items...)
 	}
@@ -194,7 +244,9 @@ func (r *recorder) once(ctx context.Context) bool {
 		r.d.count("record_retried", len(kept))
 		return false
 	}
-	r.d.redisDown.Store(false)
+	if wasFailing {
+		r.d.pokeLanes()
+	}
 	return true
 }
 

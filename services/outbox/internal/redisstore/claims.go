@@ -349,3 +349,11 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 	}
 	return out, nil
 }
+
+// Ping checks that Redis answers, for a dispatcher that holds nothing to renew during an outage.
+func (l *Ledger) Ping(ctx context.Context) error {
+	if err := l.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+	return nil
+}

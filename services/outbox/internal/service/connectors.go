@@ -1,10 +1,12 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -348,32 +350,72 @@ func (a *ConnectorAdmin) Enable(ctx context.Context, p auth.Principal, id string
 	}
 	a.refresh(ctx)
 	var n int64
-	for part := range redisstore.Partitions {
-		for {
-			ids, err := a.ledger.Disabled(ctx, part, p.Tenant, id, 500)
-			if err != nil {
-				return nil, n, err
-			}
-			if len(ids) == 0 {
-				break
-			}
-			moved := 0
-			for _, eid := range ids {
-				ok, err := a.requeue(ctx, eid)
-				if err != nil {
-					return nil, n, err
-				}
-				if ok {
-					n++
-					moved++
-				}
-			}
-			if moved == 0 {
-				break // only entries that changed meanwhile; their own transitions clean them up
-			}
+	for {
+		moved, err := a.requeueRound(ctx, p.Tenant, id)
+		n += int64(moved)
+		if err != nil {
+			return nil, n, err
+		}
+		if moved == 0 {
+			break // nothing left, or only entries that changed meanwhile and clean up after themselves
 		}
 	}
 	return ConnectorProto(c), n, nil
+}
+
+// requeueRound queues up to 500 CONNECTOR_DISABLED emails of every partition, high priority
+// first and each priority in the order it was held, so a connector enabled over a backlog sends
+// in priority order from its first email: the dispatcher starts on what is queued first.
+func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID string) (int, error) {
+	var ids []string
+	for part := range redisstore.Partitions {
+		got, err := a.ledger.Disabled(ctx, part, tenant, connectorID, 500)
+		if err != nil {
+			return 0, err
+		}
+		ids = append(ids, got...)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	es, err := a.ledger.GetMany(ctx, ids)
+	if err != nil {
+		return 0, err
+	}
+	es = slices.DeleteFunc(es, func(e *redisstore.Email) bool { return e.Status != outbox.StatusConnectorDisabled })
+	slices.SortStableFunc(es, func(x, y *redisstore.Email) int {
+		if c := cmp.Compare(x.Priority, y.Priority); c != 0 {
+			return c
+		}
+		return x.Score.Compare(y.Score)
+	})
+	moved := 0
+	for chunk := range slices.Chunk(es, 100) {
+		now := a.now()
+		as := make([]redisstore.Applied, len(chunk))
+		for i, e := range chunk {
+			as[i] = redisstore.Applied{Email: e, Change: redisstore.Change{Status: outbox.StatusQueued, Due: now, At: now}, Event: func(next *redisstore.Email) redisstore.Event {
+				return wire.Events{}.Changed(outbox.StatusConnectorDisabled, next, nil)
+			}}
+		}
+		for i, err := range a.ledger.ApplyMany(ctx, as) {
+			switch {
+			case err == nil:
+				moved++
+			case errors.Is(err, redisstore.ErrChanged):
+				ok, err := a.requeue(ctx, chunk[i].ID)
+				if err != nil {
+					return moved, err
+				}
+				if ok {
+					moved++
+				}
+			default:
+				return moved, err
+			}
+		}
+	}
+	return moved, nil
 }
 
 func (a *ConnectorAdmin) requeue(ctx context.Context, id string) (bool, error) {
