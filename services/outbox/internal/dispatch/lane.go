@@ -73,8 +73,12 @@ type lane struct {
 	done  chan struct{}
 }
 
+// newLane starts with every partition marked: its first claim round looks at all of them, so
+// the first emails it sends are the highest priority ones wherever they are, not those of the
+// partition whose loop happened to see the lane first.
 func newLane(d *Dispatcher, key redisstore.Lane) *lane {
-	return &lane{d: d, key: key, capacity: 1, kick: make(chan struct{}, 1), quitc: make(chan struct{}), done: make(chan struct{})}
+	return &lane{d: d, key: key, capacity: 1, ready: 1<<redisstore.Partitions - 1,
+		kick: make(chan struct{}, 1), quitc: make(chan struct{}), done: make(chan struct{})}
 }
 
 // markReady notes that partition p has mail of the lane due now.

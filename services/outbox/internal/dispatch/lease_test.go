@@ -1,0 +1,499 @@
+package dispatch_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/mail"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/postamt/postamt/internal/testkit/logtest"
+	"github.com/postamt/postamt/internal/testkit/poll"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/smtptest"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/dispatch"
+	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
+	"github.com/postamt/postamt/services/outbox/internal/smtp"
+)
+
+// These tests hold the dispatcher to issue 12's invariants with real parts: a spawned
+// redis-server, go-smtp relays, and several dispatchers on one Redis as replicas would run. The
+// relays are slowed by their hooks (the reply to a step waits), never the test.
+
+// rig is one Redis, a relay per connector, and any number of dispatcher replicas.
+type rig struct {
+	t      *testing.T
+	redis  *redistest.Server
+	ledger *redisstore.Ledger
+	sinks  map[string]*smtptest.Sink // by connector id
+	pool   map[string]int
+}
+
+func newRig(t *testing.T, opts ...redistest.Option) *rig {
+	t.Helper()
+	srv := redistest.Start(t, opts...)
+	return &rig{t: t, redis: srv, ledger: redisstore.New(srv.Client(t), 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
+}
+
+// connector adds a relay for connector id (tenant kanzlei) with pool connections per replica.
+func (r *rig) connector(id string, pool int) *smtptest.Sink {
+	s := smtptest.Start(r.t)
+	r.sinks[id], r.pool[id] = s, pool
+	return s
+}
+
+// replica is one running dispatcher.
+type replica struct {
+	d        *dispatch.Dispatcher
+	log      *logtest.Buffer
+	outcomes *prometheus.CounterVec
+	events   *prometheus.CounterVec
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when Run has returned
+}
+
+// stop ends the replica's Run as SIGTERM would and waits for it.
+func (p *replica) stop() {
+	p.cancel()
+	<-p.done
+}
+
+func (r *rig) replica(lease time.Duration, ahead float64) *replica {
+	r.t.Helper()
+	senders := map[string]*smtp.Sender{}
+	for id, s := range r.sinks {
+		host, port, _ := net.SplitHostPort(s.Addr())
+		n, _ := strconv.Atoi(port)
+		sender := smtp.New(smtp.Config{Host: host, Port: n, TLS: smtp.TLSNone, PoolSize: r.pool[id], CommandTimeout: 20 * time.Second, SubmitTimeout: 20 * time.Second})
+		r.t.Cleanup(sender.Close)
+		senders[id] = sender
+	}
+	policy := outbox.RetryPolicy{Pattern: []time.Duration{time.Minute}, MaxAttempts: 5}
+	p := &replica{
+		log:      &logtest.Buffer{},
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "attempts"}, []string{"outcome"}),
+		events:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "events"}, []string{"event"}),
+		done:     make(chan struct{}),
+	}
+	p.d = &dispatch.Dispatcher{
+		Ledger: r.ledger,
+		Connector: func(tenant, id string) (dispatch.Connector, bool) {
+			s, ok := senders[id]
+			return dispatch.Connector{Sender: s, Policy: policy, Enabled: true}, ok && tenant == "kanzlei"
+		},
+		Clock: realClock{}, Logger: slog.New(slog.NewJSONHandler(p.log, &slog.HandlerOptions{Level: slog.LevelDebug})), Outcomes: p.outcomes, Events: p.events,
+		Lease: lease, ClaimAhead: ahead, MaxIdle: time.Second, StopTimeout: 3 * time.Second,
+		Redis: r.redis.Client(r.t),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go func() {
+		defer close(p.done)
+		if err := p.d.Run(ctx); err != nil {
+			r.t.Errorf("dispatcher: %v", err)
+		}
+	}()
+	r.t.Cleanup(p.stop)
+	return p
+}
+
+// submit stores one email due at due for connector conn; its Message-ID is its id.
+func (r *rig) submit(id, conn string, prio int, due time.Time) {
+	r.t.Helper()
+	body := fmt.Sprintf("From: info@kanzlei.example\r\nTo: client@example.com\r\nMessage-ID: <%s@kanzlei.example>\r\nSubject: %s\r\n\r\nHallo\r\n", id, id)
+	_, _, err := r.ledger.Submit(context.Background(), &redisstore.Email{
+		ID: id, Tenant: "kanzlei", Status: outbox.StatusQueued, Priority: prio, Due: due, Connector: conn, Version: 1,
+		From: "info@kanzlei.example", Rcpts: []string{"client@example.com"}, Body: []byte(body),
+		Buckets: []string{redisstore.BucketAll, redisstore.BucketUser("max")},
+	}, redisstore.Event{Subject: "postamt.outbox.v1.EmailSubmitted", Msg: wrapperspb.String(id)})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rig) email(id string) *redisstore.Email {
+	r.t.Helper()
+	e, err := r.ledger.Get(context.Background(), id)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return e
+}
+
+// outcomes returns an email's attempt outcomes, oldest first.
+func (r *rig) outcomes(id string) []outboxv1.AttemptOutcome {
+	r.t.Helper()
+	raw, err := r.ledger.Attempts(context.Background(), id)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	out := make([]outboxv1.AttemptOutcome, len(raw))
+	for i, b := range raw {
+		var a outboxv1.Attempt
+		if err := proto.Unmarshal(b, &a); err != nil {
+			r.t.Fatal(err)
+		}
+		out[i] = a.GetOutcome()
+	}
+	return out
+}
+
+// copies counts the messages a sink received per email id (from the Message-ID).
+func copies(t *testing.T, msgs []smtptest.Message) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, m := range msgs {
+		h, err := mail.ReadMessage(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := strings.TrimSuffix(strings.TrimPrefix(h.Header.Get("Message-Id"), "<"), "@kanzlei.example>")
+		out[id]++
+	}
+	return out
+}
+
+// order lists the email ids in the order the sink received them.
+func order(t *testing.T, msgs []smtptest.Message) []string {
+	t.Helper()
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		h, err := mail.ReadMessage(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = h.Header.Get("Subject")
+	}
+	return out
+}
+
+// slowReplies makes the relay wait d before answering the end of each message.
+func slowReplies(s *smtptest.Sink, d time.Duration) {
+	s.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
+		if len(env.To) > 0 && env.From != "" {
+			time.Sleep(d) // the relay's own latency, not the test's synchronisation
+		}
+		return smtptest.Accept
+	})
+}
+
+// assertCounted checks the central promise: every email was delivered, and every copy beyond
+// the first is matched by an attempt on record as UNKNOWN (its duplicate is counted).
+func (r *rig) assertCounted(ids []string, msgs []smtptest.Message) (dups int) {
+	r.t.Helper()
+	got := copies(r.t, msgs)
+	for _, id := range ids {
+		n := got[id]
+		if n == 0 {
+			r.t.Errorf("%s never reached the relay", id)
+			continue
+		}
+		unknown := 0
+		for _, o := range r.outcomes(id) {
+			if o == outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN {
+				unknown++
+			}
+		}
+		if n-1 > unknown {
+			r.t.Errorf("%s reached the relay %d times with %d unknown attempts on record: an uncounted duplicate", id, n, unknown)
+		}
+		dups += n - 1
+	}
+	return dups
+}
+
+// TestLeaseOutlivesSlowConversations: every conversation takes longer than the lease and each
+// replica claims more than it can start, yet with two replicas every email reaches the relay once
+// and is SENT after one attempt: a held claim is renewed until its result is recorded.
+func TestLeaseOutlivesSlowConversations(t *testing.T) {
+	r := newRig(t)
+	sink := r.connector("relay", 2)
+	slowReplies(sink, 1500*time.Millisecond)
+	const n = 16
+	ids := make([]string, n)
+	now := time.Now()
+	for i := range ids {
+		ids[i] = fmt.Sprintf("slow-%d", i)
+		r.submit(ids[i], "relay", 2, now)
+	}
+	r.replica(time.Second, 1)
+	r.replica(time.Second, 1)
+	msgs := sink.WaitForMessages(t, n, 60*time.Second)
+	poll.Eventually(t, "every email SENT", func() bool {
+		for _, id := range ids {
+			if r.email(id).Status != outbox.StatusSent {
+				return false
+			}
+		}
+		return true
+	})
+	msgs = sink.Messages()
+	for id, c := range copies(t, msgs) {
+		if c != 1 {
+			t.Errorf("%s reached the relay %d times", id, c)
+		}
+	}
+	for _, id := range ids {
+		if e := r.email(id); e.Attempts != 1 {
+			t.Errorf("%s: %d attempts, want 1 (history %v)", id, e.Attempts, r.outcomes(id))
+		}
+	}
+}
+
+// TestTakeOverIsCounted: a worker claims an email and dies without a word; once its lease has
+// run out another replica takes the email over, records the dead worker's attempt as UNKNOWN
+// (it may have delivered it) and sends it: the possible duplicate is on record and counted.
+func TestTakeOverIsCounted(t *testing.T) {
+	r := newRig(t)
+	sink := r.connector("relay", 2)
+	r.submit("lost", "relay", 2, time.Now())
+	ctx := context.Background()
+	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
+	p := redisstore.Partition("lost")
+	cands, err := r.ledger.Heads(ctx, ln, []int{p}, time.Now(), 1)
+	if err != nil || len(cands) != 1 {
+		t.Fatalf("heads: %v %v", cands, err)
+	}
+	dead, err := r.ledger.ClaimLane(ctx, ln, []int{p}, cands, time.Now(), time.Second)
+	if err != nil || len(dead.Emails) != 1 {
+		t.Fatalf("claim: %+v %v", dead, err)
+	}
+
+	rep := r.replica(2*time.Second, 1)
+	sink.WaitForMessages(t, 1, 30*time.Second)
+	poll.Eventually(t, "the email SENT", func() bool { return r.email("lost").Status == outbox.StatusSent })
+	got := r.outcomes("lost")
+	want := []outboxv1.AttemptOutcome{outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN, outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_SENT}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("attempts %v, want %v", got, want)
+	}
+	if e := r.email("lost"); e.Attempts != 2 || e.Fence != 2 {
+		t.Errorf("record %+v, want 2 attempts under the second fence", e)
+	}
+	if c := testutil.ToFloat64(rep.outcomes.WithLabelValues("unknown")); c != 1 {
+		t.Errorf("unknown attempts counted %v, want 1", c)
+	}
+	// The dead worker's result, had it come back, is refused.
+	if err := r.ledger.Apply(ctx, &dead.Emails[0], redisstore.Change{Status: outbox.StatusSent, At: time.Now(), Fenced: true}, nil); err == nil {
+		t.Error("the lapsed claim recorded a result")
+	}
+}
+
+// TestRedisOutage: Redis is killed while conversations are in progress and restarted on its AOF
+// seconds later, longer than the lease. No conversation starts while it is away, what finished
+// is recorded when it is back, and every email reaches the relay exactly once: nothing that was
+// sent is taken for lost.
+func TestRedisOutage(t *testing.T) {
+	r := newRig(t, redistest.WithAOF())
+	sink := r.connector("relay", 2)
+	slowReplies(sink, 400*time.Millisecond)
+	const n = 12
+	ids := make([]string, n)
+	now := time.Now()
+	for i := range ids {
+		ids[i] = fmt.Sprintf("outage-%d", i)
+		r.submit(ids[i], "relay", 2, now)
+	}
+	rep := r.replica(time.Second, 1)
+	sink.WaitForMessages(t, 2, 30*time.Second)
+	r.redis.Kill()
+	atKill := len(sink.Messages())
+	// Conversations past DATA finish; none may start. Watch the relay for three leases: an
+	// observation window, since what is checked is that nothing happens.
+	<-time.After(3 * time.Second)
+	during := len(sink.Messages()) - atKill
+	if during > 2 {
+		t.Errorf("%d messages reached the relay while Redis was away; at most the 2 conversations in progress may finish", during)
+	}
+	r.redis.Restart(t)
+	sink.WaitForMessages(t, n, 60*time.Second)
+	poll.Eventually(t, "every email SENT", func() bool {
+		for _, id := range ids {
+			if r.email(id).Status != outbox.StatusSent {
+				return false
+			}
+		}
+		return true
+	})
+	for id, c := range copies(t, sink.Messages()) {
+		if c != 1 {
+			t.Errorf("%s reached the relay %d times", id, c)
+		}
+	}
+	if kept := testutil.ToFloat64(rep.events.WithLabelValues("record_retried")); during > 0 && kept == 0 {
+		t.Errorf("%d conversations finished during the outage, but no result was kept for later", during)
+	}
+}
+
+// TestHungRelayHoldsOnlyItsLane: a relay that never answers the end of a message holds its own
+// connector's connections and nothing else; mail of another connector in the same partitions
+// goes out while those conversations still hang.
+func TestHungRelayHoldsOnlyItsLane(t *testing.T) {
+	r := newRig(t)
+	hung := r.connector("hung", 2)
+	hung.SetBehavior(smtptest.Hang)
+	healthy := r.connector("healthy", 4)
+	now := time.Now()
+	var stuck []string
+	for i := range 6 {
+		id := fmt.Sprintf("stuck-%d", i)
+		stuck = append(stuck, id)
+		r.submit(id, "hung", 1, now)
+	}
+	r.replica(2*time.Second, 1)
+	sending := func() int {
+		n := 0
+		for _, id := range stuck {
+			if r.email(id).Status == outbox.StatusSending {
+				n++
+			}
+		}
+		return n
+	}
+	// Its two connections hang, and two more emails wait behind them (the claim-ahead).
+	poll.Eventually(t, "the hung relay's conversations to start", func() bool { return sending() == 4 })
+	const n = 40
+	for i := range n {
+		r.submit(fmt.Sprintf("ok-%d", i), "healthy", 3, time.Now())
+	}
+	healthy.WaitForMessages(t, n, 30*time.Second)
+	if got := len(hung.Messages()); got != 0 {
+		t.Fatalf("the hung relay delivered %d", got)
+	}
+	if n := sending(); n != 4 {
+		t.Errorf("%d of the hung relay's emails SENDING after the healthy mail went out, want still 4", n)
+	}
+}
+
+// TestPriorityAcrossPartitions: with more due than one connection can send, high goes before
+// normal before low for the connector as a whole, whichever partitions the mail is in and
+// although the low mail is older.
+func TestPriorityAcrossPartitions(t *testing.T) {
+	r := newRig(t)
+	sink := r.connector("relay", 1)
+	now := time.Now()
+	want := map[string]int{}
+	for _, pr := range []struct {
+		name string
+		prio int
+	}{{"low", 3}, {"normal", 2}, {"high", 1}} {
+		for i := range 8 {
+			id := fmt.Sprintf("%s-%d", pr.name, i)
+			want[id] = pr.prio
+			r.submit(id, "relay", pr.prio, now.Add(time.Duration(pr.prio)*-time.Millisecond))
+		}
+	}
+	r.replica(2*time.Second, 1)
+	msgs := sink.WaitForMessages(t, len(want), 30*time.Second)
+	got := order(t, msgs)
+	for i := 1; i < len(got); i++ {
+		if want[got[i]] < want[got[i-1]] {
+			t.Fatalf("order %v: %s (priority %d) after %s (priority %d)", got, got[i], want[got[i]], got[i-1], want[got[i-1]])
+		}
+	}
+}
+
+// TestAttemptStartsWithTheConversation: with one connection and a slow relay, the second email's
+// attempt starts when its conversation does, after the first one's ended, not when it was
+// claimed.
+func TestAttemptStartsWithTheConversation(t *testing.T) {
+	r := newRig(t)
+	sink := r.connector("relay", 1)
+	slowReplies(sink, 300*time.Millisecond)
+	now := time.Now()
+	r.submit("first", "relay", 1, now)
+	r.submit("second", "relay", 2, now)
+	r.replica(2*time.Second, 1)
+	sink.WaitForMessages(t, 2, 30*time.Second)
+	poll.Eventually(t, "both SENT", func() bool {
+		return r.email("first").Status == outbox.StatusSent && r.email("second").Status == outbox.StatusSent
+	})
+	attempt := func(id string) *outboxv1.Attempt {
+		raw, err := r.ledger.Attempts(context.Background(), id)
+		if err != nil || len(raw) != 1 {
+			t.Fatalf("%s attempts %d %v", id, len(raw), err)
+		}
+		var a outboxv1.Attempt
+		if err := proto.Unmarshal(raw[0], &a); err != nil {
+			t.Fatal(err)
+		}
+		return &a
+	}
+	first, second := attempt("first"), attempt("second")
+	if second.GetStartTime().AsTime().Before(first.GetEndTime().AsTime().Add(-time.Millisecond)) {
+		t.Errorf("second attempt started %v, before the first ended %v: it counts the wait for the connection", second.GetStartTime().AsTime(), first.GetEndTime().AsTime())
+	}
+	if d := second.GetEndTime().AsTime().Sub(second.GetStartTime().AsTime()); d > 2*time.Second {
+		t.Errorf("second attempt lasted %v for a 300 ms relay", d)
+	}
+}
+
+// TestStopHandsBackUnstarted: a replica told to stop hands back at once what it claimed but has
+// not started, finishes the conversation in progress, and says so; another replica sends the
+// rest, each email once.
+func TestStopHandsBackUnstarted(t *testing.T) {
+	r := newRig(t)
+	sink := r.connector("relay", 1)
+	gate := make(chan struct{})
+	var once sync.Once
+	sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
+		if len(env.To) > 0 && env.From != "" {
+			<-gate // the first conversation waits until the replica is told to stop
+		}
+		return smtptest.Accept
+	})
+	const n = 6
+	now := time.Now()
+	var ids []string
+	for i := range n {
+		ids = append(ids, fmt.Sprintf("stop-%d", i))
+		r.submit(ids[i], "relay", 2, now)
+	}
+	first := r.replica(5*time.Second, 4) // holds 1 in conversation + 4 ahead
+	poll.Eventually(t, "claims held", func() bool {
+		held := 0
+		for _, id := range ids {
+			if r.email(id).Status == outbox.StatusSending {
+				held++
+			}
+		}
+		return held == 5
+	})
+	first.cancel()
+	poll.Eventually(t, "the stop to be logged", func() bool { return strings.Contains(first.log.String(), `"msg":"dispatcher stopping"`) })
+	once.Do(func() { close(gate) })
+	<-first.done
+	log := first.log.String()
+	if !strings.Contains(log, `"in_progress":1`) || !strings.Contains(log, `"handed_back":4`) {
+		t.Errorf("stop log does not say 1 in progress and 4 handed back:\n%s", log)
+	}
+	queued := 0
+	for _, id := range ids {
+		if e := r.email(id); e.Status == outbox.StatusQueued && e.Attempts == 0 {
+			queued++
+		}
+	}
+	if queued != n-1 {
+		t.Errorf("%d emails QUEUED without an attempt after the stop, want %d", queued, n-1)
+	}
+	r.replica(5*time.Second, 1)
+	msgs := sink.WaitForMessages(t, n, 30*time.Second)
+	for id, c := range copies(t, msgs) {
+		if c != 1 {
+			t.Errorf("%s reached the relay %d times", id, c)
+		}
+	}
+}
