@@ -66,7 +66,9 @@ func TestCancelStopsAHungConversation(t *testing.T) {
 	s := sender(t, sink)
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan outbox.Outcome, 1)
-	go func() { got <- s.Send(ctx, "info@kanzlei.example", []string{"client@example.com"}, []byte(msg)).Outcome }()
+	go func() {
+		got <- s.Send(ctx, "info@kanzlei.example", []string{"client@example.com"}, []byte(msg)).Outcome
+	}()
 	time.AfterFunc(100*time.Millisecond, cancel)
 	if o := <-got; o != outbox.OutcomeNotSent {
 		t.Fatalf("outcome %v, want NotSent (the command timeout, 2 s, would make it temporary)", o)
