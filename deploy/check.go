@@ -38,8 +38,12 @@ var envDefaults = map[string]string{
 	"OPS_ADDR":                   ":9091",
 	"DRAIN_DELAY":                "2s",
 	"DRAIN_TIMEOUT":              "30s",
-	"OUTBOX_SMTP_SUBMIT_TIMEOUT": "100s",
+	"OUTBOX_STOP_TIMEOUT":        "60s",
 }
+
+// outboxRecordFlush is the time a stopping outbox gives Redis to take its last results, after
+// OUTBOX_STOP_TIMEOUT (services/outbox/internal/dispatch).
+const outboxRecordFlush = 10 * time.Second
 
 // Rule names a check; a Violation says which one failed.
 type Rule string
@@ -371,8 +375,10 @@ func (c *checker) security() {
 }
 
 // grace: a Postamt service sleeps in preStop (endpoints drop it first), then drains
-// (DRAIN_DELAY + DRAIN_TIMEOUT); the outbox then finishes its SMTP sends
-// (OUTBOX_SMTP_SUBMIT_TIMEOUT). The grace period must exceed all of it. For any other container
+// (DRAIN_DELAY + DRAIN_TIMEOUT); the outbox's dispatcher finishes its SMTP conversations
+// (OUTBOX_STOP_TIMEOUT) and records their results (10 s). It does so while the API drains, but
+// the rule adds the two up, which also covers a dispatcher still recording after the drain. The
+// grace period must exceed all of it. For any other container
 // with a preStop sleep, the grace must exceed the sleep.
 func (c *checker) grace() {
 	for _, w := range c.m.Workloads() {
@@ -402,7 +408,8 @@ func (c *checker) grace() {
 			need := sleep
 			vars := []string{"DRAIN_DELAY", "DRAIN_TIMEOUT"}
 			if slices.Equal(ct.Args, []string{"serve", "outbox"}) {
-				vars = append(vars, "OUTBOX_SMTP_SUBMIT_TIMEOUT")
+				vars = append(vars, "OUTBOX_STOP_TIMEOUT")
+				need += outboxRecordFlush
 			}
 			for _, v := range vars {
 				d, err := time.ParseDuration(cmpOr(env[v], envDefaults[v]))
@@ -413,7 +420,7 @@ func (c *checker) grace() {
 				need += d
 			}
 			if grace <= need {
-				c.fail(RuleGrace, cobj, "grace %s is not longer than preStop + %s = %s", grace, strings.Join(vars, " + "), need)
+				c.fail(RuleGrace, cobj, "grace %s is not longer than preStop + %s (+ the outbox's record flush) = %s", grace, strings.Join(vars, " + "), need)
 			}
 		}
 	}

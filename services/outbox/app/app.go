@@ -240,9 +240,10 @@ func (realClock) Now() time.Time                         { return time.Now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Run serves on lis and runs the relay, the connector registry and the dispatcher until ctx
-// ends. Shutdown: the server drains first (no new submits), then the dispatcher stops claiming
-// and finishes the sends it holds, then the relay stops; events it did not publish stay in Redis
-// for the next relay of any replica.
+// ends. Shutdown: at once the dispatcher stops claiming, hands back the claims it has not
+// started and finishes its conversations (OUTBOX_STOP_TIMEOUT), while the server drains (no new
+// submits); then the relay stops; events it did not publish stay in Redis for the next relay of
+// any replica.
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
 	if a.tracker != nil {
@@ -266,7 +267,10 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	work.Go(func() error { return a.registry.Run(workCtx) })
 	work.Go(func() error { return a.directory.Follow(workCtx, a.deps.JS, MailboxStream, a.deps.Logger) })
 	if a.cfg.Dispatch {
-		work.Go(func() error { return a.dispatcher.Run(workCtx) })
+		// The dispatcher stops at the signal, not after the API's drain: it claims nothing more,
+		// hands back what it has not started at once, and finishes its conversations while the
+		// API drains.
+		work.Go(func() error { return a.dispatcher.Run(ctx) })
 	}
 	serveErr := a.server.Serve(ctx, lis)
 	stopWork()

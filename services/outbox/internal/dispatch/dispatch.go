@@ -73,7 +73,8 @@ type Dispatcher struct {
 	MaxIdle time.Duration
 	// StopTimeout bounds how long Run waits, once ctx ends, for conversations in progress; then
 	// they are stopped (before their final "." they are handed back, after it they end as the
-	// relay's answer or unknown). 0 means 60 seconds.
+	// relay's answer or unknown). Their results then get 10 seconds more to be recorded. 0 means
+	// 60 seconds.
 	StopTimeout time.Duration
 	// Redis, when set, carries wake-ups from every replica's submits (redisstore.WakeChannel);
 	// without it only Wake calls in this process cut a sleep short.
@@ -180,6 +181,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
+// recordFlushTimeout bounds how long a stopping dispatcher waits for Redis to take the results
+// of its last conversations.
+const recordFlushTimeout = 10 * time.Second
+
 // stop runs once the partition loops have ended: lanes stop claiming and hand back what they
 // have not started, conversations in progress end, and the recorder writes what they produced.
 func (d *Dispatcher) stop(ctx context.Context) {
@@ -213,7 +218,7 @@ func (d *Dispatcher) stop(ctx context.Context) {
 	// Whatever the conversations produced is recorded before the process goes; a record Redis
 	// does not take within the bound is dropped, and the mail comes due again after its lease
 	// (counted as unknown by whoever takes it over).
-	if n := d.rec.flush(ctx, d.StopTimeout); n > 0 {
+	if n := d.rec.flush(ctx, recordFlushTimeout); n > 0 {
 		d.Logger.Error("results not recorded at stop; their mail comes due again after the lease", "count", n)
 		d.count("unrecorded", n)
 	}
