@@ -154,8 +154,14 @@ func concurrency(c Connector, ok bool) int {
 func (l *lane) want() (int, []int, [redisstore.Partitions]uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ahead := int(math.Ceil(l.d.ClaimAhead * float64(l.capacity)))
-	n := min(l.capacity+ahead-l.inflight-l.queue.Len(), l.d.Batch)
+	limit := l.capacity + int(math.Ceil(l.d.ClaimAhead*float64(l.capacity)))
+	room := limit - l.inflight - l.queue.Len()
+	if l.queue.Len() > 0 && room < (limit+1)/2 {
+		// Mail is still waiting for a connection: refill in batches of half the lane, not one
+		// claim round per email sent.
+		room = 0
+	}
+	n := min(room, l.d.Batch)
 	var parts []int
 	for b := l.ready; b != 0; b &= b - 1 {
 		parts = append(parts, bits.TrailingZeros32(b))
@@ -218,8 +224,23 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 		return 0, 0, err
 	}
 	looked := len(cands)
+	// The claim runs in the partitions it takes mail from, and in those where nothing was due,
+	// whose ready score it corrects; a partition with due mail left untaken stays marked.
+	var seen, touch uint32
+	for _, c := range cands {
+		seen |= 1 << c.Partition
+	}
 	cands = cands[:min(len(cands), n)]
-	res, err := d.Ledger.ClaimLane(ctx, l.key, parts, cands, now, d.Lease)
+	for _, c := range cands {
+		touch |= 1 << c.Partition
+	}
+	claimIn := make([]int, 0, len(parts))
+	for _, p := range parts {
+		if touch&(1<<p) != 0 || seen&(1<<p) == 0 {
+			claimIn = append(claimIn, p)
+		}
+	}
+	res, err := d.Ledger.ClaimLane(ctx, l.key, claimIn, cands, now, d.Lease)
 	if err != nil {
 		return 0, looked, err
 	}

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,7 +51,10 @@ type Candidate struct {
 
 // Heads reads up to n due emails of lane in each of the partitions parts, in one round trip:
 // for each partition the first n of each priority's index with a score at or before now.
-// The result is in claim order: high before normal before low, oldest first, across partitions.
+// The result is in claim order: high before normal before low, then oldest first across
+// partitions at the granularity of headsGrain, and within that partition by partition, so that a
+// claim of a backlog takes its emails from few partitions (one script each) instead of a few
+// from every one.
 func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Time, n int) ([]Candidate, error) {
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.ZSliceCmd, 0, 3*len(parts))
@@ -76,13 +80,21 @@ func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Tim
 		if a.Priority != b.Priority {
 			return a.Priority - b.Priority
 		}
-		if a.Due != b.Due {
-			return int(min(max(a.Due-b.Due, -1), 1))
+		if ga, gb := a.Due/headsGrain, b.Due/headsGrain; ga != gb {
+			return cmp.Compare(ga, gb)
 		}
-		return 0
+		if a.Partition != b.Partition {
+			return a.Partition - b.Partition
+		}
+		return cmp.Compare(a.Due, b.Due)
 	})
 	return out, nil
 }
+
+// headsGrain is how finely "oldest first" orders due mail across partitions, in milliseconds:
+// finer would spread every claim over all partitions, one script each, for an order no one can
+// tell apart from this one.
+const headsGrain = 100
 
 // claimScript leases chosen due emails of one lane in one partition to a worker, and sets the
 // lane's ready score to its exact earliest due time afterwards.
