@@ -6,7 +6,7 @@ BIN := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 
 # Every Go module of the workspace; each also builds on its own (GOWORK=off).
-MODULES := proto internal services/mailbox services/outbox services/tracker services/calendar gateway cmd/postamt deploy bench
+MODULES := proto internal services/mailbox services/outbox services/tracker services/calendar gateway cmd/postamt deploy faults bench
 # The buf image the API is checked against for breaking changes; refresh with `make baseline` when
 # a release is cut.
 BASELINE := proto/baseline.binpb

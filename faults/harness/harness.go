@@ -1,0 +1,238 @@
+// Package harness runs the outbox the way production does, as separate processes, so fault tests
+// (and benchmarks, bench/ P9 and P10) can kill, stop and restart them and the parts around them:
+//
+//   - a redis-server with the append-only file fsynced on every write (it survives Kill and
+//     Restart like a production Redis);
+//   - an embedded NATS JetStream server;
+//   - `postamt serve mailbox`, and `postamt serve outbox` as one API replica that does not dispatch
+//     (OUTBOX_DISPATCH=false; submits, reads and connector changes go through it, so they work
+//     whichever dispatcher a test kills) and N dispatching replicas, each a child process on its
+//     own free loopback ports with its log in a file (the tail is printed when a test fails);
+//   - relays: each an in-process SMTP sink (internal/testkit/smtptest, which records every
+//     message and can fail, hang or drop on demand) behind a TCP proxy (internal/testkit/tcpproxy:
+//     slow, hung or cut), which connectors point at.
+//
+// Every tenant is seeded with the user eva and her personal mailbox eva@TENANT.example, so
+// Submit can send from it. Everything listens on 127.0.0.1 on free ports; waits poll with a
+// deadline. Start skips the test with -short and when redis-server is missing.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/authtest"
+	"github.com/postamt/postamt/internal/testkit/natstest"
+	"github.com/postamt/postamt/internal/testkit/redistest"
+	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+)
+
+// User is the seeded user of every tenant; she sends from Sender(tenant).
+const User = "eva"
+
+// Options shape a suite.
+type Options struct {
+	// Dispatchers is the number of dispatching outbox replicas; 0 means 1.
+	Dispatchers int
+	// Tenants are seeded in mailbox; empty means one, "kanzlei".
+	Tenants []string
+	// OutboxEnv is added to every outbox process's environment, overriding the harness's
+	// defaults (e.g. OUTBOX_LEASE, OUTBOX_SMTP_COMMAND_TIMEOUT).
+	OutboxEnv map[string]string
+}
+
+// Suite is a running outbox with everything around it. Its methods may be called from several
+// goroutines, but the ones that fail the test (taking tb) only from the test's.
+type Suite struct {
+	Redis   *redistest.Server
+	NATS    *natstest.Server
+	Mailbox *Process
+	// API is an outbox replica that does not dispatch: the harness submits, reads and changes
+	// connectors through it.
+	API *Process
+	// Dispatchers are the outbox replicas that send mail.
+	Dispatchers []*Process
+
+	signer  *auth.Signer
+	tenants []string
+}
+
+// Start runs a suite for tb and stops it at cleanup; when tb fails, the tail of every process's
+// log is printed.
+func Start(tb testing.TB, o Options) *Suite {
+	tb.Helper()
+	if o.Dispatchers == 0 {
+		o.Dispatchers = 1
+	}
+	if len(o.Tenants) == 0 {
+		o.Tenants = []string{"kanzlei"}
+	}
+	rs := redistest.Start(tb, redistest.WithAOF()) // skips with -short or without redis-server
+	ns := natstest.Start(tb)
+	bin := Binary(tb)
+	_, signer := authtest.Keys(tb)
+	s := &Suite{Redis: rs, NATS: ns, signer: signer, tenants: o.Tenants}
+	logDir := tb.TempDir()
+
+	common := func() map[string]string {
+		return map[string]string{
+			"REDIS_URL":         rs.URL(),
+			"NATS_URL":          ns.URL(),
+			"AUTH_HS256_SECRET": authtest.Config().HS256Secret,
+			"LOG_FORMAT":        "json",
+			"LOG_LEVEL":         "info",
+			// A short drain delay: no load balancer needs to notice a test's replica leave.
+			"DRAIN_DELAY": "100ms",
+		}
+	}
+	s.Mailbox = newProcess(tb, "mailbox", bin, logDir, common(), "serve", "mailbox")
+	// Registered before the processes start: stops them all at cleanup, after printing their
+	// logs when the test failed.
+	tb.Cleanup(func() {
+		all := s.processes()
+		if tb.Failed() {
+			for _, p := range all {
+				tb.Log(p.LogTail(40))
+			}
+		}
+		var wg sync.WaitGroup
+		for _, p := range all {
+			wg.Go(p.Kill)
+		}
+		wg.Wait()
+	})
+	s.startAll(tb, s.Mailbox)
+	s.seedMailbox(tb)
+
+	outboxEnv := func(dispatch bool) map[string]string {
+		env := common()
+		env["OUTBOX_MAILBOX_ADDR"] = s.Mailbox.GRPCAddr
+		env["OUTBOX_DISPATCH"] = strconv.FormatBool(dispatch)
+		// Mail is due at once unless a test sets send_at: no undo delay to wait out.
+		env["OUTBOX_DEFAULT_UNDO_DELAY"] = "0s"
+		maps.Copy(env, o.OutboxEnv)
+		return env
+	}
+	s.API = newProcess(tb, "outbox-api", bin, logDir, outboxEnv(false), "serve", "outbox")
+	for i := range o.Dispatchers {
+		s.Dispatchers = append(s.Dispatchers, newProcess(tb, fmt.Sprintf("outbox-%d", i+1), bin, logDir, outboxEnv(true), "serve", "outbox"))
+	}
+	s.startAll(tb, append([]*Process{s.API}, s.Dispatchers...)...)
+	return s
+}
+
+// processes lists every process of the suite.
+func (s *Suite) processes() []*Process {
+	all := []*Process{s.Mailbox}
+	if s.API != nil {
+		all = append(all, s.API)
+	}
+	return append(all, s.Dispatchers...)
+}
+
+// startAll starts ps together and waits until each serves. A process that exits before serving
+// (its port, free a moment ago, was taken meanwhile) is given new ports and started again.
+func (s *Suite) startAll(tb testing.TB, ps ...*Process) {
+	tb.Helper()
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() {
+			for try := 0; ; try++ {
+				if errs[i] = p.start(); errs[i] != nil {
+					return
+				}
+				if errs[i] = p.waitServing(); errs[i] == nil || try == 2 || !strings.Contains(p.Log(), "address already in use") {
+					return
+				}
+				p.retryPorts(tb)
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			tb.Fatalf("harness: %v\n%s", err, ps[i].LogTail(30))
+		}
+	}
+}
+
+// retryPorts moves a process that could not listen to new free ports.
+func (p *Process) retryPorts(tb testing.TB) {
+	p.GRPCAddr, p.OpsAddr = freeAddr(tb), freeAddr(tb)
+	for i, kv := range p.env {
+		switch {
+		case strings.HasPrefix(kv, "GRPC_ADDR="):
+			p.env[i] = "GRPC_ADDR=" + p.GRPCAddr
+		case strings.HasPrefix(kv, "OPS_ADDR="):
+			p.env[i] = "OPS_ADDR=" + p.OpsAddr
+		}
+	}
+	_ = p.conn.Close()
+	p.conn = mustClient(tb, p.GRPCAddr)
+}
+
+// Tenants are the seeded tenants.
+func (s *Suite) Tenants() []string { return s.tenants }
+
+// Sender is the address the seeded user sends from in tenant.
+func Sender(tenant string) string { return User + "@" + tenant + ".example" }
+
+// ctx returns a context whose outgoing metadata carries a one-hour token for p.
+func (s *Suite) ctx(p auth.Principal) context.Context {
+	tok, err := s.signer.Mint(p, time.Hour)
+	if err != nil {
+		panic(fmt.Sprintf("harness: mint a token: %v", err)) // only a bad signer config fails; authtest's is fixed
+	}
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+}
+
+// Admin is a request context of an administrator of tenant (who may also create tenants).
+func (s *Suite) Admin(tenant string) context.Context {
+	return s.ctx(auth.Principal{Tenant: tenant, User: "admin", Roles: []string{auth.RoleAdmin, "operator"}})
+}
+
+// AsUser is a request context of the seeded user of tenant.
+func (s *Suite) AsUser(tenant string) context.Context {
+	return s.ctx(auth.Principal{Tenant: tenant, User: User})
+}
+
+// Outbox is a client of the API replica.
+func (s *Suite) Outbox() outboxv1.OutboxServiceClient { return s.OutboxOf(s.API) }
+
+// OutboxOf is a client of one outbox process (to call a dispatcher itself: EnableConnector on
+// the replica that reloads its connectors at once, say).
+func (s *Suite) OutboxOf(p *Process) outboxv1.OutboxServiceClient {
+	return outboxv1.NewOutboxServiceClient(p.Conn())
+}
+
+// seedMailbox creates every tenant with the user and her personal mailbox.
+func (s *Suite) seedMailbox(tb testing.TB) {
+	tb.Helper()
+	mb := mailboxv1.NewMailboxServiceClient(s.Mailbox.Conn())
+	for _, tenant := range s.tenants {
+		ctx := s.Admin(tenant)
+		if _, err := mb.CreateTenant(ctx, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: tenant}}); err != nil {
+			tb.Fatalf("harness: create tenant %s: %v", tenant, err)
+		}
+		if _, err := mb.CreateUser(ctx, &mailboxv1.CreateUserRequest{User: &mailboxv1.User{UserId: User, DisplayName: "Eva Beispiel", Email: Sender(tenant)}}); err != nil {
+			tb.Fatalf("harness: create user in %s: %v", tenant, err)
+		}
+		if _, err := mb.CreateMailbox(ctx, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
+			MailboxId: "p-" + User, Address: Sender(tenant), DisplayName: "Eva Beispiel",
+			Kind: mailboxv1.MailboxKind_MAILBOX_KIND_PERSONAL, OwnerUserId: User,
+		}}); err != nil {
+			tb.Fatalf("harness: create mailbox in %s: %v", tenant, err)
+		}
+	}
+}
