@@ -257,6 +257,10 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	}
 	l.mu.Unlock()
 	end := now.Add(d.Lease).UnixMilli()
+	maxAttempts := 0
+	if conn, ok, err := l.lookup(ctx); err == nil && ok {
+		maxAttempts = conn.Policy.MaxAttempts
+	}
 	claims := make([]*claim, 0, len(res.Emails))
 	var notes []redisstore.Applied
 	var noted []*claim
@@ -265,7 +269,7 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 		c.leaseEnd.Store(end)
 		d.hold(c)
 		if c.e.Before == outbox.StatusSending {
-			a, err := d.reclaimNote(c, now)
+			a, err := d.reclaimNote(c, now, maxAttempts)
 			if err != nil {
 				d.release(c)
 				d.Logger.Error("record a taken-over attempt", "email", c.e.ID, "error", err)
@@ -306,10 +310,10 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 // reclaimNote is the attempt recorded when a claim takes over mail whose holder's lease ran out:
 // that worker may have delivered it, so its attempt is on record as unknown before this worker
 // sends it again.
-func (d *Dispatcher) reclaimNote(c *claim, now time.Time) (redisstore.Applied, error) {
+func (d *Dispatcher) reclaimNote(c *claim, now time.Time, maxAttempts int) (redisstore.Applied, error) {
 	msg := "the worker that held this email stopped before recording its attempt (its lease ran out); it may have been sent, and is sent again"
 	attempt := &outboxv1.Attempt{
-		Number: int32(c.e.Attempts + 1), StartTime: wire.Timestamp(c.e.BeforeDue), EndTime: wire.Timestamp(now),
+		Number: int32(c.e.Attempts + 1), EndTime: wire.Timestamp(now),
 		ConnectorId: c.e.Connector, Outcome: outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN, Message: msg,
 	}
 	b, err := proto.Marshal(attempt)
@@ -319,7 +323,7 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time) (redisstore.Applied, e
 	prev := c.e.Status
 	return redisstore.Applied{Email: &c.e, Change: redisstore.Change{
 		Status: outbox.StatusSending, Due: c.e.Due, At: now, Fenced: true, Attempt: b,
-		CountAttempt: true, Attempted: true, MaxAttempts: c.e.MaxAttempts, Error: msg,
+		CountAttempt: true, Attempted: true, MaxAttempts: maxAttempts, Error: msg,
 	}, Event: func(next *redisstore.Email) redisstore.Event { return wire.Events{}.Changed(prev, next, attempt) }}, nil
 }
 

@@ -764,9 +764,11 @@ type Attempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1 for the first attempt.
 	Number int32 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
-	// When the worker started talking to the connector.
+	// When the worker started talking to the connector (a connection was free). Unset for an
+	// attempt of a worker that stopped without recording it (outcome UNKNOWN, taken over after its
+	// lease ran out): when it began is not known.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	// When the attempt ended.
+	// When the attempt ended; for an attempt taken over, when the takeover found it.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// The connector used.
 	ConnectorId string `protobuf:"bytes,4,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
