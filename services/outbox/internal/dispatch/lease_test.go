@@ -497,3 +497,59 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 		}
 	}
 }
+
+// TestDispatchOnRedisCluster: every script of the dispatch path (submit, claim, renew, record)
+// keeps to one slot, so it runs on Redis Cluster: a Drain sends mail of every partition, and
+// held leases renew.
+func TestDispatchOnRedisCluster(t *testing.T) {
+	rdb := redistest.Start(t, redistest.WithCluster()).ClusterClient(t)
+	r := &rig{t: t, ledger: redisstore.New(rdb, 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
+	sink := r.connector("relay", 4)
+	now := time.Now()
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, fmt.Sprintf("cluster-%d", i))
+		r.submit(ids[i], "relay", 1+i%3, now)
+	}
+	ctx := context.Background()
+	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
+	parts := make([]int, redisstore.Partitions)
+	for p := range parts {
+		parts[p] = p
+	}
+	at := now.Add(time.Millisecond) // due times are whole milliseconds, rounded up
+	cands, err := r.ledger.Heads(ctx, ln, parts, at, 2)
+	if err != nil || len(cands) < 2 {
+		t.Fatalf("heads on the cluster: %v %v", cands, err)
+	}
+	held, err := r.ledger.ClaimLane(ctx, ln, parts, cands[:2], at, time.Minute)
+	if err != nil || len(held.Emails) != 2 {
+		t.Fatalf("claim on the cluster: %d emails, %v", len(held.Emails), err)
+	}
+	es := []*redisstore.Email{&held.Emails[0], &held.Emails[1]}
+	if ok, err := r.ledger.Renew(ctx, es, now.Add(2*time.Minute)); err != nil || !ok[0] || !ok[1] {
+		t.Fatalf("renew on the cluster: %v %v", ok, err)
+	}
+	sender := smtp.New(smtp.Config{Host: "127.0.0.1", Port: port(t, sink), TLS: smtp.TLSNone, PoolSize: 4, CommandTimeout: 5 * time.Second})
+	t.Cleanup(sender.Close)
+	d := &dispatch.Dispatcher{Ledger: r.ledger, Clock: realClock{}, ClaimAhead: 1,
+		Connector: func(tenant, id string) (dispatch.Connector, bool) {
+			return dispatch.Connector{Sender: sender, Policy: outbox.RetryPolicy{Pattern: []time.Duration{time.Minute}, MaxAttempts: 3}, Enabled: true}, true
+		}}
+	if _, err := d.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(sink.Messages()); got != len(ids)-2 {
+		t.Errorf("sent %d on the cluster, want the %d not held", got, len(ids)-2)
+	}
+}
+
+func port(t *testing.T, s *smtptest.Sink) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
