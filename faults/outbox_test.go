@@ -377,8 +377,12 @@ func TestHungRelayHoldsOnlyItsConnector(t *testing.T) {
 // yet hold for them.
 func TestPriorityAcrossTheConnector(t *testing.T) {
 	const perPriority = 20
-	for _, replicas := range []int{1, 2} {
-		t.Run(fmt.Sprintf("%d replicas", replicas), func(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		replicas int
+	}{{"one replica", 1}, {"two replicas", 2}} {
+		replicas := tc.replicas
+		t.Run(tc.name, func(t *testing.T) {
 			s := harness.Start(t, harness.Options{Dispatchers: replicas})
 			relay := s.NewRelay(t)
 			s.CreateConnector(t, harness.Connector{Tenant: tenant, ID: "default", Relay: relay, PoolSize: 1, Disabled: true})
