@@ -28,6 +28,15 @@ var (
 	errLeaseShort = errors.New("the claim's lease is about to run out")
 )
 
+// allPartitions lists every partition, for reading a lane's heads.
+var allPartitions = func() []int {
+	out := make([]int, redisstore.Partitions)
+	for p := range out {
+		out[p] = p
+	}
+	return out
+}()
+
 // disabledConcurrency is how many emails a lane moves at once when its connector is disabled or
 // unknown: no relay is involved, so its pool does not bound it.
 const disabledConcurrency = 64
@@ -219,13 +228,18 @@ func (l *lane) fill(ctx context.Context) {
 func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitions]uint64, n int) (int, int, error) {
 	d := l.d
 	now := d.Clock.Now()
-	cands, err := d.Ledger.Heads(ctx, l.key, parts, now, n)
+	// The heads are read in every partition, not only the marked ones: partition loops wake on
+	// their own timers, so when mail of several partitions comes due in the same millisecond
+	// the first loop's mark would otherwise make the lane claim that partition's low priority
+	// mail before another loop marks its high priority mail. Reading a partition's empty indexes
+	// costs Redis next to nothing.
+	cands, err := d.Ledger.Heads(ctx, l.key, allPartitions, now, n)
 	if err != nil {
 		return 0, 0, err
 	}
 	looked := len(cands)
-	// The claim runs in the partitions it takes mail from, and in those where nothing was due,
-	// whose ready score it corrects; a partition with due mail left untaken stays marked.
+	// The claim runs in the partitions it takes mail from, and in the marked ones where nothing
+	// was due, whose ready score it corrects; a partition with due mail left untaken stays marked.
 	var seen, touch uint32
 	for _, c := range cands {
 		seen |= 1 << c.Partition
@@ -234,9 +248,13 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	for _, c := range cands {
 		touch |= 1 << c.Partition
 	}
-	claimIn := make([]int, 0, len(parts))
+	var marked uint32
 	for _, p := range parts {
-		if touch&(1<<p) != 0 || seen&(1<<p) == 0 {
+		marked |= 1 << p
+	}
+	claimIn := make([]int, 0, len(parts))
+	for p := range redisstore.Partitions {
+		if touch&(1<<p) != 0 || (marked&(1<<p) != 0 && seen&(1<<p) == 0) {
 			claimIn = append(claimIn, p)
 		}
 	}
@@ -260,6 +278,21 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	maxAttempts := 0
 	if conn, ok, err := l.lookup(ctx); err == nil && ok {
 		maxAttempts = conn.Policy.MaxAttempts
+		if !conn.Enabled && len(res.Emails) > 0 && d.Reload != nil {
+			// Mail of a disabled connector is due: it may have been enabled a moment ago through
+			// another replica, which queued this mail again after the change. The registry
+			// refreshes every second on its own; reading now keeps this mail from going back to
+			// CONNECTOR_DISABLED.
+			if err := d.Reload(ctx); err != nil {
+				d.Logger.Warn("reload connectors", "error", err)
+			}
+			// A connector enabled again has its pool's concurrency, not a disabled one's: more
+			// conversations than connections would wait for the pool in no particular order.
+			conn, ok := d.Connector(l.key.Tenant, l.key.Connector)
+			l.mu.Lock()
+			l.capacity = concurrency(conn, ok)
+			l.mu.Unlock()
+		}
 	}
 	claims := make([]*claim, 0, len(res.Emails))
 	var notes []redisstore.Applied

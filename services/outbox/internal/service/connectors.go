@@ -349,9 +349,13 @@ func (a *ConnectorAdmin) Enable(ctx context.Context, p auth.Principal, id string
 		return nil, 0, err
 	}
 	a.refresh(ctx)
+	// Everything queued again comes due at one moment a little after the call began: a
+	// dispatcher that saw the first of it due at once would start on whatever was queued first,
+	// while high priority mail of other partitions is still being queued.
+	due := a.now().Add(requeueSettle)
 	var n int64
 	for {
-		moved, err := a.requeueRound(ctx, p.Tenant, id)
+		moved, err := a.requeueRound(ctx, p.Tenant, id, due)
 		n += int64(moved)
 		if err != nil {
 			return nil, n, err
@@ -363,10 +367,12 @@ func (a *ConnectorAdmin) Enable(ctx context.Context, p auth.Principal, id string
 	return ConnectorProto(c), n, nil
 }
 
-// requeueRound queues up to 500 CONNECTOR_DISABLED emails of every partition, high priority
-// first and each priority in the order it was held, so a connector enabled over a backlog sends
-// in priority order from its first email: the dispatcher starts on what is queued first.
-func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID string) (int, error) {
+// requeueSettle is how long after an enable call began the mail it queues again comes due.
+const requeueSettle = 250 * time.Millisecond
+
+// requeueRound queues up to 500 CONNECTOR_DISABLED emails of every partition due at due, high
+// priority first and each priority in the order it was held.
+func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID string, due time.Time) (int, error) {
 	var ids []string
 	for part := range redisstore.Partitions {
 		got, err := a.ledger.Disabled(ctx, part, tenant, connectorID, 500)
@@ -392,9 +398,13 @@ func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID s
 	moved := 0
 	for chunk := range slices.Chunk(es, 100) {
 		now := a.now()
+		at := due
+		if now.After(at) {
+			at = now
+		}
 		as := make([]redisstore.Applied, len(chunk))
 		for i, e := range chunk {
-			as[i] = redisstore.Applied{Email: e, Change: redisstore.Change{Status: outbox.StatusQueued, Due: now, At: now}, Event: func(next *redisstore.Email) redisstore.Event {
+			as[i] = redisstore.Applied{Email: e, Change: redisstore.Change{Status: outbox.StatusQueued, Due: at, At: now}, Event: func(next *redisstore.Email) redisstore.Event {
 				return wire.Events{}.Changed(outbox.StatusConnectorDisabled, next, nil)
 			}}
 		}
@@ -403,7 +413,7 @@ func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID s
 			case err == nil:
 				moved++
 			case errors.Is(err, redisstore.ErrChanged):
-				ok, err := a.requeue(ctx, chunk[i].ID)
+				ok, err := a.requeue(ctx, chunk[i].ID, at)
 				if err != nil {
 					return moved, err
 				}
@@ -418,7 +428,7 @@ func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID s
 	return moved, nil
 }
 
-func (a *ConnectorAdmin) requeue(ctx context.Context, id string) (bool, error) {
+func (a *ConnectorAdmin) requeue(ctx context.Context, id string, due time.Time) (bool, error) {
 	for range 3 {
 		e, err := a.ledger.Get(ctx, id)
 		if errors.Is(err, errs.ErrNotFound) {
@@ -431,7 +441,7 @@ func (a *ConnectorAdmin) requeue(ctx context.Context, id string) (bool, error) {
 			return false, nil
 		}
 		now := a.now()
-		err = a.ledger.Apply(ctx, e, redisstore.Change{Status: outbox.StatusQueued, Due: now, At: now}, func(next *redisstore.Email) redisstore.Event {
+		err = a.ledger.Apply(ctx, e, redisstore.Change{Status: outbox.StatusQueued, Due: due, At: now}, func(next *redisstore.Email) redisstore.Event {
 			return wire.Events{}.Changed(outbox.StatusConnectorDisabled, next, nil)
 		})
 		if errors.Is(err, redisstore.ErrChanged) {
