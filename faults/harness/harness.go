@@ -33,6 +33,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/natstest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/servetest"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
@@ -179,7 +180,7 @@ func (p *Process) retryPorts(tb testing.TB) {
 		}
 	}
 	_ = p.conn.Close()
-	p.conn = mustClient(tb, p.GRPCAddr)
+	p.conn = servetest.Dial(tb, p.GRPCAddr)
 }
 
 // Tenants are the seeded tenants.

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/servetest"
 )
 
 // StartTimeout bounds how long a process may take to report SERVING on its readiness health
@@ -84,19 +84,8 @@ func newProcess(tb testing.TB, name, bin, logDir string, env map[string]string, 
 	for k, v := range env {
 		p.env = append(p.env, k+"="+v)
 	}
-	p.conn = mustClient(tb, p.GRPCAddr)
+	p.conn = servetest.Dial(tb, p.GRPCAddr)
 	return p
-}
-
-// mustClient is a plaintext client connection to addr, closed at tb's cleanup.
-func mustClient(tb testing.TB, addr string) *grpc.ClientConn {
-	tb.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = conn.Close() })
-	return conn
 }
 
 // freeAddr returns a loopback address whose port was free a moment ago.
