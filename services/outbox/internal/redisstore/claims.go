@@ -106,6 +106,8 @@ const headsGrain = 100
 // A candidate is claimed only if its version is unchanged since it was chosen and it is still
 // due (never early): for each it bumps the fencing token and the version, sets SENDING, moves its
 // view entries and its due score to the lease end, so a crashed worker's mail comes due again.
+// A candidate with an empty version was found without a record: if it still has none, its due
+// entry goes (a lane must not read it again and again).
 // Returns {claimed, ready}: per claimed email {id, fence, version, status before, due before
 // (ms)}, and the lane's new ready score (-1: the lane has no mail in this partition).
 var claimScript = redis.NewScript(`
@@ -117,7 +119,9 @@ while a <= #ARGV do
   local id, ver, prio, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local due, rec = KEYS[prio], KEYS[k]
   local score = redis.call('ZSCORE', due, id)
-  if score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
+  if ver == '' then
+    if redis.call('EXISTS', rec) == 0 then redis.call('ZREM', due, id) end
+  elseif score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
     local before = redis.call('HGET', rec, 'status')
     local fence = redis.call('HINCRBY', rec, 'fence', 1)
     local version = redis.call('HINCRBY', rec, 'version', 1)
@@ -163,6 +167,7 @@ type Claimed struct {
 func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []Candidate, now time.Time, lease time.Duration) (Claimed, error) {
 	out := Claimed{Next: make(map[int]time.Time, len(parts))}
 	var es []Email
+	var orphans []Candidate
 	if len(cands) > 0 {
 		pipe := l.rdb.Pipeline()
 		recs := make([]*redis.SliceCmd, len(cands))
@@ -177,7 +182,8 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		for i, c := range cands {
 			v := recs[i].Val()
 			if len(v) != len(claimFields) || v[0] == nil {
-				continue // removed meanwhile
+				orphans = append(orphans, c) // its record is gone: the claim drops the due entry
+				continue
 			}
 			e, err := claimedRecord(c.ID, v)
 			if err != nil {
@@ -218,6 +224,12 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 			argv = append(argv, e.ID, e.Version, clampPrio(e.Priority), len(old)+len(nw), IndexScore(end, e.ID))
 			ids = append(ids, e.ID)
 			bodies = append(bodies, bodyKey(e.ID))
+		}
+		for _, o := range orphans {
+			if o.Partition == p {
+				keys = append(keys, recordKey(o.ID))
+				argv = append(argv, o.ID, "", o.Priority, 0, 0)
+			}
 		}
 		c := call{p: p, ids: ids, keys: keys, argv: argv, cmd: claimScript.EvalSha(ctx, pipe, keys, argv...)}
 		if len(bodies) > 0 {

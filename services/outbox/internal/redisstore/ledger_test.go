@@ -219,3 +219,33 @@ func TestLostLeaseCannotRecord(t *testing.T) {
 		t.Error("sent mail is still in the due index")
 	}
 }
+
+// TestClaimDropsOrphanedDueEntries: a due entry whose record is gone (a bug, or a hand-made
+// deletion) is removed by the claim that finds it, so a lane does not read it forever.
+func TestClaimDropsOrphanedDueEntries(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	l := redisstore.New(rdb, time.Hour)
+	p, id := samePartition(2)
+	submit(t, l, id[0], 2, t0)
+	submit(t, l, id[1], 2, t0)
+	keys, err := rdb.Keys(context.Background(), "*:e:"+id[0]).Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("record key of %s: %v %v", id[0], keys, err)
+	}
+	rdb.Del(context.Background(), keys[0])
+	if got := claim(t, l, p, t0, 10); ids(got) != fmt.Sprint([]string{id[1]}) {
+		t.Fatalf("claimed %s, want only %s", ids(got), id[1])
+	}
+	if again := claim(t, l, p, t0.Add(time.Second), 10); len(again) != 0 {
+		t.Errorf("claimed %s", ids(again))
+	}
+	cands, err := l.Heads(context.Background(), lane, []int{p}, t0.Add(time.Second), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cands {
+		if c.ID == id[0] {
+			t.Errorf("the orphaned entry of %s is still due", id[0])
+		}
+	}
+}
