@@ -9,11 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -123,6 +125,20 @@ func TestRetryPatternWithInjectedClock(t *testing.T) {
 	f.step(t)
 	if got := f.status(t, "m1"); got != outbox.StatusSent {
 		t.Fatalf("after the delay: %s", got)
+	}
+	// The email shows no last error once sent; the history keeps the 451 and the relay's answer.
+	if e, _ := f.ledger.Get(context.Background(), "m1"); e.LastError != "" {
+		t.Errorf("last error of a sent email: %q", e.LastError)
+	}
+	raw, _ := f.ledger.Attempts(context.Background(), "m1")
+	if len(raw) != 2 {
+		t.Fatalf("%d attempts", len(raw))
+	}
+	var first, last outboxv1.Attempt
+	_ = proto.Unmarshal(raw[0], &first)
+	_ = proto.Unmarshal(raw[1], &last)
+	if first.GetSmtpCode() != 451 || last.GetSmtpCode() != 250 || last.GetMessage() == "" {
+		t.Errorf("attempts: %d %q, then %d %q %q; want the 451, then the relay's 250 and its text", first.GetSmtpCode(), first.GetMessage(), last.GetSmtpCode(), last.GetEnhancedCode(), last.GetMessage())
 	}
 	msgs := f.sink.Messages()
 	if len(msgs) != 1 {

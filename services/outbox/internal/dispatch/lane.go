@@ -520,12 +520,19 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 			change.Error = "the connection was lost after the message was handed over; it may have been sent: " + change.Error
 		}
 	}
+	message := change.Error
+	if res.Outcome == outbox.OutcomeSent {
+		// The relay's answer stays with the attempt ("250 2.0.0 Ok: queued as 6159CC01B4"), so
+		// support can find the mail in the relay's log; the email shows no last error any more.
+		message = res.Message
+		change.ClearError = true
+	}
 	var attempt *outboxv1.Attempt
 	if decision.ConsumesAttempt {
 		attempt = &outboxv1.Attempt{
 			Number: int32(e.Attempts + 1), StartTime: wire.Timestamp(start), EndTime: wire.Timestamp(end),
 			ConnectorId: e.Connector, Outcome: attemptOutcome(res.Outcome), SmtpCode: int32(res.Code),
-			EnhancedCode: res.Enhanced, Message: change.Error,
+			EnhancedCode: res.Enhanced, Message: message,
 		}
 		b, err := proto.Marshal(attempt)
 		if err != nil {

@@ -549,8 +549,10 @@ type Change struct {
 	Attempted   bool
 	MaxAttempts int
 	// Error becomes the last error shown in the outbox; the first one also sets the first-failure
-	// time. Empty leaves the last error as it was.
-	Error string
+	// time. Empty leaves the last error as it was, unless ClearError: an attempt that succeeded
+	// leaves no last error (the history keeps the earlier ones).
+	Error      string
+	ClearError bool
 }
 
 // Apply makes change c to e, which the caller read (Get) or claimed (ClaimLane) at e.Version;
@@ -684,6 +686,10 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	if c.Attempted {
 		next.LastAttempt, next.MaxAttempts = c.At, c.MaxAttempts
 		set = append(set, "la", ms(c.At), "maxa", c.MaxAttempts)
+	}
+	if c.ClearError && c.Error == "" {
+		next.LastError = ""
+		set = append(set, "le", "")
 	}
 	if c.Error != "" {
 		next.LastError = c.Error

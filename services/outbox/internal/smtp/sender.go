@@ -216,7 +216,7 @@ func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, m
 		// ctx ended as the transaction completed: the interruption may still land on this
 		// connection, so it is not pooled.
 		c.close()
-		return Result{Outcome: outbox.OutcomeSent, Code: code, Message: text, Started: started}
+		return sent(code, text, started)
 	}
 	if err != nil {
 		c.close()
@@ -228,7 +228,15 @@ func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, m
 		return r
 	}
 	s.put(c)
-	return Result{Outcome: outbox.OutcomeSent, Code: code, Message: text, Started: started}
+	return sent(code, text, started)
+}
+
+// sent is the result of an accepted message, with the relay's answer split as a refusal's is,
+// so the attempt keeps it ("250 2.0.0 Ok: queued as 6159CC01B4": the relay's log knows the
+// mail by it).
+func sent(code int, text string, started time.Time) Result {
+	r := replyErr(code, text)
+	return Result{Outcome: outbox.OutcomeSent, Code: code, Enhanced: r.Enhanced, Message: r.Message, Started: started}
 }
 
 // classify maps an error to an outcome. afterDot says the final "." may have been written, so a
