@@ -277,8 +277,32 @@ func TestUndoSendNowCancelReschedule(t *testing.T) {
 			t.Fatalf("reschedule = %v, %v", r, err)
 		}
 		got, _ := e.outbox.GetEmail(eva, &outboxv1.GetEmailRequest{EmailId: m.GetEmailId()})
-		if !got.GetEmail().GetNextAttemptTime().AsTime().Equal(at) {
-			t.Errorf("next attempt %v, want %v", got.GetEmail().GetNextAttemptTime().AsTime(), at)
+		if !got.GetEmail().GetNextAttemptTime().AsTime().Equal(at) || !got.GetEmail().GetSendAt().AsTime().Equal(at) {
+			t.Errorf("next attempt %v, send_at %v, want both %v", got.GetEmail().GetNextAttemptTime().AsTime(), got.GetEmail().GetSendAt().AsTime(), at)
+		}
+		// Another person reschedules it: send_at and who scheduled it are the last reschedule's.
+		later := at.Add(time.Hour)
+		if r, err := e.outbox.Reschedule(e.admin(), &outboxv1.RescheduleRequest{Selection: &outboxv1.Selection{EmailIds: []string{m.GetEmailId()}}, SendAt: timestamppb.New(later)}); err != nil || r.GetResult().GetSucceeded() != 1 {
+			t.Fatalf("reschedule by admin = %v, %v", r, err)
+		}
+		got, _ = e.outbox.GetEmail(eva, &outboxv1.GetEmailRequest{EmailId: m.GetEmailId()})
+		if !got.GetEmail().GetSendAt().AsTime().Equal(later) || got.GetEmail().GetScheduledByUserId() != "admin" {
+			t.Errorf("after the admin's reschedule: send_at %v by %q, want %v by admin", got.GetEmail().GetSendAt().AsTime(), got.GetEmail().GetScheduledByUserId(), later)
+		}
+	})
+	t.Run("reschedule queued mail", func(t *testing.T) {
+		m := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "In der Warteschlange"))
+		if m.GetStatus() != outboxv1.EmailStatus_EMAIL_STATUS_QUEUED || m.GetSendAt() != nil {
+			t.Fatalf("submitted %v, want QUEUED without send_at", m)
+		}
+		at := time.Now().Add(2 * time.Hour).Truncate(time.Millisecond)
+		if r, err := e.outbox.Reschedule(eva, &outboxv1.RescheduleRequest{Selection: &outboxv1.Selection{EmailIds: []string{m.GetEmailId()}}, SendAt: timestamppb.New(at)}); err != nil || r.GetResult().GetSucceeded() != 1 {
+			t.Fatalf("reschedule = %v, %v", r, err)
+		}
+		got, _ := e.outbox.GetEmail(eva, &outboxv1.GetEmailRequest{EmailId: m.GetEmailId()})
+		g := got.GetEmail()
+		if g.GetStatus() != outboxv1.EmailStatus_EMAIL_STATUS_SCHEDULED || !g.GetSendAt().AsTime().Equal(at) || g.GetScheduledByUserId() != "eva" {
+			t.Errorf("after rescheduling queued mail: %s, send_at %v by %q; want SCHEDULED at %v by eva", g.GetStatus(), g.GetSendAt(), g.GetScheduledByUserId(), at)
 		}
 	})
 }

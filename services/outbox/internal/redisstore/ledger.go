@@ -160,6 +160,10 @@ type Email struct {
 	CancelTime   time.Time
 	// MaxAttempts is the connector's attempt limit at the last attempt.
 	MaxAttempts int
+	// SendAt and ScheduledBy are the last reschedule's time and user; they override what Meta
+	// holds from the submit (which never changes).
+	SendAt      time.Time
+	ScheduledBy string
 }
 
 // Bucket names of the view indexes. An email is listed under BucketAll and under each bucket
@@ -453,6 +457,7 @@ func claimedRecord(id string, v []any) (Email, error) {
 		ID: id, Status: outbox.Status(n(0)), Priority: int(n(1)), Version: n(2), Tenant: s(4),
 		Attempts: int(n(5)), Connector: s(6), Imported: s(7) == "1", From: s(8), IdemKey: s(9),
 		MaxAttempts: int(n(10)), FirstFailure: msTime(s(11)), RetryBase: int(n(12)),
+		SendAt: msTime(s(13)), ScheduledBy: s(14),
 	}
 	if b := s(3); b != "" {
 		e.Buckets = strings.Split(b, ",")
@@ -553,6 +558,9 @@ type Change struct {
 	// leaves no last error (the history keeps the earlier ones).
 	Error      string
 	ClearError bool
+	// SendAt and ScheduledBy, when set, record a reschedule: the new send time and who set it.
+	SendAt      time.Time
+	ScheduledBy string
 }
 
 // Apply makes change c to e, which the caller read (Get) or claimed (ClaimLane) at e.Version;
@@ -687,6 +695,10 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 		next.LastAttempt, next.MaxAttempts = c.At, c.MaxAttempts
 		set = append(set, "la", ms(c.At), "maxa", c.MaxAttempts)
 	}
+	if !c.SendAt.IsZero() {
+		next.SendAt, next.ScheduledBy = c.SendAt, c.ScheduledBy
+		set = append(set, "sa", ms(c.SendAt), "sb", c.ScheduledBy)
+	}
 	if c.ClearError && c.Error == "" {
 		next.LastError = ""
 		set = append(set, "le", "")
@@ -740,7 +752,7 @@ func parseRecord(h map[string]string, static string) (*Email, error) {
 		Attempts: int(n("attempts")), Version: n("version"), Fence: n("fence"), From: h["from"],
 		IdemKey: h["ik"], LastError: h["le"], LastAttempt: msTime(h["la"]),
 		FirstFailure: msTime(h["ff"]), SentTime: msTime(h["st"]), CancelTime: msTime(h["ct"]),
-		MaxAttempts: int(n("maxa")), RetryBase: int(n("rb")),
+		MaxAttempts: int(n("maxa")), RetryBase: int(n("rb")), SendAt: msTime(h["sa"]), ScheduledBy: h["sb"],
 	}
 	if b := h["bk"]; b != "" {
 		e.Buckets = strings.Split(b, ",")

@@ -135,6 +135,9 @@ func (s *Service) actOne(ctx context.Context, p auth.Principal, a Action, id str
 		if err != nil {
 			return err
 		}
+		if a == ActionReschedule {
+			c.SendAt, c.ScheduledBy = sendAt, principalUser(p)
+		}
 		prev := e.Status
 		err = s.ledger.Apply(ctx, e, c, func(next *redisstore.Email) redisstore.Event {
 			if a == ActionCancel {

@@ -70,6 +70,9 @@ func Email(r *redisstore.Email) (*outboxv1.Email, error) {
 	if r.Status != outbox.StatusSending {
 		m.NextAttemptTime = Timestamp(r.Due)
 	}
+	if !r.SendAt.IsZero() {
+		m.SendAt, m.ScheduledByUserId = Timestamp(r.SendAt), r.ScheduledBy
+	}
 	return m, nil
 }
 
