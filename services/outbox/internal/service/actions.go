@@ -64,6 +64,9 @@ func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outb
 		if err != nil {
 			return nil, err
 		}
+	default:
+		// An id listed twice is one email: matched and changed once, not refused the second time.
+		ids = uniqueIDs(ids)
 	}
 	res := &outboxv1.ActionResult{Matched: int64(len(ids))}
 	for _, id := range ids {
@@ -84,6 +87,19 @@ func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outb
 		}
 	}
 	return res, nil
+}
+
+// uniqueIDs returns ids without repeats, in their first order.
+func uniqueIDs(ids []string) []string {
+	seen := make(map[string]struct{}, len(ids))
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if _, dup := seen[id]; !dup {
+			seen[id] = struct{}{}
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func (s *Service) selectByFilter(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter) ([]string, error) {
