@@ -6,6 +6,7 @@ require (
 	github.com/emersion/go-smtp v0.25.1
 	github.com/hibiken/asynq v0.26.0
 	github.com/nats-io/nats.go v1.55.0
+	github.com/postamt/postamt/faults v0.0.0
 	github.com/postamt/postamt/internal v0.0.0
 	github.com/postamt/postamt/proto v0.0.0
 	github.com/postamt/postamt/services/calendar v0.0.0
@@ -62,6 +63,7 @@ require (
 )
 
 replace (
+	github.com/postamt/postamt/faults => ../faults
 	github.com/postamt/postamt/internal => ../internal
 	github.com/postamt/postamt/proto => ../proto
 	github.com/postamt/postamt/services/calendar => ../services/calendar
