@@ -563,13 +563,17 @@ func attemptOutcome(o outbox.Outcome) outboxv1.AttemptOutcome {
 	return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNSPECIFIED
 }
 
-// claimQueue orders a lane's queued claims: high before normal before low priority, then by due
-// time, then by claim order.
+// claimQueue orders a lane's queued claims: mail taken over from a lapsed lease first (it has
+// waited longest), then high before normal before low priority, then by due time, then by claim
+// order.
 type claimQueue []*claim
 
 func (q claimQueue) Len() int { return len(q) }
 func (q claimQueue) Less(i, j int) bool {
 	a, b := q[i], q[j]
+	if ta, tb := a.e.Before == outbox.StatusSending, b.e.Before == outbox.StatusSending; ta != tb {
+		return ta
+	}
 	if pa, pb := prio(a.e.Priority), prio(b.e.Priority); pa != pb {
 		return pa < pb
 	}

@@ -553,3 +553,32 @@ func port(t *testing.T, s *smtptest.Sink) int {
 	n, _ := strconv.Atoi(p)
 	return n
 }
+
+// TestTakeOverGoesFirst: mail whose holder's lease ran out is taken over before a backlog that
+// was due before the lease ended, so a crashed replica's mail does not wait behind it.
+func TestTakeOverGoesFirst(t *testing.T) {
+	r := newRig(t)
+	sink := r.connector("relay", 1)
+	r.submit("lost", "relay", 3, time.Now())
+	ctx := context.Background()
+	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
+	p := redisstore.Partition("lost")
+	at := time.Now().Add(time.Millisecond)
+	cands, err := r.ledger.Heads(ctx, ln, []int{p}, at, 1)
+	if err != nil || len(cands) != 1 {
+		t.Fatalf("heads: %v %v", cands, err)
+	}
+	lease := 300 * time.Millisecond
+	if _, err := r.ledger.ClaimLane(ctx, ln, []int{p}, cands, at, lease); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		r.submit(fmt.Sprintf("backlog-%d", i), "relay", 1, time.Now()) // high priority, due before the lease ends
+	}
+	<-time.After(time.Until(at.Add(lease + 10*time.Millisecond))) // the dead worker's lease runs out
+	r.replica(2*time.Second, 1)
+	msgs := sink.WaitForMessages(t, 11, 30*time.Second)
+	if got := order(t, msgs); got[0] != "lost" {
+		t.Errorf("order %v: the taken-over email waited behind the backlog", got)
+	}
+}

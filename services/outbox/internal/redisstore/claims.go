@@ -44,25 +44,28 @@ func (l *Ledger) Ready(ctx context.Context, p int, now time.Time, limit int) (du
 type Candidate struct {
 	ID        string
 	Partition int
-	Priority  int
+	// Priority is the index it was found in: 1..3 the priorities, 0 the lease index (mail whose
+	// holder's lease ran out, taken over before anything else).
+	Priority int
 	// Due is its score in the due index, milliseconds.
 	Due int64
 }
 
 // Heads reads up to n due emails of lane in each of the partitions parts, in one round trip:
-// for each partition the first n of each priority's index with a score at or before now.
-// The result is in claim order: high before normal before low, then oldest first across
+// for each partition the first n of the lease index and of each priority's index with a score
+// at or before now. The result is in claim order: mail whose lease ran out first (a crashed
+// worker's mail must not wait behind a backlog), then high before normal before low, then oldest first across
 // partitions at the granularity of headsGrain, and within that partition by partition, so that a
 // claim of a backlog takes its emails from few partitions (one script each) instead of a few
 // from every one.
 func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Time, n int) ([]Candidate, error) {
 	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.ZSliceCmd, 0, 3*len(parts))
+	cmds := make([]*redis.ZSliceCmd, 0, 4*len(parts))
 	nowMS := strconv.FormatInt(ms(now), 10)
 	for _, p := range parts {
-		for prio := 1; prio <= 3; prio++ {
+		for idx := range 4 {
 			cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-				Key: dueKey(p, lane.Tenant, lane.Connector, prio), Start: "-inf", Stop: nowMS, ByScore: true, Count: int64(n),
+				Key: laneIndexKey(p, lane, idx), Start: "-inf", Stop: nowMS, ByScore: true, Count: int64(n),
 			}))
 		}
 	}
@@ -73,7 +76,7 @@ func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Tim
 	for i, c := range cmds {
 		for _, z := range c.Val() {
 			id, _ := z.Member.(string)
-			out = append(out, Candidate{ID: id, Partition: parts[i/3], Priority: i%3 + 1, Due: int64(z.Score)})
+			out = append(out, Candidate{ID: id, Partition: parts[i/4], Priority: i % 4, Due: int64(z.Score)})
 		}
 	}
 	slices.SortFunc(out, func(a, b Candidate) int {
@@ -98,35 +101,37 @@ const headsGrain = 100
 
 // claimScript leases chosen due emails of one lane in one partition to a worker, and sets the
 // lane's ready score to its exact earliest due time afterwards.
-// KEYS[1..3] the lane's due indexes (high, normal, low), KEYS[4] the ready index, then per
-// candidate: its record, then its old and new (SENDING) view index keys.
+// KEYS[1] the lane's lease index, KEYS[2..4] its due indexes (high, normal, low), KEYS[5] the
+// ready index, then per candidate: its record, then its old and new (SENDING) view index keys.
 // ARGV[1] now ms, ARGV[2] lease end ms, ARGV[3] lane member, then per candidate: id, the version
-// it was read at, its priority, the number of view index keys (old and new, half each), and its
-// index score at the lease end.
+// it was read at, the index it was found in (0 lease, 1..3 the priorities), the number of view
+// index keys (old and new, half each), and its index score at the lease end.
 // A candidate is claimed only if its version is unchanged since it was chosen and it is still
 // due (never early): for each it bumps the fencing token and the version, sets SENDING, moves its
-// view entries and its due score to the lease end, so a crashed worker's mail comes due again.
-// A candidate with an empty version was found without a record: if it still has none, its due
+// view entries, and moves it to the lease index scored by the lease end, so a crashed worker's
+// mail comes due again there, ahead of every priority.
+// A candidate with an empty version was found without a record: if it still has none, its index
 // entry goes (a lane must not read it again and again).
 // Returns {claimed, ready}: per claimed email {id, fence, version, status before, due before
 // (ms)}, and the lane's new ready score (-1: the lane has no mail in this partition).
 var claimScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local out = {}
-local k = 5
+local k = 6
 local a = 4
 while a <= #ARGV do
-  local id, ver, prio, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local due, rec = KEYS[prio], KEYS[k]
-  local score = redis.call('ZSCORE', due, id)
+  local id, ver, idx, nidx = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local from, rec = KEYS[idx + 1], KEYS[k]
+  local score = redis.call('ZSCORE', from, id)
   if ver == '' then
-    if redis.call('EXISTS', rec) == 0 then redis.call('ZREM', due, id) end
+    if redis.call('EXISTS', rec) == 0 then redis.call('ZREM', from, id) end
   elseif score and tonumber(score) <= now and redis.call('HGET', rec, 'version') == ver then
     local before = redis.call('HGET', rec, 'status')
     local fence = redis.call('HINCRBY', rec, 'fence', 1)
     local version = redis.call('HINCRBY', rec, 'version', 1)
     redis.call('HSET', rec, 'status', 3, 'due', ARGV[2], 'sc', ARGV[a + 4])
-    redis.call('ZADD', due, ARGV[2], id)
+    redis.call('ZREM', from, id)
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
     local half = nidx / 2
     for j = 1, half do
       redis.call('ZREM', KEYS[k + j], id)
@@ -138,12 +143,12 @@ while a <= #ARGV do
   a = a + 5
 end
 local best = -1
-for i = 1, 3 do
+for i = 1, 4 do
   local f = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
   if f[2] and (best < 0 or tonumber(f[2]) < best) then best = tonumber(f[2]) end
 end
-if best < 0 then redis.call('ZREM', KEYS[4], ARGV[3])
-else redis.call('ZADD', KEYS[4], best, ARGV[3]) end
+if best < 0 then redis.call('ZREM', KEYS[5], ARGV[3])
+else redis.call('ZADD', KEYS[5], best, ARGV[3]) end
 return {out, best}
 `)
 
@@ -211,7 +216,7 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 	calls := make([]call, 0, len(parts))
 	pipe := l.rdb.Pipeline()
 	for _, p := range parts {
-		keys := []string{dueKey(p, lane.Tenant, lane.Connector, 1), dueKey(p, lane.Tenant, lane.Connector, 2), dueKey(p, lane.Tenant, lane.Connector, 3), readyKey(p)}
+		keys := []string{laneIndexKey(p, lane, 0), laneIndexKey(p, lane, 1), laneIndexKey(p, lane, 2), laneIndexKey(p, lane, 3), readyKey(p)}
 		argv := []any{ms(now), endMS, lane.Member()}
 		var ids, bodies []string
 		for i := range es {
@@ -221,7 +226,7 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 			}
 			old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, outbox.StatusSending)
 			keys = append(append(append(keys, recordKey(e.ID)), old...), nw...)
-			argv = append(argv, e.ID, e.Version, clampPrio(e.Priority), len(old)+len(nw), IndexScore(end, e.ID))
+			argv = append(argv, e.ID, e.Version, indexOf(e), len(old)+len(nw), IndexScore(end, e.ID))
 			ids = append(ids, e.ID)
 			bodies = append(bodies, bodyKey(e.ID))
 		}
@@ -298,8 +303,8 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 }
 
 // renewScript extends the leases of emails a worker still holds.
-// KEYS, per email: its record, its due index. ARGV[1] the new lease end ms, then per email: id,
-// fence.
+// KEYS, per email: its record, its lane's lease index. ARGV[1] the new lease end ms, then per
+// email: id, fence.
 // An email's lease is extended only while it is SENDING under that fence; the lane's ready score
 // is left as it is (a lower bound stays one when scores rise).
 // Returns per email 1 (extended) or 0 (the fence was lost: the email was claimed again or has
@@ -340,7 +345,7 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 		argv = append(argv, ms(until))
 		for _, i := range idx {
 			e := held[i]
-			keys = append(keys, recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority))
+			keys = append(keys, recordKey(e.ID), leaseKey(p, e.Tenant, e.Connector))
 			argv = append(argv, e.ID, e.Fence)
 		}
 		calls = append(calls, call{idx: idx, cmd: renewScript.EvalSha(ctx, pipe, keys, argv...)})
@@ -356,7 +361,7 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 			argv := []any{ms(until)}
 			for _, i := range c.idx {
 				e := held[i]
-				keys = append(keys, recordKey(e.ID), dueKey(Partition(e.ID), e.Tenant, e.Connector, e.Priority))
+				keys = append(keys, recordKey(e.ID), leaseKey(Partition(e.ID), e.Tenant, e.Connector))
 				argv = append(argv, e.ID, e.Fence)
 			}
 			res, err = renewScript.Run(ctx, l.rdb, keys, argv...).Int64Slice()

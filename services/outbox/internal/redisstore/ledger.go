@@ -53,6 +53,40 @@ func dueKey(p int, tenant, connector string, prio int) string {
 	return tag(p) + ":t:" + tenant + ":due:" + connector + ":" + strconv.Itoa(clampPrio(prio))
 }
 
+// leaseKey is the lease index of one connector of a tenant in a partition: its mail in SENDING,
+// scored by the lease end. A claim moves mail there from its due index, so mail whose holder's
+// lease ran out is due again in an index of its own, which a lane reads before the priorities:
+// a crashed worker's mail is taken over first, not behind the backlog that was due before its
+// lease ended.
+func leaseKey(p int, tenant, connector string) string {
+	return tag(p) + ":t:" + tenant + ":due:" + connector + ":0"
+}
+
+// laneIndexKey is index idx of a lane in partition p: 0 the lease index, 1..3 the due indexes.
+func laneIndexKey(p int, l Lane, idx int) string {
+	if idx == 0 {
+		return leaseKey(p, l.Tenant, l.Connector)
+	}
+	return dueKey(p, l.Tenant, l.Connector, idx)
+}
+
+// indexKeyOf is the lane index that holds e while it has status s: the lease index in SENDING,
+// else the due index of its priority.
+func indexKeyOf(p int, e *Email, s outbox.Status) string {
+	if s == outbox.StatusSending {
+		return leaseKey(p, e.Tenant, e.Connector)
+	}
+	return dueKey(p, e.Tenant, e.Connector, e.Priority)
+}
+
+// indexOf is the number of the lane index e is in (laneIndexKey).
+func indexOf(e *Email) int {
+	if e.Status == outbox.StatusSending {
+		return 0
+	}
+	return clampPrio(e.Priority)
+}
+
 // readyKey is a partition's ready index: one member per connector with mail in the partition's
 // due indexes (LaneMember), scored by a lower bound of its earliest due time. Writers lower a
 // score with ZADD LT and announce it on WakeChannel; only a claim, which reads the connector's
@@ -488,9 +522,11 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 
 // applyScript is every transition after submit: a worker's result, a claim handed back, and a
 // person's action.
-// KEYS[1] record, KEYS[2] due index, KEYS[3] events, KEYS[4] attempt history, KEYS[5] body,
+// KEYS[1] record, KEYS[2] the lane index of the new status (the lease index for SENDING, else
+// the due index of the priority), KEYS[3] events, KEYS[4] attempt history, KEYS[5] body,
 // KEYS[6] idempotency key (or the record), KEYS[7] disabled set (or the record), KEYS[8] static
-// part, KEYS[9] ready index, KEYS[10..9+n] old view index keys, KEYS[10+n..] new view index keys.
+// part, KEYS[9] ready index, KEYS[10] the lane index of the old status, KEYS[11..10+n] old view
+// index keys, KEYS[11+n..] new view index keys.
 // ARGV[1] expected version, ARGV[2] expected fence or "", ARGV[3] new version, ARGV[4] new
 // status, ARGV[5] n, ARGV[6] id, ARGV[7] due ms or "" (leaves the due index), ARGV[8] index
 // score, ARGV[9] history entry or "", ARGV[10] retention ms or "" (final: the record, body,
@@ -513,14 +549,14 @@ if ARGV[12] == 'inc' then redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 elseif ARGV[12] == 'reset' then redis.call('HSET', KEYS[1], 'rb', redis.call('HGET', KEYS[1], 'attempts') or 0) end
 if #ARGV >= 21 then redis.call('HSET', KEYS[1], unpack(ARGV, 21)) end
 if ARGV[9] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[9]) end
-if ARGV[7] == '' then redis.call('ZREM', KEYS[2], ARGV[6])
-else
+redis.call('ZREM', KEYS[10], ARGV[6])
+if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
   postamt_ready(KEYS[9], ARGV[19], ARGV[7], ARGV[20])
 end
 local n = tonumber(ARGV[5])
-for i = 10, 9 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
-for i = 10 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
+for i = 11, 10 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
+for i = 11 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
 if ARGV[11] == 'add' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6])
 elseif ARGV[11] == 'rem' then redis.call('ZREM', KEYS[7], ARGV[6]) end
 if ARGV[10] ~= '' then
@@ -719,7 +755,7 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 		}
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
-	keys := append([]string{recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID), readyKey(p)}, old...)
+	keys := append([]string{recordKey(e.ID), indexKeyOf(p, e, c.Status), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID), readyKey(p), indexKeyOf(p, e, e.Status)}, old...)
 	keys = append(keys, nw...)
 	due := ""
 	if !c.Due.IsZero() {
