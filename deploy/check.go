@@ -34,11 +34,11 @@ const (
 
 // Defaults of the variables the grace rule reads, as docs/configuration.md gives them.
 var envDefaults = map[string]string{
-	"GRPC_ADDR":                  ":9090",
-	"OPS_ADDR":                   ":9091",
-	"DRAIN_DELAY":                "2s",
-	"DRAIN_TIMEOUT":              "30s",
-	"OUTBOX_STOP_TIMEOUT":        "60s",
+	"GRPC_ADDR":           ":9090",
+	"OPS_ADDR":            ":9091",
+	"DRAIN_DELAY":         "2s",
+	"DRAIN_TIMEOUT":       "30s",
+	"OUTBOX_STOP_TIMEOUT": "60s",
 }
 
 // outboxRecordFlush is the time a stopping outbox gives Redis to take its last results, after
