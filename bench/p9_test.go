@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -45,14 +44,7 @@ func asynqWorker(redisAddr string) int {
 	concurrency, _ := strconv.Atoi(os.Getenv("POSTAMT_BENCH_ASYNQ_CONCURRENCY"))
 	pool := &smtpPool{addr: os.Getenv("POSTAMT_BENCH_ASYNQ_SMTP"), idle: make(chan *gosmtp.Client, max(concurrency, 1))}
 	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: redisAddr}, asynq.Config{Concurrency: concurrency, LogLevel: asynq.ErrorLevel})
-	mux := asynq.NewServeMux()
-	mux.HandleFunc("email:send", func(_ context.Context, t *asynq.Task) error {
-		var m asynqMail
-		if err := json.Unmarshal(t.Payload(), &m); err != nil {
-			return err
-		}
-		return pool.send(m)
-	})
+	mux := emailMux(pool)
 	parent := os.Getppid()
 	go func() {
 		for range 15 * 60 {

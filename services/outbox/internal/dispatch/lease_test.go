@@ -124,6 +124,18 @@ func (r *rig) submit(id, conn string, prio int, due time.Time) {
 	}
 }
 
+// submitN stores n emails of normal priority for connector relay, all due at due, with ids
+// prefix-0, prefix-1, ...
+func (r *rig) submitN(prefix string, n int, due time.Time) []string {
+	r.t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s-%d", prefix, i)
+		r.submit(ids[i], "relay", 2, due)
+	}
+	return ids
+}
+
 func (r *rig) email(id string) *redisstore.Email {
 	r.t.Helper()
 	e, err := r.ledger.Get(context.Background(), id)
@@ -225,12 +237,7 @@ func TestLeaseOutlivesSlowConversations(t *testing.T) {
 	// seconds to renew it, so the test holds the mechanism to account, not the scheduler.
 	slowReplies(sink, 4500*time.Millisecond)
 	const n = 12
-	ids := make([]string, n)
-	now := time.Now()
-	for i := range ids {
-		ids[i] = fmt.Sprintf("slow-%d", i)
-		r.submit(ids[i], "relay", 2, now)
-	}
+	ids := r.submitN("slow", n, time.Now())
 	r.replica(3*time.Second, 1)
 	r.replica(3*time.Second, 1)
 	msgs := sink.WaitForMessages(t, n, 60*time.Second)
@@ -303,12 +310,7 @@ func TestRedisOutage(t *testing.T) {
 	sink := r.connector("relay", 2)
 	slowReplies(sink, 400*time.Millisecond)
 	const n = 12
-	ids := make([]string, n)
-	now := time.Now()
-	for i := range ids {
-		ids[i] = fmt.Sprintf("outage-%d", i)
-		r.submit(ids[i], "relay", 2, now)
-	}
+	ids := r.submitN("outage", n, time.Now())
 	rep := r.replica(time.Second, 1)
 	sink.WaitForMessages(t, 2, 30*time.Second)
 	r.redis.Kill()
