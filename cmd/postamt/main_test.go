@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/freeport"
 	"github.com/postamt/postamt/internal/testkit/logtest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
@@ -124,6 +124,7 @@ func TestUp(t *testing.T) {
 	for token == "" {
 		select {
 		case err := <-done:
+			done <- err // for the deferred wait, which would otherwise report a hang
 			t.Fatalf("up ended early: %v\n%s", err, out.String())
 		default:
 		}
@@ -250,12 +251,5 @@ func TestUp(t *testing.T) {
 	})
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+// freeAddr is a loopback address for a server up binds later (freeport says why not port 0).
+func freeAddr(t *testing.T) string { return freeport.Addr(t) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/testkit/freeport"
 	"github.com/postamt/postamt/internal/testkit/servetest"
 )
 
@@ -88,16 +88,9 @@ func newProcess(tb testing.TB, name, bin, logDir string, env map[string]string, 
 	return p
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("harness: find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+// freeAddr returns a loopback address whose port was free a moment ago, for a process to bind
+// (freeport says why not port 0).
+func freeAddr(tb testing.TB) string { return freeport.Addr(tb) }
 
 // Conn is a client connection to the process's gRPC address; it reconnects by itself after a
 // restart.

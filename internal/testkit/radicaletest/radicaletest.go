@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postamt/postamt/internal/testkit/freeport"
 )
 
 const (
@@ -125,14 +126,8 @@ func (s *Server) writeFiles() error {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is a port for the server to bind (freeport says why not port 0).
+func freePort() (int, error) { return freeport.Port() }
 
 // config is Radicale's configuration for port. It is the only configuration file read (-C
 // replaces the system's /etc/radicale/config), so the host's settings never leak in.

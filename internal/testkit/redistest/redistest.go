@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +28,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/internal/testkit/freeport"
 )
 
 // startTimeout bounds how long a spawned server may take to answer PING.
@@ -94,14 +95,8 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is a port for the server to bind (freeport says why not port 0).
+func freePort() (int, error) { return freeport.Port() }
 
 // start runs redis-server on port and waits until it answers PING. The caller holds no lock.
 func (s *Server) start(port int) error {
