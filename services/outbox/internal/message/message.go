@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"strings"
 	"time"
 
@@ -156,7 +157,10 @@ func Build(e *Email) ([]byte, error) {
 			ct = "application/octet-stream"
 		}
 		ah.SetContentType(ct, nil)
-		ah.SetFilename(a.Filename)
+		// Not go-message's SetFilename: it puts an RFC 2047 encoded word inside the quoted
+		// parameter, which RFC 2047 §5 forbids and strict readers show raw. mime.FormatMediaType
+		// writes a non-ASCII name as RFC 2231 (filename*=utf-8''...), an ASCII one as it is.
+		ah.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": a.Filename}))
 		w, err := mw.CreateAttachment(ah)
 		if err != nil {
 			return nil, fmt.Errorf("build message: %w", err)

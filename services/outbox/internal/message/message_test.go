@@ -127,6 +127,32 @@ func TestHeaderInjectionIsRejected(t *testing.T) {
 	}
 }
 
+// TestAttachmentNamesUseRFC2231: a non-ASCII file name is written as an RFC 2231 parameter
+// (filename*=utf-8''...), never as an encoded word inside a quoted string, and reads back as it
+// was; an ASCII name stays a plain parameter.
+func TestAttachmentNamesUseRFC2231(t *testing.T) {
+	for _, tc := range []struct{ name, want string }{
+		{"Vollmacht Müller.pdf", "filename*=utf-8''Vollmacht%20M%C3%BCller.pdf"},
+		{"Vollmacht.pdf", "filename=Vollmacht.pdf"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := base()
+			e.Attachments = []Attachment{{Filename: tc.name, ContentType: "application/pdf", Content: []byte("%PDF")}}
+			b := mustBuild(t, e)
+			if !bytes.Contains(b, []byte(tc.want)) || bytes.Contains(b, []byte("filename=\"=?")) {
+				t.Errorf("Content-Disposition does not carry %s:\n%s", tc.want, b)
+			}
+			got, err := Parse(b, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got.Attachments) != 1 || got.Attachments[0].Filename != tc.name {
+				t.Errorf("read back %+v, want the file name %q", got.Attachments, tc.name)
+			}
+		})
+	}
+}
+
 // FuzzBuild: whatever the subject, names and filename, Build either refuses or produces a
 // message that parses back with the same subject and no header the caller did not ask for.
 func FuzzBuild(f *testing.F) {
