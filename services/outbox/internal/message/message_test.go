@@ -128,7 +128,8 @@ func TestHeaderInjectionIsRejected(t *testing.T) {
 }
 
 // TestAttachmentNamesUseRFC2231: a non-ASCII file name is written as an RFC 2231 parameter
-// (filename*=utf-8”...), never as an encoded word inside a quoted string, and reads back as it
+// (the filename* form with the utf-8 charset), never as an encoded word inside a quoted string,
+// and reads back as it
 // was; an ASCII name stays a plain parameter.
 func TestAttachmentNamesUseRFC2231(t *testing.T) {
 	for _, tc := range []struct{ name, want string }{
