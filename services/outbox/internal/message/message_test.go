@@ -129,8 +129,7 @@ func TestHeaderInjectionIsRejected(t *testing.T) {
 
 // TestAttachmentNamesUseRFC2231: a non-ASCII file name is written as an RFC 2231 parameter
 // (the filename* form with the utf-8 charset), never as an encoded word inside a quoted string,
-// and reads back as it
-// was; an ASCII name stays a plain parameter.
+// and reads back as it was; an ASCII name stays a plain parameter.
 func TestAttachmentNamesUseRFC2231(t *testing.T) {
 	for _, tc := range []struct{ name, want string }{
 		{"Vollmacht Müller.pdf", "filename*=utf-8''Vollmacht%20M%C3%BCller.pdf"},
