@@ -178,7 +178,7 @@ func TestReplicaKilledMidDelivery(t *testing.T) {
 	const (
 		n = 300
 		// within bounds the wait after the kill: P9's bar (10 s) plus the ~17 s the survivor
-		// needs for the rest alone, with room for a loaded machine. The default lease is 2 min.
+		// needs for the rest alone, with room for a loaded machine (the default lease is 8 s).
 		within = 50 * time.Second
 	)
 	s := harness.Start(t, harness.Options{Dispatchers: 2})

@@ -124,6 +124,24 @@ func (r *rig) submit(id, conn string, prio int, due time.Time) {
 	}
 }
 
+// deadClaim claims email id at at for lease, as a worker that then dies without a word would,
+// and returns the claimed email.
+func (r *rig) deadClaim(id string, at time.Time, lease time.Duration) redisstore.Email {
+	r.t.Helper()
+	ctx := context.Background()
+	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
+	p := redisstore.Partition(id)
+	cands, err := r.ledger.Heads(ctx, ln, []int{p}, at, 1)
+	if err != nil || len(cands) != 1 {
+		r.t.Fatalf("heads: %v %v", cands, err)
+	}
+	got, err := r.ledger.ClaimLane(ctx, ln, []int{p}, cands, at, lease)
+	if err != nil || len(got.Emails) != 1 {
+		r.t.Fatalf("claim: %+v %v", got, err)
+	}
+	return got.Emails[0]
+}
+
 // submitN stores n emails of normal priority for connector relay, all due at due, with ids
 // prefix-0, prefix-1, ...
 func (r *rig) submitN(prefix string, n int, due time.Time) []string {
@@ -270,16 +288,7 @@ func TestTakeOverIsCounted(t *testing.T) {
 	sink := r.connector("relay", 2)
 	r.submit("lost", "relay", 2, time.Now())
 	ctx := context.Background()
-	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
-	p := redisstore.Partition("lost")
-	cands, err := r.ledger.Heads(ctx, ln, []int{p}, time.Now(), 1)
-	if err != nil || len(cands) != 1 {
-		t.Fatalf("heads: %v %v", cands, err)
-	}
-	dead, err := r.ledger.ClaimLane(ctx, ln, []int{p}, cands, time.Now(), time.Second)
-	if err != nil || len(dead.Emails) != 1 {
-		t.Fatalf("claim: %+v %v", dead, err)
-	}
+	dead := r.deadClaim("lost", time.Now().Add(time.Millisecond), time.Second)
 
 	rep := r.replica(2*time.Second, 1)
 	sink.WaitForMessages(t, 1, 30*time.Second)
@@ -296,7 +305,7 @@ func TestTakeOverIsCounted(t *testing.T) {
 		t.Errorf("unknown attempts counted %v, want 1", c)
 	}
 	// The dead worker's result, had it come back, is refused.
-	if err := r.ledger.Apply(ctx, &dead.Emails[0], redisstore.Change{Status: outbox.StatusSent, At: time.Now(), Fenced: true}, nil); err == nil {
+	if err := r.ledger.Apply(ctx, &dead, redisstore.Change{Status: outbox.StatusSent, At: time.Now(), Fenced: true}, nil); err == nil {
 		t.Error("the lapsed claim recorded a result")
 	}
 }
@@ -568,18 +577,8 @@ func TestTakeOverGoesFirst(t *testing.T) {
 	r := newRig(t)
 	sink := r.connector("relay", 1)
 	r.submit("lost", "relay", 3, time.Now())
-	ctx := context.Background()
-	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
-	p := redisstore.Partition("lost")
-	at := time.Now().Add(time.Millisecond)
-	cands, err := r.ledger.Heads(ctx, ln, []int{p}, at, 1)
-	if err != nil || len(cands) != 1 {
-		t.Fatalf("heads: %v %v", cands, err)
-	}
-	lease := 300 * time.Millisecond
-	if _, err := r.ledger.ClaimLane(ctx, ln, []int{p}, cands, at, lease); err != nil {
-		t.Fatal(err)
-	}
+	at, lease := time.Now().Add(time.Millisecond), 300*time.Millisecond
+	r.deadClaim("lost", at, lease)
 	for i := range 10 {
 		r.submit(fmt.Sprintf("backlog-%d", i), "relay", 1, time.Now()) // high priority, due before the lease ends
 	}
