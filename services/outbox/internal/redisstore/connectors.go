@@ -63,7 +63,7 @@ func encodeConnector(c connector.Connector) ([]byte, error) {
 	m := &outboxv1.Connector{
 		ConnectorId: c.ID, DisplayName: c.DisplayName, Host: c.Host, Port: int32(c.Port), TlsMode: outboxv1.TlsMode(c.TLS),
 		AuthMechanism: outboxv1.AuthMechanism(c.Auth), Username: c.Username, SecretRef: c.SecretRef,
-		MaxAttempts: int32(c.MaxAttempts), Enabled: c.Enabled, MaxMessageBytes: c.MaxMessageBytes, PoolSize: int32(c.PoolSize),
+		MaxAttempts: int32(c.MaxAttempts), Enabled: proto.Bool(c.Enabled), MaxMessageBytes: c.MaxMessageBytes, PoolSize: int32(c.PoolSize),
 		Version: c.Version, CreateTime: timestamppb.New(c.Created), UpdateTime: timestamppb.New(c.Updated),
 		UnknownOutcomePolicy: outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_HOLD,
 	}

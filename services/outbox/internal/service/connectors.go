@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/postamt/postamt/internal/auth"
@@ -512,7 +513,7 @@ func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, 
 func ConnectorProto(c connector.Connector) *outboxv1.Connector {
 	out := &outboxv1.Connector{
 		ConnectorId: c.ID, DisplayName: c.DisplayName, Host: c.Host, Port: int32(c.Port), Username: c.Username,
-		SecretRef: c.SecretRef, MaxAttempts: int32(c.MaxAttempts), Enabled: c.Enabled,
+		SecretRef: c.SecretRef, MaxAttempts: int32(c.MaxAttempts), Enabled: proto.Bool(c.Enabled),
 		MaxMessageBytes: c.MaxMessageBytes, PoolSize: int32(c.PoolSize), Version: c.Version,
 		CreateTime: wire.Timestamp(c.Created), UpdateTime: wire.Timestamp(c.Updated),
 		UnknownOutcomePolicy: outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_HOLD,

@@ -445,10 +445,13 @@ type EmailFilter struct {
 	WorkItem *WorkItem `protobuf:"bytes,3,opt,name=work_item,json=workItem,proto3" json:"work_item,omitempty"`
 	// Only mail from this mailbox.
 	MailboxId string `protobuf:"bytes,4,opt,name=mailbox_id,json=mailboxId,proto3" json:"mailbox_id,omitempty"`
-	// Text contained in the subject or a recipient, case-insensitively.
-	Text          string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Text contained in the subject or a recipient, case-insensitively; Bcc recipients only for
+	// callers who may see them.
+	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	// Only mail that may have been sent (Email.may_have_been_sent).
+	MayHaveBeenSent bool `protobuf:"varint,6,opt,name=may_have_been_sent,json=mayHaveBeenSent,proto3" json:"may_have_been_sent,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *EmailFilter) Reset() {
@@ -514,6 +517,13 @@ func (x *EmailFilter) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *EmailFilter) GetMayHaveBeenSent() bool {
+	if x != nil {
+		return x.MayHaveBeenSent
+	}
+	return false
 }
 
 // ListEmailsRequest pages through a view.
@@ -1217,9 +1227,13 @@ func (x *CancelResponse) GetResult() *ActionResult {
 type RetryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The emails.
-	Selection     *Selection `protobuf:"bytes,1,opt,name=selection,proto3" json:"selection,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Selection *Selection `protobuf:"bytes,1,opt,name=selection,proto3" json:"selection,omitempty"`
+	// Retry mail that may have been sent (Email.may_have_been_sent) too; its recipients may get it
+	// twice. Without it such mail is not retried and is listed among the failures with
+	// FAILED_PRECONDITION MAY_HAVE_BEEN_SENT, whether selected by id or by filter.
+	IncludeMayHaveBeenSent bool `protobuf:"varint,2,opt,name=include_may_have_been_sent,json=includeMayHaveBeenSent,proto3" json:"include_may_have_been_sent,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *RetryRequest) Reset() {
@@ -1257,6 +1271,13 @@ func (x *RetryRequest) GetSelection() *Selection {
 		return x.Selection
 	}
 	return nil
+}
+
+func (x *RetryRequest) GetIncludeMayHaveBeenSent() bool {
+	if x != nil {
+		return x.IncludeMayHaveBeenSent
+	}
+	return false
 }
 
 // RetryResponse says what was done.
@@ -2186,6 +2207,107 @@ func (*DeleteConnectorResponse) Descriptor() ([]byte, []int) {
 	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{35}
 }
 
+// MoveEmailsRequest selects emails and the connector they move to.
+type MoveEmailsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The emails.
+	Selection *Selection `protobuf:"bytes,1,opt,name=selection,proto3" json:"selection,omitempty"`
+	// The connector they leave through from now on.
+	ConnectorId   string `protobuf:"bytes,2,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveEmailsRequest) Reset() {
+	*x = MoveEmailsRequest{}
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveEmailsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveEmailsRequest) ProtoMessage() {}
+
+func (x *MoveEmailsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveEmailsRequest.ProtoReflect.Descriptor instead.
+func (*MoveEmailsRequest) Descriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *MoveEmailsRequest) GetSelection() *Selection {
+	if x != nil {
+		return x.Selection
+	}
+	return nil
+}
+
+func (x *MoveEmailsRequest) GetConnectorId() string {
+	if x != nil {
+		return x.ConnectorId
+	}
+	return ""
+}
+
+// MoveEmailsResponse says what was done.
+type MoveEmailsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The result.
+	Result        *ActionResult `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveEmailsResponse) Reset() {
+	*x = MoveEmailsResponse{}
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveEmailsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveEmailsResponse) ProtoMessage() {}
+
+func (x *MoveEmailsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveEmailsResponse.ProtoReflect.Descriptor instead.
+func (*MoveEmailsResponse) Descriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *MoveEmailsResponse) GetResult() *ActionResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 // EnableConnectorRequest names the connector to enable.
 type EnableConnectorRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2197,7 +2319,7 @@ type EnableConnectorRequest struct {
 
 func (x *EnableConnectorRequest) Reset() {
 	*x = EnableConnectorRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[36]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2331,7 @@ func (x *EnableConnectorRequest) String() string {
 func (*EnableConnectorRequest) ProtoMessage() {}
 
 func (x *EnableConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[36]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2344,7 @@ func (x *EnableConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableConnectorRequest.ProtoReflect.Descriptor instead.
 func (*EnableConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{36}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EnableConnectorRequest) GetConnectorId() string {
@@ -2245,7 +2367,7 @@ type EnableConnectorResponse struct {
 
 func (x *EnableConnectorResponse) Reset() {
 	*x = EnableConnectorResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2257,7 +2379,7 @@ func (x *EnableConnectorResponse) String() string {
 func (*EnableConnectorResponse) ProtoMessage() {}
 
 func (x *EnableConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2270,7 +2392,7 @@ func (x *EnableConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableConnectorResponse.ProtoReflect.Descriptor instead.
 func (*EnableConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{37}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *EnableConnectorResponse) GetConnector() *Connector {
@@ -2298,7 +2420,7 @@ type DisableConnectorRequest struct {
 
 func (x *DisableConnectorRequest) Reset() {
 	*x = DisableConnectorRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2432,7 @@ func (x *DisableConnectorRequest) String() string {
 func (*DisableConnectorRequest) ProtoMessage() {}
 
 func (x *DisableConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2445,7 @@ func (x *DisableConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableConnectorRequest.ProtoReflect.Descriptor instead.
 func (*DisableConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{38}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DisableConnectorRequest) GetConnectorId() string {
@@ -2344,7 +2466,7 @@ type DisableConnectorResponse struct {
 
 func (x *DisableConnectorResponse) Reset() {
 	*x = DisableConnectorResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2478,7 @@ func (x *DisableConnectorResponse) String() string {
 func (*DisableConnectorResponse) ProtoMessage() {}
 
 func (x *DisableConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2491,7 @@ func (x *DisableConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableConnectorResponse.ProtoReflect.Descriptor instead.
 func (*DisableConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{39}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DisableConnectorResponse) GetConnector() *Connector {
@@ -2390,7 +2512,7 @@ type GetUserSettingsRequest struct {
 
 func (x *GetUserSettingsRequest) Reset() {
 	*x = GetUserSettingsRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2524,7 @@ func (x *GetUserSettingsRequest) String() string {
 func (*GetUserSettingsRequest) ProtoMessage() {}
 
 func (x *GetUserSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2537,7 @@ func (x *GetUserSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserSettingsRequest.ProtoReflect.Descriptor instead.
 func (*GetUserSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{40}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetUserSettingsRequest) GetUserId() string {
@@ -2436,7 +2558,7 @@ type GetUserSettingsResponse struct {
 
 func (x *GetUserSettingsResponse) Reset() {
 	*x = GetUserSettingsResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2570,7 @@ func (x *GetUserSettingsResponse) String() string {
 func (*GetUserSettingsResponse) ProtoMessage() {}
 
 func (x *GetUserSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2583,7 @@ func (x *GetUserSettingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserSettingsResponse.ProtoReflect.Descriptor instead.
 func (*GetUserSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{41}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetUserSettingsResponse) GetSettings() *UserSettings {
@@ -2484,7 +2606,7 @@ type UpdateUserSettingsRequest struct {
 
 func (x *UpdateUserSettingsRequest) Reset() {
 	*x = UpdateUserSettingsRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2618,7 @@ func (x *UpdateUserSettingsRequest) String() string {
 func (*UpdateUserSettingsRequest) ProtoMessage() {}
 
 func (x *UpdateUserSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2631,7 @@ func (x *UpdateUserSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUserSettingsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateUserSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{42}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UpdateUserSettingsRequest) GetSettings() *UserSettings {
@@ -2537,7 +2659,7 @@ type UpdateUserSettingsResponse struct {
 
 func (x *UpdateUserSettingsResponse) Reset() {
 	*x = UpdateUserSettingsResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2671,7 @@ func (x *UpdateUserSettingsResponse) String() string {
 func (*UpdateUserSettingsResponse) ProtoMessage() {}
 
 func (x *UpdateUserSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2684,7 @@ func (x *UpdateUserSettingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUserSettingsResponse.ProtoReflect.Descriptor instead.
 func (*UpdateUserSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{43}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UpdateUserSettingsResponse) GetSettings() *UserSettings {
@@ -2605,14 +2727,15 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\bemail_id\x18\x01 \x01(\tR\aemailId\x12%\n" +
 	"\x0einclude_bodies\x18\x02 \x01(\bR\rincludeBodies\"B\n" +
 	"\x10GetEmailResponse\x12.\n" +
-	"\x05email\x18\x01 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\"\xd9\x01\n" +
+	"\x05email\x18\x01 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\"\x86\x02\n" +
 	"\vEmailFilter\x12:\n" +
 	"\bstatuses\x18\x01 \x03(\x0e2\x1e.postamt.outbox.v1.EmailStatusR\bstatuses\x12!\n" +
 	"\fconnector_id\x18\x02 \x01(\tR\vconnectorId\x128\n" +
 	"\twork_item\x18\x03 \x01(\v2\x1b.postamt.outbox.v1.WorkItemR\bworkItem\x12\x1d\n" +
 	"\n" +
 	"mailbox_id\x18\x04 \x01(\tR\tmailboxId\x12\x12\n" +
-	"\x04text\x18\x05 \x01(\tR\x04text\"\xe9\x01\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\x12+\n" +
+	"\x12may_have_been_sent\x18\x06 \x01(\bR\x0fmayHaveBeenSent\"\xe9\x01\n" +
 	"\x11ListEmailsRequest\x12+\n" +
 	"\x04view\x18\x01 \x01(\x0e2\x17.postamt.outbox.v1.ViewR\x04view\x126\n" +
 	"\x06filter\x18\x02 \x01(\v2\x1e.postamt.outbox.v1.EmailFilterR\x06filter\x123\n" +
@@ -2653,9 +2776,10 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\rCancelRequest\x12:\n" +
 	"\tselection\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.SelectionR\tselection\"I\n" +
 	"\x0eCancelResponse\x127\n" +
-	"\x06result\x18\x01 \x01(\v2\x1f.postamt.outbox.v1.ActionResultR\x06result\"J\n" +
+	"\x06result\x18\x01 \x01(\v2\x1f.postamt.outbox.v1.ActionResultR\x06result\"\x86\x01\n" +
 	"\fRetryRequest\x12:\n" +
-	"\tselection\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.SelectionR\tselection\"H\n" +
+	"\tselection\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.SelectionR\tselection\x12:\n" +
+	"\x1ainclude_may_have_been_sent\x18\x02 \x01(\bR\x16includeMayHaveBeenSent\"H\n" +
 	"\rRetryResponse\x127\n" +
 	"\x06result\x18\x01 \x01(\v2\x1f.postamt.outbox.v1.ActionResultR\x06result\"\x84\x01\n" +
 	"\x11RescheduleRequest\x12:\n" +
@@ -2708,7 +2832,12 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\tconnector\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.ConnectorR\tconnector\";\n" +
 	"\x16DeleteConnectorRequest\x12!\n" +
 	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\"\x19\n" +
-	"\x17DeleteConnectorResponse\";\n" +
+	"\x17DeleteConnectorResponse\"r\n" +
+	"\x11MoveEmailsRequest\x12:\n" +
+	"\tselection\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.SelectionR\tselection\x12!\n" +
+	"\fconnector_id\x18\x02 \x01(\tR\vconnectorId\"M\n" +
+	"\x12MoveEmailsResponse\x127\n" +
+	"\x06result\x18\x01 \x01(\v2\x1f.postamt.outbox.v1.ActionResultR\x06result\";\n" +
 	"\x16EnableConnectorRequest\x12!\n" +
 	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\"q\n" +
 	"\x17EnableConnectorResponse\x12:\n" +
@@ -2733,7 +2862,7 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x17EMAIL_ORDER_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14EMAIL_ORDER_DUE_TIME\x10\x01\x12 \n" +
 	"\x1cEMAIL_ORDER_SUBMIT_TIME_DESC\x10\x02\x12&\n" +
-	"\"EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC\x10\x032\xfc\x14\n" +
+	"\"EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC\x10\x032\xfa\x15\n" +
 	"\rOutboxService\x12z\n" +
 	"\vSubmitEmail\x12%.postamt.outbox.v1.SubmitEmailRequest\x1a&.postamt.outbox.v1.SubmitEmailResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/outbox/emails\x12|\n" +
 	"\bGetEmail\x12\".postamt.outbox.v1.GetEmailRequest\x1a#.postamt.outbox.v1.GetEmailResponse\"'\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/outbox/emails/{email_id}\x90\x02\x01\x12w\n" +
@@ -2751,7 +2880,9 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\fGetConnector\x12&.postamt.outbox.v1.GetConnectorRequest\x1a'.postamt.outbox.v1.GetConnectorResponse\"/\x82\xd3\xe4\x93\x02&\x12$/v1/outbox/connectors/{connector_id}\x90\x02\x01\x12\x87\x01\n" +
 	"\x0eListConnectors\x12(.postamt.outbox.v1.ListConnectorsRequest\x1a).postamt.outbox.v1.ListConnectorsResponse\" \x82\xd3\xe4\x93\x02\x17\x12\x15/v1/outbox/connectors\x90\x02\x01\x12\xab\x01\n" +
 	"\x0fUpdateConnector\x12).postamt.outbox.v1.UpdateConnectorRequest\x1a*.postamt.outbox.v1.UpdateConnectorResponse\"A\x82\xd3\xe4\x93\x02;:\tconnector2./v1/outbox/connectors/{connector.connector_id}\x12\x96\x01\n" +
-	"\x0fDeleteConnector\x12).postamt.outbox.v1.DeleteConnectorRequest\x1a*.postamt.outbox.v1.DeleteConnectorResponse\",\x82\xd3\xe4\x93\x02&*$/v1/outbox/connectors/{connector_id}\x12\xa0\x01\n" +
+	"\x0fDeleteConnector\x12).postamt.outbox.v1.DeleteConnectorRequest\x1a*.postamt.outbox.v1.DeleteConnectorResponse\",\x82\xd3\xe4\x93\x02&*$/v1/outbox/connectors/{connector_id}\x12|\n" +
+	"\n" +
+	"MoveEmails\x12$.postamt.outbox.v1.MoveEmailsRequest\x1a%.postamt.outbox.v1.MoveEmailsResponse\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/outbox/emails:move\x12\xa0\x01\n" +
 	"\x0fEnableConnector\x12).postamt.outbox.v1.EnableConnectorRequest\x1a*.postamt.outbox.v1.EnableConnectorResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/outbox/connectors/{connector_id}:enable\x12\xa4\x01\n" +
 	"\x10DisableConnector\x12*.postamt.outbox.v1.DisableConnectorRequest\x1a+.postamt.outbox.v1.DisableConnectorResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/outbox/connectors/{connector_id}:disable\x12\x98\x01\n" +
 	"\x0fGetUserSettings\x12).postamt.outbox.v1.GetUserSettingsRequest\x1a*.postamt.outbox.v1.GetUserSettingsResponse\".\x82\xd3\xe4\x93\x02%\x12#/v1/outbox/users/{user_id}/settings\x90\x02\x01\x12\xb1\x01\n" +
@@ -2771,7 +2902,7 @@ func file_postamt_outbox_v1_outbox_proto_rawDescGZIP() []byte {
 }
 
 var file_postamt_outbox_v1_outbox_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postamt_outbox_v1_outbox_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_postamt_outbox_v1_outbox_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_postamt_outbox_v1_outbox_proto_goTypes = []any{
 	(EmailOrder)(0),                    // 0: postamt.outbox.v1.EmailOrder
 	(*SubmitEmailRequest)(nil),         // 1: postamt.outbox.v1.SubmitEmailRequest
@@ -2810,46 +2941,48 @@ var file_postamt_outbox_v1_outbox_proto_goTypes = []any{
 	(*UpdateConnectorResponse)(nil),    // 34: postamt.outbox.v1.UpdateConnectorResponse
 	(*DeleteConnectorRequest)(nil),     // 35: postamt.outbox.v1.DeleteConnectorRequest
 	(*DeleteConnectorResponse)(nil),    // 36: postamt.outbox.v1.DeleteConnectorResponse
-	(*EnableConnectorRequest)(nil),     // 37: postamt.outbox.v1.EnableConnectorRequest
-	(*EnableConnectorResponse)(nil),    // 38: postamt.outbox.v1.EnableConnectorResponse
-	(*DisableConnectorRequest)(nil),    // 39: postamt.outbox.v1.DisableConnectorRequest
-	(*DisableConnectorResponse)(nil),   // 40: postamt.outbox.v1.DisableConnectorResponse
-	(*GetUserSettingsRequest)(nil),     // 41: postamt.outbox.v1.GetUserSettingsRequest
-	(*GetUserSettingsResponse)(nil),    // 42: postamt.outbox.v1.GetUserSettingsResponse
-	(*UpdateUserSettingsRequest)(nil),  // 43: postamt.outbox.v1.UpdateUserSettingsRequest
-	(*UpdateUserSettingsResponse)(nil), // 44: postamt.outbox.v1.UpdateUserSettingsResponse
-	(*Attachment)(nil),                 // 45: postamt.outbox.v1.Attachment
-	(Priority)(0),                      // 46: postamt.outbox.v1.Priority
-	(*WorkItem)(nil),                   // 47: postamt.outbox.v1.WorkItem
-	(*timestamppb.Timestamp)(nil),      // 48: google.protobuf.Timestamp
-	(*Email)(nil),                      // 49: postamt.outbox.v1.Email
-	(EmailStatus)(0),                   // 50: postamt.outbox.v1.EmailStatus
-	(View)(0),                          // 51: postamt.outbox.v1.View
-	(*Connector)(nil),                  // 52: postamt.outbox.v1.Connector
-	(*fieldmaskpb.FieldMask)(nil),      // 53: google.protobuf.FieldMask
-	(*UserSettings)(nil),               // 54: postamt.outbox.v1.UserSettings
+	(*MoveEmailsRequest)(nil),          // 37: postamt.outbox.v1.MoveEmailsRequest
+	(*MoveEmailsResponse)(nil),         // 38: postamt.outbox.v1.MoveEmailsResponse
+	(*EnableConnectorRequest)(nil),     // 39: postamt.outbox.v1.EnableConnectorRequest
+	(*EnableConnectorResponse)(nil),    // 40: postamt.outbox.v1.EnableConnectorResponse
+	(*DisableConnectorRequest)(nil),    // 41: postamt.outbox.v1.DisableConnectorRequest
+	(*DisableConnectorResponse)(nil),   // 42: postamt.outbox.v1.DisableConnectorResponse
+	(*GetUserSettingsRequest)(nil),     // 43: postamt.outbox.v1.GetUserSettingsRequest
+	(*GetUserSettingsResponse)(nil),    // 44: postamt.outbox.v1.GetUserSettingsResponse
+	(*UpdateUserSettingsRequest)(nil),  // 45: postamt.outbox.v1.UpdateUserSettingsRequest
+	(*UpdateUserSettingsResponse)(nil), // 46: postamt.outbox.v1.UpdateUserSettingsResponse
+	(*Attachment)(nil),                 // 47: postamt.outbox.v1.Attachment
+	(Priority)(0),                      // 48: postamt.outbox.v1.Priority
+	(*WorkItem)(nil),                   // 49: postamt.outbox.v1.WorkItem
+	(*timestamppb.Timestamp)(nil),      // 50: google.protobuf.Timestamp
+	(*Email)(nil),                      // 51: postamt.outbox.v1.Email
+	(EmailStatus)(0),                   // 52: postamt.outbox.v1.EmailStatus
+	(View)(0),                          // 53: postamt.outbox.v1.View
+	(*Connector)(nil),                  // 54: postamt.outbox.v1.Connector
+	(*fieldmaskpb.FieldMask)(nil),      // 55: google.protobuf.FieldMask
+	(*UserSettings)(nil),               // 56: postamt.outbox.v1.UserSettings
 }
 var file_postamt_outbox_v1_outbox_proto_depIdxs = []int32{
-	45, // 0: postamt.outbox.v1.SubmitEmailRequest.attachments:type_name -> postamt.outbox.v1.Attachment
-	46, // 1: postamt.outbox.v1.SubmitEmailRequest.priority:type_name -> postamt.outbox.v1.Priority
-	47, // 2: postamt.outbox.v1.SubmitEmailRequest.work_item:type_name -> postamt.outbox.v1.WorkItem
-	48, // 3: postamt.outbox.v1.SubmitEmailRequest.send_at:type_name -> google.protobuf.Timestamp
-	49, // 4: postamt.outbox.v1.SubmitEmailResponse.email:type_name -> postamt.outbox.v1.Email
-	49, // 5: postamt.outbox.v1.GetEmailResponse.email:type_name -> postamt.outbox.v1.Email
-	50, // 6: postamt.outbox.v1.EmailFilter.statuses:type_name -> postamt.outbox.v1.EmailStatus
-	47, // 7: postamt.outbox.v1.EmailFilter.work_item:type_name -> postamt.outbox.v1.WorkItem
-	51, // 8: postamt.outbox.v1.ListEmailsRequest.view:type_name -> postamt.outbox.v1.View
+	47, // 0: postamt.outbox.v1.SubmitEmailRequest.attachments:type_name -> postamt.outbox.v1.Attachment
+	48, // 1: postamt.outbox.v1.SubmitEmailRequest.priority:type_name -> postamt.outbox.v1.Priority
+	49, // 2: postamt.outbox.v1.SubmitEmailRequest.work_item:type_name -> postamt.outbox.v1.WorkItem
+	50, // 3: postamt.outbox.v1.SubmitEmailRequest.send_at:type_name -> google.protobuf.Timestamp
+	51, // 4: postamt.outbox.v1.SubmitEmailResponse.email:type_name -> postamt.outbox.v1.Email
+	51, // 5: postamt.outbox.v1.GetEmailResponse.email:type_name -> postamt.outbox.v1.Email
+	52, // 6: postamt.outbox.v1.EmailFilter.statuses:type_name -> postamt.outbox.v1.EmailStatus
+	49, // 7: postamt.outbox.v1.EmailFilter.work_item:type_name -> postamt.outbox.v1.WorkItem
+	53, // 8: postamt.outbox.v1.ListEmailsRequest.view:type_name -> postamt.outbox.v1.View
 	5,  // 9: postamt.outbox.v1.ListEmailsRequest.filter:type_name -> postamt.outbox.v1.EmailFilter
 	0,  // 10: postamt.outbox.v1.ListEmailsRequest.order:type_name -> postamt.outbox.v1.EmailOrder
-	49, // 11: postamt.outbox.v1.ListEmailsResponse.emails:type_name -> postamt.outbox.v1.Email
-	51, // 12: postamt.outbox.v1.ListEmailsResponse.view:type_name -> postamt.outbox.v1.View
-	51, // 13: postamt.outbox.v1.CountEmailsRequest.view:type_name -> postamt.outbox.v1.View
+	51, // 11: postamt.outbox.v1.ListEmailsResponse.emails:type_name -> postamt.outbox.v1.Email
+	53, // 12: postamt.outbox.v1.ListEmailsResponse.view:type_name -> postamt.outbox.v1.View
+	53, // 13: postamt.outbox.v1.CountEmailsRequest.view:type_name -> postamt.outbox.v1.View
 	5,  // 14: postamt.outbox.v1.CountEmailsRequest.filter:type_name -> postamt.outbox.v1.EmailFilter
-	50, // 15: postamt.outbox.v1.StatusCount.status:type_name -> postamt.outbox.v1.EmailStatus
+	52, // 15: postamt.outbox.v1.StatusCount.status:type_name -> postamt.outbox.v1.EmailStatus
 	9,  // 16: postamt.outbox.v1.CountEmailsResponse.by_status:type_name -> postamt.outbox.v1.StatusCount
-	51, // 17: postamt.outbox.v1.CountEmailsResponse.view:type_name -> postamt.outbox.v1.View
+	53, // 17: postamt.outbox.v1.CountEmailsResponse.view:type_name -> postamt.outbox.v1.View
 	5,  // 18: postamt.outbox.v1.Selection.filter:type_name -> postamt.outbox.v1.EmailFilter
-	51, // 19: postamt.outbox.v1.Selection.view:type_name -> postamt.outbox.v1.View
+	53, // 19: postamt.outbox.v1.Selection.view:type_name -> postamt.outbox.v1.View
 	12, // 20: postamt.outbox.v1.ActionResult.failures:type_name -> postamt.outbox.v1.EmailFailure
 	11, // 21: postamt.outbox.v1.SendNowRequest.selection:type_name -> postamt.outbox.v1.Selection
 	13, // 22: postamt.outbox.v1.SendNowResponse.result:type_name -> postamt.outbox.v1.ActionResult
@@ -2858,72 +2991,76 @@ var file_postamt_outbox_v1_outbox_proto_depIdxs = []int32{
 	11, // 25: postamt.outbox.v1.RetryRequest.selection:type_name -> postamt.outbox.v1.Selection
 	13, // 26: postamt.outbox.v1.RetryResponse.result:type_name -> postamt.outbox.v1.ActionResult
 	11, // 27: postamt.outbox.v1.RescheduleRequest.selection:type_name -> postamt.outbox.v1.Selection
-	48, // 28: postamt.outbox.v1.RescheduleRequest.send_at:type_name -> google.protobuf.Timestamp
+	50, // 28: postamt.outbox.v1.RescheduleRequest.send_at:type_name -> google.protobuf.Timestamp
 	13, // 29: postamt.outbox.v1.RescheduleResponse.result:type_name -> postamt.outbox.v1.ActionResult
-	51, // 30: postamt.outbox.v1.WatchEmailsRequest.view:type_name -> postamt.outbox.v1.View
+	53, // 30: postamt.outbox.v1.WatchEmailsRequest.view:type_name -> postamt.outbox.v1.View
 	5,  // 31: postamt.outbox.v1.WatchEmailsRequest.filter:type_name -> postamt.outbox.v1.EmailFilter
-	49, // 32: postamt.outbox.v1.WatchEmailsResponse.email:type_name -> postamt.outbox.v1.Email
+	51, // 32: postamt.outbox.v1.WatchEmailsResponse.email:type_name -> postamt.outbox.v1.Email
 	1,  // 33: postamt.outbox.v1.ImportedEmail.email:type_name -> postamt.outbox.v1.SubmitEmailRequest
-	50, // 34: postamt.outbox.v1.ImportedEmail.status:type_name -> postamt.outbox.v1.EmailStatus
-	48, // 35: postamt.outbox.v1.ImportedEmail.first_failure_time:type_name -> google.protobuf.Timestamp
+	52, // 34: postamt.outbox.v1.ImportedEmail.status:type_name -> postamt.outbox.v1.EmailStatus
+	50, // 35: postamt.outbox.v1.ImportedEmail.first_failure_time:type_name -> google.protobuf.Timestamp
 	24, // 36: postamt.outbox.v1.ImportEmailsRequest.emails:type_name -> postamt.outbox.v1.ImportedEmail
 	12, // 37: postamt.outbox.v1.ImportEmailsResponse.failures:type_name -> postamt.outbox.v1.EmailFailure
-	52, // 38: postamt.outbox.v1.CreateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
-	52, // 39: postamt.outbox.v1.CreateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	52, // 40: postamt.outbox.v1.GetConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	52, // 41: postamt.outbox.v1.ListConnectorsResponse.connectors:type_name -> postamt.outbox.v1.Connector
-	52, // 42: postamt.outbox.v1.UpdateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
-	53, // 43: postamt.outbox.v1.UpdateConnectorRequest.update_mask:type_name -> google.protobuf.FieldMask
-	52, // 44: postamt.outbox.v1.UpdateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	52, // 45: postamt.outbox.v1.EnableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	52, // 46: postamt.outbox.v1.DisableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	54, // 47: postamt.outbox.v1.GetUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
-	54, // 48: postamt.outbox.v1.UpdateUserSettingsRequest.settings:type_name -> postamt.outbox.v1.UserSettings
-	53, // 49: postamt.outbox.v1.UpdateUserSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
-	54, // 50: postamt.outbox.v1.UpdateUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
-	1,  // 51: postamt.outbox.v1.OutboxService.SubmitEmail:input_type -> postamt.outbox.v1.SubmitEmailRequest
-	3,  // 52: postamt.outbox.v1.OutboxService.GetEmail:input_type -> postamt.outbox.v1.GetEmailRequest
-	6,  // 53: postamt.outbox.v1.OutboxService.ListEmails:input_type -> postamt.outbox.v1.ListEmailsRequest
-	8,  // 54: postamt.outbox.v1.OutboxService.CountEmails:input_type -> postamt.outbox.v1.CountEmailsRequest
-	14, // 55: postamt.outbox.v1.OutboxService.SendNow:input_type -> postamt.outbox.v1.SendNowRequest
-	16, // 56: postamt.outbox.v1.OutboxService.Cancel:input_type -> postamt.outbox.v1.CancelRequest
-	18, // 57: postamt.outbox.v1.OutboxService.Retry:input_type -> postamt.outbox.v1.RetryRequest
-	20, // 58: postamt.outbox.v1.OutboxService.Reschedule:input_type -> postamt.outbox.v1.RescheduleRequest
-	22, // 59: postamt.outbox.v1.OutboxService.WatchEmails:input_type -> postamt.outbox.v1.WatchEmailsRequest
-	25, // 60: postamt.outbox.v1.OutboxService.ImportEmails:input_type -> postamt.outbox.v1.ImportEmailsRequest
-	27, // 61: postamt.outbox.v1.OutboxService.CreateConnector:input_type -> postamt.outbox.v1.CreateConnectorRequest
-	29, // 62: postamt.outbox.v1.OutboxService.GetConnector:input_type -> postamt.outbox.v1.GetConnectorRequest
-	31, // 63: postamt.outbox.v1.OutboxService.ListConnectors:input_type -> postamt.outbox.v1.ListConnectorsRequest
-	33, // 64: postamt.outbox.v1.OutboxService.UpdateConnector:input_type -> postamt.outbox.v1.UpdateConnectorRequest
-	35, // 65: postamt.outbox.v1.OutboxService.DeleteConnector:input_type -> postamt.outbox.v1.DeleteConnectorRequest
-	37, // 66: postamt.outbox.v1.OutboxService.EnableConnector:input_type -> postamt.outbox.v1.EnableConnectorRequest
-	39, // 67: postamt.outbox.v1.OutboxService.DisableConnector:input_type -> postamt.outbox.v1.DisableConnectorRequest
-	41, // 68: postamt.outbox.v1.OutboxService.GetUserSettings:input_type -> postamt.outbox.v1.GetUserSettingsRequest
-	43, // 69: postamt.outbox.v1.OutboxService.UpdateUserSettings:input_type -> postamt.outbox.v1.UpdateUserSettingsRequest
-	2,  // 70: postamt.outbox.v1.OutboxService.SubmitEmail:output_type -> postamt.outbox.v1.SubmitEmailResponse
-	4,  // 71: postamt.outbox.v1.OutboxService.GetEmail:output_type -> postamt.outbox.v1.GetEmailResponse
-	7,  // 72: postamt.outbox.v1.OutboxService.ListEmails:output_type -> postamt.outbox.v1.ListEmailsResponse
-	10, // 73: postamt.outbox.v1.OutboxService.CountEmails:output_type -> postamt.outbox.v1.CountEmailsResponse
-	15, // 74: postamt.outbox.v1.OutboxService.SendNow:output_type -> postamt.outbox.v1.SendNowResponse
-	17, // 75: postamt.outbox.v1.OutboxService.Cancel:output_type -> postamt.outbox.v1.CancelResponse
-	19, // 76: postamt.outbox.v1.OutboxService.Retry:output_type -> postamt.outbox.v1.RetryResponse
-	21, // 77: postamt.outbox.v1.OutboxService.Reschedule:output_type -> postamt.outbox.v1.RescheduleResponse
-	23, // 78: postamt.outbox.v1.OutboxService.WatchEmails:output_type -> postamt.outbox.v1.WatchEmailsResponse
-	26, // 79: postamt.outbox.v1.OutboxService.ImportEmails:output_type -> postamt.outbox.v1.ImportEmailsResponse
-	28, // 80: postamt.outbox.v1.OutboxService.CreateConnector:output_type -> postamt.outbox.v1.CreateConnectorResponse
-	30, // 81: postamt.outbox.v1.OutboxService.GetConnector:output_type -> postamt.outbox.v1.GetConnectorResponse
-	32, // 82: postamt.outbox.v1.OutboxService.ListConnectors:output_type -> postamt.outbox.v1.ListConnectorsResponse
-	34, // 83: postamt.outbox.v1.OutboxService.UpdateConnector:output_type -> postamt.outbox.v1.UpdateConnectorResponse
-	36, // 84: postamt.outbox.v1.OutboxService.DeleteConnector:output_type -> postamt.outbox.v1.DeleteConnectorResponse
-	38, // 85: postamt.outbox.v1.OutboxService.EnableConnector:output_type -> postamt.outbox.v1.EnableConnectorResponse
-	40, // 86: postamt.outbox.v1.OutboxService.DisableConnector:output_type -> postamt.outbox.v1.DisableConnectorResponse
-	42, // 87: postamt.outbox.v1.OutboxService.GetUserSettings:output_type -> postamt.outbox.v1.GetUserSettingsResponse
-	44, // 88: postamt.outbox.v1.OutboxService.UpdateUserSettings:output_type -> postamt.outbox.v1.UpdateUserSettingsResponse
-	70, // [70:89] is the sub-list for method output_type
-	51, // [51:70] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	54, // 38: postamt.outbox.v1.CreateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
+	54, // 39: postamt.outbox.v1.CreateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	54, // 40: postamt.outbox.v1.GetConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	54, // 41: postamt.outbox.v1.ListConnectorsResponse.connectors:type_name -> postamt.outbox.v1.Connector
+	54, // 42: postamt.outbox.v1.UpdateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
+	55, // 43: postamt.outbox.v1.UpdateConnectorRequest.update_mask:type_name -> google.protobuf.FieldMask
+	54, // 44: postamt.outbox.v1.UpdateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	11, // 45: postamt.outbox.v1.MoveEmailsRequest.selection:type_name -> postamt.outbox.v1.Selection
+	13, // 46: postamt.outbox.v1.MoveEmailsResponse.result:type_name -> postamt.outbox.v1.ActionResult
+	54, // 47: postamt.outbox.v1.EnableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	54, // 48: postamt.outbox.v1.DisableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	56, // 49: postamt.outbox.v1.GetUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
+	56, // 50: postamt.outbox.v1.UpdateUserSettingsRequest.settings:type_name -> postamt.outbox.v1.UserSettings
+	55, // 51: postamt.outbox.v1.UpdateUserSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
+	56, // 52: postamt.outbox.v1.UpdateUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
+	1,  // 53: postamt.outbox.v1.OutboxService.SubmitEmail:input_type -> postamt.outbox.v1.SubmitEmailRequest
+	3,  // 54: postamt.outbox.v1.OutboxService.GetEmail:input_type -> postamt.outbox.v1.GetEmailRequest
+	6,  // 55: postamt.outbox.v1.OutboxService.ListEmails:input_type -> postamt.outbox.v1.ListEmailsRequest
+	8,  // 56: postamt.outbox.v1.OutboxService.CountEmails:input_type -> postamt.outbox.v1.CountEmailsRequest
+	14, // 57: postamt.outbox.v1.OutboxService.SendNow:input_type -> postamt.outbox.v1.SendNowRequest
+	16, // 58: postamt.outbox.v1.OutboxService.Cancel:input_type -> postamt.outbox.v1.CancelRequest
+	18, // 59: postamt.outbox.v1.OutboxService.Retry:input_type -> postamt.outbox.v1.RetryRequest
+	20, // 60: postamt.outbox.v1.OutboxService.Reschedule:input_type -> postamt.outbox.v1.RescheduleRequest
+	22, // 61: postamt.outbox.v1.OutboxService.WatchEmails:input_type -> postamt.outbox.v1.WatchEmailsRequest
+	25, // 62: postamt.outbox.v1.OutboxService.ImportEmails:input_type -> postamt.outbox.v1.ImportEmailsRequest
+	27, // 63: postamt.outbox.v1.OutboxService.CreateConnector:input_type -> postamt.outbox.v1.CreateConnectorRequest
+	29, // 64: postamt.outbox.v1.OutboxService.GetConnector:input_type -> postamt.outbox.v1.GetConnectorRequest
+	31, // 65: postamt.outbox.v1.OutboxService.ListConnectors:input_type -> postamt.outbox.v1.ListConnectorsRequest
+	33, // 66: postamt.outbox.v1.OutboxService.UpdateConnector:input_type -> postamt.outbox.v1.UpdateConnectorRequest
+	35, // 67: postamt.outbox.v1.OutboxService.DeleteConnector:input_type -> postamt.outbox.v1.DeleteConnectorRequest
+	37, // 68: postamt.outbox.v1.OutboxService.MoveEmails:input_type -> postamt.outbox.v1.MoveEmailsRequest
+	39, // 69: postamt.outbox.v1.OutboxService.EnableConnector:input_type -> postamt.outbox.v1.EnableConnectorRequest
+	41, // 70: postamt.outbox.v1.OutboxService.DisableConnector:input_type -> postamt.outbox.v1.DisableConnectorRequest
+	43, // 71: postamt.outbox.v1.OutboxService.GetUserSettings:input_type -> postamt.outbox.v1.GetUserSettingsRequest
+	45, // 72: postamt.outbox.v1.OutboxService.UpdateUserSettings:input_type -> postamt.outbox.v1.UpdateUserSettingsRequest
+	2,  // 73: postamt.outbox.v1.OutboxService.SubmitEmail:output_type -> postamt.outbox.v1.SubmitEmailResponse
+	4,  // 74: postamt.outbox.v1.OutboxService.GetEmail:output_type -> postamt.outbox.v1.GetEmailResponse
+	7,  // 75: postamt.outbox.v1.OutboxService.ListEmails:output_type -> postamt.outbox.v1.ListEmailsResponse
+	10, // 76: postamt.outbox.v1.OutboxService.CountEmails:output_type -> postamt.outbox.v1.CountEmailsResponse
+	15, // 77: postamt.outbox.v1.OutboxService.SendNow:output_type -> postamt.outbox.v1.SendNowResponse
+	17, // 78: postamt.outbox.v1.OutboxService.Cancel:output_type -> postamt.outbox.v1.CancelResponse
+	19, // 79: postamt.outbox.v1.OutboxService.Retry:output_type -> postamt.outbox.v1.RetryResponse
+	21, // 80: postamt.outbox.v1.OutboxService.Reschedule:output_type -> postamt.outbox.v1.RescheduleResponse
+	23, // 81: postamt.outbox.v1.OutboxService.WatchEmails:output_type -> postamt.outbox.v1.WatchEmailsResponse
+	26, // 82: postamt.outbox.v1.OutboxService.ImportEmails:output_type -> postamt.outbox.v1.ImportEmailsResponse
+	28, // 83: postamt.outbox.v1.OutboxService.CreateConnector:output_type -> postamt.outbox.v1.CreateConnectorResponse
+	30, // 84: postamt.outbox.v1.OutboxService.GetConnector:output_type -> postamt.outbox.v1.GetConnectorResponse
+	32, // 85: postamt.outbox.v1.OutboxService.ListConnectors:output_type -> postamt.outbox.v1.ListConnectorsResponse
+	34, // 86: postamt.outbox.v1.OutboxService.UpdateConnector:output_type -> postamt.outbox.v1.UpdateConnectorResponse
+	36, // 87: postamt.outbox.v1.OutboxService.DeleteConnector:output_type -> postamt.outbox.v1.DeleteConnectorResponse
+	38, // 88: postamt.outbox.v1.OutboxService.MoveEmails:output_type -> postamt.outbox.v1.MoveEmailsResponse
+	40, // 89: postamt.outbox.v1.OutboxService.EnableConnector:output_type -> postamt.outbox.v1.EnableConnectorResponse
+	42, // 90: postamt.outbox.v1.OutboxService.DisableConnector:output_type -> postamt.outbox.v1.DisableConnectorResponse
+	44, // 91: postamt.outbox.v1.OutboxService.GetUserSettings:output_type -> postamt.outbox.v1.GetUserSettingsResponse
+	46, // 92: postamt.outbox.v1.OutboxService.UpdateUserSettings:output_type -> postamt.outbox.v1.UpdateUserSettingsResponse
+	73, // [73:93] is the sub-list for method output_type
+	53, // [53:73] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_postamt_outbox_v1_outbox_proto_init() }
@@ -2938,7 +3075,7 @@ func file_postamt_outbox_v1_outbox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postamt_outbox_v1_outbox_proto_rawDesc), len(file_postamt_outbox_v1_outbox_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   44,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	OutboxService_ListConnectors_FullMethodName     = "/postamt.outbox.v1.OutboxService/ListConnectors"
 	OutboxService_UpdateConnector_FullMethodName    = "/postamt.outbox.v1.OutboxService/UpdateConnector"
 	OutboxService_DeleteConnector_FullMethodName    = "/postamt.outbox.v1.OutboxService/DeleteConnector"
+	OutboxService_MoveEmails_FullMethodName         = "/postamt.outbox.v1.OutboxService/MoveEmails"
 	OutboxService_EnableConnector_FullMethodName    = "/postamt.outbox.v1.OutboxService/EnableConnector"
 	OutboxService_DisableConnector_FullMethodName   = "/postamt.outbox.v1.OutboxService/DisableConnector"
 	OutboxService_GetUserSettings_FullMethodName    = "/postamt.outbox.v1.OutboxService/GetUserSettings"
@@ -88,6 +89,10 @@ type OutboxServiceClient interface {
 	UpdateConnector(ctx context.Context, in *UpdateConnectorRequest, opts ...grpc.CallOption) (*UpdateConnectorResponse, error)
 	// Deletes a connector. Admins only. FAILED_PRECONDITION while mail that is not final uses it.
 	DeleteConnector(ctx context.Context, in *DeleteConnectorRequest, opts ...grpc.CallOption) (*DeleteConnectorResponse, error)
+	// Moves emails that are not final and not being sent to another connector of the tenant, e.g.
+	// before a relay is retired. Admins only. The moved mail keeps its status, due time and
+	// attempts; mail in CONNECTOR_DISABLED moved to an enabled connector is queued.
+	MoveEmails(ctx context.Context, in *MoveEmailsRequest, opts ...grpc.CallOption) (*MoveEmailsResponse, error)
 	// Enables a connector: its CONNECTOR_DISABLED mail is queued again. Admins only.
 	EnableConnector(ctx context.Context, in *EnableConnectorRequest, opts ...grpc.CallOption) (*EnableConnectorResponse, error)
 	// Disables a connector: due mail waits in CONNECTOR_DISABLED without consuming attempts.
@@ -267,6 +272,16 @@ func (c *outboxServiceClient) DeleteConnector(ctx context.Context, in *DeleteCon
 	return out, nil
 }
 
+func (c *outboxServiceClient) MoveEmails(ctx context.Context, in *MoveEmailsRequest, opts ...grpc.CallOption) (*MoveEmailsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveEmailsResponse)
+	err := c.cc.Invoke(ctx, OutboxService_MoveEmails_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *outboxServiceClient) EnableConnector(ctx context.Context, in *EnableConnectorRequest, opts ...grpc.CallOption) (*EnableConnectorResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(EnableConnectorResponse)
@@ -355,6 +370,10 @@ type OutboxServiceServer interface {
 	UpdateConnector(context.Context, *UpdateConnectorRequest) (*UpdateConnectorResponse, error)
 	// Deletes a connector. Admins only. FAILED_PRECONDITION while mail that is not final uses it.
 	DeleteConnector(context.Context, *DeleteConnectorRequest) (*DeleteConnectorResponse, error)
+	// Moves emails that are not final and not being sent to another connector of the tenant, e.g.
+	// before a relay is retired. Admins only. The moved mail keeps its status, due time and
+	// attempts; mail in CONNECTOR_DISABLED moved to an enabled connector is queued.
+	MoveEmails(context.Context, *MoveEmailsRequest) (*MoveEmailsResponse, error)
 	// Enables a connector: its CONNECTOR_DISABLED mail is queued again. Admins only.
 	EnableConnector(context.Context, *EnableConnectorRequest) (*EnableConnectorResponse, error)
 	// Disables a connector: due mail waits in CONNECTOR_DISABLED without consuming attempts.
@@ -419,6 +438,9 @@ func (UnimplementedOutboxServiceServer) UpdateConnector(context.Context, *Update
 }
 func (UnimplementedOutboxServiceServer) DeleteConnector(context.Context, *DeleteConnectorRequest) (*DeleteConnectorResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteConnector not implemented")
+}
+func (UnimplementedOutboxServiceServer) MoveEmails(context.Context, *MoveEmailsRequest) (*MoveEmailsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveEmails not implemented")
 }
 func (UnimplementedOutboxServiceServer) EnableConnector(context.Context, *EnableConnectorRequest) (*EnableConnectorResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EnableConnector not implemented")
@@ -716,6 +738,24 @@ func _OutboxService_DeleteConnector_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OutboxService_MoveEmails_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveEmailsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OutboxServiceServer).MoveEmails(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OutboxService_MoveEmails_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OutboxServiceServer).MoveEmails(ctx, req.(*MoveEmailsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OutboxService_EnableConnector_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(EnableConnectorRequest)
 	if err := dec(in); err != nil {
@@ -850,6 +890,10 @@ var OutboxService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteConnector",
 			Handler:    _OutboxService_DeleteConnector_Handler,
+		},
+		{
+			MethodName: "MoveEmails",
+			Handler:    _OutboxService_MoveEmails_Handler,
 		},
 		{
 			MethodName: "EnableConnector",

@@ -283,7 +283,7 @@ func (AttemptOutcome) EnumDescriptor() ([]byte, []int) {
 type TlsMode int32
 
 const (
-	// Not set; rejected.
+	// Not set: STARTTLS on create; an update that names tls_mode must give one.
 	TlsMode_TLS_MODE_UNSPECIFIED TlsMode = 0
 	// Plain text: only for relays on a trusted network (and the development mail catcher).
 	TlsMode_TLS_MODE_NONE TlsMode = 1
@@ -454,7 +454,8 @@ const (
 	View_VIEW_UNSPECIFIED View = 0
 	// Mail the caller sent.
 	View_VIEW_MINE View = 1
-	// Mail of the caller's teams' members and of work items the caller's teams work on.
+	// Mail of the caller's teams' members and of work items the caller's teams work on. Teams are
+	// mailbox's (members and leads); a token's teams claim can only narrow them.
 	View_VIEW_TEAM View = 2
 	// System-generated mail the caller has access to.
 	View_VIEW_SYSTEM View = 3
@@ -779,9 +780,13 @@ type Attempt struct {
 	// The enhanced status code, e.g. "4.3.0", when the relay sent one.
 	EnhancedCode string `protobuf:"bytes,7,opt,name=enhanced_code,json=enhancedCode,proto3" json:"enhanced_code,omitempty"`
 	// The reply text or the error, as the person in the outbox reads it.
-	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Message string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	// Whether a person started the attempt (Retry, Send now) rather than the retry pattern.
+	Manual bool `protobuf:"varint,9,opt,name=manual,proto3" json:"manual,omitempty"`
+	// Who started it when manual is set; "service:<name>" for a service caller.
+	TriggeredByUserId string `protobuf:"bytes,10,opt,name=triggered_by_user_id,json=triggeredByUserId,proto3" json:"triggered_by_user_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Attempt) Reset() {
@@ -870,6 +875,20 @@ func (x *Attempt) GetMessage() string {
 	return ""
 }
 
+func (x *Attempt) GetManual() bool {
+	if x != nil {
+		return x.Manual
+	}
+	return false
+}
+
+func (x *Attempt) GetTriggeredByUserId() string {
+	if x != nil {
+		return x.TriggeredByUserId
+	}
+	return ""
+}
+
 // Email is one email in the outbox, with everything the outbox page shows.
 type Email struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -887,7 +906,8 @@ type Email struct {
 	To []string `protobuf:"bytes,6,rep,name=to,proto3" json:"to,omitempty"`
 	// Cc recipients.
 	Cc []string `protobuf:"bytes,7,rep,name=cc,proto3" json:"cc,omitempty"`
-	// Bcc recipients; shown only to the sender and admins.
+	// Bcc recipients; returned only to the sender (sender_user_id), admins and service callers,
+	// and empty for everyone else in every RPC (and not matched by their text filters).
 	Bcc []string `protobuf:"bytes,8,rep,name=bcc,proto3" json:"bcc,omitempty"`
 	// Subject as sent: with the tracking token when one was appended (regarding_record_id).
 	Subject string `protobuf:"bytes,9,opt,name=subject,proto3" json:"subject,omitempty"`
@@ -925,9 +945,10 @@ type Email struct {
 	LastError string `protobuf:"bytes,25,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// When it first failed ("logged" in the outbox page).
 	FirstFailureTime *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=first_failure_time,json=firstFailureTime,proto3" json:"first_failure_time,omitempty"`
-	// Attempts made so far.
+	// Attempts made so far, automatic and manual, over the email's whole life.
 	AttemptCount int32 `protobuf:"varint,27,opt,name=attempt_count,json=attemptCount,proto3" json:"attempt_count,omitempty"`
-	// Attempts allowed by the connector at the time of the last attempt.
+	// Attempts allowed by the connector at the time of the last attempt; counted against
+	// attempts_since_retry, not attempt_count ("2 of 5", then "+ 1 manual retry").
 	MaxAttempts int32 `protobuf:"varint,28,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// Every attempt, oldest first; only in GetEmail.
 	Attempts []*Attempt `protobuf:"bytes,29,rep,name=attempts,proto3" json:"attempts,omitempty"`
@@ -944,8 +965,24 @@ type Email struct {
 	// The CRM record it is regarding, as submitted; the subject then carries its tracking token
 	// when the tenant has tokens in subjects on.
 	RegardingRecordId string `protobuf:"bytes,35,opt,name=regarding_record_id,json=regardingRecordId,proto3" json:"regarding_record_id,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The last attempt ended in the RFC 1047 window (the connection was lost after the final "."
+	// and before the relay's reply) and the connector's UNKNOWN_OUTCOME_POLICY_HOLD held it FAILED:
+	// the recipients may have it. A bulk Retry by filter leaves such mail out unless
+	// RetryRequest.include_may_have_been_sent is set. Cleared by a retry.
+	MayHaveBeenSent bool `protobuf:"varint,36,opt,name=may_have_been_sent,json=mayHaveBeenSent,proto3" json:"may_have_been_sent,omitempty"`
+	// The connector's display name, as the list shows it; empty when the connector is gone.
+	ConnectorDisplayName string `protobuf:"bytes,37,opt,name=connector_display_name,json=connectorDisplayName,proto3" json:"connector_display_name,omitempty"`
+	// Whether the last attempt (or, while one waits, the next) was started by a person: a Retry or
+	// Send now, not the retry pattern.
+	LastAttemptManual bool `protobuf:"varint,38,opt,name=last_attempt_manual,json=lastAttemptManual,proto3" json:"last_attempt_manual,omitempty"`
+	// Who started it when last_attempt_manual is set; "service:<name>" for a service caller.
+	LastAttemptByUserId string `protobuf:"bytes,39,opt,name=last_attempt_by_user_id,json=lastAttemptByUserId,proto3" json:"last_attempt_by_user_id,omitempty"`
+	// Attempts since the last manual Retry: the retry pattern and max_attempts apply to these.
+	AttemptsSinceRetry int32 `protobuf:"varint,40,opt,name=attempts_since_retry,json=attemptsSinceRetry,proto3" json:"attempts_since_retry,omitempty"`
+	// How many times a person retried the email.
+	ManualRetryCount int32 `protobuf:"varint,41,opt,name=manual_retry_count,json=manualRetryCount,proto3" json:"manual_retry_count,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Email) Reset() {
@@ -1223,6 +1260,48 @@ func (x *Email) GetRegardingRecordId() string {
 	return ""
 }
 
+func (x *Email) GetMayHaveBeenSent() bool {
+	if x != nil {
+		return x.MayHaveBeenSent
+	}
+	return false
+}
+
+func (x *Email) GetConnectorDisplayName() string {
+	if x != nil {
+		return x.ConnectorDisplayName
+	}
+	return ""
+}
+
+func (x *Email) GetLastAttemptManual() bool {
+	if x != nil {
+		return x.LastAttemptManual
+	}
+	return false
+}
+
+func (x *Email) GetLastAttemptByUserId() string {
+	if x != nil {
+		return x.LastAttemptByUserId
+	}
+	return ""
+}
+
+func (x *Email) GetAttemptsSinceRetry() int32 {
+	if x != nil {
+		return x.AttemptsSinceRetry
+	}
+	return 0
+}
+
+func (x *Email) GetManualRetryCount() int32 {
+	if x != nil {
+		return x.ManualRetryCount
+	}
+	return 0
+}
+
 // Connector is a named SMTP relay mail leaves through.
 type Connector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1246,11 +1325,13 @@ type Connector struct {
 	// Delays between automatic attempts, e.g. [1m, 5m, 15m, 1h, 4h]; the last repeats while
 	// attempts remain.
 	RetryPattern []*durationpb.Duration `protobuf:"bytes,9,rep,name=retry_pattern,json=retryPattern,proto3" json:"retry_pattern,omitempty"`
-	// Attempts before mail is FAILED, the first included.
+	// Attempts before mail is FAILED, the first included, 1-50; 0 means one more than the retry
+	// pattern's delays (every delay used once).
 	MaxAttempts int32 `protobuf:"varint,10,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// Whether mail may leave through it. Disabled connectors hold their due mail in
-	// CONNECTOR_DISABLED without consuming attempts.
-	Enabled bool `protobuf:"varint,11,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// CONNECTOR_DISABLED without consuming attempts. Unset on create means enabled; change it
+	// later with EnableConnector and DisableConnector.
+	Enabled *bool `protobuf:"varint,11,opt,name=enabled,proto3,oneof" json:"enabled,omitempty"`
 	// What to do with mail caught between the final "." and the reply.
 	UnknownOutcomePolicy UnknownOutcomePolicy `protobuf:"varint,12,opt,name=unknown_outcome_policy,json=unknownOutcomePolicy,proto3,enum=postamt.outbox.v1.UnknownOutcomePolicy" json:"unknown_outcome_policy,omitempty"`
 	// Largest message accepted for this connector; 0 means the service default (25 MiB).
@@ -1368,8 +1449,8 @@ func (x *Connector) GetMaxAttempts() int32 {
 }
 
 func (x *Connector) GetEnabled() bool {
-	if x != nil {
-		return x.Enabled
+	if x != nil && x.Enabled != nil {
+		return *x.Enabled
 	}
 	return false
 }
@@ -1525,7 +1606,7 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\x12\x1d\n" +
 	"\n" +
-	"content_id\x18\x05 \x01(\tR\tcontentId\"\xcf\x02\n" +
+	"content_id\x18\x05 \x01(\tR\tcontentId\"\x98\x03\n" +
 	"\aAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x05R\x06number\x129\n" +
 	"\n" +
@@ -1535,7 +1616,10 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\x0e2!.postamt.outbox.v1.AttemptOutcomeR\aoutcome\x12\x1b\n" +
 	"\tsmtp_code\x18\x06 \x01(\x05R\bsmtpCode\x12#\n" +
 	"\renhanced_code\x18\a \x01(\tR\fenhancedCode\x12\x18\n" +
-	"\amessage\x18\b \x01(\tR\amessage\"\xe5\v\n" +
+	"\amessage\x18\b \x01(\tR\amessage\x12\x16\n" +
+	"\x06manual\x18\t \x01(\bR\x06manual\x12/\n" +
+	"\x14triggered_by_user_id\x18\n" +
+	" \x01(\tR\x11triggeredByUserId\"\x8e\x0e\n" +
 	"\x05Email\x12\x19\n" +
 	"\bemail_id\x18\x01 \x01(\tR\aemailId\x12$\n" +
 	"\x0esender_user_id\x18\x02 \x01(\tR\fsenderUserId\x12\x1d\n" +
@@ -1578,7 +1662,13 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18! \x01(\x03R\tsizeBytes\x12\x18\n" +
 	"\aversion\x18\" \x01(\x03R\aversion\x12.\n" +
-	"\x13regarding_record_id\x18# \x01(\tR\x11regardingRecordId\"\xed\x05\n" +
+	"\x13regarding_record_id\x18# \x01(\tR\x11regardingRecordId\x12+\n" +
+	"\x12may_have_been_sent\x18$ \x01(\bR\x0fmayHaveBeenSent\x124\n" +
+	"\x16connector_display_name\x18% \x01(\tR\x14connectorDisplayName\x12.\n" +
+	"\x13last_attempt_manual\x18& \x01(\bR\x11lastAttemptManual\x124\n" +
+	"\x17last_attempt_by_user_id\x18' \x01(\tR\x13lastAttemptByUserId\x120\n" +
+	"\x14attempts_since_retry\x18( \x01(\x05R\x12attemptsSinceRetry\x12,\n" +
+	"\x12manual_retry_count\x18) \x01(\x05R\x10manualRetryCount\"\xfe\x05\n" +
 	"\tConnector\x12!\n" +
 	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -1591,8 +1681,8 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"secret_ref\x18\b \x01(\tR\tsecretRef\x12>\n" +
 	"\rretry_pattern\x18\t \x03(\v2\x19.google.protobuf.DurationR\fretryPattern\x12!\n" +
 	"\fmax_attempts\x18\n" +
-	" \x01(\x05R\vmaxAttempts\x12\x18\n" +
-	"\aenabled\x18\v \x01(\bR\aenabled\x12]\n" +
+	" \x01(\x05R\vmaxAttempts\x12\x1d\n" +
+	"\aenabled\x18\v \x01(\bH\x00R\aenabled\x88\x01\x01\x12]\n" +
 	"\x16unknown_outcome_policy\x18\f \x01(\x0e2'.postamt.outbox.v1.UnknownOutcomePolicyR\x14unknownOutcomePolicy\x12*\n" +
 	"\x11max_message_bytes\x18\r \x01(\x03R\x0fmaxMessageBytes\x12\x1b\n" +
 	"\tpool_size\x18\x0e \x01(\x05R\bpoolSize\x12\x18\n" +
@@ -1600,7 +1690,9 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x98\x02\n" +
+	"updateTimeB\n" +
+	"\n" +
+	"\b_enabled\"\x98\x02\n" +
 	"\fUserSettings\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x128\n" +
 	"\n" +
@@ -1748,6 +1840,7 @@ func file_postamt_outbox_v1_resources_proto_init() {
 		return
 	}
 	file_postamt_outbox_v1_events_proto_init()
+	file_postamt_outbox_v1_resources_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
