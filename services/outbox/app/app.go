@@ -183,7 +183,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	svc := service.New(ledger, redisstore.NewSettings(deps.Redis), dir, a.registry.Exists, service.Options{
 		Limits: limits, DefaultUndoDelay: cfg.DefaultUndoDelay, MaxUndoDelay: cfg.MaxUndoDelay,
 		DefaultConnector: cfg.DefaultConnector, Now: deps.Now, MaxFilterScan: cfg.MaxFilterScan, MaxSelection: cfg.MaxSelection,
-		Tokens: tokens,
+		Tokens: tokens, ConnectorName: a.registry.DisplayName,
 	})
 	admin := service.NewConnectorAdmin(connStore, ledger, svc, a.registry, deps.Now)
 	handler := grpcapi.New(svc, admin, service.NewWatcher(deps.JS, svc))
@@ -220,6 +220,10 @@ func New(cfg Config, deps Deps) (*App, error) {
 		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,
 		Outcomes: outcomes, Events: events, Batch: cfg.ClaimBatch, Lease: cfg.Lease, ClaimAhead: cfg.ClaimAhead,
 		StopTimeout: cfg.StopTimeout, Redis: deps.Redis,
+		Claimed: func(tenant string, ids []string) {
+			// Best effort: a watcher that misses it sees the email's next state.
+			_ = deps.JS.Conn().Publish(wire.SubjectClaimed, wire.EncodeClaimed(tenant, ids))
+		},
 	}
 	if deps.Metrics != nil {
 		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {

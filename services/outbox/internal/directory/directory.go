@@ -1,5 +1,6 @@
 // Package directory asks the mailbox service what the outbox needs to know about people: may a
-// user send from an address, which mailboxes' mail they see, whether they lead a team. It calls
+// user send from an address, which mailboxes' mail they see, which teams they are in and whether
+// they lead one. It calls
 // mailbox over gRPC with the outbox's service credentials, acting within the request's tenant.
 //
 // Answers are cached: the send right is asked on every submit, a user's mailboxes and team
@@ -32,8 +33,8 @@ type Client struct {
 	cache *tenantcache.Cache[cached]
 }
 
-// cached is one answer: a send right (keys "s\x00user\x00address") or a user's mailboxes and
-// team leadership (keys "u\x00user"), in one cache so that an event of the tenant drops both.
+// cached is one answer: a send right (keys "s\x00user\x00address") or a user's mailboxes, teams
+// and team leadership (keys "u\x00user"), in one cache so that an event of the tenant drops both.
 type cached struct {
 	right service.SendRight
 	user  entry
@@ -41,6 +42,7 @@ type cached struct {
 
 type entry struct {
 	mailboxes []string
+	teams     []string // member or lead, sorted
 	lead      bool
 }
 
@@ -87,6 +89,12 @@ func (c *Client) Mailboxes(ctx context.Context, tenant, user string) ([]string, 
 	return e.mailboxes, err
 }
 
+// Teams implements service.Directory: the teams the user is a member or a lead of.
+func (c *Client) Teams(ctx context.Context, tenant, user string) ([]string, error) {
+	e, err := c.lookup(ctx, tenant, user)
+	return e.teams, err
+}
+
 // LeadsTeam implements service.Directory.
 func (c *Client) LeadsTeam(ctx context.Context, tenant, user string) (bool, error) {
 	e, err := c.lookup(ctx, tenant, user)
@@ -118,15 +126,17 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 			return entry{}, fmt.Errorf("mailbox ListTeams: %w", err)
 		}
 		for _, t := range teams.GetTeams() {
-			if slices.Contains(t.GetLeadUserIds(), user) {
-				e.lead = true
+			lead := slices.Contains(t.GetLeadUserIds(), user)
+			if lead || slices.Contains(t.GetMemberUserIds(), user) {
+				e.teams = append(e.teams, t.GetTeamId())
 			}
+			e.lead = e.lead || lead
 		}
-		tok = teams.GetNextPageToken()
-		if tok == "" || e.lead {
+		if tok = teams.GetNextPageToken(); tok == "" {
 			break
 		}
 	}
+	slices.Sort(e.teams)
 	c.cache.Put(tenant, k, cached{user: e})
 	return e, nil
 }

@@ -76,6 +76,9 @@ type Dispatcher struct {
 	// relay's answer or unknown). Their results then get 10 seconds more to be recorded. 0 means
 	// 60 seconds.
 	StopTimeout time.Duration
+	// Claimed, when set, is told the ids of every batch a lane claims (now SENDING), for live
+	// watchers; it must not block.
+	Claimed func(tenant string, ids []string)
 	// Redis, when set, carries wake-ups from every replica's submits (redisstore.WakeChannel);
 	// without it only Wake calls in this process cut a sleep short.
 	Redis redis.UniversalClient

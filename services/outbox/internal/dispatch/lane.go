@@ -294,6 +294,13 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 			l.mu.Unlock()
 		}
 	}
+	if d.Claimed != nil && len(res.Emails) > 0 {
+		ids := make([]string, len(res.Emails))
+		for i := range res.Emails {
+			ids[i] = res.Emails[i].ID
+		}
+		d.Claimed(l.key.Tenant, ids)
+	}
 	claims := make([]*claim, 0, len(res.Emails))
 	var notes []redisstore.Applied
 	var noted []*claim
@@ -348,6 +355,7 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time, maxAttempts int) (redi
 	attempt := &outboxv1.Attempt{
 		Number: int32(c.e.Attempts + 1), EndTime: wire.Timestamp(now),
 		ConnectorId: c.e.Connector, Outcome: outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN, Message: msg,
+		Manual: c.e.Trigger != "", TriggeredByUserId: c.e.Trigger,
 	}
 	b, err := proto.Marshal(attempt)
 	if err != nil {
@@ -510,6 +518,7 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 	change := redisstore.Change{
 		Status: decision.Status, At: end, Fenced: true,
 		CountAttempt: decision.ConsumesAttempt, Attempted: decision.ConsumesAttempt, MaxAttempts: policy.MaxAttempts,
+		MayHaveBeenSent: decision.MayHaveBeenSent,
 	}
 	if res.Outcome != outbox.OutcomeSent {
 		change.Error = res.Message
@@ -532,7 +541,7 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 		attempt = &outboxv1.Attempt{
 			Number: int32(e.Attempts + 1), StartTime: wire.Timestamp(start), EndTime: wire.Timestamp(end),
 			ConnectorId: e.Connector, Outcome: attemptOutcome(res.Outcome), SmtpCode: int32(res.Code),
-			EnhancedCode: res.Enhanced, Message: message,
+			EnhancedCode: res.Enhanced, Message: message, Manual: e.Trigger != "", TriggeredByUserId: e.Trigger,
 		}
 		b, err := proto.Marshal(attempt)
 		if err != nil {

@@ -5,13 +5,11 @@ package grpcapi
 
 import (
 	"context"
-	"time"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/service"
-	"github.com/postamt/postamt/services/outbox/internal/wire"
 )
 
 // Handler serves postamt.outbox.v1.OutboxService.
@@ -54,7 +52,7 @@ func (h *Handler) SubmitEmail(ctx context.Context, req *outboxv1.SubmitEmailRequ
 	if err != nil {
 		return nil, err
 	}
-	e, err := wire.Email(rec)
+	e, err := h.svc.Present(p, rec)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +92,7 @@ func (h *Handler) CountEmails(ctx context.Context, req *outboxv1.CountEmailsRequ
 
 // SendNow implements OutboxServiceServer.
 func (h *Handler) SendNow(ctx context.Context, req *outboxv1.SendNowRequest) (*outboxv1.SendNowResponse, error) {
-	r, err := h.act(ctx, service.ActionSendNow, req.GetSelection(), nil)
+	r, err := h.act(ctx, service.ActionSendNow, req.GetSelection(), service.ActOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +101,7 @@ func (h *Handler) SendNow(ctx context.Context, req *outboxv1.SendNowRequest) (*o
 
 // Cancel implements OutboxServiceServer.
 func (h *Handler) Cancel(ctx context.Context, req *outboxv1.CancelRequest) (*outboxv1.CancelResponse, error) {
-	r, err := h.act(ctx, service.ActionCancel, req.GetSelection(), nil)
+	r, err := h.act(ctx, service.ActionCancel, req.GetSelection(), service.ActOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +110,7 @@ func (h *Handler) Cancel(ctx context.Context, req *outboxv1.CancelRequest) (*out
 
 // Retry implements OutboxServiceServer.
 func (h *Handler) Retry(ctx context.Context, req *outboxv1.RetryRequest) (*outboxv1.RetryResponse, error) {
-	r, err := h.act(ctx, service.ActionRetry, req.GetSelection(), nil)
+	r, err := h.act(ctx, service.ActionRetry, req.GetSelection(), service.ActOptions{IncludeMayHaveBeenSent: req.GetIncludeMayHaveBeenSent()})
 	if err != nil {
 		return nil, err
 	}
@@ -124,23 +122,19 @@ func (h *Handler) Reschedule(ctx context.Context, req *outboxv1.RescheduleReques
 	if req.GetSendAt() == nil {
 		return nil, errs.Invalid("send_at", "is required")
 	}
-	r, err := h.act(ctx, service.ActionReschedule, req.GetSelection(), req.GetSendAt())
+	r, err := h.act(ctx, service.ActionReschedule, req.GetSelection(), service.ActOptions{SendAt: req.GetSendAt().AsTime()})
 	if err != nil {
 		return nil, err
 	}
 	return &outboxv1.RescheduleResponse{Result: r}, nil
 }
 
-func (h *Handler) act(ctx context.Context, a service.Action, sel *outboxv1.Selection, sendAt interface{ AsTime() time.Time }) (*outboxv1.ActionResult, error) {
+func (h *Handler) act(ctx context.Context, a service.Action, sel *outboxv1.Selection, o service.ActOptions) (*outboxv1.ActionResult, error) {
 	p, err := principal(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var at time.Time
-	if sendAt != nil {
-		at = sendAt.AsTime()
-	}
-	return h.svc.Act(ctx, p, a, sel, at)
+	return h.svc.Act(ctx, p, a, sel, o)
 }
 
 // ImportEmails implements OutboxServiceServer.

@@ -153,7 +153,7 @@ return {out, best}
 `)
 
 // claimFields are the record fields ClaimLane reads of its candidates and hands to the worker.
-var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "ik", "maxa", "ff", "rb", "sa", "sb"}
+var claimFields = []string{"status", "priority", "version", "bk", "tenant", "attempts", "connector", "imported", "from", "ik", "maxa", "ff", "rb", "sa", "sb", "mt", "mr", "lb", "mh"}
 
 // Claimed is what ClaimLane took: the emails, each with its body, and per partition looked at
 // the lane's earliest due time there afterwards (zero: none), which tells the dispatcher whether

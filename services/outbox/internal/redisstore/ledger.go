@@ -198,6 +198,16 @@ type Email struct {
 	// holds from the submit (which never changes).
 	SendAt      time.Time
 	ScheduledBy string
+	// MayHaveBeenSent marks mail held FAILED after an attempt that ended in the RFC 1047 window:
+	// the relay may have it. A retry clears it.
+	MayHaveBeenSent bool
+	// Trigger is who queued the next attempt by hand (Retry, Send now); the attempt that follows
+	// is theirs and moves it to LastBy. Empty while the retry pattern schedules.
+	Trigger string
+	// LastBy is who started the last attempt by hand; empty when the retry pattern did.
+	LastBy string
+	// ManualRetries counts the person's retries of the email.
+	ManualRetries int
 }
 
 // Bucket names of the view indexes. An email is listed under BucketAll and under each bucket
@@ -491,7 +501,8 @@ func claimedRecord(id string, v []any) (Email, error) {
 		ID: id, Status: outbox.Status(n(0)), Priority: int(n(1)), Version: n(2), Tenant: s(4),
 		Attempts: int(n(5)), Connector: s(6), Imported: s(7) == "1", From: s(8), IdemKey: s(9),
 		MaxAttempts: int(n(10)), FirstFailure: msTime(s(11)), RetryBase: int(n(12)),
-		SendAt: msTime(s(13)), ScheduledBy: s(14),
+		SendAt: msTime(s(13)), ScheduledBy: s(14), Trigger: s(15), ManualRetries: int(n(16)),
+		LastBy: s(17), MayHaveBeenSent: s(18) == "1",
 	}
 	if b := s(3); b != "" {
 		e.Buckets = strings.Split(b, ",")
@@ -531,7 +542,8 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 // status, ARGV[5] n, ARGV[6] id, ARGV[7] due ms or "" (leaves the due index), ARGV[8] index
 // score, ARGV[9] history entry or "", ARGV[10] retention ms or "" (final: the record, body,
 // history, static part and idempotency key expire then), ARGV[11] "add"/"rem"/"" for the disabled set,
-// ARGV[12] attempts: "inc", "reset" or "", ARGV[13..18] event envelope (ARGV[13] "": no event,
+// ARGV[12] attempts: "inc", "reset" (a manual retry: the pattern starts again at the current
+// count, and the manual retries count one more) or "", ARGV[13..18] event envelope (ARGV[13] "": no event,
 // for a claim handed back, which announced nothing either), ARGV[19] lane member, ARGV[20]
 // partition, ARGV[21..] field/value pairs to set.
 // Returns the new version; 0 when the version or fence does not match (nothing written); -1 when
@@ -546,7 +558,10 @@ if cur[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and cur[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'version', ARGV[3], 'sc', ARGV[8], 'due', ARGV[7])
 if ARGV[12] == 'inc' then redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-elseif ARGV[12] == 'reset' then redis.call('HSET', KEYS[1], 'rb', redis.call('HGET', KEYS[1], 'attempts') or 0) end
+elseif ARGV[12] == 'reset' then
+  redis.call('HSET', KEYS[1], 'rb', redis.call('HGET', KEYS[1], 'attempts') or 0)
+  redis.call('HINCRBY', KEYS[1], 'mr', 1)
+end
 if #ARGV >= 21 then redis.call('HSET', KEYS[1], unpack(ARGV, 21)) end
 if ARGV[9] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[9]) end
 redis.call('ZREM', KEYS[10], ARGV[6])
@@ -597,6 +612,13 @@ type Change struct {
 	// SendAt and ScheduledBy, when set, record a reschedule: the new send time and who set it.
 	SendAt      time.Time
 	ScheduledBy string
+	// MayHaveBeenSent, with Attempted, marks the attempt's result as possibly delivered (RFC
+	// 1047 window, held FAILED). Every recorded attempt sets the mark anew and a manual retry
+	// clears it.
+	MayHaveBeenSent bool
+	// TriggeredBy, when set, is the person whose action queues the next attempt (Retry, Send
+	// now); an Attempted change makes the email's trigger its last attempt's (Email.LastBy).
+	TriggeredBy string
 }
 
 // Apply makes change c to e, which the caller read (Get) or claimed (ClaimLane) at e.Version;
@@ -727,9 +749,29 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 		next.CancelTime = c.At
 		set = append(set, "ct", ms(c.At))
 	}
+	if c.ResetAttempts && e.MayHaveBeenSent {
+		next.MayHaveBeenSent = false
+		set = append(set, "mh", "")
+	}
+	if c.ResetAttempts {
+		next.ManualRetries++
+	}
 	if c.Attempted {
 		next.LastAttempt, next.MaxAttempts = c.At, c.MaxAttempts
+		next.MayHaveBeenSent, next.LastBy, next.Trigger = c.MayHaveBeenSent, e.Trigger, ""
 		set = append(set, "la", ms(c.At), "maxa", c.MaxAttempts)
+		// The marks are written only when they change: most mail never has them, and every
+		// field costs memory in every record (P8).
+		if c.MayHaveBeenSent != e.MayHaveBeenSent {
+			set = append(set, "mh", boolField(c.MayHaveBeenSent))
+		}
+		if e.Trigger != "" || e.LastBy != "" {
+			set = append(set, "lb", e.Trigger, "mt", "")
+		}
+	}
+	if c.TriggeredBy != "" {
+		next.Trigger = c.TriggeredBy
+		set = append(set, "mt", c.TriggeredBy)
 	}
 	if !c.SendAt.IsZero() {
 		next.SendAt, next.ScheduledBy = c.SendAt, c.ScheduledBy
@@ -789,6 +831,7 @@ func parseRecord(h map[string]string, static string) (*Email, error) {
 		IdemKey: h["ik"], LastError: h["le"], LastAttempt: msTime(h["la"]),
 		FirstFailure: msTime(h["ff"]), SentTime: msTime(h["st"]), CancelTime: msTime(h["ct"]),
 		MaxAttempts: int(n("maxa")), RetryBase: int(n("rb")), SendAt: msTime(h["sa"]), ScheduledBy: h["sb"],
+		MayHaveBeenSent: h["mh"] == "1", Trigger: h["mt"], LastBy: h["lb"], ManualRetries: int(n("mr")),
 	}
 	if b := h["bk"]; b != "" {
 		e.Buckets = strings.Split(b, ",")

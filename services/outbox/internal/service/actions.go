@@ -33,12 +33,22 @@ const maxSelectionIDs = 1000
 // maxFailuresListed bounds the per-email failures one answer lists.
 const maxFailuresListed = 1000
 
+// ActOptions are an action's arguments beyond the selection.
+type ActOptions struct {
+	// SendAt is Reschedule's new send time.
+	SendAt time.Time
+	// IncludeMayHaveBeenSent lets Retry send mail that may have been sent (RFC 1047 window)
+	// again; without it such mail is refused per email, so a bulk retry never sends a second
+	// copy nobody asked for.
+	IncludeMayHaveBeenSent bool
+}
+
 // Act applies an action to the selected emails, each checked against the caller's access and
 // its own status; one email's refusal does not stop the others. A selection by filter is read
 // first (at most MaxSelection emails) and then changed in batches, so emails the action moves
 // within the view are not met twice.
-func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outboxv1.Selection, sendAt time.Time) (*outboxv1.ActionResult, error) {
-	now := s.opts.Now()
+func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outboxv1.Selection, o ActOptions) (*outboxv1.ActionResult, error) {
+	now, sendAt := s.opts.Now(), o.SendAt
 	if a == ActionReschedule {
 		l := s.opts.Limits
 		switch {
@@ -73,7 +83,7 @@ func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outb
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		err := s.actOne(ctx, p, a, id, now, sendAt)
+		err := s.actOne(ctx, p, a, id, now, o)
 		if err == nil {
 			res.Succeeded++
 			continue
@@ -141,18 +151,25 @@ func (s *Service) selectByFilter(ctx context.Context, p auth.Principal, view out
 
 // actOne changes one email, reading it again when it changed concurrently (a worker's claim, a
 // colleague's action); after three such races it reports the conflict.
-func (s *Service) actOne(ctx context.Context, p auth.Principal, a Action, id string, now, sendAt time.Time) error {
+func (s *Service) actOne(ctx context.Context, p auth.Principal, a Action, id string, now time.Time, o ActOptions) error {
 	for range 3 {
 		e, err := s.read(ctx, p, id)
 		if err != nil {
 			return err
 		}
-		c, err := change(a, e, now, sendAt)
+		if a == ActionRetry && e.MayHaveBeenSent && !o.IncludeMayHaveBeenSent {
+			return errs.FailedPrecondition("MAY_HAVE_BEEN_SENT", "the connection to the relay was lost after the message was handed over (RFC 1047), so the recipients may have it already; "+
+				"retrying sends it again with the same Message-ID and they may get it twice: retry with include_may_have_been_sent to do so")
+		}
+		c, err := change(a, e, now, o.SendAt)
 		if err != nil {
 			return err
 		}
-		if a == ActionReschedule {
-			c.SendAt, c.ScheduledBy = sendAt, principalUser(p)
+		switch a {
+		case ActionReschedule:
+			c.SendAt, c.ScheduledBy = o.SendAt, principalUser(p)
+		case ActionRetry, ActionSendNow:
+			c.TriggeredBy = principalUser(p)
 		}
 		prev := e.Status
 		err = s.ledger.Apply(ctx, e, c, func(next *redisstore.Email) redisstore.Event {
@@ -192,9 +209,11 @@ func change(a Action, e *redisstore.Email, now, sendAt time.Time) (redisstore.Ch
 		}
 		return refuse("cancel")
 	case ActionRetry:
+		// PENDING_RETRY, due now: a retry waits for its attempt like the pattern's retries do,
+		// and the outbox shows it as one (seed 003), with the person who asked for it.
 		switch e.Status {
 		case outbox.StatusFailed, outbox.StatusPendingRetry, outbox.StatusConnectorDisabled:
-			return redisstore.Change{Status: outbox.StatusQueued, Due: now, At: now, ResetAttempts: true}, nil
+			return redisstore.Change{Status: outbox.StatusPendingRetry, Due: now, At: now, ResetAttempts: true}, nil
 		}
 		return refuse("retry")
 	case ActionReschedule:

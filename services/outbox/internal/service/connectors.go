@@ -158,6 +158,14 @@ func (r *Registry) Lookup(tenant, id string) (dispatch.Connector, bool) {
 	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes}, true
 }
 
+// DisplayName is a connector's name shown to people, from memory, for list rows; empty when the
+// connector is unknown here (deleted, or created in another replica a moment ago).
+func (r *Registry) DisplayName(tenant, id string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.byID[regKey(tenant, id)].c.DisplayName
+}
+
 // Exists implements ConnectorCheck from the store, so a connector created a moment ago in
 // another replica is found.
 func (r *Registry) Exists(ctx context.Context, tenant, id string) error {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/postamt/postamt/internal/access"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -24,7 +25,7 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string, bodies b
 	if err != nil {
 		return nil, err
 	}
-	e, err := wire.Email(rec)
+	e, err := s.Present(p, rec)
 	if err != nil {
 		return nil, err
 	}
@@ -50,8 +51,32 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string, bodies b
 	return e, nil
 }
 
+// Present is an email as the caller may see it (the API's Email of the record): without Bcc
+// unless access.SeesBcc lets them see it, with the connector's display name. Every answer that
+// carries an email is built here, so no RPC shows more than another.
+func (s *Service) Present(p auth.Principal, r *redisstore.Email) (*outboxv1.Email, error) {
+	e, err := wire.Email(r)
+	if err != nil {
+		return nil, err
+	}
+	s.redact(p, e)
+	return e, nil
+}
+
+// redact applies the caller's view to an email built from a record or an event: Bcc only for
+// those who may see it, the connector's current display name.
+func (s *Service) redact(p auth.Principal, e *outboxv1.Email) {
+	if !access.SeesBcc(p, e.GetSenderUserId()) {
+		e.Bcc = nil
+	}
+	if s.opts.ConnectorName != nil {
+		e.ConnectorDisplayName = s.opts.ConnectorName(p.Tenant, e.GetConnectorId())
+	}
+}
+
 // query is a view and filter resolved for the caller.
 type query struct {
+	p       auth.Principal
 	view    outboxv1.View
 	idx     redisstore.View
 	filter  *outboxv1.EmailFilter
@@ -72,7 +97,7 @@ func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.V
 		return nil, err
 	}
 	var v errs.Violations
-	q := &query{view: view, idx: redisstore.View{Tenant: p.Tenant, Buckets: b}, filter: f}
+	q := &query{p: p, view: view, idx: redisstore.View{Tenant: p.Tenant, Buckets: b}, filter: f}
 	for i, st := range f.GetStatuses() {
 		status := outbox.Status(st)
 		switch {
@@ -91,7 +116,8 @@ func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.V
 		return nil, err
 	}
 	q.subText = strings.ToLower(f.GetText())
-	q.post = f.GetConnectorId() != "" || f.GetWorkItem().GetId() != "" || f.GetWorkItem().GetType() != 0 || f.GetMailboxId() != "" || q.subText != ""
+	q.post = f.GetConnectorId() != "" || f.GetWorkItem().GetId() != "" || f.GetWorkItem().GetType() != 0 || f.GetMailboxId() != "" || q.subText != "" ||
+		f.GetMayHaveBeenSent()
 	return q, nil
 }
 
@@ -106,6 +132,8 @@ func (q *query) match(e *outboxv1.Email) bool {
 		return false
 	case f.GetMailboxId() != "" && e.GetMailboxId() != f.GetMailboxId():
 		return false
+	case f.GetMayHaveBeenSent() && !e.GetMayHaveBeenSent():
+		return false
 	}
 	if q.subText == "" {
 		return true
@@ -113,6 +141,8 @@ func (q *query) match(e *outboxv1.Email) bool {
 	if strings.Contains(strings.ToLower(e.GetSubject()), q.subText) {
 		return true
 	}
+	// e is as the caller sees it (Present): its Bcc is empty for those who may not see it, so
+	// their search cannot find mail by a Bcc address.
 	for _, l := range [][]string{e.GetTo(), e.GetCc(), e.GetBcc()} {
 		for _, a := range l {
 			if strings.Contains(strings.ToLower(a), q.subText) {
@@ -148,7 +178,7 @@ func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(
 			return false, err
 		}
 		for _, r := range recs {
-			if e, err := wire.Email(r); err == nil && q.match(e) {
+			if e, err := s.Present(q.p, r); err == nil && q.match(e) {
 				fn(r, e)
 			}
 		}
@@ -248,7 +278,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 				cur = redisstore.Cursor{Score: en.Score, ID: en.ID}
 				continue // changed to final between the index read and the record read
 			}
-			e, err := wire.Email(r)
+			e, err := s.Present(q.p, r)
 			if err != nil {
 				return nil, err
 			}

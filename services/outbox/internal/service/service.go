@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postamt/postamt/internal/access"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -39,6 +40,9 @@ type Directory interface {
 	// Mailboxes returns the mailboxes whose mail the user sees in the outbox: those they are a
 	// member of.
 	Mailboxes(ctx context.Context, tenant, user string) ([]string, error)
+	// Teams returns the teams the user is a member or a lead of: the one source of the TEAM
+	// view and of the team buckets a user's mail is listed under.
+	Teams(ctx context.Context, tenant, user string) ([]string, error)
 	// LeadsTeam reports whether the user leads a team, which makes TEAM their first view.
 	LeadsTeam(ctx context.Context, tenant, user string) (bool, error)
 }
@@ -72,6 +76,9 @@ type Options struct {
 	MaxFilterScan int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// ConnectorName returns a connector's display name for list rows, from memory (the
+	// registry); nil leaves the names empty.
+	ConnectorName func(tenant, id string) string
 	// Tokens issues tracking tokens for submits that name a regarding record; nil (no tracker
 	// configured) stores the record and leaves subjects as they are.
 	Tokens Tokens
@@ -144,8 +151,12 @@ func (s *Service) viewBuckets(ctx context.Context, p auth.Principal, v outboxv1.
 		}
 		return []string{redisstore.BucketUser(p.User)}, nil
 	case outboxv1.View_VIEW_TEAM:
-		out := make([]string, 0, len(p.Teams))
-		for _, t := range p.Teams {
+		teams, err := s.teams(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]string, 0, len(teams))
+		for _, t := range teams {
 			out = append(out, redisstore.BucketTeam(t))
 		}
 		return out, nil
@@ -170,8 +181,12 @@ func (s *Service) viewBuckets(ctx context.Context, p auth.Principal, v outboxv1.
 		if err != nil {
 			return nil, err
 		}
+		teams, err := s.teams(ctx, p)
+		if err != nil {
+			return nil, err
+		}
 		out := []string{redisstore.BucketUser(p.User)}
-		for _, t := range p.Teams {
+		for _, t := range teams {
 			out = append(out, redisstore.BucketTeam(t))
 		}
 		for _, m := range mbs {
@@ -180,6 +195,19 @@ func (s *Service) viewBuckets(ctx context.Context, p auth.Principal, v outboxv1.
 		return out, nil
 	}
 	return nil, errs.Invalid("view", "unknown view")
+}
+
+// teams are the caller's teams for their views: the directory's, narrowed by the token's
+// (access.Teams). Services and callers without a user have none.
+func (s *Service) teams(ctx context.Context, p auth.Principal) ([]string, error) {
+	if p.User == "" {
+		return nil, nil
+	}
+	dir, err := s.dir.Teams(ctx, p.Tenant, p.User)
+	if err != nil {
+		return nil, err
+	}
+	return access.Teams(dir, p.Teams), nil
 }
 
 // visible reports whether the caller may see an email: same tenant, and one of the email's

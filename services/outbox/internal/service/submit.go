@@ -103,6 +103,14 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 		return nil, false, errs.PermissionDenied("CANNOT_SEND_FROM_ADDRESS",
 			fmt.Sprintf("%s may not send from %s (%s)", who, req.GetFromAddress(), right.Reason))
 	}
+	// The sender's teams, from the directory: the token's teams claim does not decide which
+	// team views list the mail (a token without the claim would leave it out of them).
+	var senderTeams []string
+	if sender != "" {
+		if senderTeams, err = s.dir.Teams(ctx, p.Tenant, sender); err != nil {
+			return nil, false, fmt.Errorf("sender's teams: %w", err)
+		}
+	}
 	connector := req.GetConnectorId()
 	if connector == "" {
 		connector = s.opts.DefaultConnector
@@ -207,7 +215,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	rec := &redisstore.Email{
 		ID: id, Tenant: p.Tenant, Status: status, Priority: prio, Due: due, Score: due, Connector: connector,
 		Imported: imp != nil, Version: 1, From: req.GetFromAddress(), Rcpts: recipients(req),
-		Buckets: buckets(p, sender, right.MailboxID, req.GetWorkItem().GetTeamId(), req.GetSystemGenerated(), imp != nil), IdemKey: req.GetIdempotencyKey(),
+		Buckets: buckets(senderTeams, sender, right.MailboxID, req.GetWorkItem().GetTeamId(), req.GetSystemGenerated()), IdemKey: req.GetIdempotencyKey(),
 		Meta: metaBytes, Extra: extraBytes, Body: body,
 	}
 	if imp != nil {
@@ -243,19 +251,18 @@ func submission(req *outboxv1.SubmitEmailRequest) *outbox.Submission {
 }
 
 // buckets are the view indexes a new email is listed in: the tenant's, its sender's, the
-// sender's teams' (as of sending) and its work item's team, its mailbox's, and the system ones for
-// system mail. Imported mail is listed like mail sent here.
-func buckets(p auth.Principal, sender, mailbox, workTeam string, system, imported bool) []string {
+// sender's teams' (the directory's, as of sending) and its work item's team, its mailbox's, and
+// the system ones for system mail. Imported mail is listed like mail sent here, under its legacy
+// sender's teams.
+func buckets(teams []string, sender, mailbox, workTeam string, system bool) []string {
 	out := []string{redisstore.BucketAll}
 	if sender != "" {
 		out = append(out, redisstore.BucketUser(sender))
 	}
-	if !imported {
-		for _, t := range p.Teams {
-			out = append(out, redisstore.BucketTeam(t))
-		}
+	for _, t := range teams {
+		out = append(out, redisstore.BucketTeam(t))
 	}
-	if workTeam != "" && (imported || !slices.Contains(p.Teams, workTeam)) {
+	if workTeam != "" && !slices.Contains(teams, workTeam) {
 		out = append(out, redisstore.BucketTeam(workTeam))
 	}
 	if mailbox != "" {

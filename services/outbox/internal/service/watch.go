@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
@@ -13,12 +14,15 @@ import (
 	"github.com/postamt/postamt/internal/eventbus"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 	"github.com/postamt/postamt/services/outbox/internal/wire"
 )
 
 // Watcher streams the changes of a view as they are published: from the outbox's JetStream
 // stream, so every replica's changes reach every watcher, with the same events other services
-// consume. Each watch is an ordered ephemeral consumer that starts at new messages.
+// consume, and from the dispatchers' claim announcements (wire.SubjectClaimed), which carry no
+// stored event, for SENDING. Each watch is an ordered ephemeral consumer that starts at new
+// messages, and a subscription.
 type Watcher struct {
 	js  jetstream.JetStream
 	svc *Service
@@ -29,14 +33,28 @@ func NewWatcher(js jetstream.JetStream, svc *Service) *Watcher { return &Watcher
 
 var watchSubjects = []string{wire.SubjectSubmitted, wire.SubjectStatusChanged, wire.SubjectSent, wire.SubjectFailed, wire.SubjectCancelled}
 
+// maxWatchVersions bounds the versions a watch remembers to drop stale changes; past it the
+// memory starts again (a stale change may then pass once, which a client handles by version).
+const maxWatchVersions = 10_000
+
 // Watch calls send with every email of the caller's view (and filter) that changes, until ctx
-// ends or send fails. Emails leaving the outbox (SENT, CANCELLED) are sent too, so a list can
-// drop them; a status filter limits the changes to those statuses.
+// ends or send fails, each as the caller may see it (Present). Emails leaving the outbox (SENT,
+// CANCELLED) are sent too, so a list can drop them; a status filter limits the changes to those
+// statuses. Every state is sent, SENDING included; versions only increase per email (a change
+// that arrives after a newer one is dropped).
 func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter, send func(*outboxv1.Email) error) error {
 	q, err := w.svc.resolve(ctx, p, view, f)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	claimed := make(chan *nats.Msg, 256)
+	sub, err := w.js.Conn().ChanSubscribe(wire.SubjectClaimed, claimed)
+	if err != nil {
+		return fmt.Errorf("watch claims: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	cons, err := w.js.OrderedConsumer(ctx, wire.StreamName, jetstream.OrderedConsumerConfig{
 		FilterSubjects: watchSubjects, DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
@@ -50,36 +68,84 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
+	events := make(chan jetstream.Msg)
+	failed := make(chan error, 1)
+	go func() {
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					failed <- fmt.Errorf("watch outbox stream: %w", err)
+				}
+				return
 			}
-			return fmt.Errorf("watch outbox stream: %w", err)
+			select {
+			case events <- m:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if m.Headers().Get(eventbus.HeaderTenant) != p.Tenant {
-			continue
-		}
-		e := emailOf(m.Subject(), m.Data())
-		if e == nil {
-			continue
-		}
+	}()
+	seen := make(map[string]int64)
+	emit := func(e *outboxv1.Email, rec *redisstore.Email) error {
 		if len(q.idx.Statuses) > 0 && !slices.Contains(q.idx.Statuses, outbox.Status(e.GetStatus())) {
-			continue
-		}
-		if !q.match(e) {
-			continue
-		}
-		rec, err := w.svc.ledger.Get(ctx, e.GetEmailId())
-		if err != nil {
-			continue // gone after its retention: nothing to show
+			return nil
 		}
 		if !slices.ContainsFunc(rec.Buckets, func(b string) bool { return slices.Contains(q.idx.Buckets, b) }) {
-			continue
+			return nil
 		}
-		if err := send(e); err != nil {
+		w.svc.redact(p, e)
+		if !q.match(e) {
+			return nil
+		}
+		if v, ok := seen[e.GetEmailId()]; ok && v >= e.GetVersion() {
+			return nil // a newer state was sent already (a claim read after its result)
+		}
+		if len(seen) >= maxWatchVersions {
+			clear(seen)
+		}
+		seen[e.GetEmailId()] = e.GetVersion()
+		return send(e)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-failed:
 			return err
+		case m := <-events:
+			if m.Headers().Get(eventbus.HeaderTenant) != p.Tenant {
+				continue
+			}
+			e := emailOf(m.Subject(), m.Data())
+			if e == nil {
+				continue
+			}
+			rec, err := w.svc.ledger.Get(ctx, e.GetEmailId())
+			if err != nil {
+				continue // gone after its retention: nothing to show
+			}
+			if err := emit(e, rec); err != nil {
+				return err
+			}
+		case m := <-claimed:
+			tenant, ids := wire.DecodeClaimed(m.Data)
+			if tenant != p.Tenant || len(q.idx.Statuses) > 0 && !slices.Contains(q.idx.Statuses, outbox.StatusSending) {
+				continue
+			}
+			recs, err := w.svc.ledger.GetMany(ctx, ids)
+			if err != nil {
+				continue // the next event shows the email's state
+			}
+			for _, rec := range recs {
+				e, err := wire.Email(rec)
+				if err != nil || rec.Tenant != p.Tenant {
+					continue
+				}
+				if err := emit(e, rec); err != nil {
+					return err
+				}
+			}
 		}
 	}
 }

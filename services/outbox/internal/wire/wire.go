@@ -4,7 +4,9 @@
 package wire
 
 import (
+	"cmp"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -23,6 +25,34 @@ const (
 	SubjectFailed        = "postamt.outbox.v1.EmailFailed"
 	SubjectCancelled     = "postamt.outbox.v1.EmailCancelled"
 )
+
+// SubjectClaimed carries the ids of mail a dispatcher has just claimed (now SENDING), on core
+// NATS, outside the stream: nothing is stored and nobody but a live watcher needs it, so a claim
+// costs one small unacknowledged publish (one per claimed batch, dropped at once by the server
+// when nobody watches) instead of a stored event per email. WatchEmails reads the records.
+const SubjectClaimed = "postamt.outbox.live.v1.claimed"
+
+// EncodeClaimed is SubjectClaimed's payload: the tenant, then each id, one per line (neither
+// can hold a line break).
+func EncodeClaimed(tenant string, ids []string) []byte {
+	n := len(tenant)
+	for _, id := range ids {
+		n += 1 + len(id)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, tenant...)
+	for _, id := range ids {
+		b = append(b, '\n')
+		b = append(b, id...)
+	}
+	return b
+}
+
+// DecodeClaimed reads EncodeClaimed's payload.
+func DecodeClaimed(b []byte) (tenant string, ids []string) {
+	parts := strings.Split(string(b), "\n")
+	return parts[0], parts[1:]
+}
 
 // StreamName is the outbox's JetStream stream, and StreamSubjects what it holds.
 const StreamName = "POSTAMT_OUTBOX"
@@ -73,6 +103,13 @@ func Email(r *redisstore.Email) (*outboxv1.Email, error) {
 	if !r.SendAt.IsZero() {
 		m.SendAt, m.ScheduledByUserId = Timestamp(r.SendAt), r.ScheduledBy
 	}
+	m.MayHaveBeenSent = r.MayHaveBeenSent
+	// A manual attempt waiting to run is shown as the person's, like the one that ran.
+	if by := cmp.Or(r.Trigger, r.LastBy); by != "" {
+		m.LastAttemptManual, m.LastAttemptByUserId = true, by
+	}
+	m.AttemptsSinceRetry = int32(max(r.Attempts-r.RetryBase, 0))
+	m.ManualRetryCount = int32(r.ManualRetries)
 	return m, nil
 }
 
