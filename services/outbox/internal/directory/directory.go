@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/tenantcache"
@@ -111,6 +113,12 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 	}
 	ctx = auth.WithTenant(ctx, tenant)
 	vis, err := c.mb.ListVisibleMailboxes(ctx, &mailboxv1.ListVisibleMailboxesRequest{UserId: user})
+	if status.Code(err) == codes.NotFound {
+		// A user the token names but the directory does not know (an admin of the identity
+		// provider only, a user not yet synchronised) has no mailboxes and no teams here.
+		c.cache.Put(tenant, k, cached{})
+		return entry{}, nil
+	}
 	if err != nil {
 		return entry{}, fmt.Errorf("mailbox ListVisibleMailboxes: %w", err)
 	}

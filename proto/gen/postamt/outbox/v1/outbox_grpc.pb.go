@@ -70,12 +70,16 @@ type OutboxServiceClient interface {
 	// Cancels emails that have not been sent. An email a worker holds (SENDING) is reported as a
 	// per-email FAILED_PRECONDITION failure.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
-	// Queues FAILED, PENDING_RETRY or CONNECTOR_DISABLED emails for a new attempt now; the attempt
-	// count starts again from the connector's pattern.
+	// Queues FAILED, PENDING_RETRY or CONNECTOR_DISABLED emails for a new attempt now: each waits
+	// in PENDING_RETRY, due now, marked as the caller's (Email.last_attempt_manual), and the
+	// connector's pattern and max_attempts start again (Email.attempts_since_retry). Mail that may
+	// have been sent is refused per email unless include_may_have_been_sent is set.
 	Retry(ctx context.Context, in *RetryRequest, opts ...grpc.CallOption) (*RetryResponse, error)
 	// Moves the send time of SCHEDULED or QUEUED emails.
 	Reschedule(ctx context.Context, in *RescheduleRequest, opts ...grpc.CallOption) (*RescheduleResponse, error)
-	// Streams changes of the emails of a view, for live user interfaces.
+	// Streams changes of the emails of a view, for live user interfaces: every state, SENDING
+	// included, each email's versions in increasing order (a change older than one already sent is
+	// dropped), each email as GetEmail shows it to the caller (without bodies and attempts).
 	WatchEmails(ctx context.Context, in *WatchEmailsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEmailsResponse], error)
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(ctx context.Context, in *ImportEmailsRequest, opts ...grpc.CallOption) (*ImportEmailsResponse, error)
@@ -351,12 +355,16 @@ type OutboxServiceServer interface {
 	// Cancels emails that have not been sent. An email a worker holds (SENDING) is reported as a
 	// per-email FAILED_PRECONDITION failure.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
-	// Queues FAILED, PENDING_RETRY or CONNECTOR_DISABLED emails for a new attempt now; the attempt
-	// count starts again from the connector's pattern.
+	// Queues FAILED, PENDING_RETRY or CONNECTOR_DISABLED emails for a new attempt now: each waits
+	// in PENDING_RETRY, due now, marked as the caller's (Email.last_attempt_manual), and the
+	// connector's pattern and max_attempts start again (Email.attempts_since_retry). Mail that may
+	// have been sent is refused per email unless include_may_have_been_sent is set.
 	Retry(context.Context, *RetryRequest) (*RetryResponse, error)
 	// Moves the send time of SCHEDULED or QUEUED emails.
 	Reschedule(context.Context, *RescheduleRequest) (*RescheduleResponse, error)
-	// Streams changes of the emails of a view, for live user interfaces.
+	// Streams changes of the emails of a view, for live user interfaces: every state, SENDING
+	// included, each email's versions in increasing order (a change older than one already sent is
+	// dropped), each email as GetEmail shows it to the caller (without bodies and attempts).
 	WatchEmails(*WatchEmailsRequest, grpc.ServerStreamingServer[WatchEmailsResponse]) error
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(context.Context, *ImportEmailsRequest) (*ImportEmailsResponse, error)
