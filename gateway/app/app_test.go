@@ -603,3 +603,57 @@ func TestWatchOverHTTP(t *testing.T) {
 		})
 	}
 }
+
+// TestBccOverHTTP: through the gateway, as a product's front end calls it, the Bcc of an email is
+// shown to its sender and hidden from the sender's team lead in every answer, and the lead's
+// search for the Bcc address finds nothing.
+func TestBccOverHTTP(t *testing.T) {
+	e := startEnv(t, nil)
+	e.seed()
+	admin := e.admin()
+	for _, step := range []struct {
+		path string
+		body any
+	}{
+		{"/v1/users", map[string]any{"user": map[string]any{"userId": "max", "displayName": "Max Mustermann", "email": "max@kanzlei.example"}}},
+		{"/v1/mailboxes", map[string]any{"mailbox": map[string]any{
+			"mailboxId": "p-max", "address": "max@kanzlei.example", "displayName": "Max Mustermann", "kind": "MAILBOX_KIND_PERSONAL", "ownerUserId": "max",
+		}}},
+		{"/v1/teams", map[string]any{"team": map[string]any{"teamId": "empfang", "displayName": "Empfang", "memberUserIds": []string{"max"}, "leadUserIds": []string{"eva"}}}},
+	} {
+		var st rpcStatus
+		if resp := e.call(http.MethodPost, step.path, admin, step.body, &st); resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: %s %+v", step.path, resp.Status, st)
+		}
+	}
+	type email struct {
+		EmailID string   `json:"emailId"`
+		Bcc     []string `json:"bcc"`
+	}
+	var sub struct{ Email email }
+	e.call(http.MethodPost, "/v1/outbox/emails", e.as("max"), map[string]any{
+		"fromAddress": "max@kanzlei.example", "to": []string{"mandant@example.com"}, "bcc": []string{"geheim@anwalt.example"},
+		"subject": "Vergleich", "textBody": "x", "sendAt": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+	}, &sub)
+	if sub.Email.EmailID == "" || len(sub.Email.Bcc) != 1 {
+		t.Fatalf("submit answer %+v", sub)
+	}
+	for _, who := range []struct {
+		name, token string
+		bcc         int
+	}{{"max", e.as("max"), 1}, {"eva (lead)", e.as("eva"), 0}} {
+		var got struct{ Email email }
+		if resp := e.call(http.MethodGet, "/v1/outbox/emails/"+sub.Email.EmailID, who.token, nil, &got); resp.StatusCode != http.StatusOK || len(got.Email.Bcc) != who.bcc {
+			t.Errorf("%s GET: %s %+v", who.name, resp.Status, got)
+		}
+		var list struct{ Emails []email }
+		e.call(http.MethodGet, "/v1/outbox/emails?view=VIEW_ALL", who.token, nil, &list)
+		if len(list.Emails) != 1 || len(list.Emails[0].Bcc) != who.bcc {
+			t.Errorf("%s list: %+v", who.name, list)
+		}
+		e.call(http.MethodGet, "/v1/outbox/emails?view=VIEW_ALL&filter.text=geheim", who.token, nil, &list)
+		if len(list.Emails) != who.bcc {
+			t.Errorf("%s search for the Bcc address: %+v", who.name, list)
+		}
+	}
+}
