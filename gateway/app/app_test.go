@@ -286,6 +286,66 @@ func TestHTTPQuickStart(t *testing.T) {
 	})
 }
 
+// TestHTTPConnectorCreatedDisabledAndMove: over HTTP/JSON, "enabled": false creates a connector
+// disabled, its mail waits, and an admin moves it by filter (POST /v1/outbox/emails:move) to the
+// working connector, where it leaves; anyone else is refused with 403.
+func TestHTTPConnectorCreatedDisabledAndMove(t *testing.T) {
+	e := startEnv(t, nil)
+	e.seed()
+	admin, eva := e.admin(), e.as("eva")
+	host, port, _ := net.SplitHostPort(e.sink.Addr())
+	var created struct {
+		Connector map[string]any `json:"connector"`
+	}
+	resp := e.call(http.MethodPost, "/v1/outbox/connectors", admin, map[string]any{"connector": map[string]any{
+		"connectorId": "reserve", "host": host, "port": port, "tlsMode": "TLS_MODE_NONE", "enabled": false,
+	}}, &created)
+	if enabled, ok := created.Connector["enabled"]; resp.StatusCode != http.StatusOK || !ok || enabled != false {
+		t.Fatalf("create: %s %v, want enabled false", resp.Status, created.Connector)
+	}
+	var sub struct {
+		Email struct {
+			EmailID string `json:"emailId"`
+		} `json:"email"`
+	}
+	if resp := e.call(http.MethodPost, "/v1/outbox/emails", eva, map[string]any{
+		"fromAddress": "eva@kanzlei.example", "to": []string{"client@example.com"}, "subject": "Ueber die Reserve", "textBody": "Hallo", "connectorId": "reserve",
+	}, &sub); resp.StatusCode != http.StatusOK {
+		t.Fatalf("submit: %s", resp.Status)
+	}
+	poll.Eventually(t, "the email held as CONNECTOR_DISABLED", func() bool {
+		var got struct {
+			Email struct {
+				Status string `json:"status"`
+			} `json:"email"`
+		}
+		e.call(http.MethodGet, "/v1/outbox/emails/"+sub.Email.EmailID, eva, nil, &got)
+		return got.Email.Status == "EMAIL_STATUS_CONNECTOR_DISABLED"
+	})
+	move := map[string]any{"selection": map[string]any{"view": "VIEW_ALL", "filter": map[string]any{"connectorId": "reserve"}}, "connectorId": "default"}
+	var st rpcStatus
+	if resp := e.call(http.MethodPost, "/v1/outbox/emails:move", eva, move, &st); resp.StatusCode != http.StatusForbidden || codes.Code(st.Code) != codes.PermissionDenied {
+		t.Fatalf("move by eva: %s %+v, want 403", resp.Status, st)
+	}
+	var moved struct {
+		Result struct {
+			Matched   string `json:"matched"`
+			Succeeded string `json:"succeeded"`
+		} `json:"result"`
+	}
+	if resp := e.call(http.MethodPost, "/v1/outbox/emails:move", admin, move, &moved); resp.StatusCode != http.StatusOK || moved.Result.Matched != "1" || moved.Result.Succeeded != "1" {
+		t.Fatalf("move: %s %+v", resp.Status, moved)
+	}
+	poll.Eventually(t, "the moved email at the relay", func() bool {
+		for _, m := range e.sink.Messages() {
+			if strings.Contains(string(m.Data), "Subject: Ueber die Reserve") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // TestHTTPErrors: errors are google.rpc.Status JSON with their details and the HTTP code of their
 // gRPC code, from the edge (401) as from a service (400, 404).
 func TestHTTPErrors(t *testing.T) {

@@ -95,3 +95,16 @@ func (h *Handler) DisableConnector(ctx context.Context, req *outboxv1.DisableCon
 	}
 	return &outboxv1.DisableConnectorResponse{Connector: c}, nil
 }
+
+// MoveEmails implements OutboxServiceServer.
+func (h *Handler) MoveEmails(ctx context.Context, req *outboxv1.MoveEmailsRequest) (*outboxv1.MoveEmailsResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := h.connectors.Move(ctx, p, req.GetSelection(), req.GetConnectorId())
+	if err != nil {
+		return nil, err
+	}
+	return &outboxv1.MoveEmailsResponse{Result: r}, nil
+}

@@ -534,18 +534,22 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 // applyScript is every transition after submit: a worker's result, a claim handed back, and a
 // person's action.
 // KEYS[1] record, KEYS[2] the lane index of the new status (the lease index for SENDING, else
-// the due index of the priority), KEYS[3] events, KEYS[4] attempt history, KEYS[5] body,
-// KEYS[6] idempotency key (or the record), KEYS[7] disabled set (or the record), KEYS[8] static
-// part, KEYS[9] ready index, KEYS[10] the lane index of the old status, KEYS[11..10+n] old view
-// index keys, KEYS[11+n..] new view index keys.
+// the due index of the priority) of the new connector, KEYS[3] events, KEYS[4] attempt history,
+// KEYS[5] body, KEYS[6] idempotency key (or the record), KEYS[7] the disabled set the email
+// enters (or the record), KEYS[8] static part, KEYS[9] ready index, KEYS[10] the lane index of
+// the old status of the old connector, KEYS[11] the disabled set the email leaves (or the
+// record), KEYS[12..11+n] old view index keys, KEYS[12+n..] new view index keys. The old and
+// new connector differ only for a move (MoveEmails); both lanes' keys carry the email's {obN}
+// tag, so a move is one script on one slot like every other transition.
 // ARGV[1] expected version, ARGV[2] expected fence or "", ARGV[3] new version, ARGV[4] new
 // status, ARGV[5] n, ARGV[6] id, ARGV[7] due ms or "" (leaves the due index), ARGV[8] index
 // score, ARGV[9] history entry or "", ARGV[10] retention ms or "" (final: the record, body,
-// history, static part and idempotency key expire then), ARGV[11] "add"/"rem"/"" for the disabled set,
+// history, static part and idempotency key expire then), ARGV[11] the disabled sets: "add"
+// (KEYS[7]), "rem" (KEYS[11]), "move" (both) or "",
 // ARGV[12] attempts: "inc", "reset" (a manual retry: the pattern starts again at the current
-// count, and the manual retries count one more) or "", ARGV[13..18] event envelope (ARGV[13] "": no event,
-// for a claim handed back, which announced nothing either), ARGV[19] lane member, ARGV[20]
-// partition, ARGV[21..] field/value pairs to set.
+// count, and the manual retries count one more) or "", ARGV[13..18] event envelope (ARGV[13] "":
+// no event, for a claim handed back, which announced nothing either), ARGV[19] lane member of
+// the new connector, ARGV[20] partition, ARGV[21..] field/value pairs to set.
 // Returns the new version; 0 when the version or fence does not match (nothing written); -1 when
 // a fenced change finds the record at exactly the version it would produce under the same fence:
 // the change was applied by an earlier try whose reply was lost (only the fence's holder changes
@@ -570,10 +574,10 @@ if ARGV[7] ~= '' then
   postamt_ready(KEYS[9], ARGV[19], ARGV[7], ARGV[20])
 end
 local n = tonumber(ARGV[5])
-for i = 11, 10 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
-for i = 11 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
-if ARGV[11] == 'add' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6])
-elseif ARGV[11] == 'rem' then redis.call('ZREM', KEYS[7], ARGV[6]) end
+for i = 12, 11 + n do redis.call('ZREM', KEYS[i], ARGV[6]) end
+for i = 12 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[8], ARGV[6]) end
+if ARGV[11] == 'rem' or ARGV[11] == 'move' then redis.call('ZREM', KEYS[11], ARGV[6]) end
+if ARGV[11] == 'add' or ARGV[11] == 'move' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6]) end
 if ARGV[10] ~= '' then
   for _, i in ipairs({4, 5, 6, 8}) do
     if KEYS[i] ~= KEYS[1] then redis.call('PEXPIRE', KEYS[i], ARGV[10]) end
@@ -619,6 +623,11 @@ type Change struct {
 	// TriggeredBy, when set, is the person whose action queues the next attempt (Retry, Send
 	// now); an Attempted change makes the email's trigger its last attempt's (Email.LastBy).
 	TriggeredBy string
+	// Connector, when set and not the email's, moves the email to that connector of its tenant
+	// (MoveEmails): it leaves the old lane's index and disabled set and enters the new lane's in
+	// the same step, and the new lane's ready score is lowered, so no claim of either lane sees
+	// it in both or in neither.
+	Connector string
 }
 
 // Apply makes change c to e, which the caller read (Get) or claimed (ClaimLane) at e.Version;
@@ -704,9 +713,16 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	if inDue(c.Status) != !c.Due.IsZero() {
 		return nil, nil, nil, fmt.Errorf("apply %s: status %s with due time %v breaks the due-index invariant", e.ID, c.Status, c.Due)
 	}
+	if c.Connector != "" && c.Connector != e.Connector && (e.Status == outbox.StatusSending || c.Status == outbox.StatusSending) {
+		// A claim's holder renews and records under the lane it claimed from.
+		return nil, nil, nil, fmt.Errorf("apply %s: mail in SENDING cannot change connector", e.ID)
+	}
 	next := *e
 	next.Version = e.Version + 1
 	next.Status = c.Status
+	if c.Connector != "" {
+		next.Connector = c.Connector
+	}
 	next.Due = c.Due
 	next.Score = c.Due
 	if next.Score.IsZero() {
@@ -716,16 +732,28 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	if c.Fenced {
 		fence = strconv.FormatInt(e.Fence, 10)
 	}
-	ik, cd := recordKey(e.ID), recordKey(e.ID)
+	ik, cdIn, cdOut := recordKey(e.ID), recordKey(e.ID), recordKey(e.ID)
 	if e.IdemKey != "" {
 		ik = idemKey(p, e.Tenant, e.IdemKey)
 	}
+	// The disabled sets: the new connector's when the email enters CONNECTOR_DISABLED, the old
+	// one's when it leaves it or changes connector in it.
+	enters := c.Status == outbox.StatusConnectorDisabled
+	leaves := e.Status == outbox.StatusConnectorDisabled && (!enters || next.Connector != e.Connector)
+	if enters {
+		cdIn = disabledKey(p, e.Tenant, next.Connector)
+	}
+	if leaves {
+		cdOut = disabledKey(p, e.Tenant, e.Connector)
+	}
 	cdOp := ""
 	switch {
-	case c.Status == outbox.StatusConnectorDisabled:
-		cdOp, cd = "add", disabledKey(p, e.Tenant, e.Connector)
-	case e.Status == outbox.StatusConnectorDisabled:
-		cdOp, cd = "rem", disabledKey(p, e.Tenant, e.Connector)
+	case enters && leaves:
+		cdOp = "move"
+	case enters:
+		cdOp = "add"
+	case leaves:
+		cdOp = "rem"
 	}
 	retention := ""
 	if c.Status.Final() {
@@ -777,6 +805,9 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 		next.SendAt, next.ScheduledBy = c.SendAt, c.ScheduledBy
 		set = append(set, "sa", ms(c.SendAt), "sb", c.ScheduledBy)
 	}
+	if next.Connector != e.Connector {
+		set = append(set, "connector", next.Connector)
+	}
 	if c.ClearError && c.Error == "" {
 		next.LastError = ""
 		set = append(set, "le", "")
@@ -797,7 +828,7 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 		}
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
-	keys := append([]string{recordKey(e.ID), indexKeyOf(p, e, c.Status), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cd, staticKey(e.ID), readyKey(p), indexKeyOf(p, e, e.Status)}, old...)
+	keys := append([]string{recordKey(e.ID), indexKeyOf(p, &next, c.Status), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cdIn, staticKey(e.ID), readyKey(p), indexKeyOf(p, e, e.Status), cdOut}, old...)
 	keys = append(keys, nw...)
 	due := ""
 	if !c.Due.IsZero() {
@@ -805,7 +836,7 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	}
 	argv := []any{e.Version, fence, next.Version, int(c.Status), len(old), e.ID, due, IndexScore(next.Score, e.ID), c.Attempt, retention, cdOp, attempts}
 	argv = append(argv, env...)
-	argv = append(argv, laneOf(e).Member(), p)
+	argv = append(argv, laneOf(&next).Member(), p)
 	argv = append(argv, set...)
 	return keys, argv, &next, nil
 }

@@ -60,6 +60,16 @@ func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outb
 			return nil, errs.Invalid("send_at", fmt.Sprintf("is more than %s ahead", l.Horizon))
 		}
 	}
+	ids, err := s.selected(ctx, p, sel)
+	if err != nil {
+		return nil, err
+	}
+	return s.each(ctx, ids, func(id string) error { return s.actOne(ctx, p, a, id, now, o) })
+}
+
+// selected returns the ids of a selection: the listed ones without repeats, or those a filter
+// selects (at most MaxSelection). Every bulk action (Act, Move) selects this way.
+func (s *Service) selected(ctx context.Context, p auth.Principal, sel *outboxv1.Selection) ([]string, error) {
 	ids := sel.GetEmailIds()
 	switch {
 	case len(ids) > 0 && sel.GetFilter() != nil:
@@ -69,21 +79,21 @@ func (s *Service) Act(ctx context.Context, p auth.Principal, a Action, sel *outb
 	case len(ids) == 0 && sel.GetFilter() == nil:
 		return nil, errs.Invalid("selection", "give email_ids or a filter")
 	case len(ids) == 0:
-		var err error
-		ids, err = s.selectByFilter(ctx, p, sel.GetView(), sel.GetFilter())
-		if err != nil {
-			return nil, err
-		}
-	default:
-		// An id listed twice is one email: matched and changed once, not refused the second time.
-		ids = uniqueIDs(ids)
+		return s.selectByFilter(ctx, p, sel.GetView(), sel.GetFilter())
 	}
+	// An id listed twice is one email: matched and changed once, not refused the second time.
+	return uniqueIDs(ids), nil
+}
+
+// each applies one to every id and collects the result: one email's refusal is listed and the
+// others go on; a store failure (Internal, Unavailable) ends the call.
+func (s *Service) each(ctx context.Context, ids []string, one func(id string) error) (*outboxv1.ActionResult, error) {
 	res := &outboxv1.ActionResult{Matched: int64(len(ids))}
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		err := s.actOne(ctx, p, a, id, now, o)
+		err := one(id)
 		if err == nil {
 			res.Succeeded++
 			continue

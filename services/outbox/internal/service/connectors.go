@@ -209,7 +209,8 @@ func (a *ConnectorAdmin) refresh(ctx context.Context) {
 	}
 }
 
-// Create stores a new connector.
+// Create stores a new connector: enabled unless the request sets enabled to false (so a relay
+// can be set up before mail may leave through it), STARTTLS when tls_mode is unset.
 func (a *ConnectorAdmin) Create(ctx context.Context, p auth.Principal, in *outboxv1.Connector) (*outboxv1.Connector, error) {
 	if err := adminOnly(p); err != nil {
 		return nil, err
@@ -277,6 +278,11 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 		case "port":
 			merged.Port = in.GetPort()
 		case "tls_mode":
+			// Unset means STARTTLS only on create; an update that names the field (an empty mask
+			// names every field) must say which mode, so a forgotten field never changes it.
+			if in.GetTlsMode() == outboxv1.TlsMode_TLS_MODE_UNSPECIFIED {
+				return nil, errs.Invalid("connector.tls_mode", "NONE, STARTTLS or IMPLICIT; unset means STARTTLS only on create")
+			}
 			merged.TlsMode = in.GetTlsMode()
 		case "auth_mechanism":
 			merged.AuthMechanism = in.GetAuthMechanism()
@@ -324,7 +330,7 @@ func (a *ConnectorAdmin) Delete(ctx context.Context, p auth.Principal, id string
 		return fmt.Errorf("check the connector's mail: %w", err)
 	}
 	if counts.GetTotal() > 0 {
-		return errs.FailedPrecondition("CONNECTOR_IN_USE", fmt.Sprintf("%d emails in the outbox use connector %s; send, cancel or move them first", counts.GetTotal(), id))
+		return errs.FailedPrecondition("CONNECTOR_IN_USE", fmt.Sprintf("%d emails in the outbox use connector %s; move them to another connector with MoveEmails (or cancel them) first", counts.GetTotal(), id))
 	}
 	if err := a.store.Delete(ctx, p.Tenant, id); err != nil {
 		return err
@@ -483,13 +489,15 @@ func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, 
 		Tenant: tenant, ID: in.GetConnectorId(), DisplayName: in.GetDisplayName(), Host: in.GetHost(), Port: int(in.GetPort()),
 		Username: in.GetUsername(), SecretRef: in.GetSecretRef(), MaxAttempts: int(in.GetMaxAttempts()),
 		ResendUnknown:   in.GetUnknownOutcomePolicy() == outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND,
-		MaxMessageBytes: in.GetMaxMessageBytes(), PoolSize: int(in.GetPoolSize()), Enabled: true,
+		MaxMessageBytes: in.GetMaxMessageBytes(), PoolSize: int(in.GetPoolSize()),
+		// Unset is enabled; Update keeps the stored state whatever this says.
+		Enabled: in.Enabled == nil || in.GetEnabled(),
 	}
 	switch in.GetTlsMode() {
 	case outboxv1.TlsMode_TLS_MODE_NONE:
 		c.TLS = smtp.TLSNone
 	case outboxv1.TlsMode_TLS_MODE_STARTTLS, outboxv1.TlsMode_TLS_MODE_UNSPECIFIED:
-		c.TLS = smtp.TLSStartTLS
+		c.TLS = smtp.TLSStartTLS // unset is STARTTLS on create; Update refuses it before this
 	case outboxv1.TlsMode_TLS_MODE_IMPLICIT:
 		c.TLS = smtp.TLSImplicit
 	default:

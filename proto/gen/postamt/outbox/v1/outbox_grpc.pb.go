@@ -83,19 +83,28 @@ type OutboxServiceClient interface {
 	WatchEmails(ctx context.Context, in *WatchEmailsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEmailsResponse], error)
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(ctx context.Context, in *ImportEmailsRequest, opts ...grpc.CallOption) (*ImportEmailsResponse, error)
-	// Creates a connector. Admins only. ALREADY_EXISTS when the id is taken.
+	// Creates a connector. Admins only. Unset enabled means enabled, unset tls_mode STARTTLS,
+	// max_attempts 0 one more than the retry pattern's delays. ALREADY_EXISTS when the id is
+	// taken; INVALID_ARGUMENT with a field violation for each bad field.
 	CreateConnector(ctx context.Context, in *CreateConnectorRequest, opts ...grpc.CallOption) (*CreateConnectorResponse, error)
 	// Returns a connector; the secret is never returned, only its reference.
 	GetConnector(ctx context.Context, in *GetConnectorRequest, opts ...grpc.CallOption) (*GetConnectorResponse, error)
 	// Lists connectors ordered by id.
 	ListConnectors(ctx context.Context, in *ListConnectorsRequest, opts ...grpc.CallOption) (*ListConnectorsResponse, error)
-	// Changes a connector's fields named in update_mask. Admins only.
+	// Changes a connector's fields named in update_mask. Admins only. INVALID_ARGUMENT with a field
+	// violation for each bad field, among them connector.tls_mode when it is named (or the mask is
+	// empty) and UNSPECIFIED, and update_mask for enabled (use EnableConnector and
+	// DisableConnector); ABORTED when version is set and not the stored one.
 	UpdateConnector(ctx context.Context, in *UpdateConnectorRequest, opts ...grpc.CallOption) (*UpdateConnectorResponse, error)
-	// Deletes a connector. Admins only. FAILED_PRECONDITION while mail that is not final uses it.
+	// Deletes a connector. Admins only. FAILED_PRECONDITION (CONNECTOR_IN_USE) while mail that is
+	// not final uses it: move that mail to another connector with MoveEmails first.
 	DeleteConnector(ctx context.Context, in *DeleteConnectorRequest, opts ...grpc.CallOption) (*DeleteConnectorResponse, error)
 	// Moves emails that are not final and not being sent to another connector of the tenant, e.g.
 	// before a relay is retired. Admins only. The moved mail keeps its status, due time and
-	// attempts; mail in CONNECTOR_DISABLED moved to an enabled connector is queued.
+	// attempts; mail in CONNECTOR_DISABLED moved to an enabled connector is queued. PERMISSION_DENIED
+	// for others; FAILED_PRECONDITION (UNKNOWN_CONNECTOR) when connector_id is none of the tenant's.
+	// Per email in the result: FAILED_PRECONDITION BEING_SENT for mail in SENDING, WRONG_STATUS
+	// for SENT or CANCELLED mail; mail already on the connector counts as succeeded, unchanged.
 	MoveEmails(ctx context.Context, in *MoveEmailsRequest, opts ...grpc.CallOption) (*MoveEmailsResponse, error)
 	// Enables a connector: its CONNECTOR_DISABLED mail is queued again. Admins only.
 	EnableConnector(ctx context.Context, in *EnableConnectorRequest, opts ...grpc.CallOption) (*EnableConnectorResponse, error)
@@ -368,19 +377,28 @@ type OutboxServiceServer interface {
 	WatchEmails(*WatchEmailsRequest, grpc.ServerStreamingServer[WatchEmailsResponse]) error
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(context.Context, *ImportEmailsRequest) (*ImportEmailsResponse, error)
-	// Creates a connector. Admins only. ALREADY_EXISTS when the id is taken.
+	// Creates a connector. Admins only. Unset enabled means enabled, unset tls_mode STARTTLS,
+	// max_attempts 0 one more than the retry pattern's delays. ALREADY_EXISTS when the id is
+	// taken; INVALID_ARGUMENT with a field violation for each bad field.
 	CreateConnector(context.Context, *CreateConnectorRequest) (*CreateConnectorResponse, error)
 	// Returns a connector; the secret is never returned, only its reference.
 	GetConnector(context.Context, *GetConnectorRequest) (*GetConnectorResponse, error)
 	// Lists connectors ordered by id.
 	ListConnectors(context.Context, *ListConnectorsRequest) (*ListConnectorsResponse, error)
-	// Changes a connector's fields named in update_mask. Admins only.
+	// Changes a connector's fields named in update_mask. Admins only. INVALID_ARGUMENT with a field
+	// violation for each bad field, among them connector.tls_mode when it is named (or the mask is
+	// empty) and UNSPECIFIED, and update_mask for enabled (use EnableConnector and
+	// DisableConnector); ABORTED when version is set and not the stored one.
 	UpdateConnector(context.Context, *UpdateConnectorRequest) (*UpdateConnectorResponse, error)
-	// Deletes a connector. Admins only. FAILED_PRECONDITION while mail that is not final uses it.
+	// Deletes a connector. Admins only. FAILED_PRECONDITION (CONNECTOR_IN_USE) while mail that is
+	// not final uses it: move that mail to another connector with MoveEmails first.
 	DeleteConnector(context.Context, *DeleteConnectorRequest) (*DeleteConnectorResponse, error)
 	// Moves emails that are not final and not being sent to another connector of the tenant, e.g.
 	// before a relay is retired. Admins only. The moved mail keeps its status, due time and
-	// attempts; mail in CONNECTOR_DISABLED moved to an enabled connector is queued.
+	// attempts; mail in CONNECTOR_DISABLED moved to an enabled connector is queued. PERMISSION_DENIED
+	// for others; FAILED_PRECONDITION (UNKNOWN_CONNECTOR) when connector_id is none of the tenant's.
+	// Per email in the result: FAILED_PRECONDITION BEING_SENT for mail in SENDING, WRONG_STATUS
+	// for SENT or CANCELLED mail; mail already on the connector counts as succeeded, unchanged.
 	MoveEmails(context.Context, *MoveEmailsRequest) (*MoveEmailsResponse, error)
 	// Enables a connector: its CONNECTOR_DISABLED mail is queued again. Admins only.
 	EnableConnector(context.Context, *EnableConnectorRequest) (*EnableConnectorResponse, error)
