@@ -183,7 +183,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	svc := service.New(ledger, redisstore.NewSettings(deps.Redis), dir, a.registry.Exists, service.Options{
 		Limits: limits, DefaultUndoDelay: cfg.DefaultUndoDelay, MaxUndoDelay: cfg.MaxUndoDelay,
 		DefaultConnector: cfg.DefaultConnector, Now: deps.Now, MaxFilterScan: cfg.MaxFilterScan, MaxSelection: cfg.MaxSelection,
-		Tokens: tokens, ConnectorName: a.registry.DisplayName,
+		Tokens: tokens, DescribeConnector: a.registry.Describe,
 	})
 	admin := service.NewConnectorAdmin(connStore, ledger, svc, a.registry, deps.Now)
 	handler := grpcapi.New(svc, admin, service.NewWatcher(deps.JS, svc))

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
@@ -245,6 +246,13 @@ func TestManualAttemptsReadAsSuch(t *testing.T) {
 	rows := e.list(eva, outboxv1.View_VIEW_MINE, nil)
 	if len(rows) != 1 || rows[0].GetConnectorDisplayName() != "Relay der Kanzlei" {
 		t.Errorf("list row: %v", rows)
+	}
+	later := email("eva@kanzlei.example", "client@example.com", "Noch nicht versucht")
+	later.ConnectorId, later.SendAt = "kanzlei-relay", timestamppb.New(time.Now().Add(time.Hour))
+	if fresh := e.submit(eva, later); fresh.GetMaxAttempts() != 1 || fresh.GetAttemptCount() != 0 || fresh.GetConnectorDisplayName() != "Relay der Kanzlei" {
+		t.Errorf("mail not attempted yet: %v, want the connector's max_attempts and name", fresh)
+	} else if _, err := e.outbox.Cancel(eva, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{EmailIds: []string{fresh.GetEmailId()}}}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Slow answers keep the email in SENDING long enough for the watch to read it there.

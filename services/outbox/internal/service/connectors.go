@@ -158,12 +158,14 @@ func (r *Registry) Lookup(tenant, id string) (dispatch.Connector, bool) {
 	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes}, true
 }
 
-// DisplayName is a connector's name shown to people, from memory, for list rows; empty when the
-// connector is unknown here (deleted, or created in another replica a moment ago).
-func (r *Registry) DisplayName(tenant, id string) string {
+// Describe returns what list rows show of a connector, from memory: its display name and its
+// current attempt limit; zero values when the connector is unknown here (deleted, or created in
+// another replica a moment ago).
+func (r *Registry) Describe(tenant, id string) (name string, maxAttempts int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.byID[regKey(tenant, id)].c.DisplayName
+	c := r.byID[regKey(tenant, id)].c
+	return c.DisplayName, c.MaxAttempts
 }
 
 // Exists implements ConnectorCheck from the store, so a connector created a moment ago in

@@ -64,13 +64,18 @@ func (s *Service) Present(p auth.Principal, r *redisstore.Email) (*outboxv1.Emai
 }
 
 // redact applies the caller's view to an email built from a record or an event: Bcc only for
-// those who may see it, the connector's current display name.
+// those who may see it, the connector's current display name, and for mail not attempted yet
+// the attempts its connector allows now (so a row reads "0 of 5", not "0 of 0").
 func (s *Service) redact(p auth.Principal, e *outboxv1.Email) {
 	if !access.SeesBcc(p, e.GetSenderUserId()) {
 		e.Bcc = nil
 	}
-	if s.opts.ConnectorName != nil {
-		e.ConnectorDisplayName = s.opts.ConnectorName(p.Tenant, e.GetConnectorId())
+	if s.opts.DescribeConnector != nil {
+		name, maxAttempts := s.opts.DescribeConnector(p.Tenant, e.GetConnectorId())
+		e.ConnectorDisplayName = name
+		if e.GetMaxAttempts() == 0 {
+			e.MaxAttempts = int32(maxAttempts)
+		}
 	}
 }
 

@@ -76,9 +76,9 @@ type Options struct {
 	MaxFilterScan int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// ConnectorName returns a connector's display name for list rows, from memory (the
-	// registry); nil leaves the names empty.
-	ConnectorName func(tenant, id string) string
+	// DescribeConnector returns a connector's display name and current attempt limit for list
+	// rows, from memory (Registry.Describe); nil leaves them as the record has them.
+	DescribeConnector func(tenant, id string) (name string, maxAttempts int)
 	// Tokens issues tracking tokens for submits that name a regarding record; nil (no tracker
 	// configured) stores the record and leaves subjects as they are.
 	Tokens Tokens

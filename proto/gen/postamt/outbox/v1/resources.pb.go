@@ -947,8 +947,9 @@ type Email struct {
 	FirstFailureTime *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=first_failure_time,json=firstFailureTime,proto3" json:"first_failure_time,omitempty"`
 	// Attempts made so far, automatic and manual, over the email's whole life.
 	AttemptCount int32 `protobuf:"varint,27,opt,name=attempt_count,json=attemptCount,proto3" json:"attempt_count,omitempty"`
-	// Attempts allowed by the connector at the time of the last attempt; counted against
-	// attempts_since_retry, not attempt_count ("2 of 5", then "+ 1 manual retry").
+	// Attempts allowed by the connector at the time of the last attempt (before the first, what
+	// the connector allows now); counted against attempts_since_retry, not attempt_count ("2 of
+	// 5", then "+ 1 manual retry").
 	MaxAttempts int32 `protobuf:"varint,28,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// Every attempt, oldest first; only in GetEmail.
 	Attempts []*Attempt `protobuf:"bytes,29,rep,name=attempts,proto3" json:"attempts,omitempty"`
