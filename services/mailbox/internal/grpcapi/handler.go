@@ -400,6 +400,19 @@ func (h *Handler) ListVisibleMailboxes(ctx context.Context, req *mailboxv1.ListV
 	return out, nil
 }
 
+// GetReadAccess implements MailboxServiceServer.
+func (h *Handler) GetReadAccess(ctx context.Context, req *mailboxv1.GetReadAccessRequest) (*mailboxv1.GetReadAccessResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := h.svc.GetReadAccess(ctx, p, req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	return &mailboxv1.GetReadAccessResponse{Known: a.Known, ReadableMailboxIds: a.Readable, TeamIds: a.Teams, LeadTeamIds: a.LeadTeams}, nil
+}
+
 // SetDefaultSender implements MailboxServiceServer.
 func (h *Handler) SetDefaultSender(ctx context.Context, req *mailboxv1.SetDefaultSenderRequest) (*mailboxv1.SetDefaultSenderResponse, error) {
 	p, err := principal(ctx)

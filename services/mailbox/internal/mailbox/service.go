@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/mail"
 	"slices"
@@ -766,6 +767,65 @@ func (s *Service) ListVisibleMailboxes(ctx context.Context, p auth.Principal, us
 	return out, nil
 }
 
+// ReadAccess is what a user may read of the suite's mail (GetReadAccess): the input of
+// access.Reader in the services that show mail.
+type ReadAccess struct {
+	Known     bool
+	Readable  []string // mailboxes whose mail the user may read
+	Teams     []string // member or lead
+	LeadTeams []string
+}
+
+// GetReadAccess answers what a user may read: their personal mailbox and every mailbox where
+// they hold RightRead (explicitly or from all-users) — a send right alone reads nothing of what
+// others sent — and their teams. A user the directory does not know has none of it.
+func (s *Service) GetReadAccess(ctx context.Context, p auth.Principal, userID string) (*ReadAccess, error) {
+	userID, err := selfOrAdmin(p, userID)
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.store.GetUser(ctx, p.Tenant, userID)
+	if errors.Is(err, errs.ErrNotFound) {
+		return &ReadAccess{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := &ReadAccess{Known: true}
+	ms, explicit, err := s.visible(ctx, p.Tenant, u)
+	if err != nil {
+		return nil, fmt.Errorf("read access: %w", err)
+	}
+	for i := range ms {
+		if r, _ := ms[i].RightsOf(u.ID, explicit[ms[i].ID]); r&RightRead != 0 {
+			out.Readable = append(out.Readable, ms[i].ID)
+		}
+	}
+	slices.Sort(out.Readable)
+	for after := ""; ; {
+		ts, err := s.store.ListTeams(ctx, p.Tenant, after, 500)
+		if err != nil {
+			return nil, fmt.Errorf("read access: %w", err)
+		}
+		for _, t := range ts {
+			lead := slices.Contains(t.Leads, u.ID)
+			if lead || slices.Contains(t.Members, u.ID) {
+				out.Teams = append(out.Teams, t.ID)
+			}
+			if lead {
+				out.LeadTeams = append(out.LeadTeams, t.ID)
+			}
+		}
+		if len(ts) < 500 {
+			break
+		}
+		after = ts[len(ts)-1].ID
+	}
+	slices.Sort(out.Teams)
+	slices.Sort(out.LeadTeams)
+	return out, nil
+}
+
 // visible returns the mailboxes a user sees and their explicit rights.
 func (s *Service) visible(ctx context.Context, tenant string, u *User) ([]Mailbox, map[string]Rights, error) {
 	explicit, err := s.store.Memberships(ctx, tenant, u.ID)
@@ -900,7 +960,7 @@ func (s *Service) ApplySent(ctx context.Context, tenant string, item *SentItem) 
 
 // ListSentItems pages through a user's sent view, newest first: what the user sent (from any
 // address: it is stored in their own Sent folder), and what anyone sent from a shared mailbox the
-// user is a member of now. Mail sent from another user's personal address never shows.
+// user may read now (RightRead). Mail sent from another user's personal address never shows.
 func (s *Service) ListSentItems(ctx context.Context, p auth.Principal, userID string, pr PageRequest) ([]SentItem, string, error) {
 	userID, err := selfOrAdmin(p, userID)
 	if err != nil {
@@ -920,7 +980,9 @@ func (s *Service) ListSentItems(ctx context.Context, p auth.Principal, userID st
 	}
 	shared := make([]string, 0, len(ms))
 	for i := range ms {
-		if r, _ := ms[i].RightsOf(u.ID, explicit[ms[i].ID]); ms[i].Kind == KindShared && r != 0 {
+		// The one visibility rule (internal/access): others' mail from a shared mailbox is read
+		// with RightRead; a send right alone shows the member only what they sent themselves.
+		if r, _ := ms[i].RightsOf(u.ID, explicit[ms[i].ID]); ms[i].Kind == KindShared && r&RightRead != 0 {
 			shared = append(shared, ms[i].ID)
 		}
 	}

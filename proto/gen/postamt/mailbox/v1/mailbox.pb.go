@@ -2683,6 +2683,125 @@ func (x *ListVisibleMailboxesResponse) GetMailboxes() []*VisibleMailbox {
 	return nil
 }
 
+// GetReadAccessRequest names the user.
+type GetReadAccessRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user; empty means the caller.
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReadAccessRequest) Reset() {
+	*x = GetReadAccessRequest{}
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReadAccessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReadAccessRequest) ProtoMessage() {}
+
+func (x *GetReadAccessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReadAccessRequest.ProtoReflect.Descriptor instead.
+func (*GetReadAccessRequest) Descriptor() ([]byte, []int) {
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *GetReadAccessRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// GetReadAccessResponse is what the user may read.
+type GetReadAccessResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the directory knows the user; false answers with no mailboxes and no teams.
+	Known bool `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
+	// The mailboxes whose mail the user may read, sorted.
+	ReadableMailboxIds []string `protobuf:"bytes,2,rep,name=readable_mailbox_ids,json=readableMailboxIds,proto3" json:"readable_mailbox_ids,omitempty"`
+	// The teams the user is a member or a lead of, sorted.
+	TeamIds []string `protobuf:"bytes,3,rep,name=team_ids,json=teamIds,proto3" json:"team_ids,omitempty"`
+	// The teams the user leads, sorted (a lead's first outbox view is the team view).
+	LeadTeamIds   []string `protobuf:"bytes,4,rep,name=lead_team_ids,json=leadTeamIds,proto3" json:"lead_team_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReadAccessResponse) Reset() {
+	*x = GetReadAccessResponse{}
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReadAccessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReadAccessResponse) ProtoMessage() {}
+
+func (x *GetReadAccessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReadAccessResponse.ProtoReflect.Descriptor instead.
+func (*GetReadAccessResponse) Descriptor() ([]byte, []int) {
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *GetReadAccessResponse) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+func (x *GetReadAccessResponse) GetReadableMailboxIds() []string {
+	if x != nil {
+		return x.ReadableMailboxIds
+	}
+	return nil
+}
+
+func (x *GetReadAccessResponse) GetTeamIds() []string {
+	if x != nil {
+		return x.TeamIds
+	}
+	return nil
+}
+
+func (x *GetReadAccessResponse) GetLeadTeamIds() []string {
+	if x != nil {
+		return x.LeadTeamIds
+	}
+	return nil
+}
+
 // SetDefaultSenderRequest chooses a user's default sender.
 type SetDefaultSenderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2696,7 +2815,7 @@ type SetDefaultSenderRequest struct {
 
 func (x *SetDefaultSenderRequest) Reset() {
 	*x = SetDefaultSenderRequest{}
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[53]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2827,7 @@ func (x *SetDefaultSenderRequest) String() string {
 func (*SetDefaultSenderRequest) ProtoMessage() {}
 
 func (x *SetDefaultSenderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[53]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2840,7 @@ func (x *SetDefaultSenderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDefaultSenderRequest.ProtoReflect.Descriptor instead.
 func (*SetDefaultSenderRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{53}
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SetDefaultSenderRequest) GetUserId() string {
@@ -2749,7 +2868,7 @@ type SetDefaultSenderResponse struct {
 
 func (x *SetDefaultSenderResponse) Reset() {
 	*x = SetDefaultSenderResponse{}
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[54]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2880,7 @@ func (x *SetDefaultSenderResponse) String() string {
 func (*SetDefaultSenderResponse) ProtoMessage() {}
 
 func (x *SetDefaultSenderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[54]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2893,7 @@ func (x *SetDefaultSenderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDefaultSenderResponse.ProtoReflect.Descriptor instead.
 func (*SetDefaultSenderResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{54}
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SetDefaultSenderResponse) GetUser() *User {
@@ -2797,7 +2916,7 @@ type CheckSendRequest struct {
 
 func (x *CheckSendRequest) Reset() {
 	*x = CheckSendRequest{}
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[55]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2809,7 +2928,7 @@ func (x *CheckSendRequest) String() string {
 func (*CheckSendRequest) ProtoMessage() {}
 
 func (x *CheckSendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[55]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2822,7 +2941,7 @@ func (x *CheckSendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckSendRequest.ProtoReflect.Descriptor instead.
 func (*CheckSendRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{55}
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CheckSendRequest) GetUserId() string {
@@ -2861,7 +2980,7 @@ type CheckSendResponse struct {
 
 func (x *CheckSendResponse) Reset() {
 	*x = CheckSendResponse{}
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[56]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +2992,7 @@ func (x *CheckSendResponse) String() string {
 func (*CheckSendResponse) ProtoMessage() {}
 
 func (x *CheckSendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[56]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +3005,7 @@ func (x *CheckSendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckSendResponse.ProtoReflect.Descriptor instead.
 func (*CheckSendResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{56}
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CheckSendResponse) GetAllowed() bool {
@@ -2946,7 +3065,7 @@ type ListSentItemsRequest struct {
 
 func (x *ListSentItemsRequest) Reset() {
 	*x = ListSentItemsRequest{}
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[57]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3077,7 @@ func (x *ListSentItemsRequest) String() string {
 func (*ListSentItemsRequest) ProtoMessage() {}
 
 func (x *ListSentItemsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[57]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3090,7 @@ func (x *ListSentItemsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSentItemsRequest.ProtoReflect.Descriptor instead.
 func (*ListSentItemsRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{57}
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListSentItemsRequest) GetUserId() string {
@@ -3008,7 +3127,7 @@ type ListSentItemsResponse struct {
 
 func (x *ListSentItemsResponse) Reset() {
 	*x = ListSentItemsResponse{}
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[58]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3020,7 +3139,7 @@ func (x *ListSentItemsResponse) String() string {
 func (*ListSentItemsResponse) ProtoMessage() {}
 
 func (x *ListSentItemsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[58]
+	mi := &file_postamt_mailbox_v1_mailbox_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3033,7 +3152,7 @@ func (x *ListSentItemsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSentItemsResponse.ProtoReflect.Descriptor instead.
 func (*ListSentItemsResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{58}
+	return file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListSentItemsResponse) GetItems() []*SentItem {
@@ -3195,7 +3314,14 @@ const file_postamt_mailbox_v1_mailbox_proto_rawDesc = "" +
 	"\x06rights\x18\x02 \x03(\x0e2\x19.postamt.mailbox.v1.RightR\x06rights\x12<\n" +
 	"\x06source\x18\x03 \x01(\x0e2$.postamt.mailbox.v1.MembershipSourceR\x06source\"`\n" +
 	"\x1cListVisibleMailboxesResponse\x12@\n" +
-	"\tmailboxes\x18\x01 \x03(\v2\".postamt.mailbox.v1.VisibleMailboxR\tmailboxes\"Q\n" +
+	"\tmailboxes\x18\x01 \x03(\v2\".postamt.mailbox.v1.VisibleMailboxR\tmailboxes\"/\n" +
+	"\x14GetReadAccessRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x9e\x01\n" +
+	"\x15GetReadAccessResponse\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\x120\n" +
+	"\x14readable_mailbox_ids\x18\x02 \x03(\tR\x12readableMailboxIds\x12\x19\n" +
+	"\bteam_ids\x18\x03 \x03(\tR\ateamIds\x12\"\n" +
+	"\rlead_team_ids\x18\x04 \x03(\tR\vleadTeamIds\"Q\n" +
 	"\x17SetDefaultSenderRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1d\n" +
 	"\n" +
@@ -3227,7 +3353,7 @@ const file_postamt_mailbox_v1_mailbox_proto_rawDesc = "" +
 	"\x17DENY_REASON_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bDENY_REASON_UNKNOWN_ADDRESS\x10\x01\x12\x1d\n" +
 	"\x19DENY_REASON_NO_SEND_RIGHT\x10\x02\x12\x1c\n" +
-	"\x18DENY_REASON_UNKNOWN_USER\x10\x032\xbf\x1e\n" +
+	"\x18DENY_REASON_UNKNOWN_USER\x10\x032\xd1\x1f\n" +
 	"\x0eMailboxService\x12y\n" +
 	"\fCreateTenant\x12'.postamt.mailbox.v1.CreateTenantRequest\x1a(.postamt.mailbox.v1.CreateTenantResponse\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/tenants\x12|\n" +
 	"\tGetTenant\x12$.postamt.mailbox.v1.GetTenantRequest\x1a%.postamt.mailbox.v1.GetTenantResponse\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/tenants/{tenant_id}\x90\x02\x01\x12v\n" +
@@ -3261,7 +3387,8 @@ const file_postamt_mailbox_v1_mailbox_proto_rawDesc = "" +
 	"\fUpdateMember\x12'.postamt.mailbox.v1.UpdateMemberRequest\x1a(.postamt.mailbox.v1.UpdateMemberResponse\"7\x82\xd3\xe4\x93\x021:\x01*2,/v1/mailboxes/{mailbox_id}/members/{user_id}\x12\x97\x01\n" +
 	"\fRemoveMember\x12'.postamt.mailbox.v1.RemoveMemberRequest\x1a(.postamt.mailbox.v1.RemoveMemberResponse\"4\x82\xd3\xe4\x93\x02.*,/v1/mailboxes/{mailbox_id}/members/{user_id}\x12\x8d\x01\n" +
 	"\vListMembers\x12&.postamt.mailbox.v1.ListMembersRequest\x1a'.postamt.mailbox.v1.ListMembersResponse\"-\x82\xd3\xe4\x93\x02$\x12\"/v1/mailboxes/{mailbox_id}/members\x90\x02\x01\x12\xa3\x01\n" +
-	"\x14ListVisibleMailboxes\x12/.postamt.mailbox.v1.ListVisibleMailboxesRequest\x1a0.postamt.mailbox.v1.ListVisibleMailboxesResponse\"(\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/users/{user_id}/mailboxes\x90\x02\x01\x12\x9e\x01\n" +
+	"\x14ListVisibleMailboxes\x12/.postamt.mailbox.v1.ListVisibleMailboxesRequest\x1a0.postamt.mailbox.v1.ListVisibleMailboxesResponse\"(\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/users/{user_id}/mailboxes\x90\x02\x01\x12\x8f\x01\n" +
+	"\rGetReadAccess\x12(.postamt.mailbox.v1.GetReadAccessRequest\x1a).postamt.mailbox.v1.GetReadAccessResponse\")\x82\xd3\xe4\x93\x02 \x12\x1e/v1/users/{user_id}/readAccess\x90\x02\x01\x12\x9e\x01\n" +
 	"\x10SetDefaultSender\x12+.postamt.mailbox.v1.SetDefaultSenderRequest\x1a,.postamt.mailbox.v1.SetDefaultSenderResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/users/{user_id}:setDefaultSender\x12\x82\x01\n" +
 	"\tCheckSend\x12$.postamt.mailbox.v1.CheckSendRequest\x1a%.postamt.mailbox.v1.CheckSendResponse\"(\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/users/{user_id}:checkSend\x90\x02\x01\x12\x8e\x01\n" +
 	"\rListSentItems\x12(.postamt.mailbox.v1.ListSentItemsRequest\x1a).postamt.mailbox.v1.ListSentItemsResponse\"(\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/users/{user_id}/sentItems\x90\x02\x01B\xd3\x01\n" +
@@ -3280,7 +3407,7 @@ func file_postamt_mailbox_v1_mailbox_proto_rawDescGZIP() []byte {
 }
 
 var file_postamt_mailbox_v1_mailbox_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postamt_mailbox_v1_mailbox_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_postamt_mailbox_v1_mailbox_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_postamt_mailbox_v1_mailbox_proto_goTypes = []any{
 	(DenyReason)(0),                      // 0: postamt.mailbox.v1.DenyReason
 	(*CreateTenantRequest)(nil),          // 1: postamt.mailbox.v1.CreateTenantRequest
@@ -3336,66 +3463,68 @@ var file_postamt_mailbox_v1_mailbox_proto_goTypes = []any{
 	(*ListVisibleMailboxesRequest)(nil),  // 51: postamt.mailbox.v1.ListVisibleMailboxesRequest
 	(*VisibleMailbox)(nil),               // 52: postamt.mailbox.v1.VisibleMailbox
 	(*ListVisibleMailboxesResponse)(nil), // 53: postamt.mailbox.v1.ListVisibleMailboxesResponse
-	(*SetDefaultSenderRequest)(nil),      // 54: postamt.mailbox.v1.SetDefaultSenderRequest
-	(*SetDefaultSenderResponse)(nil),     // 55: postamt.mailbox.v1.SetDefaultSenderResponse
-	(*CheckSendRequest)(nil),             // 56: postamt.mailbox.v1.CheckSendRequest
-	(*CheckSendResponse)(nil),            // 57: postamt.mailbox.v1.CheckSendResponse
-	(*ListSentItemsRequest)(nil),         // 58: postamt.mailbox.v1.ListSentItemsRequest
-	(*ListSentItemsResponse)(nil),        // 59: postamt.mailbox.v1.ListSentItemsResponse
-	(*Tenant)(nil),                       // 60: postamt.mailbox.v1.Tenant
-	(*fieldmaskpb.FieldMask)(nil),        // 61: google.protobuf.FieldMask
-	(*User)(nil),                         // 62: postamt.mailbox.v1.User
-	(*Team)(nil),                         // 63: postamt.mailbox.v1.Team
-	(*Mailbox)(nil),                      // 64: postamt.mailbox.v1.Mailbox
-	(Right)(0),                           // 65: postamt.mailbox.v1.Right
-	(*Member)(nil),                       // 66: postamt.mailbox.v1.Member
-	(MembershipSource)(0),                // 67: postamt.mailbox.v1.MembershipSource
-	(SendMode)(0),                        // 68: postamt.mailbox.v1.SendMode
-	(*SentItem)(nil),                     // 69: postamt.mailbox.v1.SentItem
+	(*GetReadAccessRequest)(nil),         // 54: postamt.mailbox.v1.GetReadAccessRequest
+	(*GetReadAccessResponse)(nil),        // 55: postamt.mailbox.v1.GetReadAccessResponse
+	(*SetDefaultSenderRequest)(nil),      // 56: postamt.mailbox.v1.SetDefaultSenderRequest
+	(*SetDefaultSenderResponse)(nil),     // 57: postamt.mailbox.v1.SetDefaultSenderResponse
+	(*CheckSendRequest)(nil),             // 58: postamt.mailbox.v1.CheckSendRequest
+	(*CheckSendResponse)(nil),            // 59: postamt.mailbox.v1.CheckSendResponse
+	(*ListSentItemsRequest)(nil),         // 60: postamt.mailbox.v1.ListSentItemsRequest
+	(*ListSentItemsResponse)(nil),        // 61: postamt.mailbox.v1.ListSentItemsResponse
+	(*Tenant)(nil),                       // 62: postamt.mailbox.v1.Tenant
+	(*fieldmaskpb.FieldMask)(nil),        // 63: google.protobuf.FieldMask
+	(*User)(nil),                         // 64: postamt.mailbox.v1.User
+	(*Team)(nil),                         // 65: postamt.mailbox.v1.Team
+	(*Mailbox)(nil),                      // 66: postamt.mailbox.v1.Mailbox
+	(Right)(0),                           // 67: postamt.mailbox.v1.Right
+	(*Member)(nil),                       // 68: postamt.mailbox.v1.Member
+	(MembershipSource)(0),                // 69: postamt.mailbox.v1.MembershipSource
+	(SendMode)(0),                        // 70: postamt.mailbox.v1.SendMode
+	(*SentItem)(nil),                     // 71: postamt.mailbox.v1.SentItem
 }
 var file_postamt_mailbox_v1_mailbox_proto_depIdxs = []int32{
-	60, // 0: postamt.mailbox.v1.CreateTenantRequest.tenant:type_name -> postamt.mailbox.v1.Tenant
-	60, // 1: postamt.mailbox.v1.CreateTenantResponse.tenant:type_name -> postamt.mailbox.v1.Tenant
-	60, // 2: postamt.mailbox.v1.GetTenantResponse.tenant:type_name -> postamt.mailbox.v1.Tenant
-	60, // 3: postamt.mailbox.v1.ListTenantsResponse.tenants:type_name -> postamt.mailbox.v1.Tenant
-	60, // 4: postamt.mailbox.v1.UpdateTenantRequest.tenant:type_name -> postamt.mailbox.v1.Tenant
-	61, // 5: postamt.mailbox.v1.UpdateTenantRequest.update_mask:type_name -> google.protobuf.FieldMask
-	60, // 6: postamt.mailbox.v1.UpdateTenantResponse.tenant:type_name -> postamt.mailbox.v1.Tenant
-	62, // 7: postamt.mailbox.v1.CreateUserRequest.user:type_name -> postamt.mailbox.v1.User
-	62, // 8: postamt.mailbox.v1.CreateUserResponse.user:type_name -> postamt.mailbox.v1.User
-	62, // 9: postamt.mailbox.v1.GetUserResponse.user:type_name -> postamt.mailbox.v1.User
-	62, // 10: postamt.mailbox.v1.ListUsersResponse.users:type_name -> postamt.mailbox.v1.User
-	62, // 11: postamt.mailbox.v1.UpdateUserRequest.user:type_name -> postamt.mailbox.v1.User
-	61, // 12: postamt.mailbox.v1.UpdateUserRequest.update_mask:type_name -> google.protobuf.FieldMask
-	62, // 13: postamt.mailbox.v1.UpdateUserResponse.user:type_name -> postamt.mailbox.v1.User
-	63, // 14: postamt.mailbox.v1.CreateTeamRequest.team:type_name -> postamt.mailbox.v1.Team
-	63, // 15: postamt.mailbox.v1.CreateTeamResponse.team:type_name -> postamt.mailbox.v1.Team
-	63, // 16: postamt.mailbox.v1.GetTeamResponse.team:type_name -> postamt.mailbox.v1.Team
-	63, // 17: postamt.mailbox.v1.ListTeamsResponse.teams:type_name -> postamt.mailbox.v1.Team
-	63, // 18: postamt.mailbox.v1.UpdateTeamRequest.team:type_name -> postamt.mailbox.v1.Team
-	61, // 19: postamt.mailbox.v1.UpdateTeamRequest.update_mask:type_name -> google.protobuf.FieldMask
-	63, // 20: postamt.mailbox.v1.UpdateTeamResponse.team:type_name -> postamt.mailbox.v1.Team
-	64, // 21: postamt.mailbox.v1.CreateMailboxRequest.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	64, // 22: postamt.mailbox.v1.CreateMailboxResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	64, // 23: postamt.mailbox.v1.GetMailboxResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	64, // 24: postamt.mailbox.v1.ListMailboxesResponse.mailboxes:type_name -> postamt.mailbox.v1.Mailbox
-	64, // 25: postamt.mailbox.v1.UpdateMailboxRequest.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	61, // 26: postamt.mailbox.v1.UpdateMailboxRequest.update_mask:type_name -> google.protobuf.FieldMask
-	64, // 27: postamt.mailbox.v1.UpdateMailboxResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	64, // 28: postamt.mailbox.v1.SetMailboxUsageResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	65, // 29: postamt.mailbox.v1.AddMemberRequest.rights:type_name -> postamt.mailbox.v1.Right
-	66, // 30: postamt.mailbox.v1.AddMemberResponse.member:type_name -> postamt.mailbox.v1.Member
-	65, // 31: postamt.mailbox.v1.UpdateMemberRequest.rights:type_name -> postamt.mailbox.v1.Right
-	66, // 32: postamt.mailbox.v1.UpdateMemberResponse.member:type_name -> postamt.mailbox.v1.Member
-	66, // 33: postamt.mailbox.v1.ListMembersResponse.members:type_name -> postamt.mailbox.v1.Member
-	64, // 34: postamt.mailbox.v1.VisibleMailbox.mailbox:type_name -> postamt.mailbox.v1.Mailbox
-	65, // 35: postamt.mailbox.v1.VisibleMailbox.rights:type_name -> postamt.mailbox.v1.Right
-	67, // 36: postamt.mailbox.v1.VisibleMailbox.source:type_name -> postamt.mailbox.v1.MembershipSource
+	62, // 0: postamt.mailbox.v1.CreateTenantRequest.tenant:type_name -> postamt.mailbox.v1.Tenant
+	62, // 1: postamt.mailbox.v1.CreateTenantResponse.tenant:type_name -> postamt.mailbox.v1.Tenant
+	62, // 2: postamt.mailbox.v1.GetTenantResponse.tenant:type_name -> postamt.mailbox.v1.Tenant
+	62, // 3: postamt.mailbox.v1.ListTenantsResponse.tenants:type_name -> postamt.mailbox.v1.Tenant
+	62, // 4: postamt.mailbox.v1.UpdateTenantRequest.tenant:type_name -> postamt.mailbox.v1.Tenant
+	63, // 5: postamt.mailbox.v1.UpdateTenantRequest.update_mask:type_name -> google.protobuf.FieldMask
+	62, // 6: postamt.mailbox.v1.UpdateTenantResponse.tenant:type_name -> postamt.mailbox.v1.Tenant
+	64, // 7: postamt.mailbox.v1.CreateUserRequest.user:type_name -> postamt.mailbox.v1.User
+	64, // 8: postamt.mailbox.v1.CreateUserResponse.user:type_name -> postamt.mailbox.v1.User
+	64, // 9: postamt.mailbox.v1.GetUserResponse.user:type_name -> postamt.mailbox.v1.User
+	64, // 10: postamt.mailbox.v1.ListUsersResponse.users:type_name -> postamt.mailbox.v1.User
+	64, // 11: postamt.mailbox.v1.UpdateUserRequest.user:type_name -> postamt.mailbox.v1.User
+	63, // 12: postamt.mailbox.v1.UpdateUserRequest.update_mask:type_name -> google.protobuf.FieldMask
+	64, // 13: postamt.mailbox.v1.UpdateUserResponse.user:type_name -> postamt.mailbox.v1.User
+	65, // 14: postamt.mailbox.v1.CreateTeamRequest.team:type_name -> postamt.mailbox.v1.Team
+	65, // 15: postamt.mailbox.v1.CreateTeamResponse.team:type_name -> postamt.mailbox.v1.Team
+	65, // 16: postamt.mailbox.v1.GetTeamResponse.team:type_name -> postamt.mailbox.v1.Team
+	65, // 17: postamt.mailbox.v1.ListTeamsResponse.teams:type_name -> postamt.mailbox.v1.Team
+	65, // 18: postamt.mailbox.v1.UpdateTeamRequest.team:type_name -> postamt.mailbox.v1.Team
+	63, // 19: postamt.mailbox.v1.UpdateTeamRequest.update_mask:type_name -> google.protobuf.FieldMask
+	65, // 20: postamt.mailbox.v1.UpdateTeamResponse.team:type_name -> postamt.mailbox.v1.Team
+	66, // 21: postamt.mailbox.v1.CreateMailboxRequest.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	66, // 22: postamt.mailbox.v1.CreateMailboxResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	66, // 23: postamt.mailbox.v1.GetMailboxResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	66, // 24: postamt.mailbox.v1.ListMailboxesResponse.mailboxes:type_name -> postamt.mailbox.v1.Mailbox
+	66, // 25: postamt.mailbox.v1.UpdateMailboxRequest.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	63, // 26: postamt.mailbox.v1.UpdateMailboxRequest.update_mask:type_name -> google.protobuf.FieldMask
+	66, // 27: postamt.mailbox.v1.UpdateMailboxResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	66, // 28: postamt.mailbox.v1.SetMailboxUsageResponse.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	67, // 29: postamt.mailbox.v1.AddMemberRequest.rights:type_name -> postamt.mailbox.v1.Right
+	68, // 30: postamt.mailbox.v1.AddMemberResponse.member:type_name -> postamt.mailbox.v1.Member
+	67, // 31: postamt.mailbox.v1.UpdateMemberRequest.rights:type_name -> postamt.mailbox.v1.Right
+	68, // 32: postamt.mailbox.v1.UpdateMemberResponse.member:type_name -> postamt.mailbox.v1.Member
+	68, // 33: postamt.mailbox.v1.ListMembersResponse.members:type_name -> postamt.mailbox.v1.Member
+	66, // 34: postamt.mailbox.v1.VisibleMailbox.mailbox:type_name -> postamt.mailbox.v1.Mailbox
+	67, // 35: postamt.mailbox.v1.VisibleMailbox.rights:type_name -> postamt.mailbox.v1.Right
+	69, // 36: postamt.mailbox.v1.VisibleMailbox.source:type_name -> postamt.mailbox.v1.MembershipSource
 	52, // 37: postamt.mailbox.v1.ListVisibleMailboxesResponse.mailboxes:type_name -> postamt.mailbox.v1.VisibleMailbox
-	62, // 38: postamt.mailbox.v1.SetDefaultSenderResponse.user:type_name -> postamt.mailbox.v1.User
-	68, // 39: postamt.mailbox.v1.CheckSendResponse.mode:type_name -> postamt.mailbox.v1.SendMode
+	64, // 38: postamt.mailbox.v1.SetDefaultSenderResponse.user:type_name -> postamt.mailbox.v1.User
+	70, // 39: postamt.mailbox.v1.CheckSendResponse.mode:type_name -> postamt.mailbox.v1.SendMode
 	0,  // 40: postamt.mailbox.v1.CheckSendResponse.deny_reason:type_name -> postamt.mailbox.v1.DenyReason
-	69, // 41: postamt.mailbox.v1.ListSentItemsResponse.items:type_name -> postamt.mailbox.v1.SentItem
+	71, // 41: postamt.mailbox.v1.ListSentItemsResponse.items:type_name -> postamt.mailbox.v1.SentItem
 	1,  // 42: postamt.mailbox.v1.MailboxService.CreateTenant:input_type -> postamt.mailbox.v1.CreateTenantRequest
 	3,  // 43: postamt.mailbox.v1.MailboxService.GetTenant:input_type -> postamt.mailbox.v1.GetTenantRequest
 	5,  // 44: postamt.mailbox.v1.MailboxService.ListTenants:input_type -> postamt.mailbox.v1.ListTenantsRequest
@@ -3422,40 +3551,42 @@ var file_postamt_mailbox_v1_mailbox_proto_depIdxs = []int32{
 	47, // 65: postamt.mailbox.v1.MailboxService.RemoveMember:input_type -> postamt.mailbox.v1.RemoveMemberRequest
 	49, // 66: postamt.mailbox.v1.MailboxService.ListMembers:input_type -> postamt.mailbox.v1.ListMembersRequest
 	51, // 67: postamt.mailbox.v1.MailboxService.ListVisibleMailboxes:input_type -> postamt.mailbox.v1.ListVisibleMailboxesRequest
-	54, // 68: postamt.mailbox.v1.MailboxService.SetDefaultSender:input_type -> postamt.mailbox.v1.SetDefaultSenderRequest
-	56, // 69: postamt.mailbox.v1.MailboxService.CheckSend:input_type -> postamt.mailbox.v1.CheckSendRequest
-	58, // 70: postamt.mailbox.v1.MailboxService.ListSentItems:input_type -> postamt.mailbox.v1.ListSentItemsRequest
-	2,  // 71: postamt.mailbox.v1.MailboxService.CreateTenant:output_type -> postamt.mailbox.v1.CreateTenantResponse
-	4,  // 72: postamt.mailbox.v1.MailboxService.GetTenant:output_type -> postamt.mailbox.v1.GetTenantResponse
-	6,  // 73: postamt.mailbox.v1.MailboxService.ListTenants:output_type -> postamt.mailbox.v1.ListTenantsResponse
-	8,  // 74: postamt.mailbox.v1.MailboxService.UpdateTenant:output_type -> postamt.mailbox.v1.UpdateTenantResponse
-	10, // 75: postamt.mailbox.v1.MailboxService.DeleteTenant:output_type -> postamt.mailbox.v1.DeleteTenantResponse
-	12, // 76: postamt.mailbox.v1.MailboxService.CreateUser:output_type -> postamt.mailbox.v1.CreateUserResponse
-	14, // 77: postamt.mailbox.v1.MailboxService.GetUser:output_type -> postamt.mailbox.v1.GetUserResponse
-	16, // 78: postamt.mailbox.v1.MailboxService.ListUsers:output_type -> postamt.mailbox.v1.ListUsersResponse
-	18, // 79: postamt.mailbox.v1.MailboxService.UpdateUser:output_type -> postamt.mailbox.v1.UpdateUserResponse
-	20, // 80: postamt.mailbox.v1.MailboxService.DeleteUser:output_type -> postamt.mailbox.v1.DeleteUserResponse
-	22, // 81: postamt.mailbox.v1.MailboxService.CreateTeam:output_type -> postamt.mailbox.v1.CreateTeamResponse
-	24, // 82: postamt.mailbox.v1.MailboxService.GetTeam:output_type -> postamt.mailbox.v1.GetTeamResponse
-	26, // 83: postamt.mailbox.v1.MailboxService.ListTeams:output_type -> postamt.mailbox.v1.ListTeamsResponse
-	28, // 84: postamt.mailbox.v1.MailboxService.UpdateTeam:output_type -> postamt.mailbox.v1.UpdateTeamResponse
-	30, // 85: postamt.mailbox.v1.MailboxService.DeleteTeam:output_type -> postamt.mailbox.v1.DeleteTeamResponse
-	32, // 86: postamt.mailbox.v1.MailboxService.CreateMailbox:output_type -> postamt.mailbox.v1.CreateMailboxResponse
-	34, // 87: postamt.mailbox.v1.MailboxService.GetMailbox:output_type -> postamt.mailbox.v1.GetMailboxResponse
-	36, // 88: postamt.mailbox.v1.MailboxService.ListMailboxes:output_type -> postamt.mailbox.v1.ListMailboxesResponse
-	38, // 89: postamt.mailbox.v1.MailboxService.UpdateMailbox:output_type -> postamt.mailbox.v1.UpdateMailboxResponse
-	40, // 90: postamt.mailbox.v1.MailboxService.DeleteMailbox:output_type -> postamt.mailbox.v1.DeleteMailboxResponse
-	42, // 91: postamt.mailbox.v1.MailboxService.SetMailboxUsage:output_type -> postamt.mailbox.v1.SetMailboxUsageResponse
-	44, // 92: postamt.mailbox.v1.MailboxService.AddMember:output_type -> postamt.mailbox.v1.AddMemberResponse
-	46, // 93: postamt.mailbox.v1.MailboxService.UpdateMember:output_type -> postamt.mailbox.v1.UpdateMemberResponse
-	48, // 94: postamt.mailbox.v1.MailboxService.RemoveMember:output_type -> postamt.mailbox.v1.RemoveMemberResponse
-	50, // 95: postamt.mailbox.v1.MailboxService.ListMembers:output_type -> postamt.mailbox.v1.ListMembersResponse
-	53, // 96: postamt.mailbox.v1.MailboxService.ListVisibleMailboxes:output_type -> postamt.mailbox.v1.ListVisibleMailboxesResponse
-	55, // 97: postamt.mailbox.v1.MailboxService.SetDefaultSender:output_type -> postamt.mailbox.v1.SetDefaultSenderResponse
-	57, // 98: postamt.mailbox.v1.MailboxService.CheckSend:output_type -> postamt.mailbox.v1.CheckSendResponse
-	59, // 99: postamt.mailbox.v1.MailboxService.ListSentItems:output_type -> postamt.mailbox.v1.ListSentItemsResponse
-	71, // [71:100] is the sub-list for method output_type
-	42, // [42:71] is the sub-list for method input_type
+	54, // 68: postamt.mailbox.v1.MailboxService.GetReadAccess:input_type -> postamt.mailbox.v1.GetReadAccessRequest
+	56, // 69: postamt.mailbox.v1.MailboxService.SetDefaultSender:input_type -> postamt.mailbox.v1.SetDefaultSenderRequest
+	58, // 70: postamt.mailbox.v1.MailboxService.CheckSend:input_type -> postamt.mailbox.v1.CheckSendRequest
+	60, // 71: postamt.mailbox.v1.MailboxService.ListSentItems:input_type -> postamt.mailbox.v1.ListSentItemsRequest
+	2,  // 72: postamt.mailbox.v1.MailboxService.CreateTenant:output_type -> postamt.mailbox.v1.CreateTenantResponse
+	4,  // 73: postamt.mailbox.v1.MailboxService.GetTenant:output_type -> postamt.mailbox.v1.GetTenantResponse
+	6,  // 74: postamt.mailbox.v1.MailboxService.ListTenants:output_type -> postamt.mailbox.v1.ListTenantsResponse
+	8,  // 75: postamt.mailbox.v1.MailboxService.UpdateTenant:output_type -> postamt.mailbox.v1.UpdateTenantResponse
+	10, // 76: postamt.mailbox.v1.MailboxService.DeleteTenant:output_type -> postamt.mailbox.v1.DeleteTenantResponse
+	12, // 77: postamt.mailbox.v1.MailboxService.CreateUser:output_type -> postamt.mailbox.v1.CreateUserResponse
+	14, // 78: postamt.mailbox.v1.MailboxService.GetUser:output_type -> postamt.mailbox.v1.GetUserResponse
+	16, // 79: postamt.mailbox.v1.MailboxService.ListUsers:output_type -> postamt.mailbox.v1.ListUsersResponse
+	18, // 80: postamt.mailbox.v1.MailboxService.UpdateUser:output_type -> postamt.mailbox.v1.UpdateUserResponse
+	20, // 81: postamt.mailbox.v1.MailboxService.DeleteUser:output_type -> postamt.mailbox.v1.DeleteUserResponse
+	22, // 82: postamt.mailbox.v1.MailboxService.CreateTeam:output_type -> postamt.mailbox.v1.CreateTeamResponse
+	24, // 83: postamt.mailbox.v1.MailboxService.GetTeam:output_type -> postamt.mailbox.v1.GetTeamResponse
+	26, // 84: postamt.mailbox.v1.MailboxService.ListTeams:output_type -> postamt.mailbox.v1.ListTeamsResponse
+	28, // 85: postamt.mailbox.v1.MailboxService.UpdateTeam:output_type -> postamt.mailbox.v1.UpdateTeamResponse
+	30, // 86: postamt.mailbox.v1.MailboxService.DeleteTeam:output_type -> postamt.mailbox.v1.DeleteTeamResponse
+	32, // 87: postamt.mailbox.v1.MailboxService.CreateMailbox:output_type -> postamt.mailbox.v1.CreateMailboxResponse
+	34, // 88: postamt.mailbox.v1.MailboxService.GetMailbox:output_type -> postamt.mailbox.v1.GetMailboxResponse
+	36, // 89: postamt.mailbox.v1.MailboxService.ListMailboxes:output_type -> postamt.mailbox.v1.ListMailboxesResponse
+	38, // 90: postamt.mailbox.v1.MailboxService.UpdateMailbox:output_type -> postamt.mailbox.v1.UpdateMailboxResponse
+	40, // 91: postamt.mailbox.v1.MailboxService.DeleteMailbox:output_type -> postamt.mailbox.v1.DeleteMailboxResponse
+	42, // 92: postamt.mailbox.v1.MailboxService.SetMailboxUsage:output_type -> postamt.mailbox.v1.SetMailboxUsageResponse
+	44, // 93: postamt.mailbox.v1.MailboxService.AddMember:output_type -> postamt.mailbox.v1.AddMemberResponse
+	46, // 94: postamt.mailbox.v1.MailboxService.UpdateMember:output_type -> postamt.mailbox.v1.UpdateMemberResponse
+	48, // 95: postamt.mailbox.v1.MailboxService.RemoveMember:output_type -> postamt.mailbox.v1.RemoveMemberResponse
+	50, // 96: postamt.mailbox.v1.MailboxService.ListMembers:output_type -> postamt.mailbox.v1.ListMembersResponse
+	53, // 97: postamt.mailbox.v1.MailboxService.ListVisibleMailboxes:output_type -> postamt.mailbox.v1.ListVisibleMailboxesResponse
+	55, // 98: postamt.mailbox.v1.MailboxService.GetReadAccess:output_type -> postamt.mailbox.v1.GetReadAccessResponse
+	57, // 99: postamt.mailbox.v1.MailboxService.SetDefaultSender:output_type -> postamt.mailbox.v1.SetDefaultSenderResponse
+	59, // 100: postamt.mailbox.v1.MailboxService.CheckSend:output_type -> postamt.mailbox.v1.CheckSendResponse
+	61, // 101: postamt.mailbox.v1.MailboxService.ListSentItems:output_type -> postamt.mailbox.v1.ListSentItemsResponse
+	72, // [72:102] is the sub-list for method output_type
+	42, // [42:72] is the sub-list for method input_type
 	42, // [42:42] is the sub-list for extension type_name
 	42, // [42:42] is the sub-list for extension extendee
 	0,  // [0:42] is the sub-list for field type_name
@@ -3473,7 +3604,7 @@ func file_postamt_mailbox_v1_mailbox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postamt_mailbox_v1_mailbox_proto_rawDesc), len(file_postamt_mailbox_v1_mailbox_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   59,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

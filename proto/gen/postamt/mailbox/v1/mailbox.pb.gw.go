@@ -1217,6 +1217,45 @@ func local_request_MailboxService_ListVisibleMailboxes_0(ctx context.Context, ma
 	return msg, metadata, err
 }
 
+func request_MailboxService_GetReadAccess_0(ctx context.Context, marshaler runtime.Marshaler, client MailboxServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq GetReadAccessRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	val, ok := pathParams["user_id"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "user_id")
+	}
+	protoReq.UserId, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "user_id", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.GetReadAccess(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_MailboxService_GetReadAccess_0(ctx context.Context, marshaler runtime.Marshaler, server MailboxServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq GetReadAccessRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	val, ok := pathParams["user_id"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "user_id")
+	}
+	protoReq.UserId, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "user_id", err)
+	}
+	msg, err := server.GetReadAccess(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 func request_MailboxService_SetDefaultSender_0(ctx context.Context, marshaler runtime.Marshaler, client MailboxServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
 		protoReq SetDefaultSenderRequest
@@ -1894,6 +1933,26 @@ func RegisterMailboxServiceHandlerServer(ctx context.Context, mux *runtime.Serve
 		}
 		forward_MailboxService_ListVisibleMailboxes_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_MailboxService_GetReadAccess_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/postamt.mailbox.v1.MailboxService/GetReadAccess", runtime.WithHTTPPathPattern("/v1/users/{user_id}/readAccess"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_MailboxService_GetReadAccess_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_MailboxService_GetReadAccess_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_MailboxService_SetDefaultSender_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2436,6 +2495,23 @@ func RegisterMailboxServiceHandlerClient(ctx context.Context, mux *runtime.Serve
 		}
 		forward_MailboxService_ListVisibleMailboxes_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_MailboxService_GetReadAccess_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/postamt.mailbox.v1.MailboxService/GetReadAccess", runtime.WithHTTPPathPattern("/v1/users/{user_id}/readAccess"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_MailboxService_GetReadAccess_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_MailboxService_GetReadAccess_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_MailboxService_SetDefaultSender_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2517,6 +2593,7 @@ var (
 	pattern_MailboxService_RemoveMember_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 1, 0, 4, 1, 5, 4}, []string{"v1", "mailboxes", "mailbox_id", "members", "user_id"}, ""))
 	pattern_MailboxService_ListMembers_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "mailboxes", "mailbox_id", "members"}, ""))
 	pattern_MailboxService_ListVisibleMailboxes_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "users", "user_id", "mailboxes"}, ""))
+	pattern_MailboxService_GetReadAccess_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "users", "user_id", "readAccess"}, ""))
 	pattern_MailboxService_SetDefaultSender_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "users", "user_id"}, "setDefaultSender"))
 	pattern_MailboxService_CheckSend_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "users", "user_id"}, "checkSend"))
 	pattern_MailboxService_ListSentItems_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "users", "user_id", "sentItems"}, ""))
@@ -2549,6 +2626,7 @@ var (
 	forward_MailboxService_RemoveMember_0         = runtime.ForwardResponseMessage
 	forward_MailboxService_ListMembers_0          = runtime.ForwardResponseMessage
 	forward_MailboxService_ListVisibleMailboxes_0 = runtime.ForwardResponseMessage
+	forward_MailboxService_GetReadAccess_0        = runtime.ForwardResponseMessage
 	forward_MailboxService_SetDefaultSender_0     = runtime.ForwardResponseMessage
 	forward_MailboxService_CheckSend_0            = runtime.ForwardResponseMessage
 	forward_MailboxService_ListSentItems_0        = runtime.ForwardResponseMessage

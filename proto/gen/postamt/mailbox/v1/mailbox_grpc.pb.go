@@ -45,6 +45,7 @@ const (
 	MailboxService_RemoveMember_FullMethodName         = "/postamt.mailbox.v1.MailboxService/RemoveMember"
 	MailboxService_ListMembers_FullMethodName          = "/postamt.mailbox.v1.MailboxService/ListMembers"
 	MailboxService_ListVisibleMailboxes_FullMethodName = "/postamt.mailbox.v1.MailboxService/ListVisibleMailboxes"
+	MailboxService_GetReadAccess_FullMethodName        = "/postamt.mailbox.v1.MailboxService/GetReadAccess"
 	MailboxService_SetDefaultSender_FullMethodName     = "/postamt.mailbox.v1.MailboxService/SetDefaultSender"
 	MailboxService_CheckSend_FullMethodName            = "/postamt.mailbox.v1.MailboxService/CheckSend"
 	MailboxService_ListSentItems_FullMethodName        = "/postamt.mailbox.v1.MailboxService/ListSentItems"
@@ -121,6 +122,15 @@ type MailboxServiceClient interface {
 	// Lists the mailboxes a user sees (automapping): their own, those they are a member of, and
 	// the all-users ones, with their rights. Users may ask for themselves; admins for anyone.
 	ListVisibleMailboxes(ctx context.Context, in *ListVisibleMailboxesRequest, opts ...grpc.CallOption) (*ListVisibleMailboxesResponse, error)
+	// Returns what a user may read of the mail the suite shows (outbox, tracker, sent view): the
+	// mailboxes whose mail they may read — their own personal mailbox and every mailbox where they
+	// hold RIGHT_READ, explicitly or from all-users; SEND_AS or SEND_ON_BEHALF alone lets a member
+	// send from a shared mailbox, not read what others sent from it — and the teams they are a
+	// member or a lead of. The services combine it with the one visibility rule
+	// (internal/access, docs/architecture.md "Who may read mail"). A user mailbox does not know
+	// answers with nothing (known = false), not NOT_FOUND: a token may name a user the directory
+	// has not been told of yet. Users may ask for themselves; admins and services for anyone.
+	GetReadAccess(ctx context.Context, in *GetReadAccessRequest, opts ...grpc.CallOption) (*GetReadAccessResponse, error)
 	// Sets the mailbox a user sends from by default. Users for themselves, admins for anyone.
 	// PERMISSION_DENIED (reason CANNOT_SEND_FROM_MAILBOX) when the user may not send from it.
 	SetDefaultSender(ctx context.Context, in *SetDefaultSenderRequest, opts ...grpc.CallOption) (*SetDefaultSenderResponse, error)
@@ -131,7 +141,8 @@ type MailboxServiceClient interface {
 	// allowed, as SEND_AS.
 	CheckSend(ctx context.Context, in *CheckSendRequest, opts ...grpc.CallOption) (*CheckSendResponse, error)
 	// Lists a user's sent view, newest first: everything stored in their own Sent folder, and
-	// everything sent from the shared mailboxes they are a member of now, with attribution.
+	// everything sent from the shared mailboxes they may read now (RIGHT_READ; a send right alone
+	// does not show what others sent), with attribution.
 	ListSentItems(ctx context.Context, in *ListSentItemsRequest, opts ...grpc.CallOption) (*ListSentItemsResponse, error)
 }
 
@@ -403,6 +414,16 @@ func (c *mailboxServiceClient) ListVisibleMailboxes(ctx context.Context, in *Lis
 	return out, nil
 }
 
+func (c *mailboxServiceClient) GetReadAccess(ctx context.Context, in *GetReadAccessRequest, opts ...grpc.CallOption) (*GetReadAccessResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReadAccessResponse)
+	err := c.cc.Invoke(ctx, MailboxService_GetReadAccess_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *mailboxServiceClient) SetDefaultSender(ctx context.Context, in *SetDefaultSenderRequest, opts ...grpc.CallOption) (*SetDefaultSenderResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SetDefaultSenderResponse)
@@ -504,6 +525,15 @@ type MailboxServiceServer interface {
 	// Lists the mailboxes a user sees (automapping): their own, those they are a member of, and
 	// the all-users ones, with their rights. Users may ask for themselves; admins for anyone.
 	ListVisibleMailboxes(context.Context, *ListVisibleMailboxesRequest) (*ListVisibleMailboxesResponse, error)
+	// Returns what a user may read of the mail the suite shows (outbox, tracker, sent view): the
+	// mailboxes whose mail they may read — their own personal mailbox and every mailbox where they
+	// hold RIGHT_READ, explicitly or from all-users; SEND_AS or SEND_ON_BEHALF alone lets a member
+	// send from a shared mailbox, not read what others sent from it — and the teams they are a
+	// member or a lead of. The services combine it with the one visibility rule
+	// (internal/access, docs/architecture.md "Who may read mail"). A user mailbox does not know
+	// answers with nothing (known = false), not NOT_FOUND: a token may name a user the directory
+	// has not been told of yet. Users may ask for themselves; admins and services for anyone.
+	GetReadAccess(context.Context, *GetReadAccessRequest) (*GetReadAccessResponse, error)
 	// Sets the mailbox a user sends from by default. Users for themselves, admins for anyone.
 	// PERMISSION_DENIED (reason CANNOT_SEND_FROM_MAILBOX) when the user may not send from it.
 	SetDefaultSender(context.Context, *SetDefaultSenderRequest) (*SetDefaultSenderResponse, error)
@@ -514,7 +544,8 @@ type MailboxServiceServer interface {
 	// allowed, as SEND_AS.
 	CheckSend(context.Context, *CheckSendRequest) (*CheckSendResponse, error)
 	// Lists a user's sent view, newest first: everything stored in their own Sent folder, and
-	// everything sent from the shared mailboxes they are a member of now, with attribution.
+	// everything sent from the shared mailboxes they may read now (RIGHT_READ; a send right alone
+	// does not show what others sent), with attribution.
 	ListSentItems(context.Context, *ListSentItemsRequest) (*ListSentItemsResponse, error)
 	mustEmbedUnimplementedMailboxServiceServer()
 }
@@ -603,6 +634,9 @@ func (UnimplementedMailboxServiceServer) ListMembers(context.Context, *ListMembe
 }
 func (UnimplementedMailboxServiceServer) ListVisibleMailboxes(context.Context, *ListVisibleMailboxesRequest) (*ListVisibleMailboxesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVisibleMailboxes not implemented")
+}
+func (UnimplementedMailboxServiceServer) GetReadAccess(context.Context, *GetReadAccessRequest) (*GetReadAccessResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetReadAccess not implemented")
 }
 func (UnimplementedMailboxServiceServer) SetDefaultSender(context.Context, *SetDefaultSenderRequest) (*SetDefaultSenderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetDefaultSender not implemented")
@@ -1102,6 +1136,24 @@ func _MailboxService_ListVisibleMailboxes_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MailboxService_GetReadAccess_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReadAccessRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MailboxServiceServer).GetReadAccess(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MailboxService_GetReadAccess_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MailboxServiceServer).GetReadAccess(ctx, req.(*GetReadAccessRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MailboxService_SetDefaultSender_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SetDefaultSenderRequest)
 	if err := dec(in); err != nil {
@@ -1266,6 +1318,10 @@ var MailboxService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListVisibleMailboxes",
 			Handler:    _MailboxService_ListVisibleMailboxes_Handler,
+		},
+		{
+			MethodName: "GetReadAccess",
+			Handler:    _MailboxService_GetReadAccess_Handler,
 		},
 		{
 			MethodName: "SetDefaultSender",
