@@ -52,14 +52,15 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string, bodies b
 
 // query is a view and filter resolved for the caller.
 type query struct {
-	view   outboxv1.View
-	idx    redisstore.View
-	filter *outboxv1.EmailFilter
-	post   bool // the filter needs the records (not answered by the indexes)
+	view    outboxv1.View
+	idx     redisstore.View
+	filter  *outboxv1.EmailFilter
+	post    bool // the filter needs the records (not answered by the indexes)
+	subText string
+
 	// finished: the filter asks for final statuses only, read from the finished indexes
 	// (finished.go).
 	finished bool
-	subText  string
 }
 
 func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter) (*query, error) {
