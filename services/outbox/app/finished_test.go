@@ -11,7 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/postamt/postamt/internal/testkit/poll"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/app"
 )
 
 var (
@@ -202,4 +204,33 @@ func TestFinishedMailCanBeFound(t *testing.T) {
 			t.Errorf("listed %v, want the %d left", ids(got), len(maxSent)-1)
 		}
 	})
+}
+
+// TestFinishedMailFilterScanBound: a filter the finished indexes do not answer reads at most
+// OUTBOX_MAX_FILTER_SCAN records per page (read in chunks of 200) — a page may come back short, with a token that goes
+// on to the match — and a count with such a filter over more mail is FILTER_TOO_BROAD.
+func TestFinishedMailFilterScanBound(t *testing.T) {
+	e := startEnv(t, func(c *app.Config) { c.MaxFilterScan = 100 })
+	eva := e.as("eva", nil)
+	needle := e.submit(eva, email("eva@kanzlei.example", "a@example.com", "Die Nadel")).GetEmailId()
+	e.waitStatus(eva, needle, outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+	const hay = 250 // more than a page's read of 200 records (List reads in chunks of 200)
+	for i := range hay {
+		e.submit(eva, email("eva@kanzlei.example", "b@example.com", fmt.Sprintf("Heu %d", i)))
+	}
+	poll.Eventually(t, "every email sent", func() bool {
+		return e.count(t, eva, outboxv1.View_VIEW_MINE, &outboxv1.EmailFilter{Statuses: sentOnly}).GetTotal() == hay+1
+	})
+
+	f := &outboxv1.EmailFilter{Statuses: sentOnly, Text: "nadel"}
+	r, err := e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: f, PageSize: 10})
+	if err != nil || len(r.GetEmails()) != 0 || r.GetNextPageToken() == "" {
+		t.Fatalf("first page = %v (%v), want a short page with a token (the needle is the oldest)", ids(r.GetEmails()), err)
+	}
+	got, _ := e.listPages(t, eva, outboxv1.View_VIEW_MINE, f, 10)
+	if !slices.Equal(ids(got), []string{needle}) {
+		t.Errorf("listed %v, want the needle", ids(got))
+	}
+	_, err = e.outbox.CountEmails(eva, &outboxv1.CountEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: f})
+	code(t, err, codes.FailedPrecondition)
 }
