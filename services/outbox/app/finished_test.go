@@ -206,9 +206,10 @@ func TestFinishedMailCanBeFound(t *testing.T) {
 	})
 }
 
-// TestFinishedMailFilterScanBound: a filter the finished indexes do not answer reads at most
-// OUTBOX_MAX_FILTER_SCAN records per page (read in chunks of 200) — a page may come back short, with a token that goes
-// on to the match — and a count with such a filter over more mail is FILTER_TOO_BROAD.
+// TestFinishedMailFilterScanBound: a filter the finished indexes do not answer reads a bounded
+// number of records per page (OUTBOX_MAX_FILTER_SCAN, in chunks of 200) — a page may come back
+// short, with a token that goes on to the match — and a count with such a filter over more mail
+// is FILTER_TOO_BROAD.
 func TestFinishedMailFilterScanBound(t *testing.T) {
 	e := startEnv(t, func(c *app.Config) { c.MaxFilterScan = 100 })
 	eva := e.as("eva", nil)
