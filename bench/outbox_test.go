@@ -219,7 +219,8 @@ func BenchmarkP1Delivery(b *testing.B) {
 // BenchmarkP2P4P8Backlog builds a backlog of emails scheduled an hour ahead (default 1,000,000,
 // POSTAMT_BENCH_BACKLOG), then measures on it:
 //   - P8: Redis memory per queued email beyond its body (used_memory grown by the backlog,
-//     minus what the bodies take, measured by deleting them at the end);
+//     minus what the bodies take, measured by deleting them at the end), and what the P2
+//     emails' finished index entries cost once they are SENT (MEMORY USAGE of those indexes);
 //   - P4: a page of 50 (p50/p99 of 200 pages through the tenant's ALL view, admin) and the
 //     badge count (p50/p99 of 200 counts) with the whole backlog in one tenant;
 //   - P2: 5,000 emails due spread over 10 s; lateness of their arrival at the sink after their
@@ -299,12 +300,48 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 		b.ReportMetric(ms(percentile(late, 0.99)), "P2-late-p99-ms")
 		b.ReportMetric(ms(percentile(late, 1)), "P2-late-max-ms")
 
+		// P8 of finished mail: the P2 emails, once SENT, are listed in a finished index per bucket
+		// (tenant, sender, team, mailbox) until the retention ends.
+		finished, entries := finishedIndexBytes(ctx, b, s, due)
+		b.ReportMetric(float64(finished)/float64(due), "P8-finished-index-bytes/email")
+		b.ReportMetric(float64(finished)/float64(entries), "P8-finished-index-bytes/entry")
+
 		// P8: drop the bodies and see what the backlog costs without them.
 		dropBodies(ctx, b, s.rdb)
 		without := usedMemory(b, s.rdb)
 		b.ReportMetric(float64(without-before)/float64(backlog), "P8-bytes/email")
 		b.ReportMetric(float64(withBodies-before)/float64(backlog), "bytes/email-with-body")
 	}
+}
+
+// finishedIndexBytes waits until n emails are counted SENT (their results recorded), then returns
+// the memory of the finished indexes (MEMORY USAGE, every key sampled in full) and how many
+// entries they hold.
+func finishedIndexBytes(ctx context.Context, b *testing.B, s *suite, n int) (bytes, entries int64) {
+	b.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c, err := s.outbox.CountEmails(s.admin, &outboxv1.CountEmailsRequest{View: outboxv1.View_VIEW_ALL, Filter: &outboxv1.EmailFilter{Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_SENT}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if c.GetTotal() >= int64(n) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d emails recorded SENT after a minute", c.GetTotal(), n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	iter := s.rdb.Scan(ctx, 0, "pm:ob:*:f:*", 1000).Iterator()
+	for iter.Next(ctx) {
+		bytes += s.rdb.MemoryUsage(ctx, iter.Val(), 0).Val()
+		entries += s.rdb.ZCard(ctx, iter.Val()).Val()
+	}
+	if err := iter.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return bytes, entries
 }
 
 // waitRelayed waits until the outbox's event streams are empty: the relay deletes what

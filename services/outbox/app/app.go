@@ -55,7 +55,7 @@ type Config struct {
 	MaxMessageBytes    int64         `env:"OUTBOX_MAX_MESSAGE_BYTES, default=26214400" desc:"largest content (bodies and attachments) of one email, in bytes"`
 	MaxRecipients      int           `env:"OUTBOX_MAX_RECIPIENTS, default=500" desc:"most recipients (to, cc and bcc together) of one email"`
 	ScheduleHorizon    time.Duration `env:"OUTBOX_SCHEDULE_HORIZON, default=8784h" desc:"how far ahead send_at may be"`
-	Retention          time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept; failed mail is never dropped"`
+	Retention          time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept, and found by ListEmails with final statuses; failed mail is never dropped"`
 	Dispatch           bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
 	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"most emails one connector's lane claims in one round trip"`
 	Lease              time.Duration `env:"OUTBOX_LEASE, default=8s" desc:"how long a claim holds without renewal; held mail is renewed every quarter of it, so a crashed replica's mail is due again at most this long after the crash"`

@@ -33,7 +33,8 @@ import (
 // env is the suite as a user meets it: mailbox and outbox served over real gRPC on a spawned
 // Redis and an embedded JetStream, mail leaving to an SMTP sink. The tenant "kanzlei" has the
 // users max, martina (team "empfang", which martina leads) and eva, and the shared mailbox
-// "info" where martina may send as, max on behalf, and eva has no right at all.
+// "info" where martina may read and send as, max may send on behalf (and read only what he sent),
+// and eva has no right at all.
 type env struct {
 	t       *testing.T
 	rdb     *redis.Client
@@ -157,7 +158,7 @@ func (e *env) seed() {
 	must(e.mailbox.CreateMailbox(ctx, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
 		MailboxId: "info", Address: "info@kanzlei.example", DisplayName: "Kanzlei Muster", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_SHARED,
 	}}))
-	must(e.mailbox.AddMember(ctx, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "martina", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}))
+	must(e.mailbox.AddMember(ctx, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "martina", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_READ, mailboxv1.Right_RIGHT_SEND_AS}}))
 	must(e.mailbox.AddMember(ctx, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "max", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_ON_BEHALF}}))
 	host, port := e.sinkHostPort()
 	must(e.outbox.CreateConnector(ctx, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{

@@ -538,7 +538,8 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 // KEYS[5] body, KEYS[6] idempotency key (or the record), KEYS[7] the disabled set the email
 // enters (or the record), KEYS[8] static part, KEYS[9] ready index, KEYS[10] the lane index of
 // the old status of the old connector, KEYS[11] the disabled set the email leaves (or the
-// record), KEYS[12..11+n] old view index keys, KEYS[12+n..] new view index keys. The old and
+// record), KEYS[12..11+n] old view index keys, KEYS[12+n..] new view index keys (for a final
+// status: its finished indexes, see finished.go). The old and
 // new connector differ only for a move (MoveEmails); both lanes' keys carry the email's {obN}
 // tag, so a move is one script on one slot like every other transition.
 // ARGV[1] expected version, ARGV[2] expected fence or "", ARGV[3] new version, ARGV[4] new
@@ -550,6 +551,9 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 // count, and the manual retries count one more) or "", ARGV[13..18] event envelope (ARGV[13] "":
 // no event, for a claim handed back, which announced nothing either), ARGV[19] lane member of
 // the new connector, ARGV[20] partition, ARGV[21..] field/value pairs to set.
+// A final change also trims each finished index it adds to: at most 100 entries older than the
+// retention before the final time (ARGV[8] >> 10) leave, and the index expires a retention after
+// this, its newest entry.
 // Returns the new version; 0 when the version or fence does not match (nothing written); -1 when
 // a fenced change finds the record at exactly the version it would produce under the same fence:
 // the change was applied by an earlier try whose reply was lost (only the fence's holder changes
@@ -583,6 +587,12 @@ if ARGV[10] ~= '' then
     if KEYS[i] ~= KEYS[1] then redis.call('PEXPIRE', KEYS[i], ARGV[10]) end
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
+  local cut = string.format('(%.0f', (math.floor(tonumber(ARGV[8]) / 1024) - tonumber(ARGV[10])) * 1024)
+  for i = 12 + n, #KEYS do
+    local old = redis.call('ZCOUNT', KEYS[i], '-inf', cut)
+    if old > 0 then redis.call('ZREMRANGEBYRANK', KEYS[i], 0, math.min(old, 100) - 1) end
+    redis.call('PEXPIRE', KEYS[i], ARGV[10])
+  end
 end
 if ARGV[13] ~= '' then
   postamt_emit(KEYS[3], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18])
@@ -828,6 +838,9 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 		}
 	}
 	old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, c.Status)
+	if c.Status.Final() {
+		nw = finishedKeys(p, e, c.Status) // listed by final time while retained (finished.go)
+	}
 	keys := append([]string{recordKey(e.ID), indexKeyOf(p, &next, c.Status), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cdIn, staticKey(e.ID), readyKey(p), indexKeyOf(p, e, e.Status), cdOut}, old...)
 	keys = append(keys, nw...)
 	due := ""

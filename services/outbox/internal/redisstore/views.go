@@ -20,7 +20,8 @@ var OpenStatuses = []outbox.Status{
 }
 
 // View selects emails of a tenant through its indexes: the union of Buckets in Statuses (all
-// open statuses when empty). Final (SENT, CANCELLED) mail is in no index.
+// open statuses when empty). Final (SENT, CANCELLED) mail is in no view index but in the
+// finished indexes, which ScanFinished and CountFinished read (finished.go).
 type View struct {
 	Tenant   string
 	Buckets  []string
@@ -117,24 +118,29 @@ func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]E
 
 // countScript counts a view's emails per status in one partition, each email once however many
 // of the view's buckets list it.
-// KEYS: per status, nb index keys (one per bucket). ARGV[1] nb.
-// With one bucket it is a ZCARD per status. With several it starts from the largest set and, for
-// each smaller one, counts the members no larger set holds: the cost is the size of the smaller
-// sets (a user's own buckets), never the tenant-wide one.
+// KEYS: per status, nb index keys (one per bucket). ARGV[1] nb, ARGV[2] the lowest score counted
+// ("-inf": every entry; finished indexes count their retained window).
+// With one bucket it is a ZCARD (or ZCOUNT) per status. With several it starts from the largest
+// set and, for each smaller one, counts the members no larger set holds: the cost is the size of
+// the smaller sets (a user's own buckets), never the tenant-wide one.
 var countScript = redis.NewScript(`
-local nb = tonumber(ARGV[1])
+local nb, lo = tonumber(ARGV[1]), ARGV[2]
+local function size(k)
+  if lo == '-inf' then return redis.call('ZCARD', k) end
+  return redis.call('ZCOUNT', k, lo, '+inf')
+end
 local out = {}
 for s = 0, #KEYS / nb - 1 do
   local sets = {}
   for b = 1, nb do
     local k = KEYS[s * nb + b]
-    sets[#sets + 1] = {k = k, n = redis.call('ZCARD', k)}
+    sets[#sets + 1] = {k = k, n = size(k)}
   end
   table.sort(sets, function(x, y) return x.n > y.n end)
   local total = sets[1].n
   for i = 2, #sets do
     if sets[i].n > 0 then
-      for _, id in ipairs(redis.call('ZRANGE', sets[i].k, 0, -1)) do
+      for _, id in ipairs(redis.call('ZRANGE', sets[i].k, lo, '+inf', 'BYSCORE')) do
         local dup = false
         for j = 1, i - 1 do
           if redis.call('ZSCORE', sets[j].k, id) then dup = true break end
@@ -151,21 +157,29 @@ return out
 // Count returns the number of v's emails per status (in v's status order). One pipelined round
 // trip: a script per partition.
 func (l *Ledger) Count(ctx context.Context, v View) (map[outbox.Status]int64, error) {
+	return l.count(ctx, v, v.statuses(), indexKey, "-inf")
+}
+
+// count runs countScript over the indexes key names for v's buckets in statuses sts, counting
+// entries scored lo or more.
+func (l *Ledger) count(ctx context.Context, v View, sts []outbox.Status, key func(p int, tenant, bucket string, s outbox.Status) string, lo string) (map[outbox.Status]int64, error) {
 	out := make(map[outbox.Status]int64)
 	if len(v.Buckets) == 0 {
 		return out, nil
 	}
-	sts := v.statuses()
-	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, Partitions)
-	for p := range Partitions {
+	keysOf := func(p int) []string {
 		keys := make([]string, 0, len(sts)*len(v.Buckets))
 		for _, s := range sts {
 			for _, b := range v.Buckets {
-				keys = append(keys, indexKey(p, v.Tenant, b, s))
+				keys = append(keys, key(p, v.Tenant, b, s))
 			}
 		}
-		cmds[p] = countScript.Run(ctx, pipe, keys, len(v.Buckets))
+		return keys
+	}
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, Partitions)
+	for p := range Partitions {
+		cmds[p] = countScript.Run(ctx, pipe, keysOf(p), len(v.Buckets), lo)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
 		return nil, fmt.Errorf("count view: %w", err)
@@ -175,9 +189,9 @@ func (l *Ledger) Count(ctx context.Context, v View) (map[outbox.Status]int64, er
 		if err != nil {
 			// A pipelined EVALSHA fails with NOSCRIPT on a fresh server: count this partition alone,
 			// which loads the script.
-			ns, err = l.countPartition(ctx, p, v, sts)
+			ns, err = countScript.Run(ctx, l.rdb, keysOf(p), len(v.Buckets), lo).Int64Slice()
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("count view: %w", err)
 			}
 		}
 		for i, n := range ns {
@@ -185,18 +199,4 @@ func (l *Ledger) Count(ctx context.Context, v View) (map[outbox.Status]int64, er
 		}
 	}
 	return out, nil
-}
-
-func (l *Ledger) countPartition(ctx context.Context, p int, v View, sts []outbox.Status) ([]int64, error) {
-	keys := make([]string, 0, len(sts)*len(v.Buckets))
-	for _, s := range sts {
-		for _, b := range v.Buckets {
-			keys = append(keys, indexKey(p, v.Tenant, b, s))
-		}
-	}
-	ns, err := countScript.Run(ctx, l.rdb, keys, len(v.Buckets)).Int64Slice()
-	if err != nil {
-		return nil, fmt.Errorf("count view: %w", err)
-	}
-	return ns, nil
 }

@@ -127,6 +127,9 @@ func (s *Service) selectByFilter(ctx context.Context, p auth.Principal, view out
 	if err != nil {
 		return nil, err
 	}
+	if q.finished {
+		return nil, errFinishedAction
+	}
 	tooMany := errs.ResourceExhausted("SELECTION", fmt.Sprintf("the filter selects more than %d emails; narrow it", s.opts.MaxSelection), 0)
 	var ids []string
 	if q.post {

@@ -87,6 +87,10 @@ type query struct {
 	filter  *outboxv1.EmailFilter
 	post    bool // the filter needs the records (not answered by the indexes)
 	subText string
+
+	// finished: the filter asks for final statuses only, read from the finished indexes
+	// (finished.go).
+	finished bool
 }
 
 func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter) (*query, error) {
@@ -108,11 +112,16 @@ func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.V
 		switch {
 		case st <= outboxv1.EmailStatus_EMAIL_STATUS_UNSPECIFIED || st > outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED:
 			v.Addf("filter.statuses["+strconv.Itoa(i)+"]", "unknown status")
-		case status.Final():
-			v.Addf("filter.statuses["+strconv.Itoa(i)+"]", "%s mail is not in the outbox; it is kept for the retention time and read by id", status)
 		default:
 			q.idx.Statuses = append(q.idx.Statuses, status)
 		}
+	}
+	if v.Err() == nil {
+		finished, err := finalOnly(q.idx.Statuses)
+		if err != nil {
+			return nil, err
+		}
+		q.finished = finished
 	}
 	if len(f.GetText()) > 256 {
 		v.Add("filter.text", "at most 256 characters")
@@ -158,8 +167,8 @@ func (q *query) match(e *outboxv1.Email) bool {
 	return false
 }
 
-// recordsOf reads the records of index entries in one round trip; entries whose email became
-// final meanwhile are left out.
+// recordsOf reads the records of index entries in one round trip; entries whose record is gone
+// (final mail past its retention) are left out.
 func (s *Service) recordsOf(ctx context.Context, entries []redisstore.Entry) ([]*redisstore.Email, error) {
 	ids := make([]string, len(entries))
 	for i, e := range entries {
@@ -174,7 +183,7 @@ func (s *Service) recordsOf(ctx context.Context, entries []redisstore.Entry) ([]
 func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(r *redisstore.Email, e *outboxv1.Email)) (bool, error) {
 	cur := redisstore.Cursor{}
 	for read := 0; ; {
-		entries, more, err := s.ledger.Scan(ctx, q.idx, cur, min(500, maxRead+1-read))
+		entries, more, err := s.scan(ctx, q, cur, min(500, maxRead+1-read))
 		if err != nil {
 			return false, err
 		}
@@ -224,7 +233,8 @@ func parseToken(tok string) (redisstore.Cursor, error) {
 // nothing extra; the others are applied to the records, reading at most MaxFilterScan of them per
 // page: a page may then come back short, with a token to go on. The orders by submit and by last
 // attempt time are not indexed (each would cost another index entry per email, beyond P8's
-// budget): they sort the whole matching set, up to MaxFilterScan emails (listSorted).
+// budget): they sort the whole matching set, up to MaxFilterScan emails (listSorted). A filter
+// of final statuses only lists finished mail, newest final first (finished.go).
 func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.ListEmailsRequest) (*outboxv1.ListEmailsResponse, error) {
 	order := req.GetOrder()
 	switch order {
@@ -236,6 +246,9 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 	q, err := s.resolve(ctx, p, req.GetView(), req.GetFilter())
 	if err != nil {
 		return nil, err
+	}
+	if q.finished && order != outboxv1.EmailOrder_EMAIL_ORDER_UNSPECIFIED {
+		return nil, errFinishedOrder
 	}
 	size := int(req.GetPageSize())
 	switch {
@@ -253,7 +266,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 	if order == outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC || order == outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC {
 		return s.listSorted(ctx, q, order, size, req.GetPageToken())
 	}
-	cur, err := parseToken(req.GetPageToken())
+	cur, err := q.parseToken(req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +277,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 		if q.post {
 			chunk = max(chunk, 200)
 		}
-		entries, more, err := s.ledger.Scan(ctx, q.idx, cur, chunk)
+		entries, more, err := s.scan(ctx, q, cur, chunk)
 		if err != nil {
 			return nil, err
 		}
@@ -281,7 +294,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 			r := byID[en.ID]
 			if r == nil {
 				cur = redisstore.Cursor{Score: en.Score, ID: en.ID}
-				continue // changed to final between the index read and the record read
+				continue // changed to final between the index read and the record read, or expired
 			}
 			e, err := s.Present(q.p, r)
 			if err != nil {
@@ -292,7 +305,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 				continue
 			}
 			if len(out.Emails) == size {
-				out.NextPageToken = pageToken(cur)
+				out.NextPageToken = q.pageToken(cur)
 				return out, nil
 			}
 			out.Emails = append(out.Emails, e)
@@ -302,14 +315,15 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 			return out, nil
 		}
 		if scanned >= s.opts.MaxFilterScan {
-			out.NextPageToken = pageToken(cur)
+			out.NextPageToken = q.pageToken(cur)
 			return out, nil
 		}
 	}
 }
 
-// Count returns a view's emails per open status: from the indexes alone when the filter is by
-// status only (the badge), else by reading at most MaxFilterScan records.
+// Count returns a view's emails per status asked (every open one by default; final ones from
+// the finished indexes): from the indexes alone when the filter is by status only (the badge),
+// else by reading at most MaxFilterScan records.
 func (s *Service) Count(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter) (*outboxv1.CountEmailsResponse, error) {
 	q, err := s.resolve(ctx, p, view, f)
 	if err != nil {
@@ -318,7 +332,7 @@ func (s *Service) Count(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	out := &outboxv1.CountEmailsResponse{View: q.view}
 	counts := make(map[outbox.Status]int64)
 	if !q.post {
-		counts, err = s.ledger.Count(ctx, q.idx)
+		counts, err = s.countIndexes(ctx, q)
 		if err != nil {
 			return nil, err
 		}

@@ -28,7 +28,8 @@ const (
 type EmailOrder int32
 
 const (
-	// Not set: next attempt (or send) time, soonest first.
+	// Not set: next attempt (or send) time, soonest first; for SENT and CANCELLED mail, the time
+	// it was sent or cancelled, newest first (the only order it is listed in).
 	EmailOrder_EMAIL_ORDER_UNSPECIFIED EmailOrder = 0
 	// Soonest due first.
 	EmailOrder_EMAIL_ORDER_DUE_TIME EmailOrder = 1
@@ -437,7 +438,10 @@ func (x *GetEmailResponse) GetEmail() *Email {
 // EmailFilter narrows a view. Unset fields do not filter.
 type EmailFilter struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Only these statuses; unset means every status that is not final.
+	// Only these statuses; unset means every status that is not final. SENT and CANCELLED mail is
+	// found while it is retained by asking for final statuses alone (listed newest final first);
+	// a mix of final and open statuses is InvalidArgument, and so is a final status in an
+	// action's selection (actions do not apply to finished mail).
 	Statuses []EmailStatus `protobuf:"varint,1,rep,packed,name=statuses,proto3,enum=postamt.outbox.v1.EmailStatus" json:"statuses,omitempty"`
 	// Only this connector.
 	ConnectorId string `protobuf:"bytes,2,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
@@ -785,7 +789,7 @@ func (x *StatusCount) GetCount() int64 {
 // CountEmailsResponse holds the counts.
 type CountEmailsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Emails that are not final, in total: the badge.
+	// The emails counted, in total: without a status filter, those that are not final (the badge).
 	Total int64 `protobuf:"varint,1,opt,name=total,proto3" json:"total,omitempty"`
 	// The counts per status.
 	ByStatus []*StatusCount `protobuf:"bytes,2,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty"`

@@ -59,11 +59,18 @@ type OutboxServiceClient interface {
 	SubmitEmail(ctx context.Context, in *SubmitEmailRequest, opts ...grpc.CallOption) (*SubmitEmailResponse, error)
 	// Returns one email with its attempt history.
 	GetEmail(ctx context.Context, in *GetEmailRequest, opts ...grpc.CallOption) (*GetEmailResponse, error)
-	// Lists the emails of a view that match a filter, keyset-paged. Errors: InvalidArgument (a
-	// filter, page size, order or page token); FailedPrecondition FILTER_TOO_BROAD when an order
-	// other than DUE_TIME would sort more than the configured scan bound of emails.
+	// Lists the emails of a view that match a filter, keyset-paged. Open mail by default; with
+	// filter.statuses only SENT and/or CANCELLED, the view's finished mail that is still retained
+	// (OUTBOX_RETENTION, 30 days by default), newest sent or cancelled first, with the same access
+	// as open mail. Errors: InvalidArgument (a filter, page size, order or page token: final and
+	// open statuses mixed, an order set for finished mail, a token of another kind of list);
+	// FailedPrecondition FILTER_TOO_BROAD when an order other than DUE_TIME would sort more than
+	// the configured scan bound of emails.
 	ListEmails(ctx context.Context, in *ListEmailsRequest, opts ...grpc.CallOption) (*ListEmailsResponse, error)
-	// Counts the emails of a view by status (the outbox badge).
+	// Counts the emails of a view by status (the outbox badge): open mail by default; with
+	// filter.statuses only SENT and/or CANCELLED, the finished mail still retained. Errors:
+	// InvalidArgument (a filter: final and open statuses mixed); FailedPrecondition
+	// FILTER_TOO_BROAD when a filter beyond statuses would read more than the scan bound.
 	CountEmails(ctx context.Context, in *CountEmailsRequest, opts ...grpc.CallOption) (*CountEmailsResponse, error)
 	// Sends QUEUED or SCHEDULED emails now, skipping the undo delay or the schedule.
 	SendNow(ctx context.Context, in *SendNowRequest, opts ...grpc.CallOption) (*SendNowResponse, error)
@@ -353,11 +360,18 @@ type OutboxServiceServer interface {
 	SubmitEmail(context.Context, *SubmitEmailRequest) (*SubmitEmailResponse, error)
 	// Returns one email with its attempt history.
 	GetEmail(context.Context, *GetEmailRequest) (*GetEmailResponse, error)
-	// Lists the emails of a view that match a filter, keyset-paged. Errors: InvalidArgument (a
-	// filter, page size, order or page token); FailedPrecondition FILTER_TOO_BROAD when an order
-	// other than DUE_TIME would sort more than the configured scan bound of emails.
+	// Lists the emails of a view that match a filter, keyset-paged. Open mail by default; with
+	// filter.statuses only SENT and/or CANCELLED, the view's finished mail that is still retained
+	// (OUTBOX_RETENTION, 30 days by default), newest sent or cancelled first, with the same access
+	// as open mail. Errors: InvalidArgument (a filter, page size, order or page token: final and
+	// open statuses mixed, an order set for finished mail, a token of another kind of list);
+	// FailedPrecondition FILTER_TOO_BROAD when an order other than DUE_TIME would sort more than
+	// the configured scan bound of emails.
 	ListEmails(context.Context, *ListEmailsRequest) (*ListEmailsResponse, error)
-	// Counts the emails of a view by status (the outbox badge).
+	// Counts the emails of a view by status (the outbox badge): open mail by default; with
+	// filter.statuses only SENT and/or CANCELLED, the finished mail still retained. Errors:
+	// InvalidArgument (a filter: final and open statuses mixed); FailedPrecondition
+	// FILTER_TOO_BROAD when a filter beyond statuses would read more than the scan bound.
 	CountEmails(context.Context, *CountEmailsRequest) (*CountEmailsResponse, error)
 	// Sends QUEUED or SCHEDULED emails now, skipping the undo delay or the schedule.
 	SendNow(context.Context, *SendNowRequest) (*SendNowResponse, error)
