@@ -3,7 +3,11 @@
 // rule drifts (a Bcc shown by one service and hidden by another is a leak, whichever is right).
 package access
 
-import "github.com/postamt/postamt/internal/auth"
+import (
+	"slices"
+
+	"github.com/postamt/postamt/internal/auth"
+)
 
 // SeesBcc reports whether p may see the Bcc recipients of mail sent by sender (a user id; empty
 // for system-generated mail): the sender, the tenant's admins and other Postamt services. Anyone
@@ -32,4 +36,58 @@ func Teams(directory, token []string) []string {
 		}
 	}
 	return out
+}
+
+// RoleCRM is the role that reads every tracked email of the tenant (the CRM's integration user,
+// support staff reconciling records), without Bcc unless it is also an admin.
+const RoleCRM = "crm"
+
+// Reader is who asks to read mail, with what the directory (mailbox's GetReadAccess) says they
+// may read.
+type Reader struct {
+	auth.Principal
+	// Mailboxes are the mailboxes whose mail the user may read: their own, and those where they
+	// hold RIGHT_READ. A send right alone is not among them.
+	Mailboxes []string
+	// Teams are the user's teams (access.Teams: the directory's, narrowed by the token).
+	Teams []string
+}
+
+// Mail is what the rule looks at of one email, sent or being sent.
+type Mail struct {
+	Tenant string
+	// Sender is the user who sent it; empty for system-generated mail.
+	Sender string
+	// Mailbox is the mailbox of its From address.
+	Mailbox string
+	// Teams are the teams it is listed under: the sender's at sending time and the work item's.
+	Teams []string
+}
+
+// MayRead is the one visibility rule of the suite: who may read an email — in the outbox, the
+// tracker's tracked mail and explanations, and mailbox's sent view. The same tenant, and one of:
+//   - an admin or a service of the tenant;
+//   - the sender;
+//   - a user who may read the mail's mailbox (owner, or RIGHT_READ — SEND_AS or SEND_ON_BEHALF
+//     alone lets a member send from a shared mailbox, not read what others sent from it);
+//   - a member or lead of one of the mail's teams (the outbox's MY TEAM view, seed 003).
+//
+// Anyone else gets NOT_FOUND, so ids cannot be probed. Bcc is a further rule (SeesBcc).
+func (r Reader) MayRead(m Mail) bool {
+	switch {
+	case m.Tenant != r.Tenant:
+		return false
+	case r.IsAdmin() || r.IsService():
+		return true
+	case r.User != "" && m.Sender == r.User:
+		return true
+	case m.Mailbox != "" && slices.Contains(r.Mailboxes, m.Mailbox):
+		return true
+	}
+	for _, t := range m.Teams {
+		if slices.Contains(r.Teams, t) {
+			return true
+		}
+	}
+	return false
 }

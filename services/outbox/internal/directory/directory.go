@@ -15,12 +15,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/tenantcache"
@@ -84,8 +81,8 @@ func (c *Client) CheckSend(ctx context.Context, tenant, user, address string) (s
 	return right, nil
 }
 
-// Mailboxes implements service.Directory: the mailboxes the user sees (member, all-users or
-// owner).
+// Mailboxes implements service.Directory: the mailboxes whose mail the user may read (owner, or
+// RIGHT_READ explicitly or from all-users).
 func (c *Client) Mailboxes(ctx context.Context, tenant, user string) ([]string, error) {
 	e, err := c.lookup(ctx, tenant, user)
 	return e.mailboxes, err
@@ -111,40 +108,13 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 	if e, ok := c.cache.Get(tenant, k); ok {
 		return e.user, nil
 	}
-	ctx = auth.WithTenant(ctx, tenant)
-	vis, err := c.mb.ListVisibleMailboxes(ctx, &mailboxv1.ListVisibleMailboxesRequest{UserId: user})
-	if status.Code(err) == codes.NotFound {
-		// A user the token names but the directory does not know (an admin of the identity
-		// provider only, a user not yet synchronised) has no mailboxes and no teams here.
-		c.cache.Put(tenant, k, cached{})
-		return entry{}, nil
-	}
+	// One question, answered by mailbox (the owner of rights and teams) for every service that
+	// shows mail: what the user may read. A user it does not know has nothing.
+	r, err := c.mb.GetReadAccess(auth.WithTenant(ctx, tenant), &mailboxv1.GetReadAccessRequest{UserId: user})
 	if err != nil {
-		return entry{}, fmt.Errorf("mailbox ListVisibleMailboxes: %w", err)
+		return entry{}, fmt.Errorf("mailbox GetReadAccess: %w", err)
 	}
-	var e entry
-	for _, m := range vis.GetMailboxes() {
-		e.mailboxes = append(e.mailboxes, m.GetMailbox().GetMailboxId())
-	}
-	slices.Sort(e.mailboxes)
-	tok := ""
-	for {
-		teams, err := c.mb.ListTeams(ctx, &mailboxv1.ListTeamsRequest{PageSize: 500, PageToken: tok})
-		if err != nil {
-			return entry{}, fmt.Errorf("mailbox ListTeams: %w", err)
-		}
-		for _, t := range teams.GetTeams() {
-			lead := slices.Contains(t.GetLeadUserIds(), user)
-			if lead || slices.Contains(t.GetMemberUserIds(), user) {
-				e.teams = append(e.teams, t.GetTeamId())
-			}
-			e.lead = e.lead || lead
-		}
-		if tok = teams.GetNextPageToken(); tok == "" {
-			break
-		}
-	}
-	slices.Sort(e.teams)
+	e := entry{mailboxes: r.GetReadableMailboxIds(), teams: r.GetTeamIds(), lead: len(r.GetLeadTeamIds()) > 0}
 	c.cache.Put(tenant, k, cached{user: e})
 	return e, nil
 }

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"slices"
 	"strings"
 	"time"
 
@@ -210,22 +209,54 @@ func (s *Service) teams(ctx context.Context, p auth.Principal) ([]string, error)
 	return access.Teams(dir, p.Teams), nil
 }
 
-// visible reports whether the caller may see an email: same tenant, and one of the email's
-// buckets is in the caller's ALL view.
+// reader is the caller as the visibility rule sees them (access.Reader): the mailboxes they may
+// read and their teams, from the directory.
+func (s *Service) reader(ctx context.Context, p auth.Principal) (access.Reader, error) {
+	r := access.Reader{Principal: p}
+	if p.User == "" || p.IsAdmin() || p.IsService() {
+		return r, nil
+	}
+	mbs, err := s.dir.Mailboxes(ctx, p.Tenant, p.User)
+	if err != nil {
+		return r, err
+	}
+	teams, err := s.teams(ctx, p)
+	if err != nil {
+		return r, err
+	}
+	r.Mailboxes, r.Teams = mbs, teams
+	return r, nil
+}
+
+// mailOf is what the visibility rule looks at of a record: its buckets name its sender, its
+// mailbox and its teams (Bucket*), the same facts the ALL view's buckets are built from, so a
+// view and a single read cannot disagree.
+func mailOf(e *redisstore.Email) access.Mail {
+	m := access.Mail{Tenant: e.Tenant}
+	for _, b := range e.Buckets {
+		switch {
+		case strings.HasPrefix(b, "u:"):
+			m.Sender = b[2:]
+		case strings.HasPrefix(b, "m:"):
+			m.Mailbox = b[2:]
+		case strings.HasPrefix(b, "t:"):
+			m.Teams = append(m.Teams, b[2:])
+		}
+	}
+	return m
+}
+
+// visible reports whether the caller may see an email: the one visibility rule
+// (access.Reader.MayRead).
 func (s *Service) visible(ctx context.Context, p auth.Principal, e *redisstore.Email) (bool, error) {
 	if e.Tenant != p.Tenant {
 		return false, nil
 	}
-	mine, err := s.viewBuckets(ctx, p, outboxv1.View_VIEW_ALL)
+	r, err := s.reader(ctx, p)
 	if err != nil {
 		return false, err
 	}
-	for _, b := range e.Buckets {
-		if slices.Contains(mine, b) {
-			return true, nil
-		}
-	}
-	return false, nil
+	return r.MayRead(mailOf(e)), nil
 }
 
 // read returns an email the caller may see; others (and other tenants') are NotFound, so ids
