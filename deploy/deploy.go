@@ -2,8 +2,9 @@
 // kustomize API, decodes every object strictly into its k8s.io/api type, and checks the rules
 // an operator relies on: selectors that select, gRPC probes on declared ports, the restricted
 // pod security profile, a termination grace longer than the drain, pinned images, default-deny
-// network policies and the flows each service needs. The tests run the checks on every overlay;
-// nothing here talks to a cluster.
+// network policies, and flows derived from the addresses each service is configured to dial
+// (dial.go), so that configuration and policies cannot drift apart. The tests run the checks on
+// every overlay; nothing here talks to a cluster.
 package deploy
 
 import (

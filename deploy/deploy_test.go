@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -278,5 +280,179 @@ func TestViolationIsError(t *testing.T) {
 	var v deploy.Violation
 	if !errors.As(errors.Join(err), &v) || v.Rule != deploy.RuleImage {
 		t.Fatalf("errors.As did not find the Violation in %v", err)
+	}
+}
+
+// policy returns the rendered NetworkPolicy called name.
+func policy(m *deploy.Manifest, name string) *networkingv1.NetworkPolicy {
+	i := slices.IndexFunc(m.NetworkPolicies, func(p *networkingv1.NetworkPolicy) bool { return p.Name == name })
+	if i < 0 {
+		panic("no NetworkPolicy " + name)
+	}
+	return m.NetworkPolicies[i]
+}
+
+// configMap returns the rendered ConfigMap whose generated name starts with prefix.
+func configMap(m *deploy.Manifest, prefix string) *corev1.ConfigMap {
+	i := slices.IndexFunc(m.ConfigMaps, func(c *corev1.ConfigMap) bool { return strings.HasPrefix(c.Name, prefix+"-") })
+	if i < 0 {
+		panic("no ConfigMap " + prefix)
+	}
+	return m.ConfigMaps[i]
+}
+
+func addEnv(m *deploy.Manifest, service, name, value string) {
+	c := &m.Deployment(service).Spec.Template.Spec.Containers[0]
+	c.Env = append(c.Env, corev1.EnvVar{Name: name, Value: value})
+}
+
+// TestDials: the addresses the checks derive the flows from are the ones the manifests
+// configure, for every overlay: each service's clients (the *_ADDR variables), Redis and NATS for
+// the services that keep state, nothing of either for the gateway.
+func TestDials(t *testing.T) {
+	want := []string{
+		"calendar CALENDAR_MAILBOX_ADDR mailbox-headless:9090",
+		"calendar NATS_URL nats:4222",
+		"calendar REDIS_URL redis:6379",
+		"gateway GATEWAY_CALENDAR_ADDR calendar-headless:9090",
+		"gateway GATEWAY_MAILBOX_ADDR mailbox-headless:9090",
+		"gateway GATEWAY_OUTBOX_ADDR outbox-headless:9090",
+		"gateway GATEWAY_TRACKER_ADDR tracker-headless:9090",
+		"mailbox NATS_URL nats:4222",
+		"mailbox REDIS_URL redis:6379",
+		"outbox NATS_URL nats:4222",
+		"outbox OUTBOX_MAILBOX_ADDR mailbox-headless:9090",
+		"outbox OUTBOX_TRACKER_ADDR tracker-headless:9090",
+		"outbox REDIS_URL redis:6379",
+		"tracker NATS_URL nats:4222",
+		"tracker REDIS_URL redis:6379",
+		"tracker TRACKER_MAILBOX_ADDR mailbox-headless:9090",
+	}
+	for _, overlay := range []string{"dev", "prod"} {
+		t.Run(overlay, func(t *testing.T) {
+			var got []string
+			for _, d := range render(t, "k8s/overlays/"+overlay).Dials() {
+				if d.Err != nil || d.Local {
+					t.Errorf("%s %s = %s: err %v, local %v", d.Service, d.Var, d.Address, d.Err, d.Local)
+				}
+				got = append(got, fmt.Sprintf("%s %s %s:%d", d.Service, d.Var, d.Host, d.Port))
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, want) {
+				t.Errorf("Dials =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+// TestFlowsFromConfiguration changes the configuration or the policies of a good manifest and
+// expects exactly the flow and address violations the change causes: an address the policies
+// refuse on either side, a rule no address needs on either side, an address the service does not
+// read or that names nothing the manifest renders.
+func TestFlowsFromConfiguration(t *testing.T) {
+	type found struct {
+		rule   deploy.Rule
+		object string
+	}
+	tests := []struct {
+		name   string
+		mutate func(m *deploy.Manifest)
+		want   []found
+	}{
+		{"the real manifest", func(*deploy.Manifest) {}, nil},
+		{"outbox → tracker refused by both policies, as before issue 14", func(m *deploy.Manifest) {
+			out := policy(m, "outbox")
+			out.Spec.Egress[0].To = out.Spec.Egress[0].To[:1] // mailbox only
+			tr := policy(m, "tracker")
+			tr.Spec.Ingress[0].From = tr.Spec.Ingress[0].From[:1] // gateway only
+		}, []found{
+			{deploy.RuleFlow, "Deployment/outbox OUTBOX_TRACKER_ADDR"},
+			{deploy.RuleFlow, "Deployment/outbox OUTBOX_TRACKER_ADDR"},
+		}},
+		{"outbox → tracker refused by the tracker's ingress only", func(m *deploy.Manifest) {
+			tr := policy(m, "tracker")
+			tr.Spec.Ingress[0].From = tr.Spec.Ingress[0].From[:1]
+		}, []found{{deploy.RuleFlow, "Deployment/outbox OUTBOX_TRACKER_ADDR"}}},
+		{"a new client address without policies", func(m *deploy.Manifest) {
+			configMap(m, "tracker-config").Data["TRACKER_CALENDAR_ADDR"] = "calendar-headless.postamt.svc.cluster.local:9090"
+		}, []found{
+			{deploy.RuleFlow, "Deployment/tracker TRACKER_CALENDAR_ADDR"},
+			{deploy.RuleFlow, "Deployment/tracker TRACKER_CALENDAR_ADDR"},
+		}},
+		{"an address nobody configures any more leaves its rules unused", func(m *deploy.Manifest) {
+			delete(configMap(m, "outbox-config").Data, "OUTBOX_TRACKER_ADDR")
+		}, []found{
+			{deploy.RuleFlow, "NetworkPolicy egress of outbox"},
+			{deploy.RuleFlow, "NetworkPolicy ingress of tracker"},
+		}},
+		{"an empty address turns the client off and needs no flow", func(m *deploy.Manifest) {
+			configMap(m, "outbox-config").Data["OUTBOX_TRACKER_ADDR"] = ""
+		}, []found{
+			{deploy.RuleFlow, "NetworkPolicy egress of outbox"},
+			{deploy.RuleFlow, "NetworkPolicy ingress of tracker"},
+		}},
+		{"the gateway given Redis credentials", func(m *deploy.Manifest) {
+			addEnv(m, "gateway", "REDIS_URL", "redis://:$(REDIS_PASSWORD)@redis:6379/0")
+		}, []found{{deploy.RuleAddress, "Deployment/gateway REDIS_URL"}}},
+		{"the gateway given NATS", func(m *deploy.Manifest) {
+			configMap(m, "gateway-config").Data["NATS_URL"] = "nats://nats:4222"
+		}, []found{{deploy.RuleAddress, "Deployment/gateway NATS_URL"}}},
+		{"the gateway's policy allowing Redis", func(m *deploy.Manifest) {
+			gw := policy(m, "gateway")
+			gw.Spec.Egress = append(gw.Spec.Egress, policy(m, "postamt-stores").Spec.Egress[0])
+		}, []found{{deploy.RuleFlow, "NetworkPolicy egress of gateway"}}},
+		{"Redis open to every Postamt pod", func(m *deploy.Manifest) {
+			policy(m, "redis").Spec.Ingress[0].From[0].PodSelector = &metav1.LabelSelector{
+				MatchLabels: map[string]string{deploy.ComponentLabel: deploy.APIComponent},
+			}
+		}, []found{{deploy.RuleFlow, "NetworkPolicy ingress of redis"}}},
+		{"a second NATS server refused", func(m *deploy.Manifest) {
+			configMap(m, "postamt-stores").Data["NATS_URL"] = "nats://nats:4222, nats://nats-headless:6222"
+		}, func() []found {
+			var f []found
+			for _, s := range []string{"calendar", "mailbox", "outbox", "tracker"} {
+				f = append(f, found{deploy.RuleFlow, "Deployment/" + s + " NATS_URL"}, found{deploy.RuleFlow, "Deployment/" + s + " NATS_URL"})
+			}
+			return f
+		}()},
+		{"an address naming no Service", func(m *deploy.Manifest) {
+			configMap(m, "outbox-config").Data["OUTBOX_TRACKER_ADDR"] = "trackr-headless:9090"
+		}, []found{
+			{deploy.RuleAddress, "Deployment/outbox OUTBOX_TRACKER_ADDR"},
+			{deploy.RuleFlow, "NetworkPolicy egress of outbox"},
+			{deploy.RuleFlow, "NetworkPolicy ingress of tracker"},
+		}},
+		{"a listen address taken for a dial address", func(m *deploy.Manifest) {
+			configMap(m, "outbox-config").Data["OUTBOX_WEBHOOK_ADDR"] = ":8443"
+		}, []found{{deploy.RuleAddress, "Deployment/outbox OUTBOX_WEBHOOK_ADDR"}}},
+		{"loopback and Unix sockets need no policy", func(m *deploy.Manifest) {
+			configMap(m, "outbox-config").Data["OTEL_EXPORTER_OTLP_ENDPOINT"] = "127.0.0.1:4317"
+			addEnv(m, "mailbox", "REDIS_URL", "unix:///run/redis.sock")
+		}, []found{
+			{deploy.RuleFlow, "NetworkPolicy egress of mailbox"},
+			{deploy.RuleFlow, "NetworkPolicy ingress of redis"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := render(t, "k8s/overlays/prod")
+			tt.mutate(m)
+			var got []found
+			for _, v := range deploy.Check(m, overlays["prod"]) {
+				switch v.Rule {
+				case deploy.RuleFlow, deploy.RuleAddress:
+					got = append(got, found{v.Rule, v.Object})
+					t.Log(v)
+				default:
+					t.Errorf("unexpected %v", v)
+				}
+			}
+			cmp := func(a, b found) int { return strings.Compare(string(a.rule)+a.object, string(b.rule)+b.object) }
+			slices.SortFunc(got, cmp)
+			slices.SortFunc(tt.want, cmp)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("violations %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -74,13 +74,20 @@ func (m *Manifest) namespaceLabels(ns string) map[string]string {
 // rule of those policies admits. Only the manifest's own policies count (a cluster may have
 // more), and an ipBlock is taken to match only addresses outside the cluster.
 func (m *Manifest) Allowed(src, dst Endpoint, port int32, protocol corev1.Protocol) bool {
-	if src.Labels != nil && !m.admits(networkingv1.PolicyTypeEgress, src, dst, dst, port, protocol) {
-		return false
-	}
-	if dst.Labels != nil && !m.admits(networkingv1.PolicyTypeIngress, dst, src, dst, port, protocol) {
-		return false
-	}
-	return true
+	return m.Egress(src, dst, port, protocol) && m.Ingress(src, dst, port, protocol)
+}
+
+// Egress is the caller's half of Allowed: whether the policies of src's namespace let src open
+// the connection (always, for an address outside the cluster). Check asks each half on its own,
+// so that a rule one side grants and nobody needs is found even while the other side refuses.
+func (m *Manifest) Egress(src, dst Endpoint, port int32, protocol corev1.Protocol) bool {
+	return src.Labels == nil || m.admits(networkingv1.PolicyTypeEgress, src, dst, dst, port, protocol)
+}
+
+// Ingress is the callee's half of Allowed: whether the policies of dst's namespace let the
+// connection in (always, for an address outside the cluster).
+func (m *Manifest) Ingress(src, dst Endpoint, port int32, protocol corev1.Protocol) bool {
+	return dst.Labels == nil || m.admits(networkingv1.PolicyTypeIngress, dst, src, dst, port, protocol)
 }
 
 // admits evaluates the policies of self's namespace in direction dir towards peer; target is

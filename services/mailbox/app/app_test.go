@@ -169,6 +169,46 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+
+	// The outbox's EmailSent names the sender by user id only; the name comes from mailbox's own
+	// directory, looked up when the item is written (issue 14).
+	t.Run("an on-behalf send as the outbox publishes it is attributed by the sender's display name", func(t *testing.T) {
+		ev := &outboxv1.EmailSent{
+			TenantId: "kanzlei", EmailId: "e-2", Version: 4, MessageId: "e-2@kanzlei.example", SenderUserId: "martina",
+			MailboxId: "info", FromAddress: "info@kanzlei.example", Mode: outboxv1.SendMode_SEND_MODE_ON_BEHALF,
+			To: []string{"client@example.com"}, Subject: "Ihre Unterlagen",
+			SentTime: timestamppb.New(time.Date(2026, 11, 22, 11, 0, 0, 0, time.UTC)),
+		}
+		data, err := proto.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := &nats.Msg{Subject: "postamt.outbox.v1.EmailSent", Data: data, Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, "kanzlei:email:e-2:4")
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+		for _, user := range []string{"max", "martina"} {
+			var got *mailboxv1.SentItem
+			poll.Eventually(t, "e-2 in "+user+"'s view", func() bool {
+				r, err := c.ListSentItems(as("kanzlei", user), &mailboxv1.ListSentItemsRequest{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, it := range r.GetItems() {
+					if it.GetEmailId() == "e-2" {
+						got = it
+					}
+				}
+				return got != nil
+			})
+			if got.GetSentByDisplayName() != "Martina Musterfrau" || got.GetSentByUserId() != "martina" ||
+				got.GetAttribution() != "sent by Martina Musterfrau via info@kanzlei.example" ||
+				got.GetMode() != mailboxv1.SendMode_SEND_MODE_ON_BEHALF {
+				t.Errorf("%s's view shows %v, want sent_by_display_name Martina Musterfrau and the attribution by name", user, got)
+			}
+		}
+	})
 }
 
 // TestStreamReplicas: the replica count (NATS_STREAM_REPLICAS) reaches JetStream when the

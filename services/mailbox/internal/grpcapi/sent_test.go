@@ -128,3 +128,49 @@ func TestSentViewSeed000(t *testing.T) {
 		wantCode(t, err, codes.PermissionDenied)
 	})
 }
+
+// TestSentItemSenderName: the sent view names the sender by the display name mailbox's directory
+// holds when the item is written, whatever the event carried; a sender the directory does not
+// know keeps the event's name, or is shown by user id.
+func TestSentItemSenderName(t *testing.T) {
+	e := newEnv(t)
+	admin := e.tenant("kanzlei")
+	e.user(admin, "martina", "Martina Musterfrau", "martina@kanzlei.example")
+	e.shared(admin, "info", "info@kanzlei.example", "Kanzlei Muster", false)
+	e.member(admin, "info", "martina", read, sendAs)
+	t0 := time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name            string
+		sender          string
+		eventName       string
+		wantName        string
+		wantAttribution string
+	}{
+		{"a known sender, no name in the event", "martina", "", "Martina Musterfrau", "sent by Martina Musterfrau via info@kanzlei.example"},
+		{"a known sender, another name in the event", "martina", "M. Musterfrau", "Martina Musterfrau", "sent by Martina Musterfrau via info@kanzlei.example"},
+		{"an unknown sender with a name in the event", "gone", "Gerd Gegangen", "Gerd Gegangen", "sent by Gerd Gegangen via info@kanzlei.example"},
+		{"an unknown sender without a name", "gone", "", "", "sent by gone via info@kanzlei.example"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprintf("e-%d", i)
+			if _, err := e.svc.ApplySent(context.Background(), "kanzlei", &mailbox.SentItem{
+				EmailID: id, MessageID: id + "@kanzlei.example", MailboxID: "info", FromAddress: "info@kanzlei.example",
+				SenderUser: tt.sender, SenderName: tt.eventName, Subject: "Betreff", To: []string{"client@example.com"},
+				Mode: mailbox.SendOnBehalf, SentAt: t0.Add(time.Duration(i) * time.Minute),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			r := must(e.client.ListSentItems(e.as("kanzlei", "martina"), &mailboxv1.ListSentItemsRequest{}))(t)
+			var got *mailboxv1.SentItem
+			for _, it := range r.GetItems() {
+				if it.GetEmailId() == id {
+					got = it
+				}
+			}
+			if got.GetSentByDisplayName() != tt.wantName || got.GetAttribution() != tt.wantAttribution {
+				t.Errorf("item = %v, want sent_by_display_name %q and attribution %q", got, tt.wantName, tt.wantAttribution)
+			}
+		})
+	}
+}

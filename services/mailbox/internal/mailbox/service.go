@@ -937,7 +937,10 @@ func formatAddress(name, addr string) string {
 
 // ---- the sent view ----
 
-// ApplySent records an EmailSent event; applying the same event twice changes nothing.
+// ApplySent records an EmailSent event; applying the same event twice changes nothing. The
+// sender's name is the display name the directory holds for the sending user as the item is
+// written (the outbox's event names the user by id only), so the view says "sent by Martina
+// Musterfrau via info@…" and keeps saying it after a rename or the user's deletion.
 func (s *Service) ApplySent(ctx context.Context, tenant string, item *SentItem) (bool, error) {
 	var v errs.Violations
 	checkTenantID(&v, "tenant_id", tenant)
@@ -955,7 +958,30 @@ func (s *Service) ApplySent(ctx context.Context, tenant string, item *SentItem) 
 		return false, err
 	}
 	item.FromAddress = normalizeAddress(item.FromAddress)
+	if err := s.nameSender(ctx, tenant, item); err != nil {
+		return false, err
+	}
 	return s.store.ApplySent(ctx, tenant, item)
+}
+
+// nameSender sets item.SenderName from the directory. A sender the directory does not know (a
+// user deleted since, a system send) keeps the name the event carried, if any; the attribution
+// then falls back to the user id.
+func (s *Service) nameSender(ctx context.Context, tenant string, item *SentItem) error {
+	if item.SenderUser == "" {
+		return nil
+	}
+	u, err := s.store.GetUser(ctx, tenant, item.SenderUser)
+	switch {
+	case errors.Is(err, errs.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("sender of sent item %s: %w", item.EmailID, err)
+	}
+	if u.DisplayName != "" {
+		item.SenderName = u.DisplayName
+	}
+	return nil
 }
 
 // ListSentItems pages through a user's sent view, newest first: what the user sent (from any
