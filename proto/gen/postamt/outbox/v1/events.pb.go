@@ -95,7 +95,9 @@ type EmailSent struct {
 	MessageId string `protobuf:"bytes,4,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	// The user who submitted the email; empty for system-generated mail.
 	SenderUserId string `protobuf:"bytes,5,opt,name=sender_user_id,json=senderUserId,proto3" json:"sender_user_id,omitempty"`
-	// The sending user's display name at submit time, for attribution.
+	// The sending user's display name, for attribution. The outbox leaves it empty: mailbox, which
+	// owns users, takes the name from its directory when it writes the sent item, and uses this
+	// only for a user it no longer knows.
 	SenderDisplayName string `protobuf:"bytes,6,opt,name=sender_display_name,json=senderDisplayName,proto3" json:"sender_display_name,omitempty"`
 	// The mailbox the From address belongs to.
 	MailboxId string `protobuf:"bytes,7,opt,name=mailbox_id,json=mailboxId,proto3" json:"mailbox_id,omitempty"`
