@@ -91,3 +91,9 @@ func (r Reader) MayRead(m Mail) bool {
 	}
 	return false
 }
+
+// MayReadTracked is MayRead for the tracker's tracked mail and explanations, where RoleCRM
+// reads every email of its tenant too (the CRM's integration, support reconciling records).
+func (r Reader) MayReadTracked(m Mail) bool {
+	return r.MayRead(m) || (m.Tenant == r.Tenant && r.HasRole(RoleCRM))
+}

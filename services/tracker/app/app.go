@@ -160,7 +160,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn}
 	a.mailboxes = mailboxes.New(mailboxv1.NewMailboxServiceClient(conn), cfg.SyncKindCacheTTL, deps.Now)
-	a.svc = tracker.New(redisstore.New(deps.Redis), a.mailboxes, tracker.Options{Now: deps.Now, DecisionRetention: cfg.DecisionRetention})
+	a.svc = tracker.New(redisstore.New(deps.Redis), a.mailboxes, tracker.Options{Now: deps.Now, DecisionRetention: cfg.DecisionRetention, Access: a.mailboxes})
 	handler := grpcapi.New(a.svc)
 
 	opts := deps.Server

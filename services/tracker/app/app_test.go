@@ -83,13 +83,20 @@ func TestIngestSentItemOverGRPC(t *testing.T) {
 		t.Errorf("second ingest = %v, want already_tracked", again)
 	}
 
-	got, err := e.tracker.GetTracking(e.as("eva"), &trackerv1.GetTrackingRequest{MessageId: "m1@kanzlei.example"})
+	got, err := e.tracker.GetTracking(e.as("max"), &trackerv1.GetTrackingRequest{MessageId: "m1@kanzlei.example"})
 	if err != nil || got.GetTrackedEmail().GetSource() != trackerv1.Source_SOURCE_SENT_FOLDER {
 		t.Fatalf("GetTracking = %v, %v", got, err)
 	}
-	list, err := e.tracker.ListTrackedEmails(e.as("eva"), &trackerv1.ListTrackedEmailsRequest{RecordId: "c-1"})
+	list, err := e.tracker.ListTrackedEmails(e.as("max"), &trackerv1.ListTrackedEmailsRequest{RecordId: "c-1"})
 	if err != nil || len(list.GetTrackedEmails()) != 1 {
 		t.Fatalf("ListTrackedEmails = %v, %v", list, err)
+	}
+	// eva may not read max's personal mailbox: the tracker answers as the outbox does.
+	if _, err := e.tracker.GetTracking(e.as("eva"), &trackerv1.GetTrackingRequest{MessageId: "m1@kanzlei.example"}); status.Code(err) != codes.NotFound {
+		t.Errorf("eva's GetTracking of max's mail: %v, want NotFound", err)
+	}
+	if list, err := e.tracker.ListTrackedEmails(e.as("eva"), &trackerv1.ListTrackedEmailsRequest{RecordId: "c-1"}); err != nil || len(list.GetTrackedEmails()) != 0 {
+		t.Errorf("eva's ListTrackedEmails: %v, %v; want none", list, err)
 	}
 
 	t.Run("malformed headers are INVALID_ARGUMENT naming the header", func(t *testing.T) {

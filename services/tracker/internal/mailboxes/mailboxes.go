@@ -1,5 +1,6 @@
-// Package mailboxes asks the mailbox service what the tracker needs to know about a mailbox: its
-// server-side sync kind (sent items are tracked only for EXCHANGE). It calls mailbox over gRPC
+// Package mailboxes asks the mailbox service what the tracker needs to know about a mailbox (its
+// server-side sync kind: sent items are tracked only for EXCHANGE) and about a user (what they
+// may read, for the one visibility rule of internal/access). It calls mailbox over gRPC
 // with the tracker's service credentials, acting within the sent item's tenant.
 //
 // Answers are cached, because every sent item asks and sync kinds change rarely. A tenant's
@@ -28,25 +29,35 @@ import (
 // retryAfter is what an Unavailable answer suggests to the caller when mailbox cannot be asked.
 const retryAfter = time.Second
 
-// Client implements tracker.SyncKinds over mailbox's gRPC API.
+// Client implements tracker.SyncKinds and tracker.ReadAccess over mailbox's gRPC API.
 type Client struct {
 	mb    mailboxv1.MailboxServiceClient
-	cache *tenantcache.Cache[tracker.SyncKind]
+	cache *tenantcache.Cache[answer]
 }
 
-var _ tracker.SyncKinds = (*Client)(nil)
+// answer is one cached answer: a mailbox's sync kind (keys "k\x00mailbox") or a user's read
+// access (keys "r\x00user"), in one cache so that an event of the tenant drops both.
+type answer struct {
+	kind             tracker.SyncKind
+	mailboxes, teams []string
+}
+
+var (
+	_ tracker.SyncKinds  = (*Client)(nil)
+	_ tracker.ReadAccess = (*Client)(nil)
+)
 
 // New returns a Client; ttl bounds how stale a cached sync kind may be (0 disables the cache).
 // now is the clock; nil means time.Now.
 func New(mb mailboxv1.MailboxServiceClient, ttl time.Duration, now func() time.Time) *Client {
-	return &Client{mb: mb, cache: tenantcache.New[tracker.SyncKind](ttl, 0, now)}
+	return &Client{mb: mb, cache: tenantcache.New[answer](ttl, 0, now)}
 }
 
 // SyncKind implements tracker.SyncKinds. A mailbox mailbox does not know is SyncUnknownMailbox
 // (cached like any answer); when mailbox cannot be asked the error is errs.Unavailable.
 func (c *Client) SyncKind(ctx context.Context, tenant, mailboxID string) (tracker.SyncKind, error) {
-	if kind, ok := c.cache.Get(tenant, mailboxID); ok {
-		return kind, nil
+	if a, ok := c.cache.Get(tenant, "k\x00"+mailboxID); ok {
+		return a.kind, nil
 	}
 	r, err := c.mb.GetMailbox(auth.WithTenant(ctx, tenant), &mailboxv1.GetMailboxRequest{MailboxId: mailboxID})
 	var kind tracker.SyncKind
@@ -60,8 +71,27 @@ func (c *Client) SyncKind(ctx context.Context, tenant, mailboxID string) (tracke
 	default:
 		return 0, errs.Unavailable("the mailbox service cannot tell the mailbox's sync kind now", retryAfter, fmt.Errorf("mailbox GetMailbox %s: %w", mailboxID, err))
 	}
-	c.cache.Put(tenant, mailboxID, kind)
+	c.cache.Put(tenant, "k\x00"+mailboxID, answer{kind: kind})
 	return kind, nil
+}
+
+// ReadAccess implements tracker.ReadAccess: the mailboxes whose mail the user may read and their
+// teams (mailbox's GetReadAccess); when mailbox cannot be asked the error is errs.Unavailable.
+func (c *Client) ReadAccess(ctx context.Context, tenant, user string) (mailboxes, teams []string, err error) {
+	if a, ok := c.cache.Get(tenant, "r\x00"+user); ok {
+		return a.mailboxes, a.teams, nil
+	}
+	r, err := c.mb.GetReadAccess(auth.WithTenant(ctx, tenant), &mailboxv1.GetReadAccessRequest{UserId: user})
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.Canceled, codes.DeadlineExceeded:
+		return nil, nil, fmt.Errorf("mailbox GetReadAccess: %w", ctx.Err())
+	default:
+		return nil, nil, errs.Unavailable("the mailbox service cannot tell what the user may read now", retryAfter, fmt.Errorf("mailbox GetReadAccess %s: %w", user, err))
+	}
+	a := answer{mailboxes: r.GetReadableMailboxIds(), teams: r.GetTeamIds()}
+	c.cache.Put(tenant, "r\x00"+user, a)
+	return a.mailboxes, a.teams, nil
 }
 
 // Invalidate drops every answer about a tenant.

@@ -34,6 +34,9 @@ type storedExplanation struct {
 	Method    tracker.Method `json:"m,omitempty"`
 	Evaluated time.Time      `json:"at,omitzero"`
 	Rules     []storedRule   `json:"r"`
+	Sender    string         `json:"u,omitempty"`
+	Mailbox   string         `json:"mb,omitempty"`
+	Teams     []string       `json:"tm,omitempty"`
 }
 
 // storedRule is a rule outcome as the JSON array [rule, outcome, reason, values...].
@@ -92,7 +95,7 @@ func decodeEmail(raw []byte) (*tracker.TrackedEmail, error) {
 	e := s.TrackedEmail
 	e.Explanation = tracker.Explanation{
 		MessageID: e.MessageID, Tracked: true, Rules: rulesOf(s.X.Rules), Option: s.X.Option,
-		Method: e.Method, Evaluated: e.Tracked,
+		Method: e.Method, Evaluated: e.Tracked, SenderUser: e.SenderUser, MailboxID: e.MailboxID, Teams: e.Teams,
 	}
 	return &e, nil
 }
@@ -105,7 +108,7 @@ func decodeExplanation(raw []byte) (*tracker.Explanation, error) {
 	}
 	return &tracker.Explanation{
 		MessageID: s.MessageID, Tracked: s.Tracked, Rules: rulesOf(s.Rules), Option: s.Option,
-		Method: s.Method, Evaluated: s.Evaluated,
+		Method: s.Method, Evaluated: s.Evaluated, SenderUser: s.Sender, MailboxID: s.Mailbox, Teams: s.Teams,
 	}, nil
 }
 
@@ -120,6 +123,7 @@ func appendEmail(b []byte, e *tracker.TrackedEmail) []byte {
 		b = append(b, `,"u":`...)
 		b = appendString(b, e.SenderUser)
 	}
+	b = appendStrings(b, `,"tm":`, e.Teams)
 	b = append(b, `,"f":`...)
 	b = appendString(b, e.From)
 	b = appendStrings(b, `,"to":`, e.To)
@@ -226,6 +230,15 @@ func appendExplanation(b []byte, x *tracker.Explanation) []byte {
 		b = appendTime(b, x.Evaluated)
 	}
 	b = appendRules(b, x.Rules)
+	if x.SenderUser != "" {
+		b = append(b, `,"u":`...)
+		b = appendString(b, x.SenderUser)
+	}
+	if x.MailboxID != "" {
+		b = append(b, `,"mb":`...)
+		b = appendString(b, x.MailboxID)
+	}
+	b = appendStrings(b, `,"tm":`, x.Teams)
 	return append(b, '}')
 }
 

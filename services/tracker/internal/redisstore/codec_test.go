@@ -79,7 +79,8 @@ func TestEmailCodec(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := viaJSON.TrackedEmail
-		want.Explanation = tracker.Explanation{MessageID: want.MessageID, Tracked: true, Option: e.Explanation.Option, Method: want.Method, Evaluated: want.Tracked, Rules: rulesOf(viaJSON.X.Rules)}
+		want.Explanation = tracker.Explanation{MessageID: want.MessageID, Tracked: true, Option: e.Explanation.Option, Method: want.Method, Evaluated: want.Tracked, Rules: rulesOf(viaJSON.X.Rules),
+			SenderUser: want.SenderUser, MailboxID: want.MailboxID, Teams: want.Teams}
 		if !reflect.DeepEqual(*back, want) {
 			t.Fatalf("%d: read back\n%+v\nwant\n%+v", i, *back, want)
 		}

@@ -75,7 +75,7 @@ func TestIngestBatchIsInOrder(t *testing.T) {
 		"c@x": {tracker.MethodThread, "a@x"}, "e@x": {tracker.MethodThread, "c@x"},
 	}
 	for id, w := range want {
-		e, err := svc.GetTracking(ctx, maxP, id)
+		e, err := svc.GetTracking(ctx, admin, id)
 		if err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
@@ -83,7 +83,7 @@ func TestIngestBatchIsInOrder(t *testing.T) {
 			t.Errorf("%s: method %v correlated %q, want %v %q", id, e.Method, e.CorrelatedID, w.method, w.correlated)
 		}
 	}
-	x, tracked, err := svc.ExplainMessage(ctx, maxP, "d@x")
+	x, tracked, err := svc.ExplainMessage(ctx, admin, "d@x")
 	if err != nil || tracked != nil || x.Tracked {
 		t.Errorf("d@x: %+v, %+v, %v; want an untracked decision", x, tracked, err)
 	}
@@ -110,7 +110,7 @@ func TestPipelinedBatches(t *testing.T) {
 	if errList, failed := svc.WriteBatch(ctx, d2); failed || errList[0] != nil || errList[1] != nil {
 		t.Fatalf("write batch 2: %v", errList)
 	}
-	if e, err := svc.GetTracking(ctx, maxP, "b@x"); err != nil || e.Method != tracker.MethodInReplyTo {
+	if e, err := svc.GetTracking(ctx, admin, "b@x"); err != nil || e.Method != tracker.MethodInReplyTo {
 		t.Fatalf("b@x = %+v, %v; want correlated with a@x of the batch before", e, err)
 	}
 	// Batch 3 is gathered after both writes (visible 2): Pending has nothing to add.
@@ -119,7 +119,7 @@ func TestPipelinedBatches(t *testing.T) {
 	if errList, _ := svc.WriteBatch(ctx, d3); errList[0] != nil {
 		t.Fatal(errList[0])
 	}
-	if e, err := svc.GetTracking(ctx, maxP, "c@x"); err != nil || e.CorrelatedID != "b@x" {
+	if e, err := svc.GetTracking(ctx, admin, "c@x"); err != nil || e.CorrelatedID != "b@x" {
 		t.Fatalf("c@x = %+v, %v", e, err)
 	}
 }

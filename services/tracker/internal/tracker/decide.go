@@ -233,7 +233,8 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 	}
 
 	d.Track = eligible && accepted
-	d.Explanation = Explanation{MessageID: m.MessageID, Tracked: d.Track, Rules: x.done(), Option: opt, Method: d.Method, Evaluated: now}
+	d.Explanation = Explanation{MessageID: m.MessageID, Tracked: d.Track, Rules: x.done(), Option: opt, Method: d.Method, Evaluated: now,
+		SenderUser: m.SenderUser, MailboxID: m.MailboxID, Teams: m.Teams}
 	return d
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/postamt/postamt/internal/access"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 )
@@ -53,8 +54,15 @@ type SyncKinds interface {
 type Service struct {
 	store     Store
 	mailboxes SyncKinds
+	access    ReadAccess
 	now       func() time.Time
 	retention time.Duration
+}
+
+// ReadAccess asks the directory (mailbox's GetReadAccess) what a user may read: the mailboxes
+// whose mail they may read and their teams, for the one visibility rule (access.Reader).
+type ReadAccess interface {
+	ReadAccess(ctx context.Context, tenant, user string) (mailboxes, teams []string, err error)
 }
 
 // Options tune a Service; the zero value is ready for production.
@@ -64,6 +72,9 @@ type Options struct {
 	// DecisionRetention is how long the explanation of an untracked message is kept for
 	// ExplainTracking; 0 means 7 days.
 	DecisionRetention time.Duration
+	// Access answers what users may read; nil lets users read only the mail they sent (admins,
+	// services and the crm role read everything of their tenant).
+	Access ReadAccess
 }
 
 // New returns a Service over store, asking mailboxes for sync kinds.
@@ -75,7 +86,7 @@ func New(store Store, mailboxes SyncKinds, opts Options) *Service {
 	if opts.DecisionRetention == 0 {
 		opts.DecisionRetention = 7 * 24 * time.Hour
 	}
-	return &Service{store: store, mailboxes: mailboxes, retention: opts.DecisionRetention,
+	return &Service{store: store, mailboxes: mailboxes, access: opts.Access, retention: opts.DecisionRetention,
 		now: func() time.Time { return now().UTC().Truncate(time.Millisecond) }}
 }
 
@@ -492,7 +503,7 @@ func prepare(m *Message, now time.Time) Query {
 // trackedEmail is the email a tracking decision stores.
 func trackedEmail(m *Message, d *Decision, now time.Time) *TrackedEmail {
 	return &TrackedEmail{
-		MessageID: m.MessageID, MailboxID: m.MailboxID, SenderUser: m.SenderUser, From: m.From,
+		MessageID: m.MessageID, MailboxID: m.MailboxID, SenderUser: m.SenderUser, Teams: m.Teams, From: m.From,
 		To: m.To, Cc: m.Cc, Bcc: m.Bcc, Subject: m.Subject, SentAt: m.SentAt, ThreadID: m.ThreadID,
 		Method: d.Method, CorrelatedID: d.CorrelatedID, Token: d.Token, Regarding: d.Regarding,
 		Links: d.Links, Ambiguous: d.Ambiguous, Source: m.Source, Tracked: now, Explanation: d.Explanation,
@@ -548,7 +559,36 @@ func checkMessageIDArg(field, id string) (string, error) {
 	return id, v.Err()
 }
 
-// GetTracking returns the tracked email with a Message-ID.
+// reader is the caller as the visibility rule sees them.
+func (s *Service) reader(ctx context.Context, p auth.Principal) (access.Reader, error) {
+	r := access.Reader{Principal: p}
+	if p.User == "" || p.IsAdmin() || p.IsService() || p.HasRole(access.RoleCRM) || s.access == nil {
+		return r, nil
+	}
+	mbs, teams, err := s.access.ReadAccess(ctx, p.Tenant, p.User)
+	if err != nil {
+		return r, fmt.Errorf("read access of %s: %w", p.User, err)
+	}
+	r.Mailboxes, r.Teams = mbs, access.Teams(teams, p.Teams)
+	return r, nil
+}
+
+// shown is a tracked email as r may see it, or false when r may not read it: the one visibility
+// rule (access.Reader.MayReadTracked), and Bcc only for those access.SeesBcc names.
+func shown(r access.Reader, e *TrackedEmail) (*TrackedEmail, bool) {
+	if !r.MayReadTracked(access.Mail{Tenant: r.Tenant, Sender: e.SenderUser, Mailbox: e.MailboxID, Teams: e.Teams}) {
+		return nil, false
+	}
+	if len(e.Bcc) > 0 && !access.SeesBcc(r.Principal, e.SenderUser) {
+		c := *e
+		c.Bcc = nil
+		return &c, true
+	}
+	return e, true
+}
+
+// GetTracking returns the tracked email with a Message-ID, if the caller may read it (NotFound
+// otherwise, as the outbox answers for the same email).
 func (s *Service) GetTracking(ctx context.Context, p auth.Principal, messageID string) (*TrackedEmail, error) {
 	id, err := checkMessageIDArg("message_id", messageID)
 	if err != nil {
@@ -558,10 +598,19 @@ func (s *Service) GetTracking(ctx context.Context, p auth.Principal, messageID s
 	if err != nil {
 		return nil, fmt.Errorf("get tracking: %w", err)
 	}
-	return e, nil
+	r, err := s.reader(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	out, ok := shown(r, e)
+	if !ok {
+		return nil, errs.NotFound("tracked email", id)
+	}
+	return out, nil
 }
 
-// ListTrackedEmails pages through a record's tracked emails, newest sent first.
+// ListTrackedEmails pages through a record's tracked emails, newest sent first: those the
+// caller may read (a page may come back short; its token goes on).
 func (s *Service) ListTrackedEmails(ctx context.Context, p auth.Principal, recordID string, pr PageRequest) ([]TrackedEmail, string, error) {
 	var v errs.Violations
 	checkID(&v, "record_id", recordID)
@@ -572,11 +621,21 @@ func (s *Service) ListTrackedEmails(ctx context.Context, p auth.Principal, recor
 	if err != nil {
 		return nil, "", err
 	}
+	r, err := s.reader(ctx, p)
+	if err != nil {
+		return nil, "", err
+	}
 	es, next, err := s.store.ListTracked(ctx, p.Tenant, recordID, after, size)
 	if err != nil {
 		return nil, "", fmt.Errorf("list tracked emails: %w", err)
 	}
-	return es, encodeToken(next), nil
+	out := es[:0]
+	for i := range es {
+		if e, ok := shown(r, &es[i]); ok {
+			out = append(out, *e)
+		}
+	}
+	return out, encodeToken(next), nil
 }
 
 // ExplainMessage returns the decision recorded for a Message-ID: the tracked email's, or the
@@ -586,16 +645,27 @@ func (s *Service) ExplainMessage(ctx context.Context, p auth.Principal, messageI
 	if err != nil {
 		return nil, nil, err
 	}
+	r, err := s.reader(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
 	e, err := s.store.GetTracked(ctx, p.Tenant, id)
 	switch {
 	case err == nil:
-		return &e.Explanation, e, nil
+		out, ok := shown(r, e)
+		if !ok {
+			return nil, nil, errs.NotFound("tracked email", id)
+		}
+		return &out.Explanation, out, nil
 	case !errors.Is(err, errs.ErrNotFound):
 		return nil, nil, fmt.Errorf("explain: %w", err)
 	}
 	x, err := s.store.Decision(ctx, p.Tenant, id)
 	if err != nil {
 		return nil, nil, fmt.Errorf("explain: %w", err)
+	}
+	if !r.MayReadTracked(access.Mail{Tenant: p.Tenant, Sender: x.SenderUser, Mailbox: x.MailboxID, Teams: x.Teams}) {
+		return nil, nil, errs.NotFound("tracked email", id)
 	}
 	return x, nil, nil
 }

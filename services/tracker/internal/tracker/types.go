@@ -266,6 +266,9 @@ type Message struct {
 	ThreadID   string
 	SentAt     time.Time
 	Source     Source
+	// Teams are the teams whose members may read the mail (the outbox's; none for mail seen
+	// in a mailbox's Sent folder or the journal).
+	Teams []string
 }
 
 // TrackedEmail is a tracked sent email: one per (tenant, Message-ID).
@@ -273,6 +276,7 @@ type TrackedEmail struct {
 	MessageID    string      `json:"mid"`
 	MailboxID    string      `json:"mb"`
 	SenderUser   string      `json:"u,omitempty"`
+	Teams        []string    `json:"tm,omitempty"`
 	From         string      `json:"f"`
 	To           []string    `json:"to,omitempty"`
 	Cc           []string    `json:"cc,omitempty"`
@@ -335,6 +339,11 @@ type Explanation struct {
 	Option    Option
 	Method    Method
 	Evaluated time.Time
+	// SenderUser, MailboxID and Teams are the message's facts the visibility rule reads
+	// (access.Mail), kept with the explanation of an untracked message so that its sender may
+	// read why it was not tracked, and nobody else who may not read the mail.
+	SenderUser, MailboxID string
+	Teams                 []string
 }
 
 // Outcome returns the outcome of rule r, for tests and callers that check one rule.

@@ -134,7 +134,11 @@ type EmailSent struct {
 	// The size of the message as sent, in bytes.
 	SizeBytes int64 `protobuf:"varint,23,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// When the relay accepted the email.
-	SentTime      *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=sent_time,json=sentTime,proto3" json:"sent_time,omitempty"`
+	SentTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=sent_time,json=sentTime,proto3" json:"sent_time,omitempty"`
+	// The teams whose members may read the email (the sender's at sending time, the work item's):
+	// consumers that show it apply the one visibility rule with them (docs/architecture.md "Who
+	// may read mail").
+	TeamIds       []string `protobuf:"bytes,25,rep,name=team_ids,json=teamIds,proto3" json:"team_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -337,11 +341,18 @@ func (x *EmailSent) GetSentTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *EmailSent) GetTeamIds() []string {
+	if x != nil {
+		return x.TeamIds
+	}
+	return nil
+}
+
 var File_postamt_outbox_v1_events_proto protoreflect.FileDescriptor
 
 const file_postamt_outbox_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1epostamt/outbox/v1/events.proto\x12\x11postamt.outbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x06\n" +
+	"\x1epostamt/outbox/v1/events.proto\x12\x11postamt.outbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x06\n" +
 	"\tEmailSent\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x19\n" +
 	"\bemail_id\x18\x02 \x01(\tR\aemailId\x12\x18\n" +
@@ -373,7 +384,8 @@ const file_postamt_outbox_v1_events_proto_rawDesc = "" +
 	"\aattempt\x18\x16 \x01(\x05R\aattempt\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x17 \x01(\x03R\tsizeBytes\x127\n" +
-	"\tsent_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\bsentTime*j\n" +
+	"\tsent_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\bsentTime\x12\x19\n" +
+	"\bteam_ids\x18\x19 \x03(\tR\ateamIds*j\n" +
 	"\bSendMode\x12\x19\n" +
 	"\x15SEND_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSEND_MODE_OWNER\x10\x01\x12\x15\n" +
