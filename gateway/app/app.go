@@ -165,7 +165,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 		return nil, err
 	}
 
-	mux := runtime.NewServeMux(
+	mux, err := edge.NewMux(opts.Name,
 		runtime.WithIncomingHeaderMatcher(func(k string) (string, bool) {
 			if strings.EqualFold(k, grpcserver.RequestIDHeader) {
 				return grpcserver.RequestIDHeader, true
@@ -178,8 +178,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 			}
 			return runtime.MetadataHeaderPrefix + k, true
 		}),
-		runtime.WithMarshalerOption("text/event-stream", &edge.SSE{}),
 	)
+	if err != nil {
+		return nil, err
+	}
 	if err := mailboxv1.RegisterMailboxServiceHandlerClient(ctx, mux, mailboxv1.NewMailboxServiceClient(mailbox)); err != nil {
 		return nil, fmt.Errorf("gateway: mailbox routes: %w", err)
 	}

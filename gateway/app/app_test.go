@@ -383,16 +383,33 @@ func TestHTTPErrors(t *testing.T) {
 	}
 }
 
-// TestOpenAPIAndCORS: the OpenAPI document is served without a token; CORS answers a preflight
-// from an allowed origin and ignores others.
+// TestOpenAPIAndCORS: the OpenAPI document is served without a token, with the API's title and
+// version and the bearer token as its security scheme; CORS answers a preflight from an allowed
+// origin and ignores others.
 func TestOpenAPIAndCORS(t *testing.T) {
 	e := startEnv(t, nil)
 	var doc struct {
-		Swagger string                     `json:"swagger"`
-		Paths   map[string]json.RawMessage `json:"paths"`
+		Swagger string `json:"swagger"`
+		Info    struct {
+			Title   string `json:"title"`
+			Version string `json:"version"`
+		} `json:"info"`
+		SecurityDefinitions map[string]struct {
+			Type string `json:"type"`
+			Name string `json:"name"`
+			In   string `json:"in"`
+		} `json:"securityDefinitions"`
+		Security []map[string][]string      `json:"security"`
+		Paths    map[string]json.RawMessage `json:"paths"`
 	}
 	if resp := e.call(http.MethodGet, "/openapi.json", "", nil, &doc); resp.StatusCode != http.StatusOK || doc.Swagger != "2.0" {
 		t.Fatalf("openapi: %s %q", resp.Status, doc.Swagger)
+	}
+	if doc.Info.Title != "Postamt API" || doc.Info.Version != "v1" {
+		t.Errorf("openapi info %+v, want the API's title and version", doc.Info)
+	}
+	if b := doc.SecurityDefinitions["bearer"]; b.Type != "apiKey" || b.In != "header" || b.Name != "Authorization" || len(doc.Security) != 1 || doc.Security[0]["bearer"] == nil {
+		t.Errorf("openapi security %+v %v, want the bearer token required everywhere", doc.SecurityDefinitions, doc.Security)
 	}
 	for _, p := range []string{"/v1/outbox/emails", "/v1/outbox/emails:watch", "/v1/mailboxes"} {
 		if _, ok := doc.Paths[p]; !ok {

@@ -7,7 +7,6 @@ package edge
 import (
 	"context"
 	"log/slog"
-	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -28,8 +27,8 @@ const OpenAPIPath = "/openapi.json"
 
 // Options configure the HTTP edge.
 type Options struct {
-	// Mux serves the services' HTTP mappings (grpc-gateway); its error handler writes the errors
-	// of the edge too, so they have the same google.rpc.Status shape.
+	// Mux serves the services' HTTP mappings; made by NewMux, whose error handler writes the
+	// errors of the edge too, so they have the same google.rpc.Status shape and HTTP codes.
 	Mux *runtime.ServeMux
 	// Verifier authenticates callers by their bearer token, which is passed on unchanged.
 	Verifier *auth.Verifier
@@ -63,11 +62,23 @@ func Handler(o Options) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		caller := serve(sw, r)
-		o.Logger.LogAttrs(r.Context(), slog.LevelInfo, "http request",
+		x := &exchange{maxBody: o.MaxBodyBytes}
+		serve(sw, r.WithContext(withExchange(r.Context(), x)), x)
+		caller := x.caller
+		attrs := []slog.Attr{
 			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", sw.status),
 			slog.Duration("duration", time.Since(start)), slog.String("request_id", w.Header().Get("X-Request-Id")),
-			slog.String("tenant", caller.Tenant), slog.String("user", caller.User), slog.String("service", caller.Service))
+			slog.String("tenant", caller.Tenant), slog.String("user", caller.User), slog.String("service", caller.Service),
+		}
+		if x.failed != nil {
+			attrs = append(attrs, slog.String("code", x.failed.Code().String()), slog.String("error", x.failed.Message()))
+		}
+		// A 5xx is the suite's fault (or a dependency's), never the caller's: it is an error.
+		level := slog.LevelInfo
+		if sw.status >= http.StatusInternalServerError {
+			level = slog.LevelError
+		}
+		o.Logger.LogAttrs(r.Context(), level, "http request", attrs...)
 	})
 }
 
@@ -92,13 +103,13 @@ func (w *statusWriter) Flush() {
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// serve handles one request and returns the caller, when authenticated.
-func (o Options) serve(w http.ResponseWriter, r *http.Request) (caller auth.Principal) {
+// serve handles one request; x learns the caller, when authenticated.
+func (o Options) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	id := grpcserver.AcceptRequestID(r.Header.Get("X-Request-Id"))
 	r.Header.Set("X-Request-Id", id) // passed on to the service as x-request-id metadata
 	w.Header().Set("X-Request-Id", id)
 	if o.cors(w, r) {
-		return caller
+		return
 	}
 	if r.URL.Path == OpenAPIPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		w.Header().Set("Content-Type", "application/json")
@@ -106,31 +117,31 @@ func (o Options) serve(w http.ResponseWriter, r *http.Request) (caller auth.Prin
 		if r.Method == http.MethodGet {
 			_, _ = w.Write(o.OpenAPI)
 		}
-		return caller
+		return
 	}
 	ctx := grpcserver.WithRequestID(r.Context(), id)
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
 		o.fail(ctx, w, r, errs.Unauthenticated("missing bearer token (Authorization: Bearer <JWT>)", nil))
-		return caller
+		return
 	}
 	p, err := o.Verifier.Verify(token)
 	if err != nil {
 		o.fail(ctx, w, r, err)
-		return caller
+		return
 	}
+	x.caller = p
 	if wait, ok := o.Limiter.Allow(CallerKey(p)); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		o.fail(ctx, w, r, limited(wait))
-		return p
+		o.fail(ctx, w, r, limited(wait)) // Retry-After from its RetryInfo
+		return
 	}
 	if r.ContentLength > o.MaxBodyBytes {
-		o.tooLarge(ctx, w, r)
-		return p
+		o.fail(ctx, w, r, x.tooLarge()) // 413, before reading it
+		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, o.MaxBodyBytes) // a body without a length stops at the bound too
+	// A body without a length stops at the bound too.
+	r.Body = boundedBody{ReadCloser: http.MaxBytesReader(w, r.Body, o.MaxBodyBytes), x: x}
 	o.Mux.ServeHTTP(w, r.WithContext(ctx))
-	return p
 }
 
 func limited(wait time.Duration) error {
@@ -138,26 +149,10 @@ func limited(wait time.Duration) error {
 }
 
 // fail writes err as the services' errors are written: a google.rpc.Status in the marshaler the
-// request asked for, with the HTTP code of its gRPC code.
+// request asked for, with its HTTPStatus.
 func (o Options) fail(ctx context.Context, w http.ResponseWriter, r *http.Request, err error) {
 	_, out := runtime.MarshalerForRequest(o.Mux, r)
 	runtime.HTTPError(ctx, o.Mux, out, w, r, errs.ToStatus(err).Err())
-}
-
-// tooLarge answers a body over the bound with 413 and a RESOURCE_EXHAUSTED status, before
-// reading it (grpc-gateway would map the code to 429, which tells a client to retry the same
-// request).
-func (o Options) tooLarge(ctx context.Context, w http.ResponseWriter, r *http.Request) {
-	_, out := runtime.MarshalerForRequest(o.Mux, r)
-	st := errs.ToStatus(errs.ResourceExhausted("BODY_TOO_LARGE", "the request body is larger than "+strconv.FormatInt(o.MaxBodyBytes, 10)+" bytes", 0))
-	buf, err := out.Marshal(st.Proto())
-	if err != nil {
-		runtime.HTTPError(ctx, o.Mux, out, w, r, st.Err())
-		return
-	}
-	w.Header().Set("Content-Type", out.ContentType(st.Proto()))
-	w.WriteHeader(http.StatusRequestEntityTooLarge)
-	_, _ = w.Write(buf)
 }
 
 // cors sets the CORS headers for an allowed origin and answers a preflight; it reports whether

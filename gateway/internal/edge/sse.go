@@ -1,14 +1,11 @@
 package edge
 
-import (
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
-)
-
 // SSE writes responses as server-sent events: each message of a server stream (WatchEmails) is one
 // `data:` event, for browsers' EventSource. Clients choose it with `Accept: text/event-stream`;
-// without it, streams come as newline-delimited JSON (grpc-gateway's default).
+// without it, streams come as newline-delimited JSON (grpc-gateway's default). Its zero value
+// reads bodies as strictly as JSON and writes events without unset fields.
 type SSE struct {
-	runtime.JSONPb
+	JSON
 }
 
 // ContentType is the event stream's.
