@@ -79,14 +79,18 @@ type TrackerServiceClient interface {
 	// subject with the token appended: replies whose subject keeps the token correlate with the
 	// record. NOT_FOUND when the record is unknown; INVALID_ARGUMENT for a bad subject.
 	IssueTrackingToken(ctx context.Context, in *IssueTrackingTokenRequest, opts ...grpc.CallOption) (*IssueTrackingTokenResponse, error)
-	// Returns the tracked email with a Message-ID. NOT_FOUND when it is not tracked.
+	// Returns the tracked email with a Message-ID. NOT_FOUND when it is not tracked or the caller
+	// may not read it: the suite's one visibility rule (the sender; who may read its mailbox by
+	// RIGHT_READ; members of its teams; admins, services and the crm role), as OutboxService
+	// answers for the same email. Bcc only for the sender, admins and services.
 	GetTracking(ctx context.Context, in *GetTrackingRequest, opts ...grpc.CallOption) (*GetTrackingResponse, error)
 	// Lists the emails tracked with a link to a record (or regarding it), newest first,
-	// keyset-paged.
+	// keyset-paged: those the caller may read (as GetTracking), so a page may come back short with
+	// a token to go on.
 	ListTrackedEmails(ctx context.Context, in *ListTrackedEmailsRequest, opts ...grpc.CallOption) (*ListTrackedEmailsResponse, error)
 	// Explains why a message was tracked or not: by Message-ID, the decision recorded when it
 	// arrived (tracked emails forever, untracked ones for the retention period; NOT_FOUND
-	// otherwise), or for a sent item given in the request, what would be decided now, without
+	// otherwise, and where the caller may not read the message, as GetTracking), or for a sent item given in the request, what would be decided now, without
 	// tracking it. UNAVAILABLE as for IngestSentItem.
 	ExplainTracking(ctx context.Context, in *ExplainTrackingRequest, opts ...grpc.CallOption) (*ExplainTrackingResponse, error)
 }
@@ -265,14 +269,18 @@ type TrackerServiceServer interface {
 	// subject with the token appended: replies whose subject keeps the token correlate with the
 	// record. NOT_FOUND when the record is unknown; INVALID_ARGUMENT for a bad subject.
 	IssueTrackingToken(context.Context, *IssueTrackingTokenRequest) (*IssueTrackingTokenResponse, error)
-	// Returns the tracked email with a Message-ID. NOT_FOUND when it is not tracked.
+	// Returns the tracked email with a Message-ID. NOT_FOUND when it is not tracked or the caller
+	// may not read it: the suite's one visibility rule (the sender; who may read its mailbox by
+	// RIGHT_READ; members of its teams; admins, services and the crm role), as OutboxService
+	// answers for the same email. Bcc only for the sender, admins and services.
 	GetTracking(context.Context, *GetTrackingRequest) (*GetTrackingResponse, error)
 	// Lists the emails tracked with a link to a record (or regarding it), newest first,
-	// keyset-paged.
+	// keyset-paged: those the caller may read (as GetTracking), so a page may come back short with
+	// a token to go on.
 	ListTrackedEmails(context.Context, *ListTrackedEmailsRequest) (*ListTrackedEmailsResponse, error)
 	// Explains why a message was tracked or not: by Message-ID, the decision recorded when it
 	// arrived (tracked emails forever, untracked ones for the retention period; NOT_FOUND
-	// otherwise), or for a sent item given in the request, what would be decided now, without
+	// otherwise, and where the caller may not read the message, as GetTracking), or for a sent item given in the request, what would be decided now, without
 	// tracking it. UNAVAILABLE as for IngestSentItem.
 	ExplainTracking(context.Context, *ExplainTrackingRequest) (*ExplainTrackingResponse, error)
 	mustEmbedUnimplementedTrackerServiceServer()
