@@ -1,6 +1,8 @@
 // Package access holds the rules of who may see what that more than one service applies, so
 // that the outbox, the tracker and mailbox's sent view answer a caller alike: a second copy of a
 // rule drifts (a Bcc shown by one service and hidden by another is a leak, whichever is right).
+// The rules are unit-tested here and proved over every RPC that returns mail, for every kind of
+// caller, by gateway/app/access_matrix_test.go (the whole suite behind its gateway).
 package access
 
 import (
