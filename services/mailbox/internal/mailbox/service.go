@@ -862,12 +862,14 @@ func (s *Service) CheckSend(ctx context.Context, p auth.Principal, userID, addre
 			return SendDecision{}, err
 		}
 	}
-	address = normalizeAddress(address)
+	// Checked as the caller sent it, as the outbox's SubmitEmail checks it: a trailing CR/LF is
+	// refused, not trimmed away.
 	var v errs.Violations
 	checkAddress(&v, "from_address", address)
 	if err := v.Err(); err != nil {
 		return SendDecision{}, err
 	}
+	address = normalizeAddress(address)
 	g, err := s.store.SendGrant(ctx, p.Tenant, userID, address)
 	if err != nil {
 		return SendDecision{}, fmt.Errorf("check send: %w", err)

@@ -1,7 +1,6 @@
 package mailbox
 
 import (
-	"net/mail"
 	"regexp"
 	"strconv"
 	"strings"
@@ -10,12 +9,12 @@ import (
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/mailaddr"
 )
 
 // Input limits. Every string and list a caller sends is bounded so one request cannot bloat Redis.
 const (
 	maxNameLen     = 200
-	maxAddressLen  = 254
 	maxUsernameLen = 256
 	maxRoles       = 20
 	maxTeamUsers   = 1000
@@ -53,25 +52,8 @@ func checkText(v *errs.Violations, field, s string, required bool, max int) {
 }
 
 // checkAddress accepts a bare addr-spec (no display name), because mailbox and user addresses
-// are identities, not header values.
-func checkAddress(v *errs.Violations, field, addr string) {
-	if addr == "" {
-		v.Add(field, "is required")
-		return
-	}
-	if len(addr) > maxAddressLen {
-		v.Addf(field, "must be at most %d bytes", maxAddressLen)
-		return
-	}
-	if strings.ContainsAny(addr, "\r\n") {
-		v.Add(field, "must not contain CR or LF")
-		return
-	}
-	a, err := mail.ParseAddress(addr)
-	if err != nil || a.Name != "" || a.Address != addr || !strings.Contains(addr, "@") {
-		v.Add(field, "must be a plain email address such as info@kanzlei.example")
-	}
-}
+// are identities, not header values: the suite's one address rule (internal/mailaddr).
+func checkAddress(v *errs.Violations, field, addr string) { mailaddr.Check(v, field, addr) }
 
 func checkRoles(v *errs.Violations, field string, roles []string) {
 	if len(roles) > maxRoles {
