@@ -33,8 +33,14 @@ func TestIDsAreValidated(t *testing.T) {
 			_, err := e.calendar.CancelEntry(ctx, &calendarv1.CancelEntryRequest{EntryId: bad})
 			return err
 		}},
-		{"MarkDone", "entry_id", func() error { _, err := e.calendar.MarkDone(ctx, &calendarv1.MarkDoneRequest{EntryId: bad}); return err }},
-		{"GetEntry", "entry_id", func() error { _, err := e.calendar.GetEntry(ctx, &calendarv1.GetEntryRequest{EntryId: bad}); return err }},
+		{"MarkDone", "entry_id", func() error {
+			_, err := e.calendar.MarkDone(ctx, &calendarv1.MarkDoneRequest{EntryId: bad})
+			return err
+		}},
+		{"GetEntry", "entry_id", func() error {
+			_, err := e.calendar.GetEntry(ctx, &calendarv1.GetEntryRequest{EntryId: bad})
+			return err
+		}},
 		{"ListEntries", "owner_user_id", func() error {
 			_, err := e.calendar.ListEntries(ctx, &calendarv1.ListEntriesRequest{OwnerUserId: bad})
 			return err
