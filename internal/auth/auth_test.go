@@ -295,6 +295,18 @@ func TestInterceptors(t *testing.T) {
 		{name: "wrong audience", ctx: withToken(sign(t, jwt.SigningMethodEdDSA, k.edKey, k.ed.KeyID(), userClaims(func(c jwt.MapClaims) {
 			c["aud"] = "someone-else"
 		}))), wantCode: codes.Unauthenticated},
+		{name: "tenant with a path", ctx: withToken(sign(t, jwt.SigningMethodHS256, []byte(testSecret), "", userClaims(func(c jwt.MapClaims) {
+			c["tid"] = "../x"
+		}))), wantCode: codes.Unauthenticated},
+		{name: "tenant with CR LF", ctx: withToken(sign(t, jwt.SigningMethodHS256, []byte(testSecret), "", userClaims(func(c jwt.MapClaims) {
+			c["tid"] = "t1\r\n"
+		}))), wantCode: codes.Unauthenticated},
+		{name: "tenant too long", ctx: withToken(sign(t, jwt.SigningMethodHS256, []byte(testSecret), "", userClaims(func(c jwt.MapClaims) {
+			c["tid"] = strings.Repeat("t", 65)
+		}))), wantCode: codes.Unauthenticated},
+		{name: "empty tenant", ctx: withToken(sign(t, jwt.SigningMethodHS256, []byte(testSecret), "", userClaims(func(c jwt.MapClaims) {
+			c["tid"] = ""
+		}))), wantCode: codes.Unauthenticated},
 		{name: "wrong issuer", ctx: withToken(sign(t, jwt.SigningMethodEdDSA, k.edKey, k.ed.KeyID(), userClaims(func(c jwt.MapClaims) {
 			c["iss"] = "https://evil.example"
 		}))), wantCode: codes.Unauthenticated},
@@ -479,6 +491,7 @@ func TestMint(t *testing.T) {
 		{name: "user", p: auth.Principal{Tenant: "t", User: "u"}, ttl: time.Minute},
 		{name: "service", p: auth.Principal{Tenant: "t", Service: "outbox"}, ttl: time.Minute},
 		{name: "no tenant", p: auth.Principal{User: "u"}, ttl: time.Minute, wantErr: true},
+		{name: "malformed tenant", p: auth.Principal{Tenant: "../x", User: "u"}, ttl: time.Minute, wantErr: true},
 		{name: "nobody", p: auth.Principal{Tenant: "t"}, ttl: time.Minute, wantErr: true},
 		{name: "no ttl", p: auth.Principal{Tenant: "t", User: "u"}, wantErr: true},
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 )
 
 // claims is the token body: registered claims (sub is the user) plus the tenant, teams, roles and,
@@ -81,7 +82,8 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	return v, nil
 }
 
-// Verify checks a token (signature, algorithm, exp, nbf, aud, iss) and returns its principal.
+// Verify checks a token (signature, algorithm, exp, nbf, aud, iss, a well-formed tenant id:
+// ids.ValidTenant) and returns its principal.
 // Every failure is an errs.Unauthenticated error that says "expired" or "invalid", never which
 // check failed; the cause is kept for logs.
 func (v *Verifier) Verify(token string) (Principal, error) {
@@ -101,6 +103,12 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	}
 	if c.Tenant == "" {
 		return Principal{}, errs.Unauthenticated("invalid token", errors.New("no tenant (tid) claim"))
+	}
+	// A tenant id scopes every Redis key and event of the request: a malformed one ("../x", a
+	// control character, 5,000 bytes) is refused here, once for every service, rather than by
+	// whichever service happens to check (mailbox did, the others stored it).
+	if !ids.ValidTenant(c.Tenant) {
+		return Principal{}, errs.Unauthenticated("invalid token", errors.New("malformed tenant (tid) claim"))
 	}
 	if c.Service == "" && c.Subject == "" {
 		return Principal{}, errs.Unauthenticated("invalid token", errors.New("neither a user (sub) nor a service (svc) claim"))
@@ -201,6 +209,8 @@ func (s *Signer) Mint(p Principal, ttl time.Duration) (string, error) {
 	switch {
 	case p.Tenant == "":
 		return "", errors.New("mint token: principal has no tenant")
+	case !ids.ValidTenant(p.Tenant):
+		return "", fmt.Errorf("mint token: malformed tenant id %s", errs.Quote(p.Tenant))
 	case p.User == "" && p.Service == "":
 		return "", errors.New("mint token: principal has neither a user nor a service")
 	case ttl <= 0:

@@ -6,8 +6,10 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Kind classifies an error by what the caller should do about it; each kind maps to one gRPC code.
@@ -15,7 +17,8 @@ type Kind int
 
 // The kinds, each with the gRPC code the edge gives it.
 const (
-	// KindInternal is a bug or an unexpected dependency failure: Internal, with no detail leaked.
+	// KindInternal is a bug: Internal, with no detail leaked. A dependency that is down is not a
+	// bug: the edge makes it Unavailable (ToStatusContext, Outage).
 	KindInternal Kind = iota
 	// KindInvalid is bad input the caller must fix: InvalidArgument with BadRequest field violations.
 	KindInvalid
@@ -33,7 +36,8 @@ const (
 	KindAborted
 	// KindResourceExhausted is a limit or quota hit: ResourceExhausted with a QuotaFailure.
 	KindResourceExhausted
-	// KindUnavailable is a dependency that is down for now: Unavailable with RetryInfo.
+	// KindUnavailable is a dependency that is down for now: Unavailable with RetryInfo (the edge
+	// also gives it to the dependency errors it recognises, see Outage).
 	KindUnavailable
 	// KindUnauthenticated is a missing or bad credential: Unauthenticated.
 	KindUnauthenticated
@@ -133,15 +137,38 @@ func KindOf(err error) Kind {
 	return KindInternal
 }
 
+// maxEchoRunes bounds what of a caller's value an error message repeats.
+const maxEchoRunes = 64
+
+// Quote renders a value the caller sent for an error message: quoted with Go escapes (so CR, LF
+// and other control characters appear as \r, \n, never raw in a header, a log line or a UI) and
+// cut to 64 characters with a marker, so a 5,000-character id is not sent back. Every message
+// that echoes a caller's value goes through it; the constructors below do.
+func Quote(s string) string {
+	if utf8.RuneCountInString(s) <= maxEchoRunes {
+		return strconv.Quote(s)
+	}
+	r := []rune(s)
+	return strconv.Quote(string(r[:maxEchoRunes])) + fmt.Sprintf("… (%d characters)", len(r))
+}
+
+// truncate cuts s to the length Quote shows, for the ResourceInfo detail.
+func truncate(s string) string {
+	if utf8.RuneCountInString(s) <= maxEchoRunes {
+		return s
+	}
+	return string([]rune(s)[:maxEchoRunes])
+}
+
 // NotFound says that resource id does not exist for the caller. Use it for ids of other tenants too:
 // their existence is never revealed.
 func NotFound(resource, id string) error {
-	return &Error{Kind: KindNotFound, Resource: resource, ID: id, Msg: fmt.Sprintf("%s %q not found", resource, id)}
+	return &Error{Kind: KindNotFound, Resource: resource, ID: truncate(id), Msg: resource + " " + Quote(id) + " not found"}
 }
 
 // AlreadyExists says that a create collided with an existing resource id.
 func AlreadyExists(resource, id string) error {
-	return &Error{Kind: KindAlreadyExists, Resource: resource, ID: id, Msg: fmt.Sprintf("%s %q already exists", resource, id)}
+	return &Error{Kind: KindAlreadyExists, Resource: resource, ID: truncate(id), Msg: resource + " " + Quote(id) + " already exists"}
 }
 
 // PermissionDenied says the caller lacks a right; reason is a stable machine-readable code.
@@ -164,7 +191,8 @@ func ResourceExhausted(reason, msg string, retryAfter time.Duration) error {
 	return &Error{Kind: KindResourceExhausted, Reason: reason, Msg: msg, RetryAfter: retryAfter}
 }
 
-// Unavailable says a dependency is down for now; cause goes to logs only.
+// Unavailable says a dependency is down for now; cause goes to logs only. retryAfter zero means
+// OutageRetryAfter.
 func Unavailable(msg string, retryAfter time.Duration, cause error) error {
 	return &Error{Kind: KindUnavailable, Msg: msg, RetryAfter: retryAfter, Cause: cause}
 }

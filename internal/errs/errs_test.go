@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,7 +32,7 @@ func TestToStatus(t *testing.T) {
 		{"permission denied", errs.PermissionDenied("ADMIN_REQUIRED", "needs admin"), codes.PermissionDenied, "needs admin", 1},
 		{"failed precondition", errs.FailedPrecondition("TENANT_NOT_EMPTY", "has users"), codes.FailedPrecondition, "has users", 1},
 		{"unavailable with retry", errs.Unavailable("redis down", time.Second, errors.New("dial")), codes.Unavailable, "redis down", 1},
-		{"exhausted", errs.ResourceExhausted("RECIPIENTS", "too many", 0), codes.ResourceExhausted, "too many", 1},
+		{"exhausted, with ErrorInfo and QuotaFailure", errs.ResourceExhausted("MESSAGE_SIZE", "too big", 0), codes.ResourceExhausted, "too big", 2},
 		{"unauthenticated", errs.Unauthenticated("token expired", nil), codes.Unauthenticated, "token expired", 0},
 		{"plain error leaks nothing", errors.New("redis: secret detail"), codes.Internal, "internal error", 0},
 		{"canceled", fmt.Errorf("x: %w", context.Canceled), codes.Canceled, "request canceled", 0},
@@ -65,5 +66,25 @@ func TestSentinels(t *testing.T) {
 	var none errs.Violations
 	if none.Err() != nil {
 		t.Error("empty violations are an error")
+	}
+}
+
+func TestQuote(t *testing.T) {
+	long := strings.Repeat("x", 5000)
+	tests := []struct{ name, in, want string }{
+		{"plain", "m1", `"m1"`},
+		{"CR LF escaped", "a\r\nb", `"a\r\nb"`},
+		{"long cut", long, `"` + long[:64] + `"… (5000 characters)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := errs.Quote(tt.in); got != tt.want {
+				t.Errorf("Quote = %s, want %s", got, tt.want)
+			}
+		})
+	}
+	s := errs.ToStatus(errs.NotFound("user", "a\r\n"+long))
+	if strings.ContainsAny(s.Message(), "\r\n") || len(s.Message()) > 200 {
+		t.Errorf("NotFound message %q echoes raw input", s.Message())
 	}
 }

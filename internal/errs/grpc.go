@@ -14,35 +14,32 @@ import (
 // ErrorDomain is the ErrorInfo domain of every Postamt error, so clients can tell ours from a proxy's.
 const ErrorDomain = "postamt.dev"
 
-// ToStatus maps err to the gRPC status the caller sees. It is called once, by the server's
-// interceptor; handlers return domain errors unchanged. A domain error wins over anything in its
-// cause chain (an Unavailable caused by a dependency's status is our Unavailable, with our
-// message and RetryInfo, not the dependency's code and error text); a status error that no
-// domain error classifies passes through as it is, without the text of what wrapped it; context
-// errors keep their meaning, and anything unclassified becomes a bare Internal so no internals
-// leak.
+// ToStatus maps err to the gRPC status the caller sees, without a request context: the server's
+// interceptor calls ToStatusContext, which also tells a dependency's timeout from the caller's;
+// code outside a request (the auth interceptor, the gateway) calls ToStatus. A domain error wins
+// over anything in its cause chain (an Unavailable caused by a dependency's status is our
+// Unavailable, with our message and RetryInfo, not the dependency's code and error text); a
+// status error returned as it is passes through; a dependency's outage is Unavailable; a status
+// of a client call follows the rules of ToStatusContext; context errors keep their meaning, and
+// anything unclassified becomes a bare Internal so no internals leak.
 func ToStatus(err error) *status.Status {
-	if err == nil {
-		return nil
+	s, _ := classify(context.Background(), false, err)
+	return s
+}
+
+// plainStatus maps an error that is neither a domain error, a status, nor an outage.
+func plainStatus(err error) *status.Status {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.New(codes.Canceled, "request canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.New(codes.DeadlineExceeded, "deadline exceeded")
 	}
-	var e *Error
-	if !errors.As(err, &e) {
-		// Not status.FromError: for a wrapped status it puts the whole chain's text into the
-		// message.
-		var gs interface{ GRPCStatus() *status.Status }
-		if errors.As(err, &gs) {
-			if s := gs.GRPCStatus(); s != nil {
-				return s
-			}
-		}
-		switch {
-		case errors.Is(err, context.Canceled):
-			return status.New(codes.Canceled, "request canceled")
-		case errors.Is(err, context.DeadlineExceeded):
-			return status.New(codes.DeadlineExceeded, "deadline exceeded")
-		}
-		return status.New(codes.Internal, "internal error")
-	}
+	return status.New(codes.Internal, "internal error")
+}
+
+// domainStatus maps a domain error to its code and details.
+func domainStatus(e *Error) *status.Status {
 	var (
 		code    codes.Code
 		details []protoadapt.MessageV1
@@ -72,15 +69,21 @@ func ToStatus(err error) *status.Status {
 		details = append(details, &errdetails.ErrorInfo{Reason: e.Reason, Domain: ErrorDomain})
 	case KindResourceExhausted:
 		code = codes.ResourceExhausted
-		details = append(details, &errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: e.Reason, Description: e.Msg}}})
+		// ErrorInfo carries the reason where clients look for it first (the gateway maps
+		// MESSAGE_SIZE to 413); QuotaFailure says which limit, as before.
+		details = append(details, &errdetails.ErrorInfo{Reason: e.Reason, Domain: ErrorDomain},
+			&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: e.Reason, Description: e.Msg}}})
 		if e.RetryAfter > 0 {
 			details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
 		}
 	case KindUnavailable:
+		// Always with RetryInfo: an outage is worth retrying, and clients wait as long as told.
 		code = codes.Unavailable
-		if e.RetryAfter > 0 {
-			details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
+		retry := e.RetryAfter
+		if retry <= 0 {
+			retry = OutageRetryAfter
 		}
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
 	case KindUnauthenticated:
 		code = codes.Unauthenticated
 	default:

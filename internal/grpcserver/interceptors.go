@@ -203,13 +203,16 @@ func (m *metrics) observe(fullMethod string, code codes.Code, d time.Duration) {
 type call struct {
 	ctx context.Context
 	err error
+	// dependency names the dependency of an outage (errs.ToStatusContext), for the log.
+	dependency string
 }
 
 type callKey struct{}
 
 // logCall logs a finished call: method, code, duration, request id, trace id and the principal by
 // id; never messages or tokens. Health checks and reflection are logged at debug so probes do not
-// flood the log; Internal-like codes at error, with the unmapped error (the status hides it).
+// flood the log; Internal-like codes (bugs) at error, with the unmapped error (the status hides
+// it); Unavailable (an outage) at warn, with the dependency that failed.
 func logCall(log *slog.Logger, c *call, method string, err error, d time.Duration) {
 	code := status.Code(err)
 	level := slog.LevelInfo
@@ -243,6 +246,9 @@ func logCall(log *slog.Logger, c *call, method string, err error, d time.Duratio
 		if p.Service != "" {
 			attrs = append(attrs, slog.String("service", p.Service))
 		}
+	}
+	if c.dependency != "" {
+		attrs = append(attrs, slog.String("dependency", c.dependency))
 	}
 	if err != nil {
 		detail := c.err
@@ -299,16 +305,18 @@ func rememberStream() grpc.StreamServerInterceptor {
 	}
 }
 
-// mapError turns a domain error into the status the caller sees (errs.ToStatus), and keeps the
-// original for the log line.
+// mapError turns a domain error into the status the caller sees (errs.ToStatusContext: a
+// dependency's outage is Unavailable with RetryInfo, a bug Internal), and keeps the original and
+// the failed dependency for the log line.
 func mapError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
+	s, dep := errs.ToStatusContext(ctx, err)
 	if c, ok := ctx.Value(callKey{}).(*call); ok {
-		c.err = err
+		c.err, c.dependency = err, dep
 	}
-	return errs.ToStatus(err).Err()
+	return s.Err()
 }
 
 func mapErrorsUnary() grpc.UnaryServerInterceptor {

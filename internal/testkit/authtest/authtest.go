@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/postamt/postamt/internal/auth"
@@ -35,6 +36,22 @@ func Keys(tb testing.TB) (*auth.Verifier, *auth.Signer) {
 func Outgoing(tb testing.TB, s *auth.Signer, p auth.Principal) context.Context {
 	tb.Helper()
 	tok, err := s.Mint(p, time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+}
+
+// Forged returns a context whose outgoing metadata carries a correctly signed (Config's secret)
+// one-hour token with the given tenant and user claims, bypassing the checks of auth.Signer.Mint:
+// for tests that a verifier refuses what a signer would never mint (a malformed tenant id).
+func Forged(tb testing.TB, tenant, user string) context.Context {
+	tb.Helper()
+	now := time.Now()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"tid": tenant, "sub": user, "aud": auth.DefaultAudience,
+		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+	}).SignedString([]byte(Config().HS256Secret))
 	if err != nil {
 		tb.Fatal(err)
 	}

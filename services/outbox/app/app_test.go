@@ -171,12 +171,26 @@ func TestSubmitRefusals(t *testing.T) {
 		for i := range 60 {
 			req.Bcc = append(req.Bcc, fmt.Sprintf("c%d@example.com", i))
 		}
-		code(t, func() error { _, err := e.outbox.SubmitEmail(eva, req); return err }(), codes.ResourceExhausted)
+		// The caller's input to fix, not a quota to wait for: INVALID_ARGUMENT naming the list
+		// that passed the limit (RESOURCE_EXHAUSTED would be retried as HTTP 429).
+		st := code(t, func() error { _, err := e.outbox.SubmitEmail(eva, req); return err }(), codes.InvalidArgument)
+		if f := fields(st); !slices.Contains(f, "bcc") {
+			t.Errorf("violations %v", f)
+		}
 	})
 	t.Run("an oversize message", func(t *testing.T) {
 		req := email("eva@kanzlei.example", "client@example.com", "x")
 		req.Attachments = []*outboxv1.Attachment{{Filename: "gross.bin", Content: make([]byte, 2<<20)}}
-		code(t, func() error { _, err := e.outbox.SubmitEmail(eva, req); return err }(), codes.ResourceExhausted)
+		st := code(t, func() error { _, err := e.outbox.SubmitEmail(eva, req); return err }(), codes.ResourceExhausted)
+		var reason string
+		for _, d := range st.Details() {
+			if ei, ok := d.(*errdetails.ErrorInfo); ok {
+				reason = ei.GetReason()
+			}
+		}
+		if reason != "MESSAGE_SIZE" {
+			t.Errorf("ErrorInfo reason %q, want MESSAGE_SIZE", reason)
+		}
 	})
 	t.Run("send_at in the past or beyond the horizon", func(t *testing.T) {
 		for _, at := range []time.Time{time.Now().Add(-time.Hour), time.Now().Add(365 * 24 * time.Hour)} {

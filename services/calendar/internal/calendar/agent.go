@@ -13,6 +13,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 )
 
 // Hello opens an agent's stream.
@@ -167,7 +168,7 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 		return nil, nil, errs.PermissionDenied(ReasonAgentOtherUser, "the token is for another user than Hello names")
 	}
 	var v errs.Violations
-	if !idPattern.MatchString(h.AgentID) {
+	if !ids.Valid(h.AgentID) {
 		v.Add("hello.agent_id", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
 	}
 	if h.LastAcked < 0 {

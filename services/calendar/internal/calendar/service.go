@@ -3,20 +3,20 @@ package calendar
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/url"
-	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/paging"
 	"github.com/postamt/postamt/internal/secretref"
 	"github.com/postamt/postamt/services/calendar/internal/ical"
 )
@@ -37,20 +37,14 @@ const (
 
 // Limits of the API's inputs.
 const (
-	maxIDLen          = 64
-	defaultPageSize   = 50
-	maxPageSize       = 500
-	maxPageTokenBytes = 512
-	maxURLLen         = 2048
-	maxUsernameLen    = 256
-	maxRefLen         = 512
-	maxRemoteLen      = 1024
+	maxURLLen      = 2048
+	maxUsernameLen = 256
+	maxRefLen      = 512
+	maxRemoteLen   = 1024
 	// MaxRevisions bounds an entry's history; a deadline edited thousands of times is a bug.
 	MaxRevisions  = 10000
 	writeAttempts = 8
 )
-
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Directory answers who a user is; directory.Client asks the mailbox service and caches. An
 // unknown user is errs.NotFound; errs.Unavailable when mailbox cannot be asked.
@@ -155,12 +149,8 @@ func selfOrAdmin(p auth.Principal, userID string) (string, error) {
 	return userID, nil
 }
 
-func checkID(field, id string) error {
-	if !idPattern.MatchString(id) {
-		return errs.Invalid(field, "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
-	}
-	return nil
-}
+// checkID is the suite's id rule (internal/ids) for one id of a request.
+func checkID(field, id string) error { return ids.Err(field, id) }
 
 // user looks a user of the tenant up; unknown users are NotFound, which is also what a user of
 // another tenant is.
@@ -194,12 +184,12 @@ func (s *Service) CreateEntry(ctx context.Context, p auth.Principal, in Entry) (
 		in.Owner = p.User
 	}
 	var v errs.Violations
-	if !idPattern.MatchString(in.ID) {
+	if !ids.Valid(in.ID) {
 		v.Add("entry.entry_id", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
 	}
 	if in.Owner == "" {
 		v.Add("entry.owner_user_id", "is required for service callers")
-	} else if !idPattern.MatchString(in.Owner) {
+	} else if !ids.Valid(in.Owner) {
 		v.Add("entry.owner_user_id", "is not a user id")
 	}
 	if err := v.Err(); err != nil {
@@ -282,7 +272,7 @@ func (s *Service) prepare(ctx context.Context, tenant string, e *Entry) (*Revisi
 	}
 	ie := icalEntry(tenant, e)
 	if e.Kind == ical.PreliminaryDeadline && e.Deadline != "" {
-		if !idPattern.MatchString(e.Deadline) || e.Deadline == e.ID {
+		if !ids.Valid(e.Deadline) || e.Deadline == e.ID {
 			v.Add("entry.deadline_entry_id", "is not another entry's id")
 		} else {
 			d, err := s.store.GetEntry(ctx, tenant, e.Deadline)
@@ -478,16 +468,8 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 		q.Owner = p.User
 	}
 	var v errs.Violations
-	if !idPattern.MatchString(q.Owner) {
-		v.Add("owner_user_id", "is required and must be a user id")
-	}
-	size := q.PageSize
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size < 0 || size > maxPageSize:
-		v.Addf("page_size", "must be between 0 and %d", maxPageSize)
-	}
+	ids.Check(&v, "owner_user_id", q.Owner)
+	size := paging.Size(&v, q.PageSize, 0)
 	from, to := int64(-1<<62), int64(1<<62)
 	if !q.From.IsZero() {
 		from = q.From.UnixMilli()
@@ -499,10 +481,10 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 		v.Add("end_time", "must not be before start_time")
 	}
 	afterScore, afterID := int64(math.MinInt64), "" // before everything, series that began before from too
-	if q.PageToken != "" {
-		sc, id, ok := decodeToken(q.PageToken)
+	if c := paging.Cursor(&v, "entries", q.PageToken); c != "" {
+		sc, id, ok := decodeCursor(c)
 		if !ok {
-			v.Add("page_token", "is not a token this service issued")
+			v.Add(paging.TokenField, "is not a page token this service issued for this list")
 		}
 		afterScore, afterID = sc, id
 	}
@@ -536,24 +518,19 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 	}
 }
 
+// encodeToken makes the page token of ListEntries (internal/paging) from its keyset cursor: the
+// score and id of the last entry returned.
 func encodeToken(score int64, id string) string {
-	b := binary.AppendVarint(nil, score)
-	return base64.RawURLEncoding.EncodeToString(append(b, id...))
+	return paging.Token("entries", strconv.FormatInt(score, 10)+"|"+id)
 }
 
-func decodeToken(tok string) (int64, string, bool) {
-	if len(tok) > maxPageTokenBytes {
+func decodeCursor(c string) (int64, string, bool) {
+	score, id, ok := strings.Cut(c, "|")
+	sc, err := strconv.ParseInt(score, 10, 64)
+	if !ok || err != nil || !ids.Valid(id) {
 		return 0, "", false
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return 0, "", false
-	}
-	sc, n := binary.Varint(b)
-	if n <= 0 || !idPattern.Match(b[n:]) {
-		return 0, "", false
-	}
-	return sc, string(b[n:]), true
+	return sc, id, true
 }
 
 // ---- settings ----

@@ -6,6 +6,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/paging"
 )
 
 // GetSyncStatus returns a user's synchronisation status. Users to whom synchronisation does not
@@ -72,26 +73,20 @@ func (s *Service) ListSyncLog(ctx context.Context, p auth.Principal, userID stri
 	if err != nil {
 		return nil, "", err
 	}
-	var v errs.Violations
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size < 0 || size > maxPageSize:
-		v.Addf("page_size", "must be between 0 and %d", maxPageSize)
-	}
-	if token != "" && !logIDPattern.MatchString(token) {
-		v.Add("page_token", "is not a token this service issued")
-	}
-	if err := v.Err(); err != nil {
+	size, after, err := paging.Request("sync-log", size, token, 0)
+	if err != nil {
 		return nil, "", err
 	}
-	lines, err := s.store.SyncLog(ctx, p.Tenant, id, token, s.now().Add(-s.opts.LogRetention), size)
+	if after != "" && !logIDPattern.MatchString(after) {
+		return nil, "", errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
+	}
+	lines, err := s.store.SyncLog(ctx, p.Tenant, id, after, s.now().Add(-s.opts.LogRetention), size)
 	if err != nil {
 		return nil, "", err
 	}
 	next := ""
 	if len(lines) == size {
-		next = lines[len(lines)-1].ID
+		next = paging.Token("sync-log", lines[len(lines)-1].ID)
 	}
 	return lines, next, nil
 }

@@ -145,7 +145,7 @@ func TestAllUsersMailboxIncludesLaterUsers(t *testing.T) {
 	})
 	t.Run("an all-users member cannot be removed", func(t *testing.T) {
 		_, err := e.client.RemoveMember(admin, &mailboxv1.RemoveMemberRequest{MailboxId: "info", UserId: "neu"})
-		wantCode(t, err, codes.NotFound)
+		wantCode(t, err, codes.FailedPrecondition) // ALL_USERS_MEMBERSHIP: the membership comes from all-users
 	})
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/mail"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/paging"
 )
 
 // Roles the service checks. Admins manage their tenant; operators manage tenants.
@@ -28,6 +29,9 @@ const (
 	ReasonOperatorRequired = "OPERATOR_REQUIRED"
 	ReasonSelfOrAdmin      = "SELF_OR_ADMIN_REQUIRED"
 	ReasonCannotSendFrom   = "CANNOT_SEND_FROM_MAILBOX"
+	// ReasonAllUsersMembership refuses to remove a membership that comes from the mailbox being
+	// all-users, not from an explicit grant: turn all_users off instead.
+	ReasonAllUsersMembership = "ALL_USERS_MEMBERSHIP"
 )
 
 // Service applies the mailbox rules on top of a Store. It is safe for concurrent use.
@@ -81,53 +85,28 @@ func selfOrAdmin(p auth.Principal, userID string) (string, error) {
 	if userID == "" {
 		return "", errs.Invalid("user_id", "is required for service callers")
 	}
+	if err := ids.Err("user_id", userID); err != nil {
+		return "", err
+	}
 	if userID != p.User && !p.IsAdmin() && !p.IsService() {
 		return "", errs.PermissionDenied(ReasonSelfOrAdmin, "users may only act for themselves")
 	}
 	return userID, nil
 }
 
-// encodeToken and decodeToken make keyset cursors opaque, so clients cannot build them.
-func encodeToken(after string) string {
-	if after == "" {
-		return ""
-	}
-	return base64.RawURLEncoding.EncodeToString([]byte(after))
-}
-
-func decodeToken(field, token string) (string, error) {
-	if token == "" {
-		return "", nil
-	}
-	var v errs.Violations
-	checkPageToken(&v, field, token)
-	if err := v.Err(); err != nil {
-		return "", err
-	}
-	b, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil {
-		return "", errs.Invalid(field, "is not a token this service issued")
-	}
-	return string(b), nil
-}
-
-func pageArgs(pr PageRequest) (size int, after string, err error) {
-	var v errs.Violations
-	size = pageSize(&v, "page_size", pr.Size)
-	if err := v.Err(); err != nil {
-		return 0, "", err
-	}
-	after, err = decodeToken("page_token", pr.Token)
-	return size, after, err
+// pageArgs applies the suite's paging rule (internal/paging) to a request of list: the page
+// size to read and the keyset cursor to read after.
+func pageArgs(list string, pr PageRequest) (size int, after string, err error) {
+	return paging.Request(list, pr.Size, pr.Token, 0)
 }
 
 // page cuts one extra item off a list fetched with limit size+1 and returns the next token.
-func page[T any](items []T, size int, key func(*T) string) ([]T, string) {
+func page[T any](list string, items []T, size int, key func(*T) string) ([]T, string) {
 	if len(items) <= size {
 		return items, ""
 	}
 	items = items[:size]
-	return items, encodeToken(key(&items[size-1]))
+	return items, paging.Token(list, key(&items[size-1]))
 }
 
 // ---- tenants ----
@@ -156,6 +135,11 @@ func (s *Service) CreateTenant(ctx context.Context, p auth.Principal, t Tenant) 
 
 // GetTenant returns the caller's tenant, or any tenant for an operator.
 func (s *Service) GetTenant(ctx context.Context, p auth.Principal, id string) (*Tenant, error) {
+	if id != "" {
+		if err := tenantIDErr("tenant_id", id); err != nil {
+			return nil, err
+		}
+	}
 	if id == "" {
 		id = p.Tenant
 	}
@@ -170,7 +154,7 @@ func (s *Service) ListTenants(ctx context.Context, p auth.Principal, pr PageRequ
 	if err := requireOperator(p); err != nil {
 		return nil, "", err
 	}
-	size, after, err := pageArgs(pr)
+	size, after, err := pageArgs("tenants", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -178,7 +162,7 @@ func (s *Service) ListTenants(ctx context.Context, p auth.Principal, pr PageRequ
 	if err != nil {
 		return nil, "", fmt.Errorf("list tenants: %w", err)
 	}
-	ts, next := page(ts, size, func(t *Tenant) string { return t.ID })
+	ts, next := page("tenants", ts, size, func(t *Tenant) string { return t.ID })
 	return ts, next, nil
 }
 
@@ -223,6 +207,11 @@ func (s *Service) UpdateTenant(ctx context.Context, p auth.Principal, in Tenant,
 
 // DeleteTenant deletes an empty tenant; operators only.
 func (s *Service) DeleteTenant(ctx context.Context, p auth.Principal, id string) error {
+	if id != "" {
+		if err := tenantIDErr("tenant_id", id); err != nil {
+			return err
+		}
+	}
 	if err := requireOperator(p); err != nil {
 		return err
 	}
@@ -302,12 +291,15 @@ func (s *Service) CreateUser(ctx context.Context, p auth.Principal, u User) (*Us
 
 // GetUser returns a user of the caller's tenant.
 func (s *Service) GetUser(ctx context.Context, p auth.Principal, id string) (*User, error) {
+	if err := ids.Err("user_id", id); err != nil {
+		return nil, err
+	}
 	return s.store.GetUser(ctx, p.Tenant, id)
 }
 
 // ListUsers pages through the caller's tenant's users.
 func (s *Service) ListUsers(ctx context.Context, p auth.Principal, pr PageRequest) ([]User, string, error) {
-	size, after, err := pageArgs(pr)
+	size, after, err := pageArgs("users", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -315,12 +307,15 @@ func (s *Service) ListUsers(ctx context.Context, p auth.Principal, pr PageReques
 	if err != nil {
 		return nil, "", fmt.Errorf("list users: %w", err)
 	}
-	us, next := page(us, size, func(u *User) string { return u.ID })
+	us, next := page("users", us, size, func(u *User) string { return u.ID })
 	return us, next, nil
 }
 
 // UpdateUser changes the fields in mask (all mutable ones when empty); admins only.
 func (s *Service) UpdateUser(ctx context.Context, p auth.Principal, in User, mask []string) (*User, error) {
+	if err := ids.Err("user.user_id", in.ID); err != nil {
+		return nil, err
+	}
 	if err := requireAdmin(p); err != nil {
 		return nil, err
 	}
@@ -360,6 +355,9 @@ func (s *Service) UpdateUser(ctx context.Context, p auth.Principal, in User, mas
 
 // DeleteUser removes a user with their memberships; admins only.
 func (s *Service) DeleteUser(ctx context.Context, p auth.Principal, id string) error {
+	if err := ids.Err("user_id", id); err != nil {
+		return err
+	}
 	if err := requireAdmin(p); err != nil {
 		return err
 	}
@@ -408,12 +406,15 @@ func (s *Service) CreateTeam(ctx context.Context, p auth.Principal, t Team) (*Te
 
 // GetTeam returns a team of the caller's tenant.
 func (s *Service) GetTeam(ctx context.Context, p auth.Principal, id string) (*Team, error) {
+	if err := ids.Err("team_id", id); err != nil {
+		return nil, err
+	}
 	return s.store.GetTeam(ctx, p.Tenant, id)
 }
 
 // ListTeams pages through the caller's tenant's teams.
 func (s *Service) ListTeams(ctx context.Context, p auth.Principal, pr PageRequest) ([]Team, string, error) {
-	size, after, err := pageArgs(pr)
+	size, after, err := pageArgs("teams", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -421,12 +422,15 @@ func (s *Service) ListTeams(ctx context.Context, p auth.Principal, pr PageReques
 	if err != nil {
 		return nil, "", fmt.Errorf("list teams: %w", err)
 	}
-	ts, next := page(ts, size, func(t *Team) string { return t.ID })
+	ts, next := page("teams", ts, size, func(t *Team) string { return t.ID })
 	return ts, next, nil
 }
 
 // UpdateTeam changes the fields in mask (all mutable ones when empty); admins only.
 func (s *Service) UpdateTeam(ctx context.Context, p auth.Principal, in Team, mask []string) (*Team, error) {
+	if err := ids.Err("team.team_id", in.ID); err != nil {
+		return nil, err
+	}
 	if err := requireAdmin(p); err != nil {
 		return nil, err
 	}
@@ -458,6 +462,9 @@ func (s *Service) UpdateTeam(ctx context.Context, p auth.Principal, in Team, mas
 
 // DeleteTeam removes a team; admins only.
 func (s *Service) DeleteTeam(ctx context.Context, p auth.Principal, id string) error {
+	if err := ids.Err("team_id", id); err != nil {
+		return err
+	}
 	if err := requireAdmin(p); err != nil {
 		return err
 	}
@@ -543,6 +550,9 @@ func (s *Service) CreateMailbox(ctx context.Context, p auth.Principal, m Mailbox
 
 // GetMailbox returns a mailbox: admins and services see all, users only those they see.
 func (s *Service) GetMailbox(ctx context.Context, p auth.Principal, id string) (*Mailbox, error) {
+	if err := ids.Err("mailbox_id", id); err != nil {
+		return nil, err
+	}
 	m, err := s.store.GetMailbox(ctx, p.Tenant, id)
 	if err != nil {
 		return nil, err
@@ -565,7 +575,7 @@ func (s *Service) ListMailboxes(ctx context.Context, p auth.Principal, pr PageRe
 	if err := requireAdmin(p); err != nil {
 		return nil, "", err
 	}
-	size, after, err := pageArgs(pr)
+	size, after, err := pageArgs("mailboxes", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -573,12 +583,15 @@ func (s *Service) ListMailboxes(ctx context.Context, p auth.Principal, pr PageRe
 	if err != nil {
 		return nil, "", fmt.Errorf("list mailboxes: %w", err)
 	}
-	ms, next := page(ms, size, func(m *Mailbox) string { return m.ID })
+	ms, next := page("mailboxes", ms, size, func(m *Mailbox) string { return m.ID })
 	return ms, next, nil
 }
 
 // UpdateMailbox changes the fields in mask (all mutable ones when empty); admins only.
 func (s *Service) UpdateMailbox(ctx context.Context, p auth.Principal, in Mailbox, mask []string) (*Mailbox, error) {
+	if err := ids.Err("mailbox.mailbox_id", in.ID); err != nil {
+		return nil, err
+	}
 	if err := requireAdmin(p); err != nil {
 		return nil, err
 	}
@@ -594,6 +607,18 @@ func (s *Service) UpdateMailbox(ctx context.Context, p auth.Principal, in Mailbo
 	checkMailbox(&v, &in, fields)
 	if err := v.Err(); err != nil {
 		return nil, err
+	}
+	// quota_bytes 0 means the default, as on create: never "no quota", which would lift a shared
+	// mailbox's licence check silently.
+	defaultQuota := int64(DefaultSharedQuota)
+	if fields["quota_bytes"] && in.QuotaBytes == 0 {
+		t, err := s.store.GetTenant(ctx, p.Tenant)
+		if err != nil {
+			return nil, fmt.Errorf("update mailbox: %w", err)
+		}
+		if t.DefaultSharedQuota > 0 {
+			defaultQuota = t.DefaultSharedQuota
+		}
 	}
 	now := s.now()
 	return s.store.UpdateMailbox(ctx, p.Tenant, in.ID, func(m *Mailbox) error {
@@ -620,6 +645,9 @@ func (s *Service) UpdateMailbox(ctx context.Context, p auth.Principal, in Mailbo
 		}
 		if fields["quota_bytes"] {
 			m.QuotaBytes = in.QuotaBytes
+			if m.QuotaBytes == 0 && m.Kind == KindShared {
+				m.QuotaBytes = defaultQuota
+			}
 		}
 		m.Version++
 		m.Updated = now
@@ -629,6 +657,9 @@ func (s *Service) UpdateMailbox(ctx context.Context, p auth.Principal, in Mailbo
 
 // DeleteMailbox removes a mailbox with its memberships; admins only.
 func (s *Service) DeleteMailbox(ctx context.Context, p auth.Principal, id string) error {
+	if err := ids.Err("mailbox_id", id); err != nil {
+		return err
+	}
 	if err := requireAdmin(p); err != nil {
 		return err
 	}
@@ -637,6 +668,9 @@ func (s *Service) DeleteMailbox(ctx context.Context, p auth.Principal, id string
 
 // SetMailboxUsage records storage usage; admins and services.
 func (s *Service) SetMailboxUsage(ctx context.Context, p auth.Principal, id string, usage int64) (*Mailbox, error) {
+	if err := ids.Err("mailbox_id", id); err != nil {
+		return nil, err
+	}
 	if err := requireAdmin(p); err != nil {
 		return nil, err
 	}
@@ -687,9 +721,17 @@ func (s *Service) checkMemberArgs(p auth.Principal, mailboxID, userID string, r 
 	return v.Err()
 }
 
-// RemoveMember takes a user's explicit membership away; admins only.
+// RemoveMember takes a user's explicit membership away; admins only. A member only through
+// all-users is FAILED_PRECONDITION ReasonAllUsersMembership (the store decides, in its
+// transaction).
 func (s *Service) RemoveMember(ctx context.Context, p auth.Principal, mailboxID, userID string) error {
 	if err := requireAdmin(p); err != nil {
+		return err
+	}
+	var v errs.Violations
+	checkID(&v, "mailbox_id", mailboxID)
+	checkID(&v, "user_id", userID)
+	if err := v.Err(); err != nil {
 		return err
 	}
 	return s.store.RemoveMember(ctx, p.Tenant, mailboxID, userID, s.now())
@@ -698,7 +740,10 @@ func (s *Service) RemoveMember(ctx context.Context, p auth.Principal, mailboxID,
 // ListMembers pages through a mailbox's members by user id: the owner, explicit members and, for
 // an all-users mailbox, every user of the tenant.
 func (s *Service) ListMembers(ctx context.Context, p auth.Principal, mailboxID string, pr PageRequest) ([]Member, string, error) {
-	size, after, err := pageArgs(pr)
+	if err := ids.Err("mailbox_id", mailboxID); err != nil {
+		return nil, "", err
+	}
+	size, after, err := pageArgs("members", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -740,7 +785,7 @@ func (s *Service) ListMembers(ctx context.Context, p auth.Principal, mailboxID s
 			}
 		}
 	}
-	out, next := page(out, size, func(m *Member) string { return m.UserID })
+	out, next := page("members", out, size, func(m *Member) string { return m.UserID })
 	return out, next, nil
 }
 
@@ -877,12 +922,14 @@ func (s *Service) CheckSend(ctx context.Context, p auth.Principal, userID, addre
 			return SendDecision{}, err
 		}
 	}
-	address = normalizeAddress(address)
+	// Checked as the caller sent it, as the outbox's SubmitEmail checks it: a trailing CR/LF is
+	// refused, not trimmed away.
 	var v errs.Violations
 	checkAddress(&v, "from_address", address)
 	if err := v.Err(); err != nil {
 		return SendDecision{}, err
 	}
+	address = normalizeAddress(address)
 	g, err := s.store.SendGrant(ctx, p.Tenant, userID, address)
 	if err != nil {
 		return SendDecision{}, fmt.Errorf("check send: %w", err)
@@ -992,7 +1039,7 @@ func (s *Service) ListSentItems(ctx context.Context, p auth.Principal, userID st
 	if err != nil {
 		return nil, "", err
 	}
-	size, after, err := pageArgs(pr)
+	size, after, err := pageArgs("sent", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -1016,7 +1063,7 @@ func (s *Service) ListSentItems(ctx context.Context, p auth.Principal, userID st
 	if err != nil {
 		return nil, "", fmt.Errorf("list sent items: %w", err)
 	}
-	items, next := page(items, size, SentCursor)
+	items, next := page("sent", items, size, SentCursor)
 	return items, next, nil
 }
 

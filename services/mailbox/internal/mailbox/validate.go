@@ -1,7 +1,6 @@
 package mailbox
 
 import (
-	"net/mail"
 	"regexp"
 	"strconv"
 	"strings"
@@ -9,37 +8,32 @@ import (
 	"unicode/utf8"
 
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/mailaddr"
 )
 
 // Input limits. Every string and list a caller sends is bounded so one request cannot bloat Redis.
 const (
-	maxIDLen          = 64
-	maxNameLen        = 200
-	maxAddressLen     = 254
-	maxUsernameLen    = 256
-	maxRoles          = 20
-	maxTeamUsers      = 1000
-	defaultPageSize   = 50
-	maxPageSize       = 500
-	maxPageTokenBytes = 512
+	maxNameLen     = 200
+	maxUsernameLen = 256
+	maxRoles       = 20
+	maxTeamUsers   = 1000
 )
 
 var (
-	tenantIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)
-	entityIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	rolePattern     = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+	rolePattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
 )
 
-func checkTenantID(v *errs.Violations, field, id string) {
-	if !tenantIDPattern.MatchString(id) {
-		v.Add(field, "must be 1-64 characters of a-z, 0-9 and -, starting with a letter or digit")
-	}
-}
+// checkTenantID and checkID are the suite's id rule (internal/ids), the same in every service.
+func checkTenantID(v *errs.Violations, field, id string) { ids.CheckTenant(v, field, id) }
 
-func checkID(v *errs.Violations, field, id string) {
-	if !entityIDPattern.MatchString(id) {
-		v.Add(field, "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
-	}
+func checkID(v *errs.Violations, field, id string) { ids.Check(v, field, id) }
+
+// tenantIDErr is checkTenantID for a single id.
+func tenantIDErr(field, id string) error {
+	var v errs.Violations
+	checkTenantID(&v, field, id)
+	return v.Err()
 }
 
 // checkText rejects control characters (CR and LF above all: these strings end up in mail headers)
@@ -58,25 +52,8 @@ func checkText(v *errs.Violations, field, s string, required bool, max int) {
 }
 
 // checkAddress accepts a bare addr-spec (no display name), because mailbox and user addresses
-// are identities, not header values.
-func checkAddress(v *errs.Violations, field, addr string) {
-	if addr == "" {
-		v.Add(field, "is required")
-		return
-	}
-	if len(addr) > maxAddressLen {
-		v.Addf(field, "must be at most %d bytes", maxAddressLen)
-		return
-	}
-	if strings.ContainsAny(addr, "\r\n") {
-		v.Add(field, "must not contain CR or LF")
-		return
-	}
-	a, err := mail.ParseAddress(addr)
-	if err != nil || a.Name != "" || a.Address != addr || !strings.Contains(addr, "@") {
-		v.Add(field, "must be a plain email address such as info@kanzlei.example")
-	}
-}
+// are identities, not header values: the suite's one address rule (internal/mailaddr).
+func checkAddress(v *errs.Violations, field, addr string) { mailaddr.Check(v, field, addr) }
 
 func checkRoles(v *errs.Violations, field string, roles []string) {
 	if len(roles) > maxRoles {
@@ -106,24 +83,5 @@ func checkRights(v *errs.Violations, field string, r Rights, required bool) {
 	}
 	if required && r == 0 {
 		v.Add(field, "must hold at least one right")
-	}
-}
-
-// pageSize applies the default and the bound of every list call.
-func pageSize(v *errs.Violations, field string, n int) int {
-	switch {
-	case n < 0:
-		v.Add(field, "must not be negative")
-	case n == 0:
-		return defaultPageSize
-	case n > maxPageSize:
-		return maxPageSize
-	}
-	return n
-}
-
-func checkPageToken(v *errs.Violations, field, token string) {
-	if len(token) > maxPageTokenBytes {
-		v.Add(field, "is not a token this service issued")
 	}
 }

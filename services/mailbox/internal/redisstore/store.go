@@ -906,6 +906,9 @@ func (s *Store) member(ctx context.Context, tenant, mid, uid string, r mailbox.R
 			return errs.AlreadyExists("member", uid)
 		case op == opAdd:
 			change = events.Created
+		case cur == "" && op == opRemove && m.AllUsers && m.Kind == mailbox.KindShared:
+			return errs.FailedPrecondition(mailbox.ReasonAllUsersMembership, fmt.Sprintf(
+				"user %s is a member of mailbox %s because the mailbox is all-users, not by an explicit grant: turn all_users off to take it away", errs.Quote(uid), errs.Quote(mid)))
 		case cur == "":
 			return errs.NotFound("member", uid)
 		case op == opRemove:

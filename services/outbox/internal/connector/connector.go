@@ -5,12 +5,12 @@ package connector
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 	"unicode"
 
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 	"github.com/postamt/postamt/internal/secretref"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
@@ -70,16 +70,12 @@ const (
 	DefaultPoolSize = 4
 )
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-
 // Validate checks c and fills in the defaults (MaxAttempts, MaxMessageBytes, PoolSize). Every
 // problem is reported at once, as an errs.Violations InvalidArgument with the request's field
 // paths ("connector.host"), so a form can mark every bad field in one round trip.
 func (c *Connector) Validate() error {
 	var v errs.Violations
-	if !idPattern.MatchString(c.ID) {
-		v.Add("connector.connector_id", "1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
-	}
+	ids.Check(&v, "connector.connector_id", c.ID)
 	if len(c.DisplayName) > 200 || strings.IndexFunc(c.DisplayName, unicode.IsControl) >= 0 {
 		v.Add("connector.display_name", "at most 200 characters, no control characters")
 	}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/tenantcache"
@@ -79,6 +81,28 @@ func (c *Client) CheckSend(ctx context.Context, tenant, user, address string) (s
 	}
 	c.cache.Put(tenant, k, cached{right: right})
 	return right, nil
+}
+
+// DefaultSender implements service.Directory: the address of the user's default sender mailbox
+// (two calls, not cached: only submits without a From ask).
+func (c *Client) DefaultSender(ctx context.Context, tenant, user string) (string, error) {
+	ctx = auth.WithTenant(ctx, tenant)
+	u, err := c.mb.GetUser(ctx, &mailboxv1.GetUserRequest{UserId: user})
+	if err != nil {
+		return "", fmt.Errorf("mailbox GetUser: %w", err)
+	}
+	id := u.GetUser().GetDefaultSenderMailboxId()
+	if id == "" {
+		return "", nil
+	}
+	m, err := c.mb.GetMailbox(ctx, &mailboxv1.GetMailboxRequest{MailboxId: id})
+	if status.Code(err) == codes.NotFound {
+		return "", nil // deleted since; mailbox resets the default with the next change
+	}
+	if err != nil {
+		return "", fmt.Errorf("mailbox GetMailbox: %w", err)
+	}
+	return m.GetMailbox().GetAddress(), nil
 }
 
 // Mailboxes implements service.Directory: the mailboxes whose mail the user may read (owner, or

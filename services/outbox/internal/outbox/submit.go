@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"fmt"
-	"net/mail"
 	"strconv"
 	"strings"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/mailaddr"
 )
 
 // Limits bound what one submission may carry. The zero value is not usable; DefaultLimits is.
@@ -63,8 +63,9 @@ type AttachmentInput struct {
 
 // ValidateSubmission checks everything about a submission that does not need state: addresses,
 // CR/LF in header fields, counts and sizes, and the schedule. All field problems are reported
-// at once (InvalidArgument with one violation per field, named by the request's field paths);
-// exceeded limits are ResourceExhausted, because the caller must send less, not fix a typo.
+// at once (InvalidArgument with one violation per field, named by the request's field paths),
+// too many recipients or attachments among them; a message over the size limit is
+// ResourceExhausted with reason MESSAGE_SIZE (HTTP 413 at the gateway).
 func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
 	var v errs.Violations
 	checkAddr(&v, "from_address", s.From)
@@ -117,32 +118,40 @@ func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
 			v.Addf("send_at", "is more than %s ahead", l.Horizon)
 		}
 	}
+	// Too many recipients or attachments is the caller's input to fix, like a bad address, not a
+	// quota that waiting restores: INVALID_ARGUMENT naming the field (RESOURCE_EXHAUSTED is
+	// retried by clients, HTTP 429).
+	if n > l.MaxRecipients {
+		v.Addf(overflowField(l.MaxRecipients, s.To, s.Cc, s.Bcc), "to, cc and bcc hold %d recipients together; at most %d", n, l.MaxRecipients)
+	}
+	if len(s.Attachments) > l.MaxAttachments {
+		v.Addf("attachments", "%d attachments; at most %d", len(s.Attachments), l.MaxAttachments)
+	}
 	if err := v.Err(); err != nil {
 		return err
 	}
-	switch {
-	case n > l.MaxRecipients:
-		return errs.ResourceExhausted("RECIPIENTS", fmt.Sprintf("%d recipients; at most %d", n, l.MaxRecipients), 0)
-	case len(s.Attachments) > l.MaxAttachments:
-		return errs.ResourceExhausted("ATTACHMENTS", fmt.Sprintf("%d attachments; at most %d", len(s.Attachments), l.MaxAttachments), 0)
-	case size > l.MaxMessageBytes:
+	if size > l.MaxMessageBytes {
 		return errs.ResourceExhausted("MESSAGE_SIZE", fmt.Sprintf("%d bytes of content; at most %d", size, l.MaxMessageBytes), 0)
 	}
 	return nil
 }
 
-// checkAddr accepts a plain addr-spec: recipients are identities, and a display name smuggled in
-// here would end up in headers unchecked.
-func checkAddr(v *errs.Violations, field, a string) {
-	if a == "" || len(a) > 254 || strings.ContainsAny(a, "\r\n") {
-		v.Add(field, "must be a plain email address without CR or LF, at most 254 bytes")
-		return
+// overflowField names the recipient list (to, cc, bcc, in that order) in which the count passes
+// max: the field the caller must shorten.
+func overflowField(max int, to, cc, bcc []string) string {
+	switch {
+	case len(to) > max:
+		return "to"
+	case len(to)+len(cc) > max:
+		return "cc"
 	}
-	p, err := mail.ParseAddress(a)
-	if err != nil || p.Name != "" || p.Address != a || !strings.Contains(a, "@") {
-		v.Add(field, "must be a plain email address such as client@example.com")
-	}
+	return "bcc"
 }
+
+// checkAddr accepts a plain addr-spec: recipients are identities, and a display name smuggled in
+// here would end up in headers unchecked. It is the suite's one address rule (internal/mailaddr),
+// which mailbox's CheckSend applies too.
+func checkAddr(v *errs.Violations, field, a string) { mailaddr.Check(v, field, a) }
 
 // checkHeaderText rejects what would break or extend a header: CR, LF and other control
 // characters, invalid UTF-8, and overlong values.

@@ -47,7 +47,11 @@ func TestValidateSubmission(t *testing.T) {
 		{"filename with a path", func(s *Submission) { s.Attachments = []AttachmentInput{{Filename: "../etc/passwd", Size: 1}} }, "attachments[0].filename", errs.KindInvalid},
 		{"send_at long past", func(s *Submission) { s.SendAt = now.Add(-time.Hour) }, "send_at", errs.KindInvalid},
 		{"send_at beyond the horizon", func(s *Submission) { s.SendAt = now.Add(400 * 24 * time.Hour) }, "send_at", errs.KindInvalid},
-		{"too many recipients", func(s *Submission) { s.To = slices.Repeat([]string{"a@example.com"}, 501) }, "", errs.KindResourceExhausted},
+		{"too many recipients in to", func(s *Submission) { s.To = slices.Repeat([]string{"a@example.com"}, 501) }, "to", errs.KindInvalid},
+		{"too many recipients, passed in bcc", func(s *Submission) { s.Bcc = slices.Repeat([]string{"a@example.com"}, 500) }, "bcc", errs.KindInvalid},
+		{"too many attachments", func(s *Submission) {
+			s.Attachments = slices.Repeat([]AttachmentInput{{Filename: "a.txt", Size: 1}}, DefaultLimits().MaxAttachments+1)
+		}, "attachments", errs.KindInvalid},
 		{"oversize", func(s *Submission) { s.Attachments = []AttachmentInput{{Filename: "big.bin", Size: 26 << 20}} }, "", errs.KindResourceExhausted},
 	}
 	for _, tt := range tests {

@@ -3,7 +3,6 @@ package redisstore
 import (
 	"cmp"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -148,22 +147,19 @@ func (s *Connectors) Get(ctx context.Context, tenant, id string) (connector.Conn
 	return decodeConnector(tenant, b)
 }
 
-// List returns a page of a tenant's connectors ordered by id, and the token of the next page
-// ("" after the last). The token is the last id returned (base64), so paging is keyset-based:
-// connectors created or deleted meanwhile neither repeat nor shift the pages. size <= 0 means 50,
-// and more than 1000 is cut to 1000. A token this store did not issue is errs.Invalid.
-func (s *Connectors) List(ctx context.Context, tenant string, size int, token string) ([]connector.Connector, string, error) {
+// List returns a page of a tenant's connectors ordered by id after the id after ("" for the
+// first page), and the cursor of the next page: the last id returned, "" after the last page.
+// Paging is keyset-based: connectors created or deleted meanwhile neither repeat nor shift the
+// pages. The cursor is the service's to wrap into a page token (internal/paging). size <= 0
+// means 50, and more than 1000 is cut to 1000.
+func (s *Connectors) List(ctx context.Context, tenant string, size int, after string) ([]connector.Connector, string, error) {
 	if size <= 0 {
 		size = defaultConnPage
 	}
 	size = min(size, maxConnPage)
 	start := "-"
-	if token != "" {
-		after, err := base64.RawURLEncoding.DecodeString(token)
-		if err != nil || len(after) == 0 {
-			return nil, "", errs.Invalid("page_token", "not a token this service issued")
-		}
-		start = "(" + string(after)
+	if after != "" {
+		start = "(" + after
 	}
 	ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: connIDsKey(tenant), Start: start, Stop: "+", ByLex: true, Count: int64(size + 1)}).Result()
 	if err != nil {
@@ -172,7 +168,7 @@ func (s *Connectors) List(ctx context.Context, tenant string, size int, token st
 	next := ""
 	if len(ids) > size {
 		ids = ids[:size]
-		next = base64.RawURLEncoding.EncodeToString([]byte(ids[len(ids)-1]))
+		next = ids[len(ids)-1]
 	}
 	out, err := s.load(ctx, tenant, ids)
 	if err != nil {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	idrule "github.com/postamt/postamt/internal/ids"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -80,6 +82,13 @@ func (s *Service) selected(ctx context.Context, p auth.Principal, sel *outboxv1.
 		return nil, errs.Invalid("selection", "give email_ids or a filter")
 	case len(ids) == 0:
 		return s.selectByFilter(ctx, p, sel.GetView(), sel.GetFilter())
+	}
+	var v errs.Violations
+	for i, id := range ids {
+		idrule.Check(&v, "selection.email_ids["+strconv.Itoa(i)+"]", id)
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
 	}
 	// An id listed twice is one email: matched and changed once, not refused the second time.
 	return uniqueIDs(ids), nil

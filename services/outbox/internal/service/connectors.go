@@ -15,6 +15,8 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/paging"
 	"github.com/postamt/postamt/internal/secretref"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/connector"
@@ -231,6 +233,9 @@ func (a *ConnectorAdmin) Create(ctx context.Context, p auth.Principal, in *outbo
 
 // Get returns a connector.
 func (a *ConnectorAdmin) Get(ctx context.Context, p auth.Principal, id string) (*outboxv1.Connector, error) {
+	if err := ids.Err("connector_id", id); err != nil {
+		return nil, err
+	}
 	c, err := a.store.Get(ctx, p.Tenant, id)
 	if err != nil {
 		return nil, err
@@ -240,16 +245,15 @@ func (a *ConnectorAdmin) Get(ctx context.Context, p auth.Principal, id string) (
 
 // List returns a page of connectors by id.
 func (a *ConnectorAdmin) List(ctx context.Context, p auth.Principal, size int, token string) ([]*outboxv1.Connector, string, error) {
-	if size < 0 || size > MaxPageSize {
-		return nil, "", errs.Invalid("page_size", fmt.Sprintf("must be between 0 and %d", MaxPageSize))
-	}
-	if size == 0 {
-		size = 50
-	}
-	cs, next, err := a.store.List(ctx, p.Tenant, size, token)
+	size, after, err := paging.Request("connectors", size, token, 0)
 	if err != nil {
 		return nil, "", err
 	}
+	cs, last, err := a.store.List(ctx, p.Tenant, size, after)
+	if err != nil {
+		return nil, "", err
+	}
+	next := paging.Token("connectors", last)
 	out := make([]*outboxv1.Connector, len(cs))
 	for i, c := range cs {
 		out[i] = ConnectorProto(c)
@@ -321,6 +325,9 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 
 // Delete removes a connector no open mail uses.
 func (a *ConnectorAdmin) Delete(ctx context.Context, p auth.Principal, id string) error {
+	if err := ids.Err("connector_id", id); err != nil {
+		return err
+	}
 	if err := adminOnly(p); err != nil {
 		return err
 	}
@@ -344,6 +351,9 @@ func (a *ConnectorAdmin) Delete(ctx context.Context, p auth.Principal, id string
 // Disable stops a connector: its mail waits in CONNECTOR_DISABLED when it comes due, without
 // using an attempt.
 func (a *ConnectorAdmin) Disable(ctx context.Context, p auth.Principal, id string) (*outboxv1.Connector, error) {
+	if err := ids.Err("connector_id", id); err != nil {
+		return nil, err
+	}
 	if err := adminOnly(p); err != nil {
 		return nil, err
 	}
@@ -358,6 +368,9 @@ func (a *ConnectorAdmin) Disable(ctx context.Context, p auth.Principal, id strin
 // Enable starts a connector again and queues its CONNECTOR_DISABLED mail, in every partition.
 // The requeue is idempotent: calling Enable again finishes one that was cut short.
 func (a *ConnectorAdmin) Enable(ctx context.Context, p auth.Principal, id string) (*outboxv1.Connector, int64, error) {
+	if err := ids.Err("connector_id", id); err != nil {
+		return nil, 0, err
+	}
 	if err := adminOnly(p); err != nil {
 		return nil, 0, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -58,9 +59,7 @@ func (s *Service) importOne(ctx context.Context, p auth.Principal, im *outboxv1.
 	default:
 		v.Add("status", "only SCHEDULED, QUEUED, PENDING_RETRY and FAILED mail is imported")
 	}
-	if im.GetSenderUserId() == "" || len(im.GetSenderUserId()) > 64 {
-		v.Add("sender_user_id", "is required, at most 64 characters")
-	}
+	ids.Check(&v, "sender_user_id", im.GetSenderUserId())
 	if im.GetAttemptCount() < 0 || im.GetAttemptCount() > 1000 {
 		v.Add("attempt_count", "must be between 0 and 1000")
 	}

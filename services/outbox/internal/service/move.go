@@ -8,6 +8,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -44,6 +45,9 @@ func (a *ConnectorAdmin) Move(ctx context.Context, p auth.Principal, sel *outbox
 	}
 	if target == "" {
 		return nil, errs.Invalid("connector_id", "is required: the connector the emails move to")
+	}
+	if err := ids.Err("connector_id", target); err != nil {
+		return nil, err
 	}
 	c, err := a.store.Get(ctx, p.Tenant, target)
 	if errors.Is(err, errs.ErrNotFound) {

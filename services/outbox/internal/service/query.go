@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"slices"
 	"strconv"
@@ -11,6 +10,8 @@ import (
 	"github.com/postamt/postamt/internal/access"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/paging"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/message"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
@@ -94,6 +95,12 @@ type query struct {
 }
 
 func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter) (*query, error) {
+	var iv errs.Violations
+	ids.CheckOptional(&iv, "filter.connector_id", f.GetConnectorId())
+	ids.CheckOptional(&iv, "filter.mailbox_id", f.GetMailboxId())
+	if err := iv.Err(); err != nil {
+		return nil, err
+	}
 	if view == outboxv1.View_VIEW_UNSPECIFIED {
 		v, err := s.defaultView(ctx, p)
 		if err != nil {
@@ -207,25 +214,28 @@ func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(
 	}
 }
 
-// pageToken encodes a cursor; it is opaque to clients.
-func pageToken(c redisstore.Cursor) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("1|" + strconv.FormatInt(c.Score, 10) + "|" + c.ID))
+// pageToken encodes a cursor of the due-time order as a page token (internal/paging).
+func pageToken(c redisstore.Cursor) string { return paging.Token("emails", cursorString(c)) }
+
+func parseToken(tok string) (redisstore.Cursor, error) { return parseCursor("emails", tok) }
+
+// cursorString and parseCursor are the cursor inside a page token: score and id.
+func cursorString(c redisstore.Cursor) string {
+	return strconv.FormatInt(c.Score, 10) + "|" + c.ID
 }
 
-func parseToken(tok string) (redisstore.Cursor, error) {
-	if tok == "" {
-		return redisstore.Cursor{}, nil
+func parseCursor(list, tok string) (redisstore.Cursor, error) {
+	var v errs.Violations
+	raw := paging.Cursor(&v, list, tok)
+	if err := v.Err(); err != nil || raw == "" {
+		return redisstore.Cursor{}, err
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	parts := strings.SplitN(string(b), "|", 3)
-	if err != nil || len(parts) != 3 || parts[0] != "1" {
-		return redisstore.Cursor{}, errs.Invalid("page_token", "not a token this service issued")
+	score, id, ok := strings.Cut(raw, "|")
+	n, err := strconv.ParseInt(score, 10, 64)
+	if !ok || err != nil || id == "" {
+		return redisstore.Cursor{}, errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
 	}
-	n, err := strconv.ParseInt(parts[1], 10, 64)
-	if err != nil {
-		return redisstore.Cursor{}, errs.Invalid("page_token", "not a token this service issued")
-	}
-	return redisstore.Cursor{Score: n, ID: parts[2]}, nil
+	return redisstore.Cursor{Score: n, ID: id}, nil
 }
 
 // List returns one page of a view, soonest due first (mail without a due time by its last
@@ -250,18 +260,19 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 	if q.finished && order != outboxv1.EmailOrder_EMAIL_ORDER_UNSPECIFIED {
 		return nil, errFinishedOrder
 	}
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0 || size > MaxPageSize:
-		return nil, errs.Invalid("page_size", fmt.Sprintf("must be between 0 and %d", MaxPageSize))
-	case size == 0 && p.User != "":
+	// The suite's paging rule (internal/paging); the default is the user's page size setting.
+	def := s.opts.DefaultPageSize
+	if req.GetPageSize() == 0 && p.User != "" {
 		us, err := s.Settings(ctx, p, "")
 		if err != nil {
 			return nil, err
 		}
-		size = int(us.GetPageSize())
-	case size == 0:
-		size = s.opts.DefaultPageSize
+		def = int(us.GetPageSize())
+	}
+	var pv errs.Violations
+	size := paging.Size(&pv, int(req.GetPageSize()), def)
+	if err := pv.Err(); err != nil {
+		return nil, err
 	}
 	if order == outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC || order == outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC {
 		return s.listSorted(ctx, q, order, size, req.GetPageToken())
@@ -417,21 +428,12 @@ func (s *Service) listSorted(ctx context.Context, q *query, order outboxv1.Email
 // sortedToken encodes a position in a sorted order; the order is part of the token, so that a
 // token is never read in another order.
 func sortedToken(order outboxv1.EmailOrder, c redisstore.Cursor) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("2|" + strconv.Itoa(int(order)) + "|" + strconv.FormatInt(c.Score, 10) + "|" + c.ID))
+	return paging.Token(sortedList(order), cursorString(c))
 }
 
 func parseSortedToken(tok string, order outboxv1.EmailOrder) (redisstore.Cursor, error) {
-	if tok == "" {
-		return redisstore.Cursor{}, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	parts := strings.SplitN(string(b), "|", 4)
-	if err != nil || len(parts) != 4 || parts[0] != "2" || parts[1] != strconv.Itoa(int(order)) || parts[3] == "" {
-		return redisstore.Cursor{}, errs.Invalid("page_token", "not a token this service issued for this order")
-	}
-	n, err := strconv.ParseInt(parts[2], 10, 64)
-	if err != nil {
-		return redisstore.Cursor{}, errs.Invalid("page_token", "not a token this service issued for this order")
-	}
-	return redisstore.Cursor{Score: n, ID: parts[3]}, nil
+	return parseCursor(sortedList(order), tok)
 }
+
+// sortedList names the list of an unindexed order, so a token of one order is not one of another.
+func sortedList(order outboxv1.EmailOrder) string { return "emails-by-" + strconv.Itoa(int(order)) }

@@ -14,6 +14,7 @@ import (
 	"github.com/postamt/postamt/internal/access"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -44,6 +45,9 @@ type Directory interface {
 	Teams(ctx context.Context, tenant, user string) ([]string, error)
 	// LeadsTeam reports whether the user leads a team, which makes TEAM their first view.
 	LeadsTeam(ctx context.Context, tenant, user string) (bool, error)
+	// DefaultSender returns the address of the user's default sender mailbox, or "" when the
+	// user has none: the From of a submit that names none.
+	DefaultSender(ctx context.Context, tenant, user string) (string, error)
 }
 
 // Tokens is what the outbox asks the tracker, the owner of CRM records and tracking tokens.
@@ -262,8 +266,8 @@ func (s *Service) visible(ctx context.Context, p auth.Principal, e *redisstore.E
 // read returns an email the caller may see; others (and other tenants') are NotFound, so ids
 // cannot be probed.
 func (s *Service) read(ctx context.Context, p auth.Principal, id string) (*redisstore.Email, error) {
-	if id == "" || len(id) > 64 {
-		return nil, errs.Invalid("email_id", "is required, at most 64 characters")
+	if err := ids.Err("email_id", id); err != nil {
+		return nil, err
 	}
 	e, err := s.ledger.Get(ctx, id)
 	if err != nil {

@@ -10,12 +10,14 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/paging"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 )
 
-// MaxPageSize bounds every list page.
-const MaxPageSize = 500
+// MaxPageSize bounds every list page: the suite's one bound (internal/paging).
+const MaxPageSize = paging.MaxSize
 
 // defaultColumns are the columns a user sees before choosing: those the seed's outbox shows.
 var defaultColumns = []outboxv1.Column{
@@ -33,6 +35,8 @@ func settingsUser(p auth.Principal, user string) (string, error) {
 		return "", errNoUser("user_id")
 	case user == "" || user == p.User:
 		return p.User, nil
+	case !ids.Valid(user):
+		return "", ids.Err("user_id", user)
 	case p.IsAdmin() || p.IsService():
 		return user, nil
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/message"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
@@ -28,8 +28,28 @@ func (s *Service) Submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	return s.submit(ctx, p, req, nil)
 }
 
-// recordID is the shape of a CRM record id, as the tracker accepts it.
-var recordID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+// defaultFrom fills in the sender's default From address (mailbox's default_sender_mailbox_id)
+// when the request names none, as SubmitEmailRequest.from_address promises. A caller without a
+// user (a service) has no default sender: INVALID_ARGUMENT naming from_address. Imports name
+// their From always. The request is this call's own (decoded by the handler), so it is filled in
+// place rather than copied with its bodies.
+func (s *Service) defaultFrom(ctx context.Context, p auth.Principal, req *outboxv1.SubmitEmailRequest, imp *importState) error {
+	if req.GetFromAddress() != "" || imp != nil {
+		return nil
+	}
+	if p.User == "" {
+		return errs.Invalid("from_address", "is required for a caller without a user: only users have a default sender")
+	}
+	addr, err := s.dir.DefaultSender(ctx, p.Tenant, p.User)
+	if err != nil {
+		return fmt.Errorf("default sender of %s: %w", p.User, err)
+	}
+	if addr == "" {
+		return errs.Invalid("from_address", "is required: the user has no default sender (mailbox SetDefaultSender)")
+	}
+	req.FromAddress = addr
+	return nil
+}
 
 // importState is the legacy state of an imported email.
 type importState struct {
@@ -43,6 +63,9 @@ type importState struct {
 
 func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.SubmitEmailRequest, imp *importState) (*redisstore.Email, bool, error) {
 	now := s.opts.Now()
+	if err := s.defaultFrom(ctx, p, req, imp); err != nil {
+		return nil, false, err
+	}
 	sub := submission(req)
 	if err := outbox.ValidateSubmission(sub, s.opts.Limits, now); err != nil {
 		return nil, false, err
@@ -59,8 +82,11 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	if team := req.GetWorkItem().GetTeamId(); len(team) > 128 || strings.ContainsFunc(team, unicode.IsControl) {
 		return nil, false, errs.Invalid("work_item.team_id", "at most 128 characters, no control characters")
 	}
-	if r := req.GetRegardingRecordId(); r != "" && !recordID.MatchString(r) {
-		return nil, false, errs.Invalid("regarding_record_id", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+	var idv errs.Violations
+	ids.CheckOptional(&idv, "regarding_record_id", req.GetRegardingRecordId())
+	ids.CheckOptional(&idv, "connector_id", req.GetConnectorId())
+	if err := idv.Err(); err != nil {
+		return nil, false, err
 	}
 	if req.GetSystemGenerated() && !p.IsService() {
 		return nil, false, errs.PermissionDenied("SYSTEM_GENERATED", "only services may submit system-generated mail")

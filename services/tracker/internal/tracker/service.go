@@ -7,7 +7,6 @@ package tracker
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"regexp"
@@ -19,6 +18,8 @@ import (
 	"github.com/postamt/postamt/internal/access"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/paging"
 )
 
 // Reasons of PermissionDenied errors, stable for clients.
@@ -29,16 +30,11 @@ const (
 
 // Limits of the API's inputs.
 const (
-	maxIDLen          = 64
-	maxNameLen        = 200
-	maxRecordAddrs    = 20
-	defaultPageSize   = 50
-	maxPageSize       = 500
-	maxPageTokenBytes = 512
+	maxNameLen     = 200
+	maxRecordAddrs = 20
 )
 
 var (
-	idPattern         = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	entityTypePattern = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
 	prefixPattern     = regexp.MustCompile(`^[A-Za-z0-9]{1,10}$`)
 )
@@ -115,11 +111,8 @@ func selfOrAdmin(p auth.Principal, userID string) (string, error) {
 	return userID, nil
 }
 
-func checkID(v *errs.Violations, field, id string) {
-	if !idPattern.MatchString(id) {
-		v.Add(field, "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
-	}
-}
+// checkID is the suite's id rule (internal/ids).
+func checkID(v *errs.Violations, field, id string) { ids.Check(v, field, id) }
 
 // PageRequest is a page size and the opaque token of the previous page.
 type PageRequest struct {
@@ -127,37 +120,17 @@ type PageRequest struct {
 	Token string
 }
 
+// pageArgs and encodeToken apply the suite's paging rule (internal/paging). Both lists of the
+// tracker share one token namespace: their cursors are keyset cursors over ids, harmless in the
+// other list, and one name keeps the signatures the read RPCs call unchanged.
 func pageArgs(pr PageRequest) (int, string, error) {
-	var v errs.Violations
-	size := pr.Size
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size < 0 || size > maxPageSize:
-		v.Addf("page_size", "must be between 0 and %d", maxPageSize)
-	}
-	if len(pr.Token) > maxPageTokenBytes {
-		v.Add("page_token", "is not a token this service issued")
-	}
-	if err := v.Err(); err != nil {
-		return 0, "", err
-	}
-	if pr.Token == "" {
-		return size, "", nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(pr.Token)
-	if err != nil || len(b) == 0 {
-		return 0, "", errs.Invalid("page_token", "is not a token this service issued")
-	}
-	return size, string(b), nil
+	return paging.Request(pageList, pr.Size, pr.Token, 0)
 }
 
-func encodeToken(after string) string {
-	if after == "" {
-		return ""
-	}
-	return base64.RawURLEncoding.EncodeToString([]byte(after))
-}
+func encodeToken(after string) string { return paging.Token(pageList, after) }
+
+// pageList names the tracker's lists in their page tokens.
+const pageList = "tracker"
 
 // ---- settings ----
 

@@ -48,6 +48,12 @@ const (
 // Every call is scoped to the tenant of the caller's token; entries and users of another tenant
 // are NOT_FOUND. Invalid input is INVALID_ARGUMENT with a BadRequest detail naming each field.
 // UNAVAILABLE (with RetryInfo) when the mailbox service, which knows the users, cannot be asked.
+//
+// Ids, tenant ids in tokens, paging and outages follow the suite's common contract (see
+// MailboxService): a malformed id is INVALID_ARGUMENT naming the field; page_size 0 is the
+// default, above 500 is clamped, negative is INVALID_ARGUMENT; a page_token the list did not
+// issue is INVALID_ARGUMENT naming page_token; a dependency that is down is UNAVAILABLE with
+// RetryInfo.
 type CalendarServiceClient interface {
 	// Creates an entry in its owner's calendar and queues it for delivery. Idempotent by
 	// entry_id: repeating the same request returns the stored entry; a different entry with the
@@ -269,6 +275,12 @@ type CalendarService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, Co
 // Every call is scoped to the tenant of the caller's token; entries and users of another tenant
 // are NOT_FOUND. Invalid input is INVALID_ARGUMENT with a BadRequest detail naming each field.
 // UNAVAILABLE (with RetryInfo) when the mailbox service, which knows the users, cannot be asked.
+//
+// Ids, tenant ids in tokens, paging and outages follow the suite's common contract (see
+// MailboxService): a malformed id is INVALID_ARGUMENT naming the field; page_size 0 is the
+// default, above 500 is clamped, negative is INVALID_ARGUMENT; a page_token the list did not
+// issue is INVALID_ARGUMENT naming page_token; a dependency that is down is UNAVAILABLE with
+// RetryInfo.
 type CalendarServiceServer interface {
 	// Creates an entry in its owner's calendar and queues it for delivery. Idempotent by
 	// entry_id: repeating the same request returns the stored entry; a different entry with the

@@ -267,7 +267,7 @@ func (x *GetTenantResponse) GetTenant() *Tenant {
 // ListTenantsRequest pages through tenants.
 type ListTenantsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of tenants to return; 0 means 50, at most 500.
+	// Maximum number of tenants to return; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -745,7 +745,7 @@ func (x *GetUserResponse) GetUser() *User {
 // ListUsersRequest pages through the tenant's users.
 type ListUsersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of users to return; 0 means 50, at most 500.
+	// Maximum number of users to return; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1224,7 +1224,7 @@ func (x *GetTeamResponse) GetTeam() *Team {
 // ListTeamsRequest pages through the tenant's teams.
 type ListTeamsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of teams to return; 0 means 50, at most 500.
+	// Maximum number of teams to return; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1703,7 +1703,7 @@ func (x *GetMailboxResponse) GetMailbox() *Mailbox {
 // ListMailboxesRequest pages through the tenant's mailboxes.
 type ListMailboxesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of mailboxes to return; 0 means 50, at most 500.
+	// Maximum number of mailboxes to return; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -2413,7 +2413,7 @@ type ListMembersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The mailbox.
 	MailboxId string `protobuf:"bytes,1,opt,name=mailbox_id,json=mailboxId,proto3" json:"mailbox_id,omitempty"`
-	// Maximum number of members to return; 0 means 50, at most 500.
+	// Maximum number of members to return; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -2908,7 +2908,9 @@ type CheckSendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sending user; empty means the caller.
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// The address to send from, compared case-insensitively.
+	// The address to send from, compared case-insensitively. A plain address, checked as the
+	// outbox's SubmitEmail checks it: surrounding space, CR, LF or a display name is
+	// INVALID_ARGUMENT, never trimmed away.
 	FromAddress   string `protobuf:"bytes,2,opt,name=from_address,json=fromAddress,proto3" json:"from_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3055,7 +3057,7 @@ type ListSentItemsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The user; empty means the caller. Users may list only their own view; admins any.
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// Maximum number of items to return; 0 means 50, at most 500.
+	// Maximum number of items to return; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

@@ -62,6 +62,18 @@ const (
 // with NOT_FOUND: their existence is never revealed. Writes other than SetDefaultSender for
 // oneself need the "admin" role (PERMISSION_DENIED otherwise); tenant creation and listing need
 // the "operator" role. Invalid input is INVALID_ARGUMENT with a BadRequest detail naming each field.
+//
+// The suite's common contract, the same in every Postamt service:
+//   - Ids of every kind (users, teams, mailboxes, ...) are 1-64 characters of A-Z, a-z, 0-9, '.',
+//     '_' and '-', starting with a letter or digit; tenant ids are 1-64 characters of a-z, 0-9 and
+//     '-'. Any other id is INVALID_ARGUMENT naming the field; messages quote and shorten what
+//     they repeat of the input.
+//   - A token whose tenant id is malformed is UNAUTHENTICATED.
+//   - Paging (AIP-158): page_size 0 means the default (50), above 500 is clamped to 500, negative
+//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue is
+//     INVALID_ARGUMENT naming page_token.
+//   - A dependency that is down (Redis, NATS, another service) is UNAVAILABLE with a RetryInfo
+//     detail; INTERNAL means a bug.
 type MailboxServiceClient interface {
 	// Creates a tenant. Operators only. ALREADY_EXISTS when the id is taken.
 	CreateTenant(ctx context.Context, in *CreateTenantRequest, opts ...grpc.CallOption) (*CreateTenantResponse, error)
@@ -115,7 +127,9 @@ type MailboxServiceClient interface {
 	// Replaces an explicit member's rights. NOT_FOUND when the user is not an explicit member.
 	UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*UpdateMemberResponse, error)
 	// Removes an explicit member. A default sender that relied on the membership is reset.
-	// NOT_FOUND when the user is not an explicit member.
+	// NOT_FOUND when the user is not a member; FAILED_PRECONDITION with reason
+	// ALL_USERS_MEMBERSHIP when the user is a member only because the mailbox is all-users (turn
+	// all_users off to take that membership away).
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	// Lists a mailbox's members, the owner and all-users members included, ordered by user id.
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
@@ -465,6 +479,18 @@ func (c *mailboxServiceClient) ListSentItems(ctx context.Context, in *ListSentIt
 // with NOT_FOUND: their existence is never revealed. Writes other than SetDefaultSender for
 // oneself need the "admin" role (PERMISSION_DENIED otherwise); tenant creation and listing need
 // the "operator" role. Invalid input is INVALID_ARGUMENT with a BadRequest detail naming each field.
+//
+// The suite's common contract, the same in every Postamt service:
+//   - Ids of every kind (users, teams, mailboxes, ...) are 1-64 characters of A-Z, a-z, 0-9, '.',
+//     '_' and '-', starting with a letter or digit; tenant ids are 1-64 characters of a-z, 0-9 and
+//     '-'. Any other id is INVALID_ARGUMENT naming the field; messages quote and shorten what
+//     they repeat of the input.
+//   - A token whose tenant id is malformed is UNAUTHENTICATED.
+//   - Paging (AIP-158): page_size 0 means the default (50), above 500 is clamped to 500, negative
+//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue is
+//     INVALID_ARGUMENT naming page_token.
+//   - A dependency that is down (Redis, NATS, another service) is UNAVAILABLE with a RetryInfo
+//     detail; INTERNAL means a bug.
 type MailboxServiceServer interface {
 	// Creates a tenant. Operators only. ALREADY_EXISTS when the id is taken.
 	CreateTenant(context.Context, *CreateTenantRequest) (*CreateTenantResponse, error)
@@ -518,7 +544,9 @@ type MailboxServiceServer interface {
 	// Replaces an explicit member's rights. NOT_FOUND when the user is not an explicit member.
 	UpdateMember(context.Context, *UpdateMemberRequest) (*UpdateMemberResponse, error)
 	// Removes an explicit member. A default sender that relied on the membership is reset.
-	// NOT_FOUND when the user is not an explicit member.
+	// NOT_FOUND when the user is not a member; FAILED_PRECONDITION with reason
+	// ALL_USERS_MEMBERSHIP when the user is a member only because the mailbox is all-users (turn
+	// all_users off to take that membership away).
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	// Lists a mailbox's members, the owner and all-users members included, ordered by user id.
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)

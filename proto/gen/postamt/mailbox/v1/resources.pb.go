@@ -697,6 +697,8 @@ type Mailbox struct {
 	// Server-side synchronisation kind, read by tracker.
 	SyncKind SyncKind `protobuf:"varint,8,opt,name=sync_kind,json=syncKind,proto3,enum=postamt.mailbox.v1.SyncKind" json:"sync_kind,omitempty"`
 	// Storage quota; shared mailboxes default to 50 GB (the tenant may set another default).
+	// 0 means that default, on create and on update alike: a shared mailbox's quota cannot be
+	// removed, only changed. Negative is INVALID_ARGUMENT.
 	QuotaBytes int64 `protobuf:"varint,9,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
 	// Storage in use, as last reported with SetMailboxUsage.
 	UsageBytes int64 `protobuf:"varint,10,opt,name=usage_bytes,json=usageBytes,proto3" json:"usage_bytes,omitempty"`

@@ -86,7 +86,10 @@ func (EmailOrder) EnumDescriptor() ([]byte, []int) {
 // SubmitEmailRequest is a new email.
 type SubmitEmailRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The From address: the sender's personal address or a mailbox they may send from.
+	// The From address: the sender's personal address or a mailbox they may send from, as a plain
+	// address (no display name, no CR/LF; mailbox's CheckSend applies the same rule). Empty means
+	// the user's default sender (mailbox User.default_sender_mailbox_id); INVALID_ARGUMENT when
+	// the user has none, or when the caller is a service without a user.
 	FromAddress string `protobuf:"bytes,1,opt,name=from_address,json=fromAddress,proto3" json:"from_address,omitempty"`
 	// To recipients (plain addresses).
 	To []string `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
@@ -539,7 +542,8 @@ type ListEmailsRequest struct {
 	Filter *EmailFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	// The order.
 	Order EmailOrder `protobuf:"varint,3,opt,name=order,proto3,enum=postamt.outbox.v1.EmailOrder" json:"order,omitempty"`
-	// Maximum number of emails; 0 means the caller's page size, at most 500.
+	// Maximum number of emails; 0 means the caller's page size setting; more than 500 is clamped
+	// to 500; negative is INVALID_ARGUMENT.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1920,7 +1924,8 @@ func (x *GetConnectorResponse) GetConnector() *Connector {
 // ListConnectorsRequest pages through connectors.
 type ListConnectorsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of connectors; 0 means 50, at most 500.
+	// Maximum number of connectors; 0 means 50; more than 500 is clamped to 500; negative is
+	// INVALID_ARGUMENT.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

@@ -49,9 +49,17 @@ const (
 //
 // Every call is scoped to the tenant of the caller's token and checked against the caller's
 // access: mail the caller may not see is NOT_FOUND. Invalid input (CR or LF in a header field, a
-// bad address, no recipients) is INVALID_ARGUMENT with a BadRequest detail per field; a sender
-// without the right to use the From address is PERMISSION_DENIED; an oversize message or too many
-// recipients is RESOURCE_EXHAUSTED; an unknown connector is FAILED_PRECONDITION.
+// bad address, no recipients, too many recipients — to, cc and bcc together — or attachments, a
+// malformed id) is INVALID_ARGUMENT with a BadRequest detail per field, the list that passed the
+// recipient limit named; a sender without the right to use the From address is
+// PERMISSION_DENIED; a message over the size limit is RESOURCE_EXHAUSTED with an ErrorInfo of
+// reason MESSAGE_SIZE (HTTP 413 at the gateway; sending less, not waiting, helps); an unknown
+// connector is FAILED_PRECONDITION. A dependency that is down (Redis, NATS, the mailbox or
+// tracker service) is UNAVAILABLE with RetryInfo; retry with the same idempotency key.
+//
+// Ids, tenant ids in tokens and paging follow the suite's common contract (see MailboxService):
+// page_size 0 is the default, above 500 is clamped, negative is INVALID_ARGUMENT; a page_token
+// the list did not issue is INVALID_ARGUMENT naming page_token.
 type OutboxServiceClient interface {
 	// Submits an email. It waits the sender's undo delay in QUEUED (or until send_at in SCHEDULED),
 	// then leaves through its connector. A repeated idempotency_key returns the first email
@@ -350,9 +358,17 @@ func (c *outboxServiceClient) UpdateUserSettings(ctx context.Context, in *Update
 //
 // Every call is scoped to the tenant of the caller's token and checked against the caller's
 // access: mail the caller may not see is NOT_FOUND. Invalid input (CR or LF in a header field, a
-// bad address, no recipients) is INVALID_ARGUMENT with a BadRequest detail per field; a sender
-// without the right to use the From address is PERMISSION_DENIED; an oversize message or too many
-// recipients is RESOURCE_EXHAUSTED; an unknown connector is FAILED_PRECONDITION.
+// bad address, no recipients, too many recipients — to, cc and bcc together — or attachments, a
+// malformed id) is INVALID_ARGUMENT with a BadRequest detail per field, the list that passed the
+// recipient limit named; a sender without the right to use the From address is
+// PERMISSION_DENIED; a message over the size limit is RESOURCE_EXHAUSTED with an ErrorInfo of
+// reason MESSAGE_SIZE (HTTP 413 at the gateway; sending less, not waiting, helps); an unknown
+// connector is FAILED_PRECONDITION. A dependency that is down (Redis, NATS, the mailbox or
+// tracker service) is UNAVAILABLE with RetryInfo; retry with the same idempotency key.
+//
+// Ids, tenant ids in tokens and paging follow the suite's common contract (see MailboxService):
+// page_size 0 is the default, above 500 is clamped, negative is INVALID_ARGUMENT; a page_token
+// the list did not issue is INVALID_ARGUMENT naming page_token.
 type OutboxServiceServer interface {
 	// Submits an email. It waits the sender's undo delay in QUEUED (or until send_at in SCHEDULED),
 	// then leaves through its connector. A repeated idempotency_key returns the first email

@@ -572,7 +572,7 @@ func (*DeleteRecordResponse) Descriptor() ([]byte, []int) {
 // ListRecordsRequest pages through records.
 type ListRecordsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of records; 0 means 50, at most 500.
+	// Maximum number of records; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1026,7 +1026,7 @@ type ListTrackedEmailsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The record.
 	RecordId string `protobuf:"bytes,1,opt,name=record_id,json=recordId,proto3" json:"record_id,omitempty"`
-	// Maximum number of emails; 0 means 50, at most 500.
+	// Maximum number of emails; 0 means 50, more than 500 is clamped to 500.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

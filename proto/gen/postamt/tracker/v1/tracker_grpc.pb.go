@@ -47,6 +47,12 @@ const (
 // tenant are NOT_FOUND, and tokens of another tenant never correlate. Invalid input is
 // INVALID_ARGUMENT with a BadRequest detail naming each field. Writes to org settings and records
 // need the "admin" role or a service credential (PERMISSION_DENIED otherwise).
+//
+// Ids, tenant ids in tokens, paging and outages follow the suite's common contract (see
+// MailboxService): a malformed id is INVALID_ARGUMENT naming the field; page_size 0 is the
+// default, above 500 is clamped, negative is INVALID_ARGUMENT; a page_token the list did not
+// issue is INVALID_ARGUMENT naming page_token; a dependency that is down is UNAVAILABLE with
+// RetryInfo.
 type TrackerServiceClient interface {
 	// Returns the tenant's tracking settings, defaults filled in.
 	GetOrgSettings(ctx context.Context, in *GetOrgSettingsRequest, opts ...grpc.CallOption) (*GetOrgSettingsResponse, error)
@@ -237,6 +243,12 @@ func (c *trackerServiceClient) ExplainTracking(ctx context.Context, in *ExplainT
 // tenant are NOT_FOUND, and tokens of another tenant never correlate. Invalid input is
 // INVALID_ARGUMENT with a BadRequest detail naming each field. Writes to org settings and records
 // need the "admin" role or a service credential (PERMISSION_DENIED otherwise).
+//
+// Ids, tenant ids in tokens, paging and outages follow the suite's common contract (see
+// MailboxService): a malformed id is INVALID_ARGUMENT naming the field; page_size 0 is the
+// default, above 500 is clamped, negative is INVALID_ARGUMENT; a page_token the list did not
+// issue is INVALID_ARGUMENT naming page_token; a dependency that is down is UNAVAILABLE with
+// RetryInfo.
 type TrackerServiceServer interface {
 	// Returns the tenant's tracking settings, defaults filled in.
 	GetOrgSettings(context.Context, *GetOrgSettingsRequest) (*GetOrgSettingsResponse, error)

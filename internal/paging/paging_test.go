@@ -1,0 +1,71 @@
+package paging_test
+
+import (
+	"encoding/base64"
+	"strings"
+	"testing"
+
+	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/paging"
+)
+
+func TestSize(t *testing.T) {
+	tests := []struct {
+		name          string
+		requested     int
+		def, want     int
+		wantViolation bool
+	}{
+		{"zero is the default", 0, 0, paging.DefaultSize, false},
+		{"zero is the list's default", 0, 20, 20, false},
+		{"within", 10, 0, 10, false},
+		{"the maximum", paging.MaxSize, 0, paging.MaxSize, false},
+		{"above the maximum is clamped", paging.MaxSize + 1, 0, paging.MaxSize, false},
+		{"far above is clamped", 1 << 30, 0, paging.MaxSize, false},
+		{"negative", -1, 0, paging.DefaultSize, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var v errs.Violations
+			if got := paging.Size(&v, tt.requested, tt.def); got != tt.want {
+				t.Errorf("Size = %d, want %d", got, tt.want)
+			}
+			if (len(v) > 0) != tt.wantViolation || (len(v) > 0 && v[0].Field != "page_size") {
+				t.Errorf("violations = %v", v)
+			}
+		})
+	}
+}
+
+func TestToken(t *testing.T) {
+	tok := paging.Token("users", "max")
+	if paging.Token("users", "") != "" {
+		t.Error("an empty cursor has a token")
+	}
+	flipped := []byte(tok)
+	flipped[3] ^= 1
+	tests := []struct {
+		name, list, token, want string
+		ok                      bool
+	}{
+		{"round trip", "users", tok, "max", true},
+		{"first page", "users", "", "", true},
+		{"of another list", "teams", tok, "", false},
+		{"garbage", "users", "garbage!", "", false},
+		{"base64 of a bare cursor", "users", base64.RawURLEncoding.EncodeToString([]byte("max")), "", false},
+		{"edited", "users", string(flipped), "", false},
+		{"too long", "users", strings.Repeat("A", paging.MaxTokenBytes+1), "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var v errs.Violations
+			got := paging.Cursor(&v, tt.list, tt.token)
+			if got != tt.want || (len(v) == 0) != tt.ok || (len(v) > 0 && v[0].Field != "page_token") {
+				t.Errorf("Cursor = %q, violations %v; want %q, ok %v", got, v, tt.want, tt.ok)
+			}
+		})
+	}
+	if _, _, err := paging.Request("users", -1, "x", 0); err == nil || len(err.(*errs.Error).Violations) != 2 {
+		t.Errorf("Request names both fields: %v", err)
+	}
+}
