@@ -164,3 +164,39 @@ func TestAccessMatrix(t *testing.T) {
 		})
 	}
 }
+
+// TestUnknownTenantIsRefusedAlike: a well-formed token for a tenant that does not exist gets the
+// same answer from every service — writes FAILED_PRECONDITION TENANT_NOT_FOUND, reads as for an
+// empty tenant — where the outbox once stored a connector for it.
+func TestUnknownTenantIsRefusedAlike(t *testing.T) {
+	e := startEnv(t, nil)
+	nobody := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "niemand", User: "admin", Roles: []string{auth.RoleAdmin}})
+	ob, tr := outboxv1.NewOutboxServiceClient(e.conn), trackerv1.NewTrackerServiceClient(e.conn)
+	host, port := "127.0.0.1", int32(25)
+	for name, write := range map[string]func() error{
+		"outbox CreateConnector": func() error {
+			_, err := ob.CreateConnector(nobody, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{ConnectorId: "x", Host: host, Port: port, TlsMode: outboxv1.TlsMode_TLS_MODE_NONE}})
+			return err
+		},
+		"outbox UpdateUserSettings": func() error {
+			_, err := ob.UpdateUserSettings(nobody, &outboxv1.UpdateUserSettingsRequest{Settings: &outboxv1.UserSettings{PageSize: 20}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"page_size"}}})
+			return err
+		},
+		"tracker UpsertRecord": func() error {
+			_, err := tr.UpsertRecord(nobody, &trackerv1.UpsertRecordRequest{Record: &trackerv1.Record{RecordId: "r", Kind: trackerv1.RecordKind_RECORD_KIND_CONTACT, DisplayName: "x"}})
+			return err
+		},
+		"mailbox CreateUser": func() error {
+			_, err := mailboxv1.NewMailboxServiceClient(e.conn).CreateUser(nobody, &mailboxv1.CreateUserRequest{User: &mailboxv1.User{UserId: "u", DisplayName: "u", Email: "u@x.example"}})
+			return err
+		},
+	} {
+		st := status.Convert(write())
+		if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "does not exist") {
+			t.Errorf("%s in an unknown tenant: %v, want FailedPrecondition TENANT_NOT_FOUND", name, st)
+		}
+	}
+	if r, err := ob.ListConnectors(nobody, &outboxv1.ListConnectorsRequest{}); err != nil || len(r.GetConnectors()) != 0 {
+		t.Errorf("outbox ListConnectors in an unknown tenant: %v, %v; want an empty list", r, err)
+	}
+}

@@ -99,6 +99,10 @@ type Options struct {
 	// Reflect names services this server answers without registering them (the gateway forwards
 	// them); reflection lists them too, from the descriptors linked into the binary.
 	Reflect []string
+	// TenantExists, when set, refuses writes (methods of the Name services not declared
+	// NO_SIDE_EFFECTS) into a tenant that does not exist with FAILED_PRECONDITION
+	// TENANT_NOT_FOUND; services that do not own tenants set it to ask mailbox.
+	TenantExists TenantExists
 }
 
 // Server is a gRPC server with the suite's interceptors, health, reflection and drain.
@@ -149,6 +153,7 @@ func New(opts Options) (*Server, error) {
 	//   recover      a panic in the handler, so that it is logged and counted as Internal too
 	//   map errors   domain errors (the handler's and auth's) become statuses, exactly once
 	//   auth         the principal into the context; open methods pass
+	//   tenant       writes into a tenant that does not exist are refused (TenantExists)
 	//   principal    hands the authenticated context back to the log line
 	unary := []grpc.UnaryServerInterceptor{
 		recoverUnary(opts.Logger), requestIDUnary(), observeUnary(opts.Logger, m),
@@ -161,6 +166,14 @@ func New(opts Options) (*Server, error) {
 	if opts.Verifier != nil {
 		unary = append(unary, auth.UnaryServerInterceptor(opts.Verifier))
 		stream = append(stream, auth.StreamServerInterceptor(opts.Verifier))
+	}
+	if opts.TenantExists != nil {
+		g, err := newTenantGuard(opts.TenantExists, opts.Name)
+		if err != nil {
+			return nil, err
+		}
+		unary = append(unary, g.unary())
+		stream = append(stream, g.stream())
 	}
 	unary = append(unary, rememberUnary())
 	stream = append(stream, rememberStream())

@@ -178,6 +178,12 @@ func New(cfg Config, deps Deps) (*App, error) {
 	handler := grpcapi.New(a.svc)
 	opts := deps.Server
 	opts.Name = append(opts.Name, calendarv1.CalendarService_ServiceDesc.ServiceName)
+	// Writes into a tenant mailbox does not know are refused alike in every service.
+	tenantsOf := mailboxv1.NewMailboxServiceClient(conn)
+	opts.TenantExists = grpcserver.TenantLookup(func(ctx context.Context, tenant string) error {
+		_, err := tenantsOf.GetTenant(auth.WithTenant(ctx, tenant), &mailboxv1.GetTenantRequest{})
+		return err
+	})
 	opts.Logger = deps.Logger
 	opts.Verifier = deps.Verifier
 	opts.Metrics = deps.Metrics

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/poll"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	"github.com/postamt/postamt/services/calendar/app"
@@ -244,6 +246,16 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a tenant that does not exist", func(t *testing.T) {
+		nobody := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "niemand", User: "huber", Roles: []string{auth.RoleAdmin}})
+		_, err := e.calendar.CreateEntry(nobody, &calendarv1.CreateEntryRequest{Entry: appointment("x", "huber", "Termin", 10, "Europe/Vienna")})
+		if st := status.Convert(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "does not exist") {
+			t.Errorf("CreateEntry in an unknown tenant = %v, want FailedPrecondition TENANT_NOT_FOUND", err)
+		}
+		if _, err := e.calendar.GetEntry(nobody, &calendarv1.GetEntryRequest{EntryId: "a-1"}); status.Code(err) != codes.NotFound {
+			t.Errorf("GetEntry in an unknown tenant = %v, want NotFound (reads as an empty tenant)", err)
+		}
+	})
 	t.Run("owner in another tenant", func(t *testing.T) {
 		_, err := e.calendar.CreateEntry(e.other(), &calendarv1.CreateEntryRequest{Entry: appointment("x", "huber", "Termin", 10, "Europe/Vienna")})
 		if status.Code(err) != codes.NotFound {

@@ -123,6 +123,8 @@ func (e *env) seed() {
 		}
 	}
 	must(e.mailbox.CreateTenant(ctx, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: "kanzlei"}}))
+	operator := authtest.Outgoing(e.t, e.signer, auth.Principal{Tenant: "andere", User: "op", Roles: []string{"operator"}})
+	must(e.mailbox.CreateTenant(operator, &mailboxv1.CreateTenantRequest{Tenant: &mailboxv1.Tenant{TenantId: "andere"}}))
 	for _, u := range []*mailboxv1.User{
 		{UserId: "huber", DisplayName: "Dr. Huber", Email: "huber@kanzlei.example", DirectoryUsername: `KANZLEI\Huber`, PracticeUsername: "huber@kanzlei.example"},
 		{UserId: "maier", DisplayName: "Sabine Maier", Email: "maier@kanzlei.example", DirectoryUsername: `KANZLEI\maier`, PracticeUsername: "smaier"},

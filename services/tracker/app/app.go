@@ -165,6 +165,12 @@ func New(cfg Config, deps Deps) (*App, error) {
 
 	opts := deps.Server
 	opts.Name = append(opts.Name, trackerv1.TrackerService_ServiceDesc.ServiceName)
+	// Writes into a tenant mailbox does not know are refused alike in every service.
+	tenantsOf := mailboxv1.NewMailboxServiceClient(conn)
+	opts.TenantExists = grpcserver.TenantLookup(func(ctx context.Context, tenant string) error {
+		_, err := tenantsOf.GetTenant(auth.WithTenant(ctx, tenant), &mailboxv1.GetTenantRequest{})
+		return err
+	})
 	opts.Logger = deps.Logger
 	opts.Verifier = deps.Verifier
 	opts.Metrics = deps.Metrics
