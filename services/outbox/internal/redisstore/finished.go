@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -88,39 +87,7 @@ func (l *Ledger) ScanFinished(ctx context.Context, v View, after Cursor, limit i
 	before := func(score int64, id string) bool {
 		return after == (Cursor{}) || score < after.Score || score == after.Score && id < after.ID
 	}
-	seen := make(map[string]struct{})
-	var all []Entry
-	more := false
-	for _, c := range cmds {
-		zs := c.Val()
-		if len(zs) == limit+tieSlack {
-			more = true
-		}
-		for _, z := range zs {
-			id, _ := z.Member.(string)
-			score := int64(z.Score)
-			if !before(score, id) {
-				continue
-			}
-			if _, dup := seen[id]; dup {
-				continue
-			}
-			seen[id] = struct{}{}
-			all = append(all, Entry{Score: score, ID: id})
-		}
-	}
-	slices.SortFunc(all, func(a, b Entry) int {
-		if a.Score != b.Score {
-			if a.Score > b.Score {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(b.ID, a.ID)
-	})
-	if len(all) > limit {
-		return all[:limit], true, nil
-	}
+	all, more := mergeEntries(cmds, limit, before, true)
 	return all, more, nil
 }
 

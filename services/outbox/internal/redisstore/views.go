@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,6 +81,14 @@ func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]E
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, false, fmt.Errorf("scan view: %w", err)
 	}
+	all, more := mergeEntries(cmds, limit, after.less, false)
+	return all, more, nil
+}
+
+// mergeEntries merges index reads (each of at most limit+tieSlack entries) into one page: the
+// entries keep accepts, each id once, sorted by (score, id) ascending or, with desc, descending,
+// cut to limit. more reports whether any read was full or the page was cut: there may be more.
+func mergeEntries(cmds []*redis.ZSliceCmd, limit int, keep func(score int64, id string) bool, desc bool) ([]Entry, bool) {
 	seen := make(map[string]struct{})
 	var all []Entry
 	more := false
@@ -91,7 +100,7 @@ func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]E
 		for _, z := range zs {
 			id, _ := z.Member.(string)
 			score := int64(z.Score)
-			if !after.less(score, id) {
+			if !keep(score, id) {
 				continue
 			}
 			if _, dup := seen[id]; dup {
@@ -102,18 +111,19 @@ func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]E
 		}
 	}
 	slices.SortFunc(all, func(a, b Entry) int {
-		if a.Score != b.Score {
-			if a.Score < b.Score {
-				return -1
-			}
-			return 1
+		c := cmp.Compare(a.Score, b.Score)
+		if c == 0 {
+			c = strings.Compare(a.ID, b.ID)
 		}
-		return strings.Compare(a.ID, b.ID)
+		if desc {
+			return -c
+		}
+		return c
 	})
 	if len(all) > limit {
-		return all[:limit], true, nil
+		return all[:limit], true
 	}
-	return all, more, nil
+	return all, more
 }
 
 // countScript counts a view's emails per status in one partition, each email once however many
