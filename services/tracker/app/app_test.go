@@ -63,7 +63,7 @@ func TestIngestSentItemOverGRPC(t *testing.T) {
 		t.Fatalf("tracked with option 1: %v", r)
 	}
 	x, err := e.tracker.ExplainTracking(e.as("max"), &trackerv1.ExplainTrackingRequest{Target: &trackerv1.ExplainTrackingRequest_MessageId{MessageId: "<m0@kanzlei.example>"}})
-	if err != nil || x.GetExplanation().GetTracked() || len(x.GetExplanation().GetRules()) != 9 {
+	if err != nil || x.GetExplanation().GetTracked() || len(x.GetExplanation().GetRules()) != 10 {
 		t.Fatalf("explain untracked = %v, %v", x, err)
 	}
 

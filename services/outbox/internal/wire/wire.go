@@ -165,6 +165,7 @@ func Sent(r *redisstore.Email, e *outboxv1.Email, last *outboxv1.Attempt) *outbo
 	x.Mode = e.GetSendMode()
 	x.To, x.Cc, x.Bcc = e.GetTo(), e.GetCc(), e.GetBcc()
 	x.Subject = e.GetSubject()
+	x.RegardingRecordId = e.GetRegardingRecordId()
 	x.WorkItemId = e.GetWorkItem().GetId()
 	if t := e.GetWorkItem().GetType(); t != outboxv1.WorkItemType_WORK_ITEM_TYPE_UNSPECIFIED {
 		x.WorkItemType = t.String()

@@ -69,7 +69,7 @@ func SentMessage(ev *outboxv1.EmailSent) (*tracker.Message, error) {
 		MessageID: ev.GetMessageId(), MailboxID: ev.GetMailboxId(), SenderUser: ev.GetSenderUserId(),
 		From: ev.GetFromAddress(), To: ev.GetTo(), Cc: ev.GetCc(), Bcc: ev.GetBcc(), Subject: ev.GetSubject(),
 		InReplyTo: ev.GetInReplyTo(), References: ev.GetReferences(), ThreadID: ev.GetConversationId(),
-		Source: tracker.SourceOutbox, Teams: ev.GetTeamIds(),
+		Source: tracker.SourceOutbox, Teams: ev.GetTeamIds(), RegardingRecordID: ev.GetRegardingRecordId(),
 	}
 	if ev.GetSentTime() != nil {
 		m.SentAt = ev.GetSentTime().AsTime().UTC()

@@ -483,6 +483,8 @@ type gatherCmds struct {
 	exists                                  *redis.IntCmd
 	tokens, refs                            []int
 	addrs                                   []*redis.StringSliceCmd
+	// regarding reads the JSON of the record the message names as its regarding record.
+	regarding *redis.StringCmd
 }
 
 // gatherStrings are the string keys a GatherMany call reads, each once: one MGET per partition
@@ -594,6 +596,9 @@ func (s *Store) GatherMany(ctx context.Context, qs []tracker.TenantQuery) ([]tra
 				addrs = append(addrs, hc)
 			}
 			c.addrs = addrs[start:len(addrs):len(addrs)]
+			if q.Regarding != "" {
+				c.regarding = p.HGet(ctx, k.record(q.Regarding), "j")
+			}
 		}
 		for _, m := range strs.mgets {
 			m.cmd = p.MGet(ctx, m.keys...)
@@ -760,6 +765,22 @@ func (d *decoder) gathered(q *tracker.Query, c *gatherCmds, g *tracker.Gathered)
 			ev.Records = map[string][]tracker.RecordRef{}
 		}
 		ev.Records[q.Addresses[i]] = refs
+	}
+	if c.regarding != nil {
+		switch raw, err := c.regarding.Result(); {
+		case errors.Is(err, redis.Nil):
+			// The tenant has no such record: the regarding rule says so.
+		case err != nil:
+			return fmt.Errorf("read regarding record %s: %w", q.Regarding, err)
+		default:
+			var r storedRecord
+			if err := json.Unmarshal([]byte(raw), &r); err != nil {
+				return fmt.Errorf("decode regarding record %s: %w", q.Regarding, err)
+			}
+			rec := r.domain()
+			ref := rec.Ref()
+			ev.Regarding = &ref
+		}
 	}
 	return nil
 }

@@ -36,6 +36,9 @@ type Evidence struct {
 	Smart *Candidate
 	// Records are the records of each of the message's addresses (lower case).
 	Records map[string][]RecordRef
+	// Regarding is the record the message names as its regarding record
+	// (Message.RegardingRecordID), nil when it names none or the tenant has no such record.
+	Regarding *RecordRef
 }
 
 // Decision is what the rules concluded for one message.
@@ -172,6 +175,21 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 		}
 	}
 
+	// 6. The regarding record the sender named. It overrides a record inherited from a
+	// correlated email or token: the sender said what the mail is about.
+	regarding := false
+	switch {
+	case m.RegardingRecordID == "":
+		x.add(RuleRegarding, Skipped, ReasonNoRegarding)
+	case ev.Regarding != nil:
+		regarding = true
+		r := *ev.Regarding
+		d.Regarding = &r
+		x.add(RuleRegarding, Passed, ReasonRegardingRecord, r.ID, strconv.Itoa(int(r.Kind)), r.EntityType)
+	default:
+		x.add(RuleRegarding, Failed, ReasonRegardingUnknown, m.RegardingRecordID)
+	}
+
 	// Records: links, ambiguity, and what the acceptance options 2 and 3 look at. The
 	// outcome's values are the number of links, the ambiguous addresses with their numbers of
 	// candidates, and the recipients that are records.
@@ -210,27 +228,42 @@ func Decide(m *Message, ev *Evidence, now time.Time) Decision {
 		x.addArgs(RuleRecords, Failed, ReasonRecords)
 	}
 
-	// The acceptance option.
+	// The acceptance option. Mail sent regarding a record is CRM email: options 0-3 accept it
+	// whatever it correlates with or is addressed to. The outcome's values after the option
+	// (and the user) say what made an option other than 0 accept (acceptedBy).
 	var accepted bool
+	var by []string
 	switch opt {
 	case OptionAll:
 		accepted = true
 	case OptionReplies:
-		accepted = d.Method != MethodNone
-	case OptionLeadsContactsAccounts:
+		accepted = d.Method != MethodNone || regarding
+		if d.Method != MethodNone {
+			by = correlatedBy(&d, ev)
+		} else if regarding {
+			by = []string{acceptedRegarding}
+		}
+	case OptionLeadsContactsAccounts, OptionEmailEnabled:
 		accepted = toCLA
-	case OptionEmailEnabled:
-		accepted = hasAny
+		if opt == OptionEmailEnabled {
+			accepted = hasAny
+		}
+		if !accepted && regarding {
+			accepted, by = true, []string{acceptedRegarding}
+		}
 	}
 	outcome := Failed
 	if accepted {
 		outcome = Passed
 	}
+	x.args = append(x.args, strconv.Itoa(int(opt)))
+	reason := ReasonOptionDefault
 	if ev.User.Option != nil {
-		x.add(RuleOption, outcome, ReasonOptionChosen, strconv.Itoa(int(opt)), m.SenderUser)
-	} else {
-		x.add(RuleOption, outcome, ReasonOptionDefault, strconv.Itoa(int(opt)))
+		reason = ReasonOptionChosen
+		x.args = append(x.args, m.SenderUser)
 	}
+	x.args = append(x.args, by...)
+	x.addArgs(RuleOption, outcome, reason)
 
 	d.Track = eligible && accepted
 	d.Explanation = Explanation{MessageID: m.MessageID, Tracked: d.Track, Rules: x.done(), Option: opt, Method: d.Method, Evaluated: now,
@@ -273,6 +306,22 @@ func tokenRule(m *Message, ev *Evidence, org OrgSettings, d *Decision, x *explai
 	}
 	x.add(RuleToken, Failed, ReasonTokenForeign, shaped...)
 	return ""
+}
+
+// acceptedRegarding marks, in the option outcome's values, acceptance because the mail was sent
+// regarding a record (the regarding rule's outcome names it).
+const acceptedRegarding = "r"
+
+// correlatedBy is what the option outcome records of the correlation that made option 1 accept:
+// the method's number and what it matched. A token names a record, not an email, so for a token
+// that is the token and the record it names; for the other methods the tracked email.
+func correlatedBy(d *Decision, ev *Evidence) []string {
+	by := []string{strconv.Itoa(int(d.Method))}
+	if d.Method == MethodToken {
+		r := ev.Tokens[d.Token].Regarding
+		return append(by, d.Token, strconv.Itoa(int(r.Kind)), r.ID, r.EntityType)
+	}
+	return append(by, d.CorrelatedID)
 }
 
 func sentAt(m *Message, now time.Time) time.Time {

@@ -60,16 +60,28 @@ var kinds = []messageKind{
 	{"to an account", func() (*tracker.Message, *tracker.Evidence) { return message("office@muster.example"), evidence() }},
 	{"to another email-enabled record", func() (*tracker.Message, *tracker.Evidence) { return message("support@muster.example"), evidence() }},
 	{"to an unknown address", func() (*tracker.Message, *tracker.Evidence) { return message("stranger@unbekannt.example"), evidence() }},
+	{"regarding a record, to an unknown address", func() (*tracker.Message, *tracker.Evidence) {
+		m, ev := message("stranger@unbekannt.example"), evidence()
+		m.RegardingRecordID = matter.ID
+		r := matter
+		ev.Regarding = &r
+		return m, ev
+	}},
+	{"regarding a record the tenant does not have, to an unknown address", func() (*tracker.Message, *tracker.Evidence) {
+		m, ev := message("stranger@unbekannt.example"), evidence()
+		m.RegardingRecordID = "gone-1"
+		return m, ev
+	}},
 }
 
 // TestAcceptanceOptions checks every acceptance option against every kind of message.
 func TestAcceptanceOptions(t *testing.T) {
 	// want[option] lists the kinds (by index into kinds) that are tracked.
 	want := map[tracker.Option][]int{
-		tracker.OptionAll:                   {0, 1, 2, 3, 4, 5},
-		tracker.OptionReplies:               {0},
-		tracker.OptionLeadsContactsAccounts: {1, 2, 3},
-		tracker.OptionEmailEnabled:          {1, 2, 3, 4},
+		tracker.OptionAll:                   {0, 1, 2, 3, 4, 5, 6, 7},
+		tracker.OptionReplies:               {0, 6},
+		tracker.OptionLeadsContactsAccounts: {1, 2, 3, 6},
+		tracker.OptionEmailEnabled:          {1, 2, 3, 4, 6},
 		tracker.OptionNone:                  {},
 	}
 	for opt := tracker.OptionAll; opt <= tracker.OptionNone; opt++ {
@@ -93,12 +105,59 @@ func TestAcceptanceOptions(t *testing.T) {
 	}
 }
 
+// TestRegarding: mail sent regarding a record is tracked regarding it, also when it answers
+// tracked mail regarding another record (the sender's record wins), and a record the tenant
+// does not have is ignored: no regarding record, and not accepted on its account.
+func TestRegarding(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		known     bool
+		inReplyTo bool
+		wantTrack bool
+		wantReg   string
+		wantRule  tracker.Outcome
+	}{
+		{"first email of a conversation", true, false, true, matter.ID, tracker.Passed},
+		{"reply to mail regarding another record", true, true, true, matter.ID, tracker.Passed},
+		{"unknown record", false, false, false, "", tracker.Failed},
+		{"unknown record, reply inherits", false, true, true, queue.ID, tracker.Failed},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, ev := message("stranger@unbekannt.example"), evidence()
+			m.RegardingRecordID = matter.ID
+			if c.known {
+				r := matter
+				ev.Regarding = &r
+			}
+			if c.inReplyTo {
+				m.InReplyTo = "orig@kanzlei.example"
+				ev.InReplyTo = &tracker.Candidate{MessageID: "orig@kanzlei.example", Regarding: &queue}
+			}
+			d := tracker.Decide(m, ev, now)
+			if d.Track != c.wantTrack {
+				t.Fatalf("Track = %v, want %v: %+v", d.Track, c.wantTrack, d.Explanation.Rules)
+			}
+			var got string
+			if d.Regarding != nil {
+				got = d.Regarding.ID
+			}
+			if got != c.wantReg {
+				t.Errorf("Regarding = %q, want %q", got, c.wantReg)
+			}
+			o, _ := d.Explanation.Outcome(tracker.RuleRegarding)
+			if o.Outcome != c.wantRule {
+				t.Errorf("regarding rule = %+v, want outcome %d", o, c.wantRule)
+			}
+		})
+	}
+}
+
 func TestDefaultOptionIsReplies(t *testing.T) {
 	for i, k := range kinds {
 		t.Run(k.name, func(t *testing.T) {
 			m, ev := k.build()
 			d := tracker.Decide(m, ev, now)
-			if got, want := d.Track, i == 0; got != want {
+			if got, want := d.Track, i == 0 || i == 6; got != want {
 				t.Errorf("Track = %v, want %v", got, want)
 			}
 			if d.Explanation.Option != tracker.OptionReplies {
@@ -226,7 +285,7 @@ func TestExplanationListsEveryRule(t *testing.T) {
 		}
 	}
 	want := []tracker.Rule{tracker.RuleOrgSetting, tracker.RuleSyncKind, tracker.RuleInReplyTo, tracker.RuleToken,
-		tracker.RuleReferences, tracker.RuleThread, tracker.RuleSmart, tracker.RuleRecords, tracker.RuleOption}
+		tracker.RuleReferences, tracker.RuleThread, tracker.RuleSmart, tracker.RuleRegarding, tracker.RuleRecords, tracker.RuleOption}
 	if !slices.Equal(got, want) {
 		t.Fatalf("rules = %v, want %v", got, want)
 	}

@@ -70,10 +70,25 @@ const (
 	// address and number of candidates, then the recipients that are records (none: the rule
 	// failed).
 	ReasonRecords
-	// ReasonOptionDefault: the user never chose; Args the option's number.
+	// ReasonOptionDefault: the user never chose; Args the option's number, then what made it
+	// accept (below).
 	ReasonOptionDefault
-	// ReasonOptionChosen: Args the option's number and the sending user ("" for system mail).
+	// ReasonOptionChosen: Args the option's number and the sending user ("" for system mail),
+	// then what made it accept (below).
+	//
+	// What made an option other than 0 accept, in both option reasons (none in explanations
+	// written before it was recorded, and none when recipients made option 2 or 3 accept):
+	// "r" for mail sent regarding a record; for a correlation under option 1 the Method's
+	// number and, for a token, the token and its record's kind number, id and entity type, otherwise the
+	// correlated Message-ID.
 	ReasonOptionChosen
+	// ReasonNoRegarding: the message names no regarding record.
+	ReasonNoRegarding
+	// ReasonRegardingRecord: Args the regarding record's id, kind number and entity type.
+	ReasonRegardingRecord
+	// ReasonRegardingUnknown: Args the record id the message names, which the tenant does not
+	// have.
+	ReasonRegardingUnknown
 )
 
 // Detail renders the outcome's sentence for people, as ExplainTracking returns it.
@@ -141,11 +156,21 @@ func (o RuleOutcome) Detail() string {
 		return recordsDetail(o.Args)
 	case ReasonOptionDefault, ReasonOptionChosen:
 		opt := Option(n(0))
-		src := "the default"
+		src, by := "the default", 1
 		if o.Reason == ReasonOptionChosen {
-			src = "chosen by " + userName(a(1))
+			src, by = "chosen by "+userName(a(1)), 2
 		}
-		return "option " + opt.String() + ", " + src + ", " + optionWhy(opt, o.Outcome == Passed)
+		var why []string
+		if by < len(o.Args) {
+			why = o.Args[by:]
+		}
+		return "option " + opt.String() + ", " + src + ", " + optionWhy(opt, o.Outcome == Passed, why)
+	case ReasonNoRegarding:
+		return "the email names no regarding record"
+	case ReasonRegardingRecord:
+		return "sent regarding " + recordName(a(0), RecordKind(n(1)), a(2)) + ", a record of this tenant: CRM email, linked as its regarding record"
+	case ReasonRegardingUnknown:
+		return "regarding record " + a(0) + " is not a record of this tenant; ignored"
 	}
 	return fmt.Sprintf("reason %d %q", o.Reason, o.Args)
 }
@@ -185,26 +210,58 @@ func recordsDetail(args []string) string {
 	return b.String()
 }
 
-// optionWhy says what an option accepts, given whether it accepted the message.
-func optionWhy(opt Option, accepted bool) string {
+// recordName names a record in sentences: its kind (the entity type for other kinds) and id.
+func recordName(id string, k RecordKind, entityType string) string {
+	if k == KindOther && entityType != "" {
+		return entityType + " " + id
+	}
+	return k.String() + " " + id
+}
+
+// optionWhy says what an option accepts, given whether it accepted the message and, when it
+// did, what made it (the option outcome's values after the option and user).
+func optionWhy(opt Option, accepted bool, by []string) string {
+	get := func(i int) string {
+		if i < len(by) {
+			return by[i]
+		}
+		return ""
+	}
+	if accepted && get(0) == acceptedRegarding {
+		return "accepts it: sent regarding a CRM record, it is CRM email"
+	}
 	switch opt {
 	case OptionAll:
 		return "accepts every email"
 	case OptionReplies:
-		if accepted {
-			return "accepts it: it correlates with tracked email"
+		if !accepted {
+			return "accepts only email that correlates with tracked email or is sent regarding a CRM record, and this one does neither"
 		}
-		return "accepts only email that correlates with tracked email, and no rule correlated it"
+		m, _ := strconv.Atoi(get(0))
+		switch Method(m) {
+		case MethodInReplyTo:
+			return "accepts it: In-Reply-To names the tracked email <" + get(1) + ">"
+		case MethodToken:
+			k, _ := strconv.Atoi(get(2))
+			return "accepts it: token " + get(1) + " names the CRM record " + recordName(get(3), RecordKind(k), get(4))
+		case MethodReferences:
+			return "accepts it: References names the tracked email <" + get(1) + ">"
+		case MethodThread:
+			return "accepts it: its thread holds the tracked email <" + get(1) + ">"
+		case MethodSmart:
+			return "accepts it: the tracked email <" + get(1) + "> has its subject and addresses"
+		}
+		return "accepts it: it correlates with tracked email or a tracking token"
 	case OptionLeadsContactsAccounts:
 		if accepted {
 			return "accepts it: sent to a lead, contact or account"
 		}
-		return "accepts only email to leads, contacts and accounts"
+		return "accepts only email to leads, contacts and accounts or sent regarding a CRM record"
 	case OptionEmailEnabled:
 		if accepted {
 			return "accepts it: sent to an email-enabled record"
 		}
-		return "accepts only email to email-enabled records"
+		return "accepts only email to email-enabled records or sent regarding a CRM record"
 	}
 	return "accepts no email"
 }
@@ -218,7 +275,7 @@ type explainer struct {
 }
 
 func newExplainer() *explainer {
-	return &explainer{rules: make([]RuleOutcome, 0, 9), args: make([]string, 0, 16), ends: make([]int, 0, 9)}
+	return &explainer{rules: make([]RuleOutcome, 0, 10), args: make([]string, 0, 16), ends: make([]int, 0, 10)}
 }
 
 // add records rule r's outcome o for reason with its values.

@@ -105,6 +105,29 @@ func explanationCases() []struct {
 			m.To, m.Cc, m.Bcc = []string{"shared@kunde.example"}, nil, nil
 			ev.Records["shared@kunde.example"] = []tracker.RecordRef{contact, lead, account}
 		}),
+		with("regarding a record, in-reply-to wins, option 1", func(m *tracker.Message, ev *tracker.Evidence) {
+			m.RegardingRecordID = "by-sender"
+			ev.Regarding = reg("by-sender")
+			ev.User.Option = optionPtr(tracker.OptionReplies)
+		}),
+		with("regarding a record, token correlates, option 1", func(m *tracker.Message, ev *tracker.Evidence) {
+			ev.InReplyTo = nil
+			m.RegardingRecordID = "by-token"
+			ev.Regarding = reg("by-token")
+			ev.User.Option = nil
+		}),
+		with("references, option 1", func(m *tracker.Message, ev *tracker.Evidence) {
+			ev.InReplyTo, ev.Tokens = nil, nil
+			ev.User.Option = optionPtr(tracker.OptionReplies)
+		}),
+		with("thread, option 1", func(m *tracker.Message, ev *tracker.Evidence) {
+			ev.InReplyTo, ev.Tokens, ev.References = nil, nil, nil
+			ev.User.Option = optionPtr(tracker.OptionReplies)
+		}),
+		with("smart, option 1", func(m *tracker.Message, ev *tracker.Evidence) {
+			ev.InReplyTo, ev.Tokens, ev.References, ev.Thread = nil, nil, nil, nil
+			ev.User.Option = optionPtr(tracker.OptionReplies)
+		}),
 		with("system mail with an option", func(m *tracker.Message, ev *tracker.Evidence) { m.SenderUser = "" }),
 		with("unknown option", func(m *tracker.Message, ev *tracker.Evidence) { ev.User.Option = optionPtr(7) }),
 		with("unicode and escapes", func(m *tracker.Message, ev *tracker.Evidence) {

@@ -224,6 +224,9 @@ func Check(m *Message) error {
 		v.Addf("to", "must have at most %d recipients", MaxRecipients)
 	}
 	checkText(&v, "subject", m.Subject, maxSubject)
+	if m.RegardingRecordID != "" {
+		checkID(&v, "regarding_record_id", m.RegardingRecordID)
+	}
 	if m.InReplyTo != "" {
 		m.InReplyTo = NormalizeMessageID(m.InReplyTo)
 		checkMsgID(&v, "in_reply_to", m.InReplyTo)

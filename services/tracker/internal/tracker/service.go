@@ -466,6 +466,7 @@ func prepare(m *Message, now time.Time) Query {
 	q := Query{
 		User: m.SenderUser, MessageID: m.MessageID, InReplyTo: m.InReplyTo, Tokens: TokenCandidates(m.Subject),
 		References: m.References, ThreadID: m.ThreadID, SmartKey: SmartKey(m), Addresses: make([]string, len(addrs)),
+		Regarding: m.RegardingRecordID,
 	}
 	for i, a := range addrs {
 		q.Addresses[i] = a.Address

@@ -73,6 +73,8 @@ type Query struct {
 	ThreadID   string
 	SmartKey   string
 	Addresses  []string
+	// Regarding is the id of the record the message names as its regarding record, if any.
+	Regarding string
 }
 
 // TenantQuery is a Query in a tenant, for GatherMany.

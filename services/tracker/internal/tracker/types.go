@@ -269,6 +269,10 @@ type Message struct {
 	// Teams are the teams whose members may read the mail (the outbox's; none for mail seen
 	// in a mailbox's Sent folder or the journal).
 	Teams []string
+	// RegardingRecordID is the CRM record the sender named when submitting (the outbox's
+	// regarding_record_id); empty when none and for mail seen in a Sent folder or the journal.
+	// Mail sent regarding a record is CRM email, as Dynamics' "Set regarding" makes it.
+	RegardingRecordID string
 }
 
 // TrackedEmail is a tracked sent email: one per (tenant, Message-ID).
@@ -309,6 +313,10 @@ const (
 	RuleSmart
 	RuleRecords
 	RuleOption
+	// RuleRegarding is the record the sender named (the outbox's regarding_record_id). It was
+	// added after the others, so its number is the last, but Decide reports it after the
+	// correlation rules, before RuleRecords.
+	RuleRegarding
 )
 
 // Outcome is a rule's conclusion; the values match the API's.

@@ -138,9 +138,14 @@ type EmailSent struct {
 	// The teams whose members may read the email (the sender's at sending time, the work item's):
 	// consumers that show it apply the one visibility rule with them (docs/architecture.md "Who
 	// may read mail").
-	TeamIds       []string `protobuf:"bytes,25,rep,name=team_ids,json=teamIds,proto3" json:"team_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TeamIds []string `protobuf:"bytes,25,rep,name=team_ids,json=teamIds,proto3" json:"team_ids,omitempty"`
+	// The CRM record the email is regarding, as submitted (SubmitEmailRequest.regarding_record_id);
+	// empty when none. Mail sent regarding a record is CRM email: the tracker tracks it under the
+	// sender's acceptance options 0-3 with the record as its regarding record, with or without a
+	// tracking token in the subject.
+	RegardingRecordId string `protobuf:"bytes,26,opt,name=regarding_record_id,json=regardingRecordId,proto3" json:"regarding_record_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *EmailSent) Reset() {
@@ -348,11 +353,18 @@ func (x *EmailSent) GetTeamIds() []string {
 	return nil
 }
 
+func (x *EmailSent) GetRegardingRecordId() string {
+	if x != nil {
+		return x.RegardingRecordId
+	}
+	return ""
+}
+
 var File_postamt_outbox_v1_events_proto protoreflect.FileDescriptor
 
 const file_postamt_outbox_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1epostamt/outbox/v1/events.proto\x12\x11postamt.outbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x06\n" +
+	"\x1epostamt/outbox/v1/events.proto\x12\x11postamt.outbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x06\n" +
 	"\tEmailSent\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x19\n" +
 	"\bemail_id\x18\x02 \x01(\tR\aemailId\x12\x18\n" +
@@ -385,7 +397,8 @@ const file_postamt_outbox_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x17 \x01(\x03R\tsizeBytes\x127\n" +
 	"\tsent_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\bsentTime\x12\x19\n" +
-	"\bteam_ids\x18\x19 \x03(\tR\ateamIds*j\n" +
+	"\bteam_ids\x18\x19 \x03(\tR\ateamIds\x12.\n" +
+	"\x13regarding_record_id\x18\x1a \x01(\tR\x11regardingRecordId*j\n" +
 	"\bSendMode\x12\x19\n" +
 	"\x15SEND_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSEND_MODE_OWNER\x10\x01\x12\x15\n" +

@@ -297,21 +297,28 @@ const (
 	Rule_RULE_RECORDS Rule = 8
 	// The sending user's acceptance option.
 	Rule_RULE_ACCEPTANCE_OPTION Rule = 9
+	// The CRM record the sender named (the outbox's regarding_record_id; added after the others,
+	// reported between RULE_SMART_MATCH and RULE_RECORDS): PASSED when the tenant has the record,
+	// which becomes the email's regarding record and makes it CRM email, accepted by options 0-3;
+	// FAILED when the tenant has no such record (ignored: no link, not accepted on its account);
+	// SKIPPED when the email names none.
+	Rule_RULE_REGARDING Rule = 10
 )
 
 // Enum value maps for Rule.
 var (
 	Rule_name = map[int32]string{
-		0: "RULE_UNSPECIFIED",
-		1: "RULE_ORG_SETTING",
-		2: "RULE_SYNC_KIND",
-		3: "RULE_IN_REPLY_TO",
-		4: "RULE_TRACKING_TOKEN",
-		5: "RULE_REFERENCES",
-		6: "RULE_THREAD",
-		7: "RULE_SMART_MATCH",
-		8: "RULE_RECORDS",
-		9: "RULE_ACCEPTANCE_OPTION",
+		0:  "RULE_UNSPECIFIED",
+		1:  "RULE_ORG_SETTING",
+		2:  "RULE_SYNC_KIND",
+		3:  "RULE_IN_REPLY_TO",
+		4:  "RULE_TRACKING_TOKEN",
+		5:  "RULE_REFERENCES",
+		6:  "RULE_THREAD",
+		7:  "RULE_SMART_MATCH",
+		8:  "RULE_RECORDS",
+		9:  "RULE_ACCEPTANCE_OPTION",
+		10: "RULE_REGARDING",
 	}
 	Rule_value = map[string]int32{
 		"RULE_UNSPECIFIED":       0,
@@ -324,6 +331,7 @@ var (
 		"RULE_SMART_MATCH":       7,
 		"RULE_RECORDS":           8,
 		"RULE_ACCEPTANCE_OPTION": 9,
+		"RULE_REGARDING":         10,
 	}
 )
 
@@ -1530,7 +1538,7 @@ const file_postamt_tracker_v1_resources_proto_rawDesc = "" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSOURCE_OUTBOX\x10\x01\x12\x16\n" +
 	"\x12SOURCE_SENT_FOLDER\x10\x02\x12\x12\n" +
-	"\x0eSOURCE_JOURNAL\x10\x03*\xdf\x01\n" +
+	"\x0eSOURCE_JOURNAL\x10\x03*\xf3\x01\n" +
 	"\x04Rule\x12\x14\n" +
 	"\x10RULE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RULE_ORG_SETTING\x10\x01\x12\x12\n" +
@@ -1541,7 +1549,9 @@ const file_postamt_tracker_v1_resources_proto_rawDesc = "" +
 	"\vRULE_THREAD\x10\x06\x12\x14\n" +
 	"\x10RULE_SMART_MATCH\x10\a\x12\x10\n" +
 	"\fRULE_RECORDS\x10\b\x12\x1a\n" +
-	"\x16RULE_ACCEPTANCE_OPTION\x10\t*_\n" +
+	"\x16RULE_ACCEPTANCE_OPTION\x10\t\x12\x12\n" +
+	"\x0eRULE_REGARDING\x10\n" +
+	"*_\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eOUTCOME_PASSED\x10\x01\x12\x12\n" +
