@@ -81,7 +81,9 @@ func TestSendAsAndOnBehalfEndToEnd(t *testing.T) {
 	e := startEnv(t)
 	martina, max := e.as("martina", []string{"empfang"}), e.as("max", []string{"empfang"})
 
-	sentAs := e.submit(martina, email("info@kanzlei.example", "client@example.com", "Ihre Akte 4711"))
+	withRecord := email("info@kanzlei.example", "client@example.com", "Ihre Akte 4711")
+	withRecord.RegardingRecordId = "akte-4711"
+	sentAs := e.submit(martina, withRecord)
 	onBehalf := e.submit(max, email("info@kanzlei.example", "client@example.com", "Termin am Montag"))
 
 	h := header(t, messageFor(t, e.sink, "Ihre Akte 4711"))
@@ -106,7 +108,7 @@ func TestSendAsAndOnBehalfEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		modes := map[string]outboxv1.SendMode{}
+		modes, records := map[string]outboxv1.SendMode{}, map[string]string{}
 		poll.Eventually(t, "two EmailSent events", func() bool {
 			msgs, err := cons.FetchNoWait(10)
 			if err != nil {
@@ -118,11 +120,16 @@ func TestSendAsAndOnBehalfEndToEnd(t *testing.T) {
 					t.Fatal(err)
 				}
 				modes[ev.GetEmailId()] = ev.GetMode()
+				records[ev.GetEmailId()] = ev.GetRegardingRecordId()
 			}
 			return len(modes) == 2
 		})
 		if modes[sentAs.GetEmailId()] != outboxv1.SendMode_SEND_MODE_SEND_AS || modes[onBehalf.GetEmailId()] != outboxv1.SendMode_SEND_MODE_ON_BEHALF {
 			t.Errorf("modes %v", modes)
+		}
+		// The tracker tracks mail regarding a record as CRM email (issue 15).
+		if records[sentAs.GetEmailId()] != "akte-4711" || records[onBehalf.GetEmailId()] != "" {
+			t.Errorf("regarding records %v, want akte-4711 for %s only", records, sentAs.GetEmailId())
 		}
 	})
 	t.Run("in the sent view of those who may read it", func(t *testing.T) {

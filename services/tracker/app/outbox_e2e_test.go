@@ -56,6 +56,95 @@ func TestOutboxSendIsTracked(t *testing.T) {
 	}
 }
 
+// TestOutboxEmailRegardingARecordIsTracked (issue 15): the first email of a conversation,
+// submitted through the real outbox with regarding_record_id while tokens in subjects are off
+// and max has the default option 1, is CRM email: its EmailSent carries the record over
+// JetStream, it is tracked regarding the record, and the explanation names the record and the
+// rule. A reply to it is then a response to CRM email under option 1 and says which email it
+// answers. A record the tenant does not have is ignored: the mail is not tracked on its account
+// and the explanation says so. Under option 2, mail regarding a record is tracked although its
+// recipient is no record.
+func TestOutboxEmailRegardingARecordIsTracked(t *testing.T) {
+	e := startEnv(t)
+	sink := smtptest.Start(t)
+	outbox := e.startOutbox(sink, "")
+	submit := func(req *outboxv1.SubmitEmailRequest) *outboxv1.Email {
+		t.Helper()
+		req.FromAddress, req.To, req.TextBody = "max@kanzlei.example", []string{"stranger@unbekannt.example"}, "Guten Tag."
+		r, err := outbox.SubmitEmail(e.as("max"), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetEmail()
+	}
+	tracked := func(messageID string) *trackerv1.TrackedEmail {
+		t.Helper()
+		var te *trackerv1.TrackedEmail
+		poll.Eventually(t, "EmailTracked of "+messageID, func() bool {
+			for _, ev := range e.trackedEvents() {
+				if ev.GetTrackedEmail().GetMessageId() == messageID {
+					te = ev.GetTrackedEmail()
+					return true
+				}
+			}
+			return false
+		})
+		return te
+	}
+	explain := func(messageID string) *trackerv1.Explanation {
+		t.Helper()
+		var x *trackerv1.ExplainTrackingResponse
+		poll.Eventually(t, "the decision on "+messageID, func() bool {
+			var err error
+			x, err = e.tracker.ExplainTracking(e.as("max"), &trackerv1.ExplainTrackingRequest{Target: &trackerv1.ExplainTrackingRequest_MessageId{MessageId: messageID}})
+			return err == nil
+		})
+		return x.GetExplanation()
+	}
+	detail := func(x *trackerv1.Explanation, r trackerv1.Rule) string {
+		for _, o := range x.GetRules() {
+			if o.GetRule() == r {
+				return o.GetDetail()
+			}
+		}
+		return ""
+	}
+
+	first := submit(&outboxv1.SubmitEmailRequest{Subject: "Ihr Angebot", RegardingRecordId: "a-1"})
+	te := tracked(first.GetMessageId())
+	if te.GetRegarding().GetRecordId() != "a-1" || te.GetSource() != trackerv1.Source_SOURCE_OUTBOX ||
+		te.GetCorrelationMethod() != trackerv1.CorrelationMethod_CORRELATION_METHOD_NONE || te.GetTrackingToken() != "" {
+		t.Fatalf("first email tracked = %v, want regarding a-1, uncorrelated, no token", te)
+	}
+	x := explain(first.GetMessageId())
+	if outcome(x, trackerv1.Rule_RULE_REGARDING) != trackerv1.Outcome_OUTCOME_PASSED || !strings.Contains(detail(x, trackerv1.Rule_RULE_REGARDING), "a-1") ||
+		!strings.Contains(detail(x, trackerv1.Rule_RULE_ACCEPTANCE_OPTION), "regarding") {
+		t.Fatalf("first email explanation = %v, want the regarding rule naming a-1 and the option accepting on its account", x)
+	}
+
+	reply := submit(&outboxv1.SubmitEmailRequest{Subject: "AW: Ihr Angebot", InReplyTo: first.GetMessageId(), References: []string{first.GetMessageId()}})
+	te = tracked(reply.GetMessageId())
+	if te.GetCorrelationMethod() != trackerv1.CorrelationMethod_CORRELATION_METHOD_IN_REPLY_TO || te.GetRegarding().GetRecordId() != "a-1" {
+		t.Fatalf("reply tracked = %v, want by In-Reply-To, regarding a-1", te)
+	}
+	if d := detail(explain(reply.GetMessageId()), trackerv1.Rule_RULE_ACCEPTANCE_OPTION); !strings.Contains(d, "<"+first.GetMessageId()+">") {
+		t.Errorf("reply's option sentence %q, want it to name the email it answers", d)
+	}
+
+	unknown := submit(&outboxv1.SubmitEmailRequest{Subject: "Neue Akte", RegardingRecordId: "gone-1"})
+	x = explain(unknown.GetMessageId())
+	if x.GetTracked() || outcome(x, trackerv1.Rule_RULE_REGARDING) != trackerv1.Outcome_OUTCOME_FAILED ||
+		!strings.Contains(detail(x, trackerv1.Rule_RULE_REGARDING), "gone-1") {
+		t.Fatalf("unknown record explanation = %v, want untracked, the regarding rule failing on gone-1", x)
+	}
+
+	e.setOption("max", 2)
+	opt2 := submit(&outboxv1.SubmitEmailRequest{Subject: "Rechnung", RegardingRecordId: "a-1"})
+	if te := tracked(opt2.GetMessageId()); te.GetRegarding().GetRecordId() != "a-1" {
+		t.Fatalf("option 2 tracked = %v, want regarding a-1", te)
+	}
+}
+
 // startOutbox serves the real outbox beside the env's mailbox, delivering to sink through its
 // default connector, and asking the tracker at trackerAddr for tokens (empty: no tracker).
 func (e *env) startOutbox(sink *smtptest.Sink, trackerAddr string) outboxv1.OutboxServiceClient {
@@ -131,6 +220,14 @@ func TestOutboxAppendsTrackingTokens(t *testing.T) {
 	if got := delivered(off.GetMessageId()); got != "Ihr Angebot" {
 		t.Fatalf("setting off: delivered subject %q, want it unchanged", got)
 	}
+	poll.Eventually(t, "EmailTracked of the email without a token", func() bool {
+		for _, ev := range e.trackedEvents() {
+			if te := ev.GetTrackedEmail(); te.GetMessageId() == off.GetMessageId() {
+				return te.GetRegarding().GetRecordId() == "a-1"
+			}
+		}
+		return false
+	})
 	if long, err := submit("", strings.Repeat("x", 980), "a-1"); err != nil || long.GetSubject() != strings.Repeat("x", 980) {
 		t.Fatalf("setting off, a subject without room for a token: %v, want it stored unchanged", err)
 	}

@@ -61,11 +61,14 @@ type Decision struct {
 // user's acceptance option must accept the message: 0 everything; 1 mail that correlates with
 // tracked mail (any correlation rule); 2 mail to a lead, contact or account; 3 mail to any
 // record; 4 nothing. Recipients (To, Cc, Bcc) count for 2 and 3, also when an address is
-// ambiguous: it is a CRM record's address either way; only linking refuses to pick.
+// ambiguous: it is a CRM record's address either way; only linking refuses to pick. Mail sent
+// regarding a record the tenant has (Message.RegardingRecordID) is CRM email: options 0-3 accept
+// it, and that record is its regarding record; a record the tenant does not have is ignored.
 //
 // Correlation, first match wins: In-Reply-To, a tracking token of the tenant's shape issued in the
 // tenant, References (newest first), the thread, smart matching (when on, within its window).
-// The regarding record is inherited from the correlated email or the token.
+// The regarding record is inherited from the correlated email or the token, unless the sender
+// named one.
 //
 // Each rule's outcome records a Reason and the values its sentence names, not the sentence:
 // most explanations are never read, and RuleOutcome.Detail renders one when asked.
