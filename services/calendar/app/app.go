@@ -172,7 +172,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 		a.worker = &push.Worker{
 			Store: store, Secrets: scope, Getenv: deps.Getenv, ReadFile: deps.ReadFile, HTTPClient: deps.HTTPClient,
 			RequestTimeout: cfg.PushTimeout, Retry: retry, MaxAttempts: cfg.PushMaxAttempts, Lease: cfg.PushLease,
-			Now: deps.Now, Logger: deps.Logger,
+			Now: deps.Now, Logger: deps.Logger, Zones: a.svc.Builder().Zones(), Adopt: a.svc.AdoptCalendarChange,
 		}
 	}
 	handler := grpcapi.New(a.svc)

@@ -443,14 +443,20 @@ func (s *Service) GetEntry(ctx context.Context, p auth.Principal, id string, rev
 	if rev < 0 {
 		return nil, errs.Invalid("revision", "must not be negative")
 	}
+	warning := ""
 	if rev == 0 {
 		cur, err := s.store.GetEntry(ctx, p.Tenant, id)
 		if err != nil {
 			return nil, err
 		}
-		rev = cur.Revision
+		rev, warning = cur.Revision, cur.SyncWarning
 	}
-	return s.store.GetRevision(ctx, p.Tenant, id, rev)
+	r, err := s.store.GetRevision(ctx, p.Tenant, id, rev)
+	if err != nil {
+		return nil, err
+	}
+	r.Entry.SyncWarning = warning // the open conflict note belongs to the latest revision only
+	return r, nil
 }
 
 // ListQuery selects an owner's entries.

@@ -42,6 +42,9 @@ func (s *Service) GetSyncStatus(ctx context.Context, p auth.Principal, userID st
 	if st.Stats.Dead > 0 {
 		st.Warnings = append(st.Warnings, WarnDeliveriesDead)
 	}
+	if st.Stats.Conflicts > 0 {
+		st.Warnings = append(st.Warnings, WarnCalDAVConflict)
+	}
 	if d.Target == TargetCalDAV && !us.CalDAV.Complete() {
 		st.Warnings = append(st.Warnings, WarnCalDAVTargetMissing)
 	}

@@ -77,6 +77,9 @@ const (
 	WarnDeliveriesDead
 	// WarnCalDAVTargetMissing: server push without a complete target.
 	WarnCalDAVTargetMissing
+	// WarnCalDAVConflict: some entries met a conflicting change in the CalDAV calendar; their
+	// SyncWarning says which side won.
+	WarnCalDAVConflict
 )
 
 // Entry is one revision of an entry. The fields that apply depend on Kind, as in ical.Entry.
@@ -104,6 +107,9 @@ type Entry struct {
 	Updated   time.Time
 	// Fingerprint identifies the create request, so a repeated CreateEntry is recognised.
 	Fingerprint string
+	// SyncWarning is the entry's open CalDAV conflict note (which side won per field), kept
+	// beside the entry rather than in a revision, because it is about delivery, not content.
+	SyncWarning string `json:"-"`
 }
 
 // Sequence is the iCalendar SEQUENCE of the revision.
@@ -295,6 +301,8 @@ type QueueStats struct {
 	Pending       int64
 	Dead          int64
 	AckedPosition int64
+	// Conflicts counts the user's entries with an open CalDAV conflict note.
+	Conflicts int64
 }
 
 // LogLine is one line of a user's sync log.

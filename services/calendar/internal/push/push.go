@@ -6,17 +6,29 @@
 // dead and DeliveryFailed goes out.
 //
 // Merge rule on 412 (the object changed on the server since our ETag, or exists on create):
-//   - the server holds exactly our revision (same UID, SEQUENCE and DTSTAMP): a write of ours
-//     whose answer was lost; take its ETag, done.
-//   - deadlines and preliminary deadlines: our side wins; the server's version is overwritten
-//     with If-Match on its ETag. A deadline must not silently change or vanish in a calendar.
-//   - appointments: a server version with a higher SEQUENCE is a reschedule made in the calendar
-//     (clients bump SEQUENCE for changes of time or place); it is kept and the delivery ends as
-//     CONFLICT. A server version with an equal or lower SEQUENCE (a note, an alarm, an older
-//     revision of ours) is overwritten; the delivery ends as CONFLICT too, so the log shows it.
+//   - the server holds exactly the object we write (same UID, SEQUENCE and DTSTAMP): a write of
+//     ours whose answer was lost; take its ETag, done.
+//   - otherwise a three-way merge of our revision and the server's version against the base,
+//     the object Postamt last pushed (or adopted) for the entry, kept per user and entry:
+//     a field (summary, description, location, time) changed on one side only keeps that
+//     side's value; a field changed on both sides goes to the calendar for appointments (the
+//     owner, who attends, edited their own appointment) and to Postamt for deadlines and
+//     preliminary deadlines, which also never take a change made in the calendar (a deadline
+//     must not silently change). See threeWay. RRULE, EXDATE, done and status are Postamt's.
+//   - when the merge keeps nothing of the calendar's, our revision overwrites the server's
+//     version with If-Match on its ETag. When it keeps something, Postamt adopts the merge as
+//     the entry's next revision (AdoptCalendarChange: revision bump, EntryChanged, queued), so
+//     GetEntry says what the calendar says, and that revision's push writes the merge back.
+//   - either way the delivery ends as CONFLICT with a sync-log line naming, per field, which
+//     side won; contested fields also become the entry's sync warning (and GetSyncStatus's
+//     CALDAV_CONFLICT warning) until a later change of Postamt's is pushed without conflict.
 //   - cancelling an appointment deletes it with If-Match on the server's current ETag:
 //     the cancellation wins. A cancelled deadline is written as a cancelled revision, never
 //     deleted.
+//
+// SEQUENCE never goes down (RFC 5545 §3.8.7.4): every write carries max(the revision's own
+// SEQUENCE, the base's + 1), and after a 412 at least the server's + 1, so a calendar that
+// raised it is never written over with a lower one.
 //
 // It runs one loop per partition that sleeps until the earliest due time and is woken early
 // when a revision is queued (Wake): no fixed polling. Claims are leases, so several replicas
@@ -29,6 +41,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -66,6 +79,11 @@ type Worker struct {
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Zones resolves the TZIDs of objects read back from calendars; nil means ical.NewZones().
+	Zones *ical.Zones
+	// Adopt writes a merge that keeps something of the calendar's as the entry's next revision
+	// on top of prev (calendar.Service.AdoptCalendarChange); required.
+	Adopt func(ctx context.Context, tenant, id string, prev int64, c calendar.CalendarChange) (*calendar.Entry, error)
 
 	once  sync.Once
 	wakes []chan struct{}
@@ -96,6 +114,11 @@ func (w *Worker) init() {
 		}
 		if w.Logger == nil {
 			w.Logger = slog.New(slog.DiscardHandler)
+		}
+		if w.Zones == nil {
+			if z, err := ical.NewZones(); err == nil {
+				w.Zones = z
+			}
 		}
 		if w.HTTPClient == nil {
 			w.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
@@ -186,8 +209,7 @@ func (w *Worker) deliver(ctx context.Context, due redisstore.DuePush) error {
 		MaxAttempts: w.MaxAttempts, Attempts: d.Attempt + 1, Log: us.SyncLog, Now: now,
 	}
 	name := caldav.ObjectName(ical.StableUID(due.Tenant, d.EntryID))
-	var etag string
-	var outcome calendar.Outcome
+	var res result
 	if us.Mode != calendar.ModeServerPush || !us.CalDAV.Complete() {
 		err = errNotConfigured
 	} else {
@@ -204,12 +226,16 @@ func (w *Worker) deliver(ctx context.Context, due redisstore.DuePush) error {
 			if d.RemoteID == name {
 				known = d.RemoteVersion
 			}
-			etag, outcome, err = w.push(ctx, c, name, known, d.Rev)
+			t := target{tenant: due.Tenant, user: due.User, name: name, c: c}
+			res, err = w.push(ctx, t, known, d.Rev)
 		}
 	}
 	switch {
 	case err == nil:
-		ack.Outcome, ack.RemoteID, ack.RemoteVersion = outcome, name, etag
+		ack.Outcome, ack.RemoteID, ack.RemoteVersion, ack.Message = res.outcome, name, res.etag, res.detail
+		if err := w.record(ctx, due, d, ack, res); err != nil {
+			return err
+		}
 	case ctx.Err() != nil:
 		return ctx.Err() // shutting down: the lease brings it back
 	default:
@@ -241,65 +267,152 @@ func (w *Worker) backoff(n int, err error) time.Duration {
 	return d
 }
 
-// push writes one revision and returns the new ETag and the outcome.
-func (w *Worker) push(ctx context.Context, c *caldav.Client, name, etag string, rev *calendar.Revision) (string, calendar.Outcome, error) {
+// target is where one delivery goes.
+type target struct {
+	tenant, user, name string
+	c                  *caldav.Client
+}
+
+// result is what a push left in the calendar.
+type result struct {
+	etag    string
+	outcome calendar.Outcome
+	// base is the object the calendar now holds, the next merge's base; nil when nothing is
+	// there (a deleted appointment) or nothing new was learnt.
+	base []byte
+	// detail is the sync log's note (per field, which side won); warning the contested part.
+	detail, warning string
+	// adopted is the revision Postamt wrote with the calendar's side of a merge; its own push
+	// follows, so this delivery's ack is superseded and its log line written here.
+	adopted *calendar.Entry
+}
+
+// record keeps what a successful push learnt: the base for the next merge, the entry's
+// conflict note, and for an adopted merge the CONFLICT line (the ack of a superseded
+// delivery writes none).
+func (w *Worker) record(ctx context.Context, due redisstore.DuePush, d calendar.Delivery, ack calendar.AckInput, res result) error {
+	ctx = context.WithoutCancel(ctx)
+	if res.base != nil {
+		if err := w.Store.SetPushBase(ctx, due.Tenant, due.User, d.EntryID, ack.RemoteID, res.etag, res.base); err != nil {
+			return err
+		}
+	}
+	noteRev := d.Revision
+	if res.adopted != nil {
+		noteRev = res.adopted.Revision
+		if ack.Log {
+			if err := w.Store.AppendLog(ctx, due.Tenant, due.User, calendar.LogLine{
+				Action: "CONFLICT", EntryID: d.EntryID, Revision: d.Revision, Target: calendar.TargetCalDAV,
+				Position: d.Position, Detail: ack.RemoteID + " " + res.detail + "; adopted as revision " + strconv.FormatInt(noteRev, 10),
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	switch {
+	case res.warning != "":
+		return w.Store.SetConflict(ctx, due.Tenant, due.User, d.EntryID, noteRev, res.warning)
+	case res.outcome == calendar.OutcomeApplied:
+		return w.Store.ClearConflict(ctx, due.Tenant, due.User, d.EntryID, d.Revision)
+	}
+	return nil
+}
+
+// push writes one revision and returns what it left on the server.
+func (w *Worker) push(ctx context.Context, t target, etag string, rev *calendar.Revision) (result, error) {
+	c, name := t.c, t.name
 	e := rev.Entry
 	if e.Cancelled && e.Kind == ical.Appointment {
 		if etag == "" {
 			obj, err := c.Get(ctx, name)
 			if errors.Is(err, caldav.ErrNotFound) {
-				return "", calendar.OutcomeApplied, nil
+				return result{outcome: calendar.OutcomeApplied}, nil
 			}
 			if err != nil {
-				return "", "", err
+				return result{}, err
 			}
 			etag = obj.ETag
 		}
 		err := c.Delete(ctx, name, etag)
 		var ce *caldav.Error
 		if errors.Is(err, caldav.ErrConflict) && errors.As(err, &ce) && ce.Current != nil {
-			return "", calendar.OutcomeConflict, c.Delete(ctx, name, ce.Current.ETag) // the cancellation wins
+			return result{outcome: calendar.OutcomeConflict, detail: "deleted over a change made in the calendar: the cancellation wins"},
+				c.Delete(ctx, name, ce.Current.ETag)
 		}
-		return "", calendar.OutcomeApplied, err
+		return result{outcome: calendar.OutcomeApplied}, err
+	}
+	base, err := w.Store.PushBase(ctx, t.tenant, t.user, e.ID)
+	if err != nil {
+		return result{}, err
+	}
+	var baseF *ical.Fields
+	seq := rev.Entry.Sequence()
+	if base != nil {
+		if f, err := ical.ReadFields(base, w.Zones); err == nil {
+			baseF = &f
+			seq = max(seq, f.Sequence+1)
+		}
+	}
+	ics, err := ical.WithSequence(rev.ICS, seq)
+	if err != nil {
+		return result{}, err
 	}
 	var res caldav.Result
-	var err error
 	if etag != "" {
-		res, err = c.Update(ctx, name, rev.ICS, etag)
+		res, err = c.Update(ctx, name, ics, etag)
 	} else {
-		res, err = c.Create(ctx, name, rev.ICS)
+		res, err = c.Create(ctx, name, ics)
 	}
 	if errors.Is(err, caldav.ErrConflict) {
-		return w.merge(ctx, c, name, rev, err)
+		return w.merge(ctx, t, rev, ics, seq, baseF, err)
 	}
 	if err != nil {
-		return "", "", err
+		return result{}, err
 	}
-	return res.ETag, calendar.OutcomeApplied, nil
+	return result{etag: res.ETag, outcome: calendar.OutcomeApplied, base: ics}, nil
 }
 
-// merge applies the merge rule of the package documentation to a 412.
-func (w *Worker) merge(ctx context.Context, c *caldav.Client, name string, rev *calendar.Revision, conflict error) (string, calendar.Outcome, error) {
+// merge applies the merge rule of the package documentation to a 412. ics is the object we
+// tried to write, with SEQUENCE seq.
+func (w *Worker) merge(ctx context.Context, t target, rev *calendar.Revision, ics []byte, seq int, base *ical.Fields, conflict error) (result, error) {
 	var ce *caldav.Error
 	if !errors.As(conflict, &ce) || ce.Current == nil {
-		return "", "", fmt.Errorf("%w (the server's version could not be read; retrying)", errRetry)
+		return result{}, fmt.Errorf("%w (the server's version could not be read; retrying)", errRetry)
 	}
-	ours, err := ical.Inspect(rev.ICS)
+	cur := ce.Current
+	ours, err := ical.Inspect(ics)
 	if err != nil {
-		return "", "", err
+		return result{}, err
 	}
-	theirs, terr := ical.Inspect(ce.Current.Data)
-	if terr == nil && theirs.SameRevision(ours) {
-		return ce.Current.ETag, calendar.OutcomeApplied, nil
+	if theirs, err := ical.Inspect(cur.Data); err == nil && theirs.SameRevision(ours) {
+		return result{etag: cur.ETag, outcome: calendar.OutcomeApplied, base: ics}, nil
 	}
-	if rev.Entry.Kind == ical.Appointment && terr == nil && theirs.UID == ours.UID && theirs.Sequence > ours.Sequence {
-		return ce.Current.ETag, calendar.OutcomeConflict, nil
-	}
-	res, err := c.Update(ctx, name, rev.ICS, ce.Current.ETag)
+	var m merged
+	theirs, err := ical.ReadFields(cur.Data, w.Zones)
 	if err != nil {
-		return "", "", err
+		// Unreadable (or not an event): nothing of it can be kept field by field.
+		note := "the calendar's version is unreadable (" + err.Error() + "), Postamt won"
+		m = merged{detail: note, warning: note}
+	} else {
+		m = threeWay(rev.Entry.Kind, base, fieldsOf(rev, seq), theirs)
 	}
-	return res.ETag, calendar.OutcomeConflict, nil
+	if m.fromCalendar {
+		adopted, err := w.Adopt(ctx, t.tenant, rev.Entry.ID, rev.Entry.Revision, m.change)
+		if err != nil {
+			return result{}, fmt.Errorf("adopting the calendar's change: %w", err)
+		}
+		// The calendar's version is the adopted revision's base; its push writes the merge.
+		return result{etag: cur.ETag, outcome: calendar.OutcomeConflict, base: cur.Data, detail: m.detail, warning: m.warning, adopted: adopted}, nil
+	}
+	seq = max(seq, theirs.Sequence+1)
+	if ics, err = ical.WithSequence(rev.ICS, seq); err != nil {
+		return result{}, err
+	}
+	res, err := t.c.Update(ctx, t.name, ics, cur.ETag)
+	if err != nil {
+		return result{}, err
+	}
+	return result{etag: res.ETag, outcome: calendar.OutcomeConflict, base: ics, detail: m.detail, warning: m.warning}, nil
 }
 
 // errRetry marks a failure that is worth another attempt.

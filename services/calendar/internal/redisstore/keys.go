@@ -10,7 +10,7 @@
 //	pm:cal:{calN}:events              stream  events waiting for the relay
 //	pm:cal:{calN}:pushdue             zset    CalDAV deliveries by due time (ms); member T|U|E
 //	pm:cal:{calN}:t:T:set             string  tenant settings (JSON)
-//	pm:cal:{calN}:t:T:e:E             hash    entry E: rev (latest revision), cur (its JSON)
+//	pm:cal:{calN}:t:T:e:E             hash    entry E: rev (latest revision), cur (its JSON), warn (open CalDAV conflict "rev|note")
 //	pm:cal:{calN}:t:T:e:E:revs        hash    revision number -> the entry as JSON, a line break, the iCalendar text
 //	pm:cal:{calN}:t:T:o:U             zset    owner U's entries by start (ms)
 //	pm:cal:{calN}:t:T:os:U            zset    owner U's recurring entries by the start of their last occurrence (ms, +inf: no end)
@@ -20,6 +20,8 @@
 //	pm:cal:{calN}:t:T:u:U:q:G:items   hash    entry id -> "pos|rev|state|attempts|last error"
 //	pm:cal:{calN}:t:T:u:U:q:G:dead    hash    entry id -> the dead item
 //	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag)
+//	pm:cal:{calN}:t:T:u:U:pushbase    hash    entry id -> the iCalendar object last pushed to or adopted from U's CalDAV calendar (merge base)
+//	pm:cal:{calN}:t:T:u:U:conflicts   set     entry ids of U with an open CalDAV conflict note
 //	pm:cal:{calN}:t:T:u:U:acked       string  highest position U's agent acknowledged
 //	pm:cal:{calN}:t:T:u:U:agent       hash    U's agent: s (session, "" when gone), a, since, seen (ms)
 //	pm:cal:{calN}:t:T:u:U:log         stream  U's sync log (MAXLEN ~ bounded)

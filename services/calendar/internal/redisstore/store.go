@@ -171,17 +171,19 @@ func seriesScore(e *calendar.Entry) (string, error) {
 
 // GetEntry implements calendar.Store.
 func (s *Store) GetEntry(ctx context.Context, tenant, id string) (*calendar.Entry, error) {
-	raw, err := s.rdb.HGet(ctx, tenantKeys(tenant).entry(id), "cur").Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, errs.NotFound("entry", id)
-	}
+	vals, err := s.rdb.HMGet(ctx, tenantKeys(tenant).entry(id), "cur", warnField).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read entry %s: %w", id, err)
+	}
+	raw, ok := vals[0].(string)
+	if !ok {
+		return nil, errs.NotFound("entry", id)
 	}
 	var e calendar.Entry
 	if err := json.Unmarshal([]byte(raw), &e); err != nil {
 		return nil, fmt.Errorf("decode entry %s: %w", id, err)
 	}
+	e.SyncWarning = warningText(vals[1])
 	return &e, nil
 }
 
@@ -290,23 +292,28 @@ func (s *Store) entries(ctx context.Context, k keys, ids []string) ([]calendar.E
 		return nil, nil
 	}
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(ids))
+	cmds := make([]*redis.SliceCmd, len(ids))
 	for i, id := range ids {
-		cmds[i] = pipe.HGet(ctx, k.entry(id), "cur")
+		cmds[i] = pipe.HMGet(ctx, k.entry(id), "cur", warnField)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("list entries: %w", err)
 	}
 	out := make([]calendar.Entry, 0, len(ids))
 	for _, c := range cmds {
-		raw, err := c.Result()
+		vals, err := c.Result()
 		if err != nil {
+			continue
+		}
+		raw, ok := vals[0].(string)
+		if !ok {
 			continue
 		}
 		var e calendar.Entry
 		if err := json.Unmarshal([]byte(raw), &e); err != nil {
 			return nil, fmt.Errorf("decode entry: %w", err)
 		}
+		e.SyncWarning = warningText(vals[1])
 		out = append(out, e)
 	}
 	return out, nil
@@ -548,6 +555,7 @@ func (s *Store) QueueStats(ctx context.Context, tenant, user string) (calendar.Q
 		dead = append(dead, pipe.HLen(ctx, k.dead(user, g)))
 	}
 	acked := pipe.Get(ctx, k.acked(user))
+	conflicts := pipe.SCard(ctx, k.conflicts(user))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return calendar.QueueStats{}, fmt.Errorf("queue stats: %w", err)
 	}
@@ -557,6 +565,7 @@ func (s *Store) QueueStats(ctx context.Context, tenant, user string) (calendar.Q
 		st.Dead += dead[i].Val()
 	}
 	st.AckedPosition, _ = acked.Int64()
+	st.Conflicts = conflicts.Val()
 	return st, nil
 }
 

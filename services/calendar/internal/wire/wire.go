@@ -53,6 +53,7 @@ func Entry(tenant string, e *calendar.Entry) *calendarv1.Entry {
 		Day: date(e.Day), Rrule: e.RRule, DeadlineEntryId: e.Deadline, Done: e.Done, Cancelled: e.Cancelled,
 		Revision: e.Revision, Sequence: int32(e.Sequence()), Uid: ical.StableUID(tenant, e.ID),
 		CreatorUserId: e.Creator, UpdaterUserId: e.Updater, CreateTime: ts(e.Created), UpdateTime: ts(e.Updated),
+		SyncWarning: e.SyncWarning,
 	}
 	for _, x := range e.ExStarts {
 		out.ExceptStartTimes = append(out.ExceptStartTimes, timestamppb.New(x))

@@ -215,6 +215,9 @@ const (
 	SyncWarning_SYNC_WARNING_DELIVERIES_DEAD SyncWarning = 2
 	// SERVER_PUSH without a complete CalDAV target.
 	SyncWarning_SYNC_WARNING_CALDAV_TARGET_MISSING SyncWarning = 3
+	// Some entries met a conflicting change in the CalDAV calendar; their sync_warning and the
+	// sync log (CONFLICT lines) say which side won for which field.
+	SyncWarning_SYNC_WARNING_CALDAV_CONFLICT SyncWarning = 4
 )
 
 // Enum value maps for SyncWarning.
@@ -224,12 +227,14 @@ var (
 		1: "SYNC_WARNING_AGENT_NEVER_CONNECTED",
 		2: "SYNC_WARNING_DELIVERIES_DEAD",
 		3: "SYNC_WARNING_CALDAV_TARGET_MISSING",
+		4: "SYNC_WARNING_CALDAV_CONFLICT",
 	}
 	SyncWarning_value = map[string]int32{
 		"SYNC_WARNING_UNSPECIFIED":           0,
 		"SYNC_WARNING_AGENT_NEVER_CONNECTED": 1,
 		"SYNC_WARNING_DELIVERIES_DEAD":       2,
 		"SYNC_WARNING_CALDAV_TARGET_MISSING": 3,
+		"SYNC_WARNING_CALDAV_CONFLICT":       4,
 	}
 )
 
@@ -440,7 +445,12 @@ type Entry struct {
 	// Output only: when the entry was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only: when this revision was made (DTSTAMP).
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,23,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,23,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only: set while the entry's last CalDAV push (SERVER_PUSH mode) met a change made
+	// in the calendar that could not simply be kept alongside Postamt's: it names, per field,
+	// which side won (e.g. "time: both changed, calendar won"). Cleared when a later change made
+	// in Postamt reaches the calendar without a conflict. Empty otherwise; see the calendar design.
+	SyncWarning   string `protobuf:"bytes,24,opt,name=sync_warning,json=syncWarning,proto3" json:"sync_warning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,6 +644,13 @@ func (x *Entry) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Entry) GetSyncWarning() string {
+	if x != nil {
+		return x.SyncWarning
+	}
+	return ""
 }
 
 // TenantSettings switch calendar synchronisation for the whole tenant. Only admins change them.
@@ -1171,7 +1188,7 @@ const file_postamt_calendar_v1_resources_proto_rawDesc = "" +
 	"\x04Date\x12\x12\n" +
 	"\x04year\x18\x01 \x01(\x05R\x04year\x12\x14\n" +
 	"\x05month\x18\x02 \x01(\x05R\x05month\x12\x10\n" +
-	"\x03day\x18\x03 \x01(\x05R\x03day\"\x9c\a\n" +
+	"\x03day\x18\x03 \x01(\x05R\x03day\"\xbf\a\n" +
 	"\x05Entry\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\"\n" +
 	"\rowner_user_id\x18\x02 \x01(\tR\vownerUserId\x122\n" +
@@ -1200,7 +1217,8 @@ const file_postamt_calendar_v1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x17 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x93\x01\n" +
+	"updateTime\x12!\n" +
+	"\fsync_warning\x18\x18 \x01(\tR\vsyncWarning\"\x93\x01\n" +
 	"\x0eTenantSettings\x12*\n" +
 	"\x11live_sync_enabled\x18\x01 \x01(\bR\x0fliveSyncEnabled\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12;\n" +
@@ -1258,12 +1276,13 @@ const file_postamt_calendar_v1_resources_proto_rawDesc = "" +
 	"\x1dSYNC_APPLICABILITY_APPLICABLE\x10\x01\x12%\n" +
 	"!SYNC_APPLICABILITY_NOT_APPLICABLE\x10\x02\x12&\n" +
 	"\"SYNC_APPLICABILITY_TENANT_DISABLED\x10\x03\x12\x1f\n" +
-	"\x1bSYNC_APPLICABILITY_USER_OFF\x10\x04*\x9d\x01\n" +
+	"\x1bSYNC_APPLICABILITY_USER_OFF\x10\x04*\xbf\x01\n" +
 	"\vSyncWarning\x12\x1c\n" +
 	"\x18SYNC_WARNING_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"SYNC_WARNING_AGENT_NEVER_CONNECTED\x10\x01\x12 \n" +
 	"\x1cSYNC_WARNING_DELIVERIES_DEAD\x10\x02\x12&\n" +
-	"\"SYNC_WARNING_CALDAV_TARGET_MISSING\x10\x03*\x8c\x01\n" +
+	"\"SYNC_WARNING_CALDAV_TARGET_MISSING\x10\x03\x12 \n" +
+	"\x1cSYNC_WARNING_CALDAV_CONFLICT\x10\x04*\x8c\x01\n" +
 	"\x0fDeliveryOutcome\x12 \n" +
 	"\x1cDELIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18DELIVERY_OUTCOME_APPLIED\x10\x01\x12\x1d\n" +
