@@ -233,6 +233,9 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	work, _ := errgroup.WithContext(workCtx)
 	work.Go(func() error { return a.users.Follow(workCtx, a.deps.JS, events.MailboxStreamName, a.deps.Logger) })
 	work.Go(func() error {
+		return a.users.WatchUsers(workCtx, a.deps.JS, events.MailboxStreamName, a.deps.Logger, a.svc.Reconcile)
+	})
+	work.Go(func() error {
 		for m := range sub.Channel() {
 			n, ok := redisstore.ParseNotification(m.Payload)
 			switch {

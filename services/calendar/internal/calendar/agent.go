@@ -188,7 +188,7 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 	if d.Target != TargetAgent {
 		return nil, nil, errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user")
 	}
-	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.SyncLog, sent: map[int64]Delivery{}, acks: make(chan AckMessage, maxAckBatch)}
+	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.LogOn(), sent: map[int64]Delivery{}, acks: make(chan AckMessage, maxAckBatch)}
 	now := s.now()
 	a.lastHeard.Store(now.UnixMilli())
 	a.sub = s.hub.subscribe(a.tenant, a.user, a.id)

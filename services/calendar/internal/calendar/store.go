@@ -54,6 +54,11 @@ type Store interface {
 	// WriteEntry stores a revision; *ErrRevisionChanged when w.Prev is not the stored revision.
 	// It returns the queue position (0 when nothing was queued).
 	WriteEntry(ctx context.Context, tenant string, w Write) (int64, error)
+	// Enqueue queues an entry's current revision for its owner's target without writing a
+	// revision (the catch-up when synchronisation starts to apply). It returns the position, 0
+	// when nothing was queued: the entry is queued at this revision already, the revision is
+	// dead, or it is a cancellation the target never received anything of.
+	Enqueue(ctx context.Context, tenant string, e *Entry, target Target, log bool, now time.Time, detail string) (int64, error)
 	// GetEntry returns an entry's latest revision; errs.NotFound when unknown.
 	GetEntry(ctx context.Context, tenant, id string) (*Entry, error)
 	// GetRevision returns one revision; errs.NotFound when unknown.

@@ -146,11 +146,20 @@ type UserSettings struct {
 	UserID  string
 	Mode    SyncMode
 	CalDAV  CalDAVTarget
-	SyncLog bool
-	Version int64
+	// SyncLogOff turns the user's sync log off; it is on by default. (Stored under a new name:
+	// the log was off by default before, so a stored "off" from then was no one's choice.)
+	SyncLogOff bool
+	Version    int64
 	// NoticeAcked is when the user acknowledged the one-time notice; zero while not.
 	NoticeAcked time.Time
+	// QueuedFor is the target the user's entries were last queued for (TargetNone while
+	// synchronisation did not apply). When Decide picks another, the user's current and future
+	// entries are queued for it (Service.catchUp). The service's memory, not an option.
+	QueuedFor Target
 }
+
+// LogOn reports whether the user's sync log is written.
+func (u UserSettings) LogOn() bool { return !u.SyncLogOff }
 
 // User is what the directory (the mailbox service) knows about a user that matters here.
 type User struct {

@@ -70,6 +70,50 @@ postamt_emit(KEYS[4], ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 return {1, pos}
 `)
 
+	// enqueueScript queues an entry's current revision for a target without writing a revision:
+	// the catch-up when synchronisation starts to apply to its owner (calendar.Service's
+	// backfill). Like writeScript it keeps one item per entry and takes a new position. It queues
+	// nothing when the entry is queued at this revision or a later one already, when this
+	// revision is dead (only a new revision clears that), or when the revision is a cancellation
+	// the target never received anything of (no remote record, no delivery in flight): an
+	// older pending item of such an entry is removed.
+	// KEYS[1] queue zset, [2] queue items, [3] position counter, [4] sync log, [5] push due
+	// index, [6] dead hash, [7] remote hash.
+	// ARGV[1] entry id, [2] revision, [3] cancelled "1"/"0", [4] target, [5] log "1"/"0",
+	// [6] log bound, [7] now ms, [8] due member, [9] channel, [10] wake payload, [11] detail.
+	// Returns the position, 0 when nothing was queued.
+	enqueueScript = redis.NewScript(luaLog + `
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local held = false
+if old then
+  local opos, orev, ost = string.match(old, '^(%d+)|(%d+)|(%a+)|')
+  if tonumber(orev) >= tonumber(ARGV[2]) then return 0 end
+  held = (ost == 'inflight')
+end
+local dead = redis.call('HGET', KEYS[6], ARGV[1])
+if dead and tonumber(string.match(dead, '^%d+|(%d+)|')) >= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '1' and (not held) and redis.call('HEXISTS', KEYS[7], ARGV[1]) == 0 then
+  if old then
+    redis.call('ZREM', KEYS[1], ARGV[1])
+    redis.call('HDEL', KEYS[2], ARGV[1])
+  end
+  return 0
+end
+local pos = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], pos, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], pos .. '|' .. ARGV[2] .. '|pending|0|')
+if ARGV[4] == 'caldav' then
+  if held then
+    redis.call('ZADD', KEYS[5], 'NX', ARGV[7], ARGV[8])
+  else
+    redis.call('ZADD', KEYS[5], ARGV[7], ARGV[8])
+  end
+end
+redis.call('PUBLISH', ARGV[9], ARGV[10])
+cal_log(ARGV[5], KEYS[4], ARGV[6], 'QUEUED', ARGV[1], ARGV[2], ARGV[4], pos, ARGV[11])
+return pos
+`)
+
 	// nextScript hands out the queue items after a position, in order, marking each in flight
 	// and counting the attempt.
 	// KEYS[1] queue zset, [2] queue items. ARGV[1] position after, [2] limit.

@@ -153,6 +153,23 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 	return res[1].(int64), nil
 }
 
+// Enqueue implements calendar.Store.
+func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, target calendar.Target, log bool, now time.Time, detail string) (int64, error) {
+	k := tenantKeys(tenant)
+	wake := wakePayload(tenant, e.Owner)
+	if target == calendar.TargetCalDAV {
+		wake = pushPayload(k.n)
+	}
+	keys := []string{k.queue(e.Owner, target), k.items(e.Owner, target), k.pos(e.Owner), k.log(e.Owner), k.pushDue(),
+		k.dead(e.Owner, target), k.remote(e.Owner, target)}
+	pos, err := enqueueScript.Run(ctx, s.rdb, keys, e.ID, e.Revision, flag(e.Cancelled), string(target), flag(log), s.logMax,
+		ms(now), dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, detail).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("enqueue entry %s: %w", e.ID, err)
+	}
+	return pos, nil
+}
+
 // seriesScore is a recurring entry's place in the owner's series index: the start of its last
 // occurrence in Unix milliseconds, "+inf" when it has no end, "" when it does not recur.
 func seriesScore(e *calendar.Entry) (string, error) {

@@ -89,7 +89,7 @@ func TenantSettings(t calendar.TenantSettings) *calendarv1.TenantSettings {
 func UserSettings(u calendar.UserSettings) *calendarv1.UserSettings {
 	out := &calendarv1.UserSettings{
 		UserId: u.UserID, Mode: calendarv1.SyncMode(u.Mode), EffectiveMode: calendarv1.SyncMode(u.Mode.Effective()),
-		SyncLogEnabled: u.SyncLog, Version: u.Version,
+		SyncLogEnabled: u.LogOn(), Version: u.Version,
 	}
 	if u.CalDAV != (calendar.CalDAVTarget{}) {
 		out.Caldav = &calendarv1.CalDAVTarget{CalendarUrl: u.CalDAV.URL, Username: u.CalDAV.Username, PasswordRef: u.CalDAV.PasswordRef}
@@ -100,7 +100,7 @@ func UserSettings(u calendar.UserSettings) *calendarv1.UserSettings {
 // UserSettingsFrom converts a request's options.
 func UserSettingsFrom(u *calendarv1.UserSettings) calendar.UserSettings {
 	return calendar.UserSettings{
-		UserID: u.GetUserId(), Mode: calendar.SyncMode(u.GetMode()), SyncLog: u.GetSyncLogEnabled(),
+		UserID: u.GetUserId(), Mode: calendar.SyncMode(u.GetMode()), SyncLogOff: !u.GetSyncLogEnabled(),
 		CalDAV: calendar.CalDAVTarget{URL: u.GetCaldav().GetCalendarUrl(), Username: u.GetCaldav().GetUsername(), PasswordRef: u.GetCaldav().GetPasswordRef()},
 	}
 }

@@ -82,7 +82,9 @@ type CalendarServiceClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	// Returns the tenant's calendar settings.
 	GetTenantSettings(ctx context.Context, in *GetTenantSettingsRequest, opts ...grpc.CallOption) (*GetTenantSettingsResponse, error)
-	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED).
+	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED). Switching live sync
+	// on queues the current and future entries of the users to whom it now applies;
+	// UNAVAILABLE when mailbox cannot list the users (the switch is stored; repeat the call).
 	UpdateTenantSettings(ctx context.Context, in *UpdateTenantSettingsRequest, opts ...grpc.CallOption) (*UpdateTenantSettingsResponse, error)
 	// Returns a user's synchronisation options. Users for themselves, admins and services for
 	// anyone in the tenant (PERMISSION_DENIED otherwise).
@@ -90,10 +92,13 @@ type CalendarServiceClient interface {
 	// Sets a user's synchronisation options (all fields). Users for themselves, admins for anyone
 	// (PERMISSION_DENIED otherwise); INVALID_ARGUMENT for SERVER_PUSH without a valid CalDAV
 	// target or a password_ref outside the operator's scope; NOT_FOUND for an unknown user.
-	// Changing the mode does not move deliveries already queued for the previous one.
+	// Changing the mode does not move deliveries already queued for the previous one; when it
+	// changes where entries go, the user's current and future entries are queued for the new
+	// target at once.
 	UpdateUserSettings(ctx context.Context, in *UpdateUserSettingsRequest, opts ...grpc.CallOption) (*UpdateUserSettingsResponse, error)
 	// Returns a user's synchronisation status: applicability, presence of the live agent, queue
-	// counts, the one-time notice flag and warnings. Self, admins and services.
+	// counts, the one-time notice flag and warnings; for a user to whom synchronisation does not
+	// apply, how many entries wait for it. Self, admins and services.
 	GetSyncStatus(ctx context.Context, in *GetSyncStatusRequest, opts ...grpc.CallOption) (*GetSyncStatusResponse, error)
 	// Clears the one-time notice flag for the caller. Repeating it is harmless.
 	AcknowledgeNotice(ctx context.Context, in *AcknowledgeNoticeRequest, opts ...grpc.CallOption) (*AcknowledgeNoticeResponse, error)
@@ -309,7 +314,9 @@ type CalendarServiceServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	// Returns the tenant's calendar settings.
 	GetTenantSettings(context.Context, *GetTenantSettingsRequest) (*GetTenantSettingsResponse, error)
-	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED).
+	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED). Switching live sync
+	// on queues the current and future entries of the users to whom it now applies;
+	// UNAVAILABLE when mailbox cannot list the users (the switch is stored; repeat the call).
 	UpdateTenantSettings(context.Context, *UpdateTenantSettingsRequest) (*UpdateTenantSettingsResponse, error)
 	// Returns a user's synchronisation options. Users for themselves, admins and services for
 	// anyone in the tenant (PERMISSION_DENIED otherwise).
@@ -317,10 +324,13 @@ type CalendarServiceServer interface {
 	// Sets a user's synchronisation options (all fields). Users for themselves, admins for anyone
 	// (PERMISSION_DENIED otherwise); INVALID_ARGUMENT for SERVER_PUSH without a valid CalDAV
 	// target or a password_ref outside the operator's scope; NOT_FOUND for an unknown user.
-	// Changing the mode does not move deliveries already queued for the previous one.
+	// Changing the mode does not move deliveries already queued for the previous one; when it
+	// changes where entries go, the user's current and future entries are queued for the new
+	// target at once.
 	UpdateUserSettings(context.Context, *UpdateUserSettingsRequest) (*UpdateUserSettingsResponse, error)
 	// Returns a user's synchronisation status: applicability, presence of the live agent, queue
-	// counts, the one-time notice flag and warnings. Self, admins and services.
+	// counts, the one-time notice flag and warnings; for a user to whom synchronisation does not
+	// apply, how many entries wait for it. Self, admins and services.
 	GetSyncStatus(context.Context, *GetSyncStatusRequest) (*GetSyncStatusResponse, error)
 	// Clears the one-time notice flag for the caller. Repeating it is harmless.
 	AcknowledgeNotice(context.Context, *AcknowledgeNoticeRequest) (*AcknowledgeNoticeResponse, error)

@@ -780,8 +780,8 @@ type UserSettings struct {
 	// The CalDAV calendar for SERVER_PUSH; required with that mode.
 	Caldav *CalDAVTarget `protobuf:"bytes,4,opt,name=caldav,proto3" json:"caldav,omitempty"`
 	// Keeps a log of the user's synchronisation (queued, delivered, acknowledged, failed) that
-	// ListSyncLog reads back. Off by default; new users get it off until an admin or the user
-	// turns it on.
+	// ListSyncLog reads back. On by default; the log keeps a bounded number of lines for a
+	// bounded time.
 	SyncLogEnabled bool `protobuf:"varint,5,opt,name=sync_log_enabled,json=syncLogEnabled,proto3" json:"sync_log_enabled,omitempty"`
 	// Output only: increases by one with every change.
 	Version       int64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
@@ -950,7 +950,9 @@ type SyncStatus struct {
 	Warnings []SyncWarning `protobuf:"varint,5,rep,packed,name=warnings,proto3,enum=postamt.calendar.v1.SyncWarning" json:"warnings,omitempty"`
 	// The live agent; unset when none ever connected.
 	Agent *AgentPresence `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
-	// Deliveries waiting or in flight, across targets.
+	// Deliveries waiting or in flight, across targets. For a user to whom synchronisation does
+	// not apply: their current and future entries (not cancelled) that wait for it, the
+	// applicability saying why; they are queued at once when it applies.
 	PendingCount int64 `protobuf:"varint,7,opt,name=pending_count,json=pendingCount,proto3" json:"pending_count,omitempty"`
 	// Deliveries that failed for good.
 	DeadCount int64 `protobuf:"varint,8,opt,name=dead_count,json=deadCount,proto3" json:"dead_count,omitempty"`
