@@ -143,9 +143,9 @@ func (t CalDAVTarget) Complete() bool { return t.URL != "" && t.Username != "" &
 
 // UserSettings are a user's options and the service's memory of the user's notice.
 type UserSettings struct {
-	UserID  string
-	Mode    SyncMode
-	CalDAV  CalDAVTarget
+	UserID string
+	Mode   SyncMode
+	CalDAV CalDAVTarget
 	// SyncLogOff turns the user's sync log off; it is on by default. (Stored under a new name:
 	// the log was off by default before, so a stored "off" from then was no one's choice.)
 	SyncLogOff bool
