@@ -55,7 +55,7 @@ type Config struct {
 	SecretEnvPrefix  string        `env:"CALENDAR_SECRET_ENV_PREFIX, default=POSTAMT_CALDAV_" desc:"prefix of the environment variables a CalDAV password_ref (env:NAME) may name"`
 	SecretDir        string        `env:"CALENDAR_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a CalDAV password_ref (file:/path) may name"`
 	SyncLogMaxLines  int           `env:"CALENDAR_SYNC_LOG_MAX_LINES, default=1000" desc:"lines kept per user's sync log (approximately)"`
-	SyncLogRetention time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age of the oldest sync log line read back"`
+	SyncLogRetention time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age after which sync log lines are dropped (and no longer read back)"`
 	RelayBatch       int           `env:"CALENDAR_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle   time.Duration `env:"CALENDAR_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
 }
@@ -156,7 +156,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn, hub: calendar.NewHub()}
-	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines})
+	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines, LogRetention: cfg.SyncLogRetention})
 	scope := secretref.Scope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir}
 	a.users = directory.New(mailboxv1.NewMailboxServiceClient(conn), cfg.UserCacheTTL, deps.Now)
 	a.svc, err = calendar.New(store, a.users, calendar.Options{

@@ -393,7 +393,7 @@ func TestAgentErrorsRetryThenDead(t *testing.T) {
 	for _, l := range log.GetEntries() {
 		actions = append(actions, l.GetAction())
 	}
-	if want := []string{"DEAD", "RETRY", "RETRY"}; !slices.Equal(actions, want) || log.GetNextPageToken() == "" {
+	if want := []string{"DEAD", "DELIVERED", "RETRY"}; !slices.Equal(actions, want) || log.GetNextPageToken() == "" {
 		t.Errorf("newest log lines = %v (next %q), want %v and more", actions, log.GetNextPageToken(), want)
 	}
 	older, err := e.calendar.ListSyncLog(e.as("huber"), &calendarv1.ListSyncLogRequest{PageSize: 10, PageToken: log.GetNextPageToken()})

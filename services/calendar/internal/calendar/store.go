@@ -68,8 +68,9 @@ type Store interface {
 	ListEntries(ctx context.Context, tenant, owner string, from, to int64, afterScore int64, afterID string, limit int) ([]Entry, error)
 
 	// NextDeliveries returns up to limit queued deliveries of the user's target after position
-	// after, in order, with their revisions, marking them in flight.
-	NextDeliveries(ctx context.Context, tenant, user string, target Target, after int64, limit int) ([]Delivery, error)
+	// after, in order, with their revisions, marking them in flight (and DELIVERED in the sync
+	// log when log is set).
+	NextDeliveries(ctx context.Context, tenant, user string, target Target, after int64, limit int, log bool) ([]Delivery, error)
 	// PendingThrough returns the queued deliveries with positions up to through.
 	PendingThrough(ctx context.Context, tenant, user string, target Target, through int64) ([]Delivery, error)
 	// DeliveryAt returns the queued delivery at a position; false when none is there.

@@ -6,11 +6,25 @@ import (
 	"github.com/postamt/postamt/internal/eventbus"
 )
 
-// luaLog defines cal_log, which appends a line to a user's sync log when ARGV says so.
+// luaLog defines cal_log, which appends a line to a user's sync log when ARGV says so. bound is
+// "maxlen:retention ms" (Store.logBound): the stream keeps about maxlen lines, and lines older
+// than the retention (by the new line's id, which is Redis server time) are dropped as it grows.
+// It also defines cal_ack_detail, the detail of an acknowledgement: the non-empty ones of
+// remote id, remote version and message.
 const luaLog = `
-local function cal_log(on, key, maxlen, action, entry, rev, target, pos, detail)
+local function cal_log(on, key, bound, action, entry, rev, target, pos, detail)
   if on ~= '1' then return end
-  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'a', action, 'e', entry, 'r', rev, 'g', target, 'p', pos, 'd', detail)
+  local maxlen, keep = string.match(bound, '^(%d+):(%d+)$')
+  local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'a', action, 'e', entry, 'r', rev, 'g', target, 'p', pos, 'd', detail)
+  local t = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XTRIM', key, 'MINID', string.format('%.0f', t - tonumber(keep)))
+end
+local function cal_ack_detail(rid, rver, msg)
+  local parts = {}
+  if rid ~= '' then parts[#parts + 1] = 'remote id ' .. rid end
+  if rver ~= '' then parts[#parts + 1] = 'version ' .. rver end
+  if msg ~= '' then parts[#parts + 1] = msg end
+  return table.concat(parts, ', ')
 end
 `
 
@@ -114,11 +128,12 @@ cal_log(ARGV[5], KEYS[4], ARGV[6], 'QUEUED', ARGV[1], ARGV[2], ARGV[4], pos, ARG
 return pos
 `)
 
-	// nextScript hands out the queue items after a position, in order, marking each in flight
-	// and counting the attempt.
-	// KEYS[1] queue zset, [2] queue items. ARGV[1] position after, [2] limit.
+	// nextScript hands out the queue items after a position, in order, marking each in flight,
+	// counting the attempt and writing DELIVERED to the sync log.
+	// KEYS[1] queue zset, [2] queue items, [3] sync log. ARGV[1] position after, [2] limit,
+	// [3] log "1"/"0", [4] log bound, [5] target.
 	// Returns {entry, position, revision, earlier attempts, ...}.
-	nextScript = redis.NewScript(`
+	nextScript = redis.NewScript(luaLog + `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do
@@ -130,6 +145,7 @@ for _, id in ipairs(ids) do
     out[#out + 1] = pos
     out[#out + 1] = rev
     out[#out + 1] = att
+    cal_log(ARGV[3], KEYS[3], ARGV[4], 'DELIVERED', id, rev, ARGV[5], pos, 'attempt ' .. (tonumber(att) + 1))
   end
 end
 return out
@@ -184,7 +200,7 @@ if ARGV[3] ~= 'error' then
   end
   local action = 'ACKNOWLEDGED'
   if ARGV[3] == 'conflict' then action = 'CONFLICT' end
-  cal_log(ARGV[9], KEYS[7], ARGV[10], action, ARGV[2], rev, ARGV[11], pos, ARGV[4] .. ' ' .. ARGV[6])
+  cal_log(ARGV[9], KEYS[7], ARGV[10], action, ARGV[2], rev, ARGV[11], pos, cal_ack_detail(ARGV[4], ARGV[5], ARGV[6]))
   postamt_emit(KEYS[6], ARGV[18], ARGV[19], ARGV[20], ARGV[21], ARGV[22], ARGV[23])
   return {'ok'}
 end

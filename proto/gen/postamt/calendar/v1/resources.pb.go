@@ -1073,7 +1073,8 @@ type SyncLogEntry struct {
 	Target string `protobuf:"bytes,6,opt,name=target,proto3" json:"target,omitempty"`
 	// The queue position.
 	Position int64 `protobuf:"varint,7,opt,name=position,proto3" json:"position,omitempty"`
-	// Details: the error, the remote id, the agent id.
+	// Details: the error; the remote id and version an acknowledgement reported; the attempt of
+	// a delivery; the agent id.
 	Detail        string `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
