@@ -271,6 +271,9 @@ func (a *session) run(ctx context.Context, st AgentStream, errc, ackErr <-chan e
 			if len(ds) == 0 {
 				break
 			}
+			if ds, err = a.giveUpUnanswered(ctx, ds); err != nil {
+				return err
+			}
 			a.mu.Lock()
 			for _, d := range ds {
 				a.sent[d.Position] = Delivery{Position: d.Position, EntryID: d.EntryID, Revision: d.Revision, Attempt: d.Attempt}
@@ -448,4 +451,28 @@ func (a *session) ackInput(d Delivery, k AckMessage) AckInput {
 		Outcome: k.Outcome, RemoteID: k.RemoteID, RemoteVersion: k.RemoteVersion, Message: k.Message,
 		MaxAttempts: a.s.opts.MaxAgentAttempts, Attempts: d.Attempt + 1, Log: a.log, Now: a.s.now(),
 	}
+}
+
+// giveUpUnanswered ends, as dead, the deliveries that agents were handed
+// Options.MaxAgentUnanswered times without answering (each time their stream ended first), and
+// returns the others, to be sent.
+func (a *session) giveUpUnanswered(ctx context.Context, ds []Delivery) ([]Delivery, error) {
+	out := ds[:0]
+	for _, d := range ds {
+		if unanswered := d.Attempt - d.Errors; unanswered >= a.s.opts.MaxAgentUnanswered {
+			in := a.ackInput(d, AckMessage{Position: d.Position, Outcome: OutcomeError,
+				Message: fmt.Sprintf("handed to the agent %d times without an answer", unanswered)})
+			in.Dead = true
+			r, err := a.s.store.Ack(ctx, a.tenant, a.user, in)
+			if err != nil {
+				return nil, fmt.Errorf("give up %s@%d: %w", d.EntryID, d.Position, err)
+			}
+			if r.Replaced {
+				return nil, errs.Aborted(ReasonStreamReplaced, "another stream of the user replaced this one")
+			}
+			continue
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }

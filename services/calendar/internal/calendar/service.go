@@ -65,6 +65,10 @@ type Options struct {
 	// MaxAgentAttempts is how often an agent may answer ERROR for one delivery before it is
 	// dead; 0 means 5.
 	MaxAgentAttempts int
+	// MaxAgentUnanswered is how often a delivery may be handed to agents that never answered
+	// it (their streams ended first) before it is dead, instead of being handed out once more;
+	// 0 means 10. It keeps an agent that crashes on one entry from receiving it forever.
+	MaxAgentUnanswered int
 	// Heartbeat is the Connect heartbeat interval; 0 means 15s.
 	Heartbeat time.Duration
 	// HelloTimeout bounds the wait for Hello; 0 means 10s.
@@ -103,6 +107,9 @@ func New(store Store, dir Directory, opts Options) (*Service, error) {
 	}
 	if opts.MaxAgentAttempts == 0 {
 		opts.MaxAgentAttempts = 5
+	}
+	if opts.MaxAgentUnanswered == 0 {
+		opts.MaxAgentUnanswered = 10
 	}
 	if opts.Heartbeat == 0 {
 		opts.Heartbeat = 15 * time.Second

@@ -250,6 +250,9 @@ type Delivery struct {
 	Revision int64
 	// Attempt counts earlier deliveries of this queue item (0 the first time).
 	Attempt int
+	// Errors counts the agent's ERROR answers to this revision; Attempt minus Errors are the
+	// deliveries it never answered (filled by NextDeliveries).
+	Errors int
 	// Rev is the revision's content, filled by the store when asked.
 	Rev *Revision
 	// RemoteID and RemoteVersion are what the target reported for the entry before.

@@ -38,7 +38,8 @@ var (
 	// due time (its lease) and is made due again when the push reports back.
 	// KEYS[1] entry hash, [2] revisions hash, [3] owner index, [4] event stream, [5] queue zset,
 	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash,
-	// [11] owner's series index (recurring entries by the start of their last occurrence).
+	// [11] owner's series index (recurring entries by the start of their last occurrence),
+	// [12] ERROR answers per entry (cleared: they count for one revision).
 	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision,
 	// [5] entry id, [6] index score, [7] target ("" queues nothing), [8] log "1"/"0", [9] log
 	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14] series score
@@ -68,6 +69,7 @@ if ARGV[7] ~= '' then
     cal_log(ARGV[8], KEYS[8], ARGV[9], 'SUPERSEDED', ARGV[5], orev, ARGV[7], opos, 'by revision ' .. ARGV[2])
   end
   redis.call('HDEL', KEYS[10], ARGV[5])
+  redis.call('HDEL', KEYS[12], ARGV[5])
   redis.call('ZADD', KEYS[5], pos, ARGV[5])
   redis.call('HSET', KEYS[6], ARGV[5], pos .. '|' .. ARGV[2] .. '|pending|0|')
   if ARGV[7] == 'caldav' then
@@ -92,7 +94,7 @@ return {1, pos}
 	// the target never received anything of (no remote record, no delivery in flight): an
 	// older pending item of such an entry is removed.
 	// KEYS[1] queue zset, [2] queue items, [3] position counter, [4] sync log, [5] push due
-	// index, [6] dead hash, [7] remote hash.
+	// index, [6] dead hash, [7] remote hash, [8] ERROR answers per entry.
 	// ARGV[1] entry id, [2] revision, [3] cancelled "1"/"0", [4] target, [5] log "1"/"0",
 	// [6] log bound, [7] now ms, [8] due member, [9] channel, [10] wake payload, [11] detail.
 	// Returns the position, 0 when nothing was queued.
@@ -114,6 +116,7 @@ if ARGV[3] == '1' and (not held) and redis.call('HEXISTS', KEYS[7], ARGV[1]) == 
   return 0
 end
 local pos = redis.call('INCR', KEYS[3])
+redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('ZADD', KEYS[1], pos, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], pos .. '|' .. ARGV[2] .. '|pending|0|')
 if ARGV[4] == 'caldav' then
@@ -130,9 +133,9 @@ return pos
 
 	// nextScript hands out the queue items after a position, in order, marking each in flight,
 	// counting the attempt and writing DELIVERED to the sync log.
-	// KEYS[1] queue zset, [2] queue items, [3] sync log. ARGV[1] position after, [2] limit,
-	// [3] log "1"/"0", [4] log bound, [5] target.
-	// Returns {entry, position, revision, earlier attempts, ...}.
+	// KEYS[1] queue zset, [2] queue items, [3] sync log, [4] ERROR answers per entry.
+	// ARGV[1] position after, [2] limit, [3] log "1"/"0", [4] log bound, [5] target.
+	// Returns {entry, position, revision, earlier attempts, ERROR answers, ...}.
 	nextScript = redis.NewScript(luaLog + `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -145,6 +148,7 @@ for _, id in ipairs(ids) do
     out[#out + 1] = pos
     out[#out + 1] = rev
     out[#out + 1] = att
+    out[#out + 1] = redis.call('HGET', KEYS[4], id) or '0'
     cal_log(ARGV[3], KEYS[3], ARGV[4], 'DELIVERED', id, rev, ARGV[5], pos, 'attempt ' .. (tonumber(att) + 1))
   end
 end
@@ -168,9 +172,13 @@ return {rev, att}
 	// no longer holds the entry (superseded, or acknowledged before) changes nothing but the
 	// remembered remote id; a superseded push item is made due at once. APPLIED and CONFLICT end
 	// the delivery (EntryDelivered); ERROR retries it — an agent's with a new position, a push
-	// at ARGV[12] — until the attempts reach the maximum or ARGV[12] is "dead" (DeliveryFailed).
+	// at ARGV[12] — until the maximum is reached or ARGV[12] is "dead" (DeliveryFailed). For an
+	// agent the maximum counts its ERROR answers to the revision (KEYS[11]): a hand-out the agent
+	// never answered (its stream ended) is bounded by the session, not here; for a push it counts
+	// the attempts.
 	// KEYS[1] queue zset, [2] queue items, [3] dead hash, [4] acked position, [5] remote hash,
-	// [6] event stream, [7] sync log, [8] agent presence, [9] position counter, [10] push due.
+	// [6] event stream, [7] sync log, [8] agent presence, [9] position counter, [10] push due,
+	// [11] ERROR answers per entry.
 	// ARGV[1] position, [2] entry, [3] outcome, [4] remote id, [5] remote version, [6] message,
 	// [7] session ("" for push), [8] max attempts, [9] log, [10] log maxlen, [11] target,
 	// [12] retry due ms or "dead", [13] due member, [14] revision, [15] now ms, [16] channel,
@@ -193,6 +201,7 @@ att = tonumber(att)
 if ARGV[3] ~= 'error' then
   redis.call('ZREM', KEYS[1], ARGV[2])
   redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[11], ARGV[2])
   if agent then
     if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], ARGV[1]) end
   else
@@ -204,9 +213,12 @@ if ARGV[3] ~= 'error' then
   postamt_emit(KEYS[6], ARGV[18], ARGV[19], ARGV[20], ARGV[21], ARGV[22], ARGV[23])
   return {'ok'}
 end
-if ARGV[12] == 'dead' or att >= tonumber(ARGV[8]) then
+local used = att
+if agent then used = redis.call('HINCRBY', KEYS[11], ARGV[2], 1) end
+if ARGV[12] == 'dead' or used >= tonumber(ARGV[8]) then
   redis.call('ZREM', KEYS[1], ARGV[2])
   redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[11], ARGV[2])
   redis.call('HSET', KEYS[3], ARGV[2], pos .. '|' .. rev .. '|dead|' .. att .. '|' .. ARGV[6])
   if not agent then redis.call('ZREM', KEYS[10], ARGV[13]) end
   cal_log(ARGV[9], KEYS[7], ARGV[10], 'DEAD', ARGV[2], rev, ARGV[11], pos, ARGV[6])

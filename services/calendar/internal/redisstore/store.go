@@ -142,7 +142,7 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 		return 0, err
 	}
 	keys := []string{k.entry(e.ID), k.revs(e.ID), k.owner(e.Owner), k.events(), k.queue(e.Owner, qt), k.items(e.Owner, qt),
-		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner)}
+		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner), k.errs(e.Owner, qt)}
 	argv := append([]any{w.Prev, e.Revision, cur, rev, e.ID, e.Score(), string(target), flag(w.Log), s.logBound, ms(w.Now),
 		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, env...)
 	res, err := writeScript.Run(ctx, s.rdb, keys, argv...).Slice()
@@ -171,7 +171,7 @@ func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, t
 		wake = pushPayload(k.n)
 	}
 	keys := []string{k.queue(e.Owner, target), k.items(e.Owner, target), k.pos(e.Owner), k.log(e.Owner), k.pushDue(),
-		k.dead(e.Owner, target), k.remote(e.Owner, target)}
+		k.dead(e.Owner, target), k.remote(e.Owner, target), k.errs(e.Owner, target)}
 	pos, err := enqueueScript.Run(ctx, s.rdb, keys, e.ID, e.Revision, flag(e.Cancelled), string(target), flag(log), s.logBound,
 		ms(now), dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, detail).Int64()
 	if err != nil {
@@ -366,17 +366,18 @@ func parseItem(s string) (item, bool) {
 // NextDeliveries implements calendar.Store.
 func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int, log bool) ([]calendar.Delivery, error) {
 	k := tenantKeys(tenant)
-	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user)},
+	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user), k.errs(user, target)},
 		after, limit, flag(log), s.logBound, string(target)).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("next deliveries: %w", err)
 	}
-	ds := make([]calendar.Delivery, 0, len(res)/4)
-	for i := 0; i+3 < len(res); i += 4 {
+	ds := make([]calendar.Delivery, 0, len(res)/5)
+	for i := 0; i+4 < len(res); i += 5 {
 		pos, _ := strconv.ParseInt(res[i+1], 10, 64)
 		rev, _ := strconv.ParseInt(res[i+2], 10, 64)
 		att, _ := strconv.Atoi(res[i+3])
-		ds = append(ds, calendar.Delivery{Position: pos, EntryID: res[i], Revision: rev, Attempt: att})
+		errCount, _ := strconv.Atoi(res[i+4])
+		ds = append(ds, calendar.Delivery{Position: pos, EntryID: res[i], Revision: rev, Attempt: att, Errors: errCount})
 	}
 	return ds, s.fill(ctx, k, user, target, ds)
 }
@@ -540,7 +541,7 @@ func (s *Store) ackArgs(ctx context.Context, tenant, user string, a calendar.Ack
 	}
 	wake := wakePayload(tenant, user)
 	keys := []string{k.queue(user, a.Target), k.items(user, a.Target), k.dead(user, a.Target), k.acked(user), k.remote(user, a.Target),
-		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue()}
+		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue(), k.errs(user, a.Target)}
 	argv := []any{a.Position, a.EntryID, string(a.Outcome), a.RemoteID, a.RemoteVersion, a.Message, a.Session, maxAttempts,
 		flag(a.Log), s.logBound, string(a.Target), retry, dueMember(tenant, user, a.EntryID), a.Revision, ms(a.Now), NotifyChannel, wake}
 	return keys, append(append(argv, denv...), fenv...), nil

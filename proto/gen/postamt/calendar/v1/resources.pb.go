@@ -271,7 +271,9 @@ const (
 	// The calendar had a change of its own; the agent resolved it (for deadlines our revision
 	// wins) and the delivery is done.
 	DeliveryOutcome_DELIVERY_OUTCOME_CONFLICT DeliveryOutcome = 2
-	// The agent could not apply it now; the service delivers it again, up to its attempt limit.
+	// The agent could not apply it now; the service delivers it again, up to its limit of ERROR
+	// answers per revision. (A delivery handed out again and again without any answer, because
+	// the stream ends first, is bounded separately; then it is dead too.)
 	DeliveryOutcome_DELIVERY_OUTCOME_ERROR DeliveryOutcome = 3
 )
 
