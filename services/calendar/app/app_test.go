@@ -120,7 +120,7 @@ func TestSeed002Story(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &calendarv1.SyncStatus{UserId: "maier", Applicability: calendarv1.SyncApplicability_SYNC_APPLICABILITY_NOT_APPLICABLE, EffectiveMode: calendarv1.SyncMode_SYNC_MODE_LIVE_AGENT}
+	want := &calendarv1.SyncStatus{UserId: "maier", Applicability: calendarv1.SyncApplicability_SYNC_APPLICABILITY_NOT_APPLICABLE, EffectiveMode: calendarv1.SyncMode_SYNC_MODE_OFF}
 	if !proto.Equal(st.GetStatus(), want) {
 		t.Errorf("secretary's status = %v, want %v (no warning, no notice)", st.GetStatus(), want)
 	}

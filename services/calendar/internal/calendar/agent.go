@@ -186,7 +186,7 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 		return nil, nil, err
 	}
 	if d.Target != TargetAgent {
-		return nil, nil, errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user")
+		return nil, nil, notLive(d)
 	}
 	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.LogOn(), sent: map[int64]Delivery{}, acks: make(chan AckMessage, maxAckBatch)}
 	now := s.now()
@@ -226,6 +226,21 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 		return nil, nil, err
 	}
 	return a, &Welcome{Session: a.id, AckedPosition: stats.AckedPosition, Heartbeat: s.opts.Heartbeat}, nil
+}
+
+// notLive says why a user's agent may not connect: each reason is its own, so an agent (and
+// its user) can tell "synchronised by server push" from "not eligible".
+func notLive(d Decision) error {
+	switch {
+	case d.Target == TargetCalDAV:
+		return errs.FailedPrecondition(ReasonServerPush, "the user's entries are pushed to their CalDAV calendar (mode SERVER_PUSH); no live agent is used")
+	case d.Applicability == UserOff:
+		return errs.FailedPrecondition(ReasonSyncOff, "the user turned synchronisation off (mode OFF)")
+	case d.Applicability == TenantDisabled:
+		return errs.FailedPrecondition(ReasonTenantDisabled, "the tenant has live sync switched off")
+	default:
+		return errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user: the practice username differs from the directory username")
+	}
 }
 
 func newSessionID() string {

@@ -28,6 +28,9 @@ const (
 	ReasonUserRequired     = "USER_TOKEN_REQUIRED"
 	ReasonAgentOtherUser   = "AGENT_FOR_ANOTHER_USER"
 	ReasonNotApplicable    = "LIVE_SYNC_NOT_APPLICABLE"
+	ReasonTenantDisabled   = "LIVE_SYNC_TENANT_DISABLED"
+	ReasonServerPush       = "SERVER_PUSH_MODE"
+	ReasonSyncOff          = "SYNC_OFF"
 	ReasonEntryCancelled   = "ENTRY_CANCELLED"
 	ReasonNotADeadline     = "NOT_A_DEADLINE"
 	ReasonRevisionMismatch = "REVISION_MISMATCH"
@@ -586,8 +589,12 @@ func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID 
 	if err != nil {
 		return UserSettings{}, err
 	}
-	us, err := s.store.UserSettings(ctx, p.Tenant, id)
-	us.UserID = id
+	u, err := s.user(ctx, p.Tenant, id)
+	if err != nil {
+		return UserSettings{}, err
+	}
+	d, us, err := s.decide(ctx, p.Tenant, u)
+	us.UserID, us.Effective = id, d.Mode
 	return us, err
 }
 
@@ -624,10 +631,15 @@ func (s *Service) UpdateUserSettings(ctx context.Context, p auth.Principal, in U
 		return out, err
 	}
 	// A new mode may be a new target: catch the user up to it at once.
-	if err := s.Reconcile(ctx, p.Tenant, id); err != nil {
+	u, err := s.user(ctx, p.Tenant, id)
+	if err != nil {
+		return out, err
+	}
+	d, out, err := s.decide(ctx, p.Tenant, u)
+	if err != nil {
 		return out, fmt.Errorf("catch user %s up: %w", id, err)
 	}
-	out.UserID = id
+	out.UserID, out.Effective = id, d.Mode
 	return out, nil
 }
 

@@ -156,6 +156,9 @@ type UserSettings struct {
 	// synchronisation did not apply). When Decide picks another, the user's current and future
 	// entries are queued for it (Service.catchUp). The service's memory, not an option.
 	QueuedFor Target
+	// Effective is the mode in effect, Decide's (OFF while synchronisation does not apply);
+	// filled for answers, never stored.
+	Effective SyncMode `json:"-"`
 }
 
 // LogOn reports whether the user's sync log is written.
@@ -192,8 +195,11 @@ func SameLogin(practice, directory string) bool {
 // Decision is what Decide found for a user.
 type Decision struct {
 	Applicability Applicability
-	Mode          SyncMode // effective
-	Target        Target
+	// Mode is the mode in effect: ModeOff whenever nothing is delivered (the user chose OFF,
+	// or live agent mode does not apply), so no one reads LIVE_AGENT for a user whose agent
+	// may not connect.
+	Mode   SyncMode
+	Target Target
 }
 
 // Decide says whether and where a user's entries are delivered. Server push is the user's (or
@@ -211,9 +217,9 @@ func Decide(ts TenantSettings, us UserSettings, u User) Decision {
 	default:
 		switch {
 		case !SameLogin(u.PracticeUsername, u.DirectoryUsername):
-			d.Applicability = NotApplicable
+			d.Applicability, d.Mode = NotApplicable, ModeOff
 		case !ts.LiveSync:
-			d.Applicability = TenantDisabled
+			d.Applicability, d.Mode = TenantDisabled, ModeOff
 		default:
 			d.Applicability, d.Target = Applicable, TargetAgent
 		}

@@ -88,7 +88,7 @@ func TenantSettings(t calendar.TenantSettings) *calendarv1.TenantSettings {
 // UserSettings converts a user's options.
 func UserSettings(u calendar.UserSettings) *calendarv1.UserSettings {
 	out := &calendarv1.UserSettings{
-		UserId: u.UserID, Mode: calendarv1.SyncMode(u.Mode), EffectiveMode: calendarv1.SyncMode(u.Mode.Effective()),
+		UserId: u.UserID, Mode: calendarv1.SyncMode(u.Mode), EffectiveMode: calendarv1.SyncMode(effective(u)),
 		SyncLogEnabled: u.LogOn(), Version: u.Version,
 	}
 	if u.CalDAV != (calendar.CalDAVTarget{}) {
@@ -197,4 +197,13 @@ func Delivery(tenant string, d *calendar.Delivery) *calendarv1.Delivery {
 		}
 	}
 	return out
+}
+
+// effective is the mode in effect the service decided, or the chosen mode with its default
+// filled in where it did not decide.
+func effective(u calendar.UserSettings) calendar.SyncMode {
+	if u.Effective != calendar.ModeDefault {
+		return u.Effective
+	}
+	return u.Mode.Effective()
 }

@@ -110,8 +110,10 @@ type CalendarServiceClient interface {
 	// position, then new ones as they are made. The agent acknowledges each delivery by position.
 	// Heartbeats flow both ways. One stream per user: a new stream replaces the old one, which
 	// ends with ABORTED (reason STREAM_REPLACED). PERMISSION_DENIED when Hello names another user
-	// than the token's; FAILED_PRECONDITION (LIVE_SYNC_NOT_APPLICABLE) when live sync does not
-	// apply to the user; INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
+	// than the token's; FAILED_PRECONDITION when the user's entries do not go to a live agent,
+	// with the reason why: LIVE_SYNC_NOT_APPLICABLE (the usernames differ),
+	// LIVE_SYNC_TENANT_DISABLED (the tenant's switch is off), SERVER_PUSH_MODE (the user's
+	// entries are pushed to their CalDAV calendar), SYNC_OFF (mode OFF); INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
 	// agent is silent for three heartbeat intervals.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 }
@@ -342,8 +344,10 @@ type CalendarServiceServer interface {
 	// position, then new ones as they are made. The agent acknowledges each delivery by position.
 	// Heartbeats flow both ways. One stream per user: a new stream replaces the old one, which
 	// ends with ABORTED (reason STREAM_REPLACED). PERMISSION_DENIED when Hello names another user
-	// than the token's; FAILED_PRECONDITION (LIVE_SYNC_NOT_APPLICABLE) when live sync does not
-	// apply to the user; INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
+	// than the token's; FAILED_PRECONDITION when the user's entries do not go to a live agent,
+	// with the reason why: LIVE_SYNC_NOT_APPLICABLE (the usernames differ),
+	// LIVE_SYNC_TENANT_DISABLED (the tenant's switch is off), SERVER_PUSH_MODE (the user's
+	// entries are pushed to their CalDAV calendar), SYNC_OFF (mode OFF); INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
 	// agent is silent for three heartbeat intervals.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	mustEmbedUnimplementedCalendarServiceServer()

@@ -777,7 +777,8 @@ type UserSettings struct {
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// The delivery mode; UNSPECIFIED on update means the default (LIVE_AGENT).
 	Mode SyncMode `protobuf:"varint,2,opt,name=mode,proto3,enum=postamt.calendar.v1.SyncMode" json:"mode,omitempty"`
-	// Output only: the mode in effect (the default filled in).
+	// Output only: the mode in effect — the default filled in, and OFF while nothing is
+	// delivered (live agent mode where live sync does not apply to the user).
 	EffectiveMode SyncMode `protobuf:"varint,3,opt,name=effective_mode,json=effectiveMode,proto3,enum=postamt.calendar.v1.SyncMode" json:"effective_mode,omitempty"`
 	// The CalDAV calendar for SERVER_PUSH; required with that mode.
 	Caldav *CalDAVTarget `protobuf:"bytes,4,opt,name=caldav,proto3" json:"caldav,omitempty"`
@@ -943,7 +944,7 @@ type SyncStatus struct {
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Whether synchronisation applies.
 	Applicability SyncApplicability `protobuf:"varint,2,opt,name=applicability,proto3,enum=postamt.calendar.v1.SyncApplicability" json:"applicability,omitempty"`
-	// The mode in effect.
+	// The mode in effect; OFF while nothing is delivered (applicability says why).
 	EffectiveMode SyncMode `protobuf:"varint,3,opt,name=effective_mode,json=effectiveMode,proto3,enum=postamt.calendar.v1.SyncMode" json:"effective_mode,omitempty"`
 	// Set once for a user who became eligible for live sync, until AcknowledgeNotice: the client
 	// tells the user once that live sync is now active.
