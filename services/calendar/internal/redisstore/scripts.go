@@ -39,12 +39,15 @@ var (
 	// KEYS[1] entry hash, [2] revisions hash, [3] owner index, [4] event stream, [5] queue zset,
 	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash,
 	// [11] owner's series index (recurring entries by the start of their last occurrence),
-	// [12] ERROR answers per entry (cleared: they count for one revision).
+	// [12] ERROR answers per entry (cleared: they count for one revision), [13] remote hash.
 	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision,
 	// [5] entry id, [6] index score, [7] target ("" queues nothing), [8] log "1"/"0", [9] log
 	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14] series score
 	// ("" for an entry that does not recur, "+inf" for an open-ended series), [15..20]
-	// eventbus.Envelope.
+	// eventbus.Envelope, [21] "1" when the revision is a cancellation.
+	// A cancellation for the agent whose entry the agent never received anything of (its item is
+	// pending, never handed out, and no remote record exists: nextScript records one at each
+	// hand-out) withdraws the item instead of queueing a CANCEL (sync log WITHDRAWN).
 	// Returns {1, position (0 when nothing was queued)}, or {0, stored entry JSON} when the stored
 	// revision is not ARGV[1] (nothing written).
 	writeScript = redis.NewScript(eventbus.LuaEmit + luaLog + `
@@ -59,7 +62,21 @@ else
   redis.call('ZADD', KEYS[11], ARGV[14], ARGV[5])
 end
 local pos = 0
-if ARGV[7] ~= '' then
+local withdraw = false
+if ARGV[7] == 'agent' and ARGV[21] == '1' and redis.call('HEXISTS', KEYS[13], ARGV[5]) == 0 then
+  local old = redis.call('HGET', KEYS[6], ARGV[5])
+  if old then
+    local opos, orev, ost, oatt = string.match(old, '^(%d+)|(%d+)|(%a+)|(%d+)|')
+    if ost == 'pending' and oatt == '0' then
+      withdraw = true
+      redis.call('ZREM', KEYS[5], ARGV[5])
+      redis.call('HDEL', KEYS[6], ARGV[5])
+      redis.call('HDEL', KEYS[12], ARGV[5])
+      cal_log(ARGV[8], KEYS[8], ARGV[9], 'WITHDRAWN', ARGV[5], orev, ARGV[7], opos, 'cancelled by revision ' .. ARGV[2] .. ' before the agent received it')
+    end
+  end
+end
+if ARGV[7] ~= '' and not withdraw then
   pos = redis.call('INCR', KEYS[7])
   local old = redis.call('HGET', KEYS[6], ARGV[5])
   local held = false
@@ -133,8 +150,10 @@ return pos
 
 	// nextScript hands out the queue items after a position, in order, marking each in flight,
 	// counting the attempt and writing DELIVERED to the sync log.
-	// KEYS[1] queue zset, [2] queue items, [3] sync log, [4] ERROR answers per entry.
-	// ARGV[1] position after, [2] limit, [3] log "1"/"0", [4] log bound, [5] target.
+	// It records that the target has received the entry (an empty remote record, unless one
+	// is there), which a later cancellation checks (writeScript).
+	// KEYS[1] queue zset, [2] queue items, [3] sync log, [4] ERROR answers per entry, [5] remote
+	// hash. ARGV[1] position after, [2] limit, [3] log "1"/"0", [4] log bound, [5] target.
 	// Returns {entry, position, revision, earlier attempts, ERROR answers, ...}.
 	nextScript = redis.NewScript(luaLog + `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
@@ -149,6 +168,7 @@ for _, id in ipairs(ids) do
     out[#out + 1] = rev
     out[#out + 1] = att
     out[#out + 1] = redis.call('HGET', KEYS[4], id) or '0'
+    redis.call('HSETNX', KEYS[5], id, '\n')
     cal_log(ARGV[3], KEYS[3], ARGV[4], 'DELIVERED', id, rev, ARGV[5], pos, 'attempt ' .. (tonumber(att) + 1))
   end
 end

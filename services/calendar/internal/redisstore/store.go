@@ -142,9 +142,9 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 		return 0, err
 	}
 	keys := []string{k.entry(e.ID), k.revs(e.ID), k.owner(e.Owner), k.events(), k.queue(e.Owner, qt), k.items(e.Owner, qt),
-		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner), k.errs(e.Owner, qt)}
+		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner), k.errs(e.Owner, qt), k.remote(e.Owner, qt)}
 	argv := append([]any{w.Prev, e.Revision, cur, rev, e.ID, e.Score(), string(target), flag(w.Log), s.logBound, ms(w.Now),
-		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, env...)
+		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, append(env, flag(e.Cancelled))...)
 	res, err := writeScript.Run(ctx, s.rdb, keys, argv...).Slice()
 	if err != nil {
 		return 0, fmt.Errorf("write entry %s: %w", e.ID, err)
@@ -366,7 +366,7 @@ func parseItem(s string) (item, bool) {
 // NextDeliveries implements calendar.Store.
 func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int, log bool) ([]calendar.Delivery, error) {
 	k := tenantKeys(tenant)
-	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user), k.errs(user, target)},
+	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user), k.errs(user, target), k.remote(user, target)},
 		after, limit, flag(log), s.logBound, string(target)).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("next deliveries: %w", err)

@@ -67,8 +67,10 @@ type CalendarServiceClient interface {
 	// a cancelled entry; INVALID_ARGUMENT as for CreateEntry and for a changed kind or owner.
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*UpdateEntryResponse, error)
 	// Cancels an entry: a new, cancelled revision (STATUS:CANCELLED). Nothing is deleted; a
-	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged.
-	// NOT_FOUND when unknown; ABORTED on an expected_revision mismatch.
+	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged. An
+	// entry whose owner's agent has not been handed it yet is not delivered at all (no CANCEL
+	// of something the agent never received). NOT_FOUND when unknown; ABORTED on an
+	// expected_revision mismatch.
 	CancelEntry(ctx context.Context, in *CancelEntryRequest, opts ...grpc.CallOption) (*CancelEntryResponse, error)
 	// Marks a deadline or preliminary deadline done (or not done again), as a new revision.
 	// Marking it as it is returns it unchanged. FAILED_PRECONDITION (NOT_A_DEADLINE) for an
@@ -301,8 +303,10 @@ type CalendarServiceServer interface {
 	// a cancelled entry; INVALID_ARGUMENT as for CreateEntry and for a changed kind or owner.
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*UpdateEntryResponse, error)
 	// Cancels an entry: a new, cancelled revision (STATUS:CANCELLED). Nothing is deleted; a
-	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged.
-	// NOT_FOUND when unknown; ABORTED on an expected_revision mismatch.
+	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged. An
+	// entry whose owner's agent has not been handed it yet is not delivered at all (no CANCEL
+	// of something the agent never received). NOT_FOUND when unknown; ABORTED on an
+	// expected_revision mismatch.
 	CancelEntry(context.Context, *CancelEntryRequest) (*CancelEntryResponse, error)
 	// Marks a deadline or preliminary deadline done (or not done again), as a new revision.
 	// Marking it as it is returns it unchanged. FAILED_PRECONDITION (NOT_A_DEADLINE) for an

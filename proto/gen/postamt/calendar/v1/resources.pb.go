@@ -1065,8 +1065,9 @@ type SyncLogEntry struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// When it happened.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	// What happened: QUEUED, SUPERSEDED, DELIVERED, ACKNOWLEDGED, CONFLICT, RETRY, DEAD,
-	// AGENT_CONNECTED, AGENT_REPLACED, AGENT_DISCONNECTED.
+	// What happened: QUEUED, SUPERSEDED, WITHDRAWN (cancelled before the agent received it:
+	// nothing is delivered), DELIVERED, ACKNOWLEDGED, CONFLICT, RETRY, DEAD, AGENT_CONNECTED,
+	// AGENT_REPLACED, AGENT_DISCONNECTED.
 	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
 	// The entry, when the line is about one.
 	EntryId string `protobuf:"bytes,4,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
