@@ -1,7 +1,8 @@
 // Package app wires the calendar service: the rules over their Redis store, the gRPC API with
 // the agents' Connect streams, the server-side push worker, the event relay, the Redis
 // notification subscriber that wakes streams and the worker across replicas, and the mailbox
-// client with its event-invalidated user cache. cmd/postamt runs it (`postamt serve calendar`,
+// client with its event-invalidated user cache and its follower of user changes, which catches a
+// user up when live sync starts to apply to them. cmd/postamt runs it (`postamt serve calendar`,
 // `postamt up`); the dependencies it shares with its process are passed in.
 package app
 

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -86,5 +87,19 @@ func TestAgentAttemptLimits(t *testing.T) {
 		poll.Eventually(t, "DeliveryFailed", func() bool {
 			return len(e.events("postamt.calendar.v1.DeliveryFailed", func() proto.Message { return &calendarv1.DeliveryFailed{} })) == 1
 		})
+		// The log shows three hand-outs and the end, no fourth hand-out that never happened.
+		r, err := e.calendar.ListSyncLog(e.admin(), &calendarv1.ListSyncLogRequest{UserId: "huber", PageSize: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var story []string
+		for _, l := range slices.Backward(r.GetEntries()) {
+			if l.GetEntryId() == "frist-1" && l.GetAction() != "QUEUED" {
+				story = append(story, l.GetAction())
+			}
+		}
+		if want := []string{"DELIVERED", "DELIVERED", "DELIVERED", "DEAD"}; !slices.Equal(story, want) {
+			t.Errorf("frist-1's log = %v, want %v", story, want)
+		}
 	})
 }

@@ -279,7 +279,7 @@ func (a *session) run(ctx context.Context, st AgentStream, errc, ackErr <-chan e
 				return err
 			default:
 			}
-			ds, err := a.s.store.NextDeliveries(ctx, a.tenant, a.user, TargetAgent, cursor, a.s.opts.DeliveryBatch, a.log)
+			ds, err := a.s.store.NextDeliveries(ctx, a.tenant, a.user, TargetAgent, cursor, a.s.opts.DeliveryBatch, a.log, a.s.opts.MaxAgentUnanswered)
 			if err != nil {
 				return err
 			}

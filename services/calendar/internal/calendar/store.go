@@ -69,8 +69,9 @@ type Store interface {
 
 	// NextDeliveries returns up to limit queued deliveries of the user's target after position
 	// after, in order, with their revisions, marking them in flight (and DELIVERED in the sync
-	// log when log is set).
-	NextDeliveries(ctx context.Context, tenant, user string, target Target, after int64, limit int, log bool) ([]Delivery, error)
+	// log when log is set). An item handed out maxUnanswered times without an answer (Attempt
+	// minus Errors; 0: no bound) is returned unmarked, for the caller to give up.
+	NextDeliveries(ctx context.Context, tenant, user string, target Target, after int64, limit int, log bool, maxUnanswered int) ([]Delivery, error)
 	// PendingThrough returns the queued deliveries with positions up to through.
 	PendingThrough(ctx context.Context, tenant, user string, target Target, through int64) ([]Delivery, error)
 	// DeliveryAt returns the queued delivery at a position; false when none is there.

@@ -6,7 +6,8 @@
 // Answers are cached, because every entry change and every agent connect asks. A tenant's
 // answers are dropped as soon as mailbox publishes any event of that tenant (Follow reads
 // mailbox's stream; UserChanged carries username changes), and in any case after the TTL, which
-// bounds staleness while NATS is unreachable (internal/tenantcache).
+// bounds staleness while NATS is unreachable (internal/tenantcache). WatchUsers follows the same
+// stream's UserChanged events so that a user whose usernames now match is caught up at once.
 package directory
 
 import (

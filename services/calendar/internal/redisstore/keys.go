@@ -20,7 +20,7 @@
 //	pm:cal:{calN}:t:T:u:U:q:G:items   hash    entry id -> "pos|rev|state|attempts|last error"
 //	pm:cal:{calN}:t:T:u:U:q:G:dead    hash    entry id -> the dead item
 //	pm:cal:{calN}:t:T:u:U:q:G:errs    hash    entry id -> the agent's ERROR answers to its queued revision
-//	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag)
+//	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag; agent: "\n" once handed out)
 //	pm:cal:{calN}:t:T:u:U:acked       string  highest position U's agent acknowledged
 //	pm:cal:{calN}:t:T:u:U:agent       hash    U's agent: s (session, "" when gone), a, since, seen (ms)
 //	pm:cal:{calN}:t:T:u:U:log         stream  U's sync log (MAXLEN ~ bounded)

@@ -152,8 +152,11 @@ return pos
 	// counting the attempt and writing DELIVERED to the sync log.
 	// It records that the target has received the entry (an empty remote record, unless one
 	// is there), which a later cancellation checks (writeScript).
+	// An item handed out ARGV[6] times without an answer (hand-outs minus ERROR answers) is
+	// returned untouched, for the caller to give up ("0": no bound).
 	// KEYS[1] queue zset, [2] queue items, [3] sync log, [4] ERROR answers per entry, [5] remote
-	// hash. ARGV[1] position after, [2] limit, [3] log "1"/"0", [4] log bound, [5] target.
+	// hash. ARGV[1] position after, [2] limit, [3] log "1"/"0", [4] log bound, [5] target,
+	// [6] maximum of unanswered hand-outs.
 	// Returns {entry, position, revision, earlier attempts, ERROR answers, ...}.
 	nextScript = redis.NewScript(luaLog + `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
@@ -162,14 +165,18 @@ for _, id in ipairs(ids) do
   local item = redis.call('HGET', KEYS[2], id)
   if item then
     local pos, rev, st, att, err = string.match(item, '^(%d+)|(%d+)|(%a+)|(%d+)|(.*)$')
-    redis.call('HSET', KEYS[2], id, pos .. '|' .. rev .. '|inflight|' .. (tonumber(att) + 1) .. '|' .. err)
+    local errs = redis.call('HGET', KEYS[4], id) or '0'
+    local limit = tonumber(ARGV[6])
+    if limit == 0 or tonumber(att) - tonumber(errs) < limit then
+      redis.call('HSET', KEYS[2], id, pos .. '|' .. rev .. '|inflight|' .. (tonumber(att) + 1) .. '|' .. err)
+      redis.call('HSETNX', KEYS[5], id, '\n')
+      cal_log(ARGV[3], KEYS[3], ARGV[4], 'DELIVERED', id, rev, ARGV[5], pos, 'attempt ' .. (tonumber(att) + 1))
+    end
     out[#out + 1] = id
     out[#out + 1] = pos
     out[#out + 1] = rev
     out[#out + 1] = att
-    out[#out + 1] = redis.call('HGET', KEYS[4], id) or '0'
-    redis.call('HSETNX', KEYS[5], id, '\n')
-    cal_log(ARGV[3], KEYS[3], ARGV[4], 'DELIVERED', id, rev, ARGV[5], pos, 'attempt ' .. (tonumber(att) + 1))
+    out[#out + 1] = errs
   end
 end
 return out

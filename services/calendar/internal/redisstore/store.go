@@ -364,10 +364,10 @@ func parseItem(s string) (item, bool) {
 }
 
 // NextDeliveries implements calendar.Store.
-func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int, log bool) ([]calendar.Delivery, error) {
+func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int, log bool, maxUnanswered int) ([]calendar.Delivery, error) {
 	k := tenantKeys(tenant)
 	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user), k.errs(user, target), k.remote(user, target)},
-		after, limit, flag(log), s.logBound, string(target)).StringSlice()
+		after, limit, flag(log), s.logBound, string(target), maxUnanswered).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("next deliveries: %w", err)
 	}
