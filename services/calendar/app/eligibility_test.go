@@ -59,6 +59,13 @@ func TestBecomingEligibleQueuesWhatWaits(t *testing.T) {
 		if _, err := e.calendar.CreateEntry(e.as("huber"), &calendarv1.CreateEntryRequest{Entry: future(deadline("frist-m", "maier", "Klagsfrist", 31))}); err != nil {
 			t.Fatal(err)
 		}
+		// Booked and cancelled while nothing was delivered: neither waits nor is queued later.
+		if _, err := e.calendar.CreateEntry(e.as("huber"), &calendarv1.CreateEntryRequest{Entry: future(deadline("frist-c", "maier", "Irrtum", 30))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.calendar.CancelEntry(e.as("huber"), &calendarv1.CancelEntryRequest{EntryId: "frist-c"}); err != nil {
+			t.Fatal(err)
+		}
 		if st := e.status("maier"); st.GetApplicability() != calendarv1.SyncApplicability_SYNC_APPLICABILITY_NOT_APPLICABLE || st.GetPendingCount() != 1 || len(st.GetWarnings()) != 0 {
 			t.Errorf("status before the correction = %v, want NOT_APPLICABLE with 1 entry waiting and no warning", st)
 		}

@@ -108,8 +108,8 @@ return {1, pos}
 	// backfill). Like writeScript it keeps one item per entry and takes a new position. It queues
 	// nothing when the entry is queued at this revision or a later one already, when this
 	// revision is dead (only a new revision clears that), or when the revision is a cancellation
-	// the target never received anything of (no remote record, no delivery in flight): an
-	// older pending item of such an entry is removed.
+	// the target never received anything of (no remote record, and no item or only one never
+	// handed out): that older item is removed.
 	// KEYS[1] queue zset, [2] queue items, [3] position counter, [4] sync log, [5] push due
 	// index, [6] dead hash, [7] remote hash, [8] ERROR answers per entry.
 	// ARGV[1] entry id, [2] revision, [3] cancelled "1"/"0", [4] target, [5] log "1"/"0",
@@ -117,15 +117,16 @@ return {1, pos}
 	// Returns the position, 0 when nothing was queued.
 	enqueueScript = redis.NewScript(luaLog + `
 local old = redis.call('HGET', KEYS[2], ARGV[1])
-local held = false
+local held, fresh = false, true
 if old then
-  local opos, orev, ost = string.match(old, '^(%d+)|(%d+)|(%a+)|')
+  local opos, orev, ost, oatt = string.match(old, '^(%d+)|(%d+)|(%a+)|(%d+)|')
   if tonumber(orev) >= tonumber(ARGV[2]) then return 0 end
   held = (ost == 'inflight')
+  fresh = (ost == 'pending' and oatt == '0')
 end
 local dead = redis.call('HGET', KEYS[6], ARGV[1])
 if dead and tonumber(string.match(dead, '^%d+|(%d+)|')) >= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '1' and (not held) and redis.call('HEXISTS', KEYS[7], ARGV[1]) == 0 then
+if ARGV[3] == '1' and fresh and redis.call('HEXISTS', KEYS[7], ARGV[1]) == 0 then
   if old then
     redis.call('ZREM', KEYS[1], ARGV[1])
     redis.call('HDEL', KEYS[2], ARGV[1])
