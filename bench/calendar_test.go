@@ -62,7 +62,7 @@ func startCalendar(b *testing.B) (calendarv1.CalendarServiceClient, context.Cont
 	mbAddr := servetest.Run(b, mb.Run)
 	mbc := mailboxv1.NewMailboxServiceClient(servetest.Dial(b, mbAddr))
 	cfg := calendarapp.Config{
-		MailboxAddr: mbAddr, UserCacheTTL: time.Hour, Heartbeat: 15 * time.Second, AgentMaxAttempts: 5, DeliveryBatch: 512,
+		MailboxAddr: mbAddr, UserCacheTTL: time.Hour, Heartbeat: 15 * time.Second, AgentMaxAttempts: 5, AgentMaxUnanswered: 10, DeliveryBatch: 512,
 		Push: true, PushRetry: "5s", PushMaxAttempts: 8, PushTimeout: 30 * time.Second, PushLease: 2 * time.Minute,
 		SecretEnvPrefix: "POSTAMT_CALDAV_", SecretDir: "/run/secrets/postamt", SyncLogMaxLines: 1000, SyncLogRetention: 720 * time.Hour,
 		RelayBatch: 256, RelayClaimIdle: 30 * time.Second,

@@ -1,7 +1,8 @@
 // Package app wires the calendar service: the rules over their Redis store, the gRPC API with
 // the agents' Connect streams, the server-side push worker, the event relay, the Redis
 // notification subscriber that wakes streams and the worker across replicas, and the mailbox
-// client with its event-invalidated user cache. cmd/postamt runs it (`postamt serve calendar`,
+// client with its event-invalidated user cache and its follower of user changes, which catches a
+// user up when live sync starts to apply to them. cmd/postamt runs it (`postamt serve calendar`,
 // `postamt up`); the dependencies it shares with its process are passed in.
 package app
 
@@ -42,22 +43,23 @@ const Name = "calendar"
 // Config is the calendar's own configuration; the shared part (addresses, Redis, NATS, auth) is
 // config.Common, read by the caller.
 type Config struct {
-	MailboxAddr      string        `env:"CALENDAR_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (users and their usernames)"`
-	UserCacheTTL     time.Duration `env:"CALENDAR_USER_CACHE_TTL, default=5m" desc:"how long a user's usernames are cached at most; mailbox events drop them at once"`
-	Heartbeat        time.Duration `env:"CALENDAR_HEARTBEAT, default=15s" desc:"heartbeat interval of agent streams; an agent silent for three intervals is dropped"`
-	AgentMaxAttempts int           `env:"CALENDAR_AGENT_MAX_ATTEMPTS, default=5" desc:"deliveries an agent may answer with ERROR before the delivery is dead"`
-	DeliveryBatch    int           `env:"CALENDAR_DELIVERY_BATCH, default=512" desc:"deliveries read from Redis per round of an agent stream"`
-	Push             bool          `env:"CALENDAR_PUSH, default=true" desc:"run the server-side push worker (CalDAV) in this process"`
-	PushRetry        string        `env:"CALENDAR_PUSH_RETRY, default=5s,30s,2m,10m,30m,1h" desc:"backoff before each further push attempt; the last value repeats"`
-	PushMaxAttempts  int           `env:"CALENDAR_PUSH_MAX_ATTEMPTS, default=8" desc:"attempts of one push delivery before it is dead"`
-	PushTimeout      time.Duration `env:"CALENDAR_PUSH_TIMEOUT, default=30s" desc:"timeout of each CalDAV request"`
-	PushLease        time.Duration `env:"CALENDAR_PUSH_LEASE, default=2m" desc:"how long a claimed push delivery is held before another worker may take it"`
-	SecretEnvPrefix  string        `env:"CALENDAR_SECRET_ENV_PREFIX, default=POSTAMT_CALDAV_" desc:"prefix of the environment variables a CalDAV password_ref (env:NAME) may name"`
-	SecretDir        string        `env:"CALENDAR_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a CalDAV password_ref (file:/path) may name"`
-	SyncLogMaxLines  int           `env:"CALENDAR_SYNC_LOG_MAX_LINES, default=1000" desc:"lines kept per user's sync log (approximately)"`
-	SyncLogRetention time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age of the oldest sync log line read back"`
-	RelayBatch       int           `env:"CALENDAR_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
-	RelayClaimIdle   time.Duration `env:"CALENDAR_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
+	MailboxAddr        string        `env:"CALENDAR_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (users and their usernames)"`
+	UserCacheTTL       time.Duration `env:"CALENDAR_USER_CACHE_TTL, default=5m" desc:"how long a user's usernames are cached at most; mailbox events drop them at once"`
+	Heartbeat          time.Duration `env:"CALENDAR_HEARTBEAT, default=15s" desc:"heartbeat interval of agent streams; an agent silent for three intervals is dropped"`
+	AgentMaxAttempts   int           `env:"CALENDAR_AGENT_MAX_ATTEMPTS, default=5" desc:"ERROR answers an agent may give to one revision before its delivery is dead (hand-outs it never answered do not count)"`
+	AgentMaxUnanswered int           `env:"CALENDAR_AGENT_MAX_UNANSWERED, default=10" desc:"times one revision may be handed to agents whose streams ended before they answered it; then it is dead instead of handed out again"`
+	DeliveryBatch      int           `env:"CALENDAR_DELIVERY_BATCH, default=512" desc:"deliveries read from Redis per round of an agent stream"`
+	Push               bool          `env:"CALENDAR_PUSH, default=true" desc:"run the server-side push worker (CalDAV) in this process"`
+	PushRetry          string        `env:"CALENDAR_PUSH_RETRY, default=5s,30s,2m,10m,30m,1h" desc:"backoff before each further push attempt; the last value repeats"`
+	PushMaxAttempts    int           `env:"CALENDAR_PUSH_MAX_ATTEMPTS, default=8" desc:"attempts of one push delivery before it is dead"`
+	PushTimeout        time.Duration `env:"CALENDAR_PUSH_TIMEOUT, default=30s" desc:"timeout of each CalDAV request"`
+	PushLease          time.Duration `env:"CALENDAR_PUSH_LEASE, default=2m" desc:"how long a claimed push delivery is held before another worker may take it"`
+	SecretEnvPrefix    string        `env:"CALENDAR_SECRET_ENV_PREFIX, default=POSTAMT_CALDAV_" desc:"prefix of the environment variables a CalDAV password_ref (env:NAME) may name"`
+	SecretDir          string        `env:"CALENDAR_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a CalDAV password_ref (file:/path) may name"`
+	SyncLogMaxLines    int           `env:"CALENDAR_SYNC_LOG_MAX_LINES, default=1000" desc:"lines kept per user's sync log (approximately)"`
+	SyncLogRetention   time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age after which sync log lines are dropped (and no longer read back)"`
+	RelayBatch         int           `env:"CALENDAR_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
+	RelayClaimIdle     time.Duration `env:"CALENDAR_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
 }
 
 // ParseRetry reads CALENDAR_PUSH_RETRY: positive durations separated by commas.
@@ -85,6 +87,7 @@ func (c *Config) Validate() error {
 	check(c.UserCacheTTL >= 0 && c.UserCacheTTL <= 24*time.Hour, "CALENDAR_USER_CACHE_TTL must be between 0 and 24h, got %s", c.UserCacheTTL)
 	check(c.Heartbeat >= 10*time.Millisecond && c.Heartbeat <= 5*time.Minute, "CALENDAR_HEARTBEAT must be between 10ms and 5m, got %s", c.Heartbeat)
 	check(c.AgentMaxAttempts >= 1 && c.AgentMaxAttempts <= 100, "CALENDAR_AGENT_MAX_ATTEMPTS must be between 1 and 100, got %d", c.AgentMaxAttempts)
+	check(c.AgentMaxUnanswered >= 1 && c.AgentMaxUnanswered <= 1000, "CALENDAR_AGENT_MAX_UNANSWERED must be between 1 and 1000, got %d", c.AgentMaxUnanswered)
 	check(c.DeliveryBatch >= 1 && c.DeliveryBatch <= 10000, "CALENDAR_DELIVERY_BATCH must be between 1 and 10000, got %d", c.DeliveryBatch)
 	if _, err := ParseRetry(c.PushRetry); err != nil {
 		errList = append(errList, err)
@@ -156,11 +159,11 @@ func New(cfg Config, deps Deps) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn, hub: calendar.NewHub()}
-	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines})
+	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines, LogRetention: cfg.SyncLogRetention})
 	scope := secretref.Scope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir}
 	a.users = directory.New(mailboxv1.NewMailboxServiceClient(conn), cfg.UserCacheTTL, deps.Now)
 	a.svc, err = calendar.New(store, a.users, calendar.Options{
-		Now: deps.Now, Secrets: scope, MaxAgentAttempts: cfg.AgentMaxAttempts, Heartbeat: cfg.Heartbeat,
+		Now: deps.Now, Secrets: scope, MaxAgentAttempts: cfg.AgentMaxAttempts, MaxAgentUnanswered: cfg.AgentMaxUnanswered, Heartbeat: cfg.Heartbeat,
 		DeliveryBatch: cfg.DeliveryBatch, LogRetention: cfg.SyncLogRetention, Hub: a.hub,
 	})
 	if err != nil {
@@ -232,6 +235,9 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	go func() { relay <- a.relay.Run(relayCtx) }()
 	work, _ := errgroup.WithContext(workCtx)
 	work.Go(func() error { return a.users.Follow(workCtx, a.deps.JS, events.MailboxStreamName, a.deps.Logger) })
+	work.Go(func() error {
+		return a.users.WatchUsers(workCtx, a.deps.JS, events.MailboxStreamName, a.deps.Logger, a.svc.Reconcile)
+	})
 	work.Go(func() error {
 		for m := range sub.Channel() {
 			n, ok := redisstore.ParseNotification(m.Payload)

@@ -120,7 +120,7 @@ func TestSeed002Story(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &calendarv1.SyncStatus{UserId: "maier", Applicability: calendarv1.SyncApplicability_SYNC_APPLICABILITY_NOT_APPLICABLE, EffectiveMode: calendarv1.SyncMode_SYNC_MODE_LIVE_AGENT}
+	want := &calendarv1.SyncStatus{UserId: "maier", Applicability: calendarv1.SyncApplicability_SYNC_APPLICABILITY_NOT_APPLICABLE, EffectiveMode: calendarv1.SyncMode_SYNC_MODE_OFF}
 	if !proto.Equal(st.GetStatus(), want) {
 		t.Errorf("secretary's status = %v, want %v (no warning, no notice)", st.GetStatus(), want)
 	}
@@ -393,7 +393,7 @@ func TestAgentErrorsRetryThenDead(t *testing.T) {
 	for _, l := range log.GetEntries() {
 		actions = append(actions, l.GetAction())
 	}
-	if want := []string{"DEAD", "RETRY", "RETRY"}; !slices.Equal(actions, want) || log.GetNextPageToken() == "" {
+	if want := []string{"DEAD", "DELIVERED", "RETRY"}; !slices.Equal(actions, want) || log.GetNextPageToken() == "" {
 		t.Errorf("newest log lines = %v (next %q), want %v and more", actions, log.GetNextPageToken(), want)
 	}
 	older, err := e.calendar.ListSyncLog(e.as("huber"), &calendarv1.ListSyncLogRequest{PageSize: 10, PageToken: log.GetNextPageToken()})

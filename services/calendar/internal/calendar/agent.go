@@ -186,9 +186,9 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 		return nil, nil, err
 	}
 	if d.Target != TargetAgent {
-		return nil, nil, errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user")
+		return nil, nil, notLive(d)
 	}
-	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.SyncLog, sent: map[int64]Delivery{}, acks: make(chan AckMessage, maxAckBatch)}
+	a := &session{s: s, tenant: p.Tenant, user: p.User, id: newSessionID(), log: us.LogOn(), sent: map[int64]Delivery{}, acks: make(chan AckMessage, maxAckBatch)}
 	now := s.now()
 	a.lastHeard.Store(now.UnixMilli())
 	a.sub = s.hub.subscribe(a.tenant, a.user, a.id)
@@ -228,6 +228,21 @@ func (s *Service) open(ctx context.Context, p auth.Principal, m AgentMessage) (*
 	return a, &Welcome{Session: a.id, AckedPosition: stats.AckedPosition, Heartbeat: s.opts.Heartbeat}, nil
 }
 
+// notLive says why a user's agent may not connect: each reason is its own, so an agent (and
+// its user) can tell "synchronised by server push" from "not eligible".
+func notLive(d Decision) error {
+	switch {
+	case d.Target == TargetCalDAV:
+		return errs.FailedPrecondition(ReasonServerPush, "the user's entries are pushed to their CalDAV calendar (mode SERVER_PUSH); no live agent is used")
+	case d.Applicability == UserOff:
+		return errs.FailedPrecondition(ReasonSyncOff, "the user turned synchronisation off (mode OFF)")
+	case d.Applicability == TenantDisabled:
+		return errs.FailedPrecondition(ReasonTenantDisabled, "the tenant has live sync switched off")
+	default:
+		return errs.FailedPrecondition(ReasonNotApplicable, "live sync does not apply to this user: the practice username differs from the directory username")
+	}
+}
+
 func newSessionID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:]) // crypto/rand does not fail
@@ -264,12 +279,15 @@ func (a *session) run(ctx context.Context, st AgentStream, errc, ackErr <-chan e
 				return err
 			default:
 			}
-			ds, err := a.s.store.NextDeliveries(ctx, a.tenant, a.user, TargetAgent, cursor, a.s.opts.DeliveryBatch)
+			ds, err := a.s.store.NextDeliveries(ctx, a.tenant, a.user, TargetAgent, cursor, a.s.opts.DeliveryBatch, a.log, a.s.opts.MaxAgentUnanswered)
 			if err != nil {
 				return err
 			}
 			if len(ds) == 0 {
 				break
+			}
+			if ds, err = a.giveUpUnanswered(ctx, ds); err != nil {
+				return err
 			}
 			a.mu.Lock()
 			for _, d := range ds {
@@ -448,4 +466,28 @@ func (a *session) ackInput(d Delivery, k AckMessage) AckInput {
 		Outcome: k.Outcome, RemoteID: k.RemoteID, RemoteVersion: k.RemoteVersion, Message: k.Message,
 		MaxAttempts: a.s.opts.MaxAgentAttempts, Attempts: d.Attempt + 1, Log: a.log, Now: a.s.now(),
 	}
+}
+
+// giveUpUnanswered ends, as dead, the deliveries that agents were handed
+// Options.MaxAgentUnanswered times without answering (each time their stream ended first), and
+// returns the others, to be sent.
+func (a *session) giveUpUnanswered(ctx context.Context, ds []Delivery) ([]Delivery, error) {
+	out := ds[:0]
+	for _, d := range ds {
+		if unanswered := d.Attempt - d.Errors; unanswered >= a.s.opts.MaxAgentUnanswered {
+			in := a.ackInput(d, AckMessage{Position: d.Position, Outcome: OutcomeError,
+				Message: fmt.Sprintf("handed to the agent %d times without an answer", unanswered)})
+			in.Dead = true
+			r, err := a.s.store.Ack(ctx, a.tenant, a.user, in)
+			if err != nil {
+				return nil, fmt.Errorf("give up %s@%d: %w", d.EntryID, d.Position, err)
+			}
+			if r.Replaced {
+				return nil, errs.Aborted(ReasonStreamReplaced, "another stream of the user replaced this one")
+			}
+			continue
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }

@@ -28,6 +28,9 @@ const (
 	ReasonUserRequired     = "USER_TOKEN_REQUIRED"
 	ReasonAgentOtherUser   = "AGENT_FOR_ANOTHER_USER"
 	ReasonNotApplicable    = "LIVE_SYNC_NOT_APPLICABLE"
+	ReasonTenantDisabled   = "LIVE_SYNC_TENANT_DISABLED"
+	ReasonServerPush       = "SERVER_PUSH_MODE"
+	ReasonSyncOff          = "SYNC_OFF"
 	ReasonEntryCancelled   = "ENTRY_CANCELLED"
 	ReasonNotADeadline     = "NOT_A_DEADLINE"
 	ReasonRevisionMismatch = "REVISION_MISMATCH"
@@ -50,6 +53,8 @@ const (
 // unknown user is errs.NotFound; errs.Unavailable when mailbox cannot be asked.
 type Directory interface {
 	User(ctx context.Context, tenant, id string) (User, error)
+	// Users lists every user of the tenant (a tenant-wide change of eligibility).
+	Users(ctx context.Context, tenant string) ([]User, error)
 }
 
 // Options tune a Service; the zero value is ready for production.
@@ -63,6 +68,10 @@ type Options struct {
 	// MaxAgentAttempts is how often an agent may answer ERROR for one delivery before it is
 	// dead; 0 means 5.
 	MaxAgentAttempts int
+	// MaxAgentUnanswered is how often a delivery may be handed to agents that never answered
+	// it (their streams ended first) before it is dead, instead of being handed out once more;
+	// 0 means 10. It keeps an agent that crashes on one entry from receiving it forever.
+	MaxAgentUnanswered int
 	// Heartbeat is the Connect heartbeat interval; 0 means 15s.
 	Heartbeat time.Duration
 	// HelloTimeout bounds the wait for Hello; 0 means 10s.
@@ -101,6 +110,9 @@ func New(store Store, dir Directory, opts Options) (*Service, error) {
 	}
 	if opts.MaxAgentAttempts == 0 {
 		opts.MaxAgentAttempts = 5
+	}
+	if opts.MaxAgentUnanswered == 0 {
+		opts.MaxAgentUnanswered = 10
 	}
 	if opts.Heartbeat == 0 {
 		opts.Heartbeat = 15 * time.Second
@@ -162,7 +174,9 @@ func (s *Service) user(ctx context.Context, tenant, id string) (User, error) {
 	return u, nil
 }
 
-// decide returns where the user's entries go now.
+// decide returns where the user's entries go now. When that is another target than their
+// entries were last queued for, it catches the user up first (catchUp): nothing is left behind
+// when synchronisation starts to apply, whichever call notices it first.
 func (s *Service) decide(ctx context.Context, tenant string, u User) (Decision, UserSettings, error) {
 	ts, err := s.store.TenantSettings(ctx, tenant)
 	if err != nil {
@@ -172,7 +186,13 @@ func (s *Service) decide(ctx context.Context, tenant string, u User) (Decision, 
 	if err != nil {
 		return Decision{}, UserSettings{}, err
 	}
-	return Decide(ts, us, u), us, nil
+	d := Decide(ts, us, u)
+	if d.Target != us.QueuedFor {
+		if us, err = s.catchUp(ctx, tenant, u.ID, d, us); err != nil {
+			return Decision{}, UserSettings{}, err
+		}
+	}
+	return d, us, nil
 }
 
 // ---- entries ----
@@ -216,7 +236,7 @@ func (s *Service) CreateEntry(ctx context.Context, p auth.Principal, in Entry) (
 	if err != nil {
 		return nil, false, err
 	}
-	if _, err := s.store.WriteEntry(ctx, p.Tenant, Write{Rev: rev, Prev: 0, Target: d.Target, Log: us.SyncLog, Now: now}); err != nil {
+	if _, err := s.store.WriteEntry(ctx, p.Tenant, Write{Rev: rev, Prev: 0, Target: d.Target, Log: us.LogOn(), Now: now}); err != nil {
 		var rc *ErrRevisionChanged
 		if errors.As(err, &rc) && rc.Current != nil {
 			return s.repeated(rc.Current, fp)
@@ -368,7 +388,7 @@ func (s *Service) change(ctx context.Context, p auth.Principal, id string, expec
 			return nil, err
 		}
 		// An owner who left the directory keeps their entries; nothing is delivered any more.
-		_, err = s.store.WriteEntry(ctx, p.Tenant, Write{Rev: rev, Prev: cur.Revision, Target: d.Target, Log: us.SyncLog, Now: now})
+		_, err = s.store.WriteEntry(ctx, p.Tenant, Write{Rev: rev, Prev: cur.Revision, Target: d.Target, Log: us.LogOn(), Now: now})
 		if errors.Is(err, errRevisionChanged) {
 			if expected != 0 {
 				return nil, errs.Aborted(ReasonRevisionMismatch, "the entry changed concurrently")
@@ -552,12 +572,21 @@ func (s *Service) UpdateTenantSettings(ctx context.Context, p auth.Principal, in
 		return TenantSettings{}, err
 	}
 	now := s.now()
-	return s.store.UpdateTenantSettings(ctx, p.Tenant, func(t *TenantSettings) error {
+	out, err := s.store.UpdateTenantSettings(ctx, p.Tenant, func(t *TenantSettings) error {
 		t.LiveSync = in.LiveSync
 		t.Version++
 		t.Updated = now
 		return nil
 	})
+	if err != nil {
+		return out, err
+	}
+	// Switching live sync on queues what the tenant's live-agent users have not got; a failure
+	// here is caught up user by user when they next connect, book or read their status.
+	if err := s.reconcileTenant(ctx, p.Tenant); err != nil {
+		return out, fmt.Errorf("catch the tenant's users up: %w", err)
+	}
+	return out, nil
 }
 
 // GetUserSettings returns a user's options.
@@ -566,8 +595,12 @@ func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID 
 	if err != nil {
 		return UserSettings{}, err
 	}
-	us, err := s.store.UserSettings(ctx, p.Tenant, id)
-	us.UserID = id
+	u, err := s.user(ctx, p.Tenant, id)
+	if err != nil {
+		return UserSettings{}, err
+	}
+	d, us, err := s.decide(ctx, p.Tenant, u)
+	us.UserID, us.Effective = id, d.Mode
 	return us, err
 }
 
@@ -596,12 +629,24 @@ func (s *Service) UpdateUserSettings(ctx context.Context, p auth.Principal, in U
 		return UserSettings{}, err
 	}
 	out, err := s.store.UpdateUserSettings(ctx, p.Tenant, id, func(u *UserSettings) error {
-		u.Mode, u.CalDAV, u.SyncLog = in.Mode, in.CalDAV, in.SyncLog
+		u.Mode, u.CalDAV, u.SyncLogOff = in.Mode, in.CalDAV, in.SyncLogOff
 		u.Version++
 		return nil
 	})
-	out.UserID = id
-	return out, err
+	if err != nil {
+		return out, err
+	}
+	// A new mode may be a new target: catch the user up to it at once.
+	u, err := s.user(ctx, p.Tenant, id)
+	if err != nil {
+		return out, err
+	}
+	d, out, err := s.decide(ctx, p.Tenant, u)
+	if err != nil {
+		return out, fmt.Errorf("catch user %s up: %w", id, err)
+	}
+	out.UserID, out.Effective = id, d.Mode
+	return out, nil
 }
 
 func checkTarget(v *errs.Violations, t CalDAVTarget, scope secretref.Scope, required bool) {

@@ -10,7 +10,8 @@ import (
 )
 
 // GetSyncStatus returns a user's synchronisation status. Users to whom synchronisation does not
-// apply get their applicability and nothing else: no counts, no notice, no warning.
+// apply get their applicability (why nothing is delivered) and, as pending, how many of their
+// current and future entries wait for it to apply; no other counts, no notice, no warning.
 func (s *Service) GetSyncStatus(ctx context.Context, p auth.Principal, userID string) (SyncStatus, error) {
 	id, err := selfOrAdmin(p, userID)
 	if err != nil {
@@ -26,6 +27,9 @@ func (s *Service) GetSyncStatus(ctx context.Context, p auth.Principal, userID st
 	}
 	st := SyncStatus{UserID: id, Applicability: d.Applicability, Mode: d.Mode}
 	if d.Applicability != Applicable {
+		if st.Stats.Pending, err = s.heldBack(ctx, p.Tenant, id); err != nil {
+			return SyncStatus{}, err
+		}
 		return st, nil
 	}
 	if st.Stats, err = s.store.QueueStats(ctx, p.Tenant, id); err != nil {

@@ -54,6 +54,11 @@ type Store interface {
 	// WriteEntry stores a revision; *ErrRevisionChanged when w.Prev is not the stored revision.
 	// It returns the queue position (0 when nothing was queued).
 	WriteEntry(ctx context.Context, tenant string, w Write) (int64, error)
+	// Enqueue queues an entry's current revision for its owner's target without writing a
+	// revision (the catch-up when synchronisation starts to apply). It returns the position, 0
+	// when nothing was queued: the entry is queued at this revision already, the revision is
+	// dead, or it is a cancellation the target never received anything of.
+	Enqueue(ctx context.Context, tenant string, e *Entry, target Target, log bool, now time.Time, detail string) (int64, error)
 	// GetEntry returns an entry's latest revision; errs.NotFound when unknown.
 	GetEntry(ctx context.Context, tenant, id string) (*Entry, error)
 	// GetRevision returns one revision; errs.NotFound when unknown.
@@ -63,8 +68,10 @@ type Store interface {
 	ListEntries(ctx context.Context, tenant, owner string, from, to int64, afterScore int64, afterID string, limit int) ([]Entry, error)
 
 	// NextDeliveries returns up to limit queued deliveries of the user's target after position
-	// after, in order, with their revisions, marking them in flight.
-	NextDeliveries(ctx context.Context, tenant, user string, target Target, after int64, limit int) ([]Delivery, error)
+	// after, in order, with their revisions, marking them in flight (and DELIVERED in the sync
+	// log when log is set). An item handed out maxUnanswered times without an answer (Attempt
+	// minus Errors; 0: no bound) is returned unmarked, for the caller to give up.
+	NextDeliveries(ctx context.Context, tenant, user string, target Target, after int64, limit int, log bool, maxUnanswered int) ([]Delivery, error)
 	// PendingThrough returns the queued deliveries with positions up to through.
 	PendingThrough(ctx context.Context, tenant, user string, target Target, through int64) ([]Delivery, error)
 	// DeliveryAt returns the queued delivery at a position; false when none is there.

@@ -149,14 +149,26 @@ func (t CalDAVTarget) Complete() bool { return t.URL != "" && t.Username != "" &
 
 // UserSettings are a user's options and the service's memory of the user's notice.
 type UserSettings struct {
-	UserID  string
-	Mode    SyncMode
-	CalDAV  CalDAVTarget
-	SyncLog bool
-	Version int64
+	UserID string
+	Mode   SyncMode
+	CalDAV CalDAVTarget
+	// SyncLogOff turns the user's sync log off; it is on by default. (Stored under a new name:
+	// the log was off by default before, so a stored "off" from then was no one's choice.)
+	SyncLogOff bool
+	Version    int64
 	// NoticeAcked is when the user acknowledged the one-time notice; zero while not.
 	NoticeAcked time.Time
+	// QueuedFor is the target the user's entries were last queued for (TargetNone while
+	// synchronisation did not apply). When Decide picks another, the user's current and future
+	// entries are queued for it (Service.catchUp). The service's memory, not an option.
+	QueuedFor Target
+	// Effective is the mode in effect, Decide's (OFF while synchronisation does not apply);
+	// filled for answers, never stored.
+	Effective SyncMode `json:"-"`
 }
+
+// LogOn reports whether the user's sync log is written.
+func (u UserSettings) LogOn() bool { return !u.SyncLogOff }
 
 // User is what the directory (the mailbox service) knows about a user that matters here.
 type User struct {
@@ -189,8 +201,11 @@ func SameLogin(practice, directory string) bool {
 // Decision is what Decide found for a user.
 type Decision struct {
 	Applicability Applicability
-	Mode          SyncMode // effective
-	Target        Target
+	// Mode is the mode in effect: ModeOff whenever nothing is delivered (the user chose OFF,
+	// or live agent mode does not apply), so no one reads LIVE_AGENT for a user whose agent
+	// may not connect.
+	Mode   SyncMode
+	Target Target
 }
 
 // Decide says whether and where a user's entries are delivered. Server push is the user's (or
@@ -208,9 +223,9 @@ func Decide(ts TenantSettings, us UserSettings, u User) Decision {
 	default:
 		switch {
 		case !SameLogin(u.PracticeUsername, u.DirectoryUsername):
-			d.Applicability = NotApplicable
+			d.Applicability, d.Mode = NotApplicable, ModeOff
 		case !ts.LiveSync:
-			d.Applicability = TenantDisabled
+			d.Applicability, d.Mode = TenantDisabled, ModeOff
 		default:
 			d.Applicability, d.Target = Applicable, TargetAgent
 		}
@@ -247,6 +262,9 @@ type Delivery struct {
 	Revision int64
 	// Attempt counts earlier deliveries of this queue item (0 the first time).
 	Attempt int
+	// Errors counts the agent's ERROR answers to this revision; Attempt minus Errors are the
+	// deliveries it never answered (filled by NextDeliveries).
+	Errors int
 	// Rev is the revision's content, filled by the store when asked.
 	Rev *Revision
 	// RemoteID and RemoteVersion are what the target reported for the entry before.

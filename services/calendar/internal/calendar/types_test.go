@@ -34,9 +34,9 @@ func TestDecide(t *testing.T) {
 		want Decision
 	}{
 		{"eligible by default", on, UserSettings{}, same, Decision{Applicable, ModeLiveAgent, TargetAgent}},
-		{"usernames differ", on, UserSettings{}, differ, Decision{NotApplicable, ModeLiveAgent, TargetNone}},
-		{"usernames differ, tenant off: still not applicable", off, UserSettings{}, differ, Decision{NotApplicable, ModeLiveAgent, TargetNone}},
-		{"tenant off", off, UserSettings{}, same, Decision{TenantDisabled, ModeLiveAgent, TargetNone}},
+		{"usernames differ", on, UserSettings{}, differ, Decision{NotApplicable, ModeOff, TargetNone}},
+		{"usernames differ, tenant off: still not applicable", off, UserSettings{}, differ, Decision{NotApplicable, ModeOff, TargetNone}},
+		{"tenant off", off, UserSettings{}, same, Decision{TenantDisabled, ModeOff, TargetNone}},
 		{"user off", on, UserSettings{Mode: ModeOff}, same, Decision{UserOff, ModeOff, TargetNone}},
 		{"server push ignores usernames and the switch", off, UserSettings{Mode: ModeServerPush}, differ, Decision{Applicable, ModeServerPush, TargetCalDAV}},
 	} {

@@ -206,7 +206,7 @@ func (w *Worker) deliver(ctx context.Context, due redisstore.DuePush) error {
 	now := w.Now()
 	ack := calendar.AckInput{
 		Target: calendar.TargetCalDAV, Position: d.Position, EntryID: d.EntryID, Revision: d.Revision,
-		MaxAttempts: w.MaxAttempts, Attempts: d.Attempt + 1, Log: us.SyncLog, Now: now,
+		MaxAttempts: w.MaxAttempts, Attempts: d.Attempt + 1, Log: us.LogOn(), Now: now,
 	}
 	name := caldav.ObjectName(ical.StableUID(due.Tenant, d.EntryID))
 	var res result

@@ -2,8 +2,11 @@ package redisstore_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
@@ -40,5 +43,47 @@ func TestClaimAgentNamesTheReplacedSession(t *testing.T) {
 		if !ok || n.Kind != 'k' || n.Tenant != "kanzlei" || n.User != "huber" || n.Session != want {
 			t.Fatalf("message %q = %+v, want a kick of session %s", m.Payload, n, want)
 		}
+	}
+}
+
+// TestSyncLogRetention: writing to a user's sync log drops the lines older than the retention
+// (by their ids, which are Redis server time), whether the line comes from Go or from a script.
+func TestSyncLogRetention(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	ctx := context.Background()
+	s := redisstore.New(rdb, redisstore.Options{LogRetention: time.Hour})
+	for _, append := range []struct {
+		name, user string
+		do         func() error
+	}{
+		{"AppendLog", "huber", func() error {
+			return s.AppendLog(ctx, "kanzlei", "huber", calendar.LogLine{Action: "AGENT_CONNECTED", Target: calendar.TargetAgent})
+		}},
+		{"a script", "maier", func() error {
+			_, err := s.Enqueue(ctx, "kanzlei", &calendar.Entry{ID: "e1", Owner: "maier", Revision: 1}, calendar.TargetAgent, true, time.Now(), "")
+			return err
+		}},
+	} {
+		t.Run(append.name, func(t *testing.T) {
+			key := "pm:cal:{cal" + strconv.Itoa(redisstore.PartitionOf("kanzlei")) + "}:t:kanzlei:u:" + append.user + ":log"
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, ID: "1000-0", Values: []any{"a", "OLD"}}).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := append.do(); err != nil {
+				t.Fatal(err)
+			}
+			lines, err := s.SyncLog(ctx, "kanzlei", append.user, "", time.UnixMilli(0), 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range lines {
+				if l.Action == "OLD" {
+					t.Errorf("a line from 1970 is still in the log: %v", lines)
+				}
+			}
+			if len(lines) == 0 {
+				t.Error("the new line is missing")
+			}
+		})
 	}
 }

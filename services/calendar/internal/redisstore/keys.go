@@ -19,7 +19,8 @@
 //	pm:cal:{calN}:t:T:u:U:q:G         zset    U's queue for target G: entry id by position
 //	pm:cal:{calN}:t:T:u:U:q:G:items   hash    entry id -> "pos|rev|state|attempts|last error"
 //	pm:cal:{calN}:t:T:u:U:q:G:dead    hash    entry id -> the dead item
-//	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag)
+//	pm:cal:{calN}:t:T:u:U:q:G:errs    hash    entry id -> the agent's ERROR answers to its queued revision
+//	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag; agent: "\n" once handed out)
 //	pm:cal:{calN}:t:T:u:U:pushbase    hash    entry id -> the iCalendar object last pushed to or adopted from U's CalDAV calendar (merge base)
 //	pm:cal:{calN}:t:T:u:U:conflicts   set     entry ids of U with an open CalDAV conflict note
 //	pm:cal:{calN}:t:T:u:U:acked       string  highest position U's agent acknowledged
@@ -92,6 +93,7 @@ func (k keys) log(u string) string                       { return k.user(u) + ":
 func (k keys) queue(u string, g calendar.Target) string  { return k.user(u) + ":q:" + string(g) }
 func (k keys) items(u string, g calendar.Target) string  { return k.queue(u, g) + ":items" }
 func (k keys) dead(u string, g calendar.Target) string   { return k.queue(u, g) + ":dead" }
+func (k keys) errs(u string, g calendar.Target) string   { return k.queue(u, g) + ":errs" }
 func (k keys) remote(u string, g calendar.Target) string { return k.user(u) + ":remote:" + string(g) }
 
 // dueMember names a CalDAV delivery in the push due index.

@@ -25,12 +25,18 @@ import (
 type Options struct {
 	// LogMaxLen bounds each user's sync log, in lines (approximately); 0 means 1000.
 	LogMaxLen int
+	// LogRetention bounds the age of each user's sync log lines: older ones are dropped as new
+	// ones are written; 0 means 30 days.
+	LogRetention time.Duration
 }
 
 // Store implements calendar.Store on Redis.
 type Store struct {
 	rdb    redis.UniversalClient
-	logMax string
+	logMax int64
+	keep   time.Duration
+	// logBound is the scripts' sync log bound, "maxlen:retention ms" (cal_log).
+	logBound string
 }
 
 var _ calendar.Store = (*Store)(nil)
@@ -40,7 +46,11 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.LogMaxLen == 0 {
 		opts.LogMaxLen = 1000
 	}
-	return &Store{rdb: rdb, logMax: strconv.Itoa(opts.LogMaxLen)}
+	if opts.LogRetention == 0 {
+		opts.LogRetention = 30 * 24 * time.Hour
+	}
+	return &Store{rdb: rdb, logMax: int64(opts.LogMaxLen), keep: opts.LogRetention,
+		logBound: strconv.Itoa(opts.LogMaxLen) + ":" + strconv.FormatInt(opts.LogRetention.Milliseconds(), 10)}
 }
 
 func flag(b bool) string {
@@ -132,9 +142,9 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 		return 0, err
 	}
 	keys := []string{k.entry(e.ID), k.revs(e.ID), k.owner(e.Owner), k.events(), k.queue(e.Owner, qt), k.items(e.Owner, qt),
-		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner)}
-	argv := append([]any{w.Prev, e.Revision, cur, rev, e.ID, e.Score(), string(target), flag(w.Log), s.logMax, ms(w.Now),
-		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, env...)
+		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner), k.errs(e.Owner, qt), k.remote(e.Owner, qt)}
+	argv := append([]any{w.Prev, e.Revision, cur, rev, e.ID, e.Score(), string(target), flag(w.Log), s.logBound, ms(w.Now),
+		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, append(env, flag(e.Cancelled))...)
 	res, err := writeScript.Run(ctx, s.rdb, keys, argv...).Slice()
 	if err != nil {
 		return 0, fmt.Errorf("write entry %s: %w", e.ID, err)
@@ -151,6 +161,23 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 		return 0, rc
 	}
 	return res[1].(int64), nil
+}
+
+// Enqueue implements calendar.Store.
+func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, target calendar.Target, log bool, now time.Time, detail string) (int64, error) {
+	k := tenantKeys(tenant)
+	wake := wakePayload(tenant, e.Owner)
+	if target == calendar.TargetCalDAV {
+		wake = pushPayload(k.n)
+	}
+	keys := []string{k.queue(e.Owner, target), k.items(e.Owner, target), k.pos(e.Owner), k.log(e.Owner), k.pushDue(),
+		k.dead(e.Owner, target), k.remote(e.Owner, target), k.errs(e.Owner, target)}
+	pos, err := enqueueScript.Run(ctx, s.rdb, keys, e.ID, e.Revision, flag(e.Cancelled), string(target), flag(log), s.logBound,
+		ms(now), dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, detail).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("enqueue entry %s: %w", e.ID, err)
+	}
+	return pos, nil
 }
 
 // seriesScore is a recurring entry's place in the owner's series index: the start of its last
@@ -344,18 +371,20 @@ func parseItem(s string) (item, bool) {
 }
 
 // NextDeliveries implements calendar.Store.
-func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int) ([]calendar.Delivery, error) {
+func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int, log bool, maxUnanswered int) ([]calendar.Delivery, error) {
 	k := tenantKeys(tenant)
-	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target)}, after, limit).StringSlice()
+	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user), k.errs(user, target), k.remote(user, target)},
+		after, limit, flag(log), s.logBound, string(target), maxUnanswered).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("next deliveries: %w", err)
 	}
-	ds := make([]calendar.Delivery, 0, len(res)/4)
-	for i := 0; i+3 < len(res); i += 4 {
+	ds := make([]calendar.Delivery, 0, len(res)/5)
+	for i := 0; i+4 < len(res); i += 5 {
 		pos, _ := strconv.ParseInt(res[i+1], 10, 64)
 		rev, _ := strconv.ParseInt(res[i+2], 10, 64)
 		att, _ := strconv.Atoi(res[i+3])
-		ds = append(ds, calendar.Delivery{Position: pos, EntryID: res[i], Revision: rev, Attempt: att})
+		errCount, _ := strconv.Atoi(res[i+4])
+		ds = append(ds, calendar.Delivery{Position: pos, EntryID: res[i], Revision: rev, Attempt: att, Errors: errCount})
 	}
 	return ds, s.fill(ctx, k, user, target, ds)
 }
@@ -519,9 +548,9 @@ func (s *Store) ackArgs(ctx context.Context, tenant, user string, a calendar.Ack
 	}
 	wake := wakePayload(tenant, user)
 	keys := []string{k.queue(user, a.Target), k.items(user, a.Target), k.dead(user, a.Target), k.acked(user), k.remote(user, a.Target),
-		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue()}
+		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue(), k.errs(user, a.Target)}
 	argv := []any{a.Position, a.EntryID, string(a.Outcome), a.RemoteID, a.RemoteVersion, a.Message, a.Session, maxAttempts,
-		flag(a.Log), s.logMax, string(a.Target), retry, dueMember(tenant, user, a.EntryID), a.Revision, ms(a.Now), NotifyChannel, wake}
+		flag(a.Log), s.logBound, string(a.Target), retry, dueMember(tenant, user, a.EntryID), a.Revision, ms(a.Now), NotifyChannel, wake}
 	return keys, append(append(argv, denv...), fenv...), nil
 }
 
@@ -610,14 +639,23 @@ func (s *Store) Presence(ctx context.Context, tenant, user string) (*calendar.Pr
 // ---- sync log ----
 
 // AppendLog implements calendar.Store.
+// Lines older than the retention are dropped, by the new line's id (Redis server time).
 func (s *Store) AppendLog(ctx context.Context, tenant, user string, l calendar.LogLine) error {
-	return s.rdb.XAdd(ctx, &redis.XAddArgs{
-		Stream: tenantKeys(tenant).log(user), MaxLen: mustInt(s.logMax), Approx: true,
+	key := tenantKeys(tenant).log(user)
+	id, err := s.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: key, MaxLen: s.logMax, Approx: true,
 		Values: []any{"a", l.Action, "e", l.EntryID, "r", l.Revision, "g", string(l.Target), "p", l.Position, "d", l.Detail},
-	}).Err()
+	}).Result()
+	if err != nil {
+		return fmt.Errorf("append to sync log: %w", err)
+	}
+	msStr, _, _ := strings.Cut(id, "-")
+	t, _ := strconv.ParseInt(msStr, 10, 64)
+	if err := s.rdb.XTrimMinID(ctx, key, strconv.FormatInt(t-s.keep.Milliseconds(), 10)).Err(); err != nil {
+		return fmt.Errorf("trim sync log: %w", err)
+	}
+	return nil
 }
-
-func mustInt(s string) int64 { n, _ := strconv.ParseInt(s, 10, 64); return n }
 
 // SyncLog implements calendar.Store.
 func (s *Store) SyncLog(ctx context.Context, tenant, user, before string, minTime time.Time, limit int) ([]calendar.LogLine, error) {

@@ -89,8 +89,8 @@ func TenantSettings(t calendar.TenantSettings) *calendarv1.TenantSettings {
 // UserSettings converts a user's options.
 func UserSettings(u calendar.UserSettings) *calendarv1.UserSettings {
 	out := &calendarv1.UserSettings{
-		UserId: u.UserID, Mode: calendarv1.SyncMode(u.Mode), EffectiveMode: calendarv1.SyncMode(u.Mode.Effective()),
-		SyncLogEnabled: u.SyncLog, Version: u.Version,
+		UserId: u.UserID, Mode: calendarv1.SyncMode(u.Mode), EffectiveMode: calendarv1.SyncMode(effective(u)),
+		SyncLogEnabled: u.LogOn(), Version: u.Version,
 	}
 	if u.CalDAV != (calendar.CalDAVTarget{}) {
 		out.Caldav = &calendarv1.CalDAVTarget{CalendarUrl: u.CalDAV.URL, Username: u.CalDAV.Username, PasswordRef: u.CalDAV.PasswordRef}
@@ -101,7 +101,7 @@ func UserSettings(u calendar.UserSettings) *calendarv1.UserSettings {
 // UserSettingsFrom converts a request's options.
 func UserSettingsFrom(u *calendarv1.UserSettings) calendar.UserSettings {
 	return calendar.UserSettings{
-		UserID: u.GetUserId(), Mode: calendar.SyncMode(u.GetMode()), SyncLog: u.GetSyncLogEnabled(),
+		UserID: u.GetUserId(), Mode: calendar.SyncMode(u.GetMode()), SyncLogOff: !u.GetSyncLogEnabled(),
 		CalDAV: calendar.CalDAVTarget{URL: u.GetCaldav().GetCalendarUrl(), Username: u.GetCaldav().GetUsername(), PasswordRef: u.GetCaldav().GetPasswordRef()},
 	}
 }
@@ -198,4 +198,13 @@ func Delivery(tenant string, d *calendar.Delivery) *calendarv1.Delivery {
 		}
 	}
 	return out
+}
+
+// effective is the mode in effect the service decided, or the chosen mode with its default
+// filled in where it did not decide.
+func effective(u calendar.UserSettings) calendar.SyncMode {
+	if u.Effective != calendar.ModeDefault {
+		return u.Effective
+	}
+	return u.Mode.Effective()
 }

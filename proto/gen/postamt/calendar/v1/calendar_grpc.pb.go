@@ -67,8 +67,10 @@ type CalendarServiceClient interface {
 	// a cancelled entry; INVALID_ARGUMENT as for CreateEntry and for a changed kind or owner.
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*UpdateEntryResponse, error)
 	// Cancels an entry: a new, cancelled revision (STATUS:CANCELLED). Nothing is deleted; a
-	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged.
-	// NOT_FOUND when unknown; ABORTED on an expected_revision mismatch.
+	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged. An
+	// entry whose owner's agent has not been handed it yet is not delivered at all (no CANCEL
+	// of something the agent never received). NOT_FOUND when unknown; ABORTED on an
+	// expected_revision mismatch.
 	CancelEntry(ctx context.Context, in *CancelEntryRequest, opts ...grpc.CallOption) (*CancelEntryResponse, error)
 	// Marks a deadline or preliminary deadline done (or not done again), as a new revision.
 	// Marking it as it is returns it unchanged. FAILED_PRECONDITION (NOT_A_DEADLINE) for an
@@ -82,7 +84,9 @@ type CalendarServiceClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	// Returns the tenant's calendar settings.
 	GetTenantSettings(ctx context.Context, in *GetTenantSettingsRequest, opts ...grpc.CallOption) (*GetTenantSettingsResponse, error)
-	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED).
+	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED). Switching live sync
+	// on queues the current and future entries of the users to whom it now applies;
+	// UNAVAILABLE when mailbox cannot list the users (the switch is stored; repeat the call).
 	UpdateTenantSettings(ctx context.Context, in *UpdateTenantSettingsRequest, opts ...grpc.CallOption) (*UpdateTenantSettingsResponse, error)
 	// Returns a user's synchronisation options. Users for themselves, admins and services for
 	// anyone in the tenant (PERMISSION_DENIED otherwise).
@@ -90,10 +94,13 @@ type CalendarServiceClient interface {
 	// Sets a user's synchronisation options (all fields). Users for themselves, admins for anyone
 	// (PERMISSION_DENIED otherwise); INVALID_ARGUMENT for SERVER_PUSH without a valid CalDAV
 	// target or a password_ref outside the operator's scope; NOT_FOUND for an unknown user.
-	// Changing the mode does not move deliveries already queued for the previous one.
+	// Changing the mode does not move deliveries already queued for the previous one; when it
+	// changes where entries go, the user's current and future entries are queued for the new
+	// target at once.
 	UpdateUserSettings(ctx context.Context, in *UpdateUserSettingsRequest, opts ...grpc.CallOption) (*UpdateUserSettingsResponse, error)
 	// Returns a user's synchronisation status: applicability, presence of the live agent, queue
-	// counts, the one-time notice flag and warnings. Self, admins and services.
+	// counts, the one-time notice flag and warnings; for a user to whom synchronisation does not
+	// apply, how many entries wait for it. Self, admins and services.
 	GetSyncStatus(ctx context.Context, in *GetSyncStatusRequest, opts ...grpc.CallOption) (*GetSyncStatusResponse, error)
 	// Clears the one-time notice flag for the caller. Repeating it is harmless.
 	AcknowledgeNotice(ctx context.Context, in *AcknowledgeNoticeRequest, opts ...grpc.CallOption) (*AcknowledgeNoticeResponse, error)
@@ -105,8 +112,10 @@ type CalendarServiceClient interface {
 	// position, then new ones as they are made. The agent acknowledges each delivery by position.
 	// Heartbeats flow both ways. One stream per user: a new stream replaces the old one, which
 	// ends with ABORTED (reason STREAM_REPLACED). PERMISSION_DENIED when Hello names another user
-	// than the token's; FAILED_PRECONDITION (LIVE_SYNC_NOT_APPLICABLE) when live sync does not
-	// apply to the user; INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
+	// than the token's; FAILED_PRECONDITION when the user's entries do not go to a live agent,
+	// with the reason why: LIVE_SYNC_NOT_APPLICABLE (the usernames differ),
+	// LIVE_SYNC_TENANT_DISABLED (the tenant's switch is off), SERVER_PUSH_MODE (the user's
+	// entries are pushed to their CalDAV calendar), SYNC_OFF (mode OFF); INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
 	// agent is silent for three heartbeat intervals.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 }
@@ -294,8 +303,10 @@ type CalendarServiceServer interface {
 	// a cancelled entry; INVALID_ARGUMENT as for CreateEntry and for a changed kind or owner.
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*UpdateEntryResponse, error)
 	// Cancels an entry: a new, cancelled revision (STATUS:CANCELLED). Nothing is deleted; a
-	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged.
-	// NOT_FOUND when unknown; ABORTED on an expected_revision mismatch.
+	// cancelled deadline stays visible. Cancelling a cancelled entry returns it unchanged. An
+	// entry whose owner's agent has not been handed it yet is not delivered at all (no CANCEL
+	// of something the agent never received). NOT_FOUND when unknown; ABORTED on an
+	// expected_revision mismatch.
 	CancelEntry(context.Context, *CancelEntryRequest) (*CancelEntryResponse, error)
 	// Marks a deadline or preliminary deadline done (or not done again), as a new revision.
 	// Marking it as it is returns it unchanged. FAILED_PRECONDITION (NOT_A_DEADLINE) for an
@@ -309,7 +320,9 @@ type CalendarServiceServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	// Returns the tenant's calendar settings.
 	GetTenantSettings(context.Context, *GetTenantSettingsRequest) (*GetTenantSettingsResponse, error)
-	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED).
+	// Changes the tenant's calendar settings. Admins only (PERMISSION_DENIED). Switching live sync
+	// on queues the current and future entries of the users to whom it now applies;
+	// UNAVAILABLE when mailbox cannot list the users (the switch is stored; repeat the call).
 	UpdateTenantSettings(context.Context, *UpdateTenantSettingsRequest) (*UpdateTenantSettingsResponse, error)
 	// Returns a user's synchronisation options. Users for themselves, admins and services for
 	// anyone in the tenant (PERMISSION_DENIED otherwise).
@@ -317,10 +330,13 @@ type CalendarServiceServer interface {
 	// Sets a user's synchronisation options (all fields). Users for themselves, admins for anyone
 	// (PERMISSION_DENIED otherwise); INVALID_ARGUMENT for SERVER_PUSH without a valid CalDAV
 	// target or a password_ref outside the operator's scope; NOT_FOUND for an unknown user.
-	// Changing the mode does not move deliveries already queued for the previous one.
+	// Changing the mode does not move deliveries already queued for the previous one; when it
+	// changes where entries go, the user's current and future entries are queued for the new
+	// target at once.
 	UpdateUserSettings(context.Context, *UpdateUserSettingsRequest) (*UpdateUserSettingsResponse, error)
 	// Returns a user's synchronisation status: applicability, presence of the live agent, queue
-	// counts, the one-time notice flag and warnings. Self, admins and services.
+	// counts, the one-time notice flag and warnings; for a user to whom synchronisation does not
+	// apply, how many entries wait for it. Self, admins and services.
 	GetSyncStatus(context.Context, *GetSyncStatusRequest) (*GetSyncStatusResponse, error)
 	// Clears the one-time notice flag for the caller. Repeating it is harmless.
 	AcknowledgeNotice(context.Context, *AcknowledgeNoticeRequest) (*AcknowledgeNoticeResponse, error)
@@ -332,8 +348,10 @@ type CalendarServiceServer interface {
 	// position, then new ones as they are made. The agent acknowledges each delivery by position.
 	// Heartbeats flow both ways. One stream per user: a new stream replaces the old one, which
 	// ends with ABORTED (reason STREAM_REPLACED). PERMISSION_DENIED when Hello names another user
-	// than the token's; FAILED_PRECONDITION (LIVE_SYNC_NOT_APPLICABLE) when live sync does not
-	// apply to the user; INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
+	// than the token's; FAILED_PRECONDITION when the user's entries do not go to a live agent,
+	// with the reason why: LIVE_SYNC_NOT_APPLICABLE (the usernames differ),
+	// LIVE_SYNC_TENANT_DISABLED (the tenant's switch is off), SERVER_PUSH_MODE (the user's
+	// entries are pushed to their CalDAV calendar), SYNC_OFF (mode OFF); INVALID_ARGUMENT for a malformed first message; DEADLINE_EXCEEDED when the
 	// agent is silent for three heartbeat intervals.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	mustEmbedUnimplementedCalendarServiceServer()

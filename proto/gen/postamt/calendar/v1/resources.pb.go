@@ -276,7 +276,9 @@ const (
 	// The calendar had a change of its own; the agent resolved it (for deadlines our revision
 	// wins) and the delivery is done.
 	DeliveryOutcome_DELIVERY_OUTCOME_CONFLICT DeliveryOutcome = 2
-	// The agent could not apply it now; the service delivers it again, up to its attempt limit.
+	// The agent could not apply it now; the service delivers it again, up to its limit of ERROR
+	// answers per revision. (A delivery handed out again and again without any answer, because
+	// the stream ends first, is bounded separately; then it is dead too.)
 	DeliveryOutcome_DELIVERY_OUTCOME_ERROR DeliveryOutcome = 3
 )
 
@@ -792,13 +794,14 @@ type UserSettings struct {
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// The delivery mode; UNSPECIFIED on update means the default (LIVE_AGENT).
 	Mode SyncMode `protobuf:"varint,2,opt,name=mode,proto3,enum=postamt.calendar.v1.SyncMode" json:"mode,omitempty"`
-	// Output only: the mode in effect (the default filled in).
+	// Output only: the mode in effect — the default filled in, and OFF while nothing is
+	// delivered (live agent mode where live sync does not apply to the user).
 	EffectiveMode SyncMode `protobuf:"varint,3,opt,name=effective_mode,json=effectiveMode,proto3,enum=postamt.calendar.v1.SyncMode" json:"effective_mode,omitempty"`
 	// The CalDAV calendar for SERVER_PUSH; required with that mode.
 	Caldav *CalDAVTarget `protobuf:"bytes,4,opt,name=caldav,proto3" json:"caldav,omitempty"`
 	// Keeps a log of the user's synchronisation (queued, delivered, acknowledged, failed) that
-	// ListSyncLog reads back. Off by default; new users get it off until an admin or the user
-	// turns it on.
+	// ListSyncLog reads back. On by default; the log keeps a bounded number of lines for a
+	// bounded time.
 	SyncLogEnabled bool `protobuf:"varint,5,opt,name=sync_log_enabled,json=syncLogEnabled,proto3" json:"sync_log_enabled,omitempty"`
 	// Output only: increases by one with every change.
 	Version       int64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
@@ -958,7 +961,7 @@ type SyncStatus struct {
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Whether synchronisation applies.
 	Applicability SyncApplicability `protobuf:"varint,2,opt,name=applicability,proto3,enum=postamt.calendar.v1.SyncApplicability" json:"applicability,omitempty"`
-	// The mode in effect.
+	// The mode in effect; OFF while nothing is delivered (applicability says why).
 	EffectiveMode SyncMode `protobuf:"varint,3,opt,name=effective_mode,json=effectiveMode,proto3,enum=postamt.calendar.v1.SyncMode" json:"effective_mode,omitempty"`
 	// Set once for a user who became eligible for live sync, until AcknowledgeNotice: the client
 	// tells the user once that live sync is now active.
@@ -967,7 +970,9 @@ type SyncStatus struct {
 	Warnings []SyncWarning `protobuf:"varint,5,rep,packed,name=warnings,proto3,enum=postamt.calendar.v1.SyncWarning" json:"warnings,omitempty"`
 	// The live agent; unset when none ever connected.
 	Agent *AgentPresence `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
-	// Deliveries waiting or in flight, across targets.
+	// Deliveries waiting or in flight, across targets. For a user to whom synchronisation does
+	// not apply: their current and future entries (not cancelled) that wait for it, the
+	// applicability saying why; they are queued at once when it applies.
 	PendingCount int64 `protobuf:"varint,7,opt,name=pending_count,json=pendingCount,proto3" json:"pending_count,omitempty"`
 	// Deliveries that failed for good.
 	DeadCount int64 `protobuf:"varint,8,opt,name=dead_count,json=deadCount,proto3" json:"dead_count,omitempty"`
@@ -1077,8 +1082,9 @@ type SyncLogEntry struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// When it happened.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	// What happened: QUEUED, SUPERSEDED, DELIVERED, ACKNOWLEDGED, CONFLICT, RETRY, DEAD,
-	// AGENT_CONNECTED, AGENT_REPLACED, AGENT_DISCONNECTED.
+	// What happened: QUEUED, SUPERSEDED, WITHDRAWN (cancelled before the agent received it:
+	// nothing is delivered), DELIVERED, ACKNOWLEDGED, CONFLICT, RETRY, DEAD, AGENT_CONNECTED,
+	// AGENT_REPLACED, AGENT_DISCONNECTED.
 	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
 	// The entry, when the line is about one.
 	EntryId string `protobuf:"bytes,4,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -1088,7 +1094,8 @@ type SyncLogEntry struct {
 	Target string `protobuf:"bytes,6,opt,name=target,proto3" json:"target,omitempty"`
 	// The queue position.
 	Position int64 `protobuf:"varint,7,opt,name=position,proto3" json:"position,omitempty"`
-	// Details: the error, the remote id, the agent id.
+	// Details: the error; the remote id and version an acknowledgement reported; the attempt of
+	// a delivery; the agent id.
 	Detail        string `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
