@@ -91,7 +91,7 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 	obAddr := servetest.Run(t, ob.Run)
 	ready(t, obAddr)
 	cal, err := calendarapp.New(calendarapp.Config{
-		MailboxAddr: mbAddr, UserCacheTTL: time.Hour, Heartbeat: time.Second, AgentMaxAttempts: 3, DeliveryBatch: 64,
+		MailboxAddr: mbAddr, UserCacheTTL: time.Hour, Heartbeat: time.Second, AgentMaxAttempts: 3, AgentMaxUnanswered: 10, DeliveryBatch: 64,
 		Push: false, PushRetry: "1s", PushMaxAttempts: 3, PushTimeout: 2 * time.Second, PushLease: 10 * time.Second,
 		SecretEnvPrefix: "POSTAMT_CALDAV_", SecretDir: "/run/secrets/postamt", SyncLogMaxLines: 100, SyncLogRetention: time.Hour,
 		RelayBatch: 256, RelayClaimIdle: time.Second,
