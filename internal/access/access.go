@@ -6,6 +6,8 @@
 package access
 
 import (
+	"context"
+	"fmt"
 	"slices"
 
 	"github.com/postamt/postamt/internal/auth"
@@ -30,11 +32,8 @@ func Teams(directory, token []string) []string {
 	}
 	out := make([]string, 0, len(directory))
 	for _, t := range directory {
-		for _, k := range token {
-			if t == k {
-				out = append(out, t)
-				break
-			}
+		if slices.Contains(token, t) {
+			out = append(out, t)
 		}
 	}
 	return out
@@ -53,6 +52,27 @@ type Reader struct {
 	Mailboxes []string
 	// Teams are the user's teams (access.Teams: the directory's, narrowed by the token).
 	Teams []string
+}
+
+// ReadAccess answers what a user may read: the mailboxes whose mail they may read and their teams,
+// as mailbox's GetReadAccess says (each service caches it its own way).
+type ReadAccess func(ctx context.Context, tenant, user string) (mailboxes, teams []string, err error)
+
+// ReaderOf is the Reader of p. The directory is asked only when the rule needs its answer: not
+// for admins and services (they read everything of their tenant) nor for callers without a user;
+// the token's teams narrow the directory's (Teams). A nil lookup gives a user no mailboxes and no
+// teams: they read what they sent.
+func ReaderOf(ctx context.Context, p auth.Principal, lookup ReadAccess) (Reader, error) {
+	r := Reader{Principal: p}
+	if p.User == "" || p.IsAdmin() || p.IsService() || lookup == nil {
+		return r, nil
+	}
+	mbs, teams, err := lookup(ctx, p.Tenant, p.User)
+	if err != nil {
+		return r, fmt.Errorf("read access of %s: %w", p.User, err)
+	}
+	r.Mailboxes, r.Teams = mbs, Teams(teams, p.Teams)
+	return r, nil
 }
 
 // Mail is what the rule looks at of one email, sent or being sent.

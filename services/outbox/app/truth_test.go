@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -255,13 +256,20 @@ func TestManualAttemptsReadAsSuch(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Slow answers keep the email in SENDING long enough for the watch to read it there.
-	e.sink.SetHook(func(smtptest.Envelope) smtptest.Behavior { time.Sleep(300 * time.Millisecond); return smtptest.Accept })
+	// The relay holds its answers until the watch has shown SENDING, so the email is in SENDING
+	// when the watch reads it, however fast the machine.
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	e.sink.SetHook(func(smtptest.Envelope) smtptest.Behavior { <-release; return smtptest.Accept })
 	watch := e.watch(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
 	if r, err := e.outbox.Retry(eva, &outboxv1.RetryRequest{Selection: &outboxv1.Selection{EmailIds: []string{m.GetEmailId()}}}); err != nil || r.GetResult().GetSucceeded() != 1 {
 		t.Fatalf("retry: %v (%v)", r, err)
 	}
-	seen := until(t, watch, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+	seen := until(t, watch, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENDING)
+	free()
+	seen = append(seen, until(t, watch, m.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENT)...)
 	var statuses []outboxv1.EmailStatus
 	for i, s := range seen {
 		statuses = append(statuses, s.GetStatus())

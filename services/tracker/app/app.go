@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"regexp"
 	"strings"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/ids"
 	"github.com/postamt/postamt/internal/redisx"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
@@ -52,8 +52,6 @@ type Config struct {
 	JournalMaxBytes   int64         `env:"TRACKER_JOURNAL_MAX_BYTES, default=26214400" desc:"largest journal copy accepted, in bytes (larger ones get 552)"`
 }
 
-var journalIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
 // ParseJournalAddresses reads TRACKER_JOURNAL_ADDRESSES: address=tenant/mailbox/user, separated
 // by commas.
 func ParseJournalAddresses(s string) (map[string]journal.Target, error) {
@@ -70,7 +68,7 @@ func ParseJournalAddresses(s string) (map[string]journal.Target, error) {
 			return nil, fmt.Errorf("TRACKER_JOURNAL_ADDRESSES: want address=tenant/mailbox/user, got %q", item)
 		}
 		for _, p := range parts {
-			if !journalIDPattern.MatchString(p) {
+			if !ids.Valid(p) { // the suite's id rule (internal/ids)
 				return nil, fmt.Errorf("TRACKER_JOURNAL_ADDRESSES: bad id %q in %q", p, item)
 			}
 		}

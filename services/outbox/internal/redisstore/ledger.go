@@ -229,6 +229,23 @@ const BucketSystem = "s"
 // BucketSystemMailbox lists the system-generated mail of a shared mailbox (SYSTEM, for members).
 func BucketSystemMailbox(mailbox string) string { return "sm:" + mailbox }
 
+// BucketFacts reads back what an email's buckets were built from (the Bucket* builders above):
+// its sender, its mailbox and its teams — the facts the visibility rule and the sent event's
+// team_ids need, read where the prefixes are written.
+func BucketFacts(buckets []string) (sender, mailbox string, teams []string) {
+	for _, b := range buckets {
+		switch {
+		case strings.HasPrefix(b, "u:"):
+			sender = b[2:]
+		case strings.HasPrefix(b, "m:"):
+			mailbox = b[2:]
+		case strings.HasPrefix(b, "t:"):
+			teams = append(teams, b[2:])
+		}
+	}
+	return sender, mailbox, teams
+}
+
 // IndexScore is an email's score in the view indexes: its sort time in milliseconds times 1024
 // plus 10 bits of a hash of its id, so that emails of the same millisecond rarely tie and a page
 // can continue after a (score, id) cursor with an exclusive range. Exact in a float64 until the

@@ -216,20 +216,14 @@ func (s *Service) teams(ctx context.Context, p auth.Principal) ([]string, error)
 // reader is the caller as the visibility rule sees them (access.Reader): the mailboxes they may
 // read and their teams, from the directory.
 func (s *Service) reader(ctx context.Context, p auth.Principal) (access.Reader, error) {
-	r := access.Reader{Principal: p}
-	if p.User == "" || p.IsAdmin() || p.IsService() {
-		return r, nil
-	}
-	mbs, err := s.dir.Mailboxes(ctx, p.Tenant, p.User)
-	if err != nil {
-		return r, err
-	}
-	teams, err := s.teams(ctx, p)
-	if err != nil {
-		return r, err
-	}
-	r.Mailboxes, r.Teams = mbs, teams
-	return r, nil
+	return access.ReaderOf(ctx, p, func(ctx context.Context, tenant, user string) ([]string, []string, error) {
+		mbs, err := s.dir.Mailboxes(ctx, tenant, user)
+		if err != nil {
+			return nil, nil, err
+		}
+		teams, err := s.dir.Teams(ctx, tenant, user)
+		return mbs, teams, err
+	})
 }
 
 // mailOf is what the visibility rule looks at of a record: its buckets name its sender, its
@@ -237,16 +231,7 @@ func (s *Service) reader(ctx context.Context, p auth.Principal) (access.Reader, 
 // view and a single read cannot disagree.
 func mailOf(e *redisstore.Email) access.Mail {
 	m := access.Mail{Tenant: e.Tenant}
-	for _, b := range e.Buckets {
-		switch {
-		case strings.HasPrefix(b, "u:"):
-			m.Sender = b[2:]
-		case strings.HasPrefix(b, "m:"):
-			m.Mailbox = b[2:]
-		case strings.HasPrefix(b, "t:"):
-			m.Teams = append(m.Teams, b[2:])
-		}
-	}
+	m.Sender, m.Mailbox, m.Teams = redisstore.BucketFacts(e.Buckets)
 	return m
 }
 

@@ -175,11 +175,7 @@ func Sent(r *redisstore.Email, e *outboxv1.Email, last *outboxv1.Attempt) *outbo
 	x.Attempt = int32(r.Attempts)
 	x.SizeBytes = e.GetSizeBytes()
 	x.SentTime = Timestamp(r.SentTime)
-	for _, b := range r.Buckets {
-		if t, ok := strings.CutPrefix(b, "t:"); ok {
-			x.TeamIds = append(x.TeamIds, t)
-		}
-	}
+	_, _, x.TeamIds = redisstore.BucketFacts(r.Buckets)
 	if last != nil && last.GetNumber() > 0 {
 		x.Attempt = last.GetNumber()
 	}

@@ -535,16 +535,10 @@ func checkMessageIDArg(field, id string) (string, error) {
 
 // reader is the caller as the visibility rule sees them.
 func (s *Service) reader(ctx context.Context, p auth.Principal) (access.Reader, error) {
-	r := access.Reader{Principal: p}
-	if p.User == "" || p.IsAdmin() || p.IsService() || p.HasRole(access.RoleCRM) || s.access == nil {
-		return r, nil
+	if s.access == nil || p.HasRole(access.RoleCRM) {
+		return access.ReaderOf(ctx, p, nil) // the crm role reads the tenant's tracked mail anyway
 	}
-	mbs, teams, err := s.access.ReadAccess(ctx, p.Tenant, p.User)
-	if err != nil {
-		return r, fmt.Errorf("read access of %s: %w", p.User, err)
-	}
-	r.Mailboxes, r.Teams = mbs, access.Teams(teams, p.Teams)
-	return r, nil
+	return access.ReaderOf(ctx, p, s.access.ReadAccess)
 }
 
 // shown is a tracked email as r may see it, or false when r may not read it: the one visibility
