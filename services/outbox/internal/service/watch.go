@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,6 +33,10 @@ type Watcher struct {
 func NewWatcher(js jetstream.JetStream, svc *Service) *Watcher { return &Watcher{js: js, svc: svc} }
 
 var watchSubjects = []string{wire.SubjectSubmitted, wire.SubjectStatusChanged, wire.SubjectSent, wire.SubjectFailed, wire.SubjectCancelled}
+
+// claimGrace bounds how long a watch holds an email read at its claim while the event of the
+// version before it is still on its way through the relay (see Watch).
+const claimGrace = 500 * time.Millisecond
 
 // maxWatchVersions bounds the versions a watch remembers to drop stale changes; past it the
 // memory starts again (a stale change may then pass once, which a client handles by version).
@@ -107,12 +112,53 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 		seen[e.GetEmailId()] = e.GetVersion()
 		return send(e)
 	}
+	// A claim's announcement arrives at once, the events through the outbox's relay: an email
+	// read at a claim may be a version ahead of an event still on its way (a retry's
+	// PENDING_RETRY). Such a read is held until that event has been shown, at most claimGrace,
+	// so the watch shows every state in order when the relay keeps up, and the newest one when
+	// it does not.
+	type heldEmail struct {
+		e     *outboxv1.Email
+		rec   *redisstore.Email
+		until time.Time
+	}
+	known := make(map[string]int64) // the newest version each email's events have shown
+	held := make(map[string]heldEmail)
+	flush := time.NewTimer(claimGrace)
+	flush.Stop()
+	defer flush.Stop()
+	armed := false
+	arm := func() {
+		if armed || len(held) == 0 {
+			return
+		}
+		next := time.Time{}
+		for _, h := range held {
+			if next.IsZero() || h.until.Before(next) {
+				next = h.until
+			}
+		}
+		flush.Reset(max(time.Until(next), 0))
+		armed = true
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-failed:
 			return err
+		case <-flush.C:
+			armed = false
+			now := time.Now()
+			for id, h := range held {
+				if !h.until.After(now) {
+					delete(held, id)
+					if err := emit(h.e, h.rec); err != nil {
+						return err
+					}
+				}
+			}
+			arm()
 		case m := <-events:
 			if m.Headers().Get(eventbus.HeaderTenant) != p.Tenant {
 				continue
@@ -121,12 +167,23 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			if e == nil {
 				continue
 			}
-			rec, err := w.svc.ledger.Get(ctx, e.GetEmailId())
+			id, v := e.GetEmailId(), e.GetVersion()
+			if len(known) >= maxWatchVersions {
+				clear(known)
+			}
+			known[id] = max(known[id], v)
+			rec, err := w.svc.ledger.Get(ctx, id)
 			if err != nil {
 				continue // gone after its retention: nothing to show
 			}
 			if err := emit(e, rec); err != nil {
 				return err
+			}
+			if h, ok := held[id]; ok && h.e.GetVersion() <= v+1 {
+				delete(held, id)
+				if err := emit(h.e, h.rec); err != nil { // dropped by emit if v was newer
+					return err
+				}
 			}
 		case m := <-claimed:
 			tenant, ids := wire.DecodeClaimed(m.Data)
@@ -142,10 +199,15 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 				if err != nil || rec.Tenant != p.Tenant {
 					continue
 				}
+				if known[rec.ID] < e.GetVersion()-1 {
+					held[rec.ID] = heldEmail{e: e, rec: rec, until: time.Now().Add(claimGrace)}
+					continue
+				}
 				if err := emit(e, rec); err != nil {
 					return err
 				}
 			}
+			arm()
 		}
 	}
 }

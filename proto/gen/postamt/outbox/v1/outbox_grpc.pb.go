@@ -94,7 +94,9 @@ type OutboxServiceClient interface {
 	Reschedule(ctx context.Context, in *RescheduleRequest, opts ...grpc.CallOption) (*RescheduleResponse, error)
 	// Streams changes of the emails of a view, for live user interfaces: every state, SENDING
 	// included, each email's versions in increasing order (a change older than one already sent is
-	// dropped), each email as GetEmail shows it to the caller (without bodies and attempts).
+	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
+	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
+	// and attempts).
 	WatchEmails(ctx context.Context, in *WatchEmailsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEmailsResponse], error)
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(ctx context.Context, in *ImportEmailsRequest, opts ...grpc.CallOption) (*ImportEmailsResponse, error)
@@ -403,7 +405,9 @@ type OutboxServiceServer interface {
 	Reschedule(context.Context, *RescheduleRequest) (*RescheduleResponse, error)
 	// Streams changes of the emails of a view, for live user interfaces: every state, SENDING
 	// included, each email's versions in increasing order (a change older than one already sent is
-	// dropped), each email as GetEmail shows it to the caller (without bodies and attempts).
+	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
+	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
+	// and attempts).
 	WatchEmails(*WatchEmailsRequest, grpc.ServerStreamingServer[WatchEmailsResponse]) error
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(context.Context, *ImportEmailsRequest) (*ImportEmailsResponse, error)
