@@ -307,17 +307,18 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	for i := range res.Emails {
 		c := &claim{e: res.Emails[i], lane: l}
 		c.leaseEnd.Store(end)
-		d.hold(c)
 		if c.e.Before == outbox.StatusSending {
+			// Held (renewed) only once its note is recorded: recording it writes c.e, which the
+			// renewal loop reads. The note takes one round trip, well inside the fresh lease.
 			a, err := d.reclaimNote(c, now, maxAttempts)
 			if err != nil {
-				d.release(c)
 				d.Logger.Error("record a taken-over attempt", "email", c.e.ID, "error", err)
 				continue
 			}
 			notes, noted = append(notes, a), append(noted, c)
 			continue
 		}
+		d.hold(c)
 		claims = append(claims, c)
 	}
 	if len(notes) > 0 {
@@ -325,10 +326,10 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 		// copy that reaches the relay is counted.
 		for i, err := range d.Ledger.ApplyMany(ctx, notes) {
 			if err != nil {
-				d.release(noted[i])
 				d.Logger.Warn("record a taken-over attempt; its lease runs out and it is taken over again", "email", noted[i].e.ID, "error", err)
 				continue
 			}
+			d.hold(noted[i])
 			d.count("reclaimed", 1)
 			if d.Outcomes != nil {
 				d.Outcomes.WithLabelValues(outcomeLabel(outbox.OutcomeUnknown)).Inc()

@@ -204,7 +204,12 @@ func (r *recorder) once(ctx context.Context) bool {
 
 	as := make([]redisstore.Applied, n)
 	for i, it := range batch {
+		// Apply writes the email's new state into Applied.Email; the claim's own copy stays as
+		// it was, since the renewal loop reads it until the claim is released (and a result kept
+		// through an outage is written again from the state it was claimed in).
+		e := *it.a.Email
 		as[i] = it.a
+		as[i].Email = &e
 	}
 	var kept []recItem
 	for i, err := range r.d.Ledger.ApplyMany(ctx, as) {
