@@ -123,7 +123,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		// The gateway keeps no state: no Redis, no NATS.
 		svc, err = gatewayapp.New(ctx, cfg.Gateway, gatewayapp.Deps{Logger: log, Verifier: verifier, Metrics: reg, Server: serverOpts})
 	} else {
-		rdb, err := redisx.Open(ctx, cfg.RedisURL)
+		rdb, err := redisx.Open(ctx, cfg.RedisURL, append(cfg.RedisOptions(), redisx.WithClientName("postamt-"+service))...)
 		if err != nil {
 			return err
 		}

@@ -16,7 +16,18 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/redisx"
 )
+
+// RedisOptions are the redisx options the configuration asks for, so every process opens its
+// Redis the same way.
+func (c *Common) RedisOptions() []redisx.Option {
+	return []redisx.Option{
+		redisx.WithSentinelAuth(c.RedisSentinelUsername, c.RedisSentinelPassword),
+		redisx.WithTLSCAFile(c.RedisTLSCAFile),
+		redisx.WithReplicaAcks(c.RedisReplicaAcks, c.RedisReplicaAckTimeout),
+	}
+}
 
 // Common is the configuration every service shares; each service's config struct embeds it (or
 // sits beside it in the process's struct) so the variables mean the same everywhere.
@@ -29,7 +40,18 @@ type Common struct {
 	LogLevel  string `env:"LOG_LEVEL, default=info" desc:"debug, info, warn or error"`
 	LogFormat string `env:"LOG_FORMAT, default=json" desc:"json or text"`
 	// RedisURL locates the service's Redis (each service owns its keyspace; it may be its own Redis).
-	RedisURL string `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis://, rediss:// or unix://; a password goes in the URL)"`
+	RedisURL string `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL; the scheme selects the topology: redis://[user:password@]host:port/db (rediss:// with TLS, unix:// a socket) for one server, redis+sentinel://[user:password@]sentinel:26379/db?master_name=NAME&addr=sentinel2:26379&addr=... for a Sentinel set (the user and password are the data nodes'), redis+cluster://[user:password@]node:6379?addr=node2:6379&addr=... for a Cluster (seed nodes); rediss+sentinel:// and rediss+cluster:// with TLS"`
+	// RedisSentinelUsername and RedisSentinelPassword are the sentinels' own credentials, which
+	// may differ from the data nodes' in REDIS_URL.
+	RedisSentinelUsername string `env:"REDIS_SENTINEL_USERNAME" desc:"ACL user of the sentinels, when they require one (Sentinel URLs only)"`
+	RedisSentinelPassword string `env:"REDIS_SENTINEL_PASSWORD" desc:"password of the sentinels, when they require one (Sentinel URLs only); empty: the sentinels take no password"`
+	// RedisTLSCAFile lets a rediss URL trust a private CA instead of the system's roots.
+	RedisTLSCAFile string `env:"REDIS_TLS_CA_FILE" desc:"PEM file of the CA that issued the Redis servers' certificates (rediss URLs); empty: the system's roots"`
+	// RedisReplicaAcks is what "accepted" promises: a write counts only once this many replicas
+	// confirmed it (redisx.Acks; docs/operations.md, "Durability").
+	RedisReplicaAcks int `env:"REDIS_REPLICA_ACKS, default=0" desc:"replicas that must confirm every write before it counts (WAIT); 1 makes an accepted email, a claim and a result survive the loss of a master. 0: off (one server without replicas)"`
+	// RedisReplicaAckTimeout bounds that wait; a write not confirmed in time fails as UNAVAILABLE.
+	RedisReplicaAckTimeout time.Duration `env:"REDIS_REPLICA_ACK_TIMEOUT, default=1s" desc:"how long a write waits for REDIS_REPLICA_ACKS replicas (at most 2s) before it fails as UNAVAILABLE (the change may still have been made: retry with the same idempotency key)"`
 	// NATSURL locates NATS JetStream, which carries the events.
 	NATSURL string `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
 	// NATSStreamReplicas is how many copies of each event stream a NATS cluster keeps, so events
@@ -71,8 +93,14 @@ func (c *Common) Validate() error {
 	default:
 		bad("LOG_FORMAT", "want json or text, got %q", c.LogFormat)
 	}
-	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		bad("REDIS_URL", "want a redis://, rediss:// or unix:// URL")
+	if _, err := redisx.TopologyOf(c.RedisURL); err != nil {
+		bad("REDIS_URL", "want a %s URL", redisx.Schemes)
+	}
+	if c.RedisReplicaAcks < 0 || c.RedisReplicaAcks > 5 {
+		bad("REDIS_REPLICA_ACKS", "must be between 0 and 5, got %d", c.RedisReplicaAcks)
+	}
+	if c.RedisReplicaAckTimeout <= 0 || c.RedisReplicaAckTimeout > redisx.MaxReplicaAckTimeout {
+		bad("REDIS_REPLICA_ACK_TIMEOUT", "must be positive and at most %s, got %s", redisx.MaxReplicaAckTimeout, c.RedisReplicaAckTimeout)
 	}
 	for _, s := range strings.Split(c.NATSURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))

@@ -54,7 +54,8 @@ var natsOutages = []struct {
 // NATS/JetStream, another Postamt service, or the network — rather than that the code is wrong,
 // and names the dependency for the log. Retrying later can succeed; fixing the request cannot.
 //
-// Recognised: go-redis pool timeouts and a closed client; Redis replies LOADING, READONLY,
+// Recognised: an error with an `Outage() string` method, which names its dependency (a write
+// Redis replicas did not confirm, redisx.ErrNotReplicated); go-redis pool timeouts and a closed client; Redis replies LOADING, READONLY,
 // CLUSTERDOWN, TRYAGAIN, MASTERDOWN, NOREPLICAS, BUSY, OOM, MISCONF and "max number of clients";
 // the NATS connection errors (no responders, timeout, closed, draining, reconnecting, no servers,
 // stale, disconnected) and JetStream's (no stream response, connection closed, server shutdown,
@@ -69,6 +70,10 @@ func Outage(err error) (dependency string, ok bool) {
 	}
 	if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) || errors.Is(err, redis.ErrClosed) {
 		return DepRedis, true
+	}
+	var named interface{ Outage() string }
+	if errors.As(err, &named) {
+		return named.Outage(), true
 	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) {

@@ -30,8 +30,8 @@ func TestOpen(t *testing.T) {
 			t.Errorf("SET: %v", err)
 		}
 	})
-	t.Run("WithOptions adjusts the client", func(t *testing.T) {
-		c, err := redisx.Open(ctx, srv.URL(), redisx.WithOptions(func(o *redis.Options) { o.ClientName = "postamt-test" }))
+	t.Run("WithClientName names the connections", func(t *testing.T) {
+		c, err := redisx.Open(ctx, srv.URL(), redisx.WithClientName("postamt-test"))
 		if err != nil {
 			t.Fatalf("Open: %v", err)
 		}
@@ -61,12 +61,14 @@ func TestOpenErrorsHideThePassword(t *testing.T) {
 		{"bad scheme", func(*testing.T) string { return "http://u:" + secret + "@127.0.0.1:1/0" }, redisx.ErrInvalidURL},
 		{"bad database", func(*testing.T) string { return "redis://u:" + secret + "@127.0.0.1:1/x" }, redisx.ErrInvalidURL},
 		{"unparsable", func(*testing.T) string { return "redis://u:" + secret + "@127.0.0.1:1/%zz" }, redisx.ErrInvalidURL},
+		{"sentinel without a master name", func(*testing.T) string { return "redis+sentinel://u:" + secret + "@127.0.0.1:1/0" }, redisx.ErrInvalidURL},
+		{"cluster with a bad option", func(*testing.T) string { return "redis+cluster://u:" + secret + "@127.0.0.1:1?bogus=1" }, redisx.ErrInvalidURL},
+		{"cluster nobody listening", func(t *testing.T) string { return "redis+cluster://u:" + secret + "@" + closedPort(t) }, nil},
 		{"nobody listening", func(t *testing.T) string { return "redis://u:" + secret + "@" + closedPort(t) + "/0" }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := redisx.Open(ctx, tt.url(t), redisx.WithPingTimeout(2*time.Second),
-				redisx.WithOptions(func(o *redis.Options) { o.MaxRetries, o.DialerRetries = -1, 1 }))
+			c, err := redisx.Open(ctx, tt.url(t), redisx.WithPingTimeout(2*time.Second), redisx.WithRetries(-1, 1))
 			if err == nil {
 				c.Close()
 				t.Fatal("Open succeeded, want an error")

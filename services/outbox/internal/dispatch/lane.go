@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/postamt/postamt/internal/redisx"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -259,6 +260,19 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 		}
 	}
 	res, err := d.Ledger.ClaimLane(ctx, l.key, claimIn, cands, now, d.Lease)
+	if errors.Is(err, redisx.ErrNotReplicated) {
+		// The master took the claim but no replica confirmed it: a failover could roll it back
+		// and another replica send the same mail. Nothing of it is sent from here; it goes back
+		// as it was (fenced, through the recorder, once Redis confirms writes again).
+		// Mail taken over from a lost holder stays leased: when its lease runs out it is taken
+		// over again, with the note that its first holder may have sent it.
+		for i := range res.Emails {
+			if res.Emails[i].Before != outbox.StatusSending {
+				d.handBack(&claim{e: res.Emails[i], lane: l}, "the claim was not confirmed by a Redis replica")
+			}
+		}
+		return 0, looked, err
+	}
 	if err != nil {
 		return 0, looked, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 )
 
@@ -128,6 +129,9 @@ type recorder struct {
 type recItem struct {
 	c *claim
 	a redisstore.Applied
+	// unconfirmed: a write of this item was made but no replica confirmed it, so a later
+	// ErrFenced may mean it stood.
+	unconfirmed bool
 }
 
 func newRecorder(d *Dispatcher) *recorder {
@@ -218,6 +222,11 @@ func (r *recorder) once(ctx context.Context) bool {
 		switch {
 		case err == nil:
 			r.d.release(it.c)
+		case errors.Is(err, redisstore.ErrFenced) && it.unconfirmed:
+			// An earlier write of this result was made but not confirmed by a replica
+			// (redisx.ErrNotReplicated): it stood, or the email was taken over meanwhile.
+			r.d.release(it.c)
+			r.d.Logger.Info("result of an unconfirmed write already recorded, or the email taken over", "email", it.c.e.ID, "status", it.a.Status.String())
 		case errors.Is(err, redisstore.ErrFenced):
 			// Another worker took the email over after this claim's lease ran out; it has
 			// recorded the attempt this one may have made as unknown.
@@ -231,6 +240,9 @@ func (r *recorder) once(ctx context.Context) bool {
 			r.d.count("unrecorded", 1)
 			r.d.Logger.Error("result not recorded", "email", it.c.e.ID, "error", err)
 		default:
+			// Not written, or written but not confirmed by a replica: written again, under the
+			// same fence, once Redis takes it.
+			it.unconfirmed = it.unconfirmed || errors.Is(err, redisx.ErrNotReplicated)
 			kept = append(kept, it)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
 
@@ -168,7 +169,8 @@ type Claimed struct {
 // trips: the candidates' records, then one script per partition with the bodies of the
 // candidates read in the same pipeline. Never early: nothing with a due time after now is
 // claimed. Each claimed email comes back with Body set, Fence and Version as the claim left them,
-// and Before/BeforeDue as it found them.
+// and Before/BeforeDue as it found them. An error wrapping redisx.ErrNotReplicated comes with
+// the emails the unconfirmed claim took: the caller must not send them, and hands them back.
 func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []Candidate, now time.Time, lease time.Duration) (Claimed, error) {
 	out := Claimed{Next: make(map[int]time.Time, len(parts))}
 	var es []Email
@@ -242,7 +244,12 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		}
 		calls = append(calls, c)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+	// A claim the replicas did not confirm (redisx.Acks) was made on the master: its emails come
+	// back with the error, for the caller to hand back unsent rather than leave them leased.
+	var unconfirmed error
+	if _, err := pipe.Exec(ctx); errors.Is(err, redisx.ErrNotReplicated) {
+		unconfirmed = fmt.Errorf("claim: %w", err)
+	} else if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
 		return out, fmt.Errorf("claim: %w", err)
 	}
 	byID := make(map[string]*Email, len(es))
@@ -253,6 +260,14 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		res, err := c.cmd.Slice()
 		if redis.HasErrorPrefix(err, "NOSCRIPT") {
 			res, err = claimScript.Run(ctx, l.rdb, c.keys, c.argv...).Slice() // loads the script
+		}
+		if errors.Is(err, redisx.ErrNotReplicated) {
+			unconfirmed = fmt.Errorf("claim: %w", err)
+			res, _ = c.cmd.Val().([]any)
+			err = nil
+			if len(res) != 2 {
+				continue
+			}
 		}
 		if err != nil {
 			return out, fmt.Errorf("claim: %w", err)
@@ -299,7 +314,7 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 			out.Emails = append(out.Emails, *e)
 		}
 	}
-	return out, nil
+	return out, unconfirmed
 }
 
 // renewScript extends the leases of emails a worker still holds.
