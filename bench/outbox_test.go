@@ -25,6 +25,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/testkit/authtest"
 	"github.com/postamt/postamt/internal/testkit/natstest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
@@ -63,8 +64,9 @@ func startSuite(b *testing.B) *suite {
 	verifier, signer := authtest.Keys(b)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := &suite{rdb: rs.Client(b), sink: smtptest.Start(b)}
+	svc := servicesRedis(b, rs)
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: os.Getenv("POSTAMT_BENCH_NO_SENT_VIEW") == ""}, mailboxapp.Deps{
-		Logger: logger, Redis: s.rdb, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(),
+		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -78,7 +80,7 @@ func startSuite(b *testing.B) *suite {
 		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: 30 * time.Second,
 		MaxFilterScan: 10_000, MaxSelection: 100_000,
 	}, outboxapp.Deps{
-		Logger: logger, Redis: s.rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(),
+		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(),
 		Server: grpcserver.Options{},
 	})
 	if err != nil {
@@ -108,6 +110,37 @@ func startSuite(b *testing.B) *suite {
 		Settings: &outboxv1.UserSettings{UndoDelay: durationpb.New(0)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"undo_delay"}},
 	}))
 	return s
+}
+
+// servicesRedis is the client the services of a suite use: rs itself, or with
+// POSTAMT_BENCH_REPLICA_ACKS=n (n ≥ 1) a client that confirms every write with n replicas of rs
+// spawned for it (redisx.WithReplicaAcks), to measure what the durability rule costs.
+func servicesRedis(b *testing.B, rs *redistest.Server) redis.UniversalClient {
+	b.Helper()
+	n := envInt("POSTAMT_BENCH_REPLICA_ACKS", 0)
+	if n == 0 {
+		return rs.Client(b)
+	}
+	port := strings.TrimPrefix(rs.Addr(), "127.0.0.1:")
+	for range n {
+		r := redistest.Start(b, redistest.WithArgs("--replicaof", "127.0.0.1", port))
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			info, err := r.Client(b).Info(context.Background(), "replication").Result()
+			if err == nil && strings.Contains(info, "master_link_status:up") {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("replica not linked: %v", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	c, err := redisx.Open(context.Background(), rs.URL(), redisx.WithReplicaAcks(n, time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // benchEmail is a typical small email (~1 KiB built) from the shared mailbox.

@@ -132,7 +132,8 @@ func mergeEntries(cmds []*redis.ZSliceCmd, limit int, keep func(score int64, id 
 // ("-inf": every entry; finished indexes count their retained window).
 // With one bucket it is a ZCARD (or ZCOUNT) per status. With several it starts from the largest
 // set and, for each smaller one, counts the members no larger set holds: the cost is the size of
-// the smaller sets (a user's own buckets), never the tenant-wide one.
+// the smaller sets (a user's own buckets), never the tenant-wide one. It runs as EVALSHA_RO: a
+// read, which waits for no replica (redisx.Acks).
 var countScript = redis.NewScript(`
 local nb, lo = tonumber(ARGV[1]), ARGV[2]
 local function size(k)
@@ -189,7 +190,7 @@ func (l *Ledger) count(ctx context.Context, v View, sts []outbox.Status, key fun
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, Partitions)
 	for p := range Partitions {
-		cmds[p] = countScript.Run(ctx, pipe, keysOf(p), len(v.Buckets), lo)
+		cmds[p] = countScript.RunRO(ctx, pipe, keysOf(p), len(v.Buckets), lo)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
 		return nil, fmt.Errorf("count view: %w", err)
@@ -199,7 +200,7 @@ func (l *Ledger) count(ctx context.Context, v View, sts []outbox.Status, key fun
 		if err != nil {
 			// A pipelined EVALSHA fails with NOSCRIPT on a fresh server: count this partition alone,
 			// which loads the script.
-			ns, err = countScript.Run(ctx, l.rdb, keysOf(p), len(v.Buckets), lo).Int64Slice()
+			ns, err = countScript.RunRO(ctx, l.rdb, keysOf(p), len(v.Buckets), lo).Int64Slice()
 			if err != nil {
 				return nil, fmt.Errorf("count view: %w", err)
 			}
