@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/postamt/postamt/internal/redisx"
 )
 
 // Relay publishes the entries of Redis streams to JetStream: at least once, in stream order,
@@ -274,6 +276,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The relay's own writes (stream reads into the pending list, leases, acknowledgements) may
+	// roll back in a failover at the cost of publishing an entry again, which JetStream drops as
+	// a duplicate: they need no replica's confirmation. The events themselves were confirmed with
+	// the change that wrote them.
+	ctx = redisx.WithoutReplicaAcks(ctx)
 	var sets [][]string
 	if _, cluster := r.Client.(*redis.ClusterClient); cluster {
 		for _, s := range r.Streams {

@@ -89,8 +89,16 @@ func (a *Acks) attach(c *redis.Client) {
 	c.AddHook(&ackHook{acks: a, node: c})
 }
 
-// barrierKey marks the barrier's own commands, which the hook must not confirm again.
+// barrierKey marks commands the hook must not confirm: the barrier's own, and those of a caller
+// that asked for none (WithoutReplicaAcks).
 type barrierKey struct{}
+
+// WithoutReplicaAcks returns a context whose writes do not wait for replicas, for bookkeeping a
+// failover may roll back at no cost: the event relay's reads, leases and acknowledgements (an
+// entry published again is dropped by JetStream's duplicate window). Everything else waits.
+func WithoutReplicaAcks(ctx context.Context) context.Context {
+	return context.WithValue(ctx, barrierKey{}, true)
+}
 
 // ackHook confirms the writes of one node client.
 type ackHook struct {

@@ -133,6 +133,11 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (redis.UniversalCl
 	return c, nil
 }
 
+// ClusterStateReload is how stale a Cluster client's slot map may get before a command reloads
+// it, which bounds how long commands go to a master that failed over (plus the Cluster's own
+// cluster-node-timeout to promote a replica).
+const ClusterStateReload = time.Second
+
 // newClient builds the client of rawURL's topology with st applied, and says what it connects to
 // (for errors).
 func newClient(rawURL string, st settings) (redis.UniversalClient, string, error) {
@@ -193,6 +198,13 @@ func newClient(rawURL string, st settings) (redis.UniversalClient, string, error
 		}
 		if co.TLSConfig, err = tlsConfig(co.TLSConfig); err != nil {
 			return nil, "", err
+		}
+		if co.ClusterStateReloadInterval == 0 {
+			// go-redis refreshes its slot map on MOVED and READONLY replies, but not when a master
+			// stops answering: with its default of 60 s, every command for a failed master's slots
+			// would fail for up to a minute after a replica took them over. A command finding the
+			// map older than this reloads it in the background (CLUSTER SLOTS, cheap).
+			co.ClusterStateReloadInterval = ClusterStateReload
 		}
 		if st.clientName != "" {
 			co.ClientName = st.clientName
