@@ -50,11 +50,18 @@ type Options struct {
 	// OutboxEnv is added to every outbox process's environment, overriding the harness's
 	// defaults (e.g. OUTBOX_LEASE, OUTBOX_SMTP_COMMAND_TIMEOUT).
 	OutboxEnv map[string]string
+	// RedisURL, when set, is the Redis every process uses (a Cluster or a Sentinel set the test
+	// started, e.g. redistest.StartCluster(t).URL()); Suite.Redis is then nil. Empty: the harness
+	// spawns one redis-server with an fsynced append-only file.
+	RedisURL string
+	// Env is added to every process's environment (e.g. REDIS_REPLICA_ACKS).
+	Env map[string]string
 }
 
 // Suite is a running outbox with everything around it. Its methods may be called from several
 // goroutines, but the ones that fail the test (taking tb) only from the test's.
 type Suite struct {
+	// Redis is the spawned redis-server; nil when Options.RedisURL named another.
 	Redis   *redistest.Server
 	NATS    *natstest.Server
 	Mailbox *Process
@@ -78,7 +85,12 @@ func Start(tb testing.TB, o Options) *Suite {
 	if len(o.Tenants) == 0 {
 		o.Tenants = []string{"kanzlei"}
 	}
-	rs := redistest.Start(tb, redistest.WithAOF()) // skips with -short or without redis-server
+	var rs *redistest.Server
+	redisURL := o.RedisURL
+	if redisURL == "" {
+		rs = redistest.Start(tb, redistest.WithAOF()) // skips with -short or without redis-server
+		redisURL = rs.URL()
+	}
 	ns := natstest.Start(tb)
 	bin := Binary(tb)
 	_, signer := authtest.Keys(tb)
@@ -86,8 +98,8 @@ func Start(tb testing.TB, o Options) *Suite {
 	logDir := tb.TempDir()
 
 	common := func() map[string]string {
-		return map[string]string{
-			"REDIS_URL":         rs.URL(),
+		env := map[string]string{
+			"REDIS_URL":         redisURL,
 			"NATS_URL":          ns.URL(),
 			"AUTH_HS256_SECRET": authtest.Config().HS256Secret,
 			"LOG_FORMAT":        "json",
@@ -95,6 +107,8 @@ func Start(tb testing.TB, o Options) *Suite {
 			// A short drain delay: no load balancer needs to notice a test's replica leave.
 			"DRAIN_DELAY": "100ms",
 		}
+		maps.Copy(env, o.Env)
+		return env
 	}
 	s.Mailbox = newProcess(tb, "mailbox", bin, logDir, common(), "serve", "mailbox")
 	// Registered before the processes start: stops them all at cleanup, after printing their

@@ -8,9 +8,12 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -29,6 +32,12 @@ type Batch struct {
 	Subject string
 	// Clients is the number of concurrent submitters; 0 means 16.
 	Clients int
+	// RetryFor makes each submit carry an idempotency key and be retried with it, as the API asks
+	// callers to, while the outbox answers UNAVAILABLE (a Redis failover), for up to RetryFor per
+	// email; zero fails tb at the first refusal.
+	RetryFor time.Duration
+	// Retried, when set, counts the UNAVAILABLE answers that were retried.
+	Retried *atomic.Int64
 }
 
 // Submitted is one accepted email.
@@ -62,11 +71,22 @@ func (s *Suite) Submit(tb testing.TB, b Batch) []Submitted {
 	for w := range b.Clients {
 		wg.Go(func() {
 			for i := w; i < b.N; i += b.Clients {
-				r, err := client.SubmitEmail(ctx, &outboxv1.SubmitEmailRequest{
+				req := &outboxv1.SubmitEmailRequest{
 					FromAddress: Sender(b.Tenant), To: []string{fmt.Sprintf("client-%d@example.com", i)},
 					Subject: fmt.Sprintf("%s #%d", b.Subject, i), TextBody: "Guten Tag,\n\nanbei die Unterlagen.\n",
 					Priority: b.Priority, ConnectorId: b.Connector, SendAt: sendAt,
-				})
+				}
+				if b.RetryFor > 0 {
+					req.IdempotencyKey = fmt.Sprintf("%s-%d", b.Subject, i)
+				}
+				r, err := client.SubmitEmail(ctx, req)
+				for deadline := time.Now().Add(b.RetryFor); err != nil && status.Code(err) == codes.Unavailable && time.Now().Before(deadline); {
+					if b.Retried != nil {
+						b.Retried.Add(1)
+					}
+					time.Sleep(50 * time.Millisecond)
+					r, err = client.SubmitEmail(ctx, req)
+				}
 				if err != nil {
 					errc <- fmt.Errorf("submit #%d: %w", i, err)
 					return
