@@ -16,8 +16,10 @@ package redistest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,86 +37,198 @@ import (
 // startTimeout bounds how long a spawned server may take to answer PING.
 const startTimeout = 10 * time.Second
 
-// Server is a spawned redis-server. Its methods are safe for concurrent use.
-type Server struct {
-	dir     string
+// config is what the options set; Start, StartCluster and StartSentinel read the parts that
+// concern them.
+type config struct {
 	aof     bool
-	cluster bool
+	cluster bool // Start: a one-node cluster serving every slot
 	args    []string
+	tls     bool
+	user    string
+	pass    string
 
-	mu     sync.Mutex
-	port   int
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when cmd's process has exited
+	masters          int           // StartCluster
+	replicasEach     int           // StartCluster
+	nodeTimeout      time.Duration // StartCluster
+	sentinelReplicas int           // StartSentinel
+	sentinels        int           // StartSentinel
+	sentinelPass     string        // StartSentinel
+	downAfter        time.Duration // StartSentinel
 }
 
-// Option changes how the server runs.
-type Option func(*Server)
+func newConfig(opts []Option) config {
+	c := config{
+		masters: 3, replicasEach: 1, nodeTimeout: time.Second,
+		sentinelReplicas: 2, sentinels: 3, downAfter: time.Second,
+	}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
+// Option changes how the servers run.
+type Option func(*config)
 
 // WithAOF turns the append-only file on with an fsync per write, so data survives Kill and
 // Restart as in production; fault tests use it. Without it the server keeps nothing on disk
 // (--save "" --appendonly no) and Restart starts empty.
-func WithAOF() Option { return func(s *Server) { s.aof = true } }
+func WithAOF() Option { return func(c *config) { c.aof = true } }
 
-// WithArgs passes extra configuration to redis-server, e.g. "--maxmemory", "64mb", for tests that
-// need a setting the defaults lack.
+// WithArgs passes extra configuration to redis-server (every data node of a cluster or sentinel
+// set, not the sentinels), e.g. "--maxmemory", "64mb", for tests that need a setting the
+// defaults lack.
 func WithArgs(args ...string) Option {
-	return func(s *Server) { s.args = append(s.args, args...) }
+	return func(c *config) { c.args = append(c.args, args...) }
 }
 
 // WithCluster runs the server in cluster mode with all 16384 slots assigned to it; use
-// ClusterClient. The cluster state survives Restart.
-func WithCluster() Option { return func(s *Server) { s.cluster = true } }
+// ClusterClient. The cluster state survives Restart. StartCluster ignores it.
+func WithCluster() Option { return func(c *config) { c.cluster = true } }
+
+// WithTLS serves TLS only (no plaintext port), with a CA and a server certificate for 127.0.0.1
+// and localhost generated for the run; replication, the cluster bus and the sentinels' links
+// use TLS too. Clients of the kit trust the CA (TLSConfig, CACertFile); client certificates are
+// not required.
+func WithTLS() Option { return func(c *config) { c.tls = true } }
+
+// WithUser creates an ACL user with every right and turns the default user off, so only clients
+// that authenticate as name with password get in; replicas, cluster nodes and sentinels
+// authenticate as that user too. password must not contain spaces (it goes into config lines).
+func WithUser(name, password string) Option {
+	return func(c *config) { c.user, c.pass = name, password }
+}
+
+// Server is a spawned redis-server (a data node, or a sentinel of StartSentinel). Its methods
+// are safe for concurrent use.
+type Server struct {
+	dir   string
+	cfg   config
+	tls   *tlsFiles
+	kind  kind
+	extra []string // more arguments: --replicaof for a sentinel set's replica
+
+	mu      sync.Mutex
+	port    int
+	busPort int // the cluster bus port of a member of StartCluster's cluster
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd's process has exited
+}
+
+// kind is what a Server runs as.
+type kind int
+
+const (
+	standalone kind = iota
+	clusterNode
+	sentinelNode
+)
 
 // Start spawns a redis-server for tb and kills it at cleanup. It skips the test in -short mode
 // and when redis-server is not installed, and fails it when the server does not come up.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
+	skipUnlessRedis(tb)
+	cfg := newConfig(opts)
+	dir := tb.TempDir()
+	files, err := tlsFor(cfg, dir)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	s := &Server{dir: dir, cfg: cfg, tls: files}
+	tb.Cleanup(s.Kill)
+	if err := s.launch(); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return s
+}
+
+// skipUnlessRedis skips tb in -short mode and when redis-server or redis-cli is missing.
+func skipUnlessRedis(tb testing.TB) {
+	tb.Helper()
 	if testing.Short() {
 		tb.Skip("redistest: spawns redis-server; skipped with -short")
 	}
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		tb.Skip("redistest: redis-server is not on PATH (Debian: apt-get install redis-server; macOS: brew install redis)")
+	for _, bin := range []string{"redis-server", "redis-cli"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			tb.Skipf("redistest: %s is not on PATH (Debian: apt-get install redis-server; macOS: brew install redis)", bin)
+		}
 	}
-	s := &Server{dir: tb.TempDir()}
-	for _, o := range opts {
-		o(s)
-	}
-	tb.Cleanup(s.Kill)
+}
+
+// launch starts the server on a free port, trying again on another when the port was taken.
+func (s *Server) launch() error {
 	var err error
 	for range 5 { // a port found free can be taken by another process before redis binds it
-		var port int
+		var port, bus int
 		if port, err = freePort(); err != nil {
-			tb.Fatalf("redistest: %v", err)
+			return err
 		}
-		if err = s.start(port); err == nil {
-			return s
+		if s.kind == clusterNode {
+			if bus, err = freePort(); err != nil {
+				return err
+			}
+		}
+		if err = s.start(port, bus); err == nil {
+			return nil
 		}
 	}
-	tb.Fatalf("redistest: %v", err)
-	return nil
+	return err
 }
 
 // freePort is a port for the server to bind (freeport says why not port 0).
 func freePort() (int, error) { return freeport.Port() }
 
-// start runs redis-server on port and waits until it answers PING. The caller holds no lock.
-func (s *Server) start(port int) error {
-	logFile := filepath.Join(s.dir, "redis.log")
-	args := []string{
-		"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", s.dir,
-		"--save", "", "--logfile", logFile, "--daemonize", "no",
+// args is redis-server's command line for port (and bus, the cluster bus port).
+func (s *Server) argv(port, bus int) []string {
+	var args []string
+	if s.kind == sentinelNode {
+		args = append(args, filepath.Join(s.dir, "sentinel.conf"), "--sentinel")
 	}
-	if s.aof {
+	args = append(args, "--bind", "127.0.0.1", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no")
+	if s.tls != nil {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(port),
+			"--tls-cert-file", s.tls.cert, "--tls-key-file", s.tls.key, "--tls-ca-cert-file", s.tls.ca,
+			"--tls-auth-clients", "no", "--tls-replication", "yes")
+		if s.kind == clusterNode || (s.kind == standalone && s.cfg.cluster) {
+			args = append(args, "--tls-cluster", "yes")
+		}
+	} else {
+		args = append(args, "--port", strconv.Itoa(port))
+	}
+	if s.kind == sentinelNode {
+		if s.cfg.sentinelPass != "" {
+			args = append(args, "--requirepass", s.cfg.sentinelPass)
+		}
+		return args
+	}
+	// A replica's first sync is immediate: no waiting 5 s for more replicas to share a diskless
+	// transfer, which is what makes a topology slow to start.
+	args = append(args, "--save", "", "--repl-diskless-sync-delay", "0")
+	if s.cfg.aof {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	if s.cluster {
+	if s.kind == clusterNode || s.cfg.cluster {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.dir, "nodes.conf"))
 	}
-	args = append(args, s.args...)
-	cmd := exec.Command("redis-server", args...)
+	if s.kind == clusterNode {
+		args = append(args, "--cluster-port", strconv.Itoa(bus),
+			"--cluster-node-timeout", strconv.FormatInt(s.cfg.nodeTimeout.Milliseconds(), 10))
+	}
+	if s.cfg.user != "" {
+		args = append(args, "--user", s.cfg.user, "on", ">"+s.cfg.pass, "~*", "&*", "+@all",
+			"--user", "default", "off", "--masteruser", s.cfg.user, "--masterauth", s.cfg.pass)
+	}
+	args = append(args, s.extra...)
+	return append(args, s.cfg.args...)
+}
+
+// start runs redis-server on port and waits until it answers PING. The caller holds no lock.
+func (s *Server) start(port, bus int) error {
+	cmd := exec.Command("redis-server", s.argv(port, bus)...)
 	setProcAttr(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
@@ -125,26 +239,44 @@ func (s *Server) start(port int) error {
 		close(exited)
 	}()
 	s.mu.Lock()
-	s.port, s.cmd, s.exited = port, cmd, exited
+	s.port, s.busPort, s.cmd, s.exited = port, bus, cmd, exited
 	s.mu.Unlock()
 
-	err := waitReady(port, cmd.Process.Pid, exited)
-	if err == nil && s.cluster {
-		err = assignSlots(port)
+	err := s.waitReady(cmd.Process.Pid, exited)
+	if err == nil && s.kind == standalone && s.cfg.cluster {
+		err = s.assignSlots()
 	}
 	if err != nil {
 		s.Kill()
-		log, _ := os.ReadFile(logFile)
+		log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
 		return fmt.Errorf("redis-server on port %d: %w\n%s", port, err, lastLines(string(log), 5))
 	}
 	return nil
 }
 
-// waitReady polls PING until the server of process pid answers, the process exits, or the
+// options are the client options of the server: its address, TLS and credentials.
+func (s *Server) options() *redis.Options {
+	o := &redis.Options{Addr: s.Addr(), TLSConfig: s.tls.config()}
+	if s.kind == sentinelNode {
+		o.Password = s.cfg.sentinelPass
+	} else {
+		o.Username, o.Password = s.cfg.user, s.cfg.pass
+	}
+	return o
+}
+
+// admin is a client of the server for the kit's own commands: no retries, short timeouts.
+func (s *Server) admin() *redis.Client {
+	o := s.options()
+	o.MaxRetries, o.DialTimeout, o.PoolSize = -1, time.Second, 2
+	return redis.NewClient(o)
+}
+
+// waitReady polls INFO until the server of process pid answers, the process exits, or the
 // deadline passes. It checks the answering process's id, so a server of someone else that
 // grabbed the port is never mistaken for ours.
-func waitReady(port, pid int, exited <-chan struct{}) error {
-	c := redis.NewClient(&redis.Options{Addr: addr(port), MaxRetries: -1, DialTimeout: time.Second})
+func (s *Server) waitReady(pid int, exited <-chan struct{}) error {
+	c := s.admin()
 	defer c.Close()
 	deadline := time.NewTimer(startTimeout)
 	defer deadline.Stop()
@@ -172,8 +304,8 @@ func waitReady(port, pid int, exited <-chan struct{}) error {
 
 // assignSlots gives the one node every slot (unless nodes.conf already did, after a restart) and
 // waits until the cluster reports ok.
-func assignSlots(port int) error {
-	c := redis.NewClient(&redis.Options{Addr: addr(port), MaxRetries: -1})
+func (s *Server) assignSlots() error {
+	c := s.admin()
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
@@ -210,6 +342,22 @@ func lastLines(s string, n int) string {
 
 func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
+// scheme is base ("redis", "redis+cluster") with an s after redis for TLS.
+func scheme(base string, tls bool) string {
+	if tls {
+		return "rediss" + strings.TrimPrefix(base, "redis")
+	}
+	return base
+}
+
+// userinfo is "user:password@" escaped for a URL, "" without a password.
+func userinfo(user, pass string) string {
+	if pass == "" && user == "" {
+		return ""
+	}
+	return url.UserPassword(user, pass).String() + "@"
+}
+
 // Addr is the server's host:port.
 func (s *Server) Addr() string {
 	s.mu.Lock()
@@ -217,13 +365,24 @@ func (s *Server) Addr() string {
 	return addr(s.port)
 }
 
-// URL is the server's redis:// URL, for code under test that is configured by REDIS_URL.
-func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+// URL is the server's URL, for code under test that is configured by REDIS_URL:
+// redis://127.0.0.1:P/0, rediss:// with WithTLS, and user:password@ with WithUser (a sentinel's
+// URL carries no credentials).
+func (s *Server) URL() string {
+	o := s.options()
+	return scheme("redis", s.tls != nil) + "://" + userinfo(o.Username, o.Password) + s.Addr() + "/0"
+}
+
+// CACertFile is the PEM file of the CA that signed the server's certificate, "" without WithTLS.
+func (s *Server) CACertFile() string { return s.tls.caFile() }
+
+// TLSConfig trusts the server's CA; nil without WithTLS.
+func (s *Server) TLSConfig() *tls.Config { return s.tls.config() }
 
 // Client returns a client of the server, closed at tb's cleanup.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	c := redis.NewClient(s.options())
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -231,12 +390,28 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 // ClusterClient returns a cluster client of a server started WithCluster, closed at tb's cleanup.
 func (s *Server) ClusterClient(tb testing.TB) *redis.ClusterClient {
 	tb.Helper()
-	if !s.cluster {
+	if !s.cfg.cluster {
 		tb.Fatal("redistest: ClusterClient needs a server started WithCluster")
 	}
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{s.Addr()}})
+	o := s.options()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// running reports whether the server's process is alive (not killed, not exited).
+func (s *Server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return false
+	}
+	select {
+	case <-s.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // Kill stops the server with SIGKILL, as a crash would, and returns once the process is gone.
@@ -253,14 +428,16 @@ func (s *Server) Kill() {
 }
 
 // Restart kills the server if it runs and starts it again on the same port and data directory,
-// so clients reconnect to the same address. With WithAOF the data is still there.
+// so clients reconnect to the same address. With WithAOF the data is still there. A cluster node
+// comes back with its nodes.conf (a killed master rejoins as a replica of its successor); a
+// sentinel with the configuration it rewrote.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	s.Kill()
 	s.mu.Lock()
-	port := s.port
+	port, bus := s.port, s.busPort
 	s.mu.Unlock()
-	if err := s.start(port); err != nil {
+	if err := s.start(port, bus); err != nil {
 		tb.Fatalf("redistest: restart: %v", err)
 	}
 }
