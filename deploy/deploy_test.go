@@ -22,8 +22,9 @@ import (
 var overlays = map[string]deploy.Rules{
 	"dev": {Namespace: "postamt-dev"},
 	"prod": {
-		Namespace:    "postamt",
-		PinnedImages: true,
+		Namespace:        "postamt",
+		PinnedImages:     true,
+		HighAvailability: true,
 		External: []string{
 			"Secret/postamt-redis", "ConfigMap/postamt-jwks", "Secret/outbox-smtp",
 			"Secret/outbox-signing-key", "Secret/tracker-signing-key", "Secret/calendar-signing-key",
@@ -310,30 +311,46 @@ func addEnv(m *deploy.Manifest, service, name, value string) {
 // configure, for every overlay: each service's clients (the *_ADDR variables), Redis and NATS for
 // the services that keep state, nothing of either for the gateway.
 func TestDials(t *testing.T) {
-	want := []string{
+	common := []string{
 		"calendar CALENDAR_MAILBOX_ADDR mailbox-headless:9090",
 		"calendar NATS_URL nats:4222",
-		"calendar REDIS_URL redis:6379",
 		"gateway GATEWAY_CALENDAR_ADDR calendar-headless:9090",
 		"gateway GATEWAY_MAILBOX_ADDR mailbox-headless:9090",
 		"gateway GATEWAY_OUTBOX_ADDR outbox-headless:9090",
 		"gateway GATEWAY_TRACKER_ADDR tracker-headless:9090",
 		"mailbox NATS_URL nats:4222",
-		"mailbox REDIS_URL redis:6379",
 		"outbox NATS_URL nats:4222",
 		"outbox OUTBOX_MAILBOX_ADDR mailbox-headless:9090",
 		"outbox OUTBOX_TRACKER_ADDR tracker-headless:9090",
-		"outbox REDIS_URL redis:6379",
 		"tracker NATS_URL nats:4222",
-		"tracker REDIS_URL redis:6379",
 		"tracker TRACKER_MAILBOX_ADDR mailbox-headless:9090",
 	}
+	redis := map[string][]string{
+		// One Redis (its Service).
+		"dev": {"redis:6379"},
+		// The Redis Cluster's three seeds, by their stable names.
+		"prod": {"redis-0.redis-headless:6379", "redis-1.redis-headless:6379", "redis-2.redis-headless:6379"},
+	}
+	topology := map[string]string{"dev": "", "prod": deploy.TopologyCluster}
 	for _, overlay := range []string{"dev", "prod"} {
 		t.Run(overlay, func(t *testing.T) {
+			want := slices.Clone(common)
+			for _, s := range []string{"calendar", "mailbox", "outbox", "tracker"} {
+				for _, a := range redis[overlay] {
+					want = append(want, s+" REDIS_URL "+a)
+				}
+			}
+			slices.Sort(want)
 			var got []string
 			for _, d := range render(t, "k8s/overlays/"+overlay).Dials() {
 				if d.Err != nil || d.Local {
 					t.Errorf("%s %s = %s: err %v, local %v", d.Service, d.Var, d.Address, d.Err, d.Local)
+				}
+				if d.Var == "REDIS_URL" && d.Topology != topology[overlay] {
+					t.Errorf("%s %s = %s: topology %q, want %q", d.Service, d.Var, d.Address, d.Topology, topology[overlay])
+				}
+				if strings.Contains(d.Address, "$(") {
+					t.Errorf("%s %s: address %s shows a variable reference", d.Service, d.Var, d.Address)
 				}
 				got = append(got, fmt.Sprintf("%s %s %s:%d", d.Service, d.Var, d.Host, d.Port))
 			}
@@ -342,6 +359,105 @@ func TestDials(t *testing.T) {
 				t.Errorf("Dials =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 		})
+	}
+}
+
+// TestParseRedisTopologies: the URL forms of REDIS_URL for a Redis Cluster and a Sentinel set
+// name every server they list (the host and each addr=), with the scheme's default port, and
+// nothing of the password.
+func TestParseRedisTopologies(t *testing.T) {
+	tests := []struct {
+		url      string
+		topology string
+		want     []string // host:port of each Dial
+		err      bool
+	}{
+		{"redis://:pw@redis:6379/0", "", []string{"redis:6379"}, false},
+		{"rediss://redis", "", []string{"redis:6379"}, false},
+		{"redis+cluster://:pw@redis-0.redis-headless:6379?addr=redis-1.redis-headless:6379&addr=redis-2.redis-headless", deploy.TopologyCluster,
+			[]string{"redis-0.redis-headless:6379", "redis-1.redis-headless:6379", "redis-2.redis-headless:6379"}, false},
+		{"rediss+cluster://user:pw@10.0.0.1?addr=[2001:db8::1]:7000", deploy.TopologyCluster, []string{"10.0.0.1:6379", "2001:db8::1:7000"}, false},
+		{"redis+sentinel://app:pw@s1:26379/0?master_name=postamt&addr=s2&addr=s3:26380", deploy.TopologySentinel,
+			[]string{"s1:26379", "s2:26379", "s3:26380"}, false},
+		{"rediss+sentinel://s1/0?master_name=postamt", deploy.TopologySentinel, []string{"s1:26379"}, false},
+		{"redis+sentinel://s1:26379/0?addr=s2", deploy.TopologySentinel, nil, true}, // no master_name
+		{"redis+cluster://:pw@seed:6379?addr=", deploy.TopologyCluster, []string{"seed:6379"}, true},
+		{"redis+cluster://:pw@seed:6379?addr=s2:notaport", deploy.TopologyCluster, []string{"seed:6379", "s2:0"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			m, err := deploy.Decode([]byte(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: mailbox}
+spec:
+  selector: {matchLabels: {app.kubernetes.io/name: mailbox}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: mailbox}}
+    spec:
+      containers:
+        - name: mailbox
+          env:
+            - {name: REDIS_URL, value: "` + tt.url + `"}
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			var errs int
+			for _, d := range m.Dials() {
+				if d.Topology != tt.topology {
+					t.Errorf("%s: topology %q, want %q", d.Address, d.Topology, tt.topology)
+				}
+				if strings.Contains(d.Address, "pw") {
+					t.Errorf("address %s shows the password", d.Address)
+				}
+				if d.Err != nil {
+					errs++
+				}
+				if d.Host != "" || d.Port != 0 {
+					got = append(got, fmt.Sprintf("%s:%d", d.Host, d.Port))
+				}
+			}
+			if (errs > 0) != tt.err {
+				t.Errorf("errors %d, want error %v", errs, tt.err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("dials %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestTargetStatefulPod: a StatefulSet pod's stable name reaches that StatefulSet's pods on a
+// container port they declare, in the namespace's short and long forms; an ordinal beyond the
+// replicas, another namespace or an undeclared port reaches nothing.
+func TestTargetStatefulPod(t *testing.T) {
+	m := render(t, "k8s/overlays/prod")
+	for _, tt := range []struct {
+		host string
+		port int32
+		ok   bool
+	}{
+		{"redis-0.redis-headless", 6379, true},
+		{"redis-8.redis-headless.postamt", 16379, true},
+		{"redis-4.redis-headless.postamt.svc", 6379, true},
+		{"redis-2.redis-headless.postamt.svc.cluster.local.", 6379, true},
+		{"nats-2.nats-headless", 4222, true},
+		{"redis-9.redis-headless", 6379, false},
+		{"redis-01.redis-headless", 6379, false},
+		{"redis-0.redis-headless.elsewhere", 6379, false},
+		{"redis-0.redis", 6379, false}, // not the governing Service
+		{"redis-0.redis-headless", 6380, false},
+		{"redis-0.redis-headless.postamt.cluster", 6379, false},
+	} {
+		to, port, ok := m.Target("postamt", tt.host, tt.port)
+		if ok != tt.ok {
+			t.Errorf("Target(%s:%d) ok = %v, want %v", tt.host, tt.port, ok, tt.ok)
+			continue
+		}
+		if ok && (port != tt.port || to.Labels["app.kubernetes.io/name"] != strings.SplitN(tt.host, "-", 2)[0]) {
+			t.Errorf("Target(%s:%d) = %v port %d", tt.host, tt.port, to.Labels, port)
+		}
 	}
 }
 
@@ -402,9 +518,10 @@ func TestFlowsFromConfiguration(t *testing.T) {
 			gw.Spec.Egress = append(gw.Spec.Egress, policy(m, "postamt-stores").Spec.Egress[0])
 		}, []found{{deploy.RuleFlow, "NetworkPolicy egress of gateway"}}},
 		{"Redis open to every Postamt pod", func(m *deploy.Manifest) {
-			policy(m, "redis").Spec.Ingress[0].From[0].PodSelector = &metav1.LabelSelector{
+			in := &policy(m, "redis").Spec.Ingress[0]
+			in.From = append(in.From, networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{
 				MatchLabels: map[string]string{deploy.ComponentLabel: deploy.APIComponent},
-			}
+			}})
 		}, []found{{deploy.RuleFlow, "NetworkPolicy ingress of redis"}}},
 		{"a second NATS server refused", func(m *deploy.Manifest) {
 			configMap(m, "postamt-stores").Data["NATS_URL"] = "nats://nats:4222, nats://nats-headless:6222"
