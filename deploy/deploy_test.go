@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -228,6 +229,70 @@ func TestCheckFinds(t *testing.T) {
 		}},
 		{"Redis with a password in the manifest", deploy.RuleStore, func(m *deploy.Manifest) {
 			statefulSet(m, "redis").Spec.Template.Spec.Containers[0].Args = []string{"/etc/redis/redis.conf", "--requirepass", "hunter2"}
+		}},
+		{"Redis Cluster nodes without masterauth", deploy.RuleStore, func(m *deploy.Manifest) {
+			c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+			i := slices.Index(c.Args, "--masterauth")
+			c.Args = slices.Delete(c.Args, i, i+2)
+		}},
+		{"Redis Cluster nodes announcing no stable name", deploy.RuleStore, func(m *deploy.Manifest) {
+			c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+			i := slices.Index(c.Args, "--cluster-announce-hostname")
+			c.Args = slices.Delete(c.Args, i, i+2)
+		}},
+		{"Redis Cluster names unpublished before ready", deploy.RuleStore, func(m *deploy.Manifest) {
+			m.Services[slices.IndexFunc(m.Services, func(s *corev1.Service) bool { return s.Name == "redis-headless" })].Spec.PublishNotReadyAddresses = false
+		}},
+		{"a standalone REDIS_URL for the Redis Cluster", deploy.RuleStore, func(m *deploy.Manifest) {
+			addEnv(m, "tracker", "REDIS_URL", "redis://:$(REDIS_PASSWORD)@redis-0.redis-headless:6379/0")
+		}},
+		{"replica acks from a single Redis", deploy.RuleStore, func(m *deploy.Manifest) {
+			c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+			c.Ports = c.Ports[:1]
+		}},
+		{"the Redis Cluster's budget lets two go", deploy.RuleHA, func(m *deploy.Manifest) {
+			for _, p := range m.PDBs {
+				if p.Name == "redis" {
+					p.Spec.MaxUnavailable = ptr.To(intstr.FromInt32(2))
+				}
+			}
+		}},
+		{"NATS without a budget", deploy.RuleHA, func(m *deploy.Manifest) {
+			m.PDBs = slices.DeleteFunc(m.PDBs, func(p *policyv1.PodDisruptionBudget) bool { return p.Name == "nats" })
+		}},
+		{"Redis nodes may share a node", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.Affinity = nil
+		}},
+		{"NATS anti-affinity only preferred", deploy.RuleHA, func(m *deploy.Manifest) {
+			a := statefulSet(m, "nats").Spec.Template.Spec.Affinity.PodAntiAffinity
+			a.PreferredDuringSchedulingIgnoredDuringExecution = []corev1.WeightedPodAffinityTerm{{Weight: 100, PodAffinityTerm: a.RequiredDuringSchedulingIgnoredDuringExecution[0]}}
+			a.RequiredDuringSchedulingIgnoredDuringExecution = nil
+		}},
+		{"Redis not spread over zones", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.TopologySpreadConstraints = nil
+		}},
+		{"Redis on no volume", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.VolumeClaimTemplates = nil
+		}},
+		{"one NATS server", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "nats").Spec.Replicas = ptr.To[int32](1)
+		}},
+		{"Redis without readiness", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.Containers[0].ReadinessProbe = nil
+		}},
+		{"the Redis Cluster's bus open to the services", deploy.RuleFlow, func(m *deploy.Manifest) {
+			in := &policy(m, "redis").Spec.Ingress[0]
+			in.Ports = append(in.Ports, networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromString("cluster-bus"))})
+		}},
+		{"the Redis Cluster's bus closed between its nodes", deploy.RuleFlow, func(m *deploy.Manifest) {
+			np := policy(m, "redis")
+			np.Spec.Egress[0].Ports = np.Spec.Egress[0].Ports[:1]
+		}},
+		{"the cluster init Job running as root", deploy.RuleSecurity, func(m *deploy.Manifest) {
+			m.Jobs[0].Spec.Template.Spec.Containers[0].SecurityContext.RunAsNonRoot = ptr.To(false)
+		}},
+		{"the cluster init Job's image floating", deploy.RuleImage, func(m *deploy.Manifest) {
+			m.Jobs[0].Spec.Template.Spec.Containers[0].Image = "redis:8-alpine"
 		}},
 	}
 	for _, tt := range tests {
@@ -542,6 +607,48 @@ func TestFlowsFromConfiguration(t *testing.T) {
 		{"a listen address taken for a dial address", func(m *deploy.Manifest) {
 			configMap(m, "outbox-config").Data["OUTBOX_WEBHOOK_ADDR"] = ":8443"
 		}, []found{{deploy.RuleAddress, "Deployment/outbox OUTBOX_WEBHOOK_ADDR"}}},
+		{"a cluster seed on a port the nodes do not serve", func(m *deploy.Manifest) {
+			addEnv(m, "calendar", "REDIS_URL", "redis+cluster://:$(REDIS_PASSWORD)@redis-0.redis-headless:6379?addr=redis-1.redis-headless:6380")
+		}, []found{{deploy.RuleAddress, "Deployment/calendar REDIS_URL"}}},
+		{"a cluster seed beyond the StatefulSet's replicas", func(m *deploy.Manifest) {
+			addEnv(m, "calendar", "REDIS_URL", "redis+cluster://:$(REDIS_PASSWORD)@redis-9.redis-headless:6379")
+		}, []found{
+			{deploy.RuleAddress, "Deployment/calendar REDIS_URL"},
+			{deploy.RuleFlow, "NetworkPolicy egress of calendar"},
+			{deploy.RuleFlow, "NetworkPolicy ingress of redis"},
+		}},
+		{"the Redis Cluster's bus open to the services", func(m *deploy.Manifest) {
+			in := &policy(m, "redis").Spec.Ingress[0]
+			in.Ports = append(in.Ports, networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromString("cluster-bus"))})
+		}, func() []found {
+			// redisPeers names the bus port for each workload it admits (the services and the
+			// Job); dialFlows finds each as a flow nobody needs.
+			var f []found
+			for range []string{"calendar", "mailbox", "outbox", "tracker", "redis-cluster-init"} {
+				f = append(f, found{deploy.RuleFlow, "NetworkPolicy ingress of redis"}, found{deploy.RuleFlow, "NetworkPolicy ingress of redis port 16379 (cluster-bus)"})
+			}
+			return f
+		}()},
+		{"the Redis Cluster's bus open to another namespace", func(m *deploy.Manifest) {
+			np := policy(m, "redis")
+			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{
+				From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromInt32(16379))}},
+			})
+		}, func() []found {
+			// Every pod of every namespace: the services, the Job and NATS of this one too.
+			var f []found
+			for range []string{"calendar", "gateway", "mailbox", "outbox", "tracker", "nats", "redis-cluster-init"} {
+				f = append(f, found{deploy.RuleFlow, "NetworkPolicy ingress of redis"}, found{deploy.RuleFlow, "NetworkPolicy ingress of redis port 16379 (cluster-bus)"})
+			}
+			f = append(f,
+				found{deploy.RuleFlow, "NetworkPolicy ingress of redis port 16379 (cluster-bus)"}, // another namespace
+				found{deploy.RuleFlow, "NetworkPolicy"},                                           // other namespace → redis cluster-bus (Flows)
+				found{deploy.RuleFlow, "NetworkPolicy"},                                           // monitoring → redis cluster-bus
+				found{deploy.RuleFlow, "NetworkPolicy"},                                           // ingress → redis cluster-bus
+			)
+			return f
+		}()},
 		{"loopback and Unix sockets need no policy", func(m *deploy.Manifest) {
 			configMap(m, "outbox-config").Data["OTEL_EXPORTER_OTLP_ENDPOINT"] = "127.0.0.1:4317"
 			addEnv(m, "mailbox", "REDIS_URL", "unix:///run/redis.sock")
@@ -572,4 +679,88 @@ func TestFlowsFromConfiguration(t *testing.T) {
 			}
 		})
 	}
+}
+
+// toSentinel turns the prod manifest's Redis into a Sentinel set (a sentinel port beside redis
+// in each pod, no cluster mode) that every service reaches through a redis+sentinel:// URL, with
+// the policies that allows: the sentinels (26379) and the data nodes they name (6379).
+func toSentinel(m *deploy.Manifest) {
+	cm := configMap(m, "redis-config")
+	cm.Data["redis.conf"] = strings.ReplaceAll(cm.Data["redis.conf"], "cluster-enabled yes", "")
+	c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+	c.Ports[1] = corev1.ContainerPort{Name: "sentinel", ContainerPort: 26379, Protocol: corev1.ProtocolTCP}
+	for _, s := range []string{"calendar", "mailbox", "outbox", "tracker"} {
+		addEnv(m, s, "REDIS_URL", "redis+sentinel://:$(REDIS_PASSWORD)@redis-0.redis-headless:26379/0?master_name=postamt&addr=redis-1.redis-headless&addr=redis-2.redis-headless")
+	}
+	sentinel := networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromInt32(26379))}
+	st := policy(m, "postamt-stores")
+	st.Spec.Egress[0].Ports = append(st.Spec.Egress[0].Ports, sentinel)
+	r := policy(m, "redis")
+	r.Spec.Ingress[0].Ports = append(r.Spec.Ingress[0].Ports, sentinel)
+	r.Spec.Ingress[1].Ports[1] = sentinel
+	r.Spec.Egress[0].Ports[1] = sentinel
+	// The Job forms a Cluster; a Sentinel set needs none.
+	m.Jobs = nil
+	r.Spec.Ingress[0].From[0].PodSelector.MatchExpressions[0].Values = []string{"mailbox", "outbox", "tracker", "calendar"}
+	m.NetworkPolicies = slices.DeleteFunc(m.NetworkPolicies, func(p *networkingv1.NetworkPolicy) bool { return p.Name == "redis-cluster-init" })
+}
+
+// TestSentinelFlows: with a Sentinel URL a service needs the sentinels' port and the data port
+// of the pods the sentinels name, and the Sentinel port is for Redis and those services only.
+func TestSentinelFlows(t *testing.T) {
+	relevant := func(m *deploy.Manifest) []deploy.Violation {
+		var out []deploy.Violation
+		for _, v := range deploy.Check(m, overlays["prod"]) {
+			switch v.Rule {
+			case deploy.RuleFlow, deploy.RuleAddress, deploy.RuleStore:
+				out = append(out, v)
+			}
+		}
+		return out
+	}
+	t.Run("allowed", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		for _, v := range relevant(m) {
+			t.Error(v)
+		}
+	})
+	t.Run("the data nodes refused", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		st := policy(m, "postamt-stores")
+		st.Spec.Egress[0].Ports = st.Spec.Egress[0].Ports[1:] // 26379 only
+		var got []string
+		for _, v := range relevant(m) {
+			got = append(got, v.Error())
+		}
+		if len(got) != 12 || !strings.Contains(got[0], "(port 6379): the egress policy") {
+			t.Errorf("violations:\n%s\nwant 3 per service: the data port refused for each sentinel's URL", strings.Join(got, "\n"))
+		}
+	})
+	t.Run("the Sentinel port open to the gateway", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		in := &policy(m, "redis").Spec.Ingress[0]
+		in.From[0].PodSelector.MatchExpressions[0].Values = append(in.From[0].PodSelector.MatchExpressions[0].Values, "gateway")
+		var objs []string
+		for _, v := range relevant(m) {
+			objs = append(objs, v.Object)
+		}
+		if !slices.Contains(objs, "NetworkPolicy ingress of redis port 26379 (sentinel)") {
+			t.Errorf("violations on %v, want one on the Sentinel port", objs)
+		}
+	})
+	t.Run("no master_name", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		addEnv(m, "outbox", "REDIS_URL", "redis+sentinel://:$(REDIS_PASSWORD)@redis-0.redis-headless:26379/0")
+		var objs []string
+		for _, v := range relevant(m) {
+			objs = append(objs, string(v.Rule)+" "+v.Object)
+		}
+		if !slices.Contains(objs, "address Deployment/outbox REDIS_URL") {
+			t.Errorf("violations on %v, want an address one on outbox's REDIS_URL", objs)
+		}
+	})
 }
