@@ -66,6 +66,7 @@ const (
 	RuleNamespace   Rule = "namespace"    // the namespace enforces the restricted profile
 	RuleComplete    Rule = "complete"     // every service has all its objects
 	RuleStore       Rule = "store"        // NATS and Redis durability settings
+	RuleHA          Rule = "ha"           // stateful sets replicated, spread, budgeted, on volumes (prod)
 )
 
 // Violation is one failed rule on one object.
@@ -92,6 +93,11 @@ type Rules struct {
 	// Namespace, when set, is the namespace every object must be in, rendered with the
 	// restricted Pod Security Standard enforced.
 	Namespace string
+	// HighAvailability requires every StatefulSet (NATS, Redis) to survive the loss of one pod
+	// or node: at least three replicas, a PodDisruptionBudget of maxUnavailable 1, required
+	// anti-affinity across nodes, a spread across zones, persistent volumes and probes; and
+	// Redis replicated (a Cluster or Sentinel set), not one server (production).
+	HighAvailability bool
 }
 
 // Check applies every rule to m and returns the violations, none when m is fine.
@@ -105,12 +111,16 @@ func Check(m *Manifest, r Rules) []Violation {
 	c.images(r.PinnedImages)
 	c.defaultDeny()
 	c.flows()
+	c.redisPeers()
 	c.disruption()
 	c.autoscale()
 	c.resources()
 	c.references(r.External)
 	c.namespace(r.Namespace)
 	c.stores()
+	if r.HighAvailability {
+		c.highAvailability()
+	}
 	return c.out
 }
 
@@ -164,6 +174,9 @@ func (c *checker) selectors() {
 	m := c.m
 	for _, w := range m.Workloads() {
 		obj := w.Kind + "/" + w.Name
+		if w.Kind == "Job" {
+			continue // the API server generates a Job's selector
+		}
 		if w.Selector == nil || (len(w.Selector.MatchLabels) == 0 && len(w.Selector.MatchExpressions) == 0) {
 			c.fail(RuleSelector, obj, "empty selector")
 		} else if !matches(w.Selector, w.Template.Labels) {
@@ -517,7 +530,97 @@ func (m *Manifest) Flows() []Flow {
 	add(false, "redis → outside", pod("redis"), caldav, 443, corev1.ProtocolTCP)
 	add(false, "ingress → redis", outside("ingress-nginx"), pod("redis"), 6379, corev1.ProtocolTCP)
 	add(false, "other namespace → nats", outside("elsewhere"), pod("nats"), 4222, corev1.ProtocolTCP)
+	// A replicated Redis (Cluster or Sentinel): its servers replicate from each other on the data
+	// port and talk on their peer ports; nothing but Redis reaches those (RedisPeerPorts); the Job
+	// forming a Cluster reaches the data port.
+	if peers := m.RedisPeerPorts(); len(peers) > 0 {
+		redis := pod(RedisName)
+		add(true, "redis → redis replication", redis, redis, SentinelDataPort, corev1.ProtocolTCP)
+		for _, cp := range peers {
+			name := fmt.Sprintf("redis %s %d", cp.Name, cp.ContainerPort)
+			add(true, "redis → "+name, redis, redis, cp.ContainerPort, corev1.ProtocolTCP)
+			add(false, "other namespace → "+name, outside("elsewhere"), redis, cp.ContainerPort, corev1.ProtocolTCP)
+			add(false, "monitoring → "+name, outside("monitoring"), redis, cp.ContainerPort, corev1.ProtocolTCP)
+			add(false, "ingress → "+name, outside("ingress-nginx"), redis, cp.ContainerPort, corev1.ProtocolTCP)
+		}
+	}
+	for _, j := range m.Jobs {
+		if j.Name == RedisClusterInit {
+			add(true, j.Name+" → redis", pod(j.Name), pod(RedisName), SentinelDataPort, corev1.ProtocolTCP)
+		}
+	}
 	return fs
+}
+
+// RedisName is the StatefulSet of Redis; RedisClusterInit the Job that forms a Redis Cluster of
+// its pods (prod), which reaches their data port.
+const (
+	RedisName        = "redis"
+	RedisClusterInit = "redis-cluster-init"
+)
+
+// Redis peer ports: the Cluster bus and the Sentinel port, by name or number.
+const (
+	ClusterBusPort = 16379
+	SentinelPort   = 26379
+)
+
+// RedisPeerPorts are the container ports of the Redis pods on which Redis servers talk to each
+// other: the Cluster bus (named cluster-bus, or 16379) and the Sentinel port (named sentinel, or
+// 26379). None for a single Redis.
+func (m *Manifest) RedisPeerPorts() []corev1.ContainerPort {
+	var out []corev1.ContainerPort
+	for _, cp := range m.Pod(RedisName).Ports {
+		if cp.Name == "cluster-bus" || cp.Name == "sentinel" || cp.ContainerPort == ClusterBusPort || cp.ContainerPort == SentinelPort {
+			out = append(out, cp)
+		}
+	}
+	return out
+}
+
+// redisPeers: the Cluster bus is reachable between the Redis pods only, and the Sentinel port
+// between the Redis pods and the services whose REDIS_URL names the sentinels; nothing else, in
+// the namespace or outside it, gets in. (dialFlows finds the same rules from the callers' side
+// too; this says which port and why.)
+func (c *checker) redisPeers() {
+	m := c.m
+	peers := m.RedisPeerPorts()
+	if len(peers) == 0 {
+		return
+	}
+	redis := m.Pod(RedisName)
+	sentinelClients := map[string]bool{}
+	for _, d := range m.Dials() {
+		if d.Topology == TopologySentinel && d.Err == nil {
+			sentinelClients[d.Service] = true
+		}
+	}
+	srcs := map[string]Endpoint{
+		"a pod of another namespace": {Namespace: "elsewhere", Labels: map[string]string{"app": "x"}},
+		"an address outside":         {IP: "198.51.100.7"},
+	}
+	for _, w := range m.Workloads() {
+		if w.Name != RedisName {
+			srcs[w.Kind+"/"+w.Name] = m.Pod(w.Name)
+		}
+	}
+	for _, cp := range peers {
+		port := cp.ContainerPort
+		obj := fmt.Sprintf("NetworkPolicy ingress of %s port %d (%s)", RedisName, port, cp.Name)
+		if !m.Allowed(redis, redis, port, corev1.ProtocolTCP) {
+			c.fail(RuleFlow, obj, "the Redis pods cannot reach each other on it")
+		}
+		for _, name := range slices.Sorted(maps.Keys(srcs)) {
+			src := srcs[name]
+			sentinel := cp.Name == "sentinel" || port == SentinelPort
+			if sentinel && sentinelClients[m.workloadOf(src)] {
+				continue
+			}
+			if m.Ingress(src, redis, port, corev1.ProtocolTCP) {
+				c.fail(RuleFlow, obj, "admits %s: only Redis pods (and, on the Sentinel port, the services whose REDIS_URL names the sentinels) may reach it", name)
+			}
+		}
+	}
 }
 
 // flows: the policies allow what Flows wants and refuse the rest it lists (dialFlows covers the
@@ -570,14 +673,25 @@ func (c *checker) dialFlows() {
 			c.fail(RuleAddress, obj, "%s names no Service of the manifest (and no IP address): the flow it needs cannot be checked", d.Address)
 			continue
 		}
-		if to.Labels != nil {
-			needed[podPort{d.Service, m.workloadOf(to), port}] = true
+		ports := []int32{port}
+		if d.Topology == TopologySentinel {
+			// The data nodes the sentinels name: the sentinels' pods, on the data port.
+			if to.Labels == nil || !slices.ContainsFunc(to.Ports, func(cp corev1.ContainerPort) bool { return cp.ContainerPort == SentinelDataPort }) {
+				c.fail(RuleAddress, obj, "%s: the sentinels' pods declare no data port %d, so the flow to the data nodes they name cannot be checked", d.Address, SentinelDataPort)
+			} else {
+				ports = append(ports, SentinelDataPort)
+			}
 		}
-		if !m.Egress(from, to, port, corev1.ProtocolTCP) {
-			c.fail(RuleFlow, obj, "%s → %s (port %d): the egress policy of %s refuses it", d.Service, d.Address, port, d.Service)
-		}
-		if !m.Ingress(from, to, port, corev1.ProtocolTCP) {
-			c.fail(RuleFlow, obj, "%s → %s (port %d): the ingress policy of %s refuses it", d.Service, d.Address, port, m.workloadOf(to))
+		for _, port := range ports {
+			if to.Labels != nil {
+				needed[podPort{d.Service, m.workloadOf(to), port}] = true
+			}
+			if !m.Egress(from, to, port, corev1.ProtocolTCP) {
+				c.fail(RuleFlow, obj, "%s → %s (port %d): the egress policy of %s refuses it", d.Service, d.Address, port, d.Service)
+			}
+			if !m.Ingress(from, to, port, corev1.ProtocolTCP) {
+				c.fail(RuleFlow, obj, "%s → %s (port %d): the ingress policy of %s refuses it", d.Service, d.Address, port, m.workloadOf(to))
+			}
 		}
 	}
 	for _, f := range m.Flows() {
@@ -775,6 +889,9 @@ func (c *checker) namespace(ns string) {
 	for _, o := range m.StatefulSets {
 		check("StatefulSet", o.ObjectMeta)
 	}
+	for _, o := range m.Jobs {
+		check("Job", o.ObjectMeta)
+	}
 	for _, o := range m.PDBs {
 		check("PodDisruptionBudget", o.ObjectMeta)
 	}
@@ -787,7 +904,9 @@ func (c *checker) namespace(ns string) {
 }
 
 // stores: NATS runs JetStream fsyncing every write; Redis keeps an append-only file fsynced on
-// every write, never evicts, and takes its password from a Secret.
+// every write, never evicts, and takes its password from a Secret; a Redis Cluster's nodes
+// authenticate to each other and announce stable names; the services' REDIS_URL and
+// REDIS_REPLICA_ACKS fit the Redis that runs.
 func (c *checker) stores() {
 	confOf := func(set string, volumeFile string) (string, *corev1.Container) {
 		for _, s := range c.m.StatefulSets {
@@ -826,6 +945,78 @@ func (c *checker) stores() {
 			c.fail(RuleStore, "StatefulSet/redis", "the password does not come from a Secret (REDIS_PASSWORD → --requirepass)")
 		}
 	}
+	clustered := confHas(redis, "cluster-enabled yes")
+	if clustered && ct != nil {
+		c.redisCluster(ct)
+	}
+	c.redisClients(clustered)
+}
+
+// redisCluster: a Redis Cluster node authenticates to its master with the Secret's password,
+// announces the pod's IP and stable name (so that a pod back with a new IP rejoins, and clients
+// are sent to names that do not change), declares its bus port, and its governing Service
+// publishes the names before the pods are ready (they are ready only once the cluster is).
+func (c *checker) redisCluster(ct *corev1.Container) {
+	obj := "StatefulSet/" + RedisName
+	argAfter := func(flag string) string {
+		if i := slices.Index(ct.Args, flag); i >= 0 && i+1 < len(ct.Args) {
+			return ct.Args[i+1]
+		}
+		return ""
+	}
+	if argAfter("--masterauth") != "$(REDIS_PASSWORD)" {
+		c.fail(RuleStore, obj, "a Cluster node does not authenticate to its master with the Secret's password (--masterauth $(REDIS_PASSWORD))")
+	}
+	if argAfter("--cluster-announce-ip") == "" || argAfter("--cluster-announce-hostname") == "" {
+		c.fail(RuleStore, obj, "a Cluster node does not announce the pod's IP and stable name (--cluster-announce-ip, --cluster-announce-hostname)")
+	}
+	if !slices.ContainsFunc(c.m.RedisPeerPorts(), func(cp corev1.ContainerPort) bool { return cp.ContainerPort == ClusterBusPort }) {
+		c.fail(RuleStore, obj, "a Cluster node declares no cluster-bus port %d", ClusterBusPort)
+	}
+	if s := c.m.StatefulSet(RedisName); s != nil {
+		for _, v := range c.m.Services {
+			if v.Name == s.Spec.ServiceName && !v.Spec.PublishNotReadyAddresses {
+				c.fail(RuleStore, "Service/"+v.Name, "does not publish not-ready addresses: the Cluster's nodes cannot find each other before they are ready")
+			}
+		}
+	}
+}
+
+// redisClients: the services' REDIS_URL fits the Redis the manifest runs (a Cluster URL for a
+// Cluster, a Sentinel URL for a Sentinel set), and REDIS_REPLICA_ACKS asks for no replicas a
+// single Redis does not have.
+func (c *checker) redisClients(clustered bool) {
+	m := c.m
+	peers := m.RedisPeerPorts()
+	sentinels := slices.ContainsFunc(peers, func(cp corev1.ContainerPort) bool { return cp.ContainerPort == SentinelPort })
+	for _, d := range m.Dials() {
+		if d.Var != "REDIS_URL" || d.Err != nil || d.Local || slices.Contains(Unread[d.Service], d.Var) {
+			continue
+		}
+		to, _, ok := m.Target(m.Pod(d.Service).Namespace, d.Host, d.Port)
+		if !ok || m.workloadOf(to) != RedisName {
+			continue
+		}
+		obj := "Deployment/" + d.Service + " REDIS_URL"
+		switch {
+		case clustered && d.Topology != TopologyCluster:
+			c.fail(RuleStore, obj, "%s: Redis runs as a Cluster, so the URL must be redis+cluster:// (or rediss+cluster://)", d.Address)
+		case !clustered && d.Topology == TopologyCluster:
+			c.fail(RuleStore, obj, "%s: a Cluster URL, but redis.conf does not enable cluster mode", d.Address)
+		case d.Topology == TopologySentinel && !sentinels:
+			c.fail(RuleStore, obj, "%s: a Sentinel URL, but the Redis pods declare no sentinel port %d", d.Address, SentinelPort)
+		}
+	}
+	for _, dep := range m.Deployments {
+		for i := range dep.Spec.Template.Spec.Containers {
+			v := m.Env(&dep.Spec.Template.Spec.Containers[i])["REDIS_REPLICA_ACKS"]
+			if n, err := strconv.Atoi(v); v != "" && (err != nil || n < 0) {
+				c.fail(RuleStore, "Deployment/"+dep.Name+" REDIS_REPLICA_ACKS", "%q is not a count of replicas", v)
+			} else if n > 0 && len(peers) == 0 {
+				c.fail(RuleStore, "Deployment/"+dep.Name+" REDIS_REPLICA_ACKS", "asks %d replicas to confirm every write, but Redis runs without replicas: every write would wait and fail", n)
+			}
+		}
+	}
 }
 
 // confHas reports whether some line of conf, trimmed and outside comments, is want.
@@ -837,4 +1028,94 @@ func confHas(conf, want string) bool {
 		}
 	}
 	return false
+}
+
+// Topology keys of the spread the HA rule asks for.
+const (
+	HostnameKey = "kubernetes.io/hostname"
+	ZoneKey     = "topology.kubernetes.io/zone"
+)
+
+// highAvailability: each StatefulSet runs at least three pods, each on its own node (required
+// pod anti-affinity on HostnameKey) and spread over the zones (a topology spread constraint or an
+// anti-affinity term on ZoneKey), that a PodDisruptionBudget lets go one at a time, that keep
+// their data on volumes of their own and are probed for readiness and liveness; and Redis is
+// replicated (Cluster bus or Sentinel port declared).
+func (c *checker) highAvailability() {
+	m := c.m
+	for _, s := range m.StatefulSets {
+		obj := "StatefulSet/" + s.Name
+		own := s.Spec.Template.Labels
+		if s.Spec.Replicas == nil || *s.Spec.Replicas < 3 {
+			c.fail(RuleHA, obj, "runs %v replicas, want at least 3", ptrInt(s.Spec.Replicas))
+		}
+		var budget *policyv1.PodDisruptionBudget
+		for _, p := range m.PDBs {
+			if p.Namespace == s.Namespace && p.Spec.Selector != nil && matches(p.Spec.Selector, own) {
+				budget = p
+			}
+		}
+		switch {
+		case budget == nil:
+			c.fail(RuleHA, obj, "no PodDisruptionBudget selects its pods")
+		case budget.Spec.MinAvailable != nil || budget.Spec.MaxUnavailable == nil || budget.Spec.MaxUnavailable.String() != "1":
+			c.fail(RuleHA, obj, "PodDisruptionBudget/%s does not set maxUnavailable: 1 (alone)", budget.Name)
+		}
+		ps := &s.Spec.Template.Spec
+		if !antiAffine(ps.Affinity, own, HostnameKey, true) {
+			c.fail(RuleHA, obj, "no required pod anti-affinity on %s selecting its own pods: two of them may share a node", HostnameKey)
+		}
+		zoned := antiAffine(ps.Affinity, own, ZoneKey, false)
+		for _, t := range ps.TopologySpreadConstraints {
+			if t.TopologyKey == ZoneKey && t.LabelSelector != nil && matches(t.LabelSelector, own) {
+				zoned = true
+			}
+		}
+		if !zoned {
+			c.fail(RuleHA, obj, "not spread over zones (a topologySpreadConstraint or anti-affinity on %s)", ZoneKey)
+		}
+		for _, t := range s.Spec.VolumeClaimTemplates {
+			if !slices.ContainsFunc(ps.Containers, func(ct corev1.Container) bool {
+				return slices.ContainsFunc(ct.VolumeMounts, func(v corev1.VolumeMount) bool { return v.Name == t.Name })
+			}) {
+				c.fail(RuleHA, obj, "volumeClaimTemplate %s is mounted by no container", t.Name)
+			}
+		}
+		if len(s.Spec.VolumeClaimTemplates) == 0 {
+			c.fail(RuleHA, obj, "no volumeClaimTemplates: its data does not outlive the pod")
+		}
+		for _, ct := range ps.Containers {
+			if ct.ReadinessProbe == nil || ct.LivenessProbe == nil {
+				c.fail(RuleHA, obj+" container "+ct.Name, "no readiness or no liveness probe")
+			}
+		}
+	}
+	if m.StatefulSet(RedisName) != nil && len(m.RedisPeerPorts()) == 0 {
+		c.fail(RuleHA, "StatefulSet/"+RedisName, "one Redis server, not a Redis Cluster or Sentinel set (no cluster-bus or sentinel port)")
+	}
+}
+
+// antiAffine reports whether a has a pod anti-affinity term on topologyKey selecting own (in
+// the pod's namespace); required says whether a preferred term counts too.
+func antiAffine(a *corev1.Affinity, own map[string]string, topologyKey string, required bool) bool {
+	if a == nil || a.PodAntiAffinity == nil {
+		return false
+	}
+	terms := slices.Clone(a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution)
+	if !required {
+		for _, w := range a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution {
+			terms = append(terms, w.PodAffinityTerm)
+		}
+	}
+	return slices.ContainsFunc(terms, func(t corev1.PodAffinityTerm) bool {
+		return t.TopologyKey == topologyKey && t.LabelSelector != nil && matches(t.LabelSelector, own) &&
+			len(t.Namespaces) == 0 && t.NamespaceSelector == nil
+	})
+}
+
+func ptrInt(p *int32) any {
+	if p == nil {
+		return "unset (1)"
+	}
+	return *p
 }

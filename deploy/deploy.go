@@ -16,6 +16,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -40,6 +41,8 @@ type Manifest struct {
 	Deployments []*appsv1.Deployment
 	// StatefulSets are the apps/v1 StatefulSets (NATS, Redis).
 	StatefulSets []*appsv1.StatefulSet
+	// Jobs are the batch/v1 Jobs (prod: redis-cluster-init, which forms the Redis Cluster).
+	Jobs []*batchv1.Job
 	// PDBs are the policy/v1 PodDisruptionBudgets.
 	PDBs []*policyv1.PodDisruptionBudget
 	// HPAs are the autoscaling/v2 HorizontalPodAutoscalers.
@@ -122,6 +125,8 @@ func (m *Manifest) add(tm metav1.TypeMeta, js []byte) error {
 		return decodeInto(js, &m.Deployments)
 	case "apps/v1 StatefulSet":
 		return decodeInto(js, &m.StatefulSets)
+	case "batch/v1 Job":
+		return decodeInto(js, &m.Jobs)
 	case "policy/v1 PodDisruptionBudget":
 		return decodeInto(js, &m.PDBs)
 	case "autoscaling/v2 HorizontalPodAutoscaler":
@@ -156,19 +161,20 @@ func splitYAML(stream []byte) [][]byte {
 	return append(docs, cur)
 }
 
-// Workload is what the checks need of a Deployment or StatefulSet.
+// Workload is what the checks need of a Deployment, StatefulSet or Job.
 type Workload struct {
-	// Kind is "Deployment" or "StatefulSet".
+	// Kind is "Deployment", "StatefulSet" or "Job".
 	Kind string
 	// Name is the object's name.
 	Name string
-	// Selector is the workload's label selector.
+	// Selector is the workload's label selector; nil for a Job, whose selector the API server
+	// generates.
 	Selector *metav1.LabelSelector
 	// Template is the pod template.
 	Template *corev1.PodTemplateSpec
 }
 
-// Workloads lists the Deployments and then the StatefulSets.
+// Workloads lists the Deployments, then the StatefulSets, then the Jobs.
 func (m *Manifest) Workloads() []Workload {
 	var out []Workload
 	for _, d := range m.Deployments {
@@ -177,7 +183,20 @@ func (m *Manifest) Workloads() []Workload {
 	for _, s := range m.StatefulSets {
 		out = append(out, Workload{Kind: "StatefulSet", Name: s.Name, Selector: s.Spec.Selector, Template: &s.Spec.Template})
 	}
+	for _, j := range m.Jobs {
+		out = append(out, Workload{Kind: "Job", Name: j.Name, Template: &j.Spec.Template})
+	}
 	return out
+}
+
+// StatefulSet returns the rendered StatefulSet called name, or nil.
+func (m *Manifest) StatefulSet(name string) *appsv1.StatefulSet {
+	for _, s := range m.StatefulSets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
 }
 
 // ConfigMap returns the rendered ConfigMap called name, or nil.

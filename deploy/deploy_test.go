@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -22,8 +23,9 @@ import (
 var overlays = map[string]deploy.Rules{
 	"dev": {Namespace: "postamt-dev"},
 	"prod": {
-		Namespace:    "postamt",
-		PinnedImages: true,
+		Namespace:        "postamt",
+		PinnedImages:     true,
+		HighAvailability: true,
 		External: []string{
 			"Secret/postamt-redis", "ConfigMap/postamt-jwks", "Secret/outbox-smtp",
 			"Secret/outbox-signing-key", "Secret/tracker-signing-key", "Secret/calendar-signing-key",
@@ -228,6 +230,70 @@ func TestCheckFinds(t *testing.T) {
 		{"Redis with a password in the manifest", deploy.RuleStore, func(m *deploy.Manifest) {
 			statefulSet(m, "redis").Spec.Template.Spec.Containers[0].Args = []string{"/etc/redis/redis.conf", "--requirepass", "hunter2"}
 		}},
+		{"Redis Cluster nodes without masterauth", deploy.RuleStore, func(m *deploy.Manifest) {
+			c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+			i := slices.Index(c.Args, "--masterauth")
+			c.Args = slices.Delete(c.Args, i, i+2)
+		}},
+		{"Redis Cluster nodes announcing no stable name", deploy.RuleStore, func(m *deploy.Manifest) {
+			c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+			i := slices.Index(c.Args, "--cluster-announce-hostname")
+			c.Args = slices.Delete(c.Args, i, i+2)
+		}},
+		{"Redis Cluster names unpublished before ready", deploy.RuleStore, func(m *deploy.Manifest) {
+			m.Services[slices.IndexFunc(m.Services, func(s *corev1.Service) bool { return s.Name == "redis-headless" })].Spec.PublishNotReadyAddresses = false
+		}},
+		{"a standalone REDIS_URL for the Redis Cluster", deploy.RuleStore, func(m *deploy.Manifest) {
+			addEnv(m, "tracker", "REDIS_URL", "redis://:$(REDIS_PASSWORD)@redis-0.redis-headless:6379/0")
+		}},
+		{"replica acks from a single Redis", deploy.RuleStore, func(m *deploy.Manifest) {
+			c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+			c.Ports = c.Ports[:1]
+		}},
+		{"the Redis Cluster's budget lets two go", deploy.RuleHA, func(m *deploy.Manifest) {
+			for _, p := range m.PDBs {
+				if p.Name == "redis" {
+					p.Spec.MaxUnavailable = ptr.To(intstr.FromInt32(2))
+				}
+			}
+		}},
+		{"NATS without a budget", deploy.RuleHA, func(m *deploy.Manifest) {
+			m.PDBs = slices.DeleteFunc(m.PDBs, func(p *policyv1.PodDisruptionBudget) bool { return p.Name == "nats" })
+		}},
+		{"Redis nodes may share a node", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.Affinity = nil
+		}},
+		{"NATS anti-affinity only preferred", deploy.RuleHA, func(m *deploy.Manifest) {
+			a := statefulSet(m, "nats").Spec.Template.Spec.Affinity.PodAntiAffinity
+			a.PreferredDuringSchedulingIgnoredDuringExecution = []corev1.WeightedPodAffinityTerm{{Weight: 100, PodAffinityTerm: a.RequiredDuringSchedulingIgnoredDuringExecution[0]}}
+			a.RequiredDuringSchedulingIgnoredDuringExecution = nil
+		}},
+		{"Redis not spread over zones", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.TopologySpreadConstraints = nil
+		}},
+		{"Redis on no volume", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.VolumeClaimTemplates = nil
+		}},
+		{"one NATS server", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "nats").Spec.Replicas = ptr.To[int32](1)
+		}},
+		{"Redis without readiness", deploy.RuleHA, func(m *deploy.Manifest) {
+			statefulSet(m, "redis").Spec.Template.Spec.Containers[0].ReadinessProbe = nil
+		}},
+		{"the Redis Cluster's bus open to the services", deploy.RuleFlow, func(m *deploy.Manifest) {
+			in := &policy(m, "redis").Spec.Ingress[0]
+			in.Ports = append(in.Ports, networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromString("cluster-bus"))})
+		}},
+		{"the Redis Cluster's bus closed between its nodes", deploy.RuleFlow, func(m *deploy.Manifest) {
+			np := policy(m, "redis")
+			np.Spec.Egress[0].Ports = np.Spec.Egress[0].Ports[:1]
+		}},
+		{"the cluster init Job running as root", deploy.RuleSecurity, func(m *deploy.Manifest) {
+			m.Jobs[0].Spec.Template.Spec.Containers[0].SecurityContext.RunAsNonRoot = ptr.To(false)
+		}},
+		{"the cluster init Job's image floating", deploy.RuleImage, func(m *deploy.Manifest) {
+			m.Jobs[0].Spec.Template.Spec.Containers[0].Image = "redis:8-alpine"
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -310,30 +376,46 @@ func addEnv(m *deploy.Manifest, service, name, value string) {
 // configure, for every overlay: each service's clients (the *_ADDR variables), Redis and NATS for
 // the services that keep state, nothing of either for the gateway.
 func TestDials(t *testing.T) {
-	want := []string{
+	common := []string{
 		"calendar CALENDAR_MAILBOX_ADDR mailbox-headless:9090",
 		"calendar NATS_URL nats:4222",
-		"calendar REDIS_URL redis:6379",
 		"gateway GATEWAY_CALENDAR_ADDR calendar-headless:9090",
 		"gateway GATEWAY_MAILBOX_ADDR mailbox-headless:9090",
 		"gateway GATEWAY_OUTBOX_ADDR outbox-headless:9090",
 		"gateway GATEWAY_TRACKER_ADDR tracker-headless:9090",
 		"mailbox NATS_URL nats:4222",
-		"mailbox REDIS_URL redis:6379",
 		"outbox NATS_URL nats:4222",
 		"outbox OUTBOX_MAILBOX_ADDR mailbox-headless:9090",
 		"outbox OUTBOX_TRACKER_ADDR tracker-headless:9090",
-		"outbox REDIS_URL redis:6379",
 		"tracker NATS_URL nats:4222",
-		"tracker REDIS_URL redis:6379",
 		"tracker TRACKER_MAILBOX_ADDR mailbox-headless:9090",
 	}
+	redis := map[string][]string{
+		// One Redis (its Service).
+		"dev": {"redis:6379"},
+		// The Redis Cluster's three seeds, by their stable names.
+		"prod": {"redis-0.redis-headless:6379", "redis-1.redis-headless:6379", "redis-2.redis-headless:6379"},
+	}
+	topology := map[string]string{"dev": "", "prod": deploy.TopologyCluster}
 	for _, overlay := range []string{"dev", "prod"} {
 		t.Run(overlay, func(t *testing.T) {
+			want := slices.Clone(common)
+			for _, s := range []string{"calendar", "mailbox", "outbox", "tracker"} {
+				for _, a := range redis[overlay] {
+					want = append(want, s+" REDIS_URL "+a)
+				}
+			}
+			slices.Sort(want)
 			var got []string
 			for _, d := range render(t, "k8s/overlays/"+overlay).Dials() {
 				if d.Err != nil || d.Local {
 					t.Errorf("%s %s = %s: err %v, local %v", d.Service, d.Var, d.Address, d.Err, d.Local)
+				}
+				if d.Var == "REDIS_URL" && d.Topology != topology[overlay] {
+					t.Errorf("%s %s = %s: topology %q, want %q", d.Service, d.Var, d.Address, d.Topology, topology[overlay])
+				}
+				if strings.Contains(d.Address, "$(") {
+					t.Errorf("%s %s: address %s shows a variable reference", d.Service, d.Var, d.Address)
 				}
 				got = append(got, fmt.Sprintf("%s %s %s:%d", d.Service, d.Var, d.Host, d.Port))
 			}
@@ -342,6 +424,105 @@ func TestDials(t *testing.T) {
 				t.Errorf("Dials =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 		})
+	}
+}
+
+// TestParseRedisTopologies: the URL forms of REDIS_URL for a Redis Cluster and a Sentinel set
+// name every server they list (the host and each addr=), with the scheme's default port, and
+// nothing of the password.
+func TestParseRedisTopologies(t *testing.T) {
+	tests := []struct {
+		url      string
+		topology string
+		want     []string // host:port of each Dial
+		err      bool
+	}{
+		{"redis://:pw@redis:6379/0", "", []string{"redis:6379"}, false},
+		{"rediss://redis", "", []string{"redis:6379"}, false},
+		{"redis+cluster://:pw@redis-0.redis-headless:6379?addr=redis-1.redis-headless:6379&addr=redis-2.redis-headless", deploy.TopologyCluster,
+			[]string{"redis-0.redis-headless:6379", "redis-1.redis-headless:6379", "redis-2.redis-headless:6379"}, false},
+		{"rediss+cluster://user:pw@10.0.0.1?addr=[2001:db8::1]:7000", deploy.TopologyCluster, []string{"10.0.0.1:6379", "2001:db8::1:7000"}, false},
+		{"redis+sentinel://app:pw@s1:26379/0?master_name=postamt&addr=s2&addr=s3:26380", deploy.TopologySentinel,
+			[]string{"s1:26379", "s2:26379", "s3:26380"}, false},
+		{"rediss+sentinel://s1/0?master_name=postamt", deploy.TopologySentinel, []string{"s1:26379"}, false},
+		{"redis+sentinel://s1:26379/0?addr=s2", deploy.TopologySentinel, nil, true}, // no master_name
+		{"redis+cluster://:pw@seed:6379?addr=", deploy.TopologyCluster, []string{"seed:6379"}, true},
+		{"redis+cluster://:pw@seed:6379?addr=s2:notaport", deploy.TopologyCluster, []string{"seed:6379", "s2:0"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			m, err := deploy.Decode([]byte(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: mailbox}
+spec:
+  selector: {matchLabels: {app.kubernetes.io/name: mailbox}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: mailbox}}
+    spec:
+      containers:
+        - name: mailbox
+          env:
+            - {name: REDIS_URL, value: "` + tt.url + `"}
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			var errs int
+			for _, d := range m.Dials() {
+				if d.Topology != tt.topology {
+					t.Errorf("%s: topology %q, want %q", d.Address, d.Topology, tt.topology)
+				}
+				if strings.Contains(d.Address, "pw") {
+					t.Errorf("address %s shows the password", d.Address)
+				}
+				if d.Err != nil {
+					errs++
+				}
+				if d.Host != "" || d.Port != 0 {
+					got = append(got, fmt.Sprintf("%s:%d", d.Host, d.Port))
+				}
+			}
+			if (errs > 0) != tt.err {
+				t.Errorf("errors %d, want error %v", errs, tt.err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("dials %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestTargetStatefulPod: a StatefulSet pod's stable name reaches that StatefulSet's pods on a
+// container port they declare, in the namespace's short and long forms; an ordinal beyond the
+// replicas, another namespace or an undeclared port reaches nothing.
+func TestTargetStatefulPod(t *testing.T) {
+	m := render(t, "k8s/overlays/prod")
+	for _, tt := range []struct {
+		host string
+		port int32
+		ok   bool
+	}{
+		{"redis-0.redis-headless", 6379, true},
+		{"redis-8.redis-headless.postamt", 16379, true},
+		{"redis-4.redis-headless.postamt.svc", 6379, true},
+		{"redis-2.redis-headless.postamt.svc.cluster.local.", 6379, true},
+		{"nats-2.nats-headless", 4222, true},
+		{"redis-9.redis-headless", 6379, false},
+		{"redis-01.redis-headless", 6379, false},
+		{"redis-0.redis-headless.elsewhere", 6379, false},
+		{"redis-0.redis", 6379, false}, // not the governing Service
+		{"redis-0.redis-headless", 6380, false},
+		{"redis-0.redis-headless.postamt.cluster", 6379, false},
+	} {
+		to, port, ok := m.Target("postamt", tt.host, tt.port)
+		if ok != tt.ok {
+			t.Errorf("Target(%s:%d) ok = %v, want %v", tt.host, tt.port, ok, tt.ok)
+			continue
+		}
+		if ok && (port != tt.port || to.Labels["app.kubernetes.io/name"] != strings.SplitN(tt.host, "-", 2)[0]) {
+			t.Errorf("Target(%s:%d) = %v port %d", tt.host, tt.port, to.Labels, port)
+		}
 	}
 }
 
@@ -402,9 +583,10 @@ func TestFlowsFromConfiguration(t *testing.T) {
 			gw.Spec.Egress = append(gw.Spec.Egress, policy(m, "postamt-stores").Spec.Egress[0])
 		}, []found{{deploy.RuleFlow, "NetworkPolicy egress of gateway"}}},
 		{"Redis open to every Postamt pod", func(m *deploy.Manifest) {
-			policy(m, "redis").Spec.Ingress[0].From[0].PodSelector = &metav1.LabelSelector{
+			in := &policy(m, "redis").Spec.Ingress[0]
+			in.From = append(in.From, networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{
 				MatchLabels: map[string]string{deploy.ComponentLabel: deploy.APIComponent},
-			}
+			}})
 		}, []found{{deploy.RuleFlow, "NetworkPolicy ingress of redis"}}},
 		{"a second NATS server refused", func(m *deploy.Manifest) {
 			configMap(m, "postamt-stores").Data["NATS_URL"] = "nats://nats:4222, nats://nats-headless:6222"
@@ -425,6 +607,48 @@ func TestFlowsFromConfiguration(t *testing.T) {
 		{"a listen address taken for a dial address", func(m *deploy.Manifest) {
 			configMap(m, "outbox-config").Data["OUTBOX_WEBHOOK_ADDR"] = ":8443"
 		}, []found{{deploy.RuleAddress, "Deployment/outbox OUTBOX_WEBHOOK_ADDR"}}},
+		{"a cluster seed on a port the nodes do not serve", func(m *deploy.Manifest) {
+			addEnv(m, "calendar", "REDIS_URL", "redis+cluster://:$(REDIS_PASSWORD)@redis-0.redis-headless:6379?addr=redis-1.redis-headless:6380")
+		}, []found{{deploy.RuleAddress, "Deployment/calendar REDIS_URL"}}},
+		{"a cluster seed beyond the StatefulSet's replicas", func(m *deploy.Manifest) {
+			addEnv(m, "calendar", "REDIS_URL", "redis+cluster://:$(REDIS_PASSWORD)@redis-9.redis-headless:6379")
+		}, []found{
+			{deploy.RuleAddress, "Deployment/calendar REDIS_URL"},
+			{deploy.RuleFlow, "NetworkPolicy egress of calendar"},
+			{deploy.RuleFlow, "NetworkPolicy ingress of redis"},
+		}},
+		{"the Redis Cluster's bus open to the services", func(m *deploy.Manifest) {
+			in := &policy(m, "redis").Spec.Ingress[0]
+			in.Ports = append(in.Ports, networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromString("cluster-bus"))})
+		}, func() []found {
+			// redisPeers names the bus port for each workload it admits (the services and the
+			// Job); dialFlows finds each as a flow nobody needs.
+			var f []found
+			for range []string{"calendar", "mailbox", "outbox", "tracker", "redis-cluster-init"} {
+				f = append(f, found{deploy.RuleFlow, "NetworkPolicy ingress of redis"}, found{deploy.RuleFlow, "NetworkPolicy ingress of redis port 16379 (cluster-bus)"})
+			}
+			return f
+		}()},
+		{"the Redis Cluster's bus open to another namespace", func(m *deploy.Manifest) {
+			np := policy(m, "redis")
+			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{
+				From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromInt32(16379))}},
+			})
+		}, func() []found {
+			// Every pod of every namespace: the services, the Job and NATS of this one too.
+			var f []found
+			for range []string{"calendar", "gateway", "mailbox", "outbox", "tracker", "nats", "redis-cluster-init"} {
+				f = append(f, found{deploy.RuleFlow, "NetworkPolicy ingress of redis"}, found{deploy.RuleFlow, "NetworkPolicy ingress of redis port 16379 (cluster-bus)"})
+			}
+			f = append(f,
+				found{deploy.RuleFlow, "NetworkPolicy ingress of redis port 16379 (cluster-bus)"}, // another namespace
+				found{deploy.RuleFlow, "NetworkPolicy"},                                           // other namespace → redis cluster-bus (Flows)
+				found{deploy.RuleFlow, "NetworkPolicy"},                                           // monitoring → redis cluster-bus
+				found{deploy.RuleFlow, "NetworkPolicy"},                                           // ingress → redis cluster-bus
+			)
+			return f
+		}()},
 		{"loopback and Unix sockets need no policy", func(m *deploy.Manifest) {
 			configMap(m, "outbox-config").Data["OTEL_EXPORTER_OTLP_ENDPOINT"] = "127.0.0.1:4317"
 			addEnv(m, "mailbox", "REDIS_URL", "unix:///run/redis.sock")
@@ -455,4 +679,88 @@ func TestFlowsFromConfiguration(t *testing.T) {
 			}
 		})
 	}
+}
+
+// toSentinel turns the prod manifest's Redis into a Sentinel set (a sentinel port beside redis
+// in each pod, no cluster mode) that every service reaches through a redis+sentinel:// URL, with
+// the policies that allows: the sentinels (26379) and the data nodes they name (6379).
+func toSentinel(m *deploy.Manifest) {
+	cm := configMap(m, "redis-config")
+	cm.Data["redis.conf"] = strings.ReplaceAll(cm.Data["redis.conf"], "cluster-enabled yes", "")
+	c := &statefulSet(m, "redis").Spec.Template.Spec.Containers[0]
+	c.Ports[1] = corev1.ContainerPort{Name: "sentinel", ContainerPort: 26379, Protocol: corev1.ProtocolTCP}
+	for _, s := range []string{"calendar", "mailbox", "outbox", "tracker"} {
+		addEnv(m, s, "REDIS_URL", "redis+sentinel://:$(REDIS_PASSWORD)@redis-0.redis-headless:26379/0?master_name=postamt&addr=redis-1.redis-headless&addr=redis-2.redis-headless")
+	}
+	sentinel := networkingv1.NetworkPolicyPort{Port: ptr.To(intstr.FromInt32(26379))}
+	st := policy(m, "postamt-stores")
+	st.Spec.Egress[0].Ports = append(st.Spec.Egress[0].Ports, sentinel)
+	r := policy(m, "redis")
+	r.Spec.Ingress[0].Ports = append(r.Spec.Ingress[0].Ports, sentinel)
+	r.Spec.Ingress[1].Ports[1] = sentinel
+	r.Spec.Egress[0].Ports[1] = sentinel
+	// The Job forms a Cluster; a Sentinel set needs none.
+	m.Jobs = nil
+	r.Spec.Ingress[0].From[0].PodSelector.MatchExpressions[0].Values = []string{"mailbox", "outbox", "tracker", "calendar"}
+	m.NetworkPolicies = slices.DeleteFunc(m.NetworkPolicies, func(p *networkingv1.NetworkPolicy) bool { return p.Name == "redis-cluster-init" })
+}
+
+// TestSentinelFlows: with a Sentinel URL a service needs the sentinels' port and the data port
+// of the pods the sentinels name, and the Sentinel port is for Redis and those services only.
+func TestSentinelFlows(t *testing.T) {
+	relevant := func(m *deploy.Manifest) []deploy.Violation {
+		var out []deploy.Violation
+		for _, v := range deploy.Check(m, overlays["prod"]) {
+			switch v.Rule {
+			case deploy.RuleFlow, deploy.RuleAddress, deploy.RuleStore:
+				out = append(out, v)
+			}
+		}
+		return out
+	}
+	t.Run("allowed", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		for _, v := range relevant(m) {
+			t.Error(v)
+		}
+	})
+	t.Run("the data nodes refused", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		st := policy(m, "postamt-stores")
+		st.Spec.Egress[0].Ports = st.Spec.Egress[0].Ports[1:] // 26379 only
+		var got []string
+		for _, v := range relevant(m) {
+			got = append(got, v.Error())
+		}
+		if len(got) != 12 || !strings.Contains(got[0], "(port 6379): the egress policy") {
+			t.Errorf("violations:\n%s\nwant 3 per service: the data port refused for each sentinel's URL", strings.Join(got, "\n"))
+		}
+	})
+	t.Run("the Sentinel port open to the gateway", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		in := &policy(m, "redis").Spec.Ingress[0]
+		in.From[0].PodSelector.MatchExpressions[0].Values = append(in.From[0].PodSelector.MatchExpressions[0].Values, "gateway")
+		var objs []string
+		for _, v := range relevant(m) {
+			objs = append(objs, v.Object)
+		}
+		if !slices.Contains(objs, "NetworkPolicy ingress of redis port 26379 (sentinel)") {
+			t.Errorf("violations on %v, want one on the Sentinel port", objs)
+		}
+	})
+	t.Run("no master_name", func(t *testing.T) {
+		m := render(t, "k8s/overlays/prod")
+		toSentinel(m)
+		addEnv(m, "outbox", "REDIS_URL", "redis+sentinel://:$(REDIS_PASSWORD)@redis-0.redis-headless:26379/0")
+		var objs []string
+		for _, v := range relevant(m) {
+			objs = append(objs, string(v.Rule)+" "+v.Object)
+		}
+		if !slices.Contains(objs, "address Deployment/outbox REDIS_URL") {
+			t.Errorf("violations on %v, want an address one on outbox's REDIS_URL", objs)
+		}
+	})
 }

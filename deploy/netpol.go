@@ -55,6 +55,12 @@ func (m *Manifest) namespaceOf(kind, name string) string {
 				return s.Namespace
 			}
 		}
+	case "Job":
+		for _, j := range m.Jobs {
+			if j.Name == name {
+				return j.Namespace
+			}
+		}
 	}
 	return ""
 }
