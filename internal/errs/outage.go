@@ -34,6 +34,9 @@ const (
 var redisOutagePrefixes = []string{
 	"LOADING", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS", "BUSY ",
 	"OOM ", "MISCONF", "ERR max number of clients",
+	// A redirect the client gave up following (its MaxRedirects ran out while a Cluster slot
+	// migrates): the next try finds the slot settled.
+	"MOVED ", "ASK ",
 }
 
 // natsOutages are the NATS and JetStream errors of a connection or a stream that is not there
@@ -56,7 +59,8 @@ var natsOutages = []struct {
 //
 // Recognised: an error with an `Outage() string` method, which names its dependency (a write
 // Redis replicas did not confirm, redisx.ErrNotReplicated); go-redis pool timeouts and a closed client; Redis replies LOADING, READONLY,
-// CLUSTERDOWN, TRYAGAIN, MASTERDOWN, NOREPLICAS, BUSY, OOM, MISCONF and "max number of clients";
+// CLUSTERDOWN, TRYAGAIN, MASTERDOWN, NOREPLICAS, BUSY, OOM, MISCONF, "max number of clients"
+// and a MOVED or ASK redirect the client stopped following;
 // the NATS connection errors (no responders, timeout, closed, draining, reconnecting, no servers,
 // stale, disconnected) and JetStream's (no stream response, connection closed, server shutdown,
 // publisher closed, not enabled, any API error with code 503); a gRPC status Unavailable,

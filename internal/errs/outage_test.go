@@ -43,6 +43,7 @@ func TestToStatusContextClassifiesDependencies(t *testing.T) {
 		{"redis client closed", fmt.Errorf("get: %w", redis.ErrClosed), codes.Unavailable, errs.DepRedis},
 		{"redis LOADING", fmt.Errorf("get: %w", redisReply("LOADING Redis is loading the dataset in memory")), codes.Unavailable, errs.DepRedis},
 		{"redis CLUSTERDOWN", redisReply("CLUSTERDOWN The cluster is down"), codes.Unavailable, errs.DepRedis},
+		{"redis ASK not followed", redisReply("ASK 11329 127.0.0.1:7001"), codes.Unavailable, errs.DepRedis},
 		{"redis READONLY", redisReply("READONLY You can't write against a read only replica."), codes.Unavailable, errs.DepRedis},
 		{"redis OOM", redisReply("OOM command not allowed when used memory > 'maxmemory'."), codes.Unavailable, errs.DepRedis},
 		{"redis WRONGTYPE is a bug", redisReply("WRONGTYPE Operation against a key holding the wrong kind of value"), codes.Internal, ""},

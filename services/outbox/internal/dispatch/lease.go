@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 )
@@ -111,6 +112,13 @@ func (d *Dispatcher) renew(ctx context.Context, every time.Duration) {
 			d.release(c)
 		}
 	}
+}
+
+// outage reports whether err says Redis cannot serve now (errs.Outage) rather than that the
+// command was wrong.
+func outage(err error) bool {
+	_, ok := errs.Outage(err)
+	return ok
 }
 
 // recorder writes results and hand-backs in order, in pipelined batches. What Redis does not
@@ -233,9 +241,11 @@ func (r *recorder) once(ctx context.Context) bool {
 			r.d.release(it.c)
 			r.d.count("unrecorded", 1)
 			r.d.Logger.Warn("result not recorded: the email was claimed again", "email", it.c.e.ID, "status", it.a.Status.String())
-		case errors.As(err, &rerr):
+		case errors.As(err, &rerr) && !outage(err):
 			// Redis answered, with an error no retry mends (a bug): the lease runs out and the
-			// email is taken over, counted as unknown.
+			// email is taken over, counted as unknown. Replies that say Redis cannot serve now
+			// (TRYAGAIN while a Cluster slot migrates, LOADING, READONLY after a failover,
+			// CLUSTERDOWN) are kept and written again, like a connection that failed.
 			r.d.release(it.c)
 			r.d.count("unrecorded", 1)
 			r.d.Logger.Error("result not recorded", "email", it.c.e.ID, "error", err)

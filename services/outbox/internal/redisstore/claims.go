@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
@@ -238,7 +239,7 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 				argv = append(argv, o.ID, "", o.Priority, 0, 0)
 			}
 		}
-		c := call{p: p, ids: ids, keys: keys, argv: argv, cmd: claimScript.EvalSha(ctx, pipe, keys, argv...)}
+		c := call{p: p, ids: ids, keys: keys, argv: argv, cmd: evalShaOnce(ctx, pipe, claimScript, keys, argv)}
 		if len(bodies) > 0 {
 			c.bodies = pipe.MGet(ctx, bodies...)
 		}
@@ -246,10 +247,13 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 	}
 	// A claim the replicas did not confirm (redisx.Acks) was made on the master: its emails come
 	// back with the error, for the caller to hand back unsent rather than leave them leased.
-	var unconfirmed error
+	var unconfirmed, skipped error
+	var reply redis.Error
 	if _, err := pipe.Exec(ctx); errors.Is(err, redisx.ErrNotReplicated) {
 		unconfirmed = fmt.Errorf("claim: %w", err)
-	} else if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+	} else if err != nil && !errors.As(err, &reply) {
+		// Not a reply (a connection lost): whether the scripts ran is unknown; their claims, if
+		// made, run out and are taken over. Replies are sorted per partition below.
 		return out, fmt.Errorf("claim: %w", err)
 	}
 	byID := make(map[string]*Email, len(es))
@@ -269,6 +273,14 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 				continue
 			}
 		}
+		var rerr redis.Error
+		if _, outage := errs.Outage(err); outage && errors.As(err, &rerr) {
+			// Redis refused this partition's script without running it (TRYAGAIN while its
+			// Cluster slot migrates, CLUSTERDOWN, LOADING): the other partitions' claims stand
+			// and are used; this partition stays marked and is claimed again.
+			skipped = fmt.Errorf("claim: %w", err)
+			continue
+		}
 		if err != nil {
 			return out, fmt.Errorf("claim: %w", err)
 		}
@@ -285,6 +297,16 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		var bodies []any
 		if c.bodies != nil {
 			bodies = c.bodies.Val()
+			if c.bodies.Err() != nil && len(rows) > 0 {
+				// The MGET names keys of one slot, but Redis refuses it (TRYAGAIN) while that slot
+				// migrates and some keys have moved: read the bodies one by one, each redirected
+				// on its own. Without its body a claimed email would fail as "body missing".
+				if bodies, err = l.bodiesOneByOne(ctx, c.ids); err != nil {
+					// The claims stand without bodies: they run out and are taken over.
+					skipped = fmt.Errorf("claim: %w", err)
+					continue
+				}
+			}
 		}
 		for _, r := range rows {
 			row, ok := r.([]any)
@@ -314,7 +336,55 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 			out.Emails = append(out.Emails, *e)
 		}
 	}
-	return out, unconfirmed
+	switch {
+	case unconfirmed != nil:
+		return out, unconfirmed
+	case skipped != nil && len(out.Emails) == 0:
+		return out, skipped
+	}
+	return out, nil
+}
+
+// onceCmd is a command go-redis must not send again by itself. A Cluster pipeline whose first
+// reply on a node is retryable (TRYAGAIN while a slot migrates) is sent again whole, scripts that
+// already ran included; a claim run twice finds its own claims at the second run and leaves
+// them out of its reply, so they would run out unused and be taken over as "may have been
+// sent". With onceCmd the batch is not resent: each partition's reply says what happened.
+type onceCmd struct{ *redis.Cmd }
+
+// NoRetry tells go-redis not to resend the command (or its pipeline batch).
+func (onceCmd) NoRetry() bool { return true }
+
+// evalShaOnce queues script on pipe as EVALSHA that go-redis never resends.
+func evalShaOnce(ctx context.Context, pipe redis.Pipeliner, script *redis.Script, keys []string, argv []any) *redis.Cmd {
+	args := make([]any, 0, 3+len(keys)+len(argv))
+	args = append(args, "evalsha", script.Hash(), len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	args = append(args, argv...)
+	cmd := redis.NewCmd(ctx, args...)
+	_ = pipe.Process(ctx, onceCmd{cmd})
+	return cmd
+}
+
+// bodiesOneByOne reads the bodies of ids with one GET each (pipelined), as MGET's results.
+func (l *Ledger) bodiesOneByOne(ctx context.Context, ids []string) ([]any, error) {
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Get(ctx, bodyKey(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read bodies: %w", err)
+	}
+	out := make([]any, len(ids))
+	for i, c := range cmds {
+		if v, err := c.Result(); err == nil {
+			out[i] = v
+		}
+	}
+	return out, nil
 }
 
 // renewScript extends the leases of emails a worker still holds.
