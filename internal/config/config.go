@@ -16,6 +16,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/redisx"
 )
 
 // Common is the configuration every service shares; each service's config struct embeds it (or
@@ -30,6 +31,10 @@ type Common struct {
 	LogFormat string `env:"LOG_FORMAT, default=json" desc:"json or text"`
 	// RedisURL locates the service's Redis (each service owns its keyspace; it may be its own Redis).
 	RedisURL string `env:"REDIS_URL, default=redis://127.0.0.1:6379/0" desc:"Redis URL (redis://, rediss:// or unix://; a password goes in the URL)"`
+	// RedisPartitions is how many partitions (Redis Cluster hash tags, dispatcher lanes' ready
+	// indexes, event streams) a service spreads its keys over. It is part of the data layout:
+	// chosen when a deployment is created, recorded in Redis, and checked at every start.
+	RedisPartitions int `env:"REDIS_PARTITIONS, default=16" desc:"partitions each service spreads its Redis keys, due indexes and event streams over (16-1024): more spread load over more Redis Cluster slots and dispatchers. Chosen when a deployment is created: a service refuses to start on data written with another count. Set the same value for every replica of a service"`
 	// NATSURL locates NATS JetStream, which carries the events.
 	NATSURL string `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
 	// NATSStreamReplicas is how many copies of each event stream a NATS cluster keeps, so events
@@ -73,6 +78,10 @@ func (c *Common) Validate() error {
 	}
 	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 		bad("REDIS_URL", "want a redis://, rediss:// or unix:// URL")
+	}
+	if c.RedisPartitions < redisx.MinPartitions || c.RedisPartitions > redisx.MaxPartitions {
+		bad("REDIS_PARTITIONS", "must be between %d and %d, got %d; it is chosen when a deployment is created (an existing deployment keeps the count its data was written with, %d unless chosen otherwise)",
+			redisx.MinPartitions, redisx.MaxPartitions, c.RedisPartitions, redisx.DefaultPartitions)
 	}
 	for _, s := range strings.Split(c.NATSURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))
