@@ -178,8 +178,8 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		recs := make([]*redis.SliceCmd, len(cands))
 		statics := make([]*redis.StringCmd, len(cands))
 		for i, c := range cands {
-			recs[i] = pipe.HMGet(ctx, recordKey(c.ID), claimFields...)
-			statics[i] = pipe.Get(ctx, staticKey(c.ID))
+			recs[i] = pipe.HMGet(ctx, l.recordKey(c.ID), claimFields...)
+			statics[i] = pipe.Get(ctx, l.staticKey(c.ID))
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return out, fmt.Errorf("read due records: %w", err)
@@ -221,18 +221,18 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		var ids, bodies []string
 		for i := range es {
 			e := &es[i]
-			if Partition(e.ID) != p {
+			if l.Partition(e.ID) != p {
 				continue
 			}
 			old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, outbox.StatusSending)
-			keys = append(append(append(keys, recordKey(e.ID)), old...), nw...)
+			keys = append(append(append(keys, l.recordKey(e.ID)), old...), nw...)
 			argv = append(argv, e.ID, e.Version, indexOf(e), len(old)+len(nw), IndexScore(end, e.ID))
 			ids = append(ids, e.ID)
-			bodies = append(bodies, bodyKey(e.ID))
+			bodies = append(bodies, l.bodyKey(e.ID))
 		}
 		for _, o := range orphans {
 			if o.Partition == p {
-				keys = append(keys, recordKey(o.ID))
+				keys = append(keys, l.recordKey(o.ID))
 				argv = append(argv, o.ID, "", o.Priority, 0, 0)
 			}
 		}
@@ -330,7 +330,7 @@ return out
 func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]bool, error) {
 	byPart := make(map[int][]int)
 	for i, e := range held {
-		p := Partition(e.ID)
+		p := l.Partition(e.ID)
 		byPart[p] = append(byPart[p], i)
 	}
 	type call struct {
@@ -345,7 +345,7 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 		argv = append(argv, ms(until))
 		for _, i := range idx {
 			e := held[i]
-			keys = append(keys, recordKey(e.ID), leaseKey(p, e.Tenant, e.Connector))
+			keys = append(keys, l.recordKey(e.ID), leaseKey(p, e.Tenant, e.Connector))
 			argv = append(argv, e.ID, e.Fence)
 		}
 		calls = append(calls, call{idx: idx, cmd: renewScript.EvalSha(ctx, pipe, keys, argv...)})
@@ -361,7 +361,7 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 			argv := []any{ms(until)}
 			for _, i := range c.idx {
 				e := held[i]
-				keys = append(keys, recordKey(e.ID), leaseKey(Partition(e.ID), e.Tenant, e.Connector))
+				keys = append(keys, l.recordKey(e.ID), leaseKey(l.Partition(e.ID), e.Tenant, e.Connector))
 				argv = append(argv, e.ID, e.Fence)
 			}
 			res, err = renewScript.Run(ctx, l.rdb, keys, argv...).Int64Slice()

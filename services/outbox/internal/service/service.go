@@ -130,14 +130,14 @@ func New(ledger *redisstore.Ledger, settings *redisstore.Settings, dir Directory
 func (s *Service) Limits() outbox.Limits { return s.opts.Limits }
 
 // newID draws a random email id (26 characters of base32); with an idempotency key it draws
-// until the id lands in the key's partition (16 draws on average), so one script checks the key
-// and writes the email.
-func newID(tenant, key string) string {
+// until the id lands in the key's partition (as many draws as there are partitions, on
+// average), so one script checks the key and writes the email.
+func (s *Service) newID(tenant, key string) string {
 	var b [16]byte
 	for {
 		_, _ = rand.Read(b[:])
 		id := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
-		if redisstore.IDForKey(id, tenant, key) {
+		if s.ledger.IDForKey(id, tenant, key) {
 			return id
 		}
 	}
