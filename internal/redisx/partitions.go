@@ -71,3 +71,13 @@ func CheckPartitions(ctx context.Context, rdb redis.UniversalClient, key, legacy
 	}
 	return nil
 }
+
+// CheckPartitionCount refuses a partition count outside MinPartitions..MaxPartitions; 0 (a
+// service's Deps left unset: DefaultPartitions) passes. Services check their Deps with it, since
+// not every caller builds them from a validated REDIS_PARTITIONS.
+func CheckPartitionCount(n int) error {
+	if n != 0 && (n < MinPartitions || n > MaxPartitions) {
+		return fmt.Errorf("%d partitions is outside %d..%d (REDIS_PARTITIONS)", n, MinPartitions, MaxPartitions)
+	}
+	return nil
+}
