@@ -155,8 +155,8 @@ func New(cfg Config, deps Deps) (*App, error) {
 	if deps.Signer == nil {
 		return nil, errors.New("outbox: a signer for service credentials is required")
 	}
-	if deps.Partitions != 0 && (deps.Partitions < redisx.MinPartitions || deps.Partitions > redisx.MaxPartitions) {
-		return nil, fmt.Errorf("outbox: %d partitions is outside %d..%d", deps.Partitions, redisx.MinPartitions, redisx.MaxPartitions)
+	if err := redisx.CheckPartitionCount(deps.Partitions); err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
 	}
 	conn, err := grpcserver.Dial(cfg.MailboxAddr, append([]grpc.DialOption{
 		grpc.WithPerRPCCredentials(auth.ServiceCredentials(deps.Signer, Name)),
