@@ -521,8 +521,7 @@ func decodeStatic(b []byte, e *Email) error {
 }
 
 // IDForKey reports whether an email id may carry an idempotency key of tenant: the id must be in
-// the key's partition, so submit checks and writes both in one script. Callers draw ids until
-// one fits (one in Partitions on average).
+// the key's partition, so submit checks and writes both in one script. NewID draws such ids.
 func (l *Ledger) IDForKey(id, tenant, key string) bool {
 	return key == "" || l.Partition(id) == l.Partition(tenant+"\x00"+key)
 }
