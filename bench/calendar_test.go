@@ -54,7 +54,7 @@ func startCalendar(b *testing.B) (calendarv1.CalendarServiceClient, context.Cont
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts := grpcserver.Options{DrainDelay: time.Millisecond, DrainTimeout: time.Second}
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second}, mailboxapp.Deps{
-		Logger: logger, Redis: rdb, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: opts,
+		Logger: logger, Redis: rdb, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions, Server: opts,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -68,7 +68,7 @@ func startCalendar(b *testing.B) (calendarv1.CalendarServiceClient, context.Cont
 		RelayBatch: 256, RelayClaimIdle: 30 * time.Second,
 	}
 	c, err := calendarapp.New(cfg, calendarapp.Deps{
-		Logger: logger, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Server: opts,
+		Logger: logger, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions, Server: opts,
 	})
 	if err != nil {
 		b.Fatal(err)

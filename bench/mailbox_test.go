@@ -87,11 +87,12 @@ func startMailbox(b *testing.B) (*roundRobin, context.Context) {
 	ns := natstest.Start(b)
 	verifier, signer := authtest.Keys(b)
 	a, err := app.New(app.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: true}, app.Deps{
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Redis:    rs.Client(b),
-		JS:       ns.JetStream(b),
-		Verifier: verifier,
-		Metrics:  prometheus.NewRegistry(),
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Redis:      rs.Client(b),
+		Partitions: benchPartitions,
+		JS:         ns.JetStream(b),
+		Verifier:   verifier,
+		Metrics:    prometheus.NewRegistry(),
 	})
 	if err != nil {
 		b.Fatal(err)

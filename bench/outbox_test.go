@@ -45,6 +45,10 @@ func envInt(name string, def int) int {
 	return def
 }
 
+// benchPartitions is the services' partition count (REDIS_PARTITIONS) in every suite:
+// POSTAMT_BENCH_PARTITIONS, 16 (the default) unless set.
+var benchPartitions = envInt("POSTAMT_BENCH_PARTITIONS", 16)
+
 // suite is mailbox and outbox wired as in production, on a spawned Redis, an embedded
 // JetStream and an SMTP sink, all on this machine. POSTAMT_BENCH_NO_SENT_VIEW=1 leaves out
 // mailbox's EmailSent consumer, to show its share of the machine.
@@ -66,7 +70,7 @@ func startSuite(b *testing.B) *suite {
 	s := &suite{rdb: rs.Client(b), sink: smtptest.Start(b)}
 	svc := servicesRedis(b, rs)
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: os.Getenv("POSTAMT_BENCH_NO_SENT_VIEW") == ""}, mailboxapp.Deps{
-		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(),
+		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -80,7 +84,7 @@ func startSuite(b *testing.B) *suite {
 		SecretEnvPrefix: "POSTAMT_SMTP_", SecretDir: "/run/secrets/postamt", RelayBatch: 256, RelayClaimIdle: 30 * time.Second,
 		MaxFilterScan: 10_000, MaxSelection: 100_000,
 	}, outboxapp.Deps{
-		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(),
+		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions,
 		Server: grpcserver.Options{},
 	})
 	if err != nil {
@@ -385,7 +389,7 @@ func waitRelayed(b *testing.B, rdb *redis.Client) {
 	deadline := time.Now().Add(10 * time.Minute)
 	for time.Now().Before(deadline) {
 		var n int64
-		for p := range 16 {
+		for p := range benchPartitions {
 			n += rdb.XLen(ctx, fmt.Sprintf("pm:ob:{ob%d}:events", p)).Val()
 		}
 		if n == 0 {

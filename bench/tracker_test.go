@@ -74,7 +74,7 @@ func startTrackerSuite(b *testing.B) *trackerSuite {
 	verifier, signer := authtest.Keys(b)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second}, mailboxapp.Deps{
-		Logger: logger, Redis: s.rdb, JS: s.js, Verifier: verifier, Metrics: prometheus.NewRegistry(),
+		Logger: logger, Redis: s.rdb, JS: s.js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -85,7 +85,7 @@ func startTrackerSuite(b *testing.B) *trackerSuite {
 		MailboxAddr: mbAddr, SyncKindCacheTTL: 5 * time.Minute, DecisionRetention: 168 * time.Hour, ConsumeSent: true,
 		RelayBatch: 256, RelayClaimIdle: 30 * time.Second, JournalDomain: "localhost", JournalMaxBytes: 25 << 20,
 	}, trackerapp.Deps{
-		Logger: logger, Redis: s.rdb, JS: s.js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(),
+		Logger: logger, Redis: s.rdb, JS: s.js, Verifier: verifier, Signer: signer, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -439,7 +439,7 @@ func BenchmarkP6TrackerIngest(b *testing.B) {
 		}
 		tick.Stop()
 		relayLag := time.Since(start) - elapsed
-		for p := range 16 {
+		for p := range benchPartitions {
 			if l := s.rdb.XLen(ctx, fmt.Sprintf(p6EventsKey, p)).Val(); l > 0 {
 				b.Logf("partition %d: %d events not yet deleted by the relay", p, l)
 			}

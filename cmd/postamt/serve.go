@@ -161,7 +161,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 // newService wires one of the services that keep state in Redis and speak over NATS.
 func newService(service string, cfg serveConfig, log *slog.Logger, rdb redis.UniversalClient, js jetstream.JetStream, verifier *auth.Verifier, reg *prometheus.Registry, opts grpcserver.Options) (app, error) {
 	if service == mailboxapp.Name {
-		return mailboxapp.New(cfg.Mailbox, mailboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas})
+		return mailboxapp.New(cfg.Mailbox, mailboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas, Partitions: cfg.RedisPartitions})
 	}
 	// The others call mailbox with service credentials.
 	signer, err := auth.NewSigner(cfg.Auth)
@@ -170,11 +170,11 @@ func newService(service string, cfg serveConfig, log *slog.Logger, rdb redis.Uni
 	}
 	switch service {
 	case outboxapp.Name:
-		return outboxapp.New(cfg.Outbox, outboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas})
+		return outboxapp.New(cfg.Outbox, outboxapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas, Partitions: cfg.RedisPartitions})
 	case trackerapp.Name:
-		return trackerapp.New(cfg.Tracker, trackerapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas})
+		return trackerapp.New(cfg.Tracker, trackerapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas, Partitions: cfg.RedisPartitions})
 	case calendarapp.Name:
-		return calendarapp.New(cfg.Calendar, calendarapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas})
+		return calendarapp.New(cfg.Calendar, calendarapp.Deps{Logger: log, Redis: rdb, JS: js, Verifier: verifier, Signer: signer, Metrics: reg, Server: opts, StreamReplicas: cfg.NATSStreamReplicas, Partitions: cfg.RedisPartitions})
 	}
 	return nil, fmt.Errorf("unknown service %q", service)
 }

@@ -52,6 +52,10 @@ type Common struct {
 	RedisReplicaAcks int `env:"REDIS_REPLICA_ACKS, default=0" desc:"replicas that must confirm every write before it counts (WAIT); 1 makes an accepted email, a claim and a result survive the loss of a master. 0: off (one server without replicas)"`
 	// RedisReplicaAckTimeout bounds that wait; a write not confirmed in time fails as UNAVAILABLE.
 	RedisReplicaAckTimeout time.Duration `env:"REDIS_REPLICA_ACK_TIMEOUT, default=1s" desc:"how long a write waits for REDIS_REPLICA_ACKS replicas (at most 2s) before it fails as UNAVAILABLE (the change may still have been made: retry with the same idempotency key)"`
+	// RedisPartitions is how many partitions (Redis Cluster hash tags, dispatcher lanes' ready
+	// indexes, event streams) a service spreads its keys over. It is part of the data layout:
+	// chosen when a deployment is created, recorded in Redis, and checked at every start.
+	RedisPartitions int `env:"REDIS_PARTITIONS, default=16" desc:"partitions each service spreads its Redis keys, due indexes and event streams over (16-1024): more spread load over more Redis Cluster slots and dispatchers. Chosen when a deployment is created: a service refuses to start on data written with another count. Set the same value for every replica of a service"`
 	// NATSURL locates NATS JetStream, which carries the events.
 	NATSURL string `env:"NATS_URL, default=nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
 	// NATSStreamReplicas is how many copies of each event stream a NATS cluster keeps, so events
@@ -101,6 +105,10 @@ func (c *Common) Validate() error {
 	}
 	if c.RedisReplicaAckTimeout <= 0 || c.RedisReplicaAckTimeout > redisx.MaxReplicaAckTimeout {
 		bad("REDIS_REPLICA_ACK_TIMEOUT", "must be positive and at most %s, got %s", redisx.MaxReplicaAckTimeout, c.RedisReplicaAckTimeout)
+	}
+	if c.RedisPartitions < redisx.MinPartitions || c.RedisPartitions > redisx.MaxPartitions {
+		bad("REDIS_PARTITIONS", "must be between %d and %d, got %d; it is chosen when a deployment is created (an existing deployment keeps the count its data was written with, %d unless chosen otherwise)",
+			redisx.MinPartitions, redisx.MaxPartitions, c.RedisPartitions, redisx.DefaultPartitions)
 	}
 	for _, s := range strings.Split(c.NATSURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))

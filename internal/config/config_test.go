@@ -30,7 +30,7 @@ func TestLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.GRPCAddr != ":9090" || c.DrainTimeout != 30*time.Second || c.Auth.Audience != "postamt" || c.Batch != 10 {
+		if c.GRPCAddr != ":9090" || c.DrainTimeout != 30*time.Second || c.Auth.Audience != "postamt" || c.Batch != 10 || c.RedisPartitions != 16 {
 			t.Errorf("defaults = %+v", c)
 		}
 	})
@@ -55,6 +55,8 @@ func TestLoad(t *testing.T) {
 		{"unparsable duration", map[string]string{"AUTH_HS256_SECRET": secret, "DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT"},
 		{"too many stream replicas", map[string]string{"AUTH_HS256_SECRET": secret, "NATS_STREAM_REPLICAS": "7"}, "NATS_STREAM_REPLICAS"},
 		{"negative stream replicas", map[string]string{"AUTH_HS256_SECRET": secret, "NATS_STREAM_REPLICAS": "-1"}, "NATS_STREAM_REPLICAS"},
+		{"too few partitions", map[string]string{"AUTH_HS256_SECRET": secret, "REDIS_PARTITIONS": "8"}, "REDIS_PARTITIONS"},
+		{"too many partitions", map[string]string{"AUTH_HS256_SECRET": secret, "REDIS_PARTITIONS": "1025"}, "REDIS_PARTITIONS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -348,7 +348,7 @@ func (w *worker) run(ctx context.Context) {
 			}
 			w.lastClaim = time.Now()
 		}
-		batches, err := w.read(ctx, held)
+		batches, err := w.read(ctx, undrained(held))
 		if err != nil {
 			w.fail(ctx, "read", err)
 			continue
@@ -368,6 +368,19 @@ func (w *worker) run(ctx context.Context) {
 			w.fail(ctx, "wait for entries", err)
 		}
 	}
+}
+
+// undrained returns the streams that may have entries to read: only those are read, so a round
+// costs Redis one script per stream with news, not one per stream (a service may have hundreds,
+// one per partition).
+func undrained(streams []*streamState) []*streamState {
+	var out []*streamState
+	for _, s := range streams {
+		if !s.drained {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func (w *worker) held() []*streamState {
@@ -720,12 +733,21 @@ func (w *worker) await(ctx context.Context, held []*streamState, d time.Duration
 	for _, s := range held {
 		keys = append(keys, s.lastID)
 	}
-	err := w.r.Client.XRead(ctx, &redis.XReadArgs{Streams: keys, Count: 1, Block: d}).Err()
-	if err != nil && !errors.Is(err, redis.Nil) && ctx.Err() == nil {
-		return fmt.Errorf("XREAD BLOCK: %w", err)
+	res, err := w.r.Client.XRead(ctx, &redis.XReadArgs{Streams: keys, Count: 1, Block: d}).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		if ctx.Err() == nil {
+			return fmt.Errorf("XREAD BLOCK: %w", err)
+		}
+		return nil
 	}
-	for _, s := range held {
-		s.drained = false
+	// Only the streams XREAD names have new entries; the others stay drained and are not read
+	// again until they do (or a takeover or reclaim gives them pending entries).
+	for _, r := range res {
+		for _, s := range held {
+			if s.key == r.Stream {
+				s.drained = false
+			}
+		}
 	}
 	return nil
 }

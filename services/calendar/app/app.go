@@ -119,6 +119,10 @@ type Deps struct {
 	// StreamReplicas is the replica count of the event streams this service ensures
 	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
 	StreamReplicas int
+	// Partitions is how many partitions the calendar spreads its tenants and push due indexes
+	// over (REDIS_PARTITIONS; 0 means redisx.DefaultPartitions). Run refuses data written with
+	// another count.
+	Partitions int
 	// MailboxDialOptions are added to the mailbox client's.
 	MailboxDialOptions []grpc.DialOption
 	// Getenv and ReadFile resolve CalDAV password references; nil means the process's.
@@ -134,6 +138,7 @@ type App struct {
 	deps    Deps
 	server  *grpcserver.Server
 	relay   *eventbus.Relay
+	store   *redisstore.Store
 	svc     *calendar.Service
 	hub     *calendar.Hub
 	users   *directory.Client
@@ -152,6 +157,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := redisx.CheckPartitionCount(deps.Partitions); err != nil {
+		return nil, fmt.Errorf("calendar: %w", err)
+	}
 	conn, err := grpcserver.Dial(cfg.MailboxAddr, append([]grpc.DialOption{
 		grpc.WithPerRPCCredentials(auth.ServiceCredentials(deps.Signer, Name)),
 	}, deps.MailboxDialOptions...)...)
@@ -159,7 +167,8 @@ func New(cfg Config, deps Deps) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn, hub: calendar.NewHub()}
-	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines, LogRetention: cfg.SyncLogRetention})
+	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines, LogRetention: cfg.SyncLogRetention, Partitions: deps.Partitions})
+	a.store = store
 	scope := secretref.Scope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir}
 	a.users = directory.New(mailboxv1.NewMailboxServiceClient(conn), cfg.UserCacheTTL, deps.Now)
 	a.svc, err = calendar.New(store, a.users, calendar.Options{
@@ -199,7 +208,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a.server = srv
 	a.relay = &eventbus.Relay{
-		Client: deps.Redis, JS: deps.JS, Streams: redisstore.EventStreams(), Group: "relay",
+		Client: deps.Redis, JS: deps.JS, Streams: store.EventStreams(), Group: "relay",
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
 	}
 	if deps.Metrics != nil {
@@ -217,6 +226,11 @@ func New(cfg Config, deps Deps) (*App, error) {
 // so events written by the last calls still go out (or stay in Redis for the next relay).
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
+	// First, before the relay creates any stream: data of another partition count must not be
+	// read or written with this one.
+	if err := a.store.CheckPartitions(ctx); err != nil {
+		return fmt.Errorf("calendar: %w", err)
+	}
 	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure stream: %w", err)
 	}

@@ -69,6 +69,9 @@ type Deps struct {
 	// StreamReplicas is the replica count of the event streams this service ensures
 	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
 	StreamReplicas int
+	// Partitions is how many partitions the mailbox spreads its tenants over (REDIS_PARTITIONS;
+	// 0 means redisx.DefaultPartitions). Run refuses data written with another count.
+	Partitions int
 }
 
 // App is a wired mailbox service.
@@ -76,6 +79,7 @@ type App struct {
 	cfg    Config
 	deps   Deps
 	svc    *mailbox.Service
+	store  *redisstore.Store
 	server *grpcserver.Server
 	relay  *eventbus.Relay
 }
@@ -85,9 +89,12 @@ func New(cfg Config, deps Deps) (*App, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store := redisstore.New(deps.Redis)
+	if err := redisx.CheckPartitionCount(deps.Partitions); err != nil {
+		return nil, fmt.Errorf("mailbox: %w", err)
+	}
+	store := redisstore.New(deps.Redis, deps.Partitions)
 	svc := mailbox.New(store, mailbox.Options{Now: deps.Now})
-	a := &App{cfg: cfg, deps: deps, svc: svc}
+	a := &App{cfg: cfg, deps: deps, svc: svc, store: store}
 	handler := grpcapi.New(svc)
 
 	opts := deps.Server
@@ -105,7 +112,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.relay = &eventbus.Relay{
 		Client:  deps.Redis,
 		JS:      deps.JS,
-		Streams: redisstore.EventStreams(),
+		Streams: store.EventStreams(),
 		Group:   "relay",
 		// Consumer is left to the relay: the host name, i.e. the pod name on Kubernetes.
 		BatchSize: cfg.RelayBatch,
@@ -123,6 +130,11 @@ func New(cfg Config, deps Deps) (*App, error) {
 // Run serves on lis and runs the relay and the sent-view consumer until ctx ends, then drains the
 // server first and stops the background work after it.
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
+	// First, before the relay creates any stream: data of another partition count must not be
+	// read or written with this one.
+	if err := a.store.CheckPartitions(ctx); err != nil {
+		return fmt.Errorf("mailbox: %w", err)
+	}
 	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure mailbox stream: %w", err)
 	}

@@ -117,6 +117,9 @@ type Deps struct {
 	// StreamReplicas is the replica count of the event streams this service ensures
 	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
 	StreamReplicas int
+	// Partitions is how many partitions the outbox spreads its emails over (REDIS_PARTITIONS;
+	// 0 means redisx.DefaultPartitions). Run refuses data written with another count.
+	Partitions int
 	// MailboxDialOptions are added to the mailbox client's (tests use them for bufconn or TLS).
 	MailboxDialOptions []grpc.DialOption
 }
@@ -128,6 +131,7 @@ type App struct {
 	server     *grpcserver.Server
 	relay      *eventbus.Relay
 	dispatcher *dispatch.Dispatcher
+	ledger     *redisstore.Ledger
 	registry   *service.Registry
 	directory  *directory.Client
 	mailbox    *grpc.ClientConn
@@ -151,6 +155,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 	if deps.Signer == nil {
 		return nil, errors.New("outbox: a signer for service credentials is required")
 	}
+	if err := redisx.CheckPartitionCount(deps.Partitions); err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
 	conn, err := grpcserver.Dial(cfg.MailboxAddr, append([]grpc.DialOption{
 		grpc.WithPerRPCCredentials(auth.ServiceCredentials(deps.Signer, Name)),
 	}, deps.MailboxDialOptions...)...)
@@ -169,7 +176,8 @@ func New(cfg Config, deps Deps) (*App, error) {
 		tokens = tracking.New(trackerv1.NewTrackerServiceClient(tc))
 	}
 
-	ledger := redisstore.New(deps.Redis, cfg.Retention)
+	ledger := redisstore.New(deps.Redis, cfg.Retention, deps.Partitions)
+	a.ledger = ledger
 	connStore := redisstore.NewConnectors(deps.Redis)
 	a.registry = service.NewRegistry(connStore, service.SenderOptions{
 		CommandTimeout: cfg.SMTPCommandTimeout, SubmitTimeout: cfg.SMTPSubmitTimeout,
@@ -211,7 +219,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a.server = srv
 	a.relay = &eventbus.Relay{
-		Client: deps.Redis, JS: deps.JS, Streams: redisstore.EventStreams(), Group: "relay",
+		Client: deps.Redis, JS: deps.JS, Streams: ledger.EventStreams(), Group: "relay",
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
 	}
 	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -258,6 +266,11 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
 	if a.tracker != nil {
 		defer a.tracker.Close()
+	}
+	// First, before the relay creates any stream: data of another partition count must not be
+	// read or written with this one.
+	if err := a.ledger.CheckPartitions(ctx); err != nil {
+		return fmt.Errorf("outbox: %w", err)
 	}
 	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
 		return fmt.Errorf("ensure outbox stream: %w", err)

@@ -75,6 +75,13 @@ type envOption func(*app.Config)
 
 func startEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
+	return startEnvPartitions(t, 0, opts...)
+}
+
+// startEnvPartitions is startEnv with both services on partitions partitions (REDIS_PARTITIONS;
+// 0: the default).
+func startEnvPartitions(t *testing.T, partitions int, opts ...envOption) *env {
+	t.Helper()
 	rs := redistest.Start(t)
 	ns := natstest.Start(t)
 	e := &env{t: t, rdb: rs.Client(t), js: ns.JetStream(t), sink: smtptest.Start(t)}
@@ -84,7 +91,7 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 	serverOpts := grpcserver.Options{ReadinessInterval: 50 * time.Millisecond, DrainDelay: time.Millisecond, DrainTimeout: time.Second}
 
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 64, RelayClaimIdle: time.Second, SentView: true}, mailboxapp.Deps{
-		Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: serverOpts,
+		Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Server: serverOpts, Partitions: partitions,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +114,7 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 		e.metrics = append(e.metrics, reg)
 		ob, err := app.New(cfg, app.Deps{
 			Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
-			Getenv: func(string) string { return "" },
+			Getenv: func(string) string { return "" }, Partitions: partitions,
 		})
 		if err != nil {
 			t.Fatal(err)

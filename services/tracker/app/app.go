@@ -120,6 +120,9 @@ type Deps struct {
 	// StreamReplicas is the replica count of the event streams this service ensures
 	// (NATS_STREAM_REPLICAS; 0 leaves it to eventbus.EnsureStream's default).
 	StreamReplicas int
+	// Partitions is how many partitions the tracker spreads its tenants over (REDIS_PARTITIONS;
+	// 0 means redisx.DefaultPartitions). Run refuses data written with another count.
+	Partitions int
 	// MailboxDialOptions are added to the mailbox client's (tests use them for bufconn or TLS).
 	MailboxDialOptions []grpc.DialOption
 	// JournalListener, when set, is where the journaling endpoint listens instead of
@@ -133,6 +136,7 @@ type App struct {
 	deps      Deps
 	server    *grpcserver.Server
 	relay     *eventbus.Relay
+	store     *redisstore.Store
 	svc       *tracker.Service
 	mailboxes *mailboxes.Client
 	mailbox   *grpc.ClientConn
@@ -150,6 +154,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := redisx.CheckPartitionCount(deps.Partitions); err != nil {
+		return nil, fmt.Errorf("tracker: %w", err)
+	}
 	conn, err := grpcserver.Dial(cfg.MailboxAddr, append([]grpc.DialOption{
 		grpc.WithPerRPCCredentials(auth.ServiceCredentials(deps.Signer, Name)),
 	}, deps.MailboxDialOptions...)...)
@@ -158,7 +165,8 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn}
 	a.mailboxes = mailboxes.New(mailboxv1.NewMailboxServiceClient(conn), cfg.SyncKindCacheTTL, deps.Now)
-	a.svc = tracker.New(redisstore.New(deps.Redis), a.mailboxes, tracker.Options{Now: deps.Now, DecisionRetention: cfg.DecisionRetention, Access: a.mailboxes})
+	a.store = redisstore.New(deps.Redis, deps.Partitions)
+	a.svc = tracker.New(a.store, a.mailboxes, tracker.Options{Now: deps.Now, DecisionRetention: cfg.DecisionRetention, Access: a.mailboxes})
 	handler := grpcapi.New(a.svc)
 
 	opts := deps.Server
@@ -181,7 +189,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a.server = srv
 	a.relay = &eventbus.Relay{
-		Client: deps.Redis, JS: deps.JS, Streams: redisstore.EventStreams(), Group: "relay",
+		Client: deps.Redis, JS: deps.JS, Streams: a.store.EventStreams(), Group: "relay",
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
 	}
 	if cfg.JournalAddr != "" || deps.JournalListener != nil {
@@ -204,6 +212,11 @@ func New(cfg Config, deps Deps) (*App, error) {
 // relay of any replica).
 func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	defer a.mailbox.Close()
+	// First, before the relay creates any stream: data of another partition count must not be
+	// read or written with this one.
+	if err := a.store.CheckPartitions(ctx); err != nil {
+		return fmt.Errorf("tracker: %w", err)
+	}
 	for _, s := range []eventbus.StreamSpec{
 		{Name: events.StreamName, Subjects: events.StreamSubjects},
 		{Name: events.OutboxStreamName, Subjects: events.OutboxStreamSubjects},

@@ -123,7 +123,7 @@ func (w *Worker) init() {
 		if w.HTTPClient == nil {
 			w.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 		}
-		w.wakes = make([]chan struct{}, redisstore.Partitions)
+		w.wakes = make([]chan struct{}, w.Store.Partitions())
 		for i := range w.wakes {
 			w.wakes[i] = make(chan struct{}, 1)
 		}
@@ -146,7 +146,7 @@ func (w *Worker) Wake(n int) {
 func (w *Worker) Run(ctx context.Context) error {
 	w.init()
 	var wg sync.WaitGroup
-	for n := range redisstore.Partitions {
+	for n := range w.Store.Partitions() {
 		wg.Go(func() { w.loop(ctx, n) })
 	}
 	wg.Wait()

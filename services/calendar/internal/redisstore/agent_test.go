@@ -65,7 +65,7 @@ func TestSyncLogRetention(t *testing.T) {
 		}},
 	} {
 		t.Run(append.name, func(t *testing.T) {
-			key := "pm:cal:{cal" + strconv.Itoa(redisstore.PartitionOf("kanzlei")) + "}:t:kanzlei:u:" + append.user + ":log"
+			key := "pm:cal:{cal" + strconv.Itoa(s.PartitionOf("kanzlei")) + "}:t:kanzlei:u:" + append.user + ":log"
 			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, ID: "1000-0", Values: []any{"a", "OLD"}}).Err(); err != nil {
 				t.Fatal(err)
 			}

@@ -5,7 +5,8 @@
 // Layout. Tenants are spread over a fixed number of partitions; every key of a tenant carries
 // the partition's hash tag ({calN}), so a script over any keys of one tenant stays in one Redis
 // Cluster slot, and each partition has one event stream and one push due index. The partition
-// count is part of the data layout: changing it needs a migration.
+// count (REDIS_PARTITIONS) is part of the data layout: chosen when a deployment is created,
+// recorded under pm:cal:{cal0}:partitions, and checked at every start.
 //
 //	pm:cal:{calN}:events              stream  events waiting for the relay
 //	pm:cal:{calN}:pushdue             zset    CalDAV deliveries by due time (ms); member T|U|E
@@ -33,6 +34,7 @@
 package redisstore
 
 import (
+	"context"
 	"strconv"
 	"strings"
 
@@ -40,22 +42,34 @@ import (
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
 )
 
-// Partitions is the number of tenant partitions. Part of the data layout.
-const Partitions = 16
-
 const prefix = "pm:cal:"
 
 // NotifyChannel carries wake-ups and replacements to every replica.
 const NotifyChannel = prefix + "notify"
 
+// Partitions is the number of tenant partitions, push due indexes and event streams
+// (REDIS_PARTITIONS). Part of the data layout: chosen when a deployment is created and recorded
+// in Redis (CheckPartitions).
+func (s *Store) Partitions() int { return s.parts }
+
 // PartitionOf is the partition of a tenant.
-func PartitionOf(tenant string) int { return redisx.Partition(tenant, Partitions) }
+func (s *Store) PartitionOf(tenant string) int { return redisx.Partition(tenant, s.parts) }
 
 func partKey(n int) string { return prefix + "{cal" + strconv.Itoa(n) + "}" }
 
+// partitionsKey records the partition count the data was written with, in partition 0's slot
+// beside its event stream, which every calendar start has created.
+var partitionsKey = partKey(0) + ":partitions"
+
+// CheckPartitions refuses data written with another partition count than the store's (a
+// *redisx.PartitionsError), and records the count on a fresh Redis. The service calls it at start.
+func (s *Store) CheckPartitions(ctx context.Context) error {
+	return redisx.CheckPartitions(ctx, s.rdb, partitionsKey, partKey(0)+":events", s.parts)
+}
+
 // EventStreams returns every partition's event stream key, for the relay.
-func EventStreams() []string {
-	out := make([]string, Partitions)
+func (s *Store) EventStreams() []string {
+	out := make([]string, s.parts)
 	for i := range out {
 		out[i] = partKey(i) + ":events"
 	}
@@ -71,8 +85,8 @@ type keys struct {
 	n    int
 }
 
-func tenantKeys(tenant string) keys {
-	n := PartitionOf(tenant)
+func (s *Store) tenantKeys(tenant string) keys {
+	n := s.PartitionOf(tenant)
 	part := partKey(n)
 	return keys{part: part, base: part + ":t:" + tenant, n: n}
 }
@@ -129,7 +143,8 @@ func ParseNotification(payload string) (Notification, bool) {
 		return Notification{Kind: 'k', Tenant: parts[1], User: parts[2], Session: parts[3]}, true
 	case len(parts) == 2 && parts[0] == "p":
 		n, err := strconv.Atoi(parts[1])
-		if err != nil || n < 0 || n >= Partitions {
+		if err != nil || n < 0 { // Worker.Wake ignores a partition it does not have
+
 			return Notification{}, false
 		}
 		return Notification{Kind: 'p', Partition: n}, true

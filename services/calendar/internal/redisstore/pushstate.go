@@ -47,7 +47,7 @@ return 1
 // calendar for an entry: the base of the three-way merge after a 412. Nil when none is known
 // (an entry pushed before the base was kept, or never pushed).
 func (s *Store) PushBase(ctx context.Context, tenant, user, entry string) ([]byte, error) {
-	raw, err := s.rdb.HGet(ctx, tenantKeys(tenant).pushBase(user), entry).Result()
+	raw, err := s.rdb.HGet(ctx, s.tenantKeys(tenant).pushBase(user), entry).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -62,7 +62,7 @@ func (s *Store) PushBase(ctx context.Context, tenant, user, entry string) ([]byt
 // base. The push worker calls it before it adopts a merge into a new revision, so that
 // revision's push finds the ETag even if another replica pushes it.
 func (s *Store) SetPushBase(ctx context.Context, tenant, user, entry, remoteID, etag string, ics []byte) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	pipe := s.rdb.TxPipeline()
 	pipe.HSet(ctx, k.pushBase(user), entry, string(ics))
 	pipe.HSet(ctx, k.remote(user, calendar.TargetCalDAV), entry, remoteID+"\n"+etag)
@@ -75,7 +75,7 @@ func (s *Store) SetPushBase(ctx context.Context, tenant, user, entry, remoteID, 
 // SetConflict records an open CalDAV conflict note on an entry (shown with it and counted in
 // the owner's sync status) for the revision that carries the merge result.
 func (s *Store) SetConflict(ctx context.Context, tenant, user, entry string, rev int64, note string) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	pipe := s.rdb.TxPipeline()
 	pipe.HSet(ctx, k.entry(entry), warnField, strconv.FormatInt(rev, 10)+"|"+note)
 	pipe.SAdd(ctx, k.conflicts(user), entry)
@@ -88,7 +88,7 @@ func (s *Store) SetConflict(ctx context.Context, tenant, user, entry string, rev
 // ClearConflict removes an entry's conflict note when rev, pushed without conflict, is newer
 // than the revision the note is about.
 func (s *Store) ClearConflict(ctx context.Context, tenant, user, entry string, rev int64) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	if err := clearConflictScript.Run(ctx, s.rdb, []string{k.entry(entry), k.conflicts(user)}, entry, rev).Err(); err != nil {
 		return fmt.Errorf("clear conflict note %s: %w", entry, err)
 	}

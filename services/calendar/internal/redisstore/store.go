@@ -28,11 +28,15 @@ type Options struct {
 	// LogRetention bounds the age of each user's sync log lines: older ones are dropped as new
 	// ones are written; 0 means 30 days.
 	LogRetention time.Duration
+	// Partitions is how many partitions tenants are spread over (REDIS_PARTITIONS); 0 means
+	// redisx.DefaultPartitions. Part of the data layout (CheckPartitions).
+	Partitions int
 }
 
 // Store implements calendar.Store on Redis.
 type Store struct {
 	rdb    redis.UniversalClient
+	parts  int
 	logMax int64
 	keep   time.Duration
 	// logBound is the scripts' sync log bound, "maxlen:retention ms" (cal_log).
@@ -49,7 +53,10 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.LogRetention == 0 {
 		opts.LogRetention = 30 * 24 * time.Hour
 	}
-	return &Store{rdb: rdb, logMax: int64(opts.LogMaxLen), keep: opts.LogRetention,
+	if opts.Partitions <= 0 {
+		opts.Partitions = redisx.DefaultPartitions
+	}
+	return &Store{rdb: rdb, parts: opts.Partitions, logMax: int64(opts.LogMaxLen), keep: opts.LogRetention,
 		logBound: strconv.Itoa(opts.LogMaxLen) + ":" + strconv.FormatInt(opts.LogRetention.Milliseconds(), 10)}
 }
 
@@ -67,7 +74,7 @@ func ms(t time.Time) int64 { return t.UnixMilli() }
 // TenantSettings implements calendar.Store.
 func (s *Store) TenantSettings(ctx context.Context, tenant string) (calendar.TenantSettings, error) {
 	var t calendar.TenantSettings
-	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).settings(), &t); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, s.tenantKeys(tenant).settings(), &t); err != nil {
 		return t, fmt.Errorf("read tenant settings: %w", err)
 	}
 	return t, nil
@@ -75,13 +82,13 @@ func (s *Store) TenantSettings(ctx context.Context, tenant string) (calendar.Ten
 
 // UpdateTenantSettings implements calendar.Store.
 func (s *Store) UpdateTenantSettings(ctx context.Context, tenant string, mutate func(*calendar.TenantSettings) error) (calendar.TenantSettings, error) {
-	return redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).settings(), mutate)
+	return redisx.UpdateJSON(ctx, s.rdb, s.tenantKeys(tenant).settings(), mutate)
 }
 
 // UserSettings implements calendar.Store.
 func (s *Store) UserSettings(ctx context.Context, tenant, user string) (calendar.UserSettings, error) {
 	var u calendar.UserSettings
-	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).userSettings(user), &u); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, s.tenantKeys(tenant).userSettings(user), &u); err != nil {
 		return u, fmt.Errorf("read user settings: %w", err)
 	}
 	u.UserID = user
@@ -90,7 +97,7 @@ func (s *Store) UserSettings(ctx context.Context, tenant, user string) (calendar
 
 // UpdateUserSettings implements calendar.Store.
 func (s *Store) UpdateUserSettings(ctx context.Context, tenant, user string, mutate func(*calendar.UserSettings) error) (calendar.UserSettings, error) {
-	u, err := redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).userSettings(user), func(u *calendar.UserSettings) error {
+	u, err := redisx.UpdateJSON(ctx, s.rdb, s.tenantKeys(tenant).userSettings(user), func(u *calendar.UserSettings) error {
 		u.UserID = user
 		return mutate(u)
 	})
@@ -113,7 +120,7 @@ func encodeRevision(r *calendar.Revision) (string, error) {
 
 // WriteEntry implements calendar.Store.
 func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write) (int64, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	e := &w.Rev.Entry
 	cur, err := json.Marshal(e)
 	if err != nil {
@@ -165,7 +172,7 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 
 // Enqueue implements calendar.Store.
 func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, target calendar.Target, log bool, now time.Time, detail string) (int64, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	wake := wakePayload(tenant, e.Owner)
 	if target == calendar.TargetCalDAV {
 		wake = pushPayload(k.n)
@@ -198,7 +205,7 @@ func seriesScore(e *calendar.Entry) (string, error) {
 
 // GetEntry implements calendar.Store.
 func (s *Store) GetEntry(ctx context.Context, tenant, id string) (*calendar.Entry, error) {
-	vals, err := s.rdb.HMGet(ctx, tenantKeys(tenant).entry(id), "cur", warnField).Result()
+	vals, err := s.rdb.HMGet(ctx, s.tenantKeys(tenant).entry(id), "cur", warnField).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read entry %s: %w", id, err)
 	}
@@ -216,7 +223,7 @@ func (s *Store) GetEntry(ctx context.Context, tenant, id string) (*calendar.Entr
 
 // GetRevision implements calendar.Store.
 func (s *Store) GetRevision(ctx context.Context, tenant, id string, rev int64) (*calendar.Revision, error) {
-	raw, err := s.rdb.HGet(ctx, tenantKeys(tenant).revs(id), strconv.FormatInt(rev, 10)).Result()
+	raw, err := s.rdb.HGet(ctx, s.tenantKeys(tenant).revs(id), strconv.FormatInt(rev, 10)).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, errs.NotFound("entry revision", id+"@"+strconv.FormatInt(rev, 10))
 	}
@@ -241,7 +248,7 @@ func decodeRevision(raw string) (*calendar.Revision, error) {
 // ListEntries implements calendar.Store. Entries with the cursor's score come first, those
 // after the cursor's id (Redis orders equal scores by member).
 func (s *Store) ListEntries(ctx context.Context, tenant, owner string, from, to, afterScore int64, afterID string, limit int) ([]calendar.Entry, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	var out []calendar.Entry
 	if afterScore < from {
 		// First the series that began before the range and still have occurrences in it, in
@@ -372,7 +379,7 @@ func parseItem(s string) (item, bool) {
 
 // NextDeliveries implements calendar.Store.
 func (s *Store) NextDeliveries(ctx context.Context, tenant, user string, target calendar.Target, after int64, limit int, log bool, maxUnanswered int) ([]calendar.Delivery, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	res, err := nextScript.Run(ctx, s.rdb, []string{k.queue(user, target), k.items(user, target), k.log(user), k.errs(user, target), k.remote(user, target)},
 		after, limit, flag(log), s.logBound, string(target), maxUnanswered).StringSlice()
 	if err != nil {
@@ -421,7 +428,7 @@ func (s *Store) fill(ctx context.Context, k keys, user string, target calendar.T
 
 // PendingThrough implements calendar.Store.
 func (s *Store) PendingThrough(ctx context.Context, tenant, user string, target calendar.Target, through int64) ([]calendar.Delivery, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, k.queue(user, target), &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(through, 10)}).Result()
 	if err != nil {
 		return nil, err
@@ -441,7 +448,7 @@ func (s *Store) PendingThrough(ctx context.Context, tenant, user string, target 
 
 // DeliveryAt implements calendar.Store.
 func (s *Store) DeliveryAt(ctx context.Context, tenant, user string, target calendar.Target, pos int64) (calendar.Delivery, bool, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	p := strconv.FormatInt(pos, 10)
 	ids, err := s.rdb.ZRangeByScore(ctx, k.queue(user, target), &redis.ZRangeBy{Min: p, Max: p}).Result()
 	if err != nil || len(ids) == 0 {
@@ -524,7 +531,7 @@ func (s *Store) AckMany(ctx context.Context, tenant, user string, as []calendar.
 // ackArgs are the ack script's keys and arguments, with both events the outcome may announce
 // (delivered, or failed); the script emits the one that applies.
 func (s *Store) ackArgs(ctx context.Context, tenant, user string, a calendar.AckInput) ([]string, []any, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	dev := events.EntryDelivered(tenant, user, a)
 	denv, err := eventbus.Envelope(ctx, dev.ID, dev.Subject, tenant, dev.Msg)
 	if err != nil {
@@ -576,7 +583,7 @@ func ackResult(res []any) calendar.AckResult {
 
 // QueueStats implements calendar.Store.
 func (s *Store) QueueStats(ctx context.Context, tenant, user string) (calendar.QueueStats, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	pipe := s.rdb.Pipeline()
 	var pend, dead []*redis.IntCmd
 	for _, g := range []calendar.Target{calendar.TargetAgent, calendar.TargetCalDAV} {
@@ -602,7 +609,7 @@ func (s *Store) QueueStats(ctx context.Context, tenant, user string) (calendar.Q
 
 // ClaimAgent implements calendar.Store.
 func (s *Store) ClaimAgent(ctx context.Context, tenant, user string, p calendar.Presence) (string, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	prev, err := claimAgentScript.Run(ctx, s.rdb, []string{k.agent(user)}, p.Session, p.AgentID, ms(p.Since),
 		NotifyChannel, kickPrefix(tenant, user)).Text()
 	if err != nil {
@@ -613,18 +620,18 @@ func (s *Store) ClaimAgent(ctx context.Context, tenant, user string, p calendar.
 
 // TouchAgent implements calendar.Store.
 func (s *Store) TouchAgent(ctx context.Context, tenant, user, session string, now time.Time) (bool, error) {
-	n, err := touchAgentScript.Run(ctx, s.rdb, []string{tenantKeys(tenant).agent(user)}, session, ms(now)).Int()
+	n, err := touchAgentScript.Run(ctx, s.rdb, []string{s.tenantKeys(tenant).agent(user)}, session, ms(now)).Int()
 	return n == 1, err
 }
 
 // ReleaseAgent implements calendar.Store.
 func (s *Store) ReleaseAgent(ctx context.Context, tenant, user, session string, now time.Time) error {
-	return releaseAgentScript.Run(ctx, s.rdb, []string{tenantKeys(tenant).agent(user)}, session, ms(now)).Err()
+	return releaseAgentScript.Run(ctx, s.rdb, []string{s.tenantKeys(tenant).agent(user)}, session, ms(now)).Err()
 }
 
 // Presence implements calendar.Store.
 func (s *Store) Presence(ctx context.Context, tenant, user string) (*calendar.Presence, error) {
-	h, err := s.rdb.HGetAll(ctx, tenantKeys(tenant).agent(user)).Result()
+	h, err := s.rdb.HGetAll(ctx, s.tenantKeys(tenant).agent(user)).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -641,7 +648,7 @@ func (s *Store) Presence(ctx context.Context, tenant, user string) (*calendar.Pr
 // AppendLog implements calendar.Store.
 // Lines older than the retention are dropped, by the new line's id (Redis server time).
 func (s *Store) AppendLog(ctx context.Context, tenant, user string, l calendar.LogLine) error {
-	key := tenantKeys(tenant).log(user)
+	key := s.tenantKeys(tenant).log(user)
 	id, err := s.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: key, MaxLen: s.logMax, Approx: true,
 		Values: []any{"a", l.Action, "e", l.EntryID, "r", l.Revision, "g", string(l.Target), "p", l.Position, "d", l.Detail},
@@ -659,7 +666,7 @@ func (s *Store) AppendLog(ctx context.Context, tenant, user string, l calendar.L
 
 // SyncLog implements calendar.Store.
 func (s *Store) SyncLog(ctx context.Context, tenant, user, before string, minTime time.Time, limit int) ([]calendar.LogLine, error) {
-	key := tenantKeys(tenant).log(user)
+	key := s.tenantKeys(tenant).log(user)
 	start := "+"
 	if before != "" {
 		start = "(" + before
@@ -720,7 +727,7 @@ func (s *Store) NextPushDue(ctx context.Context, n int) (time.Time, bool, error)
 // HoldPush marks a claimed push delivery in flight and returns it with its revision and the
 // remembered CalDAV object name and ETag; false when the entry has no push item any more.
 func (s *Store) HoldPush(ctx context.Context, p DuePush) (calendar.Delivery, bool, error) {
-	k := tenantKeys(p.Tenant)
+	k := s.tenantKeys(p.Tenant)
 	raw, err := s.rdb.HGet(ctx, k.items(p.User, calendar.TargetCalDAV), p.EntryID).Result()
 	if errors.Is(err, redis.Nil) {
 		s.rdb.ZRem(ctx, k.pushDue(), dueMember(p.Tenant, p.User, p.EntryID))

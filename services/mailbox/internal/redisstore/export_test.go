@@ -1,6 +1,6 @@
 package redisstore
 
 // DefaultsKeyForTest exposes the reverse default-sender index key to the black-box tests.
-func DefaultsKeyForTest(tenant, mailboxID string) string {
-	return tenantKeys(tenant).mbDefaults(mailboxID)
+func (s *Store) DefaultsKeyForTest(tenant, mailboxID string) string {
+	return s.tenantKeys(tenant).mbDefaults(mailboxID)
 }

@@ -4,7 +4,8 @@
 // Layout. Tenants are spread over a fixed number of partitions; every key of a tenant carries the
 // partition's hash tag ({mbN}), so a transaction over any keys of one tenant stays in one Redis
 // Cluster slot, and each partition has one event stream that the relay publishes to JetStream.
-// The partition count is part of the data layout: changing it needs a migration.
+// The partition count (REDIS_PARTITIONS) is part of the data layout: chosen when a deployment is
+// created, recorded under pm:mb:{mb0}:partitions, and checked at every start.
 //
 //	pm:mb:{mbN}:tenants               zset (lex)  tenant ids of the partition
 //	pm:mb:{mbN}:events                stream      events waiting for the relay
@@ -29,24 +30,36 @@
 package redisstore
 
 import (
+	"context"
 	"strconv"
 
 	"github.com/postamt/postamt/internal/redisx"
 )
 
-// Partitions is the number of tenant partitions (and event streams). Part of the data layout.
-const Partitions = 16
-
 const prefix = "pm:mb:"
 
+// Partitions is the number of tenant partitions and event streams (REDIS_PARTITIONS). Part of
+// the data layout: chosen when a deployment is created and recorded in Redis (CheckPartitions).
+func (s *Store) Partitions() int { return s.parts }
+
+// partitionsKey records the partition count the data was written with, in partition 0's slot
+// beside its event stream, which every mailbox start has created.
+const partitionsKey = prefix + "{mb0}:partitions"
+
+// CheckPartitions refuses data written with another partition count than the store's (a
+// *redisx.PartitionsError), and records the count on a fresh Redis. The service calls it at start.
+func (s *Store) CheckPartitions(ctx context.Context) error {
+	return redisx.CheckPartitions(ctx, s.rdb, partitionsKey, prefix+"{mb0}:events", s.parts)
+}
+
 // partitionTag returns the hash tag of a tenant's partition.
-func partitionTag(tenant string) string {
-	return "{mb" + strconv.Itoa(redisx.Partition(tenant, Partitions)) + "}"
+func (s *Store) partitionTag(tenant string) string {
+	return "{mb" + strconv.Itoa(redisx.Partition(tenant, s.parts)) + "}"
 }
 
 // EventStreams returns every partition's event stream key, for the relay.
-func EventStreams() []string {
-	out := make([]string, Partitions)
+func (s *Store) EventStreams() []string {
+	out := make([]string, s.parts)
 	for i := range out {
 		out[i] = prefix + "{mb" + strconv.Itoa(i) + "}:events"
 	}
@@ -59,8 +72,8 @@ type keys struct {
 	base string // pm:mb:{mbN}:t:T
 }
 
-func tenantKeys(tenant string) keys {
-	part := prefix + partitionTag(tenant)
+func (s *Store) tenantKeys(tenant string) keys {
+	part := prefix + s.partitionTag(tenant)
 	return keys{part: part, base: part + ":t:" + tenant}
 }
 
@@ -88,8 +101,8 @@ func (k keys) allUsers() string           { return k.base + ":allusers" }
 func (k keys) sentItem(e string) string   { return k.base + ":sent:" + e }
 
 // partitionKeys returns the tenant index of every partition, for listing tenants.
-func partitionTenantIndexes() []string {
-	out := make([]string, Partitions)
+func (s *Store) partitionTenantIndexes() []string {
+	out := make([]string, s.parts)
 	for i := range out {
 		out[i] = prefix + "{mb" + strconv.Itoa(i) + "}:tenants"
 	}

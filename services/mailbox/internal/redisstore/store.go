@@ -28,13 +28,18 @@ const maxTxAttempts = 16
 type Store struct {
 	rdb    redis.UniversalClient
 	grants *redisx.Coalescer
+	parts  int
 }
 
 var _ mailbox.Store = (*Store)(nil)
 
-// New returns a Store on rdb.
-func New(rdb redis.UniversalClient) *Store {
-	return &Store{rdb: rdb, grants: redisx.NewCoalescer(rdb)}
+// New returns a Store on rdb that spreads tenants over partitions (REDIS_PARTITIONS; 0 means
+// redisx.DefaultPartitions).
+func New(rdb redis.UniversalClient, partitions int) *Store {
+	if partitions <= 0 {
+		partitions = redisx.DefaultPartitions
+	}
+	return &Store{rdb: rdb, grants: redisx.NewCoalescer(rdb), parts: partitions}
 }
 
 // batch collects the writes of one transaction while its reads run, so all reads happen under
@@ -68,7 +73,7 @@ func (b *batch) emit(ev events.Event) {
 func (s *Store) txn(ctx context.Context, tenant string, fn func(tx *redis.Tx, b *batch) error, watch ...string) error {
 	for range maxTxAttempts {
 		err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
-			b := &batch{ctx: ctx, k: tenantKeys(tenant), tenant: tenant}
+			b := &batch{ctx: ctx, k: s.tenantKeys(tenant), tenant: tenant}
 			if err := fn(tx, b); err != nil {
 				return err
 			}
@@ -246,7 +251,7 @@ func getHashes[T any](ctx context.Context, c redis.Cmdable, ids []string, key fu
 
 // CreateTenant implements mailbox.Store.
 func (s *Store) CreateTenant(ctx context.Context, t *mailbox.Tenant) error {
-	k := tenantKeys(t.ID)
+	k := s.tenantKeys(t.ID)
 	return s.txn(ctx, t.ID, func(tx *redis.Tx, b *batch) error {
 		n, err := tx.Exists(ctx, k.tenant()).Result()
 		if err != nil {
@@ -266,7 +271,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *mailbox.Tenant) error {
 
 // GetTenant implements mailbox.Store.
 func (s *Store) GetTenant(ctx context.Context, id string) (*mailbox.Tenant, error) {
-	h, err := hashOrNotFound(ctx, s.rdb, tenantKeys(id).tenant(), "tenant", id)
+	h, err := hashOrNotFound(ctx, s.rdb, s.tenantKeys(id).tenant(), "tenant", id)
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +280,7 @@ func (s *Store) GetTenant(ctx context.Context, id string) (*mailbox.Tenant, erro
 
 // UpdateTenant implements mailbox.Store.
 func (s *Store) UpdateTenant(ctx context.Context, id string, mutate func(*mailbox.Tenant) error) (*mailbox.Tenant, error) {
-	k := tenantKeys(id)
+	k := s.tenantKeys(id)
 	var out *mailbox.Tenant
 	err := s.txn(ctx, id, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.tenant(), "tenant", id)
@@ -297,7 +302,7 @@ func (s *Store) UpdateTenant(ctx context.Context, id string, mutate func(*mailbo
 // ListTenants implements mailbox.Store: every partition's index is read in one round trip and
 // merged.
 func (s *Store) ListTenants(ctx context.Context, after string, limit int) ([]mailbox.Tenant, error) {
-	idx := partitionTenantIndexes()
+	idx := s.partitionTenantIndexes()
 	cmds := make([]*redis.StringSliceCmd, len(idx))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, key := range idx {
@@ -316,12 +321,12 @@ func (s *Store) ListTenants(ctx context.Context, after string, limit int) ([]mai
 	if len(ids) > limit {
 		ids = ids[:limit]
 	}
-	return getHashes(ctx, s.rdb, ids, func(id string) string { return tenantKeys(id).tenant() }, decodeTenant)
+	return getHashes(ctx, s.rdb, ids, func(id string) string { return s.tenantKeys(id).tenant() }, decodeTenant)
 }
 
 // DeleteTenant implements mailbox.Store.
 func (s *Store) DeleteTenant(ctx context.Context, id string) error {
-	k := tenantKeys(id)
+	k := s.tenantKeys(id)
 	return s.txn(ctx, id, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.tenant(), "tenant", id)
 		if err != nil {
@@ -360,7 +365,7 @@ func (s *Store) DeleteTenant(ctx context.Context, id string) error {
 
 // CreateUser implements mailbox.Store.
 func (s *Store) CreateUser(ctx context.Context, tenant string, u *mailbox.User) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		if err := s.requireTenant(ctx, tx, k, tenant); err != nil {
 			return err
@@ -391,7 +396,7 @@ func (s *Store) CreateUser(ctx context.Context, tenant string, u *mailbox.User) 
 
 // GetUser implements mailbox.Store.
 func (s *Store) GetUser(ctx context.Context, tenant, id string) (*mailbox.User, error) {
-	h, err := hashOrNotFound(ctx, s.rdb, tenantKeys(tenant).user(id), "user", id)
+	h, err := hashOrNotFound(ctx, s.rdb, s.tenantKeys(tenant).user(id), "user", id)
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +405,7 @@ func (s *Store) GetUser(ctx context.Context, tenant, id string) (*mailbox.User, 
 
 // UpdateUser implements mailbox.Store.
 func (s *Store) UpdateUser(ctx context.Context, tenant, id string, mutate func(*mailbox.User) error) (*mailbox.User, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	var out *mailbox.User
 	err := s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.user(id), "user", id)
@@ -435,14 +440,14 @@ func (s *Store) UpdateUser(ctx context.Context, tenant, id string, mutate func(*
 
 // ListUsers implements mailbox.Store.
 func (s *Store) ListUsers(ctx context.Context, tenant, after string, limit int) ([]mailbox.User, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return listHashes(ctx, s.rdb, k.users(), after, limit, k.user, decodeUser)
 }
 
 // DeleteUser implements mailbox.Store: memberships and team places go with the user, each
 // announced.
 func (s *Store) DeleteUser(ctx context.Context, tenant, id string, now time.Time) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.user(id), "user", id)
 		if err != nil {
@@ -557,7 +562,7 @@ func sortedUnion(a, b []string) []string {
 
 // CreateTeam implements mailbox.Store.
 func (s *Store) CreateTeam(ctx context.Context, tenant string, t *mailbox.Team) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		if err := s.requireTenant(ctx, tx, k, tenant); err != nil {
 			return err
@@ -587,7 +592,7 @@ func (s *Store) CreateTeam(ctx context.Context, tenant string, t *mailbox.Team) 
 
 // GetTeam implements mailbox.Store.
 func (s *Store) GetTeam(ctx context.Context, tenant, id string) (*mailbox.Team, error) {
-	h, err := hashOrNotFound(ctx, s.rdb, tenantKeys(tenant).team(id), "team", id)
+	h, err := hashOrNotFound(ctx, s.rdb, s.tenantKeys(tenant).team(id), "team", id)
 	if err != nil {
 		return nil, err
 	}
@@ -596,7 +601,7 @@ func (s *Store) GetTeam(ctx context.Context, tenant, id string) (*mailbox.Team, 
 
 // UpdateTeam implements mailbox.Store.
 func (s *Store) UpdateTeam(ctx context.Context, tenant, id string, mutate func(*mailbox.Team) error) (*mailbox.Team, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	var out *mailbox.Team
 	err := s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.team(id), "team", id)
@@ -632,13 +637,13 @@ func (s *Store) UpdateTeam(ctx context.Context, tenant, id string, mutate func(*
 
 // ListTeams implements mailbox.Store.
 func (s *Store) ListTeams(ctx context.Context, tenant, after string, limit int) ([]mailbox.Team, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return listHashes(ctx, s.rdb, k.teams(), after, limit, k.team, decodeTeam)
 }
 
 // DeleteTeam implements mailbox.Store.
 func (s *Store) DeleteTeam(ctx context.Context, tenant, id string, now time.Time) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.team(id), "team", id)
 		if err != nil {
@@ -664,7 +669,7 @@ func (s *Store) DeleteTeam(ctx context.Context, tenant, id string, now time.Time
 // CreateMailbox implements mailbox.Store. A personal mailbox becomes its owner's default sender
 // when the owner has none.
 func (s *Store) CreateMailbox(ctx context.Context, tenant string, m *mailbox.Mailbox) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		if err := s.requireTenant(ctx, tx, k, tenant); err != nil {
 			return err
@@ -715,7 +720,7 @@ func (s *Store) CreateMailbox(ctx context.Context, tenant string, m *mailbox.Mai
 
 // GetMailbox implements mailbox.Store.
 func (s *Store) GetMailbox(ctx context.Context, tenant, id string) (*mailbox.Mailbox, error) {
-	h, err := hashOrNotFound(ctx, s.rdb, tenantKeys(tenant).mailbox(id), "mailbox", id)
+	h, err := hashOrNotFound(ctx, s.rdb, s.tenantKeys(tenant).mailbox(id), "mailbox", id)
 	if err != nil {
 		return nil, err
 	}
@@ -724,19 +729,19 @@ func (s *Store) GetMailbox(ctx context.Context, tenant, id string) (*mailbox.Mai
 
 // GetMailboxes implements mailbox.Store.
 func (s *Store) GetMailboxes(ctx context.Context, tenant string, ids []string) ([]mailbox.Mailbox, error) {
-	return getHashes(ctx, s.rdb, ids, tenantKeys(tenant).mailbox, decodeMailbox)
+	return getHashes(ctx, s.rdb, ids, s.tenantKeys(tenant).mailbox, decodeMailbox)
 }
 
 // ListMailboxes implements mailbox.Store.
 func (s *Store) ListMailboxes(ctx context.Context, tenant, after string, limit int) ([]mailbox.Mailbox, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return listHashes(ctx, s.rdb, k.mailboxes(), after, limit, k.mailbox, decodeMailbox)
 }
 
 // UpdateMailbox implements mailbox.Store: an address change moves every member's send grant,
 // and users who can no longer send from the mailbox lose it as their default.
 func (s *Store) UpdateMailbox(ctx context.Context, tenant, id string, mutate func(*mailbox.Mailbox) error) (*mailbox.Mailbox, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	var out *mailbox.Mailbox
 	err := s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.mailbox(id), "mailbox", id)
@@ -803,7 +808,7 @@ func decodeRightsMap(h map[string]string) map[string]mailbox.Rights {
 // DeleteMailbox implements mailbox.Store: memberships go, default senders fall back, a personal
 // mailbox's owner is told, and the mailbox's sent index goes (items stay in senders' folders).
 func (s *Store) DeleteMailbox(ctx context.Context, tenant, id string, now time.Time) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.mailbox(id), "mailbox", id)
 		if err != nil {
@@ -880,7 +885,7 @@ func (s *Store) RemoveMember(ctx context.Context, tenant, mailboxID, userID stri
 // mailbox's members, the user's memberships, the user's send grants by address) and the user's
 // default sender consistent.
 func (s *Store) member(ctx context.Context, tenant, mid, uid string, r mailbox.Rights, now time.Time, op memberOp) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	return s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		h, err := hashOrNotFound(ctx, tx, k.mailbox(mid), "mailbox", mid)
 		if err != nil {
@@ -948,7 +953,7 @@ func (s *Store) member(ctx context.Context, tenant, mid, uid string, r mailbox.R
 
 // Members implements mailbox.Store.
 func (s *Store) Members(ctx context.Context, tenant, mailboxID string) (map[string]mailbox.Rights, error) {
-	h, err := s.rdb.HGetAll(ctx, tenantKeys(tenant).mbMembers(mailboxID)).Result()
+	h, err := s.rdb.HGetAll(ctx, s.tenantKeys(tenant).mbMembers(mailboxID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read members: %w", err)
 	}
@@ -957,7 +962,7 @@ func (s *Store) Members(ctx context.Context, tenant, mailboxID string) (map[stri
 
 // Memberships implements mailbox.Store.
 func (s *Store) Memberships(ctx context.Context, tenant, userID string) (map[string]mailbox.Rights, error) {
-	h, err := s.rdb.HGetAll(ctx, tenantKeys(tenant).userMbs(userID)).Result()
+	h, err := s.rdb.HGetAll(ctx, s.tenantKeys(tenant).userMbs(userID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read memberships: %w", err)
 	}
@@ -966,7 +971,7 @@ func (s *Store) Memberships(ctx context.Context, tenant, userID string) (map[str
 
 // AllUsersMailboxes implements mailbox.Store.
 func (s *Store) AllUsersMailboxes(ctx context.Context, tenant string) ([]string, error) {
-	ids, err := s.rdb.SMembers(ctx, tenantKeys(tenant).allUsers()).Result()
+	ids, err := s.rdb.SMembers(ctx, s.tenantKeys(tenant).allUsers()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read all-users mailboxes: %w", err)
 	}
@@ -975,7 +980,7 @@ func (s *Store) AllUsersMailboxes(ctx context.Context, tenant string) ([]string,
 
 // SetDefaultSender implements mailbox.Store.
 func (s *Store) SetDefaultSender(ctx context.Context, tenant, userID, mailboxID string, now time.Time) (*mailbox.User, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	var out *mailbox.User
 	err := s.txn(ctx, tenant, func(tx *redis.Tx, b *batch) error {
 		u, err := b.loadUser(tx, userID)
@@ -1008,7 +1013,7 @@ func (s *Store) SetDefaultSender(ctx context.Context, tenant, userID, mailboxID 
 // mailbox summary and the user's grant on that address), pipelined together with those of other
 // concurrent callers (see sendGrant).
 func (s *Store) SendGrant(ctx context.Context, tenant, userID, address string) (mailbox.SendGrant, error) {
-	return s.sendGrant(ctx, tenantKeys(tenant), userID, address)
+	return s.sendGrant(ctx, s.tenantKeys(tenant), userID, address)
 }
 
 // ---- sent view ----
@@ -1017,7 +1022,7 @@ func (s *Store) SendGrant(ctx context.Context, tenant, userID, address string) (
 // hash fields, the same index members), and EXISTS inside the same MULTI tells a first
 // application from a redelivery.
 func (s *Store) ApplySent(ctx context.Context, tenant string, it *mailbox.SentItem) (bool, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	member := mailbox.SentCursor(it)
 	var existed *redis.IntCmd
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -1041,7 +1046,7 @@ func (s *Store) ApplySent(ctx context.Context, tenant string, it *mailbox.SentIt
 // merged in Go (duplicates collapse: mail a user sent from a shared mailbox is in both), and a
 // second round trip reads the items.
 func (s *Store) ListSent(ctx context.Context, tenant, userID string, mailboxIDs []string, after string, limit int) ([]mailbox.SentItem, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	var own *redis.StringSliceCmd
 	cmds := make([]*redis.StringSliceCmd, len(mailboxIDs))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

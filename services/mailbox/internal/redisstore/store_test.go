@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/services/mailbox/internal/mailbox"
 	"github.com/postamt/postamt/services/mailbox/internal/redisstore"
@@ -41,7 +43,7 @@ func seed(t *testing.T, s *redisstore.Store) {
 // sender never names a mailbox they may not send from, and every change is announced.
 func TestDefaultSenderInvariantUnderConcurrency(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb)
+	s := redisstore.New(rdb, 0)
 	seed(t, s)
 	ctx := context.Background()
 
@@ -82,7 +84,7 @@ func TestDefaultSenderInvariantUnderConcurrency(t *testing.T) {
 	}
 	// The reverse index agrees with the user record.
 	for _, m := range []string{"info", "martina-pm"} {
-		in, err := rdb.SIsMember(ctx, redisstore.DefaultsKeyForTest("kanzlei", m), "martina").Result()
+		in, err := rdb.SIsMember(ctx, s.DefaultsKeyForTest("kanzlei", m), "martina").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,10 +98,10 @@ func TestDefaultSenderInvariantUnderConcurrency(t *testing.T) {
 // adds exactly its events to the tenant partition's stream, and a failed write adds none.
 func TestEveryWriteIsAnnounced(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb)
+	s := redisstore.New(rdb, 0)
 	ctx := context.Background()
 	seed(t, s)
-	stream := streamOf(t, rdb)
+	stream := streamOf(t, rdb, s)
 	subjects := func() []string {
 		msgs, err := rdb.XRange(ctx, stream, "-", "+").Result()
 		if err != nil {
@@ -124,9 +126,9 @@ func TestEveryWriteIsAnnounced(t *testing.T) {
 	}
 }
 
-func streamOf(t *testing.T, rdb *redis.Client) string {
+func streamOf(t *testing.T, rdb *redis.Client, store *redisstore.Store) string {
 	t.Helper()
-	for _, s := range redisstore.EventStreams() {
+	for _, s := range store.EventStreams() {
 		if n, _ := rdb.XLen(context.Background(), s).Result(); n > 0 {
 			return s
 		}
@@ -139,7 +141,7 @@ func streamOf(t *testing.T, rdb *redis.Client) string {
 // callers at once, each asking about a different user and address, each gets its own answer.
 func TestConcurrentSendGrantsGetTheirOwnAnswers(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb)
+	s := redisstore.New(rdb, 0)
 	seed(t, s)
 	ctx := context.Background()
 	if err := s.AddMember(ctx, "kanzlei", "info", "max", mailbox.RightSendOnBehalf, t0); err != nil {
@@ -174,5 +176,52 @@ func TestConcurrentSendGrantsGetTheirOwnAnswers(t *testing.T) {
 	close(errc)
 	for err := range errc {
 		t.Error(err)
+	}
+}
+
+// TestPartitionCount runs the store with a count other than the default: a tenant's keys and
+// events land in its partition of 64, tenants are listed across all of them, and the count is
+// recorded so that a store of another count refuses the data.
+func TestPartitionCount(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	s := redisstore.New(rdb, 64)
+	if err := s.CheckPartitions(ctx); err != nil {
+		t.Fatalf("fresh Redis with 64: %v", err)
+	}
+	if got := len(s.EventStreams()); got != 64 {
+		t.Fatalf("event streams = %d, want 64", got)
+	}
+	seed(t, s)
+	var tenants []string
+	for i := range 40 { // enough tenants to land in partitions beyond 16
+		id := fmt.Sprintf("t%02d", i)
+		tenants = append(tenants, id)
+		if err := s.CreateTenant(ctx, &mailbox.Tenant{ID: id, Version: 1, Created: t0, Updated: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ListTenants(ctx, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(tenants)+1 {
+		t.Errorf("ListTenants = %d tenants, want %d", len(got), len(tenants)+1)
+	}
+	beyond := 0
+	for p, stream := range s.EventStreams() {
+		if n := rdb.XLen(ctx, stream).Val(); n > 0 && p >= 16 {
+			beyond++
+		}
+	}
+	if beyond == 0 {
+		t.Error("no events in partitions 16..63: the store does not use its count")
+	}
+	if g, err := s.SendGrant(ctx, "kanzlei", "martina", "martina@pm.example"); err != nil || mailbox.Decide("martina", &g).Mode != mailbox.SendOwner {
+		t.Errorf("send check with 64 partitions: %v %v", mailbox.Decide("martina", &g).Mode, err)
+	}
+	var pe *redisx.PartitionsError
+	if err := redisstore.New(rdb, 16).CheckPartitions(ctx); !errors.As(err, &pe) || pe.Recorded != 64 || pe.Configured != 16 {
+		t.Errorf("a store of 16 on data of 64: %v, want a PartitionsError", err)
 	}
 }

@@ -85,6 +85,8 @@ type Dispatcher struct {
 
 	once  sync.Once
 	wakes []chan struct{}
+	// allPartitions lists every partition of the Ledger, for reading a lane's heads.
+	allPartitions []int
 
 	mu    sync.Mutex
 	lanes map[redisstore.Lane]*lane
@@ -115,7 +117,12 @@ func (d *Dispatcher) init() {
 		if d.Logger == nil {
 			d.Logger = slog.New(slog.DiscardHandler)
 		}
-		d.wakes = make([]chan struct{}, redisstore.Partitions)
+		n := d.Ledger.Partitions()
+		d.allPartitions = make([]int, n)
+		for p := range n {
+			d.allPartitions[p] = p
+		}
+		d.wakes = make([]chan struct{}, n)
 		for i := range d.wakes {
 			d.wakes[i] = make(chan struct{}, 1)
 		}
@@ -165,7 +172,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			for m := range sub.Channel() {
-				if p, ok := redisstore.WakePartition(m.Payload); ok {
+				if p, ok := d.Ledger.WakePartition(m.Payload); ok {
 					d.Wake(p)
 				}
 			}
@@ -174,7 +181,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		defer func() { _ = sub.Close() }()
 	}
 	var loops sync.WaitGroup
-	for p := range redisstore.Partitions {
+	for p := range d.Ledger.Partitions() {
 		loops.Go(func() { d.runPartition(ctx, p) })
 	}
 	loops.Wait()
@@ -332,7 +339,7 @@ func outcomeLabel(o outbox.Outcome) string {
 func (d *Dispatcher) Drain(ctx context.Context) (int, error) {
 	d.init()
 	lanes := make(map[redisstore.Lane]*lane)
-	for p := range redisstore.Partitions {
+	for p := range d.Ledger.Partitions() {
 		due, _, _, err := d.Ledger.Ready(ctx, p, d.Clock.Now(), 512)
 		if err != nil {
 			return 0, err
@@ -343,7 +350,7 @@ func (d *Dispatcher) Drain(ctx context.Context) (int, error) {
 				l = newLane(d, ln)
 				lanes[ln] = l
 			}
-			l.ready |= 1 << p
+			l.ready.add(p)
 		}
 	}
 	total := 0

@@ -58,7 +58,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
 	t.Helper()
-	f := &fixture{ledger: redisstore.New(redistest.Start(t).Client(t), 0), sink: smtptest.Start(t), enabled: true}
+	f := &fixture{ledger: redisstore.New(redistest.Start(t).Client(t), 0, 0), sink: smtptest.Start(t), enabled: true}
 	host, port, _ := net.SplitHostPort(f.sink.Addr())
 	p, _ := strconv.Atoi(port)
 	sender := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 2 * time.Second})
@@ -158,7 +158,7 @@ func TestPermanentFailureAndDisabledConnector(t *testing.T) {
 
 	f.enabled = false
 	id := ""
-	for i := 0; id == "" || redisstore.Partition(id) != redisstore.Partition("m1"); i++ {
+	for i := 0; id == "" || f.ledger.Partition(id) != f.ledger.Partition("m1"); i++ {
 		id = fmt.Sprintf("m1-%d", i)
 	}
 	f.submit(t, id, t0)
@@ -183,7 +183,7 @@ func TestRunSleepsUntilDueAndWakes(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	f.submit(t, "m1", time.Now().Add(100*time.Millisecond))
-	f.d.Wake(redisstore.Partition("m1"))
+	f.d.Wake(f.ledger.Partition("m1"))
 	poll.Eventually(t, "the scheduled mail to be sent", func() bool { return len(f.sink.Messages()) == 1 })
 	// The relay's reply comes before the result is recorded.
 	poll.Eventually(t, "the email to be SENT", func() bool { return f.status(t, "m1") == outbox.StatusSent })

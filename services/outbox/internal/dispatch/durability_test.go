@@ -39,7 +39,7 @@ func TestUnconfirmedClaimsAreNotSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = acked.Close() })
-	r := &rig{t: t, redis: master, ledger: redisstore.New(acked, 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
+	r := &rig{t: t, redis: master, ledger: redisstore.New(acked, 0, 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
 	sink := r.connector("relay", 4)
 
 	before := r.submitN("before", 5, time.Now())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,14 +30,25 @@ var (
 	errLeaseShort = errors.New("the claim's lease is about to run out")
 )
 
-// allPartitions lists every partition, for reading a lane's heads.
-var allPartitions = func() []int {
-	out := make([]int, redisstore.Partitions)
-	for p := range out {
-		out[p] = p
+// partitionSet is a set of partitions, one bit each: a lane's marks, kept small and cheap to
+// walk for any partition count.
+type partitionSet []uint64
+
+func newPartitionSet(n int) partitionSet { return make(partitionSet, (n+63)/64) }
+
+func (s partitionSet) add(p int)      { s[p/64] |= 1 << (p % 64) }
+func (s partitionSet) remove(p int)   { s[p/64] &^= 1 << (p % 64) }
+func (s partitionSet) has(p int) bool { return s[p/64]&(1<<(p%64)) != 0 }
+
+// list appends the partitions in the set to out, in ascending order.
+func (s partitionSet) list(out []int) []int {
+	for i, w := range s {
+		for ; w != 0; w &= w - 1 {
+			out = append(out, i*64+bits.TrailingZeros64(w))
+		}
 	}
 	return out
-}()
+}
 
 // disabledConcurrency is how many emails a lane moves at once when its connector is disabled or
 // unknown: no relay is involved, so its pool does not bound it.
@@ -70,8 +82,8 @@ type lane struct {
 	// ready has bit p set while partition p may have due mail of the lane; gen[p] counts the
 	// partition loop's marks, so a lane that found partition p drained clears the bit only if no
 	// mark came in since it looked.
-	ready    uint32
-	gen      [redisstore.Partitions]uint64
+	ready    partitionSet
+	gen      []uint64
 	queue    claimQueue
 	inflight int
 	capacity int
@@ -87,14 +99,19 @@ type lane struct {
 // the first emails it sends are the highest priority ones wherever they are, not those of the
 // partition whose loop happened to see the lane first.
 func newLane(d *Dispatcher, key redisstore.Lane) *lane {
-	return &lane{d: d, key: key, capacity: 1, ready: 1<<redisstore.Partitions - 1,
+	n := d.Ledger.Partitions()
+	l := &lane{d: d, key: key, capacity: 1, ready: newPartitionSet(n), gen: make([]uint64, n),
 		kick: make(chan struct{}, 1), quitc: make(chan struct{}), done: make(chan struct{})}
+	for p := range n {
+		l.ready.add(p)
+	}
+	return l
 }
 
 // markReady notes that partition p has mail of the lane due now.
 func (l *lane) markReady(p int) {
 	l.mu.Lock()
-	l.ready |= 1 << p
+	l.ready.add(p)
 	l.gen[p]++
 	l.mu.Unlock()
 	l.poke()
@@ -161,7 +178,7 @@ func concurrency(c Connector, ok bool) int {
 }
 
 // want is how many more emails the lane may claim now, and the partitions to claim from.
-func (l *lane) want() (int, []int, [redisstore.Partitions]uint64) {
+func (l *lane) want() (int, []int, []uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	limit := l.capacity + int(math.Ceil(l.d.ClaimAhead*float64(l.capacity)))
@@ -172,11 +189,7 @@ func (l *lane) want() (int, []int, [redisstore.Partitions]uint64) {
 		room = 0
 	}
 	n := min(room, l.d.Batch)
-	var parts []int
-	for b := l.ready; b != 0; b &= b - 1 {
-		parts = append(parts, bits.TrailingZeros32(b))
-	}
-	return n, parts, l.gen
+	return n, l.ready.list(nil), slices.Clone(l.gen)
 }
 
 // fill claims until the lane is full or has nothing due, and starts what it may.
@@ -226,7 +239,7 @@ func (l *lane) fill(ctx context.Context) {
 
 // claim runs one claim round over parts for up to n emails. It returns how many were claimed
 // and how many due emails were looked at.
-func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitions]uint64, n int) (int, int, error) {
+func (l *lane) claim(ctx context.Context, parts []int, gens []uint64, n int) (int, int, error) {
 	d := l.d
 	now := d.Clock.Now()
 	// The heads are read in every partition, not only the marked ones: partition loops wake on
@@ -234,31 +247,28 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	// the first loop's mark would otherwise make the lane claim that partition's low priority
 	// mail before another loop marks its high priority mail. Reading a partition's empty indexes
 	// costs Redis next to nothing.
-	cands, err := d.Ledger.Heads(ctx, l.key, allPartitions, now, n)
+	cands, err := d.Ledger.Heads(ctx, l.key, d.allPartitions, now, n)
 	if err != nil {
 		return 0, 0, err
 	}
 	looked := len(cands)
 	// The claim runs in the partitions it takes mail from, and in the marked ones where nothing
 	// was due, whose ready score it corrects; a partition with due mail left untaken stays marked.
-	var seen, touch uint32
+	np := d.Ledger.Partitions()
+	seen, in := newPartitionSet(np), newPartitionSet(np)
 	for _, c := range cands {
-		seen |= 1 << c.Partition
+		seen.add(c.Partition)
 	}
 	cands = cands[:min(len(cands), n)]
 	for _, c := range cands {
-		touch |= 1 << c.Partition
+		in.add(c.Partition)
 	}
-	var marked uint32
 	for _, p := range parts {
-		marked |= 1 << p
-	}
-	claimIn := make([]int, 0, len(parts))
-	for p := range redisstore.Partitions {
-		if touch&(1<<p) != 0 || (marked&(1<<p) != 0 && seen&(1<<p) == 0) {
-			claimIn = append(claimIn, p)
+		if !seen.has(p) {
+			in.add(p)
 		}
 	}
+	claimIn := in.list(make([]int, 0, len(parts)))
 	res, err := d.Ledger.ClaimLane(ctx, l.key, claimIn, cands, now, d.Lease)
 	if errors.Is(err, redisx.ErrNotReplicated) {
 		// The master took the claim but no replica confirmed it: a failover could roll it back
@@ -281,7 +291,7 @@ func (l *lane) claim(ctx context.Context, parts []int, gens [redisstore.Partitio
 	l.mu.Lock()
 	for p, next := range res.Next {
 		if (next.IsZero() || next.After(now)) && l.gen[p] == gens[p] {
-			l.ready &^= 1 << p
+			l.ready.remove(p)
 			if !next.IsZero() {
 				defer d.Wake(p)
 			}

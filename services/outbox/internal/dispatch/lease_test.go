@@ -45,7 +45,7 @@ type rig struct {
 func newRig(t *testing.T, opts ...redistest.Option) *rig {
 	t.Helper()
 	srv := redistest.Start(t, opts...)
-	return &rig{t: t, redis: srv, ledger: redisstore.New(srv.Client(t), 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
+	return &rig{t: t, redis: srv, ledger: redisstore.New(srv.Client(t), 0, 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
 }
 
 // connector adds a relay for connector id (tenant kanzlei) with pool connections per replica.
@@ -130,7 +130,7 @@ func (r *rig) deadClaim(id string, at time.Time, lease time.Duration) redisstore
 	r.t.Helper()
 	ctx := context.Background()
 	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
-	p := redisstore.Partition(id)
+	p := r.ledger.Partition(id)
 	cands, err := r.ledger.Heads(ctx, ln, []int{p}, at, 1)
 	if err != nil || len(cands) != 1 {
 		r.t.Fatalf("heads: %v %v", cands, err)
@@ -520,7 +520,7 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 // held leases renew.
 func TestDispatchOnRedisCluster(t *testing.T) {
 	rdb := redistest.Start(t, redistest.WithCluster()).ClusterClient(t)
-	r := &rig{t: t, ledger: redisstore.New(rdb, 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
+	r := &rig{t: t, ledger: redisstore.New(rdb, 0, 0), sinks: map[string]*smtptest.Sink{}, pool: map[string]int{}}
 	sink := r.connector("relay", 4)
 	now := time.Now()
 	var ids []string
@@ -530,7 +530,7 @@ func TestDispatchOnRedisCluster(t *testing.T) {
 	}
 	ctx := context.Background()
 	ln := redisstore.Lane{Tenant: "kanzlei", Connector: "relay"}
-	parts := make([]int, redisstore.Partitions)
+	parts := make([]int, r.ledger.Partitions())
 	for p := range parts {
 		parts[p] = p
 	}

@@ -60,16 +60,73 @@ type Candidate struct {
 // partitions at the granularity of headsGrain, and within that partition by partition, so that a
 // claim of a backlog takes its emails from few partitions (one script each) instead of a few
 // from every one.
+//
+// With many partitions (len(parts)·n above headsOnePass) reading n of every index would move
+// len(parts)·n emails to choose n, so Heads reads in two round trips instead: the head of every
+// index, then, for each index whose head is among the first n in claim order, as many as can
+// still be among them. The first n of the result are the same either way; the rest holds at
+// least the head of every index with due mail.
 func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Time, n int) ([]Candidate, error) {
-	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.ZSliceCmd, 0, 4*len(parts))
-	nowMS := strconv.FormatInt(ms(now), 10)
+	if len(parts)*n <= headsOnePass {
+		reads := make([]headRead, 0, 4*len(parts))
+		for _, p := range parts {
+			for idx := range 4 {
+				reads = append(reads, headRead{p: p, idx: idx, count: n})
+			}
+		}
+		out, err := l.readHeads(ctx, lane, reads, now)
+		sortHeads(out)
+		return out, err
+	}
+	reads := make([]headRead, 0, 4*len(parts))
 	for _, p := range parts {
 		for idx := range 4 {
-			cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-				Key: laneIndexKey(p, lane, idx), Start: "-inf", Stop: nowMS, ByScore: true, Count: int64(n),
-			}))
+			reads = append(reads, headRead{p: p, idx: idx, count: 1})
 		}
+	}
+	heads, err := l.readHeads(ctx, lane, reads, now)
+	if err != nil {
+		return nil, err
+	}
+	sortHeads(heads)
+	// An index's emails come after its head, and the head of rank k comes after k others, so
+	// that index can hold at most n-k of the first n.
+	reads = reads[:0]
+	again := make(map[headRead]bool, n)
+	for k, c := range heads[:min(n, len(heads))] {
+		reads = append(reads, headRead{p: c.Partition, idx: c.Priority, count: n - k})
+		again[headRead{p: c.Partition, idx: c.Priority}] = true
+	}
+	out, err := l.readHeads(ctx, lane, reads, now)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range heads {
+		if !again[headRead{p: c.Partition, idx: c.Priority}] {
+			out = append(out, c)
+		}
+	}
+	sortHeads(out)
+	return out, nil
+}
+
+// headsOnePass bounds the emails one Heads round trip may read (partitions times n): beyond it
+// Heads reads in two. At the default 16 partitions and a claim batch of up to 64, one.
+const headsOnePass = 1024
+
+// headRead is one index of a lane Heads reads: partition p, index idx (laneIndexKey), the first
+// count due emails.
+type headRead struct{ p, idx, count int }
+
+// readHeads reads the due emails of reads in one pipeline.
+func (l *Ledger) readHeads(ctx context.Context, lane Lane, reads []headRead, now time.Time) ([]Candidate, error) {
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.ZSliceCmd, len(reads))
+	nowMS := strconv.FormatInt(ms(now), 10)
+	for i, r := range reads {
+		cmds[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: laneIndexKey(r.p, lane, r.idx), Start: "-inf", Stop: nowMS, ByScore: true, Count: int64(r.count),
+		})
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read due emails: %w", err)
@@ -78,9 +135,14 @@ func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Tim
 	for i, c := range cmds {
 		for _, z := range c.Val() {
 			id, _ := z.Member.(string)
-			out = append(out, Candidate{ID: id, Partition: parts[i/4], Priority: i % 4, Due: int64(z.Score)})
+			out = append(out, Candidate{ID: id, Partition: reads[i].p, Priority: reads[i].idx, Due: int64(z.Score)})
 		}
 	}
+	return out, nil
+}
+
+// sortHeads puts candidates in claim order (Heads).
+func sortHeads(out []Candidate) {
 	slices.SortFunc(out, func(a, b Candidate) int {
 		if a.Priority != b.Priority {
 			return a.Priority - b.Priority
@@ -93,7 +155,6 @@ func (l *Ledger) Heads(ctx context.Context, lane Lane, parts []int, now time.Tim
 		}
 		return cmp.Compare(a.Due, b.Due)
 	})
-	return out, nil
 }
 
 // headsGrain is how finely "oldest first" orders due mail across partitions, in milliseconds:
@@ -181,8 +242,8 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		recs := make([]*redis.SliceCmd, len(cands))
 		statics := make([]*redis.StringCmd, len(cands))
 		for i, c := range cands {
-			recs[i] = pipe.HMGet(ctx, recordKey(c.ID), claimFields...)
-			statics[i] = pipe.Get(ctx, staticKey(c.ID))
+			recs[i] = pipe.HMGet(ctx, l.recordKey(c.ID), claimFields...)
+			statics[i] = pipe.Get(ctx, l.staticKey(c.ID))
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return out, fmt.Errorf("read due records: %w", err)
@@ -224,18 +285,18 @@ func (l *Ledger) ClaimLane(ctx context.Context, lane Lane, parts []int, cands []
 		var ids, bodies []string
 		for i := range es {
 			e := &es[i]
-			if Partition(e.ID) != p {
+			if l.Partition(e.ID) != p {
 				continue
 			}
 			old, nw := indexKeys(p, e, e.Status), indexKeys(p, e, outbox.StatusSending)
-			keys = append(append(append(keys, recordKey(e.ID)), old...), nw...)
+			keys = append(append(append(keys, l.recordKey(e.ID)), old...), nw...)
 			argv = append(argv, e.ID, e.Version, indexOf(e), len(old)+len(nw), IndexScore(end, e.ID))
 			ids = append(ids, e.ID)
-			bodies = append(bodies, bodyKey(e.ID))
+			bodies = append(bodies, l.bodyKey(e.ID))
 		}
 		for _, o := range orphans {
 			if o.Partition == p {
-				keys = append(keys, recordKey(o.ID))
+				keys = append(keys, l.recordKey(o.ID))
 				argv = append(argv, o.ID, "", o.Priority, 0, 0)
 			}
 		}
@@ -373,7 +434,7 @@ func (l *Ledger) bodiesOneByOne(ctx context.Context, ids []string) ([]any, error
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
-		cmds[i] = pipe.Get(ctx, bodyKey(id))
+		cmds[i] = pipe.Get(ctx, l.bodyKey(id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read bodies: %w", err)
@@ -415,7 +476,7 @@ return out
 func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]bool, error) {
 	byPart := make(map[int][]int)
 	for i, e := range held {
-		p := Partition(e.ID)
+		p := l.Partition(e.ID)
 		byPart[p] = append(byPart[p], i)
 	}
 	type call struct {
@@ -430,7 +491,7 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 		argv = append(argv, ms(until))
 		for _, i := range idx {
 			e := held[i]
-			keys = append(keys, recordKey(e.ID), leaseKey(p, e.Tenant, e.Connector))
+			keys = append(keys, l.recordKey(e.ID), leaseKey(p, e.Tenant, e.Connector))
 			argv = append(argv, e.ID, e.Fence)
 		}
 		calls = append(calls, call{idx: idx, cmd: renewScript.EvalSha(ctx, pipe, keys, argv...)})
@@ -446,7 +507,7 @@ func (l *Ledger) Renew(ctx context.Context, held []*Email, until time.Time) ([]b
 			argv := []any{ms(until)}
 			for _, i := range c.idx {
 				e := held[i]
-				keys = append(keys, recordKey(e.ID), leaseKey(Partition(e.ID), e.Tenant, e.Connector))
+				keys = append(keys, l.recordKey(e.ID), leaseKey(l.Partition(e.ID), e.Tenant, e.Connector))
 				argv = append(argv, e.ID, e.Fence)
 			}
 			res, err = renewScript.Run(ctx, l.rdb, keys, argv...).Int64Slice()

@@ -71,7 +71,7 @@ func (l *Ledger) ScanFinished(ctx context.Context, v View, after Cursor, limit i
 	}
 	pipe := l.rdb.Pipeline()
 	var cmds []*redis.ZSliceCmd
-	for p := range Partitions {
+	for p := range l.parts {
 		for _, b := range v.Buckets {
 			for _, s := range sts {
 				cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{

@@ -57,7 +57,7 @@ func TestFinishedMailIsListed(t *testing.T) {
 
 func testFinishedMail(t *testing.T, rdb redis.UniversalClient) {
 	ctx := context.Background()
-	l := redisstore.New(rdb, time.Hour)
+	l := redisstore.New(rdb, time.Hour, 0)
 	var sent, cancelled []string // newest final first
 	for i := range 30 {
 		id := fmt.Sprintf("f-%02d", i)
@@ -166,7 +166,7 @@ func testFinishedMail(t *testing.T, rdb redis.UniversalClient) {
 		// change of their own, and readers skip them by the window.
 		wantGone := 0
 		for _, id := range []string{"f-00", "f-01", "f-02", "f-03", "f-05"} {
-			if redisstore.Partition(id) == redisstore.Partition("f-open") {
+			if l.Partition(id) == l.Partition("f-open") {
 				wantGone++
 			}
 		}

@@ -23,27 +23,38 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 )
 
-// Partitions is the number of email partitions, each with its own due index, view indexes and
-// event stream. Part of the data layout: changing it needs a migration.
-const Partitions = 16
-
 const prefix = "pm:ob:"
 
+// Partitions is the number of email partitions (REDIS_PARTITIONS), each with its own due
+// indexes, ready index, view indexes and event stream. Part of the data layout: chosen when a
+// deployment is created and recorded in Redis (CheckPartitions).
+func (l *Ledger) Partitions() int { return l.parts }
+
 // Partition returns the partition of an email id; the engine runs one claim loop per partition.
-func Partition(emailID string) int {
-	return redisx.Partition(emailID, Partitions)
+func (l *Ledger) Partition(emailID string) int {
+	return redisx.Partition(emailID, l.parts)
 }
 
 func tag(p int) string { return prefix + "{ob" + strconv.Itoa(p) + "}" }
 
-func recordKey(id string) string   { return tag(Partition(id)) + ":e:" + id }
-func attemptsKey(id string) string { return tag(Partition(id)) + ":a:" + id }
-func bodyKey(id string) string     { return tag(Partition(id)) + ":b:" + id }
+// partitionsKey records the partition count the outbox's data was written with, in partition
+// 0's slot beside its event stream, which every outbox start has created.
+var partitionsKey = tag(0) + ":partitions"
+
+// CheckPartitions refuses data written with another partition count than the ledger's (a
+// *redisx.PartitionsError), and records the count on a fresh Redis. Services call it at start.
+func (l *Ledger) CheckPartitions(ctx context.Context) error {
+	return redisx.CheckPartitions(ctx, l.rdb, partitionsKey, eventsKey(0), l.parts)
+}
+
+func (l *Ledger) recordKey(id string) string   { return tag(l.Partition(id)) + ":e:" + id }
+func (l *Ledger) attemptsKey(id string) string { return tag(l.Partition(id)) + ":a:" + id }
+func (l *Ledger) bodyKey(id string) string     { return tag(l.Partition(id)) + ":b:" + id }
 
 // staticKey holds what never changes after submit (Meta, Extra, the recipients), apart from the
 // record: the record's fields then stay small, so Redis keeps the hash as a compact listpack
 // (hash-max-listpack-value is 64 bytes by default), which is most of P8's budget.
-func staticKey(id string) string { return tag(Partition(id)) + ":m:" + id }
+func (l *Ledger) staticKey(id string) string { return tag(l.Partition(id)) + ":m:" + id }
 
 // dueKey is the due index of one connector of a tenant and one priority (1 high, 2 normal, 3
 // low) in a partition. Each connector has its own indexes, so a connector whose relay is slow
@@ -137,8 +148,8 @@ func disabledKey(p int, tenant, connector string) string {
 }
 
 // EventStreams returns every partition's event stream, for the relay.
-func EventStreams() []string {
-	out := make([]string, Partitions)
+func (l *Ledger) EventStreams() []string {
+	out := make([]string, l.parts)
 	for p := range out {
 		out[p] = eventsKey(p)
 	}
@@ -276,18 +287,23 @@ type Event struct {
 type Ledger struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	parts     int
 	// submits carries concurrent submits' scripts in shared pipelines (P3: one round trip
 	// each had been most of what a submit cost the Go side).
 	submits *redisx.Coalescer
 }
 
-// New returns a Ledger on rdb that keeps SENT and CANCELLED records for retention (0: 30 days).
+// New returns a Ledger on rdb that keeps SENT and CANCELLED records for retention (0: 30 days)
+// and spreads emails over partitions (REDIS_PARTITIONS; 0: redisx.DefaultPartitions).
 // FAILED and every other status are kept until a person acts: nothing failed is dropped.
-func New(rdb redis.UniversalClient, retention time.Duration) *Ledger {
+func New(rdb redis.UniversalClient, retention time.Duration, partitions int) *Ledger {
 	if retention <= 0 {
 		retention = 30 * 24 * time.Hour
 	}
-	return &Ledger{rdb: rdb, retention: retention, submits: redisx.NewCoalescer(rdb)}
+	if partitions <= 0 {
+		partitions = redisx.DefaultPartitions
+	}
+	return &Ledger{rdb: rdb, retention: retention, parts: partitions, submits: redisx.NewCoalescer(rdb)}
 }
 
 // Retention returns how long final records are kept.
@@ -345,9 +361,9 @@ func indexKeys(p int, e *Email, s outbox.Status) []string {
 const WakeChannel = prefix + "wake"
 
 // WakePartition returns the partition a WakeChannel message names, or false.
-func WakePartition(msg string) (int, bool) {
+func (l *Ledger) WakePartition(msg string) (int, bool) {
 	p, err := strconv.Atoi(msg)
-	if err != nil || p < 0 || p >= Partitions {
+	if err != nil || p < 0 || p >= l.parts {
 		return 0, false
 	}
 	return p, true
@@ -398,14 +414,14 @@ return {1, ARGV[2]}
 // it was created: a repeated idempotency key returns the first email's id and created false.
 // An email whose id exists is AlreadyExists.
 func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, error) {
-	p := Partition(e.ID)
+	p := l.Partition(e.ID)
 	env, err := eventArgs(ctx, e, e.Version, ev)
 	if err != nil {
 		return "", false, err
 	}
-	ik, hasIK := recordKey(e.ID), "0"
+	ik, hasIK := l.recordKey(e.ID), "0"
 	if e.IdemKey != "" {
-		if Partition(e.Tenant+"\x00"+e.IdemKey) != p {
+		if l.Partition(e.Tenant+"\x00"+e.IdemKey) != p {
 			return "", false, fmt.Errorf("submit %s: id is not in the idempotency key's partition (use IDForKey)", e.ID)
 		}
 		ik, hasIK = idemKey(p, e.Tenant, e.IdemKey), "1"
@@ -417,7 +433,7 @@ func (l *Ledger) Submit(ctx context.Context, e *Email, ev Event) (string, bool, 
 	if e.Score.IsZero() {
 		e.Score = e.Due
 	}
-	keys := append([]string{recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority), eventsKey(p), bodyKey(e.ID), ik, staticKey(e.ID), readyKey(p)}, indexKeys(p, e, e.Status)...)
+	keys := append([]string{l.recordKey(e.ID), dueKey(p, e.Tenant, e.Connector, e.Priority), eventsKey(p), l.bodyKey(e.ID), ik, l.staticKey(e.ID), readyKey(p)}, indexKeys(p, e, e.Status)...)
 	argv := append([]any{due, e.ID, IndexScore(e.Score, e.ID), hasIK}, env...)
 	argv = append(argv, e.Body, encodeStatic(e), laneOf(e).Member(), p)
 	argv = append(argv, recordFields(e)...)
@@ -505,10 +521,9 @@ func decodeStatic(b []byte, e *Email) error {
 }
 
 // IDForKey reports whether an email id may carry an idempotency key of tenant: the id must be in
-// the key's partition, so submit checks and writes both in one script. Callers draw ids until
-// one fits (one in Partitions on average).
-func IDForKey(id, tenant, key string) bool {
-	return key == "" || Partition(id) == Partition(tenant+"\x00"+key)
+// the key's partition, so submit checks and writes both in one script. NewID draws such ids.
+func (l *Ledger) IDForKey(id, tenant, key string) bool {
+	return key == "" || l.Partition(id) == l.Partition(tenant+"\x00"+key)
 }
 
 func claimedRecord(id string, v []any) (Email, error) {
@@ -736,7 +751,7 @@ func finish(e *Email, c Change, next *Email, n int64, err error) error {
 
 // prepare builds the keys and arguments of applyScript for change c to e, and e's state after it.
 func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *Email) Event) ([]string, []any, *Email, error) {
-	p := Partition(e.ID)
+	p := l.Partition(e.ID)
 	if inDue(c.Status) != !c.Due.IsZero() {
 		return nil, nil, nil, fmt.Errorf("apply %s: status %s with due time %v breaks the due-index invariant", e.ID, c.Status, c.Due)
 	}
@@ -759,7 +774,7 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	if c.Fenced {
 		fence = strconv.FormatInt(e.Fence, 10)
 	}
-	ik, cdIn, cdOut := recordKey(e.ID), recordKey(e.ID), recordKey(e.ID)
+	ik, cdIn, cdOut := l.recordKey(e.ID), l.recordKey(e.ID), l.recordKey(e.ID)
 	if e.IdemKey != "" {
 		ik = idemKey(p, e.Tenant, e.IdemKey)
 	}
@@ -858,7 +873,7 @@ func (l *Ledger) prepare(ctx context.Context, e *Email, c Change, ev func(next *
 	if c.Status.Final() {
 		nw = finishedKeys(p, e, c.Status) // listed by final time while retained (finished.go)
 	}
-	keys := append([]string{recordKey(e.ID), indexKeyOf(p, &next, c.Status), eventsKey(p), attemptsKey(e.ID), bodyKey(e.ID), ik, cdIn, staticKey(e.ID), readyKey(p), indexKeyOf(p, e, e.Status), cdOut}, old...)
+	keys := append([]string{l.recordKey(e.ID), indexKeyOf(p, &next, c.Status), eventsKey(p), l.attemptsKey(e.ID), l.bodyKey(e.ID), ik, cdIn, l.staticKey(e.ID), readyKey(p), indexKeyOf(p, e, e.Status), cdOut}, old...)
 	keys = append(keys, nw...)
 	due := ""
 	if !c.Due.IsZero() {
@@ -909,8 +924,8 @@ func (l *Ledger) GetMany(ctx context.Context, ids []string) ([]*Email, error) {
 	cmds := make([]*redis.MapStringStringCmd, len(ids))
 	statics := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
-		cmds[i] = pipe.HGetAll(ctx, recordKey(id))
-		statics[i] = pipe.Get(ctx, staticKey(id))
+		cmds[i] = pipe.HGetAll(ctx, l.recordKey(id))
+		statics[i] = pipe.Get(ctx, l.staticKey(id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read emails: %w", err)
@@ -930,7 +945,7 @@ func (l *Ledger) GetMany(ctx context.Context, ids []string) ([]*Email, error) {
 
 // Attempts returns an email's encoded attempt history, oldest first.
 func (l *Ledger) Attempts(ctx context.Context, id string) ([][]byte, error) {
-	vs, err := l.rdb.LRange(ctx, attemptsKey(id), 0, -1).Result()
+	vs, err := l.rdb.LRange(ctx, l.attemptsKey(id), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read attempts: %w", err)
 	}
@@ -943,7 +958,7 @@ func (l *Ledger) Attempts(ctx context.Context, id string) ([][]byte, error) {
 
 // Body returns the built message of an email.
 func (l *Ledger) Body(ctx context.Context, id string) ([]byte, error) {
-	b, err := l.rdb.Get(ctx, bodyKey(id)).Bytes()
+	b, err := l.rdb.Get(ctx, l.bodyKey(id)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, errs.NotFound("email body", id)
 	}
@@ -961,7 +976,7 @@ func (l *Ledger) Bodies(ctx context.Context, ids []string) ([][]byte, error) {
 	}
 	keys := make([]string, len(ids))
 	for i, id := range ids {
-		keys[i] = bodyKey(id)
+		keys[i] = l.bodyKey(id)
 	}
 	vals, err := l.rdb.MGet(ctx, keys...).Result()
 	if err != nil {
@@ -988,7 +1003,7 @@ func (l *Ledger) Disabled(ctx context.Context, p int, tenant, connector string, 
 
 // ByIdempotencyKey returns the email a tenant's idempotency key names, if any.
 func (l *Ledger) ByIdempotencyKey(ctx context.Context, tenant, key string) (string, bool, error) {
-	id, err := l.rdb.Get(ctx, idemKey(Partition(tenant+"\x00"+key), tenant, key)).Result()
+	id, err := l.rdb.Get(ctx, idemKey(l.Partition(tenant+"\x00"+key), tenant, key)).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", false, nil
 	}

@@ -36,11 +36,11 @@ func result(d outbox.Decision, at time.Time) redisstore.Change {
 }
 
 // samePartition returns n email ids that land in one partition, so claims see them together.
-func samePartition(n int) (int, []string) {
+func samePartition(l *redisstore.Ledger, n int) (int, []string) {
 	var ids []string
-	p := redisstore.Partition("e-0")
+	p := l.Partition("e-0")
 	for i := 0; len(ids) < n; i++ {
-		if id := fmt.Sprintf("e-%d", i); redisstore.Partition(id) == p {
+		if id := fmt.Sprintf("e-%d", i); l.Partition(id) == p {
 			ids = append(ids, id)
 		}
 	}
@@ -93,9 +93,9 @@ func ids(es []redisstore.Email) string {
 }
 
 func TestSubmitAndClaim(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
 	ctx := context.Background()
-	p, id := samePartition(4)
+	p, id := samePartition(l, 4)
 	submit(t, l, id[0], 2, t0)
 
 	t.Run("a duplicate submit writes nothing", func(t *testing.T) {
@@ -138,9 +138,9 @@ func TestSubmitAndClaim(t *testing.T) {
 }
 
 func TestCompleteOutcomes(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
 	ctx := context.Background()
-	p, id := samePartition(3)
+	p, id := samePartition(l, 3)
 	for _, e := range id {
 		submit(t, l, e, 2, t0)
 	}
@@ -195,9 +195,9 @@ func TestCompleteOutcomes(t *testing.T) {
 // TestLostLeaseCannotRecord: a worker stalls past its lease; the mail comes due again by itself,
 // another worker claims it with a newer fencing token, and the stale worker's result is refused.
 func TestLostLeaseCannotRecord(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
 	ctx := context.Background()
-	p, id := samePartition(1)
+	p, id := samePartition(l, 1)
 	submit(t, l, id[0], 2, t0)
 	slow := claim(t, l, p, t0, 1)[0]
 	fast := claim(t, l, p, t0.Add(31*time.Second), 1)
@@ -224,8 +224,8 @@ func TestLostLeaseCannotRecord(t *testing.T) {
 // deletion) is removed by the claim that finds it, so a lane does not read it forever.
 func TestClaimDropsOrphanedDueEntries(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	l := redisstore.New(rdb, time.Hour)
-	p, id := samePartition(2)
+	l := redisstore.New(rdb, time.Hour, 0)
+	p, id := samePartition(l, 2)
 	submit(t, l, id[0], 2, t0)
 	submit(t, l, id[1], 2, t0)
 	keys, err := rdb.Keys(context.Background(), "*:e:"+id[0]).Result()

@@ -59,11 +59,11 @@ func heads(t *testing.T, l *redisstore.Ledger, ln redisstore.Lane, p int) []stri
 
 func testMoveBetweenLanes(t *testing.T, rdb redis.UniversalClient, flush func()) {
 	ctx := context.Background()
-	l := redisstore.New(rdb, time.Hour)
+	l := redisstore.New(rdb, time.Hour, 0)
 
 	t.Run("queued mail leaves the old lane and is claimed in the new one", func(t *testing.T) {
 		flush()
-		p, id := samePartition(1)
+		p, id := samePartition(l, 1)
 		submit(t, l, id[0], 1, t0.Add(time.Minute))
 		e, err := l.Get(ctx, id[0])
 		if err != nil {
@@ -103,7 +103,7 @@ func testMoveBetweenLanes(t *testing.T, rdb redis.UniversalClient, flush func())
 		if _, err := sub.Receive(ctx); err != nil { // the subscription's confirmation
 			t.Fatal(err)
 		}
-		p, id := samePartition(1)
+		p, id := samePartition(l, 1)
 		submit(t, l, id[0], 2, t0)
 		e, _ := l.Get(ctx, id[0])
 		if err := l.Apply(ctx, e, move(e, "neu"), evf); err != nil {
@@ -117,7 +117,7 @@ func testMoveBetweenLanes(t *testing.T, rdb redis.UniversalClient, flush func())
 			if err != nil {
 				t.Fatalf("notice %d: %v", i+1, err)
 			}
-			if got, ok := redisstore.WakePartition(msg.Payload); !ok || got != p {
+			if got, ok := l.WakePartition(msg.Payload); !ok || got != p {
 				t.Errorf("notice %d names %q, want partition %d", i+1, msg.Payload, p)
 			}
 		}
@@ -125,7 +125,7 @@ func testMoveBetweenLanes(t *testing.T, rdb redis.UniversalClient, flush func())
 
 	t.Run("a move is fenced against a concurrent claim", func(t *testing.T) {
 		flush()
-		p, id := samePartition(1)
+		p, id := samePartition(l, 1)
 		submit(t, l, id[0], 2, t0)
 		stale, _ := l.Get(ctx, id[0])
 		if got := claim(t, l, p, t0, 1); len(got) != 1 {
@@ -148,7 +148,7 @@ func testMoveBetweenLanes(t *testing.T, rdb redis.UniversalClient, flush func())
 
 	t.Run("CONNECTOR_DISABLED mail moves between disabled sets, and out of them", func(t *testing.T) {
 		flush()
-		p, id := samePartition(1)
+		p, id := samePartition(l, 1)
 		submit(t, l, id[0], 2, t0)
 		e := claim(t, l, p, t0, 1)[0]
 		held := redisstore.Change{Status: outbox.StatusConnectorDisabled, At: t0, Fenced: true}

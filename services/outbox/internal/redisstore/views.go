@@ -69,7 +69,7 @@ func (l *Ledger) Scan(ctx context.Context, v View, after Cursor, limit int) ([]E
 	}
 	pipe := l.rdb.Pipeline()
 	var cmds []*redis.ZSliceCmd
-	for p := range Partitions {
+	for p := range l.parts {
 		for _, b := range v.Buckets {
 			for _, s := range v.statuses() {
 				cmds = append(cmds, pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
@@ -188,8 +188,8 @@ func (l *Ledger) count(ctx context.Context, v View, sts []outbox.Status, key fun
 		return keys
 	}
 	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, Partitions)
-	for p := range Partitions {
+	cmds := make([]*redis.Cmd, l.parts)
+	for p := range l.parts {
 		cmds[p] = countScript.RunRO(ctx, pipe, keysOf(p), len(v.Buckets), lo)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "NOSCRIPT") {

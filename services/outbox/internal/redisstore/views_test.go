@@ -46,7 +46,7 @@ func scanAll(t *testing.T, l *redisstore.Ledger, v redisstore.View, page int) []
 // status only, leaves every index when final, and is counted once however many of a view's
 // buckets hold it.
 func TestViewIndexesFollowTransitions(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
 	ctx := context.Background()
 	var want []string
 	for i := range 40 {
@@ -111,7 +111,7 @@ func TestViewIndexesFollowTransitions(t *testing.T) {
 func TestFinalMailExpiresAfterRetention(t *testing.T) {
 	rs := redistest.Start(t)
 	rdb := rs.Client(t)
-	l := redisstore.New(rdb, time.Hour)
+	l := redisstore.New(rdb, time.Hour, 0)
 	ctx := context.Background()
 	for _, id := range []string{"r-1", "r-2"} {
 		if _, _, err := l.Submit(ctx, viewEmail(id, t0), ev); err != nil {
@@ -144,11 +144,11 @@ func TestFinalMailExpiresAfterRetention(t *testing.T) {
 
 // TestIdempotencyKey: a second submit with the key returns the first id and writes nothing.
 func TestIdempotencyKey(t *testing.T) {
-	l := redisstore.New(redistest.Start(t).Client(t), time.Hour)
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
 	ctx := context.Background()
 	id := func(n int) string {
 		for i := n; ; i++ {
-			if c := fmt.Sprintf("k-%d", i); redisstore.IDForKey(c, "kanzlei", "crm-1") {
+			if c := fmt.Sprintf("k-%d", i); l.IDForKey(c, "kanzlei", "crm-1") {
 				return c
 			}
 		}

@@ -404,7 +404,7 @@ const requeueSettle = 250 * time.Millisecond
 // priority first and each priority in the order it was held.
 func (a *ConnectorAdmin) requeueRound(ctx context.Context, tenant, connectorID string, due time.Time) (int, error) {
 	var ids []string
-	for part := range redisstore.Partitions {
+	for part := range a.ledger.Partitions() {
 		got, err := a.ledger.Disabled(ctx, part, tenant, connectorID, 500)
 		if err != nil {
 			return 0, err

@@ -6,9 +6,6 @@ package service
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base32"
-	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/access"
@@ -129,19 +126,9 @@ func New(ledger *redisstore.Ledger, settings *redisstore.Settings, dir Directory
 // Limits returns the submission limits, for the handler's request size checks.
 func (s *Service) Limits() outbox.Limits { return s.opts.Limits }
 
-// newID draws a random email id (26 characters of base32); with an idempotency key it draws
-// until the id lands in the key's partition (16 draws on average), so one script checks the key
-// and writes the email.
-func newID(tenant, key string) string {
-	var b [16]byte
-	for {
-		_, _ = rand.Read(b[:])
-		id := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
-		if redisstore.IDForKey(id, tenant, key) {
-			return id
-		}
-	}
-}
+// newID draws a random email id (26 characters of base32); with an idempotency key one in the
+// key's partition, so one script checks the key and writes the email (Ledger.NewID).
+func (s *Service) newID(tenant, key string) string { return s.ledger.NewID(tenant, key) }
 
 // viewBuckets returns the index buckets a view means for the caller. An empty result is an
 // empty view (a user without teams has an empty TEAM view), not an error.

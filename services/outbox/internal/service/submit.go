@@ -112,7 +112,7 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 			// The key outlived its email (retention): a new email may take it.
 		}
 	}
-	id := newID(p.Tenant, req.GetIdempotencyKey())
+	id := s.newID(p.Tenant, req.GetIdempotencyKey())
 
 	// Who sends, and how.
 	// A service without a user sends as the system: mailbox answers for any of the tenant's

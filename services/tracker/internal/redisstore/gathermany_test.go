@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/services/tracker/internal/redisstore"
 	"github.com/postamt/postamt/services/tracker/internal/tracker"
 )
 
@@ -23,7 +22,7 @@ func TestGatherManyReadsWhatGatherReads(t *testing.T) {
 	other := ""
 	for i := 0; len(same) < 2 || other == ""; i++ {
 		name := fmt.Sprintf("g%d", i)
-		switch p := redisx.Partition(name, redisstore.Partitions); {
+		switch p := redisx.Partition(name, s.Partitions()); {
 		case p == 3 && len(same) < 2:
 			same = append(same, name)
 		case p != 3 && other == "":

@@ -8,7 +8,8 @@
 // Layout. Tenants are spread over a fixed number of partitions; every key of a tenant carries
 // the partition's hash tag ({trN}), so a script over any keys of one tenant stays in one Redis
 // Cluster slot, and each partition has one event stream that the relay publishes to JetStream.
-// The partition count is part of the data layout: changing it needs a migration.
+// The partition count (REDIS_PARTITIONS) is part of the data layout: chosen when a deployment is
+// created, recorded under pm:tr:{tr0}:partitions, and checked at every start.
 //
 //	pm:tr:{trN}:events              stream      EmailTracked events waiting for the relay
 //	pm:tr:{trN}:t:T:org             string      org settings (JSON)
@@ -26,27 +27,39 @@
 package redisstore
 
 import (
+	"context"
 	"strconv"
 
 	"github.com/postamt/postamt/internal/redisx"
 )
 
-// Partitions is the number of tenant partitions (and event streams). Part of the data layout.
-const Partitions = 16
-
 const prefix = "pm:tr:"
+
+// Partitions is the number of tenant partitions and event streams (REDIS_PARTITIONS). Part of
+// the data layout: chosen when a deployment is created and recorded in Redis (CheckPartitions).
+func (s *Store) Partitions() int { return s.parts }
+
+// partitionsKey records the partition count the data was written with, in partition 0's slot
+// beside its event stream, which every tracker start has created.
+const partitionsKey = prefix + "{tr0}:partitions"
+
+// CheckPartitions refuses data written with another partition count than the store's (a
+// *redisx.PartitionsError), and records the count on a fresh Redis. The service calls it at start.
+func (s *Store) CheckPartitions(ctx context.Context) error {
+	return redisx.CheckPartitions(ctx, s.rdb, partitionsKey, prefix+"{tr0}:events", s.parts)
+}
 
 // tokenSeqKey counts token numbers across tenants, so a number is issued once and a token
 // correlates only in the tenant that issued it. It has a slot of its own.
 const tokenSeqKey = prefix + "{trtok}:seq"
 
-func partitionTag(tenant string) string {
-	return "{tr" + strconv.Itoa(redisx.Partition(tenant, Partitions)) + "}"
+func (s *Store) partitionTag(tenant string) string {
+	return "{tr" + strconv.Itoa(redisx.Partition(tenant, s.parts)) + "}"
 }
 
 // EventStreams returns every partition's event stream key, for the relay.
-func EventStreams() []string {
-	out := make([]string, Partitions)
+func (s *Store) EventStreams() []string {
+	out := make([]string, s.parts)
 	for i := range out {
 		out[i] = prefix + "{tr" + strconv.Itoa(i) + "}:events"
 	}
@@ -59,8 +72,8 @@ type keys struct {
 	base string // pm:tr:{trN}:t:T
 }
 
-func tenantKeys(tenant string) keys {
-	part := prefix + partitionTag(tenant)
+func (s *Store) tenantKeys(tenant string) keys {
+	part := prefix + s.partitionTag(tenant)
 	return keys{part: part, base: part + ":t:" + tenant}
 }
 

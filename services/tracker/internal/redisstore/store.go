@@ -26,13 +26,20 @@ const maxCASAttempts = 16
 
 // Store implements tracker.Store on Redis.
 type Store struct {
-	rdb redis.UniversalClient
+	rdb   redis.UniversalClient
+	parts int
 }
 
 var _ tracker.Store = (*Store)(nil)
 
-// New returns a Store on rdb.
-func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+// New returns a Store on rdb that spreads tenants over partitions (REDIS_PARTITIONS; 0 means
+// redisx.DefaultPartitions).
+func New(rdb redis.UniversalClient, partitions int) *Store {
+	if partitions <= 0 {
+		partitions = redisx.DefaultPartitions
+	}
+	return &Store{rdb: rdb, parts: partitions}
+}
 
 // Scripts. Each names every key it touches in KEYS; all keys of one call share the tenant's
 // partition tag, so each runs in one Redis Cluster slot.
@@ -184,7 +191,7 @@ func storeOrg(o tracker.OrgSettings) storedOrg {
 // OrgSettings implements tracker.Store.
 func (s *Store) OrgSettings(ctx context.Context, tenant string) (tracker.OrgSettings, error) {
 	var o storedOrg
-	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).org(), &o); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, s.tenantKeys(tenant).org(), &o); err != nil {
 		return tracker.OrgSettings{}, fmt.Errorf("read org settings: %w", err)
 	}
 	return o.domain(), nil
@@ -192,7 +199,7 @@ func (s *Store) OrgSettings(ctx context.Context, tenant string) (tracker.OrgSett
 
 // UpdateOrgSettings implements tracker.Store.
 func (s *Store) UpdateOrgSettings(ctx context.Context, tenant string, mutate func(*tracker.OrgSettings) error) (tracker.OrgSettings, error) {
-	o, err := redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).org(), func(st *storedOrg) error {
+	o, err := redisx.UpdateJSON(ctx, s.rdb, s.tenantKeys(tenant).org(), func(st *storedOrg) error {
 		d := st.domain()
 		if err := mutate(&d); err != nil {
 			return err
@@ -214,7 +221,7 @@ type storedUser struct {
 // UserSettings implements tracker.Store.
 func (s *Store) UserSettings(ctx context.Context, tenant, user string) (tracker.UserSettings, error) {
 	var u storedUser
-	if _, _, err := redisx.GetJSON(ctx, s.rdb, tenantKeys(tenant).user(user), &u); err != nil {
+	if _, _, err := redisx.GetJSON(ctx, s.rdb, s.tenantKeys(tenant).user(user), &u); err != nil {
 		return tracker.UserSettings{}, fmt.Errorf("read user settings: %w", err)
 	}
 	return tracker.UserSettings{UserID: user, Option: u.Option, Version: u.Version}, nil
@@ -222,7 +229,7 @@ func (s *Store) UserSettings(ctx context.Context, tenant, user string) (tracker.
 
 // UpdateUserSettings implements tracker.Store.
 func (s *Store) UpdateUserSettings(ctx context.Context, tenant, user string, mutate func(*tracker.UserSettings) error) (tracker.UserSettings, error) {
-	u, err := redisx.UpdateJSON(ctx, s.rdb, tenantKeys(tenant).user(user), func(st *storedUser) error {
+	u, err := redisx.UpdateJSON(ctx, s.rdb, s.tenantKeys(tenant).user(user), func(st *storedUser) error {
 		d := tracker.UserSettings{UserID: user, Option: st.Option, Version: st.Version}
 		if err := mutate(&d); err != nil {
 			return err
@@ -304,7 +311,7 @@ func (s *Store) writeRecord(ctx context.Context, k keys, id string, old, r *trac
 
 // UpsertRecord implements tracker.Store.
 func (s *Store) UpsertRecord(ctx context.Context, tenant string, r *tracker.Record) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	for range maxCASAttempts {
 		old, err := s.readRecord(ctx, k, r.ID)
 		if err != nil {
@@ -320,7 +327,7 @@ func (s *Store) UpsertRecord(ctx context.Context, tenant string, r *tracker.Reco
 
 // DeleteRecord implements tracker.Store.
 func (s *Store) DeleteRecord(ctx context.Context, tenant, id string) error {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	for range maxCASAttempts {
 		old, err := s.readRecord(ctx, k, id)
 		if err != nil {
@@ -339,7 +346,7 @@ func (s *Store) DeleteRecord(ctx context.Context, tenant, id string) error {
 
 // GetRecord implements tracker.Store.
 func (s *Store) GetRecord(ctx context.Context, tenant, id string) (*tracker.Record, error) {
-	r, err := s.readRecord(ctx, tenantKeys(tenant), id)
+	r, err := s.readRecord(ctx, s.tenantKeys(tenant), id)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +358,7 @@ func (s *Store) GetRecord(ctx context.Context, tenant, id string) (*tracker.Reco
 
 // ListRecords implements tracker.Store.
 func (s *Store) ListRecords(ctx context.Context, tenant, after string, limit int) ([]tracker.Record, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	min := "-"
 	if after != "" {
 		min = "(" + after
@@ -365,7 +372,7 @@ func (s *Store) ListRecords(ctx context.Context, tenant, after string, limit int
 
 // RecordsByAddress implements tracker.Store.
 func (s *Store) RecordsByAddress(ctx context.Context, tenant, address string) ([]tracker.Record, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	ids, err := s.rdb.HKeys(ctx, k.address(address)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read address index: %w", err)
@@ -414,7 +421,7 @@ func (s *Store) IssueToken(ctx context.Context, tenant, prefix string, digits in
 	if err != nil {
 		return tracker.Token{}, err
 	}
-	if err := s.rdb.Set(ctx, tenantKeys(tenant).token(t.Token), b, 0).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.tenantKeys(tenant).token(t.Token), b, 0).Err(); err != nil {
 		return tracker.Token{}, fmt.Errorf("record token: %w", err)
 	}
 	return t, nil
@@ -552,7 +559,7 @@ func (s *Store) GatherMany(ctx context.Context, qs []tracker.TenantQuery) ([]tra
 	hashes := make(map[string]*redis.StringSliceCmd, 2*len(qs))
 	slots := make([]int, 0, 2*len(qs))
 	addrs := make([]*redis.StringSliceCmd, 0, 4*len(qs))
-	var tk keysOf
+	tk := keysOf{s: s}
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range qs {
 			q, c, k := &qs[i], &cmds[i], tk.of(qs[i].Tenant)
@@ -796,8 +803,8 @@ func (d *decoder) copyOf(c *tracker.Candidate, err error) (*tracker.Candidate, e
 }
 
 // trackCall is trackScript's keys and arguments for one tracked email.
-func trackCall(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) ([]string, []any, error) {
-	k := tenantKeys(tenant)
+func (s *Store) trackCall(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) ([]string, []any, error) {
+	k := s.tenantKeys(tenant)
 	data := appendEmail(make([]byte, 0, 1024), e)
 	c := candidate(e)
 	cand := appendStamped(make([]byte, 0, 128), &c)
@@ -833,7 +840,7 @@ func trackCall(ctx context.Context, tenant string, e *tracker.TrackedEmail, smar
 
 // Track implements tracker.Store.
 func (s *Store) Track(ctx context.Context, tenant string, e *tracker.TrackedEmail, smartKey string) (bool, *tracker.TrackedEmail, error) {
-	ks, argv, err := trackCall(ctx, tenant, e, smartKey)
+	ks, argv, err := s.trackCall(ctx, tenant, e, smartKey)
 	if err != nil {
 		return false, nil, err
 	}
@@ -859,6 +866,7 @@ const maxTrackPerCall = 64
 // keysOf remembers the keys of the last tenant asked for: the messages of a batch are mostly of
 // one tenant, and building a tenant's keys hashes the tenant and allocates.
 type keysOf struct {
+	s      *Store
 	tenant string
 	k      keys
 	ok     bool
@@ -866,7 +874,7 @@ type keysOf struct {
 
 func (c *keysOf) of(tenant string) keys {
 	if !c.ok || c.tenant != tenant {
-		c.tenant, c.k, c.ok = tenant, tenantKeys(tenant), true
+		c.tenant, c.k, c.ok = tenant, c.s.tenantKeys(tenant), true
 	}
 	return c.k
 }
@@ -1014,7 +1022,7 @@ func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.Wr
 		ttl time.Duration
 	}
 	pending := make([]set, len(ws))
-	var tk keysOf
+	tk := keysOf{s: s}
 	for i, w := range ws {
 		wctx := w.Ctx
 		if wctx == nil {
@@ -1101,7 +1109,7 @@ func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Err
 
 // GetTracked implements tracker.Store.
 func (s *Store) GetTracked(ctx context.Context, tenant, messageID string) (*tracker.TrackedEmail, error) {
-	raw, err := s.rdb.Get(ctx, tenantKeys(tenant).email(messageID)).Bytes()
+	raw, err := s.rdb.Get(ctx, s.tenantKeys(tenant).email(messageID)).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return nil, errs.NotFound("tracked email", messageID)
@@ -1113,7 +1121,7 @@ func (s *Store) GetTracked(ctx context.Context, tenant, messageID string) (*trac
 
 // ListTracked implements tracker.Store.
 func (s *Store) ListTracked(ctx context.Context, tenant, recordID, after string, limit int) ([]tracker.TrackedEmail, string, error) {
-	k := tenantKeys(tenant)
+	k := s.tenantKeys(tenant)
 	min := "-"
 	if after != "" {
 		min = "(" + after
@@ -1154,7 +1162,7 @@ func (s *Store) ListTracked(ctx context.Context, tenant, recordID, after string,
 // SaveDecision implements tracker.Store.
 func (s *Store) SaveDecision(ctx context.Context, tenant string, x *tracker.Explanation, ttl time.Duration) error {
 	b := appendExplanation(nil, x)
-	if err := s.rdb.Set(ctx, tenantKeys(tenant).decision(x.MessageID), b, ttl).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.tenantKeys(tenant).decision(x.MessageID), b, ttl).Err(); err != nil {
 		return fmt.Errorf("keep decision: %w", err)
 	}
 	return nil
@@ -1162,7 +1170,7 @@ func (s *Store) SaveDecision(ctx context.Context, tenant string, x *tracker.Expl
 
 // Decision implements tracker.Store.
 func (s *Store) Decision(ctx context.Context, tenant, messageID string) (*tracker.Explanation, error) {
-	raw, err := s.rdb.Get(ctx, tenantKeys(tenant).decision(messageID)).Bytes()
+	raw, err := s.rdb.Get(ctx, s.tenantKeys(tenant).decision(messageID)).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return nil, errs.NotFound("decision", messageID)

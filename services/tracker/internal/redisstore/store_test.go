@@ -25,7 +25,7 @@ var t0 = time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 func newStore(t testing.TB) (*redisstore.Store, *redis.Client) {
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
-	return redisstore.New(rdb), rdb
+	return redisstore.New(rdb, 0), rdb
 }
 
 func TestSettings(t *testing.T) {
@@ -116,7 +116,7 @@ func TestRecordsAndAddressIndex(t *testing.T) {
 	if err := s.DeleteRecord(ctx, "kanzlei", "c-2"); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := rdb.Exists(ctx, redisstore.AddressKeyForTest("kanzlei", "e.m@privat.example")).Result(); n != 0 {
+	if n, _ := rdb.Exists(ctx, s.AddressKeyForTest("kanzlei", "e.m@privat.example")).Result(); n != 0 {
 		t.Error("deleting the last record of an address leaves its index key")
 	}
 	if err := s.DeleteRecord(ctx, "kanzlei", "c-2"); !errors.Is(err, errs.ErrNotFound) {
@@ -193,7 +193,7 @@ func TestTrackOncePerMessageID(t *testing.T) {
 	if created != 1 {
 		t.Fatalf("%d of 8 concurrent Track calls created the email, want 1", created)
 	}
-	entries, err := rdb.XRange(ctx, redisstore.EventsKeyForTest("kanzlei"), "-", "+").Result()
+	entries, err := rdb.XRange(ctx, s.EventsKeyForTest("kanzlei"), "-", "+").Result()
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("events = %d, %v; want exactly 1", len(entries), err)
 	}

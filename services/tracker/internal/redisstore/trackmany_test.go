@@ -12,7 +12,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/services/tracker/internal/redisstore"
 	"github.com/postamt/postamt/services/tracker/internal/tracker"
 )
 
@@ -28,7 +27,7 @@ func TestWriteManyWritesWhatTrackWrites(t *testing.T) {
 	// Three tenants of one partition, so that one call holds all of them.
 	var tenants []string
 	for i := 0; len(tenants) < 3; i++ {
-		if name := fmt.Sprintf("t%d", i); redisx.Partition(name, redisstore.Partitions) == 5 {
+		if name := fmt.Sprintf("t%d", i); redisx.Partition(name, redisx.DefaultPartitions) == 5 {
 			tenants = append(tenants, name)
 		}
 	}

@@ -23,7 +23,7 @@ func batchServiceWith(t *testing.T, wrap func(*syncKinds) tracker.SyncKinds) (*t
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
 	mbs := &syncKinds{kinds: map[string]tracker.SyncKind{"p-max": tracker.SyncExchange, "p-eva": tracker.SyncExchange}}
-	svc := tracker.New(redisstore.New(rdb), wrap(mbs), tracker.Options{Now: func() time.Time { return now }})
+	svc := tracker.New(redisstore.New(rdb, 0), wrap(mbs), tracker.Options{Now: func() time.Time { return now }})
 	ctx := context.Background()
 	if _, err := svc.UpdateOrgSettings(ctx, admin, tracker.OrgSettings{AutoTrackSentFolderItems: true}, []string{"auto_track_sent_folder_items"}); err != nil {
 		t.Fatal(err)

@@ -46,7 +46,7 @@ func newService(t *testing.T) (*tracker.Service, *syncKinds) {
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
 	mbs := &syncKinds{kinds: map[string]tracker.SyncKind{"p-max": tracker.SyncExchange, "p-eva": tracker.SyncIMAP}}
-	return tracker.New(redisstore.New(rdb), mbs, tracker.Options{Now: func() time.Time { return now }}), mbs
+	return tracker.New(redisstore.New(rdb, 0), mbs, tracker.Options{Now: func() time.Time { return now }}), mbs
 }
 
 func sentItem(mailbox, user, headers string) tracker.SentItemInput {
