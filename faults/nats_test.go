@@ -24,7 +24,8 @@ const outboxStream = "POSTAMT_OUTBOX"
 //   - every accepted email was delivered exactly once (by Message-ID) and recorded SENT;
 //   - submits were accepted while the server was down (the publishers kept going);
 //   - no event was lost: every email is in the sender's sent view (mailbox's consumer of
-//     EmailSent) and tracked by the tracker (its own consumer of EmailSent), and every durable
+//     EmailSent) and tracked by the tracker (its own consumer of EmailSent), every service's
+//     relay published all its events (its Redis event streams are empty), and every durable
 //     consumer has nothing left pending;
 //   - every stream has its 3 replicas current again.
 //
@@ -127,6 +128,14 @@ func TestNATSServerLossUnderLoad(t *testing.T) {
 		if len(untracked) > 0 {
 			t.Logf("the tracker on %s: %s", untracked[0], s.Explain(tenant, untracked[0]))
 		}
+	}
+	var left map[string]int64
+	if !harness.Eventually(within, func() bool {
+		var err error
+		left, err = s.UnpublishedEvents(t)
+		return err == nil && len(left) == 0
+	}) {
+		t.Errorf("events left unpublished in Redis %s after the load stopped (a relay stopped?): %v", within, left)
 	}
 	js := cluster.JetStream(t)
 	var behind error

@@ -243,3 +243,28 @@ func (s *Suite) Explain(tenant, messageID string) string {
 	}
 	return r.GetExplanation().String()
 }
+
+// UnpublishedEvents counts the entries left in the services' Redis event streams (every key
+// ending in :events): a relay deletes an entry once JetStream acknowledged it, so a count that
+// stays above zero is a relay that stopped publishing.
+func (s *Suite) UnpublishedEvents(tb testing.TB) (map[string]int64, error) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rdb := s.Redis.Client(tb)
+	out := map[string]int64{}
+	iter := rdb.ScanType(ctx, 0, "*:events", 1000, "stream").Iterator()
+	for iter.Next(ctx) {
+		n, err := rdb.XLen(ctx, iter.Val()).Result()
+		if err != nil {
+			return nil, fmt.Errorf("XLEN %s: %w", iter.Val(), err)
+		}
+		if n > 0 {
+			out[iter.Val()] = n
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("scan event streams: %w", err)
+	}
+	return out, nil
+}
