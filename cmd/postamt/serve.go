@@ -133,7 +133,12 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 			return fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
 		}
 		defer nc.Drain()
-		js, err := jetstream.New(nc)
+		// Acknowledgements that never come (a stream leader lost with a publish in flight,
+		// while this connection stays up on a surviving server) must time out: otherwise each
+		// stays pending in the client for good, and once the relay's connection has collected
+		// the client's maximum of pending acks every asynchronous publish stalls and fails, and
+		// the relay stops publishing. The relay waits 10 s for a batch's acks by default.
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishAckTimeout))
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)
 		}
@@ -178,6 +183,11 @@ func newService(service string, cfg serveConfig, log *slog.Logger, rdb redis.Uni
 	}
 	return nil, fmt.Errorf("unknown service %q", service)
 }
+
+// publishAckTimeout bounds how long the JetStream client keeps an asynchronous publish's
+// acknowledgement pending: longer than the relays wait for a batch (eventbus.Relay's
+// PublishTimeout, 10 s by default), so a slow acknowledgement still counts.
+const publishAckTimeout = 15 * time.Second
 
 // natsProbe reports the NATS connection's health for readiness.
 func natsProbe(nc *nats.Conn) func(context.Context) error {

@@ -3,11 +3,14 @@
 //
 //   - a redis-server with the append-only file fsynced on every write (it survives Kill and
 //     Restart like a production Redis);
-//   - an embedded NATS JetStream server;
+//   - an embedded NATS JetStream server, or a cluster of them (Options.NATSServers) with every
+//     stream replicated on each, as the prod overlay runs NATS;
 //   - `postamt serve mailbox`, and `postamt serve outbox` as one API replica that does not dispatch
 //     (OUTBOX_DISPATCH=false; submits, reads and connector changes go through it, so they work
 //     whichever dispatcher a test kills) and N dispatching replicas, each a child process on its
 //     own free loopback ports with its log in a file (the tail is printed when a test fails);
+//   - optionally `postamt serve tracker` and `postamt serve calendar`, the other consumers of the
+//     outbox's and mailbox's events;
 //   - relays: each an in-process SMTP sink (internal/testkit/smtptest, which records every
 //     message and can fail, hang or drop on demand) behind a TCP proxy (internal/testkit/tcpproxy:
 //     slow, hung or cut), which connectors point at.
@@ -56,15 +59,28 @@ type Options struct {
 	RedisURL string
 	// Env is added to every process's environment (e.g. REDIS_REPLICA_ACKS).
 	Env map[string]string
+	// NATSServers > 1 runs a NATS cluster of that many servers instead of one server: every
+	// process gets all their URLs as NATS_URL and NATS_STREAM_REPLICAS set to the count, so each
+	// stream has a replica on every server.
+	NATSServers int
+	// Tracker runs `postamt serve tracker` (it consumes the outbox's EmailSent into tracking).
+	Tracker bool
+	// Calendar runs `postamt serve calendar` (it follows the mailbox's events).
+	Calendar bool
 }
 
 // Suite is a running outbox with everything around it. Its methods may be called from several
 // goroutines, but the ones that fail the test (taking tb) only from the test's.
 type Suite struct {
 	// Redis is the spawned redis-server; nil when Options.RedisURL named another.
-	Redis   *redistest.Server
-	NATS    *natstest.Server
-	Mailbox *Process
+	Redis *redistest.Server
+	// NATS is the NATS server, nil with a cluster (Options.NATSServers > 1).
+	NATS *natstest.Server
+	// NATSCluster is the NATS cluster, nil with one server.
+	NATSCluster *natstest.Cluster
+	Mailbox     *Process
+	// Tracker and Calendar run when Options ask for them, nil otherwise.
+	Tracker, Calendar *Process
 	// API is an outbox replica that does not dispatch: the harness submits, reads and changes
 	// connectors through it.
 	API *Process
@@ -91,21 +107,31 @@ func Start(tb testing.TB, o Options) *Suite {
 		rs = redistest.Start(tb, redistest.WithAOF()) // skips with -short or without redis-server
 		redisURL = rs.URL()
 	}
-	ns := natstest.Start(tb)
+	s := &Suite{Redis: rs, tenants: o.Tenants}
+	var natsURL, replicas string
+	if o.NATSServers > 1 {
+		s.NATSCluster = natstest.StartCluster(tb, o.NATSServers)
+		natsURL, replicas = s.NATSCluster.URL(), strconv.Itoa(o.NATSServers)
+	} else {
+		s.NATS = natstest.Start(tb)
+		natsURL = s.NATS.URL()
+	}
 	bin := Binary(tb)
-	_, signer := authtest.Keys(tb)
-	s := &Suite{Redis: rs, NATS: ns, signer: signer, tenants: o.Tenants}
+	_, s.signer = authtest.Keys(tb)
 	logDir := tb.TempDir()
 
 	common := func() map[string]string {
 		env := map[string]string{
 			"REDIS_URL":         redisURL,
-			"NATS_URL":          ns.URL(),
+			"NATS_URL":          natsURL,
 			"AUTH_HS256_SECRET": authtest.Config().HS256Secret,
 			"LOG_FORMAT":        "json",
 			"LOG_LEVEL":         "info",
 			// A short drain delay: no load balancer needs to notice a test's replica leave.
 			"DRAIN_DELAY": "100ms",
+		}
+		if replicas != "" {
+			env["NATS_STREAM_REPLICAS"] = replicas
 		}
 		maps.Copy(env, o.Env)
 		return env
@@ -142,15 +168,33 @@ func Start(tb testing.TB, o Options) *Suite {
 	for i := range o.Dispatchers {
 		s.Dispatchers = append(s.Dispatchers, newProcess(tb, fmt.Sprintf("outbox-%d", i+1), bin, logDir, outboxEnv(true), "serve", "outbox"))
 	}
-	s.startAll(tb, append([]*Process{s.API}, s.Dispatchers...)...)
+	starting := append([]*Process{s.API}, s.Dispatchers...)
+	if o.Tracker {
+		env := common()
+		env["TRACKER_MAILBOX_ADDR"] = s.Mailbox.GRPCAddr
+		// A relay that died is replaced soon: the tests wait for its events.
+		env["TRACKER_RELAY_CLAIM_IDLE"] = "5s"
+		s.Tracker = newProcess(tb, "tracker", bin, logDir, env, "serve", "tracker")
+		starting = append(starting, s.Tracker)
+	}
+	if o.Calendar {
+		env := common()
+		env["CALENDAR_MAILBOX_ADDR"] = s.Mailbox.GRPCAddr
+		env["CALENDAR_RELAY_CLAIM_IDLE"] = "5s"
+		s.Calendar = newProcess(tb, "calendar", bin, logDir, env, "serve", "calendar")
+		starting = append(starting, s.Calendar)
+	}
+	s.startAll(tb, starting...)
 	return s
 }
 
 // processes lists every process of the suite.
 func (s *Suite) processes() []*Process {
 	all := []*Process{s.Mailbox}
-	if s.API != nil {
-		all = append(all, s.API)
+	for _, p := range []*Process{s.API, s.Tracker, s.Calendar} {
+		if p != nil {
+			all = append(all, p)
+		}
 	}
 	return append(all, s.Dispatchers...)
 }

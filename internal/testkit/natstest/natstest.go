@@ -4,6 +4,9 @@
 //
 //	js := natstest.Start(t).JetStream(t)
 //
+// StartCluster runs several such servers routed into one JetStream cluster, for tests of a
+// server's loss (Kill, Restart) with replicated streams.
+//
 // Tests are skipped with -short.
 package natstest
 
