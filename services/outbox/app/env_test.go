@@ -37,7 +37,7 @@ import (
 // and eva has no right at all.
 type env struct {
 	t       *testing.T
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	js      jetstream.JetStream
 	sink    *smtptest.Sink
 	signer  *auth.Signer
@@ -75,9 +75,8 @@ type envOption func(*app.Config)
 
 func startEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	rs := redistest.Start(t)
 	ns := natstest.Start(t)
-	e := &env{t: t, rdb: rs.Client(t), js: ns.JetStream(t), sink: smtptest.Start(t)}
+	e := &env{t: t, rdb: redistest.Suite(t), js: ns.JetStream(t), sink: smtptest.Start(t)}
 	verifier, signer := authtest.Keys(t)
 	e.signer = signer
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
