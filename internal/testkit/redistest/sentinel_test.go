@@ -97,8 +97,7 @@ func TestStartSentinel(t *testing.T) {
 		if got, err := rdb.Get(ctx, "k").Result(); err != nil || got != "v" {
 			t.Errorf("GET k = %q, %v; want %q", got, err, "v")
 		}
-		old.Restart(t)
-		s.WaitSettled(t)
+		s.Restart(t, old)
 		if got, want := len(s.Replicas(t)), 2; got != want {
 			t.Errorf("replicas after the old master came back = %d, want %d", got, want)
 		}
