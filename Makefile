@@ -12,7 +12,7 @@ MODULES := proto internal services/mailbox services/outbox services/tracker serv
 BASELINE := proto/baseline.binpb
 
 .PHONY: all run test tools generate lint fmt vet breaking check-generated tidy-check build-modules \
-	go-test bench baseline clean
+	go-test test-cluster bench baseline clean
 
 all: test
 
@@ -78,8 +78,18 @@ vet:
 # bench holds benchmarks only (run by `make bench`); vet and build-modules compile it.
 TEST_MODULES := $(filter-out bench,$(MODULES))
 
-go-test:
+go-test: test-cluster
 	@for m in $(TEST_MODULES); do (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
+
+# The services whose end-to-end tests take their Redis from redistest.Suite.
+CLUSTER_TEST_PACKAGES := services/outbox/app services/mailbox/app services/tracker/app
+
+## test-cluster: the services' end-to-end tests again on a 6-node Redis Cluster (3 masters, 3
+## replicas) spawned by the tests, so a command, script or transaction that spans two slots fails.
+test-cluster:
+	@for p in $(CLUSTER_TEST_PACKAGES); do \
+		(cd $$(dirname $$p) && POSTAMT_TEST_REDIS=cluster $(GO) test -race -count=1 ./$$(basename $$p)/) || exit 1; \
+	done
 
 ## bench: the benchmark harness (see docs/BENCHMARKS.md); prints its figures. BENCH selects
 ## benchmarks (a regexp, default all; the 1,000,000-email backlogs take minutes per run).

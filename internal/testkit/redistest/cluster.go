@@ -160,11 +160,17 @@ func (c *Cluster) TLSConfig() *tls.Config { return c.tls.config() }
 // took over. A service's cluster client needs the same setting.
 const stateReload = time.Second
 
+// poolSize is the kit's cluster clients' pool per node. A test hands one client to every service
+// it starts (production gives each its own), and on a cluster each service's event relay blocks
+// one connection per stream while idle (see eventbus.Relay), so go-redis's default (10 per CPU)
+// runs out and commands wait seconds for a connection.
+const poolSize = 64
+
 // options are cluster client options for every node, with TLS and credentials.
 func (c *Cluster) options() *redis.ClusterOptions {
 	return &redis.ClusterOptions{
 		Addrs: c.Addrs(), Username: c.cfg.user, Password: c.cfg.pass, TLSConfig: c.tls.config(),
-		ClusterStateReloadInterval: stateReload,
+		ClusterStateReloadInterval: stateReload, PoolSize: poolSize,
 	}
 }
 

@@ -106,7 +106,7 @@ type Server struct {
 	cfg   config
 	tls   *tlsFiles
 	kind  kind
-	extra []string // more arguments: --replicaof for a sentinel set's replica
+	extra []string // more arguments: --replicaof for a sentinel set's replica; guarded by mu
 
 	mu      sync.Mutex
 	port    int
@@ -222,8 +222,17 @@ func (s *Server) argv(port, bus int) []string {
 		args = append(args, "--user", s.cfg.user, "on", ">"+s.cfg.pass, "~*", "&*", "+@all",
 			"--user", "default", "off", "--masteruser", s.cfg.user, "--masterauth", s.cfg.pass)
 	}
+	s.mu.Lock()
 	args = append(args, s.extra...)
+	s.mu.Unlock()
 	return append(args, s.cfg.args...)
+}
+
+// setExtra replaces the arguments beyond the configuration, for the next start.
+func (s *Server) setExtra(extra []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.extra = extra
 }
 
 // start runs redis-server on port and waits until it answers PING. The caller holds no lock.

@@ -369,7 +369,7 @@ func (s *Sentinel) Failover(tb testing.TB) {
 
 // KillMaster kills the master with SIGKILL, as a crash would, and returns once the sentinels
 // have promoted a replica and the other running replicas are linked to it. The killed node
-// stays down until its Restart, after which the sentinels make it a replica.
+// stays down until Restart brings it back as a replica.
 func (s *Sentinel) KillMaster(tb testing.TB) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), topologyTimeout)
@@ -380,6 +380,28 @@ func (s *Sentinel) KillMaster(tb testing.TB) {
 	}
 	old.Kill()
 	s.waitNewMaster(tb, ctx, old)
+}
+
+// Restart restarts data node n as a replica of the master the sentinels report, as its config
+// file (which a sentinel rewrites on every change) would in production: the kit's nodes have
+// none, and a node that came back as a master waits, sometimes for over 30 s, for the sentinels
+// to demote it. It returns once the set has settled (see WaitSettled).
+func (s *Sentinel) Restart(tb testing.TB, n *Server) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), topologyTimeout)
+	defer cancel()
+	master, err := s.reportedMaster(ctx)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	if master == n {
+		n.Restart(tb)
+	} else {
+		host, port, _ := net.SplitHostPort(master.Addr())
+		n.setExtra([]string{"--replicaof", host, port})
+		n.Restart(tb)
+	}
+	s.WaitSettled(tb)
 }
 
 // WaitSettled waits until the sentinels agree on a master that every other running data node

@@ -32,13 +32,13 @@ import (
 // admin changes leave through the relay, and an EmailSent published as the outbox would publish
 // it shows up in every member's sent view.
 func TestEndToEnd(t *testing.T) {
-	rs := redistest.Start(t)
+	rdb := redistest.Suite(t)
 	ns := natstest.Start(t)
 	js := ns.JetStream(t)
 	verifier, signer := authtest.Keys(t)
 	a, err := app.New(app.Config{RelayBatch: 64, RelayClaimIdle: time.Second, SentView: true}, app.Deps{
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Redis:    rs.Client(t),
+		Redis:    rdb,
 		JS:       js,
 		Verifier: verifier,
 		Metrics:  prometheus.NewRegistry(),
@@ -215,12 +215,12 @@ func TestEndToEnd(t *testing.T) {
 // service ensures its streams. A single embedded server cannot keep three copies and says so, and
 // the service does not start; with the count at 0 it starts on the same server.
 func TestStreamReplicas(t *testing.T) {
-	rs := redistest.Start(t)
+	rdb := redistest.Suite(t)
 	ns := natstest.Start(t)
 	verifier, _ := authtest.Keys(t)
 	for _, replicas := range []int{3, 0} {
 		a, err := app.New(app.Config{RelayBatch: 64, RelayClaimIdle: time.Second}, app.Deps{
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Redis: rs.Client(t), JS: ns.JetStream(t),
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Redis: rdb, JS: ns.JetStream(t),
 			Verifier: verifier, Metrics: prometheus.NewRegistry(), StreamReplicas: replicas,
 		})
 		if err != nil {

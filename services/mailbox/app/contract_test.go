@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,11 +25,11 @@ import (
 	"github.com/postamt/postamt/services/mailbox/app"
 )
 
-// contractEnv is the mailbox served over gRPC on a spawned Redis the test may kill, with its log
-// in a buffer.
+// contractEnv is the mailbox served over gRPC on the test suite's Redis (redistest.Suite), or on
+// a spawned Redis the test may kill, with its log in a buffer.
 type contractEnv struct {
 	t      *testing.T
-	redis  *redistest.Server
+	redis  *redistest.Server // nil on the suite's Redis
 	signer *auth.Signer
 	log    *logtest.Buffer
 	c      mailboxv1.MailboxServiceClient
@@ -36,12 +37,23 @@ type contractEnv struct {
 
 func startContractEnv(t *testing.T) *contractEnv {
 	t.Helper()
+	return newContractEnv(t, redistest.Suite(t), nil)
+}
+
+// startOutageEnv is a contractEnv on a Redis of its own, for a test that kills it.
+func startOutageEnv(t *testing.T) *contractEnv {
+	t.Helper()
 	rs := redistest.Start(t)
+	return newContractEnv(t, rs.Client(t), rs)
+}
+
+func newContractEnv(t *testing.T, rdb redis.UniversalClient, rs *redistest.Server) *contractEnv {
+	t.Helper()
 	ns := natstest.Start(t)
 	verifier, signer := authtest.Keys(t)
 	logs := &logtest.Buffer{}
 	a, err := app.New(app.Config{RelayBatch: 64, RelayClaimIdle: time.Second}, app.Deps{
-		Logger: slog.New(slog.NewTextHandler(logs, nil)), Redis: rs.Client(t), JS: ns.JetStream(t), Verifier: verifier,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)), Redis: rdb, JS: ns.JetStream(t), Verifier: verifier,
 		Metrics: prometheus.NewRegistry(), Server: grpcserver.Options{ReadinessInterval: 50 * time.Millisecond, DrainDelay: time.Millisecond, DrainTimeout: time.Second},
 	})
 	if err != nil {
@@ -107,7 +119,7 @@ func hasRetryInfo(st *status.Status) bool {
 // with RetryInfo (not INTERNAL, which means a bug), and the log says so at WARN, naming the
 // dependency.
 func TestRedisOutageIsUnavailable(t *testing.T) {
-	e := startContractEnv(t)
+	e := startOutageEnv(t)
 	ctx := e.admin()
 	if _, err := e.c.GetUser(ctx, &mailboxv1.GetUserRequest{UserId: "max"}); err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ import (
 // and eva has no right at all.
 type env struct {
 	t       *testing.T
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	js      jetstream.JetStream
 	sink    *smtptest.Sink
 	signer  *auth.Signer
@@ -82,9 +82,8 @@ func startEnv(t *testing.T, opts ...envOption) *env {
 // 0: the default).
 func startEnvPartitions(t *testing.T, partitions int, opts ...envOption) *env {
 	t.Helper()
-	rs := redistest.Start(t)
 	ns := natstest.Start(t)
-	e := &env{t: t, rdb: rs.Client(t), js: ns.JetStream(t), sink: smtptest.Start(t)}
+	e := &env{t: t, rdb: redistest.Suite(t), js: ns.JetStream(t), sink: smtptest.Start(t)}
 	verifier, signer := authtest.Keys(t)
 	e.signer = signer
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -185,7 +187,7 @@ func TestFinishedMailCanBeFound(t *testing.T) {
 	t.Run("a record past its retention is not listed", func(t *testing.T) {
 		// The record of one email of the batch expires (its retention is an hour here; the key is
 		// deleted as its TTL would): its index entry stays until trimmed, and readers skip it.
-		keys, err := e.rdb.Keys(context.Background(), "pm:ob:*:e:"+batch[0]).Result()
+		keys, err := allKeys(context.Background(), e.rdb, "pm:ob:*:e:"+batch[0])
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("record key of %s: %v (%v)", batch[0], keys, err)
 		}
@@ -234,4 +236,25 @@ func TestFinishedMailFilterScanBound(t *testing.T) {
 	}
 	_, err = e.outbox.CountEmails(eva, &outboxv1.CountEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: f})
 	code(t, err, codes.FailedPrecondition)
+}
+
+// allKeys is KEYS pattern over the whole keyspace: on a cluster client KEYS asks one node, so
+// every master is asked.
+func allKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([]string, error) {
+	c, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return rdb.Keys(ctx, pattern).Result()
+	}
+	var (
+		mu  sync.Mutex
+		all []string
+	)
+	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		keys, err := m.Keys(ctx, pattern).Result()
+		mu.Lock()
+		all = append(all, keys...)
+		mu.Unlock()
+		return err
+	})
+	return all, err
 }

@@ -35,7 +35,7 @@ import (
 // for p-max.
 type env struct {
 	t           *testing.T
-	rdb         *redis.Client
+	rdb         redis.UniversalClient
 	js          jetstream.JetStream
 	signer      *auth.Signer
 	mailbox     mailboxv1.MailboxServiceClient
@@ -51,9 +51,8 @@ type env struct {
 
 func startEnv(t *testing.T) *env {
 	t.Helper()
-	rs := redistest.Start(t)
 	ns := natstest.Start(t)
-	e := &env{t: t, rdb: rs.Client(t), js: ns.JetStream(t)}
+	e := &env{t: t, rdb: redistest.Suite(t), js: ns.JetStream(t)}
 	verifier, signer := authtest.Keys(t)
 	e.signer = signer
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
