@@ -145,7 +145,6 @@ func TestRedisSentinelMasterKilled(t *testing.T) {
 	underLoad(t, s, relay, func() {
 		old := set.Master(t)
 		set.KillMaster(t)
-		old.Restart(t)
-		set.WaitSettled(t)
+		set.Restart(t, old)
 	})
 }

@@ -26,6 +26,8 @@ func (c *Common) RedisOptions() []redisx.Option {
 		redisx.WithSentinelAuth(c.RedisSentinelUsername, c.RedisSentinelPassword),
 		redisx.WithTLSCAFile(c.RedisTLSCAFile),
 		redisx.WithReplicaAcks(c.RedisReplicaAcks, c.RedisReplicaAckTimeout),
+		// The event relay waits on every partition's stream (on a Cluster, one connection each).
+		redisx.WithBlockingReaders(max(c.RedisPartitions, 16)),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"hash/fnv"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -71,6 +72,7 @@ type settings struct {
 	caFile        string
 	replicaAcks   int
 	replicaWithin time.Duration
+	blocking      int
 }
 
 // WithPingTimeout bounds the start-up PING; the default is 5s, enough for a Redis that is still
@@ -102,6 +104,12 @@ func WithTLSCAFile(file string) Option { return func(s *settings) { s.caFile = f
 func WithReplicaAcks(n int, timeout time.Duration) Option {
 	return func(s *settings) { s.replicaAcks, s.replicaWithin = n, timeout }
 }
+
+// WithBlockingReaders says the caller keeps up to n connections in blocking reads (the event
+// relay's XREAD BLOCK, one per stream on a Cluster), so a Cluster client's pool per node gets n
+// connections on top of go-redis's default (10 per CPU): without them the relay's waits take
+// the pool and every other command waits for a connection. A pool_size in the URL wins.
+func WithBlockingReaders(n int) Option { return func(s *settings) { s.blocking = n } }
 
 // Open connects to the Redis deployment rawURL names and checks the connection with a PING, so a
 // wrong URL fails at start-up and not at the first request. The scheme selects the topology
@@ -198,6 +206,9 @@ func newClient(rawURL string, st settings) (redis.UniversalClient, string, error
 		}
 		if co.TLSConfig, err = tlsConfig(co.TLSConfig); err != nil {
 			return nil, "", err
+		}
+		if co.PoolSize == 0 && st.blocking > 0 {
+			co.PoolSize = 10*runtime.GOMAXPROCS(0) + st.blocking
 		}
 		if co.ClusterStateReloadInterval == 0 {
 			// go-redis refreshes its slot map on MOVED and READONLY replies, but not when a master
