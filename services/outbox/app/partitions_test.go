@@ -56,7 +56,7 @@ func TestPartitionsEndToEnd(t *testing.T) {
 	}
 
 	// The records are spread over all 64 partitions' tags, not 16.
-	keys, err := e.rdb.Keys(ctx, "pm:ob:{ob*}:e:*").Result()
+	keys, err := allKeys(ctx, e.rdb, "pm:ob:{ob*}:e:*")
 	if err != nil {
 		t.Fatal(err)
 	}
