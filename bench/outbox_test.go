@@ -119,14 +119,17 @@ func startSuite(b *testing.B) *suite {
 // servicesRedis is the client the services of a suite use: rs itself, or with
 // POSTAMT_BENCH_REPLICA_ACKS=n (n ≥ 1) a client that confirms every write with n replicas of rs
 // spawned for it (redisx.WithReplicaAcks), to measure what the durability rule costs.
+// POSTAMT_BENCH_REPLICAS=m spawns m replicas (at least n) without asking for acknowledgements
+// beyond n, which separates the cost of replication from the cost of waiting for it.
 func servicesRedis(b *testing.B, rs *redistest.Server) redis.UniversalClient {
 	b.Helper()
 	n := envInt("POSTAMT_BENCH_REPLICA_ACKS", 0)
-	if n == 0 {
+	replicas := max(n, envInt("POSTAMT_BENCH_REPLICAS", 0))
+	if replicas == 0 {
 		return rs.Client(b)
 	}
 	port := strings.TrimPrefix(rs.Addr(), "127.0.0.1:")
-	for range n {
+	for range replicas {
 		r := redistest.Start(b, redistest.WithArgs("--replicaof", "127.0.0.1", port))
 		for deadline := time.Now().Add(10 * time.Second); ; {
 			info, err := r.Client(b).Info(context.Background(), "replication").Result()
