@@ -128,19 +128,8 @@ func servicesRedis(b *testing.B, rs *redistest.Server) redis.UniversalClient {
 	if replicas == 0 {
 		return rs.Client(b)
 	}
-	port := strings.TrimPrefix(rs.Addr(), "127.0.0.1:")
 	for range replicas {
-		r := redistest.Start(b, redistest.WithArgs("--replicaof", "127.0.0.1", port))
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			info, err := r.Client(b).Info(context.Background(), "replication").Result()
-			if err == nil && strings.Contains(info, "master_link_status:up") {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("replica not linked: %v", err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		rs.StartReplica(b)
 	}
 	c, err := redisx.Open(context.Background(), rs.URL(), redisx.WithReplicaAcks(n, time.Second))
 	if err != nil {

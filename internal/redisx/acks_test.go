@@ -13,23 +13,8 @@ import (
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 )
-
-// replicated starts a master and one replica of it and waits until the replica is linked.
-func replicated(t *testing.T) (master, replica *redistest.Server) {
-	t.Helper()
-	master = redistest.Start(t)
-	port := strings.TrimPrefix(master.Addr(), "127.0.0.1:")
-	replica = redistest.Start(t, redistest.WithArgs("--replicaof", "127.0.0.1", port))
-	rc := replica.Client(t)
-	poll.Eventually(t, "replica linked", func() bool {
-		info, err := rc.Info(context.Background(), "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up")
-	})
-	return master, replica
-}
 
 // waits is how many WAIT commands the server has run.
 func waits(t *testing.T, c *redis.Client) int {
@@ -53,7 +38,8 @@ func waits(t *testing.T, c *redis.Client) int {
 // ErrNotReplicated — an outage for the edge — while a read still answers.
 func TestReplicaAcks(t *testing.T) {
 	ctx := context.Background()
-	master, replica := replicated(t)
+	master := redistest.Start(t)
+	replica := master.StartReplica(t)
 	c, err := redisx.Open(ctx, master.URL(), redisx.WithReplicaAcks(1, 500*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -448,5 +449,39 @@ func (s *Server) Restart(tb testing.TB) {
 	s.mu.Unlock()
 	if err := s.start(port, bus); err != nil {
 		tb.Fatalf("redistest: restart: %v", err)
+	}
+}
+
+// StartReplica spawns a replica of s (--replicaof, with opts) and returns once it is linked to
+// s, for tests of replication without a Sentinel set or a Cluster (redisx's replica
+// acknowledgements). Restart keeps it a replica of s.
+func (s *Server) StartReplica(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	_, port, _ := net.SplitHostPort(s.Addr())
+	r := Start(tb, append(opts, WithArgs("--replicaof", "127.0.0.1", port))...)
+	r.WaitLinked(tb)
+	return r
+}
+
+// WaitLinked waits until s is a replica whose link to its master is up (after StartReplica, or
+// a Restart of a replica).
+func (s *Server) WaitLinked(tb testing.TB) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), topologyTimeout)
+	defer cancel()
+	err := waitFor(ctx, func() string {
+		a := s.admin()
+		defer a.Close()
+		m, err := a.InfoMap(ctx, "replication").Result()
+		if err != nil {
+			return fmt.Sprintf("%s: %v", s.Addr(), err)
+		}
+		if r := m["Replication"]; r["role"] != "slave" || r["master_link_status"] != "up" {
+			return fmt.Sprintf("%s is %s with link %s, want a linked replica", s.Addr(), r["role"], r["master_link_status"])
+		}
+		return ""
+	})
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
 	}
 }

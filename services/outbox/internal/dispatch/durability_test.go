@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,13 +26,7 @@ import (
 func TestUnconfirmedClaimsAreNotSent(t *testing.T) {
 	ctx := context.Background()
 	master := redistest.Start(t)
-	port := strings.TrimPrefix(master.Addr(), "127.0.0.1:")
-	replica := redistest.Start(t, redistest.WithArgs("--replicaof", "127.0.0.1", port))
-	linked := func() bool {
-		info, err := replica.Client(t).Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up")
-	}
-	poll.Eventually(t, "replica linked", linked)
+	replica := master.StartReplica(t)
 	acked, err := redisx.Open(ctx, master.URL(), redisx.WithReplicaAcks(1, 200*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +72,7 @@ func TestUnconfirmedClaimsAreNotSent(t *testing.T) {
 	}
 
 	replica.Restart(t)
-	poll.Eventually(t, "replica linked again", linked)
+	replica.WaitLinked(t)
 	msgs := sink.WaitForMessages(t, len(before)+len(during), 30*time.Second)
 	got := copies(t, msgs)
 	for _, id := range append(before, during...) {
