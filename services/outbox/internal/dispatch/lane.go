@@ -65,6 +65,10 @@ type claim struct {
 	leaseEnd atomic.Int64
 	// lost is set when a renewal found the email claimed again: nothing more may be sent.
 	lost atomic.Bool
+	// unconfirmed is set when the claim's result was written but no replica confirmed it
+	// (redisx.ErrNotReplicated): a renewal that finds the email out of SENDING then means the
+	// result stood, not that another worker took it.
+	unconfirmed atomic.Bool
 	// cancel stops the conversation in progress (nil before it starts); under Dispatcher.mu.
 	cancel context.CancelFunc
 	queued bool // in the lane's queue; under lane.mu

@@ -102,8 +102,8 @@ func (d *Dispatcher) renew(ctx context.Context, every time.Duration) {
 			c.cancel()
 		}
 		d.mu.Unlock()
-		if !still {
-			continue // recorded meanwhile
+		if !still || c.unconfirmed.Load() {
+			continue // recorded meanwhile, or its unconfirmed result stood: the recorder settles it
 		}
 		c.lost.Store(true)
 		d.count("lease_lost", 1)
@@ -252,7 +252,10 @@ func (r *recorder) once(ctx context.Context) bool {
 		default:
 			// Not written, or written but not confirmed by a replica: written again, under the
 			// same fence, once Redis takes it.
-			it.unconfirmed = it.unconfirmed || errors.Is(err, redisx.ErrNotReplicated)
+			if errors.Is(err, redisx.ErrNotReplicated) {
+				it.unconfirmed = true
+				it.c.unconfirmed.Store(true)
+			}
 			kept = append(kept, it)
 		}
 	}
