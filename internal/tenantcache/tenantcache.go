@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,10 +28,24 @@ type Cache[V any] struct {
 	ttl time.Duration
 	max int
 	now func() time.Time
+	// followed: values are served only while Follow is subscribed (NewFollowed).
+	followed bool
+	live     atomic.Bool
 
 	mu      sync.Mutex
 	tenants map[string]map[string]item[V]
 	size    int
+	// epoch counts Clears; gens counts each tenant's invalidations since the last Clear. A value
+	// fetched under an older generation is not kept (PutAt).
+	epoch uint64
+	gens  map[string]uint64
+}
+
+// Gen is a tenant's generation: what a caller saw before it fetched a value, so PutAt can tell
+// whether an event of the tenant arrived while the fetch ran.
+type Gen struct {
+	epoch, n uint64
+	ok       bool
 }
 
 type item[V any] struct {
@@ -47,11 +62,28 @@ func New[V any](ttl time.Duration, maxEntries int, now func() time.Time) *Cache[
 	if now == nil {
 		now = time.Now
 	}
-	return &Cache[V]{ttl: ttl, max: maxEntries, now: now, tenants: make(map[string]map[string]item[V])}
+	return &Cache[V]{ttl: ttl, max: maxEntries, now: now, tenants: make(map[string]map[string]item[V]), gens: make(map[string]uint64)}
 }
+
+// NewFollowed returns a cache (as New) that serves values only while Follow is subscribed to the
+// events: before the subscription is made and after it fails, Get misses and nothing is kept. An
+// event published while nobody listened therefore never leaves a stale answer behind for the TTL
+// (a right granted in mailbox a moment after the service started).
+func NewFollowed[V any](ttl time.Duration, maxEntries int, now func() time.Time) *Cache[V] {
+	c := New[V](ttl, maxEntries, now)
+	c.followed = true
+	return c
+}
+
+// serving reports whether the cache may answer and keep values now.
+func (c *Cache[V]) serving() bool { return !c.followed || c.live.Load() }
 
 // Get returns the value of a tenant's key unless it is missing or expired.
 func (c *Cache[V]) Get(tenant, key string) (V, bool) {
+	if !c.serving() {
+		var zero V
+		return zero, false
+	}
 	now := c.now()
 	c.mu.Lock()
 	it, ok := c.tenants[tenant][key]
@@ -63,14 +95,42 @@ func (c *Cache[V]) Get(tenant, key string) (V, bool) {
 	return it.v, true
 }
 
-// Put keeps v for the TTL from now.
-func (c *Cache[V]) Put(tenant, key string, v V) {
-	if c.ttl <= 0 {
+// Gen returns tenant's generation now; take it before fetching a value to keep with PutAt.
+func (c *Cache[V]) Gen(tenant string) Gen {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Gen{epoch: c.epoch, n: c.gens[tenant], ok: c.serving()}
+}
+
+// PutAt keeps v for the TTL from now, unless the tenant's generation moved past g (an event of
+// the tenant, or a Clear, came in while v was fetched: v may predate it) or the cache is not
+// serving.
+func (c *Cache[V]) PutAt(tenant, key string, v V, g Gen) {
+	if c.ttl <= 0 || !g.ok {
 		return
 	}
 	expires := c.now().Add(c.ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if g.epoch != c.epoch || g.n != c.gens[tenant] || !c.serving() {
+		return
+	}
+	c.putLocked(tenant, key, v, expires)
+}
+
+// Put keeps v for the TTL from now. A value fetched before an event may outlive it: callers that
+// fetch take a Gen first and use PutAt.
+func (c *Cache[V]) Put(tenant, key string, v V) {
+	if c.ttl <= 0 || !c.serving() {
+		return
+	}
+	expires := c.now().Add(c.ttl)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLocked(tenant, key, v, expires)
+}
+
+func (c *Cache[V]) putLocked(tenant, key string, v V, expires time.Time) {
 	if c.size >= c.max {
 		clear(c.tenants)
 		c.size = 0
@@ -91,6 +151,7 @@ func (c *Cache[V]) Invalidate(tenant string) {
 	c.mu.Lock()
 	c.size -= len(c.tenants[tenant])
 	delete(c.tenants, tenant)
+	c.gens[tenant]++
 	c.mu.Unlock()
 }
 
@@ -98,7 +159,9 @@ func (c *Cache[V]) Invalidate(tenant string) {
 func (c *Cache[V]) Clear() {
 	c.mu.Lock()
 	clear(c.tenants)
+	clear(c.gens)
 	c.size = 0
+	c.epoch++
 	c.mu.Unlock()
 }
 
@@ -111,14 +174,20 @@ func (c *Cache[V]) Len() int {
 
 // Follow drops a tenant's values whenever stream carries an event of that tenant (the
 // eventbus.HeaderTenant header), until ctx ends. It starts at new events; after an error it
-// clears everything (events may have been missed) and follows again a second later.
+// clears everything (events may have been missed) and follows again a second later. A cache of
+// NewFollowed serves only while the subscription stands.
 func (c *Cache[V]) Follow(ctx context.Context, js jetstream.JetStream, stream string, logger *slog.Logger) error {
 	for {
 		err := c.follow(ctx, js, stream)
+		c.live.Store(false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		logger.Warn("cache: following events failed; answers expire by TTL meanwhile", "stream", stream, "error", err)
+		if c.followed {
+			logger.Warn("cache: following events failed; answers are fetched every time meanwhile", "stream", stream, "error", err)
+		} else {
+			logger.Warn("cache: following events failed; answers expire by TTL meanwhile", "stream", stream, "error", err)
+		}
 		c.Clear()
 		select {
 		case <-ctx.Done():
@@ -137,6 +206,9 @@ func (c *Cache[V]) follow(ctx context.Context, js jetstream.JetStream, stream st
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", stream, err)
 	}
+	// Subscribed from here on: a cache of NewFollowed kept nothing before, so nothing it serves
+	// predates an event nobody received.
+	c.live.Store(true)
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()

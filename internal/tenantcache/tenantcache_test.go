@@ -84,3 +84,53 @@ func TestFollow(t *testing.T) {
 		t.Errorf("Follow = %v after its context ended", err)
 	}
 }
+
+// TestFollowedCacheServesOnlyWhileSubscribed: a cache of NewFollowed keeps and serves nothing
+// until Follow has subscribed (an event published before would be missed and leave a stale
+// answer for the TTL), and a value fetched across an event of its tenant is not kept (PutAt).
+func TestFollowedCacheServesOnlyWhileSubscribed(t *testing.T) {
+	ns := natstest.Start(t)
+	js := ns.JetStream(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "POSTAMT_MAILBOX", Subjects: []string{"postamt.mailbox.v1.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	cache := tenantcache.NewFollowed[string](time.Hour, 0, nil)
+	cache.Put("kanzlei", "max", "p-max")
+	if _, ok := cache.Get("kanzlei", "max"); ok {
+		t.Fatal("a followed cache served a value before it followed the events")
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- cache.Follow(ctx, js, "POSTAMT_MAILBOX", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	poll.Eventually(t, "the cache to serve once subscribed", func() bool {
+		cache.PutAt("kanzlei", "max", "p-max", cache.Gen("kanzlei"))
+		_, ok := cache.Get("kanzlei", "max")
+		return ok
+	})
+
+	before := cache.Gen("kanzlei") // a fetch starts
+	msg := nats.NewMsg("postamt.mailbox.v1.MembershipChanged")
+	msg.Header.Set(eventbus.HeaderTenant, "kanzlei")
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	poll.Eventually(t, "the event to arrive", func() bool { return cache.Gen("kanzlei") != before })
+	cache.PutAt("kanzlei", "max", "stale", before) // the fetch ends after the event
+	if v, ok := cache.Get("kanzlei", "max"); ok {
+		t.Errorf("a value fetched across an event was kept: %q", v)
+	}
+	cache.PutAt("kanzlei", "max", "fresh", cache.Gen("kanzlei"))
+	if v, ok := cache.Get("kanzlei", "max"); !ok || v != "fresh" {
+		t.Errorf("Get = %q, %v after a fresh PutAt", v, ok)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Follow = %v after its context ended", err)
+	}
+	if _, ok := cache.Get("kanzlei", "max"); ok {
+		t.Error("the cache served after Follow stopped")
+	}
+}

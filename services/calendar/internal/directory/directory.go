@@ -47,13 +47,14 @@ var _ calendar.Directory = (*Client)(nil)
 // New returns a Client; ttl bounds how stale a cached user may be (0 disables the cache). now is
 // the clock; nil means time.Now.
 func New(mb mailboxv1.MailboxServiceClient, ttl time.Duration, now func() time.Time) *Client {
-	return &Client{mb: mb, cache: tenantcache.New[entry](ttl, 0, now)}
+	return &Client{mb: mb, cache: tenantcache.NewFollowed[entry](ttl, 0, now)}
 }
 
 // User implements calendar.Directory.
 func (c *Client) User(ctx context.Context, tenant, id string) (calendar.User, error) {
 	e, ok := c.cache.Get(tenant, id)
 	if !ok {
+		g := c.cache.Gen(tenant)
 		r, err := c.mb.GetUser(auth.WithTenant(ctx, tenant), &mailboxv1.GetUserRequest{UserId: id})
 		switch status.Code(err) {
 		case codes.OK:
@@ -66,7 +67,7 @@ func (c *Client) User(ctx context.Context, tenant, id string) (calendar.User, er
 		default:
 			return calendar.User{}, errs.Unavailable("the mailbox service cannot tell who the user is now", retryAfter, fmt.Errorf("mailbox GetUser %s: %w", id, err))
 		}
-		c.cache.Put(tenant, id, e)
+		c.cache.PutAt(tenant, id, e, g)
 	}
 	if !e.found {
 		return calendar.User{}, errs.NotFound("user", id)

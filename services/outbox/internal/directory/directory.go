@@ -50,7 +50,7 @@ type entry struct {
 // New returns a Client; ttl bounds how stale a user's mailboxes and team leadership may be (0
 // disables the cache).
 func New(mb mailboxv1.MailboxServiceClient, ttl time.Duration) *Client {
-	return &Client{mb: mb, cache: tenantcache.New[cached](ttl, 0, nil)}
+	return &Client{mb: mb, cache: tenantcache.NewFollowed[cached](ttl, 0, nil)}
 }
 
 // Invalidate drops every answer about a tenant.
@@ -71,6 +71,7 @@ func (c *Client) CheckSend(ctx context.Context, tenant, user, address string) (s
 	if e, ok := c.cache.Get(tenant, k); ok {
 		return e.right, nil
 	}
+	g := c.cache.Gen(tenant)
 	r, err := c.mb.CheckSend(auth.WithTenant(ctx, tenant), &mailboxv1.CheckSendRequest{UserId: user, FromAddress: address})
 	if err != nil {
 		return service.SendRight{}, fmt.Errorf("mailbox CheckSend: %w", err)
@@ -79,7 +80,7 @@ func (c *Client) CheckSend(ctx context.Context, tenant, user, address string) (s
 		Allowed: r.GetAllowed(), Mode: outboxv1.SendMode(r.GetMode()), MailboxID: r.GetMailboxId(),
 		From: r.GetFrom(), Sender: r.GetSender(), Reason: r.GetDenyReason().String(),
 	}
-	c.cache.Put(tenant, k, cached{right: right})
+	c.cache.PutAt(tenant, k, cached{right: right}, g)
 	return right, nil
 }
 
@@ -132,6 +133,7 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 	if e, ok := c.cache.Get(tenant, k); ok {
 		return e.user, nil
 	}
+	g := c.cache.Gen(tenant)
 	// One question, answered by mailbox (the owner of rights and teams) for every service that
 	// shows mail: what the user may read. A user it does not know has nothing.
 	r, err := c.mb.GetReadAccess(auth.WithTenant(ctx, tenant), &mailboxv1.GetReadAccessRequest{UserId: user})
@@ -139,6 +141,6 @@ func (c *Client) lookup(ctx context.Context, tenant, user string) (entry, error)
 		return entry{}, fmt.Errorf("mailbox GetReadAccess: %w", err)
 	}
 	e := entry{mailboxes: r.GetReadableMailboxIds(), teams: r.GetTeamIds(), lead: len(r.GetLeadTeamIds()) > 0}
-	c.cache.Put(tenant, k, cached{user: e})
+	c.cache.PutAt(tenant, k, cached{user: e}, g)
 	return e, nil
 }

@@ -50,7 +50,7 @@ var (
 // New returns a Client; ttl bounds how stale a cached sync kind may be (0 disables the cache).
 // now is the clock; nil means time.Now.
 func New(mb mailboxv1.MailboxServiceClient, ttl time.Duration, now func() time.Time) *Client {
-	return &Client{mb: mb, cache: tenantcache.New[answer](ttl, 0, now)}
+	return &Client{mb: mb, cache: tenantcache.NewFollowed[answer](ttl, 0, now)}
 }
 
 // SyncKind implements tracker.SyncKinds. A mailbox mailbox does not know is SyncUnknownMailbox
@@ -59,6 +59,7 @@ func (c *Client) SyncKind(ctx context.Context, tenant, mailboxID string) (tracke
 	if a, ok := c.cache.Get(tenant, "k\x00"+mailboxID); ok {
 		return a.kind, nil
 	}
+	g := c.cache.Gen(tenant)
 	r, err := c.mb.GetMailbox(auth.WithTenant(ctx, tenant), &mailboxv1.GetMailboxRequest{MailboxId: mailboxID})
 	var kind tracker.SyncKind
 	switch status.Code(err) {
@@ -71,7 +72,7 @@ func (c *Client) SyncKind(ctx context.Context, tenant, mailboxID string) (tracke
 	default:
 		return 0, errs.Unavailable("the mailbox service cannot tell the mailbox's sync kind now", retryAfter, fmt.Errorf("mailbox GetMailbox %s: %w", mailboxID, err))
 	}
-	c.cache.Put(tenant, "k\x00"+mailboxID, answer{kind: kind})
+	c.cache.PutAt(tenant, "k\x00"+mailboxID, answer{kind: kind}, g)
 	return kind, nil
 }
 
@@ -81,6 +82,7 @@ func (c *Client) ReadAccess(ctx context.Context, tenant, user string) (mailboxes
 	if a, ok := c.cache.Get(tenant, "r\x00"+user); ok {
 		return a.mailboxes, a.teams, nil
 	}
+	g := c.cache.Gen(tenant)
 	r, err := c.mb.GetReadAccess(auth.WithTenant(ctx, tenant), &mailboxv1.GetReadAccessRequest{UserId: user})
 	switch status.Code(err) {
 	case codes.OK:
@@ -90,7 +92,7 @@ func (c *Client) ReadAccess(ctx context.Context, tenant, user string) (mailboxes
 		return nil, nil, errs.Unavailable("the mailbox service cannot tell what the user may read now", retryAfter, fmt.Errorf("mailbox GetReadAccess %s: %w", user, err))
 	}
 	a := answer{mailboxes: r.GetReadableMailboxIds(), teams: r.GetTeamIds()}
-	c.cache.Put(tenant, "r\x00"+user, a)
+	c.cache.PutAt(tenant, "r\x00"+user, a, g)
 	return a.mailboxes, a.teams, nil
 }
 
