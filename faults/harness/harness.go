@@ -63,6 +63,10 @@ type Options struct {
 	// process gets all their URLs as NATS_URL and NATS_STREAM_REPLICAS set to the count, so each
 	// stream has a replica on every server.
 	NATSServers int
+	// NATSProcesses runs the cluster's servers as nats-server processes
+	// (natstest.StartProcessCluster), so that killing one is a crash (SIGKILL) rather than an
+	// embedded server's graceful shutdown, which hands its leaderships over first.
+	NATSProcesses bool
 	// Tracker runs `postamt serve tracker` (it consumes the outbox's EmailSent into tracking).
 	Tracker bool
 	// Calendar runs `postamt serve calendar` (it follows the mailbox's events).
@@ -110,7 +114,11 @@ func Start(tb testing.TB, o Options) *Suite {
 	s := &Suite{Redis: rs, tenants: o.Tenants}
 	var natsURL, replicas string
 	if o.NATSServers > 1 {
-		s.NATSCluster = natstest.StartCluster(tb, o.NATSServers)
+		if o.NATSProcesses {
+			s.NATSCluster = natstest.StartProcessCluster(tb, o.NATSServers)
+		} else {
+			s.NATSCluster = natstest.StartCluster(tb, o.NATSServers)
+		}
 		natsURL, replicas = s.NATSCluster.URL(), strconv.Itoa(o.NATSServers)
 	} else {
 		s.NATS = natstest.Start(tb)

@@ -2,6 +2,7 @@ package natstest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -474,4 +475,32 @@ func (c *Cluster) StreamMsgs(i int, stream string) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("server %s holds no stream %s", c.Name(i), stream)
+}
+
+// MoveStreamLeader asks stream's leader to step down in favour of server to (a stepdown request
+// with a preferred placement), for a test that wants one server to lead both the stream and the
+// meta group before it kills it. It returns once the request was accepted; the new leader takes
+// over a moment later (poll StreamLeader).
+func (c *Cluster) MoveStreamLeader(stream string, to int) error {
+	nc, err := c.connectAny()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	req, err := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: c.Name(to)}})
+	if err != nil {
+		return err
+	}
+	msg, err := nc.Request(fmt.Sprintf(server.JSApiStreamLeaderStepDownT, stream), req, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("stream %s stepdown: %w", stream, err)
+	}
+	var resp server.JSApiStreamLeaderStepDownResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("stream %s stepdown: %w", stream, err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("stream %s stepdown to %s: %w", stream, c.Name(to), resp.Error)
+	}
+	return nil
 }

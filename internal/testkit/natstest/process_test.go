@@ -15,7 +15,7 @@ import (
 )
 
 // TestProcessClusterSurvivesACrash: an R3 stream on three nats-server processes keeps taking
-// publishes while its leader is SIGKILLed mid-publishing; after the restart every replica is
+// publishes while its leader, also the meta leader, is SIGKILLed mid-publishing; after the restart every replica is
 // current again, and the crashed server, the others and a client reading the stream all hold
 // every acknowledged message.
 func TestProcessClusterSurvivesACrash(t *testing.T) {
@@ -70,8 +70,19 @@ func TestProcessClusterSurvivesACrash(t *testing.T) {
 	}()
 	poll.Eventually(t, "100 messages acknowledged", func() bool { return acked.Load() >= 100 })
 
+	// The victim leads both the stream and the meta group: the stream's leadership is moved
+	// to the meta leader first.
 	var victim int
-	poll.Eventually(t, "a stream leader", func() bool { victim = c.StreamLeader("S"); return victim >= 0 })
+	poll.Eventually(t, "a meta leader", func() bool { victim = c.MetaLeader(); return victim >= 0 })
+	poll.Eventually(t, "the stream led by the meta leader", func() bool {
+		if c.StreamLeader("S") == victim {
+			return true
+		}
+		if err := c.MoveStreamLeader("S", victim); err != nil {
+			t.Logf("move the stream leader: %v", err)
+		}
+		return false
+	})
 	before := acked.Load()
 	c.Kill(victim)
 	c.Kill(victim) // idempotent
@@ -82,7 +93,7 @@ func TestProcessClusterSurvivesACrash(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	want := uint64(acked.Load())
-	t.Logf("killed %s (stream leader) after %d acknowledged; %d acknowledged in all", c.Name(victim), before, want)
+	t.Logf("killed %s (stream and meta leader) after %d acknowledged; %d acknowledged in all", c.Name(victim), before, want)
 
 	t.Run("replicas current", func(t *testing.T) {
 		poll.Eventually(t, "every replica current", func() bool { return c.StreamsCurrent() == nil })
