@@ -420,9 +420,10 @@ func (c *Cluster) isProcesses() bool { return c.bin != "" }
 
 // processStreamLeader asks the cluster for stream's info and returns the index of the leader it
 // names, -1 when there is none or no answer (a leader just killed answers nothing until the
-// election).
+// election). The request's timeout is short: callers poll, and a test timing the failover sees
+// the new leader within a second of its election rather than of a long timeout.
 func (c *Cluster) processStreamLeader(stream string) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	nc, err := c.connectAny()
 	if err != nil {
