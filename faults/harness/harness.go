@@ -4,7 +4,8 @@
 //   - a redis-server with the append-only file fsynced on every write (it survives Kill and
 //     Restart like a production Redis);
 //   - an embedded NATS JetStream server, or a cluster of them (Options.NATSServers) with every
-//     stream replicated on each, as the prod overlay runs NATS;
+//     stream replicated on each, as the prod overlay runs NATS, optionally as nats-server
+//     processes that can crash (Options.NATSProcesses);
 //   - `postamt serve mailbox`, and `postamt serve outbox` as one API replica that does not dispatch
 //     (OUTBOX_DISPATCH=false; submits, reads and connector changes go through it, so they work
 //     whichever dispatcher a test kills) and N dispatching replicas, each a child process on its
