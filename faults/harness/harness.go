@@ -4,7 +4,8 @@
 //   - a redis-server with the append-only file fsynced on every write (it survives Kill and
 //     Restart like a production Redis);
 //   - an embedded NATS JetStream server, or a cluster of them (Options.NATSServers) with every
-//     stream replicated on each, as the prod overlay runs NATS;
+//     stream replicated on each, as the prod overlay runs NATS, optionally as nats-server
+//     processes that can crash (Options.NATSProcesses);
 //   - `postamt serve mailbox`, and `postamt serve outbox` as one API replica that does not dispatch
 //     (OUTBOX_DISPATCH=false; submits, reads and connector changes go through it, so they work
 //     whichever dispatcher a test kills) and N dispatching replicas, each a child process on its
@@ -63,6 +64,10 @@ type Options struct {
 	// process gets all their URLs as NATS_URL and NATS_STREAM_REPLICAS set to the count, so each
 	// stream has a replica on every server.
 	NATSServers int
+	// NATSProcesses runs the cluster's servers as nats-server processes
+	// (natstest.StartProcessCluster), so that killing one is a crash (SIGKILL) rather than an
+	// embedded server's graceful shutdown, which hands its leaderships over first.
+	NATSProcesses bool
 	// Tracker runs `postamt serve tracker` (it consumes the outbox's EmailSent into tracking).
 	Tracker bool
 	// Calendar runs `postamt serve calendar` (it follows the mailbox's events).
@@ -110,7 +115,11 @@ func Start(tb testing.TB, o Options) *Suite {
 	s := &Suite{Redis: rs, tenants: o.Tenants}
 	var natsURL, replicas string
 	if o.NATSServers > 1 {
-		s.NATSCluster = natstest.StartCluster(tb, o.NATSServers)
+		if o.NATSProcesses {
+			s.NATSCluster = natstest.StartProcessCluster(tb, o.NATSServers)
+		} else {
+			s.NATSCluster = natstest.StartCluster(tb, o.NATSServers)
+		}
 		natsURL, replicas = s.NATSCluster.URL(), strconv.Itoa(o.NATSServers)
 	} else {
 		s.NATS = natstest.Start(tb)

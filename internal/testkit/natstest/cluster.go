@@ -2,6 +2,7 @@ package natstest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -39,9 +40,14 @@ const startAttempts = 3
 type Cluster struct {
 	name string
 
-	mu   sync.Mutex
-	opts []*server.Options
-	srvs []*server.Server // nil while killed
+	// bin and dir are a process cluster's nats-server binary and the directory of its servers'
+	// configs, stores and logs (StartProcessCluster); empty for embedded servers.
+	bin, dir string
+
+	mu    sync.Mutex
+	opts  []*server.Options // of a process cluster: what its config files say
+	srvs  []*server.Server  // embedded servers, nil while killed (all nil for processes)
+	procs []*process        // processes, nil while killed; nil for embedded servers
 }
 
 // StartCluster runs n servers for tb, waits until JetStream has a meta leader and all n peers are
@@ -154,7 +160,8 @@ func (c *Cluster) URL() string {
 	return strings.Join(urls, ",")
 }
 
-// Servers returns the servers by index, nil for one killed, for tests that inspect them.
+// Servers returns the embedded servers by index, nil for one killed, for tests that inspect them.
+// A process cluster's are all nil.
 func (c *Cluster) Servers() []*server.Server {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -183,6 +190,10 @@ func (c *Cluster) Index(name string) int {
 // MetaLeader returns the index of the running server that leads JetStream's meta group, -1 while
 // there is none.
 func (c *Cluster) MetaLeader() int {
+	if c.isProcesses() {
+		i, _ := c.processMetaLeader()
+		return i
+	}
 	for i, s := range c.Servers() {
 		if s != nil && s.Running() && s.JetStreamIsLeader() {
 			return i
@@ -192,8 +203,12 @@ func (c *Cluster) MetaLeader() int {
 }
 
 // StreamLeader returns the index of the running server that leads stream (in the global
-// account), -1 while there is none.
+// account), -1 while there is none. A process cluster's is the leader the stream's info names,
+// as a client asking sees it (the stream leader answers that request).
 func (c *Cluster) StreamLeader(stream string) int {
+	if c.isProcesses() {
+		return c.processStreamLeader(stream)
+	}
 	for i, s := range c.Servers() {
 		if s != nil && s.Running() && s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
 			return i
@@ -206,9 +221,15 @@ func (c *Cluster) StreamLeader(stream string) int {
 // the others carry on without it. An embedded server cannot die harder than Shutdown: it steps
 // down from the raft groups it leads first, handing the lead to a current peer, so a new leader
 // is there sooner than after a crash's election timeout. Everything else a client sees (its
-// connection cut, requests in flight unanswered) is a crash's. Killing a killed server does
-// nothing.
+// connection cut, requests in flight unanswered) is a crash's; StartProcessCluster's servers
+// crash for real. Killing a killed server does nothing.
+//
+// A process cluster's server is killed for real: SIGKILL, waiting until the process has exited.
 func (c *Cluster) Kill(i int) {
+	if c.isProcesses() {
+		c.killProcess(i)
+		return
+	}
 	c.mu.Lock()
 	ns := c.srvs[i]
 	c.srvs[i] = nil
@@ -230,7 +251,12 @@ func (c *Cluster) Restart(tb testing.TB, i int) {
 	// The ports were the server's a moment ago; one taken meanwhile (rare below the ephemeral
 	// range) is waited for a little, since the clients' URL lists name this one.
 	for range startAttempts {
-		if err = c.run(i); err == nil {
+		if c.isProcesses() {
+			err = c.runProcess(i)
+		} else {
+			err = c.run(i)
+		}
+		if err == nil {
 			break
 		}
 	}
@@ -265,6 +291,9 @@ func (c *Cluster) waitReady(tb testing.TB, more func() error) {
 // ready reports why the cluster is not ready yet: no meta leader, a peer missing or a running
 // server behind the meta group.
 func (c *Cluster) ready() error {
+	if c.isProcesses() {
+		return c.processReady()
+	}
 	srvs := c.Servers()
 	leader := c.MetaLeader()
 	if leader < 0 {
@@ -335,11 +364,14 @@ func replicasCurrent(info *jetstream.StreamInfo) error {
 
 // connectAny connects to the first running server, without reconnects: for one look.
 func (c *Cluster) connectAny() (*nats.Conn, error) {
-	for _, s := range c.Servers() {
-		if s == nil || !s.Running() {
+	for i := range c.size() {
+		if !c.running(i) {
 			continue
 		}
-		nc, err := nats.Connect(s.ClientURL(), nats.NoReconnect(), nats.Timeout(2*time.Second))
+		c.mu.Lock()
+		url := "nats://" + net.JoinHostPort(c.opts[i].Host, strconv.Itoa(c.opts[i].Port))
+		c.mu.Unlock()
+		nc, err := nats.Connect(url, nats.NoReconnect(), nats.Timeout(2*time.Second))
 		if err == nil {
 			return nc, nil
 		}
@@ -372,14 +404,104 @@ func (c *Cluster) JetStream(tb testing.TB) jetstream.JetStream {
 	return js
 }
 
-// shutdownAll stops every running server, in parallel.
+// shutdownAll stops every running server, in parallel (a process cluster's with SIGKILL: its
+// stores are thrown away).
 func (c *Cluster) shutdownAll() {
-	c.mu.Lock()
-	n := len(c.srvs)
-	c.mu.Unlock()
+	n := c.size()
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() { c.Kill(i) })
 	}
 	wg.Wait()
+}
+
+// isProcesses reports whether the servers are processes (StartProcessCluster).
+func (c *Cluster) isProcesses() bool { return c.bin != "" }
+
+// processStreamLeader asks the cluster for stream's info and returns the index of the leader it
+// names, -1 when there is none or no answer (a leader just killed answers nothing until the
+// election). The request's timeout is short: callers poll, and a test timing the failover sees
+// the new leader within a second of its election rather than of a long timeout.
+func (c *Cluster) processStreamLeader(stream string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	nc, err := c.connectAny()
+	if err != nil {
+		return -1
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return -1
+	}
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return -1
+	}
+	ci := st.CachedInfo().Cluster
+	if ci == nil || ci.Leader == "" {
+		return -1
+	}
+	i := c.Index(ci.Leader)
+	if i < 0 || !c.running(i) {
+		return -1
+	}
+	return i
+}
+
+// StreamMsgs returns how many messages server i holds of stream (in the global account), as its
+// own JetStream report says: a replica's count, not the leader's. Server i must be running.
+func (c *Cluster) StreamMsgs(i int, stream string) (uint64, error) {
+	var info *server.JSInfo
+	if c.isProcesses() {
+		var err error
+		if info, err = c.jsz(i); err != nil {
+			return 0, err
+		}
+	} else {
+		s := c.Servers()[i]
+		if s == nil {
+			return 0, fmt.Errorf("server %s is not running", c.Name(i))
+		}
+		var err error
+		if info, err = s.Jsz(&server.JSzOptions{Accounts: true, Streams: true}); err != nil {
+			return 0, fmt.Errorf("%s jsz: %w", c.Name(i), err)
+		}
+	}
+	for _, a := range info.AccountDetails {
+		for _, st := range a.Streams {
+			if st.Name == stream {
+				return st.State.Msgs, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("server %s holds no stream %s", c.Name(i), stream)
+}
+
+// MoveStreamLeader asks stream's leader to step down in favour of server to (a stepdown request
+// with a preferred placement), for a test that wants one server to lead both the stream and the
+// meta group before it kills it. It returns once the request was accepted; the new leader takes
+// over a moment later (poll StreamLeader).
+func (c *Cluster) MoveStreamLeader(stream string, to int) error {
+	nc, err := c.connectAny()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	req, err := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: c.Name(to)}})
+	if err != nil {
+		return err
+	}
+	msg, err := nc.Request(fmt.Sprintf(server.JSApiStreamLeaderStepDownT, stream), req, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("stream %s stepdown: %w", stream, err)
+	}
+	var resp server.JSApiStreamLeaderStepDownResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return fmt.Errorf("stream %s stepdown: %w", stream, err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("stream %s stepdown to %s: %w", stream, c.Name(to), resp.Error)
+	}
+	return nil
 }

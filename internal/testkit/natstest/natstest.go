@@ -5,7 +5,8 @@
 //	js := natstest.Start(t).JetStream(t)
 //
 // StartCluster runs several such servers routed into one JetStream cluster, for tests of a
-// server's loss (Kill, Restart) with replicated streams.
+// server's loss (Kill, Restart) with replicated streams. StartProcessCluster runs the same as
+// nats-server processes, whose Kill is a SIGKILL: a crash, which an embedded server cannot have.
 //
 // Tests are skipped with -short.
 package natstest
