@@ -25,6 +25,7 @@ type notReplicated struct {
 	cause     error
 }
 
+// Error says how many replicas confirmed, of how many, within what, and why not.
 func (e *notReplicated) Error() string {
 	if e.cause != nil {
 		return fmt.Sprintf("%v: %d of %d replicas confirmed within %s: %v", ErrNotReplicated, e.got, e.want, e.within, e.cause)
@@ -117,8 +118,11 @@ type ackBatch struct {
 	err  error
 }
 
+// DialHook leaves dialling alone: only commands are confirmed.
 func (h *ackHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
+// ProcessHook confirms a single write command after Redis answered it, and reports an
+// unconfirmed one as ErrNotReplicated on the command itself.
 func (h *ackHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
@@ -133,6 +137,9 @@ func (h *ackHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
+// ProcessPipelineHook confirms a pipeline's or transaction's writes with one barrier after the
+// node answered them, and sets ErrNotReplicated on each of them when it fails (their callers
+// read their own commands' errors).
 func (h *ackHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
