@@ -77,7 +77,9 @@ func Resolve(ref string, getenv func(string) string, readFile func(string) ([]by
 	return s, nil
 }
 
-// Scope bounds what references written by tenants or users may name. The operator sets it.
+// Scope bounds what references written by tenants or users may name. The operator sets it for
+// the deployment; the services narrow it to the writer's tenant with For before checking or
+// resolving, because one tenant's admin must not be able to name another tenant's password.
 type Scope struct {
 	// EnvPrefix is the prefix every env: reference must carry, e.g. "POSTAMT_SMTP_"; empty
 	// forbids env: references.
@@ -85,6 +87,32 @@ type Scope struct {
 	// Dir is the directory every file: reference must be inside, e.g. "/run/secrets/postamt";
 	// empty forbids file: references.
 	Dir string
+
+	// tenant is set by For; see there.
+	tenant string
+}
+
+// keyName is what a tenant's file may be called after "TENANT.": a Kubernetes Secret's key
+// (letters, digits, '-', '_' and '.'), so one Secret mounted at Dir holds every tenant's files.
+var keyName = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+
+// For narrows the scope to one tenant: file: references must name a file Dir/TENANT.NAME,
+// env: references a variable EnvPrefix + TENANT + "__" + NAME, TENANT being the tenant id in
+// upper case with '-' as '_' (POSTAMT_SMTP_KANZLEI_MUELLER__RELAY for tenant kanzlei-mueller,
+// /run/secrets/postamt/kanzlei-mueller.relay).
+//
+// Files are named, not nested, so that adding a tenant's password is adding a key to the one
+// Secret mounted at Dir (Secret keys cannot hold '/'); tenant ids (internal/ids.ValidTenant)
+// hold no '.', so the first '.' ends the tenant. Environment names cannot carry '-', so two
+// tenants' variable prefixes could be prefixes of each other's (kanzlei and kanzlei--x); NAME
+// therefore must not start with '_' nor contain "__", which leaves one way to split a name.
+func (s Scope) For(tenant string) Scope {
+	n := Scope{tenant: tenant}
+	if s.EnvPrefix != "" {
+		n.EnvPrefix = s.EnvPrefix + strings.ToUpper(strings.ReplaceAll(tenant, "-", "_")) + "__"
+	}
+	n.Dir = s.Dir
+	return n
 }
 
 // Check reports whether ref is well formed and inside the scope.
@@ -93,15 +121,26 @@ func (s Scope) Check(ref string) error {
 		return err
 	}
 	if name, ok := strings.CutPrefix(ref, "env:"); ok {
-		if s.EnvPrefix == "" || !strings.HasPrefix(name, s.EnvPrefix) {
+		rest, ok := strings.CutPrefix(name, s.EnvPrefix)
+		if s.EnvPrefix == "" || !ok || rest == "" {
 			return fmt.Errorf("env: references must name a variable starting with %q", s.EnvPrefix)
+		}
+		if s.tenant != "" && (strings.HasPrefix(rest, "_") || strings.Contains(rest, "__")) {
+			return fmt.Errorf(`env: references must name a variable %q + NAME, NAME neither starting with '_' nor containing "__"`, s.EnvPrefix)
 		}
 		return nil
 	}
 	p := strings.TrimPrefix(ref, "file:")
 	dir := strings.TrimSuffix(s.Dir, "/")
+	if s.tenant != "" {
+		name, ok := strings.CutPrefix(p, dir+"/"+s.tenant+".")
+		if dir == "" || !ok || !keyName.MatchString(name) {
+			return fmt.Errorf("file: references must name a file %s/%s.NAME, NAME of letters, digits, '-', '_' and '.'", dir, s.tenant)
+		}
+		return nil
+	}
 	if dir == "" || path.Clean(p) != p || !strings.HasPrefix(p, dir+"/") {
-		return fmt.Errorf("file: references must name a file in %s", s.Dir)
+		return fmt.Errorf("file: references must name a file in %s/", dir)
 	}
 	return nil
 }

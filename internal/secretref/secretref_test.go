@@ -114,3 +114,55 @@ func TestScopeResolve(t *testing.T) {
 		}
 	}
 }
+
+// TestScopeForTenant: a tenant's scope admits its own references only, and no tenant id can be
+// chosen so that its variables or files fall into another tenant's scope.
+func TestScopeForTenant(t *testing.T) {
+	base := Scope{EnvPrefix: "POSTAMT_SMTP_", Dir: "/run/secrets/postamt/"}
+	s := base.For("kanzlei-mueller")
+	for ref, ok := range map[string]bool{
+		"env:POSTAMT_SMTP_KANZLEI_MUELLER__PASSWORD":                 true,
+		"env:POSTAMT_SMTP_KANZLEI_MUELLER__RELAY_2":                  true,
+		"file:/run/secrets/postamt/kanzlei-mueller.smtp":             true,
+		"file:/run/secrets/postamt/kanzlei-mueller.a.b-c":            true,
+		"env:POSTAMT_SMTP_KANZLEI_MUELLER_PASSWORD":                  false, // no "__" after the tenant
+		"env:POSTAMT_SMTP_KANZLEI_MUELLER__":                         false,
+		"env:POSTAMT_SMTP_KANZLEI_MUELLER___X":                       false, // NAME starts with '_'
+		"env:POSTAMT_SMTP_KANZLEI_MUELLER__X__Y":                     false, // NAME contains "__"
+		"env:POSTAMT_SMTP_KANZLEI__PASSWORD":                         false, // tenant kanzlei's
+		"file:/run/secrets/postamt/kanzlei.smtp":                     false,
+		"file:/run/secrets/postamt/kanzlei-mueller.":                 false,
+		"file:/run/secrets/postamt/kanzlei-mueller./../kanzlei.smtp": false,
+		"file:/run/secrets/postamt/kanzlei-mueller/smtp":             false, // nested: Secret keys hold no '/'
+		"file:/run/secrets/postamt/smtp":                             false, // the shared directory
+		"file:/run/secrets/postamt/kanzlei-mueller":                  false,
+	} {
+		if err := s.Check(ref); (err == nil) != ok {
+			t.Errorf("Check(%q) = %v, want allowed %v", ref, err, ok)
+		}
+	}
+	if _, err := s.Resolve("env:POSTAMT_SMTP_KANZLEI__PASSWORD", func(string) string { return "pw" }, nil); err == nil {
+		t.Error("Resolve admitted another tenant's variable")
+	}
+
+	// Every variable and file name is admitted by at most one tenant, even for tenant ids built
+	// to collide once '-' becomes '_'.
+	tenants := []string{"a", "a-", "a--", "a-b", "a--b", "a-b-", "ab", "a-x-b", "x"}
+	names := []string{"P", "B__P", "_P", "B_P", "X_B__P", "_B__P", "__P", "B___P", "P_"}
+	for _, tn := range tenants {
+		prefix := base.For(tn).EnvPrefix
+		for _, n := range names {
+			for _, ref := range []string{"env:" + prefix + n, "file:/run/secrets/postamt/" + tn + "." + strings.ToLower(n)} {
+				var admitted []string
+				for _, other := range tenants {
+					if base.For(other).Check(ref) == nil {
+						admitted = append(admitted, other)
+					}
+				}
+				if len(admitted) > 1 {
+					t.Errorf("%s is admitted for tenants %q", ref, admitted)
+				}
+			}
+		}
+	}
+}

@@ -54,8 +54,8 @@ type Config struct {
 	PushMaxAttempts    int           `env:"CALENDAR_PUSH_MAX_ATTEMPTS, default=8" desc:"attempts of one push delivery before it is dead"`
 	PushTimeout        time.Duration `env:"CALENDAR_PUSH_TIMEOUT, default=30s" desc:"timeout of each CalDAV request"`
 	PushLease          time.Duration `env:"CALENDAR_PUSH_LEASE, default=2m" desc:"how long a claimed push delivery is held before another worker may take it"`
-	SecretEnvPrefix    string        `env:"CALENDAR_SECRET_ENV_PREFIX, default=POSTAMT_CALDAV_" desc:"prefix of the environment variables a CalDAV password_ref (env:NAME) may name"`
-	SecretDir          string        `env:"CALENDAR_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a CalDAV password_ref (file:/path) may name"`
+	SecretEnvPrefix    string        `env:"CALENDAR_SECRET_ENV_PREFIX, default=POSTAMT_CALDAV_" desc:"prefix of the environment variables a CalDAV password_ref may name, followed by the tenant and __ (env:POSTAMT_CALDAV_KANZLEI__HUBER)"`
+	SecretDir          string        `env:"CALENDAR_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a CalDAV password_ref may name, each called TENANT.NAME (file:/run/secrets/postamt/kanzlei.huber)"`
 	SyncLogMaxLines    int           `env:"CALENDAR_SYNC_LOG_MAX_LINES, default=1000" desc:"lines kept per user's sync log (approximately)"`
 	SyncLogRetention   time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age after which sync log lines are dropped (and no longer read back)"`
 	RelayBatch         int           `env:"CALENDAR_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`

@@ -299,6 +299,19 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("UpdateUserSettings = %v (%v), want InvalidArgument on password_ref", err, got)
 		}
 	})
+	t.Run("another tenant's password", func(t *testing.T) {
+		// The references are scoped per tenant: andere's user may name POSTAMT_CALDAV_ANDERE__*
+		// and /run/secrets/postamt/andere.*, never kanzlei's.
+		for _, ref := range []string{"env:POSTAMT_CALDAV_KANZLEI__ANWALT", "file:/run/secrets/postamt/kanzlei.anwalt", "env:POSTAMT_CALDAV_ANWALT"} {
+			_, err := e.calendar.UpdateUserSettings(e.other(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
+				Mode:   calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH,
+				Caldav: &calendarv1.CalDAVTarget{CalendarUrl: "https://dav.example/huber/", Username: "huber", PasswordRef: ref},
+			}})
+			if got := fieldViolations(err); status.Code(err) != codes.InvalidArgument || !slices.Equal(got, []string{"settings.caldav.password_ref"}) {
+				t.Errorf("UpdateUserSettings(%s) in andere = %v (%v), want InvalidArgument on password_ref", ref, err, got)
+			}
+		}
+	})
 	t.Run("agent with another user's token", func(t *testing.T) {
 		_, _, err := e.connect("maier", &calendarv1.Hello{AgentId: "pc-1", UserId: "huber"})
 		if status.Code(err) != codes.PermissionDenied {

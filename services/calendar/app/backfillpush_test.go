@@ -23,7 +23,7 @@ func TestLiveAgentToServerPushBackfill(t *testing.T) {
 	dav := radicaletest.Start(t, radicaletest.WithUser("anwalt", davPassword))
 	e := startEnv(t, envOptions{deps: func(d *app.Deps) {
 		d.Getenv = func(name string) string {
-			if name == "POSTAMT_CALDAV_ANWALT" {
+			if name == "POSTAMT_CALDAV_KANZLEI__ANWALT" {
 				return davPassword
 			}
 			return ""
@@ -61,7 +61,7 @@ func TestLiveAgentToServerPushBackfill(t *testing.T) {
 
 	if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 		UserId: "anwalt", Mode: calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH, SyncLogEnabled: true,
-		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: calURL, Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_ANWALT"},
+		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: calURL, Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_KANZLEI__ANWALT"},
 	}}); err != nil {
 		t.Fatal(err)
 	}

@@ -127,7 +127,7 @@ func TestBecomingEligibleQueuesWhatWaits(t *testing.T) {
 			t.Helper()
 			if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 				UserId: "anwalt", Mode: mode, SyncLogEnabled: true,
-				Caldav: &calendarv1.CalDAVTarget{CalendarUrl: "https://dav.invalid/anwalt/", Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_ANWALT"},
+				Caldav: &calendarv1.CalDAVTarget{CalendarUrl: "https://dav.invalid/anwalt/", Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_KANZLEI__ANWALT"},
 			}}); err != nil {
 				t.Fatal(err)
 			}

@@ -36,7 +36,7 @@ func TestWhyNoLiveAgent(t *testing.T) {
 		t.Helper()
 		s := &calendarv1.UserSettings{UserId: user, Mode: mode}
 		if mode == calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH {
-			s.Caldav = &calendarv1.CalDAVTarget{CalendarUrl: "https://dav.invalid/" + user + "/", Username: user, PasswordRef: "env:POSTAMT_CALDAV_X"}
+			s.Caldav = &calendarv1.CalDAVTarget{CalendarUrl: "https://dav.invalid/" + user + "/", Username: user, PasswordRef: "env:POSTAMT_CALDAV_KANZLEI__X"}
 		}
 		if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: s}); err != nil {
 			t.Fatal(err)

@@ -31,7 +31,7 @@ func startPushEnv(t *testing.T) *pushEnv {
 	t.Helper()
 	dav := radicaletest.Start(t, radicaletest.WithUser("anwalt", davPassword))
 	getenv := func(name string) string {
-		if name == "POSTAMT_CALDAV_ANWALT" {
+		if name == "POSTAMT_CALDAV_KANZLEI__ANWALT" {
 			return davPassword
 		}
 		return ""
@@ -40,7 +40,7 @@ func startPushEnv(t *testing.T) *pushEnv {
 	calURL := dav.CalendarURL("anwalt", "postamt")
 	if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 		UserId: "anwalt", Mode: calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH, SyncLogEnabled: true,
-		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: calURL, Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_ANWALT"},
+		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: calURL, Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_KANZLEI__ANWALT"},
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestCalDAVPushBadCredentials(t *testing.T) {
 	}})
 	if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 		UserId: "anwalt", Mode: calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH,
-		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: dav.CalendarURL("anwalt", "postamt"), Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_ANWALT"},
+		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: dav.CalendarURL("anwalt", "postamt"), Username: "anwalt", PasswordRef: "env:POSTAMT_CALDAV_KANZLEI__ANWALT"},
 	}}); err != nil {
 		t.Fatal(err)
 	}

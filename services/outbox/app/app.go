@@ -63,8 +63,8 @@ type Config struct {
 	StopTimeout        time.Duration `env:"OUTBOX_STOP_TIMEOUT, default=60s" desc:"on SIGTERM, how long SMTP conversations in progress get to finish; claims not started are handed back at once"`
 	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply, and of each 64 KiB of a message while it is written"`
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
-	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref (env:NAME) may name"`
-	SecretDir          string        `env:"OUTBOX_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a connector's secret_ref (file:/path) may name"`
+	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref may name, followed by the tenant and __ (env:POSTAMT_SMTP_KANZLEI__RELAY)"`
+	SecretDir          string        `env:"OUTBOX_SECRET_DIR, default=/run/secrets/postamt" desc:"directory of the files a connector's secret_ref may name, each called TENANT.NAME (file:/run/secrets/postamt/kanzlei.relay)"`
 	MaxFilterScan      int           `env:"OUTBOX_MAX_FILTER_SCAN, default=10000" desc:"most emails one list or count reads to apply a filter or order the indexes do not answer (connector, work item, mailbox, text; the submit and last-attempt orders)"`
 	MaxSelection       int           `env:"OUTBOX_MAX_SELECTION, default=100000" desc:"most emails one bulk action (send now, cancel, retry, reschedule, move) may select by filter"`
 	RelayBatch         int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`

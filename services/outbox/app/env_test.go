@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,6 +48,8 @@ type env struct {
 	replica func() outboxv1.OutboxServiceClient
 	// metrics are the outboxes' registries, the first one's first.
 	metrics []*prometheus.Registry
+	// secrets are the outboxes' environment as connectors' env: references read it.
+	secrets sync.Map
 }
 
 // sent is how many attempts an outbox replica recorded as sent.
@@ -113,7 +116,12 @@ func startEnvPartitions(t *testing.T, partitions int, opts ...envOption) *env {
 		e.metrics = append(e.metrics, reg)
 		ob, err := app.New(cfg, app.Deps{
 			Logger: logger, Redis: e.rdb, JS: e.js, Verifier: verifier, Signer: signer, Metrics: reg, Server: serverOpts,
-			Getenv: func(string) string { return "" }, Partitions: partitions,
+			Getenv: func(k string) string {
+				v, _ := e.secrets.Load(k)
+				s, _ := v.(string)
+				return s
+			},
+			Partitions: partitions,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -61,7 +61,8 @@ type Directory interface {
 type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Secrets bounds the password references of CalDAV targets.
+	// Secrets bounds the password references of CalDAV targets, narrowed to the writer's
+	// tenant.
 	Secrets secretref.Scope
 	// Builder encodes revisions; nil means ical.NewBuilder with defaults.
 	Builder *ical.Builder
@@ -620,7 +621,7 @@ func (s *Service) UpdateUserSettings(ctx context.Context, p auth.Principal, in U
 	}
 	t := in.CalDAV
 	if in.Mode == ModeServerPush || t != (CalDAVTarget{}) {
-		checkTarget(&v, t, s.opts.Secrets, in.Mode == ModeServerPush)
+		checkTarget(&v, t, s.opts.Secrets.For(p.Tenant), in.Mode == ModeServerPush)
 	}
 	if err := v.Err(); err != nil {
 		return UserSettings{}, err

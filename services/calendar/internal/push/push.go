@@ -55,7 +55,7 @@ import (
 // Worker pushes due deliveries. Set the fields, then Run.
 type Worker struct {
 	Store *redisstore.Store
-	// Secrets bounds and resolves password references.
+	// Secrets bounds and resolves password references, narrowed to the entry's tenant.
 	Secrets secretref.Scope
 	// Getenv and ReadFile resolve references; nil means the process's.
 	Getenv   func(string) string
@@ -217,7 +217,7 @@ func (w *Worker) deliver(ctx context.Context, due redisstore.DuePush) error {
 		c, err = caldav.New(caldav.Config{
 			CalendarURL: us.CalDAV.URL, HTTPClient: w.HTTPClient, RequestTimeout: w.RequestTimeout,
 			Credentials: func(context.Context) (caldav.Credentials, error) {
-				pw, err := w.Secrets.Resolve(us.CalDAV.PasswordRef, w.Getenv, w.ReadFile)
+				pw, err := w.Secrets.For(due.Tenant).Resolve(us.CalDAV.PasswordRef, w.Getenv, w.ReadFile)
 				return caldav.Credentials{Username: us.CalDAV.Username, Password: pw}, err
 			},
 		})

@@ -30,8 +30,9 @@ import (
 // SenderOptions are the SMTP settings every connector's sender shares.
 type SenderOptions struct {
 	CommandTimeout, SubmitTimeout time.Duration
-	// Scope bounds the secret references connectors may use; resolving checks it again, so a
-	// connector stored before the scope was narrowed cannot read outside it.
+	// Scope bounds the secret references connectors may use, narrowed to the connector's tenant
+	// (secretref.Scope.For); resolving checks it again, so a connector stored before the scope
+	// was narrowed cannot read outside it.
 	Scope secretref.Scope
 	// Getenv and ReadFile resolve secret references.
 	Getenv   func(string) string
@@ -107,13 +108,13 @@ func (r *Registry) Load(ctx context.Context) error {
 }
 
 func (r *Registry) newSender(c connector.Connector) *smtp.Sender {
-	ref := c.SecretRef
+	ref, scope := c.SecretRef, r.opts.Scope.For(c.Tenant)
 	return smtp.New(smtp.Config{
 		Host: c.Host, Port: c.Port, TLS: c.TLS, PoolSize: c.PoolSize,
 		CommandTimeout: r.opts.CommandTimeout, SubmitTimeout: r.opts.SubmitTimeout,
 		Auth: c.Auth, Username: c.Username,
 		Secret: func() (string, error) {
-			return r.opts.Scope.Resolve(ref, r.opts.Getenv, r.opts.ReadFile)
+			return scope.Resolve(ref, r.opts.Getenv, r.opts.ReadFile)
 		},
 	})
 }
@@ -482,14 +483,15 @@ func (a *ConnectorAdmin) requeue(ctx context.Context, id string, due time.Time) 
 	return false, redisstore.ErrChanged
 }
 
-// connectorFrom validates a connector from the API, its secret reference within the scope.
+// connectorFrom validates a connector from the API, its secret reference within the tenant's
+// part of the scope.
 func (a *ConnectorAdmin) connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, error) {
 	c, err := connectorFrom(tenant, in)
 	if err != nil {
 		return c, err
 	}
 	if c.SecretRef != "" {
-		if err := a.registry.opts.Scope.Check(c.SecretRef); err != nil {
+		if err := a.registry.opts.Scope.For(tenant).Check(c.SecretRef); err != nil {
 			return connector.Connector{}, errs.Invalid("connector.secret_ref", err.Error())
 		}
 	}

@@ -729,8 +729,10 @@ type CalDAVTarget struct {
 	CalendarUrl string `protobuf:"bytes,1,opt,name=calendar_url,json=calendarUrl,proto3" json:"calendar_url,omitempty"`
 	// The calendar account.
 	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	// Where the password is: "env:NAME" (an environment variable with the operator's prefix) or
-	// "file:/path" (a file in the operator's secret directory).
+	// Where the password is, within the user's tenant's part of the operator's scope:
+	// "env:PREFIX" + TENANT + "__" + NAME (CALENDAR_SECRET_ENV_PREFIX, the tenant id upper-cased
+	// with '-' as '_', e.g. env:POSTAMT_CALDAV_KANZLEI__HUBER) or "file:" + DIR + "/" + tenant +
+	// "." + NAME (CALENDAR_SECRET_DIR, e.g. file:/run/secrets/postamt/kanzlei.huber).
 	PasswordRef   string `protobuf:"bytes,3,opt,name=password_ref,json=passwordRef,proto3" json:"password_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

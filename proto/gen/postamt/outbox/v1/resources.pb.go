@@ -1320,8 +1320,12 @@ type Connector struct {
 	AuthMechanism AuthMechanism `protobuf:"varint,6,opt,name=auth_mechanism,json=authMechanism,proto3,enum=postamt.outbox.v1.AuthMechanism" json:"auth_mechanism,omitempty"`
 	// User name for AUTH.
 	Username string `protobuf:"bytes,7,opt,name=username,proto3" json:"username,omitempty"`
-	// Where the password is: "env:NAME" or "file:/path". The secret itself is never stored or
-	// returned.
+	// Where the password is, within the tenant's part of the operator's scope:
+	// "env:PREFIX" + TENANT + "__" + NAME (OUTBOX_SECRET_ENV_PREFIX, the tenant id upper-cased
+	// with '-' as '_', e.g. env:POSTAMT_SMTP_KANZLEI__RELAY) or "file:" + DIR + "/" + tenant + "." +
+	// NAME (OUTBOX_SECRET_DIR, e.g. file:/run/secrets/postamt/kanzlei.relay). Another tenant's
+	// references are refused (INVALID_ARGUMENT on connector.secret_ref). The secret itself is
+	// never stored or returned.
 	SecretRef string `protobuf:"bytes,8,opt,name=secret_ref,json=secretRef,proto3" json:"secret_ref,omitempty"`
 	// Delays between automatic attempts, e.g. [1m, 5m, 15m, 1h, 4h]; the last repeats while
 	// attempts remain.
