@@ -178,6 +178,37 @@ func (b BadToken) CheckRefused(tb testing.TB, err error) {
 	}
 }
 
+// GoodToken is a one-hour token of cfg for MatrixPrincipal: the control of a matrix test.
+func GoodToken(tb testing.TB, cfg auth.Config) string {
+	tb.Helper()
+	s, err := auth.NewSigner(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tok, err := s.Mint(MatrixPrincipal, time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// CheckMatrix runs a service's side of the token matrix: call, made with the credential in ctx's
+// outgoing metadata, first with GoodToken (it may fail, a tenant "matrix" has nothing, but not
+// as unauthenticated: the call reaches the verifier configured with cfg and passes it), then once
+// per BadTokens case in a subtest, each of which must be refused (BadToken.CheckRefused).
+func CheckMatrix(t *testing.T, cfg auth.Config, call func(ctx context.Context) error) {
+	t.Helper()
+	good := BadToken{Authorization: "Bearer " + GoodToken(t, cfg)}
+	if err := call(good.Outgoing(context.Background())); status.Code(err) == codes.Unauthenticated {
+		t.Fatalf("a good token is refused: %v", err)
+	}
+	for _, b := range BadTokens(t, cfg) {
+		t.Run(b.Name, func(t *testing.T) {
+			b.CheckRefused(t, call(b.Outgoing(context.Background())))
+		})
+	}
+}
+
 // BadTokens is the token matrix: every way a credential can be wrong, minted from cfg's own keys
 // (its HS256 secret or signing key for tokens that are well signed but claim the wrong thing, its
 // JWKS public keys for algorithm confusion), so a verifier configured with cfg must refuse each
