@@ -111,6 +111,9 @@ func (s *Service) UpdateSettings(ctx context.Context, p auth.Principal, in *outb
 			}
 		case "visible_columns":
 			cols := in.GetVisibleColumns()
+			if n := len(outboxv1.Column_name) - 1; len(cols) > n {
+				v.Addf("settings.visible_columns", "must hold at most %d columns", n)
+			}
 			if !slices.Contains(cols, outboxv1.Column_COLUMN_TO) || !slices.Contains(cols, outboxv1.Column_COLUMN_SUBJECT) {
 				v.Add("settings.visible_columns", "To and Subject cannot be hidden")
 			}
