@@ -274,7 +274,7 @@ func (s *Service) UpsertRecord(ctx context.Context, p auth.Principal, r Record) 
 	case r.Kind != KindOther && r.EntityType != "":
 		v.Add("record.entity_type", "must be empty unless the kind is OTHER")
 	}
-	checkText(&v, "record.display_name", r.DisplayName, maxNameLen)
+	v.Line("record.display_name", r.DisplayName, maxNameLen)
 	switch n := len(r.Addresses); {
 	case n == 0:
 		v.Add("record.email_addresses", "needs at least one address")
@@ -358,7 +358,7 @@ func (s *Service) ListRecords(ctx context.Context, p auth.Principal, pr PageRequ
 func (s *Service) IssueTrackingToken(ctx context.Context, p auth.Principal, recordID, subject string, onlyIfEnabled bool) (Token, string, error) {
 	var v errs.Violations
 	checkID(&v, "regarding_record_id", recordID)
-	checkText(&v, "subject", subject, maxSubject)
+	v.Line("subject", subject, maxSubject)
 	if err := v.Err(); err != nil {
 		return Token{}, "", err
 	}
@@ -407,9 +407,7 @@ func parseSentItem(field string, in SentItemInput) (*Message, error) {
 	var v errs.Violations
 	checkID(&v, field+".mailbox_id", in.MailboxID)
 	checkID(&v, field+".sending_user_id", in.SenderUser)
-	if len(in.ThreadID) > maxThreadID || strings.IndexFunc(in.ThreadID, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
-		v.Addf(field+".thread_id", "must be at most %d characters without control characters", maxThreadID)
-	}
+	v.Line(field+".thread_id", in.ThreadID, maxThreadID)
 	m, err := ParseHeaders(field+".raw_headers", in.RawHeaders)
 	if err != nil {
 		var e *errs.Error
