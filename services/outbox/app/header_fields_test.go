@@ -139,6 +139,10 @@ func TestHeaderFieldsRefuseLineBreaks(t *testing.T) {
 			_, err := ob.ListEmails(ctx, &outboxv1.ListEmailsRequest{Filter: &outboxv1.EmailFilter{Text: bad("Unterlagen")}})
 			return err
 		}},
+		{"UpdateUserSettings", "settings.user_id", admin, func(ctx context.Context, bad func(string) string) error {
+			_, err := ob.UpdateUserSettings(ctx, &outboxv1.UpdateUserSettingsRequest{Settings: &outboxv1.UserSettings{UserId: bad("eva"), PageSize: 20}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"page_size"}}})
+			return err
+		}},
 		{"Cancel", "selection.email_ids[0]", eva, func(ctx context.Context, bad func(string) string) error {
 			_, err := ob.Cancel(ctx, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{EmailIds: []string{bad("e1")}}})
 			return err

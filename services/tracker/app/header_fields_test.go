@@ -62,6 +62,11 @@ func TestHeaderFieldsRefuseLineBreaks(t *testing.T) {
 			_, err := tr.UpsertRecord(ctx, &trackerv1.UpsertRecordRequest{Record: record(func(r *trackerv1.Record) { r.EmailAddresses = append(r.EmailAddresses, bad("info@kunde.example")) })})
 			return err
 		}},
+		{"UpdateUserSettings", "settings.user_id", func(_ context.Context, bad func(string) string) error {
+			opt := int32(0)
+			_, err := tr.UpdateUserSettings(admin, &trackerv1.UpdateUserSettingsRequest{Settings: &trackerv1.UserSettings{UserId: bad("max"), AcceptanceOption: &opt}})
+			return err
+		}},
 		{"ListRecords", "email_address", func(ctx context.Context, bad func(string) string) error {
 			_, err := tr.ListRecords(ctx, &trackerv1.ListRecordsRequest{EmailAddress: bad("erika@kunde.example")})
 			return err
