@@ -75,8 +75,8 @@ const (
 //     is stored. Addresses are plain addr-specs of at most 254 bytes.
 //   - A token whose tenant id is malformed is UNAUTHENTICATED.
 //   - Paging (AIP-158): page_size 0 means the default (50), above 500 is clamped to 500, negative
-//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue is
-//     INVALID_ARGUMENT naming page_token.
+//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue (page tokens
+//     are at most 512 bytes) is INVALID_ARGUMENT naming page_token.
 //   - A dependency that is down (Redis, NATS, another service) is UNAVAILABLE with a RetryInfo
 //     detail; INTERNAL means a bug.
 type MailboxServiceClient interface {
@@ -497,8 +497,8 @@ func (c *mailboxServiceClient) ListSentItems(ctx context.Context, in *ListSentIt
 //     is stored. Addresses are plain addr-specs of at most 254 bytes.
 //   - A token whose tenant id is malformed is UNAUTHENTICATED.
 //   - Paging (AIP-158): page_size 0 means the default (50), above 500 is clamped to 500, negative
-//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue is
-//     INVALID_ARGUMENT naming page_token.
+//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue (page tokens
+//     are at most 512 bytes) is INVALID_ARGUMENT naming page_token.
 //   - A dependency that is down (Redis, NATS, another service) is UNAVAILABLE with a RetryInfo
 //     detail; INTERNAL means a bug.
 type MailboxServiceServer interface {

@@ -1217,7 +1217,8 @@ type isExplainTrackingRequest_Target interface {
 }
 
 type ExplainTrackingRequest_MessageId struct {
-	// A message that arrived: the decision recorded then.
+	// A message that arrived: the decision recorded then. With or without angle brackets; at
+	// most 995 bytes without spaces or control characters.
 	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3,oneof"`
 }
 
