@@ -34,16 +34,27 @@ func (v *Verifier) Authenticate(ctx context.Context) (context.Context, error) {
 	if len(vals) > 1 {
 		return nil, errs.Unauthenticated("more than one authorization value", nil)
 	}
-	scheme, token, ok := strings.Cut(vals[0], " ")
-	token = strings.TrimSpace(token)
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return nil, errs.Unauthenticated(`authorization must be "Bearer <token>"`, nil)
+	token, err := BearerToken(vals[0])
+	if err != nil {
+		return nil, err
 	}
 	p, err := v.Verify(token)
 	if err != nil {
 		return nil, err
 	}
 	return NewContext(ctx, p), nil
+}
+
+// BearerToken returns the token of an Authorization value, "Bearer <token>" with the scheme in
+// any case (RFC 7235 §2.1), for the gRPC side and the gateway's HTTP side alike. Any other value
+// is an errs.Unauthenticated error whose message never repeats it.
+func BearerToken(authorization string) (string, error) {
+	scheme, token, ok := strings.Cut(authorization, " ")
+	token = strings.TrimSpace(token)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return "", errs.Unauthenticated(`authorization must be "Bearer <token>"`, nil)
+	}
+	return token, nil
 }
 
 // UnaryServerInterceptor authenticates every unary call but the open ones (OpenMethod) and puts

@@ -72,6 +72,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
+		// iat in the future (beyond the leeway) is refused like nbf: such a token was minted by a
+		// clock that cannot be trusted, or made to outlive its issuer's intent.
+		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.Leeway),
 		jwt.WithAudience(aud),
 	}
@@ -82,8 +85,8 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	return v, nil
 }
 
-// Verify checks a token (signature, algorithm, exp, nbf, aud, iss, a well-formed tenant id:
-// ids.ValidTenant) and returns its principal.
+// Verify checks a token (signature, algorithm, exp, nbf, iat, aud, iss, a well-formed tenant
+// id: ids.ValidTenant) and returns its principal.
 // Every failure is an errs.Unauthenticated error that says "expired" or "invalid", never which
 // check failed; the cause is kept for logs.
 func (v *Verifier) Verify(token string) (Principal, error) {

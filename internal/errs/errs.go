@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -237,4 +238,49 @@ func Invalid(field, description string) error {
 	var v Violations
 	v.Add(field, description)
 	return v.Err()
+}
+
+// LineRule is what Line asks of a value, as a field violation says it.
+const LineRule = "must be one line of text: no CR, LF, NUL or other control character (a tab is allowed)"
+
+// Line records a violation of field unless s is one line of text that can go into a mail header,
+// an iCalendar property, a Redis key or a line-oriented protocol (SMTP, a log line) as it is:
+// valid UTF-8, at most max characters, and no CR, LF, NUL or other control character (C0, DEL,
+// C1; a tab is allowed, as header folding leaves it) and no Unicode line or paragraph separator.
+// It is the suite's one rule for such fields — subjects, display names, Message-IDs, idempotency
+// keys, file names, host and user names — so every service refuses the same bytes the same way
+// (InvalidArgument naming the field). An empty s passes: whether the field is required is the
+// caller's rule. It reports whether s passed.
+func (v *Violations) Line(field, s string, max int) bool {
+	switch {
+	case !utf8.ValidString(s):
+		v.Add(field, "must be valid UTF-8")
+	case strings.ContainsFunc(s, notInLine):
+		v.Add(field, LineRule)
+	case utf8.RuneCountInString(s) > max:
+		v.Addf(field, "must be at most %d characters", max)
+	default:
+		return true
+	}
+	return false
+}
+
+// Lines is Line for a list a caller sends: at most maxCount values (a violation of field), each
+// a Line of at most maxLen characters, named field[i]. It reports whether the list passed.
+func (v *Violations) Lines(field string, list []string, maxCount, maxLen int) bool {
+	if len(list) > maxCount {
+		v.Addf(field, "must hold at most %d values", maxCount)
+		return false
+	}
+	ok := true
+	for i, s := range list {
+		ok = v.Line(field+"["+strconv.Itoa(i)+"]", s, maxLen) && ok
+	}
+	return ok
+}
+
+// notInLine is what Line refuses: control characters but the tab, and the Unicode line and
+// paragraph separators (which some readers break lines at).
+func notInLine(r rune) bool {
+	return (unicode.IsControl(r) && r != '\t') || r == '\u2028' || r == '\u2029'
 }

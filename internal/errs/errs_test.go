@@ -88,3 +88,57 @@ func TestQuote(t *testing.T) {
 		t.Errorf("NotFound message %q echoes raw input", s.Message())
 	}
 }
+
+func TestLine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    string
+		max  int
+		want string // the description, empty when s passes
+	}{
+		{"empty", "", 10, ""},
+		{"plain", "Hallo Welt", 10, ""},
+		{"umlauts count as characters", "Grüße aus Köln", 14, ""},
+		{"tab", "a\tb", 10, ""},
+		{"CR", "a\rb", 10, errs.LineRule},
+		{"LF", "a\nb", 10, errs.LineRule},
+		{"CRLF header injection", "Hallo\r\nBcc: x@example.com", 100, errs.LineRule},
+		{"NUL", "a\x00b", 10, errs.LineRule},
+		{"DEL", "a\x7fb", 10, errs.LineRule},
+		{"escape", "a\x1b[31mb", 10, errs.LineRule},
+		{"C1 NEL", "a\u0085b", 10, errs.LineRule},
+		{"line separator", "a\u2028b", 10, errs.LineRule},
+		{"paragraph separator", "a\u2029b", 10, errs.LineRule},
+		{"invalid UTF-8", "a\xffb", 10, "must be valid UTF-8"},
+		{"too long", "abcdefghijk", 10, "must be at most 10 characters"},
+		{"too long with a control character names the control character", strings.Repeat("a", 20) + "\n", 10, errs.LineRule},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var v errs.Violations
+			ok := v.Line("subject", tc.s, tc.max)
+			if ok != (tc.want == "") {
+				t.Fatalf("Line = %v, violations %v", ok, v)
+			}
+			if tc.want == "" {
+				return
+			}
+			if len(v) != 1 || v[0].Field != "subject" || v[0].Description != tc.want {
+				t.Errorf("violations %+v, want subject: %s", v, tc.want)
+			}
+		})
+	}
+}
+
+func TestLines(t *testing.T) {
+	var v errs.Violations
+	if !v.Lines("references", []string{"a@b", "c@d"}, 2, 10) || len(v) != 0 {
+		t.Fatalf("two good lines: %v", v)
+	}
+	if v.Lines("references", []string{"a@b", "c@d", "e@f"}, 2, 10) || len(v) != 1 || v[0].Field != "references" {
+		t.Fatalf("three lines of at most two: %v", v)
+	}
+	v = nil
+	if v.Lines("references", []string{"a@b", "c\r\n@d", "e\x00f"}, 5, 10) || len(v) != 2 || v[0].Field != "references[1]" || v[1].Field != "references[2]" {
+		t.Fatalf("bad elements: %v", v)
+	}
+}

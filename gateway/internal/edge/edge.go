@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -120,9 +119,19 @@ func (o Options) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		return
 	}
 	ctx := grpcserver.WithRequestID(r.Context(), id)
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	// The gRPC side's rules (auth.Verifier.Authenticate): one Authorization value, "Bearer
+	// <token>" with the scheme in any case; no message repeats what was sent.
+	switch vals := r.Header.Values("Authorization"); {
+	case len(vals) == 0 || vals[0] == "":
 		o.fail(ctx, w, r, errs.Unauthenticated("missing bearer token (Authorization: Bearer <JWT>)", nil))
+		return
+	case len(vals) > 1:
+		o.fail(ctx, w, r, errs.Unauthenticated("more than one Authorization header", nil))
+		return
+	}
+	token, err := auth.BearerToken(r.Header.Get("Authorization"))
+	if err != nil {
+		o.fail(ctx, w, r, err)
 		return
 	}
 	p, err := o.Verifier.Verify(token)

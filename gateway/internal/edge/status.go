@@ -112,11 +112,38 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	if code == 0 {
 		code = HTTPStatus(st)
 	}
+	if code == http.StatusUnauthorized {
+		// grpc-gateway writes the status message as the challenge, which is no challenge at all;
+		// ours replaces it just before the header goes out.
+		w = challengeWriter{ResponseWriter: w, challenge: wwwAuthenticate(r)}
+	}
 	if d := retryDelay(st); d > 0 && (code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
 	}
 	x.failed = st
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: code, Err: st.Err()})
+}
+
+// wwwAuthenticate is the challenge of a 401 (RFC 6750 §3): the bearer scheme, and
+// error="invalid_token" when the request carried a credential that was refused (none when it
+// carried nothing, as §3.1 asks).
+func wwwAuthenticate(r *http.Request) string {
+	if r.Header.Get("Authorization") == "" {
+		return `Bearer realm="postamt"`
+	}
+	return `Bearer realm="postamt", error="invalid_token"`
+}
+
+// challengeWriter sets WWW-Authenticate when the header is written, over what the error
+// handler set before.
+type challengeWriter struct {
+	http.ResponseWriter
+	challenge string
+}
+
+func (w challengeWriter) WriteHeader(code int) {
+	w.Header().Set("WWW-Authenticate", w.challenge)
+	w.ResponseWriter.WriteHeader(code)
 }
 
 // explain turns the statuses grpc-gateway makes of the gateway's own reading of a request into

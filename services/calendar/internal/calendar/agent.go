@@ -351,9 +351,14 @@ func (a *session) received(ctx context.Context, m AgentMessage) error {
 	if k.Outcome != OutcomeApplied && k.Outcome != OutcomeConflict && k.Outcome != OutcomeError {
 		v.Add("ack.outcome", "must be APPLIED, CONFLICT or ERROR")
 	}
-	for f, s := range map[string]string{"ack.remote_id": k.RemoteID, "ack.remote_version": k.RemoteVersion, "ack.message": k.Message} {
-		if len(s) > maxRemoteLen {
-			v.Addf(f, "is longer than %d bytes", maxRemoteLen)
+	// The remote id and version are kept together on one line (and handed back in Delivery): one
+	// line each. The message goes to the sync log as the agent wrote it.
+	for _, r := range []struct{ field, s string }{{"ack.remote_id", k.RemoteID}, {"ack.remote_version", k.RemoteVersion}, {"ack.message", k.Message}} {
+		switch {
+		case len(r.s) > maxRemoteLen:
+			v.Addf(r.field, "is longer than %d bytes", maxRemoteLen)
+		case r.field != "ack.message":
+			v.Line(r.field, r.s, maxRemoteLen)
 		}
 	}
 	if err := v.Err(); err != nil {

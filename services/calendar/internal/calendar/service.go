@@ -44,6 +44,9 @@ const (
 	maxUsernameLen = 256
 	maxRefLen      = 512
 	maxRemoteLen   = 1024
+	// maxLineLen bounds summary and location (in characters; iCalendar's own bound, 1024 bytes,
+	// applies too).
+	maxLineLen = 1024
 	// MaxRevisions bounds an entry's history; a deadline edited thousands of times is a bug.
 	MaxRevisions  = 10000
 	writeAttempts = 8
@@ -145,15 +148,15 @@ func requireAdmin(p auth.Principal) error {
 }
 
 // selfOrAdmin resolves the user a call is about (empty: the caller) and checks the caller may
-// act for them.
-func selfOrAdmin(p auth.Principal, userID string) (string, error) {
+// act for them; field is the request's path of the user id.
+func selfOrAdmin(p auth.Principal, field, userID string) (string, error) {
 	if userID == "" {
 		userID = p.User
 	}
 	if userID == "" {
-		return "", errs.Invalid("user_id", "is required for service callers")
+		return "", errs.Invalid(field, "is required for service callers")
 	}
-	if err := checkID("user_id", userID); err != nil {
+	if err := checkID(field, userID); err != nil {
 		return "", err
 	}
 	if userID != p.User && !p.IsAdmin() && !p.IsService() {
@@ -213,6 +216,7 @@ func (s *Service) CreateEntry(ctx context.Context, p auth.Principal, in Entry) (
 	} else if !ids.Valid(in.Owner) {
 		v.Add("entry.owner_user_id", "is not a user id")
 	}
+	checkLines(&v, in)
 	if err := v.Err(); err != nil {
 		return nil, false, err
 	}
@@ -270,6 +274,16 @@ func fingerprint(e Entry) string {
 	b, _ := json.Marshal(e) // plain data: cannot fail
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:12])
+}
+
+// checkLines holds a caller's summary and location to the one line rule (errs.Violations.Line):
+// iCalendar escapes a line break in them, but they are one-line fields everywhere they are shown
+// (a calendar's title and place, a notification), and a NUL is refused by iCalendar anyway. The
+// description may have lines. Revisions adopted from a CalDAV calendar (AdoptCalendarChange)
+// keep what the calendar holds: iCalendar's own rules apply to them.
+func checkLines(v *errs.Violations, in Entry) {
+	v.Line("entry.summary", in.Summary, maxLineLen)
+	v.Line("entry.location", in.Location, maxLineLen)
 }
 
 // fieldNames maps ical's field names to the API's request paths.
@@ -415,6 +429,7 @@ func (s *Service) UpdateEntry(ctx context.Context, p auth.Principal, in Entry, e
 		if in.Kind != ical.KindUnspecified && in.Kind != cur.Kind {
 			v.Add("entry.kind", "cannot change")
 		}
+		checkLines(&v, in)
 		if err := v.Err(); err != nil {
 			return false, err
 		}
@@ -592,7 +607,7 @@ func (s *Service) UpdateTenantSettings(ctx context.Context, p auth.Principal, in
 
 // GetUserSettings returns a user's options.
 func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID string) (UserSettings, error) {
-	id, err := selfOrAdmin(p, userID)
+	id, err := selfOrAdmin(p, "user_id", userID)
 	if err != nil {
 		return UserSettings{}, err
 	}
@@ -607,7 +622,7 @@ func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID 
 
 // UpdateUserSettings replaces a user's options (the notice memory is kept).
 func (s *Service) UpdateUserSettings(ctx context.Context, p auth.Principal, in UserSettings) (UserSettings, error) {
-	id, err := selfOrAdmin(p, in.UserID)
+	id, err := selfOrAdmin(p, "settings.user_id", in.UserID)
 	if err != nil {
 		return UserSettings{}, err
 	}
@@ -666,8 +681,10 @@ func checkTarget(v *errs.Violations, t CalDAVTarget, scope secretref.Scope, requ
 	switch {
 	case t.Username == "" && required:
 		v.Add(f+"username", "is required for SERVER_PUSH")
-	case len(t.Username) > maxUsernameLen || strings.ContainsAny(t.Username, ":\r\n"):
-		v.Add(f+"username", "must be at most 256 bytes without ':' or line breaks")
+	case !v.Line(f+"username", t.Username, maxUsernameLen):
+	case len(t.Username) > maxUsernameLen || strings.Contains(t.Username, ":"):
+		// It goes into HTTP Basic authentication, where a ':' ends the user name.
+		v.Add(f+"username", "must be at most 256 bytes without ':'")
 	}
 	switch {
 	case t.PasswordRef == "" && required:

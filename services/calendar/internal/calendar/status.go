@@ -13,7 +13,7 @@ import (
 // apply get their applicability (why nothing is delivered) and, as pending, how many of their
 // current and future entries wait for it to apply; no other counts, no notice, no warning.
 func (s *Service) GetSyncStatus(ctx context.Context, p auth.Principal, userID string) (SyncStatus, error) {
-	id, err := selfOrAdmin(p, userID)
+	id, err := selfOrAdmin(p, "user_id", userID)
 	if err != nil {
 		return SyncStatus{}, err
 	}
@@ -76,7 +76,7 @@ var logIDPattern = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
 
 // ListSyncLog pages through a user's sync log, newest first, within the retention.
 func (s *Service) ListSyncLog(ctx context.Context, p auth.Principal, userID string, size int, token string) ([]LogLine, string, error) {
-	id, err := selfOrAdmin(p, userID)
+	id, err := selfOrAdmin(p, "user_id", userID)
 	if err != nil {
 		return nil, "", err
 	}

@@ -3,9 +3,6 @@ package mailbox
 import (
 	"regexp"
 	"strconv"
-	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/ids"
@@ -36,19 +33,14 @@ func tenantIDErr(field, id string) error {
 	return v.Err()
 }
 
-// checkText rejects control characters (CR and LF above all: these strings end up in mail headers)
-// and bounds the length.
+// checkText is the suite's one-line rule (errs.Violations.Line): these strings end up in mail
+// headers (display names in From and Sender) and in the directory the calendar compares.
 func checkText(v *errs.Violations, field, s string, required bool, max int) {
-	switch {
-	case s == "" && required:
+	if s == "" && required {
 		v.Add(field, "is required")
-	case !utf8.ValidString(s):
-		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(s) > max:
-		v.Addf(field, "must be at most %d characters", max)
-	case strings.IndexFunc(s, unicode.IsControl) >= 0:
-		v.Add(field, "must not contain control characters such as CR or LF")
+		return
 	}
+	v.Line(field, s, max)
 }
 
 // checkAddress accepts a bare addr-spec (no display name), because mailbox and user addresses

@@ -76,10 +76,9 @@ const (
 func (c *Connector) Validate() error {
 	var v errs.Violations
 	ids.Check(&v, "connector.connector_id", c.ID)
-	if len(c.DisplayName) > 200 || strings.IndexFunc(c.DisplayName, unicode.IsControl) >= 0 {
-		v.Add("connector.display_name", "at most 200 characters, no control characters")
-	}
-	if c.Host == "" || len(c.Host) > 253 || strings.IndexFunc(c.Host, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' }) >= 0 {
+	v.Line("connector.display_name", c.DisplayName, 200)
+	// The host goes into the dial address and the TLS server name.
+	if v.Line("connector.host", c.Host, 253) && (c.Host == "" || strings.IndexFunc(c.Host, func(r rune) bool { return unicode.IsSpace(r) || r == '/' }) >= 0) {
 		v.Add("connector.host", "a host name or IP address, at most 253 characters")
 	}
 	if c.Port < 1 || c.Port > 65535 {
@@ -105,9 +104,8 @@ func (c *Connector) Validate() error {
 	default:
 		v.Add("connector.auth_mechanism", "NONE, PLAIN or LOGIN")
 	}
-	if len(c.Username) > 256 || strings.IndexFunc(c.Username, unicode.IsControl) >= 0 {
-		v.Add("connector.username", "at most 256 characters, no control characters")
-	}
+	// The user name goes into the SASL exchange of the SMTP session.
+	v.Line("connector.username", c.Username, 256)
 	if len(c.RetryPattern) > 20 {
 		v.Add("connector.retry_pattern", "at most 20 delays")
 	}

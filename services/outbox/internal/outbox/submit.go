@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/postamt/postamt/internal/errs"
@@ -28,6 +27,19 @@ type Limits struct {
 	// MaxAttachments bounds the number of attachments.
 	MaxAttachments int
 }
+
+// Bounds of the other header-bound fields of a submission, the same for every deployment.
+const (
+	// MaxIDLen bounds the idempotency key, the work item's id and team, and the conversation id.
+	MaxIDLen = 128
+	// MaxMessageIDLen bounds In-Reply-To, each of References and an imported Message-ID: the
+	// longest header line RFC 5322 allows.
+	MaxMessageIDLen = 998
+	// MaxReferences bounds References.
+	MaxReferences = 100
+	// MaxFilenameLen bounds an attachment's file name, content type and Content-ID.
+	MaxFilenameLen = 255
+)
 
 // DefaultLimits returns the documented defaults (25 MiB messages, 500 recipients, a year ahead).
 func DefaultLimits() Limits {
@@ -52,17 +64,23 @@ type Submission struct {
 	IdempotencyKey string
 	InReplyTo      string
 	References     []string
+	// WorkItemID and WorkItemTeam are the work item's id and team; ConversationID the product's
+	// thread. They travel in events to the tracker and into views.
+	WorkItemID, WorkItemTeam string
+	ConversationID           string
 }
 
 // AttachmentInput is an attachment as submitted.
 type AttachmentInput struct {
 	Filename    string
 	ContentType string
+	ContentID   string
 	Size        int64
 }
 
 // ValidateSubmission checks everything about a submission that does not need state: addresses,
-// CR/LF in header fields, counts and sizes, and the schedule. All field problems are reported
+// header-bound text by the one line rule (errs.Violations.Line: no CR, LF, NUL or other control
+// character), counts and sizes, and the schedule. All field problems are reported
 // at once (InvalidArgument with one violation per field, named by the request's field paths),
 // too many recipients or attachments among them; a message over the size limit is
 // ResourceExhausted with reason MESSAGE_SIZE (HTTP 413 at the gateway).
@@ -81,7 +99,7 @@ func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
 			checkAddr(&v, rl.field+"["+strconv.Itoa(i)+"]", a)
 		}
 	}
-	checkHeaderText(&v, "subject", s.Subject, l.MaxSubjectRunes)
+	v.Line("subject", s.Subject, l.MaxSubjectRunes)
 	if s.Text == "" && s.HTML == "" {
 		v.Add("text_body", "text_body or html_body is required")
 	}
@@ -94,22 +112,19 @@ func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
 	size := int64(len(s.Text) + len(s.HTML))
 	for i, a := range s.Attachments {
 		f := "attachments[" + strconv.Itoa(i) + "]"
-		checkHeaderText(&v, f+".filename", a.Filename, 255)
-		if a.Filename == "" || strings.ContainsAny(a.Filename, `/\`) {
+		if v.Line(f+".filename", a.Filename, MaxFilenameLen) && (a.Filename == "" || strings.ContainsAny(a.Filename, `/\`)) {
 			v.Add(f+".filename", "is required and must not contain path separators")
 		}
-		checkHeaderText(&v, f+".content_type", a.ContentType, 255)
+		v.Line(f+".content_type", a.ContentType, MaxFilenameLen)
+		v.Line(f+".content_id", a.ContentID, MaxFilenameLen)
 		size += a.Size
 	}
-	if s.IdempotencyKey != "" {
-		checkHeaderText(&v, "idempotency_key", s.IdempotencyKey, 128)
-	}
-	if s.InReplyTo != "" {
-		checkHeaderText(&v, "in_reply_to", s.InReplyTo, 998)
-	}
-	for i, r := range s.References {
-		checkHeaderText(&v, "references["+strconv.Itoa(i)+"]", r, 998)
-	}
+	v.Line("idempotency_key", s.IdempotencyKey, MaxIDLen)
+	v.Line("in_reply_to", s.InReplyTo, MaxMessageIDLen)
+	v.Lines("references", s.References, MaxReferences, MaxMessageIDLen)
+	v.Line("work_item.id", s.WorkItemID, MaxIDLen)
+	v.Line("work_item.team_id", s.WorkItemTeam, MaxIDLen)
+	v.Line("conversation_id", s.ConversationID, MaxIDLen)
 	if !s.SendAt.IsZero() {
 		switch {
 		case s.SendAt.Before(now.Add(-l.PastTolerance)):
@@ -152,16 +167,3 @@ func overflowField(max int, to, cc, bcc []string) string {
 // here would end up in headers unchecked. It is the suite's one address rule (internal/mailaddr),
 // which mailbox's CheckSend applies too.
 func checkAddr(v *errs.Violations, field, a string) { mailaddr.Check(v, field, a) }
-
-// checkHeaderText rejects what would break or extend a header: CR, LF and other control
-// characters, invalid UTF-8, and overlong values.
-func checkHeaderText(v *errs.Violations, field, s string, maxRunes int) {
-	switch {
-	case !utf8.ValidString(s):
-		v.Add(field, "must be valid UTF-8")
-	case strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) >= 0:
-		v.Add(field, "must not contain CR, LF or other control characters")
-	case utf8.RuneCountInString(s) > maxRunes:
-		v.Addf(field, "must be at most %d characters", maxRunes)
-	}
-}

@@ -52,6 +52,13 @@ func TestValidateSubmission(t *testing.T) {
 		{"too many attachments", func(s *Submission) {
 			s.Attachments = slices.Repeat([]AttachmentInput{{Filename: "a.txt", Size: 1}}, DefaultLimits().MaxAttachments+1)
 		}, "attachments", errs.KindInvalid},
+		{"too many references", func(s *Submission) { s.References = slices.Repeat([]string{"a@example.com"}, MaxReferences+1) }, "references", errs.KindInvalid},
+		{"NUL in a reference", func(s *Submission) { s.References = []string{"a@example.com", "b\x00@example.com"} }, "references[1]", errs.KindInvalid},
+		{"LF in the work item id", func(s *Submission) { s.WorkItemID = "case\n1" }, "work_item.id", errs.KindInvalid},
+		{"CR in the conversation id", func(s *Submission) { s.ConversationID = "c\r1" }, "conversation_id", errs.KindInvalid},
+		{"NUL in a Content-ID", func(s *Submission) {
+			s.Attachments = []AttachmentInput{{Filename: "a.png", ContentID: "a\x00b", Size: 1}}
+		}, "attachments[0].content_id", errs.KindInvalid},
 		{"oversize", func(s *Submission) { s.Attachments = []AttachmentInput{{Filename: "big.bin", Size: 26 << 20}} }, "", errs.KindResourceExhausted},
 	}
 	for _, tt := range tests {

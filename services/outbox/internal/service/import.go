@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -63,8 +64,12 @@ func (s *Service) importOne(ctx context.Context, p auth.Principal, im *outboxv1.
 	if im.GetAttemptCount() < 0 || im.GetAttemptCount() > 1000 {
 		v.Add("attempt_count", "must be between 0 and 1000")
 	}
-	if len(im.GetLastError()) > 2000 || len(im.GetMessageId()) > 998 {
-		v.Add("last_error", "last_error and message_id are at most 2000 and 998 characters")
+	if len(im.GetLastError()) > 2000 {
+		v.Add("last_error", "must be at most 2000 bytes")
+	}
+	// The legacy Message-ID becomes the Message-ID header of every attempt.
+	if id := im.GetMessageId(); v.Line("message_id", id, outbox.MaxMessageIDLen) && strings.ContainsAny(id, " \t<>") {
+		v.Add("message_id", "must be a Message-ID without angle brackets or spaces")
 	}
 	if err := v.Err(); err != nil {
 		return nil, false, err

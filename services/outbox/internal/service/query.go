@@ -98,6 +98,8 @@ func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.V
 	var iv errs.Violations
 	ids.CheckOptional(&iv, "filter.connector_id", f.GetConnectorId())
 	ids.CheckOptional(&iv, "filter.mailbox_id", f.GetMailboxId())
+	iv.Line("filter.work_item.id", f.GetWorkItem().GetId(), outbox.MaxIDLen)
+	iv.Line("filter.work_item.team_id", f.GetWorkItem().GetTeamId(), outbox.MaxIDLen)
 	if err := iv.Err(); err != nil {
 		return nil, err
 	}
@@ -130,9 +132,7 @@ func (s *Service) resolve(ctx context.Context, p auth.Principal, view outboxv1.V
 		}
 		q.finished = finished
 	}
-	if len(f.GetText()) > 256 {
-		v.Add("filter.text", "at most 256 characters")
-	}
+	v.Line("filter.text", f.GetText(), 256)
 	if err := v.Err(); err != nil {
 		return nil, err
 	}

@@ -28,15 +28,15 @@ var defaultColumns = []outboxv1.Column{
 }
 
 // settingsUser resolves whose settings a call means: the caller's (empty), or another user's
-// for admins and services.
-func settingsUser(p auth.Principal, user string) (string, error) {
+// for admins and services; field is the request's path of the user id.
+func settingsUser(p auth.Principal, field, user string) (string, error) {
 	switch {
 	case user == "" && p.User == "":
-		return "", errNoUser("user_id")
+		return "", errNoUser(field)
 	case user == "" || user == p.User:
 		return p.User, nil
 	case !ids.Valid(user):
-		return "", ids.Err("user_id", user)
+		return "", ids.Err(field, user)
 	case p.IsAdmin() || p.IsService():
 		return user, nil
 	}
@@ -46,7 +46,7 @@ func settingsUser(p auth.Principal, user string) (string, error) {
 // Settings returns a user's settings with the defaults filled in: the service's undo delay, the
 // first view (TEAM for a team lead, MINE otherwise), the page size and the default columns.
 func (s *Service) Settings(ctx context.Context, p auth.Principal, user string) (*outboxv1.UserSettings, error) {
-	user, err := settingsUser(p, user)
+	user, err := settingsUser(p, "user_id", user)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +86,7 @@ func (s *Service) withDefaults(ctx context.Context, tenant string, us *outboxv1.
 // UpdateSettings changes the fields of a user's settings named in paths (all when empty). To
 // and Subject cannot be hidden: a list without them cannot be told apart.
 func (s *Service) UpdateSettings(ctx context.Context, p auth.Principal, in *outboxv1.UserSettings, paths []string) (*outboxv1.UserSettings, error) {
-	user, err := settingsUser(p, in.GetUserId())
+	user, err := settingsUser(p, "settings.user_id", in.GetUserId())
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +111,9 @@ func (s *Service) UpdateSettings(ctx context.Context, p auth.Principal, in *outb
 			}
 		case "visible_columns":
 			cols := in.GetVisibleColumns()
+			if n := len(outboxv1.Column_name) - 1; len(cols) > n {
+				v.Addf("settings.visible_columns", "must hold at most %d columns", n)
+			}
 			if !slices.Contains(cols, outboxv1.Column_COLUMN_TO) || !slices.Contains(cols, outboxv1.Column_COLUMN_SUBJECT) {
 				v.Add("settings.visible_columns", "To and Subject cannot be hidden")
 			}

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode"
 
 	"google.golang.org/protobuf/proto"
 
@@ -75,12 +74,6 @@ func (s *Service) submit(ctx context.Context, p auth.Principal, req *outboxv1.Su
 	}
 	if t := req.GetWorkItem().GetType(); t > outboxv1.WorkItemType_WORK_ITEM_TYPE_ACTION {
 		return nil, false, errs.Invalid("work_item.type", "unknown work item type")
-	}
-	if len(req.GetWorkItem().GetId()) > 128 || len(req.GetConversationId()) > 128 {
-		return nil, false, errs.Invalid("work_item.id", "work_item.id and conversation_id are at most 128 characters")
-	}
-	if team := req.GetWorkItem().GetTeamId(); len(team) > 128 || strings.ContainsFunc(team, unicode.IsControl) {
-		return nil, false, errs.Invalid("work_item.team_id", "at most 128 characters, no control characters")
 	}
 	var idv errs.Violations
 	ids.CheckOptional(&idv, "regarding_record_id", req.GetRegardingRecordId())
@@ -269,9 +262,12 @@ func submission(req *outboxv1.SubmitEmailRequest) *outbox.Submission {
 		From: req.GetFromAddress(), To: req.GetTo(), Cc: req.GetCc(), Bcc: req.GetBcc(), Subject: req.GetSubject(),
 		Text: req.GetTextBody(), HTML: req.GetHtmlBody(), SendAt: wire.Time(req.GetSendAt()),
 		IdempotencyKey: req.GetIdempotencyKey(), InReplyTo: req.GetInReplyTo(), References: req.GetReferences(),
+		WorkItemID: req.GetWorkItem().GetId(), WorkItemTeam: req.GetWorkItem().GetTeamId(), ConversationID: req.GetConversationId(),
 	}
 	for _, a := range req.GetAttachments() {
-		sub.Attachments = append(sub.Attachments, outbox.AttachmentInput{Filename: a.GetFilename(), ContentType: a.GetContentType(), Size: int64(len(a.GetContent()))})
+		sub.Attachments = append(sub.Attachments, outbox.AttachmentInput{
+			Filename: a.GetFilename(), ContentType: a.GetContentType(), ContentID: a.GetContentId(), Size: int64(len(a.GetContent())),
+		})
 	}
 	return sub
 }

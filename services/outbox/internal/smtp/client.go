@@ -459,11 +459,11 @@ func isEnhanced(s string) bool {
 	return true
 }
 
-// checkLine refuses what would end a command line early and smuggle in another command; the
-// outbox validates addresses long before, so this only guards the protocol.
+// checkLine refuses what would end a command line early and smuggle in another command (or cut
+// it at a NUL); the outbox validates addresses long before, so this only guards the protocol.
 func checkLine(s string) error {
-	if strings.ContainsAny(s, "\r\n") {
-		return errors.New("a line break in an SMTP command argument")
+	if strings.ContainsAny(s, "\r\n\x00") {
+		return errors.New("a line break or NUL in an SMTP command argument")
 	}
 	return nil
 }

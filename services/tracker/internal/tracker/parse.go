@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
@@ -45,6 +43,9 @@ func ParseHeaders(field string, raw []byte) (*Message, error) {
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
+	if err := checkRawBytes(field, raw); err != nil {
+		return nil, err
+	}
 	if !bytes.Contains(raw, []byte("\n\n")) && !bytes.Contains(raw, []byte("\r\n\r\n")) {
 		raw = append(bytes.TrimRight(raw, "\r\n"), "\r\n\r\n"...)
 	}
@@ -53,6 +54,48 @@ func ParseHeaders(field string, raw []byte) (*Message, error) {
 		return nil, errs.Invalid(field, "is not an RFC 5322 header section: "+err.Error())
 	}
 	return FromHeader(field, mail.Header{Header: message.Header{Header: h}})
+}
+
+// checkRawBytes refuses a NUL, or a CR that does not end a line, in the header section of raw:
+// RFC 5322 allows neither, and a parser that reads past one takes a value other than the one the
+// sender's header holds (an address cut at the CR, a Message-ID with something after it). The
+// violation names the header it is in (field + ".Subject"), or field when it is in no header.
+func checkRawBytes(field string, raw []byte) error {
+	end := len(raw)
+	for _, sep := range []string{"\r\n\r\n", "\n\n", "\n\r\n"} {
+		if i := bytes.Index(raw, []byte(sep)); i >= 0 && i < end {
+			end = i
+		}
+	}
+	for i := 0; i < end; i++ {
+		if raw[i] == 0 || raw[i] == '\r' && (i+1 >= len(raw) || raw[i+1] != '\n') {
+			return errs.Invalid(field+headerAt(raw, i), "must not contain NUL or a CR that does not end a line")
+		}
+	}
+	return nil
+}
+
+// headerAt is ".Name" of the header whose (possibly folded) line holds raw[i], in the spelling
+// the other violations use for the headers the tracker reads; empty when the line is no header.
+func headerAt(raw []byte, i int) string {
+	start := bytes.LastIndexByte(raw[:i], '\n') + 1
+	for start > 0 && (raw[start] == ' ' || raw[start] == '\t') { // a folded line: the header above
+		start = bytes.LastIndexByte(raw[:start-1], '\n') + 1
+	}
+	colon := bytes.IndexByte(raw[start:i], ':')
+	if colon <= 0 {
+		return ""
+	}
+	name := string(raw[start : start+colon])
+	if strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return ""
+	}
+	for _, known := range []string{"Message-ID", "From", "To", "Cc", "Bcc", "Subject", "Date", "In-Reply-To", "References"} {
+		if strings.EqualFold(name, known) {
+			return "." + known
+		}
+	}
+	return "." + name
 }
 
 // FromHeader reads a parsed header into a Message, checking it as ParseHeaders does; the SMTP
@@ -113,7 +156,7 @@ func FromHeader(field string, h mail.Header) (*Message, error) {
 		subj = h.Get("Subject")
 	}
 	m.Subject = subj
-	checkText(&v, name("Subject"), subj, maxSubject)
+	v.Line(name("Subject"), subj, maxSubject)
 
 	if h.Has("Date") {
 		d, err := h.Date()
@@ -160,8 +203,11 @@ func NormalizeMessageID(id string) string {
 	return strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(id), "<"), ">")
 }
 
+// checkMsgID checks a Message-ID without its angle brackets: one line (errs.Violations.Line),
+// and no space or angle bracket either.
 func checkMsgID(v *errs.Violations, field, id string) {
 	switch {
+	case !v.Line(field, id, maxMessageID):
 	case id == "":
 		v.Add(field, "must not be empty")
 	case len(id) > maxMessageID:
@@ -171,23 +217,15 @@ func checkMsgID(v *errs.Violations, field, id string) {
 	}
 }
 
+// checkAddr checks an address as the tracker indexes it (lower case): one line
+// (errs.Violations.Line) of at most maxAddressLen bytes with an @ and no space.
 func checkAddr(v *errs.Violations, field, a string) {
 	switch {
+	case !v.Line(field, a, maxAddressLen):
 	case len(a) > maxAddressLen:
 		v.Addf(field, "addresses must be at most %d bytes", maxAddressLen)
 	case !strings.Contains(a, "@") || strings.IndexFunc(a, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0:
 		v.Add(field, "must be plain email addresses")
-	}
-}
-
-func checkText(v *errs.Violations, field, s string, max int) {
-	switch {
-	case !utf8.ValidString(s):
-		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(s) > max:
-		v.Addf(field, "must be at most %d characters", max)
-	case strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) >= 0:
-		v.Add(field, "must not contain control characters such as CR or LF")
 	}
 }
 
@@ -223,7 +261,7 @@ func Check(m *Message) error {
 	if len(m.To)+len(m.Cc)+len(m.Bcc) > MaxRecipients {
 		v.Addf("to", "must have at most %d recipients", MaxRecipients)
 	}
-	checkText(&v, "subject", m.Subject, maxSubject)
+	v.Line("subject", m.Subject, maxSubject)
 	if m.RegardingRecordID != "" {
 		checkID(&v, "regarding_record_id", m.RegardingRecordID)
 	}
@@ -238,8 +276,6 @@ func Check(m *Message) error {
 		m.References[i] = NormalizeMessageID(m.References[i])
 		checkMsgID(&v, "references", m.References[i])
 	}
-	if len(m.ThreadID) > maxThreadID {
-		v.Addf("conversation_id", "must be at most %d characters", maxThreadID)
-	}
+	v.Line("conversation_id", m.ThreadID, maxThreadID)
 	return v.Err()
 }

@@ -37,6 +37,10 @@ func TestParseHeaders(t *testing.T) {
 		m.Subject != want.Subject || !m.SentAt.Equal(want.SentAt) || m.InReplyTo != want.InReplyTo || !slices.Equal(m.References, want.References) {
 		t.Errorf("got  %+v\nwant %+v", *m, want)
 	}
+	// What follows the header section is not read: a NUL in the body is no header's.
+	if _, err := tracker.ParseHeaders("raw_headers", []byte(goodHeaders+"\x00\r")); err != nil {
+		t.Errorf("a NUL in the body: %v", err)
+	}
 	// Without the blank line (only the header section) is fine too.
 	if _, err := tracker.ParseHeaders("raw_headers", []byte(strings.SplitN(goodHeaders, "\r\n\r\n", 2)[0])); err != nil {
 		t.Errorf("header section without blank line: %v", err)
@@ -58,6 +62,10 @@ func TestParseHeadersRejects(t *testing.T) {
 		{"bad Date", replace("Mon, 30 Nov 2026 10:00:00 +0100", "yesterday"), "raw_headers.Date"},
 		{"bad References", replace("<root@kanzlei.example> <parent@kunde.example>", "<root@"), "raw_headers.References"},
 		{"not a header", []byte("this is not a header\r\n\r\n"), "raw_headers"},
+		{"NUL in the subject", replace("Ihr_Anliegen", "Ihr\x00Anliegen"), "raw_headers.Subject"},
+		{"a bare CR after the Message-ID", replace("<new@kanzlei.example>", "<new@kanzlei.example>\rBcc: x@evil.example"), "raw_headers.Message-ID"},
+		{"NUL in a folded line names the header above", replace("To: Erika <erika@kunde.example>, ", "to: Erika <erika@kunde.example>,\r\n\tx\x00y "), "raw_headers.To"},
+		{"NUL in an unknown header", replace("Date:", "X-Mailer: a\x00b\r\nDate:"), "raw_headers.X-Mailer"},
 		{"oversize", []byte("X-Pad: " + strings.Repeat("a", tracker.MaxHeaderBytes) + "\r\n"), "raw_headers"},
 	}
 	for _, tt := range tests {

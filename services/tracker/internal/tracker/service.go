@@ -93,15 +93,17 @@ func requireAdmin(p auth.Principal) error {
 	return errs.PermissionDenied(ReasonAdminRequired, "this call needs the admin role")
 }
 
-func selfOrAdmin(p auth.Principal, userID string) (string, error) {
+// selfOrAdmin resolves the user a call is about (empty: the caller) and checks the caller may
+// act for them; field is the request's path of the user id.
+func selfOrAdmin(p auth.Principal, field, userID string) (string, error) {
 	if userID == "" {
 		userID = p.User
 	}
 	if userID == "" {
-		return "", errs.Invalid("user_id", "is required for service callers")
+		return "", errs.Invalid(field, "is required for service callers")
 	}
 	var v errs.Violations
-	checkID(&v, "user_id", userID)
+	checkID(&v, field, userID)
 	if err := v.Err(); err != nil {
 		return "", err
 	}
@@ -222,7 +224,7 @@ func (s *Service) UpdateOrgSettings(ctx context.Context, p auth.Principal, in Or
 
 // GetUserSettings returns a user's options; users for themselves, admins and services for anyone.
 func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID string) (UserSettings, error) {
-	id, err := selfOrAdmin(p, userID)
+	id, err := selfOrAdmin(p, "user_id", userID)
 	if err != nil {
 		return UserSettings{}, err
 	}
@@ -237,7 +239,7 @@ func (s *Service) GetUserSettings(ctx context.Context, p auth.Principal, userID 
 // UpdateUserSettings sets a user's acceptance option (nil: back to the default); users for
 // themselves, admins (and services) for anyone.
 func (s *Service) UpdateUserSettings(ctx context.Context, p auth.Principal, in UserSettings) (UserSettings, error) {
-	id, err := selfOrAdmin(p, in.UserID)
+	id, err := selfOrAdmin(p, "settings.user_id", in.UserID)
 	if err != nil {
 		return UserSettings{}, err
 	}
@@ -274,7 +276,7 @@ func (s *Service) UpsertRecord(ctx context.Context, p auth.Principal, r Record) 
 	case r.Kind != KindOther && r.EntityType != "":
 		v.Add("record.entity_type", "must be empty unless the kind is OTHER")
 	}
-	checkText(&v, "record.display_name", r.DisplayName, maxNameLen)
+	v.Line("record.display_name", r.DisplayName, maxNameLen)
 	switch n := len(r.Addresses); {
 	case n == 0:
 		v.Add("record.email_addresses", "needs at least one address")
@@ -358,7 +360,7 @@ func (s *Service) ListRecords(ctx context.Context, p auth.Principal, pr PageRequ
 func (s *Service) IssueTrackingToken(ctx context.Context, p auth.Principal, recordID, subject string, onlyIfEnabled bool) (Token, string, error) {
 	var v errs.Violations
 	checkID(&v, "regarding_record_id", recordID)
-	checkText(&v, "subject", subject, maxSubject)
+	v.Line("subject", subject, maxSubject)
 	if err := v.Err(); err != nil {
 		return Token{}, "", err
 	}
@@ -407,9 +409,7 @@ func parseSentItem(field string, in SentItemInput) (*Message, error) {
 	var v errs.Violations
 	checkID(&v, field+".mailbox_id", in.MailboxID)
 	checkID(&v, field+".sending_user_id", in.SenderUser)
-	if len(in.ThreadID) > maxThreadID || strings.IndexFunc(in.ThreadID, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
-		v.Addf(field+".thread_id", "must be at most %d characters without control characters", maxThreadID)
-	}
+	v.Line(field+".thread_id", in.ThreadID, maxThreadID)
 	m, err := ParseHeaders(field+".raw_headers", in.RawHeaders)
 	if err != nil {
 		var e *errs.Error

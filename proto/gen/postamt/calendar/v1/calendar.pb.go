@@ -1836,9 +1836,10 @@ type Ack struct {
 	Position int64 `protobuf:"varint,1,opt,name=position,proto3" json:"position,omitempty"`
 	// What happened.
 	Outcome DeliveryOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=postamt.calendar.v1.DeliveryOutcome" json:"outcome,omitempty"`
-	// The id of the event in the user's calendar (e.g. Outlook's EntryID), at most 1024 bytes.
+	// The id of the event in the user's calendar (e.g. Outlook's EntryID): one line (no CR, LF or
+	// other control character) of at most 1024 bytes.
 	RemoteId string `protobuf:"bytes,3,opt,name=remote_id,json=remoteId,proto3" json:"remote_id,omitempty"`
-	// Its version there (e.g. a change key), at most 1024 bytes.
+	// Its version there (e.g. a change key): one line of at most 1024 bytes.
 	RemoteVersion string `protobuf:"bytes,4,opt,name=remote_version,json=remoteVersion,proto3" json:"remote_version,omitempty"`
 	// For ERROR and CONFLICT: what happened, at most 1024 bytes; goes to the sync log.
 	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`

@@ -402,11 +402,13 @@ type Entry struct {
 	OwnerUserId string `protobuf:"bytes,2,opt,name=owner_user_id,json=ownerUserId,proto3" json:"owner_user_id,omitempty"`
 	// What the entry is; required on create, cannot change.
 	Kind EntryKind `protobuf:"varint,3,opt,name=kind,proto3,enum=postamt.calendar.v1.EntryKind" json:"kind,omitempty"`
-	// Title, required, at most 1024 bytes of UTF-8 without control characters.
+	// Title, required: one line (no CR, LF or other control character) of at most 1024 bytes of
+	// UTF-8.
 	Summary string `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"`
-	// Optional body text, at most 32 KiB.
+	// Optional body text, at most 32 KiB; it may have line breaks (written escaped in iCalendar),
+	// but no other control character than a tab.
 	Description string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
-	// Optional place, at most 1024 bytes.
+	// Optional place: one line of at most 1024 bytes.
 	Location string `protobuf:"bytes,6,opt,name=location,proto3" json:"location,omitempty"`
 	// Appointments: the start instant; required.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
@@ -727,7 +729,7 @@ type CalDAVTarget struct {
 	// The calendar collection, e.g. https://dav.example.com/alice/postamt/; http or https without
 	// user info, at most 2048 bytes. The calendar is created when missing.
 	CalendarUrl string `protobuf:"bytes,1,opt,name=calendar_url,json=calendarUrl,proto3" json:"calendar_url,omitempty"`
-	// The calendar account.
+	// The calendar account: one line of at most 256 bytes without ':' (HTTP Basic authentication).
 	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
 	// Where the password is, within the user's tenant's part of the operator's scope:
 	// "env:PREFIX" + TENANT + "__" + NAME (CALENDAR_SECRET_ENV_PREFIX, the tenant id upper-cased

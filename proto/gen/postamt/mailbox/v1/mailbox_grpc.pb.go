@@ -68,10 +68,15 @@ const (
 //     '_' and '-', starting with a letter or digit; tenant ids are 1-64 characters of a-z, 0-9 and
 //     '-'. Any other id is INVALID_ARGUMENT naming the field; messages quote and shorten what
 //     they repeat of the input.
+//   - Text that ends up in a mail header or a line-oriented protocol (display names, subjects,
+//     user names, Message-IDs, idempotency keys, file names, host names) is one line: valid
+//     UTF-8 without CR, LF, NUL or another control character (a tab is allowed), within the
+//     length its field documents. Anything else is INVALID_ARGUMENT naming the field, and nothing
+//     is stored. Addresses are plain addr-specs of at most 254 bytes.
 //   - A token whose tenant id is malformed is UNAUTHENTICATED.
 //   - Paging (AIP-158): page_size 0 means the default (50), above 500 is clamped to 500, negative
-//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue is
-//     INVALID_ARGUMENT naming page_token.
+//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue (page tokens
+//     are at most 512 bytes) is INVALID_ARGUMENT naming page_token.
 //   - A dependency that is down (Redis, NATS, another service) is UNAVAILABLE with a RetryInfo
 //     detail; INTERNAL means a bug.
 type MailboxServiceClient interface {
@@ -485,10 +490,15 @@ func (c *mailboxServiceClient) ListSentItems(ctx context.Context, in *ListSentIt
 //     '_' and '-', starting with a letter or digit; tenant ids are 1-64 characters of a-z, 0-9 and
 //     '-'. Any other id is INVALID_ARGUMENT naming the field; messages quote and shorten what
 //     they repeat of the input.
+//   - Text that ends up in a mail header or a line-oriented protocol (display names, subjects,
+//     user names, Message-IDs, idempotency keys, file names, host names) is one line: valid
+//     UTF-8 without CR, LF, NUL or another control character (a tab is allowed), within the
+//     length its field documents. Anything else is INVALID_ARGUMENT naming the field, and nothing
+//     is stored. Addresses are plain addr-specs of at most 254 bytes.
 //   - A token whose tenant id is malformed is UNAUTHENTICATED.
 //   - Paging (AIP-158): page_size 0 means the default (50), above 500 is clamped to 500, negative
-//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue is
-//     INVALID_ARGUMENT naming page_token.
+//     is INVALID_ARGUMENT naming page_size; a page_token this list did not issue (page tokens
+//     are at most 512 bytes) is INVALID_ARGUMENT naming page_token.
 //   - A dependency that is down (Redis, NATS, another service) is UNAVAILABLE with a RetryInfo
 //     detail; INTERNAL means a bug.
 type MailboxServiceServer interface {

@@ -362,7 +362,7 @@ type Tenant struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen id, 1-64 characters of [a-z0-9-]; part of every Redis key of the tenant.
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	// Name shown to people.
+	// Name shown to people; one line of at most 200 characters.
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// Quota given to a new shared mailbox when its request names none; 0 means the 50 GB default.
 	DefaultSharedQuotaBytes int64 `protobuf:"varint,3,opt,name=default_shared_quota_bytes,json=defaultSharedQuotaBytes,proto3" json:"default_shared_quota_bytes,omitempty"`
@@ -453,16 +453,20 @@ type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen or generated id, 1-64 characters of [A-Za-z0-9._-].
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// Name shown to people and in attributions ("sent by Martina Musterfrau via ...").
+	// Name shown to people and in attributions ("sent by Martina Musterfrau via ..."), and in the
+	// Sender header of on-behalf mail; required, one line of at most 200 characters.
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	// The user's own address; it is the Sender of on-behalf mail. Unique within the tenant.
+	// The user's own address; it is the Sender of on-behalf mail. Unique within the tenant; a
+	// plain address of at most 254 bytes.
 	Email string `protobuf:"bytes,3,opt,name=email,proto3" json:"email,omitempty"`
-	// Directory (Windows) logon name, e.g. `KANZLEI\mmustermann` or `mmustermann@kanzlei.example`.
+	// Directory (Windows) logon name, e.g. `KANZLEI\mmustermann` or `mmustermann@kanzlei.example`;
+	// one line of at most 256 characters.
 	DirectoryUsername string `protobuf:"bytes,4,opt,name=directory_username,json=directoryUsername,proto3" json:"directory_username,omitempty"`
 	// User name in the practice-management product; calendar live sync compares it with the
-	// directory username.
+	// directory username. One line of at most 256 characters.
 	PracticeUsername string `protobuf:"bytes,5,opt,name=practice_username,json=practiceUsername,proto3" json:"practice_username,omitempty"`
-	// Roles in the product, e.g. "admin". Free-form, lower case.
+	// Roles in the product, e.g. "admin": at most 20, each 1-32 characters of [a-z0-9_-] starting
+	// with a letter.
 	Roles []string `protobuf:"bytes,6,rep,name=roles,proto3" json:"roles,omitempty"`
 	// Mailbox the user sends from unless they choose another. Set with SetDefaultSender; reset to
 	// the user's personal mailbox (or empty) when the membership it relied on goes.
@@ -582,11 +586,11 @@ type Team struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen or generated id, 1-64 characters of [A-Za-z0-9._-].
 	TeamId string `protobuf:"bytes,1,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
-	// Name shown to people.
+	// Name shown to people; required, one line of at most 200 characters.
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	// Users in the team (leads included or not; leads are listed separately).
+	// Users in the team (leads included or not; leads are listed separately); at most 1000.
 	MemberUserIds []string `protobuf:"bytes,3,rep,name=member_user_ids,json=memberUserIds,proto3" json:"member_user_ids,omitempty"`
-	// Users who lead the team; a lead's first outbox view is the team view.
+	// Users who lead the team; a lead's first outbox view is the team view. At most 1000.
 	LeadUserIds []string `protobuf:"bytes,4,rep,name=lead_user_ids,json=leadUserIds,proto3" json:"lead_user_ids,omitempty"`
 	// Increases by one with every change.
 	Version int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
@@ -683,8 +687,9 @@ type Mailbox struct {
 	// Client-chosen or generated id, 1-64 characters of [A-Za-z0-9._-].
 	MailboxId string `protobuf:"bytes,1,opt,name=mailbox_id,json=mailboxId,proto3" json:"mailbox_id,omitempty"`
 	// The address, e.g. info@kanzlei.example; unique within the tenant, compared case-insensitively.
+	// A plain address of at most 254 bytes.
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	// Display name used in From.
+	// Display name used in From; one line of at most 200 characters.
 	DisplayName string `protobuf:"bytes,3,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// Personal or shared; fixed at creation.
 	Kind MailboxKind `protobuf:"varint,4,opt,name=kind,proto3,enum=postamt.mailbox.v1.MailboxKind" json:"kind,omitempty"`

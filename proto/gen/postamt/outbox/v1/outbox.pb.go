@@ -91,19 +91,21 @@ type SubmitEmailRequest struct {
 	// the user's default sender (mailbox User.default_sender_mailbox_id); INVALID_ARGUMENT when
 	// the user has none, or when the caller is a service without a user.
 	FromAddress string `protobuf:"bytes,1,opt,name=from_address,json=fromAddress,proto3" json:"from_address,omitempty"`
-	// To recipients (plain addresses).
+	// To recipients (plain addresses of at most 254 bytes). To, cc and bcc together hold at most
+	// OUTBOX_MAX_RECIPIENTS (500 by default).
 	To []string `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
 	// Cc recipients.
 	Cc []string `protobuf:"bytes,3,rep,name=cc,proto3" json:"cc,omitempty"`
 	// Bcc recipients.
 	Bcc []string `protobuf:"bytes,4,rep,name=bcc,proto3" json:"bcc,omitempty"`
-	// Subject; no CR or LF.
+	// Subject; one line (no CR, LF or other control character) of at most 998 characters.
 	Subject string `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
-	// Plain-text body; text_body or html_body (or both) is required.
+	// Plain-text body; text_body or html_body (or both) is required. Bodies and attachments
+	// together are at most OUTBOX_MAX_MESSAGE_BYTES (25 MiB by default).
 	TextBody string `protobuf:"bytes,6,opt,name=text_body,json=textBody,proto3" json:"text_body,omitempty"`
 	// HTML body.
 	HtmlBody string `protobuf:"bytes,7,opt,name=html_body,json=htmlBody,proto3" json:"html_body,omitempty"`
-	// Attachments.
+	// Attachments; at most 100.
 	Attachments []*Attachment `protobuf:"bytes,8,rep,name=attachments,proto3" json:"attachments,omitempty"`
 	// Priority; unset means NORMAL.
 	Priority Priority `protobuf:"varint,9,opt,name=priority,proto3,enum=postamt.outbox.v1.Priority" json:"priority,omitempty"`
@@ -114,16 +116,17 @@ type SubmitEmailRequest struct {
 	// When to send it; unset means after the sender's undo delay. Not in the past beyond a small
 	// tolerance, not beyond the service's horizon.
 	SendAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=send_at,json=sendAt,proto3" json:"send_at,omitempty"`
-	// Client-chosen key, 1-128 characters; a second submit with the same key returns the first
-	// email.
+	// Client-chosen key, one line of 1-128 characters; a second submit with the same key returns
+	// the first email.
 	IdempotencyKey string `protobuf:"bytes,13,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// The connector; unset means the tenant's default.
 	ConnectorId string `protobuf:"bytes,14,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
-	// In-Reply-To of a reply (a Message-ID without angle brackets).
+	// In-Reply-To of a reply (a Message-ID without angle brackets); one line of at most 998
+	// characters.
 	InReplyTo string `protobuf:"bytes,15,opt,name=in_reply_to,json=inReplyTo,proto3" json:"in_reply_to,omitempty"`
-	// References of a reply, oldest first.
+	// References of a reply, oldest first; at most 100, each as in_reply_to.
 	References []string `protobuf:"bytes,16,rep,name=references,proto3" json:"references,omitempty"`
-	// The product's conversation (thread) id.
+	// The product's conversation (thread) id; one line of at most 128 characters.
 	ConversationId string `protobuf:"bytes,17,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	// The CRM record the email is regarding (1-64 of A-Z a-z 0-9 . _ -), as upserted into the
 	// tracker. When the tenant's tracker setting tracking_token_in_subject is on, the outbox has
@@ -453,7 +456,7 @@ type EmailFilter struct {
 	// Only mail from this mailbox.
 	MailboxId string `protobuf:"bytes,4,opt,name=mailbox_id,json=mailboxId,proto3" json:"mailbox_id,omitempty"`
 	// Text contained in the subject or a recipient, case-insensitively; Bcc recipients only for
-	// callers who may see them.
+	// callers who may see them. One line of at most 256 characters.
 	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
 	// Only mail that may have been sent (Email.may_have_been_sent).
 	MayHaveBeenSent bool `protobuf:"varint,6,opt,name=may_have_been_sent,json=mayHaveBeenSent,proto3" json:"may_have_been_sent,omitempty"`
@@ -858,7 +861,7 @@ func (x *CountEmailsResponse) GetView() View {
 // matches a filter (bulk; processed in bounded batches).
 type Selection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The emails.
+	// The emails; at most 1000 (select more by filter).
 	EmailIds []string `protobuf:"bytes,1,rep,name=email_ids,json=emailIds,proto3" json:"email_ids,omitempty"`
 	// With view: every email of the view matching the filter.
 	Filter *EmailFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
@@ -1547,11 +1550,12 @@ type ImportedEmail struct {
 	Status EmailStatus `protobuf:"varint,3,opt,name=status,proto3,enum=postamt.outbox.v1.EmailStatus" json:"status,omitempty"`
 	// Attempts made there.
 	AttemptCount int32 `protobuf:"varint,4,opt,name=attempt_count,json=attemptCount,proto3" json:"attempt_count,omitempty"`
-	// The last error there.
+	// The last error there; at most 2000 bytes.
 	LastError string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// When it first failed there.
 	FirstFailureTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=first_failure_time,json=firstFailureTime,proto3" json:"first_failure_time,omitempty"`
-	// Its Message-ID there, kept.
+	// Its Message-ID there, kept: one line of at most 998 characters, without angle brackets or
+	// spaces. Empty means a new one.
 	MessageId     string `protobuf:"bytes,7,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

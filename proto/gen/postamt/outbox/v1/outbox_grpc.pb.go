@@ -48,8 +48,9 @@ const (
 // OutboxService schedules, sends and retries email through SMTP connectors (DESIGN.md §1.2).
 //
 // Every call is scoped to the tenant of the caller's token and checked against the caller's
-// access: mail the caller may not see is NOT_FOUND. Invalid input (CR or LF in a header field, a
-// bad address, no recipients, too many recipients — to, cc and bcc together — or attachments, a
+// access: mail the caller may not see is NOT_FOUND. Invalid input (CR, LF, NUL or another
+// control character in a field that ends up in a header, the SMTP session or an event, a bad
+// address, no recipients, too many recipients — to, cc and bcc together — or attachments, a
 // malformed id) is INVALID_ARGUMENT with a BadRequest detail per field, the list that passed the
 // recipient limit named; a sender without the right to use the From address is
 // PERMISSION_DENIED; a message over the size limit is RESOURCE_EXHAUSTED with an ErrorInfo of
@@ -359,8 +360,9 @@ func (c *outboxServiceClient) UpdateUserSettings(ctx context.Context, in *Update
 // OutboxService schedules, sends and retries email through SMTP connectors (DESIGN.md §1.2).
 //
 // Every call is scoped to the tenant of the caller's token and checked against the caller's
-// access: mail the caller may not see is NOT_FOUND. Invalid input (CR or LF in a header field, a
-// bad address, no recipients, too many recipients — to, cc and bcc together — or attachments, a
+// access: mail the caller may not see is NOT_FOUND. Invalid input (CR, LF, NUL or another
+// control character in a field that ends up in a header, the SMTP session or an event, a bad
+// address, no recipients, too many recipients — to, cc and bcc together — or attachments, a
 // malformed id) is INVALID_ARGUMENT with a BadRequest detail per field, the list that passed the
 // recipient limit named; a sender without the right to use the From address is
 // PERMISSION_DENIED; a message over the size limit is RESOURCE_EXHAUSTED with an ErrorInfo of

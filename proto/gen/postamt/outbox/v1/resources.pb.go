@@ -614,13 +614,13 @@ func (Column) EnumDescriptor() ([]byte, []int) {
 // timeline and in the team view of the teams that work on it.
 type WorkItem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The work item's id in the product, 1-128 characters.
+	// The work item's id in the product, one line of 1-128 characters.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Its type.
 	Type WorkItemType `protobuf:"varint,2,opt,name=type,proto3,enum=postamt.outbox.v1.WorkItemType" json:"type,omitempty"`
-	// The team that works on the work item, when the product knows it (at most 128 characters):
-	// the email is then in that team's TEAM view too, whoever sent it ("mail about work items my
-	// team works on").
+	// The team that works on the work item, when the product knows it (one line of at most 128
+	// characters): the email is then in that team's TEAM view too, whoever sent it ("mail about
+	// work items my team works on").
 	TeamId        string `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -680,16 +680,16 @@ func (x *WorkItem) GetTeamId() string {
 // Attachment is a file sent with an email. Responses carry only its metadata.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// File name shown to the recipient; no path separators, no control characters.
+	// File name shown to the recipient; one line of 1-255 characters without path separators.
 	Filename string `protobuf:"bytes,1,opt,name=filename,proto3" json:"filename,omitempty"`
-	// MIME type, e.g. "application/pdf".
+	// MIME type, e.g. "application/pdf"; one line of at most 255 characters.
 	ContentType string `protobuf:"bytes,2,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// The content; empty in responses.
 	Content []byte `protobuf:"bytes,3,opt,name=content,proto3" json:"content,omitempty"`
 	// Output only: the content's size in bytes.
 	SizeBytes int64 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// Content-ID for inline parts referenced from the HTML body (cid:...); empty for ordinary
-	// attachments.
+	// attachments. One line of at most 255 characters.
 	ContentId     string `protobuf:"bytes,5,opt,name=content_id,json=contentId,proto3" json:"content_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1308,9 +1308,9 @@ type Connector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen id, 1-64 characters of [A-Za-z0-9._-].
 	ConnectorId string `protobuf:"bytes,1,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
-	// Name shown to people.
+	// Name shown to people; one line of at most 200 characters.
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	// Relay host name or address.
+	// Relay host name or address; at most 253 characters, no space, '/' or control character.
 	Host string `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
 	// Relay port.
 	Port int32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
@@ -1318,7 +1318,7 @@ type Connector struct {
 	TlsMode TlsMode `protobuf:"varint,5,opt,name=tls_mode,json=tlsMode,proto3,enum=postamt.outbox.v1.TlsMode" json:"tls_mode,omitempty"`
 	// How the outbox authenticates.
 	AuthMechanism AuthMechanism `protobuf:"varint,6,opt,name=auth_mechanism,json=authMechanism,proto3,enum=postamt.outbox.v1.AuthMechanism" json:"auth_mechanism,omitempty"`
-	// User name for AUTH.
+	// User name for AUTH; one line of at most 256 characters.
 	Username string `protobuf:"bytes,7,opt,name=username,proto3" json:"username,omitempty"`
 	// Where the password is, within the tenant's part of the operator's scope:
 	// "env:PREFIX" + TENANT + "__" + NAME (OUTBOX_SECRET_ENV_PREFIX, the tenant id upper-cased
@@ -1328,7 +1328,7 @@ type Connector struct {
 	// never stored or returned.
 	SecretRef string `protobuf:"bytes,8,opt,name=secret_ref,json=secretRef,proto3" json:"secret_ref,omitempty"`
 	// Delays between automatic attempts, e.g. [1m, 5m, 15m, 1h, 4h]; the last repeats while
-	// attempts remain.
+	// attempts remain. At most 20, each 1s-7d.
 	RetryPattern []*durationpb.Duration `protobuf:"bytes,9,rep,name=retry_pattern,json=retryPattern,proto3" json:"retry_pattern,omitempty"`
 	// Attempts before mail is FAILED, the first included, 1-50; 0 means one more than the retry
 	// pattern's delays (every delay used once).
@@ -1514,7 +1514,7 @@ type UserSettings struct {
 	DefaultView View `protobuf:"varint,3,opt,name=default_view,json=defaultView,proto3,enum=postamt.outbox.v1.View" json:"default_view,omitempty"`
 	// Rows per page, 1-500; 0 means 50.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// Columns shown, in order; COLUMN_TO and COLUMN_SUBJECT are always included.
+	// Columns shown, in order; COLUMN_TO and COLUMN_SUBJECT are always included. At most 14.
 	VisibleColumns []Column `protobuf:"varint,5,rep,packed,name=visible_columns,json=visibleColumns,proto3,enum=postamt.outbox.v1.Column" json:"visible_columns,omitempty"`
 	// Increases by one with every change.
 	Version       int64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`

@@ -690,9 +690,11 @@ type Record struct {
 	// The CRM's entity type of an OTHER record, e.g. "queue"; 1-64 characters of [a-z0-9_];
 	// required for OTHER, empty otherwise.
 	EntityType string `protobuf:"bytes,3,opt,name=entity_type,json=entityType,proto3" json:"entity_type,omitempty"`
-	// Name shown to people, at most 200 characters.
+	// Name shown to people, one line (no CR, LF or other control character) of at most 200
+	// characters.
 	DisplayName string `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	// The record's email addresses (plain addresses, compared case-insensitively), 1-20. An
+	// The record's email addresses (plain addresses of at most 254 bytes, compared
+	// case-insensitively), 1-20. An
 	// address several records share is ambiguous: mail to it is linked to none of them.
 	EmailAddresses []string `protobuf:"bytes,5,rep,name=email_addresses,json=emailAddresses,proto3" json:"email_addresses,omitempty"`
 	// Output only: increases by one with every change.
@@ -993,10 +995,12 @@ type SentItem struct {
 	SendingUserId string `protobuf:"bytes,2,opt,name=sending_user_id,json=sendingUserId,proto3" json:"sending_user_id,omitempty"`
 	// The message's RFC 5322 header section (the body may follow and is ignored), at most 64 KiB.
 	// Message-ID and From are required; To, Cc, Bcc, Subject, Date, In-Reply-To and References
-	// are read. Malformed headers are INVALID_ARGUMENT naming "raw_headers" or the header.
+	// are read. Malformed headers are INVALID_ARGUMENT naming "raw_headers" or the header: a NUL
+	// or a CR that does not end a line anywhere in the section, a control character in a decoded
+	// Subject, more than 1000 recipients; of References the newest 50 are kept.
 	RawHeaders string `protobuf:"bytes,3,opt,name=raw_headers,json=rawHeaders,proto3" json:"raw_headers,omitempty"`
-	// The mail client's conversation (thread) id, e.g. Exchange's ConversationId; optional, at
-	// most 256 characters.
+	// The mail client's conversation (thread) id, e.g. Exchange's ConversationId; optional, one
+	// line of at most 256 characters.
 	ThreadId      string `protobuf:"bytes,4,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

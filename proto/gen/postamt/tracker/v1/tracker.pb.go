@@ -576,7 +576,8 @@ type ListRecordsRequest struct {
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// When set, only the records with this address (all of them, unpaged: an address has few).
+	// When set, only the records with this address (all of them, unpaged: an address has few); a
+	// plain address of at most 254 bytes.
 	EmailAddress  string `protobuf:"bytes,3,opt,name=email_address,json=emailAddress,proto3" json:"email_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -812,8 +813,9 @@ type IssueTrackingTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The record the mail is regarding; it must have been upserted.
 	RegardingRecordId string `protobuf:"bytes,1,opt,name=regarding_record_id,json=regardingRecordId,proto3" json:"regarding_record_id,omitempty"`
-	// The subject to append the token to, without CR or LF, may be empty: at most 968 characters
-	// when a token is appended (998 when only_if_enabled returns it unchanged).
+	// The subject to append the token to, one line (no CR, LF or other control character), may be
+	// empty: at most 968 characters when a token is appended (998 when only_if_enabled returns it
+	// unchanged).
 	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
 	// Issue a token only when the tenant's tracking_token_in_subject is on; when it is off the
 	// response carries no token and the subject as given, and the record is not looked up. The
@@ -932,7 +934,8 @@ func (x *IssueTrackingTokenResponse) GetSubject() string {
 // GetTrackingRequest names a message.
 type GetTrackingRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The Message-ID, with or without angle brackets.
+	// The Message-ID, with or without angle brackets; at most 995 bytes without spaces or
+	// control characters.
 	MessageId     string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1214,7 +1217,8 @@ type isExplainTrackingRequest_Target interface {
 }
 
 type ExplainTrackingRequest_MessageId struct {
-	// A message that arrived: the decision recorded then.
+	// A message that arrived: the decision recorded then. With or without angle brackets; at
+	// most 995 bytes without spaces or control characters.
 	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3,oneof"`
 }
 
