@@ -78,8 +78,10 @@ vet:
 # bench holds benchmarks only (run by `make bench`); vet and build-modules compile it.
 TEST_MODULES := $(filter-out bench,$(MODULES))
 
+# The fault suite (faults/) runs for about 9 minutes on 2 CPUs, near go test's default limit of
+# 10 minutes per test binary: every module gets 25.
 go-test: test-cluster
-	@for m in $(TEST_MODULES); do (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
+	@for m in $(TEST_MODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 25m ./...) || exit 1; done
 
 # The services whose end-to-end tests take their Redis from redistest.Suite.
 CLUSTER_TEST_PACKAGES := services/outbox/app services/mailbox/app services/tracker/app

@@ -1,13 +1,10 @@
 package faults_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/postamt/postamt/faults/harness"
 )
@@ -45,6 +42,8 @@ func TestNATSServerLossUnderLoad(t *testing.T) {
 	)
 	s := harness.Start(t, harness.Options{Dispatchers: 2, NATSServers: 3, NATSProcesses: true, Tracker: true, Calendar: true})
 	cluster := s.NATSCluster
+	s.Describe("4 clients submitting 10/s each, regarding a record; 2 dispatchers, tracker, calendar; NATS R3 cluster",
+		fmt.Sprintf("the NATS server leading %s (and the meta group) SIGKILLed for %s", outboxStream, outage))
 	relay := s.NewRelay(t)
 	s.CreateConnector(t, harness.Connector{Tenant: tenant, ID: "default", Relay: relay, PoolSize: 8})
 	s.TrackRecord(t, tenant, record, "office@muster.example")
@@ -106,132 +105,31 @@ func TestNATSServerLossUnderLoad(t *testing.T) {
 	}
 	<-time.After(outage - time.Since(killedAt))
 	restartAt := time.Now()
+	s.RecoverFrom(restartAt)
 	acceptedDown := load.AcceptedBetween(killedAt, restartAt)
 	cluster.Restart(t, victim) // waits until every stream's replicas are current
 	replicasBack := time.Since(restartAt)
 	<-time.After(after)
 	mail := load.Stop()
 	stopped = true
-	stoppedAt := time.Now()
 	refused := load.Refused()
 
-	counts, settled := s.WaitSettled(len(mail), within)
-	if !settled {
-		t.Errorf("not every email settled within %s: %s", within, counts)
-	}
-	// The projections agree with the ledger: every email (all are to be SENT, checked below)
-	// in the sent view and tracked. Polled: the consumers may still be catching up.
-	var missingView, untracked []string
-	var lastErr error
-	agreed := harness.Eventually(within, func() bool {
-		view, err := s.SentView(tenant)
-		if err != nil {
-			lastErr = err
-			return false
-		}
-		missingView = missingView[:0]
-		for _, m := range mail {
-			if !view[m.MessageID] {
-				missingView = append(missingView, m.MessageID)
-			}
-		}
-		un, err := s.Untracked(mail)
-		if err != nil {
-			lastErr = err
-			return false
-		}
-		untracked = untracked[:0]
-		for _, m := range un {
-			untracked = append(untracked, m.MessageID)
-		}
-		return len(missingView) == 0 && len(untracked) == 0
-	})
-	converged := time.Since(stoppedAt)
-	if !agreed {
-		t.Errorf("projections did not agree with the ledger within %s: %d of %d emails missing from the sent view (e.g. %s), %d not tracked (e.g. %s); last error: %v",
-			within, len(missingView), len(mail), harness.Some(missingView, 5), len(untracked), harness.Some(untracked, 5), lastErr)
-		if len(untracked) > 0 {
-			t.Logf("the tracker on %s: %s", untracked[0], s.Explain(tenant, untracked[0]))
-		}
-	}
-	var left map[string]int64
-	if !harness.Eventually(within, func() bool {
-		var err error
-		left, err = s.UnpublishedEvents(t)
-		return err == nil && len(left) == 0
-	}) {
-		t.Errorf("events left unpublished in Redis %s after the load stopped (a relay stopped?): %v", within, left)
-	}
-	js := cluster.JetStream(t)
-	var behind error
-	if !harness.Eventually(within, func() bool { behind = durablesCaughtUp(js); return behind == nil }) {
-		t.Errorf("a durable consumer did not catch up within %s: %v", within, behind)
-	}
 	if err := cluster.StreamsCurrent(); err != nil {
 		t.Errorf("after the restart: %v", err)
 	}
-
-	for _, p := range []*harness.Process{s.Mailbox, s.API, s.Tracker, s.Calendar} {
-		if !p.Running() {
-			t.Errorf("%s exited during the test:\n%s", p.Name, p.LogTail(20))
-		}
-	}
-	tally := finish(t, s, mail, relay)
-	checkAllSent(t, tally)
-	if len(tally.NotOnce) > 0 {
+	// Every email SENT and delivered, every event published and consumed once, the sent view and
+	// the tracker in agreement with the ledger: Check, polling while the consumers catch up.
+	res := s.Check(t, mail, harness.Expect{Within: within, Load: load})
+	if len(res.Tally.NotOnce) > 0 {
 		t.Errorf("%d emails did not reach the relay exactly once (copies per email %v), e.g. %s",
-			len(tally.NotOnce), tally.CopiesHist, harness.Some(tally.NotOnce, 5))
-	}
-	if tally.Foreign > 0 {
-		t.Errorf("%d messages at the relay belong to no submitted email", tally.Foreign)
+			len(res.Tally.NotOnce), res.Tally.CopiesHist, harness.Some(res.Tally.NotOnce, 5))
 	}
 	if acceptedDown == 0 {
 		t.Errorf("no submit was accepted while %s was down (%d refused in all, e.g. %v)", cluster.Name(victim), len(refused), someRefusals(refused, 3))
 	}
-	dups := 0
-	for k, n := range tally.CopiesHist {
-		if k > 1 {
-			dups += (k - 1) * n
-		}
-	}
-	t.Logf("summary: killed %s (%s); accepted %d (%d while it was down, %d refused), delivered %d, duplicates %d; new stream leader %s after the kill, replicas current %s after the restart, projections agreed %s after the load stopped",
-		cluster.Name(victim), role, len(mail), acceptedDown, len(refused), relay.Distinct(), dups,
-		failover.Round(time.Millisecond), replicasBack.Round(time.Millisecond), converged.Round(time.Millisecond))
-}
-
-// durablesCaughtUp returns nil when every durable consumer of every stream has nothing pending:
-// no message undelivered and none delivered but unacknowledged.
-func durablesCaughtUp(js jetstream.JetStream) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	streams := js.StreamNames(ctx)
-	var names []string
-	for n := range streams.Name() {
-		names = append(names, n)
-	}
-	if err := streams.Err(); err != nil {
-		return fmt.Errorf("list streams: %w", err)
-	}
-	var errs []error
-	for _, name := range names {
-		st, err := js.Stream(ctx, name)
-		if err != nil {
-			return fmt.Errorf("stream %s: %w", name, err)
-		}
-		cl := st.ListConsumers(ctx)
-		for ci := range cl.Info() {
-			if ci.Config.Durable == "" {
-				continue
-			}
-			if ci.NumPending > 0 || ci.NumAckPending > 0 {
-				errs = append(errs, fmt.Errorf("%s/%s: %d pending, %d awaiting acknowledgement", name, ci.Name, ci.NumPending, ci.NumAckPending))
-			}
-		}
-		if err := cl.Err(); err != nil {
-			return fmt.Errorf("list consumers of %s: %w", name, err)
-		}
-	}
-	return errors.Join(errs...)
+	t.Logf("summary: killed %s (%s); accepted %d (%d while it was down, %d refused), delivered %d, duplicates %d; new stream leader %s after the kill, replicas current %s after the restart, everything settled %s after the restart",
+		cluster.Name(victim), role, len(mail), acceptedDown, len(refused), res.Delivered, res.Duplicated,
+		failover.Round(time.Millisecond), replicasBack.Round(time.Millisecond), res.Recovered.Round(time.Millisecond))
 }
 
 func someRefusals(rs []harness.Refusal, n int) []string {
@@ -240,4 +138,131 @@ func someRefusals(rs []harness.Refusal, n int) []string {
 		out = append(out, r.Err.Error())
 	}
 	return out
+}
+
+// natsLoad is the load of the NATS tests: users submitting mail regarding a CRM record the
+// tracker knows, so every email ends in the sent view and in the tracker.
+func natsLoad(t *testing.T, s *harness.Suite) (*harness.Relay, *harness.Load) {
+	t.Helper()
+	const record = "a-1"
+	relay := s.NewRelay(t)
+	s.CreateConnector(t, harness.Connector{Tenant: tenant, ID: "default", Relay: relay, PoolSize: 8})
+	s.TrackRecord(t, tenant, record, "office@muster.example")
+	load := s.StartLoad(harness.LoadSpec{Tenant: tenant, Clients: 4, Interval: 100 * time.Millisecond, RegardingRecordID: record})
+	t.Cleanup(func() { load.Stop() })
+	harness.Must(t, "50 emails at the relay and in the sent view before the fault", 60*time.Second, func() bool {
+		if relay.Distinct() < 50 {
+			return false
+		}
+		v, err := s.SentView(tenant)
+		return err == nil && len(v) >= 50
+	})
+	return relay, load
+}
+
+// TestNATSCutOffUnderLoad (issue 17): every process is cut off NATS by the network for 10 s
+// (a proxy between them and the server refuses and drops every connection) while users keep
+// submitting. Submitting and sending need only Redis and the relays, so both go on; the events
+// wait in Redis. Once NATS is reachable again the relays resume: no event is lost (every SENT
+// email has exactly one EmailSent in JetStream, the sent view and the tracker hold every one) and
+// Check finds every other invariant kept.
+func TestNATSCutOffUnderLoad(t *testing.T) {
+	const (
+		outage = 10 * time.Second
+		after  = 3 * time.Second
+	)
+	s := harness.Start(t, harness.Options{Dispatchers: 2, Tracker: true, NATSProxy: true})
+	s.Describe("4 clients submitting 10/s each, regarding a record; 2 dispatchers, tracker", fmt.Sprintf("every process cut off NATS by the network for %s", outage))
+	relay, load := natsLoad(t, s)
+
+	s.CutNATS(t)
+	cutAt := time.Now()
+	atCut := relay.Distinct()
+	<-time.After(outage) // the fault's length, not a wait for something
+	s.RestoreNATS(t)
+	restoredAt := time.Now()
+	s.RecoverFrom(restoredAt)
+	accepted, delivered := load.AcceptedBetween(cutAt, restoredAt), relay.Distinct()-atCut
+	left, _ := s.UnpublishedEvents(t)
+	<-time.After(after)
+	mail := load.Stop()
+
+	t.Logf("while NATS was cut off: %d submits accepted, %d emails delivered; events waiting in Redis at the end: %v", accepted, delivered, left)
+	if accepted == 0 {
+		t.Errorf("no submit was accepted while NATS was cut off (%d refused, e.g. %v)", load.Refusals(), someRefusals(load.Refused(), 3))
+	}
+	if delivered == 0 {
+		t.Error("no email was delivered while NATS was cut off")
+	}
+	s.Check(t, mail, harness.Expect{Load: load})
+}
+
+// TestNATSRestartedOnStore (issue 17): the NATS server stops under load and starts again 5 s
+// later on the same port and store, its streams and consumers as they were. The services
+// reconnect, the relays publish what waited in Redis, the consumers go on from where they were,
+// and Check finds every invariant kept: no event lost or doubled, projections in agreement.
+func TestNATSRestartedOnStore(t *testing.T) {
+	const (
+		outage = 5 * time.Second
+		after  = 3 * time.Second
+	)
+	s := harness.Start(t, harness.Options{Dispatchers: 2, Tracker: true})
+	s.Describe("4 clients submitting 10/s each, regarding a record; 2 dispatchers, tracker", fmt.Sprintf("the NATS server stopped for %s, restarted on its store", outage))
+	_, load := natsLoad(t, s)
+
+	s.NATS.Shutdown()
+	<-time.After(outage) // the fault's length
+	s.NATS.Restart(t)
+	s.RecoverFrom(time.Now())
+	<-time.After(after)
+	mail := load.Stop()
+	s.Check(t, mail, harness.Expect{Load: load})
+}
+
+// TestOutboxKilledBeforeEventRelayed (issue 17): with NATS cut off, mail is SENT, its EmailSent
+// events written to Redis with the SENT records but not published; then every outbox process
+// (the API replica and the dispatcher, each running the event relay) is SIGKILLed, NATS comes
+// back and they are started again. The new relays take the dead ones' streams over when their
+// leases run out and publish the events: each SENT email has exactly one EmailSent in JetStream,
+// the sent view and the tracker hold every email, nothing is left in Redis.
+func TestOutboxKilledBeforeEventRelayed(t *testing.T) {
+	const (
+		record = "a-1"
+		n      = 40
+	)
+	s := harness.Start(t, harness.Options{Dispatchers: 1, Tracker: true, NATSProxy: true})
+	s.Describe(fmt.Sprintf("%d emails regarding a record, 1 dispatcher, tracker", n), "NATS cut off while the mail is SENT; every outbox process SIGKILLed before its events were relayed; NATS back, outbox restarted")
+	relay := s.NewRelay(t)
+	s.CreateConnector(t, harness.Connector{Tenant: tenant, ID: "default", Relay: relay, PoolSize: 8})
+	s.TrackRecord(t, tenant, record, "office@muster.example")
+
+	s.CutNATS(t)
+	mail := s.Submit(t, harness.Batch{Tenant: tenant, N: n, RegardingRecordID: record})
+	if c, ok := s.WaitSettled(n, 30*time.Second); !ok || c[sent] != n {
+		t.Fatalf("the mail was not all SENT with NATS cut off within 30s: %s", c)
+	}
+	left, err := s.UnpublishedEvents(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waiting int64
+	for k, v := range left {
+		if strings.HasPrefix(k, "pm:ob:") { // the outbox's partitions' streams, pm:ob:{obN}:events
+			waiting += v
+		}
+	}
+	if waiting < n {
+		t.Fatalf("%d outbox events wait in Redis, want at least the %d EmailSent (streams: %v)", waiting, n, left)
+	}
+	outbox := append([]*harness.Process{s.API}, s.Dispatchers...)
+	for _, p := range outbox {
+		p.Kill()
+	}
+	s.RestoreNATS(t)
+	for _, p := range outbox {
+		p.Restart(t)
+	}
+	s.RecoverFrom(time.Now())
+	t.Logf("killed and restarted %d outbox processes with %d outbox events waiting in Redis (%v)", len(outbox), waiting, left)
+	s.Check(t, mail, harness.Expect{})
 }

@@ -24,10 +24,17 @@ var build struct {
 	err  error
 }
 
-// Main runs a test binary's tests and then removes the binary Binary built, so builds do not pile
+// Main runs a test binary's tests, prints the results table of the scenarios that ran (and
+// writes it to $POSTAMT_FAULTS_TABLE), and removes the binary Binary built, so builds do not pile
 // up in the temporary directory. Call it from TestMain: os.Exit(harness.Main(m)).
 func Main(m *testing.M) int {
 	code := m.Run()
+	if err := report(); err != nil {
+		fmt.Fprintf(os.Stderr, "harness: write the results table: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
 	if build.dir != "" {
 		_ = os.RemoveAll(build.dir)
 	}

@@ -14,7 +14,17 @@
 //     outbox's and mailbox's events;
 //   - relays: each an in-process SMTP sink (internal/testkit/smtptest, which records every
 //     message and can fail, hang or drop on demand) behind a TCP proxy (internal/testkit/tcpproxy:
-//     slow, hung or cut), which connectors point at.
+//     slow, hung or cut), which connectors point at;
+//   - optionally a TCP proxy between every process and the NATS server (Options.NATSProxy), so
+//     a test can cut NATS off the network (CutNATS) without stopping it.
+//
+// Every scenario ends with Check (check.go): it waits until the suite has settled (Settle) and
+// then asserts the invariants every fault must keep — no accepted email lost, no duplicate at a
+// relay that is not counted as ambiguous (RFC 1047), the ledger, the events in JetStream and the
+// projections (the sent view, the tracker) in agreement, every process back to its idle number
+// of goroutines, and no log line with a stack trace, a token, the signing secret or a message
+// body — and records a row of the results table (results.go), which Main prints at the end of
+// the run and writes as Markdown to $POSTAMT_FAULTS_TABLE.
 //
 // Every tenant is seeded with the user eva and her personal mailbox eva@TENANT.example, so
 // Submit can send from it. Everything listens on 127.0.0.1 on free ports; waits poll with a
@@ -31,6 +41,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/postamt/postamt/internal/auth"
@@ -38,6 +50,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/natstest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/internal/testkit/servetest"
+	"github.com/postamt/postamt/internal/testkit/tcpproxy"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
@@ -72,6 +85,10 @@ type Options struct {
 	Tracker bool
 	// Calendar runs `postamt serve calendar` (it follows the mailbox's events).
 	Calendar bool
+	// NATSProxy puts a TCP proxy between every process and the NATS server (one server only), so
+	// CutNATS and RestoreNATS can cut it off the network while it keeps running; the harness's
+	// own JetStream reads go to the server directly.
+	NATSProxy bool
 }
 
 // Suite is a running outbox with everything around it. Its methods may be called from several
@@ -91,9 +108,24 @@ type Suite struct {
 	API *Process
 	// Dispatchers are the outbox replicas that send mail.
 	Dispatchers []*Process
+	// NATSProxy stands between the processes and NATS (Options.NATSProxy), nil otherwise.
+	NATSProxy *tcpproxy.Proxy
 
-	signer  *auth.Signer
-	tenants []string
+	signer   *auth.Signer
+	tenants  []string
+	redisURL string
+	// secret is AUTH_HS256_SECRET, and marker is in the body of every email the harness
+	// submits: neither may appear in a log.
+	secret, marker string
+
+	mu     sync.Mutex
+	tokens map[string]bool // every token minted for a request, which no log may show
+	relays []*Relay
+	idle   map[string]float64 // go_goroutines of each process before the load, by name
+	run    *Result            // the scenario's row of the results table
+	healed time.Time
+	js     jetstream.JetStream
+	rdb    redis.UniversalClient
 }
 
 // Start runs a suite for tb and stops it at cleanup; when tb fails, the tail of every process's
@@ -112,7 +144,7 @@ func Start(tb testing.TB, o Options) *Suite {
 		rs = redistest.Start(tb, redistest.WithAOF()) // skips with -short or without redis-server
 		redisURL = rs.URL()
 	}
-	s := &Suite{Redis: rs, tenants: o.Tenants}
+	s := &Suite{Redis: rs, tenants: o.Tenants, redisURL: redisURL, secret: authtest.Config().HS256Secret, marker: newMarker(), tokens: map[string]bool{}}
 	var natsURL, replicas string
 	if o.NATSServers > 1 {
 		if o.NATSProcesses {
@@ -124,6 +156,13 @@ func Start(tb testing.TB, o Options) *Suite {
 	} else {
 		s.NATS = natstest.Start(tb)
 		natsURL = s.NATS.URL()
+		if o.NATSProxy {
+			s.NATSProxy = tcpproxy.Start(tb, strings.TrimPrefix(natsURL, "nats://"))
+			natsURL = "nats://" + s.NATSProxy.Addr()
+		}
+	}
+	if o.NATSProxy && s.NATSProxy == nil {
+		tb.Fatal("harness: Options.NATSProxy needs one NATS server, not a cluster")
 	}
 	bin := Binary(tb)
 	_, s.signer = authtest.Keys(tb)
@@ -133,7 +172,7 @@ func Start(tb testing.TB, o Options) *Suite {
 		env := map[string]string{
 			"REDIS_URL":         redisURL,
 			"NATS_URL":          natsURL,
-			"AUTH_HS256_SECRET": authtest.Config().HS256Secret,
+			"AUTH_HS256_SECRET": s.secret,
 			"LOG_FORMAT":        "json",
 			"LOG_LEVEL":         "info",
 			// A short drain delay: no load balancer needs to notice a test's replica leave.
@@ -170,6 +209,9 @@ func Start(tb testing.TB, o Options) *Suite {
 		env["OUTBOX_DISPATCH"] = strconv.FormatBool(dispatch)
 		// Mail is due at once unless a test sets send_at: no undo delay to wait out.
 		env["OUTBOX_DEFAULT_UNDO_DELAY"] = "0s"
+		// A relay that died is replaced soon (as the tracker's and the calendar's): the tests
+		// wait for its events.
+		env["OUTBOX_RELAY_CLAIM_IDLE"] = "5s"
 		maps.Copy(env, o.OutboxEnv)
 		return env
 	}
@@ -194,6 +236,8 @@ func Start(tb testing.TB, o Options) *Suite {
 		starting = append(starting, s.Calendar)
 	}
 	s.startAll(tb, starting...)
+	s.MarkIdle(tb)
+	s.describe(tb)
 	return s
 }
 
@@ -250,6 +294,25 @@ func (p *Process) retryPorts(tb testing.TB) {
 	p.conn = servetest.Dial(tb, p.GRPCAddr)
 }
 
+// CutNATS cuts every process off NATS (Options.NATSProxy): their connections drop and none can
+// reconnect until RestoreNATS; the server itself runs on.
+func (s *Suite) CutNATS(tb testing.TB) {
+	tb.Helper()
+	if s.NATSProxy == nil {
+		tb.Fatal("harness: CutNATS needs Options.NATSProxy")
+	}
+	s.NATSProxy.Refuse(true)
+}
+
+// RestoreNATS lets the processes reconnect to NATS after CutNATS.
+func (s *Suite) RestoreNATS(tb testing.TB) {
+	tb.Helper()
+	if s.NATSProxy == nil {
+		tb.Fatal("harness: RestoreNATS needs Options.NATSProxy")
+	}
+	s.NATSProxy.Refuse(false)
+}
+
 // Tenants are the seeded tenants.
 func (s *Suite) Tenants() []string { return s.tenants }
 
@@ -262,6 +325,9 @@ func (s *Suite) ctx(p auth.Principal) context.Context {
 	if err != nil {
 		panic(fmt.Sprintf("harness: mint a token: %v", err)) // only a bad signer config fails; authtest's is fixed
 	}
+	s.mu.Lock()
+	s.tokens[tok] = true
+	s.mu.Unlock()
 	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
 }
 

@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
-	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 )
 
@@ -70,11 +69,9 @@ func (s *Suite) StartLoad(spec LoadSpec) *Load {
 			defer tick.Stop()
 			for i := 0; ctx.Err() == nil; i++ {
 				rctx, rcancel := context.WithTimeout(auth, 10*time.Second)
-				r, err := client.SubmitEmail(rctx, &outboxv1.SubmitEmailRequest{
-					FromAddress: Sender(spec.Tenant), To: []string{fmt.Sprintf("client-%d-%d@example.com", c, i)},
-					Subject: fmt.Sprintf("%s #%d-%d", spec.Subject, c, i), TextBody: "Guten Tag,\n\nanbei die Unterlagen.\n",
-					RegardingRecordId: spec.RegardingRecordID,
-				})
+				req := s.Request(spec.Tenant, fmt.Sprintf("client-%d-%d@example.com", c, i), fmt.Sprintf("%s #%d-%d", spec.Subject, c, i))
+				req.RegardingRecordId = spec.RegardingRecordID
+				r, err := client.SubmitEmail(rctx, req)
 				rcancel()
 				now := time.Now()
 				l.mu.Lock()
@@ -84,7 +81,7 @@ func (s *Suite) StartLoad(spec LoadSpec) *Load {
 					}
 				} else {
 					e := r.GetEmail()
-					l.accepted = append(l.accepted, Submitted{ID: e.GetEmailId(), MessageID: e.GetMessageId(), Tenant: spec.Tenant, Priority: e.GetPriority()})
+					l.accepted = append(l.accepted, submitted(spec.Tenant, e))
 					l.at = append(l.at, now)
 				}
 				l.mu.Unlock()
@@ -96,6 +93,13 @@ func (s *Suite) StartLoad(spec LoadSpec) *Load {
 		})
 	}
 	return l
+}
+
+// Refusals is the number of submits refused so far.
+func (l *Load) Refusals() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.refused)
 }
 
 // Accepted is the number of emails accepted so far.
@@ -242,29 +246,4 @@ func (s *Suite) Explain(tenant, messageID string) string {
 		return fmt.Sprintf("no explanation of %s: %v", messageID, err)
 	}
 	return r.GetExplanation().String()
-}
-
-// UnpublishedEvents counts the entries left in the services' Redis event streams (every key
-// ending in :events): a relay deletes an entry once JetStream acknowledged it, so a count that
-// stays above zero is a relay that stopped publishing.
-func (s *Suite) UnpublishedEvents(tb testing.TB) (map[string]int64, error) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rdb := s.Redis.Client(tb)
-	out := map[string]int64{}
-	iter := rdb.ScanType(ctx, 0, "*:events", 1000, "stream").Iterator()
-	for iter.Next(ctx) {
-		n, err := rdb.XLen(ctx, iter.Val()).Result()
-		if err != nil {
-			return nil, fmt.Errorf("XLEN %s: %w", iter.Val(), err)
-		}
-		if n > 0 {
-			out[iter.Val()] = n
-		}
-	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("scan event streams: %w", err)
-	}
-	return out, nil
 }

@@ -38,6 +38,12 @@ type Batch struct {
 	RetryFor time.Duration
 	// Retried, when set, counts the UNAVAILABLE answers that were retried.
 	Retried *atomic.Int64
+	// Keyed gives every submit an idempotency key ("Subject-i") also without RetryFor, so the
+	// same batch submitted again names the same emails.
+	Keyed bool
+	// RegardingRecordID is set on every email (the tracker tracks mail regarding a record it
+	// knows); empty sets none.
+	RegardingRecordID string
 }
 
 // Submitted is one accepted email.
@@ -46,6 +52,24 @@ type Submitted struct {
 	MessageID string
 	Tenant    string
 	Priority  outboxv1.Priority
+	// Regarding is the email's regarding_record_id: the tracker is to track it once SENT.
+	Regarding string
+	// To is its (only) recipient, which tells its attempts apart at a scripted relay (Script).
+	To string
+}
+
+func submitted(tenant string, e *outboxv1.Email) Submitted {
+	return Submitted{ID: e.GetEmailId(), MessageID: e.GetMessageId(), Tenant: tenant, Priority: e.GetPriority(), Regarding: e.GetRegardingRecordId(), To: Recipient(e)}
+}
+
+// Request is a submit of one email from the seeded user of tenant to to, with a body that
+// carries the suite's marker (which Check looks for in the logs: no process may log a body).
+// Callers set what else they need (idempotency key, connector, send_at).
+func (s *Suite) Request(tenant, to, subject string) *outboxv1.SubmitEmailRequest {
+	return &outboxv1.SubmitEmailRequest{
+		FromAddress: Sender(tenant), To: []string{to}, Subject: subject,
+		TextBody: "Guten Tag,\n\nanbei die Unterlagen (" + s.marker + ").\n",
+	}
 }
 
 // Submit submits b's emails through the API replica from Clients goroutines at once, as fast as
@@ -53,6 +77,16 @@ type Submitted struct {
 // tb.
 func (s *Suite) Submit(tb testing.TB, b Batch) []Submitted {
 	tb.Helper()
+	out, err := s.TrySubmit(b)
+	if err != nil {
+		tb.Fatalf("harness: %v", err)
+	}
+	return out
+}
+
+// TrySubmit is Submit returning the first refusal instead of failing a test, for a goroutine
+// other than the test's.
+func (s *Suite) TrySubmit(b Batch) ([]Submitted, error) {
 	if b.Clients == 0 {
 		b.Clients = 16
 	}
@@ -71,12 +105,9 @@ func (s *Suite) Submit(tb testing.TB, b Batch) []Submitted {
 	for w := range b.Clients {
 		wg.Go(func() {
 			for i := w; i < b.N; i += b.Clients {
-				req := &outboxv1.SubmitEmailRequest{
-					FromAddress: Sender(b.Tenant), To: []string{fmt.Sprintf("client-%d@example.com", i)},
-					Subject: fmt.Sprintf("%s #%d", b.Subject, i), TextBody: "Guten Tag,\n\nanbei die Unterlagen.\n",
-					Priority: b.Priority, ConnectorId: b.Connector, SendAt: sendAt,
-				}
-				if b.RetryFor > 0 {
+				req := s.Request(b.Tenant, fmt.Sprintf("client-%d@example.com", i), fmt.Sprintf("%s #%d", b.Subject, i))
+				req.Priority, req.ConnectorId, req.SendAt, req.RegardingRecordId = b.Priority, b.Connector, sendAt, b.RegardingRecordID
+				if b.RetryFor > 0 || b.Keyed {
 					req.IdempotencyKey = fmt.Sprintf("%s-%d", b.Subject, i)
 				}
 				r, err := client.SubmitEmail(ctx, req)
@@ -91,17 +122,16 @@ func (s *Suite) Submit(tb testing.TB, b Batch) []Submitted {
 					errc <- fmt.Errorf("submit #%d: %w", i, err)
 					return
 				}
-				e := r.GetEmail()
-				out[i] = Submitted{ID: e.GetEmailId(), MessageID: e.GetMessageId(), Tenant: b.Tenant, Priority: e.GetPriority()}
+				out[i] = submitted(b.Tenant, r.GetEmail())
 			}
 		})
 	}
 	wg.Wait()
 	close(errc)
 	for err := range errc {
-		tb.Fatalf("harness: %v", err)
+		return nil, err
 	}
-	return out
+	return out, nil
 }
 
 // Email reads one email with its attempt history through the API replica.
@@ -288,7 +318,11 @@ func (s *Suite) Tally(tb testing.TB, sent []Submitted, relays ...*Relay) Tally {
 			copies[id] += n
 		}
 	}
-	emails := s.Emails(tb, sent)
+	return tally(sent, s.Emails(tb, sent), copies)
+}
+
+// tally compares the records of sent with the copies per Message-ID the relays received.
+func tally(sent []Submitted, emails map[string]*outboxv1.Email, copies map[string]int) Tally {
 	t := Tally{Emails: len(sent), ByStatus: Counts{}, CopiesHist: map[int]int{}}
 	known := map[string]bool{}
 	for _, m := range sent {

@@ -6,6 +6,7 @@ import (
 	"net/mail"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,11 +29,16 @@ type Relay struct {
 func (s *Suite) NewRelay(tb testing.TB) *Relay {
 	tb.Helper()
 	sink := smtptest.Start(tb)
-	return &Relay{Sink: sink, Proxy: tcpproxy.Start(tb, sink.Addr())}
+	r := &Relay{Sink: sink, Proxy: tcpproxy.Start(tb, sink.Addr())}
+	s.mu.Lock()
+	s.relays = append(s.relays, r)
+	s.mu.Unlock()
+	return r
 }
 
 // Close cuts the relay off and waits until the sink has finished every message it was receiving:
-// after it, Arrivals and Copies are final. Call it once no outbox sends any more (StopDispatchers).
+// after it, Arrivals and Copies are final. Call it once no outbox sends any more (StopDispatchers);
+// Check closes every relay of the suite.
 func (r *Relay) Close() {
 	r.Proxy.Close()
 	r.Sink.Close()
@@ -157,4 +163,56 @@ func (s *Suite) SetConnectorEnabled(tb testing.TB, tenant, id string, enabled bo
 		}
 	}
 	return requeued
+}
+
+// Attempts counts, per recipient, the attempts a scripted sink met at its stage (Script).
+type Attempts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// Of is the number of attempts to rcpt seen so far.
+func (a *Attempts) Of(rcpt string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.n[rcpt]
+}
+
+// Total is the number of attempts seen so far, all recipients together.
+func (a *Attempts) Total() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := 0
+	for _, n := range a.n {
+		t += n
+	}
+	return t
+}
+
+// Script has the sink answer each attempt at stage with what f returns for the message's
+// recipient and the attempt's number (1 for the first), and accept at every other stage.
+// Messages are told apart by their first recipient: the harness sends every email to an address
+// of its own. It returns the attempts counted at stage.
+func (r *Relay) Script(stage smtptest.Stage, f func(rcpt string, attempt int) smtptest.Behavior) *Attempts {
+	a := &Attempts{n: map[string]int{}}
+	r.Sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
+		if env.Stage != stage || len(env.To) == 0 {
+			return smtptest.Accept
+		}
+		rcpt := env.To[0]
+		a.mu.Lock()
+		a.n[rcpt]++
+		n := a.n[rcpt]
+		a.mu.Unlock()
+		return f(rcpt, n)
+	})
+	return a
+}
+
+// Recipient is the address an email was sent to, from its record.
+func Recipient(e *outboxv1.Email) string {
+	if to := e.GetTo(); len(to) > 0 {
+		return to[0]
+	}
+	return ""
 }

@@ -68,6 +68,11 @@ const (
 	// PermFailMail answers MAIL FROM with 550 5.7.1, a sender the relay refuses (e.g. not
 	// allowed to send as that address); it must not be retried.
 	PermFailMail
+	// RecordThenDrop reads the whole message, records it as delivered and then closes the TCP
+	// connection without replying: the RFC 1047 window as it ends worst, with the message
+	// delivered though the sender cannot know it, so a sender that sends it again makes a
+	// duplicate (Drop is the same window with the message lost).
+	RecordThenDrop
 )
 
 var behaviorNames = [...]string{
@@ -85,6 +90,7 @@ var behaviorNames = [...]string{
 	ServiceUnavailableData:  "ServiceUnavailableData",
 	InsufficientStorageData: "InsufficientStorageData",
 	PermFailMail:            "PermFailMail",
+	RecordThenDrop:          "RecordThenDrop",
 }
 
 // String returns the constant's name, so behaviours read well in subtest names and failures.
@@ -121,10 +127,37 @@ var (
 //	MAIL FROM     ServiceUnavailable (421), PermFailMail (550)
 //	RCPT TO       ServiceUnavailableRcpt (421), TempFailRcpt (451), MailboxFull (452), PermFailRcpt (550)
 //	end of DATA   ServiceUnavailableData (421), TempFailData (451), InsufficientStorageData (452),
-//	              MessageTooBig (552), PermFailData (554), Hang, Drop
+//	              MessageTooBig (552), PermFailData (554), Hang, Drop, RecordThenDrop
+//
+// Stage says which step it is, so a hook can count attempts of a message (one StageData per
+// message whose recipients were accepted) without telling the steps apart by To.
 type Envelope struct {
-	From string
-	To   []string
+	From  string
+	To    []string
+	Stage Stage
+}
+
+// Stage is the protocol step a hook is consulted at.
+type Stage int
+
+// The steps; see Envelope.
+const (
+	StageMail Stage = iota + 1
+	StageRcpt
+	StageData
+)
+
+// String names the step.
+func (s Stage) String() string {
+	switch s {
+	case StageMail:
+		return "MAIL"
+	case StageRcpt:
+		return "RCPT"
+	case StageData:
+		return "DATA"
+	}
+	return fmt.Sprintf("Stage(%d)", int(s))
 }
 
 // Message is one accepted message as the sink received it, for assertions on envelope and body.
@@ -338,7 +371,7 @@ func (s *Sink) decide(env Envelope) Behavior {
 	hook, b := s.hook, s.behavior
 	s.mu.Unlock()
 	if hook != nil {
-		return hook(Envelope{From: env.From, To: slices.Clone(env.To)})
+		return hook(Envelope{From: env.From, To: slices.Clone(env.To), Stage: env.Stage})
 	}
 	return b
 }
@@ -465,7 +498,7 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.sink.cfg.authSet && !ss.authed {
 		return smtp.ErrAuthRequired
 	}
-	switch ss.sink.decide(Envelope{From: from}) {
+	switch ss.sink.decide(Envelope{From: from, Stage: StageMail}) {
 	case ServiceUnavailable:
 		return ss.replyAndClose(errServiceUnav)
 	case PermFailMail:
@@ -477,7 +510,7 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	env := Envelope{From: ss.from, To: append(slices.Clone(ss.to), to)}
+	env := Envelope{From: ss.from, To: append(slices.Clone(ss.to), to), Stage: StageRcpt}
 	switch ss.sink.decide(env) {
 	case ServiceUnavailableRcpt:
 		return ss.replyAndClose(errServiceUnav)
@@ -509,7 +542,7 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	received := time.Now()
 
-	switch ss.sink.decide(Envelope{From: ss.from, To: ss.to}) {
+	switch ss.sink.decide(Envelope{From: ss.from, To: ss.to, Stage: StageData}) {
 	case TempFailData:
 		return errTempFailData
 	case MessageTooBig:
@@ -527,6 +560,10 @@ func (ss *session) Data(r io.Reader) error {
 	case Drop:
 		_ = ss.conn.Close()
 		return errSinkClosed // not delivered: the connection is gone
+	case RecordThenDrop:
+		ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls})
+		_ = ss.conn.Close()
+		return errSinkClosed // delivered, but the sender never hears so
 	}
 
 	ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls})

@@ -3,10 +3,12 @@ package smtptest_test
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -267,6 +269,46 @@ func TestDropClosesWithoutReply(t *testing.T) {
 	}
 	if got := len(s.Messages()); got != 0 {
 		t.Errorf("recorded %d messages, want 0", got)
+	}
+}
+
+func TestRecordThenDropDeliversWithoutReply(t *testing.T) {
+	s := smtptest.Start(t)
+	s.SetBehavior(smtptest.RecordThenDrop)
+	c := dial(t, s)
+
+	step, err := send(c, "sender@example.com", []string{"r@example.org"}, body)
+	if got, want := step, "DATA-end"; got != want {
+		t.Fatalf("failed at step %q, want %q (err %v)", got, want, err)
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		t.Fatalf("got SMTP reply %d, want no reply", se.Code)
+	}
+	msgs := s.Messages()
+	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "hello") {
+		t.Fatalf("recorded %d messages, want the one sent: %v", len(msgs), msgs)
+	}
+}
+
+func TestHookSeesTheStage(t *testing.T) {
+	s := smtptest.Start(t)
+	var mu sync.Mutex
+	var stages []string
+	s.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
+		mu.Lock()
+		defer mu.Unlock()
+		stages = append(stages, fmt.Sprintf("%s %d", env.Stage, len(env.To)))
+		return smtptest.Accept
+	})
+	c := dial(t, s)
+	if step, err := send(c, "sender@example.com", []string{"a@example.org", "b@example.org"}, body); err != nil {
+		t.Fatalf("%s: %v", step, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got, want := stages, []string{"MAIL 0", "RCPT 1", "RCPT 2", "DATA 2"}; !slices.Equal(got, want) {
+		t.Errorf("the hook saw %q, want %q", got, want)
 	}
 }
 

@@ -7,6 +7,7 @@
 //	p.SetDelay(600 * time.Millisecond) // a slow relay: every reply arrives 600 ms late
 //	p.Hang(true)                       // a relay that stops answering, connections kept open
 //	p.CutAll()                         // every connection dropped at once
+//	p.Refuse(true)                     // the server unreachable: cut, and no connection gets through
 //
 // Only the server-to-client direction is delayed or held: a client's commands reach the server
 // at once, and its replies are what the client waits for, which is how a slow or hung relay looks
@@ -40,6 +41,7 @@ type Proxy struct {
 	mu       sync.Mutex
 	delay    time.Duration
 	hung     bool
+	refusing bool
 	resume   chan struct{} // closed and replaced when Hang(false) lets held bytes go
 	conns    map[*pair]struct{}
 	accepted int
@@ -124,6 +126,19 @@ func (p *Proxy) CutAll() {
 	}
 }
 
+// Refuse(true) cuts every connection and from then on closes each new one as soon as it is
+// accepted, before anything reaches the target: the server looks down or cut off by the network,
+// and a client's reconnects fail until Refuse(false), after which connections are forwarded as
+// before.
+func (p *Proxy) Refuse(on bool) {
+	p.mu.Lock()
+	p.refusing = on
+	p.mu.Unlock()
+	if on {
+		p.CutAll()
+	}
+}
+
 // Conns is the number of connections open now, so a test can wait until a client has connected
 // (to a hung relay, say) before it goes on.
 func (p *Proxy) Conns() int {
@@ -162,6 +177,13 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return // closed
 		}
+		p.mu.Lock()
+		refusing := p.refusing
+		p.mu.Unlock()
+		if refusing {
+			_ = client.Close()
+			continue
+		}
 		server, err := net.Dial("tcp", p.target)
 		if err != nil {
 			_ = client.Close() // the target is down: the client sees a refused relay
@@ -173,6 +195,11 @@ func (p *Proxy) accept() {
 			p.mu.Unlock()
 			c.close()
 			return
+		}
+		if p.refusing { // Refuse(true) came while the target was dialled
+			p.mu.Unlock()
+			c.close()
+			continue
 		}
 		p.conns[c] = struct{}{}
 		p.accepted++

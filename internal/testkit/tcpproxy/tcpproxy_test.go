@@ -167,6 +167,35 @@ func TestCutAll(t *testing.T) {
 	}
 }
 
+func TestRefuse(t *testing.T) {
+	p := tcpproxy.Start(t, echo(t))
+	c, r := client(t, p.Addr())
+	if _, err := roundTrip(t, c, r, "hi", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p.Refuse(true)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection after Refuse(true): %v; want it closed", err)
+	}
+	// A new connection is accepted by the kernel but closed at once: nothing is echoed.
+	c2, r2 := client(t, p.Addr())
+	_, _ = io.WriteString(c2, "refused\n")
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := r2.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("new connection while refusing: read %q, %v; want it closed", got, err)
+	}
+	poll.Eventually(t, "no open connections", func() bool { return p.Conns() == 0 })
+	p.Refuse(false)
+	c3, r3 := client(t, p.Addr())
+	if got, err := roundTrip(t, c3, r3, "back", 5*time.Second); err != nil || got != "back" {
+		t.Fatalf("new connection after Refuse(false): got %q, %v", got, err)
+	}
+	if got := p.Accepted(); got != 2 {
+		t.Errorf("Accepted() = %d, want 2 (the refused connection is not counted)", got)
+	}
+}
+
 // TestControlsAreSafeForConcurrentUse runs the controls against traffic (meaningful with -race).
 func TestControlsAreSafeForConcurrentUse(t *testing.T) {
 	p := tcpproxy.Start(t, echo(t))
@@ -181,6 +210,9 @@ func TestControlsAreSafeForConcurrentUse(t *testing.T) {
 			}
 			p.SetDelay(time.Duration(i%3) * time.Millisecond)
 			p.Hang(i%2 == 0)
+			if i%7 == 0 {
+				p.Refuse(i%14 == 0)
+			}
 			if i%10 == 0 {
 				p.CutAll()
 			}
@@ -199,6 +231,7 @@ func TestControlsAreSafeForConcurrentUse(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+	p.Refuse(false)
 	p.Hang(false)
 	p.CutAll()
 	poll.Eventually(t, "every connection closed", func() bool { return p.Conns() == 0 })
