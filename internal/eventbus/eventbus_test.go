@@ -446,6 +446,72 @@ func TestRelaySurvivesJetStreamRestart(t *testing.T) {
 	waitDrained(t, h.rdb, streamKey)
 }
 
+// TestRelayRecreatesADeletedStream: the JetStream stream is deleted under the relay (an operator's
+// mistake, or a NATS store lost). A relay told its stream re-creates it and publishes what was
+// written since; the consumer, whose durable went with the stream, follows. The events the stream
+// held are gone, which the relay counts. A relay not told its stream keeps retrying and loses
+// nothing it has not yet published.
+func TestRelayRecreatesADeletedStream(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	spec := eventbus.StreamSpec{Name: testStream, Subjects: []string{"postamt.test.v1.>"}}
+	r := h.relay(t, "r1", time.Minute)
+	r.Stream = spec
+	startRelay(t, r)
+	var c collector
+	consume(t, h.js, eventbus.ConsumerSpec{}, c.handle)
+	for _, id := range ids("e", 0, 20) {
+		write(t, ctx, h.rdb, streamKey, id, "v")
+	}
+	poll.Eventually(t, "20 events", func() bool { return len(c.all()) >= 20 })
+
+	if err := h.js.DeleteStream(ctx, testStream); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids("e", 20, 40) {
+		write(t, ctx, h.rdb, streamKey, id, "v")
+	}
+	poll.Eventually(t, "the stream re-created", func() bool { return r.Recreated() >= 1 })
+	waitDrained(t, h.rdb, streamKey)
+	if got, want := storedMsgs(t, h.js), uint64(20); got != want {
+		t.Errorf("the re-created stream holds %d messages, want the %d written since", got, want)
+	}
+	want := ids("e", 0, 40)
+	poll.Eventually(t, "40 events at the consumer", func() bool { return len(c.all()) >= len(want) })
+	if got := c.ids(); !slices.Equal(got, want) {
+		t.Errorf("delivered %v, want %v", got, want)
+	}
+}
+
+// TestRelayWithoutStreamSpecWaitsForTheStream: a relay not told its stream does not create one;
+// it retries, keeps every entry, and publishes them once the service's start-up creates it.
+func TestRelayWithoutStreamSpecWaitsForTheStream(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	r := h.relay(t, "r1", time.Minute)
+	startRelay(t, r)
+	if err := h.js.DeleteStream(ctx, testStream); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids("e", 0, 10) {
+		write(t, ctx, h.rdb, streamKey, id, "v")
+	}
+	poll.Eventually(t, "the relay to fail", func() bool { _, _, f := r.Stats(); return f >= 2 })
+	if _, err := h.js.Stream(ctx, testStream); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("stream lookup = %v, want not found: a relay without a spec created it", err)
+	}
+	if err := eventbus.EnsureStream(ctx, h.js, eventbus.StreamSpec{Name: testStream, Subjects: []string{"postamt.test.v1.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitDrained(t, h.rdb, streamKey)
+	if got, want := storedMsgs(t, h.js), uint64(10); got != want {
+		t.Errorf("JetStream holds %d messages, want %d", got, want)
+	}
+	if r.Recreated() != 0 {
+		t.Errorf("recreated = %d, want 0", r.Recreated())
+	}
+}
+
 // TestRelaySurvivesRedisRestart: Redis (with its AOF) is killed and restarted under the relay;
 // it reconnects, reloads its scripts, and nothing is lost, duplicated or reordered.
 func TestRelaySurvivesRedisRestart(t *testing.T) {
@@ -648,7 +714,7 @@ func TestRelayCollector(t *testing.T) {
 	}
 	want := map[string]float64{
 		"postamt_relay_published_total": 1, "postamt_relay_reclaimed_total": 0,
-		"postamt_relay_failures_total": 0, "postamt_relay_dropped_total": 0,
+		"postamt_relay_failures_total": 0, "postamt_relay_dropped_total": 0, "postamt_relay_stream_recreated_total": 0,
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("metrics = %v, want %v", got, want)

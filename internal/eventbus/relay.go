@@ -72,8 +72,14 @@ type Relay struct {
 	PublishTimeout time.Duration
 	// Logger receives warnings about retried failures; nil discards them.
 	Logger *slog.Logger
+	// Stream is the JetStream stream the relay publishes into. When a publish finds no stream
+	// (an operator deleted it, or NATS lost its store), the relay re-creates it with
+	// EnsureStream and publishes again, so events written since flow without a restart of the
+	// service. Events JetStream held before the loss are not re-created. A zero Stream (no
+	// Name) leaves the relay retrying until someone else creates the stream.
+	Stream StreamSpec
 
-	published, reclaimed, failures, dropped atomic.Int64
+	published, reclaimed, failures, dropped, recreated atomic.Int64
 }
 
 // Stats reports what the relay did, for metrics and tests: events JetStream acknowledged, entries
@@ -86,24 +92,30 @@ func (r *Relay) Stats() (published, reclaimed, failures int64) {
 // in the service that wrote them, logged at error level.
 func (r *Relay) Dropped() int64 { return r.dropped.Load() }
 
+// Recreated counts the times the relay found its stream missing and re-created it: each is a
+// loss of the events the stream held, which an operator wants to know of.
+func (r *Relay) Recreated() int64 { return r.recreated.Load() }
+
 // Collector exports the relay's counters to Prometheus with constLabels (e.g. the service):
-// postamt_relay_{published,reclaimed,failures,dropped}_total. An alert on failures finds a NATS
-// outage or an event JetStream refuses; one on dropped finds a service writing bad entries.
+// postamt_relay_{published,reclaimed,failures,dropped,stream_recreated}_total. An alert on
+// failures finds a NATS outage or an event JetStream refuses; one on dropped finds a service
+// writing bad entries; one on stream_recreated finds events lost with a deleted stream.
 func (r *Relay) Collector(constLabels prometheus.Labels) prometheus.Collector {
 	desc := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("postamt_relay_"+name+"_total", help, nil, constLabels)
 	}
-	return relayCollector{r: r, descs: [4]*prometheus.Desc{
+	return relayCollector{r: r, descs: [5]*prometheus.Desc{
 		desc("published", "Events the relay published to JetStream."),
 		desc("reclaimed", "Stream entries taken over from another relay."),
 		desc("failures", "Relay rounds that failed and were retried."),
 		desc("dropped", "Malformed stream entries deleted without publishing."),
+		desc("stream_recreated", "Times the relay found its JetStream stream missing and re-created it; the events the stream held were lost with it."),
 	}}
 }
 
 type relayCollector struct {
 	r     *Relay
-	descs [4]*prometheus.Desc
+	descs [5]*prometheus.Desc
 }
 
 func (c relayCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -114,7 +126,7 @@ func (c relayCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c relayCollector) Collect(ch chan<- prometheus.Metric) {
 	p, rc, f := c.r.Stats()
-	for i, v := range [4]int64{p, rc, f, c.r.Dropped()} {
+	for i, v := range [5]int64{p, rc, f, c.r.Dropped(), c.r.Recreated()} {
 		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(v))
 	}
 }
@@ -357,6 +369,7 @@ func (w *worker) run(ctx context.Context) {
 			if err := w.publish(ctx, batches); err != nil {
 				if ctx.Err() == nil {
 					w.fail(ctx, "publish", err)
+					w.recreate(ctx, err)
 				}
 				continue
 			}
@@ -750,6 +763,20 @@ func (w *worker) await(ctx context.Context, held []*streamState, d time.Duration
 		}
 	}
 	return nil
+}
+
+// recreate re-creates the relay's stream when err says JetStream has none for the subject
+// (no stream answered the publish), so the next round publishes into it.
+func (w *worker) recreate(ctx context.Context, err error) {
+	if w.r.Stream.Name == "" || !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return
+	}
+	if err := EnsureStream(ctx, w.r.JS, w.r.Stream); err != nil {
+		w.cfg.log.Warn("relay: the stream is missing and could not be re-created; retrying", "stream", w.r.Stream.Name, "error", err)
+		return
+	}
+	w.r.recreated.Add(1)
+	w.cfg.log.Error("relay: the stream was missing and has been re-created; events it held before are gone", "stream", w.r.Stream.Name)
 }
 
 // release gives up the leases held, so a standby relay takes over without waiting ClaimIdle.

@@ -210,6 +210,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.relay = &eventbus.Relay{
 		Client: deps.Redis, JS: deps.JS, Streams: store.EventStreams(), Group: "relay",
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
+		Stream: eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
 	if deps.Metrics != nil {
 		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
@@ -231,7 +232,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	if err := a.store.CheckPartitions(ctx); err != nil {
 		return fmt.Errorf("calendar: %w", err)
 	}
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, a.relay.Stream); err != nil {
 		return fmt.Errorf("ensure stream: %w", err)
 	}
 	base := context.WithoutCancel(ctx)

@@ -118,6 +118,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 		BatchSize: cfg.RelayBatch,
 		ClaimIdle: cfg.RelayClaimIdle,
 		Logger:    deps.Logger,
+		Stream:    eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
 	if deps.Metrics != nil {
 		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
@@ -135,7 +136,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	if err := a.store.CheckPartitions(ctx); err != nil {
 		return fmt.Errorf("mailbox: %w", err)
 	}
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, a.relay.Stream); err != nil {
 		return fmt.Errorf("ensure mailbox stream: %w", err)
 	}
 	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: events.OutboxStreamName, Subjects: events.OutboxStreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {

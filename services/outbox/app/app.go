@@ -221,6 +221,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.relay = &eventbus.Relay{
 		Client: deps.Redis, JS: deps.JS, Streams: ledger.EventStreams(), Group: "relay",
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
+		Stream: eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
 	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postamt_outbox_attempts_total",
@@ -272,7 +273,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	if err := a.ledger.CheckPartitions(ctx); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	if err := eventbus.EnsureStream(ctx, a.deps.JS, eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects, Replicas: a.deps.StreamReplicas}); err != nil {
+	if err := eventbus.EnsureStream(ctx, a.deps.JS, a.relay.Stream); err != nil {
 		return fmt.Errorf("ensure outbox stream: %w", err)
 	}
 	if err := a.registry.Load(ctx); err != nil {

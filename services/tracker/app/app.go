@@ -191,6 +191,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.relay = &eventbus.Relay{
 		Client: deps.Redis, JS: deps.JS, Streams: a.store.EventStreams(), Group: "relay",
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
+		Stream: eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
 	if cfg.JournalAddr != "" || deps.JournalListener != nil {
 		addrs, _ := ParseJournalAddresses(cfg.JournalAddresses) // checked by Validate
