@@ -105,10 +105,10 @@ func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
 		checkHeaderText(&v, "idempotency_key", s.IdempotencyKey, 128)
 	}
 	if s.InReplyTo != "" {
-		checkHeaderText(&v, "in_reply_to", s.InReplyTo, 998)
+		checkMessageID(&v, "in_reply_to", s.InReplyTo)
 	}
 	for i, r := range s.References {
-		checkHeaderText(&v, "references["+strconv.Itoa(i)+"]", r, 998)
+		checkMessageID(&v, "references["+strconv.Itoa(i)+"]", r)
 	}
 	if !s.SendAt.IsZero() {
 		switch {
@@ -152,6 +152,46 @@ func overflowField(max int, to, cc, bcc []string) string {
 // here would end up in headers unchecked. It is the suite's one address rule (internal/mailaddr),
 // which mailbox's CheckSend applies too.
 func checkAddr(v *errs.Violations, field, a string) { mailaddr.Check(v, field, a) }
+
+// MaxMessageIDBytes bounds a Message-ID the caller names (in_reply_to, references): with its
+// angle brackets it fits one line of "In-Reply-To: " (RFC 5322's 998 octets), where a header
+// cannot be folded.
+const MaxMessageIDBytes = 980
+
+// checkMessageID accepts a Message-ID without angle brackets as In-Reply-To and References carry
+// it: RFC 5322's msg-id, id-left@id-right, in ASCII (the message stays 7-bit), as go-message
+// reads it back. Anything else makes the sent message's headers unreadable: the tracker then
+// refuses its copy from a sent folder or a journal, and refused the outbox's own event for a
+// space or an empty id.
+func checkMessageID(v *errs.Violations, field, id string) {
+	switch {
+	case id == "":
+		v.Add(field, "must not be empty")
+	case len(id) > MaxMessageIDBytes:
+		v.Addf(field, "must be at most %d bytes", MaxMessageIDBytes)
+	case !validMessageID(id):
+		v.Add(field, "must be a Message-ID without angle brackets, such as 1234.abc@mail.example")
+	}
+}
+
+// validMessageID reports whether id is id-left "@" id-right: dot-atom text on the left; on the
+// right dot-atom text or a [literal]; ASCII only.
+func validMessageID(id string) bool {
+	left, right, ok := strings.Cut(id, "@")
+	if !ok || !isAtomText(left) {
+		return false
+	}
+	if lit, ok := strings.CutPrefix(right, "["); ok {
+		lit, ok = strings.CutSuffix(lit, "]")
+		return ok && !strings.ContainsFunc(lit, func(r rune) bool { return r <= ' ' || r > '~' || strings.ContainsRune(`[]\<>`, r) })
+	}
+	return isAtomText(right)
+}
+
+// isAtomText reports whether s is one or more of RFC 5322's atext and ".", in ASCII.
+func isAtomText(s string) bool {
+	return s != "" && !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' || strings.ContainsRune(`()<>[]:;@\,"`, r) })
+}
 
 // checkHeaderText rejects what would break or extend a header: CR, LF and other control
 // characters, invalid UTF-8, and overlong values.
