@@ -171,6 +171,14 @@ func checkMsgID(v *errs.Violations, field, id string) {
 	}
 }
 
+// ValidAddress reports whether a normalised address (NormalizeAddress) is one the tracker keeps:
+// at most 254 bytes, with an "@", without spaces or control characters.
+func ValidAddress(a string) bool {
+	var v errs.Violations
+	checkAddr(&v, "address", a)
+	return len(v) == 0
+}
+
 func checkAddr(v *errs.Violations, field, a string) {
 	switch {
 	case len(a) > maxAddressLen:
