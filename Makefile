@@ -12,7 +12,7 @@ MODULES := proto internal services/mailbox services/outbox services/tracker serv
 BASELINE := proto/baseline.binpb
 
 .PHONY: all run test tools generate lint fmt vet breaking check-generated tidy-check build-modules \
-	go-test test-cluster bench baseline clean
+	go-test test-cluster bench baseline fuzz clean
 
 all: test
 
@@ -97,6 +97,41 @@ test-cluster:
 ## benchmarks (a regexp, default all; the 1,000,000-email backlogs take minutes per run).
 bench:
 	cd bench && $(GO) test -run '^$$' -bench '$(or $(BENCH),.)' -benchtime 1x -count $(or $(COUNT),3) -timeout 3h $(BENCHFLAGS)
+
+# The fuzz targets, one "module:package:FuzzName" each (the package relative to its module); a
+# new target is one more line. Their seed corpora (f.Add and testdata/fuzz/<FuzzName>/) are
+# replayed by every go test, so by `make test` too.
+FUZZ_TARGETS := \
+	internal:./paging:FuzzCursor \
+	internal:./paging:FuzzTokenRoundTrip \
+	internal:./mailaddr:FuzzCheck \
+	internal:./mailaddr:FuzzFormat \
+	services/mailbox:./internal/mailbox:FuzzSenderAddress \
+	services/outbox:./internal/message:FuzzBuild \
+	services/outbox:./internal/smtp:FuzzSend \
+	services/outbox:./internal/smtp:FuzzReplyRoundTrip \
+	services/tracker:./internal/tracker:FuzzTokens \
+	services/tracker:./internal/tracker:FuzzParseHeaders \
+	services/tracker:./internal/journal:FuzzReadCopy \
+	services/calendar:./internal/ical:FuzzValidateRRule \
+	services/calendar:./internal/ical:FuzzReadFields \
+	services/calendar:./internal/ical:FuzzBuild \
+	services/calendar:./internal/ical:FuzzVTimezone \
+	services/calendar:./internal/caldav:FuzzServerAnswers
+FUZZTIME ?= 30s
+
+## fuzz: run every fuzz target for FUZZTIME each (default 30s; FUZZ, a regexp, selects targets by
+## their "module:package:FuzzName" entry). Not part of test. A failing input is written to the
+## package's testdata/fuzz/<FuzzName>/: fix the code and commit the input as a regression seed.
+fuzz:
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		if ! grep -Eq -- '$(or $(FUZZ),.)' <<< "$$t"; then continue; fi; \
+		IFS=: read -r mod pkg name <<< "$$t"; \
+		echo "== fuzz $$mod $$pkg $$name for $(FUZZTIME)"; \
+		(cd $$mod && $(GO) test $$pkg -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME)) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(BIN) data

@@ -32,6 +32,10 @@ const (
 	MaxSize = 500
 	// MaxTokenBytes bounds a page token; a longer one was not issued by the service.
 	MaxTokenBytes = 512
+	// MaxCursorBytes is the longest cursor whose token (for a list name of up to 64 bytes) fits
+	// in MaxTokenBytes, so Cursor accepts it back. The services' cursors (an id; a score and an
+	// id) are far shorter.
+	MaxCursorBytes = 300
 )
 
 // Field names of the request fields the errors name.
@@ -95,7 +99,9 @@ func decode(list, token string) (string, bool) {
 		return "", false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil || len(b) < 4 {
+	// The decoder skips CR and LF and ignores the unused bits of the last character, so other
+	// strings decode to the bytes of an issued token: only the one spelling Token writes is ours.
+	if err != nil || len(b) < 4 || base64.RawURLEncoding.EncodeToString(b) != token {
 		return "", false
 	}
 	body, sum := b[:len(b)-4], b[len(b)-4:]

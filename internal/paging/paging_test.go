@@ -55,6 +55,12 @@ func TestToken(t *testing.T) {
 		{"base64 of a bare cursor", "users", base64.RawURLEncoding.EncodeToString([]byte("max")), "", false},
 		{"edited", "users", string(flipped), "", false},
 		{"too long", "users", strings.Repeat("A", paging.MaxTokenBytes+1), "", false},
+		// The base64 decoder skips line breaks and the unused low bits of the last character:
+		// these spell the bytes of an issued token differently and are not ours (found by
+		// FuzzCursor).
+		{"line break inside", "users", tok[:4] + "\n" + tok[4:], "", false},
+		{"trailing line break", "users", tok + "\r\n", "", false},
+		{"non-canonical last character", "users", nonCanonical(tok), "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -68,4 +74,16 @@ func TestToken(t *testing.T) {
 	if _, _, err := paging.Request("users", -1, "x", 0); err == nil || len(err.(*errs.Error).Violations) != 2 {
 		t.Errorf("Request names both fields: %v", err)
 	}
+}
+
+// nonCanonical spells tok with the unused low bits of its last base64 character set: the same
+// bytes, another string.
+func nonCanonical(tok string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	unused := map[int]int{2: 0xf, 3: 0x3}[len(tok)%4] // 1 or 2 trailing bytes leave 4 or 2 bits
+	if unused == 0 {
+		panic("tok has no partial last group")
+	}
+	last := strings.IndexByte(alphabet, tok[len(tok)-1])
+	return tok[:len(tok)-1] + string(alphabet[last|unused])
 }

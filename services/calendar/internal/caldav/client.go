@@ -368,7 +368,9 @@ func (c *Client) conflict(ctx context.Context, method, target, name string, resp
 	case errors.Is(err, ErrNotFound):
 		return err
 	case err != nil:
-		e.Err = fmt.Errorf("reading the current version: %w", err)
+		// Told, not wrapped: the read failed with a class of its own (unavailable, rejected, ...),
+		// and an *Error matches exactly one class; this one is a conflict whose Current is nil.
+		e.Err = fmt.Errorf("reading the current version: %v", err)
 	default:
 		e.Current = &cur
 	}

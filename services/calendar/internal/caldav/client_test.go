@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -488,6 +489,11 @@ func TestClassification(t *testing.T) {
 	}{
 		{"500", http.StatusInternalServerError, nil, caldav.ErrUnavailable, true, 0},
 		{"503 with Retry-After", http.StatusServiceUnavailable, http.Header{"Retry-After": {"7"}}, caldav.ErrUnavailable, true, 7 * time.Second},
+		// Seconds past a Duration's range wrapped around into some other delay (found by
+		// FuzzServerAnswers).
+		{"503 with a Retry-After of centuries", http.StatusServiceUnavailable, http.Header{"Retry-After": {"99999999999"}}, caldav.ErrUnavailable, true, math.MaxInt64},
+		{"503 with a Retry-After past int64", http.StatusServiceUnavailable, http.Header{"Retry-After": {"99999999999999999999"}}, caldav.ErrUnavailable, true, math.MaxInt64},
+		{"503 with a negative Retry-After", http.StatusServiceUnavailable, http.Header{"Retry-After": {"-5"}}, caldav.ErrUnavailable, true, 0},
 		{"429", http.StatusTooManyRequests, nil, caldav.ErrUnavailable, true, 0},
 		{"401", http.StatusUnauthorized, nil, caldav.ErrAuth, false, 0},
 		{"403", http.StatusForbidden, nil, caldav.ErrAuth, false, 0},
@@ -650,6 +656,62 @@ func TestObjectName(t *testing.T) {
 		}
 		if again := caldav.ObjectName(uid); again != got {
 			t.Errorf("ObjectName(%q) not stable: %q then %q", uid, got, again)
+		}
+	}
+}
+
+// TestPropfindETag: a PROPFIND answer, which servers indent, gives its getetag without the
+// white space around it (which made every conditional write fail in net/http, retried for
+// ever); a getetag with a line break inside is the server's error, not retried (found by
+// FuzzServerAnswers).
+func TestPropfindETag(t *testing.T) {
+	for _, tt := range []struct {
+		name, getetag, want string
+		wantErr             error
+	}{
+		{"indented", "\n          \"e-1\"\n        ", `"e-1"`, nil},
+		{"a line break inside", "\"a\nX-Evil: 1\"", "", caldav.ErrRejected},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != "PROPFIND" {
+					w.WriteHeader(http.StatusOK) // a GET without ETag
+					return
+				}
+				w.WriteHeader(http.StatusMultiStatus)
+				io.WriteString(w, `<d:multistatus xmlns:d="DAV:"><d:response><d:propstat><d:prop><d:getetag>`+tt.getetag+
+					`</d:getetag></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response></d:multistatus>`)
+			}))
+			t.Cleanup(s.Close)
+			obj, err := newClient(t, caldav.Config{CalendarURL: s.URL + "/cal/"}).Get(context.Background(), "x.ics")
+			if obj.ETag != tt.want || !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
+				t.Errorf("Get = ETag %q, %v; want %q, %v", obj.ETag, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestConflictWhoseCurrentVersionCannotBeRead: a 412 whose current version the client cannot
+// read is a conflict without Current, and only a conflict: it matched the read's class too (an
+// unavailable or rejected server), against the rule of one class per error (found by
+// FuzzServerAnswers).
+func TestConflictWhoseCurrentVersionCannotBeRead(t *testing.T) {
+	for _, get := range []int{http.StatusInternalServerError, http.StatusForbidden} {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut {
+				w.WriteHeader(http.StatusPreconditionFailed)
+				return
+			}
+			w.WriteHeader(get)
+		}))
+		t.Cleanup(s.Close)
+		_, err := newClient(t, caldav.Config{CalendarURL: s.URL + "/cal/"}).Update(context.Background(), "x.ics", []byte("d"), `"e1"`)
+		var ce *caldav.Error
+		if !errors.Is(err, caldav.ErrConflict) || !errors.As(err, &ce) || ce.Current != nil {
+			t.Fatalf("GET %d: Update = %v, want ErrConflict without Current", get, err)
+		}
+		if errors.Is(err, caldav.ErrUnavailable) || errors.Is(err, caldav.ErrAuth) || caldav.Retryable(err) {
+			t.Errorf("GET %d: Update = %v matches the read's class too", get, err)
 		}
 	}
 }

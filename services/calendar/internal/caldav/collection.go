@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"net/http"
+	"strings"
 )
 
 // multistatus is the part of a WebDAV 207 Multi-Status answer (RFC 4918 §14.16) we read.
@@ -65,12 +66,13 @@ func (ms *multistatus) isCalendar() bool {
 	return false
 }
 
-// etag is the first getetag in the answer.
+// etag is the first getetag in the answer, without the white space around it that an indented
+// answer has (<d:getetag>\n  "e-1"\n</d:getetag>), which If-Match cannot carry.
 func (ms *multistatus) etag() string {
 	for _, r := range ms.Responses {
 		for _, ps := range r.Propstats {
-			if ps.Prop.GetETag != "" {
-				return ps.Prop.GetETag
+			if e := strings.TrimSpace(ps.Prop.GetETag); e != "" {
+				return e
 			}
 		}
 	}
@@ -126,5 +128,12 @@ func (c *Client) propETag(ctx context.Context, target string) (string, error) {
 	if !found {
 		return "", &Error{Method: "PROPFIND", URL: target, StatusCode: http.StatusNotFound, class: ErrNotFound}
 	}
-	return ms.etag(), nil
+	etag := ms.etag()
+	if strings.ContainsFunc(etag, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+		// A line break in it would make every conditional write fail in net/http, retried for
+		// ever; the server's answer is at fault.
+		return "", &Error{Method: "PROPFIND", URL: target, StatusCode: http.StatusMultiStatus,
+			Err: fmt.Errorf("an ETag with control characters (%q), which If-Match cannot carry", etag), class: ErrRejected}
+	}
+	return etag, nil
 }

@@ -3,6 +3,7 @@ package caldav
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -93,13 +94,19 @@ func statusError(method, url string, resp *response) *Error {
 	return e
 }
 
-// retryAfter parses Retry-After as seconds or an HTTP date; 0 when absent or malformed.
+// retryAfter parses Retry-After as seconds or an HTTP date; 0 when absent or malformed. Seconds
+// beyond what a Duration holds (292 years) are the longest Duration, not a product that wrapped
+// around.
 func retryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+	s, err := strconv.ParseInt(v, 10, 64)
+	switch {
+	case err == nil && s >= 0 && s <= int64(math.MaxInt64/time.Second):
 		return time.Duration(s) * time.Second
+	case err == nil && s >= 0, errors.Is(err, strconv.ErrRange) && v[0] != '-':
+		return math.MaxInt64
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)

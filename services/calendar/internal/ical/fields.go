@@ -38,9 +38,9 @@ func (f Fields) Time() string {
 // TZIDs are resolved with zones, so Windows zone names written by Outlook are understood; an
 // unknown TZID is an error rather than a guess.
 func ReadFields(data []byte, zones *Zones) (Fields, error) {
-	cal, err := goical.NewDecoder(bytes.NewReader(data)).Decode()
+	cal, err := decode(data)
 	if err != nil {
-		return Fields{}, fmt.Errorf("ical: decode: %w", err)
+		return Fields{}, err
 	}
 	for _, ev := range cal.Events() {
 		if ev.Props.Get(goical.PropRecurrenceID) != nil {
@@ -103,7 +103,33 @@ func instant(p *goical.Prop, zones *Zones) (time.Time, error) {
 		}
 		loc = l
 	}
-	return time.ParseInLocation(local, p.Value, loc)
+	wall, err := time.Parse(local, p.Value)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return clockTime(wall, loc), nil
+}
+
+// clockTime is the instant at which loc's clocks show wall's clock time (wall is read in UTC),
+// as RFC 5545 §3.3.5 has it: a time that happens twice (clocks set back) is the first, a time
+// that does not happen (clocks set forward) is read with the offset before the gap. Not
+// time.Date, which leaves the choice open and picks the second east of UTC (02:30 on the night
+// summer time ends in Berlin became 02:30 CET, not CEST).
+func clockTime(wall time.Time, loc *time.Location) time.Time {
+	offsetAt := func(t time.Time) time.Duration { _, off := t.In(loc).Zone(); return time.Duration(off) * time.Second }
+	// Zones do not change twice within two days: the offsets a day either side are the two a
+	// clock time near a change can have.
+	before, after := offsetAt(wall.Add(-26*time.Hour)), offsetAt(wall.Add(26*time.Hour))
+	first, second := wall.Add(-before), wall.Add(-after)
+	if second.Before(first) {
+		first, second = second, first
+	}
+	for _, t := range []time.Time{first, second} {
+		if offsetAt(t) == wall.Sub(t) {
+			return t.In(loc)
+		}
+	}
+	return wall.Add(-before).In(loc) // in the gap
 }
 
 // WithSequence returns an object built by Builder.Build with its SEQUENCE replaced by seq.

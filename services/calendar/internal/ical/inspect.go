@@ -39,9 +39,9 @@ var ErrNoEvent = errors.New("ical: no VEVENT in the object")
 // Inspect decodes an iCalendar object and reports on its main VEVENT (the one without a
 // RECURRENCE-ID; overrides of single occurrences are skipped).
 func Inspect(data []byte) (Info, error) {
-	cal, err := goical.NewDecoder(bytes.NewReader(data)).Decode()
+	cal, err := decode(data)
 	if err != nil {
-		return Info{}, fmt.Errorf("ical: decode: %w", err)
+		return Info{}, err
 	}
 	for _, ev := range cal.Events() {
 		if ev.Props.Get(goical.PropRecurrenceID) != nil {
@@ -66,4 +66,20 @@ func Inspect(data []byte) (Info, error) {
 		return info, nil
 	}
 	return Info{}, ErrNoEvent
+}
+
+// decode parses an iCalendar object from a calendar server. go-ical panics on some malformed
+// content lines (a parameter without a value at the end of a line: "X;P="); such an object
+// is an error like any other malformed one, not the end of the push worker.
+func decode(data []byte) (cal *goical.Calendar, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			cal, err = nil, fmt.Errorf("ical: decode: malformed object (%v)", r)
+		}
+	}()
+	cal, err = goical.NewDecoder(bytes.NewReader(data)).Decode()
+	if err != nil {
+		return nil, fmt.Errorf("ical: decode: %w", err)
+	}
+	return cal, nil
 }

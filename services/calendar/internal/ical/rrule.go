@@ -72,6 +72,11 @@ func ValidateRRule(rule string, allDay bool, start time.Time) (string, error) {
 			}
 		}
 	}
+	if v, ok := parts["BYDAY"]; ok {
+		if err := checkByDayOrdinals(v, parts); err != nil {
+			return "", err
+		}
+	}
 	if allDay {
 		for _, k := range []string{"BYHOUR", "BYMINUTE", "BYSECOND"} {
 			if _, ok := parts[k]; ok {
@@ -101,6 +106,37 @@ func ValidateRRule(rule string, allDay bool, start time.Time) (string, error) {
 		return "", fmt.Errorf("%w: %w", ErrInvalidRRule, err)
 	}
 	return s, nil
+}
+
+// checkByDayOrdinals checks the ordinals of BYDAY ("2MO", "-1FR") as RFC 5545 §3.3.10 allows
+// them: only in MONTHLY and YEARLY rules (not beside BYWEEKNO), 1 to 5 weeks of a month (MONTHLY,
+// or YEARLY with BYMONTH) or 1 to 53 of a year, counted from the start or, negative, the end.
+// rrule-go takes any number and then indexes past its tables: FREQ=MONTHLY;BYDAY=8FR panicked
+// when the series was expanded.
+func checkByDayOrdinals(v string, parts map[string]string) error {
+	limit := 0
+	switch {
+	case parts["FREQ"] == "MONTHLY", parts["FREQ"] == "YEARLY" && parts["BYMONTH"] != "":
+		limit = 5
+	case parts["FREQ"] == "YEARLY" && parts["BYWEEKNO"] == "":
+		limit = 53
+	}
+	for _, d := range strings.Split(v, ",") {
+		num := strings.TrimRight(d, "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+		if num == "" {
+			continue
+		}
+		n, err := strconv.Atoi(num)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%w: BYDAY=%s is not a weekday", ErrInvalidRRule, d)
+		case limit == 0:
+			return fmt.Errorf("%w: BYDAY=%s: a numbered weekday needs FREQ=MONTHLY or YEARLY (without BYWEEKNO)", ErrInvalidRRule, d)
+		case n == 0 || n < -limit || n > limit:
+			return fmt.Errorf("%w: BYDAY=%s: the number must be 1 to %d or -1 to -%d", ErrInvalidRRule, d, limit, limit)
+		}
+	}
+	return nil
 }
 
 // parseUntil parses UNTIL in the form RFC 5545 demands for the start's value type: a DATE for

@@ -23,7 +23,19 @@ func TestValidateRRule(t *testing.T) {
 		{"all-day until its own day", "FREQ=DAILY;UNTIL=20260310", true, "FREQ=DAILY;UNTIL=20260310"},
 		{"by set position", "FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1", false, "FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1"},
 
+		{"numbered weekdays of a month", "FREQ=MONTHLY;BYDAY=2MO,-1FR,+5SU", false, "FREQ=MONTHLY;BYDAY=2MO,-1FR,+5SU"},
+		{"numbered weekday of a year", "FREQ=YEARLY;BYDAY=20MO,-53TU", false, "FREQ=YEARLY;BYDAY=20MO,-53TU"},
+		{"numbered weekday of a month of a year", "FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU", false, "FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU"},
+
 		{"empty", "  ", false, ""},
+		// rrule-go takes any number and panics expanding the series (found by FuzzValidateRRule).
+		{"eighth Friday of a month", "FREQ=MONTHLY;BYDAY=8FR;COUNT=1", false, ""},
+		{"sixth-last Monday of a month", "FREQ=MONTHLY;BYDAY=-6MO", false, ""},
+		{"sixth Monday of a month of a year", "FREQ=YEARLY;BYMONTH=3;BYDAY=6MO", false, ""},
+		{"54th Monday of a year", "FREQ=YEARLY;BYDAY=54MO", false, ""},
+		{"zeroth Monday", "FREQ=MONTHLY;BYDAY=0MO", false, ""},
+		{"numbered weekday in a weekly rule", "FREQ=WEEKLY;BYDAY=1MO", false, ""},
+		{"numbered weekday beside BYWEEKNO", "FREQ=YEARLY;BYWEEKNO=20;BYDAY=1MO", false, ""},
 		{"no FREQ", "COUNT=3", false, ""},
 		{"unknown FREQ", "FREQ=FORTNIGHTLY", false, ""},
 		{"sub-daily FREQ", "FREQ=HOURLY", false, ""},

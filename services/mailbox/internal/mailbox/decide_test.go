@@ -1,6 +1,7 @@
 package mailbox
 
 import (
+	"net/mail"
 	"testing"
 	"time"
 )
@@ -128,5 +129,18 @@ func TestAttribution(t *testing.T) {
 				t.Errorf("Attribution() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestFormatAddressReadsBack: the From of a send decision is read by the outbox with
+// net/mail.ParseAddress; a mailbox name with a backslash and non-ASCII letters once made it
+// unreadable, and every send from that mailbox failed (found by FuzzSenderAddress).
+func TestFormatAddressReadsBack(t *testing.T) {
+	for _, name := range []string{"Kanzlei Muster", `Müller \ Partner`, `Muster \ Partner`, "Jürgen Groß", ""} {
+		v := formatAddress(name, "info@kanzlei.example")
+		a, err := mail.ParseAddress(v)
+		if err != nil || a.Name != name || a.Address != "info@kanzlei.example" {
+			t.Errorf("formatAddress(%q) = %s reads back as %+v, %v", name, v, a, err)
+		}
 	}
 }

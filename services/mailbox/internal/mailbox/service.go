@@ -6,7 +6,6 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
-	"net/mail"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/ids"
+	"github.com/postamt/postamt/internal/mailaddr"
 	"github.com/postamt/postamt/internal/paging"
 )
 
@@ -972,14 +972,14 @@ func Decide(userID string, g *SendGrant) SendDecision {
 	return d
 }
 
-// formatAddress renders a header address; mail.Address quotes the name and encodes non-ASCII
-// (RFC 2047), so the value is safe to put in a header as it is.
+// formatAddress renders a header address; mailaddr.Format quotes the name and encodes non-ASCII
+// (RFC 2047) so that the outbox (net/mail) reads it back, so the value is safe to put in a
+// header as it is.
 func formatAddress(name, addr string) string {
 	if name == "" {
 		return addr
 	}
-	a := mail.Address{Name: name, Address: addr}
-	return a.String()
+	return mailaddr.Format(name, addr)
 }
 
 // ---- the sent view ----

@@ -5,14 +5,18 @@ package message
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-message/mail"
+
+	"github.com/postamt/postamt/internal/mailaddr"
 )
 
 // Address is a mailbox with an optional display name.
@@ -79,12 +83,49 @@ func (e *Email) check() error {
 	return errors.Join(errList...)
 }
 
-func list(as []Address) []*mail.Address {
-	out := make([]*mail.Address, len(as))
+// addressList is the value of an address header. Not go-message's SetAddressList: it writes a
+// name with net/mail's Address.String, which leaves a backslash of a non-ASCII name inside a Q
+// encoded word where no reader (net/mail, go-message) can parse the header back;
+// mailaddr.Format, which mailbox's From values use too, does not.
+func addressList(as ...Address) string {
+	out := make([]string, len(as))
 	for i, a := range as {
-		out[i] = &mail.Address{Name: a.Name, Address: a.Address}
+		out[i] = mailaddr.Format(a.Name, a.Address)
 	}
-	return out
+	return strings.Join(out, ", ")
+}
+
+// maxLine is the longest line RFC 5322 §2.1.1 allows, CRLF not counted.
+const maxLine = 998
+
+// subjectValue is the Subject header's value: go-message's encoding (Q encoded words for
+// non-ASCII text, ASCII as it is), except for two ASCII subjects it would not give back: one
+// holding "=?", which every reader decodes as an encoded word it never was, and one with a run of
+// characters without a space too long for a line beside "Subject: ", which go-message folds by
+// inserting a space. Those are written as B encoded words, which readers join back without the
+// spaces between them.
+func subjectValue(s string) string {
+	v := mime.QEncoding.Encode("utf-8", s)
+	if v != s || (!strings.Contains(s, "=?") && longestRun(s) <= maxLine-len("Subject: ")) {
+		return v
+	}
+	var words []string // s is ASCII here: any cut is between characters
+	for len(s) > 0 {
+		n := min(len(s), 45) // 60 base64 characters: a word of 72, within RFC 2047's 75
+		words = append(words, "=?utf-8?b?"+base64.StdEncoding.EncodeToString([]byte(s[:n]))+"?=")
+		s = s[n:]
+	}
+	return strings.Join(words, " ")
+}
+
+// longestRun is the length of the longest run of s without a space or tab, where go-message
+// cannot fold the header line.
+func longestRun(s string) int {
+	longest := 0
+	for _, w := range strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == '\t' }) {
+		longest = max(longest, len(w))
+	}
+	return longest
 }
 
 // Build renders e: a single part for text-only or HTML-only mail, multipart/alternative for both,
@@ -96,17 +137,17 @@ func Build(e *Email) ([]byte, error) {
 	var h mail.Header
 	h.SetDate(e.Date)
 	h.SetMessageID(e.MessageID)
-	h.SetAddressList("From", []*mail.Address{{Name: e.From.Name, Address: e.From.Address}})
+	h.Set("From", addressList(e.From))
 	if e.Sender != nil {
-		h.SetAddressList("Sender", []*mail.Address{{Name: e.Sender.Name, Address: e.Sender.Address}})
+		h.Set("Sender", addressList(*e.Sender))
 	}
 	if len(e.To) > 0 {
-		h.SetAddressList("To", list(e.To))
+		h.Set("To", addressList(e.To...))
 	}
 	if len(e.Cc) > 0 {
-		h.SetAddressList("Cc", list(e.Cc))
+		h.Set("Cc", addressList(e.Cc...))
 	}
-	h.SetSubject(e.Subject)
+	h.Set("Subject", subjectValue(e.Subject))
 	if e.InReplyTo != "" {
 		h.SetMsgIDList("In-Reply-To", []string{e.InReplyTo})
 	}
@@ -152,15 +193,8 @@ func Build(e *Email) ([]byte, error) {
 	}
 	for _, a := range e.Attachments {
 		var ah mail.AttachmentHeader
-		ct := a.ContentType
-		if ct == "" {
-			ct = "application/octet-stream"
-		}
-		ah.SetContentType(ct, nil)
-		// Not go-message's SetFilename: it puts an RFC 2047 encoded word inside the quoted
-		// parameter, which RFC 2047 §5 forbids and strict readers show raw. mime.FormatMediaType
-		// writes a non-ASCII name as RFC 2231 (filename*=utf-8''...), an ASCII one as it is.
-		ah.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": a.Filename}))
+		ah.SetContentType(mediaType(a.ContentType))
+		ah.Set("Content-Disposition", contentDisposition(a.Filename))
 		w, err := mw.CreateAttachment(ah)
 		if err != nil {
 			return nil, fmt.Errorf("build message: %w", err)
@@ -173,6 +207,59 @@ func Build(e *Email) ([]byte, error) {
 		return nil, fmt.Errorf("build message: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// mediaType splits an attachment's content type into the type and its parameters, as
+// SetContentType takes them: given "text/csv; charset=utf-8" as the type it writes an empty
+// Content-Type, and readers take the file for text/plain. One that does not parse as
+// type/subtype, or is empty, is application/octet-stream.
+func mediaType(ct string) (string, map[string]string) {
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil || !strings.Contains(mt, "/") {
+		return "application/octet-stream", nil
+	}
+	return mt, params
+}
+
+// contentDisposition is an attachment's Content-Disposition. Not go-message's SetFilename: it
+// puts an RFC 2047 encoded word inside the quoted parameter, which RFC 2047 §5 forbids and strict
+// readers show raw. mime.FormatMediaType writes a non-ASCII name as one RFC 2231 parameter
+// (filename*, percent-encoded UTF-8), an ASCII one as it is. A parameter too long for a line of
+// its own (a long non-ASCII name: up to 12 octets a character), which go-message can only fold by
+// inserting a space into it, is written as RFC 2231 continuations (filename*0*, filename*1*,
+// ...), each short.
+func contentDisposition(filename string) string {
+	v := mime.FormatMediaType("attachment", map[string]string{"filename": filename})
+	if param, _ := strings.CutPrefix(v, "attachment; "); len(" ")+len(param) <= maxLine {
+		return v
+	}
+	var b strings.Builder
+	b.WriteString("attachment")
+	for i := 0; len(filename) > 0; i++ {
+		n := min(len(filename), 20) // at most 60 octets encoded
+		for n < len(filename) && n > 1 && !utf8.RuneStart(filename[n]) {
+			n-- // a character stays in one piece
+		}
+		fmt.Fprintf(&b, "; filename*%d*=", i)
+		if i == 0 {
+			b.WriteString("utf-8''")
+		}
+		for _, c := range []byte(filename[:n]) {
+			if isAttrChar(c) {
+				b.WriteByte(c)
+			} else {
+				fmt.Fprintf(&b, "%%%02X", c)
+			}
+		}
+		filename = filename[n:]
+	}
+	return b.String()
+}
+
+// isAttrChar reports whether c may stand for itself in an RFC 2231 extended value (RFC 5987's
+// attr-char).
+func isAttrChar(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$&+-.^_`|~", c) >= 0
 }
 
 type part struct{ contentType, body string }

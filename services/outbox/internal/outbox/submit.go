@@ -32,9 +32,10 @@ type Limits struct {
 const (
 	// MaxIDLen bounds the idempotency key, the work item's id and team, and the conversation id.
 	MaxIDLen = 128
-	// MaxMessageIDLen bounds In-Reply-To, each of References and an imported Message-ID: the
-	// longest header line RFC 5322 allows.
-	MaxMessageIDLen = 998
+	// MaxMessageIDLen bounds In-Reply-To, each of References and an imported Message-ID: with
+	// its angle brackets it fits one line of "In-Reply-To: " (RFC 5322's 998 octets), where a
+	// header cannot be folded.
+	MaxMessageIDLen = 980
 	// MaxReferences bounds References.
 	MaxReferences = 100
 	// MaxFilenameLen bounds an attachment's file name, content type and Content-ID.
@@ -120,8 +121,16 @@ func ValidateSubmission(s *Submission, l Limits, now time.Time) error {
 		size += a.Size
 	}
 	v.Line("idempotency_key", s.IdempotencyKey, MaxIDLen)
-	v.Line("in_reply_to", s.InReplyTo, MaxMessageIDLen)
-	v.Lines("references", s.References, MaxReferences, MaxMessageIDLen)
+	if s.InReplyTo != "" {
+		checkMessageID(&v, "in_reply_to", s.InReplyTo)
+	}
+	if len(s.References) > MaxReferences {
+		v.Addf("references", "must hold at most %d values", MaxReferences)
+	} else {
+		for i, r := range s.References {
+			checkMessageID(&v, "references["+strconv.Itoa(i)+"]", r)
+		}
+	}
 	v.Line("work_item.id", s.WorkItemID, MaxIDLen)
 	v.Line("work_item.team_id", s.WorkItemTeam, MaxIDLen)
 	v.Line("conversation_id", s.ConversationID, MaxIDLen)
@@ -167,3 +176,38 @@ func overflowField(max int, to, cc, bcc []string) string {
 // here would end up in headers unchecked. It is the suite's one address rule (internal/mailaddr),
 // which mailbox's CheckSend applies too.
 func checkAddr(v *errs.Violations, field, a string) { mailaddr.Check(v, field, a) }
+
+// checkMessageID accepts a Message-ID without angle brackets as In-Reply-To and References carry
+// it: RFC 5322's msg-id, id-left@id-right, in ASCII (the message stays 7-bit), as go-message
+// reads it back. Anything else makes the sent message's headers unreadable: the tracker then
+// refuses its copy from a sent folder or a journal, and refused the outbox's own event for a
+// space or an empty id.
+func checkMessageID(v *errs.Violations, field, id string) {
+	switch {
+	case id == "":
+		v.Add(field, "must not be empty")
+	case len(id) > MaxMessageIDLen:
+		v.Addf(field, "must be at most %d bytes", MaxMessageIDLen)
+	case !validMessageID(id):
+		v.Add(field, "must be a Message-ID without angle brackets, such as 1234.abc@mail.example")
+	}
+}
+
+// validMessageID reports whether id is id-left "@" id-right: dot-atom text on the left; on the
+// right dot-atom text or a [literal]; ASCII only.
+func validMessageID(id string) bool {
+	left, right, ok := strings.Cut(id, "@")
+	if !ok || !isAtomText(left) {
+		return false
+	}
+	if lit, ok := strings.CutPrefix(right, "["); ok {
+		lit, ok = strings.CutSuffix(lit, "]")
+		return ok && !strings.ContainsFunc(lit, func(r rune) bool { return r <= ' ' || r > '~' || strings.ContainsRune(`[]\<>`, r) })
+	}
+	return isAtomText(right)
+}
+
+// isAtomText reports whether s is one or more of RFC 5322's atext and ".", in ASCII.
+func isAtomText(s string) bool {
+	return s != "" && !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' || strings.ContainsRune(`()<>[]:;@\,"`, r) })
+}

@@ -3,6 +3,7 @@ package outbox
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,16 @@ func TestValidateSubmission(t *testing.T) {
 		{"NUL in a Content-ID", func(s *Submission) {
 			s.Attachments = []AttachmentInput{{Filename: "a.png", ContentID: "a\x00b", Size: 1}}
 		}, "attachments[0].content_id", errs.KindInvalid},
+		// In-Reply-To and References take Message-IDs as the message and the tracker read them:
+		// the tracker refused an event with a space or an empty id in them, and non-ASCII made
+		// the header 8-bit, an id without "@" unreadable (found by FuzzBuild).
+		{"in_reply_to with a space", func(s *Submission) { s.InReplyTo = "a b@client.example" }, "in_reply_to", errs.KindInvalid},
+		{"in_reply_to with angle brackets", func(s *Submission) { s.InReplyTo = "<a@client.example>" }, "in_reply_to", errs.KindInvalid},
+		{"in_reply_to not ASCII", func(s *Submission) { s.InReplyTo = "ä@client.example" }, "in_reply_to", errs.KindInvalid},
+		{"in_reply_to without @", func(s *Submission) { s.InReplyTo = "abc" }, "in_reply_to", errs.KindInvalid},
+		{"in_reply_to with a colon", func(s *Submission) { s.InReplyTo = "a:b@client.example" }, "in_reply_to", errs.KindInvalid},
+		{"in_reply_to too long for a line", func(s *Submission) { s.InReplyTo = strings.Repeat("a", MaxMessageIDLen) + "@x" }, "in_reply_to", errs.KindInvalid},
+		{"an empty reference", func(s *Submission) { s.References = []string{"a@client.example", ""} }, "references[1]", errs.KindInvalid},
 		{"oversize", func(s *Submission) { s.Attachments = []AttachmentInput{{Filename: "big.bin", Size: 26 << 20}} }, "", errs.KindResourceExhausted},
 	}
 	for _, tt := range tests {
@@ -74,6 +85,14 @@ func TestValidateSubmission(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a reply's Message-IDs are accepted", func(t *testing.T) {
+		s := valid()
+		s.InReplyTo = "CAF=x+y_z.1234$abc@mail.gmail.com"
+		s.References = []string{"first@client.example", s.InReplyTo, "1.2@[127.0.0.1]", strings.Repeat("a", MaxMessageIDLen-2) + "@x"}
+		if err := ValidateSubmission(s, DefaultLimits(), now); err != nil {
+			t.Error(err)
+		}
+	})
 	t.Run("send_at a moment ago is accepted (clock skew)", func(t *testing.T) {
 		s := valid()
 		s.SendAt = now.Add(-time.Minute)

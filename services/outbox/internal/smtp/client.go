@@ -48,29 +48,37 @@ const maxReplyLine = 2000
 // errReplyLineTooLong ends a connection whose relay sent a reply line over maxReplyLine.
 var errReplyLineTooLong = errors.New("reply line from the relay too long")
 
-// lineLimitReader fails a read once a line grows beyond limit bytes.
+// lineLimitReader fails a read once a line grows beyond limit bytes. The lines before it are
+// read first: a reply and a long line in one read are the reply, then the error.
 type lineLimitReader struct {
 	r     io.Reader
 	limit int
-	cur   int // bytes of the current line seen so far
+	cur   int   // bytes of the current line seen so far
+	err   error // errReplyLineTooLong once a line was too long
 }
 
 func (l *lineLimitReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
 	n, err := l.r.Read(p)
-	b := p[:n]
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
+	for start := 0; start < n; {
+		i := bytes.IndexByte(p[start:n], '\n')
 		if i < 0 {
-			l.cur += len(b)
-			break
+			i = n - start // the line goes on in the next read
 		}
 		if l.cur+i > l.limit {
-			return 0, errReplyLineTooLong
+			l.err = errReplyLineTooLong
+			if start == 0 {
+				return 0, l.err
+			}
+			return start, nil // the complete lines before the long one
 		}
-		l.cur, b = 0, b[i+1:]
-	}
-	if l.cur > l.limit {
-		return 0, errReplyLineTooLong
+		if start+i == n {
+			l.cur += i
+			break
+		}
+		l.cur, start = 0, start+i+1
 	}
 	return n, err
 }

@@ -291,8 +291,9 @@ func readCopy(data []byte) (journalCopy, error) {
 // recipient, "Bcc: address", or "Bcc: address, Expanded: list" / ", Forwarded: address" when
 // Exchange expanded a distribution list or followed a forwarding. The sender addressed the
 // list or the original address, and that is what the sent item shows, so it is the one taken.
-// Lines that are not Bcc, or whose address does not parse, are skipped: the report adds to
-// what the original's header says, and never makes a copy unreadable.
+// Lines that are not Bcc, or whose address does not parse or is not one the tracker keeps
+// (tracker.ValidAddress), are skipped: the report adds to what the original's header says, and
+// never makes a copy unreadable.
 func reportBcc(body []byte) []string {
 	var out []string
 	for _, line := range strings.Split(string(body), "\n") {
@@ -307,10 +308,14 @@ func reportBcc(body []byte) []string {
 			}
 		}
 		a, err := netmail.ParseAddress(strings.TrimSpace(addr))
-		if err != nil || len(a.Address) > 254 {
+		if err != nil {
 			continue
 		}
-		out = append(out, tracker.NormalizeAddress(a.Address))
+		// A quoted local part ("akte 7"@x) parses into an address with a space, which the
+		// tracker's rules refuse everywhere else.
+		if n := tracker.NormalizeAddress(a.Address); tracker.ValidAddress(n) {
+			out = append(out, n)
+		}
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package tracker_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -435,6 +436,12 @@ func TestTokenCandidates(t *testing.T) {
 	got := tracker.TokenCandidates("RE: CRM:0001001 Angebot CRM:0001002 und CRM:0001001")
 	if want := []string{"CRM:0001002", "CRM:0001001"}; !slices.Equal(got, want) {
 		t.Errorf("TokenCandidates = %v, want %v", got, want)
+	}
+	// The issued token comes last, however many token-shaped words the subject holds before it
+	// (only the first 64 were looked at; found by FuzzTokens).
+	many := strings.Repeat("AZ:1234 ", 70) + "CRM:0001003"
+	if got := tracker.TokenCandidates(many); len(got) != 2 || got[0] != "CRM:0001003" {
+		t.Errorf("TokenCandidates of a subject with 70 token-shaped words before the token = %v", got)
 	}
 	if got := tracker.FormatToken("CRM", 7, 1001); got != "CRM:0001001" {
 		t.Errorf("FormatToken = %q", got)

@@ -26,8 +26,10 @@ func TokenCandidates(subject string) []string {
 	if !mayHoldToken(subject) {
 		return nil
 	}
+	// Every match, not the first few: the issued token is the last one, after whatever a
+	// subject holds (it is at most 998 characters, so at most a few hundred matches).
 	var out []string
-	for _, m := range tokenLike.FindAllString(subject, 64) {
+	for _, m := range tokenLike.FindAllString(subject, -1) {
 		if !slices.Contains(out, m) {
 			out = append(out, m)
 		}

@@ -217,6 +217,14 @@ func checkMsgID(v *errs.Violations, field, id string) {
 	}
 }
 
+// ValidAddress reports whether a normalised address (NormalizeAddress) is one the tracker keeps:
+// at most 254 bytes, with an "@", without spaces or control characters.
+func ValidAddress(a string) bool {
+	var v errs.Violations
+	checkAddr(&v, "address", a)
+	return len(v) == 0
+}
+
 // checkAddr checks an address as the tracker indexes it (lower case): one line
 // (errs.Violations.Line) of at most maxAddressLen bytes with an @ and no space.
 func checkAddr(v *errs.Violations, field, a string) {

@@ -121,8 +121,8 @@ type SubmitEmailRequest struct {
 	IdempotencyKey string `protobuf:"bytes,13,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// The connector; unset means the tenant's default.
 	ConnectorId string `protobuf:"bytes,14,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
-	// In-Reply-To of a reply (a Message-ID without angle brackets); one line of at most 998
-	// characters.
+	// In-Reply-To of a reply: a Message-ID without angle brackets (id-left@id-right in ASCII, as
+	// RFC 5322's msg-id) of at most 980 bytes.
 	InReplyTo string `protobuf:"bytes,15,opt,name=in_reply_to,json=inReplyTo,proto3" json:"in_reply_to,omitempty"`
 	// References of a reply, oldest first; at most 100, each as in_reply_to.
 	References []string `protobuf:"bytes,16,rep,name=references,proto3" json:"references,omitempty"`
@@ -1554,7 +1554,7 @@ type ImportedEmail struct {
 	LastError string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// When it first failed there.
 	FirstFailureTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=first_failure_time,json=firstFailureTime,proto3" json:"first_failure_time,omitempty"`
-	// Its Message-ID there, kept: one line of at most 998 characters, without angle brackets or
+	// Its Message-ID there, kept: one line of at most 980 characters, without angle brackets or
 	// spaces. Empty means a new one.
 	MessageId     string `protobuf:"bytes,7,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
