@@ -123,13 +123,18 @@ FUZZTIME ?= 30s
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s; FUZZ, a regexp, selects targets by
 ## their "module:package:FuzzName" entry). Not part of test. A failing input is written to the
 ## package's testdata/fuzz/<FuzzName>/: fix the code and commit the input as a regression seed.
+## A bare "context deadline exceeded" as the time runs out, with no input written, is Go's own
+## race (go.dev/issue/75804, fixed in Go 1.27), not a finding: it is reported and passed over.
 fuzz:
-	@failed=""; \
+	@failed=""; log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
 	for t in $(FUZZ_TARGETS); do \
 		if ! grep -Eq -- '$(or $(FUZZ),.)' <<< "$$t"; then continue; fi; \
 		IFS=: read -r mod pkg name <<< "$$t"; \
 		echo "== fuzz $$mod $$pkg $$name for $(FUZZTIME)"; \
-		(cd $$mod && $(GO) test $$pkg -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME)) || failed="$$failed $$t"; \
+		if (cd $$mod && $(GO) test $$pkg -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME)) 2>&1 | tee "$$log"; then :; \
+		elif grep -qx '    context deadline exceeded' "$$log" && ! grep -q 'Failing input written' "$$log"; then \
+			echo "fuzz: $$name: no input found; the deadline error is go.dev/issue/75804, not a failure"; \
+		else failed="$$failed $$t"; fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi
 
