@@ -41,13 +41,19 @@ func TestStartCluster(t *testing.T) {
 	})
 
 	t.Run("a key survives KillMaster of its master", func(t *testing.T) {
-		if err := rdb.Set(ctx, "survivor", "v", 0).Err(); err != nil {
+		// The write and its WAIT on one connection to the key's master: WAIT counts the replicas
+		// that have this connection's writes, so the key has reached the replica before the
+		// master dies (a WAIT through the cluster client goes to any node and proves nothing,
+		// which under load lost the key to the failover).
+		master := c.MasterFor(t, "survivor")
+		mc := master.Client(t)
+		conn := mc.Conn()
+		defer conn.Close()
+		if err := conn.Set(ctx, "survivor", "v", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
-		// WAIT: the write has reached the replica before the master dies.
-		master := c.MasterFor(t, "survivor")
-		if err := rdb.Do(ctx, "WAIT", 1, 1000).Err(); err != nil {
-			t.Logf("WAIT: %v", err)
+		if n, err := conn.Do(ctx, "WAIT", 1, 10_000).Int(); err != nil || n < 1 {
+			t.Fatalf("WAIT = %d, %v: the replica has not the key", n, err)
 		}
 		begin := time.Now()
 		c.KillMaster(t, master)
@@ -61,6 +67,9 @@ func TestStartCluster(t *testing.T) {
 		poll.Eventually(t, "the key read back through the old client", func() bool {
 			var err error
 			got, err = rdb.Get(ctx, "survivor").Result()
+			if errors.Is(err, redis.Nil) {
+				t.Fatal("the key is gone after the failover")
+			}
 			return err == nil
 		})
 		if got != "v" {
