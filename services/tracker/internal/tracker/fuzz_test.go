@@ -51,7 +51,7 @@ func FuzzTokens(f *testing.F) {
 			return
 		}
 		var v errs.Violations
-		if checkText(&v, "subject", subject, maxSubject); len(v) > 0 || utf8.RuneCountInString(subject) > maxSubject-30 {
+		if !v.Line("subject", subject, maxSubject) || utf8.RuneCountInString(subject) > maxSubject-30 {
 			return
 		}
 		tok := FormatToken(prefix, digits, n)
