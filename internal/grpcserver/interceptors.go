@@ -125,6 +125,7 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
+//nolint:contextcheck // a stream interceptor's context is the stream's (ss.Context()), not its builder's
 func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
 		defer func() {
@@ -213,6 +214,8 @@ type callKey struct{}
 // id; never messages or tokens. Health checks and reflection are logged at debug so probes do not
 // flood the log; Internal-like codes (bugs) at error, with the unmapped error (the status hides
 // it); Unavailable (an outage) at warn, with the dependency that failed.
+//
+//nolint:contextcheck // logs with context.Background on purpose: the attributes are explicit (see below)
 func logCall(log *slog.Logger, c *call, method string, err error, d time.Duration) {
 	code := status.Code(err)
 	level := slog.LevelInfo
