@@ -2,7 +2,6 @@ package harness
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -121,10 +120,10 @@ func (s *Suite) RecoverFrom(t time.Time) {
 	s.healed = t
 }
 
-// writeTable writes the rows as a Markdown table.
-func writeTable(w io.Writer, rows []*Result) {
-	fmt.Fprintln(w, "| Scenario | Load held | Fault | Accepted | Delivered | Duplicated (ambiguous) | Lost | Failed as expected | Time to recover | Verdict |")
-	fmt.Fprintln(w, "|---|---|---|--:|--:|--:|--:|--:|--:|---|")
+// writeTable writes the rows as a Markdown table (into a Builder, whose writes cannot fail).
+func writeTable(w *strings.Builder, rows []*Result) {
+	w.WriteString("| Scenario | Load held | Fault | Accepted | Delivered | Duplicated (ambiguous) | Lost | Failed as expected | Time to recover | Verdict |\n")
+	w.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|---|\n")
 	cell := func(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
 	for _, r := range rows {
 		accepted := fmt.Sprint(r.Accepted)
@@ -132,11 +131,11 @@ func writeTable(w io.Writer, rows []*Result) {
 			accepted += fmt.Sprintf(" (%d refused)", r.Refused)
 		}
 		if !r.checked {
-			fmt.Fprintf(w, "| %s | %s | %s | — | — | — | — | — | — | %s |\n", cell(r.Scenario), cell(r.Load), cell(r.Fault), r.verdict)
+			w.WriteString(fmt.Sprintf("| %s | %s | %s | — | — | — | — | — | — | %s |\n", cell(r.Scenario), cell(r.Load), cell(r.Fault), r.verdict))
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %d (%d) | %d | %d | %s | %s |\n",
-			cell(r.Scenario), cell(r.Load), cell(r.Fault), accepted, r.Delivered, r.Duplicated, r.Ambiguous, r.Lost, r.Failed, recovered(r.Recovered), r.verdict)
+		w.WriteString(fmt.Sprintf("| %s | %s | %s | %s | %d | %d (%d) | %d | %d | %s | %s |\n",
+			cell(r.Scenario), cell(r.Load), cell(r.Fault), accepted, r.Delivered, r.Duplicated, r.Ambiguous, r.Lost, r.Failed, recovered(r.Recovered), r.verdict))
 	}
 }
 

@@ -370,7 +370,7 @@ func (c *Client) conflict(ctx context.Context, method, target, name string, resp
 	case err != nil:
 		// Told, not wrapped: the read failed with a class of its own (unavailable, rejected, ...),
 		// and an *Error matches exactly one class; this one is a conflict whose Current is nil.
-		e.Err = fmt.Errorf("reading the current version: %v", err)
+		e.Err = fmt.Errorf("reading the current version: %v", err) //nolint:errorlint // told, not wrapped: see above
 	default:
 		e.Current = &cur
 	}

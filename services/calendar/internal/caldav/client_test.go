@@ -679,7 +679,7 @@ func TestPropfindETag(t *testing.T) {
 					return
 				}
 				w.WriteHeader(http.StatusMultiStatus)
-				io.WriteString(w, `<d:multistatus xmlns:d="DAV:"><d:response><d:propstat><d:prop><d:getetag>`+tt.getetag+
+				_, _ = io.WriteString(w, `<d:multistatus xmlns:d="DAV:"><d:response><d:propstat><d:prop><d:getetag>`+tt.getetag+
 					`</d:getetag></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response></d:multistatus>`)
 			}))
 			t.Cleanup(s.Close)

@@ -111,17 +111,21 @@ func FuzzSend(f *testing.F) {
 		wantHandshake, wantPipelining := true, false
 		if g, ok := get(); !ok || g.code != 220 {
 			wantHandshake = false
-		} else if e, ok := get(); !ok {
-			wantHandshake = false
-		} else if e.code == 500 || e.code == 502 {
-			h, ok := get()
-			wantHandshake = ok && h.code/100 == 2
-		} else if e.code/100 != 2 {
-			wantHandshake = false
 		} else {
-			for _, l := range strings.Split(e.text, "\n")[1:] {
-				kw, _, _ := strings.Cut(l, " ")
-				wantPipelining = wantPipelining || strings.EqualFold(kw, "PIPELINING")
+			e, ok := get()
+			switch {
+			case !ok:
+				wantHandshake = false
+			case e.code == 500 || e.code == 502:
+				h, ok := get()
+				wantHandshake = ok && h.code/100 == 2
+			case e.code/100 != 2:
+				wantHandshake = false
+			default:
+				for _, l := range strings.Split(e.text, "\n")[1:] {
+					kw, _, _ := strings.Cut(l, " ")
+					wantPipelining = wantPipelining || strings.EqualFold(kw, "PIPELINING")
+				}
 			}
 		}
 		if err := c.handshake("localhost", nil, nil); (err == nil) != wantHandshake {
