@@ -11,8 +11,8 @@ MODULES := proto internal services/mailbox services/outbox services/tracker serv
 # a release is cut.
 BASELINE := proto/baseline.binpb
 
-.PHONY: all run test tools generate lint fmt vet breaking check-generated tidy-check build-modules \
-	go-test test-cluster bench baseline clean
+.PHONY: all run test tools generate lint fmt vet staticcheck golangci-lint breaking check-generated \
+	tidy-check build-modules go-test test-cluster bench baseline clean
 
 all: test
 
@@ -27,11 +27,13 @@ $(BIN)/grpcurl: tools/go.mod tools/go.sum
 ## test: everything CI checks.
 test: lint breaking check-generated tidy-check build-modules vet go-test
 
-## tools: the pinned code generators and buf, built from tools/go.mod and tools/buf/go.mod.
+## tools: the pinned code generators, buf and the linters, built from tools/go.mod,
+## tools/buf/go.mod and tools/lint/go.mod.
 tools: $(BIN)/.tools-stamp
-$(BIN)/.tools-stamp: tools/go.mod tools/go.sum tools/buf/go.mod tools/buf/go.sum
+$(BIN)/.tools-stamp: tools/go.mod tools/go.sum tools/buf/go.mod tools/buf/go.sum tools/lint/go.mod tools/lint/go.sum
 	cd tools && GOWORK=off GOBIN=$(BIN) $(GO) install tool
 	cd tools/buf && GOWORK=off GOBIN=$(BIN) $(GO) install tool
+	cd tools/lint && GOWORK=off GOBIN=$(BIN) $(GO) install tool
 	touch $@
 
 ## generate: regenerate proto/gen from proto/ with the local plugins.
@@ -64,7 +66,7 @@ check-generated: generate
 
 ## tidy-check: every go.mod is tidy.
 tidy-check:
-	@for m in $(MODULES) tools; do \
+	@for m in $(MODULES) tools tools/buf tools/lint; do \
 		(cd $$m && GOWORK=off $(GO) mod tidy -diff) || { echo "go.mod of $$m is not tidy: run go mod tidy there"; exit 1; }; \
 	done
 
@@ -74,6 +76,16 @@ build-modules:
 
 vet:
 	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+
+## staticcheck: staticcheck (tools/lint/go.mod) over every module; its default checks. A finding
+## that is wrong for its line is silenced there with `//lint:ignore CHECK reason`.
+staticcheck: tools
+	@for m in $(MODULES); do (cd $$m && staticcheck ./...) || exit 1; done
+
+## golangci-lint: golangci-lint (tools/lint/go.mod) over every module, with the linters and the
+## justified exclusions of .golangci.yml.
+golangci-lint: tools
+	@for m in $(MODULES); do (cd $$m && golangci-lint run -c $(CURDIR)/.golangci.yml ./...) || exit 1; done
 
 # bench holds benchmarks only (run by `make bench`); vet and build-modules compile it.
 TEST_MODULES := $(filter-out bench,$(MODULES))
