@@ -202,11 +202,11 @@ func BadVars(err error) []string {
 		if err == nil {
 			return
 		}
-		if e, ok := err.(*Error); ok {
+		if e, ok := err.(*Error); ok { //nolint:errorlint // walks the tree itself to list every *Error; errors.As stops at the first
 			out = append(out, e.Var)
 			return
 		}
-		switch u := err.(type) {
+		switch u := err.(type) { //nolint:errorlint // unwraps one level by hand, see above
 		case interface{ Unwrap() []error }:
 			for _, e := range u.Unwrap() {
 				walk(e)

@@ -22,6 +22,8 @@ const ErrorDomain = "postamt.dev"
 // status error returned as it is passes through; a dependency's outage is Unavailable; a status
 // of a client call follows the rules of ToStatusContext; context errors keep their meaning, and
 // anything unclassified becomes a bare Internal so no internals leak.
+//
+//nolint:contextcheck // deliberately context-free: classify ignores ctx when haveCtx is false
 func ToStatus(err error) *status.Status {
 	s, _ := classify(context.Background(), false, err)
 	return s

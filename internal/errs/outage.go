@@ -204,10 +204,10 @@ func classify(ctx context.Context, haveCtx bool, err error) (s *status.Status, d
 		}
 	}
 	if dep, ok := Outage(err); ok {
-		return domainStatus(Unavailable(outageMessage(dep), OutageRetryAfter, err).(*Error)), dep
+		return domainStatus(Unavailable(outageMessage(dep), OutageRetryAfter, err).(*Error)), dep //nolint:errorlint // Unavailable returns a bare *Error
 	}
 	if haveCtx && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
-		return domainStatus(Unavailable(outageMessage(""), OutageRetryAfter, err).(*Error)), "timeout"
+		return domainStatus(Unavailable(outageMessage(""), OutageRetryAfter, err).(*Error)), "timeout" //nolint:errorlint // Unavailable returns a bare *Error
 	}
 	if s, wrapped := upstreamStatus(err); wrapped {
 		switch s.Code() {

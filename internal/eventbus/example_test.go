@@ -48,7 +48,7 @@ func Example() {
 		log = slog.Default()        //
 		msg = wrapperspb.String("") // the event, normally a postamt.<svc>.v1 message
 	)
-	if rdb == nil || js == nil {
+	if rdb == nil || js == nil { //nolint:govet // nilness: the placeholders above are nil; the example only compiles
 		return // the example only compiles
 	}
 

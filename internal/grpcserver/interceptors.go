@@ -213,6 +213,8 @@ type callKey struct{}
 // id; never messages or tokens. Health checks and reflection are logged at debug so probes do not
 // flood the log; Internal-like codes (bugs) at error, with the unmapped error (the status hides
 // it); Unavailable (an outage) at warn, with the dependency that failed.
+//
+//nolint:contextcheck // logs with context.Background on purpose: the attributes are explicit (see below)
 func logCall(log *slog.Logger, c *call, method string, err error, d time.Duration) {
 	code := status.Code(err)
 	level := slog.LevelInfo

@@ -222,6 +222,8 @@ func (h *ackHook) run() {
 // barrier writes a marker in the slot of one of keys on this node and waits for the replicas. A
 // slot that moved away meanwhile answers MOVED or ASK; the next key is tried, since a barrier in
 // any slot of this master covers all its writes.
+//
+//nolint:contextcheck // a barrier serves every waiter of its batch, so no caller's context may end it; it has its own timeout
 func (h *ackHook) barrier(keys []string, asking bool) error {
 	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), barrierKey{}, true), h.acks.within+2*time.Second)
 	defer cancel()

@@ -94,6 +94,7 @@ func (c *Coalescer) flushLocked() {
 	c.mu.Unlock()
 }
 
+//nolint:contextcheck // a pipeline carries many callers' commands, so none's context may end it; it has its own timeout
 func (c *Coalescer) exec(batch []*coalesced) {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()

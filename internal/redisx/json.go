@@ -83,7 +83,7 @@ func UpdateJSON[T any](ctx context.Context, rdb redis.UniversalClient, key strin
 // casBackoff waits a random duration in [0, 100µs·2^min(attempt,7)) before retry attempt, or
 // until ctx ends.
 func casBackoff(ctx context.Context, attempt int) error {
-	d := time.Duration(rand.Int64N(int64(100*time.Microsecond) << min(attempt, 7)))
+	d := time.Duration(rand.Int64N(int64(100*time.Microsecond) << min(attempt, 7))) //nolint:gosec // G404: backoff jitter, not a secret
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

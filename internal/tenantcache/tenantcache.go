@@ -181,7 +181,7 @@ func (c *Cache[V]) Follow(ctx context.Context, js jetstream.JetStream, stream st
 		err := c.follow(ctx, js, stream)
 		c.live.Store(false)
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // ctx ended the follow: its error is the shutdown, not a failure
 		}
 		if c.followed {
 			logger.Warn("cache: following events failed; answers are fetched every time meanwhile", "stream", stream, "error", err)

@@ -119,6 +119,7 @@ func buildServer(dir string) (string, error) {
 	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
+		//lint:ignore SA1019 only for a test binary run without go test (which puts GOROOT/bin on PATH) on the machine that built it
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
 	out := filepath.Join(dir, "nats-server")
@@ -280,7 +281,7 @@ func (c *Cluster) runProcess(i int) error {
 		}
 		if time.Now().After(deadline) {
 			c.killProcess(i)
-			return fmt.Errorf("nats-server %s not ready within %s: %v\n%s", name, processReadyTimeout, err, c.logTail(i, 10))
+			return fmt.Errorf("nats-server %s not ready within %s: %w\n%s", name, processReadyTimeout, err, c.logTail(i, 10))
 		}
 		time.Sleep(20 * time.Millisecond) // polling a port; no event to wait on
 	}

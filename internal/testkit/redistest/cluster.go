@@ -265,6 +265,7 @@ func (c *Cluster) MasterFor(tb testing.TB, key string) *Server {
 func (c *Cluster) slotOwner(ctx context.Context, view *Server, slot int) (*Server, error) {
 	a := view.admin()
 	defer a.Close()
+	//lint:ignore SA1019 CLUSTER SLOTS is deprecated, not removed, and gives the slot ranges this needs in one call
 	ranges, err := a.ClusterSlots(ctx).Result()
 	if err != nil {
 		return nil, fmt.Errorf("CLUSTER SLOTS on %s: %w", view.Addr(), err)
