@@ -610,7 +610,7 @@ func (s *Service) UpdateMailbox(ctx context.Context, p auth.Principal, in Mailbo
 	}
 	// quota_bytes 0 means the default, as on create: never "no quota", which would lift a shared
 	// mailbox's licence check silently.
-	defaultQuota := int64(DefaultSharedQuota)
+	defaultQuota := DefaultSharedQuota
 	if fields["quota_bytes"] && in.QuotaBytes == 0 {
 		t, err := s.store.GetTenant(ctx, p.Tenant)
 		if err != nil {
