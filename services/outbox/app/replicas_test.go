@@ -50,9 +50,9 @@ func TestTwoReplicasSendEachEmailOnce(t *testing.T) {
 	for err := range errc {
 		t.Fatal(err)
 	}
-	msgs := e.sink.WaitForMessages(t, n, 2*time.Minute)
+	e.sink.WaitForMessages(t, n, 2*time.Minute)
 	time.Sleep(200 * time.Millisecond) // a duplicate would arrive by now
-	msgs = e.sink.Messages()
+	msgs := e.sink.Messages()
 	seen := make(map[string]int, n)
 	for _, m := range msgs {
 		h, err := mail.ReadMessage(bytes.NewReader(m.Data))

@@ -25,7 +25,8 @@ import (
 
 // Why a conversation does not start, or stops before the message.
 var (
-	errLeaseLost  = errors.New("the claim was taken over by another worker")
+	errLeaseLost = errors.New("the claim was taken over by another worker")
+	//lint:ignore ST1005 Redis is a name
 	errRedisDown  = errors.New("Redis is unreachable, so the claim cannot be renewed or the result recorded")
 	errLeaseShort = errors.New("the claim's lease is about to run out")
 )
@@ -140,6 +141,8 @@ func (l *lane) quitting() bool {
 }
 
 // run claims whenever the lane has ready partitions and room, until quit.
+//
+//nolint:contextcheck // a lane outlives Run's ctx (Run stops in order: no new claims, then quit)
 func (l *lane) run() {
 	defer close(l.done)
 	for {
@@ -412,6 +415,8 @@ func (l *lane) start() {
 }
 
 // send runs one claim's conversation and hands its outcome to the recorder.
+//
+//nolint:contextcheck // a conversation outlives Run's ctx: a stopping dispatcher gives it StopTimeout
 func (l *lane) send(c *claim) {
 	defer l.d.sends.Done()
 	l.deliver(context.Background(), c)

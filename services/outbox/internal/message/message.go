@@ -212,7 +212,7 @@ func Parse(raw []byte, maxBytes int64) (*Parsed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse message: %w", err)
 	}
-	defer r.Close()
+	defer r.Close() //nolint:errcheck // reads raw from memory: nothing to flush, no error to act on
 	out := &Parsed{}
 	for {
 		p, err := r.NextPart()

@@ -48,7 +48,6 @@ func scanAll(t *testing.T, l *redisstore.Ledger, v redisstore.View, page int) []
 func TestViewIndexesFollowTransitions(t *testing.T) {
 	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
 	ctx := context.Background()
-	var want []string
 	for i := range 40 {
 		id := fmt.Sprintf("v-%02d", i)
 		buckets := []string{redisstore.BucketUser("max")}
@@ -59,13 +58,18 @@ func TestViewIndexesFollowTransitions(t *testing.T) {
 		if _, _, err := l.Submit(ctx, viewEmail(id, t0.Add(time.Duration(i/8)*time.Millisecond), buckets...), ev); err != nil {
 			t.Fatal(err)
 		}
-		want = append(want, id)
 	}
 	maxAndInfo := redisstore.View{Tenant: "kanzlei", Buckets: []string{redisstore.BucketUser("max"), redisstore.BucketMailbox("info")}}
+	var first []string
 	for _, page := range []int{1, 3, 7, 50} {
 		got := scanAll(t, l, maxAndInfo, page)
 		if len(got) != 40 || len(slices.Compact(slices.Sorted(slices.Values(got)))) != 40 {
 			t.Fatalf("page size %d: %d listed, duplicates or gaps: %v", page, len(got), got)
+		}
+		if first == nil {
+			first = got
+		} else if !slices.Equal(got, first) {
+			t.Fatalf("page size %d lists in another order than page size 1:\n%v\n%v", page, got, first)
 		}
 	}
 	counts, err := l.Count(ctx, maxAndInfo)

@@ -304,7 +304,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 			scanned++
 			r := byID[en.ID]
 			if r == nil {
-				cur = redisstore.Cursor{Score: en.Score, ID: en.ID}
+				cur = redisstore.Cursor(en)
 				continue // changed to final between the index read and the record read, or expired
 			}
 			e, err := s.Present(q.p, r)
@@ -312,7 +312,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 				return nil, err
 			}
 			if !q.match(e) {
-				cur = redisstore.Cursor{Score: en.Score, ID: en.ID}
+				cur = redisstore.Cursor(en)
 				continue
 			}
 			if len(out.Emails) == size {
@@ -320,7 +320,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 				return out, nil
 			}
 			out.Emails = append(out.Emails, e)
-			cur = redisstore.Cursor{Score: en.Score, ID: en.ID}
+			cur = redisstore.Cursor(en)
 		}
 		if !more {
 			return out, nil

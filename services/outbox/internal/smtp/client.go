@@ -136,7 +136,7 @@ func (c *conn) handshake(localName string, startTLS *tls.Config, mech func() (sa
 		}
 		tc := tls.Client(c.nc, startTLS)
 		c.deadline(c.cmdTO)
-		if err := tc.Handshake(); err != nil {
+		if err := tc.Handshake(); err != nil { //nolint:noctx // bounded by the deadline set above, like every step of the conversation
 			return fmt.Errorf("TLS handshake after STARTTLS: %w", err)
 		}
 		c.setNetConn(tc)

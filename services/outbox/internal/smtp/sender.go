@@ -245,7 +245,7 @@ func classify(err error, afterDot bool) Result {
 	var re *replyError
 	if errors.As(err, &re) {
 		r := Result{Code: re.Code, Enhanced: re.Enhanced, Message: re.Message}
-		if err != error(re) {
+		if err != error(re) { //nolint:errorlint // identity on purpose: is err the reply itself or a wrap of it
 			r.Message = err.Error() // a refusal during the handshake says which step it was
 		}
 		switch {

@@ -40,7 +40,7 @@ func (c *Client) Subject(ctx context.Context, tenant, record, subject string) (s
 	}
 	// Not %w: the edge passes a status that no domain error classifies on to the caller as it
 	// is (errs.ToStatus), the tracker's code and message in place of ours.
-	cause := fmt.Errorf("tracker IssueTrackingToken: %v", err)
+	cause := fmt.Errorf("tracker IssueTrackingToken: %v", err) //nolint:errorlint // not %w, see above
 	switch status.Code(err) {
 	case codes.NotFound:
 		return "", errs.NotFound("record", record)
@@ -51,7 +51,7 @@ func (c *Client) Subject(ctx context.Context, tenant, record, subject string) (s
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
 		return "", errs.Unavailable("the tracker, which issues tracking tokens, is unavailable; retry with the same idempotency key", time.Second, cause)
 	case codes.Canceled:
-		return "", fmt.Errorf("%w: %v", context.Canceled, cause)
+		return "", fmt.Errorf("%w: %v", context.Canceled, cause) //nolint:errorlint // cause is not wrapped, see above
 	}
 	return "", cause
 }
