@@ -296,7 +296,7 @@ func TestJournalEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprint(w, headers("j1@kanzlei.example", "office@muster.example", "Rechnung", "Cc: erika@kunde.example")+"\r\nAnbei die Rechnung.\r\n")
+	fmt.Fprint(w, headers("j1@kanzlei.example", "office@muster.example", "Rechnung", "Cc: erika@kunde.example")+"\r\nAnbei die Rechnung.\r\n") //nolint:errcheck // a failed write shows at w.Close, checked below
 	if err := w.Close(); err != nil {
 		t.Fatalf("DATA: %v", err)
 	}
@@ -315,7 +315,7 @@ func TestJournalEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, _ = c.Data()
-	fmt.Fprint(w, headers("j2@kanzlei.example", "office@muster.example", "Gross")+"\r\n"+strings.Repeat(strings.Repeat("x", 76)+"\r\n", 1000))
+	fmt.Fprint(w, headers("j2@kanzlei.example", "office@muster.example", "Gross")+"\r\n"+strings.Repeat(strings.Repeat("x", 76)+"\r\n", 1000)) //nolint:errcheck // the refusal shows at w.Close, checked below
 	if err := w.Close(); !errors.As(err, &se) || se.Code != 552 {
 		t.Errorf("oversize = %v, want 552", err)
 	}

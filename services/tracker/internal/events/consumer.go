@@ -97,7 +97,7 @@ func (c *SentConsumer) Run(ctx context.Context) error {
 		}
 		t.Stop()
 	}
-	return nil
+	return nil //nolint:nilerr // only ctx ends the loop: a run's error then is the shutdown, not a failure
 }
 
 // run creates the consumer and handles batches until ctx ends or the consumer must be created
@@ -296,7 +296,7 @@ func (c *SentConsumer) decode(ctx context.Context, tracer trace.Tracer, msgs []j
 		it.msg, it.ctx = msg, ctx
 		if hdr := msg.Headers(); hdr != nil {
 			it.id = hdr.Get(jetstream.MsgIDHeader)
-			it.ctx = propagation.TraceContext{}.Extract(ctx, eventbus.HeaderCarrier(hdr))
+			it.ctx = propagation.TraceContext{}.Extract(ctx, eventbus.HeaderCarrier(hdr)) //nolint:fatcontext // each item's own context, derived from ctx, not from the last item's
 		}
 		it.ctx, it.span = tracer.Start(it.ctx, "process "+msg.Subject(),
 			trace.WithSpanKind(trace.SpanKindConsumer),

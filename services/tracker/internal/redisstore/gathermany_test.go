@@ -29,7 +29,7 @@ func TestGatherManyReadsWhatGatherReads(t *testing.T) {
 			other = name
 		}
 	}
-	tenants := append(same, other)
+	tenants := append(same, other) //nolint:gocritic // appendAssign: same is not used again
 	erika := tracker.RecordRef{ID: "c-1", Kind: tracker.KindContact}
 	opt := tracker.Option(3)
 	for n, tenant := range tenants {

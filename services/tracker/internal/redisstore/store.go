@@ -1024,7 +1024,7 @@ func (s *Store) WriteMany(ctx context.Context, ws []tracker.Write) ([]tracker.Wr
 	pending := make([]set, len(ws))
 	tk := keysOf{s: s}
 	for i, w := range ws {
-		wctx := w.Ctx
+		wctx := w.Ctx //nolint:contextcheck // each write of the batch runs under its own caller's context
 		if wctx == nil {
 			wctx = ctx
 		}

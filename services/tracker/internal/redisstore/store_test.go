@@ -35,7 +35,7 @@ func TestSettings(t *testing.T) {
 	if err != nil || o.AutoTrackSentFolderItems || o.Version != 0 {
 		t.Fatalf("fresh org settings = %+v, %v; want zero (tracking off)", o, err)
 	}
-	o, err = s.UpdateOrgSettings(ctx, "kanzlei", func(o *tracker.OrgSettings) error {
+	_, err = s.UpdateOrgSettings(ctx, "kanzlei", func(o *tracker.OrgSettings) error {
 		o.AutoTrackSentFolderItems, o.TokenPrefix, o.Smart.Window, o.Version = true, "AKTE", time.Hour, o.Version+1
 		return nil
 	})

@@ -94,7 +94,7 @@ func (s *Service) DecideBatch(ctx context.Context, g *Gathering, p *Pending, seq
 		}
 		p.apply(b.Tenant, &g.qs[i].Query, ev)
 		if ev.Org.AutoTrackSentFolderItems {
-			mctx := b.Ctx
+			mctx := b.Ctx //nolint:contextcheck // each message of the batch is looked up under its own caller's context
 			if mctx == nil {
 				mctx = ctx
 			}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -195,18 +194,4 @@ func Addresses(m *Message) []RoleAddress {
 type RoleAddress struct {
 	Address string
 	Role    Role
-}
-
-func roleName(r Role) string {
-	switch r {
-	case RoleFrom:
-		return "From"
-	case RoleTo:
-		return "To"
-	case RoleCc:
-		return "Cc"
-	case RoleBcc:
-		return "Bcc"
-	}
-	return strconv.Itoa(int(r))
 }

@@ -39,7 +39,7 @@ func ParseHeaders(field string, raw []byte) (*Message, error) {
 	switch {
 	case len(raw) == 0:
 		v.Add(field, "is required")
-	case len(raw) > MaxHeaderBytes && bytes.Index(raw[:MaxHeaderBytes], []byte("\n\n")) < 0 && bytes.Index(raw[:MaxHeaderBytes], []byte("\r\n\r\n")) < 0:
+	case len(raw) > MaxHeaderBytes && !bytes.Contains(raw[:MaxHeaderBytes], []byte("\n\n")) && !bytes.Contains(raw[:MaxHeaderBytes], []byte("\r\n\r\n")):
 		v.Addf(field, "the header section must be at most %d bytes", MaxHeaderBytes)
 	}
 	if err := v.Err(); err != nil {
