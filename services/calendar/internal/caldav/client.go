@@ -193,7 +193,7 @@ func (c *Client) do(ctx context.Context, method, target string, header http.Head
 	if err != nil {
 		return nil, &Error{Method: method, URL: target, Err: err, class: ErrUnavailable}
 	}
-	defer resp.Body.Close()
+	defer resp.Body.Close() //nolint:errcheck // closing a body read to its end (or limit): no error to act on
 	data, err := io.ReadAll(io.LimitReader(resp.Body, c.maxSize+1))
 	if err != nil {
 		return nil, &Error{Method: method, URL: target, StatusCode: resp.StatusCode, Err: err, class: ErrUnavailable}

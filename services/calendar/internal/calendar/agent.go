@@ -250,6 +250,8 @@ func newSessionID() string {
 }
 
 // close gives the user's agent slot up, if it is still ours.
+//
+//nolint:contextcheck // runs when the stream's context has ended, so it cannot use it
 func (a *session) close() {
 	ctx := context.Background()
 	a.s.hub.unsubscribe(a.tenant, a.user, a.sub)

@@ -54,7 +54,7 @@ type Applicability int
 
 // The applicabilities.
 const (
-	applicabilityUnspecified Applicability = iota
+	_ Applicability = iota // 0: the API's unspecified
 	// Applicable: entries are queued for the user's target.
 	Applicable
 	// NotApplicable: live sync does not apply (usernames differ). Not a fault; no warning.
@@ -70,7 +70,7 @@ type Warning int
 
 // The warnings.
 const (
-	warningUnspecified Warning = iota
+	_ Warning = iota // 0: the API's unspecified
 	// WarnAgentNeverConnected: deliveries wait and no agent ever connected.
 	WarnAgentNeverConnected
 	// WarnDeliveriesDead: some deliveries failed for good.

@@ -118,7 +118,7 @@ func (c *Client) WatchUsers(ctx context.Context, js jetstream.JetStream, stream 
 	for {
 		err := c.watchUsers(ctx, js, stream, logger, changed)
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // ctx ended the watch: its error is the shutdown, not a failure
 		}
 		logger.Warn("calendar: following user changes failed; users catch up when they next connect", "stream", stream, "error", err)
 		select {
