@@ -97,6 +97,7 @@ func (g *tenantGuard) unary() grpc.UnaryServerInterceptor {
 	}
 }
 
+//nolint:contextcheck // a stream interceptor's context is the stream's (ss.Context()), not its builder's
 func (g *tenantGuard) stream() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if err := g.check(ss.Context(), info.FullMethod); err != nil {

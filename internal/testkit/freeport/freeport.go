@@ -27,7 +27,7 @@ func Port() (int, error) {
 	lo := ephemeralLow()
 	base := max(lo-span, 1024)
 	for range 200 {
-		p := base + rand.IntN(lo-base) //nolint:gosec // G404: a port to try, not a secret
+		p := base + rand.IntN(lo-base)
 		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
 			continue
