@@ -189,6 +189,8 @@ func LimitUnary(l *limit.Limiter) grpc.UnaryServerInterceptor {
 
 // LimitStream applies the per-caller limit to the start of streaming gRPC calls (and to every
 // forwarded call, which the gateway handles as a stream).
+//
+//nolint:contextcheck // a stream interceptor's context is the stream's (ss.Context()), not its builder's
 func LimitStream(l *limit.Limiter) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		if err := allow(ss.Context(), l); err != nil {

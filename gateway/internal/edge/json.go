@@ -132,7 +132,7 @@ func findBadJSON(data []byte, md protoreflect.MessageDescriptor) *bodyFieldError
 	d.UseNumber()
 	var v any
 	if err := d.Decode(&v); err != nil {
-		return nil
+		return nil //nolint:nilerr // a syntax error is "another problem": protojson's message stands
 	}
 	return walkMessage(md, v, "")
 }

@@ -132,7 +132,7 @@ func (p *Proxy) Handler(_ any, in grpc.ServerStream) error {
 		f := &frame{}
 		err := up.RecvMsg(f)
 		if first {
-			<-header // no message overtakes the header; after the end of the call, Header returns too
+			<-header //nolint:errcheck // a sync point: no message overtakes the header; after the end of the call, Header returns too (a failed header fails RecvMsg or SendMsg as well)
 		}
 		if err != nil {
 			in.SetTrailer(up.Trailer())
