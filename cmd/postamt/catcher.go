@@ -28,7 +28,7 @@ type catcher struct {
 const maxCaughtBytes = 64 << 20
 
 func startCatcher(dir string) (*catcher, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: under the developer's ./data, for them to read the caught mail
 		return nil, fmt.Errorf("mail catcher directory: %w", err)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -72,7 +72,7 @@ func (s *caughtSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 // Data writes the message with the envelope in front, as X-Postamt-Envelope-* lines.
 func (s *caughtSession) Data(r io.Reader) error {
 	name := filepath.Join(s.c.dir, time.Now().UTC().Format("20060102T150405")+"-"+strconv.FormatInt(s.c.n.Add(1), 10)+".eml")
-	f, err := os.Create(name)
+	f, err := os.Create(name) //nolint:gosec // G304: a name made above, in the catcher's directory
 	if err != nil {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "cannot store the message"}
 	}

@@ -41,7 +41,7 @@ commands:
 // run dispatches a command; everything the program does goes through here so it can be tested.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		_, _ = fmt.Fprint(stderr, usage) // the error below is what counts
 		return errors.New("no command given")
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
@@ -57,10 +57,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		_, err := fmt.Fprintln(stdout, "postamt", version)
 		return err
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		_, _ = fmt.Fprint(stdout, usage) // help on a closed stdout: nothing to report it on
 		return nil
 	default:
-		fmt.Fprint(stderr, usage)
+		_, _ = fmt.Fprint(stderr, usage) // the error below is what counts
 		return fmt.Errorf("unknown command %q", cmd)
 	}
 }

@@ -132,7 +132,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		if err != nil {
 			return fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
 		}
-		defer nc.Drain()
+		defer nc.Drain() //nolint:errcheck // on the way out: a failed drain leaves nothing to do but exit
 		// Acknowledgements that never come (a stream leader lost with a publish in flight,
 		// while this connection stays up on a surviving server) must time out: otherwise each
 		// stays pending in the client for good, and once the relay's connection has collected
@@ -143,7 +143,10 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 			return fmt.Errorf("jetstream: %w", err)
 		}
 		serverOpts.Readiness = []grpcserver.Check{{Name: "nats", Probe: natsProbe(nc)}}
-		svc, err = newService(service, cfg, log, rdb, js, verifier, reg, serverOpts)
+		// Not the err of the if above: this block's own, shadowed by rdb's.
+		if svc, err = newService(service, cfg, log, rdb, js, verifier, reg, serverOpts); err != nil {
+			return err
+		}
 	}
 	if err != nil {
 		return err

@@ -60,7 +60,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: the developer's own ./data (postamt up), readable like the checkout
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	secret, err := devSecret(filepath.Join(dir, "dev-secret"), lookup)
@@ -178,7 +178,7 @@ func devSecret(path string, lookup func(string) (string, bool)) (string, error) 
 	if s, ok := lookup("AUTH_HS256_SECRET"); ok && s != "" {
 		return s, nil
 	}
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 32 { //nolint:gosec // G304: the data directory's dev-secret
 		return strings.TrimSpace(string(b)), nil
 	}
 	var b [32]byte
@@ -217,17 +217,18 @@ func startNATS(storeDir string) (*natsserver.Server, error) {
 func startRedis(ctx context.Context, dir string, stderr io.Writer) (string, func(), error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
+		//lint:ignore ST1005 Redis is a name
 		return "", nil, errors.New("Redis is needed: set REDIS_URL to a running Redis, or install redis-server " +
 			"(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)")
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: under the developer's ./data, see runUp
 		return "", nil, fmt.Errorf("create redis data directory: %w", err)
 	}
 	port, err := freePort()
 	if err != nil {
 		return "", nil, err
 	}
-	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir,
+	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir, //nolint:gosec,noctx // G204: redis-server from PATH, arguments made here; no ctx: stop ends it with SIGINT so it flushes its AOF
 		"--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--logfile", filepath.Join(dir, "redis.log"))
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
@@ -261,7 +262,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
-	defer l.Close()
+	defer l.Close() //nolint:errcheck // only held to learn a free port
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -325,7 +326,7 @@ const (
 // printQuickStart prints what to paste: every call goes through the gateway, gRPC on one
 // address for every service and HTTP/JSON with curl.
 func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir string) {
-	fmt.Fprintf(w, `
+	_, _ = fmt.Fprintf(w, `
 Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 (OpenAPI at /openapi.json). Stop with Ctrl-C.
 
