@@ -298,7 +298,7 @@ func (c *checker) probes() {
 			for v, want := range map[string]int32{"GRPC_ADDR": grpcPort, "OPS_ADDR": opsPort} {
 				addr := cmpOr(env[v], envDefaults[v])
 				_, port, err := net.SplitHostPort(addr)
-				if n, perr := strconv.Atoi(port); err != nil || perr != nil || int32(n) != want {
+				if n, perr := strconv.ParseInt(port, 10, 32); err != nil || perr != nil || int32(n) != want {
 					c.fail(RulePorts, obj, "%s=%q does not listen on the declared port %d", v, addr, want)
 				}
 			}

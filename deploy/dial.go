@@ -139,7 +139,7 @@ func parseDial(service, name, value string) []Dial {
 			continue
 		}
 		d := Dial{Service: service, Var: name, Address: p}
-		hostPort, scheme := p, ""
+		hostPort := p
 		if strings.Contains(p, "://") {
 			u, err := url.Parse(p)
 			if err != nil {
@@ -154,7 +154,8 @@ func parseDial(service, name, value string) []Dial {
 				out = append(out, d)
 				continue
 			}
-			hostPort, scheme = u.Host, u.Scheme
+			hostPort = u.Host
+			scheme := u.Scheme
 			if u.Port() == "" {
 				port, ok := defaultPorts[scheme]
 				if !ok {
