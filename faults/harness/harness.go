@@ -230,7 +230,7 @@ func (s *Suite) startAll(tb testing.TB, ps ...*Process) {
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			tb.Fatalf("harness: %v\n%s", err, ps[i].LogTail(30))
+			tb.Fatalf("harness: %v\n%s", err, ps[i].LogTail(30)) //nolint:gosec // G602: errs is made with len(ps)
 		}
 	}
 }

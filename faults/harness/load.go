@@ -177,7 +177,7 @@ func (s *Suite) Untracked(mail []Submitted) ([]Submitted, error) {
 	ctxs := map[string]context.Context{}
 	for _, m := range mail {
 		if ctxs[m.Tenant] == nil {
-			ctxs[m.Tenant] = s.Admin(m.Tenant)
+			ctxs[m.Tenant] = s.Admin(m.Tenant) //nolint:fatcontext // one context per tenant, none derived from another
 		}
 	}
 	work := make(chan Submitted)

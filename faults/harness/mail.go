@@ -124,7 +124,7 @@ func (s *Suite) Emails(tb testing.TB, sent []Submitted) map[string]*outboxv1.Ema
 	ctxs := map[string]context.Context{}
 	for _, m := range sent {
 		if ctxs[m.Tenant] == nil {
-			ctxs[m.Tenant] = s.Admin(m.Tenant)
+			ctxs[m.Tenant] = s.Admin(m.Tenant) //nolint:fatcontext // one context per tenant, none derived from another
 		}
 	}
 	work := make(chan Submitted)

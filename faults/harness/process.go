@@ -102,7 +102,7 @@ func (p *Process) start() error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "==== harness: %s starting at %s\n", p.Name, time.Now().Format(time.RFC3339Nano))
+	_, _ = fmt.Fprintf(f, "==== harness: %s starting at %s\n", p.Name, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Env = p.env
 	cmd.Stdout, cmd.Stderr = f, f
