@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
@@ -49,7 +50,12 @@ func (s *Service) Import(ctx context.Context, p auth.Principal, in []*outboxv1.I
 
 func (s *Service) importOne(ctx context.Context, p auth.Principal, im *outboxv1.ImportedEmail) (*redisstore.Email, bool, error) {
 	var v errs.Violations
-	st := outbox.Status(im.GetStatus())
+	// Checked before the conversion to outbox.Status (a byte), which would wrap 256+QUEUED onto
+	// QUEUED; 0, unspecified, is refused below.
+	var st outbox.Status
+	if n := im.GetStatus(); n > 0 && n <= math.MaxUint8 {
+		st = outbox.Status(n)
+	}
 	switch st {
 	case outbox.StatusScheduled:
 		if im.GetEmail().GetSendAt() == nil {
