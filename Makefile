@@ -25,7 +25,7 @@ $(BIN)/grpcurl: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 ## test: everything CI checks.
-test: lint breaking check-generated tidy-check build-modules vet go-test
+test: lint breaking check-generated tidy-check build-modules vet staticcheck golangci-lint go-test
 
 ## tools: the pinned code generators, buf and the linters, built from tools/go.mod,
 ## tools/buf/go.mod and tools/lint/go.mod.
@@ -66,7 +66,7 @@ check-generated: generate
 
 ## tidy-check: every go.mod is tidy.
 tidy-check:
-	@for m in $(MODULES) tools tools/buf tools/lint; do \
+	@for m in $(MODULES) tools tools/lint; do \
 		(cd $$m && GOWORK=off $(GO) mod tidy -diff) || { echo "go.mod of $$m is not tidy: run go mod tidy there"; exit 1; }; \
 	done
 
