@@ -2,7 +2,6 @@ package faults_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -11,19 +10,12 @@ import (
 
 // TestJetStreamStreamDeleted (issue 17): the outbox's JetStream stream is deleted under load (an
 // operator's mistake, or a stream lost with a NATS store). Events published before are gone from
-// JetStream with their consumers' positions; the ledger still knows every email. The suite is to
-// recover by itself: the stream comes back, the ledger re-drives the EmailSent events that are
-// missing, and Check finds every SENT email with exactly one EmailSent in the stream and in the
-// sent view and the tracker.
-//
-// It fails today, an open finding of issue 17 (docs/reliability.md, "What the scenarios
-// found"): the relay re-creates the stream, but the EmailSent events it held are not re-driven.
-// It runs with POSTAMT_FAULTS_OPEN_FINDINGS=1, so the proof is at hand for whoever builds the
-// re-drive, and make test stays a record of what holds.
+// JetStream with their consumers' positions; the ledger still knows every email. The suite
+// recovers by itself: the relay re-creates the stream, the outbox's Redriver finds it new and
+// re-emits the event of every email's current state from the ledger, and Check finds every SENT
+// email with exactly one EmailSent in the stream (the copies of events the new stream already
+// has are dropped by their Nats-Msg-Id), in the sent view and in the tracker.
 func TestJetStreamStreamDeleted(t *testing.T) {
-	if os.Getenv("POSTAMT_FAULTS_OPEN_FINDINGS") == "" {
-		t.Skip("open finding (docs/reliability.md): events a deleted stream held are not re-driven; POSTAMT_FAULTS_OPEN_FINDINGS=1 runs it")
-	}
 	const after = 5 * time.Second
 	s := harness.Start(t, harness.Options{Dispatchers: 2, Tracker: true})
 	s.Describe("4 clients submitting 10/s each, regarding a record; 2 dispatchers, tracker", "the outbox's JetStream stream deleted under load")
@@ -37,5 +29,19 @@ func TestJetStreamStreamDeleted(t *testing.T) {
 	s.RecoverFrom(time.Now())
 	<-time.After(after) // the load goes on this long after the deletion
 	mail := load.Stop()
+	// The recovery is the re-drive's doing, not a lucky timing: some outbox replica ran one.
+	redrives := func() float64 {
+		var n float64
+		for _, p := range append([]*harness.Process{s.API}, s.Dispatchers...) {
+			n += p.Metrics(t).Sum("postamt_eventbus_redrives_total", map[string]string{"stream": harness.OutboxStream})
+		}
+		return n
+	}
+	for deadline := time.Now().Add(time.Minute); redrives() < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("no outbox replica re-drove the re-created stream within a minute")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	s.Check(t, mail, harness.Expect{Load: load})
 }

@@ -75,9 +75,13 @@ type Relay struct {
 	// Stream is the JetStream stream the relay publishes into. When a publish finds no stream
 	// (an operator deleted it, or NATS lost its store), the relay re-creates it with
 	// EnsureStream and publishes again, so events written since flow without a restart of the
-	// service. Events JetStream held before the loss are not re-created. A zero Stream (no
+	// service. Events JetStream held before the loss are not re-created by the relay: a
+	// Redriver re-emits them from the service's records. A zero Stream (no
 	// Name) leaves the relay retrying until someone else creates the stream.
 	Stream StreamSpec
+	// OnRecreated, when set, is called after the relay re-created Stream, e.g. a Redriver's
+	// Nudge, so the events the lost stream held are re-driven without waiting for a check.
+	OnRecreated func()
 
 	published, reclaimed, failures, dropped, recreated atomic.Int64
 }
@@ -776,7 +780,10 @@ func (w *worker) recreate(ctx context.Context, err error) {
 		return
 	}
 	w.r.recreated.Add(1)
-	w.cfg.log.Error("relay: the stream was missing and has been re-created; events it held before are gone", "stream", w.r.Stream.Name)
+	w.cfg.log.Error("relay: the stream was missing and has been re-created; events it held before are gone unless the service re-drives them", "stream", w.r.Stream.Name)
+	if w.r.OnRecreated != nil {
+		w.r.OnRecreated()
+	}
 }
 
 // release gives up the leases held, so a standby relay takes over without waiting ClaimIdle.

@@ -130,6 +130,7 @@ type App struct {
 	deps       Deps
 	server     *grpcserver.Server
 	relay      *eventbus.Relay
+	redriver   *eventbus.Redriver
 	dispatcher *dispatch.Dispatcher
 	ledger     *redisstore.Ledger
 	registry   *service.Registry
@@ -223,6 +224,16 @@ func New(cfg Config, deps Deps) (*App, error) {
 		BatchSize: cfg.RelayBatch, ClaimIdle: cfg.RelayClaimIdle, Logger: deps.Logger,
 		Stream: eventbus.StreamSpec{Name: wire.StreamName, Subjects: wire.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
+	// The outbox's records are the ledger the sent view and the tracker are built from: when its
+	// stream is lost, the events it held come back from them.
+	a.redriver = &eventbus.Redriver{
+		Client: deps.Redis, JS: deps.JS, Stream: a.relay.Stream, Logger: deps.Logger,
+		Redrive: func(ctx context.Context, since time.Time) (int, error) {
+			return ledger.Redrive(ctx, since, wire.Events{}.Current)
+		},
+	}
+	a.redriver.Init()
+	a.relay.OnRecreated = a.redriver.Nudge
 	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postamt_outbox_attempts_total",
 		Help: "Delivery attempts by outcome; outcome=\"unknown\" counts attempts that may have delivered the mail: connections lost after the final dot (RFC 1047) and mail taken over from a worker whose lease ran out.",
@@ -244,6 +255,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
 			return nil, fmt.Errorf("register relay metrics: %w", err)
 		}
+		if err := deps.Metrics.Register(a.redriver.Collector(prometheus.Labels{"service": Name, "stream": wire.StreamName})); err != nil {
+			return nil, fmt.Errorf("register re-drive metrics: %w", err)
+		}
 		for _, c := range []prometheus.Collector{outcomes, events} {
 			if err := deps.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("register outbox metrics: %w", err)
@@ -258,8 +272,8 @@ type realClock struct{}
 func (realClock) Now() time.Time                         { return time.Now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// Run serves on lis and runs the relay, the connector registry and the dispatcher until ctx
-// ends. Shutdown: at once the dispatcher stops claiming, hands back the claims it has not
+// Run serves on lis and runs the relay, the re-drive check (eventbus.Redriver), the connector
+// registry and the dispatcher until ctx ends. Shutdown: at once the dispatcher stops claiming, hands back the claims it has not
 // started and finishes its conversations (OUTBOX_STOP_TIMEOUT), while the server drains (no new
 // submits); then the relay stops; events it did not publish stay in Redis for the next relay of
 // any replica.
@@ -289,6 +303,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	go func() { relay <- a.relay.Run(relayCtx) }()
 	work, _ := errgroup.WithContext(workCtx)
 	work.Go(func() error { return a.registry.Run(workCtx) })
+	work.Go(func() error { return a.redriver.Run(workCtx) })
 	work.Go(func() error { return a.directory.Follow(workCtx, a.deps.JS, MailboxStream, a.deps.Logger) })
 	if a.cfg.Dispatch {
 		// The dispatcher stops at the signal, not after the API's drain: it claims nothing more,

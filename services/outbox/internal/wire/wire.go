@@ -136,6 +136,18 @@ func (Events) Changed(prev outbox.Status, r *redisstore.Email, last *outboxv1.At
 	return redisstore.Event{Subject: SubjectStatusChanged, Msg: &outboxv1.EmailStatusChanged{TenantId: r.Tenant, PreviousStatus: outboxv1.EmailStatus(prev), Email: e}}
 }
 
+// Current is the event of an email's current state, for a re-drive into a re-created stream
+// (redisstore.Ledger.Redrive): EmailSubmitted for an email never changed since its submit, else
+// the event of the transition into its status. What only the transition knew is unset:
+// EmailStatusChanged's previous status, EmailCancelled's canceller, and the last attempt's
+// details beyond its number (EmailSent's attempt is the record's attempt count).
+func (ev Events) Current(r *redisstore.Email) redisstore.Event {
+	if r.Version <= 1 {
+		return ev.Submitted(r)
+	}
+	return ev.Changed(0, r, nil) // 0: EMAIL_STATUS_UNSPECIFIED, the previous status unknown
+}
+
 // Cancelled announces a cancellation by a person.
 func (Events) Cancelled(r *redisstore.Email, by string) redisstore.Event {
 	return redisstore.Event{Subject: SubjectCancelled, Msg: &outboxv1.EmailCancelled{TenantId: r.Tenant, Email: mustEmail(r), CancelledByUserId: by}}

@@ -84,7 +84,9 @@ type EmailStatusChanged struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The tenant.
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	// The status before the transition.
+	// The status before the transition; EMAIL_STATUS_UNSPECIFIED in an event re-driven from the
+	// outbox's records into a re-created stream, which carries the email's current state with the
+	// id its transition's event had (docs/operations.md, "A NATS stream is lost").
 	PreviousStatus EmailStatus `protobuf:"varint,2,opt,name=previous_status,json=previousStatus,proto3,enum=postamt.outbox.v1.EmailStatus" json:"previous_status,omitempty"`
 	// The email after the transition, without bodies and attachment contents.
 	Email         *Email `protobuf:"bytes,3,opt,name=email,proto3" json:"email,omitempty"`
