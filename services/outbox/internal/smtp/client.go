@@ -45,16 +45,25 @@ func (e *replyError) Error() string {
 // that, as go-smtp does), so a broken relay cannot make the client buffer without end.
 const maxReplyLine = 2000
 
-// errReplyLineTooLong ends a connection whose relay sent a reply line over maxReplyLine.
-var errReplyLineTooLong = errors.New("reply line from the relay too long")
+// maxReplyLines bounds the lines of one multi-line reply: an EHLO answer has a dozen, and a relay
+// sending continuation lines without end would otherwise grow the reply in memory without end
+// (found by FuzzSend): a reply is at most maxReplyLines × maxReplyLine octets.
+const maxReplyLines = 100
 
-// lineLimitReader fails a read once a line grows beyond limit bytes. The lines before it are
-// read first: a reply and a long line in one read are the reply, then the error.
+// errReplyLineTooLong ends a connection whose relay sent a reply line over maxReplyLine, or a
+// reply of more than maxReplyLines lines.
+var errReplyLineTooLong = errors.New("reply from the relay too long")
+
+// lineLimitReader fails a read once a line grows beyond limit bytes, or a reply beyond
+// maxReplyLines lines. The lines before it are read first: a reply and a long line in one read
+// are the reply, then the error.
 type lineLimitReader struct {
 	r     io.Reader
 	limit int
-	cur   int   // bytes of the current line seen so far
-	err   error // errReplyLineTooLong once a line was too long
+	cur   int     // bytes of the current line seen so far
+	head  [4]byte // the current line's first bytes: "250-" goes on, "250 " ends a reply
+	more  int     // continuation lines of the current reply so far
+	err   error   // errReplyLineTooLong once a line or a reply was too long
 }
 
 func (l *lineLimitReader) Read(p []byte) (int, error) {
@@ -67,20 +76,36 @@ func (l *lineLimitReader) Read(p []byte) (int, error) {
 		if i < 0 {
 			i = n - start // the line goes on in the next read
 		}
+		if l.cur < len(l.head) {
+			copy(l.head[l.cur:], p[start:start+min(i, len(l.head)-l.cur)])
+		}
 		if l.cur+i > l.limit {
-			l.err = errReplyLineTooLong
-			if start == 0 {
-				return 0, l.err
-			}
-			return start, nil // the complete lines before the long one
+			return l.fail(start)
 		}
 		if start+i == n {
 			l.cur += i
 			break
 		}
+		if l.cur+i >= len(l.head) && l.head[3] == '-' {
+			l.more++
+		} else {
+			l.more = 0
+		}
+		if l.more >= maxReplyLines {
+			return l.fail(start)
+		}
 		l.cur, start = 0, start+i+1
 	}
 	return n, err
+}
+
+// fail records errReplyLineTooLong and returns the complete lines before the offending one.
+func (l *lineLimitReader) fail(start int) (int, error) {
+	l.err = errReplyLineTooLong
+	if start == 0 {
+		return 0, l.err
+	}
+	return start, nil
 }
 
 // dataChunk is how much of a message is written under one deadline.

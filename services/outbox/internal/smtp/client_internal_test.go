@@ -36,3 +36,32 @@ func TestLineLimitKeepsTheLinesBefore(t *testing.T) {
 		}
 	}
 }
+
+// TestReplyLinesBounded: a multi-line reply of maxReplyLines lines is read, one more
+// continuation line ends the connection's reads, whatever the read sizes (found by FuzzSend: a
+// relay could grow one reply without end).
+func TestReplyLinesBounded(t *testing.T) {
+	reply := func(lines int) string {
+		return strings.Repeat("250-SIZE 1000\r\n", lines-1) + "250 OK\r\n"
+	}
+	for _, size := range []int{16, 4096} {
+		read := func(in string) error {
+			r := textproto.NewReader(bufio.NewReaderSize(&lineLimitReader{r: bytes.NewReader([]byte(in)), limit: maxReplyLine}, size))
+			_, _, err := r.ReadResponse(2)
+			return err
+		}
+		if err := read(reply(maxReplyLines) + reply(maxReplyLines)); err != nil {
+			t.Errorf("buffer %d: a reply of %d lines: %v", size, maxReplyLines, err)
+		}
+		if err := read(reply(maxReplyLines + 1)); !errors.Is(err, errReplyLineTooLong) {
+			t.Errorf("buffer %d: a reply of %d lines: %v, want errReplyLineTooLong", size, maxReplyLines+1, err)
+		}
+		// Replies one after another each start counting anew.
+		r := textproto.NewReader(bufio.NewReaderSize(&lineLimitReader{r: bytes.NewReader([]byte(strings.Repeat(reply(maxReplyLines), 3))), limit: maxReplyLine}, size))
+		for i := range 3 {
+			if _, _, err := r.ReadResponse(2); err != nil {
+				t.Errorf("buffer %d: reply %d: %v", size, i, err)
+			}
+		}
+	}
+}

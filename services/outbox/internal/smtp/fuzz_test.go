@@ -38,10 +38,11 @@ type scriptReply struct {
 }
 
 // readScript reads a relay's output the way RFC 5321 defines it, independently of the client's
-// reader: line by line, a line over maxReplyLine octets ending the readable part, then replies
-// until the end or the first malformed one.
+// reader: line by line, a line over maxReplyLine octets or the continuation line that makes a
+// reply longer than maxReplyLines lines ending the readable part, then replies until the end or
+// the first malformed one.
 func readScript(script []byte) []scriptReply {
-	end := 0
+	end, more := 0, 0
 	for end < len(script) {
 		i := bytes.IndexByte(script[end:], '\n')
 		line := script[end:]
@@ -50,6 +51,16 @@ func readScript(script []byte) []scriptReply {
 		}
 		if len(line) > maxReplyLine {
 			break
+		}
+		if i >= 0 {
+			if len(line) >= 4 && line[3] == '-' {
+				more++
+			} else {
+				more = 0
+			}
+			if more >= maxReplyLines {
+				break
+			}
 		}
 		if i < 0 {
 			end = len(script)
@@ -90,6 +101,7 @@ func FuzzSend(f *testing.F) {
 	f.Add(uint8(3), []byte("220 old.example\r\n502 5.5.2 What?\r\n250 old.example\r\n250 Ok\r\n250 Ok\r\n250 Ok\r\n250 Ok\r\n354 Go\r\n250 Ok\r\n"))
 	f.Add(uint8(1), []byte("421 4.3.2 Service shutting down\r\n"))
 	f.Add(uint8(1), []byte(ehlo+"250 Ok\r\n250 Ok\r\n354 Go ahead\r\n250 Ok\r\n"+strings.Repeat("x", maxReplyLine+1)+"\r\n"))
+	f.Add(uint8(0), []byte("220 hi\r\n"+strings.Repeat("250-X\r\n", maxReplyLines)+"250 Ok\r\n"))
 	f.Add(uint8(1), []byte(ehlo+"250 Ok\r\n250 Ok\r\n354 Go ahead\r\n25x Ok\r\n"))
 	f.Add(uint8(1), []byte(ehlo+"250 Ok\r\n250 Ok\r\n250-Ok\r\n354 Go ahead\r\n250 Ok\r\n"))
 	f.Fuzz(func(t *testing.T, nrcpt uint8, script []byte) {
