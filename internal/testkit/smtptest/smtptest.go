@@ -168,6 +168,8 @@ type Message struct {
 	Received time.Time
 	// TLS reports whether the message came over a connection upgraded with STARTTLS.
 	TLS bool
+	// UTF8 reports whether MAIL FROM carried SMTPUTF8 (RFC 6531).
+	UTF8 bool
 }
 
 // Option configures Start, so tests opt into authentication or a size limit only when they
@@ -181,6 +183,7 @@ type config struct {
 	startTLS        bool
 	requireTLS      bool
 	implicitTLS     bool
+	smtpUTF8        bool
 }
 
 // WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
@@ -202,6 +205,10 @@ func WithSTARTTLS() Option { return func(c *config) { c.startTLS = true } }
 // WithRequireTLS implies WithSTARTTLS and refuses MAIL FROM before STARTTLS with 530 5.7.0, as
 // relays that demand encryption do.
 func WithRequireTLS() Option { return func(c *config) { c.startTLS, c.requireTLS = true, true } }
+
+// WithSMTPUTF8 offers SMTPUTF8 (RFC 6531), so mail to or from an address with non-ASCII
+// characters can be accepted; without it the sink, like go-smtp, refuses MAIL FROM with SMTPUTF8.
+func WithSMTPUTF8() Option { return func(c *config) { c.smtpUTF8 = true } }
 
 // WithImplicitTLS makes the sink speak TLS from the first byte, as relays on port 465 do, with
 // the certificate WithSTARTTLS uses; clients trust it through ClientTLSConfig.
@@ -251,6 +258,7 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 	srv.Domain = "smtptest.localhost"
 	srv.AllowInsecureAuth = true
 	srv.MaxMessageBytes = s.cfg.maxMessageBytes
+	srv.EnableSMTPUTF8 = s.cfg.smtpUTF8
 	srv.ErrorLog = sinkLogger{s}
 	if s.cfg.startTLS || s.cfg.implicitTLS {
 		cert, pool, err := selfSigned()
@@ -432,6 +440,7 @@ type session struct {
 	authed bool
 	from   string
 	to     []string
+	utf8   bool
 
 	goneOnce sync.Once
 	gone     chan struct{} // closed by Logout, i.e. when the connection is closed
@@ -491,7 +500,7 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 	}
 }
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.sink.cfg.requireTLS && !ss.tls {
 		return errTLSRequired
 	}
@@ -506,6 +515,7 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	}
 	ss.from = from
 	ss.to = nil
+	ss.utf8 = opts != nil && opts.UTF8
 	return nil
 }
 
@@ -561,12 +571,12 @@ func (ss *session) Data(r io.Reader) error {
 		_ = ss.conn.Close()
 		return errSinkClosed // not delivered: the connection is gone
 	case RecordThenDrop:
-		ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls})
+		ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls, UTF8: ss.utf8})
 		_ = ss.conn.Close()
 		return errSinkClosed // delivered, but the sender never hears so
 	}
 
-	ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls})
+	ss.sink.record(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, Received: received, TLS: ss.tls, UTF8: ss.utf8})
 	return nil
 }
 

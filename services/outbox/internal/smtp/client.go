@@ -125,7 +125,7 @@ type conn struct {
 	cmdTO  time.Duration
 	dataTO time.Duration
 	// What the relay's EHLO offered and the client uses.
-	pipelining, size, eightBitMIME bool
+	pipelining, size, eightBitMIME, smtpUTF8 bool
 	line                           []byte // a command line being built, reused
 	// ctx is the running transaction's context: once it ends, no new deadline is set in the
 	// future, so interrupt's deadline in the past sticks.
@@ -196,7 +196,7 @@ func (c *conn) hello(localName string) error {
 	_, text, err := c.cmd(2, "EHLO "+localName)
 	var re *replyError
 	if errors.As(err, &re) && (re.Code == 500 || re.Code == 502) {
-		c.pipelining, c.size, c.eightBitMIME = false, false, false
+		c.pipelining, c.size, c.eightBitMIME, c.smtpUTF8 = false, false, false, false
 		if _, _, err := c.cmd(2, "HELO "+localName); err != nil {
 			return fmt.Errorf("HELO: %w", err)
 		}
@@ -205,7 +205,7 @@ func (c *conn) hello(localName string) error {
 	if err != nil {
 		return fmt.Errorf("EHLO: %w", err)
 	}
-	c.pipelining, c.size, c.eightBitMIME = false, false, false
+	c.pipelining, c.size, c.eightBitMIME, c.smtpUTF8 = false, false, false, false
 	lines := strings.Split(text, "\n")
 	for _, l := range lines[1:] { // the first line is the relay's name
 		kw, _, _ := strings.Cut(l, " ")
@@ -216,6 +216,8 @@ func (c *conn) hello(localName string) error {
 			c.size = true
 		case "8BITMIME":
 			c.eightBitMIME = true
+		case "SMTPUTF8":
+			c.smtpUTF8 = true
 		}
 	}
 	return nil
@@ -296,6 +298,12 @@ func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte
 	c.line = append(c.line, '>')
 	if c.eightBitMIME {
 		c.line = append(c.line, " BODY=8BITMIME"...)
+	}
+	if needsUTF8(from, rcpts) {
+		if !c.smtpUTF8 {
+			return 0, "", false, errNoSMTPUTF8
+		}
+		c.line = append(c.line, " SMTPUTF8"...)
 	}
 	if c.size {
 		// SIZE (RFC 1870) lets the relay refuse an oversize message before the data is sent.
@@ -494,6 +502,35 @@ func isEnhanced(s string) bool {
 
 // checkLine refuses what would end a command line early and smuggle in another command (or cut
 // it at a NUL); the outbox validates addresses long before, so this only guards the protocol.
+// errNoSMTPUTF8 refuses a transaction whose envelope has an address with non-ASCII characters
+// when the relay does not offer SMTPUTF8: RFC 6531 §3.2 forbids sending it, and a relay that took
+// it anyway would mangle the address. It is permanent until the connector points at a relay
+// that offers it (Exchange Online, Gmail and Postfix with smtputf8_enable do).
+var errNoSMTPUTF8 = errors.New("the relay does not offer SMTPUTF8 (RFC 6531), which an address with non-ASCII characters needs")
+
+// needsUTF8 reports whether an envelope address has a non-ASCII character (an internationalised
+// local part or an unencoded IDN domain), which only SMTPUTF8 carries.
+func needsUTF8(from string, rcpts []string) bool {
+	if !isASCII(from) {
+		return true
+	}
+	for _, r := range rcpts {
+		if !isASCII(r) {
+			return true
+		}
+	}
+	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 func checkLine(s string) error {
 	if strings.ContainsAny(s, "\r\n\x00") {
 		return errors.New("a line break or NUL in an SMTP command argument")

@@ -242,6 +242,10 @@ func sent(code int, text string, started time.Time) Result {
 // classify maps an error to an outcome. afterDot says the final "." may have been written, so a
 // failure without a reply leaves the outcome unknown.
 func classify(err error, afterDot bool) Result {
+	if errors.Is(err, errNoSMTPUTF8) {
+		// RFC 6531 §3.2's answer to a client that cannot send the mail through this relay.
+		return Result{Outcome: outbox.OutcomePermanent, Enhanced: "5.6.7", Message: err.Error()}
+	}
 	var re *replyError
 	if errors.As(err, &re) {
 		r := Result{Code: re.Code, Enhanced: re.Enhanced, Message: re.Message}

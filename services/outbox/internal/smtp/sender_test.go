@@ -206,3 +206,31 @@ func TestAuthSecretRotation(t *testing.T) {
 		t.Errorf("with the file gone: %+v, want temporary, naming the reference", got)
 	}
 }
+
+// TestInternationalisedAddresses: an envelope with a non-ASCII address goes with SMTPUTF8 where
+// the relay offers it (RFC 6531), and an ASCII one without; a relay that does not offer it gets
+// no transaction at all, and the outcome is permanent with 5.6.7, not a retry that cannot help.
+func TestInternationalisedAddresses(t *testing.T) {
+	ctx := context.Background()
+	utf8Sink := smtptest.Start(t, smtptest.WithSMTPUTF8())
+	s := sender(t, utf8Sink)
+	if got := s.Send(ctx, "info@kanzlei.example", []string{"jörg@müller.example"}, []byte(msg)); got.Outcome != outbox.OutcomeSent {
+		t.Fatalf("to jörg@müller.example through a relay with SMTPUTF8: %+v", got)
+	}
+	if got := s.Send(ctx, "info@kanzlei.example", []string{"client@example.com"}, []byte(msg)); got.Outcome != outbox.OutcomeSent {
+		t.Fatalf("an ASCII envelope: %+v", got)
+	}
+	ms := utf8Sink.Messages()
+	if len(ms) != 2 || !ms[0].UTF8 || ms[0].To[0] != "jörg@müller.example" || ms[1].UTF8 {
+		t.Errorf("the relay saw %+v; want SMTPUTF8 on the first message only, the address unchanged", ms)
+	}
+
+	plain := smtptest.Start(t)
+	got := sender(t, plain).Send(ctx, "jörg@kanzlei.example", []string{"client@example.com"}, []byte(msg))
+	if got.Outcome != outbox.OutcomePermanent || got.Enhanced != "5.6.7" || !strings.Contains(got.Message, "SMTPUTF8") {
+		t.Errorf("from jörg@ through a relay without SMTPUTF8 = %+v; want permanent, 5.6.7, naming SMTPUTF8", got)
+	}
+	if n := len(plain.Messages()); n != 0 {
+		t.Errorf("the relay without SMTPUTF8 received %d messages", n)
+	}
+}
