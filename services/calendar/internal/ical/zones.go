@@ -102,19 +102,30 @@ func (z *Zones) Load(name string) (*time.Location, error) {
 		return loc, nil
 	}
 
-	// IANA first, so "UTC" (also a Windows name) stays UTC rather than Etc/UTC.
+	// IANA first, so "UTC" (also a Windows name) stays UTC rather than Etc/UTC. The cache holds
+	// only names that resolve, an IANA name as written (the zone database's names are
+	// case-sensitive) and a Windows name in lower case, so it cannot grow beyond the zones that
+	// exist: every spelling of "W. Europe Standard Time" a client sends shares one entry.
+	key := name
 	loc, err := time.LoadLocation(name)
 	if err != nil {
-		iana, windows := z.windows[strings.ToLower(name)]
+		key = strings.ToLower(name)
+		iana, windows := z.windows[key]
 		if !windows {
 			return nil, &UnknownZoneError{Name: name, Windows: looksWindows(name), Err: err}
+		}
+		z.mu.Lock()
+		loc, ok = z.cache[key]
+		z.mu.Unlock()
+		if ok {
+			return loc, nil
 		}
 		if loc, err = time.LoadLocation(iana); err != nil {
 			return nil, &UnknownZoneError{Name: name, Windows: true, Err: err}
 		}
 	}
 	z.mu.Lock()
-	z.cache[name] = loc
+	z.cache[key] = loc
 	z.mu.Unlock()
 	return loc, nil
 }

@@ -2,6 +2,7 @@ package ical
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 )
@@ -102,4 +103,28 @@ func TestZonesConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestZonesCacheIsBounded: every spelling of a Windows name shares one cache entry, and names
+// that resolve to nothing are not kept, so a client sending made-up names cannot grow the cache
+// (noticed while fuzzing the calendar server objects FuzzReadFields reads).
+func TestZonesCacheIsBounded(t *testing.T) {
+	z, err := NewZones()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"W. Europe Standard Time", "w. europe standard time", "W. EUROPE STANDARD TIME", "w. EuRoPe StAnDaRd TiMe"} {
+		loc, err := z.Load(name)
+		if err != nil || loc.String() != "Europe/Berlin" {
+			t.Fatalf("Load(%q) = %v, %v", name, loc, err)
+		}
+	}
+	for i := range 100 {
+		if _, err := z.Load(fmt.Sprintf("Nowhere Standard Time %d", i)); err == nil {
+			t.Fatal("a made-up zone loaded")
+		}
+	}
+	if n := len(z.cache); n != 1 {
+		t.Errorf("the cache holds %d entries after four spellings of one zone and 100 unknown names, want 1", n)
+	}
 }
