@@ -311,8 +311,12 @@ func (b *Builder) Build(e Entry) ([]byte, error) {
 	setRaw(p, PropKind, e.Kind.String())
 
 	if e.Kind == Appointment {
-		p.SetDateTime(goical.PropDateTimeStart, inZone(e.Start, c.loc))
-		p.SetDateTime(goical.PropDateTimeEnd, inZone(e.End, c.loc))
+		start, end := inZone(e.Start, c.loc), inZone(e.End, c.loc)
+		if c.rrule == "" {
+			start, end = exact(start), exact(end)
+		}
+		p.SetDateTime(goical.PropDateTimeStart, start)
+		p.SetDateTime(goical.PropDateTimeEnd, end)
 		setRaw(p, goical.PropTransparency, "OPAQUE")
 		if c.rrule != "" {
 			for _, x := range sortedTimes(e.ExceptStarts) {
@@ -380,6 +384,20 @@ func text(s string) string {
 // inZone is t on loc's clock, truncated to the second iCalendar can express. For UTC go-ical
 // writes the Z form without a TZID.
 func inZone(t time.Time, loc *time.Location) time.Time { return t.In(loc).Truncate(time.Second) }
+
+// exact is t (on its zone's clock) unless a reader would take its clock time for another instant:
+// the second time a clock time happens, the night the clocks are set back, reads with a TZID as
+// the first (RFC 5545 §3.3.5, clockTime), an hour early. Such a time is written in UTC instead,
+// which every reader takes exactly. Only for a single entry: a series' DTSTART keeps its TZID,
+// since its recurrences follow the zone's clock (its first occurrence reads as the first of the
+// two times).
+func exact(t time.Time) time.Time {
+	wall := time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), 0, time.UTC)
+	if clockTime(wall, t.Location()).Equal(t) {
+		return t
+	}
+	return t.UTC()
+}
 
 func sortedTimes(ts []time.Time) []time.Time {
 	out := slices.Clone(ts)

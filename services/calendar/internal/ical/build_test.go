@@ -370,3 +370,37 @@ func TestInspect(t *testing.T) {
 		}
 	}
 }
+
+// TestSecondOccurrenceOfAClockTime: the night summer time ends, 02:30 happens twice in Vienna. An
+// appointment at the second 02:30 (CET) was written as 02:30 with a TZID, which every reader
+// takes for the first (CEST), an hour early (found by FuzzBuild); it is written in UTC now and
+// reads back exactly, while the first 02:30 keeps its TZID.
+func TestSecondOccurrenceOfAClockTime(t *testing.T) {
+	vienna := mustZone(t, "Europe/Vienna")
+	zones, err := ical.NewZones()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBuilder(t, ical.Config{Zones: zones})
+	first := time.Date(2026, 10, 25, 0, 30, 0, 0, time.UTC).In(vienna) // 02:30 CEST
+	for _, start := range []time.Time{first, first.Add(time.Hour)} {
+		out, err := b.Build(ical.Entry{
+			UID: "night@example.org", Stamp: stamp(), Kind: ical.Appointment, Summary: "Nachtdienst",
+			Start: start, End: start.Add(30 * time.Minute), TimeZone: "Europe/Vienna",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := ical.ReadFields(out, zones)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !f.Start.Equal(start) || !f.End.Equal(start.Add(30*time.Minute)) {
+			t.Errorf("%s came back as %s – %s", start.Format("15:04 MST"), f.Start.In(vienna).Format("15:04 MST"), f.End.In(vienna).Format("15:04 MST"))
+		}
+		utc := bytes.Contains(out, []byte("DTSTART:20261025T013000Z"))
+		if second := start.Sub(first) > 0; utc != second {
+			t.Errorf("%s written in UTC: %v, want %v\n%s", start.Format("15:04 MST"), utc, second, out)
+		}
+	}
+}
