@@ -61,7 +61,10 @@ func recovered(d time.Duration) string {
 	return d.Round(100 * time.Millisecond).String()
 }
 
-// results collects every scenario's row of this test binary's run.
+// results collects every scenario's row of this test binary's run. It is the harness's one
+// package-level variable, kept on purpose: the table spans every test of the binary, and the
+// only thing go test shares between them and TestMain (Main, which prints it) is the package.
+// Tests only append under its lock; nothing reads it before Main.
 var results struct {
 	mu   sync.Mutex
 	rows []*Result
