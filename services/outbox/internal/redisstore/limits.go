@@ -1,0 +1,223 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Relays ration (issue 21): Exchange Online takes 30 messages a minute and 10,000 recipients a
+// day per mailbox, Gmail and Workspace count recipients in a rolling day, Amazon SES per second
+// and per day. A Budget is one such allowance, kept in Redis so that every replica draws from
+// the same one, and Take grants sends against a set of budgets (a connector's and its sender's)
+// in one script.
+//
+// A window's count is kept in buckets of a sixtieth of the window each (a second for a minute,
+// 24 minutes for a day), in one hash per budget and window with the running sum, so a take
+// costs O(1) amortised however many sends the window holds. A bucket leaves the count only once
+// it lies wholly outside the window of every send it holds — 61 buckets are counted, the
+// current one and the 60 before it — so the count never falls short of the sends in the last
+// window: a limit is never exceeded, at the price of up to a sixtieth of the window's allowance
+// coming back late. A calendar day (as some providers count) is one counter per local
+// date instead.
+//
+//	{obl:T}:b:BUDGET:U:w:MS   hash    bucket index -> count, "sum", "lo" (the oldest bucket
+//	                                  counted); U is m (messages) or r (recipients)
+//	{obl:T}:b:BUDGET:U:d:DATE string  the count of a calendar day in the budget's zone
+//
+// A tenant's budgets share the slot {obl:T}, so one script checks a connector's and a sender's
+// together (Redis Cluster) while tenants spread over the cluster: no one slot carries every
+// take. A budget is a handful of small keys, and a take is one short script.
+
+// Window is one limit of a Budget: at most Limit units (messages or recipients) in any Length,
+// or, with Day set, in each calendar day of Zone.
+type Window struct {
+	Length time.Duration
+	Limit  int
+	// Recipients counts recipients rather than messages.
+	Recipients bool
+	// Day counts calendar days in Zone (Length is ignored).
+	Day  bool
+	Zone *time.Location
+}
+
+// Budget is the set of windows a connector or a sender mailbox is held to.
+type Budget struct {
+	// Tenant owns the budget; one Take names budgets of one tenant.
+	Tenant string
+	// Key names the budget within the tenant, e.g. "c:CONNECTOR" or "s:ADDRESS".
+	Key     string
+	Windows []Window
+}
+
+// ErrNeverFits means a send can never pass a budget: it has more recipients than a window
+// allows in all. Waiting cannot help; the email must fail (or be split) instead.
+var ErrNeverFits = errors.New("more recipients than the relay's limit allows at once")
+
+func limitTag(tenant string) string { return prefix + "{obl:" + tenant + "}" }
+
+const windowBuckets = 60
+
+// takeScript grants sends in order while every window has room.
+// KEYS: per window, its key. ARGV[1] now in ms, ARGV[2] the number of windows W, then per
+// window: kind ("r" rolling, "d" day), limit, recipients (1/0), bucket width in ms (rolling) or
+// the ms at which the day ends (day), TTL in ms; then the sends' recipient counts.
+// Returns {granted, retry_at_ms}: retry_at_ms is 0 when everything was granted, -1 when the next
+// send can never fit.
+var takeScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local w = tonumber(ARGV[2])
+local win = {}
+local a = 3
+for i = 1, w do
+  local x = {key = KEYS[i], kind = ARGV[a], limit = tonumber(ARGV[a+1]), rcpt = ARGV[a+2] == '1',
+    width = tonumber(ARGV[a+3]), ttl = tonumber(ARGV[a+4])}
+  a = a + 5
+  if x.kind == 'r' then
+    local cur = math.floor(now / x.width)
+    local lo = tonumber(redis.call('HGET', x.key, 'lo') or cur)
+    local sum = tonumber(redis.call('HGET', x.key, 'sum') or 0)
+    local first = cur - ` + strconv.Itoa(windowBuckets) + `
+    if lo < first then
+      if first - lo > ` + strconv.Itoa(windowBuckets) + ` then
+        redis.call('DEL', x.key)
+        sum = 0
+      else
+        for b = lo, first - 1 do
+          local n = tonumber(redis.call('HGET', x.key, b) or 0)
+          if n > 0 then
+            sum = sum - n
+            redis.call('HDEL', x.key, b)
+          end
+        end
+      end
+      lo = first
+    end
+    x.cur, x.lo, x.sum = cur, lo, sum
+  else
+    x.sum = tonumber(redis.call('GET', x.key) or 0)
+  end
+  win[i] = x
+end
+local granted = 0
+local retry = 0
+for s = a, #ARGV do
+  local r = tonumber(ARGV[s])
+  for i = 1, w do
+    local x = win[i]
+    local need = 1
+    if x.rcpt then need = r end
+    if need > x.limit then
+      retry = -1
+    elseif x.sum + need > x.limit then
+      local t
+      if x.kind == 'r' then
+        -- the first moment enough of the oldest buckets have left the window
+        local freed = 0
+        t = (x.cur + 1) * x.width
+        for b = x.lo, x.cur do
+          freed = freed + tonumber(redis.call('HGET', x.key, b) or 0)
+          if x.sum - freed + need <= x.limit then
+            t = (b + ` + strconv.Itoa(windowBuckets+1) + `) * x.width
+            break
+          end
+        end
+      else
+        t = x.width
+      end
+      if t > retry and retry ~= -1 then retry = t end
+    end
+  end
+  if retry ~= 0 then break end
+  for i = 1, w do
+    local x = win[i]
+    local need = 1
+    if x.rcpt then need = r end
+    x.sum = x.sum + need
+    if x.kind == 'r' then
+      redis.call('HINCRBY', x.key, x.cur, need)
+    end
+  end
+  granted = granted + 1
+end
+for i = 1, w do
+  local x = win[i]
+  if x.kind == 'r' then
+    redis.call('HSET', x.key, 'sum', x.sum, 'lo', x.lo)
+  else
+    redis.call('SET', x.key, x.sum)
+  end
+  redis.call('PEXPIRE', x.key, x.ttl)
+end
+return {granted, retry}
+`)
+
+// Take grants, in order, as many of the sends (each given by its number of recipients) as
+// every window of every budget allows at now, and counts them. When it grants fewer than asked,
+// retryAt is the earliest time the next one fits; ErrNeverFits when it never can. Replicas call
+// it concurrently; each grant is counted once.
+func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, now time.Time) (granted int, retryAt time.Time, err error) {
+	if len(recipients) == 0 {
+		return 0, time.Time{}, nil
+	}
+	var keys []string
+	argv := []any{now.UnixMilli(), 0}
+	for _, b := range budgets {
+		if b.Tenant != budgets[0].Tenant {
+			return 0, time.Time{}, fmt.Errorf("budgets of tenants %q and %q in one take", budgets[0].Tenant, b.Tenant)
+		}
+		tag := limitTag(b.Tenant)
+		for _, w := range b.Windows {
+			if w.Limit <= 0 {
+				continue
+			}
+			unit := "m"
+			rcpt := 0
+			if w.Recipients {
+				unit, rcpt = "r", 1
+			}
+			if w.Day {
+				zone := w.Zone
+				if zone == nil {
+					zone = time.UTC
+				}
+				local := now.In(zone)
+				y, m, d := local.Date()
+				end := time.Date(y, m, d+1, 0, 0, 0, 0, zone)
+				keys = append(keys, tag+":b:"+b.Key+":"+unit+":d:"+local.Format("20060102"))
+				argv = append(argv, "d", w.Limit, rcpt, end.UnixMilli(), (48 * time.Hour).Milliseconds())
+				continue
+			}
+			if w.Length < windowBuckets*time.Millisecond {
+				return 0, time.Time{}, fmt.Errorf("budget %s: a window of %s is shorter than %d ms", b.Key, w.Length, windowBuckets)
+			}
+			// Rounded up: 60 buckets must span at least the window.
+			width := (w.Length.Milliseconds() + windowBuckets - 1) / windowBuckets
+			keys = append(keys, tag+":b:"+b.Key+":"+unit+":w:"+strconv.FormatInt(w.Length.Milliseconds(), 10))
+			argv = append(argv, "r", w.Limit, rcpt, width, (2 * w.Length).Milliseconds())
+		}
+	}
+	if len(keys) == 0 {
+		return len(recipients), time.Time{}, nil
+	}
+	argv[1] = len(keys)
+	for _, r := range recipients {
+		argv = append(argv, max(r, 1))
+	}
+	res, err := takeScript.Run(ctx, l.rdb, keys, argv...).Int64Slice()
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("take from the relay's budget: %w", err)
+	}
+	granted = int(res[0])
+	switch {
+	case res[1] < 0:
+		return granted, time.Time{}, ErrNeverFits
+	case res[1] > 0:
+		retryAt = time.UnixMilli(res[1]).UTC()
+	}
+	return granted, retryAt, nil
+}
