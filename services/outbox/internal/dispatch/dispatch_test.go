@@ -16,6 +16,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -53,6 +54,7 @@ type fixture struct {
 	ledger  *redisstore.Ledger
 	sink    *smtptest.Sink
 	enabled bool
+	limits  connector.Limits // the connector's sender limits
 	d       *dispatch.Dispatcher
 }
 
@@ -67,7 +69,7 @@ func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
 	f.d = &dispatch.Dispatcher{
 		Ledger: f.ledger,
 		Connector: func(tenant, id string) (dispatch.Connector, bool) {
-			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled}, tenant == "kanzlei" && id == "relay"
+			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled, SenderLimits: f.limits}, tenant == "kanzlei" && id == "relay"
 		},
 		Clock: clock,
 	}
@@ -187,4 +189,48 @@ func TestRunSleepsUntilDueAndWakes(t *testing.T) {
 	poll.Eventually(t, "the scheduled mail to be sent", func() bool { return len(f.sink.Messages()) == 1 })
 	// The relay's reply comes before the result is recorded.
 	poll.Eventually(t, "the email to be SENT", func() bool { return f.status(t, "m1") == outbox.StatusSent })
+}
+
+// TestSenderLimitHoldsMailWithoutAttempts: a sender allowed 5 messages a minute gets 5 out, and
+// the rest waits QUEUED without using an attempt until the window has room again; a second
+// dispatcher on the same Redis draws from the same budget rather than a budget of its own.
+func TestSenderLimitHoldsMailWithoutAttempts(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	f := newFixture(t, clock)
+	f.limits = connector.Limits{MessagesPerMinute: 5}
+	// A second replica: its own lanes and recorder, the same Redis and relay.
+	other := &dispatch.Dispatcher{Ledger: f.ledger, Connector: f.d.Connector, Clock: clock}
+	for i := range 12 {
+		f.submit(t, fmt.Sprintf("m%02d", i), t0)
+	}
+	counts := func() (sent, queued int) {
+		for i := range 12 {
+			e, err := f.ledger.Get(context.Background(), fmt.Sprintf("m%02d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch e.Status {
+			case outbox.StatusSent:
+				sent++
+			case outbox.StatusQueued:
+				queued++
+				if e.Attempts != 0 {
+					t.Errorf("%s waits with %d attempts used, want 0", e.ID, e.Attempts)
+				}
+			default:
+				t.Errorf("%s is %s", e.ID, e.Status)
+			}
+		}
+		return sent, queued
+	}
+	for i, want := range []int{5, 10, 12} {
+		f.step(t)
+		if _, err := other.Drain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if sent, queued := counts(); sent != want || queued != 12-want || len(f.sink.Messages()) != want {
+			t.Fatalf("minute %d: %d sent, %d queued, %d at the relay; want %d sent and the rest queued", i, sent, queued, len(f.sink.Messages()), want)
+		}
+		clock.set(clock.Now().Add(61 * time.Second))
+	}
 }

@@ -94,6 +94,11 @@ type lane struct {
 	capacity int
 	seq      uint64
 
+	// heldUntil is when the relay's limits let the lane send again (zero: not held); waking is
+	// set while a wake-up at heldUntil is scheduled. Under mu.
+	heldUntil time.Time
+	waking    bool
+
 	kick  chan struct{}
 	quitc chan struct{}
 	quits sync.Once
@@ -215,6 +220,9 @@ func (l *lane) fill(ctx context.Context) {
 		l.mu.Lock()
 		l.capacity = concurrency(c, ok)
 		l.mu.Unlock()
+		if l.held() {
+			return // the wake-up at the limit's end pokes the lane
+		}
 		l.start()
 		if l.d.redisDown.Load() || l.d.rec.behind() {
 			return // the renewal loop or the recorder pokes the lane when Redis is back
@@ -400,6 +408,66 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time, maxAttempts int) (redi
 	}, Event: func(next *redisstore.Email) redisstore.Event { return wire.Events{}.Changed(prev, next, attempt) }}, nil
 }
 
+// hold keeps the lane from claiming until t, when the relay's limits allow the next send, and
+// schedules a poke for then.
+func (l *lane) hold(t time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.After(l.heldUntil) {
+		l.heldUntil = t
+	}
+	if !l.waking {
+		l.waking = true
+		time.AfterFunc(l.heldUntil.Sub(l.d.Clock.Now()), l.wake)
+	}
+}
+
+// wake pokes the lane once its hold has passed, or waits again when the hold was extended.
+func (l *lane) wake() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d := l.heldUntil.Sub(l.d.Clock.Now()); d > 0 && !l.quitting() {
+		time.AfterFunc(d, l.wake)
+		return
+	}
+	l.heldUntil, l.waking = time.Time{}, false
+	l.poke()
+}
+
+// held reports whether the relay's limits hold the lane now.
+func (l *lane) held() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.heldUntil.IsZero() && l.d.Clock.Now().Before(l.heldUntil)
+}
+
+// admit asks the relay's budgets for c's send. It returns a result that ends the email without
+// a conversation (it can never fit), or handed true when c was handed back to wait for the
+// limit (the lane holds until then) or for Redis; false, nil to send now.
+func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.Result, handed bool) {
+	d := l.d
+	e := &c.e
+	budgets := conn.budgets(l.key.Tenant, l.key.Connector, e.From)
+	if len(budgets) == 0 {
+		return nil, false
+	}
+	granted, retryAt, err := d.Ledger.Take(ctx, budgets, []int{len(e.Rcpts)}, d.Clock.Now())
+	switch {
+	case errors.Is(err, redisstore.ErrNeverFits):
+		return &smtp.Result{Outcome: outbox.OutcomePermanent, Message: fmt.Sprintf(
+			"the email has %d recipients, more than connector %s's relay limits allow at once; split it or raise the limit", len(e.Rcpts), e.Connector)}, false
+	case err != nil:
+		d.keepOrHandBack(c, err)
+		return nil, true
+	case granted == 0:
+		l.hold(retryAt)
+		d.count("limited", 1)
+		d.handBack(c, "waiting for the relay's limit until "+retryAt.Format(time.RFC3339))
+		return nil, true
+	}
+	return nil, false
+}
+
 // start begins conversations for queued claims while connections are free, highest priority
 // first.
 func (l *lane) start() {
@@ -511,6 +579,17 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 		// to see rather than retry forever.
 		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: "the message body is missing from the store"}
 	default:
+		limited, handed := l.admit(ctx, conn, c)
+		if handed {
+			d.mu.Lock()
+			c.cancel = nil
+			d.mu.Unlock()
+			return
+		}
+		if limited != nil {
+			res = *limited
+			break
+		}
 		res = conn.Sender.SendGuarded(sendCtx, e.From, e.Rcpts, body, func() error { return d.vouch(c) })
 	}
 	d.mu.Lock()

@@ -158,7 +158,8 @@ func (r *Registry) Lookup(tenant, id string) (dispatch.Connector, bool) {
 	if !ok {
 		return dispatch.Connector{}, false
 	}
-	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes}, true
+	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes,
+		Limits: reg.c.Limits, SenderLimits: reg.c.SenderLimits}, true
 }
 
 // Describe returns what list rows show of a connector, from memory: its display name and its
@@ -274,7 +275,7 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 	}
 	merged := ConnectorProto(cur)
 	if len(paths) == 0 {
-		paths = []string{"display_name", "host", "port", "tls_mode", "auth_mechanism", "username", "secret_ref", "retry_pattern", "max_attempts", "unknown_outcome_policy", "max_message_bytes", "pool_size"}
+		paths = []string{"display_name", "host", "port", "tls_mode", "auth_mechanism", "username", "secret_ref", "retry_pattern", "max_attempts", "unknown_outcome_policy", "max_message_bytes", "pool_size", "limits", "sender_limits"}
 	}
 	for _, f := range paths {
 		switch f {
@@ -307,6 +308,10 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 			merged.MaxMessageBytes = in.GetMaxMessageBytes()
 		case "pool_size":
 			merged.PoolSize = in.GetPoolSize()
+		case "limits":
+			merged.Limits = in.GetLimits()
+		case "sender_limits":
+			merged.SenderLimits = in.GetSenderLimits()
 		default:
 			return nil, errs.Invalid("update_mask", fmt.Sprintf("field %q cannot be changed here (enabled: use EnableConnector and DisableConnector)", f))
 		}
@@ -536,6 +541,13 @@ func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, 
 		}
 		c.RetryPattern = append(c.RetryPattern, d.AsDuration())
 	}
+	var ok bool
+	if c.Limits, ok = redisstore.LimitsFrom(in.GetLimits()); !ok {
+		return connector.Connector{}, errs.Invalid("connector.limits.day_count", "ROLLING or CALENDAR")
+	}
+	if c.SenderLimits, ok = redisstore.LimitsFrom(in.GetSenderLimits()); !ok {
+		return connector.Connector{}, errs.Invalid("connector.sender_limits.day_count", "ROLLING or CALENDAR")
+	}
 	if err := c.Validate(); err != nil {
 		return connector.Connector{}, err
 	}
@@ -550,6 +562,7 @@ func ConnectorProto(c connector.Connector) *outboxv1.Connector {
 		MaxMessageBytes: c.MaxMessageBytes, PoolSize: int32(c.PoolSize), Version: c.Version,
 		CreateTime: wire.Timestamp(c.Created), UpdateTime: wire.Timestamp(c.Updated),
 		UnknownOutcomePolicy: outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_HOLD,
+		Limits:               redisstore.LimitsProto(c.Limits), SenderLimits: redisstore.LimitsProto(c.SenderLimits),
 	}
 	if c.ResendUnknown {
 		out.UnknownOutcomePolicy = outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND
