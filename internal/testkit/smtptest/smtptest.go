@@ -73,6 +73,13 @@ const (
 	// delivered though the sender cannot know it, so a sender that sends it again makes a
 	// duplicate (Drop is the same window with the message lost).
 	RecordThenDrop
+	// ThrottleData reads the whole message and then answers as Exchange Online does to a
+	// client over its rate: 451 4.7.500 Server busy.
+	ThrottleData
+	// QuotaExceededData reads the whole message and then answers as Gmail does once a daily
+	// quota is used up: 550 5.4.5 Daily user sending quota exceeded (a 5xx that is no fault of
+	// the message).
+	QuotaExceededData
 )
 
 var behaviorNames = [...]string{
@@ -91,6 +98,8 @@ var behaviorNames = [...]string{
 	InsufficientStorageData: "InsufficientStorageData",
 	PermFailMail:            "PermFailMail",
 	RecordThenDrop:          "RecordThenDrop",
+	ThrottleData:            "ThrottleData",
+	QuotaExceededData:       "QuotaExceededData",
 }
 
 // String returns the constant's name, so behaviours read well in subtest names and failures.
@@ -114,6 +123,8 @@ var (
 	errNoStorage    = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "smtptest: insufficient system storage"}
 	errPermFailMail = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "smtptest: sender not allowed"}
 	errTLSRequired  = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "smtptest: must issue a STARTTLS command first"}
+	errThrottled    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 500}, Message: "Server busy. Please try again later from [127.0.0.1]. (S77719) [smtptest]"}
+	errQuota        = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 4, 5}, Message: "Daily user sending quota exceeded. [smtptest]"}
 )
 
 // Envelope is what a hook sees when choosing a Behavior, so it can fail selected senders or
@@ -127,7 +138,8 @@ var (
 //	MAIL FROM     ServiceUnavailable (421), PermFailMail (550)
 //	RCPT TO       ServiceUnavailableRcpt (421), TempFailRcpt (451), MailboxFull (452), PermFailRcpt (550)
 //	end of DATA   ServiceUnavailableData (421), TempFailData (451), InsufficientStorageData (452),
-//	              MessageTooBig (552), PermFailData (554), Hang, Drop, RecordThenDrop
+//	              MessageTooBig (552), PermFailData (554), Hang, Drop, RecordThenDrop,
+//	              ThrottleData (451 4.7.500), QuotaExceededData (550 5.4.5)
 //
 // Stage says which step it is, so a hook can count attempts of a message (one StageData per
 // message whose recipients were accepted) without telling the steps apart by To.
@@ -555,6 +567,10 @@ func (ss *session) Data(r io.Reader) error {
 	switch ss.sink.decide(Envelope{From: ss.from, To: ss.to, Stage: StageData}) {
 	case TempFailData:
 		return errTempFailData
+	case ThrottleData:
+		return errThrottled
+	case QuotaExceededData:
+		return errQuota
 	case MessageTooBig:
 		return errTooBig
 	case PermFailData:

@@ -132,6 +132,9 @@ type Dispatcher struct {
 	mu    sync.Mutex
 	lanes map[redisstore.Lane]*lane
 	held  map[*claim]struct{}
+	// throttles counts each lane's throttling refusals in a row, for its back-off; a sent email
+	// ends the row. Kept here rather than in the lane, which an idle connector's is dropped with.
+	throttles map[redisstore.Lane]int
 
 	// redisDown is set while Redis cannot be reached (a claim, renewal or record failed) and
 	// cleared by the next success: no conversation starts meanwhile.
@@ -370,6 +373,10 @@ func outcomeLabel(o outbox.Outcome) string {
 		return "unknown"
 	case outbox.OutcomeConnectorDisabled:
 		return "connector_disabled"
+	case outbox.OutcomeThrottled:
+		return "throttled"
+	case outbox.OutcomeQuotaExhausted:
+		return "quota_exhausted"
 	}
 	return "other"
 }

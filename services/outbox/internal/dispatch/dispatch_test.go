@@ -234,3 +234,54 @@ func TestSenderLimitHoldsMailWithoutAttempts(t *testing.T) {
 		clock.set(clock.Now().Add(61 * time.Second))
 	}
 }
+
+// TestThrottlingRepliesWaitWithoutAttempts: "451 4.7.500 Server busy" and "550 5.4.5 Daily user
+// sending quota exceeded" use none of the email's attempts and fail nothing: each is named in
+// the attempt history, the email waits PENDING_RETRY for the connector's back-off (30 s, then
+// twice as long in a row) or the quota's recheck (an hour), and is sent after it.
+func TestThrottlingRepliesWaitWithoutAttempts(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	f := newFixture(t, clock)
+	ctx := context.Background()
+	check := func(id string, wantDue time.Time, wantOutcome outboxv1.AttemptOutcome, entries int) {
+		t.Helper()
+		e, err := f.ledger.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Status != outbox.StatusPendingRetry || e.Attempts != 0 || !e.Due.Equal(wantDue) {
+			t.Fatalf("%s: %s with %d attempts due %v; want PENDING_RETRY, 0 attempts, due %v", id, e.Status, e.Attempts, e.Due, wantDue)
+		}
+		raw, err := f.ledger.Attempts(ctx, id)
+		if err != nil || len(raw) != entries {
+			t.Fatalf("%s: %d history entries (%v), want %d", id, len(raw), err, entries)
+		}
+		a := &outboxv1.Attempt{}
+		if err := proto.Unmarshal(raw[len(raw)-1], a); err != nil || a.GetOutcome() != wantOutcome || a.GetNumber() != 1 {
+			t.Fatalf("%s: last history entry %v, want %v numbered 1 (the attempt still to come)", id, a, wantOutcome)
+		}
+	}
+
+	f.submit(t, "busy", t0)
+	f.sink.SetBehavior(smtptest.ThrottleData)
+	f.step(t)
+	check("busy", t0.Add(30*time.Second), outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED, 1)
+	clock.set(t0.Add(30 * time.Second))
+	f.step(t) // a second refusal in a row: the back-off doubles
+	check("busy", t0.Add(90*time.Second), outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED, 2)
+
+	f.sink.SetBehavior(smtptest.Accept)
+	clock.set(t0.Add(90 * time.Second))
+	f.step(t)
+	if e, _ := f.ledger.Get(ctx, "busy"); e.Status != outbox.StatusSent || e.Attempts != 1 {
+		t.Fatalf("after the back-off: %s with %d attempts, want SENT with 1", e.Status, e.Attempts)
+	}
+
+	f.submit(t, "quota", clock.Now())
+	f.sink.SetBehavior(smtptest.QuotaExceededData)
+	f.step(t)
+	check("quota", clock.Now().Add(time.Hour), outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_QUOTA_EXHAUSTED, 1)
+	if n := len(f.sink.Messages()); n != 1 {
+		t.Errorf("%d messages at the relay, want the one sent", n)
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/postamt/postamt/internal/redisx"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
@@ -602,7 +603,19 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 	if !res.Started.IsZero() {
 		start = res.Started
 	}
-	a, err := d.result(c, conn.Policy, res, start, d.Clock.Now())
+	res.Outcome = throttled(res)
+	end := d.Clock.Now()
+	a, err := d.result(c, conn.Policy, res, start, end)
+	switch {
+	case err != nil:
+	case res.Outcome == outbox.OutcomeThrottled || res.Outcome == outbox.OutcomeQuotaExhausted:
+		// The email waits as long as the connector: until the back-off or the quota's reset.
+		a.Change.Due = l.backOff(res, conn, end)
+	case res.Outcome == outbox.OutcomeSent:
+		d.mu.Lock()
+		delete(d.throttles, l.key)
+		d.mu.Unlock()
+	}
 	if err != nil {
 		d.Logger.Error("encode a result", "email", e.ID, "error", err)
 		d.release(c)
@@ -650,7 +663,12 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 		change.ClearError = true
 	}
 	var attempt *outboxv1.Attempt
-	if decision.ConsumesAttempt {
+	throttle := res.Outcome == outbox.OutcomeThrottled || res.Outcome == outbox.OutcomeQuotaExhausted
+	if throttle {
+		// In the history, named, but not counted: number is the attempt still to come.
+		change.Attempted = true
+	}
+	if decision.ConsumesAttempt || throttle {
 		attempt = &outboxv1.Attempt{
 			Number: int32(e.Attempts + 1), StartTime: wire.Timestamp(start), EndTime: wire.Timestamp(end),
 			ConnectorId: e.Connector, Outcome: attemptOutcome(res.Outcome), SmtpCode: int32(res.Code),
@@ -681,8 +699,68 @@ func attemptOutcome(o outbox.Outcome) outboxv1.AttemptOutcome {
 		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_PERMANENT_FAILURE
 	case outbox.OutcomeUnknown:
 		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN
+	case outbox.OutcomeThrottled:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED
+	case outbox.OutcomeQuotaExhausted:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_QUOTA_EXHAUSTED
 	}
 	return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNSPECIFIED
+}
+
+// throttled turns a refusal that is about the pace of sending into OutcomeThrottled or
+// OutcomeQuotaExhausted (smtp.ClassifyThrottle), any other result unchanged.
+func throttled(res smtp.Result) outbox.Outcome {
+	if res.Outcome != outbox.OutcomeTemporary && res.Outcome != outbox.OutcomePermanent || res.Code == 0 {
+		return res.Outcome
+	}
+	switch smtp.ClassifyThrottle(res.Code, res.Enhanced, res.Message) {
+	case smtp.RateLimited, smtp.ConcurrencyLimited:
+		return outbox.OutcomeThrottled
+	case smtp.QuotaExhausted:
+		return outbox.OutcomeQuotaExhausted
+	}
+	return res.Outcome
+}
+
+// Back-off after throttling refusals: the first waits throttleFirst, each following one in a
+// row twice as long, up to throttleMax; a sent email ends the row. A used-up quota waits for the
+// next calendar midnight of the connector's limits' zone where one is set, else quotaRecheck,
+// since a rolling quota comes back bit by bit.
+const (
+	throttleFirst = 30 * time.Second
+	throttleMax   = 15 * time.Minute
+	quotaRecheck  = time.Hour
+)
+
+// backOff holds the lane after a throttling refusal at now and returns when it may send again.
+// Each replica backs off on its own first refusal: no Redis call on the hot path for
+// connectors that are never throttled.
+func (l *lane) backOff(res smtp.Result, conn Connector, now time.Time) time.Time {
+	var until time.Time
+	if res.Outcome == outbox.OutcomeQuotaExhausted {
+		until = now.Add(quotaRecheck)
+		for _, lim := range []connector.Limits{conn.SenderLimits, conn.Limits} {
+			if lim.CalendarDay {
+				local := now.In(lim.Location())
+				y, m, d := local.Date()
+				until = time.Date(y, m, d+1, 0, 0, 0, 0, lim.Location())
+				break
+			}
+		}
+	} else {
+		d := l.d
+		d.mu.Lock()
+		if d.throttles == nil {
+			d.throttles = make(map[redisstore.Lane]int)
+		}
+		d.throttles[l.key]++
+		n := d.throttles[l.key]
+		d.mu.Unlock()
+		until = now.Add(min(throttleFirst<<min(n-1, 10), throttleMax))
+	}
+	l.hold(until)
+	l.d.count("throttled", 1)
+	return until
 }
 
 // claimQueue orders a lane's queued claims: mail taken over from a lapsed lease first (it has

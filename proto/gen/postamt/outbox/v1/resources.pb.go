@@ -232,6 +232,14 @@ const (
 	// The connection was lost after the final "." and before the reply (RFC 1047): the relay may
 	// or may not have the message. The connector's UnknownOutcomePolicy decides what follows.
 	AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN AttemptOutcome = 4
+	// The relay refused for the pace of sending ("451 4.7.500 Server busy", "454 Throttling
+	// failure: Maximum sending rate exceeded", too many connections): the connector backs off and
+	// the email waits in PENDING_RETRY. It uses no attempt: number is the attempt still to come.
+	AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED AttemptOutcome = 5
+	// The relay refused because a daily quota is used up ("550 5.4.5 Daily user sending quota
+	// exceeded"), even with a 5xx: the email waits in PENDING_RETRY until the quota resets. It uses
+	// no attempt.
+	AttemptOutcome_ATTEMPT_OUTCOME_QUOTA_EXHAUSTED AttemptOutcome = 6
 )
 
 // Enum value maps for AttemptOutcome.
@@ -242,6 +250,8 @@ var (
 		2: "ATTEMPT_OUTCOME_TEMPORARY_FAILURE",
 		3: "ATTEMPT_OUTCOME_PERMANENT_FAILURE",
 		4: "ATTEMPT_OUTCOME_UNKNOWN",
+		5: "ATTEMPT_OUTCOME_THROTTLED",
+		6: "ATTEMPT_OUTCOME_QUOTA_EXHAUSTED",
 	}
 	AttemptOutcome_value = map[string]int32{
 		"ATTEMPT_OUTCOME_UNSPECIFIED":       0,
@@ -249,6 +259,8 @@ var (
 		"ATTEMPT_OUTCOME_TEMPORARY_FAILURE": 2,
 		"ATTEMPT_OUTCOME_PERMANENT_FAILURE": 3,
 		"ATTEMPT_OUTCOME_UNKNOWN":           4,
+		"ATTEMPT_OUTCOME_THROTTLED":         5,
+		"ATTEMPT_OUTCOME_QUOTA_EXHAUSTED":   6,
 	}
 )
 
@@ -1900,13 +1912,15 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\x1aWORK_ITEM_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15WORK_ITEM_TYPE_TICKET\x10\x01\x12\x17\n" +
 	"\x13WORK_ITEM_TYPE_CASE\x10\x02\x12\x19\n" +
-	"\x15WORK_ITEM_TYPE_ACTION\x10\x03*\xb6\x01\n" +
+	"\x15WORK_ITEM_TYPE_ACTION\x10\x03*\xfa\x01\n" +
 	"\x0eAttemptOutcome\x12\x1f\n" +
 	"\x1bATTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ATTEMPT_OUTCOME_SENT\x10\x01\x12%\n" +
 	"!ATTEMPT_OUTCOME_TEMPORARY_FAILURE\x10\x02\x12%\n" +
 	"!ATTEMPT_OUTCOME_PERMANENT_FAILURE\x10\x03\x12\x1b\n" +
-	"\x17ATTEMPT_OUTCOME_UNKNOWN\x10\x04*d\n" +
+	"\x17ATTEMPT_OUTCOME_UNKNOWN\x10\x04\x12\x1d\n" +
+	"\x19ATTEMPT_OUTCOME_THROTTLED\x10\x05\x12#\n" +
+	"\x1fATTEMPT_OUTCOME_QUOTA_EXHAUSTED\x10\x06*d\n" +
 	"\aTlsMode\x12\x18\n" +
 	"\x14TLS_MODE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTLS_MODE_NONE\x10\x01\x12\x15\n" +
