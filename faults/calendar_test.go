@@ -57,6 +57,7 @@ func TestCalendarAgentDropsMidDelivery(t *testing.T) {
 	if !live.Wait(2 * time.Minute) {
 		t.Errorf("the load did not book its entries within 2m (%d of 80)", live.Booked())
 	}
+	s.RecoverFrom(time.Now()) // the load outlasts the fault: recovery counts from its last booking
 	if errs := live.Stop(); len(errs) > 0 {
 		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
 	}
@@ -98,6 +99,7 @@ func TestCalendarCalDAVServerKilled(t *testing.T) {
 	if !load.Wait(2 * time.Minute) {
 		t.Errorf("the load did not book its entries within 2m (%d of 200)", load.Booked())
 	}
+	s.RecoverFrom(time.Now()) // the load outlasts the fault: recovery counts from its last booking
 	if errs := load.Stop(); len(errs) > 0 {
 		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
 	}
@@ -134,6 +136,56 @@ func TestCalendarKilledMidPush(t *testing.T) {
 	if !load.Wait(3 * time.Minute) {
 		t.Errorf("the load did not book its entries within 3m (%d of 150)", load.Booked())
 	}
+	s.RecoverFrom(time.Now()) // the load outlasts the fault: recovery counts from its last booking
+	if errs := load.Stop(); len(errs) > 0 {
+		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
+	}
+	c.CheckCalendar(t, harness.CalendarExpect{Within: 90 * time.Second})
+}
+
+// TestCalendarCalDAVAnswersLost: the CalDAV server's answers are lost for 10 s (a proxy holds
+// everything it sends; it acts on every request, the calendar never hears back and times out),
+// while the secretary books, and half-way through changes every entry booked so far. So entries
+// whose write the server stored without the calendar knowing get a newer revision before the
+// retry: its push meets a 412 over our own earlier revision, which must be overwritten, not
+// merged as a change made in the calendar (for an appointment that let our older text win and
+// undid the newer change; fixed in services/calendar/internal/push, see
+// TestCalDAVLostAnswerThenNewRevision). Then the held connections are cut and answers flow again.
+func TestCalendarCalDAVAnswersLost(t *testing.T) {
+	const lost = 10 * time.Second
+	dav := harness.StartCalDAV(t, "anwalt")
+	env := dav.Env(tenant)
+	env["CALENDAR_PUSH_RETRY"] = "500ms,1s,2s"
+	env["CALENDAR_PUSH_MAX_ATTEMPTS"] = "40"
+	env["CALENDAR_PUSH_TIMEOUT"] = "1s"
+	env["CALENDAR_PUSH_LEASE"] = "5s"
+	s := harness.Start(t, harness.Options{Calendar: true, CalendarEnv: env})
+	s.Describe("calendar entries, not emails: 150 booked for a lawyer in SERVER_PUSH mode at ~13/s (every 3rd changed, every 7th cancelled), every entry changed once more mid-fault; push timeout 1s",
+		"the CalDAV server's answers lost for 10s (requests reach it, answers held by a proxy), then the connections cut")
+	proxy := dav.Proxy(t)
+	c := s.CalendarOf(t, tenant)
+	c.AddLawyer(t, "anwalt")
+	c.UsePush(t, "anwalt", dav)
+
+	load := c.StartLoad([]string{"anwalt"}, "termin", 150, 75*time.Millisecond)
+	harness.Must(t, "20 entries pushed before the fault", time.Minute, func() bool {
+		objs, err := dav.Objects("anwalt")
+		return err == nil && len(objs) >= 20
+	})
+	proxy.Hang(true)
+	<-time.After(lost / 2) // pushes meanwhile are stored and their answers lost
+	for _, b := range c.Booked() {
+		if err := c.Change(b.ID); err != nil {
+			t.Errorf("change %s: %v", b.ID, err)
+		}
+	}
+	<-time.After(lost / 2)
+	proxy.CutAll() // the held answers are dropped, never delivered
+	proxy.Hang(false)
+	if !load.Wait(2 * time.Minute) {
+		t.Errorf("the load did not book its entries within 2m (%d of 150)", load.Booked())
+	}
+	s.RecoverFrom(time.Now()) // the load outlasts the fault: recovery counts from its last booking
 	if errs := load.Stop(); len(errs) > 0 {
 		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
 	}

@@ -37,6 +37,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/testkit/radicaletest"
+	"github.com/postamt/postamt/internal/testkit/tcpproxy"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 )
@@ -61,6 +62,9 @@ type CalDAV struct {
 	password string
 	users    []string
 	http     *http.Client
+
+	mu    sync.Mutex
+	proxy *tcpproxy.Proxy
 }
 
 // StartCalDAV spawns Radicale with an account for each user (one random password for all) and
@@ -97,6 +101,31 @@ func (d *CalDAV) Env(tenant string) map[string]string {
 		env[strings.TrimPrefix(d.PasswordRef(tenant, u), "env:")] = d.password
 	}
 	return env
+}
+
+// Proxy puts a TCP proxy between the calendar and the server, started at the first call: the
+// targets UsePush sets afterwards go through it, so a scenario can hold the server's answers
+// (Hang: the server acts on each request, the calendar never hears back) or cut connections.
+// The harness's own reads (Objects) go to the server directly.
+func (d *CalDAV) Proxy(tb testing.TB) *tcpproxy.Proxy {
+	tb.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proxy == nil {
+		d.proxy = tcpproxy.Start(tb, d.Addr())
+	}
+	return d.proxy
+}
+
+// pushURL is the calendar URL the calendar is to push user's entries to: through the proxy
+// when there is one.
+func (d *CalDAV) pushURL(user string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proxy == nil {
+		return d.CalendarURL(user, CalDAVCalendar)
+	}
+	return "http://" + d.proxy.Addr() + "/" + user + "/" + CalDAVCalendar + "/"
 }
 
 // PasswordRef is the password_ref of user's CalDAV target: a variable in the tenant's scope
@@ -323,12 +352,13 @@ func (c *Calendar) AddLawyer(tb testing.TB, user string) {
 	})
 }
 
-// UsePush puts user in SERVER_PUSH mode onto their calendar at d, with the sync log on.
+// UsePush puts user in SERVER_PUSH mode onto their calendar at d (through d's proxy when it
+// has one), with the sync log on.
 func (c *Calendar) UsePush(tb testing.TB, user string, d *CalDAV) {
 	tb.Helper()
 	if _, err := c.client.UpdateUserSettings(c.s.Admin(c.tenant), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 		UserId: user, Mode: calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH, SyncLogEnabled: true,
-		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: d.CalendarURL(user, CalDAVCalendar), Username: user, PasswordRef: d.PasswordRef(c.tenant, user)},
+		Caldav: &calendarv1.CalDAVTarget{CalendarUrl: d.pushURL(user), Username: user, PasswordRef: d.PasswordRef(c.tenant, user)},
 	}}); err != nil {
 		tb.Fatalf("harness: server push for %s: %v", user, err)
 	}
