@@ -67,6 +67,55 @@ func TestCalendarAgentDropsMidDelivery(t *testing.T) {
 	}
 }
 
+// TestCalendarAgentReplacedWhileHung: the agent's connection hangs mid-delivery — it took 10
+// deliveries and acknowledged 3, then nothing the calendar sends arrives any more, while the
+// calendar still sees the stream alive (the agent's heartbeats and acks get through) — and the
+// agent connects anew past it, twice, while the secretary books. The new stream replaces the
+// hung one (which the calendar ends with ABORTED, unheard), its acks are fenced off, and the
+// new stream delivers again what was not acknowledged. In the end the agent's calendar holds
+// every entry at its latest revision.
+func TestCalendarAgentReplacedWhileHung(t *testing.T) {
+	s := harness.Start(t, harness.Options{Calendar: true})
+	s.Describe("calendar entries, not emails: 40 booked for a lawyer before the agent connects, 80 more at 10/s meanwhile (every 3rd changed, every 7th cancelled)",
+		"the agent's connection hangs after it took 10 deliveries and acknowledged 3; the agent connects anew past it (the old stream replaced), twice")
+	c := s.CalendarOf(t, tenant)
+	c.AddLawyer(t, "huber")
+	backlog := c.StartLoad([]string{"huber"}, "vor", 40, 10*time.Millisecond)
+	if !backlog.Wait(2 * time.Minute) {
+		t.Fatalf("the backlog was not booked within 2m (%d of 40)", backlog.Booked())
+	}
+	if errs := backlog.Stop(); len(errs) > 0 {
+		t.Fatalf("booking the backlog: %v", errs)
+	}
+
+	a := c.NewAgent("huber")
+	live := c.StartLoad([]string{"huber"}, "live", 80, 100*time.Millisecond)
+	old := a.ConnectProxied(t)
+	for round := range 2 {
+		ds, err := old.Take(10, 30*time.Second)
+		if err != nil {
+			t.Fatalf("round %d: %v", round+1, err)
+		}
+		if err := old.Ack(ds[:3]...); err != nil {
+			t.Fatalf("round %d: ack: %v", round+1, err)
+		}
+		old.Proxy().Hang(true)
+		next := a.ConnectProxied(t) // replaces the hung stream, which the agent then gives up
+		old.Die()
+		old = next
+	}
+	s.RecoverFrom(time.Now())
+	old.Serve()
+	if !live.Wait(2 * time.Minute) {
+		t.Errorf("the load did not book its entries within 2m (%d of 80)", live.Booked())
+	}
+	s.RecoverFrom(time.Now()) // the load outlasts the fault: recovery counts from its last booking
+	if errs := live.Stop(); len(errs) > 0 {
+		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
+	}
+	c.CheckCalendar(t, harness.CalendarExpect{Open: []*harness.AgentConn{old}})
+}
+
 // TestCalendarCalDAVServerKilled: the lawyer's entries are pushed into Radicale (server-side
 // push) while the secretary books; Radicale is SIGKILLed in the middle of it, stays away for
 // 10 s while booking goes on, and is restarted on the same port and storage. Every entry ends

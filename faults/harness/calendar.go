@@ -611,6 +611,7 @@ type AgentConn struct {
 	n       int
 	cc      *grpc.ClientConn
 	cancel  context.CancelFunc
+	proxy   *tcpproxy.Proxy
 	stream  grpc.BidiStreamingClient[calendarv1.ConnectRequest, calendarv1.ConnectResponse]
 	welcome *calendarv1.Welcome
 
@@ -627,25 +628,46 @@ type AgentConn struct {
 // waits for Welcome. It retries while the calendar is unavailable (restarting).
 func (a *Agent) Connect(tb testing.TB) *AgentConn {
 	tb.Helper()
+	return a.connectVia(tb, nil)
+}
+
+// ConnectProxied is Connect over a TCP proxy of the connection's own (Proxy), so a scenario can
+// hold what the calendar sends this connection (the agent's network hangs) while the agent
+// connects anew past it.
+func (a *Agent) ConnectProxied(tb testing.TB) *AgentConn {
+	tb.Helper()
+	return a.connectVia(tb, tcpproxy.Start(tb, a.c.s.Calendar.GRPCAddr))
+}
+
+func (a *Agent) connectVia(tb testing.TB, proxy *tcpproxy.Proxy) *AgentConn {
+	tb.Helper()
+	addr := a.c.s.Calendar.GRPCAddr
+	if proxy != nil {
+		addr = proxy.Addr()
+	}
 	var conn *AgentConn
 	var last error
 	ok := Eventually(retryFor, func() bool {
-		conn, last = a.connect()
+		conn, last = a.connect(addr)
 		return last == nil || !retryable(last)
 	})
 	if !ok || last != nil {
 		tb.Fatalf("harness: agent of %s: connect: %v", a.user, last)
 	}
+	conn.proxy = proxy
 	return conn
 }
+
+// Proxy is the connection's own TCP proxy (ConnectProxied), nil otherwise.
+func (c *AgentConn) Proxy() *tcpproxy.Proxy { return c.proxy }
 
 func retryable(err error) bool {
 	c := status.Code(err)
 	return c == codes.Unavailable || c == codes.DeadlineExceeded || c == codes.Aborted
 }
 
-func (a *Agent) connect() (*AgentConn, error) {
-	cc, err := grpc.NewClient(a.c.s.Calendar.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (a *Agent) connect(addr string) (*AgentConn, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
@@ -762,11 +784,15 @@ func (c *AgentConn) Ack(ds ...*calendarv1.Delivery) error {
 }
 
 // Die ends the connection as a killed agent process does: its TCP connection closes without a
-// goodbye, whatever was received and not acknowledged stays so.
+// goodbye, whatever was received and not acknowledged stays so. An agent that gave a hung
+// connection up (ConnectProxied) ends it the same way: the proxy's side is cut too.
 func (c *AgentConn) Die() {
 	c.died.Store(true)
 	_ = c.cc.Close()
 	c.cancel()
+	if c.proxy != nil {
+		c.proxy.CutAll()
+	}
 	<-c.ended
 }
 
