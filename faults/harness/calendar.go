@@ -267,14 +267,13 @@ type Calendar struct {
 	tenant string
 	client calendarv1.CalendarServiceClient
 
-	mu       sync.Mutex
-	booked   map[string]*Booked
-	order    []string // entry ids in the order they were booked
-	agents   []*Agent
-	push     []string // users in SERVER_PUSH mode
-	dav      *CalDAV
-	refused  int // calls that never got an OK within retryFor
-	problems []string
+	mu      sync.Mutex
+	booked  map[string]*Booked
+	order   []string // entry ids in the order they were booked
+	agents  []*Agent
+	push    []string // users in SERVER_PUSH mode
+	dav     *CalDAV
+	refused int // calls that never got an OK within retryFor
 }
 
 // Booked is an entry as its booker knows it from the calendar's answers.
@@ -915,13 +914,13 @@ type CalendarExpect struct {
 
 // calendarState is one look at the calendar against the ledger.
 type calendarState struct {
-	accepted, inSync        int
-	lost, wrong, extraCopy  []string
-	copies, foreign         int
-	pending, dead           int64
-	deadWhy                 []string
-	unsettled               string // "" when settled
-	changesLost, changesOdd []string
+	accepted, inSync       int
+	lost, wrong, extraCopy []string
+	copies, foreign        int
+	pending, dead          int64
+	deadWhy                []string
+	unsettled              string // "" when settled
+	changesLost            []string
 }
 
 // CheckCalendar ends a calendar scenario. It waits (exp.Within) until every agent's and push

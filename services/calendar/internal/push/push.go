@@ -447,13 +447,10 @@ const ownLookback = 50
 // rev's entry as we wrote it — the same UID and DTSTAMP (each revision's own time) and the
 // same summary, description, location and time — and returns its SEQUENCE.
 func (w *Worker) ownEarlier(ctx context.Context, t target, rev *calendar.Revision, data []byte) (bool, int, error) {
-	theirs, err := ical.Inspect(data)
-	if err != nil {
-		return false, 0, nil
-	}
-	theirF, err := ical.ReadFields(data, w.Zones)
-	if err != nil {
-		return false, 0, nil
+	theirs, ierr := ical.Inspect(data)
+	theirF, ferr := ical.ReadFields(data, w.Zones)
+	if ierr != nil || ferr != nil {
+		return false, 0, nil //nolint:nilerr // an object we cannot read is none we wrote: no match; the merge that follows handles it
 	}
 	for r := rev.Entry.Revision - 1; r >= 1 && r >= rev.Entry.Revision-ownLookback; r-- {
 		old, err := w.Store.GetRevision(ctx, t.tenant, rev.Entry.ID, r)
