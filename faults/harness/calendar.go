@@ -614,14 +614,20 @@ type AgentConn struct {
 	stream  grpc.BidiStreamingClient[calendarv1.ConnectRequest, calendarv1.ConnectResponse]
 	welcome *calendarv1.Welcome
 
-	sendMu sync.Mutex
-	in     chan *calendarv1.Delivery
-	ended  chan struct{}
-	endErr error
-	died   atomic.Bool
-	serve  chan struct{} // closed by Close to stop Serve's loop
-	served chan struct{}
+	sendMu  sync.Mutex
+	in      chan *calendarv1.Delivery
+	ended   chan struct{}
+	endErr  error
+	died    atomic.Bool
+	quit    chan struct{} // closed by Die and Close: the reader stops handing deliveries on
+	quitted sync.Once
+	serving atomic.Bool
+	serve   chan struct{} // closed by Close to stop Serve's loop
+	served  chan struct{}
 }
+
+// stop tells the reader that nobody takes deliveries any more.
+func (c *AgentConn) stop() { c.quitted.Do(func() { close(c.quit) }) }
 
 // Connect opens a stream with Hello naming the highest position acknowledged so far and
 // waits for Welcome. It retries while the calendar is unavailable (restarting).
@@ -695,7 +701,7 @@ func (a *Agent) connect(addr string) (*AgentConn, error) {
 		return fail(fmt.Errorf("first message %v, want Welcome", first))
 	}
 	conn := &AgentConn{a: a, n: n, cc: cc, cancel: cancel, stream: stream, welcome: first.GetWelcome(),
-		in: make(chan *calendarv1.Delivery, 1<<14), ended: make(chan struct{}), serve: make(chan struct{}), served: make(chan struct{})}
+		in: make(chan *calendarv1.Delivery, 1<<14), ended: make(chan struct{}), quit: make(chan struct{}), serve: make(chan struct{}), served: make(chan struct{})}
 	go conn.read()
 	go conn.heartbeat()
 	return conn, nil
@@ -711,7 +717,10 @@ func (c *AgentConn) read() {
 			return
 		}
 		if d := m.GetDelivery(); d != nil {
-			c.in <- d
+			select {
+			case c.in <- d:
+			case <-c.quit: // dropped: the agent is gone and applies nothing more
+			}
 		}
 	}
 }
@@ -787,6 +796,7 @@ func (c *AgentConn) Ack(ds ...*calendarv1.Delivery) error {
 // connection up (ConnectProxied) ends it the same way: the proxy's side is cut too.
 func (c *AgentConn) Die() {
 	c.died.Store(true)
+	c.stop()
 	_ = c.cc.Close()
 	c.cancel()
 	if c.proxy != nil {
@@ -797,6 +807,9 @@ func (c *AgentConn) Die() {
 
 // Serve applies and acknowledges every delivery as it arrives, in the background, until Close.
 func (c *AgentConn) Serve() {
+	if c.serving.Swap(true) {
+		return
+	}
 	go func() {
 		defer close(c.served)
 		for {
@@ -823,10 +836,13 @@ func (c *AgentConn) Close() error {
 	default:
 		close(c.serve)
 	}
-	select {
-	case <-c.served:
-	case <-c.ended:
+	if c.serving.Load() {
+		select {
+		case <-c.served:
+		case <-c.ended:
+		}
 	}
+	c.stop()
 	c.sendMu.Lock()
 	err := c.stream.CloseSend()
 	c.sendMu.Unlock()
