@@ -129,6 +129,7 @@ func TestCalendarCalDAVServerKilled(t *testing.T) {
 	env := dav.Env(tenant)
 	env["CALENDAR_PUSH_RETRY"] = "500ms,1s,2s"
 	env["CALENDAR_PUSH_MAX_ATTEMPTS"] = "40"
+	env["CALENDAR_SYNC_LOG_MAX_LINES"] = "100000" // every line kept, to show the retries
 	s := harness.Start(t, harness.Options{Calendar: true, CalendarEnv: env})
 	s.Describe("calendar entries, not emails: 200 booked for a lawyer in SERVER_PUSH mode at ~13/s (every 3rd changed, every 7th cancelled), pushed to Radicale",
 		"the CalDAV server (Radicale) SIGKILLed mid-push, restarted on its storage after 10s")
@@ -153,6 +154,11 @@ func TestCalendarCalDAVServerKilled(t *testing.T) {
 		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
 	}
 	c.CheckCalendar(t, harness.CalendarExpect{Within: 90 * time.Second})
+	if log := c.SyncLogActions(t, "anwalt"); log["RETRY"] == 0 {
+		t.Errorf("no push was retried (sync log %v): the fault was not felt", log)
+	} else {
+		t.Logf("sync log of anwalt: %v", log)
+	}
 }
 
 // TestCalendarKilledMidPush: the calendar process itself is SIGKILLed while it pushes a
@@ -208,6 +214,7 @@ func TestCalendarCalDAVAnswersLost(t *testing.T) {
 	env["CALENDAR_PUSH_MAX_ATTEMPTS"] = "40"
 	env["CALENDAR_PUSH_TIMEOUT"] = "1s"
 	env["CALENDAR_PUSH_LEASE"] = "5s"
+	env["CALENDAR_SYNC_LOG_MAX_LINES"] = "100000" // every line kept, to show the retries
 	s := harness.Start(t, harness.Options{Calendar: true, CalendarEnv: env})
 	s.Describe("calendar entries, not emails: 150 booked for a lawyer in SERVER_PUSH mode at ~13/s (every 3rd changed, every 7th cancelled), every entry changed once more mid-fault; push timeout 1s",
 		"the CalDAV server's answers lost for 10s (requests reach it, answers held by a proxy), then the connections cut")
@@ -239,4 +246,9 @@ func TestCalendarCalDAVAnswersLost(t *testing.T) {
 		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
 	}
 	c.CheckCalendar(t, harness.CalendarExpect{Within: 90 * time.Second})
+	if log := c.SyncLogActions(t, "anwalt"); log["RETRY"] == 0 {
+		t.Errorf("no push was retried (sync log %v): the fault was not felt", log)
+	} else {
+		t.Logf("sync log of anwalt: %v", log)
+	}
 }

@@ -1198,3 +1198,26 @@ func (c *Calendar) deadLines(ctx context.Context, user string) []string {
 	}
 	return out
 }
+
+// SyncLogActions counts user's sync log lines by action (QUEUED, DELIVERED, ACKNOWLEDGED,
+// RETRY, DEAD, ...), all pages: a scenario shows with it that its fault was felt (push
+// attempts RETRYed while the server was away). The log keeps CALENDAR_SYNC_LOG_MAX_LINES lines.
+func (c *Calendar) SyncLogActions(tb testing.TB, user string) map[string]int {
+	tb.Helper()
+	out := map[string]int{}
+	tok := ""
+	for {
+		ctx, cancel := context.WithTimeout(c.s.Admin(c.tenant), callTimeout)
+		r, err := c.client.ListSyncLog(ctx, &calendarv1.ListSyncLogRequest{UserId: user, PageSize: 500, PageToken: tok})
+		cancel()
+		if err != nil {
+			tb.Fatalf("harness: the sync log of %s: %v", user, err)
+		}
+		for _, l := range r.GetEntries() {
+			out[l.GetAction()]++
+		}
+		if tok = r.GetNextPageToken(); tok == "" {
+			return out
+		}
+	}
+}
