@@ -252,3 +252,40 @@ func TestCalendarCalDAVAnswersLost(t *testing.T) {
 		t.Logf("sync log of anwalt: %v", log)
 	}
 }
+
+// TestCalendarKilledWithAgentConnected: the calendar process is SIGKILLed while the lawyer's
+// agent applies and acknowledges a stream of deliveries and the secretary books, and restarted.
+// The agent's stream breaks; it connects again (Hello with its last acknowledged position) and
+// gets what the dead process had not recorded as acknowledged. In the end its calendar holds
+// every entry at its latest revision, every repeated delivery first came on the broken stream.
+func TestCalendarKilledWithAgentConnected(t *testing.T) {
+	s := harness.Start(t, harness.Options{Calendar: true})
+	s.Describe("calendar entries, not emails: 120 booked for a lawyer at 10/s (every 3rd changed, every 7th cancelled), the agent connected and acknowledging",
+		"the calendar process SIGKILLed with the agent's stream open, restarted at once")
+	c := s.CalendarOf(t, tenant)
+	c.AddLawyer(t, "huber")
+	a := c.NewAgent("huber")
+	conn := a.Connect(t)
+	conn.Serve()
+	load := c.StartLoad([]string{"huber"}, "termin", 120, 100*time.Millisecond)
+	harness.Must(t, "30 deliveries before the kill", time.Minute, func() bool { return a.Received() >= 30 })
+	s.Calendar.Kill()
+	s.Calendar.Restart(t)
+	select {
+	case <-conn.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent's stream did not end within 30s of the calendar's death")
+	}
+	conn.Die() // what is left of the broken connection
+	conn = a.Connect(t)
+	conn.Serve()
+	s.RecoverFrom(time.Now())
+	if !load.Wait(3 * time.Minute) {
+		t.Errorf("the load did not book its entries within 3m (%d of 120)", load.Booked())
+	}
+	s.RecoverFrom(time.Now()) // the load outlasts the fault: recovery counts from its last booking
+	if errs := load.Stop(); len(errs) > 0 {
+		t.Errorf("booking under the fault: %d calls failed, e.g. %v", len(errs), errs[0])
+	}
+	c.CheckCalendar(t, harness.CalendarExpect{Open: []*harness.AgentConn{conn}})
+}

@@ -579,8 +579,8 @@ type Agent struct {
 	conns     int
 	received  int
 	// duplicates counts deliveries of an entry@revision the agent had received before;
-	// ambiguous those of them first received on a connection that died (unacknowledged, or
-	// acknowledged too late); uncounted lists the others.
+	// ambiguous those of them first received on a connection that died or broke
+	// (unacknowledged, or acknowledged too late); uncounted lists the others.
 	duplicates, ambiguous int
 	uncounted             []string
 	foreign               []string // deliveries of another user's entries
@@ -619,6 +619,7 @@ type AgentConn struct {
 	ended   chan struct{}
 	endErr  error
 	died    atomic.Bool
+	broken  atomic.Bool   // the stream ended other than by the agent's goodbye (the calendar died, say)
 	quit    chan struct{} // closed by Die and Close: the reader stops handing deliveries on
 	quitted sync.Once
 	serving atomic.Bool
@@ -714,6 +715,9 @@ func (c *AgentConn) read() {
 		m, err := c.stream.Recv()
 		if err != nil {
 			c.endErr = err
+			// Acks sent shortly before may not have been recorded: what this connection
+			// received may come again.
+			c.broken.Store(!errors.Is(err, io.EOF))
 			return
 		}
 		if d := m.GetDelivery(); d != nil {
@@ -805,6 +809,9 @@ func (c *AgentConn) Die() {
 	<-c.ended
 }
 
+// Done is closed when the stream has ended, however: an agent reconnects then.
+func (c *AgentConn) Done() <-chan struct{} { return c.ended }
+
 // Serve applies and acknowledges every delivery as it arrives, in the background, until Close.
 func (c *AgentConn) Serve() {
 	if c.serving.Swap(true) {
@@ -876,7 +883,7 @@ func (a *Agent) apply(c *AgentConn, d *calendarv1.Delivery) {
 	if prev, ok := a.seen[key]; ok {
 		a.duplicates++
 		switch {
-		case prev != c && prev.died.Load() && d.GetAttempt() > 0:
+		case prev != c && (prev.died.Load() || prev.broken.Load()) && d.GetAttempt() > 0:
 			a.ambiguous++
 		default:
 			a.uncounted = append(a.uncounted, fmt.Sprintf("%s at position %d (attempt %d) on connection %d, received before on connection %d (died: %t)",
