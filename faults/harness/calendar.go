@@ -429,16 +429,30 @@ func (c *Calendar) Change(id string) error {
 	_, err = retry(func(ctx context.Context) (*calendarv1.UpdateEntryResponse, error) {
 		return c.client.UpdateEntry(withCtx(ctx, md), &calendarv1.UpdateEntryRequest{Entry: e})
 	})
+	if status.Code(err) == codes.FailedPrecondition && c.cancelledNow(id) {
+		return nil // cancelled meanwhile by another call of the booker: nothing to change
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
-		b.Maybe = append(b.Maybe, summary)
+		if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
+			b.Maybe = append(b.Maybe, summary) // no answer: it may have been stored
+		}
 		c.refused++
 		return fmt.Errorf("change %s: %w", id, err)
 	}
 	b.Summary, b.Maybe = summary, nil
 	b.Changes = k
 	return nil
+}
+
+// cancelledNow reports whether the calendar holds entry id as cancelled.
+func (c *Calendar) cancelledNow(id string) bool {
+	md := c.as(User)
+	got, err := retry(func(ctx context.Context) (*calendarv1.GetEntryResponse, error) {
+		return c.client.GetEntry(withCtx(ctx, md), &calendarv1.GetEntryRequest{EntryId: id})
+	})
+	return err == nil && got.GetEntry().GetCancelled()
 }
 
 // Cancel cancels entry id (a new, cancelled revision; repeating it is harmless).
