@@ -200,7 +200,8 @@ func TestCalendarKilledMidPush(t *testing.T) {
 
 // TestCalendarCalDAVAnswersLost: the CalDAV server's answers are lost for 10 s (a proxy holds
 // everything it sends; it acts on every request, the calendar never hears back and times out),
-// while the secretary books, and half-way through changes every entry booked so far. So entries
+// while the secretary books, then (half-way, her booking paused) changes every entry booked so
+// far, then books 50 more. So entries
 // whose write the server stored without the calendar knowing get a newer revision before the
 // retry: its push meets a 412 over our own earlier revision, which must be overwritten, not
 // merged as a change made in the calendar (for an appointment that let our older text win and
