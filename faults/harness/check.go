@@ -765,7 +765,7 @@ func (s *Suite) Check(tb testing.TB, mail []Submitted, exp Expect) *Result {
 	if len(cancelledOut) > 0 {
 		problem("%d emails cancelled inside their schedule reached a relay, e.g. %s", len(cancelledOut), Some(cancelledOut, 5))
 	}
-	if early := sentEarly(mail, emails, relays); len(early) > 0 {
+	if early := sentEarly(mail, emails, firstArrivals(relays)); len(early) > 0 {
 		problem("%d scheduled emails reached a relay or were attempted before their send_at, e.g. %s", len(early), Some(early, 5))
 	}
 	if res.Tally.Foreign > 0 {
@@ -782,11 +782,9 @@ func (s *Suite) Check(tb testing.TB, mail []Submitted, exp Expect) *Result {
 	return res
 }
 
-// sentEarly lists the scheduled emails of mail (Submitted.SendAt) that a relay received, or an
-// attempt of which started, before their send_at: scheduled mail is never sent early. The
-// outbox's due index counts whole milliseconds, so send_at is compared truncated to one.
-func sentEarly(mail []Submitted, emails map[string]*outboxv1.Email, relays []*Relay) []string {
-	first := map[string]time.Time{} // the first arrival of each Message-ID at any relay
+// firstArrivals is when each Message-ID first reached any of relays.
+func firstArrivals(relays []*Relay) map[string]time.Time {
+	first := map[string]time.Time{}
 	for _, r := range relays {
 		for _, a := range r.Arrivals() {
 			if t, ok := first[a.MessageID]; !ok || a.At.Before(t) {
@@ -794,6 +792,14 @@ func sentEarly(mail []Submitted, emails map[string]*outboxv1.Email, relays []*Re
 			}
 		}
 	}
+	return first
+}
+
+// sentEarly lists the scheduled emails of mail (Submitted.SendAt) that reached a relay (first,
+// by Message-ID), or an attempt of which started, before their send_at: scheduled mail is never
+// sent early. The outbox's due index counts whole milliseconds, so send_at is compared truncated
+// to one.
+func sentEarly(mail []Submitted, emails map[string]*outboxv1.Email, first map[string]time.Time) []string {
 	var out []string
 	for _, m := range mail {
 		if m.SendAt.IsZero() {

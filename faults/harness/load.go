@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,6 +80,14 @@ type LoadSpec struct {
 	RegardingRecordID string
 	// Subject is the subjects' prefix; each gets " #client-i". Empty means "Load".
 	Subject string
+	// Priority is every email's; unset is NORMAL. HIGH lets the load's mail pass a backlog of
+	// NORMAL mail, as a person's mail passes a bulk mailing.
+	Priority outboxv1.Priority
+	// RetryFor makes every submit carry an idempotency key and be retried with it while the
+	// outbox answers UNAVAILABLE or the call times out, for up to RetryFor, as the API asks
+	// callers to: a submit that Redis stored but whose answer was lost (Redis killed in
+	// between) is then found, not lost to the load and sent as nobody's. Zero submits once.
+	RetryFor time.Duration
 
 	// ScheduleEvery > 0 makes every ScheduleEvery-th submit of a client scheduled, send_at
 	// ScheduleAhead ahead: Check asserts it reaches no relay before then.
@@ -174,13 +183,14 @@ func (s *Suite) StartLoad(spec LoadSpec) *Load {
 				default:
 				}
 				req := s.Request(spec.Tenant, to, fmt.Sprintf("%s #%d-%d", spec.Subject, c, i))
-				req.RegardingRecordId = spec.RegardingRecordID
+				req.RegardingRecordId, req.Priority = spec.RegardingRecordID, spec.Priority
 				if kind == kindScheduled || kind == kindCancel {
 					req.SendAt = timestamppb.New(time.Now().Add(spec.ScheduleAhead))
 				}
-				rctx, rcancel := context.WithTimeout(auth, 10*time.Second)
-				r, err := client.SubmitEmail(rctx, req)
-				rcancel()
+				if spec.RetryFor > 0 {
+					req.IdempotencyKey = fmt.Sprintf("%s-%d-%d", spec.Subject, c, i)
+				}
+				r, err := submitRetrying(auth, client, req, spec.RetryFor)
 				now := time.Now()
 				l.mu.Lock()
 				if err != nil {
@@ -205,6 +215,23 @@ func (s *Suite) StartLoad(spec LoadSpec) *Load {
 		})
 	}
 	return l
+}
+
+// submitRetrying submits req, and while the outbox answers UNAVAILABLE or the call times out
+// submits it again with its idempotency key, for up to retryFor. It goes on after the load is
+// stopped: a submit given up in the middle might have been stored.
+func submitRetrying(auth context.Context, client outboxv1.OutboxServiceClient, req *outboxv1.SubmitEmailRequest, retryFor time.Duration) (*outboxv1.SubmitEmailResponse, error) {
+	deadline := time.Now().Add(retryFor)
+	for {
+		rctx, rcancel := context.WithTimeout(auth, 10*time.Second)
+		r, err := client.SubmitEmail(rctx, req)
+		rcancel()
+		code := status.Code(err)
+		if err == nil || retryFor == 0 || (code != codes.Unavailable && code != codes.DeadlineExceeded) || time.Now().After(deadline) {
+			return r, err
+		}
+		time.Sleep(50 * time.Millisecond) // a pause before asking an outbox that just failed again
+	}
 }
 
 // cancelEmail cancels a scheduled email, as a user who changed her mind does, and records the
@@ -352,6 +379,9 @@ func (l *Load) Mixed() (scheduled, cancelled, refused, retried int) {
 // and, for a mixed load, what it scheduled, cancelled and retried.
 func (l *Load) Describe() string {
 	d := fmt.Sprintf("%d clients submitting %.0f/s each", l.spec.Clients, float64(time.Second)/float64(l.spec.Interval))
+	if l.spec.Priority != outboxv1.Priority_PRIORITY_UNSPECIFIED {
+		d += " " + strings.TrimPrefix(l.spec.Priority.String(), "PRIORITY_")
+	}
 	if !l.spec.mixed() {
 		return d
 	}
