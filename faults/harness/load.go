@@ -397,25 +397,27 @@ func (l *Load) Stop() []Submitted {
 	l.cancel()
 	l.wg.Wait()
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.final == nil && l.spec.mixed() {
-		l.settleExpectations()
+	settle := l.final == nil && l.spec.mixed()
+	open := l.open()
+	l.mu.Unlock()
+	if settle {
+		// Read without l.mu: the relay's hook takes it while the dispatchers send.
+		ledger := l.ledgerStatus(open)
+		l.mu.Lock()
+		l.settleExpectations(ledger)
+		l.mu.Unlock()
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return append([]Submitted(nil), l.accepted...)
 }
 
-// settleExpectations decides, once the load has stopped, the status each of its emails is to
-// end in when not SENT: CANCELLED when a cancel was answered as applied, or had no clear answer
-// and the ledger says CANCELLED; FAILED for refused mail the load did not retry (the relay
-// refuses it until then, and nobody retries it any more) or whose retry had no clear answer and
-// the ledger says FAILED. Called with l.mu held.
-func (l *Load) settleExpectations() {
-	l.final = map[string]outboxv1.EmailStatus{}
+// ledgerStatus reads the status of each email of ids from the outbox, waiting a bounded time for
+// an outbox that is not serving yet after a fault. An email it gets no answer for is left out.
+func (l *Load) ledgerStatus(ids map[string]bool) map[string]outboxv1.EmailStatus {
 	admin := l.s.Admin(l.spec.Tenant)
 	ledger := map[string]outboxv1.EmailStatus{}
-	for id := range l.open() {
-		// The outbox serves again once the fault is over: a bounded wait for its answer. An
-		// email it does not answer for is expected SENT, and Check says what it is.
+	for id := range ids {
 		_ = poll(30*time.Second, func() (bool, error) {
 			ctx, cancel := context.WithTimeout(admin, 5*time.Second)
 			defer cancel()
@@ -427,6 +429,17 @@ func (l *Load) settleExpectations() {
 			return true, nil
 		})
 	}
+	return ledger
+}
+
+// settleExpectations decides, once the load has stopped, the status each of its emails is to
+// end in when not SENT: CANCELLED when a cancel was answered as applied, or had no clear answer
+// and the ledger says CANCELLED; FAILED for refused mail the load did not retry (the relay
+// refuses it until then, and nobody retries it any more) or whose retry had no clear answer and
+// the ledger says FAILED (ledger: the status of those emails after the load stopped; one the
+// outbox did not answer for is expected SENT, and Check says what it is). Called with l.mu held.
+func (l *Load) settleExpectations(ledger map[string]outboxv1.EmailStatus) {
+	l.final = map[string]outboxv1.EmailStatus{}
 	for _, m := range l.accepted {
 		switch k := l.kind[m.ID]; {
 		case k == kindCancel && (l.cancelled[m.ID] || ledger[m.ID] == outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED):
