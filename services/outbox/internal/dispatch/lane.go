@@ -452,7 +452,7 @@ func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.R
 	if len(budgets) == 0 {
 		return nil, false
 	}
-	granted, retryAt, err := d.Ledger.Take(ctx, budgets, []int{len(e.Rcpts)}, d.Clock.Now())
+	granted, refused, err := d.Ledger.Take(ctx, budgets, []int{len(e.Rcpts)}, d.Clock.Now())
 	switch {
 	case errors.Is(err, redisstore.ErrNeverFits):
 		return &smtp.Result{Outcome: outbox.OutcomePermanent, Message: fmt.Sprintf(
@@ -461,9 +461,18 @@ func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.R
 		d.keepOrHandBack(c, err)
 		return nil, true
 	case granted == 0:
-		l.hold(retryAt)
 		d.count("limited", 1)
-		d.handBack(c, "waiting for the relay's limit until "+retryAt.Format(time.RFC3339))
+		why := "waiting for the relay's limit until " + refused.RetryAt.Format(time.RFC3339)
+		if strings.HasPrefix(budgets[refused.Budget].Key, "s:") {
+			// One sender's limit: the rest of the connector's mail goes on; this one comes due
+			// again when its sender may send (a little later in its priority than it was).
+			d.handBackAt(c, refused.RetryAt, why)
+			return nil, true
+		}
+		// The connector's own limit holds all of its mail: the lane claims nothing until then,
+		// and the email keeps its place.
+		l.hold(refused.RetryAt)
+		d.handBack(c, why)
 		return nil, true
 	}
 	return nil, false
@@ -533,8 +542,11 @@ func (l *lane) drain() (handed, inProgress int) {
 
 // handBack gives an unstarted claim back as it was before the claim, with no attempt and no
 // event, so any replica can send it at once.
-func (d *Dispatcher) handBack(c *claim, why string) {
-	status, due := c.e.Before, c.e.BeforeDue
+func (d *Dispatcher) handBack(c *claim, why string) { d.handBackAt(c, c.e.BeforeDue, why) }
+
+// handBackAt is handBack with the email due at due (zero: now) rather than as before.
+func (d *Dispatcher) handBackAt(c *claim, due time.Time, why string) {
+	status := c.e.Before
 	if status == outbox.StatusSending || !(status == outbox.StatusQueued || status == outbox.StatusScheduled || status == outbox.StatusPendingRetry) {
 		status = outbox.StatusQueued
 	}

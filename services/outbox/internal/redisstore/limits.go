@@ -66,8 +66,8 @@ const windowBuckets = 60
 // KEYS: per window, its key. ARGV[1] now in ms, ARGV[2] the number of windows W, then per
 // window: kind ("r" rolling, "d" day), limit, recipients (1/0), bucket width in ms (rolling) or
 // the ms at which the day ends (day), TTL in ms; then the sends' recipient counts.
-// Returns {granted, retry_at_ms}: retry_at_ms is 0 when everything was granted, -1 when the next
-// send can never fit.
+// Returns {granted, retry_at_ms, window}: retry_at_ms is 0 when everything was granted, -1 when
+// the next send can never fit; window is the (1-based) window that holds it longest.
 var takeScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local w = tonumber(ARGV[2])
@@ -105,6 +105,7 @@ for i = 1, w do
 end
 local granted = 0
 local retry = 0
+local block = 0
 for s = a, #ARGV do
   local r = tonumber(ARGV[s])
   for i = 1, w do
@@ -113,6 +114,7 @@ for s = a, #ARGV do
     if x.rcpt then need = r end
     if need > x.limit then
       retry = -1
+      block = i
     elseif x.sum + need > x.limit then
       local t
       if x.kind == 'r' then
@@ -129,7 +131,10 @@ for s = a, #ARGV do
       else
         t = x.width
       end
-      if t > retry and retry ~= -1 then retry = t end
+      if t > retry and retry ~= -1 then
+        retry = t
+        block = i
+      end
     end
   end
   if retry ~= 0 then break end
@@ -153,22 +158,31 @@ for i = 1, w do
   end
   redis.call('PEXPIRE', x.key, x.ttl)
 end
-return {granted, retry}
+return {granted, retry, block}
 `)
+
+// Refusal says why Take granted fewer sends than asked: the earliest time the next one fits,
+// and the index in budgets of the budget that holds it longest (a connector's limit holds all of
+// its mail; a sender's only that sender's).
+type Refusal struct {
+	RetryAt time.Time
+	Budget  int
+}
 
 // Take grants, in order, as many of the sends (each given by its number of recipients) as
 // every window of every budget allows at now, and counts them. When it grants fewer than asked,
-// retryAt is the earliest time the next one fits; ErrNeverFits when it never can. Replicas call
-// it concurrently; each grant is counted once.
-func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, now time.Time) (granted int, retryAt time.Time, err error) {
+// the Refusal says until when and which budget; ErrNeverFits (with the budget) when the next
+// send never can. Replicas call it concurrently; each grant is counted once.
+func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, now time.Time) (granted int, refused Refusal, err error) {
 	if len(recipients) == 0 {
-		return 0, time.Time{}, nil
+		return 0, Refusal{}, nil
 	}
 	var keys []string
+	var owner []int // owner[i]: the budget of window i
 	argv := []any{now.UnixMilli(), 0}
-	for _, b := range budgets {
+	for bi, b := range budgets {
 		if b.Tenant != budgets[0].Tenant {
-			return 0, time.Time{}, fmt.Errorf("budgets of tenants %q and %q in one take", budgets[0].Tenant, b.Tenant)
+			return 0, Refusal{}, fmt.Errorf("budgets of tenants %q and %q in one take", budgets[0].Tenant, b.Tenant)
 		}
 		tag := limitTag(b.Tenant)
 		for _, w := range b.Windows {
@@ -188,36 +202,39 @@ func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, n
 				local := now.In(zone)
 				y, m, d := local.Date()
 				end := time.Date(y, m, d+1, 0, 0, 0, 0, zone)
-				keys = append(keys, tag+":b:"+b.Key+":"+unit+":d:"+local.Format("20060102"))
+				keys, owner = append(keys, tag+":b:"+b.Key+":"+unit+":d:"+local.Format("20060102")), append(owner, bi)
 				argv = append(argv, "d", w.Limit, rcpt, end.UnixMilli(), (48 * time.Hour).Milliseconds())
 				continue
 			}
 			if w.Length < windowBuckets*time.Millisecond {
-				return 0, time.Time{}, fmt.Errorf("budget %s: a window of %s is shorter than %d ms", b.Key, w.Length, windowBuckets)
+				return 0, Refusal{}, fmt.Errorf("budget %s: a window of %s is shorter than %d ms", b.Key, w.Length, windowBuckets)
 			}
 			// Rounded up: 60 buckets must span at least the window.
 			width := (w.Length.Milliseconds() + windowBuckets - 1) / windowBuckets
-			keys = append(keys, tag+":b:"+b.Key+":"+unit+":w:"+strconv.FormatInt(w.Length.Milliseconds(), 10))
+			keys, owner = append(keys, tag+":b:"+b.Key+":"+unit+":w:"+strconv.FormatInt(w.Length.Milliseconds(), 10)), append(owner, bi)
 			argv = append(argv, "r", w.Limit, rcpt, width, (2 * w.Length).Milliseconds())
 		}
 	}
 	if len(keys) == 0 {
-		return len(recipients), time.Time{}, nil
+		return len(recipients), Refusal{}, nil
 	}
 	argv[1] = len(keys)
 	for _, r := range recipients {
 		argv = append(argv, max(r, 1))
 	}
 	res, err := takeScript.Run(ctx, l.rdb, keys, argv...).Int64Slice()
-	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("take from the relay's budget: %w", err)
+	if err != nil || len(res) != 3 {
+		return 0, Refusal{}, fmt.Errorf("take from the relay's budget: %w (%v)", err, res)
 	}
 	granted = int(res[0])
+	if w := int(res[2]); w >= 1 && w <= len(owner) {
+		refused.Budget = owner[w-1]
+	}
 	switch {
 	case res[1] < 0:
-		return granted, time.Time{}, ErrNeverFits
+		return granted, refused, ErrNeverFits
 	case res[1] > 0:
-		retryAt = time.UnixMilli(res[1]).UTC()
+		refused.RetryAt = time.UnixMilli(res[1]).UTC()
 	}
-	return granted, retryAt, nil
+	return granted, refused, nil
 }

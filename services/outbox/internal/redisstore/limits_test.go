@@ -32,10 +32,11 @@ func TestTakeKeepsEveryWindow(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
 	end := now.Add(3 * time.Hour)
-	refused := 0
+	refusals := 0
 	for now.Before(end) {
 		r := 1 + rng.IntN(8)
-		got, retry, err := l.Take(ctx, budget, []int{r}, now)
+		got, refused, err := l.Take(ctx, budget, []int{r}, now)
+		retry := refused.RetryAt
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,7 +45,7 @@ func TestTakeKeepsEveryWindow(t *testing.T) {
 			now = now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)
 			continue
 		}
-		refused++
+		refusals++
 		if !retry.After(now) {
 			t.Fatalf("refused at %v with a retry time %v not after it", now, retry)
 		}
@@ -57,8 +58,8 @@ func TestTakeKeepsEveryWindow(t *testing.T) {
 		log = append(log, grant{retry, r})
 		now = retry.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)
 	}
-	if refused == 0 || len(log) < 200 {
-		t.Fatalf("%d grants, %d refusals: the test did not reach the limits", len(log), refused)
+	if refusals == 0 || len(log) < 200 {
+		t.Fatalf("%d grants, %d refusals: the test did not reach the limits", len(log), refusals)
 	}
 	for _, w := range budget[0].Windows {
 		for i, g := range log {
@@ -93,7 +94,8 @@ func TestTakeCalendarDay(t *testing.T) {
 		{Day: true, Zone: vienna, Limit: 100, Recipients: true},
 	}}}
 	evening := time.Date(2026, 12, 7, 22, 30, 0, 0, vienna)
-	got, retry, err := l.Take(ctx, budget, []int{60, 30, 20, 1}, evening)
+	got, refused, err := l.Take(ctx, budget, []int{60, 30, 20, 1}, evening)
+	retry := refused.RetryAt
 	if err != nil || got != 2 {
 		t.Fatalf("Take = %d, %v; want the first two (90 recipients)", got, err)
 	}
@@ -154,8 +156,9 @@ func TestTakeOnRedisCluster(t *testing.T) {
 		{Tenant: "kanzlei", Key: "c:relay", Windows: []redisstore.Window{{Length: time.Minute, Limit: 10}}},
 		{Tenant: "kanzlei", Key: "s:info@kanzlei.example", Windows: []redisstore.Window{{Day: true, Limit: 4, Recipients: true}}},
 	}
-	if got, _, err := l.Take(ctx, budgets, []int{1, 2, 2}, now); err != nil || got != 2 {
-		t.Fatalf("Take = %d, %v; want 2 (4 recipients a day)", got, err)
+	got, refused, err := l.Take(ctx, budgets, []int{1, 2, 2}, now)
+	if err != nil || got != 2 || refused.Budget != 1 {
+		t.Fatalf("Take = %d, %+v, %v; want 2 (4 recipients a day), refused by the sender's budget (1)", got, refused, err)
 	}
 	other := append(budgets[:1:1], redisstore.Budget{Tenant: "notariat", Key: "c:relay", Windows: []redisstore.Window{{Length: time.Minute, Limit: 10}}})
 	if _, _, err := l.Take(ctx, other, []int{1}, now); err == nil {
