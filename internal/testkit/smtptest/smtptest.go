@@ -196,6 +196,8 @@ type config struct {
 	requireTLS      bool
 	implicitTLS     bool
 	smtpUTF8        bool
+	rateN           int
+	ratePer         time.Duration
 }
 
 // WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
@@ -222,6 +224,13 @@ func WithRequireTLS() Option { return func(c *config) { c.startTLS, c.requireTLS
 // characters can be accepted; without it the sink, like go-smtp, refuses MAIL FROM with SMTPUTF8.
 func WithSMTPUTF8() Option { return func(c *config) { c.smtpUTF8 = true } }
 
+// WithRateLimit makes the sink a relay that rations, as providers do: it accepts at most n
+// messages in any window of per, counted by when each message's data arrived, and answers one
+// over the limit as ThrottleData does (451 4.7.500 Server busy), counting it (Throttled).
+func WithRateLimit(n int, per time.Duration) Option {
+	return func(c *config) { c.rateN, c.ratePer = n, per }
+}
+
 // WithImplicitTLS makes the sink speak TLS from the first byte, as relays on port 465 do, with
 // the certificate WithSTARTTLS uses; clients trust it through ClientTLSConfig.
 func WithImplicitTLS() Option { return func(c *config) { c.implicitTLS = true } }
@@ -244,8 +253,10 @@ type Sink struct {
 	behavior Behavior
 	hook     func(Envelope) Behavior
 	messages []Message
-	changed  chan struct{} // closed and replaced whenever a message is recorded
-	tb       testing.TB
+	// throttled counts messages refused by WithRateLimit's limit.
+	throttled int
+	changed   chan struct{} // closed and replaced whenever a message is recorded
+	tb        testing.TB
 }
 
 // Start runs a sink on 127.0.0.1 with a random port for tb and closes it at tb's cleanup.
@@ -408,6 +419,33 @@ func (s *Sink) enter() bool {
 	return true
 }
 
+// overRate reports whether a message arriving at now is over WithRateLimit's limit, and counts
+// it then.
+func (s *Sink) overRate(now time.Time) bool {
+	if s.cfg.rateN <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for i := len(s.messages) - 1; i >= 0 && now.Sub(s.messages[i].Received) < s.cfg.ratePer; i-- {
+		n++
+	}
+	if n < s.cfg.rateN {
+		return false
+	}
+	s.throttled++
+	return true
+}
+
+// Throttled is the number of messages WithRateLimit's limit refused: a sender that keeps to the
+// relay's limits makes it zero.
+func (s *Sink) Throttled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.throttled
+}
+
 func (s *Sink) record(m Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -563,6 +601,9 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	received := time.Now()
+	if ss.sink.overRate(received) {
+		return errThrottled
+	}
 
 	switch ss.sink.decide(Envelope{From: ss.from, To: ss.to, Stage: StageData}) {
 	case TempFailData:
