@@ -54,6 +54,12 @@ func TestRelayLimitsAcrossReplicas(t *testing.T) {
 	if _, err := e.outbox.EnableConnector(e.admin(), &outboxv1.EnableConnectorRequest{ConnectorId: "rationed"}); err != nil {
 		t.Fatal(err)
 	}
+	// While the backlog drains, the connector shows that it waits, why, and what is left.
+	poll.Eventually(t, "GetConnector to show the wait", func() bool {
+		r, err := second.GetConnector(e.admin(), &outboxv1.GetConnectorRequest{ConnectorId: "rationed"})
+		return err == nil && r.GetHeldUntil() != nil && r.GetHeldReason() == "the relay's limits set on the connector" &&
+			r.GetDueCount()+r.GetLaterCount() > 0
+	})
 	for _, id := range ids {
 		m := e.waitStatus(eva, id, outboxv1.EmailStatus_EMAIL_STATUS_SENT)
 		if m.GetAttemptCount() != 1 {
@@ -61,6 +67,10 @@ func TestRelayLimitsAcrossReplicas(t *testing.T) {
 		}
 	}
 	poll.Eventually(t, "24 messages at the relay", func() bool { return len(sink.Messages()) >= 24 })
+	r, err := e.outbox.GetConnector(e.admin(), &outboxv1.GetConnectorRequest{ConnectorId: "rationed"})
+	if err != nil || r.GetDueCount() != 0 || r.GetLaterCount() != 0 {
+		t.Errorf("after the backlog: GetConnector = %v (%v), want nothing due now or later", r, err)
+	}
 	if n := sink.Throttled(); n != 0 {
 		t.Errorf("the relay refused %d messages for the pace: a limit was exceeded", n)
 	}

@@ -410,12 +410,19 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time, maxAttempts int) (redi
 }
 
 // hold keeps the lane from claiming until t, when the relay's limits allow the next send, and
-// schedules a poke for then.
-func (l *lane) hold(t time.Time) {
+// schedules a poke for then. A longer wait is recorded in Redis with why, for GetConnector.
+func (l *lane) hold(t time.Time, why string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if t.After(l.heldUntil) {
 		l.heldUntil = t
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := l.d.Ledger.Hold(ctx, l.key.Tenant, l.key.Connector, t, why); err != nil {
+				l.d.Logger.Warn("record a connector's wait", "tenant", l.key.Tenant, "connector", l.key.Connector, "error", err)
+			}
+		}()
 	}
 	if !l.waking {
 		l.waking = true
@@ -471,7 +478,7 @@ func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.R
 		}
 		// The connector's own limit holds all of its mail: the lane claims nothing until then,
 		// and the email keeps its place.
-		l.hold(refused.RetryAt)
+		l.hold(refused.RetryAt, "the relay's limits set on the connector")
 		d.handBack(c, why)
 		return nil, true
 	}
@@ -770,7 +777,12 @@ func (l *lane) backOff(res smtp.Result, conn Connector, now time.Time) time.Time
 		d.mu.Unlock()
 		until = now.Add(min(throttleFirst<<min(n-1, 10), throttleMax))
 	}
-	l.hold(until)
+	reply := strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
+	if res.Outcome == outbox.OutcomeQuotaExhausted {
+		l.hold(until, "the relay's daily quota is used up: "+reply)
+	} else {
+		l.hold(until, "the relay asked to slow down: "+reply)
+	}
 	l.d.count("throttled", 1)
 	return until
 }

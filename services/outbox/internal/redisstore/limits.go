@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -237,4 +238,74 @@ func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, n
 		refused.RetryAt = time.UnixMilli(res[1]).UTC()
 	}
 	return granted, refused, nil
+}
+
+// heldKey records until when, and why, a connector's mail waits for the relay: "MS|reason", with
+// the wait's end as its expiry, for every replica's API (a lane's hold itself is the replica's).
+func heldKey(tenant, connector string) string { return limitTag(tenant) + ":held:" + connector }
+
+// holdScript extends a connector's recorded wait, never shortens it.
+// KEYS[1] held key; ARGV[1] until ms, ARGV[2] reason. Returns 1 when written.
+var holdScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ms = tonumber(string.match(cur, '^(%d+)|'))
+  if ms and ms >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PXAT', ARGV[1])
+return 1
+`)
+
+// Hold records that a connector's mail waits until until (the relay's limits, or a back-off
+// after throttling replies) and why, so GetConnector shows it whichever replica is asked. A later
+// wait extends it; it expires by itself.
+func (l *Ledger) Hold(ctx context.Context, tenant, connector string, until time.Time, reason string) error {
+	if err := holdScript.Run(ctx, l.rdb, []string{heldKey(tenant, connector)}, until.UnixMilli(), reason).Err(); err != nil {
+		return fmt.Errorf("record the connector's wait: %w", err)
+	}
+	return nil
+}
+
+// Held returns until when and why a connector's mail waits; the zero time when it does not.
+func (l *Ledger) Held(ctx context.Context, tenant, connector string, now time.Time) (time.Time, string, error) {
+	v, err := l.rdb.Get(ctx, heldKey(tenant, connector)).Result()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, "", nil
+	}
+	if err != nil {
+		return time.Time{}, "", fmt.Errorf("read the connector's wait: %w", err)
+	}
+	msStr, reason, _ := strings.Cut(v, "|")
+	ms, err := strconv.ParseInt(msStr, 10, 64)
+	if err != nil || !time.UnixMilli(ms).After(now) {
+		return time.Time{}, "", nil //nolint:nilerr // a malformed or past wait is no wait
+	}
+	return time.UnixMilli(ms).UTC(), reason, nil
+}
+
+// Waiting counts a connector's open mail in its lane's indexes over every partition: due is
+// what is due now or in conversation (SENDING), later what comes due after now (scheduled, or
+// waiting for a retry, a back-off or a limit). CONNECTOR_DISABLED and FAILED mail is in neither.
+// One pipelined round trip of four counts per partition, for an admin's question, not a hot path.
+func (l *Ledger) Waiting(ctx context.Context, lane Lane, now time.Time) (due, later int64, err error) {
+	pipe := l.rdb.Pipeline()
+	nowMS := strconv.FormatInt(now.UnixMilli(), 10)
+	var dues, laters []*redis.IntCmd
+	for p := range l.parts {
+		dues = append(dues, pipe.ZCard(ctx, laneIndexKey(p, lane, 0)))
+		for idx := 1; idx <= 3; idx++ {
+			dues = append(dues, pipe.ZCount(ctx, laneIndexKey(p, lane, idx), "-inf", nowMS))
+			laters = append(laters, pipe.ZCount(ctx, laneIndexKey(p, lane, idx), "("+nowMS, "+inf"))
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, 0, fmt.Errorf("count the connector's mail: %w", err)
+	}
+	for _, c := range dues {
+		due += c.Val()
+	}
+	for _, c := range laters {
+		later += c.Val()
+	}
+	return due, later, nil
 }

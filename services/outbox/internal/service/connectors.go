@@ -245,6 +245,28 @@ func (a *ConnectorAdmin) Get(ctx context.Context, p auth.Principal, id string) (
 	return ConnectorProto(c), nil
 }
 
+// State is what a connector's mail is doing now: until when and why it waits for the relay,
+// and how much is due now or later.
+type State struct {
+	HeldUntil     time.Time
+	HeldReason    string
+	Due, DueLater int64
+}
+
+// State reads a connector's state for GetConnector; the connector must exist (Get first).
+func (a *ConnectorAdmin) State(ctx context.Context, p auth.Principal, id string) (State, error) {
+	now := a.now()
+	until, why, err := a.ledger.Held(ctx, p.Tenant, id, now)
+	if err != nil {
+		return State{}, err
+	}
+	due, later, err := a.ledger.Waiting(ctx, redisstore.Lane{Tenant: p.Tenant, Connector: id}, now)
+	if err != nil {
+		return State{}, err
+	}
+	return State{HeldUntil: until, HeldReason: why, Due: due, DueLater: later}, nil
+}
+
 // List returns a page of connectors by id.
 func (a *ConnectorAdmin) List(ctx context.Context, p auth.Principal, size int, token string) ([]*outboxv1.Connector, string, error) {
 	size, after, err := paging.Request("connectors", size, token, 0)
