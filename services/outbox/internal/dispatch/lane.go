@@ -668,8 +668,11 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 	}
 	if res.Outcome != outbox.OutcomeSent {
 		change.Error = res.Message
-		if res.Code != 0 {
+		switch {
+		case res.Code != 0:
 			change.Error = strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
+		case res.Enhanced != "":
+			change.Error = res.Enhanced + " " + res.Message // our own refusal with its RFC 3463 code (5.6.7)
 		}
 		if decision.MayHaveBeenSent {
 			change.Error = "the connection was lost after the message was handed over; it may have been sent: " + change.Error
