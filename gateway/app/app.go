@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/postamt/postamt/gateway/internal/console"
 	"github.com/postamt/postamt/gateway/internal/edge"
 	"github.com/postamt/postamt/gateway/internal/limit"
 	"github.com/postamt/postamt/gateway/internal/proxy"
@@ -50,6 +51,7 @@ type Config struct {
 	CORSOrigins  string        `env:"GATEWAY_CORS_ORIGINS" desc:"comma-separated origins browsers may call the HTTP API from (* for any); empty sends no CORS headers"`
 	MaxBodyBytes int64         `env:"GATEWAY_MAX_BODY_BYTES, default=37748736" desc:"largest HTTP request body, in bytes (a 25 MiB email with base64 attachments in JSON needs about 34 MiB)"`
 	HTTPTimeout  time.Duration `env:"GATEWAY_HTTP_READ_TIMEOUT, default=60s" desc:"time to read an HTTP request, headers and body"`
+	Console      bool          `env:"GATEWAY_CONSOLE, default=true" desc:"serve the outbox console at /console/ and accept its HttpOnly session cookie on the HTTP API (same-origin calls only)"`
 }
 
 // Validate checks the values no default can fix.
@@ -87,9 +89,20 @@ type Deps struct {
 	Metrics  *prometheus.Registry
 	// Server is the base of the gRPC server's options (drain, limits); the gateway adds the rest.
 	Server grpcserver.Options
-	// Now is the clock of the rate limit; nil means time.Now.
+	// Now is the clock of the rate limit and the console's cookies; nil means time.Now.
 	Now func() time.Time
+	// ConsoleCodes are the one-time sign-in codes the console accepts (`postamt up` issues one
+	// for its dev user); nil accepts none, as in production, where people sign in with a token
+	// of the identity provider.
+	ConsoleCodes *ConsoleCodes
 }
+
+// ConsoleCodes are one-time console sign-in codes, each standing for a token: the URL `postamt
+// up` prints carries a code, never the token.
+type ConsoleCodes = console.Codes
+
+// NewConsoleCodes returns an empty set of codes; now is its clock (nil: time.Now).
+func NewConsoleCodes(now func() time.Time) *ConsoleCodes { return console.NewCodes(now) }
 
 // App is a wired gateway.
 type App struct {
@@ -194,10 +207,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	if err := calendarv1.RegisterCalendarServiceHandlerClient(ctx, mux, calendarv1.NewCalendarServiceClient(calendar)); err != nil {
 		return nil, fmt.Errorf("gateway: calendar routes: %w", err)
 	}
+	var con *console.Console
+	if cfg.Console {
+		if con, err = console.New(console.Options{Verifier: deps.Verifier, Codes: deps.ConsoleCodes, Logger: deps.Logger, Now: deps.Now}); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	a.http = &http.Server{
 		Handler: edge.Handler(edge.Options{
 			Mux: mux, Verifier: deps.Verifier, Limiter: limiter, CORSOrigins: cfg.origins(),
-			MaxBodyBytes: cfg.MaxBodyBytes, OpenAPI: postamtproto.OpenAPI(), Logger: deps.Logger,
+			MaxBodyBytes: cfg.MaxBodyBytes, OpenAPI: postamtproto.OpenAPI(), Logger: deps.Logger, Console: con,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.HTTPTimeout,
