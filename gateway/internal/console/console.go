@@ -151,7 +151,7 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	if exp.IsZero() || maxAge <= 0 {
 		maxAge = 0 // a session cookie, gone with the browser
 	}
-	http.SetCookie(w, &http.Cookie{
+	http.SetCookie(w, &http.Cookie{ //nolint:gosec // G124: HttpOnly and SameSite=Strict; Secure is off only on plain HTTP to a loopback host (secure)
 		Name: CookieName, Value: token, Path: "/", MaxAge: maxAge,
 		HttpOnly: true, Secure: secure(r), SameSite: http.SameSiteStrictMode,
 	})
@@ -169,7 +169,7 @@ func (c *Console) signOut(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sign-out only from the console's own page", http.StatusForbidden)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{
+	http.SetCookie(w, &http.Cookie{ //nolint:gosec // G124: as in signIn
 		Name: CookieName, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, Secure: secure(r), SameSite: http.SameSiteStrictMode,
 	})
@@ -214,7 +214,13 @@ var ErrCrossSite = errors.New("the session cookie is accepted only from the cons
 // same-origin. No cookie is "", nil; a cookie without that proof is ErrCrossSite.
 func (c *Console) Token(r *http.Request) (string, error) {
 	ck, err := r.Cookie(CookieName)
-	if err != nil || ck.Value == "" {
+	if errors.Is(err, http.ErrNoCookie) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("session cookie: %w", err)
+	}
+	if ck.Value == "" {
 		return "", nil
 	}
 	if r.Header.Get(CSRFHeader) != "1" || !sameOrigin(r, false) {
