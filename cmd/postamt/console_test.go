@@ -543,4 +543,36 @@ func TestConsole(t *testing.T) {
 		admin.waitJS(t, "the popup closed, the focus back on the row", `!document.getElementById('detail').open && `+isRow)
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 	})
+
+	t.Run("connectors: disabled holds mail with its reason, enabled queues it again", func(t *testing.T) {
+		admin.click(t, "#nav-connectors")
+		admin.waitJS(t, "the connectors page", `document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`)
+		admin.click(t, "#connectors tr[data-id=flaky] button")
+		admin.waitJS(t, "the connector disabled", `document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
+		id := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+			"subject": "Held", "textBody": "x", "connectorId": "flaky"})
+		s.waitStatus(t, id, "EMAIL_STATUS_CONNECTOR_DISABLED")
+		admin.click(t, "#nav-outbox")
+		admin.waitJS(t, "the held row with its reason", rowStatus("Held")+` === 'CONNECTOR_DISABLED' && `+rowJS("Held")+`.querySelector('[data-status] .reason').textContent.includes('disabled')`)
+		admin.click(t, "#nav-connectors")
+		admin.click(t, "#connectors tr[data-id=flaky] button")
+		admin.waitJS(t, "how much mail was queued again", `document.getElementById('connectors-result').textContent.includes('1 emails queued again')`)
+		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
+		admin.click(t, "#nav-outbox")
+	})
+
+	t.Run("German from the switch, and back", func(t *testing.T) {
+		sink.SetBehavior(smtptest.PermFailData)
+		id := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"mandant@example.com"},
+			"subject": "Frist 12.01.", "textBody": "x", "connectorId": "flaky", "priority": "PRIORITY_HIGH",
+			"workItem": map[string]any{"id": "CASE-4711", "type": "WORK_ITEM_TYPE_CASE"}})
+		s.waitStatus(t, id, "EMAIL_STATUS_FAILED")
+		admin.choose(t, "#lang", "de")
+		admin.waitJS(t, "German texts", `document.documentElement.lang === 'de' && document.getElementById('nav-outbox').textContent.includes('Postausgang')`+
+			` && document.querySelector('#grid-head th[data-col=STATUS]').textContent === 'Sendestatus'`)
+		admin.waitJS(t, "the failed row", rowStatus("Frist 12.01.")+` === 'FAILED'`)
+		admin.screenshot(t, "outbox-de-1280", 1280, 900)
+		admin.choose(t, "#lang", "en")
+		admin.waitJS(t, "English texts", `document.documentElement.lang === 'en' && document.getElementById('nav-outbox').textContent.includes('Outbox')`)
+	})
 }

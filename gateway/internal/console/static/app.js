@@ -592,6 +592,8 @@ function fillSelects() {
 
 function applyLanguage() {
   i18n.apply(document);
+  const any = $('f-connector').querySelector('option[value=""]');
+  if (any) any.textContent = t('filter.allconnectors');
   $('lang').value = i18n.lang;
   $('tz').textContent = t('tz', { tz: Intl.DateTimeFormat().resolvedOptions().timeZone });
   fillSelects();
