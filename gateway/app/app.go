@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -52,6 +53,12 @@ type Config struct {
 	MaxBodyBytes int64         `env:"GATEWAY_MAX_BODY_BYTES, default=37748736" desc:"largest HTTP request body, in bytes (a 25 MiB email with base64 attachments in JSON needs about 34 MiB)"`
 	HTTPTimeout  time.Duration `env:"GATEWAY_HTTP_READ_TIMEOUT, default=60s" desc:"time to read an HTTP request, headers and body"`
 	Console      bool          `env:"GATEWAY_CONSOLE, default=true" desc:"serve the outbox console at /console/ and accept its HttpOnly session cookie on the HTTP API (same-origin calls only)"`
+	// The console's sign-in with the identity provider (docs/console.md); off without an issuer.
+	OIDCIssuer           string `env:"GATEWAY_OIDC_ISSUER" desc:"OpenID Connect issuer URL the console signs people in with (code flow with PKCE); empty: sign-in by pasted token only"`
+	OIDCClientID         string `env:"GATEWAY_OIDC_CLIENT_ID" desc:"the gateway's client id at GATEWAY_OIDC_ISSUER"`
+	OIDCClientSecretFile string `env:"GATEWAY_OIDC_CLIENT_SECRET_FILE" desc:"file holding the client secret (a confidential client); empty for a public client"`
+	OIDCRedirectURL      string `env:"GATEWAY_OIDC_REDIRECT_URL" desc:"the console's callback as registered at the provider: https://<gateway>/console/callback"`
+	OIDCScopes           string `env:"GATEWAY_OIDC_SCOPES, default=openid" desc:"space-separated scopes the console asks the provider for (openid always)"`
 }
 
 // Validate checks the values no default can fix.
@@ -69,6 +76,7 @@ func (c *Config) Validate() error {
 	check(c.RateCallers >= 1 && c.RateCallers <= 10_000_000, "GATEWAY_RATE_CALLERS must be between 1 and 10000000, got %d", c.RateCallers)
 	check(c.MaxBodyBytes >= 1024, "GATEWAY_MAX_BODY_BYTES must be at least 1024, got %d", c.MaxBodyBytes)
 	check(c.HTTPTimeout >= time.Second, "GATEWAY_HTTP_READ_TIMEOUT must be at least 1s, got %s", c.HTTPTimeout)
+	check(c.OIDCIssuer == "" || c.OIDCClientID != "" && c.OIDCRedirectURL != "", "GATEWAY_OIDC_ISSUER needs GATEWAY_OIDC_CLIENT_ID and GATEWAY_OIDC_REDIRECT_URL")
 	return errors.Join(errList...)
 }
 
@@ -209,7 +217,20 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	}
 	var con *console.Console
 	if cfg.Console {
-		if con, err = console.New(console.Options{Verifier: deps.Verifier, Codes: deps.ConsoleCodes, Logger: deps.Logger, Now: deps.Now}); err != nil {
+		copts := console.Options{Verifier: deps.Verifier, Codes: deps.ConsoleCodes, Logger: deps.Logger, Now: deps.Now}
+		if cfg.OIDCIssuer != "" {
+			var secret []byte
+			if cfg.OIDCClientSecretFile != "" {
+				if secret, err = os.ReadFile(cfg.OIDCClientSecretFile); err != nil {
+					return nil, fmt.Errorf("gateway: GATEWAY_OIDC_CLIENT_SECRET_FILE: %w", err)
+				}
+			}
+			copts.OIDC = &console.OIDC{
+				Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID, ClientSecret: strings.TrimSpace(string(secret)),
+				RedirectURL: cfg.OIDCRedirectURL, Scopes: strings.Fields(cfg.OIDCScopes),
+			}
+		}
+		if con, err = console.New(copts); err != nil {
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
 	}

@@ -59,12 +59,15 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock of cookie lifetimes; nil means time.Now.
 	Now func() time.Time
+	// OIDC, when set, signs people in with the identity provider (code flow with PKCE).
+	OIDC *OIDC
 }
 
 // Console is the console's HTTP handler and the session check the API edge uses.
 type Console struct {
 	o      Options
 	assets http.Handler
+	oidc   *oidcFlow
 }
 
 // New returns the console.
@@ -82,7 +85,14 @@ func New(o Options) (*Console, error) {
 	if err != nil {
 		return nil, fmt.Errorf("console assets: %w", err)
 	}
-	return &Console{o: o, assets: http.StripPrefix(Path, http.FileServerFS(sub))}, nil
+	c := &Console{o: o, assets: http.StripPrefix(Path, http.FileServerFS(sub))}
+	if o.OIDC != nil {
+		if o.OIDC.Issuer == "" || o.OIDC.ClientID == "" || o.OIDC.RedirectURL == "" {
+			return nil, errors.New("console: OIDC needs an issuer, a client id and a redirect URL")
+		}
+		c.oidc = newOIDCFlow(*o.OIDC, o.Now)
+	}
+	return c, nil
 }
 
 // ServeHTTP serves the console's pages and its sign-in and sign-out.
@@ -93,10 +103,16 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case Path + "signin":
 		c.signIn(w, r)
+	case Path + "callback":
+		c.callback(w, r)
 	case Path + "signout":
 		c.signOut(w, r)
 	case Path + "session":
 		c.session(w, r)
+	case Path + "providers":
+		// Which sign-ins the sign-in page offers; no secret in it.
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"oidc":%t}`, c.oidc != nil) //nolint:gosec // G705: a constant JSON document with a bool
 	default:
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -109,12 +125,20 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // signIn exchanges a one-time code (GET ?code=, the URL `postamt up` prints) or a pasted token
-// (POST, form field "token") for the session cookie. A GET without a code shows the sign-in page.
+// (POST, form field "token") for the session cookie. A GET without a code starts the identity
+// provider's sign-in when one is configured, and shows the sign-in page otherwise.
 func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	var token string
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 		code := r.URL.Query().Get("code")
+		if code == "" && c.oidc != nil && r.URL.Query().Get("form") == "" {
+			if err := c.oidc.start(w, r); err != nil {
+				c.o.Logger.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in: identity provider unreachable", slog.Any("error", err))
+				http.Redirect(w, r, Path+"signin.html?error=oidc", http.StatusSeeOther)
+			}
+			return
+		}
 		if code == "" {
 			http.Redirect(w, r, Path+"signin.html", http.StatusSeeOther)
 			return
@@ -140,6 +164,27 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	c.setSession(w, r, token)
+}
+
+// callback finishes the identity provider's sign-in.
+func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
+	if c.oidc == nil || r.Method != http.MethodGet {
+		http.NotFound(w, r)
+		return
+	}
+	token, err := c.oidc.finish(w, r)
+	if err != nil {
+		c.o.Logger.LogAttrs(r.Context(), slog.LevelInfo, "console sign-in refused", slog.Any("error", err))
+		http.Redirect(w, r, Path+"signin.html?error=oidc", http.StatusSeeOther)
+		return
+	}
+	c.setSession(w, r, token)
+}
+
+// setSession puts a verified user token into the session cookie and sends the browser to the
+// console; a token the suite does not accept sends it back to the sign-in page.
+func (c *Console) setSession(w http.ResponseWriter, r *http.Request, token string) {
 	p, err := c.o.Verifier.Verify(token)
 	if err != nil || p.IsService() {
 		c.o.Logger.LogAttrs(r.Context(), slog.LevelInfo, "console sign-in refused", slog.Any("error", err))

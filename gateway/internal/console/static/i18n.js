@@ -64,7 +64,8 @@ const en = {
   'signin.help': 'The token is kept by the gateway in an HttpOnly cookie; this page cannot read it.',
   'signin.error.code': 'This sign-in link was used already or has expired. Sign in with a token.',
   'signin.error.token': 'The token was not accepted.', 'signin.error.expired': 'Your session has ended. Please sign in again.',
-  'signin.signedout': 'You are signed out.',
+  'signin.signedout': 'You are signed out.', 'signin.oidc': 'Sign in with your identity provider',
+  'signin.error.oidc': 'The identity provider did not sign you in. Please try again.',
   'tz': 'Times in {tz}', 'error': 'Error: {msg}', 'live.lost': 'Live updates interrupted; reconnecting…',
 };
 
@@ -131,7 +132,8 @@ const de = {
   'signin.help': 'Das Token bewahrt das Gateway in einem HttpOnly-Cookie auf; diese Seite kann es nicht lesen.',
   'signin.error.code': 'Dieser Anmeldelink wurde schon benutzt oder ist abgelaufen. Bitte mit einem Token anmelden.',
   'signin.error.token': 'Das Token wurde nicht angenommen.', 'signin.error.expired': 'Ihre Sitzung ist abgelaufen. Bitte erneut anmelden.',
-  'signin.signedout': 'Sie sind abgemeldet.',
+  'signin.signedout': 'Sie sind abgemeldet.', 'signin.oidc': 'Mit Ihrem Identitätsanbieter anmelden',
+  'signin.error.oidc': 'Der Identitätsanbieter hat Sie nicht angemeldet. Bitte erneut versuchen.',
   'tz': 'Zeiten in {tz}', 'error': 'Fehler: {msg}', 'live.lost': 'Live-Aktualisierung unterbrochen; verbinde neu…',
 };
 

@@ -10,3 +10,4 @@ const msg = document.getElementById('signin-msg');
 if (q.get('error')) msg.textContent = i18n.t('signin.error.' + q.get('error'));
 else if (q.get('signedout')) msg.textContent = i18n.t('signin.signedout');
 document.getElementById('token').focus();
+fetch('providers').then((r) => r.json()).then((p) => { document.getElementById('oidc').hidden = !p.oidc; }).catch(() => {});
