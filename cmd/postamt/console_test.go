@@ -544,6 +544,54 @@ func TestConsole(t *testing.T) {
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 	})
 
+	t.Run("live updates keep the selection; reschedule and send now", func(t *testing.T) {
+		sink.SetBehavior(smtptest.PermFailData)
+		later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		a := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+			"subject": "Selected", "textBody": "x", "connectorId": "flaky", "sendAt": later})
+		b := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+			"subject": "Changes live", "textBody": "x", "connectorId": "flaky", "sendAt": later})
+		admin.waitJS(t, "both scheduled rows, with who scheduled them", rowStatus("Selected")+` === 'SCHEDULED' && `+rowStatus("Changes live")+` === 'SCHEDULED'`+
+			` && `+rowJS("Selected")+`.querySelector('[data-status] .reason').textContent.includes('dev-admin')`)
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, a))
+		admin.waitJS(t, "one selected", `document.getElementById('sel-count').textContent === '1 selected'`)
+		// A row the page re-renders loses this mark; a reload of the grid would drop it.
+		evalJS[chromedp.Void](t, admin, rowJS("Selected")+`.dataset.mark = 'kept'`)
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
+		s.waitStatus(t, b, "EMAIL_STATUS_FAILED")
+		admin.waitJS(t, "the other row to turn Failed in place", rowStatus("Changes live")+` === 'FAILED'`)
+		if !evalJS[bool](t, admin, rowJS("Selected")+`.dataset.mark === 'kept' && `+rowJS("Selected")+`.querySelector('td.sel input').checked`) {
+			t.Error("the live update re-rendered the grid or lost the selection")
+		}
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Reschedule]`, a))
+		admin.waitJS(t, "the reschedule dialog", `document.getElementById('reschedule').open`)
+		when := evalJS[string](t, admin, `(() => { const d = new Date(Date.now() + 2 * 3600e3); d.setSeconds(0, 0); const p = (n) => String(n).padStart(2, '0');`+
+			" document.getElementById('r-at').value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; return d.toISOString(); })()")
+		admin.click(t, "#reschedule-form button[type=submit]")
+		admin.waitJS(t, "the reschedule's result", `!document.getElementById('reschedule').open && document.getElementById('bulk-result').textContent.includes('1 of 1')`)
+		got, _ := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/emails/"+a, nil)["email"].(map[string]any)["sendAt"].(string)
+		wantT, _ := time.Parse(time.RFC3339, when)
+		if gotT, err := time.Parse(time.RFC3339, got); err != nil || !gotT.Equal(wantT) {
+			t.Errorf("send_at after reschedule = %q, want %s", got, when)
+		}
+		sink.SetBehavior(smtptest.Accept)
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=SendNow]`, a))
+		s.waitStatus(t, a, "EMAIL_STATUS_SENT")
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
+	})
+
+	t.Run("settings: the undo delay from the settings page", func(t *testing.T) {
+		admin.click(t, "#nav-settings")
+		admin.do(t, "set the undo delay", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible))
+		admin.click(t, "#settings-form button[type=submit]")
+		admin.waitJS(t, "saved", `document.getElementById('settings-result').textContent === 'Settings saved.'`)
+		if got := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/users/me/settings", nil)["settings"].(map[string]any)["undoDelay"]; got != "42s" {
+			t.Errorf("undo delay = %v, want 42s", got)
+		}
+		s.api(t, s.adminTok, http.MethodPatch, "/v1/outbox/users/me/settings", map[string]any{"undoDelay": "0s"})
+		admin.click(t, "#nav-outbox")
+	})
+
 	t.Run("connectors: disabled holds mail with its reason, enabled queues it again", func(t *testing.T) {
 		admin.click(t, "#nav-connectors")
 		admin.waitJS(t, "the connectors page", `document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`)
