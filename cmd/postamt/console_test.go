@@ -580,6 +580,26 @@ func TestConsole(t *testing.T) {
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
 	})
 
+	t.Run("a bulk action names the emails it did not apply to, and why", func(t *testing.T) {
+		sink.SetBehavior(smtptest.PermFailData)
+		failed := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+			"subject": "Retryable", "textBody": "x", "connectorId": "flaky"})
+		s.waitStatus(t, failed, "EMAIL_STATUS_FAILED")
+		scheduled := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+			"subject": "Not retryable", "textBody": "x", "connectorId": "flaky", "sendAt": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
+		admin.waitJS(t, "both rows", rowStatus("Retryable")+` === 'FAILED' && `+rowStatus("Not retryable")+` === 'SCHEDULED'`)
+		sink.SetBehavior(smtptest.Accept)
+		for _, id := range []string{failed, scheduled} {
+			admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, id))
+		}
+		admin.waitJS(t, "two selected", `document.getElementById('sel-count').textContent === '2 selected'`)
+		admin.click(t, "#bulk-retry")
+		admin.waitJS(t, "the result with the one failure named", `document.getElementById('bulk-result').textContent.includes('1 of 2')`+
+			` && document.querySelector('#bulk-result .failures li')?.textContent.startsWith('Not retryable: ')`)
+		s.waitStatus(t, failed, "EMAIL_STATUS_SENT")
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{scheduled}}})
+	})
+
 	t.Run("settings: the undo delay from the settings page", func(t *testing.T) {
 		admin.click(t, "#nav-settings")
 		admin.do(t, "set the undo delay", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible))

@@ -92,6 +92,10 @@ async function loadList() {
     const res = await call('GET', '/v1/outbox/emails' + q);
     state.rows = res.emails || [];
     state.nextToken = res.nextPageToken || '';
+    // The selection is of rows on the page: one that left it (sent, cancelled, another page) is
+    // no longer selected, so a bulk action never reaches mail the user cannot see.
+    const shown = new Set(state.rows.map((e) => e.emailId));
+    for (const id of state.selected) if (!shown.has(id)) state.selected.delete(id);
     renderGrid();
   } catch (err) {
     showError($('bulk-result'), err);
