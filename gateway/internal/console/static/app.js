@@ -501,13 +501,13 @@ async function startWatch() {
     let opened = false;
     try {
       await watch('/v1/outbox/emails:watch' + query({ view: state.view, ...filterQuery(filter()) }), applyLive,
-        () => { opened = true; backoff = 500; }, ac.signal);
+        () => { opened = true; backoff = 500; $('live-status').textContent = ''; }, ac.signal);
     } catch (err) {
       if (ac.signal.aborted) return;
       if (err instanceof ApiError && err.status === 401) return;
     }
     if (ac.signal.aborted) return;
-    $('bulk-result').textContent = t('live.lost');
+    $('live-status').textContent = t('live.lost');
     await new Promise((r) => setTimeout(r, backoff));
     backoff = Math.min(backoff * 2, 15000);
     if (opened) reloadSoon(); // changes may have been missed while disconnected
