@@ -643,4 +643,46 @@ func TestConsole(t *testing.T) {
 		admin.choose(t, "#lang", "en")
 		admin.waitJS(t, "English texts", `document.documentElement.lang === 'en' && document.getElementById('nav-outbox').textContent.includes('Outbox')`)
 	})
+
+	t.Run("text filter, work item link, sorting, rows per page; compose with a send time", func(t *testing.T) {
+		admin.waitJS(t, "the failed case email among others", rowStatus("Frist 12.01.")+` === 'FAILED' && document.querySelectorAll('#grid-body tr').length > 1`)
+		setText := func(v string) {
+			q, _ := json.Marshal(v)
+			evalJS[chromedp.Void](t, admin, `(() => { const el = document.getElementById('f-text'); el.value = `+string(q)+`; el.dispatchEvent(new Event('input')); })()`)
+		}
+		onlyFrist := `document.querySelectorAll('#grid-body tr').length === 1 && ` + rowJS("Frist 12.01.")
+		setText("frist")
+		admin.waitJS(t, "the text filter", onlyFrist)
+		setText("")
+		admin.waitJS(t, "all rows again", `document.querySelectorAll('#grid-body tr').length > 1`)
+		admin.click(t, `#grid-body td[data-col=WORK_ITEM] a`)
+		admin.waitJS(t, "the work item's mail", onlyFrist+` && !document.getElementById('f-workitem').hidden`)
+		admin.click(t, "#f-workitem button")
+		admin.waitJS(t, "all rows again", `document.querySelectorAll('#grid-body tr').length > 1`)
+		admin.choose(t, "#f-order", "EMAIL_ORDER_SUBMIT_TIME_DESC")
+		admin.waitJS(t, "newest submitted first", `document.querySelector('#grid-body tr [data-col=SUBJECT]')?.textContent === 'Frist 12.01.'`)
+		admin.choose(t, "#f-order", "EMAIL_ORDER_UNSPECIFIED")
+		admin.choose(t, "#f-pagesize", "10")
+		deadline := time.Now().Add(browserWait)
+		for s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/users/me/settings", nil)["settings"].(map[string]any)["pageSize"] != float64(10) {
+			if time.Now().After(deadline) {
+				t.Fatal("rows per page not saved")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+
+		admin.click(t, "#btn-compose")
+		admin.do(t, "fill in a scheduled email",
+			chromedp.SetValue(chromedp.CSS("#c-to"), "later@example.com", chromedp.NodeVisible),
+			chromedp.SetValue(chromedp.CSS("#c-subject"), "Tomorrow", chromedp.NodeVisible),
+			chromedp.SetValue(chromedp.CSS("#c-body"), "x", chromedp.NodeVisible))
+		evalJS[chromedp.Void](t, admin, `(() => { const d = new Date(Date.now() + 86400e3); const p = (n) => String(n).padStart(2, '0');`+
+			" document.getElementById('c-sendat').value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; })()")
+		admin.click(t, "#compose-form button[type=submit]")
+		admin.waitJS(t, "scheduled, with who and when", `document.getElementById('bulk-result').textContent.startsWith('Scheduled for')`+
+			` && `+rowStatus("Tomorrow")+` === 'SCHEDULED' && `+rowJS("Tomorrow")+`.querySelector('.reason').textContent.startsWith('scheduled by dev-admin for')`)
+		id := evalJS[string](t, admin, rowJS("Tomorrow")+`.dataset.id`)
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Cancel]`, id))
+		s.waitStatus(t, id, "EMAIL_STATUS_CANCELLED")
+	})
 }
