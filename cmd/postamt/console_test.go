@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
@@ -150,8 +152,28 @@ func (s *consoleSuite) newBrowser(t *testing.T) *browser {
 	if err := chromedp.Do(ctx); err != nil { // starts the browser, without a timeout (see chromedp.NewContext)
 		t.Fatalf("start chromium: %v", err)
 	}
-	return &browser{s: s, ctx: ctx}
+	b := &browser{s: s, ctx: ctx}
+	b.do(t, "watch for script errors and CSP violations", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: problemsJS})
+		return err
+	}))
+	// Runs before the profile closes (cleanups run last first).
+	t.Cleanup(func() {
+		if p := evalJS[string](t, b, `sessionStorage.getItem('problems') || ''`); p != "" {
+			t.Errorf("the page reported problems: %s", p)
+		}
+	})
+	return b
 }
+
+// problemsJS runs in every page before its own scripts and notes uncaught errors, unhandled
+// rejections and CSP violations in sessionStorage (which outlives the tab's navigations).
+const problemsJS = `(() => {
+  const note = (m) => { const a = JSON.parse(sessionStorage.getItem('problems') || '[]'); a.push(m); sessionStorage.setItem('problems', JSON.stringify(a)); };
+  addEventListener('error', (e) => note('error: ' + e.message));
+  addEventListener('unhandledrejection', (e) => note('unhandled rejection: ' + (e.reason?.message || e.reason)));
+  document.addEventListener('securitypolicyviolation', (e) => note('CSP: ' + e.violatedDirective + ' ' + e.blockedURI));
+})()`
 
 // do runs steps with a bounded wait.
 func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
