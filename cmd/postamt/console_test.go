@@ -166,6 +166,13 @@ func (s *consoleSuite) newBrowser(t *testing.T) *browser {
 	return b
 }
 
+// unnamedJS lists the visible controls a screen reader could not name: no label, no
+// aria-label or aria-labelledby, no text.
+const unnamedJS = `[...document.querySelectorAll('input, select, textarea, button, a[href]')]
+  .filter((el) => el.offsetParent !== null || el.closest('dialog[open]'))
+  .filter((el) => !(el.labels?.length || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') || el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 80))`
+
 // problemsJS runs in every page before its own scripts and notes uncaught errors, unhandled
 // rejections and CSP violations in sessionStorage (which outlives the tab's navigations).
 const problemsJS = `(() => {
@@ -373,6 +380,9 @@ func TestConsole(t *testing.T) {
 		if who := evalJS[string](t, admin, `document.getElementById('who').textContent`); !strings.Contains(who, "dev-admin") {
 			t.Errorf("signed in as %q, want dev-admin", who)
 		}
+		if unnamed := evalJS[[]string](t, admin, unnamedJS); len(unnamed) > 0 {
+			t.Errorf("controls without an accessible name: %v", unnamed)
+		}
 		if cookie := evalJS[string](t, admin, `document.cookie`); cookie != "" {
 			t.Errorf("the page can read cookies %q; the session cookie must be HttpOnly", cookie)
 		}
@@ -384,6 +394,9 @@ func TestConsole(t *testing.T) {
 	t.Run("submit, queued, cancelled inside the undo delay, never sent", func(t *testing.T) {
 		admin.click(t, "#btn-compose")
 		admin.waitJS(t, "the sender addresses", `document.querySelector('#c-from option[value="dev-admin@postamt.localhost"]')`)
+		if unnamed := evalJS[[]string](t, admin, unnamedJS); len(unnamed) > 0 {
+			t.Errorf("compose: controls without an accessible name: %v", unnamed)
+		}
 		admin.do(t, "fill in the email",
 			chromedp.SetValue(chromedp.CSS("#c-to"), "client@example.com", chromedp.NodeVisible),
 			chromedp.SetValue(chromedp.CSS("#c-subject"), "Undo me", chromedp.NodeVisible),
