@@ -380,9 +380,10 @@ function openUndo(e) {
   const until = new Date(e.nextAttemptTime).getTime();
   const tick = () => {
     const n = Math.max(0, Math.ceil((until - Date.now()) / 1000));
-    $('undo-text').textContent = t('undo.countdown', { n });
+    const left = n >= 60 ? `${Math.floor(n / 60)}:${String(n % 60).padStart(2, '0')} min` : `${n} s`;
+    $('undo-text').textContent = t('undo.countdown', { n: left });
     // Screen readers hear the countdown every 5 s, not every second.
-    if (n % 5 === 0 || n <= 3) $('undo-live').textContent = t('undo.countdown', { n });
+    if (n % 5 === 0 || n <= 3) $('undo-live').textContent = t('undo.countdown', { n: left });
     if (n === 0) { finishUndo(t('undo.sent')); }
   };
   $('undo-sendnow').disabled = $('undo-cancel').disabled = false;
