@@ -76,12 +76,13 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, lookup func(
 	if fs.NArg() != 1 {
 		return fmt.Errorf("serve: name the one service to run (each has its own GRPC_ADDR): one of %v", knownServices)
 	}
-	return serve(ctx, fs.Arg(0), stderr, lookup, nil)
+	return serve(ctx, fs.Arg(0), stderr, lookup, nil, nil)
 }
 
 // serve runs a service with the environment's configuration; ready (when not nil) is closed once
-// the gRPC listener accepts connections.
-func serve(ctx context.Context, service string, stderr io.Writer, lookup func(string) (string, bool), ready chan<- struct{}) error {
+// the gRPC listener accepts connections. codes are the gateway's one-time console sign-in codes
+// (`postamt up` only; nil elsewhere).
+func serve(ctx context.Context, service string, stderr io.Writer, lookup func(string) (string, bool), ready chan<- struct{}, codes *gatewayapp.ConsoleCodes) error {
 	if !slices.Contains(knownServices, service) {
 		return fmt.Errorf("unknown service %q; known: %v", service, knownServices)
 	}
@@ -121,7 +122,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 	var svc app
 	if service == gatewayapp.Name {
 		// The gateway keeps no state: no Redis, no NATS.
-		svc, err = gatewayapp.New(ctx, cfg.Gateway, gatewayapp.Deps{Logger: log, Verifier: verifier, Metrics: reg, Server: serverOpts})
+		svc, err = gatewayapp.New(ctx, cfg.Gateway, gatewayapp.Deps{Logger: log, Verifier: verifier, Metrics: reg, Server: serverOpts, ConsoleCodes: codes})
 	} else {
 		rdb, err := redisx.Open(ctx, cfg.RedisURL, append(cfg.RedisOptions(), redisx.WithClientName("postamt-"+service))...)
 		if err != nil {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	gatewayapp "github.com/postamt/postamt/gateway/app"
 	"github.com/postamt/postamt/internal/auth"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -112,6 +113,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	// Each service is served as on Kubernetes, on its own port; they share this process's
 	// Redis and NATS.
 	errc := make(chan error, 5)
+	codes := gatewayapp.NewConsoleCodes(nil)
 	start := func(service string, env map[string]string) error {
 		ready := make(chan struct{})
 		go func() {
@@ -120,7 +122,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 					return v, true
 				}
 				return upLookup(k)
-			}, ready)
+			}, ready, codes)
 		}()
 		select {
 		case err := <-errc:
@@ -163,7 +165,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := seedDev(ctx, *grpcAddr, *outboxAddr, token, host, port); err != nil {
 		return err
 	}
-	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir)
+	// The console URL carries a one-time code for the token, not the token: the browser's
+	// history keeps a spent code.
+	code := codes.Issue(token, consoleCodeTTL)
+	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir, code)
 	err = <-errc
 	for range 4 {
 		if err2 := <-errc; err == nil {
@@ -315,6 +320,9 @@ func seedDev(ctx context.Context, addr, outboxAddr, token, catchHost string, cat
 	return nil
 }
 
+// consoleCodeTTL is how long the printed console URL signs in (once).
+const consoleCodeTTL = time.Hour
+
 // The quick start's HTTP steps; TestUp sends exactly these through the gateway.
 const (
 	quickMailbox = `{"mailbox":{"mailbox_id":"team","address":"team@postamt.localhost","display_name":"Team","kind":"MAILBOX_KIND_SHARED"}}`
@@ -325,10 +333,14 @@ const (
 
 // printQuickStart prints what to paste: every call goes through the gateway, gRPC on one
 // address for every service and HTTP/JSON with curl.
-func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir string) {
+func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir, code string) {
 	_, _ = fmt.Fprintf(w, `
 Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 (OpenAPI at /openapi.json). Stop with Ctrl-C.
+
+  Outbox console (signs the dev admin in once, within an hour; afterwards sign in at
+  http://%[4]s/console/signin with the token below):
+  http://%[4]s/console/signin?code=%[10]s
 
   export TOKEN=%[2]s
 
@@ -344,5 +356,5 @@ Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 The token is for tenant %[3]q with the admin and operator roles, valid for 24h. Sent mail
 leaves (after the 10s undo delay) through the connector "default" to a mail catcher that
 writes it to %[5]s.
-`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit)
+`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit, code)
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/postamt/postamt/gateway/internal/console"
 	"github.com/postamt/postamt/gateway/internal/edge"
 	"github.com/postamt/postamt/gateway/internal/limit"
 	"github.com/postamt/postamt/gateway/internal/proxy"
@@ -50,6 +52,13 @@ type Config struct {
 	CORSOrigins  string        `env:"GATEWAY_CORS_ORIGINS" desc:"comma-separated origins browsers may call the HTTP API from (* for any); empty sends no CORS headers"`
 	MaxBodyBytes int64         `env:"GATEWAY_MAX_BODY_BYTES, default=37748736" desc:"largest HTTP request body, in bytes (a 25 MiB email with base64 attachments in JSON needs about 34 MiB)"`
 	HTTPTimeout  time.Duration `env:"GATEWAY_HTTP_READ_TIMEOUT, default=60s" desc:"time to read an HTTP request, headers and body"`
+	Console      bool          `env:"GATEWAY_CONSOLE, default=true" desc:"serve the outbox console at /console/ and accept its HttpOnly session cookie on the HTTP API (same-origin calls only)"`
+	// The console's sign-in with the identity provider (docs/console.md); off without an issuer.
+	OIDCIssuer           string `env:"GATEWAY_OIDC_ISSUER" desc:"OpenID Connect issuer URL the console signs people in with (code flow with PKCE); empty: sign-in by pasted token only"`
+	OIDCClientID         string `env:"GATEWAY_OIDC_CLIENT_ID" desc:"the gateway's client id at GATEWAY_OIDC_ISSUER"`
+	OIDCClientSecretFile string `env:"GATEWAY_OIDC_CLIENT_SECRET_FILE" desc:"file holding the client secret (a confidential client); empty for a public client"`
+	OIDCRedirectURL      string `env:"GATEWAY_OIDC_REDIRECT_URL" desc:"the console's callback as registered at the provider: https://<gateway>/console/callback"`
+	OIDCScopes           string `env:"GATEWAY_OIDC_SCOPES, default=openid" desc:"space-separated scopes the console asks the provider for (openid always)"`
 }
 
 // Validate checks the values no default can fix.
@@ -67,6 +76,7 @@ func (c *Config) Validate() error {
 	check(c.RateCallers >= 1 && c.RateCallers <= 10_000_000, "GATEWAY_RATE_CALLERS must be between 1 and 10000000, got %d", c.RateCallers)
 	check(c.MaxBodyBytes >= 1024, "GATEWAY_MAX_BODY_BYTES must be at least 1024, got %d", c.MaxBodyBytes)
 	check(c.HTTPTimeout >= time.Second, "GATEWAY_HTTP_READ_TIMEOUT must be at least 1s, got %s", c.HTTPTimeout)
+	check(c.OIDCIssuer == "" || c.OIDCClientID != "" && c.OIDCRedirectURL != "", "GATEWAY_OIDC_ISSUER needs GATEWAY_OIDC_CLIENT_ID and GATEWAY_OIDC_REDIRECT_URL")
 	return errors.Join(errList...)
 }
 
@@ -87,9 +97,20 @@ type Deps struct {
 	Metrics  *prometheus.Registry
 	// Server is the base of the gRPC server's options (drain, limits); the gateway adds the rest.
 	Server grpcserver.Options
-	// Now is the clock of the rate limit; nil means time.Now.
+	// Now is the clock of the rate limit and the console's cookies; nil means time.Now.
 	Now func() time.Time
+	// ConsoleCodes are the one-time sign-in codes the console accepts (`postamt up` issues one
+	// for its dev user); nil accepts none, as in production, where people sign in with a token
+	// of the identity provider.
+	ConsoleCodes *ConsoleCodes
 }
+
+// ConsoleCodes are one-time console sign-in codes, each standing for a token: the URL `postamt
+// up` prints carries a code, never the token.
+type ConsoleCodes = console.Codes
+
+// NewConsoleCodes returns an empty set of codes; now is its clock (nil: time.Now).
+func NewConsoleCodes(now func() time.Time) *ConsoleCodes { return console.NewCodes(now) }
 
 // App is a wired gateway.
 type App struct {
@@ -194,10 +215,29 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	if err := calendarv1.RegisterCalendarServiceHandlerClient(ctx, mux, calendarv1.NewCalendarServiceClient(calendar)); err != nil {
 		return nil, fmt.Errorf("gateway: calendar routes: %w", err)
 	}
+	var con *console.Console
+	if cfg.Console {
+		copts := console.Options{Verifier: deps.Verifier, Codes: deps.ConsoleCodes, Logger: deps.Logger, Now: deps.Now}
+		if cfg.OIDCIssuer != "" {
+			var secret []byte
+			if cfg.OIDCClientSecretFile != "" {
+				if secret, err = os.ReadFile(cfg.OIDCClientSecretFile); err != nil {
+					return nil, fmt.Errorf("gateway: GATEWAY_OIDC_CLIENT_SECRET_FILE: %w", err)
+				}
+			}
+			copts.OIDC = &console.OIDC{
+				Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID, ClientSecret: strings.TrimSpace(string(secret)),
+				RedirectURL: cfg.OIDCRedirectURL, Scopes: strings.Fields(cfg.OIDCScopes),
+			}
+		}
+		if con, err = console.New(copts); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	a.http = &http.Server{
 		Handler: edge.Handler(edge.Options{
 			Mux: mux, Verifier: deps.Verifier, Limiter: limiter, CORSOrigins: cfg.origins(),
-			MaxBodyBytes: cfg.MaxBodyBytes, OpenAPI: postamtproto.OpenAPI(), Logger: deps.Logger,
+			MaxBodyBytes: cfg.MaxBodyBytes, OpenAPI: postamtproto.OpenAPI(), Logger: deps.Logger, Console: con,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.HTTPTimeout,

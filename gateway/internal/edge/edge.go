@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 
+	"github.com/postamt/postamt/gateway/internal/console"
 	"github.com/postamt/postamt/gateway/internal/limit"
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
@@ -39,6 +41,9 @@ type Options struct {
 	MaxBodyBytes int64
 	// OpenAPI is the document served at OpenAPIPath.
 	OpenAPI []byte
+	// Console serves /console/ and lets the API accept its session cookie; nil serves no
+	// console and accepts no cookie.
+	Console *console.Console
 	// Logger receives one line per request (method, path, status, duration, request id, caller);
 	// nil discards them.
 	Logger *slog.Logger
@@ -118,7 +123,19 @@ func (o Options) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		return
 	}
+	if o.Console != nil && (r.URL.Path == "/console" || strings.HasPrefix(r.URL.Path, console.Path)) {
+		if r.URL.Path == "/console" {
+			http.Redirect(w, r, console.Path, http.StatusMovedPermanently)
+			return
+		}
+		o.Console.ServeHTTP(w, r)
+		return
+	}
 	ctx := grpcserver.WithRequestID(r.Context(), id)
+	if err := o.sessionCookie(r); err != nil {
+		o.fail(ctx, w, r, err)
+		return
+	}
 	// The gRPC side's rules (auth.Verifier.Authenticate): one Authorization value, "Bearer
 	// <token>" with the scheme in any case; no message repeats what was sent.
 	switch vals := r.Header.Values("Authorization"); {
@@ -151,6 +168,25 @@ func (o Options) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	// A body without a length stops at the bound too.
 	r.Body = boundedBody{ReadCloser: http.MaxBytesReader(w, r.Body, o.MaxBodyBytes), x: x}
 	o.Mux.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// sessionCookie turns the console's session cookie into the Authorization header of a request
+// that has none, when the console's own scripts sent it (console.Token); an explicit
+// Authorization header wins. Cookies never travel on to the services (grpc-gateway would pass
+// them on as metadata): the token reaches them only as the bearer token.
+func (o Options) sessionCookie(r *http.Request) error {
+	defer r.Header.Del("Cookie")
+	if o.Console == nil || len(r.Header.Values("Authorization")) > 0 {
+		return nil
+	}
+	token, err := o.Console.Token(r)
+	if err != nil {
+		return errs.PermissionDenied("CROSS_SITE_REQUEST", err.Error())
+	}
+	if token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
+	}
+	return nil
 }
 
 func limited(wait time.Duration) error {

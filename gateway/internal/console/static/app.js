@@ -1,0 +1,695 @@
+// The outbox console (seed 003): views, the grid with its saved columns, filters, live updates,
+// row and bulk actions, the detail popup, compose with undo, connectors and settings.
+import { call, query, watch, ApiError } from './api.js';
+import { i18n } from './i18n.js';
+
+const $ = (id) => document.getElementById(id);
+const t = (k, p) => i18n.t(k, p);
+
+/** h makes an element: h('td', {class: 'x', onclick: f}, 'text', child). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) if (c !== undefined && c !== null && c !== false) el.append(c);
+  return el;
+}
+
+const ALL_COLUMNS = ['TO', 'SUBJECT', 'CONNECTOR', 'PRIORITY', 'SYSTEM_GENERATED', 'LAST_ATTEMPT_TIME', 'LAST_ERROR',
+  'FIRST_FAILURE_TIME', 'NEXT_ATTEMPT_TIME', 'WORK_ITEM', 'WORK_ITEM_TYPE', 'ATTEMPT_COUNT', 'STATUS', 'ATTACHMENT_COUNT'];
+const MANDATORY = ['TO', 'SUBJECT'];
+const DEFAULT_COLUMNS = ['TO', 'SUBJECT', 'CONNECTOR', 'LAST_ATTEMPT_TIME', 'LAST_ERROR', 'NEXT_ATTEMPT_TIME', 'ATTEMPT_COUNT', 'STATUS'];
+const OPEN = ['SCHEDULED', 'QUEUED', 'SENDING', 'PENDING_RETRY', 'CONNECTOR_DISABLED', 'FAILED'];
+const FINAL = ['SENT', 'CANCELLED'];
+const ORDERS = ['EMAIL_ORDER_UNSPECIFIED', 'EMAIL_ORDER_SUBMIT_TIME_DESC', 'EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC'];
+const PAGE_SIZES = [10, 25, 50, 100, 200];
+const short = (s) => (s || '').replace(/^(EMAIL_STATUS_|COLUMN_)/, '');
+
+const state = {
+  session: null, access: null, settings: null, views: [], view: null,
+  columns: DEFAULT_COLUMNS, pageSize: 50, rows: [], selected: new Set(), matching: false, matchCount: 0,
+  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null,
+};
+
+// ---- actions: each takes a selection, and shows what the API says it did ----
+
+const actions = {
+  Retry: (sel) => call('POST', '/v1/outbox/emails:retry', { selection: sel }),
+  Cancel: (sel) => call('POST', '/v1/outbox/emails:cancel', { selection: sel }),
+  SendNow: (sel) => call('POST', '/v1/outbox/emails:sendNow', { selection: sel }),
+  Reschedule: (sel, sendAt) => call('POST', '/v1/outbox/emails:reschedule', { selection: sel, sendAt }),
+};
+
+function resultView(action, res) {
+  const r = res.result || {};
+  const subjectOf = (id) => state.rows.find((e) => e.emailId === id)?.subject || id;
+  const failures = r.failures || [];
+  return h('div', {},
+    h('p', {}, t('result', { action: t('act.' + action), succeeded: r.succeeded || 0, matched: r.matched || 0 })),
+    failures.length ? [h('p', {}, t('result.failures', { n: failures.length })),
+      h('ul', { class: 'failures' }, failures.map((f) => h('li', {}, h('strong', {}, subjectOf(f.emailId)), ': ', f.message)))] : []);
+}
+
+function showError(where, err) {
+  where.replaceChildren(h('p', { class: 'error' }, t('error', { msg: err instanceof ApiError ? err.message : String(err) })));
+}
+
+// ---- the filter and the list ----
+
+function filter() {
+  const f = {};
+  const st = $('f-status').value;
+  if (st) f.statuses = [st];
+  if ($('f-connector').value) f.connectorId = $('f-connector').value;
+  const text = $('f-text').value.trim();
+  if (text) f.text = text;
+  if (state.workItem) f.workItem = { id: state.workItem };
+  return f;
+}
+
+function filterQuery(f) {
+  return {
+    'filter.statuses': (f.statuses || []).map((s) => 'EMAIL_STATUS_' + s),
+    'filter.connector_id': f.connectorId, 'filter.text': f.text, 'filter.work_item.id': f.workItem?.id,
+  };
+}
+
+function apiFilter(f) {
+  return { ...f, statuses: (f.statuses || []).map((s) => 'EMAIL_STATUS_' + s) };
+}
+
+async function loadList() {
+  const order = $('f-order').value;
+  const q = query({
+    view: state.view, ...filterQuery(filter()), order: order === 'EMAIL_ORDER_UNSPECIFIED' ? '' : order,
+    page_size: state.pageSize, page_token: state.pageTokens[state.page],
+  });
+  try {
+    const res = await call('GET', '/v1/outbox/emails' + q);
+    state.rows = res.emails || [];
+    state.nextToken = res.nextPageToken || '';
+    // The selection is of rows on the page: one that left it (sent, cancelled, another page) is
+    // no longer selected, so a bulk action never reaches mail the user cannot see.
+    const shown = new Set(state.rows.map((e) => e.emailId));
+    for (const id of state.selected) if (!shown.has(id)) state.selected.delete(id);
+    renderGrid();
+  } catch (err) {
+    showError($('bulk-result'), err);
+  }
+  updateSelection();
+}
+
+async function loadCount() {
+  try {
+    const res = await call('GET', '/v1/outbox/emails:count' + query({ view: state.view }));
+    $('nav-count').textContent = res.total ?? '0';
+    $('nav-count').setAttribute('aria-label', t('nav.count', { n: res.total ?? 0, view: t('view.' + state.view) }));
+  } catch { /* the badge keeps its last value */ }
+  if (state.matching) await countMatching();
+}
+
+async function countMatching() {
+  try {
+    const res = await call('GET', '/v1/outbox/emails:count' + query({ view: state.view, ...filterQuery(filter()) }));
+    state.matchCount = Number(res.total || 0);
+  } catch { state.matchCount = 0; }
+  updateSelection();
+}
+
+let reloadTimer = 0;
+/** reloadSoon gathers bursts of live events into one reload of the page and the count. */
+function reloadSoon() {
+  clearTimeout(reloadTimer);
+  reloadTimer = setTimeout(() => { loadList(); loadCount(); }, 250);
+}
+
+// ---- the grid ----
+
+function cell(col, e) {
+  switch (col) {
+    case 'TO': return (e.to || []).join(', ');
+    case 'SUBJECT': return e.subject;
+    case 'CONNECTOR': return e.connectorDisplayName || e.connectorId;
+    case 'PRIORITY': return t('prio.' + (e.priority || 'PRIORITY_NORMAL'));
+    case 'SYSTEM_GENERATED': return e.systemGenerated ? t('yes') : t('no');
+    case 'LAST_ATTEMPT_TIME':
+      if (!e.lastAttemptTime) return '';
+      return h('span', {}, i18n.date(e.lastAttemptTime), h('br'),
+        h('small', {}, e.lastAttemptManual ? t('attempt.manual', { who: e.lastAttemptByUserId }) : t('attempt.auto')));
+    case 'LAST_ERROR': return e.lastError;
+    case 'FIRST_FAILURE_TIME': return i18n.date(e.firstFailureTime);
+    case 'NEXT_ATTEMPT_TIME': return i18n.date(e.nextAttemptTime);
+    case 'WORK_ITEM':
+      return e.workItem?.id ? h('a', { href: '#outbox', onclick: (ev) => { ev.preventDefault(); setWorkItem(e.workItem.id); } }, e.workItem.id) : '';
+    case 'WORK_ITEM_TYPE': return e.workItem?.type ? t('wit.' + e.workItem.type) : '';
+    case 'ATTEMPT_COUNT': {
+      const s = e.maxAttempts ? t('attempts.of', { n: e.attemptsSinceRetry ?? e.attemptCount, max: e.maxAttempts }) : String(e.attemptCount || 0);
+      return e.manualRetryCount ? `${s} (${t('attempts.manual', { n: e.manualRetryCount })})` : s;
+    }
+    case 'STATUS': return statusView(e);
+    case 'ATTACHMENT_COUNT': return String(e.attachmentCount || 0);
+  }
+  return '';
+}
+
+/** statusView is the status with its reason: who scheduled it and for when, the last error, ... */
+function statusView(e) {
+  const st = short(e.status);
+  let reason = '';
+  if (st === 'SCHEDULED') reason = t('reason.scheduled', { who: e.scheduledByUserId || e.senderUserId, when: i18n.date(e.sendAt) });
+  else if (st === 'QUEUED' && e.nextAttemptTime) reason = t('reason.queued', { when: i18n.date(e.nextAttemptTime) });
+  else if (st === 'CONNECTOR_DISABLED' || st === 'FAILED') reason = e.lastError;
+  else if (st === 'PENDING_RETRY') reason = t('reason.retry', { when: i18n.date(e.nextAttemptTime) });
+  if (e.mayHaveBeenSent) reason = (reason ? reason + '; ' : '') + t('reason.maysent');
+  return h('span', { class: 'status status-' + st.toLowerCase(), 'data-status': st },
+    h('strong', {}, t('status.' + st)), reason ? [' — ', h('span', { class: 'reason' }, reason)] : []);
+}
+
+function can(e) {
+  const st = short(e.status);
+  return {
+    Retry: ['FAILED', 'PENDING_RETRY', 'CONNECTOR_DISABLED'].includes(st),
+    Cancel: OPEN.includes(st) && st !== 'SENDING',
+    SendNow: ['SCHEDULED', 'QUEUED', 'PENDING_RETRY'].includes(st),
+    Reschedule: ['SCHEDULED', 'QUEUED'].includes(st),
+  };
+}
+
+function row(e) {
+  const id = e.emailId;
+  const ok = can(e);
+  const tr = h('tr', { 'data-id': id, tabindex: '0', 'aria-selected': state.selected.has(id) ? 'true' : 'false',
+    class: FINAL.includes(short(e.status)) ? 'final' : '' },
+  h('td', { class: 'sel' }, h('input', { type: 'checkbox', checked: state.selected.has(id), 'aria-label': t('grid.select', { subject: e.subject }),
+    onchange: (ev) => { toggle(id, ev.target.checked); } })),
+  state.columns.map((c) => h('td', { 'data-col': c, 'data-label': t('col.' + c) }, cell(c, e))),
+  h('td', { class: 'acts' }, Object.keys(actions).filter((a) => ok[a]).map((a) => h('button', {
+    type: 'button', 'data-act': a, 'aria-label': t('act.for', { action: t('act.' + a), subject: e.subject }),
+    onclick: () => rowAction(a, e),
+  }, t('act.' + a)))));
+  tr.addEventListener('dblclick', () => openDetail(id));
+  tr.addEventListener('keydown', (ev) => {
+    if (ev.target !== tr) return;
+    if (ev.key === 'Enter') { ev.preventDefault(); openDetail(id); }
+    if (ev.key === ' ') { ev.preventDefault(); toggle(id, !state.selected.has(id)); }
+    if (ev.key === 'ArrowDown') { ev.preventDefault(); tr.nextElementSibling?.focus(); }
+    if (ev.key === 'ArrowUp') { ev.preventDefault(); tr.previousElementSibling?.focus(); }
+  });
+  return tr;
+}
+
+/** focusKey remembers what has the focus inside the grid, so a re-render can give it back. */
+function focusKey() {
+  const a = document.activeElement;
+  const tr = a?.closest?.('#grid-body tr');
+  if (!tr) return null;
+  return { id: tr.dataset.id, act: a.dataset?.act, sel: a.type === 'checkbox' };
+}
+
+function restoreFocus(k) {
+  if (!k) return;
+  const tr = $('grid-body').querySelector(`tr[data-id="${CSS.escape(k.id)}"]`);
+  if (!tr) return;
+  const el = k.act ? tr.querySelector(`[data-act="${k.act}"]`) : k.sel ? tr.querySelector('input') : tr;
+  (el || tr).focus();
+}
+
+function renderGrid() {
+  const fk = focusKey();
+  $('grid-head').replaceChildren(
+    h('th', { scope: 'col', class: 'sel' }, h('input', { type: 'checkbox', id: 'sel-page', 'aria-label': t('grid.selectpage'),
+      checked: state.rows.length > 0 && state.rows.every((e) => state.selected.has(e.emailId)),
+      onchange: (ev) => { for (const e of state.rows) toggle(e.emailId, ev.target.checked, true); renderGrid(); updateSelection(); } })),
+    ...state.columns.map((c) => h('th', { scope: 'col', 'data-col': c }, t('col.' + c))),
+    h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, t('actions'))));
+  $('grid-body').replaceChildren(...state.rows.map(row));
+  $('grid-empty').hidden = state.rows.length > 0;
+  $('page-no').textContent = t('page.no', { n: state.page + 1 });
+  $('page-prev').disabled = state.page === 0;
+  $('page-next').disabled = !state.nextToken;
+  restoreFocus(fk);
+}
+
+/** applyLive puts a watched change into the grid without a reload: the row in place, selection kept. */
+function applyLive(e) {
+  const i = state.rows.findIndex((r) => r.emailId === e.emailId);
+  if (i >= 0 && Number(e.version) >= Number(state.rows[i].version)) {
+    state.rows[i] = e;
+    const old = $('grid-body').querySelector(`tr[data-id="${CSS.escape(e.emailId)}"]`);
+    if (old) {
+      const fk = focusKey();
+      old.replaceWith(row(e));
+      restoreFocus(fk);
+    }
+  } else if (i < 0 && !FINAL.includes(short(e.status))) {
+    reloadSoon(); // a new email of this view: where it sorts is the server's answer
+    return;
+  }
+  clearTimeout(countTimer);
+  countTimer = setTimeout(loadCount, 250);
+}
+let countTimer = 0;
+
+function toggle(id, on, quiet) {
+  if (on) state.selected.add(id); else state.selected.delete(id);
+  const tr = $('grid-body').querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+  if (tr) {
+    tr.setAttribute('aria-selected', on ? 'true' : 'false');
+    tr.querySelector('input').checked = on;
+  }
+  if (!quiet) updateSelection();
+}
+
+function updateSelection() {
+  $('sel-count').textContent = state.matching ? '' : t('bulk.selected', { n: state.selected.size });
+  $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? state.matchCount : '' }).replace('  ', ' ');
+}
+
+// ---- actions on rows and selections ----
+
+async function rowAction(action, e) {
+  if (action === 'Reschedule') return openReschedule([e.emailId]);
+  try {
+    const res = await actions[action]({ emailIds: [e.emailId] });
+    $('bulk-result').replaceChildren(resultView(action, res));
+  } catch (err) { showError($('bulk-result'), err); }
+  reloadSoon();
+}
+
+async function bulk(action) {
+  let sel;
+  if (state.matching) sel = { view: state.view, filter: apiFilter(filter()) };
+  else if (state.selected.size) sel = { emailIds: [...state.selected] };
+  else { $('bulk-result').textContent = t('bulk.none'); return; }
+  try {
+    const res = await actions[action](sel);
+    $('bulk-result').replaceChildren(resultView(action, res));
+  } catch (err) { showError($('bulk-result'), err); }
+  state.selected.clear();
+  reloadSoon();
+}
+
+// ---- the detail popup ----
+
+let detailId = '';
+async function openDetail(id) {
+  detailId = id;
+  const dlg = $('detail');
+  $('detail-result').replaceChildren();
+  let e;
+  try {
+    e = (await call('GET', `/v1/outbox/emails/${encodeURIComponent(id)}?include_bodies=true`)).email;
+  } catch (err) { showError($('bulk-result'), err); return; }
+  $('detail-title').textContent = e.subject;
+  const field = (k, v) => (v === undefined || v === '' || (Array.isArray(v) && !v.length)) ? [] : [h('dt', {}, t(k)), h('dd', { 'data-field': k }, v)];
+  $('detail-fields').replaceChildren(
+    ...field('detail.from', e.fromAddress), ...field('detail.sender', e.senderUserId),
+    ...field('detail.to', (e.to || []).join(', ')), ...field('detail.cc', (e.cc || []).join(', ')),
+    // Bcc only as the API returns it: to the sender and admins.
+    ...field('detail.bcc', (e.bcc || []).join(', ')),
+    ...field('detail.subject', e.subject), ...field('detail.status', statusView(e)),
+    ...field('detail.connector', e.connectorDisplayName || e.connectorId), ...field('detail.priority', t('prio.' + (e.priority || 'PRIORITY_NORMAL'))),
+    ...field('detail.workitem', e.workItem?.id ? `${e.workItem.id} ${t('wit.' + e.workItem.type)}` : ''),
+    ...field('detail.submitted', i18n.date(e.submitTime)), ...field('detail.messageid', e.messageId),
+    ...field('detail.attachments', (e.attachments || []).map((a) => `${a.filename} (${a.sizeBytes} B)`).join(', ')));
+  $('detail-body').textContent = (e.textBody || e.htmlBody || '').slice(0, 2000);
+  $('detail-attempts').tBodies[0].replaceChildren(...(e.attempts || []).map((a) => h('tr', {},
+    h('td', {}, String(a.number)), h('td', {}, i18n.date(a.startTime || a.endTime)), h('td', {}, t('outcome.' + a.outcome)),
+    h('td', {}, a.smtpCode && !(a.message || '').startsWith(String(a.smtpCode)) ? `${a.smtpCode} ${a.message || ''}` : (a.message || '')), h('td', {}, a.manual ? t('attempt.manual', { who: a.triggeredByUserId }) : t('attempt.auto')))));
+  const ok = can(e);
+  $('detail-retry').hidden = !ok.Retry;
+  $('detail-cancel').hidden = !ok.Cancel;
+  if (!dlg.open) dlg.showModal();
+  $('detail-close').focus();
+}
+
+async function detailAction(action) {
+  try {
+    const res = await actions[action]({ emailIds: [detailId] });
+    $('detail-result').replaceChildren(resultView(action, res));
+  } catch (err) { showError($('detail-result'), err); }
+  reloadSoon();
+}
+
+// ---- compose and undo ----
+
+async function openCompose() {
+  const from = $('c-from');
+  if (!from.options.length) {
+    try {
+      const res = await call('GET', '/v1/users/me/mailboxes');
+      for (const m of res.mailboxes || []) {
+        const mb = m.mailbox || m;
+        const rights = m.rights || [];
+        if (mb.kind === 'MAILBOX_KIND_PERSONAL' || rights.some((r) => /SEND/.test(r))) from.append(h('option', { value: mb.address }, mb.address));
+      }
+    } catch (err) { showError($('compose-error'), err); }
+  }
+  $('compose-error').replaceChildren();
+  $('compose').showModal();
+}
+
+const list = (s) => s.split(/[,;\s]+/).map((x) => x.trim()).filter(Boolean);
+
+async function submitCompose(ev) {
+  ev.preventDefault();
+  const body = {
+    fromAddress: $('c-from').value, to: list($('c-to').value), cc: list($('c-cc').value), bcc: list($('c-bcc').value),
+    subject: $('c-subject').value, textBody: $('c-body').value, idempotencyKey: crypto.randomUUID(),
+  };
+  if ($('c-sendat').value) body.sendAt = new Date($('c-sendat').value).toISOString();
+  try {
+    const res = await call('POST', '/v1/outbox/emails', body);
+    $('compose').close();
+    $('compose-form').reset();
+    const e = res.email;
+    if (short(e.status) === 'QUEUED' && e.nextAttemptTime) openUndo(e);
+    else if (short(e.status) === 'SCHEDULED') $('bulk-result').textContent = t('compose.scheduled', { when: i18n.date(e.sendAt) });
+    reloadSoon();
+  } catch (err) { showError($('compose-error'), err); }
+}
+
+let undoTimer = 0;
+let undoId = '';
+function openUndo(e) {
+  undoId = e.emailId;
+  const until = new Date(e.nextAttemptTime).getTime();
+  const tick = () => {
+    const n = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+    const left = n >= 60 ? `${Math.floor(n / 60)}:${String(n % 60).padStart(2, '0')} min` : `${n} s`;
+    $('undo-text').textContent = t('undo.countdown', { n: left });
+    // Screen readers hear the countdown every 5 s, not every second.
+    if (n % 5 === 0 || n <= 3) $('undo-live').textContent = t('undo.countdown', { n: left });
+    if (n === 0) { finishUndo(t('undo.sent')); }
+  };
+  $('undo-sendnow').disabled = $('undo-cancel').disabled = false;
+  $('undo-live').textContent = '';
+  tick();
+  clearInterval(undoTimer);
+  undoTimer = setInterval(tick, 250);
+  $('undo').showModal();
+  $('undo-cancel').focus();
+}
+
+function finishUndo(msg) {
+  clearInterval(undoTimer);
+  $('undo-text').textContent = msg;
+  $('undo-live').textContent = msg;
+  $('undo-sendnow').disabled = $('undo-cancel').disabled = true;
+  $('undo-close').focus();
+}
+
+async function undoAction(action) {
+  try {
+    const res = await actions[action]({ emailIds: [undoId] });
+    if ((res.result?.succeeded || 0) > 0) finishUndo(action === 'Cancel' ? t('undo.cancelled') : t('undo.sentnow'));
+    else finishUndo(res.result?.failures?.[0]?.message || '');
+  } catch (err) { finishUndo(t('error', { msg: err.message })); }
+  reloadSoon();
+}
+
+// ---- reschedule ----
+
+let rescheduleIds = [];
+function openReschedule(ids) {
+  rescheduleIds = ids;
+  $('reschedule-error').replaceChildren();
+  $('reschedule').showModal();
+}
+
+async function submitReschedule(ev) {
+  ev.preventDefault();
+  try {
+    const res = await actions.Reschedule({ emailIds: rescheduleIds }, new Date($('r-at').value).toISOString());
+    $('reschedule').close();
+    $('bulk-result').replaceChildren(resultView('Reschedule', res));
+    reloadSoon();
+  } catch (err) { showError($('reschedule-error'), err); }
+}
+
+// ---- settings: view, page size, columns ----
+
+async function saveSettings(patch) {
+  try {
+    const res = await call('PATCH', '/v1/outbox/users/me/settings', patch);
+    state.settings = res.settings;
+  } catch (err) { showError($('bulk-result'), err); }
+}
+
+function openColumns() {
+  $('columns-list').replaceChildren(h('legend', { class: 'sr-only' }, t('columns.title')), ...ALL_COLUMNS.map((c) => h('label', {},
+    h('input', { type: 'checkbox', name: 'col', value: c, checked: state.columns.includes(c), disabled: MANDATORY.includes(c) }), ' ', t('col.' + c))));
+  $('columns-dialog').showModal();
+}
+
+async function saveColumns() {
+  const chosen = [...$('columns-list').querySelectorAll('input:checked')].map((i) => i.value);
+  state.columns = ALL_COLUMNS.filter((c) => MANDATORY.includes(c) || chosen.includes(c));
+  renderGrid();
+  await saveSettings({ visibleColumns: state.columns.map((c) => 'COLUMN_' + c) });
+  $('bulk-result').textContent = t('columns.saved');
+}
+
+function renderViews() {
+  $('views').replaceChildren(...state.views.map((v) => h('button', {
+    type: 'button', 'aria-pressed': v === state.view ? 'true' : 'false', 'data-view': v, onclick: () => chooseView(v),
+  }, t('view.' + v))));
+}
+
+async function chooseView(v) {
+  if (v === state.view) return;
+  state.view = v;
+  renderViews();
+  resetPaging();
+  await saveSettings({ defaultView: v });
+  refresh();
+}
+
+function resetPaging() {
+  state.pageTokens = [''];
+  state.page = 0;
+  state.selected.clear();
+  state.matching = false;
+  $('sel-matching').checked = false;
+}
+
+function setWorkItem(id) {
+  state.workItem = id;
+  const el = $('f-workitem');
+  el.hidden = !id;
+  el.replaceChildren(id ? h('button', { type: 'button', onclick: () => setWorkItem('') }, t('filter.workitem', { id }), ' ✕') : '');
+  resetPaging();
+  refresh();
+}
+
+/** refresh reloads the list and the count and restarts the live stream for the current view and filter. */
+function refresh() {
+  loadList();
+  loadCount();
+  startWatch();
+}
+
+async function startWatch() {
+  state.watchAbort?.abort();
+  const ac = new AbortController();
+  state.watchAbort = ac;
+  let backoff = 500;
+  while (!ac.signal.aborted) {
+    let opened = false;
+    try {
+      await watch('/v1/outbox/emails:watch' + query({ view: state.view, ...filterQuery(filter()) }), applyLive,
+        () => { opened = true; backoff = 500; $('live-status').textContent = ''; }, ac.signal);
+    } catch (err) {
+      if (ac.signal.aborted) return;
+      if (err instanceof ApiError && err.status === 401) return;
+    }
+    if (ac.signal.aborted) return;
+    $('live-status').textContent = t('live.lost');
+    await new Promise((r) => setTimeout(r, backoff));
+    backoff = Math.min(backoff * 2, 15000);
+    if (opened) reloadSoon(); // changes may have been missed while disconnected
+  }
+}
+
+// ---- connectors (admin) and settings pages ----
+
+const dur = (d) => (d || '').replace(/s$/, '') ? fmtDur(parseFloat(d)) : '';
+function fmtDur(s) {
+  if (s >= 3600 && s % 3600 === 0) return `${s / 3600}h`;
+  if (s >= 60 && s % 60 === 0) return `${s / 60}m`;
+  return `${s}s`;
+}
+
+async function loadConnectors() {
+  try {
+    const res = await call('GET', '/v1/outbox/connectors?page_size=500');
+    state.connectors = res.connectors || [];
+  } catch { state.connectors = []; }
+  const sel = $('f-connector');
+  const cur = sel.value;
+  sel.replaceChildren(h('option', { value: '' }, t('filter.allconnectors')),
+    ...state.connectors.map((c) => h('option', { value: c.connectorId }, c.displayName || c.connectorId)));
+  sel.value = cur;
+  const body = $('connectors').tBodies[0];
+  body.replaceChildren(...state.connectors.map((c) => {
+    const enabled = c.enabled !== false;
+    return h('tr', { 'data-id': c.connectorId },
+      h('td', {}, h('strong', {}, c.displayName || c.connectorId), h('br'), h('small', {}, c.connectorId)),
+      h('td', {}, `${c.host}:${c.port}`), h('td', {}, (c.retryPattern || []).map(dur).join(', ')),
+      h('td', {}, String(c.maxAttempts || '')), h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled')),
+      h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
+  }));
+}
+
+async function toggleConnector(c, enable) {
+  const name = c.displayName || c.connectorId;
+  try {
+    const res = await call('POST', `/v1/outbox/connectors/${encodeURIComponent(c.connectorId)}:${enable ? 'enable' : 'disable'}`, {});
+    $('connectors-result').textContent = enable ? t('connectors.requeued', { name, n: res.requeued || 0 }) : t('connectors.nowdisabled', { name });
+  } catch (err) { showError($('connectors-result'), err); }
+  loadConnectors();
+}
+
+function fillSettingsForm() {
+  const s = state.settings || {};
+  $('s-undo').value = parseFloat(s.undoDelay || '0') || 0;
+  $('s-pagesize').value = s.pageSize || 50;
+}
+
+async function submitSettings(ev) {
+  ev.preventDefault();
+  await saveSettings({ undoDelay: `${Number($('s-undo').value)}s`, pageSize: Number($('s-pagesize').value) });
+  state.pageSize = state.settings?.pageSize || state.pageSize;
+  $('settings-result').textContent = t('settings.saved');
+}
+
+// ---- pages and language ----
+
+function route() {
+  const page = (location.hash || '#outbox').slice(1);
+  for (const p of ['outbox', 'connectors', 'settings']) {
+    $('page-' + p).hidden = p !== page;
+    $('nav-' + p).toggleAttribute('aria-current', p === page);
+    if (p === page) $('nav-' + p).setAttribute('aria-current', 'page');
+  }
+  if (page === 'connectors') loadConnectors();
+  if (page === 'settings') fillSettingsForm();
+}
+
+function fillSelects() {
+  const st = $('f-status');
+  const cur = st.value;
+  st.replaceChildren(h('option', { value: '' }, t('filter.allopen')), ...[...OPEN, ...FINAL].map((s) => h('option', { value: s }, t('status.' + s))));
+  st.value = cur;
+  const o = $('f-order');
+  const curO = o.value || ORDERS[0];
+  o.replaceChildren(...ORDERS.map((x) => h('option', { value: x }, t('order.' + x))));
+  o.value = curO;
+  const ps = $('f-pagesize');
+  const sizes = [...new Set([...PAGE_SIZES, state.pageSize])].sort((a, b) => a - b);
+  ps.replaceChildren(...sizes.map((n) => h('option', { value: String(n) }, String(n))));
+  ps.value = String(state.pageSize);
+}
+
+function applyLanguage() {
+  i18n.apply(document);
+  const any = $('f-connector').querySelector('option[value=""]');
+  if (any) any.textContent = t('filter.allconnectors');
+  $('lang').value = i18n.lang;
+  $('tz').textContent = t('tz', { tz: Intl.DateTimeFormat().resolvedOptions().timeZone });
+  fillSelects();
+  renderViews();
+  renderGrid();
+  updateSelection();
+  loadCount();
+}
+
+/** allowedViews are the views the user may see: MY TEAM only with a team, SYSTEM with access to some. */
+function allowedViews(session, access) {
+  const v = ['VIEW_MINE'];
+  if ((access.teamIds || []).length) v.push('VIEW_TEAM');
+  if (session.admin || (access.readableMailboxIds || []).length) v.push('VIEW_SYSTEM');
+  v.push('VIEW_ALL');
+  return v;
+}
+
+async function main() {
+  let r;
+  try {
+    r = await fetch('session', { headers: { 'X-Postamt-Console': '1' }, credentials: 'same-origin' });
+  } catch { r = { ok: false }; }
+  if (!r.ok) { location.assign('signin.html'); return; }
+  state.session = await r.json();
+  $('who').textContent = `${state.session.user} (${state.session.tenant})`;
+  $('nav-connectors').hidden = !state.session.admin;
+  try {
+    [state.access, state.settings] = await Promise.all([
+      call('GET', '/v1/users/me/readAccess'), call('GET', '/v1/outbox/users/me/settings').then((x) => x.settings)]);
+  } catch (err) {
+    state.access = state.access || {};
+    state.settings = state.settings || {};
+    showError($('bulk-result'), err);
+  }
+  state.views = allowedViews(state.session, state.access);
+  const saved = state.settings.defaultView;
+  // First sign-in: a team lead starts in MY TEAM, a member in MY EMAILS (seed 003).
+  const first = (state.access.leadTeamIds || []).length ? 'VIEW_TEAM' : 'VIEW_MINE';
+  state.view = state.views.includes(saved) ? saved : (state.views.includes(first) ? first : 'VIEW_MINE');
+  state.pageSize = state.settings.pageSize || 50;
+  const cols = (state.settings.visibleColumns || []).map(short).filter((c) => ALL_COLUMNS.includes(c));
+  state.columns = cols.length ? ALL_COLUMNS.filter((c) => MANDATORY.includes(c) || cols.includes(c)) : DEFAULT_COLUMNS;
+
+  $('lang').addEventListener('change', () => { i18n.set($('lang').value); applyLanguage(); });
+  $('filters').addEventListener('submit', (ev) => ev.preventDefault());
+  for (const id of ['f-status', 'f-connector', 'f-order']) $(id).addEventListener('change', () => { resetPaging(); refresh(); });
+  let textTimer = 0;
+  $('f-text').addEventListener('input', () => { clearTimeout(textTimer); textTimer = setTimeout(() => { resetPaging(); refresh(); }, 300); });
+  $('f-pagesize').addEventListener('change', async () => {
+    state.pageSize = Number($('f-pagesize').value);
+    resetPaging();
+    await saveSettings({ pageSize: state.pageSize });
+    loadList();
+  });
+  $('btn-columns').addEventListener('click', openColumns);
+  $('columns-dialog').addEventListener('close', () => { if ($('columns-dialog').returnValue === 'save') saveColumns(); $('btn-columns').focus(); });
+  $('btn-compose').addEventListener('click', openCompose);
+  $('compose-form').addEventListener('submit', submitCompose);
+  $('compose-close').addEventListener('click', () => $('compose').close());
+  $('undo-sendnow').addEventListener('click', () => undoAction('SendNow'));
+  $('undo-cancel').addEventListener('click', () => undoAction('Cancel'));
+  $('undo-close').addEventListener('click', () => $('undo').close());
+  $('undo').addEventListener('close', () => clearInterval(undoTimer));
+  $('reschedule-form').addEventListener('submit', submitReschedule);
+  $('reschedule-close').addEventListener('click', () => $('reschedule').close());
+  $('detail-retry').addEventListener('click', () => detailAction('Retry'));
+  $('detail-cancel').addEventListener('click', () => detailAction('Cancel'));
+  $('detail-close').addEventListener('click', () => $('detail').close());
+  $('detail').addEventListener('close', () => restoreFocus({ id: detailId }));
+  $('bulk-retry').addEventListener('click', () => bulk('Retry'));
+  $('bulk-cancel').addEventListener('click', () => bulk('Cancel'));
+  $('sel-matching').addEventListener('change', (ev) => {
+    state.matching = ev.target.checked;
+    if (state.matching) countMatching(); else updateSelection();
+  });
+  $('page-prev').addEventListener('click', () => { if (state.page > 0) { state.page--; loadList(); } });
+  $('page-next').addEventListener('click', () => {
+    if (!state.nextToken) return;
+    state.pageTokens[state.page + 1] = state.nextToken;
+    state.page++;
+    loadList();
+  });
+  $('settings-form').addEventListener('submit', submitSettings);
+  window.addEventListener('hashchange', route);
+
+  applyLanguage();
+  route();
+  loadConnectors();
+  refresh();
+  document.body.dataset.ready = 'true';
+}
+
+main();

@@ -1,0 +1,167 @@
+// German and English texts of the console. The language comes from the browser unless the user
+// chose one (kept in localStorage: a preference, never a credential).
+
+const en = {
+  skip: 'Skip to content', lang: 'Language', signout: 'Sign out', save: 'Save', close: 'Close', actions: 'Actions',
+  yes: 'Yes', no: 'No', loading: 'Loading…',
+  'nav.label': 'Pages', 'nav.outbox': 'Outbox', 'nav.connectors': 'Connectors', 'nav.settings': 'Settings',
+  'nav.count': '{n} emails in the outbox ({view})',
+  'outbox.title': 'Outbox', 'views.label': 'View',
+  'view.VIEW_MINE': 'My emails', 'view.VIEW_TEAM': 'My team', 'view.VIEW_SYSTEM': 'System', 'view.VIEW_ALL': 'All',
+  'filter.status': 'Status', 'filter.connector': 'Connector', 'filter.text': 'Search', 'filter.order': 'Sort',
+  'filter.pagesize': 'Rows per page', 'filter.allopen': 'All open', 'filter.allconnectors': 'All connectors',
+  'filter.workitem': 'Work item {id}', 'filter.clearworkitem': 'Show all work items',
+  'order.EMAIL_ORDER_UNSPECIFIED': 'Next attempt', 'order.EMAIL_ORDER_SUBMIT_TIME_DESC': 'Newest submitted',
+  'order.EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC': 'Last attempt',
+  'columns.button': 'Columns', 'columns.title': 'Columns', 'columns.help': 'To and Subject are always shown.',
+  'columns.saved': 'Columns saved.',
+  'col.TO': 'To', 'col.SUBJECT': 'Subject', 'col.CONNECTOR': 'Connector', 'col.PRIORITY': 'Priority',
+  'col.SYSTEM_GENERATED': 'System generated', 'col.LAST_ATTEMPT_TIME': 'Last attempt', 'col.LAST_ERROR': 'Last error',
+  'col.FIRST_FAILURE_TIME': 'Logged', 'col.NEXT_ATTEMPT_TIME': 'Next attempt', 'col.WORK_ITEM': 'Work item',
+  'col.WORK_ITEM_TYPE': 'Work item type', 'col.ATTEMPT_COUNT': 'Attempts', 'col.STATUS': 'Status',
+  'col.ATTACHMENT_COUNT': 'Attachments',
+  'status.SCHEDULED': 'Scheduled', 'status.QUEUED': 'Queued', 'status.SENDING': 'Sending',
+  'status.PENDING_RETRY': 'Pending retry', 'status.CONNECTOR_DISABLED': 'Connector disabled', 'status.FAILED': 'Failed',
+  'status.SENT': 'Sent', 'status.CANCELLED': 'Cancelled',
+  'reason.scheduled': 'scheduled by {who} for {when}', 'reason.queued': 'undo possible until {when}',
+  'reason.retry': 'next attempt {when}', 'reason.maysent': 'may have been sent',
+  'prio.PRIORITY_HIGH': 'High', 'prio.PRIORITY_NORMAL': 'Normal', 'prio.PRIORITY_LOW': 'Low', 'prio.PRIORITY_UNSPECIFIED': 'Normal',
+  'wit.WORK_ITEM_TYPE_TICKET': 'Ticket', 'wit.WORK_ITEM_TYPE_CASE': 'Case', 'wit.WORK_ITEM_TYPE_ACTION': 'Action',
+  'wit.WORK_ITEM_TYPE_UNSPECIFIED': '',
+  'attempt.manual': 'manual, by {who}', 'attempt.auto': 'automatic', 'attempts.of': '{n} of {max}',
+  'attempts.manual': '+{n} manual',
+  'grid.caption': 'Emails in the outbox; Enter or double click opens the details', 'grid.empty': 'No emails in this view.',
+  'grid.select': 'Select email {subject}', 'grid.selectpage': 'Select all on this page',
+  'page.prev': 'Previous', 'page.next': 'Next', 'page.no': 'Page {n}',
+  'bulk.label': 'Selected emails', 'bulk.matching': 'All {n} matching the filter', 'bulk.retry': 'Retry selected',
+  'bulk.cancel': 'Cancel selected', 'bulk.selected': '{n} selected', 'bulk.none': 'Select emails first.',
+  'result': '{action}: {succeeded} of {matched} done.', 'result.failures': '{n} not done:',
+  'act.retry': 'Retry', 'act.cancel': 'Cancel email', 'act.sendnow': 'Send now', 'act.reschedule': 'Reschedule',
+  'act.Retry': 'Retry', 'act.Cancel': 'Cancel', 'act.SendNow': 'Send now', 'act.Reschedule': 'Reschedule',
+  'act.for': '{action}: {subject}',
+  'detail.from': 'From', 'detail.to': 'To', 'detail.cc': 'Cc', 'detail.bcc': 'Bcc', 'detail.subject': 'Subject',
+  'detail.status': 'Status', 'detail.sender': 'Submitted by', 'detail.submitted': 'Submitted',
+  'detail.attachments': 'Attachments', 'detail.body': 'Body', 'detail.attempts': 'Attempts', 'detail.start': 'Started',
+  'detail.outcome': 'Outcome', 'detail.reply': 'Reply', 'detail.by': 'By', 'detail.messageid': 'Message-ID',
+  'detail.connector': 'Connector', 'detail.workitem': 'Work item', 'detail.priority': 'Priority',
+  'outcome.ATTEMPT_OUTCOME_SENT': 'Sent', 'outcome.ATTEMPT_OUTCOME_TEMPORARY_FAILURE': 'Temporary failure',
+  'outcome.ATTEMPT_OUTCOME_PERMANENT_FAILURE': 'Permanent failure', 'outcome.ATTEMPT_OUTCOME_UNKNOWN': 'Unknown (may have been sent)',
+  'compose.button': 'New email', 'compose.title': 'New email', 'compose.from': 'From', 'compose.to': 'To',
+  'compose.cc': 'Cc', 'compose.bcc': 'Bcc', 'compose.subject': 'Subject', 'compose.body': 'Message',
+  'compose.sendat': 'Send at (optional)', 'compose.sendat2': 'Send at', 'compose.send': 'Send',
+  'compose.addresses': 'addresses, separated by commas', 'compose.scheduled': 'Scheduled for {when}.',
+  'undo.title': 'Email queued', 'undo.countdown': 'Sending in {n}.', 'undo.cancel': 'Cancel sending',
+  'undo.cancelled': 'Sending cancelled.', 'undo.sent': 'Released to the connector.',
+  'undo.sentnow': 'Sent now: released to the connector.',
+  'connectors.title': 'Connectors', 'connectors.relay': 'Relay', 'connectors.pattern': 'Retry pattern',
+  'connectors.attempts': 'Attempts', 'connectors.state': 'State', 'connectors.enabled': 'Enabled',
+  'connectors.disabled': 'Disabled', 'connectors.enable': 'Enable', 'connectors.disable': 'Disable',
+  'connectors.help': 'Disabling a connector holds its due mail as "Connector disabled" without using attempts; enabling it queues that mail again.',
+  'connectors.requeued': '{name} enabled; {n} emails queued again.', 'connectors.nowdisabled': '{name} disabled; its due mail waits.',
+  'settings.title': 'Settings', 'settings.undo': 'Undo delay (seconds)', 'settings.saved': 'Settings saved.',
+  'signin.title': 'Sign in to the outbox console', 'signin.button': 'Sign in',
+  'signin.token': 'Token from your identity provider (or postamt token)',
+  'signin.help': 'The token is kept by the gateway in an HttpOnly cookie; this page cannot read it.',
+  'signin.error.code': 'This sign-in link was used already or has expired. Sign in with a token.',
+  'signin.error.token': 'The token was not accepted.', 'signin.error.expired': 'Your session has ended. Please sign in again.',
+  'signin.signedout': 'You are signed out.', 'signin.oidc': 'Sign in with your identity provider',
+  'signin.error.oidc': 'The identity provider did not sign you in. Please try again.',
+  'tz': 'Times in {tz}', 'error': 'Error: {msg}', 'live.lost': 'Live updates interrupted; reconnecting…',
+};
+
+const de = {
+  skip: 'Zum Inhalt springen', lang: 'Sprache', signout: 'Abmelden', save: 'Speichern', close: 'Schließen', actions: 'Aktionen',
+  yes: 'Ja', no: 'Nein', loading: 'Wird geladen…',
+  'nav.label': 'Seiten', 'nav.outbox': 'Postausgang', 'nav.connectors': 'Connectoren', 'nav.settings': 'Einstellungen',
+  'nav.count': '{n} E-Mails im Postausgang ({view})',
+  'outbox.title': 'Postausgang', 'views.label': 'Ansicht',
+  'view.VIEW_MINE': 'Meine E-Mails', 'view.VIEW_TEAM': 'E-Mails meines Teams', 'view.VIEW_SYSTEM': 'System-E-Mails', 'view.VIEW_ALL': 'Alle',
+  'filter.status': 'Sendestatus', 'filter.connector': 'E-Mail-Connector', 'filter.text': 'Suche', 'filter.order': 'Sortierung',
+  'filter.pagesize': 'Zeilen pro Seite', 'filter.allopen': 'Alle offenen', 'filter.allconnectors': 'Alle Connectoren',
+  'filter.workitem': 'Arbeitsauftrag {id}', 'filter.clearworkitem': 'Alle Arbeitsaufträge zeigen',
+  'order.EMAIL_ORDER_UNSPECIFIED': 'Nächster Sendeversuch', 'order.EMAIL_ORDER_SUBMIT_TIME_DESC': 'Neueste zuerst',
+  'order.EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC': 'Letzter Sendeversuch',
+  'columns.button': 'Spalten', 'columns.title': 'Spalten', 'columns.help': 'Die Spalten „An“ und „Betreff“ sind obligatorisch.',
+  'columns.saved': 'Spalten gespeichert.',
+  'col.TO': 'An', 'col.SUBJECT': 'Betreff', 'col.CONNECTOR': 'E-Mail-Connector', 'col.PRIORITY': 'Priorität',
+  'col.SYSTEM_GENERATED': 'System generiert', 'col.LAST_ATTEMPT_TIME': 'Letzter Sendeversuch', 'col.LAST_ERROR': 'Letzte Fehlermeldung',
+  'col.FIRST_FAILURE_TIME': 'Protokolliert', 'col.NEXT_ATTEMPT_TIME': 'Nächster Sendeversuch', 'col.WORK_ITEM': 'Arbeitsauftrag',
+  'col.WORK_ITEM_TYPE': 'Arbeitsauftrag-Typ', 'col.ATTEMPT_COUNT': 'Anzahl der Sendeversuche', 'col.STATUS': 'Sendestatus',
+  'col.ATTACHMENT_COUNT': 'Anzahl der Anhänge',
+  'status.SCHEDULED': 'Geplant', 'status.QUEUED': 'Warteschlange', 'status.SENDING': 'Wird gesendet',
+  'status.PENDING_RETRY': 'Ausstehende Wiederholung', 'status.CONNECTOR_DISABLED': 'Verbindung deaktiviert', 'status.FAILED': 'Fehlgeschlagen',
+  'status.SENT': 'Gesendet', 'status.CANCELLED': 'Abgebrochen',
+  'reason.scheduled': 'geplant von {who} für {when}', 'reason.queued': 'rückgängig bis {when}',
+  'reason.retry': 'nächster Versuch {when}', 'reason.maysent': 'wurde möglicherweise gesendet',
+  'prio.PRIORITY_HIGH': 'Hoch', 'prio.PRIORITY_NORMAL': 'Normal', 'prio.PRIORITY_LOW': 'Niedrig', 'prio.PRIORITY_UNSPECIFIED': 'Normal',
+  'wit.WORK_ITEM_TYPE_TICKET': 'Ticket', 'wit.WORK_ITEM_TYPE_CASE': 'Fall', 'wit.WORK_ITEM_TYPE_ACTION': 'Aktion',
+  'wit.WORK_ITEM_TYPE_UNSPECIFIED': '',
+  'attempt.manual': 'manuell, von {who}', 'attempt.auto': 'automatisch', 'attempts.of': '{n} von {max}',
+  'attempts.manual': '+{n} manuell',
+  'grid.caption': 'E-Mails im Postausgang; Eingabetaste oder Doppelklick öffnet die Details', 'grid.empty': 'Keine E-Mails in dieser Ansicht.',
+  'grid.select': 'E-Mail {subject} auswählen', 'grid.selectpage': 'Alle auf dieser Seite auswählen',
+  'page.prev': 'Zurück', 'page.next': 'Weiter', 'page.no': 'Seite {n}',
+  'bulk.label': 'Ausgewählte E-Mails', 'bulk.matching': 'Alle {n} zum Filter passenden', 'bulk.retry': 'Auswahl wiederholen',
+  'bulk.cancel': 'Auswahl abbrechen', 'bulk.selected': '{n} ausgewählt', 'bulk.none': 'Bitte zuerst E-Mails auswählen.',
+  'result': '{action}: {succeeded} von {matched} erledigt.', 'result.failures': '{n} nicht erledigt:',
+  'act.retry': 'Wiederholen', 'act.cancel': 'E-Mail abbrechen', 'act.sendnow': 'Jetzt senden', 'act.reschedule': 'Neu planen',
+  'act.Retry': 'Wiederholen', 'act.Cancel': 'Abbrechen', 'act.SendNow': 'Jetzt senden', 'act.Reschedule': 'Neu planen',
+  'act.for': '{action}: {subject}',
+  'detail.from': 'Von', 'detail.to': 'An', 'detail.cc': 'Cc', 'detail.bcc': 'Bcc', 'detail.subject': 'Betreff',
+  'detail.status': 'Sendestatus', 'detail.sender': 'Gesendet von', 'detail.submitted': 'Eingereicht',
+  'detail.attachments': 'Anhänge', 'detail.body': 'Text', 'detail.attempts': 'Sendeversuche', 'detail.start': 'Begonnen',
+  'detail.outcome': 'Ergebnis', 'detail.reply': 'Antwort', 'detail.by': 'Von', 'detail.messageid': 'Message-ID',
+  'detail.connector': 'E-Mail-Connector', 'detail.workitem': 'Arbeitsauftrag', 'detail.priority': 'Priorität',
+  'outcome.ATTEMPT_OUTCOME_SENT': 'Gesendet', 'outcome.ATTEMPT_OUTCOME_TEMPORARY_FAILURE': 'Vorübergehender Fehler',
+  'outcome.ATTEMPT_OUTCOME_PERMANENT_FAILURE': 'Dauerhafter Fehler', 'outcome.ATTEMPT_OUTCOME_UNKNOWN': 'Unbekannt (evtl. gesendet)',
+  'compose.button': 'Neue E-Mail', 'compose.title': 'Neue E-Mail', 'compose.from': 'Von', 'compose.to': 'An',
+  'compose.cc': 'Cc', 'compose.bcc': 'Bcc', 'compose.subject': 'Betreff', 'compose.body': 'Nachricht',
+  'compose.sendat': 'Senden planen (optional)', 'compose.sendat2': 'Senden um', 'compose.send': 'Senden',
+  'compose.addresses': 'Adressen, durch Kommas getrennt', 'compose.scheduled': 'Geplant für {when}.',
+  'undo.title': 'E-Mail in der Warteschlange', 'undo.countdown': 'Wird in {n} gesendet.', 'undo.cancel': 'Senden abbrechen',
+  'undo.cancelled': 'Senden abgebrochen.', 'undo.sent': 'An den Connector übergeben.',
+  'undo.sentnow': 'Jetzt gesendet: an den Connector übergeben.',
+  'connectors.title': 'Connectoren', 'connectors.relay': 'Relay', 'connectors.pattern': 'Fehlerwiederholungsmuster',
+  'connectors.attempts': 'Versuche', 'connectors.state': 'Zustand', 'connectors.enabled': 'Aktiviert',
+  'connectors.disabled': 'Deaktiviert', 'connectors.enable': 'Aktivieren', 'connectors.disable': 'Deaktivieren',
+  'connectors.help': 'Ein deaktivierter Connector hält fällige E-Mails im Status „Verbindung deaktiviert“, ohne Versuche zu verbrauchen; beim Aktivieren werden sie wieder eingereiht.',
+  'connectors.requeued': '{name} aktiviert; {n} E-Mails wieder eingereiht.', 'connectors.nowdisabled': '{name} deaktiviert; fällige E-Mails warten.',
+  'settings.title': 'Einstellungen', 'settings.undo': 'Senden rückgängig machen (Sekunden)', 'settings.saved': 'Einstellungen gespeichert.',
+  'signin.title': 'Anmeldung an der Postausgang-Konsole', 'signin.button': 'Anmelden',
+  'signin.token': 'Token Ihres Identitätsanbieters (oder postamt token)',
+  'signin.help': 'Das Token bewahrt das Gateway in einem HttpOnly-Cookie auf; diese Seite kann es nicht lesen.',
+  'signin.error.code': 'Dieser Anmeldelink wurde schon benutzt oder ist abgelaufen. Bitte mit einem Token anmelden.',
+  'signin.error.token': 'Das Token wurde nicht angenommen.', 'signin.error.expired': 'Ihre Sitzung ist abgelaufen. Bitte erneut anmelden.',
+  'signin.signedout': 'Sie sind abgemeldet.', 'signin.oidc': 'Mit Ihrem Identitätsanbieter anmelden',
+  'signin.error.oidc': 'Der Identitätsanbieter hat Sie nicht angemeldet. Bitte erneut versuchen.',
+  'tz': 'Zeiten in {tz}', 'error': 'Fehler: {msg}', 'live.lost': 'Live-Aktualisierung unterbrochen; verbinde neu…',
+};
+
+const dicts = { en, de };
+const stored = () => { try { return localStorage.getItem('postamt.lang'); } catch { return null; } };
+const fromBrowser = () => ((navigator.languages || [navigator.language || 'en']).find((l) => /^(de|en)/i.test(l)) || 'en').slice(0, 2).toLowerCase();
+
+/** i18n holds the chosen language and renders texts in it. */
+export const i18n = {
+  lang: dicts[stored()] ? stored() : fromBrowser(),
+  set(lang) {
+    this.lang = dicts[lang] ? lang : 'en';
+    try { localStorage.setItem('postamt.lang', this.lang); } catch { /* private mode: not kept */ }
+  },
+  t(key, params = {}) {
+    const s = dicts[this.lang][key] ?? en[key] ?? key;
+    return s.replace(/\{(\w+)\}/g, (_, k) => (params[k] ?? ''));
+  },
+  /** apply sets the texts of elements marked data-i18n, data-i18n-label, data-i18n-placeholder. */
+  apply(root) {
+    document.documentElement.lang = this.lang;
+    for (const el of root.querySelectorAll('[data-i18n]')) el.textContent = this.t(el.dataset.i18n);
+    for (const el of root.querySelectorAll('[data-i18n-label]')) el.setAttribute('aria-label', this.t(el.dataset.i18nLabel));
+    for (const el of root.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = this.t(el.dataset.i18nPlaceholder);
+  },
+  /** date formats a timestamp in the user's time zone; '' for none. */
+  date(ts) {
+    if (!ts) return '';
+    return new Intl.DateTimeFormat(this.lang, { dateStyle: 'short', timeStyle: 'medium' }).format(new Date(ts));
+  },
+};
