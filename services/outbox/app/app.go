@@ -70,8 +70,8 @@ type Config struct {
 	MaxSelection       int           `env:"OUTBOX_MAX_SELECTION, default=100000" desc:"most emails one bulk action (send now, cancel, retry, reschedule, move) may select by filter"`
 	RelayBatch         int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle     time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
-	MetricsInterval    time.Duration `env:"OUTBOX_METRICS_INTERVAL, default=15s" desc:"how often one replica reads every connector's backlog and the status counts from Redis for the gauges (a scrape reads memory only)"`
-	MetricsConnectors  int           `env:"OUTBOX_METRICS_MAX_CONNECTORS, default=200" desc:"most connectors with series of their own (tenant and connector labels); the rest are aggregated under tenant and connector \"_other\""`
+	MetricsInterval    time.Duration `env:"OUTBOX_METRICS_INTERVAL, default=15s" desc:"how often one replica reads every connector's backlog and the status counts from Redis for the gauges (a scrape reads memory only); 0 means 15s"`
+	MetricsConnectors  int           `env:"OUTBOX_METRICS_MAX_CONNECTORS, default=200" desc:"most connectors with series of their own (tenant and connector labels); the rest are aggregated under tenant and connector \"_other\"; 0 means 200"`
 }
 
 // Validate checks the values no default can fix.
@@ -97,8 +97,8 @@ func (c *Config) Validate() error {
 	check(c.MaxSelection >= 1 && c.MaxSelection <= 10_000_000, "OUTBOX_MAX_SELECTION must be between 1 and 10000000, got %d", c.MaxSelection)
 	check(c.RelayBatch >= 1 && c.RelayBatch <= 10000, "OUTBOX_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch)
 	check(c.RelayClaimIdle >= time.Second, "OUTBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle)
-	check(c.MetricsInterval >= time.Second, "OUTBOX_METRICS_INTERVAL must be at least 1s, got %s", c.MetricsInterval)
-	check(c.MetricsConnectors >= 1 && c.MetricsConnectors <= 10000, "OUTBOX_METRICS_MAX_CONNECTORS must be between 1 and 10000, got %d", c.MetricsConnectors)
+	check(c.MetricsInterval == 0 || c.MetricsInterval >= 100*time.Millisecond, "OUTBOX_METRICS_INTERVAL must be at least 100ms, got %s", c.MetricsInterval)
+	check(c.MetricsConnectors >= 0 && c.MetricsConnectors <= 10000, "OUTBOX_METRICS_MAX_CONNECTORS must be between 0 (the default) and 10000, got %d", c.MetricsConnectors)
 	return errors.Join(errList...)
 }
 

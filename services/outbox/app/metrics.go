@@ -35,6 +35,9 @@ type laneGauges struct {
 
 func newLaneGauges(ledger *redisstore.Ledger, lanes func() []redisstore.Lane, now func() time.Time, maxConnectors int) *laneGauges {
 	lc := []string{"tenant", "connector"}
+	if maxConnectors <= 0 {
+		maxConnectors = dispatch.DefaultMaxConnectorSeries
+	}
 	return &laneGauges{
 		ledger: ledger, lanes: lanes, now: now, max: maxConnectors,
 		due: prometheus.NewDesc("postamt_outbox_due_emails",
