@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/postamt/postamt/internal/telemetry"
+	"github.com/postamt/postamt/internal/gauges"
 )
 
 // Backlog is what waits in a relay's Redis streams: the entries not yet acknowledged by
@@ -89,7 +89,7 @@ func ConsumerLag(ctx context.Context, js jetstream.JetStream, stream, durable st
 // service exports.
 type Durable struct{ Stream, Name string }
 
-// LagGauges are a service's event lag gauges, read by a metrics sampler (telemetry.Sampler):
+// LagGauges are a service's event lag gauges, read by a metrics sampler (gauges.Sampler):
 //
 //	postamt_relay_backlog_entries{service}                       entries waiting in the Redis streams
 //	postamt_relay_oldest_entry_age_seconds{service}              age of the oldest of them (0: none)
@@ -171,7 +171,7 @@ func (g *LagGauges) Sample(ctx context.Context, emit func(desc *prometheus.Desc,
 // LagSampler samples a service's LagGauges every 15 s in every replica (each reads the same
 // few O(1) values; queries take the max across pods). Register it with the service's registry
 // and Run it beside the service.
-func LagSampler(service string, relay *Relay, js jetstream.JetStream, logger *slog.Logger, durables ...Durable) *telemetry.Sampler {
+func LagSampler(service string, relay *Relay, js jetstream.JetStream, logger *slog.Logger, durables ...Durable) *gauges.Sampler {
 	g := NewLagGauges(service, relay, js, nil, durables...)
-	return &telemetry.Sampler{Name: service + "-events", Descs: g.Descs(), Sample: g.Sample, Logger: logger}
+	return &gauges.Sampler{Name: service + "-events", Descs: g.Descs(), Sample: g.Sample, Logger: logger}
 }

@@ -27,7 +27,7 @@ import (
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/secretref"
-	"github.com/postamt/postamt/internal/telemetry"
+	"github.com/postamt/postamt/internal/gauges"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
@@ -146,7 +146,7 @@ type App struct {
 	mailbox *grpc.ClientConn
 	worker  *push.Worker
 	// samplers read the relay's backlog and the push backlog for /metrics.
-	samplers []*telemetry.Sampler
+	samplers []*gauges.Sampler
 }
 
 // New wires the calendar; nothing runs until Run.
@@ -322,7 +322,7 @@ func (a *App) registerMetrics() error {
 	if now == nil {
 		now = time.Now
 	}
-	backlog := &telemetry.Sampler{
+	backlog := &gauges.Sampler{
 		Name: Name + "-push", Descs: []*prometheus.Desc{pending, due, age}, Logger: a.deps.Logger,
 		Sample: func(ctx context.Context, emit func(*prometheus.Desc, float64, ...string)) error {
 			t := now()
@@ -340,7 +340,7 @@ func (a *App) registerMetrics() error {
 			return nil
 		},
 	}
-	a.samplers = []*telemetry.Sampler{eventbus.LagSampler(Name, a.relay, a.deps.JS, a.deps.Logger), backlog}
+	a.samplers = []*gauges.Sampler{eventbus.LagSampler(Name, a.relay, a.deps.JS, a.deps.Logger), backlog}
 	for _, c := range []prometheus.Collector{a.relay.Collector(prometheus.Labels{"service": Name}), pushes, a.samplers[0], backlog} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register calendar metrics: %w", err)

@@ -22,7 +22,7 @@ import (
 	"github.com/postamt/postamt/internal/eventbus"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/internal/telemetry"
+	"github.com/postamt/postamt/internal/gauges"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	"github.com/postamt/postamt/services/mailbox/internal/events"
 	"github.com/postamt/postamt/services/mailbox/internal/grpcapi"
@@ -84,7 +84,7 @@ type App struct {
 	server *grpcserver.Server
 	relay  *eventbus.Relay
 	// lag samples the relay's backlog and the sent view's consumer lag for /metrics.
-	lag *telemetry.Sampler
+	lag *gauges.Sampler
 }
 
 // New wires the service; nothing runs until Run.

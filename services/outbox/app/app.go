@@ -24,7 +24,7 @@ import (
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/secretref"
-	"github.com/postamt/postamt/internal/telemetry"
+	"github.com/postamt/postamt/internal/gauges"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
@@ -136,7 +136,7 @@ type App struct {
 	server     *grpcserver.Server
 	relay      *eventbus.Relay
 	redriver   *eventbus.Redriver
-	samplers   []*telemetry.Sampler
+	samplers   []*gauges.Sampler
 	dispatcher *dispatch.Dispatcher
 	ledger     *redisstore.Ledger
 	registry   *service.Registry
@@ -273,12 +273,12 @@ func New(cfg Config, deps Deps) (*App, error) {
 
 // newSamplers are the gauges read from Redis in the background: the relay's backlog (every
 // replica), and each connector's backlog and the status counts (one replica, by lock).
-func (a *App) newSamplers() []*telemetry.Sampler {
+func (a *App) newSamplers() []*gauges.Sampler {
 	events := eventbus.LagSampler(Name, a.relay, a.deps.JS, a.deps.Logger)
 	g := newLaneGauges(a.ledger, a.registry.Lanes, a.deps.Now, a.cfg.MetricsConnectors)
-	lanes := &telemetry.Sampler{Name: Name + "-lanes", Descs: g.descs(), Sample: g.sample,
+	lanes := &gauges.Sampler{Name: Name + "-lanes", Descs: g.descs(), Sample: g.sample,
 		Interval: a.cfg.MetricsInterval, Redis: a.deps.Redis, LockKey: redisstore.MetricsLockKey, Logger: a.deps.Logger}
-	return []*telemetry.Sampler{events, lanes}
+	return []*gauges.Sampler{events, lanes}
 }
 
 type realClock struct{}

@@ -13,7 +13,7 @@ import (
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 )
 
-// laneGauges are the outbox's backlog gauges, sampled by one replica (telemetry.Sampler):
+// laneGauges are the outbox's backlog gauges, sampled by one replica (gauges.Sampler):
 //
 //	postamt_outbox_due_emails{tenant,connector}               mail due now and not being sent
 //	postamt_outbox_oldest_due_age_seconds{tenant,connector}   how long the oldest of it has been due

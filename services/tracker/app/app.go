@@ -24,7 +24,7 @@ import (
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/ids"
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/internal/telemetry"
+	"github.com/postamt/postamt/internal/gauges"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 	"github.com/postamt/postamt/services/tracker/internal/events"
@@ -143,7 +143,7 @@ type App struct {
 	mailbox   *grpc.ClientConn
 	journal   *journal.Server
 	// lag samples the relay's backlog and the EmailSent consumer's lag for /metrics.
-	lag *telemetry.Sampler
+	lag *gauges.Sampler
 }
 
 // New wires the tracker; nothing runs until Run.

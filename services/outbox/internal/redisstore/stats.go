@@ -26,7 +26,7 @@ type LaneStat struct {
 }
 
 // MetricsLockKey elects the one outbox replica that samples the lanes' gauges
-// (telemetry.Sampler.LockKey); it lives in the connectors' slot.
+// (gauges.Sampler.LockKey); it lives in the connectors' slot.
 const MetricsLockKey = connTag + ":metrics-lock"
 
 // LaneStats reads the lanes' due backlog, oldest due time and SENDING count. Per lane and

@@ -1,4 +1,6 @@
-package telemetry
+// Package gauges exports gauges whose values cost a read of Redis or NATS without reading
+// either at scrape time: a Sampler reads them in the background and scrapes copy the last values.
+package gauges
 
 import (
 	"context"
