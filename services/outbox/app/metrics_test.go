@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/postamt/postamt/internal/telemetry"
 	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -59,12 +59,13 @@ func scrape(t *testing.T, url string) map[string]float64 {
 }
 
 // TestMetricsNameTheFailingConnector: after a relay refuses mail (550 for one email, 451 for
-// another), the outbox's /metrics, scraped over HTTP from the ops server, shows the failures
+// another), the outbox's metrics, scraped over HTTP in the exposition format, shows the failures
 // under that connector's name, the conversations in its latency histogram, and the failed and
 // retrying mail in the status gauges; the healthy default connector shows none of it.
 func TestMetricsNameTheFailingConnector(t *testing.T) {
 	e := startEnv(t, func(c *app.Config) { c.MetricsInterval = 100 * time.Millisecond })
-	ops := httptest.NewServer(telemetry.NewOpsServer("", e.metrics[0], nil).Handler())
+	// As the ops server serves it (internal/telemetry.OpsServer: promhttp over the registry).
+	ops := httptest.NewServer(promhttp.HandlerFor(e.metrics[0], promhttp.HandlerOpts{}))
 	t.Cleanup(ops.Close)
 
 	host, port := e.sinkHostPort()
@@ -101,7 +102,7 @@ func TestMetricsNameTheFailingConnector(t *testing.T) {
 	ok := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "accepted"))
 	e.waitStatus(eva, ok.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_SENT)
 
-	got := scrape(t, ops.URL+"/metrics")
+	got := scrape(t, ops.URL)
 	for series, want := range map[string]float64{
 		`postamt_outbox_attempts_total{connector="abweiser",outcome="permanent",tenant="kanzlei"}`: 1,
 		`postamt_outbox_attempts_total{connector="abweiser",outcome="temporary",tenant="kanzlei"}`: 1,
@@ -118,10 +119,10 @@ func TestMetricsNameTheFailingConnector(t *testing.T) {
 
 	// The gauges are sampled in the background: wait for a sample taken after the failures.
 	poll.Eventually(t, "status gauges", func() bool {
-		g := scrape(t, ops.URL+"/metrics")
+		g := scrape(t, ops.URL)
 		return g[`postamt_outbox_emails{status="FAILED"}`] == 1 && g[`postamt_outbox_emails{status="PENDING_RETRY"}`] == 1
 	})
-	g := scrape(t, ops.URL+"/metrics")
+	g := scrape(t, ops.URL)
 	for _, series := range []string{
 		`postamt_outbox_due_emails{connector="abweiser",tenant="kanzlei"}`,
 		`postamt_outbox_oldest_due_age_seconds{connector="abweiser",tenant="kanzlei"}`,
