@@ -20,9 +20,9 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/internal/gauges"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	"github.com/postamt/postamt/services/mailbox/internal/events"
 	"github.com/postamt/postamt/services/mailbox/internal/grpcapi"

@@ -21,10 +21,10 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/ids"
 	"github.com/postamt/postamt/internal/redisx"
-	"github.com/postamt/postamt/internal/gauges"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 	"github.com/postamt/postamt/services/tracker/internal/events"
