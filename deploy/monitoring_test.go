@@ -248,14 +248,15 @@ func exported(t *testing.T) string {
 	t.Helper()
 	var all strings.Builder
 	for _, root := range []string{"../internal", "../services", "../gateway"} {
-		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		fsys := os.DirFS(root)
+		err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
 			if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return nil
 			}
-			b, err := os.ReadFile(path)
+			b, err := fs.ReadFile(fsys, path)
 			if err != nil {
 				return err
 			}
