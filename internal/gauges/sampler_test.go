@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/testkit/redistest"
@@ -41,19 +40,19 @@ func TestSamplerOneReplicaExports(t *testing.T) {
 
 	a.Refresh(ctx)
 	b.Refresh(ctx)
-	if n := testutil.CollectAndCount(regA, "test_backlog"); n != 1 {
+	if n := count(t, regA, "test_backlog"); n != 1 {
 		t.Fatalf("holder exports %d series, want 1", n)
 	}
-	if n := testutil.CollectAndCount(regB, "test_backlog"); n != 0 {
+	if n := count(t, regB, "test_backlog"); n != 0 {
 		t.Errorf("the other replica exports %d series, want 0", n)
 	}
 
 	va, failA = 8, true
 	a.Refresh(ctx)
-	if got := testutil.ToFloat64(collectorOf(t, regA, "test_backlog")); got != 7 {
+	if got := single(t, regA, "test_backlog"); got != 7 {
 		t.Errorf("after a failed sample: %v, want the last value 7", got)
 	}
-	if got := testutil.ToFloat64(collectorOf(t, regA, "postamt_sampler_failures_total")); got != 1 {
+	if got := single(t, regA, "postamt_sampler_failures_total"); got != 1 {
 		t.Errorf("failures = %v, want 1", got)
 	}
 
@@ -62,28 +61,44 @@ func TestSamplerOneReplicaExports(t *testing.T) {
 	}
 	b.Refresh(ctx)
 	a.Refresh(ctx)
-	if got := testutil.ToFloat64(collectorOf(t, regB, "test_backlog")); got != 9 {
+	if got := single(t, regB, "test_backlog"); got != 9 {
 		t.Errorf("new holder exports %v, want 9", got)
 	}
-	if n := testutil.CollectAndCount(regA, "test_backlog"); n != 0 {
+	if n := count(t, regA, "test_backlog"); n != 0 {
 		t.Errorf("the old holder still exports %d series", n)
 	}
 }
 
-// collectorOf is the registry's one series of name, as a collector testutil can read.
-func collectorOf(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+// series reads the values of name's series in reg.
+func series(t *testing.T, reg *prometheus.Registry, name string) []float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out []float64
 	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			m := mf.GetMetric()[0]
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: "copy"}, func() float64 { return v })
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out = append(out, m.GetGauge().GetValue()+m.GetCounter().GetValue())
 		}
 	}
-	t.Fatalf("no single series %s", name)
-	return nil
+	return out
+}
+
+func count(t *testing.T, reg *prometheus.Registry, name string) int {
+	t.Helper()
+	return len(series(t, reg, name))
+}
+
+// single is the value of name's one series.
+func single(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	vs := series(t, reg, name)
+	if len(vs) != 1 {
+		t.Fatalf("%d series %s, want 1", len(vs), name)
+	}
+	return vs[0]
 }
