@@ -120,7 +120,8 @@ func (s *Sampler) Refresh(ctx context.Context) {
 		held, err := s.lead(ctx)
 		if err != nil || !held {
 			s.mu.Lock()
-			s.last = nil // another replica exports them; stale copies here would outvote it
+			// Another replica exports them; stale copies here would outvote it.
+			s.last, s.lastOK = nil, time.Time{}
 			if err != nil {
 				s.failures++
 			}
