@@ -106,10 +106,17 @@ func startSuite(b *testing.B) *suite {
 	must(mbc.AddMember(s.admin, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "max", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}))
 	host, port, _ := net.SplitHostPort(s.sink.Addr())
 	p, _ := strconv.Atoi(port)
-	must(s.outbox.CreateConnector(s.admin, &outboxv1.CreateConnectorRequest{Connector: &outboxv1.Connector{
+	conn := &outboxv1.Connector{
 		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, PoolSize: int32(envInt("POSTAMT_BENCH_POOL", 32)),
 		RetryPattern: []*durationpb.Duration{durationpb.New(time.Minute)},
-	}}))
+	}
+	if os.Getenv("POSTAMT_BENCH_LIMITS") != "" {
+		// Relay limits that never bind, so every send pays the budget check (issue 21's cost
+		// per email) and nothing waits: the connector's four windows and the sender's two.
+		conn.Limits = &outboxv1.RelayLimits{MessagesPerSecond: 10_000, MessagesPerMinute: 100_000, RecipientsPerMinute: 1_000_000, RecipientsPerDay: 10_000_000}
+		conn.SenderLimits = &outboxv1.RelayLimits{MessagesPerMinute: 100_000, RecipientsPerDay: 10_000_000}
+	}
+	must(s.outbox.CreateConnector(s.admin, &outboxv1.CreateConnectorRequest{Connector: conn}))
 	must(s.outbox.UpdateUserSettings(s.user, &outboxv1.UpdateUserSettingsRequest{
 		Settings: &outboxv1.UserSettings{UndoDelay: durationpb.New(0)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"undo_delay"}},
 	}))

@@ -3,6 +3,8 @@ package deploy_test
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -763,4 +765,31 @@ func TestSentinelFlows(t *testing.T) {
 			t.Errorf("violations on %v, want an address one on outbox's REDIS_URL", objs)
 		}
 	})
+}
+
+// TestProdNamespaceAppliesFirst: the prod Secrets are created by hand in the namespace before the
+// overlay is applied (docs/operations.md, "First install"), so namespace.yaml must apply on its
+// own — one Namespace, named as the overlay's namespace, with the Pod Security labels the
+// rendered overlay gives it — and kubectl apply -f on it needs nothing else.
+func TestProdNamespaceAppliesFirst(t *testing.T) {
+	dir := filepath.Join("k8s", "overlays", "prod")
+	raw, err := os.ReadFile(filepath.Join(dir, "namespace.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone, err := deploy.Decode(raw)
+	if err != nil {
+		t.Fatalf("namespace.yaml on its own: %v", err)
+	}
+	if len(alone.Namespaces) != 1 || len(alone.Workloads()) != 0 || len(alone.Services) != 0 || len(alone.ConfigMaps) != 0 {
+		t.Fatalf("namespace.yaml must hold exactly one Namespace and nothing else: %+v", alone)
+	}
+	ns := alone.Namespaces[0]
+	if ns.Name != overlays["prod"].Namespace {
+		t.Errorf("namespace.yaml names %q, the overlay renders into %q", ns.Name, overlays["prod"].Namespace)
+	}
+	rendered := render(t, dir)
+	if len(rendered.Namespaces) != 1 || !maps.Equal(rendered.Namespaces[0].Labels, ns.Labels) {
+		t.Errorf("the rendered Namespace differs from namespace.yaml applied first: %+v vs %+v", rendered.Namespaces, ns)
+	}
 }

@@ -60,15 +60,30 @@ type Expect struct {
 	Status map[string]outboxv1.EmailStatus
 	// Within bounds Settle; 0 means DefaultSettle.
 	Within time.Duration
-	// Load, when the mail came from one, has its refused submits counted in the row.
+	// Load, when the mail came from one, has its refused submits counted in the row; a mixed
+	// load's expectations (Load.Expect: CANCELLED, FAILED) apply to its emails that Status does
+	// not name.
 	Load *Load
 }
 
-func (e Expect) status(id string) outboxv1.EmailStatus {
-	if st, ok := e.Status[id]; ok {
+// statuses merges what Status and the load expect.
+func (e Expect) statuses() map[string]outboxv1.EmailStatus {
+	out := map[string]outboxv1.EmailStatus{}
+	if e.Load != nil {
+		maps.Copy(out, e.Load.Expect())
+	}
+	maps.Copy(out, e.Status)
+	return out
+}
+
+// expectSENT is the status of an email neither Status nor the load names.
+const expectSENT = outboxv1.EmailStatus_EMAIL_STATUS_SENT
+
+func wantStatus(expected map[string]outboxv1.EmailStatus, id string) outboxv1.EmailStatus {
+	if st, ok := expected[id]; ok {
 		return st
 	}
-	return outboxv1.EmailStatus_EMAIL_STATUS_SENT
+	return expectSENT
 }
 
 // Settled is what Settle saw.
@@ -606,7 +621,10 @@ func newMarker() string {
 // tb for each that does not hold:
 //
 //   - nothing accepted is lost: every email of mail ends in the status exp names (SENT unless
-//     named otherwise), and every one to be SENT reached a relay;
+//     exp.Status or a mixed exp.Load names another), and every one to be SENT reached a relay;
+//   - cancelled mail never left: every email to end CANCELLED reached no relay; scheduled mail
+//     was not sent early: no email reached a relay, nor had an attempt start, before its
+//     send_at;
 //   - no uncounted duplicate: an email reached the relays at most once plus once per UNKNOWN
 //     attempt in its history (the RFC 1047 window, counted as ambiguous); one not SENT reached
 //     them at most once per UNKNOWN attempt; nothing foreign arrived;
@@ -682,14 +700,15 @@ func (s *Suite) Check(tb testing.TB, mail []Submitted, exp Expect) *Result {
 		problem("the EmailSent events cannot be counted: %v", evErr)
 	}
 
-	var wrongStatus, lost, uncounted, eventsOff []string
+	expected := exp.statuses()
+	var wrongStatus, lost, uncounted, eventsOff, cancelledOut []string
 	res.Accepted = len(mail)
 	if exp.Load != nil {
 		res.Refused = exp.Load.Refusals()
 	}
 	for _, m := range mail {
 		e := emails[m.ID]
-		want, got := exp.status(m.ID), e.GetStatus()
+		want, got := wantStatus(expected, m.ID), e.GetStatus()
 		k := copies[m.MessageID]
 		unknown := 0
 		for _, a := range e.GetAttempts() {
@@ -717,6 +736,9 @@ func (s *Suite) Check(tb testing.TB, mail []Submitted, exp Expect) *Result {
 		if got == outboxv1.EmailStatus_EMAIL_STATUS_SENT {
 			allowed++
 		}
+		if want == outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED && k > 0 {
+			cancelledOut = append(cancelledOut, fmt.Sprintf("%s (%s, %d copies)", m.ID, trimStatus(got), k))
+		}
 		if k > allowed {
 			uncounted = append(uncounted, fmt.Sprintf("%s (%s, %d copies, %d UNKNOWN of %d attempts)", m.ID, trimStatus(got), k, unknown, e.GetAttemptCount()))
 		}
@@ -740,6 +762,12 @@ func (s *Suite) Check(tb testing.TB, mail []Submitted, exp Expect) *Result {
 	if len(uncounted) > 0 {
 		problem("%d emails reached the relays more often than their UNKNOWN attempts account for (uncounted duplicates), e.g. %s", len(uncounted), Some(uncounted, 5))
 	}
+	if len(cancelledOut) > 0 {
+		problem("%d emails cancelled inside their schedule reached a relay, e.g. %s", len(cancelledOut), Some(cancelledOut, 5))
+	}
+	if early := sentEarly(mail, emails, firstArrivals(relays)); len(early) > 0 {
+		problem("%d scheduled emails reached a relay or were attempted before their send_at, e.g. %s", len(early), Some(early, 5))
+	}
 	if res.Tally.Foreign > 0 {
 		problem("%d messages at the relays belong to no accepted email", res.Tally.Foreign)
 	}
@@ -752,6 +780,44 @@ func (s *Suite) Check(tb testing.TB, mail []Submitted, exp Expect) *Result {
 	res.checked = true
 	tb.Logf("result: %s", res)
 	return res
+}
+
+// firstArrivals is when each Message-ID first reached any of relays.
+func firstArrivals(relays []*Relay) map[string]time.Time {
+	first := map[string]time.Time{}
+	for _, r := range relays {
+		for _, a := range r.Arrivals() {
+			if t, ok := first[a.MessageID]; !ok || a.At.Before(t) {
+				first[a.MessageID] = a.At
+			}
+		}
+	}
+	return first
+}
+
+// sentEarly lists the scheduled emails of mail (Submitted.SendAt) that reached a relay (first,
+// by Message-ID), or an attempt of which started, before their send_at: scheduled mail is never
+// sent early. The outbox's due index counts whole milliseconds, so send_at is compared truncated
+// to one.
+func sentEarly(mail []Submitted, emails map[string]*outboxv1.Email, first map[string]time.Time) []string {
+	var out []string
+	for _, m := range mail {
+		if m.SendAt.IsZero() {
+			continue
+		}
+		due := m.SendAt.Truncate(time.Millisecond)
+		if t, ok := first[m.MessageID]; ok && t.Before(due) {
+			out = append(out, fmt.Sprintf("%s at the relay %s before its send_at", m.ID, due.Sub(t)))
+			continue
+		}
+		for _, a := range emails[m.ID].GetAttempts() {
+			if st := a.GetStartTime(); st != nil && st.AsTime().Before(due) {
+				out = append(out, fmt.Sprintf("%s attempt %d started %s before its send_at", m.ID, a.GetNumber(), due.Sub(st.AsTime())))
+				break
+			}
+		}
+	}
+	return out
 }
 
 func trimStatus(st outboxv1.EmailStatus) string {

@@ -6,6 +6,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
 
 // TestScanLogsFindsWhatNoLogMayHold runs the log scan on a made-up log: a panic, a token the
@@ -67,5 +71,33 @@ func TestTableRows(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestSentEarly: a scheduled email is early when its first copy reached a relay, or an attempt
+// started, before its send_at (to the millisecond the due index counts); mail due at once and
+// mail sent on time are not.
+func TestSentEarly(t *testing.T) {
+	due := time.Date(2026, 12, 7, 12, 0, 0, 500_700_000, time.UTC) // .5007: the index says .500
+	mail := []Submitted{
+		{ID: "now", MessageID: "m-now"},
+		{ID: "on-time", MessageID: "m-on-time", SendAt: due},
+		{ID: "same-ms", MessageID: "m-same-ms", SendAt: due},
+		{ID: "early-copy", MessageID: "m-early-copy", SendAt: due},
+		{ID: "early-attempt", MessageID: "m-early-attempt", SendAt: due},
+	}
+	emails := map[string]*outboxv1.Email{
+		"early-attempt": {Attempts: []*outboxv1.Attempt{{Number: 1, StartTime: timestamppb.New(due.Add(-2 * time.Second))}}},
+	}
+	first := map[string]time.Time{
+		"m-now":           due.Add(-time.Hour),
+		"m-on-time":       due.Add(time.Millisecond),
+		"m-same-ms":       due.Add(-200 * time.Microsecond),
+		"m-early-copy":    due.Add(-time.Second),
+		"m-early-attempt": due.Add(time.Second),
+	}
+	got := sentEarly(mail, emails, first)
+	if len(got) != 2 || !strings.HasPrefix(got[0], "early-copy ") || !strings.HasPrefix(got[1], "early-attempt ") {
+		t.Errorf("sentEarly = %q, want early-copy and early-attempt only", got)
 	}
 }

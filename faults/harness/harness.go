@@ -85,6 +85,10 @@ type Options struct {
 	Tracker bool
 	// Calendar runs `postamt serve calendar` (it follows the mailbox's events).
 	Calendar bool
+	// CalendarEnv is added to the calendar process's environment, overriding the harness's
+	// defaults: the CalDAV passwords its users' password_refs name (CalDAV.Env), shorter push
+	// retries (CALENDAR_PUSH_RETRY).
+	CalendarEnv map[string]string
 	// NATSProxy puts a TCP proxy between every process and the NATS server (one server only), so
 	// CutNATS and RestoreNATS can cut it off the network while it keeps running; the harness's
 	// own JetStream reads go to the server directly.
@@ -232,6 +236,7 @@ func Start(tb testing.TB, o Options) *Suite {
 		env := common()
 		env["CALENDAR_MAILBOX_ADDR"] = s.Mailbox.GRPCAddr
 		env["CALENDAR_RELAY_CLAIM_IDLE"] = "5s"
+		maps.Copy(env, o.CalendarEnv)
 		s.Calendar = newProcess(tb, "calendar", bin, logDir, env, "serve", "calendar")
 		starting = append(starting, s.Calendar)
 	}

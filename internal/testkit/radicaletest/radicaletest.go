@@ -6,8 +6,9 @@
 //	srv := radicaletest.Start(t, radicaletest.WithUser("alice", "secret"))
 //	calendarURL := srv.CalendarURL("alice", "work") // http://127.0.0.1:PORT/alice/work/
 //
-// Stop and Restart take the server down and bring it back on the same port with the same
-// storage, for tests of what a client does while its server is unreachable.
+// Stop (SIGTERM) or Kill (SIGKILL) and Restart take the server down and bring it back on the
+// same port with the same storage, for tests of what a client does while its server is
+// unreachable.
 //
 // Tests are skipped with -short. Without -short a missing radicale fails the test (Debian:
 // apt-get install radicale), because a CalDAV test that silently skips proves nothing.
@@ -275,6 +276,26 @@ func (s *Server) Stop() {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
+}
+
+// Kill ends the server with SIGKILL, as a crash or an OOM kill would: requests in flight get no
+// answer and Radicale writes nothing more to its storage. It returns once the process is gone.
+// Restart brings the server back on the same port and storage. It does nothing when the server
+// is not running.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Kill()
+	<-exited
 }
 
 // Restart stops the server if it runs and starts it again on the same port and storage, so

@@ -97,3 +97,26 @@ func TestStopAndRestart(t *testing.T) {
 		t.Errorf("GET of the event after Restart = %d, want %d (storage kept)", got, want)
 	}
 }
+
+// TestKillAndRestart: a SIGKILLed server is gone at once and comes back on the same port with
+// what it had stored.
+func TestKillAndRestart(t *testing.T) {
+	s := radicaletest.Start(t, radicaletest.WithUser("alice", "pw"))
+	addr, cal := s.Addr(), s.CalendarURL("alice", "c")
+	if got, want := do(t, "MKCALENDAR", cal, "alice", "pw", ""), http.StatusCreated; got != want {
+		t.Fatalf("MKCALENDAR = %d, want %d", got, want)
+	}
+	if got, want := do(t, http.MethodPut, cal+"e1.ics", "alice", "pw", event), http.StatusCreated; got != want {
+		t.Fatalf("PUT = %d, want %d", got, want)
+	}
+	s.Kill()
+	if conn, err := net.Dial("tcp", addr); err == nil {
+		conn.Close()
+		t.Fatal("connected after Kill, want the port closed")
+	}
+	s.Kill() // harmless when gone
+	s.Restart(t)
+	if got, want := do(t, http.MethodGet, cal+"e1.ics", "alice", "pw", ""), http.StatusOK; got != want {
+		t.Errorf("GET of the event after Kill and Restart = %d, want %d (storage kept)", got, want)
+	}
+}

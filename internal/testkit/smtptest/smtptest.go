@@ -73,6 +73,13 @@ const (
 	// delivered though the sender cannot know it, so a sender that sends it again makes a
 	// duplicate (Drop is the same window with the message lost).
 	RecordThenDrop
+	// ThrottleData reads the whole message and then answers as Exchange Online does to a
+	// client over its rate: 451 4.7.500 Server busy.
+	ThrottleData
+	// QuotaExceededData reads the whole message and then answers as Gmail does once a daily
+	// quota is used up: 550 5.4.5 Daily user sending quota exceeded (a 5xx that is no fault of
+	// the message).
+	QuotaExceededData
 )
 
 var behaviorNames = [...]string{
@@ -91,6 +98,8 @@ var behaviorNames = [...]string{
 	InsufficientStorageData: "InsufficientStorageData",
 	PermFailMail:            "PermFailMail",
 	RecordThenDrop:          "RecordThenDrop",
+	ThrottleData:            "ThrottleData",
+	QuotaExceededData:       "QuotaExceededData",
 }
 
 // String returns the constant's name, so behaviours read well in subtest names and failures.
@@ -114,6 +123,8 @@ var (
 	errNoStorage    = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "smtptest: insufficient system storage"}
 	errPermFailMail = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "smtptest: sender not allowed"}
 	errTLSRequired  = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "smtptest: must issue a STARTTLS command first"}
+	errThrottled    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 500}, Message: "Server busy. Please try again later from [127.0.0.1]. (S77719) [smtptest]"}
+	errQuota        = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 4, 5}, Message: "Daily user sending quota exceeded. [smtptest]"}
 )
 
 // Envelope is what a hook sees when choosing a Behavior, so it can fail selected senders or
@@ -127,7 +138,8 @@ var (
 //	MAIL FROM     ServiceUnavailable (421), PermFailMail (550)
 //	RCPT TO       ServiceUnavailableRcpt (421), TempFailRcpt (451), MailboxFull (452), PermFailRcpt (550)
 //	end of DATA   ServiceUnavailableData (421), TempFailData (451), InsufficientStorageData (452),
-//	              MessageTooBig (552), PermFailData (554), Hang, Drop, RecordThenDrop
+//	              MessageTooBig (552), PermFailData (554), Hang, Drop, RecordThenDrop,
+//	              ThrottleData (451 4.7.500), QuotaExceededData (550 5.4.5)
 //
 // Stage says which step it is, so a hook can count attempts of a message (one StageData per
 // message whose recipients were accepted) without telling the steps apart by To.
@@ -184,6 +196,8 @@ type config struct {
 	requireTLS      bool
 	implicitTLS     bool
 	smtpUTF8        bool
+	rateN           int
+	ratePer         time.Duration
 }
 
 // WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
@@ -210,6 +224,13 @@ func WithRequireTLS() Option { return func(c *config) { c.startTLS, c.requireTLS
 // characters can be accepted; without it the sink, like go-smtp, refuses MAIL FROM with SMTPUTF8.
 func WithSMTPUTF8() Option { return func(c *config) { c.smtpUTF8 = true } }
 
+// WithRateLimit makes the sink a relay that rations, as providers do: it accepts at most n
+// messages in any window of per, counted by when each message's data arrived, and answers one
+// over the limit as ThrottleData does (451 4.7.500 Server busy), counting it (Throttled).
+func WithRateLimit(n int, per time.Duration) Option {
+	return func(c *config) { c.rateN, c.ratePer = n, per }
+}
+
 // WithImplicitTLS makes the sink speak TLS from the first byte, as relays on port 465 do, with
 // the certificate WithSTARTTLS uses; clients trust it through ClientTLSConfig.
 func WithImplicitTLS() Option { return func(c *config) { c.implicitTLS = true } }
@@ -232,8 +253,10 @@ type Sink struct {
 	behavior Behavior
 	hook     func(Envelope) Behavior
 	messages []Message
-	changed  chan struct{} // closed and replaced whenever a message is recorded
-	tb       testing.TB
+	// throttled counts messages refused by WithRateLimit's limit.
+	throttled int
+	changed   chan struct{} // closed and replaced whenever a message is recorded
+	tb        testing.TB
 }
 
 // Start runs a sink on 127.0.0.1 with a random port for tb and closes it at tb's cleanup.
@@ -396,6 +419,33 @@ func (s *Sink) enter() bool {
 	return true
 }
 
+// overRate reports whether a message arriving at now is over WithRateLimit's limit, and counts
+// it then.
+func (s *Sink) overRate(now time.Time) bool {
+	if s.cfg.rateN <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for i := len(s.messages) - 1; i >= 0 && now.Sub(s.messages[i].Received) < s.cfg.ratePer; i-- {
+		n++
+	}
+	if n < s.cfg.rateN {
+		return false
+	}
+	s.throttled++
+	return true
+}
+
+// Throttled is the number of messages WithRateLimit's limit refused: a sender that keeps to the
+// relay's limits makes it zero.
+func (s *Sink) Throttled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.throttled
+}
+
 func (s *Sink) record(m Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -551,10 +601,17 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	received := time.Now()
+	if ss.sink.overRate(received) {
+		return errThrottled
+	}
 
 	switch ss.sink.decide(Envelope{From: ss.from, To: ss.to, Stage: StageData}) {
 	case TempFailData:
 		return errTempFailData
+	case ThrottleData:
+		return errThrottled
+	case QuotaExceededData:
+		return errQuota
 	case MessageTooBig:
 		return errTooBig
 	case PermFailData:

@@ -8,15 +8,16 @@
 //	p.Hang(true)                       // a relay that stops answering, connections kept open
 //	p.CutAll()                         // every connection dropped at once
 //	p.Refuse(true)                     // the server unreachable: cut, and no connection gets through
+//	p.HoldRequests(true)               // the clients' bytes stop short of the server
 //
-// Only the server-to-client direction is delayed or held: a client's commands reach the server
+// SetDelay and Hang act on the server-to-client direction: a client's commands reach the server
 // at once, and its replies are what the client waits for, which is how a slow or hung relay looks
-// from the sender's side.
+// from the sender's side. HoldRequests acts on the other direction, for a test that needs a
+// request in flight that has not reached the server (a publish a crash must lose).
 package tcpproxy
 
 import (
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -42,6 +43,7 @@ type Proxy struct {
 	delay    time.Duration
 	hung     bool
 	refusing bool
+	holdUp   bool          // HoldRequests: the clients' bytes are kept in their pair's held
 	resume   chan struct{} // closed and replaced when Hang(false) lets held bytes go
 	conns    map[*pair]struct{}
 	accepted int
@@ -54,6 +56,10 @@ type pair struct {
 	client, server net.Conn
 	once           sync.Once
 	gone           chan struct{} // closed by close, so a writer holding bytes stops waiting
+	// held are the client's bytes not yet forwarded (HoldRequests), and flushing is set while
+	// HoldRequests(false) forwards them, so that newer bytes queue behind; both under Proxy.mu.
+	held     []byte
+	flushing bool
 }
 
 func (c *pair) close() {
@@ -139,6 +145,69 @@ func (p *Proxy) Refuse(on bool) {
 	}
 }
 
+// HoldRequests(true) stops forwarding the clients' bytes to the server: the proxy reads them (so
+// a client's writes succeed, as into a network that has lost its way) and keeps them, per
+// connection and in order; replies go on as before. HoldRequests(false) forwards what was held,
+// in order, and forwarding continues. A client that closes its connection, or dies, while bytes
+// of it are held loses them with the connection: they never reach the server, as packets lost
+// with a link. The held bytes are not bounded: hold for a moment of a test, not for megabytes.
+func (p *Proxy) HoldRequests(on bool) {
+	p.mu.Lock()
+	p.holdUp = on
+	var flush []*pair
+	if !on {
+		for c := range p.conns {
+			if len(c.held) > 0 && !c.flushing {
+				c.flushing = true
+				flush = append(flush, c)
+			}
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range flush {
+		p.flush(c)
+	}
+}
+
+// flush forwards c's held bytes, and those that arrive meanwhile, until none is left.
+func (p *Proxy) flush(c *pair) {
+	for {
+		p.mu.Lock()
+		b := c.held
+		c.held = nil
+		if len(b) == 0 || p.holdUp {
+			c.flushing = false
+			if len(b) > 0 { // held again meanwhile: keep them
+				c.held = b
+			}
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		if _, err := c.server.Write(b); err != nil {
+			p.mu.Lock()
+			c.flushing = false
+			p.mu.Unlock()
+			p.drop(c)
+			return
+		}
+	}
+}
+
+// HeldRequests returns a copy of the bytes held now (HoldRequests), one slice per connection that
+// has any, so a test can wait until a client's request is in flight.
+func (p *Proxy) HeldRequests() [][]byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out [][]byte
+	for c := range p.conns {
+		if len(c.held) > 0 {
+			out = append(out, append([]byte(nil), c.held...))
+		}
+	}
+	return out
+}
+
 // Conns is the number of connections open now, so a test can wait until a client has connected
 // (to a hung relay, say) before it goes on.
 func (p *Proxy) Conns() int {
@@ -218,11 +287,32 @@ type chunk struct {
 	due  time.Time
 }
 
-// upstream copies the client's bytes to the server as they come.
+// upstream copies the client's bytes to the server as they come, or queues them in c.held while
+// requests are held (or held bytes are still being forwarded, so nothing overtakes them). When
+// the client closes, the pair is dropped, with any bytes still held.
 func (p *Proxy) upstream(c *pair) {
 	defer p.wg.Done()
-	_, _ = io.Copy(c.server, c.client)
-	p.drop(c)
+	defer p.drop(c)
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := c.client.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			queue := p.holdUp || c.flushing || len(c.held) > 0
+			if queue {
+				c.held = append(c.held, buf[:n]...)
+			}
+			p.mu.Unlock()
+			if !queue {
+				if _, werr := c.server.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			return // the client closed, or the pair was cut
+		}
+	}
 }
 
 // read queues the server's bytes, each chunk stamped with the time it may be forwarded.

@@ -210,6 +210,8 @@ func TestControlsAreSafeForConcurrentUse(t *testing.T) {
 			}
 			p.SetDelay(time.Duration(i%3) * time.Millisecond)
 			p.Hang(i%2 == 0)
+			p.HoldRequests(i%4 == 1)
+			_ = p.HeldRequests()
 			if i%7 == 0 {
 				p.Refuse(i%14 == 0)
 			}
@@ -233,6 +235,51 @@ func TestControlsAreSafeForConcurrentUse(t *testing.T) {
 	wg.Wait()
 	p.Refuse(false)
 	p.Hang(false)
+	p.HoldRequests(false)
 	p.CutAll()
 	poll.Eventually(t, "every connection closed", func() bool { return p.Conns() == 0 })
+}
+
+// TestHoldRequests: while requests are held the server gets nothing and the client's bytes are
+// visible in HeldRequests; released, they reach the server in order, ahead of newer ones. A
+// client that closes while its bytes are held loses them: they never reach the server.
+func TestHoldRequests(t *testing.T) {
+	p := tcpproxy.Start(t, echo(t))
+	c, r := client(t, p.Addr())
+	if got, err := roundTrip(t, c, r, "before", 5*time.Second); err != nil || got != "before" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	p.HoldRequests(true)
+	if _, err := roundTrip(t, c, r, "held", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read while requests are held: %v; want a timeout (nothing reached the server)", err)
+	}
+	poll.Eventually(t, "the request held", func() bool {
+		h := p.HeldRequests()
+		return len(h) == 1 && string(h[0]) == "held\n"
+	})
+
+	// A second client's request is held too, and lost when it closes.
+	lost, _ := client(t, p.Addr())
+	poll.Eventually(t, "the second connection", func() bool { return p.Conns() == 2 })
+	if _, err := io.WriteString(lost, "lost\n"); err != nil {
+		t.Fatal(err)
+	}
+	poll.Eventually(t, "both requests held", func() bool { return len(p.HeldRequests()) == 2 })
+	_ = lost.Close()
+	poll.Eventually(t, "the closed client's connection dropped", func() bool { return p.Conns() == 1 })
+
+	p.HoldRequests(false)
+	if _, err := io.WriteString(c, "after\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"held", "after"} {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := r.ReadString('\n')
+		if err != nil || got != want+"\n" {
+			t.Fatalf("after release: got %q, %v; want %q", got, err, want)
+		}
+	}
+	if h := p.HeldRequests(); len(h) != 0 {
+		t.Errorf("HeldRequests after release: %q, want none", h)
+	}
 }

@@ -27,7 +27,9 @@ type pushEnv struct {
 	client *caldav.Client // reads what the server has, as anwalt
 }
 
-func startPushEnv(t *testing.T) *pushEnv {
+// startPushEnv starts the env with anwalt pushing to a fresh Radicale; more changes the
+// calendar's dependencies further (its HTTP client, say).
+func startPushEnv(t *testing.T, more ...func(*app.Deps)) *pushEnv {
 	t.Helper()
 	dav := radicaletest.Start(t, radicaletest.WithUser("anwalt", davPassword))
 	getenv := func(name string) string {
@@ -36,7 +38,12 @@ func startPushEnv(t *testing.T) *pushEnv {
 		}
 		return ""
 	}
-	e := startEnv(t, envOptions{deps: func(d *app.Deps) { d.Getenv = getenv }})
+	e := startEnv(t, envOptions{deps: func(d *app.Deps) {
+		d.Getenv = getenv
+		for _, m := range more {
+			m(d)
+		}
+	}})
 	calURL := dav.CalendarURL("anwalt", "postamt")
 	if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 		UserId: "anwalt", Mode: calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH, SyncLogEnabled: true,

@@ -243,7 +243,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	attempts := dispatch.NewMetrics(cfg.MetricsConnectors)
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postamt_outbox_dispatch_events_total",
-		Help: "Dispatcher events besides attempts: reclaimed (mail taken over after a lease ran out), lease_lost, handed_back (claims given back unstarted), record_retried (results kept while Redis was away), unrecorded (results dropped because their claim was lost).",
+		Help: "Dispatcher events besides attempts: reclaimed (mail taken over after a lease ran out), lease_lost, handed_back (claims given back unstarted), limited (of those, handed back to wait for the relay's limits), record_retried (results kept while Redis was away), unrecorded (results dropped because their claim was lost).",
 	}, []string{"event"})
 	a.dispatcher = &dispatch.Dispatcher{
 		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,

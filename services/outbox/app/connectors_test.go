@@ -131,6 +131,29 @@ func TestCreateConnectorDefaults(t *testing.T) {
 			}
 		}
 	})
+	t.Run("relay limits are stored, shown, changed by update_mask and checked", func(t *testing.T) {
+		c := relay("exo")
+		c.Limits = &outboxv1.RelayLimits{MessagesPerMinute: 30, RecipientsPerDay: 10_000}
+		c.SenderLimits = &outboxv1.RelayLimits{RecipientsPerDay: 2_000, DayCount: outboxv1.DayCount_DAY_COUNT_CALENDAR, TimeZone: "Europe/Vienna"}
+		got := e.createConnector(c)
+		want := &outboxv1.RelayLimits{MessagesPerMinute: 30, RecipientsPerDay: 10_000, DayCount: outboxv1.DayCount_DAY_COUNT_ROLLING}
+		if !proto.Equal(got.GetLimits(), want) || !proto.Equal(got.GetSenderLimits(), c.SenderLimits) {
+			t.Errorf("created limits %v and %v, want %v and %v", got.GetLimits(), got.GetSenderLimits(), want, c.SenderLimits)
+		}
+		c.Limits = nil
+		r, err := e.outbox.UpdateConnector(e.admin(), &outboxv1.UpdateConnectorRequest{Connector: c, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"limits"}}})
+		if err != nil || r.GetConnector().GetLimits() != nil || !proto.Equal(r.GetConnector().GetSenderLimits(), c.SenderLimits) {
+			t.Errorf("update of limits only = %v (%v); want the connector's limits gone, the sender's kept", r.GetConnector(), err)
+		}
+		bad := relay("falsch")
+		bad.Limits = &outboxv1.RelayLimits{MessagesPerSecond: -1}
+		bad.SenderLimits = &outboxv1.RelayLimits{DayCount: outboxv1.DayCount_DAY_COUNT_CALENDAR}
+		_, err = e.outbox.CreateConnector(e.admin(), &outboxv1.CreateConnectorRequest{Connector: bad})
+		st := code(t, err, codes.InvalidArgument)
+		if f := fields(st); !slices.Contains(f, "connector.limits.messages_per_second") || !slices.Contains(f, "connector.sender_limits.time_zone") {
+			t.Errorf("violations %v, want connector.limits.messages_per_second and connector.sender_limits.time_zone", f)
+		}
+	})
 }
 
 // TestMoveEmailsRetiresARelay: mail waits on a connector created disabled and on one whose relay

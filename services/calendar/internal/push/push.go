@@ -8,6 +8,9 @@
 // Merge rule on 412 (the object changed on the server since our ETag, or exists on create):
 //   - the server holds exactly the object we write (same UID, SEQUENCE and DTSTAMP): a write of
 //     ours whose answer was lost; take its ETag, done.
+//   - the server holds an earlier revision of ours (same UID, DTSTAMP and fields) whose answer
+//     was lost before a newer revision came: no change made in the calendar; the newer
+//     revision overwrites it with If-Match, APPLIED (see ownEarlier).
 //   - otherwise a three-way merge of our revision and the server's version against the base,
 //     the object Postamt last pushed (or adopted) for the entry, kept per user and entry:
 //     a field (summary, description, location, time) changed on one side only keeps that
@@ -47,6 +50,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/secretref"
 	"github.com/postamt/postamt/services/calendar/internal/caldav"
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
@@ -403,6 +407,25 @@ func (w *Worker) merge(ctx context.Context, t target, rev *calendar.Revision, ic
 	if theirs, err := ical.Inspect(cur.Data); err == nil && theirs.SameRevision(ours) {
 		return result{etag: cur.ETag, outcome: calendar.OutcomeApplied, base: ics}, nil
 	}
+	// The server may hold an earlier revision of ours whose answer was lost (the server stored
+	// it and was killed, or the connection broke, before it answered; a newer revision came
+	// before the retry). That object holds no change made in the calendar: merging against it
+	// counted our own older text as the calendar's and, for appointments, let it win — Postamt
+	// adopted it and silently undid the newer change (found by the fault suite, issue 17). It
+	// is overwritten as a plain update of ours.
+	if own, oseq, err := w.ownEarlier(ctx, t, rev, cur.Data); err != nil {
+		return result{}, err
+	} else if own {
+		seq = max(seq, oseq+1)
+		if ics, err = ical.WithSequence(rev.ICS, seq); err != nil {
+			return result{}, err
+		}
+		res, err := t.c.Update(ctx, t.name, ics, cur.ETag)
+		if err != nil {
+			return result{}, err
+		}
+		return result{etag: res.ETag, outcome: calendar.OutcomeApplied, base: ics}, nil
+	}
 	var m merged
 	theirs, err := ical.ReadFields(cur.Data, w.Zones)
 	if err != nil {
@@ -429,6 +452,39 @@ func (w *Worker) merge(ctx context.Context, t target, rev *calendar.Revision, ic
 		return result{}, err
 	}
 	return result{etag: res.ETag, outcome: calendar.OutcomeConflict, base: ics, detail: m.detail, warning: m.warning}, nil
+}
+
+// ownLookback bounds how many of an entry's earlier revisions ownEarlier compares with the
+// server's object: the revisions made while one push of the entry kept failing. An own
+// revision further back is merged as a change made in the calendar would be.
+const ownLookback = 50
+
+// ownEarlier reports whether the server's object data is one of our own earlier revisions of
+// rev's entry as we wrote it — the same UID and DTSTAMP (each revision's own time) and the
+// same summary, description, location and time — and returns its SEQUENCE.
+func (w *Worker) ownEarlier(ctx context.Context, t target, rev *calendar.Revision, data []byte) (bool, int, error) {
+	theirs, ierr := ical.Inspect(data)
+	theirF, ferr := ical.ReadFields(data, w.Zones)
+	if ierr != nil || ferr != nil {
+		return false, 0, nil //nolint:nilerr // an object we cannot read is none we wrote: no match; the merge that follows handles it
+	}
+	for r := rev.Entry.Revision - 1; r >= 1 && r >= rev.Entry.Revision-ownLookback; r-- {
+		old, err := w.Store.GetRevision(ctx, t.tenant, rev.Entry.ID, r)
+		if errors.Is(err, errs.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			return false, 0, err
+		}
+		oi, err := ical.Inspect(old.ICS)
+		if err != nil || oi.UID != theirs.UID || !oi.Stamp.Equal(theirs.Stamp) {
+			continue
+		}
+		of, err := ical.ReadFields(old.ICS, w.Zones)
+		same := err == nil && of.Summary == theirF.Summary && of.Desc == theirF.Desc && of.Location == theirF.Location && of.Time() == theirF.Time()
+		return same, theirs.Sequence, nil
+	}
+	return false, 0, nil
 }
 
 // errRetry marks a failure that is worth another attempt.

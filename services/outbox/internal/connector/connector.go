@@ -54,6 +54,9 @@ type Connector struct {
 	MaxMessageBytes int64
 	// PoolSize bounds the connections to the relay; 0 means DefaultPoolSize.
 	PoolSize int
+	// Limits are the relay's rations for the connector as a whole, SenderLimits per sender
+	// address; the dispatcher sends no faster (issue 21).
+	Limits, SenderLimits Limits
 	// Version goes up by one with every stored change, for optimistic concurrency and so the
 	// dispatcher knows when to rebuild the connector's sender.
 	Version int64
@@ -132,7 +135,68 @@ func (c *Connector) Validate() error {
 	if c.PoolSize < 1 || c.PoolSize > 64 {
 		v.Add("connector.pool_size", "must be between 1 and 64")
 	}
+	c.Limits.check(&v, "connector.limits")
+	c.SenderLimits.check(&v, "connector.sender_limits")
 	return v.Err()
+}
+
+// Limits are what a relay allows in a time, as providers publish them; zero fields are no
+// limit. A limit is kept across every replica (redisstore.Take); mail over one waits.
+type Limits struct {
+	MessagesPerSecond, MessagesPerMinute  int
+	RecipientsPerMinute, RecipientsPerDay int
+	// CalendarDay counts RecipientsPerDay from midnight to midnight in Zone (an IANA name)
+	// instead of in any 24 hours.
+	CalendarDay bool
+	Zone        string
+}
+
+// IsZero reports whether no limit is set.
+func (l Limits) IsZero() bool { return l == Limits{} }
+
+// Location is the zone of a calendar day; UTC for a rolling day or an unknown name (Validate
+// refuses those).
+func (l Limits) Location() *time.Location {
+	if !l.CalendarDay {
+		return time.UTC
+	}
+	loc, err := time.LoadLocation(l.Zone)
+	if err != nil {
+		return time.UTC
+	}
+	return loc
+}
+
+func (l Limits) check(v *errs.Violations, field string) {
+	for _, f := range []struct {
+		name     string
+		val, max int
+	}{
+		{"messages_per_second", l.MessagesPerSecond, 10_000},
+		{"messages_per_minute", l.MessagesPerMinute, 100_000},
+		{"recipients_per_minute", l.RecipientsPerMinute, 1_000_000},
+		{"recipients_per_day", l.RecipientsPerDay, 10_000_000},
+	} {
+		if f.val < 0 || f.val > f.max {
+			v.Addf(field+"."+f.name, "must be between 0 (no limit) and %d", f.max)
+		}
+	}
+	switch {
+	case l.CalendarDay && l.Zone == "":
+		v.Add(field+".time_zone", "is required with DAY_COUNT_CALENDAR (an IANA name such as Europe/Vienna)")
+	case l.CalendarDay && (l.Zone == "Local" || !validZone(l.Zone)):
+		v.Add(field+".time_zone", "must be an IANA time zone such as Europe/Vienna")
+	case !l.CalendarDay && l.Zone != "":
+		v.Add(field+".time_zone", "is only for DAY_COUNT_CALENDAR")
+	}
+}
+
+func validZone(name string) bool {
+	if len(name) > 64 {
+		return false
+	}
+	_, err := time.LoadLocation(name)
+	return err == nil
 }
 
 // Policy is the retry policy the dispatcher applies to the connector's mail, so the outbox's

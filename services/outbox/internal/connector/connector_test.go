@@ -125,6 +125,15 @@ func TestValidateRejects(t *testing.T) {
 		{"messages under 1 KiB", func(c *Connector) { c.MaxMessageBytes = 1<<10 - 1 }, "connector.max_message_bytes"},
 		{"messages over 100 MiB", func(c *Connector) { c.MaxMessageBytes = 100<<20 + 1 }, "connector.max_message_bytes"},
 		{"negative message size", func(c *Connector) { c.MaxMessageBytes = -1 }, "connector.max_message_bytes"},
+		{"negative rate", func(c *Connector) { c.Limits.MessagesPerMinute = -1 }, "connector.limits.messages_per_minute"},
+		{"rate over the cap", func(c *Connector) { c.SenderLimits.MessagesPerSecond = 10_001 }, "connector.sender_limits.messages_per_second"},
+		{"daily recipients over the cap", func(c *Connector) { c.Limits.RecipientsPerDay = 10_000_001 }, "connector.limits.recipients_per_day"},
+		{"calendar day without a zone", func(c *Connector) { c.Limits.CalendarDay = true }, "connector.limits.time_zone"},
+		{"calendar day in an unknown zone", func(c *Connector) {
+			c.SenderLimits.CalendarDay, c.SenderLimits.Zone = true, "Europe/Atlantis"
+		}, "connector.sender_limits.time_zone"},
+		{"calendar day in Local", func(c *Connector) { c.Limits.CalendarDay, c.Limits.Zone = true, "Local" }, "connector.limits.time_zone"},
+		{"a zone for a rolling day", func(c *Connector) { c.Limits.Zone = "Europe/Vienna" }, "connector.limits.time_zone"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

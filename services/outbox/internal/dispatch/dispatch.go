@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
@@ -38,6 +40,45 @@ type Connector struct {
 	Enabled bool
 	// MaxMessageBytes is the relay's size limit; larger mail fails without being offered.
 	MaxMessageBytes int64
+	// Limits are the relay's rations for the connector as a whole and SenderLimits per sender
+	// address (the envelope's From): a conversation starts only once the budgets shared by every
+	// replica allow it (redisstore.Take); until then the mail waits QUEUED, no attempt used.
+	Limits, SenderLimits connector.Limits
+}
+
+// budgets are the Redis budgets a send through c from from draws on; none without limits.
+func (c Connector) budgets(tenant, id, from string) []redisstore.Budget {
+	var out []redisstore.Budget
+	if w := windows(c.Limits); len(w) > 0 {
+		out = append(out, redisstore.Budget{Tenant: tenant, Key: "c:" + id, Windows: w})
+	}
+	if w := windows(c.SenderLimits); len(w) > 0 {
+		// Per address, not per connector: providers count a mailbox's sends however they reach it.
+		out = append(out, redisstore.Budget{Tenant: tenant, Key: "s:" + strings.ToLower(from), Windows: w})
+	}
+	return out
+}
+
+// windows turns a relay's published limits into the store's windows.
+func windows(l connector.Limits) []redisstore.Window {
+	if l.IsZero() {
+		return nil
+	}
+	var out []redisstore.Window
+	add := func(w redisstore.Window) {
+		if w.Limit > 0 {
+			out = append(out, w)
+		}
+	}
+	add(redisstore.Window{Length: time.Second, Limit: l.MessagesPerSecond})
+	add(redisstore.Window{Length: time.Minute, Limit: l.MessagesPerMinute})
+	add(redisstore.Window{Length: time.Minute, Limit: l.RecipientsPerMinute, Recipients: true})
+	if l.CalendarDay {
+		add(redisstore.Window{Day: true, Zone: l.Location(), Limit: l.RecipientsPerDay, Recipients: true})
+	} else {
+		add(redisstore.Window{Length: 24 * time.Hour, Limit: l.RecipientsPerDay, Recipients: true})
+	}
+	return out
 }
 
 // Dispatcher sends due mail.
@@ -92,6 +133,9 @@ type Dispatcher struct {
 	mu    sync.Mutex
 	lanes map[redisstore.Lane]*lane
 	held  map[*claim]struct{}
+	// throttles counts each lane's throttling refusals in a row, for its back-off; a sent email
+	// ends the row. Kept here rather than in the lane, which an idle connector's is dropped with.
+	throttles map[redisstore.Lane]int
 
 	// redisDown is set while Redis cannot be reached (a claim, renewal or record failed) and
 	// cleared by the next success: no conversation starts meanwhile.
@@ -330,6 +374,10 @@ func outcomeLabel(o outbox.Outcome) string {
 		return "unknown"
 	case outbox.OutcomeConnectorDisabled:
 		return "connector_disabled"
+	case outbox.OutcomeThrottled:
+		return "throttled"
+	case outbox.OutcomeQuotaExhausted:
+		return "quota_exhausted"
 	}
 	return "other"
 }
@@ -380,6 +428,9 @@ func (d *Dispatcher) Drain(ctx context.Context) (int, error) {
 			}
 			if n := len(d.rec.items); n > 0 {
 				return total, fmt.Errorf("%d results not recorded", n)
+			}
+			if l.held() {
+				break // the relay's limit: what is left waits for a later Drain
 			}
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/dispatch"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
@@ -53,6 +54,7 @@ type fixture struct {
 	ledger  *redisstore.Ledger
 	sink    *smtptest.Sink
 	enabled bool
+	limits  connector.Limits // the connector's sender limits
 	d       *dispatch.Dispatcher
 }
 
@@ -67,7 +69,7 @@ func newFixture(t *testing.T, clock dispatch.Clock) *fixture {
 	f.d = &dispatch.Dispatcher{
 		Ledger: f.ledger,
 		Connector: func(tenant, id string) (dispatch.Connector, bool) {
-			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled}, tenant == "kanzlei" && id == "relay"
+			return dispatch.Connector{Sender: sender, Policy: policy, Enabled: f.enabled, SenderLimits: f.limits}, tenant == "kanzlei" && id == "relay"
 		},
 		Clock: clock,
 	}
@@ -187,4 +189,99 @@ func TestRunSleepsUntilDueAndWakes(t *testing.T) {
 	poll.Eventually(t, "the scheduled mail to be sent", func() bool { return len(f.sink.Messages()) == 1 })
 	// The relay's reply comes before the result is recorded.
 	poll.Eventually(t, "the email to be SENT", func() bool { return f.status(t, "m1") == outbox.StatusSent })
+}
+
+// TestSenderLimitHoldsMailWithoutAttempts: a sender allowed 5 messages a minute gets 5 out, and
+// the rest waits QUEUED without using an attempt until the window has room again; a second
+// dispatcher on the same Redis draws from the same budget rather than a budget of its own.
+func TestSenderLimitHoldsMailWithoutAttempts(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	f := newFixture(t, clock)
+	f.limits = connector.Limits{MessagesPerMinute: 5}
+	// A second replica: its own lanes and recorder, the same Redis and relay.
+	other := &dispatch.Dispatcher{Ledger: f.ledger, Connector: f.d.Connector, Clock: clock}
+	for i := range 12 {
+		f.submit(t, fmt.Sprintf("m%02d", i), t0)
+	}
+	counts := func() (sent, queued int) {
+		for i := range 12 {
+			e, err := f.ledger.Get(context.Background(), fmt.Sprintf("m%02d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch e.Status {
+			case outbox.StatusSent:
+				sent++
+			case outbox.StatusQueued:
+				queued++
+				if e.Attempts != 0 {
+					t.Errorf("%s waits with %d attempts used, want 0", e.ID, e.Attempts)
+				}
+			default:
+				t.Errorf("%s is %s", e.ID, e.Status)
+			}
+		}
+		return sent, queued
+	}
+	for i, want := range []int{5, 10, 12} {
+		f.step(t)
+		if _, err := other.Drain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if sent, queued := counts(); sent != want || queued != 12-want || len(f.sink.Messages()) != want {
+			t.Fatalf("minute %d: %d sent, %d queued, %d at the relay; want %d sent and the rest queued", i, sent, queued, len(f.sink.Messages()), want)
+		}
+		clock.set(clock.Now().Add(61 * time.Second))
+	}
+}
+
+// TestThrottlingRepliesWaitWithoutAttempts: "451 4.7.500 Server busy" and "550 5.4.5 Daily user
+// sending quota exceeded" use none of the email's attempts and fail nothing: each is named in
+// the attempt history, the email waits PENDING_RETRY for the connector's back-off (30 s, then
+// twice as long in a row) or the quota's recheck (an hour), and is sent after it.
+func TestThrottlingRepliesWaitWithoutAttempts(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	f := newFixture(t, clock)
+	ctx := context.Background()
+	check := func(id string, wantDue time.Time, wantOutcome outboxv1.AttemptOutcome, entries int) {
+		t.Helper()
+		e, err := f.ledger.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Status != outbox.StatusPendingRetry || e.Attempts != 0 || !e.Due.Equal(wantDue) {
+			t.Fatalf("%s: %s with %d attempts due %v; want PENDING_RETRY, 0 attempts, due %v", id, e.Status, e.Attempts, e.Due, wantDue)
+		}
+		raw, err := f.ledger.Attempts(ctx, id)
+		if err != nil || len(raw) != entries {
+			t.Fatalf("%s: %d history entries (%v), want %d", id, len(raw), err, entries)
+		}
+		a := &outboxv1.Attempt{}
+		if err := proto.Unmarshal(raw[len(raw)-1], a); err != nil || a.GetOutcome() != wantOutcome || a.GetNumber() != 1 {
+			t.Fatalf("%s: last history entry %v, want %v numbered 1 (the attempt still to come)", id, a, wantOutcome)
+		}
+	}
+
+	f.submit(t, "busy", t0)
+	f.sink.SetBehavior(smtptest.ThrottleData)
+	f.step(t)
+	check("busy", t0.Add(30*time.Second), outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED, 1)
+	clock.set(t0.Add(30 * time.Second))
+	f.step(t) // a second refusal in a row: the back-off doubles
+	check("busy", t0.Add(90*time.Second), outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED, 2)
+
+	f.sink.SetBehavior(smtptest.Accept)
+	clock.set(t0.Add(90 * time.Second))
+	f.step(t)
+	if e, _ := f.ledger.Get(ctx, "busy"); e.Status != outbox.StatusSent || e.Attempts != 1 {
+		t.Fatalf("after the back-off: %s with %d attempts, want SENT with 1", e.Status, e.Attempts)
+	}
+
+	f.submit(t, "quota", clock.Now())
+	f.sink.SetBehavior(smtptest.QuotaExceededData)
+	f.step(t)
+	check("quota", clock.Now().Add(time.Hour), outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_QUOTA_EXHAUSTED, 1)
+	if n := len(f.sink.Messages()); n != 1 {
+		t.Errorf("%d messages at the relay, want the one sent", n)
+	}
 }

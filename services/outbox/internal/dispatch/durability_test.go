@@ -27,7 +27,11 @@ func TestUnconfirmedClaimsAreNotSent(t *testing.T) {
 	ctx := context.Background()
 	master := redistest.Start(t)
 	replica := master.StartReplica(t)
-	acked, err := redisx.Open(ctx, master.URL(), redisx.WithReplicaAcks(1, 200*time.Millisecond))
+	// Linked before the first write, and a second for each confirmation: under a loaded
+	// machine's scheduling a replica's acknowledgement can take longer than 200 ms, which once
+	// failed the first submit (a test failing under load is a defect of the test).
+	replica.WaitLinked(t)
+	acked, err := redisx.Open(ctx, master.URL(), redisx.WithReplicaAcks(1, time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/postamt/postamt/internal/redisx"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/connector"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 	"github.com/postamt/postamt/services/outbox/internal/smtp"
@@ -95,6 +96,11 @@ type lane struct {
 	inflight int
 	capacity int
 	seq      uint64
+
+	// heldUntil is when the relay's limits let the lane send again (zero: not held); waking is
+	// set while a wake-up at heldUntil is scheduled. Under mu.
+	heldUntil time.Time
+	waking    bool
 
 	kick  chan struct{}
 	quitc chan struct{}
@@ -217,6 +223,9 @@ func (l *lane) fill(ctx context.Context) {
 		l.mu.Lock()
 		l.capacity = concurrency(c, ok)
 		l.mu.Unlock()
+		if l.held() {
+			return // the wake-up at the limit's end pokes the lane
+		}
 		l.start()
 		if l.d.redisDown.Load() || l.d.rec.behind() {
 			return // the renewal loop or the recorder pokes the lane when Redis is back
@@ -400,6 +409,82 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time, maxAttempts int) (redi
 	}, Event: func(next *redisstore.Email) redisstore.Event { return wire.Events{}.Changed(prev, next, attempt) }}, nil
 }
 
+// hold keeps the lane from claiming until t, when the relay's limits allow the next send, and
+// schedules a poke for then. A longer wait is recorded in Redis with why, for GetConnector.
+func (l *lane) hold(t time.Time, why string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.After(l.heldUntil) {
+		l.heldUntil = t
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := l.d.Ledger.Hold(ctx, l.key.Tenant, l.key.Connector, t, why); err != nil {
+				l.d.Logger.Warn("record a connector's wait", "tenant", l.key.Tenant, "connector", l.key.Connector, "error", err)
+			}
+		}()
+	}
+	if !l.waking {
+		l.waking = true
+		time.AfterFunc(l.heldUntil.Sub(l.d.Clock.Now()), l.wake)
+	}
+}
+
+// wake pokes the lane once its hold has passed, or waits again when the hold was extended.
+func (l *lane) wake() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d := l.heldUntil.Sub(l.d.Clock.Now()); d > 0 && !l.quitting() {
+		time.AfterFunc(d, l.wake)
+		return
+	}
+	l.heldUntil, l.waking = time.Time{}, false
+	l.poke()
+}
+
+// held reports whether the relay's limits hold the lane now.
+func (l *lane) held() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.heldUntil.IsZero() && l.d.Clock.Now().Before(l.heldUntil)
+}
+
+// admit asks the relay's budgets for c's send. It returns a result that ends the email without
+// a conversation (it can never fit), or handed true when c was handed back to wait for the
+// limit (the lane holds until then) or for Redis; false, nil to send now.
+func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.Result, handed bool) {
+	d := l.d
+	e := &c.e
+	budgets := conn.budgets(l.key.Tenant, l.key.Connector, e.From)
+	if len(budgets) == 0 {
+		return nil, false
+	}
+	granted, refused, err := d.Ledger.Take(ctx, budgets, []int{len(e.Rcpts)}, d.Clock.Now())
+	switch {
+	case errors.Is(err, redisstore.ErrNeverFits):
+		return &smtp.Result{Outcome: outbox.OutcomePermanent, Message: fmt.Sprintf(
+			"the email has %d recipients, more than connector %s's relay limits allow at once; split it or raise the limit", len(e.Rcpts), e.Connector)}, false
+	case err != nil:
+		d.keepOrHandBack(c, err)
+		return nil, true
+	case granted == 0:
+		d.count("limited", 1)
+		why := "waiting for the relay's limit until " + refused.RetryAt.Format(time.RFC3339)
+		if strings.HasPrefix(budgets[refused.Budget].Key, "s:") {
+			// One sender's limit: the rest of the connector's mail goes on; this one comes due
+			// again when its sender may send (a little later in its priority than it was).
+			d.handBackAt(c, refused.RetryAt, why)
+			return nil, true
+		}
+		// The connector's own limit holds all of its mail: the lane claims nothing until then,
+		// and the email keeps its place.
+		l.hold(refused.RetryAt, "the relay's limits set on the connector")
+		d.handBack(c, why)
+		return nil, true
+	}
+	return nil, false
+}
+
 // start begins conversations for queued claims while connections are free, highest priority
 // first.
 func (l *lane) start() {
@@ -464,8 +549,11 @@ func (l *lane) drain() (handed, inProgress int) {
 
 // handBack gives an unstarted claim back as it was before the claim, with no attempt and no
 // event, so any replica can send it at once.
-func (d *Dispatcher) handBack(c *claim, why string) {
-	status, due := c.e.Before, c.e.BeforeDue
+func (d *Dispatcher) handBack(c *claim, why string) { d.handBackAt(c, c.e.BeforeDue, why) }
+
+// handBackAt is handBack with the email due at due (zero: now) rather than as before.
+func (d *Dispatcher) handBackAt(c *claim, due time.Time, why string) {
+	status := c.e.Before
 	if status == outbox.StatusSending || !(status == outbox.StatusQueued || status == outbox.StatusScheduled || status == outbox.StatusPendingRetry) {
 		status = outbox.StatusQueued
 	}
@@ -511,6 +599,17 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 		// to see rather than retry forever.
 		res = smtp.Result{Outcome: outbox.OutcomePermanent, Message: "the message body is missing from the store"}
 	default:
+		limited, handed := l.admit(ctx, conn, c)
+		if handed {
+			d.mu.Lock()
+			c.cancel = nil
+			d.mu.Unlock()
+			return
+		}
+		if limited != nil {
+			res = *limited
+			break
+		}
 		res = conn.Sender.SendGuarded(sendCtx, e.From, e.Rcpts, body, func() error { return d.vouch(c) })
 		if res.Outcome != outbox.OutcomeNotSent {
 			began := start
@@ -530,7 +629,19 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 	if !res.Started.IsZero() {
 		start = res.Started
 	}
-	a, err := d.result(c, conn.Policy, res, start, d.Clock.Now())
+	res.Outcome = throttled(res)
+	end := d.Clock.Now()
+	a, err := d.result(c, conn.Policy, res, start, end)
+	switch {
+	case err != nil:
+	case res.Outcome == outbox.OutcomeThrottled || res.Outcome == outbox.OutcomeQuotaExhausted:
+		// The email waits as long as the connector: until the back-off or the quota's reset.
+		a.Change.Due = l.backOff(res, conn, end)
+	case res.Outcome == outbox.OutcomeSent:
+		d.mu.Lock()
+		delete(d.throttles, l.key)
+		d.mu.Unlock()
+	}
 	if err != nil {
 		d.Logger.Error("encode a result", "email", e.ID, "error", err)
 		d.release(c)
@@ -576,7 +687,12 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 		change.ClearError = true
 	}
 	var attempt *outboxv1.Attempt
-	if decision.ConsumesAttempt {
+	throttle := res.Outcome == outbox.OutcomeThrottled || res.Outcome == outbox.OutcomeQuotaExhausted
+	if throttle {
+		// In the history, named, but not counted: number is the attempt still to come.
+		change.Attempted = true
+	}
+	if decision.ConsumesAttempt || throttle {
 		attempt = &outboxv1.Attempt{
 			Number: int32(e.Attempts + 1), StartTime: wire.Timestamp(start), EndTime: wire.Timestamp(end),
 			ConnectorId: e.Connector, Outcome: attemptOutcome(res.Outcome), SmtpCode: int32(res.Code),
@@ -607,8 +723,73 @@ func attemptOutcome(o outbox.Outcome) outboxv1.AttemptOutcome {
 		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_PERMANENT_FAILURE
 	case outbox.OutcomeUnknown:
 		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN
+	case outbox.OutcomeThrottled:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED
+	case outbox.OutcomeQuotaExhausted:
+		return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_QUOTA_EXHAUSTED
 	}
 	return outboxv1.AttemptOutcome_ATTEMPT_OUTCOME_UNSPECIFIED
+}
+
+// throttled turns a refusal that is about the pace of sending into OutcomeThrottled or
+// OutcomeQuotaExhausted (smtp.ClassifyThrottle), any other result unchanged.
+func throttled(res smtp.Result) outbox.Outcome {
+	if res.Outcome != outbox.OutcomeTemporary && res.Outcome != outbox.OutcomePermanent || res.Code == 0 {
+		return res.Outcome
+	}
+	switch smtp.ClassifyThrottle(res.Code, res.Enhanced, res.Message) {
+	case smtp.RateLimited, smtp.ConcurrencyLimited:
+		return outbox.OutcomeThrottled
+	case smtp.QuotaExhausted:
+		return outbox.OutcomeQuotaExhausted
+	}
+	return res.Outcome
+}
+
+// Back-off after throttling refusals: the first waits throttleFirst, each following one in a
+// row twice as long, up to throttleMax; a sent email ends the row. A used-up quota waits for the
+// next calendar midnight of the connector's limits' zone where one is set, else quotaRecheck,
+// since a rolling quota comes back bit by bit.
+const (
+	throttleFirst = 30 * time.Second
+	throttleMax   = 15 * time.Minute
+	quotaRecheck  = time.Hour
+)
+
+// backOff holds the lane after a throttling refusal at now and returns when it may send again.
+// Each replica backs off on its own first refusal: no Redis call on the hot path for
+// connectors that are never throttled.
+func (l *lane) backOff(res smtp.Result, conn Connector, now time.Time) time.Time {
+	var until time.Time
+	if res.Outcome == outbox.OutcomeQuotaExhausted {
+		until = now.Add(quotaRecheck)
+		for _, lim := range []connector.Limits{conn.SenderLimits, conn.Limits} {
+			if lim.CalendarDay {
+				local := now.In(lim.Location())
+				y, m, d := local.Date()
+				until = time.Date(y, m, d+1, 0, 0, 0, 0, lim.Location())
+				break
+			}
+		}
+	} else {
+		d := l.d
+		d.mu.Lock()
+		if d.throttles == nil {
+			d.throttles = make(map[redisstore.Lane]int)
+		}
+		d.throttles[l.key]++
+		n := d.throttles[l.key]
+		d.mu.Unlock()
+		until = now.Add(min(throttleFirst<<min(n-1, 10), throttleMax))
+	}
+	reply := strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
+	if res.Outcome == outbox.OutcomeQuotaExhausted {
+		l.hold(until, "the relay's daily quota is used up: "+reply)
+	} else {
+		l.hold(until, "the relay asked to slow down: "+reply)
+	}
+	l.d.count("throttled", 1)
+	return until
 }
 
 // claimQueue orders a lane's queued claims: mail taken over from a lapsed lease first (it has

@@ -27,7 +27,8 @@ const DefaultMaxConnectorSeries = 200
 type Metrics struct {
 	// Attempts counts attempts by tenant, connector and outcome: sent, temporary, permanent,
 	// unknown (the RFC 1047 window, and mail taken over from a worker whose lease ran out),
-	// connector_disabled. sum by (outcome) is the series it had before the labels were added.
+	// connector_disabled, throttled, quota_exhausted. sum by (outcome) is the series it had
+	// before the labels were added.
 	Attempts *prometheus.CounterVec
 	// Conversation observes the seconds of each SMTP conversation (connection or reuse to the
 	// relay's reply after the data), by tenant and connector.
@@ -64,9 +65,9 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Attempts, m.Conversation}
 }
 
-// numOutcomes sizes laneMetrics.attempts: index 0 is "other", then outbox.Outcome's values up to
-// OutcomeConnectorDisabled.
-const numOutcomes = int(outbox.OutcomeConnectorDisabled) + 1
+// numOutcomes sizes laneMetrics.attempts, indexed by outbox.Outcome up to the last one; index 0
+// and OutcomeNotSent (never an attempt) count as "other".
+const numOutcomes = int(outbox.OutcomeQuotaExhausted) + 1
 
 // laneMetrics are one connector's observers, resolved once; a nil *laneMetrics counts nothing.
 type laneMetrics struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
+	"github.com/postamt/postamt/services/outbox/internal/wire"
 )
 
 // CreateConnector implements OutboxServiceServer.
@@ -29,7 +30,12 @@ func (h *Handler) GetConnector(ctx context.Context, req *outboxv1.GetConnectorRe
 	if err != nil {
 		return nil, err
 	}
-	return &outboxv1.GetConnectorResponse{Connector: c}, nil
+	st, err := h.connectors.State(ctx, p, req.GetConnectorId())
+	if err != nil {
+		return nil, err
+	}
+	return &outboxv1.GetConnectorResponse{Connector: c, HeldUntil: wire.Timestamp(st.HeldUntil), HeldReason: st.HeldReason,
+		DueCount: st.Due, LaterCount: st.DueLater}, nil
 }
 
 // ListConnectors implements OutboxServiceServer.

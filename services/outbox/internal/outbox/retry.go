@@ -54,6 +54,12 @@ const (
 	// reached the relay, because it could no longer vouch for its claim (lease about to run out,
 	// Redis unreachable, shutting down): no attempt was made, and the claim is handed back.
 	OutcomeNotSent
+	// OutcomeThrottled is a refusal for the pace of sending (smtp.ClassifyThrottle): the
+	// connector backs off and the email waits without using an attempt.
+	OutcomeThrottled
+	// OutcomeQuotaExhausted is a refusal because a daily quota is used up, 5xx included: the
+	// email waits for the reset without using an attempt.
+	OutcomeQuotaExhausted
 )
 
 // RetryPolicy is a connector's automatic retry pattern.
@@ -69,9 +75,11 @@ type RetryPolicy struct {
 // Decision is what follows an attempt.
 type Decision struct {
 	Status Status
-	// ConsumesAttempt is false only for a disabled connector: the mail did not leave.
+	// ConsumesAttempt is false for a disabled connector and a throttling refusal: the mail did
+	// not leave, and the relay's pace is not the email's fault.
 	ConsumesAttempt bool
-	// Delay is the wait before the next attempt, for PENDING_RETRY.
+	// Delay is the wait before the next attempt, for PENDING_RETRY; for a throttling refusal
+	// the dispatcher sets it from the connector's back-off instead.
 	Delay time.Duration
 	// MayHaveBeenSent marks a FAILED decision taken in the RFC 1047 window.
 	MayHaveBeenSent bool
@@ -85,6 +93,9 @@ func (p RetryPolicy) Decide(outcome Outcome, attempts int, imported bool) Decisi
 		return Decision{Status: StatusSent, ConsumesAttempt: true}
 	case OutcomeConnectorDisabled:
 		return Decision{Status: StatusConnectorDisabled}
+	case OutcomeThrottled, OutcomeQuotaExhausted:
+		// The relay's pace, not the email: it waits, and the dispatcher sets when.
+		return Decision{Status: StatusPendingRetry}
 	case OutcomePermanent:
 		return Decision{Status: StatusFailed, ConsumesAttempt: true}
 	case OutcomeUnknown:

@@ -72,7 +72,43 @@ func encodeConnector(c connector.Connector) ([]byte, error) {
 	for _, d := range c.RetryPattern {
 		m.RetryPattern = append(m.RetryPattern, durationpb.New(d))
 	}
+	m.Limits, m.SenderLimits = LimitsProto(c.Limits), LimitsProto(c.SenderLimits)
 	return proto.Marshal(m)
+}
+
+// LimitsProto is the API's form of a relay's limits, nil when none is set; the store keeps the
+// API message, so this is the one conversion for both.
+func LimitsProto(l connector.Limits) *outboxv1.RelayLimits {
+	if l.IsZero() {
+		return nil
+	}
+	out := &outboxv1.RelayLimits{
+		MessagesPerSecond: int32(l.MessagesPerSecond), MessagesPerMinute: int32(l.MessagesPerMinute),
+		RecipientsPerMinute: int32(l.RecipientsPerMinute), RecipientsPerDay: int32(l.RecipientsPerDay),
+		DayCount: outboxv1.DayCount_DAY_COUNT_ROLLING, TimeZone: l.Zone,
+	}
+	if l.CalendarDay {
+		out.DayCount = outboxv1.DayCount_DAY_COUNT_CALENDAR
+	}
+	return out
+}
+
+// LimitsFrom reads the API's limits; ok is false for a day count it does not know (a newer
+// client's), which the caller refuses.
+func LimitsFrom(m *outboxv1.RelayLimits) (l connector.Limits, ok bool) {
+	l = connector.Limits{
+		MessagesPerSecond: int(m.GetMessagesPerSecond()), MessagesPerMinute: int(m.GetMessagesPerMinute()),
+		RecipientsPerMinute: int(m.GetRecipientsPerMinute()), RecipientsPerDay: int(m.GetRecipientsPerDay()),
+		Zone: m.GetTimeZone(),
+	}
+	switch m.GetDayCount() {
+	case outboxv1.DayCount_DAY_COUNT_UNSPECIFIED, outboxv1.DayCount_DAY_COUNT_ROLLING:
+	case outboxv1.DayCount_DAY_COUNT_CALENDAR:
+		l.CalendarDay = true
+	default:
+		return l, false
+	}
+	return l, true
 }
 
 func decodeConnector(tenant string, b []byte) (connector.Connector, error) {
@@ -91,6 +127,8 @@ func decodeConnector(tenant string, b []byte) (connector.Connector, error) {
 	for _, d := range m.GetRetryPattern() {
 		c.RetryPattern = append(c.RetryPattern, d.AsDuration())
 	}
+	c.Limits, _ = LimitsFrom(m.GetLimits()) // stored only after Validate
+	c.SenderLimits, _ = LimitsFrom(m.GetSenderLimits())
 	return c, nil
 }
 

@@ -66,6 +66,8 @@ func relay(t *testing.T, tenant, id string) connector.Connector {
 		TLS: smtp.TLSStartTLS, Auth: smtp.AuthLogin, Username: "kanzlei", SecretRef: "file:/run/secrets/smtp",
 		RetryPattern: []time.Duration{time.Minute, 5 * time.Minute, time.Hour}, MaxAttempts: 6, Enabled: true,
 		ResendUnknown: true, MaxMessageBytes: 10 << 20, PoolSize: 2,
+		Limits:       connector.Limits{MessagesPerSecond: 5, MessagesPerMinute: 30, RecipientsPerMinute: 300, RecipientsPerDay: 10_000},
+		SenderLimits: connector.Limits{RecipientsPerDay: 2_000, CalendarDay: true, Zone: "Europe/Vienna"},
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)

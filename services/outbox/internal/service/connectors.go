@@ -170,7 +170,8 @@ func (r *Registry) Lookup(tenant, id string) (dispatch.Connector, bool) {
 	if !ok {
 		return dispatch.Connector{}, false
 	}
-	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes}, true
+	return dispatch.Connector{Sender: reg.sender, Policy: reg.c.Policy(), Enabled: reg.c.Enabled, MaxMessageBytes: reg.c.MaxMessageBytes,
+		Limits: reg.c.Limits, SenderLimits: reg.c.SenderLimits}, true
 }
 
 // Describe returns what list rows show of a connector, from memory: its display name and its
@@ -256,6 +257,28 @@ func (a *ConnectorAdmin) Get(ctx context.Context, p auth.Principal, id string) (
 	return ConnectorProto(c), nil
 }
 
+// State is what a connector's mail is doing now: until when and why it waits for the relay,
+// and how much is due now or later.
+type State struct {
+	HeldUntil     time.Time
+	HeldReason    string
+	Due, DueLater int64
+}
+
+// State reads a connector's state for GetConnector; the connector must exist (Get first).
+func (a *ConnectorAdmin) State(ctx context.Context, p auth.Principal, id string) (State, error) {
+	now := a.now()
+	until, why, err := a.ledger.Held(ctx, p.Tenant, id, now)
+	if err != nil {
+		return State{}, err
+	}
+	due, later, err := a.ledger.Waiting(ctx, redisstore.Lane{Tenant: p.Tenant, Connector: id}, now)
+	if err != nil {
+		return State{}, err
+	}
+	return State{HeldUntil: until, HeldReason: why, Due: due, DueLater: later}, nil
+}
+
 // List returns a page of connectors by id.
 func (a *ConnectorAdmin) List(ctx context.Context, p auth.Principal, size int, token string) ([]*outboxv1.Connector, string, error) {
 	size, after, err := paging.Request("connectors", size, token, 0)
@@ -286,7 +309,7 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 	}
 	merged := ConnectorProto(cur)
 	if len(paths) == 0 {
-		paths = []string{"display_name", "host", "port", "tls_mode", "auth_mechanism", "username", "secret_ref", "retry_pattern", "max_attempts", "unknown_outcome_policy", "max_message_bytes", "pool_size"}
+		paths = []string{"display_name", "host", "port", "tls_mode", "auth_mechanism", "username", "secret_ref", "retry_pattern", "max_attempts", "unknown_outcome_policy", "max_message_bytes", "pool_size", "limits", "sender_limits"}
 	}
 	for _, f := range paths {
 		switch f {
@@ -319,6 +342,10 @@ func (a *ConnectorAdmin) Update(ctx context.Context, p auth.Principal, in *outbo
 			merged.MaxMessageBytes = in.GetMaxMessageBytes()
 		case "pool_size":
 			merged.PoolSize = in.GetPoolSize()
+		case "limits":
+			merged.Limits = in.GetLimits()
+		case "sender_limits":
+			merged.SenderLimits = in.GetSenderLimits()
 		default:
 			return nil, errs.Invalid("update_mask", fmt.Sprintf("field %q cannot be changed here (enabled: use EnableConnector and DisableConnector)", f))
 		}
@@ -548,6 +575,13 @@ func connectorFrom(tenant string, in *outboxv1.Connector) (connector.Connector, 
 		}
 		c.RetryPattern = append(c.RetryPattern, d.AsDuration())
 	}
+	var ok bool
+	if c.Limits, ok = redisstore.LimitsFrom(in.GetLimits()); !ok {
+		return connector.Connector{}, errs.Invalid("connector.limits.day_count", "ROLLING or CALENDAR")
+	}
+	if c.SenderLimits, ok = redisstore.LimitsFrom(in.GetSenderLimits()); !ok {
+		return connector.Connector{}, errs.Invalid("connector.sender_limits.day_count", "ROLLING or CALENDAR")
+	}
 	if err := c.Validate(); err != nil {
 		return connector.Connector{}, err
 	}
@@ -562,6 +596,7 @@ func ConnectorProto(c connector.Connector) *outboxv1.Connector {
 		MaxMessageBytes: c.MaxMessageBytes, PoolSize: int32(c.PoolSize), Version: c.Version,
 		CreateTime: wire.Timestamp(c.Created), UpdateTime: wire.Timestamp(c.Updated),
 		UnknownOutcomePolicy: outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_HOLD,
+		Limits:               redisstore.LimitsProto(c.Limits), SenderLimits: redisstore.LimitsProto(c.SenderLimits),
 	}
 	if c.ResendUnknown {
 		out.UnknownOutcomePolicy = outboxv1.UnknownOutcomePolicy_UNKNOWN_OUTCOME_POLICY_RESEND

@@ -126,7 +126,7 @@ type conn struct {
 	dataTO time.Duration
 	// What the relay's EHLO offered and the client uses.
 	pipelining, size, eightBitMIME, smtpUTF8 bool
-	line                           []byte // a command line being built, reused
+	line                                     []byte // a command line being built, reused
 	// ctx is the running transaction's context: once it ends, no new deadline is set in the
 	// future, so interrupt's deadline in the past sticks.
 	ctx context.Context

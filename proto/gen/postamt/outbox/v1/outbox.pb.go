@@ -1883,7 +1883,17 @@ func (x *GetConnectorRequest) GetConnectorId() string {
 type GetConnectorResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connector.
-	Connector     *Connector `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	Connector *Connector `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	// Until when the connector's mail waits for the relay: its limits (Connector.limits) or a
+	// back-off after throttling replies. Unset when it does not wait.
+	HeldUntil *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=held_until,json=heldUntil,proto3" json:"held_until,omitempty"`
+	// Why it waits, e.g. "the relay asked to slow down: 451 4.7.500 Server busy".
+	HeldReason string `protobuf:"bytes,3,opt,name=held_reason,json=heldReason,proto3" json:"held_reason,omitempty"`
+	// The connector's open mail that is due now or in conversation.
+	DueCount int64 `protobuf:"varint,4,opt,name=due_count,json=dueCount,proto3" json:"due_count,omitempty"`
+	// Its open mail that comes due later: scheduled, or waiting for a retry, a back-off or a
+	// limit. Mail in CONNECTOR_DISABLED and FAILED is in neither count.
+	LaterCount    int64 `protobuf:"varint,5,opt,name=later_count,json=laterCount,proto3" json:"later_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1923,6 +1933,34 @@ func (x *GetConnectorResponse) GetConnector() *Connector {
 		return x.Connector
 	}
 	return nil
+}
+
+func (x *GetConnectorResponse) GetHeldUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeldUntil
+	}
+	return nil
+}
+
+func (x *GetConnectorResponse) GetHeldReason() string {
+	if x != nil {
+		return x.HeldReason
+	}
+	return ""
+}
+
+func (x *GetConnectorResponse) GetDueCount() int64 {
+	if x != nil {
+		return x.DueCount
+	}
+	return 0
+}
+
+func (x *GetConnectorResponse) GetLaterCount() int64 {
+	if x != nil {
+		return x.LaterCount
+	}
+	return 0
 }
 
 // ListConnectorsRequest pages through connectors.
@@ -2825,9 +2863,16 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x17CreateConnectorResponse\x12:\n" +
 	"\tconnector\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.ConnectorR\tconnector\"8\n" +
 	"\x13GetConnectorRequest\x12!\n" +
-	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\"R\n" +
+	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\"\xec\x01\n" +
 	"\x14GetConnectorResponse\x12:\n" +
-	"\tconnector\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.ConnectorR\tconnector\"S\n" +
+	"\tconnector\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.ConnectorR\tconnector\x129\n" +
+	"\n" +
+	"held_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\theldUntil\x12\x1f\n" +
+	"\vheld_reason\x18\x03 \x01(\tR\n" +
+	"heldReason\x12\x1b\n" +
+	"\tdue_count\x18\x04 \x01(\x03R\bdueCount\x12\x1f\n" +
+	"\vlater_count\x18\x05 \x01(\x03R\n" +
+	"laterCount\"S\n" +
 	"\x15ListConnectorsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3017,63 +3062,64 @@ var file_postamt_outbox_v1_outbox_proto_depIdxs = []int32{
 	54, // 38: postamt.outbox.v1.CreateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
 	54, // 39: postamt.outbox.v1.CreateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
 	54, // 40: postamt.outbox.v1.GetConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	54, // 41: postamt.outbox.v1.ListConnectorsResponse.connectors:type_name -> postamt.outbox.v1.Connector
-	54, // 42: postamt.outbox.v1.UpdateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
-	55, // 43: postamt.outbox.v1.UpdateConnectorRequest.update_mask:type_name -> google.protobuf.FieldMask
-	54, // 44: postamt.outbox.v1.UpdateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	11, // 45: postamt.outbox.v1.MoveEmailsRequest.selection:type_name -> postamt.outbox.v1.Selection
-	13, // 46: postamt.outbox.v1.MoveEmailsResponse.result:type_name -> postamt.outbox.v1.ActionResult
-	54, // 47: postamt.outbox.v1.EnableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	54, // 48: postamt.outbox.v1.DisableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	56, // 49: postamt.outbox.v1.GetUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
-	56, // 50: postamt.outbox.v1.UpdateUserSettingsRequest.settings:type_name -> postamt.outbox.v1.UserSettings
-	55, // 51: postamt.outbox.v1.UpdateUserSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
-	56, // 52: postamt.outbox.v1.UpdateUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
-	1,  // 53: postamt.outbox.v1.OutboxService.SubmitEmail:input_type -> postamt.outbox.v1.SubmitEmailRequest
-	3,  // 54: postamt.outbox.v1.OutboxService.GetEmail:input_type -> postamt.outbox.v1.GetEmailRequest
-	6,  // 55: postamt.outbox.v1.OutboxService.ListEmails:input_type -> postamt.outbox.v1.ListEmailsRequest
-	8,  // 56: postamt.outbox.v1.OutboxService.CountEmails:input_type -> postamt.outbox.v1.CountEmailsRequest
-	14, // 57: postamt.outbox.v1.OutboxService.SendNow:input_type -> postamt.outbox.v1.SendNowRequest
-	16, // 58: postamt.outbox.v1.OutboxService.Cancel:input_type -> postamt.outbox.v1.CancelRequest
-	18, // 59: postamt.outbox.v1.OutboxService.Retry:input_type -> postamt.outbox.v1.RetryRequest
-	20, // 60: postamt.outbox.v1.OutboxService.Reschedule:input_type -> postamt.outbox.v1.RescheduleRequest
-	22, // 61: postamt.outbox.v1.OutboxService.WatchEmails:input_type -> postamt.outbox.v1.WatchEmailsRequest
-	25, // 62: postamt.outbox.v1.OutboxService.ImportEmails:input_type -> postamt.outbox.v1.ImportEmailsRequest
-	27, // 63: postamt.outbox.v1.OutboxService.CreateConnector:input_type -> postamt.outbox.v1.CreateConnectorRequest
-	29, // 64: postamt.outbox.v1.OutboxService.GetConnector:input_type -> postamt.outbox.v1.GetConnectorRequest
-	31, // 65: postamt.outbox.v1.OutboxService.ListConnectors:input_type -> postamt.outbox.v1.ListConnectorsRequest
-	33, // 66: postamt.outbox.v1.OutboxService.UpdateConnector:input_type -> postamt.outbox.v1.UpdateConnectorRequest
-	35, // 67: postamt.outbox.v1.OutboxService.DeleteConnector:input_type -> postamt.outbox.v1.DeleteConnectorRequest
-	37, // 68: postamt.outbox.v1.OutboxService.MoveEmails:input_type -> postamt.outbox.v1.MoveEmailsRequest
-	39, // 69: postamt.outbox.v1.OutboxService.EnableConnector:input_type -> postamt.outbox.v1.EnableConnectorRequest
-	41, // 70: postamt.outbox.v1.OutboxService.DisableConnector:input_type -> postamt.outbox.v1.DisableConnectorRequest
-	43, // 71: postamt.outbox.v1.OutboxService.GetUserSettings:input_type -> postamt.outbox.v1.GetUserSettingsRequest
-	45, // 72: postamt.outbox.v1.OutboxService.UpdateUserSettings:input_type -> postamt.outbox.v1.UpdateUserSettingsRequest
-	2,  // 73: postamt.outbox.v1.OutboxService.SubmitEmail:output_type -> postamt.outbox.v1.SubmitEmailResponse
-	4,  // 74: postamt.outbox.v1.OutboxService.GetEmail:output_type -> postamt.outbox.v1.GetEmailResponse
-	7,  // 75: postamt.outbox.v1.OutboxService.ListEmails:output_type -> postamt.outbox.v1.ListEmailsResponse
-	10, // 76: postamt.outbox.v1.OutboxService.CountEmails:output_type -> postamt.outbox.v1.CountEmailsResponse
-	15, // 77: postamt.outbox.v1.OutboxService.SendNow:output_type -> postamt.outbox.v1.SendNowResponse
-	17, // 78: postamt.outbox.v1.OutboxService.Cancel:output_type -> postamt.outbox.v1.CancelResponse
-	19, // 79: postamt.outbox.v1.OutboxService.Retry:output_type -> postamt.outbox.v1.RetryResponse
-	21, // 80: postamt.outbox.v1.OutboxService.Reschedule:output_type -> postamt.outbox.v1.RescheduleResponse
-	23, // 81: postamt.outbox.v1.OutboxService.WatchEmails:output_type -> postamt.outbox.v1.WatchEmailsResponse
-	26, // 82: postamt.outbox.v1.OutboxService.ImportEmails:output_type -> postamt.outbox.v1.ImportEmailsResponse
-	28, // 83: postamt.outbox.v1.OutboxService.CreateConnector:output_type -> postamt.outbox.v1.CreateConnectorResponse
-	30, // 84: postamt.outbox.v1.OutboxService.GetConnector:output_type -> postamt.outbox.v1.GetConnectorResponse
-	32, // 85: postamt.outbox.v1.OutboxService.ListConnectors:output_type -> postamt.outbox.v1.ListConnectorsResponse
-	34, // 86: postamt.outbox.v1.OutboxService.UpdateConnector:output_type -> postamt.outbox.v1.UpdateConnectorResponse
-	36, // 87: postamt.outbox.v1.OutboxService.DeleteConnector:output_type -> postamt.outbox.v1.DeleteConnectorResponse
-	38, // 88: postamt.outbox.v1.OutboxService.MoveEmails:output_type -> postamt.outbox.v1.MoveEmailsResponse
-	40, // 89: postamt.outbox.v1.OutboxService.EnableConnector:output_type -> postamt.outbox.v1.EnableConnectorResponse
-	42, // 90: postamt.outbox.v1.OutboxService.DisableConnector:output_type -> postamt.outbox.v1.DisableConnectorResponse
-	44, // 91: postamt.outbox.v1.OutboxService.GetUserSettings:output_type -> postamt.outbox.v1.GetUserSettingsResponse
-	46, // 92: postamt.outbox.v1.OutboxService.UpdateUserSettings:output_type -> postamt.outbox.v1.UpdateUserSettingsResponse
-	73, // [73:93] is the sub-list for method output_type
-	53, // [53:73] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	50, // 41: postamt.outbox.v1.GetConnectorResponse.held_until:type_name -> google.protobuf.Timestamp
+	54, // 42: postamt.outbox.v1.ListConnectorsResponse.connectors:type_name -> postamt.outbox.v1.Connector
+	54, // 43: postamt.outbox.v1.UpdateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
+	55, // 44: postamt.outbox.v1.UpdateConnectorRequest.update_mask:type_name -> google.protobuf.FieldMask
+	54, // 45: postamt.outbox.v1.UpdateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	11, // 46: postamt.outbox.v1.MoveEmailsRequest.selection:type_name -> postamt.outbox.v1.Selection
+	13, // 47: postamt.outbox.v1.MoveEmailsResponse.result:type_name -> postamt.outbox.v1.ActionResult
+	54, // 48: postamt.outbox.v1.EnableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	54, // 49: postamt.outbox.v1.DisableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	56, // 50: postamt.outbox.v1.GetUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
+	56, // 51: postamt.outbox.v1.UpdateUserSettingsRequest.settings:type_name -> postamt.outbox.v1.UserSettings
+	55, // 52: postamt.outbox.v1.UpdateUserSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
+	56, // 53: postamt.outbox.v1.UpdateUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
+	1,  // 54: postamt.outbox.v1.OutboxService.SubmitEmail:input_type -> postamt.outbox.v1.SubmitEmailRequest
+	3,  // 55: postamt.outbox.v1.OutboxService.GetEmail:input_type -> postamt.outbox.v1.GetEmailRequest
+	6,  // 56: postamt.outbox.v1.OutboxService.ListEmails:input_type -> postamt.outbox.v1.ListEmailsRequest
+	8,  // 57: postamt.outbox.v1.OutboxService.CountEmails:input_type -> postamt.outbox.v1.CountEmailsRequest
+	14, // 58: postamt.outbox.v1.OutboxService.SendNow:input_type -> postamt.outbox.v1.SendNowRequest
+	16, // 59: postamt.outbox.v1.OutboxService.Cancel:input_type -> postamt.outbox.v1.CancelRequest
+	18, // 60: postamt.outbox.v1.OutboxService.Retry:input_type -> postamt.outbox.v1.RetryRequest
+	20, // 61: postamt.outbox.v1.OutboxService.Reschedule:input_type -> postamt.outbox.v1.RescheduleRequest
+	22, // 62: postamt.outbox.v1.OutboxService.WatchEmails:input_type -> postamt.outbox.v1.WatchEmailsRequest
+	25, // 63: postamt.outbox.v1.OutboxService.ImportEmails:input_type -> postamt.outbox.v1.ImportEmailsRequest
+	27, // 64: postamt.outbox.v1.OutboxService.CreateConnector:input_type -> postamt.outbox.v1.CreateConnectorRequest
+	29, // 65: postamt.outbox.v1.OutboxService.GetConnector:input_type -> postamt.outbox.v1.GetConnectorRequest
+	31, // 66: postamt.outbox.v1.OutboxService.ListConnectors:input_type -> postamt.outbox.v1.ListConnectorsRequest
+	33, // 67: postamt.outbox.v1.OutboxService.UpdateConnector:input_type -> postamt.outbox.v1.UpdateConnectorRequest
+	35, // 68: postamt.outbox.v1.OutboxService.DeleteConnector:input_type -> postamt.outbox.v1.DeleteConnectorRequest
+	37, // 69: postamt.outbox.v1.OutboxService.MoveEmails:input_type -> postamt.outbox.v1.MoveEmailsRequest
+	39, // 70: postamt.outbox.v1.OutboxService.EnableConnector:input_type -> postamt.outbox.v1.EnableConnectorRequest
+	41, // 71: postamt.outbox.v1.OutboxService.DisableConnector:input_type -> postamt.outbox.v1.DisableConnectorRequest
+	43, // 72: postamt.outbox.v1.OutboxService.GetUserSettings:input_type -> postamt.outbox.v1.GetUserSettingsRequest
+	45, // 73: postamt.outbox.v1.OutboxService.UpdateUserSettings:input_type -> postamt.outbox.v1.UpdateUserSettingsRequest
+	2,  // 74: postamt.outbox.v1.OutboxService.SubmitEmail:output_type -> postamt.outbox.v1.SubmitEmailResponse
+	4,  // 75: postamt.outbox.v1.OutboxService.GetEmail:output_type -> postamt.outbox.v1.GetEmailResponse
+	7,  // 76: postamt.outbox.v1.OutboxService.ListEmails:output_type -> postamt.outbox.v1.ListEmailsResponse
+	10, // 77: postamt.outbox.v1.OutboxService.CountEmails:output_type -> postamt.outbox.v1.CountEmailsResponse
+	15, // 78: postamt.outbox.v1.OutboxService.SendNow:output_type -> postamt.outbox.v1.SendNowResponse
+	17, // 79: postamt.outbox.v1.OutboxService.Cancel:output_type -> postamt.outbox.v1.CancelResponse
+	19, // 80: postamt.outbox.v1.OutboxService.Retry:output_type -> postamt.outbox.v1.RetryResponse
+	21, // 81: postamt.outbox.v1.OutboxService.Reschedule:output_type -> postamt.outbox.v1.RescheduleResponse
+	23, // 82: postamt.outbox.v1.OutboxService.WatchEmails:output_type -> postamt.outbox.v1.WatchEmailsResponse
+	26, // 83: postamt.outbox.v1.OutboxService.ImportEmails:output_type -> postamt.outbox.v1.ImportEmailsResponse
+	28, // 84: postamt.outbox.v1.OutboxService.CreateConnector:output_type -> postamt.outbox.v1.CreateConnectorResponse
+	30, // 85: postamt.outbox.v1.OutboxService.GetConnector:output_type -> postamt.outbox.v1.GetConnectorResponse
+	32, // 86: postamt.outbox.v1.OutboxService.ListConnectors:output_type -> postamt.outbox.v1.ListConnectorsResponse
+	34, // 87: postamt.outbox.v1.OutboxService.UpdateConnector:output_type -> postamt.outbox.v1.UpdateConnectorResponse
+	36, // 88: postamt.outbox.v1.OutboxService.DeleteConnector:output_type -> postamt.outbox.v1.DeleteConnectorResponse
+	38, // 89: postamt.outbox.v1.OutboxService.MoveEmails:output_type -> postamt.outbox.v1.MoveEmailsResponse
+	40, // 90: postamt.outbox.v1.OutboxService.EnableConnector:output_type -> postamt.outbox.v1.EnableConnectorResponse
+	42, // 91: postamt.outbox.v1.OutboxService.DisableConnector:output_type -> postamt.outbox.v1.DisableConnectorResponse
+	44, // 92: postamt.outbox.v1.OutboxService.GetUserSettings:output_type -> postamt.outbox.v1.GetUserSettingsResponse
+	46, // 93: postamt.outbox.v1.OutboxService.UpdateUserSettings:output_type -> postamt.outbox.v1.UpdateUserSettingsResponse
+	74, // [74:94] is the sub-list for method output_type
+	54, // [54:74] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_postamt_outbox_v1_outbox_proto_init() }

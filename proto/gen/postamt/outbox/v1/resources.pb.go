@@ -232,6 +232,14 @@ const (
 	// The connection was lost after the final "." and before the reply (RFC 1047): the relay may
 	// or may not have the message. The connector's UnknownOutcomePolicy decides what follows.
 	AttemptOutcome_ATTEMPT_OUTCOME_UNKNOWN AttemptOutcome = 4
+	// The relay refused for the pace of sending ("451 4.7.500 Server busy", "454 Throttling
+	// failure: Maximum sending rate exceeded", too many connections): the connector backs off and
+	// the email waits in PENDING_RETRY. It uses no attempt: number is the attempt still to come.
+	AttemptOutcome_ATTEMPT_OUTCOME_THROTTLED AttemptOutcome = 5
+	// The relay refused because a daily quota is used up ("550 5.4.5 Daily user sending quota
+	// exceeded"), even with a 5xx: the email waits in PENDING_RETRY until the quota resets. It uses
+	// no attempt.
+	AttemptOutcome_ATTEMPT_OUTCOME_QUOTA_EXHAUSTED AttemptOutcome = 6
 )
 
 // Enum value maps for AttemptOutcome.
@@ -242,6 +250,8 @@ var (
 		2: "ATTEMPT_OUTCOME_TEMPORARY_FAILURE",
 		3: "ATTEMPT_OUTCOME_PERMANENT_FAILURE",
 		4: "ATTEMPT_OUTCOME_UNKNOWN",
+		5: "ATTEMPT_OUTCOME_THROTTLED",
+		6: "ATTEMPT_OUTCOME_QUOTA_EXHAUSTED",
 	}
 	AttemptOutcome_value = map[string]int32{
 		"ATTEMPT_OUTCOME_UNSPECIFIED":       0,
@@ -249,6 +259,8 @@ var (
 		"ATTEMPT_OUTCOME_TEMPORARY_FAILURE": 2,
 		"ATTEMPT_OUTCOME_PERMANENT_FAILURE": 3,
 		"ATTEMPT_OUTCOME_UNKNOWN":           4,
+		"ATTEMPT_OUTCOME_THROTTLED":         5,
+		"ATTEMPT_OUTCOME_QUOTA_EXHAUSTED":   6,
 	}
 )
 
@@ -446,6 +458,59 @@ func (UnknownOutcomePolicy) EnumDescriptor() ([]byte, []int) {
 	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
+// DayCount is how a relay counts a day's quota.
+type DayCount int32
+
+const (
+	// Not set: a rolling 24 hours.
+	DayCount_DAY_COUNT_UNSPECIFIED DayCount = 0
+	// Any 24 hours (Gmail, Google Workspace, Exchange Online, Amazon SES).
+	DayCount_DAY_COUNT_ROLLING DayCount = 1
+	// The calendar day in time_zone, from midnight to midnight.
+	DayCount_DAY_COUNT_CALENDAR DayCount = 2
+)
+
+// Enum value maps for DayCount.
+var (
+	DayCount_name = map[int32]string{
+		0: "DAY_COUNT_UNSPECIFIED",
+		1: "DAY_COUNT_ROLLING",
+		2: "DAY_COUNT_CALENDAR",
+	}
+	DayCount_value = map[string]int32{
+		"DAY_COUNT_UNSPECIFIED": 0,
+		"DAY_COUNT_ROLLING":     1,
+		"DAY_COUNT_CALENDAR":    2,
+	}
+)
+
+func (x DayCount) Enum() *DayCount {
+	p := new(DayCount)
+	*p = x
+	return p
+}
+
+func (x DayCount) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DayCount) Descriptor() protoreflect.EnumDescriptor {
+	return file_postamt_outbox_v1_resources_proto_enumTypes[7].Descriptor()
+}
+
+func (DayCount) Type() protoreflect.EnumType {
+	return &file_postamt_outbox_v1_resources_proto_enumTypes[7]
+}
+
+func (x DayCount) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DayCount.Descriptor instead.
+func (DayCount) EnumDescriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{7}
+}
+
 // View selects which mail the outbox shows.
 type View int32
 
@@ -493,11 +558,11 @@ func (x View) String() string {
 }
 
 func (View) Descriptor() protoreflect.EnumDescriptor {
-	return file_postamt_outbox_v1_resources_proto_enumTypes[7].Descriptor()
+	return file_postamt_outbox_v1_resources_proto_enumTypes[8].Descriptor()
 }
 
 func (View) Type() protoreflect.EnumType {
-	return &file_postamt_outbox_v1_resources_proto_enumTypes[7]
+	return &file_postamt_outbox_v1_resources_proto_enumTypes[8]
 }
 
 func (x View) Number() protoreflect.EnumNumber {
@@ -506,7 +571,7 @@ func (x View) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use View.Descriptor instead.
 func (View) EnumDescriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{7}
+	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 // Column is a column of the outbox list a user can show or hide. To and Subject are always shown.
@@ -594,11 +659,11 @@ func (x Column) String() string {
 }
 
 func (Column) Descriptor() protoreflect.EnumDescriptor {
-	return file_postamt_outbox_v1_resources_proto_enumTypes[8].Descriptor()
+	return file_postamt_outbox_v1_resources_proto_enumTypes[9].Descriptor()
 }
 
 func (Column) Type() protoreflect.EnumType {
-	return &file_postamt_outbox_v1_resources_proto_enumTypes[8]
+	return &file_postamt_outbox_v1_resources_proto_enumTypes[9]
 }
 
 func (x Column) Number() protoreflect.EnumNumber {
@@ -607,7 +672,7 @@ func (x Column) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Column.Descriptor instead.
 func (Column) EnumDescriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 // WorkItem references the ticket, case or action an email belongs to; the email shows in its
@@ -1348,7 +1413,14 @@ type Connector struct {
 	// When it was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When it was last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// What the relay allows for the connector as a whole. The outbox sends no faster, across all
+	// its replicas; mail over a limit waits in QUEUED without using an attempt. Unset: no limit.
+	Limits *RelayLimits `protobuf:"bytes,18,opt,name=limits,proto3" json:"limits,omitempty"`
+	// What the relay allows per sender address (the From), as providers count per mailbox:
+	// Exchange Online 30 messages a minute and 10,000 recipients a day, Google Workspace 2,000
+	// recipients a day (docs/operations.md, "Relay limits"). Unset: no limit.
+	SenderLimits  *RelayLimits `protobuf:"bytes,19,opt,name=sender_limits,json=senderLimits,proto3" json:"sender_limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1502,6 +1574,112 @@ func (x *Connector) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Connector) GetLimits() *RelayLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *Connector) GetSenderLimits() *RelayLimits {
+	if x != nil {
+		return x.SenderLimits
+	}
+	return nil
+}
+
+// RelayLimits are a relay's rations. Each field 0 means no limit.
+type RelayLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Messages per second, 0-10,000.
+	MessagesPerSecond int32 `protobuf:"varint,1,opt,name=messages_per_second,json=messagesPerSecond,proto3" json:"messages_per_second,omitempty"`
+	// Messages per minute, 0-100,000.
+	MessagesPerMinute int32 `protobuf:"varint,2,opt,name=messages_per_minute,json=messagesPerMinute,proto3" json:"messages_per_minute,omitempty"`
+	// Recipients (To, Cc and Bcc) per minute, 0-1,000,000.
+	RecipientsPerMinute int32 `protobuf:"varint,3,opt,name=recipients_per_minute,json=recipientsPerMinute,proto3" json:"recipients_per_minute,omitempty"`
+	// Recipients per day, 0-10,000,000, counted as day_count says.
+	RecipientsPerDay int32 `protobuf:"varint,4,opt,name=recipients_per_day,json=recipientsPerDay,proto3" json:"recipients_per_day,omitempty"`
+	// How recipients_per_day counts a day.
+	DayCount DayCount `protobuf:"varint,5,opt,name=day_count,json=dayCount,proto3,enum=postamt.outbox.v1.DayCount" json:"day_count,omitempty"`
+	// The IANA time zone of a calendar day, e.g. Europe/Vienna; required with
+	// DAY_COUNT_CALENDAR, empty otherwise.
+	TimeZone      string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayLimits) Reset() {
+	*x = RelayLimits{}
+	mi := &file_postamt_outbox_v1_resources_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayLimits) ProtoMessage() {}
+
+func (x *RelayLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_outbox_v1_resources_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayLimits.ProtoReflect.Descriptor instead.
+func (*RelayLimits) Descriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RelayLimits) GetMessagesPerSecond() int32 {
+	if x != nil {
+		return x.MessagesPerSecond
+	}
+	return 0
+}
+
+func (x *RelayLimits) GetMessagesPerMinute() int32 {
+	if x != nil {
+		return x.MessagesPerMinute
+	}
+	return 0
+}
+
+func (x *RelayLimits) GetRecipientsPerMinute() int32 {
+	if x != nil {
+		return x.RecipientsPerMinute
+	}
+	return 0
+}
+
+func (x *RelayLimits) GetRecipientsPerDay() int32 {
+	if x != nil {
+		return x.RecipientsPerDay
+	}
+	return 0
+}
+
+func (x *RelayLimits) GetDayCount() DayCount {
+	if x != nil {
+		return x.DayCount
+	}
+	return DayCount_DAY_COUNT_UNSPECIFIED
+}
+
+func (x *RelayLimits) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
 // UserSettings are a user's outbox preferences.
 type UserSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1524,7 +1702,7 @@ type UserSettings struct {
 
 func (x *UserSettings) Reset() {
 	*x = UserSettings{}
-	mi := &file_postamt_outbox_v1_resources_proto_msgTypes[5]
+	mi := &file_postamt_outbox_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1714,7 @@ func (x *UserSettings) String() string {
 func (*UserSettings) ProtoMessage() {}
 
 func (x *UserSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_resources_proto_msgTypes[5]
+	mi := &file_postamt_outbox_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1727,7 @@ func (x *UserSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserSettings.ProtoReflect.Descriptor instead.
 func (*UserSettings) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_postamt_outbox_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UserSettings) GetUserId() string {
@@ -1673,7 +1851,7 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\x13last_attempt_manual\x18& \x01(\bR\x11lastAttemptManual\x124\n" +
 	"\x17last_attempt_by_user_id\x18' \x01(\tR\x13lastAttemptByUserId\x120\n" +
 	"\x14attempts_since_retry\x18( \x01(\x05R\x12attemptsSinceRetry\x12,\n" +
-	"\x12manual_retry_count\x18) \x01(\x05R\x10manualRetryCount\"\xfe\x05\n" +
+	"\x12manual_retry_count\x18) \x01(\x05R\x10manualRetryCount\"\xfb\x06\n" +
 	"\tConnector\x12!\n" +
 	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -1695,9 +1873,18 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTimeB\n" +
+	"updateTime\x126\n" +
+	"\x06limits\x18\x12 \x01(\v2\x1e.postamt.outbox.v1.RelayLimitsR\x06limits\x12C\n" +
+	"\rsender_limits\x18\x13 \x01(\v2\x1e.postamt.outbox.v1.RelayLimitsR\fsenderLimitsB\n" +
 	"\n" +
-	"\b_enabled\"\x98\x02\n" +
+	"\b_enabled\"\xa6\x02\n" +
+	"\vRelayLimits\x12.\n" +
+	"\x13messages_per_second\x18\x01 \x01(\x05R\x11messagesPerSecond\x12.\n" +
+	"\x13messages_per_minute\x18\x02 \x01(\x05R\x11messagesPerMinute\x122\n" +
+	"\x15recipients_per_minute\x18\x03 \x01(\x05R\x13recipientsPerMinute\x12,\n" +
+	"\x12recipients_per_day\x18\x04 \x01(\x05R\x10recipientsPerDay\x128\n" +
+	"\tday_count\x18\x05 \x01(\x0e2\x1b.postamt.outbox.v1.DayCountR\bdayCount\x12\x1b\n" +
+	"\ttime_zone\x18\x06 \x01(\tR\btimeZone\"\x98\x02\n" +
 	"\fUserSettings\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x128\n" +
 	"\n" +
@@ -1725,13 +1912,15 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\x1aWORK_ITEM_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15WORK_ITEM_TYPE_TICKET\x10\x01\x12\x17\n" +
 	"\x13WORK_ITEM_TYPE_CASE\x10\x02\x12\x19\n" +
-	"\x15WORK_ITEM_TYPE_ACTION\x10\x03*\xb6\x01\n" +
+	"\x15WORK_ITEM_TYPE_ACTION\x10\x03*\xfa\x01\n" +
 	"\x0eAttemptOutcome\x12\x1f\n" +
 	"\x1bATTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ATTEMPT_OUTCOME_SENT\x10\x01\x12%\n" +
 	"!ATTEMPT_OUTCOME_TEMPORARY_FAILURE\x10\x02\x12%\n" +
 	"!ATTEMPT_OUTCOME_PERMANENT_FAILURE\x10\x03\x12\x1b\n" +
-	"\x17ATTEMPT_OUTCOME_UNKNOWN\x10\x04*d\n" +
+	"\x17ATTEMPT_OUTCOME_UNKNOWN\x10\x04\x12\x1d\n" +
+	"\x19ATTEMPT_OUTCOME_THROTTLED\x10\x05\x12#\n" +
+	"\x1fATTEMPT_OUTCOME_QUOTA_EXHAUSTED\x10\x06*d\n" +
 	"\aTlsMode\x12\x18\n" +
 	"\x14TLS_MODE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTLS_MODE_NONE\x10\x01\x12\x15\n" +
@@ -1745,7 +1934,11 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\x14UnknownOutcomePolicy\x12&\n" +
 	"\"UNKNOWN_OUTCOME_POLICY_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dUNKNOWN_OUTCOME_POLICY_RESEND\x10\x01\x12\x1f\n" +
-	"\x1bUNKNOWN_OUTCOME_POLICY_HOLD\x10\x02*Y\n" +
+	"\x1bUNKNOWN_OUTCOME_POLICY_HOLD\x10\x02*T\n" +
+	"\bDayCount\x12\x19\n" +
+	"\x15DAY_COUNT_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11DAY_COUNT_ROLLING\x10\x01\x12\x16\n" +
+	"\x12DAY_COUNT_CALENDAR\x10\x02*Y\n" +
 	"\x04View\x12\x14\n" +
 	"\x10VIEW_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tVIEW_MINE\x10\x01\x12\r\n" +
@@ -1783,8 +1976,8 @@ func file_postamt_outbox_v1_resources_proto_rawDescGZIP() []byte {
 	return file_postamt_outbox_v1_resources_proto_rawDescData
 }
 
-var file_postamt_outbox_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_postamt_outbox_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_postamt_outbox_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_postamt_outbox_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_postamt_outbox_v1_resources_proto_goTypes = []any{
 	(EmailStatus)(0),              // 0: postamt.outbox.v1.EmailStatus
 	(Priority)(0),                 // 1: postamt.outbox.v1.Priority
@@ -1793,50 +1986,55 @@ var file_postamt_outbox_v1_resources_proto_goTypes = []any{
 	(TlsMode)(0),                  // 4: postamt.outbox.v1.TlsMode
 	(AuthMechanism)(0),            // 5: postamt.outbox.v1.AuthMechanism
 	(UnknownOutcomePolicy)(0),     // 6: postamt.outbox.v1.UnknownOutcomePolicy
-	(View)(0),                     // 7: postamt.outbox.v1.View
-	(Column)(0),                   // 8: postamt.outbox.v1.Column
-	(*WorkItem)(nil),              // 9: postamt.outbox.v1.WorkItem
-	(*Attachment)(nil),            // 10: postamt.outbox.v1.Attachment
-	(*Attempt)(nil),               // 11: postamt.outbox.v1.Attempt
-	(*Email)(nil),                 // 12: postamt.outbox.v1.Email
-	(*Connector)(nil),             // 13: postamt.outbox.v1.Connector
-	(*UserSettings)(nil),          // 14: postamt.outbox.v1.UserSettings
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(SendMode)(0),                 // 16: postamt.outbox.v1.SendMode
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(DayCount)(0),                 // 7: postamt.outbox.v1.DayCount
+	(View)(0),                     // 8: postamt.outbox.v1.View
+	(Column)(0),                   // 9: postamt.outbox.v1.Column
+	(*WorkItem)(nil),              // 10: postamt.outbox.v1.WorkItem
+	(*Attachment)(nil),            // 11: postamt.outbox.v1.Attachment
+	(*Attempt)(nil),               // 12: postamt.outbox.v1.Attempt
+	(*Email)(nil),                 // 13: postamt.outbox.v1.Email
+	(*Connector)(nil),             // 14: postamt.outbox.v1.Connector
+	(*RelayLimits)(nil),           // 15: postamt.outbox.v1.RelayLimits
+	(*UserSettings)(nil),          // 16: postamt.outbox.v1.UserSettings
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(SendMode)(0),                 // 18: postamt.outbox.v1.SendMode
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
 }
 var file_postamt_outbox_v1_resources_proto_depIdxs = []int32{
 	2,  // 0: postamt.outbox.v1.WorkItem.type:type_name -> postamt.outbox.v1.WorkItemType
-	15, // 1: postamt.outbox.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	15, // 2: postamt.outbox.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	17, // 1: postamt.outbox.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	17, // 2: postamt.outbox.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 3: postamt.outbox.v1.Attempt.outcome:type_name -> postamt.outbox.v1.AttemptOutcome
-	16, // 4: postamt.outbox.v1.Email.send_mode:type_name -> postamt.outbox.v1.SendMode
-	10, // 5: postamt.outbox.v1.Email.attachments:type_name -> postamt.outbox.v1.Attachment
+	18, // 4: postamt.outbox.v1.Email.send_mode:type_name -> postamt.outbox.v1.SendMode
+	11, // 5: postamt.outbox.v1.Email.attachments:type_name -> postamt.outbox.v1.Attachment
 	1,  // 6: postamt.outbox.v1.Email.priority:type_name -> postamt.outbox.v1.Priority
-	9,  // 7: postamt.outbox.v1.Email.work_item:type_name -> postamt.outbox.v1.WorkItem
+	10, // 7: postamt.outbox.v1.Email.work_item:type_name -> postamt.outbox.v1.WorkItem
 	0,  // 8: postamt.outbox.v1.Email.status:type_name -> postamt.outbox.v1.EmailStatus
-	15, // 9: postamt.outbox.v1.Email.send_at:type_name -> google.protobuf.Timestamp
-	15, // 10: postamt.outbox.v1.Email.next_attempt_time:type_name -> google.protobuf.Timestamp
-	15, // 11: postamt.outbox.v1.Email.last_attempt_time:type_name -> google.protobuf.Timestamp
-	15, // 12: postamt.outbox.v1.Email.first_failure_time:type_name -> google.protobuf.Timestamp
-	11, // 13: postamt.outbox.v1.Email.attempts:type_name -> postamt.outbox.v1.Attempt
-	15, // 14: postamt.outbox.v1.Email.submit_time:type_name -> google.protobuf.Timestamp
-	15, // 15: postamt.outbox.v1.Email.sent_time:type_name -> google.protobuf.Timestamp
-	15, // 16: postamt.outbox.v1.Email.cancel_time:type_name -> google.protobuf.Timestamp
+	17, // 9: postamt.outbox.v1.Email.send_at:type_name -> google.protobuf.Timestamp
+	17, // 10: postamt.outbox.v1.Email.next_attempt_time:type_name -> google.protobuf.Timestamp
+	17, // 11: postamt.outbox.v1.Email.last_attempt_time:type_name -> google.protobuf.Timestamp
+	17, // 12: postamt.outbox.v1.Email.first_failure_time:type_name -> google.protobuf.Timestamp
+	12, // 13: postamt.outbox.v1.Email.attempts:type_name -> postamt.outbox.v1.Attempt
+	17, // 14: postamt.outbox.v1.Email.submit_time:type_name -> google.protobuf.Timestamp
+	17, // 15: postamt.outbox.v1.Email.sent_time:type_name -> google.protobuf.Timestamp
+	17, // 16: postamt.outbox.v1.Email.cancel_time:type_name -> google.protobuf.Timestamp
 	4,  // 17: postamt.outbox.v1.Connector.tls_mode:type_name -> postamt.outbox.v1.TlsMode
 	5,  // 18: postamt.outbox.v1.Connector.auth_mechanism:type_name -> postamt.outbox.v1.AuthMechanism
-	17, // 19: postamt.outbox.v1.Connector.retry_pattern:type_name -> google.protobuf.Duration
+	19, // 19: postamt.outbox.v1.Connector.retry_pattern:type_name -> google.protobuf.Duration
 	6,  // 20: postamt.outbox.v1.Connector.unknown_outcome_policy:type_name -> postamt.outbox.v1.UnknownOutcomePolicy
-	15, // 21: postamt.outbox.v1.Connector.create_time:type_name -> google.protobuf.Timestamp
-	15, // 22: postamt.outbox.v1.Connector.update_time:type_name -> google.protobuf.Timestamp
-	17, // 23: postamt.outbox.v1.UserSettings.undo_delay:type_name -> google.protobuf.Duration
-	7,  // 24: postamt.outbox.v1.UserSettings.default_view:type_name -> postamt.outbox.v1.View
-	8,  // 25: postamt.outbox.v1.UserSettings.visible_columns:type_name -> postamt.outbox.v1.Column
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	17, // 21: postamt.outbox.v1.Connector.create_time:type_name -> google.protobuf.Timestamp
+	17, // 22: postamt.outbox.v1.Connector.update_time:type_name -> google.protobuf.Timestamp
+	15, // 23: postamt.outbox.v1.Connector.limits:type_name -> postamt.outbox.v1.RelayLimits
+	15, // 24: postamt.outbox.v1.Connector.sender_limits:type_name -> postamt.outbox.v1.RelayLimits
+	7,  // 25: postamt.outbox.v1.RelayLimits.day_count:type_name -> postamt.outbox.v1.DayCount
+	19, // 26: postamt.outbox.v1.UserSettings.undo_delay:type_name -> google.protobuf.Duration
+	8,  // 27: postamt.outbox.v1.UserSettings.default_view:type_name -> postamt.outbox.v1.View
+	9,  // 28: postamt.outbox.v1.UserSettings.visible_columns:type_name -> postamt.outbox.v1.Column
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_postamt_outbox_v1_resources_proto_init() }
@@ -1851,8 +2049,8 @@ func file_postamt_outbox_v1_resources_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postamt_outbox_v1_resources_proto_rawDesc), len(file_postamt_outbox_v1_resources_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   6,
+			NumEnums:      10,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
