@@ -39,6 +39,8 @@ func startCatcher(dir string) (*catcher, error) {
 	c.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &caughtSession{c: c}, nil }))
 	c.srv.Domain = "localhost"
 	c.srv.MaxMessageBytes = maxCaughtBytes
+	// Like the relays of the big providers: mail to jörg@… is caught, not refused for SMTPUTF8.
+	c.srv.EnableSMTPUTF8 = true
 	c.srv.ReadTimeout, c.srv.WriteTimeout = time.Minute, time.Minute
 	go func() { _ = c.srv.Serve(lis) }()
 	return c, nil

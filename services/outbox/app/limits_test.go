@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/postamt/postamt/internal/testkit/poll"
@@ -50,6 +52,22 @@ func TestRelayLimitsAcrossReplicas(t *testing.T) {
 		}
 		prio["<"+r.GetEmail().GetMessageId()+">"] = req.Priority
 		ids = append(ids, r.GetEmail().GetEmailId())
+	}
+	// Support asks first when the backlog will be out: 24 at 4 a second, the last 5 s after the
+	// first four.
+	sel := &outboxv1.Selection{View: outboxv1.View_VIEW_ALL, Filter: &outboxv1.EmailFilter{ConnectorId: "rationed"}}
+	before := time.Now()
+	est, err := second.EstimateDelivery(e.admin(), &outboxv1.EstimateDeliveryRequest{Selection: sel})
+	if err != nil || len(est.GetConnectors()) != 1 {
+		t.Fatalf("EstimateDelivery = %v, %v", est, err)
+	}
+	c := est.GetConnectors()[0]
+	if c.GetConnectorId() != "rationed" || c.GetEmails() != 24 || c.GetRecipients() != 24 || c.GetLimitedBy() != "limits.messages_per_second" ||
+		c.GetDoneTime().AsTime().Before(before.Add(5*time.Second)) || c.GetDoneTime().AsTime().After(time.Now().Add(5*time.Second)) {
+		t.Errorf("estimate %v, want 24 emails and recipients done 5 s from now by limits.messages_per_second", c)
+	}
+	if _, err := e.outbox.EstimateDelivery(eva, &outboxv1.EstimateDeliveryRequest{Selection: sel}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("EstimateDelivery as a member: %v, want PermissionDenied", err)
 	}
 	if _, err := e.outbox.EnableConnector(e.admin(), &outboxv1.EnableConnectorRequest{ConnectorId: "rationed"}); err != nil {
 		t.Fatal(err)

@@ -411,13 +411,14 @@ func (d *Dispatcher) reclaimNote(c *claim, now time.Time, maxAttempts int) (redi
 
 // hold keeps the lane from claiming until t, when the relay's limits allow the next send, and
 // schedules a poke for then. A longer wait is recorded in Redis with why, for GetConnector.
-func (l *lane) hold(t time.Time, why string) {
+func (l *lane) hold(ctx context.Context, t time.Time, why string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if t.After(l.heldUntil) {
 		l.heldUntil = t
 		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			// Recorded even if the conversation's context ends now: the wait is the lane's.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			defer cancel()
 			if err := l.d.Ledger.Hold(ctx, l.key.Tenant, l.key.Connector, t, why); err != nil {
 				l.d.Logger.Warn("record a connector's wait", "tenant", l.key.Tenant, "connector", l.key.Connector, "error", err)
@@ -478,7 +479,7 @@ func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.R
 		}
 		// The connector's own limit holds all of its mail: the lane claims nothing until then,
 		// and the email keeps its place.
-		l.hold(refused.RetryAt, "the relay's limits set on the connector")
+		l.hold(ctx, refused.RetryAt, "the relay's limits set on the connector")
 		d.handBack(c, why)
 		return nil, true
 	}
@@ -636,7 +637,7 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 	case err != nil:
 	case res.Outcome == outbox.OutcomeThrottled || res.Outcome == outbox.OutcomeQuotaExhausted:
 		// The email waits as long as the connector: until the back-off or the quota's reset.
-		a.Change.Due = l.backOff(res, conn, end)
+		a.Change.Due = l.backOff(ctx, res, conn, end)
 	case res.Outcome == outbox.OutcomeSent:
 		d.mu.Lock()
 		delete(d.throttles, l.key)
@@ -672,8 +673,11 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 	}
 	if res.Outcome != outbox.OutcomeSent {
 		change.Error = res.Message
-		if res.Code != 0 {
+		switch {
+		case res.Code != 0:
 			change.Error = strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
+		case res.Enhanced != "":
+			change.Error = res.Enhanced + " " + res.Message // our own refusal with its RFC 3463 code (5.6.7)
 		}
 		if decision.MayHaveBeenSent {
 			change.Error = "the connection was lost after the message was handed over; it may have been sent: " + change.Error
@@ -759,7 +763,7 @@ const (
 // backOff holds the lane after a throttling refusal at now and returns when it may send again.
 // Each replica backs off on its own first refusal: no Redis call on the hot path for
 // connectors that are never throttled.
-func (l *lane) backOff(res smtp.Result, conn Connector, now time.Time) time.Time {
+func (l *lane) backOff(ctx context.Context, res smtp.Result, conn Connector, now time.Time) time.Time {
 	var until time.Time
 	if res.Outcome == outbox.OutcomeQuotaExhausted {
 		until = now.Add(quotaRecheck)
@@ -784,9 +788,9 @@ func (l *lane) backOff(res smtp.Result, conn Connector, now time.Time) time.Time
 	}
 	reply := strings.TrimSpace(fmt.Sprintf("%d %s %s", res.Code, res.Enhanced, res.Message))
 	if res.Outcome == outbox.OutcomeQuotaExhausted {
-		l.hold(until, "the relay's daily quota is used up: "+reply)
+		l.hold(ctx, until, "the relay's daily quota is used up: "+reply)
 	} else {
-		l.hold(until, "the relay asked to slow down: "+reply)
+		l.hold(ctx, until, "the relay asked to slow down: "+reply)
 	}
 	l.d.count("throttled", 1)
 	return until

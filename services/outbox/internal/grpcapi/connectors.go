@@ -114,3 +114,12 @@ func (h *Handler) MoveEmails(ctx context.Context, req *outboxv1.MoveEmailsReques
 	}
 	return &outboxv1.MoveEmailsResponse{Result: r}, nil
 }
+
+// EstimateDelivery implements OutboxServiceServer.
+func (h *Handler) EstimateDelivery(ctx context.Context, req *outboxv1.EstimateDeliveryRequest) (*outboxv1.EstimateDeliveryResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return h.connectors.Estimate(ctx, p, req.GetSelection())
+}

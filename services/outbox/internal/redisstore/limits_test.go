@@ -160,7 +160,7 @@ func TestTakeOnRedisCluster(t *testing.T) {
 	if err != nil || got != 2 || refused.Budget != 1 {
 		t.Fatalf("Take = %d, %+v, %v; want 2 (4 recipients a day), refused by the sender's budget (1)", got, refused, err)
 	}
-	other := append(budgets[:1:1], redisstore.Budget{Tenant: "notariat", Key: "c:relay", Windows: []redisstore.Window{{Length: time.Minute, Limit: 10}}})
+	other := []redisstore.Budget{budgets[0], {Tenant: "notariat", Key: "c:relay", Windows: []redisstore.Window{{Length: time.Minute, Limit: 10}}}}
 	if _, _, err := l.Take(ctx, other, []int{1}, now); err == nil {
 		t.Error("a take across two tenants' budgets was accepted")
 	}

@@ -2313,6 +2313,190 @@ func (x *MoveEmailsRequest) GetConnectorId() string {
 	return ""
 }
 
+// EstimateDeliveryRequest selects the emails to estimate.
+type EstimateDeliveryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The emails.
+	Selection     *Selection `protobuf:"bytes,1,opt,name=selection,proto3" json:"selection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EstimateDeliveryRequest) Reset() {
+	*x = EstimateDeliveryRequest{}
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EstimateDeliveryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EstimateDeliveryRequest) ProtoMessage() {}
+
+func (x *EstimateDeliveryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EstimateDeliveryRequest.ProtoReflect.Descriptor instead.
+func (*EstimateDeliveryRequest) Descriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *EstimateDeliveryRequest) GetSelection() *Selection {
+	if x != nil {
+		return x.Selection
+	}
+	return nil
+}
+
+// EstimateDeliveryResponse is the estimate per connector.
+type EstimateDeliveryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per connector of the selected open mail, by connector id.
+	Connectors []*ConnectorEstimate `protobuf:"bytes,1,rep,name=connectors,proto3" json:"connectors,omitempty"`
+	// Selected emails that are SENT or CANCELLED, not estimated.
+	Skipped       int64 `protobuf:"varint,2,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EstimateDeliveryResponse) Reset() {
+	*x = EstimateDeliveryResponse{}
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EstimateDeliveryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EstimateDeliveryResponse) ProtoMessage() {}
+
+func (x *EstimateDeliveryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EstimateDeliveryResponse.ProtoReflect.Descriptor instead.
+func (*EstimateDeliveryResponse) Descriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *EstimateDeliveryResponse) GetConnectors() []*ConnectorEstimate {
+	if x != nil {
+		return x.Connectors
+	}
+	return nil
+}
+
+func (x *EstimateDeliveryResponse) GetSkipped() int64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+// ConnectorEstimate is one connector's share of an estimate.
+type ConnectorEstimate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connector.
+	ConnectorId string `protobuf:"bytes,1,opt,name=connector_id,json=connectorId,proto3" json:"connector_id,omitempty"`
+	// Open emails of the selection on it.
+	Emails int64 `protobuf:"varint,2,opt,name=emails,proto3" json:"emails,omitempty"`
+	// Their recipients (To, Cc and Bcc).
+	Recipients int64 `protobuf:"varint,3,opt,name=recipients,proto3" json:"recipients,omitempty"`
+	// The earliest time the limits let the last one go; unset when the connector has no limits
+	// (then the relay's speed alone decides).
+	DoneTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=done_time,json=doneTime,proto3" json:"done_time,omitempty"`
+	// The limit that decides it, e.g. "sender_limits.recipients_per_day for info@kanzlei.example".
+	LimitedBy     string `protobuf:"bytes,5,opt,name=limited_by,json=limitedBy,proto3" json:"limited_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorEstimate) Reset() {
+	*x = ConnectorEstimate{}
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorEstimate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorEstimate) ProtoMessage() {}
+
+func (x *ConnectorEstimate) ProtoReflect() protoreflect.Message {
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorEstimate.ProtoReflect.Descriptor instead.
+func (*ConnectorEstimate) Descriptor() ([]byte, []int) {
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ConnectorEstimate) GetConnectorId() string {
+	if x != nil {
+		return x.ConnectorId
+	}
+	return ""
+}
+
+func (x *ConnectorEstimate) GetEmails() int64 {
+	if x != nil {
+		return x.Emails
+	}
+	return 0
+}
+
+func (x *ConnectorEstimate) GetRecipients() int64 {
+	if x != nil {
+		return x.Recipients
+	}
+	return 0
+}
+
+func (x *ConnectorEstimate) GetDoneTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DoneTime
+	}
+	return nil
+}
+
+func (x *ConnectorEstimate) GetLimitedBy() string {
+	if x != nil {
+		return x.LimitedBy
+	}
+	return ""
+}
+
 // MoveEmailsResponse says what was done.
 type MoveEmailsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2324,7 +2508,7 @@ type MoveEmailsResponse struct {
 
 func (x *MoveEmailsResponse) Reset() {
 	*x = MoveEmailsResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2520,7 @@ func (x *MoveEmailsResponse) String() string {
 func (*MoveEmailsResponse) ProtoMessage() {}
 
 func (x *MoveEmailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[37]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2533,7 @@ func (x *MoveEmailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveEmailsResponse.ProtoReflect.Descriptor instead.
 func (*MoveEmailsResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{37}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MoveEmailsResponse) GetResult() *ActionResult {
@@ -2370,7 +2554,7 @@ type EnableConnectorRequest struct {
 
 func (x *EnableConnectorRequest) Reset() {
 	*x = EnableConnectorRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2566,7 @@ func (x *EnableConnectorRequest) String() string {
 func (*EnableConnectorRequest) ProtoMessage() {}
 
 func (x *EnableConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[38]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2579,7 @@ func (x *EnableConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableConnectorRequest.ProtoReflect.Descriptor instead.
 func (*EnableConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{38}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *EnableConnectorRequest) GetConnectorId() string {
@@ -2418,7 +2602,7 @@ type EnableConnectorResponse struct {
 
 func (x *EnableConnectorResponse) Reset() {
 	*x = EnableConnectorResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2614,7 @@ func (x *EnableConnectorResponse) String() string {
 func (*EnableConnectorResponse) ProtoMessage() {}
 
 func (x *EnableConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[39]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2627,7 @@ func (x *EnableConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableConnectorResponse.ProtoReflect.Descriptor instead.
 func (*EnableConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{39}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *EnableConnectorResponse) GetConnector() *Connector {
@@ -2471,7 +2655,7 @@ type DisableConnectorRequest struct {
 
 func (x *DisableConnectorRequest) Reset() {
 	*x = DisableConnectorRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2483,7 +2667,7 @@ func (x *DisableConnectorRequest) String() string {
 func (*DisableConnectorRequest) ProtoMessage() {}
 
 func (x *DisableConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[40]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2496,7 +2680,7 @@ func (x *DisableConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableConnectorRequest.ProtoReflect.Descriptor instead.
 func (*DisableConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{40}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DisableConnectorRequest) GetConnectorId() string {
@@ -2517,7 +2701,7 @@ type DisableConnectorResponse struct {
 
 func (x *DisableConnectorResponse) Reset() {
 	*x = DisableConnectorResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2713,7 @@ func (x *DisableConnectorResponse) String() string {
 func (*DisableConnectorResponse) ProtoMessage() {}
 
 func (x *DisableConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[41]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2726,7 @@ func (x *DisableConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableConnectorResponse.ProtoReflect.Descriptor instead.
 func (*DisableConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{41}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DisableConnectorResponse) GetConnector() *Connector {
@@ -2563,7 +2747,7 @@ type GetUserSettingsRequest struct {
 
 func (x *GetUserSettingsRequest) Reset() {
 	*x = GetUserSettingsRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +2759,7 @@ func (x *GetUserSettingsRequest) String() string {
 func (*GetUserSettingsRequest) ProtoMessage() {}
 
 func (x *GetUserSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[42]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +2772,7 @@ func (x *GetUserSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserSettingsRequest.ProtoReflect.Descriptor instead.
 func (*GetUserSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{42}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetUserSettingsRequest) GetUserId() string {
@@ -2609,7 +2793,7 @@ type GetUserSettingsResponse struct {
 
 func (x *GetUserSettingsResponse) Reset() {
 	*x = GetUserSettingsResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2805,7 @@ func (x *GetUserSettingsResponse) String() string {
 func (*GetUserSettingsResponse) ProtoMessage() {}
 
 func (x *GetUserSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[43]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2818,7 @@ func (x *GetUserSettingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserSettingsResponse.ProtoReflect.Descriptor instead.
 func (*GetUserSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{43}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetUserSettingsResponse) GetSettings() *UserSettings {
@@ -2657,7 +2841,7 @@ type UpdateUserSettingsRequest struct {
 
 func (x *UpdateUserSettingsRequest) Reset() {
 	*x = UpdateUserSettingsRequest{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[44]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2853,7 @@ func (x *UpdateUserSettingsRequest) String() string {
 func (*UpdateUserSettingsRequest) ProtoMessage() {}
 
 func (x *UpdateUserSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[44]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2866,7 @@ func (x *UpdateUserSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUserSettingsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateUserSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{44}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UpdateUserSettingsRequest) GetSettings() *UserSettings {
@@ -2710,7 +2894,7 @@ type UpdateUserSettingsResponse struct {
 
 func (x *UpdateUserSettingsResponse) Reset() {
 	*x = UpdateUserSettingsResponse{}
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[45]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +2906,7 @@ func (x *UpdateUserSettingsResponse) String() string {
 func (*UpdateUserSettingsResponse) ProtoMessage() {}
 
 func (x *UpdateUserSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[45]
+	mi := &file_postamt_outbox_v1_outbox_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +2919,7 @@ func (x *UpdateUserSettingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUserSettingsResponse.ProtoReflect.Descriptor instead.
 func (*UpdateUserSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{45}
+	return file_postamt_outbox_v1_outbox_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UpdateUserSettingsResponse) GetSettings() *UserSettings {
@@ -2893,7 +3077,23 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x17DeleteConnectorResponse\"r\n" +
 	"\x11MoveEmailsRequest\x12:\n" +
 	"\tselection\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.SelectionR\tselection\x12!\n" +
-	"\fconnector_id\x18\x02 \x01(\tR\vconnectorId\"M\n" +
+	"\fconnector_id\x18\x02 \x01(\tR\vconnectorId\"U\n" +
+	"\x17EstimateDeliveryRequest\x12:\n" +
+	"\tselection\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.SelectionR\tselection\"z\n" +
+	"\x18EstimateDeliveryResponse\x12D\n" +
+	"\n" +
+	"connectors\x18\x01 \x03(\v2$.postamt.outbox.v1.ConnectorEstimateR\n" +
+	"connectors\x12\x18\n" +
+	"\askipped\x18\x02 \x01(\x03R\askipped\"\xc6\x01\n" +
+	"\x11ConnectorEstimate\x12!\n" +
+	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\x12\x16\n" +
+	"\x06emails\x18\x02 \x01(\x03R\x06emails\x12\x1e\n" +
+	"\n" +
+	"recipients\x18\x03 \x01(\x03R\n" +
+	"recipients\x127\n" +
+	"\tdone_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bdoneTime\x12\x1d\n" +
+	"\n" +
+	"limited_by\x18\x05 \x01(\tR\tlimitedBy\"M\n" +
 	"\x12MoveEmailsResponse\x127\n" +
 	"\x06result\x18\x01 \x01(\v2\x1f.postamt.outbox.v1.ActionResultR\x06result\";\n" +
 	"\x16EnableConnectorRequest\x12!\n" +
@@ -2920,7 +3120,7 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x17EMAIL_ORDER_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14EMAIL_ORDER_DUE_TIME\x10\x01\x12 \n" +
 	"\x1cEMAIL_ORDER_SUBMIT_TIME_DESC\x10\x02\x12&\n" +
-	"\"EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC\x10\x032\xfa\x15\n" +
+	"\"EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC\x10\x032\x97\x17\n" +
 	"\rOutboxService\x12z\n" +
 	"\vSubmitEmail\x12%.postamt.outbox.v1.SubmitEmailRequest\x1a&.postamt.outbox.v1.SubmitEmailResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/outbox/emails\x12|\n" +
 	"\bGetEmail\x12\".postamt.outbox.v1.GetEmailRequest\x1a#.postamt.outbox.v1.GetEmailResponse\"'\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/outbox/emails/{email_id}\x90\x02\x01\x12w\n" +
@@ -2940,7 +3140,8 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x0fUpdateConnector\x12).postamt.outbox.v1.UpdateConnectorRequest\x1a*.postamt.outbox.v1.UpdateConnectorResponse\"A\x82\xd3\xe4\x93\x02;:\tconnector2./v1/outbox/connectors/{connector.connector_id}\x12\x96\x01\n" +
 	"\x0fDeleteConnector\x12).postamt.outbox.v1.DeleteConnectorRequest\x1a*.postamt.outbox.v1.DeleteConnectorResponse\",\x82\xd3\xe4\x93\x02&*$/v1/outbox/connectors/{connector_id}\x12|\n" +
 	"\n" +
-	"MoveEmails\x12$.postamt.outbox.v1.MoveEmailsRequest\x1a%.postamt.outbox.v1.MoveEmailsResponse\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/outbox/emails:move\x12\xa0\x01\n" +
+	"MoveEmails\x12$.postamt.outbox.v1.MoveEmailsRequest\x1a%.postamt.outbox.v1.MoveEmailsResponse\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/outbox/emails:move\x12\x9a\x01\n" +
+	"\x10EstimateDelivery\x12*.postamt.outbox.v1.EstimateDeliveryRequest\x1a+.postamt.outbox.v1.EstimateDeliveryResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/outbox/emails:estimateDelivery\x12\xa0\x01\n" +
 	"\x0fEnableConnector\x12).postamt.outbox.v1.EnableConnectorRequest\x1a*.postamt.outbox.v1.EnableConnectorResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/outbox/connectors/{connector_id}:enable\x12\xa4\x01\n" +
 	"\x10DisableConnector\x12*.postamt.outbox.v1.DisableConnectorRequest\x1a+.postamt.outbox.v1.DisableConnectorResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/outbox/connectors/{connector_id}:disable\x12\x98\x01\n" +
 	"\x0fGetUserSettings\x12).postamt.outbox.v1.GetUserSettingsRequest\x1a*.postamt.outbox.v1.GetUserSettingsResponse\".\x82\xd3\xe4\x93\x02%\x12#/v1/outbox/users/{user_id}/settings\x90\x02\x01\x12\xb1\x01\n" +
@@ -2960,7 +3161,7 @@ func file_postamt_outbox_v1_outbox_proto_rawDescGZIP() []byte {
 }
 
 var file_postamt_outbox_v1_outbox_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_postamt_outbox_v1_outbox_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_postamt_outbox_v1_outbox_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_postamt_outbox_v1_outbox_proto_goTypes = []any{
 	(EmailOrder)(0),                    // 0: postamt.outbox.v1.EmailOrder
 	(*SubmitEmailRequest)(nil),         // 1: postamt.outbox.v1.SubmitEmailRequest
@@ -3000,47 +3201,50 @@ var file_postamt_outbox_v1_outbox_proto_goTypes = []any{
 	(*DeleteConnectorRequest)(nil),     // 35: postamt.outbox.v1.DeleteConnectorRequest
 	(*DeleteConnectorResponse)(nil),    // 36: postamt.outbox.v1.DeleteConnectorResponse
 	(*MoveEmailsRequest)(nil),          // 37: postamt.outbox.v1.MoveEmailsRequest
-	(*MoveEmailsResponse)(nil),         // 38: postamt.outbox.v1.MoveEmailsResponse
-	(*EnableConnectorRequest)(nil),     // 39: postamt.outbox.v1.EnableConnectorRequest
-	(*EnableConnectorResponse)(nil),    // 40: postamt.outbox.v1.EnableConnectorResponse
-	(*DisableConnectorRequest)(nil),    // 41: postamt.outbox.v1.DisableConnectorRequest
-	(*DisableConnectorResponse)(nil),   // 42: postamt.outbox.v1.DisableConnectorResponse
-	(*GetUserSettingsRequest)(nil),     // 43: postamt.outbox.v1.GetUserSettingsRequest
-	(*GetUserSettingsResponse)(nil),    // 44: postamt.outbox.v1.GetUserSettingsResponse
-	(*UpdateUserSettingsRequest)(nil),  // 45: postamt.outbox.v1.UpdateUserSettingsRequest
-	(*UpdateUserSettingsResponse)(nil), // 46: postamt.outbox.v1.UpdateUserSettingsResponse
-	(*Attachment)(nil),                 // 47: postamt.outbox.v1.Attachment
-	(Priority)(0),                      // 48: postamt.outbox.v1.Priority
-	(*WorkItem)(nil),                   // 49: postamt.outbox.v1.WorkItem
-	(*timestamppb.Timestamp)(nil),      // 50: google.protobuf.Timestamp
-	(*Email)(nil),                      // 51: postamt.outbox.v1.Email
-	(EmailStatus)(0),                   // 52: postamt.outbox.v1.EmailStatus
-	(View)(0),                          // 53: postamt.outbox.v1.View
-	(*Connector)(nil),                  // 54: postamt.outbox.v1.Connector
-	(*fieldmaskpb.FieldMask)(nil),      // 55: google.protobuf.FieldMask
-	(*UserSettings)(nil),               // 56: postamt.outbox.v1.UserSettings
+	(*EstimateDeliveryRequest)(nil),    // 38: postamt.outbox.v1.EstimateDeliveryRequest
+	(*EstimateDeliveryResponse)(nil),   // 39: postamt.outbox.v1.EstimateDeliveryResponse
+	(*ConnectorEstimate)(nil),          // 40: postamt.outbox.v1.ConnectorEstimate
+	(*MoveEmailsResponse)(nil),         // 41: postamt.outbox.v1.MoveEmailsResponse
+	(*EnableConnectorRequest)(nil),     // 42: postamt.outbox.v1.EnableConnectorRequest
+	(*EnableConnectorResponse)(nil),    // 43: postamt.outbox.v1.EnableConnectorResponse
+	(*DisableConnectorRequest)(nil),    // 44: postamt.outbox.v1.DisableConnectorRequest
+	(*DisableConnectorResponse)(nil),   // 45: postamt.outbox.v1.DisableConnectorResponse
+	(*GetUserSettingsRequest)(nil),     // 46: postamt.outbox.v1.GetUserSettingsRequest
+	(*GetUserSettingsResponse)(nil),    // 47: postamt.outbox.v1.GetUserSettingsResponse
+	(*UpdateUserSettingsRequest)(nil),  // 48: postamt.outbox.v1.UpdateUserSettingsRequest
+	(*UpdateUserSettingsResponse)(nil), // 49: postamt.outbox.v1.UpdateUserSettingsResponse
+	(*Attachment)(nil),                 // 50: postamt.outbox.v1.Attachment
+	(Priority)(0),                      // 51: postamt.outbox.v1.Priority
+	(*WorkItem)(nil),                   // 52: postamt.outbox.v1.WorkItem
+	(*timestamppb.Timestamp)(nil),      // 53: google.protobuf.Timestamp
+	(*Email)(nil),                      // 54: postamt.outbox.v1.Email
+	(EmailStatus)(0),                   // 55: postamt.outbox.v1.EmailStatus
+	(View)(0),                          // 56: postamt.outbox.v1.View
+	(*Connector)(nil),                  // 57: postamt.outbox.v1.Connector
+	(*fieldmaskpb.FieldMask)(nil),      // 58: google.protobuf.FieldMask
+	(*UserSettings)(nil),               // 59: postamt.outbox.v1.UserSettings
 }
 var file_postamt_outbox_v1_outbox_proto_depIdxs = []int32{
-	47, // 0: postamt.outbox.v1.SubmitEmailRequest.attachments:type_name -> postamt.outbox.v1.Attachment
-	48, // 1: postamt.outbox.v1.SubmitEmailRequest.priority:type_name -> postamt.outbox.v1.Priority
-	49, // 2: postamt.outbox.v1.SubmitEmailRequest.work_item:type_name -> postamt.outbox.v1.WorkItem
-	50, // 3: postamt.outbox.v1.SubmitEmailRequest.send_at:type_name -> google.protobuf.Timestamp
-	51, // 4: postamt.outbox.v1.SubmitEmailResponse.email:type_name -> postamt.outbox.v1.Email
-	51, // 5: postamt.outbox.v1.GetEmailResponse.email:type_name -> postamt.outbox.v1.Email
-	52, // 6: postamt.outbox.v1.EmailFilter.statuses:type_name -> postamt.outbox.v1.EmailStatus
-	49, // 7: postamt.outbox.v1.EmailFilter.work_item:type_name -> postamt.outbox.v1.WorkItem
-	53, // 8: postamt.outbox.v1.ListEmailsRequest.view:type_name -> postamt.outbox.v1.View
+	50, // 0: postamt.outbox.v1.SubmitEmailRequest.attachments:type_name -> postamt.outbox.v1.Attachment
+	51, // 1: postamt.outbox.v1.SubmitEmailRequest.priority:type_name -> postamt.outbox.v1.Priority
+	52, // 2: postamt.outbox.v1.SubmitEmailRequest.work_item:type_name -> postamt.outbox.v1.WorkItem
+	53, // 3: postamt.outbox.v1.SubmitEmailRequest.send_at:type_name -> google.protobuf.Timestamp
+	54, // 4: postamt.outbox.v1.SubmitEmailResponse.email:type_name -> postamt.outbox.v1.Email
+	54, // 5: postamt.outbox.v1.GetEmailResponse.email:type_name -> postamt.outbox.v1.Email
+	55, // 6: postamt.outbox.v1.EmailFilter.statuses:type_name -> postamt.outbox.v1.EmailStatus
+	52, // 7: postamt.outbox.v1.EmailFilter.work_item:type_name -> postamt.outbox.v1.WorkItem
+	56, // 8: postamt.outbox.v1.ListEmailsRequest.view:type_name -> postamt.outbox.v1.View
 	5,  // 9: postamt.outbox.v1.ListEmailsRequest.filter:type_name -> postamt.outbox.v1.EmailFilter
 	0,  // 10: postamt.outbox.v1.ListEmailsRequest.order:type_name -> postamt.outbox.v1.EmailOrder
-	51, // 11: postamt.outbox.v1.ListEmailsResponse.emails:type_name -> postamt.outbox.v1.Email
-	53, // 12: postamt.outbox.v1.ListEmailsResponse.view:type_name -> postamt.outbox.v1.View
-	53, // 13: postamt.outbox.v1.CountEmailsRequest.view:type_name -> postamt.outbox.v1.View
+	54, // 11: postamt.outbox.v1.ListEmailsResponse.emails:type_name -> postamt.outbox.v1.Email
+	56, // 12: postamt.outbox.v1.ListEmailsResponse.view:type_name -> postamt.outbox.v1.View
+	56, // 13: postamt.outbox.v1.CountEmailsRequest.view:type_name -> postamt.outbox.v1.View
 	5,  // 14: postamt.outbox.v1.CountEmailsRequest.filter:type_name -> postamt.outbox.v1.EmailFilter
-	52, // 15: postamt.outbox.v1.StatusCount.status:type_name -> postamt.outbox.v1.EmailStatus
+	55, // 15: postamt.outbox.v1.StatusCount.status:type_name -> postamt.outbox.v1.EmailStatus
 	9,  // 16: postamt.outbox.v1.CountEmailsResponse.by_status:type_name -> postamt.outbox.v1.StatusCount
-	53, // 17: postamt.outbox.v1.CountEmailsResponse.view:type_name -> postamt.outbox.v1.View
+	56, // 17: postamt.outbox.v1.CountEmailsResponse.view:type_name -> postamt.outbox.v1.View
 	5,  // 18: postamt.outbox.v1.Selection.filter:type_name -> postamt.outbox.v1.EmailFilter
-	53, // 19: postamt.outbox.v1.Selection.view:type_name -> postamt.outbox.v1.View
+	56, // 19: postamt.outbox.v1.Selection.view:type_name -> postamt.outbox.v1.View
 	12, // 20: postamt.outbox.v1.ActionResult.failures:type_name -> postamt.outbox.v1.EmailFailure
 	11, // 21: postamt.outbox.v1.SendNowRequest.selection:type_name -> postamt.outbox.v1.Selection
 	13, // 22: postamt.outbox.v1.SendNowResponse.result:type_name -> postamt.outbox.v1.ActionResult
@@ -3049,77 +3253,82 @@ var file_postamt_outbox_v1_outbox_proto_depIdxs = []int32{
 	11, // 25: postamt.outbox.v1.RetryRequest.selection:type_name -> postamt.outbox.v1.Selection
 	13, // 26: postamt.outbox.v1.RetryResponse.result:type_name -> postamt.outbox.v1.ActionResult
 	11, // 27: postamt.outbox.v1.RescheduleRequest.selection:type_name -> postamt.outbox.v1.Selection
-	50, // 28: postamt.outbox.v1.RescheduleRequest.send_at:type_name -> google.protobuf.Timestamp
+	53, // 28: postamt.outbox.v1.RescheduleRequest.send_at:type_name -> google.protobuf.Timestamp
 	13, // 29: postamt.outbox.v1.RescheduleResponse.result:type_name -> postamt.outbox.v1.ActionResult
-	53, // 30: postamt.outbox.v1.WatchEmailsRequest.view:type_name -> postamt.outbox.v1.View
+	56, // 30: postamt.outbox.v1.WatchEmailsRequest.view:type_name -> postamt.outbox.v1.View
 	5,  // 31: postamt.outbox.v1.WatchEmailsRequest.filter:type_name -> postamt.outbox.v1.EmailFilter
-	51, // 32: postamt.outbox.v1.WatchEmailsResponse.email:type_name -> postamt.outbox.v1.Email
+	54, // 32: postamt.outbox.v1.WatchEmailsResponse.email:type_name -> postamt.outbox.v1.Email
 	1,  // 33: postamt.outbox.v1.ImportedEmail.email:type_name -> postamt.outbox.v1.SubmitEmailRequest
-	52, // 34: postamt.outbox.v1.ImportedEmail.status:type_name -> postamt.outbox.v1.EmailStatus
-	50, // 35: postamt.outbox.v1.ImportedEmail.first_failure_time:type_name -> google.protobuf.Timestamp
+	55, // 34: postamt.outbox.v1.ImportedEmail.status:type_name -> postamt.outbox.v1.EmailStatus
+	53, // 35: postamt.outbox.v1.ImportedEmail.first_failure_time:type_name -> google.protobuf.Timestamp
 	24, // 36: postamt.outbox.v1.ImportEmailsRequest.emails:type_name -> postamt.outbox.v1.ImportedEmail
 	12, // 37: postamt.outbox.v1.ImportEmailsResponse.failures:type_name -> postamt.outbox.v1.EmailFailure
-	54, // 38: postamt.outbox.v1.CreateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
-	54, // 39: postamt.outbox.v1.CreateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	54, // 40: postamt.outbox.v1.GetConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	50, // 41: postamt.outbox.v1.GetConnectorResponse.held_until:type_name -> google.protobuf.Timestamp
-	54, // 42: postamt.outbox.v1.ListConnectorsResponse.connectors:type_name -> postamt.outbox.v1.Connector
-	54, // 43: postamt.outbox.v1.UpdateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
-	55, // 44: postamt.outbox.v1.UpdateConnectorRequest.update_mask:type_name -> google.protobuf.FieldMask
-	54, // 45: postamt.outbox.v1.UpdateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	57, // 38: postamt.outbox.v1.CreateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
+	57, // 39: postamt.outbox.v1.CreateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	57, // 40: postamt.outbox.v1.GetConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	53, // 41: postamt.outbox.v1.GetConnectorResponse.held_until:type_name -> google.protobuf.Timestamp
+	57, // 42: postamt.outbox.v1.ListConnectorsResponse.connectors:type_name -> postamt.outbox.v1.Connector
+	57, // 43: postamt.outbox.v1.UpdateConnectorRequest.connector:type_name -> postamt.outbox.v1.Connector
+	58, // 44: postamt.outbox.v1.UpdateConnectorRequest.update_mask:type_name -> google.protobuf.FieldMask
+	57, // 45: postamt.outbox.v1.UpdateConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
 	11, // 46: postamt.outbox.v1.MoveEmailsRequest.selection:type_name -> postamt.outbox.v1.Selection
-	13, // 47: postamt.outbox.v1.MoveEmailsResponse.result:type_name -> postamt.outbox.v1.ActionResult
-	54, // 48: postamt.outbox.v1.EnableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	54, // 49: postamt.outbox.v1.DisableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
-	56, // 50: postamt.outbox.v1.GetUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
-	56, // 51: postamt.outbox.v1.UpdateUserSettingsRequest.settings:type_name -> postamt.outbox.v1.UserSettings
-	55, // 52: postamt.outbox.v1.UpdateUserSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
-	56, // 53: postamt.outbox.v1.UpdateUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
-	1,  // 54: postamt.outbox.v1.OutboxService.SubmitEmail:input_type -> postamt.outbox.v1.SubmitEmailRequest
-	3,  // 55: postamt.outbox.v1.OutboxService.GetEmail:input_type -> postamt.outbox.v1.GetEmailRequest
-	6,  // 56: postamt.outbox.v1.OutboxService.ListEmails:input_type -> postamt.outbox.v1.ListEmailsRequest
-	8,  // 57: postamt.outbox.v1.OutboxService.CountEmails:input_type -> postamt.outbox.v1.CountEmailsRequest
-	14, // 58: postamt.outbox.v1.OutboxService.SendNow:input_type -> postamt.outbox.v1.SendNowRequest
-	16, // 59: postamt.outbox.v1.OutboxService.Cancel:input_type -> postamt.outbox.v1.CancelRequest
-	18, // 60: postamt.outbox.v1.OutboxService.Retry:input_type -> postamt.outbox.v1.RetryRequest
-	20, // 61: postamt.outbox.v1.OutboxService.Reschedule:input_type -> postamt.outbox.v1.RescheduleRequest
-	22, // 62: postamt.outbox.v1.OutboxService.WatchEmails:input_type -> postamt.outbox.v1.WatchEmailsRequest
-	25, // 63: postamt.outbox.v1.OutboxService.ImportEmails:input_type -> postamt.outbox.v1.ImportEmailsRequest
-	27, // 64: postamt.outbox.v1.OutboxService.CreateConnector:input_type -> postamt.outbox.v1.CreateConnectorRequest
-	29, // 65: postamt.outbox.v1.OutboxService.GetConnector:input_type -> postamt.outbox.v1.GetConnectorRequest
-	31, // 66: postamt.outbox.v1.OutboxService.ListConnectors:input_type -> postamt.outbox.v1.ListConnectorsRequest
-	33, // 67: postamt.outbox.v1.OutboxService.UpdateConnector:input_type -> postamt.outbox.v1.UpdateConnectorRequest
-	35, // 68: postamt.outbox.v1.OutboxService.DeleteConnector:input_type -> postamt.outbox.v1.DeleteConnectorRequest
-	37, // 69: postamt.outbox.v1.OutboxService.MoveEmails:input_type -> postamt.outbox.v1.MoveEmailsRequest
-	39, // 70: postamt.outbox.v1.OutboxService.EnableConnector:input_type -> postamt.outbox.v1.EnableConnectorRequest
-	41, // 71: postamt.outbox.v1.OutboxService.DisableConnector:input_type -> postamt.outbox.v1.DisableConnectorRequest
-	43, // 72: postamt.outbox.v1.OutboxService.GetUserSettings:input_type -> postamt.outbox.v1.GetUserSettingsRequest
-	45, // 73: postamt.outbox.v1.OutboxService.UpdateUserSettings:input_type -> postamt.outbox.v1.UpdateUserSettingsRequest
-	2,  // 74: postamt.outbox.v1.OutboxService.SubmitEmail:output_type -> postamt.outbox.v1.SubmitEmailResponse
-	4,  // 75: postamt.outbox.v1.OutboxService.GetEmail:output_type -> postamt.outbox.v1.GetEmailResponse
-	7,  // 76: postamt.outbox.v1.OutboxService.ListEmails:output_type -> postamt.outbox.v1.ListEmailsResponse
-	10, // 77: postamt.outbox.v1.OutboxService.CountEmails:output_type -> postamt.outbox.v1.CountEmailsResponse
-	15, // 78: postamt.outbox.v1.OutboxService.SendNow:output_type -> postamt.outbox.v1.SendNowResponse
-	17, // 79: postamt.outbox.v1.OutboxService.Cancel:output_type -> postamt.outbox.v1.CancelResponse
-	19, // 80: postamt.outbox.v1.OutboxService.Retry:output_type -> postamt.outbox.v1.RetryResponse
-	21, // 81: postamt.outbox.v1.OutboxService.Reschedule:output_type -> postamt.outbox.v1.RescheduleResponse
-	23, // 82: postamt.outbox.v1.OutboxService.WatchEmails:output_type -> postamt.outbox.v1.WatchEmailsResponse
-	26, // 83: postamt.outbox.v1.OutboxService.ImportEmails:output_type -> postamt.outbox.v1.ImportEmailsResponse
-	28, // 84: postamt.outbox.v1.OutboxService.CreateConnector:output_type -> postamt.outbox.v1.CreateConnectorResponse
-	30, // 85: postamt.outbox.v1.OutboxService.GetConnector:output_type -> postamt.outbox.v1.GetConnectorResponse
-	32, // 86: postamt.outbox.v1.OutboxService.ListConnectors:output_type -> postamt.outbox.v1.ListConnectorsResponse
-	34, // 87: postamt.outbox.v1.OutboxService.UpdateConnector:output_type -> postamt.outbox.v1.UpdateConnectorResponse
-	36, // 88: postamt.outbox.v1.OutboxService.DeleteConnector:output_type -> postamt.outbox.v1.DeleteConnectorResponse
-	38, // 89: postamt.outbox.v1.OutboxService.MoveEmails:output_type -> postamt.outbox.v1.MoveEmailsResponse
-	40, // 90: postamt.outbox.v1.OutboxService.EnableConnector:output_type -> postamt.outbox.v1.EnableConnectorResponse
-	42, // 91: postamt.outbox.v1.OutboxService.DisableConnector:output_type -> postamt.outbox.v1.DisableConnectorResponse
-	44, // 92: postamt.outbox.v1.OutboxService.GetUserSettings:output_type -> postamt.outbox.v1.GetUserSettingsResponse
-	46, // 93: postamt.outbox.v1.OutboxService.UpdateUserSettings:output_type -> postamt.outbox.v1.UpdateUserSettingsResponse
-	74, // [74:94] is the sub-list for method output_type
-	54, // [54:74] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	11, // 47: postamt.outbox.v1.EstimateDeliveryRequest.selection:type_name -> postamt.outbox.v1.Selection
+	40, // 48: postamt.outbox.v1.EstimateDeliveryResponse.connectors:type_name -> postamt.outbox.v1.ConnectorEstimate
+	53, // 49: postamt.outbox.v1.ConnectorEstimate.done_time:type_name -> google.protobuf.Timestamp
+	13, // 50: postamt.outbox.v1.MoveEmailsResponse.result:type_name -> postamt.outbox.v1.ActionResult
+	57, // 51: postamt.outbox.v1.EnableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	57, // 52: postamt.outbox.v1.DisableConnectorResponse.connector:type_name -> postamt.outbox.v1.Connector
+	59, // 53: postamt.outbox.v1.GetUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
+	59, // 54: postamt.outbox.v1.UpdateUserSettingsRequest.settings:type_name -> postamt.outbox.v1.UserSettings
+	58, // 55: postamt.outbox.v1.UpdateUserSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
+	59, // 56: postamt.outbox.v1.UpdateUserSettingsResponse.settings:type_name -> postamt.outbox.v1.UserSettings
+	1,  // 57: postamt.outbox.v1.OutboxService.SubmitEmail:input_type -> postamt.outbox.v1.SubmitEmailRequest
+	3,  // 58: postamt.outbox.v1.OutboxService.GetEmail:input_type -> postamt.outbox.v1.GetEmailRequest
+	6,  // 59: postamt.outbox.v1.OutboxService.ListEmails:input_type -> postamt.outbox.v1.ListEmailsRequest
+	8,  // 60: postamt.outbox.v1.OutboxService.CountEmails:input_type -> postamt.outbox.v1.CountEmailsRequest
+	14, // 61: postamt.outbox.v1.OutboxService.SendNow:input_type -> postamt.outbox.v1.SendNowRequest
+	16, // 62: postamt.outbox.v1.OutboxService.Cancel:input_type -> postamt.outbox.v1.CancelRequest
+	18, // 63: postamt.outbox.v1.OutboxService.Retry:input_type -> postamt.outbox.v1.RetryRequest
+	20, // 64: postamt.outbox.v1.OutboxService.Reschedule:input_type -> postamt.outbox.v1.RescheduleRequest
+	22, // 65: postamt.outbox.v1.OutboxService.WatchEmails:input_type -> postamt.outbox.v1.WatchEmailsRequest
+	25, // 66: postamt.outbox.v1.OutboxService.ImportEmails:input_type -> postamt.outbox.v1.ImportEmailsRequest
+	27, // 67: postamt.outbox.v1.OutboxService.CreateConnector:input_type -> postamt.outbox.v1.CreateConnectorRequest
+	29, // 68: postamt.outbox.v1.OutboxService.GetConnector:input_type -> postamt.outbox.v1.GetConnectorRequest
+	31, // 69: postamt.outbox.v1.OutboxService.ListConnectors:input_type -> postamt.outbox.v1.ListConnectorsRequest
+	33, // 70: postamt.outbox.v1.OutboxService.UpdateConnector:input_type -> postamt.outbox.v1.UpdateConnectorRequest
+	35, // 71: postamt.outbox.v1.OutboxService.DeleteConnector:input_type -> postamt.outbox.v1.DeleteConnectorRequest
+	37, // 72: postamt.outbox.v1.OutboxService.MoveEmails:input_type -> postamt.outbox.v1.MoveEmailsRequest
+	38, // 73: postamt.outbox.v1.OutboxService.EstimateDelivery:input_type -> postamt.outbox.v1.EstimateDeliveryRequest
+	42, // 74: postamt.outbox.v1.OutboxService.EnableConnector:input_type -> postamt.outbox.v1.EnableConnectorRequest
+	44, // 75: postamt.outbox.v1.OutboxService.DisableConnector:input_type -> postamt.outbox.v1.DisableConnectorRequest
+	46, // 76: postamt.outbox.v1.OutboxService.GetUserSettings:input_type -> postamt.outbox.v1.GetUserSettingsRequest
+	48, // 77: postamt.outbox.v1.OutboxService.UpdateUserSettings:input_type -> postamt.outbox.v1.UpdateUserSettingsRequest
+	2,  // 78: postamt.outbox.v1.OutboxService.SubmitEmail:output_type -> postamt.outbox.v1.SubmitEmailResponse
+	4,  // 79: postamt.outbox.v1.OutboxService.GetEmail:output_type -> postamt.outbox.v1.GetEmailResponse
+	7,  // 80: postamt.outbox.v1.OutboxService.ListEmails:output_type -> postamt.outbox.v1.ListEmailsResponse
+	10, // 81: postamt.outbox.v1.OutboxService.CountEmails:output_type -> postamt.outbox.v1.CountEmailsResponse
+	15, // 82: postamt.outbox.v1.OutboxService.SendNow:output_type -> postamt.outbox.v1.SendNowResponse
+	17, // 83: postamt.outbox.v1.OutboxService.Cancel:output_type -> postamt.outbox.v1.CancelResponse
+	19, // 84: postamt.outbox.v1.OutboxService.Retry:output_type -> postamt.outbox.v1.RetryResponse
+	21, // 85: postamt.outbox.v1.OutboxService.Reschedule:output_type -> postamt.outbox.v1.RescheduleResponse
+	23, // 86: postamt.outbox.v1.OutboxService.WatchEmails:output_type -> postamt.outbox.v1.WatchEmailsResponse
+	26, // 87: postamt.outbox.v1.OutboxService.ImportEmails:output_type -> postamt.outbox.v1.ImportEmailsResponse
+	28, // 88: postamt.outbox.v1.OutboxService.CreateConnector:output_type -> postamt.outbox.v1.CreateConnectorResponse
+	30, // 89: postamt.outbox.v1.OutboxService.GetConnector:output_type -> postamt.outbox.v1.GetConnectorResponse
+	32, // 90: postamt.outbox.v1.OutboxService.ListConnectors:output_type -> postamt.outbox.v1.ListConnectorsResponse
+	34, // 91: postamt.outbox.v1.OutboxService.UpdateConnector:output_type -> postamt.outbox.v1.UpdateConnectorResponse
+	36, // 92: postamt.outbox.v1.OutboxService.DeleteConnector:output_type -> postamt.outbox.v1.DeleteConnectorResponse
+	41, // 93: postamt.outbox.v1.OutboxService.MoveEmails:output_type -> postamt.outbox.v1.MoveEmailsResponse
+	39, // 94: postamt.outbox.v1.OutboxService.EstimateDelivery:output_type -> postamt.outbox.v1.EstimateDeliveryResponse
+	43, // 95: postamt.outbox.v1.OutboxService.EnableConnector:output_type -> postamt.outbox.v1.EnableConnectorResponse
+	45, // 96: postamt.outbox.v1.OutboxService.DisableConnector:output_type -> postamt.outbox.v1.DisableConnectorResponse
+	47, // 97: postamt.outbox.v1.OutboxService.GetUserSettings:output_type -> postamt.outbox.v1.GetUserSettingsResponse
+	49, // 98: postamt.outbox.v1.OutboxService.UpdateUserSettings:output_type -> postamt.outbox.v1.UpdateUserSettingsResponse
+	78, // [78:99] is the sub-list for method output_type
+	57, // [57:78] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_postamt_outbox_v1_outbox_proto_init() }
@@ -3134,7 +3343,7 @@ func file_postamt_outbox_v1_outbox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postamt_outbox_v1_outbox_proto_rawDesc), len(file_postamt_outbox_v1_outbox_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

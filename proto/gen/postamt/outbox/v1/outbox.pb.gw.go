@@ -596,6 +596,33 @@ func local_request_OutboxService_MoveEmails_0(ctx context.Context, marshaler run
 	return msg, metadata, err
 }
 
+func request_OutboxService_EstimateDelivery_0(ctx context.Context, marshaler runtime.Marshaler, client OutboxServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq EstimateDeliveryRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.EstimateDelivery(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_OutboxService_EstimateDelivery_0(ctx context.Context, marshaler runtime.Marshaler, server OutboxServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq EstimateDeliveryRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.EstimateDelivery(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 func request_OutboxService_EnableConnector_0(ctx context.Context, marshaler runtime.Marshaler, client OutboxServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
 		protoReq EnableConnectorRequest
@@ -1119,6 +1146,26 @@ func RegisterOutboxServiceHandlerServer(ctx context.Context, mux *runtime.ServeM
 		}
 		forward_OutboxService_MoveEmails_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_OutboxService_EstimateDelivery_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/postamt.outbox.v1.OutboxService/EstimateDelivery", runtime.WithHTTPPathPattern("/v1/outbox/emails:estimateDelivery"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_OutboxService_EstimateDelivery_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_OutboxService_EstimateDelivery_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_OutboxService_EnableConnector_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -1511,6 +1558,23 @@ func RegisterOutboxServiceHandlerClient(ctx context.Context, mux *runtime.ServeM
 		}
 		forward_OutboxService_MoveEmails_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_OutboxService_EstimateDelivery_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/postamt.outbox.v1.OutboxService/EstimateDelivery", runtime.WithHTTPPathPattern("/v1/outbox/emails:estimateDelivery"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_OutboxService_EstimateDelivery_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_OutboxService_EstimateDelivery_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_OutboxService_EnableConnector_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -1599,6 +1663,7 @@ var (
 	pattern_OutboxService_UpdateConnector_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"v1", "outbox", "connectors", "connector.connector_id"}, ""))
 	pattern_OutboxService_DeleteConnector_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"v1", "outbox", "connectors", "connector_id"}, ""))
 	pattern_OutboxService_MoveEmails_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"v1", "outbox", "emails"}, "move"))
+	pattern_OutboxService_EstimateDelivery_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2}, []string{"v1", "outbox", "emails"}, "estimateDelivery"))
 	pattern_OutboxService_EnableConnector_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"v1", "outbox", "connectors", "connector_id"}, "enable"))
 	pattern_OutboxService_DisableConnector_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3}, []string{"v1", "outbox", "connectors", "connector_id"}, "disable"))
 	pattern_OutboxService_GetUserSettings_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 4, 1, 5, 3, 2, 4}, []string{"v1", "outbox", "users", "user_id", "settings"}, ""))
@@ -1622,6 +1687,7 @@ var (
 	forward_OutboxService_UpdateConnector_0    = runtime.ForwardResponseMessage
 	forward_OutboxService_DeleteConnector_0    = runtime.ForwardResponseMessage
 	forward_OutboxService_MoveEmails_0         = runtime.ForwardResponseMessage
+	forward_OutboxService_EstimateDelivery_0   = runtime.ForwardResponseMessage
 	forward_OutboxService_EnableConnector_0    = runtime.ForwardResponseMessage
 	forward_OutboxService_DisableConnector_0   = runtime.ForwardResponseMessage
 	forward_OutboxService_GetUserSettings_0    = runtime.ForwardResponseMessage

@@ -35,6 +35,7 @@ const (
 	OutboxService_UpdateConnector_FullMethodName    = "/postamt.outbox.v1.OutboxService/UpdateConnector"
 	OutboxService_DeleteConnector_FullMethodName    = "/postamt.outbox.v1.OutboxService/DeleteConnector"
 	OutboxService_MoveEmails_FullMethodName         = "/postamt.outbox.v1.OutboxService/MoveEmails"
+	OutboxService_EstimateDelivery_FullMethodName   = "/postamt.outbox.v1.OutboxService/EstimateDelivery"
 	OutboxService_EnableConnector_FullMethodName    = "/postamt.outbox.v1.OutboxService/EnableConnector"
 	OutboxService_DisableConnector_FullMethodName   = "/postamt.outbox.v1.OutboxService/DisableConnector"
 	OutboxService_GetUserSettings_FullMethodName    = "/postamt.outbox.v1.OutboxService/GetUserSettings"
@@ -124,6 +125,12 @@ type OutboxServiceClient interface {
 	// Per email in the result: FAILED_PRECONDITION BEING_SENT for mail in SENDING, WRONG_STATUS
 	// for SENT or CANCELLED mail; mail already on the connector counts as succeeded, unchanged.
 	MoveEmails(ctx context.Context, in *MoveEmailsRequest, opts ...grpc.CallOption) (*MoveEmailsResponse, error)
+	// Answers "when will these emails be out at the relays' limits?" without changing anything:
+	// per connector of the selected open mail, how many emails and recipients and the earliest
+	// time its limits (Connector.limits and sender_limits, from an unused budget) let the last one
+	// go. The relays' own speed and other mail sharing the budgets are not counted: it is a lower
+	// bound. Final mail is skipped. Admins only (PERMISSION_DENIED for others).
+	EstimateDelivery(ctx context.Context, in *EstimateDeliveryRequest, opts ...grpc.CallOption) (*EstimateDeliveryResponse, error)
 	// Enables a connector: its CONNECTOR_DISABLED mail is queued again. Admins only.
 	EnableConnector(ctx context.Context, in *EnableConnectorRequest, opts ...grpc.CallOption) (*EnableConnectorResponse, error)
 	// Disables a connector: due mail waits in CONNECTOR_DISABLED without consuming attempts.
@@ -313,6 +320,16 @@ func (c *outboxServiceClient) MoveEmails(ctx context.Context, in *MoveEmailsRequ
 	return out, nil
 }
 
+func (c *outboxServiceClient) EstimateDelivery(ctx context.Context, in *EstimateDeliveryRequest, opts ...grpc.CallOption) (*EstimateDeliveryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EstimateDeliveryResponse)
+	err := c.cc.Invoke(ctx, OutboxService_EstimateDelivery_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *outboxServiceClient) EnableConnector(ctx context.Context, in *EnableConnectorRequest, opts ...grpc.CallOption) (*EnableConnectorResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(EnableConnectorResponse)
@@ -436,6 +453,12 @@ type OutboxServiceServer interface {
 	// Per email in the result: FAILED_PRECONDITION BEING_SENT for mail in SENDING, WRONG_STATUS
 	// for SENT or CANCELLED mail; mail already on the connector counts as succeeded, unchanged.
 	MoveEmails(context.Context, *MoveEmailsRequest) (*MoveEmailsResponse, error)
+	// Answers "when will these emails be out at the relays' limits?" without changing anything:
+	// per connector of the selected open mail, how many emails and recipients and the earliest
+	// time its limits (Connector.limits and sender_limits, from an unused budget) let the last one
+	// go. The relays' own speed and other mail sharing the budgets are not counted: it is a lower
+	// bound. Final mail is skipped. Admins only (PERMISSION_DENIED for others).
+	EstimateDelivery(context.Context, *EstimateDeliveryRequest) (*EstimateDeliveryResponse, error)
 	// Enables a connector: its CONNECTOR_DISABLED mail is queued again. Admins only.
 	EnableConnector(context.Context, *EnableConnectorRequest) (*EnableConnectorResponse, error)
 	// Disables a connector: due mail waits in CONNECTOR_DISABLED without consuming attempts.
@@ -503,6 +526,9 @@ func (UnimplementedOutboxServiceServer) DeleteConnector(context.Context, *Delete
 }
 func (UnimplementedOutboxServiceServer) MoveEmails(context.Context, *MoveEmailsRequest) (*MoveEmailsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MoveEmails not implemented")
+}
+func (UnimplementedOutboxServiceServer) EstimateDelivery(context.Context, *EstimateDeliveryRequest) (*EstimateDeliveryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EstimateDelivery not implemented")
 }
 func (UnimplementedOutboxServiceServer) EnableConnector(context.Context, *EnableConnectorRequest) (*EnableConnectorResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EnableConnector not implemented")
@@ -818,6 +844,24 @@ func _OutboxService_MoveEmails_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OutboxService_EstimateDelivery_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EstimateDeliveryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OutboxServiceServer).EstimateDelivery(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OutboxService_EstimateDelivery_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OutboxServiceServer).EstimateDelivery(ctx, req.(*EstimateDeliveryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OutboxService_EnableConnector_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(EnableConnectorRequest)
 	if err := dec(in); err != nil {
@@ -956,6 +1000,10 @@ var OutboxService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MoveEmails",
 			Handler:    _OutboxService_MoveEmails_Handler,
+		},
+		{
+			MethodName: "EstimateDelivery",
+			Handler:    _OutboxService_EstimateDelivery_Handler,
 		},
 		{
 			MethodName: "EnableConnector",
