@@ -12,7 +12,7 @@ MODULES := proto internal services/mailbox services/outbox services/tracker serv
 BASELINE := proto/baseline.binpb
 
 .PHONY: all run test tools generate lint fmt vet staticcheck golangci-lint breaking check-generated \
-	tidy-check build-modules go-test test-cluster bench baseline fuzz clean
+	tidy-check build-modules go-test test-cluster promtool-test bench baseline fuzz clean
 
 all: test
 
@@ -25,7 +25,7 @@ $(BIN)/grpcurl: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 ## test: everything CI checks.
-test: lint breaking check-generated tidy-check build-modules vet staticcheck golangci-lint go-test
+test: lint breaking check-generated tidy-check build-modules vet staticcheck golangci-lint promtool-test go-test
 
 ## tools: the pinned code generators, buf and the linters, built from tools/go.mod,
 ## tools/buf/go.mod and tools/lint/go.mod.
@@ -86,6 +86,16 @@ staticcheck: tools
 ## justified exclusions of .golangci.yml.
 golangci-lint: tools
 	@for m in $(MODULES); do (cd $$m && golangci-lint run -c $(CURDIR)/.golangci.yml ./...) || exit 1; done
+
+## promtool-test: the alert rules (deploy/prometheus/rules.yml) are valid and pass their unit
+## tests (rules_test.yml). promtool comes with Debian's `prometheus` package; without it CI fails
+## (CI is set) and a developer's run skips with a note.
+promtool-test:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+		if [ -n "$${CI:-}" ]; then echo "promtool-test: promtool is missing: apt-get install -y prometheus (.ci/run installs it)" >&2; exit 1; fi; \
+		echo "promtool-test: SKIPPED: promtool is not installed (apt-get install -y prometheus); CI runs it"; exit 0; \
+	fi; \
+	cd deploy/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
 
 # bench holds benchmarks only (run by `make bench`); vet and build-modules compile it.
 TEST_MODULES := $(filter-out bench,$(MODULES))

@@ -24,6 +24,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/secretref"
@@ -144,6 +145,8 @@ type App struct {
 	users   *directory.Client
 	mailbox *grpc.ClientConn
 	worker  *push.Worker
+	// samplers read the relay's backlog and the push backlog for /metrics.
+	samplers []*gauges.Sampler
 }
 
 // New wires the calendar; nothing runs until Run.
@@ -213,9 +216,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 		Stream: eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
 	if deps.Metrics != nil {
-		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
+		if err := a.registerMetrics(); err != nil {
 			_ = conn.Close()
-			return nil, fmt.Errorf("register relay metrics: %w", err)
+			return nil, err
 		}
 	}
 	return a, nil
@@ -271,6 +274,9 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	if a.worker != nil {
 		work.Go(func() error { return a.worker.Run(workCtx) })
 	}
+	for _, s := range a.samplers {
+		work.Go(func() error { return s.Run(workCtx) })
+	}
 	stopStreams := context.AfterFunc(ctx, a.hub.Shutdown)
 	defer stopStreams()
 
@@ -287,4 +293,58 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 		workErr = nil
 	}
 	return errors.Join(serveErr, workErr, relayErr)
+}
+
+// registerMetrics registers the relay's counters, the push attempts by result and the samplers
+// of the event lag (the calendar owns no durable consumer: its followers are ordered consumers
+// that start at the stream's end) and of the CalDAV push backlog:
+//
+//	postamt_calendar_push_attempts_total{result}     ok, retry, dead
+//	postamt_calendar_push_pending_entries            deliveries waiting for CalDAV push
+//	postamt_calendar_push_due_entries                of those, due now
+//	postamt_calendar_push_oldest_due_age_seconds     how long the oldest due one has waited
+func (a *App) registerMetrics() error {
+	reg := a.deps.Metrics
+	pushes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postamt_calendar_push_attempts_total",
+		Help: "CalDAV push attempts by result: ok (the calendar took the revision), retry (failed, tried again later), dead (given up: the delivery is dead and waits for a person).",
+	}, []string{"result"})
+	for _, r := range []string{"ok", "retry", "dead"} {
+		pushes.WithLabelValues(r) // every series from 0, so rate() and increase() see the first failure
+	}
+	if a.worker != nil {
+		a.worker.Pushes = pushes
+	}
+	pending := prometheus.NewDesc("postamt_calendar_push_pending_entries", "Deliveries waiting for server-side (CalDAV) push: due, retrying later or held by a worker.", nil, nil)
+	due := prometheus.NewDesc("postamt_calendar_push_due_entries", "CalDAV deliveries due now and not yet pushed.", nil, nil)
+	age := prometheus.NewDesc("postamt_calendar_push_oldest_due_age_seconds", "Seconds since the oldest due CalDAV delivery became due; 0 when none is due.", nil, nil)
+	now := a.deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	backlog := &gauges.Sampler{
+		Name: Name + "-push", Descs: []*prometheus.Desc{pending, due, age}, Logger: a.deps.Logger,
+		Sample: func(ctx context.Context, emit func(*prometheus.Desc, float64, ...string)) error {
+			t := now()
+			b, err := a.store.PushBacklog(ctx, t)
+			if err != nil {
+				return err
+			}
+			emit(pending, float64(b.Pending))
+			emit(due, float64(b.Due))
+			oldest := 0.0
+			if !b.OldestDue.IsZero() {
+				oldest = max(t.Sub(b.OldestDue).Seconds(), 0)
+			}
+			emit(age, oldest)
+			return nil
+		},
+	}
+	a.samplers = []*gauges.Sampler{eventbus.LagSampler(Name, a.relay, a.deps.JS, a.deps.Logger), backlog}
+	for _, c := range []prometheus.Collector{a.relay.Collector(prometheus.Labels{"service": Name}), pushes, a.samplers[0], backlog} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register calendar metrics: %w", err)
+		}
+	}
+	return nil
 }

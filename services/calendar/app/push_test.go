@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/postamt/postamt/internal/testkit/poll"
@@ -218,11 +219,14 @@ func TestCalDAVPush(t *testing.T) {
 }
 
 // TestCalDAVPushBadCredentials: rejected credentials are permanent: the delivery is dead at
-// once (retrying only locks accounts) and DeliveryFailed goes out.
+// once (retrying only locks accounts), DeliveryFailed goes out, and the metrics count a dead
+// push.
 func TestCalDAVPushBadCredentials(t *testing.T) {
 	dav := radicaletest.Start(t, radicaletest.WithUser("anwalt", davPassword))
+	reg := prometheus.NewRegistry()
 	e := startEnv(t, envOptions{deps: func(d *app.Deps) {
 		d.Getenv = func(string) string { return "wrong" }
+		d.Metrics = reg
 	}})
 	if _, err := e.calendar.UpdateUserSettings(e.admin(), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{
 		UserId: "anwalt", Mode: calendarv1.SyncMode_SYNC_MODE_SERVER_PUSH,
@@ -237,4 +241,33 @@ func TestCalDAVPushBadCredentials(t *testing.T) {
 		evs := e.events("postamt.calendar.v1.DeliveryFailed", func() proto.Message { return &calendarv1.DeliveryFailed{} })
 		return len(evs) == 1 && evs[0].(*calendarv1.DeliveryFailed).GetTarget() == "caldav" && evs[0].(*calendarv1.DeliveryFailed).GetAttempts() == 1
 	})
+	poll.Eventually(t, "a dead push counted", func() bool {
+		return pushAttempts(t, reg)["dead"] == 1
+	})
+	if got := pushAttempts(t, reg); got["ok"] != 0 || got["retry"] != 0 {
+		t.Errorf("push attempts %v, want one dead only", got)
+	}
+}
+
+// pushAttempts reads postamt_calendar_push_attempts_total by result.
+func pushAttempts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "postamt_calendar_push_attempts_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
@@ -82,6 +83,8 @@ type App struct {
 	store  *redisstore.Store
 	server *grpcserver.Server
 	relay  *eventbus.Relay
+	// lag samples the relay's backlog and the sent view's consumer lag for /metrics.
+	lag *gauges.Sampler
 }
 
 // New wires the service; nothing runs until Run.
@@ -121,8 +124,15 @@ func New(cfg Config, deps Deps) (*App, error) {
 		Stream:    eventbus.StreamSpec{Name: events.StreamName, Subjects: events.StreamSubjects, Replicas: deps.StreamReplicas},
 	}
 	if deps.Metrics != nil {
-		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
-			return nil, fmt.Errorf("register relay metrics: %w", err)
+		var durables []eventbus.Durable
+		if cfg.SentView {
+			durables = append(durables, eventbus.Durable{Stream: events.OutboxStreamName, Name: events.SentViewDurable})
+		}
+		a.lag = eventbus.LagSampler(Name, a.relay, deps.JS, deps.Logger, durables...)
+		for _, c := range []prometheus.Collector{a.relay.Collector(prometheus.Labels{"service": Name}), a.lag} {
+			if err := deps.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("register relay metrics: %w", err)
+			}
 		}
 	}
 	return a, nil
@@ -146,6 +156,9 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	stopBG, cancelBG := context.WithCancel(bgCtx)
 	defer cancelBG()
 	bg.Go(func() error { return a.relay.Run(stopBG) })
+	if a.lag != nil {
+		bg.Go(func() error { return a.lag.Run(stopBG) })
+	}
 	if a.cfg.SentView {
 		bg.Go(func() error {
 			return eventbus.Consume(stopBG, a.deps.JS, eventbus.ConsumerSpec{

@@ -21,6 +21,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/redisx"
 	"github.com/postamt/postamt/internal/secretref"
@@ -69,6 +70,8 @@ type Config struct {
 	MaxSelection       int           `env:"OUTBOX_MAX_SELECTION, default=100000" desc:"most emails one bulk action (send now, cancel, retry, reschedule, move) may select by filter"`
 	RelayBatch         int           `env:"OUTBOX_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle     time.Duration `env:"OUTBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
+	MetricsInterval    time.Duration `env:"OUTBOX_METRICS_INTERVAL, default=15s" desc:"how often one replica reads every connector's backlog and the status counts from Redis for the gauges (a scrape reads memory only); 0 means 15s"`
+	MetricsConnectors  int           `env:"OUTBOX_METRICS_MAX_CONNECTORS, default=200" desc:"most connectors with series of their own (tenant and connector labels); the rest are aggregated under tenant and connector \"_other\"; 0 means 200"`
 }
 
 // Validate checks the values no default can fix.
@@ -94,6 +97,8 @@ func (c *Config) Validate() error {
 	check(c.MaxSelection >= 1 && c.MaxSelection <= 10_000_000, "OUTBOX_MAX_SELECTION must be between 1 and 10000000, got %d", c.MaxSelection)
 	check(c.RelayBatch >= 1 && c.RelayBatch <= 10000, "OUTBOX_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch)
 	check(c.RelayClaimIdle >= time.Second, "OUTBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle)
+	check(c.MetricsInterval == 0 || c.MetricsInterval >= 100*time.Millisecond, "OUTBOX_METRICS_INTERVAL must be at least 100ms, got %s", c.MetricsInterval)
+	check(c.MetricsConnectors >= 0 && c.MetricsConnectors <= 10000, "OUTBOX_METRICS_MAX_CONNECTORS must be between 0 (the default) and 10000, got %d", c.MetricsConnectors)
 	return errors.Join(errList...)
 }
 
@@ -131,6 +136,7 @@ type App struct {
 	server     *grpcserver.Server
 	relay      *eventbus.Relay
 	redriver   *eventbus.Redriver
+	samplers   []*gauges.Sampler
 	dispatcher *dispatch.Dispatcher
 	ledger     *redisstore.Ledger
 	registry   *service.Registry
@@ -234,17 +240,14 @@ func New(cfg Config, deps Deps) (*App, error) {
 	}
 	a.redriver.Init()
 	a.relay.OnRecreated = a.redriver.Nudge
-	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "postamt_outbox_attempts_total",
-		Help: "Delivery attempts by outcome; outcome=\"unknown\" counts attempts that may have delivered the mail: connections lost after the final dot (RFC 1047) and mail taken over from a worker whose lease ran out.",
-	}, []string{"outcome"})
+	attempts := dispatch.NewMetrics(cfg.MetricsConnectors)
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postamt_outbox_dispatch_events_total",
 		Help: "Dispatcher events besides attempts: reclaimed (mail taken over after a lease ran out), lease_lost, handed_back (claims given back unstarted), limited (of those, handed back to wait for the relay's limits), record_retried (results kept while Redis was away), unrecorded (results dropped because their claim was lost).",
 	}, []string{"event"})
 	a.dispatcher = &dispatch.Dispatcher{
 		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,
-		Outcomes: outcomes, Events: events, Batch: cfg.ClaimBatch, Lease: cfg.Lease, ClaimAhead: cfg.ClaimAhead,
+		Metrics: attempts, Events: events, Batch: cfg.ClaimBatch, Lease: cfg.Lease, ClaimAhead: cfg.ClaimAhead,
 		StopTimeout: cfg.StopTimeout, Redis: deps.Redis,
 		Claimed: func(tenant string, ids []string) {
 			// Best effort: a watcher that misses it sees the email's next state.
@@ -258,13 +261,24 @@ func New(cfg Config, deps Deps) (*App, error) {
 		if err := deps.Metrics.Register(a.redriver.Collector(prometheus.Labels{"service": Name, "stream": wire.StreamName})); err != nil {
 			return nil, fmt.Errorf("register re-drive metrics: %w", err)
 		}
-		for _, c := range []prometheus.Collector{outcomes, events} {
+		a.samplers = a.newSamplers()
+		for _, c := range append(attempts.Collectors(), events, a.samplers[0], a.samplers[1]) {
 			if err := deps.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("register outbox metrics: %w", err)
 			}
 		}
 	}
 	return a, nil
+}
+
+// newSamplers are the gauges read from Redis in the background: the relay's backlog (every
+// replica), and each connector's backlog and the status counts (one replica, by lock).
+func (a *App) newSamplers() []*gauges.Sampler {
+	events := eventbus.LagSampler(Name, a.relay, a.deps.JS, a.deps.Logger)
+	g := newLaneGauges(a.ledger, a.registry.Lanes, a.deps.Now, a.cfg.MetricsConnectors)
+	lanes := &gauges.Sampler{Name: Name + "-lanes", Descs: g.descs(), Sample: g.sample,
+		Interval: a.cfg.MetricsInterval, Redis: a.deps.Redis, LockKey: redisstore.MetricsLockKey, Logger: a.deps.Logger}
+	return []*gauges.Sampler{events, lanes}
 }
 
 type realClock struct{}
@@ -305,6 +319,9 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	work.Go(func() error { return a.registry.Run(workCtx) })
 	work.Go(func() error { return a.redriver.Run(workCtx) })
 	work.Go(func() error { return a.directory.Follow(workCtx, a.deps.JS, MailboxStream, a.deps.Logger) })
+	for _, s := range a.samplers {
+		work.Go(func() error { return s.Run(workCtx) })
+	}
 	if a.cfg.Dispatch {
 		// The dispatcher stops at the signal, not after the API's drain: it claims nothing more,
 		// hands back what it has not started at once, and finishes its conversations while the

@@ -52,13 +52,14 @@ type env struct {
 	secrets sync.Map
 }
 
-// sent is how many attempts an outbox replica recorded as sent.
+// sent is how many attempts an outbox replica recorded as sent, over every connector.
 func sent(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var n float64
 	for _, mf := range mfs {
 		if mf.GetName() != "postamt_outbox_attempts_total" {
 			continue
@@ -66,12 +67,12 @@ func sent(t *testing.T, reg *prometheus.Registry) float64 {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "outcome" && l.GetValue() == "sent" {
-					return m.GetCounter().GetValue()
+					n += m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	return 0
+	return n
 }
 
 type envOption func(*app.Config)

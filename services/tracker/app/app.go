@@ -21,6 +21,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/eventbus"
+	"github.com/postamt/postamt/internal/gauges"
 	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/ids"
 	"github.com/postamt/postamt/internal/redisx"
@@ -141,6 +142,8 @@ type App struct {
 	mailboxes *mailboxes.Client
 	mailbox   *grpc.ClientConn
 	journal   *journal.Server
+	// lag samples the relay's backlog and the EmailSent consumer's lag for /metrics.
+	lag *gauges.Sampler
 }
 
 // New wires the tracker; nothing runs until Run.
@@ -198,6 +201,15 @@ func New(cfg Config, deps Deps) (*App, error) {
 		a.journal = journal.New(journal.Config{Addresses: addrs, Domain: cfg.JournalDomain, MaxMessageBytes: cfg.JournalMaxBytes}, a.svc, deps.Logger)
 	}
 	if deps.Metrics != nil {
+		var durables []eventbus.Durable
+		if cfg.ConsumeSent {
+			durables = append(durables, eventbus.Durable{Stream: events.OutboxStreamName, Name: events.SentDurable})
+		}
+		a.lag = eventbus.LagSampler(Name, a.relay, deps.JS, deps.Logger, durables...)
+		if err := deps.Metrics.Register(a.lag); err != nil {
+			_ = conn.Close()
+			return nil, fmt.Errorf("register lag metrics: %w", err)
+		}
 		if err := deps.Metrics.Register(a.relay.Collector(prometheus.Labels{"service": Name})); err != nil {
 			_ = conn.Close()
 			return nil, fmt.Errorf("register relay metrics: %w", err)
@@ -247,6 +259,9 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	go func() { relay <- a.relay.Run(relayCtx) }()
 	work, _ := errgroup.WithContext(workCtx)
 	work.Go(func() error { return a.mailboxes.Follow(workCtx, a.deps.JS, events.MailboxStreamName, a.deps.Logger) })
+	if a.lag != nil {
+		work.Go(func() error { return a.lag.Run(workCtx) })
+	}
 	if a.cfg.ConsumeSent {
 		work.Go(func() error {
 			c := &events.SentConsumer{JS: a.deps.JS, Svc: a.svc, Logger: a.deps.Logger}

@@ -48,6 +48,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/secretref"
 	"github.com/postamt/postamt/services/calendar/internal/caldav"
@@ -88,6 +90,10 @@ type Worker struct {
 	// Adopt writes a merge that keeps something of the calendar's as the entry's next revision
 	// on top of prev (calendar.Service.AdoptCalendarChange); required.
 	Adopt func(ctx context.Context, tenant, id string, prev int64, c calendar.CalendarChange) (*calendar.Entry, error)
+	// Pushes counts finished push attempts by result: "ok" (the calendar took it), "retry" (a
+	// failure retried later), "dead" (a failure given up: the entry waits for a person); nil
+	// counts nothing.
+	Pushes *prometheus.CounterVec
 
 	once  sync.Once
 	wakes []chan struct{}
@@ -252,7 +258,17 @@ func (w *Worker) deliver(ctx context.Context, due redisstore.DuePush) error {
 		w.Logger.Info("calendar push failed", "tenant", due.Tenant, "user", due.User, "entry", d.EntryID,
 			"attempt", d.Attempt+1, "dead", ack.Dead, "error", err)
 	}
-	_, err = w.Store.Ack(context.WithoutCancel(ctx), due.Tenant, due.User, ack)
+	got, err := w.Store.Ack(context.WithoutCancel(ctx), due.Tenant, due.User, ack)
+	if err == nil && w.Pushes != nil && !got.Stale {
+		result := "ok"
+		switch {
+		case got.Dead:
+			result = "dead"
+		case ack.Outcome == calendar.OutcomeError:
+			result = "retry"
+		}
+		w.Pushes.WithLabelValues(result).Inc()
+	}
 	return err
 }
 

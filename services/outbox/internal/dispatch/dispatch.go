@@ -92,9 +92,10 @@ type Dispatcher struct {
 	Reload func(ctx context.Context) error
 	Clock  Clock
 	Logger *slog.Logger
-	// Outcomes counts attempts by outcome, among them the unknown ones (RFC 1047, and mail taken
-	// over from a worker whose lease ran out); nil counts nothing.
-	Outcomes *prometheus.CounterVec
+	// Metrics counts attempts by connector and outcome, among them the unknown ones (RFC 1047,
+	// and mail taken over from a worker whose lease ran out), and times the SMTP conversations;
+	// nil counts nothing.
+	Metrics *Metrics
 	// Events counts what the dispatcher did besides attempts, by event: "reclaimed" (mail taken
 	// over after a lease ran out), "lease_lost" (a held claim found claimed again),
 	// "handed_back" (claims given back unstarted), "record_retried" (results kept while Redis

@@ -83,6 +83,8 @@ type claim struct {
 type lane struct {
 	d   *Dispatcher
 	key redisstore.Lane
+	// obs are the connector's metric observers, resolved once (Metrics.lane).
+	obs *laneMetrics
 
 	mu sync.Mutex
 	// ready has bit p set while partition p may have due mail of the lane; gen[p] counts the
@@ -111,7 +113,7 @@ type lane struct {
 // partition whose loop happened to see the lane first.
 func newLane(d *Dispatcher, key redisstore.Lane) *lane {
 	n := d.Ledger.Partitions()
-	l := &lane{d: d, key: key, capacity: 1, ready: newPartitionSet(n), gen: make([]uint64, n),
+	l := &lane{d: d, key: key, obs: d.Metrics.lane(key), capacity: 1, ready: newPartitionSet(n), gen: make([]uint64, n),
 		kick: make(chan struct{}, 1), quitc: make(chan struct{}), done: make(chan struct{})}
 	for p := range n {
 		l.ready.add(p)
@@ -371,9 +373,7 @@ func (l *lane) claim(ctx context.Context, parts []int, gens []uint64, n int) (in
 			}
 			d.hold(noted[i])
 			d.count("reclaimed", 1)
-			if d.Outcomes != nil {
-				d.Outcomes.WithLabelValues(outcomeLabel(outbox.OutcomeUnknown)).Inc()
-			}
+			l.obs.attempt(outbox.OutcomeUnknown)
 			claims = append(claims, noted[i])
 		}
 	}
@@ -612,6 +612,13 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 			break
 		}
 		res = conn.Sender.SendGuarded(sendCtx, e.From, e.Rcpts, body, func() error { return d.vouch(c) })
+		if res.Outcome != outbox.OutcomeNotSent {
+			began := start
+			if !res.Started.IsZero() {
+				began = res.Started
+			}
+			l.obs.conversed(d.Clock.Now().Sub(began).Seconds())
+		}
 	}
 	d.mu.Lock()
 	c.cancel = nil
@@ -657,9 +664,7 @@ func (d *Dispatcher) keepOrHandBack(c *claim, why error) {
 // result is the transition that records an attempt that ended with res.
 func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result, start, end time.Time) (redisstore.Applied, error) {
 	e := &c.e
-	if d.Outcomes != nil {
-		d.Outcomes.WithLabelValues(outcomeLabel(res.Outcome)).Inc()
-	}
+	c.lane.obs.attempt(res.Outcome)
 	decision := policy.Decide(res.Outcome, e.Attempts-e.RetryBase+1, e.Imported)
 	change := redisstore.Change{
 		Status: decision.Status, At: end, Fenced: true,

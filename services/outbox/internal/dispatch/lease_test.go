@@ -59,7 +59,7 @@ func (r *rig) connector(id string, pool int) *smtptest.Sink {
 type replica struct {
 	d        *dispatch.Dispatcher
 	log      *logtest.Buffer
-	outcomes *prometheus.CounterVec
+	outcomes *dispatch.Metrics
 	events   *prometheus.CounterVec
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when Run has returned
@@ -84,7 +84,7 @@ func (r *rig) replica(lease time.Duration, ahead float64) *replica {
 	policy := outbox.RetryPolicy{Pattern: []time.Duration{time.Minute}, MaxAttempts: 5}
 	p := &replica{
 		log:      &logtest.Buffer{},
-		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "attempts"}, []string{"outcome"}),
+		outcomes: dispatch.NewMetrics(0),
 		events:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "events"}, []string{"event"}),
 		done:     make(chan struct{}),
 	}
@@ -94,7 +94,7 @@ func (r *rig) replica(lease time.Duration, ahead float64) *replica {
 			s, ok := senders[id]
 			return dispatch.Connector{Sender: s, Policy: policy, Enabled: true}, ok && tenant == "kanzlei"
 		},
-		Clock: realClock{}, Logger: slog.New(slog.NewJSONHandler(p.log, &slog.HandlerOptions{Level: slog.LevelDebug})), Outcomes: p.outcomes, Events: p.events,
+		Clock: realClock{}, Logger: slog.New(slog.NewJSONHandler(p.log, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: p.outcomes, Events: p.events,
 		Lease: lease, ClaimAhead: ahead, MaxIdle: time.Second, StopTimeout: 3 * time.Second,
 		Redis: r.redis.Client(r.t),
 	}
@@ -276,7 +276,7 @@ func TestTakeOverIsCounted(t *testing.T) {
 	if e := r.email("lost"); e.Attempts != 2 || e.Fence != 2 {
 		t.Errorf("record %+v, want 2 attempts under the second fence", e)
 	}
-	if c := testutil.ToFloat64(rep.outcomes.WithLabelValues("unknown")); c != 1 {
+	if c := testutil.ToFloat64(rep.outcomes.Attempts.WithLabelValues("kanzlei", "relay", "unknown")); c != 1 {
 		t.Errorf("unknown attempts counted %v, want 1", c)
 	}
 	// The dead worker's result, had it come back, is refused.

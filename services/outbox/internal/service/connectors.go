@@ -107,6 +107,18 @@ func (r *Registry) Load(ctx context.Context) error {
 	return nil
 }
 
+// Lanes lists every connector of every tenant as the dispatcher's lanes, for the metrics that
+// read each connector's backlog.
+func (r *Registry) Lanes() []redisstore.Lane {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]redisstore.Lane, 0, len(r.byID))
+	for _, reg := range r.byID {
+		out = append(out, redisstore.Lane{Tenant: reg.c.Tenant, Connector: reg.c.ID})
+	}
+	return out
+}
+
 func (r *Registry) newSender(c connector.Connector) *smtp.Sender {
 	ref, scope := c.SecretRef, r.opts.Scope.For(c.Tenant)
 	return smtp.New(smtp.Config{
