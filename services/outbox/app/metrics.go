@@ -19,6 +19,8 @@ import (
 //	postamt_outbox_oldest_due_age_seconds{tenant,connector}   how long the oldest of it has been due
 //	postamt_outbox_sending_emails{tenant,connector}           mail in SENDING
 //	postamt_outbox_emails{status}                             PENDING_RETRY, FAILED, CONNECTOR_DISABLED
+//	postamt_outbox_connector_held_seconds{tenant,connector}   how long the connector's mail still
+//	                                                          waits for the relay (limits, throttling)
 //
 // The connectors with the largest due backlog, up to max, get series of their own; the others
 // are summed (the oldest age: the largest) under tenant and connector "_other", so the series
@@ -30,7 +32,7 @@ type laneGauges struct {
 	now    func() time.Time
 	max    int
 
-	due, age, sending, status *prometheus.Desc
+	due, age, sending, status, held *prometheus.Desc
 }
 
 func newLaneGauges(ledger *redisstore.Ledger, lanes func() []redisstore.Lane, now func() time.Time, maxConnectors int) *laneGauges {
@@ -48,11 +50,13 @@ func newLaneGauges(ledger *redisstore.Ledger, lanes func() []redisstore.Lane, no
 			"Mail in SENDING (claimed by a replica), by tenant and connector.", lc, nil),
 		status: prometheus.NewDesc("postamt_outbox_emails",
 			"Mail in the statuses that wait for a relay or a person: PENDING_RETRY, FAILED, CONNECTOR_DISABLED.", []string{"status"}, nil),
+		held: prometheus.NewDesc("postamt_outbox_connector_held_seconds",
+			"Seconds the connector's mail still waits for the relay: its limits, or a back-off after throttling replies; 0 when it does not wait.", lc, nil),
 	}
 }
 
 func (g *laneGauges) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{g.due, g.age, g.sending, g.status}
+	return []*prometheus.Desc{g.due, g.age, g.sending, g.status, g.held}
 }
 
 // gaugeStatuses are the statuses postamt_outbox_emails counts.
@@ -83,23 +87,32 @@ func (g *laneGauges) sample(ctx context.Context, emit func(*prometheus.Desc, flo
 		}
 		return max(now.Sub(st.OldestDue).Seconds(), 0)
 	}
+	heldFor := func(st redisstore.LaneStat) float64 {
+		if st.HeldUntil.IsZero() {
+			return 0
+		}
+		return max(st.HeldUntil.Sub(now).Seconds(), 0)
+	}
 	var other redisstore.LaneStat
-	var otherAge float64
+	var otherAge, otherHeld float64
 	for i, st := range stats {
 		if i >= g.max {
 			other.Due += st.Due
 			other.Sending += st.Sending
 			otherAge = max(otherAge, ageOf(st))
+			otherHeld = max(otherHeld, heldFor(st))
 			continue
 		}
 		emit(g.due, float64(st.Due), st.Tenant, st.Connector)
 		emit(g.age, ageOf(st), st.Tenant, st.Connector)
 		emit(g.sending, float64(st.Sending), st.Tenant, st.Connector)
+		emit(g.held, heldFor(st), st.Tenant, st.Connector)
 	}
 	if len(stats) > g.max {
 		emit(g.due, float64(other.Due), dispatch.OtherLabel, dispatch.OtherLabel)
 		emit(g.age, otherAge, dispatch.OtherLabel, dispatch.OtherLabel)
 		emit(g.sending, float64(other.Sending), dispatch.OtherLabel, dispatch.OtherLabel)
+		emit(g.held, otherHeld, dispatch.OtherLabel, dispatch.OtherLabel)
 	}
 	for _, s := range gaugeStatuses {
 		emit(g.status, float64(counts[s]), s.String())

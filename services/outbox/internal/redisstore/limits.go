@@ -275,12 +275,23 @@ func (l *Ledger) Held(ctx context.Context, tenant, connector string, now time.Ti
 	if err != nil {
 		return time.Time{}, "", fmt.Errorf("read the connector's wait: %w", err)
 	}
-	msStr, reason, _ := strings.Cut(v, "|")
+	until := heldUntil(v, now)
+	if until.IsZero() {
+		return time.Time{}, "", nil
+	}
+	_, reason, _ := strings.Cut(v, "|")
+	return until, reason, nil
+}
+
+// heldUntil reads the end of a recorded wait ("MS|reason"); zero when it is past, malformed or
+// absent.
+func heldUntil(v string, now time.Time) time.Time {
+	msStr, _, _ := strings.Cut(v, "|")
 	ms, err := strconv.ParseInt(msStr, 10, 64)
 	if err != nil || !time.UnixMilli(ms).After(now) {
-		return time.Time{}, "", nil //nolint:nilerr // a malformed or past wait is no wait
+		return time.Time{}
 	}
-	return time.UnixMilli(ms).UTC(), reason, nil
+	return time.UnixMilli(ms).UTC()
 }
 
 // Waiting counts a connector's open mail in its lane's indexes over every partition: due is

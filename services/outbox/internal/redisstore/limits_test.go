@@ -165,3 +165,29 @@ func TestTakeOnRedisCluster(t *testing.T) {
 		t.Error("a take across two tenants' budgets was accepted")
 	}
 }
+
+// TestHoldIsSeenByEveryReader: a connector's recorded wait is read by Held (GetConnector) and
+// LaneStats (the held gauge) until it ends; a shorter wait recorded later does not cut it short.
+func TestHoldIsSeenByEveryReader(t *testing.T) {
+	l := redisstore.New(redistest.Start(t).Client(t), time.Hour, 0)
+	ctx := context.Background()
+	now := time.Now()
+	lane := redisstore.Lane{Tenant: "kanzlei", Connector: "exo"}
+	if err := l.Hold(ctx, lane.Tenant, lane.Connector, now.Add(time.Hour), "the relay's limits set on the connector"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Hold(ctx, lane.Tenant, lane.Connector, now.Add(time.Minute), "the relay asked to slow down"); err != nil {
+		t.Fatal(err)
+	}
+	until, why, err := l.Held(ctx, lane.Tenant, lane.Connector, now)
+	if err != nil || until.UnixMilli() != now.Add(time.Hour).UnixMilli() || why != "the relay's limits set on the connector" {
+		t.Errorf("Held = %v, %q, %v; want the hour's wait and its reason", until, why, err)
+	}
+	stats, err := l.LaneStats(ctx, []redisstore.Lane{lane, {Tenant: "kanzlei", Connector: "other"}}, now)
+	if err != nil || !stats[0].HeldUntil.Equal(until) || !stats[1].HeldUntil.IsZero() {
+		t.Errorf("LaneStats = %+v, %v; want exo held until %v and the other not", stats, err, until)
+	}
+	if until, _, _ := l.Held(ctx, lane.Tenant, lane.Connector, now.Add(2*time.Hour)); !until.IsZero() {
+		t.Errorf("a wait that ended is still shown: %v", until)
+	}
+}

@@ -23,15 +23,18 @@ type LaneStat struct {
 	OldestDue time.Time
 	// Sending is the mail in SENDING: claimed by a replica, in conversation or about to be.
 	Sending int64
+	// HeldUntil is when the connector's wait for the relay ends (its limits, or a back-off
+	// after throttling replies; Hold); zero when it does not wait.
+	HeldUntil time.Time
 }
 
 // MetricsLockKey elects the one outbox replica that samples the lanes' gauges
 // (gauges.Sampler.LockKey); it lives in the connectors' slot.
 const MetricsLockKey = connTag + ":metrics-lock"
 
-// LaneStats reads the lanes' due backlog, oldest due time and SENDING count. Per lane and
-// partition it sends 4 ZCOUNT, 3 ZRANGE 0 0 and 1 ZCARD (O(log n) each) in one pipeline: no
-// scan, whatever the backlog. Metrics samplers call it on an interval, never a scrape.
+// LaneStats reads the lanes' due backlog, oldest due time, SENDING count and wait for the
+// relay. Per lane and partition it sends 4 ZCOUNT, 3 ZRANGE 0 0 and 1 ZCARD (O(log n) each),
+// and one GET per lane, in one pipeline: no scan, whatever the backlog. Metrics samplers call it on an interval, never a scrape.
 func (l *Ledger) LaneStats(ctx context.Context, lanes []Lane, now time.Time) ([]LaneStat, error) {
 	pipe := l.rdb.Pipeline()
 	nowMS := strconv.FormatInt(ms(now), 10)
@@ -41,7 +44,9 @@ func (l *Ledger) LaneStats(ctx context.Context, lanes []Lane, now time.Time) ([]
 		sending *redis.IntCmd
 	}
 	all := make([][]reads, len(lanes))
+	held := make([]*redis.StringCmd, len(lanes))
 	for i, ln := range lanes {
+		held[i] = pipe.Get(ctx, heldKey(ln.Tenant, ln.Connector))
 		all[i] = make([]reads, l.parts)
 		for p := range l.parts {
 			r := &all[i][p]
@@ -76,6 +81,7 @@ func (l *Ledger) LaneStats(ctx context.Context, lanes []Lane, now time.Time) ([]
 		if oldest >= 0 {
 			st.OldestDue = time.UnixMilli(oldest)
 		}
+		st.HeldUntil = heldUntil(held[i].Val(), now)
 		out[i] = st
 	}
 	return out, nil
