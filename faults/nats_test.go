@@ -114,8 +114,12 @@ func TestNATSServerLossUnderLoad(t *testing.T) {
 	stopped = true
 	refused := load.Refused()
 
-	if err := cluster.StreamsCurrent(); err != nil {
-		t.Errorf("after the restart: %v", err)
+	// Replicas current again — eventually: under load a follower of a stream that is being
+	// written can be a moment behind at any instant (a snapshot once failed this with
+	// POSTAMT_TRACKER's n2 behind while n3 was the server restarted).
+	var lagging error
+	if !harness.Eventually(30*time.Second, func() bool { lagging = cluster.StreamsCurrent(); return lagging == nil }) {
+		t.Errorf("after the restart, for 30s: %v", lagging)
 	}
 	// Every email SENT and delivered, every event published and consumed once, the sent view and
 	// the tracker in agreement with the ledger: Check, polling while the consumers catch up.
