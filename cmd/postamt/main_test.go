@@ -98,12 +98,12 @@ func TestUp(t *testing.T) {
 	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	calendarAddr, calendarOps := freeAddr(t), freeAddr(t)
 	dataDir := t.TempDir()
-	var out logtest.Buffer
+	var out, logs logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps,
-			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-calendar-grpc", calendarAddr, "-calendar-ops", calendarOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, io.Discard,
+			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-calendar-grpc", calendarAddr, "-calendar-ops", calendarOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, &logs,
 			env(map[string]string{"REDIS_URL": rs.URL()}))
 	}()
 	defer func() {
@@ -116,6 +116,7 @@ func TestUp(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Error("up did not stop within 30s of its context ending")
 		}
+		checkLog(t, logs.String())
 	}()
 
 	tokenRE := regexp.MustCompile(`export TOKEN=(\S+)`)
@@ -249,6 +250,31 @@ func TestUp(t *testing.T) {
 			t.Errorf("tenant = %v", r.GetTenant())
 		}
 	})
+}
+
+// checkLog checks the whole log of a run of the suite: every line one JSON object without a
+// duplicate key, no empty service, one line per delivery attempt, one relay summary per service
+// and round instead of one line per stream.
+func checkLog(t *testing.T, log string) {
+	t.Helper()
+	for _, p := range logtest.Check(log) {
+		t.Errorf("log: %s", p)
+	}
+	if strings.Contains(log, `"service":""`) {
+		t.Errorf("a log line has an empty service")
+	}
+	if !strings.Contains(log, `"msg":"delivery attempt"`) || !strings.Contains(log, `"outcome":"sent"`) {
+		t.Errorf("no delivery attempt logged as sent")
+	}
+	if strings.Contains(log, `"msg":"relay: publishing stream"`) {
+		t.Errorf("the relay logs a line per stream")
+	}
+	if strings.Contains(log, `client@example.com`) {
+		t.Errorf("a recipient's address is logged")
+	}
+	if t.Failed() || os.Getenv("POSTAMT_TEST_SHOWLOG") != "" {
+		t.Logf("log:\n%s", log)
+	}
 }
 
 // freeAddr is a loopback address for a server up binds later (freeport says why not port 0).

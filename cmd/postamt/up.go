@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/logging"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
@@ -37,7 +39,7 @@ const devTenant = "dev"
 
 // runUp runs the whole suite on this machine. Defaults suit a laptop: loopback addresses, data
 // under ./data, a development signing secret kept in ./data/dev-secret so tokens survive restarts.
-func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) error {
+func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool), libs *logging.Libraries) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data", "data", "directory for NATS and Redis data and the development secret")
@@ -67,8 +69,18 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err != nil {
 		return err
 	}
+	level, _ := lookup("LOG_LEVEL")
+	if level == "" {
+		level = "info"
+	}
+	log, err := logging.New(stderr, level, "json")
+	if err != nil {
+		return err
+	}
+	log = log.With("service", "up")
+	libs.Use(log)
 
-	ns, err := startNATS(filepath.Join(dir, "nats"))
+	ns, err := startNATS(filepath.Join(dir, "nats"), log)
 	if err != nil {
 		return err
 	}
@@ -120,7 +132,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 					return v, true
 				}
 				return upLookup(k)
-			}, ready)
+			}, ready, nil)
 		}()
 		select {
 		case err := <-errc:
@@ -192,8 +204,8 @@ func devSecret(path string, lookup func(string) (string, bool)) (string, error) 
 	return s, nil
 }
 
-// startNATS runs an embedded JetStream server on a loopback port of its own.
-func startNATS(storeDir string) (*natsserver.Server, error) {
+// startNATS runs an embedded JetStream server on a loopback port of its own, logging to log.
+func startNATS(storeDir string, log *slog.Logger) (*natsserver.Server, error) {
 	ns, err := natsserver.NewServer(&natsserver.Options{
 		Host:      "127.0.0.1",
 		Port:      natsserver.RANDOM_PORT,
@@ -205,6 +217,7 @@ func startNATS(storeDir string) (*natsserver.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
+	ns.SetLogger(logging.NATSServer(log), false, false)
 	ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()

@@ -51,6 +51,9 @@ type Dispatcher struct {
 	Reload func(ctx context.Context) error
 	Clock  Clock
 	Logger *slog.Logger
+	// LogRecipients adds the envelope's recipient addresses to the line of each delivery
+	// attempt (AttemptMessage); off, the line counts them and masks them in the relay's reply.
+	LogRecipients bool
 	// Outcomes counts attempts by outcome, among them the unknown ones (RFC 1047, and mail taken
 	// over from a worker whose lease ran out); nil counts nothing.
 	Outcomes *prometheus.CounterVec

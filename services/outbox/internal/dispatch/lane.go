@@ -549,6 +549,7 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 		d.Outcomes.WithLabelValues(outcomeLabel(res.Outcome)).Inc()
 	}
 	decision := policy.Decide(res.Outcome, e.Attempts-e.RetryBase+1, e.Imported)
+	d.logAttempt(e, res, decision, start, end)
 	change := redisstore.Change{
 		Status: decision.Status, At: end, Fenced: true,
 		CountAttempt: decision.ConsumesAttempt, Attempted: decision.ConsumesAttempt, MaxAttempts: policy.MaxAttempts,
