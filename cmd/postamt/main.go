@@ -1,6 +1,7 @@
 // Command postamt is the suite's one binary: `postamt up` runs everything on one machine,
 // `postamt serve SVC...` runs services as on Kubernetes, `postamt token` mints a development
-// token, `postamt config` prints the configuration table, `postamt version` says what was built.
+// token, `postamt jwks` builds the JWKS of the services' signing keys, `postamt config` prints
+// the configuration table, `postamt version` says what was built.
 package main
 
 import (
@@ -36,6 +37,7 @@ commands:
                      or a redis-server of its own, data under ./data), and print a quick start
   serve SERVICE...   run services with configuration from the environment (mailbox)
   token              mint a development token
+  jwks KEY.pem...    print the JWKS (AUTH_JWKS_FILE) of the services' public signing keys
   config             print the configuration variables as a Markdown table
   version            print the version
 `
@@ -70,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return logged(stderr, runServe(ctx, rest, stderr, lookup, installLibraryLoggers(stderr)))
 	case "token":
 		return runToken(ctx, rest, stdout, stderr, lookup)
+	case "jwks":
+		return runJWKS(rest, stdout, stderr)
 	case "config":
 		return runConfig(stdout)
 	case "version":

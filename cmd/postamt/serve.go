@@ -98,7 +98,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 	if err != nil {
 		return err
 	}
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "postamt", cfg.OTLPEndpoint)
+	shutdownTracing, err := telemetry.SetupTracing(ctx, cfg.TraceExport(service), logger.With("service", service))
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}
@@ -108,7 +108,11 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		_ = shutdownTracing(sctx)
 	}()
 
-	verifier, err := auth.NewVerifier(cfg.Auth)
+	log := logger.With("service", service)
+	if libs != nil {
+		libs.Use(log)
+	}
+	verifier, err := auth.NewVerifier(cfg.Auth, auth.WithLogger(log))
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
@@ -118,10 +122,6 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		MaxRecvBytes: cfg.GRPCMaxRecvBytes,
 		DrainDelay:   cfg.DrainDelay,
 		DrainTimeout: cfg.DrainTimeout,
-	}
-	log := logger.With("service", service)
-	if libs != nil {
-		libs.Use(log)
 	}
 	var svc app
 	if service == gatewayapp.Name {

@@ -106,6 +106,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 		"NATS_URL":          ns.ClientURL(),
 		"AUTH_HS256_SECRET": secret,
 		"DRAIN_DELAY":       "0s",
+		// One process, one tracer provider (OpenTelemetry's global): one name for its spans.
+		"OTEL_SERVICE_NAME": "postamt",
 	}
 	upLookup := func(k string) (string, bool) {
 		if v, ok := lookup(k); ok && k != "REDIS_URL" && k != "NATS_URL" {

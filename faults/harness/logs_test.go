@@ -12,6 +12,7 @@ import (
 func TestScanLogsFindsMalformedLines(t *testing.T) {
 	s := &Suite{secret: "s3cr3t-s3cr3t-s3cr3t", marker: newMarker()}
 	log := strings.Join([]string{
+		`==== harness: mailbox starting at 2026-12-07T15:28:13.114952704Z`,
 		`{"level":"INFO","msg":"serving","service":"mailbox"}`,
 		`redis: 2026/12/07 15:00:00 pool.go:770: connection pool: failed to dial after 5 attempts`,
 		`{"level":"INFO","msg":"rpc","service":"mailbox","service":"outbox"}`,

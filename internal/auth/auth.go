@@ -49,7 +49,15 @@ type Config struct {
 	// HS256Secret enables HS256 with a shared secret: for development and tests only.
 	HS256Secret string `env:"AUTH_HS256_SECRET" desc:"shared HS256 secret, at least 32 bytes (development only); empty disables HS256"`
 	// JWKSFile holds the RS256/EdDSA public keys of the identity provider, selected by kid.
-	JWKSFile string `env:"AUTH_JWKS_FILE" desc:"JWKS file with the identity provider's RS256/EdDSA public keys"`
+	// It is re-read when it changes (checked every 2 s; a ConfigMap update, which swaps a
+	// symlink, is a change), so keys rotate without a restart.
+	JWKSFile string `env:"AUTH_JWKS_FILE" desc:"JWKS file with the RS256/EdDSA public keys tokens are verified with (the services' own, from postamt jwks, and/or the identity provider's); re-read within 2s of a change, so keys rotate without a restart"`
+	// JWKSURL is the identity provider's JWKS endpoint, fetched at start, every JWKSRefresh, and
+	// at once (at most every 10 s) for a token whose kid no key has: a new key of the provider
+	// is trusted at its first token.
+	JWKSURL string `env:"AUTH_JWKS_URL" desc:"URL of the identity provider's JWKS (https), used beside AUTH_JWKS_FILE; fetched at start, every AUTH_JWKS_REFRESH, and for a token with an unknown kid (at most every 10s)"`
+	// JWKSRefresh is how old the keys fetched from JWKSURL may get before they are fetched again.
+	JWKSRefresh time.Duration `env:"AUTH_JWKS_REFRESH, default=5m" desc:"how often the keys of AUTH_JWKS_URL are fetched again (a removed key is refused after at most this long)"`
 	// Audience must be in every token's aud claim; empty means DefaultAudience.
 	Audience string `env:"AUTH_AUDIENCE, default=postamt" desc:"audience every token must name"`
 	// Issuer, when set, must be every token's iss claim.
