@@ -11,14 +11,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/redis/go-redis/v9"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -54,6 +51,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	gatewayAddr := fs.String("gateway-grpc", "127.0.0.1:8070", "address of the gateway's gRPC port (every service through one address)")
 	gatewayHTTP := fs.String("gateway-http", "127.0.0.1:8080", "address of the gateway's HTTP/JSON API")
 	gatewayOps := fs.String("gateway-ops", "127.0.0.1:8071", "address of the gateway's metrics and pprof")
+	logPath := fs.String("log", "", "file the full JSON log goes to (default: postamt.log in the data directory); - writes it to stderr instead, and the terminal shows no delivery lines")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,16 +67,24 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err != nil {
 		return err
 	}
+	// The services' JSON log goes to a file; the terminal gets the quick start and then one
+	// line per delivery attempt (console).
+	logOut, term, closeLog, err := openLog(*logPath, dir, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
 	level, _ := lookup("LOG_LEVEL")
 	if level == "" {
 		level = "info"
 	}
-	log, err := logging.New(stderr, level, "json")
+	log, err := logging.New(logOut, level, "json")
 	if err != nil {
 		return err
 	}
 	log = log.With("service", "up")
 	libs.Use(log)
+	term.printf("starting Postamt; the full log goes to %s", term.where)
 
 	ns, err := startNATS(filepath.Join(dir, "nats"), log)
 	if err != nil {
@@ -91,12 +97,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 
 	redisURL, hasURL := lookup("REDIS_URL")
 	if !hasURL || redisURL == "" {
-		url, stopRedis, err := startRedis(ctx, filepath.Join(dir, "redis"), stderr)
+		r, err := startRedis(ctx, filepath.Join(dir, "redis"), log, term.printf)
 		if err != nil {
 			return err
 		}
-		defer stopRedis()
-		redisURL = url
+		defer r.stop()
+		redisURL = r.url()
 	}
 
 	env := map[string]string{
@@ -129,7 +135,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	start := func(service string, env map[string]string) error {
 		ready := make(chan struct{})
 		go func() {
-			errc <- serve(ctx, service, stderr, func(k string) (string, bool) {
+			errc <- serve(ctx, service, logOut, func(k string) (string, bool) {
 				if v, ok := env[k]; ok {
 					return v, true
 				}
@@ -177,7 +183,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err := seedDev(ctx, *grpcAddr, *outboxAddr, token, host, port); err != nil {
 		return err
 	}
-	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir)
+	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir, term.where)
+	term.show()
 	err = <-errc
 	for range 4 {
 		if err2 := <-errc; err == nil {
@@ -186,6 +193,39 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	}
 	return err
 }
+
+// openLog opens where up's JSON log goes: path (default postamt.log in dir), appended to, with
+// the terminal lines of a console on stdout; or, for "-", stderr, with no terminal lines.
+func openLog(path, dir string, stdout, stderr io.Writer) (io.Writer, *terminal, func(), error) {
+	if path == "-" {
+		return stderr, &terminal{c: &console{file: io.Discard, term: stdout}, where: "stderr"}, func() {}, nil
+	}
+	if path == "" {
+		path = filepath.Join(dir, "postamt.log")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600) //nolint:gosec // G304: the developer's own log file
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("open the log file: %w", err)
+	}
+	c := &console{file: f, term: stdout}
+	where := path
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, path); err == nil && !strings.HasPrefix(rel, "..") {
+			where = "./" + rel
+		}
+	}
+	return c, &terminal{c: c, where: where}, func() { _ = f.Close() }, nil
+}
+
+// terminal is up's voice on the terminal: its own lines, and the console's delivery lines once
+// shown.
+type terminal struct {
+	c     *console
+	where string // the log file, as the banner names it
+}
+
+func (t *terminal) printf(format string, args ...any) { t.c.printf(format, args...) }
+func (t *terminal) show()                             { t.c.show() }
 
 // devSecret returns AUTH_HS256_SECRET when set, else the secret kept in path, made on first use.
 func devSecret(path string, lookup func(string) (string, bool)) (string, error) {
@@ -226,50 +266,6 @@ func startNATS(storeDir string, log *slog.Logger) (*natsserver.Server, error) {
 		return nil, errors.New("embedded NATS did not become ready within 10s")
 	}
 	return ns, nil
-}
-
-// startRedis runs a redis-server with its data (AOF) in dir on a free loopback port.
-func startRedis(ctx context.Context, dir string, stderr io.Writer) (string, func(), error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		//lint:ignore ST1005 Redis is a name
-		return "", nil, errors.New("Redis is needed: set REDIS_URL to a running Redis, or install redis-server " +
-			"(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: under the developer's ./data, see runUp
-		return "", nil, fmt.Errorf("create redis data directory: %w", err)
-	}
-	port, err := freePort()
-	if err != nil {
-		return "", nil, err
-	}
-	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir, //nolint:gosec,noctx // G204: redis-server from PATH, arguments made here; no ctx: stop ends it with SIGINT so it flushes its AOF
-		"--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--logfile", filepath.Join(dir, "redis.log"))
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("start redis-server: %w", err)
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	}
-	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-	defer c.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if err := c.Ping(ctx).Err(); err == nil {
-			return url, stop, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			stop()
-			return "", nil, fmt.Errorf("redis-server did not answer on port %d; see %s", port, filepath.Join(dir, "redis.log"))
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 func freePort() (int, error) {
@@ -340,7 +336,7 @@ const (
 
 // printQuickStart prints what to paste: every call goes through the gateway, gRPC on one
 // address for every service and HTTP/JSON with curl.
-func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir string) {
+func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir, logWhere string) {
 	_, _ = fmt.Fprintf(w, `
 Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 (OpenAPI at /openapi.json). Stop with Ctrl-C.
@@ -359,5 +355,9 @@ Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 The token is for tenant %[3]q with the admin and operator roles, valid for 24h. Sent mail
 leaves (after the 10s undo delay) through the connector "default" to a mail catcher that
 writes it to %[5]s.
-`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit)
+
+The full JSON log goes to %[10]s (LOG_LEVEL=debug for more); below, one line
+per delivery attempt and per error.
+
+`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit, logWhere)
 }
