@@ -88,6 +88,8 @@ func (r *redisChild) spawn() (*exec.Cmd, error) {
 }
 
 // supervise waits for each server process (reaping it) and starts the next until stop.
+//
+//nolint:contextcheck // supervision ends with stop (quit), after up's context: it must outlive it to stop the server last
 func (r *redisChild) supervise(cmd *exec.Cmd) {
 	defer close(r.done)
 	pause := 250 * time.Millisecond
@@ -136,7 +138,7 @@ func (r *redisChild) supervise(cmd *exec.Cmd) {
 // awaitPing waits until the server answers PING, for at most limit.
 func (r *redisChild) awaitPing(ctx context.Context, limit time.Duration) error {
 	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.port), MaxRetries: -1})
-	defer c.Close() //nolint:errcheck // a probe's client
+	defer c.Close() // a probe's client; its error changes nothing
 	deadline := time.Now().Add(limit)
 	for {
 		if err := c.Ping(ctx).Err(); err == nil {

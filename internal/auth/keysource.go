@@ -137,7 +137,9 @@ func (s *keySource) loadFile(force bool) (bool, error) {
 	return s.store(set), nil
 }
 
-// fetch gets the URL's JWKS.
+// fetch gets the URL's JWKS, bounded by fetchTimeout.
+//
+//nolint:contextcheck // a fetch serves every later token, so no caller's context may end it; it has its own timeout
 func (s *keySource) fetch() (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 	defer cancel()

@@ -22,6 +22,8 @@ const AttemptMessage = "delivery attempt"
 // set, and then also their addresses (a relay's reply that quotes one has it replaced by
 // "<recipient>" otherwise). A permanent failure (a 5xx reply) or FAILED mail is an ERROR, any
 // other failure a WARN.
+//
+//nolint:contextcheck // logs with context.Background on purpose: the attributes are explicit, none from a context
 func (d *Dispatcher) logAttempt(e *redisstore.Email, res smtp.Result, dec outbox.Decision, start, end time.Time) {
 	level := slog.LevelInfo
 	switch {
