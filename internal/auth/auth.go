@@ -63,10 +63,11 @@ type Config struct {
 	// Issuer, when set, must be every token's iss claim.
 	Issuer string `env:"AUTH_ISSUER" desc:"issuer every token must name; empty accepts any"`
 	// SigningKeyFile is a PEM private key (RSA or Ed25519) for minting service tokens in production.
-	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE" desc:"PEM private key (RSA or Ed25519) this service signs service tokens with; its public key must be in the JWKS"`
+	// It is re-read when it changes (checked every 2 s while tokens are minted).
+	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE" desc:"PEM private key (RSA or Ed25519) this service signs service tokens with; its public key must be in the JWKS (postamt jwks builds it); re-read within 2s of a change, so it rotates without a restart"`
 	// SigningKeyID is the kid written into tokens signed with SigningKeyFile; empty means the key's
 	// RFC 7638 thumbprint, which is also what MarshalJWKS writes.
-	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key; empty uses its RFC 7638 thumbprint"`
+	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key; empty uses its RFC 7638 thumbprint (leave it empty to rotate keys: two keys must not share a kid)"`
 	// Leeway tolerates clock skew on exp and nbf.
 	Leeway time.Duration `env:"AUTH_LEEWAY, default=30s" desc:"clock skew tolerated on exp and nbf"`
 }

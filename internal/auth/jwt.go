@@ -1,13 +1,17 @@
 package auth
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -233,55 +237,101 @@ func pick[K any](sources []*keySource, kid string, of func(*keySet) map[string]K
 
 // Signer mints tokens: development tokens (`postamt token`) and service credentials. It signs
 // with the private key file (RS256 or EdDSA by the key's type) when configured, else with the
-// HS256 secret.
+// HS256 secret. The key file is read again every 2 s when tokens are minted and reloaded when
+// it changed (a Secret update swaps a symlink, like a ConfigMap's), so a service's key rotates
+// without a restart; a file that cannot be read keeps the key loaded before.
 type Signer struct {
-	method   jwt.SigningMethod
-	key      any
-	pub      any // public key of an asymmetric signer, for MarshalJWKS
-	kid      string
+	cur      atomic.Pointer[signingKey]
+	path     string // AUTH_SIGNING_KEY_FILE; empty for HS256
+	fixedKid string // AUTH_SIGNING_KEY_ID
+	nextPoll atomic.Int64
+	mu       sync.Mutex // serialises reloads
+	content  []byte // the key file's content at the last load
 	audience string
 	issuer   string
 	now      func() time.Time
 }
 
+// signingKey is what a Signer signs with.
+type signingKey struct {
+	method jwt.SigningMethod
+	key    any
+	pub    any // public key of an asymmetric signer, for MarshalJWKS
+	kid    string
+}
+
 // NewSigner builds a Signer from cfg: AUTH_SIGNING_KEY_FILE (PEM, PKCS#8 or PKCS#1, RSA of at
 // least 2048 bits or Ed25519) when set, else AUTH_HS256_SECRET.
 func NewSigner(cfg Config) (*Signer, error) {
-	s := &Signer{audience: cfg.Audience, issuer: cfg.Issuer, kid: cfg.SigningKeyID, now: time.Now}
+	s := &Signer{audience: cfg.Audience, issuer: cfg.Issuer, fixedKid: cfg.SigningKeyID, now: time.Now}
 	if s.audience == "" {
 		s.audience = DefaultAudience
 	}
 	switch {
 	case cfg.SigningKeyFile != "":
-		key, err := readPrivateKey(cfg.SigningKeyFile)
-		if err != nil {
+		s.path = cfg.SigningKeyFile
+		if _, err := s.loadKey(); err != nil {
 			return nil, err
-		}
-		switch k := key.(type) {
-		case *rsa.PrivateKey:
-			s.method, s.key, s.pub = jwt.SigningMethodRS256, k, &k.PublicKey
-		case ed25519.PrivateKey:
-			s.method, s.key, s.pub = jwt.SigningMethodEdDSA, k, k.Public()
-		}
-		if s.kid == "" {
-			s.kid = thumbprint(s.pub)
 		}
 	case cfg.HS256Secret != "":
 		if len(cfg.HS256Secret) < MinSecretBytes {
 			return nil, fmt.Errorf("AUTH_HS256_SECRET must be at least %d bytes", MinSecretBytes)
 		}
-		s.method, s.key = jwt.SigningMethodHS256, []byte(cfg.HS256Secret)
+		s.cur.Store(&signingKey{method: jwt.SigningMethodHS256, key: []byte(cfg.HS256Secret)})
 	default:
 		return nil, errors.New("no signing key: set AUTH_SIGNING_KEY_FILE or, for development, AUTH_HS256_SECRET")
 	}
 	return s, nil
 }
 
+// loadKey reads the key file and loads it when its content changed since the last load, and
+// reports whether it did.
+func (s *Signer) loadKey() (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := os.ReadFile(s.path)
+	if err != nil {
+		return false, fmt.Errorf("read AUTH_SIGNING_KEY_FILE: %w", err)
+	}
+	if s.content != nil && bytes.Equal(b, s.content) {
+		return false, nil
+	}
+	key, err := parsePrivateKey(s.path, b)
+	if err != nil {
+		return false, err
+	}
+	k := &signingKey{kid: s.fixedKid}
+	switch pk := key.(type) {
+	case *rsa.PrivateKey:
+		k.method, k.key, k.pub = jwt.SigningMethodRS256, pk, &pk.PublicKey
+	case ed25519.PrivateKey:
+		k.method, k.key, k.pub = jwt.SigningMethodEdDSA, pk, pk.Public()
+	}
+	if k.kid == "" {
+		k.kid = thumbprint(k.pub)
+	}
+	s.content = b
+	s.cur.Store(k)
+	return true, nil
+}
+
+// key returns the key to sign with, re-reading the key file first when its poll is due.
+func (s *Signer) key() *signingKey {
+	if s.path != "" {
+		now := s.now().UnixNano()
+		next := s.nextPoll.Load()
+		if now >= next && s.nextPoll.CompareAndSwap(next, now+int64(filePollInterval)) {
+			_, _ = s.loadKey() // a file that cannot be read now keeps the key loaded before
+		}
+	}
+	return s.cur.Load()
+}
+
 // Algorithm is the JWT alg the signer writes: HS256, RS256 or EdDSA.
-func (s *Signer) Algorithm() string { return s.method.Alg() }
+func (s *Signer) Algorithm() string { return s.key().method.Alg() }
 
 // KeyID is the kid the signer writes; empty for HS256.
-func (s *Signer) KeyID() string { return s.kid }
+func (s *Signer) KeyID() string { return s.key().kid }
 
 // Mint signs a token for p, valid from now for ttl. A user principal needs Tenant and User, a
 // service principal Tenant and Service; anything else would be rejected by every Verifier, so it
@@ -312,11 +362,12 @@ func (s *Signer) Mint(p Principal, ttl time.Duration) (string, error) {
 	if p.Service != "" {
 		c.Subject = ""
 	}
-	t := jwt.NewWithClaims(s.method, c)
-	if s.kid != "" {
-		t.Header["kid"] = s.kid
+	k := s.key()
+	t := jwt.NewWithClaims(k.method, c)
+	if k.kid != "" {
+		t.Header["kid"] = k.kid
 	}
-	signed, err := t.SignedString(s.key)
+	signed, err := t.SignedString(k.key)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)
 	}

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -19,8 +20,9 @@ import (
 // once per unknownKidInterval, so tokens with made-up kids cannot make a verifier hammer the
 // identity provider or the disk.
 const (
-	// filePollInterval is how often AUTH_JWKS_FILE is checked for a change (its size, time or,
-	// as a ConfigMap update swaps a symlink, the file it resolves to).
+	// filePollInterval is how often AUTH_JWKS_FILE (and AUTH_SIGNING_KEY_FILE) is read again
+	// and compared with what was loaded (a ConfigMap update swaps a symlink: the path reads the
+	// new file).
 	filePollInterval = 2 * time.Second
 	// unknownKidInterval is the least time between two reloads forced by an unknown kid.
 	unknownKidInterval = 10 * time.Second
@@ -37,7 +39,7 @@ type keySet struct {
 }
 
 // keySource keeps the keys of one JWKS (a file or a URL) current while the verifier runs, without
-// a goroutine of its own: Verify calls poll, which checks a file at most every filePollInterval
+// a goroutine of its own: Verify calls poll, which reads a file at most every filePollInterval
 // and starts a background fetch of a URL whose keys are older than the refresh interval; a token
 // whose kid is unknown calls reload. A source whose reload fails keeps the keys it has.
 type keySource struct {
@@ -54,7 +56,7 @@ type keySource struct {
 	nextPoll  atomic.Int64 // unix nanoseconds; poll does nothing before
 	fetching  atomic.Bool
 	mu        sync.Mutex // serialises loads
-	file      os.FileInfo
+	content   []byte // the file's content at the last load
 	loadedAt  time.Time
 	lastForce time.Time
 }
@@ -68,7 +70,7 @@ func (s *keySource) current() *keySet {
 }
 
 // poll is the cheap check on every Verify: an atomic load, and at most every filePollInterval a
-// stat of the file or, for a URL whose keys are older than refresh, one background fetch.
+// read of the file (a few KiB) or, for a URL whose keys are older than refresh, one background fetch.
 func (s *keySource) poll() {
 	now := s.now()
 	next := s.nextPoll.Load()
@@ -118,22 +120,24 @@ func (s *keySource) reload() bool {
 	return changed
 }
 
-// loadFile reads the file when it changed since the last load (or always, with force).
+// loadFile reads the file and loads its keys when its content changed since the last load (or
+// always, with force). The content is compared, not the file's time or size: an edit in place
+// within the file system's timestamp granularity, with a key of the same length, is a change too.
 func (s *keySource) loadFile(force bool) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fi, err := os.Stat(s.path)
+	b, err := os.ReadFile(s.path)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", s.name, err)
+		return false, fmt.Errorf("read %s: %w", s.name, err)
 	}
-	if !force && s.file != nil && os.SameFile(s.file, fi) && fi.ModTime().Equal(s.file.ModTime()) && fi.Size() == s.file.Size() {
+	if !force && s.content != nil && bytes.Equal(b, s.content) {
 		return false, nil
 	}
-	set, err := ReadJWKS(s.path)
+	set, err := ParseJWKS(b)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("%s %s: %w", s.name, s.path, err)
 	}
-	s.file = fi
+	s.content = b
 	return s.store(set), nil
 }
 

@@ -80,6 +80,59 @@ func mint(t *testing.T, s *Signer) string {
 	return tok
 }
 
+// TestSigningKeyRotation: a service's signer picks up a new AUTH_SIGNING_KEY_FILE (a Secret
+// volume, which is updated like a ConfigMap) without a restart, and mints under the new kid.
+func TestSigningKeyRotation(t *testing.T) {
+	clock := &fakeClock{t: time.Now()}
+	pemOf := func() []byte {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, _ := x509.MarshalPKCS8PrivateKey(priv)
+		return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	}
+	secret := &configMap{dir: t.TempDir()}
+	secret.write(t, pemOf())
+	s, err := NewSigner(Config{SigningKeyFile: filepath.Join(secret.dir, "jwks.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.now = clock.now
+	oldKid := s.KeyID()
+	oldJWKS := jwksOf(t, s)
+
+	secret.write(t, pemOf())
+	if got := s.KeyID(); got != oldKid {
+		t.Fatalf("kid changed before the poll interval passed")
+	}
+	clock.advance(filePollInterval)
+	newKid := s.KeyID()
+	if newKid == oldKid {
+		t.Fatal("the signer still signs with the old key after the file changed")
+	}
+	tok := mint(t, s)
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(jwks, oldJWKS, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(Config{JWKSFile: jwks, Leeway: time.Minute}, withClock(clock)) // the signer's clock runs ahead
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(tok); err == nil {
+		t.Fatal("a token of the new key verified against the old key's JWKS")
+	}
+	// Written in place: same file, same length, maybe the same time stamp.
+	if err := os.WriteFile(jwks, jwksOf(t, s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(filePollInterval)
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("a token of the new key against a JWKS with it: %v", err)
+	}
+}
+
 // configMap writes doc as a Kubernetes ConfigMap volume does: the file is a symlink through
 // ..data to a timestamped directory, and an update swaps ..data atomically.
 type configMap struct {
