@@ -246,7 +246,7 @@ type Signer struct {
 	fixedKid string // AUTH_SIGNING_KEY_ID
 	nextPoll atomic.Int64
 	mu       sync.Mutex // serialises reloads
-	content  []byte // the key file's content at the last load
+	content  []byte     // the key file's content at the last load
 	audience string
 	issuer   string
 	now      func() time.Time

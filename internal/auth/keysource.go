@@ -56,7 +56,7 @@ type keySource struct {
 	nextPoll  atomic.Int64 // unix nanoseconds; poll does nothing before
 	fetching  atomic.Bool
 	mu        sync.Mutex // serialises loads
-	content   []byte // the file's content at the last load
+	content   []byte     // the file's content at the last load
 	loadedAt  time.Time
 	lastForce time.Time
 }
