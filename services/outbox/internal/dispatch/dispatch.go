@@ -224,7 +224,7 @@ func (d *Dispatcher) stop(ctx context.Context) {
 	select {
 	case <-ended:
 	case <-d.Clock.After(d.StopTimeout):
-		d.Logger.Warn("stopping conversations still in progress", "after", d.StopTimeout.String())
+		d.Logger.Warn("stopping conversations still in progress", "after", d.StopTimeout)
 		d.cancelSends()
 		<-ended
 	}
