@@ -11,7 +11,7 @@ MODULES := proto internal services/mailbox services/outbox services/tracker serv
 # a release is cut.
 BASELINE := proto/baseline.binpb
 
-.PHONY: all run test tools generate lint fmt vet staticcheck golangci-lint breaking check-generated \
+.PHONY: all run test prereqs tools generate lint fmt vet staticcheck golangci-lint breaking check-generated \
 	tidy-check build-modules go-test test-cluster promtool-test bench baseline fuzz clean
 
 all: test
@@ -24,8 +24,14 @@ run: $(BIN)/grpcurl
 $(BIN)/grpcurl: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl
 
-## test: everything CI checks.
-test: lint breaking check-generated tidy-check build-modules vet staticcheck golangci-lint promtool-test go-test
+## test: everything CI checks; first, what it needs beyond Go (tools/prereqs.sh says what is
+## missing and how to install it).
+test: prereqs lint breaking check-generated tidy-check build-modules vet staticcheck golangci-lint promtool-test go-test
+
+## prereqs: the programs the tests run beside Go (redis-server, radicale, and promtool and a
+## Chromium once tests use them), each missing one named with how to install it.
+prereqs:
+	@tools/prereqs.sh
 
 ## tools: the pinned code generators, buf and the linters, built from tools/go.mod,
 ## tools/buf/go.mod and tools/lint/go.mod.

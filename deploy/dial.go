@@ -22,7 +22,7 @@ var ListenVars = []string{"GRPC_ADDR", "OPS_ADDR", "GATEWAY_HTTP_ADDR", "TRACKER
 
 // URLVars are the variables holding URLs (or host:port) of servers a service dials, beside the
 // *_ADDR ones (docs/configuration.md, "Every service").
-var URLVars = []string{"REDIS_URL", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+var URLVars = []string{"REDIS_URL", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "AUTH_JWKS_URL"}
 
 // Unread are the dial variables a service's process never reads (cmd/postamt/serve.go: the
 // gateway keeps no state and connects to neither Redis nor NATS). Setting one would hand the

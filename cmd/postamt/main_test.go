@@ -7,22 +7,27 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/grpcserver"
 	"github.com/postamt/postamt/internal/testkit/freeport"
 	"github.com/postamt/postamt/internal/testkit/logtest"
-	"github.com/postamt/postamt/internal/testkit/redistest"
+	"github.com/postamt/postamt/internal/testkit/poll"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -87,13 +92,19 @@ func TestTokenIsVerifiable(t *testing.T) {
 	}
 }
 
-// TestUp runs `postamt up` as `make run` does (with the test's own Redis), then follows its printed
-// quick start: the grpcurl list (reflection, no token) and a call with the printed token.
+// TestUp runs `postamt up` as `make run` does (its own redis-server, as on a fresh clone), then
+// follows its printed quick start: the grpcurl list (reflection, no token) and a call with the
+// printed token; it checks what the terminal shows (the quick start, then a calm line per
+// delivery, no JSON) and the JSON log file, and that a redis-server killed under the suite is
+// restarted and the suite serves again. It is the one test that runs a serving command through
+// run (see installLibraryLoggers).
 func TestUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts servers")
 	}
-	rs := redistest.Start(t)
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server is not installed")
+	}
 	grpcAddr, opsAddr, outboxAddr, outboxOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	calendarAddr, calendarOps := freeAddr(t), freeAddr(t)
@@ -104,7 +115,7 @@ func TestUp(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps,
 			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-calendar-grpc", calendarAddr, "-calendar-ops", calendarOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, io.Discard,
-			env(map[string]string{"REDIS_URL": rs.URL()}))
+			env(nil))
 	}()
 	defer func() {
 		cancel()
@@ -116,6 +127,11 @@ func TestUp(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Error("up did not stop within 30s of its context ending")
 		}
+		logs, err := os.ReadFile(filepath.Join(dataDir, "postamt.log"))
+		if err != nil {
+			t.Fatalf("the log file: %v", err)
+		}
+		checkLog(t, string(logs))
 	}()
 
 	tokenRE := regexp.MustCompile(`export TOKEN=(\S+)`)
@@ -239,6 +255,55 @@ func TestUp(t *testing.T) {
 			}
 		}
 	})
+	t.Run("the terminal shows deliveries, not the log", func(t *testing.T) {
+		term := out.String()
+		if !strings.Contains(term, filepath.Join(dataDir, "postamt.log")) {
+			t.Errorf("the banner does not name the log file:\n%s", term)
+		}
+		if strings.Contains(term, `{"time"`) {
+			t.Errorf("the terminal shows JSON log lines:\n%s", term)
+		}
+		poll.Eventually(t, "two delivery lines on the terminal", func() bool {
+			return strings.Count(out.String(), "  sent       email ") >= 2
+		})
+	})
+	t.Run("a killed redis-server is restarted", func(t *testing.T) {
+		pidFile := filepath.Join(dataDir, "redis", "redis.pid")
+		pidOf := func() int {
+			b, _ := os.ReadFile(pidFile)
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			return pid
+		}
+		first := pidOf()
+		if first == 0 {
+			t.Fatalf("no pid in %s", pidFile)
+		}
+		if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		poll.Eventually(t, "a new redis-server", func() bool { p := pidOf(); return p != 0 && p != first })
+		poll.Eventually(t, "the terminal to say redis-server was restarted", func() bool {
+			return strings.Contains(out.String(), "restarting it") && strings.Contains(out.String(), "redis-server is back")
+		})
+		// The killed one is reaped: no <defunct> child left.
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", first)); err == nil {
+			t.Errorf("the killed redis-server is still a process: %s", b)
+		}
+		c := mailboxv1.NewMailboxServiceClient(conn)
+		authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		poll.Eventually(t, "the suite to serve again", func() bool {
+			_, err := c.GetTenant(authed, &mailboxv1.GetTenantRequest{})
+			return err == nil
+		})
+		poll.Eventually(t, "every service ready again", func() bool {
+			for _, addr := range []string{grpcAddr, outboxAddr, trackerAddr, calendarAddr} {
+				if !ready(ctx, addr) {
+					return false
+				}
+			}
+			return true
+		})
+	})
 	t.Run("the printed token works", func(t *testing.T) {
 		c := mailboxv1.NewMailboxServiceClient(conn)
 		r, err := c.GetTenant(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), &mailboxv1.GetTenantRequest{})
@@ -249,6 +314,42 @@ func TestUp(t *testing.T) {
 			t.Errorf("tenant = %v", r.GetTenant())
 		}
 	})
+}
+
+// checkLog checks the whole log of a run of the suite: every line one JSON object without a
+// duplicate key, no empty service, one line per delivery attempt, one relay summary per service
+// and round instead of one line per stream.
+func checkLog(t *testing.T, log string) {
+	t.Helper()
+	for _, p := range logtest.Check(log) {
+		t.Errorf("log: %s", p)
+	}
+	if strings.Contains(log, `"service":""`) {
+		t.Errorf("a log line has an empty service")
+	}
+	if !strings.Contains(log, `"msg":"delivery attempt"`) || !strings.Contains(log, `"outcome":"sent"`) {
+		t.Errorf("no delivery attempt logged as sent")
+	}
+	if strings.Contains(log, `"msg":"relay: publishing stream"`) {
+		t.Errorf("the relay logs a line per stream")
+	}
+	if strings.Contains(log, `client@example.com`) {
+		t.Errorf("a recipient's address is logged")
+	}
+	if t.Failed() || os.Getenv("POSTAMT_TEST_SHOWLOG") != "" {
+		t.Logf("log:\n%s", log)
+	}
+}
+
+// ready reports whether the gRPC server at addr reports its readiness service SERVING.
+func ready(ctx context.Context, addr string) bool {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: grpcserver.ReadinessService})
+	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
 }
 
 // freeAddr is a loopback address for a server up binds later (freeport says why not port 0).

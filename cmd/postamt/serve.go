@@ -67,7 +67,7 @@ type app interface {
 	Run(ctx context.Context, lis net.Listener) error
 }
 
-func runServe(ctx context.Context, args []string, stderr io.Writer, lookup func(string) (string, bool)) error {
+func runServe(ctx context.Context, args []string, stderr io.Writer, lookup func(string) (string, bool), libs *logging.Libraries) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
@@ -76,13 +76,15 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, lookup func(
 	if fs.NArg() != 1 {
 		return fmt.Errorf("serve: name the one service to run (each has its own GRPC_ADDR): one of %v", knownServices)
 	}
-	return serve(ctx, fs.Arg(0), stderr, lookup, nil, nil)
+	return serve(ctx, fs.Arg(0), stderr, lookup, nil, libs, nil)
 }
 
-// serve runs a service with the environment's configuration; ready (when not nil) is closed once
-// the gRPC listener accepts connections. codes are the gateway's one-time console sign-in codes
-// (`postamt up` only; nil elsewhere).
-func serve(ctx context.Context, service string, stderr io.Writer, lookup func(string) (string, bool), ready chan<- struct{}, codes *gatewayapp.ConsoleCodes) error {
+// serve runs a service with the environment's configuration, logging to stderr; ready (when not
+// nil) is closed once the gRPC listener accepts connections. libs (when not nil) is pointed at
+// the service's logger: the libraries' lines are then the service's (postamt up, which runs
+// several services in one process, points it at its own logger instead). codes are the
+// gateway's one-time console sign-in codes (`postamt up` only; nil elsewhere).
+func serve(ctx context.Context, service string, stderr io.Writer, lookup func(string) (string, bool), ready chan<- struct{}, libs *logging.Libraries, codes *gatewayapp.ConsoleCodes) error {
 	if !slices.Contains(knownServices, service) {
 		return fmt.Errorf("unknown service %q; known: %v", service, knownServices)
 	}
@@ -97,7 +99,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 	if err != nil {
 		return err
 	}
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "postamt", cfg.OTLPEndpoint)
+	shutdownTracing, err := telemetry.SetupTracing(ctx, cfg.TraceExport(service), logger.With("service", service))
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}
@@ -107,7 +109,11 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		_ = shutdownTracing(sctx)
 	}()
 
-	verifier, err := auth.NewVerifier(cfg.Auth)
+	log := logger.With("service", service)
+	if libs != nil {
+		libs.Use(log)
+	}
+	verifier, err := auth.NewVerifier(cfg.Auth, auth.WithLogger(log))
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
@@ -118,7 +124,6 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 		DrainDelay:   cfg.DrainDelay,
 		DrainTimeout: cfg.DrainTimeout,
 	}
-	log := logger.With("service", service)
 	var svc app
 	if service == gatewayapp.Name {
 		// The gateway keeps no state: no Redis, no NATS.
@@ -129,7 +134,7 @@ func serve(ctx context.Context, service string, stderr io.Writer, lookup func(st
 			return err
 		}
 		defer rdb.Close()
-		nc, err := nats.Connect(cfg.NATSURL, nats.Name("postamt"), nats.MaxReconnects(-1))
+		nc, err := nats.Connect(cfg.NATSURL, append(natsLogging(log), nats.Name("postamt"), nats.MaxReconnects(-1))...)
 		if err != nil {
 			return fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
 		}
@@ -192,6 +197,28 @@ func newService(service string, cfg serveConfig, log *slog.Logger, rdb redis.Uni
 // acknowledgement pending: longer than the relays wait for a batch (eventbus.Relay's
 // PublishTimeout, 10 s by default), so a slow acknowledgement still counts.
 const publishAckTimeout = 15 * time.Second
+
+// natsLogging logs the NATS connection's changes and asynchronous errors (a slow consumer, a
+// permission refused), which nats.go reports only to handlers.
+func natsLogging(log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats: disconnected; reconnecting", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats: reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("nats: asynchronous error", "subject", sub.Subject, "error", err)
+				return
+			}
+			log.Warn("nats: asynchronous error", "error", err)
+		}),
+	}
+}
 
 // natsProbe reports the NATS connection's health for readiness.
 func natsProbe(nc *nats.Conn) func(context.Context) error {

@@ -98,5 +98,6 @@ func configDoc() string {
 		"The gateway keeps no state: it reads no REDIS_URL or NATS_URL.\n\n" +
 		config.MarkdownTable(config.Vars(&gatewayapp.Config{})) +
 		"\n`postamt up` sets GRPC_ADDR, OPS_ADDR, NATS_URL, REDIS_URL (unless given) and AUTH_HS256_SECRET\n" +
-		"itself; see `postamt up -h`.\n"
+		"itself, and OTEL_SERVICE_NAME to postamt unless given (one process: one name for its spans); its\n" +
+		"full JSON log goes to ./data/postamt.log (`-log`); see `postamt up -h`.\n"
 }

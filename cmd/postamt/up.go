@@ -8,16 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/redis/go-redis/v9"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,6 +27,7 @@ import (
 
 	gatewayapp "github.com/postamt/postamt/gateway/app"
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/logging"
 	mailboxv1 "github.com/postamt/postamt/proto/gen/postamt/mailbox/v1"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
@@ -38,7 +37,7 @@ const devTenant = "dev"
 
 // runUp runs the whole suite on this machine. Defaults suit a laptop: loopback addresses, data
 // under ./data, a development signing secret kept in ./data/dev-secret so tokens survive restarts.
-func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) error {
+func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool), libs *logging.Libraries) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data", "data", "directory for NATS and Redis data and the development secret")
@@ -53,6 +52,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	gatewayAddr := fs.String("gateway-grpc", "127.0.0.1:8070", "address of the gateway's gRPC port (every service through one address)")
 	gatewayHTTP := fs.String("gateway-http", "127.0.0.1:8080", "address of the gateway's HTTP/JSON API")
 	gatewayOps := fs.String("gateway-ops", "127.0.0.1:8071", "address of the gateway's metrics and pprof")
+	logPath := fs.String("log", "", "file the full JSON log goes to (default: postamt.log in the data directory); - writes it to stderr instead, and the terminal shows no delivery lines")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,8 +68,26 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	if err != nil {
 		return err
 	}
+	// The services' JSON log goes to a file; the terminal gets the quick start and then one
+	// line per delivery attempt (console).
+	logOut, term, closeLog, err := openLog(*logPath, dir, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	level, _ := lookup("LOG_LEVEL")
+	if level == "" {
+		level = "info"
+	}
+	log, err := logging.New(logOut, level, "json")
+	if err != nil {
+		return err
+	}
+	log = log.With("service", "up")
+	libs.Use(log)
+	term.printf("starting Postamt; the full log goes to %s", term.where)
 
-	ns, err := startNATS(filepath.Join(dir, "nats"))
+	ns, err := startNATS(filepath.Join(dir, "nats"), log)
 	if err != nil {
 		return err
 	}
@@ -80,12 +98,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 
 	redisURL, hasURL := lookup("REDIS_URL")
 	if !hasURL || redisURL == "" {
-		url, stopRedis, err := startRedis(ctx, filepath.Join(dir, "redis"), stderr)
+		r, err := startRedis(ctx, filepath.Join(dir, "redis"), log, term.printf)
 		if err != nil {
 			return err
 		}
-		defer stopRedis()
-		redisURL = url
+		defer r.stop()
+		redisURL = r.url()
 	}
 
 	env := map[string]string{
@@ -95,6 +113,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 		"NATS_URL":          ns.ClientURL(),
 		"AUTH_HS256_SECRET": secret,
 		"DRAIN_DELAY":       "0s",
+		// One process, one tracer provider (OpenTelemetry's global): one name for its spans.
+		"OTEL_SERVICE_NAME": "postamt",
 	}
 	upLookup := func(k string) (string, bool) {
 		if v, ok := lookup(k); ok && k != "REDIS_URL" && k != "NATS_URL" {
@@ -117,12 +137,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	start := func(service string, env map[string]string) error {
 		ready := make(chan struct{})
 		go func() {
-			errc <- serve(ctx, service, stderr, func(k string) (string, bool) {
+			errc <- serve(ctx, service, logOut, func(k string) (string, bool) {
 				if v, ok := env[k]; ok {
 					return v, true
 				}
 				return upLookup(k)
-			}, ready, codes)
+			}, ready, nil, codes)
 		}()
 		select {
 		case err := <-errc:
@@ -168,7 +188,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	// The console URL carries a one-time code for the token, not the token: the browser's
 	// history keeps a spent code.
 	code := codes.Issue(token, consoleCodeTTL)
-	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir, code)
+	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir, code, term.where)
+	term.show()
 	err = <-errc
 	for range 4 {
 		if err2 := <-errc; err == nil {
@@ -177,6 +198,39 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	}
 	return err
 }
+
+// openLog opens where up's JSON log goes: path (default postamt.log in dir), appended to, with
+// the terminal lines of a console on stdout; or, for "-", stderr, with no terminal lines.
+func openLog(path, dir string, stdout, stderr io.Writer) (io.Writer, *terminal, func(), error) {
+	if path == "-" {
+		return stderr, &terminal{c: &console{file: io.Discard, term: stdout}, where: "stderr"}, func() {}, nil
+	}
+	if path == "" {
+		path = filepath.Join(dir, "postamt.log")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600) //nolint:gosec // G304: the developer's own log file
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("open the log file: %w", err)
+	}
+	c := &console{file: f, term: stdout}
+	where := path
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, path); err == nil && !strings.HasPrefix(rel, "..") {
+			where = "./" + rel
+		}
+	}
+	return c, &terminal{c: c, where: where}, func() { _ = f.Close() }, nil
+}
+
+// terminal is up's voice on the terminal: its own lines, and the console's delivery lines once
+// shown.
+type terminal struct {
+	c     *console
+	where string // the log file, as the banner names it
+}
+
+func (t *terminal) printf(format string, args ...any) { t.c.printf(format, args...) }
+func (t *terminal) show()                             { t.c.show() }
 
 // devSecret returns AUTH_HS256_SECRET when set, else the secret kept in path, made on first use.
 func devSecret(path string, lookup func(string) (string, bool)) (string, error) {
@@ -197,8 +251,8 @@ func devSecret(path string, lookup func(string) (string, bool)) (string, error) 
 	return s, nil
 }
 
-// startNATS runs an embedded JetStream server on a loopback port of its own.
-func startNATS(storeDir string) (*natsserver.Server, error) {
+// startNATS runs an embedded JetStream server on a loopback port of its own, logging to log.
+func startNATS(storeDir string, log *slog.Logger) (*natsserver.Server, error) {
 	ns, err := natsserver.NewServer(&natsserver.Options{
 		Host:      "127.0.0.1",
 		Port:      natsserver.RANDOM_PORT,
@@ -210,56 +264,13 @@ func startNATS(storeDir string) (*natsserver.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
+	ns.SetLogger(logging.NATSServer(log), false, false)
 	ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()
 		return nil, errors.New("embedded NATS did not become ready within 10s")
 	}
 	return ns, nil
-}
-
-// startRedis runs a redis-server with its data (AOF) in dir on a free loopback port.
-func startRedis(ctx context.Context, dir string, stderr io.Writer) (string, func(), error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		//lint:ignore ST1005 Redis is a name
-		return "", nil, errors.New("Redis is needed: set REDIS_URL to a running Redis, or install redis-server " +
-			"(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: under the developer's ./data, see runUp
-		return "", nil, fmt.Errorf("create redis data directory: %w", err)
-	}
-	port, err := freePort()
-	if err != nil {
-		return "", nil, err
-	}
-	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir, //nolint:gosec,noctx // G204: redis-server from PATH, arguments made here; no ctx: stop ends it with SIGINT so it flushes its AOF
-		"--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--logfile", filepath.Join(dir, "redis.log"))
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("start redis-server: %w", err)
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	}
-	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-	defer c.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if err := c.Ping(ctx).Err(); err == nil {
-			return url, stop, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			stop()
-			return "", nil, fmt.Errorf("redis-server did not answer on port %d; see %s", port, filepath.Join(dir, "redis.log"))
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 func freePort() (int, error) {
@@ -333,7 +344,7 @@ const (
 
 // printQuickStart prints what to paste: every call goes through the gateway, gRPC on one
 // address for every service and HTTP/JSON with curl.
-func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir, code string) {
+func printQuickStart(w io.Writer, grpcAddr, httpAddr, token, mailDir, code, logWhere string) {
 	_, _ = fmt.Fprintf(w, `
 Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 (OpenAPI at /openapi.json). Stop with Ctrl-C.
@@ -356,5 +367,9 @@ Postamt is up. Gateway: gRPC %[1]s (every service, plaintext), HTTP http://%[4]s
 The token is for tenant %[3]q with the admin and operator roles, valid for 24h. Sent mail
 leaves (after the 10s undo delay) through the connector "default" to a mail catcher that
 writes it to %[5]s.
-`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit, code)
+
+The full JSON log goes to %[11]s (LOG_LEVEL=debug for more); below, one line
+per delivery attempt and per error.
+
+`, grpcAddr, token, devTenant, httpAddr, mailDir, grpcSubmit, quickMailbox, quickMember, quickSubmit, code, logWhere)
 }

@@ -574,6 +574,7 @@ func (s *Suite) ScanLogs() []string {
 			h.n++
 		}
 		for line := range strings.Lines(p.Log()) {
+			noteMalformedLine(line, note)
 			if stackRE.MatchString(line) {
 				note("a stack trace", line)
 			}

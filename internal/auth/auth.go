@@ -49,16 +49,25 @@ type Config struct {
 	// HS256Secret enables HS256 with a shared secret: for development and tests only.
 	HS256Secret string `env:"AUTH_HS256_SECRET" desc:"shared HS256 secret, at least 32 bytes (development only); empty disables HS256"`
 	// JWKSFile holds the RS256/EdDSA public keys of the identity provider, selected by kid.
-	JWKSFile string `env:"AUTH_JWKS_FILE" desc:"JWKS file with the identity provider's RS256/EdDSA public keys"`
+	// It is re-read when it changes (checked every 2 s; a ConfigMap update, which swaps a
+	// symlink, is a change), so keys rotate without a restart.
+	JWKSFile string `env:"AUTH_JWKS_FILE" desc:"JWKS file with the RS256/EdDSA public keys tokens are verified with (the services' own, from postamt jwks, and/or the identity provider's); re-read within 2s of a change, so keys rotate without a restart"`
+	// JWKSURL is the identity provider's JWKS endpoint, fetched at start, every JWKSRefresh, and
+	// at once (at most every 10 s) for a token whose kid no key has: a new key of the provider
+	// is trusted at its first token.
+	JWKSURL string `env:"AUTH_JWKS_URL" desc:"URL of the identity provider's JWKS (https), used beside AUTH_JWKS_FILE; fetched at start, every AUTH_JWKS_REFRESH, and for a token with an unknown kid (at most every 10s)"`
+	// JWKSRefresh is how old the keys fetched from JWKSURL may get before they are fetched again.
+	JWKSRefresh time.Duration `env:"AUTH_JWKS_REFRESH, default=5m" desc:"how often the keys of AUTH_JWKS_URL are fetched again (a removed key is refused after at most this long)"`
 	// Audience must be in every token's aud claim; empty means DefaultAudience.
 	Audience string `env:"AUTH_AUDIENCE, default=postamt" desc:"audience every token must name"`
 	// Issuer, when set, must be every token's iss claim.
 	Issuer string `env:"AUTH_ISSUER" desc:"issuer every token must name; empty accepts any"`
 	// SigningKeyFile is a PEM private key (RSA or Ed25519) for minting service tokens in production.
-	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE" desc:"PEM private key (RSA or Ed25519) this service signs service tokens with; its public key must be in the JWKS"`
+	// It is re-read when it changes (checked every 2 s while tokens are minted).
+	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE" desc:"PEM private key (RSA or Ed25519) this service signs service tokens with; its public key must be in the JWKS (postamt jwks builds it); re-read within 2s of a change, so it rotates without a restart"`
 	// SigningKeyID is the kid written into tokens signed with SigningKeyFile; empty means the key's
 	// RFC 7638 thumbprint, which is also what MarshalJWKS writes.
-	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key; empty uses its RFC 7638 thumbprint"`
+	SigningKeyID string `env:"AUTH_SIGNING_KEY_ID" desc:"kid of the signing key; empty uses its RFC 7638 thumbprint (leave it empty to rotate keys: two keys must not share a kid)"`
 	// Leeway tolerates clock skew on exp and nbf.
 	Leeway time.Duration `env:"AUTH_LEEWAY, default=30s" desc:"clock skew tolerated on exp and nbf"`
 }

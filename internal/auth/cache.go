@@ -13,8 +13,9 @@ const verifiedCacheSize = 4096
 // verifiedCache remembers tokens that passed verification until they expire, so the hot path
 // (every call of a busy service reuses the same few tokens) skips the signature check and the
 // JSON decoding, which cost more than the rest of a CheckSend call. Verification does not depend
-// on anything but the token and the configured keys, which never change while a Verifier lives,
-// so a cached answer is the answer verification would give until exp. Failures are never cached.
+// on anything but the token and the keys, and the cache is emptied whenever the keys change (a
+// rotation removed a key: its tokens must fail at once), so a cached answer is the answer
+// verification would give until exp. Failures are never cached.
 type verifiedCache struct {
 	mu      sync.RWMutex
 	entries map[string]verifiedEntry
@@ -56,4 +57,11 @@ func (c *verifiedCache) put(token string, p Principal, exp time.Time) {
 		}
 	}
 	c.entries[token] = verifiedEntry{p: p, exp: exp}
+}
+
+// reset forgets every entry: the keys changed.
+func (c *verifiedCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.entries)
 }

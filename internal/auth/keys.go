@@ -114,11 +114,12 @@ func ParseJWKS(data []byte) (JWKS, error) {
 func MarshalJWKS(signers ...*Signer) ([]byte, error) {
 	keys := make([]jwk, 0, len(signers))
 	for _, s := range signers {
-		if s.pub == nil {
-			return nil, fmt.Errorf("marshal JWKS: a %s signer has no public key", s.Algorithm())
+		sk := s.key()
+		if sk.pub == nil {
+			return nil, fmt.Errorf("marshal JWKS: a %s signer has no public key", sk.method.Alg())
 		}
-		k := publicJWK(s.pub)
-		k.Kid, k.Use, k.Alg = s.kid, "sig", s.method.Alg()
+		k := publicJWK(sk.pub)
+		k.Kid, k.Use, k.Alg = sk.kid, "sig", sk.method.Alg()
 		keys = append(keys, k)
 	}
 	out, err := json.MarshalIndent(struct {
@@ -163,11 +164,19 @@ func readPrivateKey(path string) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read AUTH_SIGNING_KEY_FILE: %w", err)
 	}
+	return parsePrivateKey(path, b)
+}
+
+// parsePrivateKey is readPrivateKey on the content b of the file path.
+func parsePrivateKey(path string, b []byte) (any, error) {
 	block, _ := pem.Decode(b)
 	if block == nil {
 		return nil, fmt.Errorf("AUTH_SIGNING_KEY_FILE %s holds no PEM block", path)
 	}
-	var key any
+	var (
+		key any
+		err error
+	)
 	switch block.Type {
 	case "RSA PRIVATE KEY":
 		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/redisx"
+	"github.com/postamt/postamt/internal/telemetry"
 )
 
 // RedisOptions are the redisx options the configuration asks for, so every process opens its
@@ -68,10 +69,32 @@ type Common struct {
 	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT, default=30s" desc:"on SIGTERM, time running calls get to finish before they are cut"`
 	// GRPCMaxRecvBytes bounds a request message, so one caller cannot exhaust memory.
 	GRPCMaxRecvBytes int `env:"GRPC_MAX_RECV_BYTES, default=33554432" desc:"largest gRPC request message accepted, in bytes"`
+	// ServiceName names the spans' service (OpenTelemetry's service.name); empty means
+	// "postamt-" and the service (TraceExport).
+	ServiceName string `env:"OTEL_SERVICE_NAME" desc:"service.name of the traces; empty: postamt-<service> (postamt-outbox, ...)"`
 	// OTLPEndpoint is where traces go (telemetry.SetupTracing); empty keeps them in the process.
-	OTLPEndpoint string `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC endpoint for traces (host:port, or http:// or https:// URL); empty exports none"`
+	OTLPEndpoint string `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP endpoint (host:port, or http:// or https:// URL); over http/protobuf /v1/traces is appended; empty (and no traces endpoint) exports no traces"`
+	// OTLPTracesEndpoint is the traces endpoint, which wins over OTLPEndpoint.
+	OTLPTracesEndpoint string `env:"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" desc:"OTLP endpoint for traces, used instead of OTEL_EXPORTER_OTLP_ENDPOINT (over http/protobuf: the full URL, path included)"`
+	// OTLPProtocol is the OTLP transport: grpc or http/protobuf.
+	OTLPProtocol string `env:"OTEL_EXPORTER_OTLP_PROTOCOL, default=grpc" desc:"OTLP transport: grpc or http/protobuf"`
+	// OTLPTracesProtocol, when set, is the transport of traces, winning over OTLPProtocol.
+	OTLPTracesProtocol string `env:"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" desc:"OTLP transport of traces (grpc or http/protobuf); empty: OTEL_EXPORTER_OTLP_PROTOCOL"`
 	// Auth holds the token keys (AUTH_* variables).
 	Auth auth.Config
+}
+
+// TraceExport is where and how the spans of service go, from the OTEL_* variables: the
+// traces-specific ones win over the general ones, as OpenTelemetry specifies.
+func (c *Common) TraceExport(service string) telemetry.Export {
+	e := telemetry.Export{ServiceName: c.ServiceName, Endpoint: c.OTLPEndpoint, TracesEndpoint: c.OTLPTracesEndpoint, Protocol: c.OTLPProtocol}
+	if e.ServiceName == "" {
+		e.ServiceName = "postamt-" + service
+	}
+	if c.OTLPTracesProtocol != "" {
+		e.Protocol = c.OTLPTracesProtocol
+	}
+	return e
 }
 
 // Validate checks what the tags cannot: addresses, enumerations, ranges and that some token key is
@@ -131,19 +154,33 @@ func (c *Common) Validate() error {
 	if c.GRPCMaxRecvBytes < 1024 {
 		bad("GRPC_MAX_RECV_BYTES", "must be at least 1024, got %d", c.GRPCMaxRecvBytes)
 	}
-	if c.OTLPEndpoint != "" {
-		if strings.Contains(c.OTLPEndpoint, "://") {
-			if u, err := url.Parse(c.OTLPEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				bad("OTEL_EXPORTER_OTLP_ENDPOINT", "want host:port or an http:// or https:// URL")
+	for _, nv := range [][2]string{{"OTEL_EXPORTER_OTLP_ENDPOINT", c.OTLPEndpoint}, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", c.OTLPTracesEndpoint}} {
+		name, v := nv[0], nv[1]
+		if v == "" {
+			continue
+		}
+		if strings.Contains(v, "://") {
+			if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(name, "want host:port or an http:// or https:// URL")
 			}
-		} else if _, _, err := net.SplitHostPort(c.OTLPEndpoint); err != nil {
-			bad("OTEL_EXPORTER_OTLP_ENDPOINT", "want host:port or an http:// or https:// URL")
+		} else if _, _, err := net.SplitHostPort(v); err != nil {
+			bad(name, "want host:port or an http:// or https:// URL")
+		}
+	}
+	for _, nv := range [][2]string{{"OTEL_EXPORTER_OTLP_PROTOCOL", c.OTLPProtocol}, {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", c.OTLPTracesProtocol}} {
+		name, v := nv[0], nv[1]
+		if v != "" && v != telemetry.ProtocolGRPC && v != telemetry.ProtocolHTTP {
+			bad(name, "want %s or %s, got %q", telemetry.ProtocolGRPC, telemetry.ProtocolHTTP, v)
 		}
 	}
 	a := c.Auth
 	switch {
-	case a.HS256Secret == "" && a.JWKSFile == "":
-		bad("AUTH_JWKS_FILE", "set AUTH_JWKS_FILE (production) or AUTH_HS256_SECRET (development)")
+	case a.HS256Secret == "" && a.JWKSFile == "" && a.JWKSURL == "":
+		bad("AUTH_JWKS_FILE", "set AUTH_JWKS_FILE and/or AUTH_JWKS_URL (production) or AUTH_HS256_SECRET (development)")
+	case a.JWKSURL != "" && !strings.HasPrefix(a.JWKSURL, "https://") && !strings.HasPrefix(a.JWKSURL, "http://"):
+		bad("AUTH_JWKS_URL", "want an https:// URL")
+	case a.JWKSURL != "" && a.JWKSRefresh < time.Second:
+		bad("AUTH_JWKS_REFRESH", "must be at least 1s, got %s", a.JWKSRefresh)
 	case a.HS256Secret != "" && len(a.HS256Secret) < auth.MinSecretBytes:
 		bad("AUTH_HS256_SECRET", "must be at least %d bytes", auth.MinSecretBytes)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/telemetry"
 )
 
 type svcConfig struct {
@@ -57,6 +58,9 @@ func TestLoad(t *testing.T) {
 		{"negative stream replicas", map[string]string{"AUTH_HS256_SECRET": secret, "NATS_STREAM_REPLICAS": "-1"}, "NATS_STREAM_REPLICAS"},
 		{"too few partitions", map[string]string{"AUTH_HS256_SECRET": secret, "REDIS_PARTITIONS": "8"}, "REDIS_PARTITIONS"},
 		{"too many partitions", map[string]string{"AUTH_HS256_SECRET": secret, "REDIS_PARTITIONS": "1025"}, "REDIS_PARTITIONS"},
+		{"bad OTLP protocol", map[string]string{"AUTH_HS256_SECRET": secret, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"},
+		{"bad traces endpoint", map[string]string{"AUTH_HS256_SECRET": secret, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"},
+		{"JWKS URL without a scheme", map[string]string{"AUTH_JWKS_URL": "idp.example/keys"}, "AUTH_JWKS_URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,5 +94,36 @@ func TestVars(t *testing.T) {
 	table := config.MarkdownTable(vars[:1])
 	if want := "| `GRPC_ADDR` | `:9090` |"; !strings.Contains(table, want) {
 		t.Errorf("table %q lacks %q", table, want)
+	}
+}
+
+// TestTraceExport: the OpenTelemetry variables decide the spans' service name, endpoint and
+// protocol, the traces-specific ones winning; unset, the name is postamt-<service>.
+func TestTraceExport(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		name string
+		env  map[string]string
+		want telemetry.Export
+	}{
+		{"nothing set", map[string]string{}, telemetry.Export{ServiceName: "postamt-outbox", Protocol: "grpc"}},
+		{"service name and base endpoint", map[string]string{"OTEL_SERVICE_NAME": "mail-out", "OTEL_EXPORTER_OTLP_ENDPOINT": "otel:4317"},
+			telemetry.Export{ServiceName: "mail-out", Endpoint: "otel:4317", Protocol: "grpc"}},
+		{"traces endpoint over HTTP", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://otel.example/v1/traces", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+			telemetry.Export{ServiceName: "postamt-outbox", TracesEndpoint: "https://otel.example/v1/traces", Protocol: "http/protobuf"}},
+		{"traces protocol wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "otel:4318", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"},
+			telemetry.Export{ServiceName: "postamt-outbox", Endpoint: "otel:4318", Protocol: "http/protobuf"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.env["AUTH_HS256_SECRET"] = secret
+			c, err := load(t, tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.TraceExport("outbox"); got != tt.want {
+				t.Errorf("TraceExport = %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }

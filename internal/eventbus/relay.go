@@ -416,6 +416,8 @@ func (w *worker) held() []*streamState {
 func (w *worker) leases(ctx context.Context) error {
 	ttl := w.cfg.claimIdle.Milliseconds()
 	cmds := make([]*redis.Cmd, len(w.streams))
+	var acquired []string
+	defer func() { w.logAcquired(acquired) }() // those acquired before an error too
 	err := w.pipelined(ctx, func(p redis.Pipeliner) {
 		for i, s := range w.streams {
 			cmds[i] = leaseScript.EvalSha(ctx, p, []string{s.lease}, w.cfg.token, ttl)
@@ -443,10 +445,32 @@ func (w *worker) leases(ctx context.Context) error {
 				return err
 			}
 			s.held = true
-			w.cfg.log.Info("relay: publishing stream", "stream", s.key, "consumer", w.cfg.consumer)
+			acquired = append(acquired, s.key)
 		}
 	}
 	return nil
+}
+
+// logAcquired writes one line for the streams a round of leases acquired (a service has one per
+// partition: one line each would be dozens at every start): how many, of how many held now, and
+// the first and last, which name the range.
+func (w *worker) logAcquired(acquired []string) {
+	if len(acquired) == 0 {
+		return
+	}
+	held := 0
+	for _, s := range w.streams {
+		if s.held {
+			held++
+		}
+	}
+	attrs := []any{"acquired", len(acquired), "held", held, "of", len(w.streams), "consumer", w.cfg.consumer}
+	if len(acquired) == 1 {
+		attrs = append(attrs, "stream", acquired[0])
+	} else {
+		attrs = append(attrs, "first", acquired[0], "last", acquired[len(acquired)-1])
+	}
+	w.cfg.log.Info("relay: publishing streams", attrs...)
 }
 
 func (w *worker) takeOver(ctx context.Context, s *streamState) error {

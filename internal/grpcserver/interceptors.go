@@ -211,7 +211,7 @@ type call struct {
 type callKey struct{}
 
 // logCall logs a finished call: method, code, duration, request id, trace id and the principal by
-// id; never messages or tokens. Health checks and reflection are logged at debug so probes do not
+// id (a calling service as peer_service); never messages or tokens. Health checks and reflection are logged at debug so probes do not
 // flood the log; Internal-like codes (bugs) at error, with the unmapped error (the status hides
 // it); Unavailable (an outage) at warn, with the dependency that failed.
 //
@@ -247,7 +247,10 @@ func logCall(log *slog.Logger, c *call, method string, err error, d time.Duratio
 			attrs = append(attrs, slog.String("user", p.User))
 		}
 		if p.Service != "" {
-			attrs = append(attrs, slog.String("service", p.Service))
+			// The calling service, under a key of its own: "service" is the service that
+			// logs (the logger's own attribute), and a second one would make parsers
+			// attribute the line to the caller.
+			attrs = append(attrs, slog.String("peer_service", p.Service))
 		}
 	}
 	if c.dependency != "" {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/postamt/postamt/internal/telemetry"
 )
@@ -110,8 +112,35 @@ func (c *collector) Export(_ context.Context, req *coltracepb.ExportTraceService
 	return &coltracepb.ExportTraceServiceResponse{}, nil
 }
 
+// httpCollector is a fake OTLP/HTTP trace collector: it hands over what arrives at path.
+func httpCollector(t *testing.T, path string, got chan<- *coltracepb.ExportTraceServiceRequest) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path {
+			http.NotFound(w, r)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		req := &coltracepb.ExportTraceServiceRequest{}
+		if err := proto.Unmarshal(b, req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		got <- req
+		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		_, _ = w.Write(out)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// TestTracerProviderExports: spans reach a collector over gRPC and over HTTP/protobuf, from the
+// base endpoint (/v1/traces appended over HTTP) or the traces endpoint (used as it is), under the
+// configured service name.
 func TestTracerProviderExports(t *testing.T) {
-	col := &collector{got: make(chan *coltracepb.ExportTraceServiceRequest, 16)}
+	got := make(chan *coltracepb.ExportTraceServiceRequest, 16)
+	col := &collector{got: got}
 	srv := grpc.NewServer()
 	coltracepb.RegisterTraceServiceServer(srv, col)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -120,17 +149,25 @@ func TestTracerProviderExports(t *testing.T) {
 	}
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
+	httpAddr := httpCollector(t, "/v1/traces", got)
+	customAddr := httpCollector(t, "/otlp/traces", got)
 
 	tests := []struct {
-		name, endpoint string
+		name string
+		e    telemetry.Export
 	}{
-		{name: "host:port", endpoint: lis.Addr().String()},
-		{name: "http URL", endpoint: "http://" + lis.Addr().String()},
+		{name: "gRPC host:port", e: telemetry.Export{Endpoint: lis.Addr().String()}},
+		{name: "gRPC http URL", e: telemetry.Export{Endpoint: "http://" + lis.Addr().String(), Protocol: telemetry.ProtocolGRPC}},
+		{name: "gRPC traces endpoint wins", e: telemetry.Export{Endpoint: "127.0.0.1:1", TracesEndpoint: lis.Addr().String()}},
+		{name: "HTTP base endpoint", e: telemetry.Export{Endpoint: "http://" + httpAddr, Protocol: telemetry.ProtocolHTTP}},
+		{name: "HTTP host:port", e: telemetry.Export{Endpoint: httpAddr, Protocol: telemetry.ProtocolHTTP}},
+		{name: "HTTP traces endpoint as it is", e: telemetry.Export{Endpoint: "http://127.0.0.1:1", TracesEndpoint: "http://" + customAddr + "/otlp/traces", Protocol: telemetry.ProtocolHTTP}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := testCtx(t)
-			tp, err := telemetry.NewTracerProvider(ctx, "mailbox", tt.endpoint)
+			tt.e.ServiceName = "postamt-mailbox"
+			tp, err := telemetry.NewTracerProvider(ctx, tt.e)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -141,7 +178,7 @@ func TestTracerProviderExports(t *testing.T) {
 			}
 			var req *coltracepb.ExportTraceServiceRequest
 			select {
-			case req = <-col.got:
+			case req = <-got:
 			case <-ctx.Done():
 				t.Fatal("the collector received nothing")
 			}
@@ -158,11 +195,16 @@ func TestTracerProviderExports(t *testing.T) {
 					}
 				}
 			}
-			if service != "mailbox" || name != "SubmitEmail" {
-				t.Errorf("exported span %q of service %q, want SubmitEmail of mailbox", name, service)
+			if service != "postamt-mailbox" || name != "SubmitEmail" {
+				t.Errorf("exported span %q of service %q, want SubmitEmail of postamt-mailbox", name, service)
 			}
 		})
 	}
+	t.Run("an unknown protocol", func(t *testing.T) {
+		if _, err := telemetry.NewTracerProvider(testCtx(t), telemetry.Export{Endpoint: "127.0.0.1:4317", Protocol: "http/json"}); err == nil {
+			t.Error("http/json accepted")
+		}
+	})
 }
 
 func TestSetupTracingWithoutEndpoint(t *testing.T) {
@@ -172,7 +214,7 @@ func TestSetupTracingWithoutEndpoint(t *testing.T) {
 		otel.SetTextMapPropagator(prevProp)
 	})
 	ctx := testCtx(t)
-	shutdown, err := telemetry.SetupTracing(ctx, "mailbox", "")
+	shutdown, err := telemetry.SetupTracing(ctx, telemetry.Export{ServiceName: "mailbox"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

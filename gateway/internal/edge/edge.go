@@ -72,7 +72,13 @@ func Handler(o Options) http.Handler {
 		attrs := []slog.Attr{
 			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", sw.status),
 			slog.Duration("duration", time.Since(start)), slog.String("request_id", w.Header().Get("X-Request-Id")),
-			slog.String("tenant", caller.Tenant), slog.String("user", caller.User), slog.String("service", caller.Service),
+		}
+		// The caller by id, only what it has; a calling service under peer_service, never a
+		// second "service" beside the gateway's own.
+		for _, a := range []slog.Attr{slog.String("tenant", caller.Tenant), slog.String("user", caller.User), slog.String("peer_service", caller.Service)} {
+			if a.Value.String() != "" {
+				attrs = append(attrs, a)
+			}
 		}
 		if x.failed != nil {
 			attrs = append(attrs, slog.String("code", x.failed.Code().String()), slog.String("error", x.failed.Message()))

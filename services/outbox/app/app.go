@@ -58,6 +58,7 @@ type Config struct {
 	ScheduleHorizon    time.Duration `env:"OUTBOX_SCHEDULE_HORIZON, default=8784h" desc:"how far ahead send_at may be"`
 	Retention          time.Duration `env:"OUTBOX_RETENTION, default=720h" desc:"how long SENT and CANCELLED emails are kept, and found by ListEmails with final statuses; failed mail is never dropped"`
 	Dispatch           bool          `env:"OUTBOX_DISPATCH, default=true" desc:"run the dispatcher (send due mail) in this replica"`
+	LogRecipients      bool          `env:"OUTBOX_LOG_RECIPIENTS, default=false" desc:"name the recipients' addresses in the log line of each delivery attempt (personal data: off, the line counts them and masks them in the relay's reply)"`
 	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"most emails one connector's lane claims in one round trip"`
 	Lease              time.Duration `env:"OUTBOX_LEASE, default=8s" desc:"how long a claim holds without renewal; held mail is renewed every quarter of it, so a crashed replica's mail is due again at most this long after the crash"`
 	ClaimAhead         float64       `env:"OUTBOX_CLAIM_AHEAD, default=1" desc:"emails a connector's lane claims beyond its free connections, as a multiple of its pool size (0-4), so a connection that frees up finds its next email waiting"`
@@ -248,7 +249,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	a.dispatcher = &dispatch.Dispatcher{
 		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,
 		Metrics: attempts, Events: events, Batch: cfg.ClaimBatch, Lease: cfg.Lease, ClaimAhead: cfg.ClaimAhead,
-		StopTimeout: cfg.StopTimeout, Redis: deps.Redis,
+		StopTimeout: cfg.StopTimeout, Redis: deps.Redis, LogRecipients: cfg.LogRecipients,
 		Claimed: func(tenant string, ids []string) {
 			// Best effort: a watcher that misses it sees the email's next state.
 			_ = deps.JS.Conn().Publish(wire.SubjectClaimed, wire.EncodeClaimed(tenant, ids))

@@ -96,6 +96,9 @@ type Dispatcher struct {
 	// and mail taken over from a worker whose lease ran out), and times the SMTP conversations;
 	// nil counts nothing.
 	Metrics *Metrics
+	// LogRecipients adds the envelope's recipient addresses to the line of each delivery
+	// attempt (AttemptMessage); off, the line counts them and masks them in the relay's reply.
+	LogRecipients bool
 	// Events counts what the dispatcher did besides attempts, by event: "reclaimed" (mail taken
 	// over after a lease ran out), "lease_lost" (a held claim found claimed again),
 	// "handed_back" (claims given back unstarted), "record_retried" (results kept while Redis
@@ -266,7 +269,7 @@ func (d *Dispatcher) stop(ctx context.Context) {
 	select {
 	case <-ended:
 	case <-d.Clock.After(d.StopTimeout):
-		d.Logger.Warn("stopping conversations still in progress", "after", d.StopTimeout.String())
+		d.Logger.Warn("stopping conversations still in progress", "after", d.StopTimeout)
 		d.cancelSends()
 		<-ended
 	}

@@ -666,6 +666,7 @@ func (d *Dispatcher) result(c *claim, policy outbox.RetryPolicy, res smtp.Result
 	e := &c.e
 	c.lane.obs.attempt(res.Outcome)
 	decision := policy.Decide(res.Outcome, e.Attempts-e.RetryBase+1, e.Imported)
+	d.logAttempt(e, res, decision, start, end)
 	change := redisstore.Change{
 		Status: decision.Status, At: end, Fenced: true,
 		CountAttempt: decision.ConsumesAttempt, Attempted: decision.ConsumesAttempt, MaxAttempts: policy.MaxAttempts,
