@@ -653,7 +653,7 @@ func TestConsole(t *testing.T) {
 
 	t.Run("connectors: disabled holds mail with its reason, enabled queues it again", func(t *testing.T) {
 		admin.click(t, "#nav-connectors")
-		admin.waitJS(t, "the connectors page", `document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`)
+		admin.waitJS(t, "the connectors page", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`)
 		admin.click(t, "#connectors tr[data-id=flaky] button")
 		admin.waitJS(t, "the connector disabled", `document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
 		id := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
@@ -662,6 +662,9 @@ func TestConsole(t *testing.T) {
 		admin.click(t, "#nav-outbox")
 		admin.waitJS(t, "the held row with its reason", rowStatus("Held")+` === 'CONNECTOR_DISABLED' && `+rowJS("Held")+`.querySelector('[data-status] .reason').textContent.includes('disabled')`)
 		admin.click(t, "#nav-connectors")
+		// The page renders its table anew once its list arrives (aria-busy until then): click in
+		// that table, not in the one it replaces, whose node is gone by the time the click lands.
+		admin.waitJS(t, "the connectors page again", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
 		admin.click(t, "#connectors tr[data-id=flaky] button")
 		admin.waitJS(t, "how much mail was queued again", `document.getElementById('connectors-result').textContent.includes('1 emails queued again')`)
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")

@@ -525,6 +525,9 @@ function fmtDur(s) {
 }
 
 async function loadConnectors() {
+  // Busy until the fresh list is shown: screen readers wait, and so can a test, instead of
+  // acting on the rows the list is about to replace.
+  $('connectors').setAttribute('aria-busy', 'true');
   try {
     const res = await call('GET', '/v1/outbox/connectors?page_size=500');
     state.connectors = res.connectors || [];
@@ -543,6 +546,7 @@ async function loadConnectors() {
       h('td', {}, String(c.maxAttempts || '')), h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled')),
       h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
   }));
+  $('connectors').removeAttribute('aria-busy');
 }
 
 async function toggleConnector(c, enable) {
