@@ -40,7 +40,11 @@ func TestReplicaAcks(t *testing.T) {
 	ctx := context.Background()
 	master := redistest.Start(t)
 	replica := master.StartReplica(t)
-	c, err := redisx.Open(ctx, master.URL(), redisx.WithReplicaAcks(1, 500*time.Millisecond))
+	// Linked before the first write, and a second per confirmation: on a loaded machine a
+	// replica's acknowledgement took over 500 ms once (CI, the whole suite running), which failed
+	// a write with a live replica.
+	replica.WaitLinked(t)
+	c, err := redisx.Open(ctx, master.URL(), redisx.WithReplicaAcks(1, time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
