@@ -29,8 +29,8 @@ func (p *Process) signal(sig syscall.Signal) {
 
 // RelayHolders tells which running process holds the event relay's lease of each Redis event
 // stream whose key starts with prefix ("pm:ob:" for the outbox's partitions), by stream key.
-// Every relay logs "relay: publishing stream" when it takes a stream over, and the relays of one
-// service share their consumer name (the host's), so the process logs, not Redis, tell the
+// Every relay logs "relay: publishing streams" with the streams it took over, and the relays of
+// one service share their consumer name (the host's), so the process logs, not Redis, tell the
 // holders apart: the last taking over per stream wins. A stream whose last holder no longer runs
 // is not listed.
 func (s *Suite) RelayHolders(prefix string) map[string]*Process {
@@ -44,19 +44,24 @@ func (s *Suite) RelayHolders(prefix string) map[string]*Process {
 		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Bytes()
-			if !strings.Contains(string(line), "relay: publishing stream") {
+			if !strings.Contains(string(line), "relay: publishing streams") {
 				continue
 			}
 			var rec struct {
-				Time   time.Time `json:"time"`
-				Msg    string    `json:"msg"`
-				Stream string    `json:"stream"`
+				Time    time.Time `json:"time"`
+				Msg     string    `json:"msg"`
+				Streams []string  `json:"streams"`
 			}
-			if json.Unmarshal(line, &rec) != nil || rec.Msg != "relay: publishing stream" || !strings.HasPrefix(rec.Stream, prefix) {
+			if json.Unmarshal(line, &rec) != nil || rec.Msg != "relay: publishing streams" {
 				continue
 			}
-			if t, ok := last[rec.Stream]; !ok || rec.Time.After(t.at) {
-				last[rec.Stream] = took{rec.Time, p}
+			for _, stream := range rec.Streams {
+				if !strings.HasPrefix(stream, prefix) {
+					continue
+				}
+				if t, ok := last[stream]; !ok || rec.Time.After(t.at) {
+					last[stream] = took{rec.Time, p}
+				}
 			}
 		}
 	}
