@@ -546,7 +546,7 @@ async function loadConnectors() {
       h('td', {}, String(c.maxAttempts || '')), h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled')),
       h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
   }));
-  $('connectors').removeAttribute('aria-busy');
+  if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
 }
 
 async function toggleConnector(c, enable) {
@@ -580,6 +580,8 @@ function route() {
     $('nav-' + p).toggleAttribute('aria-current', p === page);
     if (p === page) $('nav-' + p).setAttribute('aria-current', 'page');
   }
+  // A hidden connectors table goes stale: busy until the next visit has shown a fresh list.
+  if (page !== 'connectors') $('connectors').setAttribute('aria-busy', 'true');
   if (page === 'connectors') loadConnectors();
   if (page === 'settings') fillSettingsForm();
 }
