@@ -198,6 +198,7 @@ type config struct {
 	smtpUTF8        bool
 	rateN           int
 	ratePer         time.Duration
+	maxConns        int
 }
 
 // WithAuth requires AUTH PLAIN with these credentials before MAIL FROM (plaintext AUTH is allowed
@@ -231,6 +232,12 @@ func WithRateLimit(n int, per time.Duration) Option {
 	return func(c *config) { c.rateN, c.ratePer = n, per }
 }
 
+// WithConnectionLimit makes the sink a relay that caps the connections one client holds open,
+// as Postfix's smtpd_client_connection_count_limit does: a connection beyond n open at once is
+// answered "421 4.7.0 Error: too many connections" and closed, and counted (RefusedConnections).
+// PeakConnections reports the most that were open at once.
+func WithConnectionLimit(n int) Option { return func(c *config) { c.maxConns = n } }
+
 // WithImplicitTLS makes the sink speak TLS from the first byte, as relays on port 465 do, with
 // the certificate WithSTARTTLS uses; clients trust it through ClientTLSConfig.
 func WithImplicitTLS() Option { return func(c *config) { c.implicitTLS = true } }
@@ -255,6 +262,8 @@ type Sink struct {
 	messages []Message
 	// throttled counts messages refused by WithRateLimit's limit.
 	throttled int
+	// open, peak and refusedConns count TCP connections (WithConnectionLimit).
+	open, peak, refusedConns int
 	changed   chan struct{} // closed and replaced whenever a message is recorded
 	tb        testing.TB
 }
@@ -283,6 +292,7 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 	srv.MaxMessageBytes = s.cfg.maxMessageBytes
 	srv.EnableSMTPUTF8 = s.cfg.smtpUTF8
 	srv.ErrorLog = sinkLogger{s}
+	ln = &countingListener{Listener: ln, s: s, plain: !s.cfg.implicitTLS}
 	if s.cfg.startTLS || s.cfg.implicitTLS {
 		cert, pool, err := selfSigned()
 		if err != nil {
@@ -303,6 +313,76 @@ func Start(tb testing.TB, opts ...Option) *Sink {
 	}()
 	tb.Cleanup(s.Close)
 	return s
+}
+
+// countingListener counts the TCP connections open at once and refuses those over
+// WithConnectionLimit's limit before go-smtp sees them.
+type countingListener struct {
+	net.Listener
+	s     *Sink
+	plain bool // a refusal may be written in clear text (no implicit TLS)
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		s := l.s
+		s.mu.Lock()
+		if s.cfg.maxConns > 0 && s.open >= s.cfg.maxConns {
+			s.refusedConns++
+			s.mu.Unlock()
+			if l.plain {
+				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = c.Write([]byte("421 4.7.0 Error: too many connections\r\n"))
+			}
+			_ = c.Close()
+			continue
+		}
+		s.open++
+		s.peak = max(s.peak, s.open)
+		s.mu.Unlock()
+		return &countedConn{Conn: c, s: s}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	s    *Sink
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		c.s.open--
+		c.s.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// PeakConnections is the most TCP connections that were open at once.
+func (s *Sink) PeakConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
+}
+
+// OpenConnections is the TCP connections open now.
+func (s *Sink) OpenConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open
+}
+
+// RefusedConnections counts connections WithConnectionLimit's limit turned away: a sender that
+// keeps to the relay's limit makes it zero.
+func (s *Sink) RefusedConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refusedConns
 }
 
 // Addr returns the host:port the sink listens on, for the sender under test to dial.

@@ -1,6 +1,7 @@
 package smtptest_test
 
 import (
+	"bufio"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 )
 
@@ -537,5 +539,34 @@ func TestNoSTARTTLSByDefault(t *testing.T) {
 	}
 	if s.ClientTLSConfig() != nil {
 		t.Error("ClientTLSConfig() != nil without WithSTARTTLS")
+	}
+}
+
+// TestConnectionLimitRefusesTheOneTooMany: with a limit of two, a third connection open at once
+// gets 421 and is counted; once one closes, the next is served.
+func TestConnectionLimitRefusesTheOneTooMany(t *testing.T) {
+	s := smtptest.Start(t, smtptest.WithConnectionLimit(2))
+	a, b := dial(t, s), dial(t, s)
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	_ = c.Close()
+	if err != nil || !strings.HasPrefix(line, "421 4.7.0") {
+		t.Fatalf("third connection got %q (%v), want 421 4.7.0", line, err)
+	}
+	if s.RefusedConnections() != 1 || s.PeakConnections() != 2 {
+		t.Fatalf("refused %d, peak %d; want 1 and 2", s.RefusedConnections(), s.PeakConnections())
+	}
+	_ = a.Quit()
+	poll.Eventually(t, "the first connection to be counted closed", func() bool { return s.OpenConnections() == 1 })
+	d := dial(t, s)
+	if _, err := send(d, "a@example.com", []string{"b@example.com"}, body); err != nil {
+		t.Fatalf("send on a connection within the limit: %v", err)
+	}
+	_, _ = b.Quit(), d.Quit()
+	if s.PeakConnections() != 2 {
+		t.Errorf("peak %d, want 2", s.PeakConnections())
 	}
 }

@@ -141,6 +141,7 @@ type App struct {
 	dispatcher *dispatch.Dispatcher
 	ledger     *redisstore.Ledger
 	registry   *service.Registry
+	permits    *redisstore.Permits
 	directory  *directory.Client
 	mailbox    *grpc.ClientConn
 	tracker    *grpc.ClientConn // nil without OUTBOX_TRACKER_ADDR
@@ -187,7 +188,9 @@ func New(cfg Config, deps Deps) (*App, error) {
 	ledger := redisstore.New(deps.Redis, cfg.Retention, deps.Partitions)
 	a.ledger = ledger
 	connStore := redisstore.NewConnectors(deps.Redis)
+	a.permits = ledger.NewPermits(nil)
 	a.registry = service.NewRegistry(connStore, service.SenderOptions{
+		Permits:        a.permits,
 		CommandTimeout: cfg.SMTPCommandTimeout, SubmitTimeout: cfg.SMTPSubmitTimeout,
 		Getenv: deps.Getenv, ReadFile: deps.ReadFile,
 		Scope: secretref.Scope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir},
@@ -318,6 +321,10 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	go func() { relay <- a.relay.Run(relayCtx) }()
 	work, _ := errgroup.WithContext(workCtx)
 	work.Go(func() error { return a.registry.Run(workCtx) })
+	work.Go(func() error {
+		a.permits.Run(workCtx, func(err error) { a.deps.Logger.Warn("renew connection permits", "error", err) })
+		return nil
+	})
 	work.Go(func() error { return a.redriver.Run(workCtx) })
 	work.Go(func() error { return a.directory.Follow(workCtx, a.deps.JS, MailboxStream, a.deps.Logger) })
 	for _, s := range a.samplers {
@@ -332,7 +339,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	serveErr := a.server.Serve(ctx, lis)
 	stopWork()
 	workErr := work.Wait()
-	a.registry.Close()
+	a.registry.Close() //nolint:contextcheck // after ctx ended: idle connections close and give their permits back regardless
 	stopRelay()
 	relayErr := <-relay
 	if errors.Is(relayErr, context.Canceled) {

@@ -55,18 +55,24 @@ type env struct {
 // sent is how many attempts an outbox replica recorded as sent, over every connector.
 func sent(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
+	return counted(t, reg, "postamt_outbox_attempts_total", "outcome", "sent")
+}
+
+// counted sums the counter name's series whose label has value.
+func counted(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var n float64
 	for _, mf := range mfs {
-		if mf.GetName() != "postamt_outbox_attempts_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == "sent" {
+				if l.GetName() == label && l.GetValue() == value {
 					n += m.GetCounter().GetValue()
 				}
 			}

@@ -137,6 +137,9 @@ func (c *Connector) Validate() error {
 	}
 	c.Limits.check(&v, "connector.limits")
 	c.SenderLimits.check(&v, "connector.sender_limits")
+	if c.SenderLimits.Connections != 0 {
+		v.Add("connector.sender_limits.connections", "is per connector: a relay counts connections per client, not per sender; set connector.limits.connections")
+	}
 	return v.Err()
 }
 
@@ -149,6 +152,9 @@ type Limits struct {
 	// instead of in any 24 hours.
 	CalendarDay bool
 	Zone        string
+	// Connections bounds the connections open to the relay across every replica (a
+	// connector's limits only: relays count connections per client).
+	Connections int
 }
 
 // IsZero reports whether no limit is set.
@@ -176,6 +182,7 @@ func (l Limits) check(v *errs.Violations, field string) {
 		{"messages_per_minute", l.MessagesPerMinute, 100_000},
 		{"recipients_per_minute", l.RecipientsPerMinute, 1_000_000},
 		{"recipients_per_day", l.RecipientsPerDay, 10_000_000},
+		{"connections", l.Connections, 1_000},
 	} {
 		if f.val < 0 || f.val > f.max {
 			v.Addf(field+"."+f.name, "must be between 0 (no limit) and %d", f.max)

@@ -81,6 +81,48 @@ func windows(l connector.Limits) []redisstore.Window {
 	return out
 }
 
+// pacedKey is one sender address and priority within one lane: mail of a higher priority
+// refused later is not paced behind a lower priority's backlog, so the claim at the sender's
+// next free moment still takes it first.
+type pacedKey struct {
+	lane redisstore.Lane
+	from string
+	prio int
+}
+
+// maxPaced bounds Dispatcher.paced: past it, entries whose time has passed are dropped, and if
+// none has, the oldest pacing is forgotten (its sender's mail comes due at the refusal's time,
+// as without pacing).
+const maxPaced = 10_000
+
+// senderPace returns when an email of from refused by its sender's limit comes due again: the
+// refusal's time for the first, then one pace later for each further one refused meanwhile.
+func (d *Dispatcher) senderPace(lane redisstore.Lane, from string, prio int, r redisstore.Refusal) time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.Clock.Now()
+	if d.paced == nil {
+		d.paced = make(map[pacedKey]time.Time)
+	}
+	if len(d.paced) >= maxPaced {
+		for k, t := range d.paced {
+			if t.Before(now) {
+				delete(d.paced, k)
+			}
+		}
+		if len(d.paced) >= maxPaced {
+			clear(d.paced)
+		}
+	}
+	k := pacedKey{lane, from, prio}
+	at := r.RetryAt
+	if next, ok := d.paced[k]; ok && next.After(at) {
+		at = next
+	}
+	d.paced[k] = at.Add(max(r.Pace, time.Millisecond))
+	return at
+}
+
 // Dispatcher sends due mail.
 type Dispatcher struct {
 	Ledger *redisstore.Ledger
@@ -139,6 +181,10 @@ type Dispatcher struct {
 	// throttles counts each lane's throttling refusals in a row, for its back-off; a sent email
 	// ends the row. Kept here rather than in the lane, which an idle connector's is dropped with.
 	throttles map[redisstore.Lane]int
+	// paced is, per sender over its limit in a lane, when the next of its refused emails comes
+	// due: each one refused is handed back a pace later than the one before, so a backlog behind
+	// a sender's limit is claimed about once, not once per window (senderPace).
+	paced map[pacedKey]time.Time
 
 	// redisDown is set while Redis cannot be reached (a claim, renewal or record failed) and
 	// cleared by the next success: no conversation starts meanwhile.

@@ -192,8 +192,10 @@ func TestRunSleepsUntilDueAndWakes(t *testing.T) {
 }
 
 // TestSenderLimitHoldsMailWithoutAttempts: a sender allowed 5 messages a minute gets 5 out, and
-// the rest waits QUEUED without using an attempt until the window has room again; a second
-// dispatcher on the same Redis draws from the same budget rather than a budget of its own.
+// the rest waits QUEUED without using an attempt until the window has room again, paced a
+// twelfth of a minute apart; a second dispatcher on the same Redis draws from the same budget
+// rather than a budget of its own. Time moves in steps of 13 s: no 60 s ever holds more than 5
+// sends, and all 12 are out in the time the limit needs (two more windows after the first).
 func TestSenderLimitHoldsMailWithoutAttempts(t *testing.T) {
 	clock := &fakeClock{now: t0}
 	f := newFixture(t, clock)
@@ -223,15 +225,31 @@ func TestSenderLimitHoldsMailWithoutAttempts(t *testing.T) {
 		}
 		return sent, queued
 	}
-	for i, want := range []int{5, 10, 12} {
+	var at []time.Time // when each send was seen
+	for step := 0; len(at) < 12; step++ {
+		if step > 15 {
+			t.Fatalf("%d of 12 sent after %d steps of 13 s, want all within 3 minutes", len(at), step)
+		}
 		f.step(t)
 		if _, err := other.Drain(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if sent, queued := counts(); sent != want || queued != 12-want || len(f.sink.Messages()) != want {
-			t.Fatalf("minute %d: %d sent, %d queued, %d at the relay; want %d sent and the rest queued", i, sent, queued, len(f.sink.Messages()), want)
+		sent, queued := counts()
+		if sent+queued != 12 || len(f.sink.Messages()) != sent {
+			t.Fatalf("at %v: %d sent, %d queued, %d at the relay", clock.Now().Sub(t0), sent, queued, len(f.sink.Messages()))
 		}
-		clock.set(clock.Now().Add(61 * time.Second))
+		for len(at) < sent {
+			at = append(at, clock.Now())
+		}
+		clock.set(clock.Now().Add(13 * time.Second))
+	}
+	for i := 5; i < len(at); i++ {
+		if at[i].Sub(at[i-5]) < time.Minute {
+			t.Errorf("sends %d and %d were %v apart: 6 in a minute", i-4, i+1, at[i].Sub(at[i-5]))
+		}
+	}
+	if last := at[11].Sub(t0); last > 3*time.Minute {
+		t.Errorf("the last send at %v, want within 3 minutes", last)
 	}
 }
 

@@ -473,8 +473,10 @@ func (l *lane) admit(ctx context.Context, conn Connector, c *claim) (res *smtp.R
 		why := "waiting for the relay's limit until " + refused.RetryAt.Format(time.RFC3339)
 		if strings.HasPrefix(budgets[refused.Budget].Key, "s:") {
 			// One sender's limit: the rest of the connector's mail goes on; this one comes due
-			// again when its sender may send (a little later in its priority than it was).
-			d.handBackAt(c, refused.RetryAt, why)
+			// again when its sender may send (a little later in its priority than it was), the
+			// sender's other refused mail a pace apart behind it.
+			at := d.senderPace(l.key, e.From, prio(e.Priority), refused)
+			d.handBackAt(c, at, "waiting for the sender's relay limit until "+at.Format(time.RFC3339))
 			return nil, true
 		}
 		// The connector's own limit holds all of its mail: the lane claims nothing until then,

@@ -35,7 +35,7 @@ func (h *Handler) GetConnector(ctx context.Context, req *outboxv1.GetConnectorRe
 		return nil, err
 	}
 	return &outboxv1.GetConnectorResponse{Connector: c, HeldUntil: wire.Timestamp(st.HeldUntil), HeldReason: st.HeldReason,
-		DueCount: st.Due, LaterCount: st.DueLater}, nil
+		DueCount: st.Due, LaterCount: st.DueLater, OpenConnections: st.Open}, nil
 }
 
 // ListConnectors implements OutboxServiceServer.

@@ -85,7 +85,7 @@ func LimitsProto(l connector.Limits) *outboxv1.RelayLimits {
 	out := &outboxv1.RelayLimits{
 		MessagesPerSecond: int32(l.MessagesPerSecond), MessagesPerMinute: int32(l.MessagesPerMinute),
 		RecipientsPerMinute: int32(l.RecipientsPerMinute), RecipientsPerDay: int32(l.RecipientsPerDay),
-		DayCount: outboxv1.DayCount_DAY_COUNT_ROLLING, TimeZone: l.Zone,
+		DayCount: outboxv1.DayCount_DAY_COUNT_ROLLING, TimeZone: l.Zone, Connections: int32(l.Connections),
 	}
 	if l.CalendarDay {
 		out.DayCount = outboxv1.DayCount_DAY_COUNT_CALENDAR
@@ -99,7 +99,7 @@ func LimitsFrom(m *outboxv1.RelayLimits) (l connector.Limits, ok bool) {
 	l = connector.Limits{
 		MessagesPerSecond: int(m.GetMessagesPerSecond()), MessagesPerMinute: int(m.GetMessagesPerMinute()),
 		RecipientsPerMinute: int(m.GetRecipientsPerMinute()), RecipientsPerDay: int(m.GetRecipientsPerDay()),
-		Zone: m.GetTimeZone(),
+		Zone: m.GetTimeZone(), Connections: int(m.GetConnections()),
 	}
 	switch m.GetDayCount() {
 	case outboxv1.DayCount_DAY_COUNT_UNSPECIFIED, outboxv1.DayCount_DAY_COUNT_ROLLING:

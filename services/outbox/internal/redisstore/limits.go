@@ -168,6 +168,10 @@ return {granted, retry, block}
 type Refusal struct {
 	RetryAt time.Time
 	Budget  int
+	// Pace is the time the refusing window allows per unit (its length over its limit; a
+	// calendar day's 24 hours over its limit): mail waiting for the same budget is spread by it
+	// over the windows to come rather than all coming due at RetryAt.
+	Pace time.Duration
 }
 
 // Take grants, in order, as many of the sends (each given by its number of recipients) as
@@ -179,7 +183,8 @@ func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, n
 		return 0, Refusal{}, nil
 	}
 	var keys []string
-	var owner []int // owner[i]: the budget of window i
+	var owner []int          // owner[i]: the budget of window i
+	var pace []time.Duration // pace[i]: window i's time per unit
 	argv := []any{now.UnixMilli(), 0}
 	for bi, b := range budgets {
 		if b.Tenant != budgets[0].Tenant {
@@ -204,6 +209,7 @@ func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, n
 				y, m, d := local.Date()
 				end := time.Date(y, m, d+1, 0, 0, 0, 0, zone)
 				keys, owner = append(keys, tag+":b:"+b.Key+":"+unit+":d:"+local.Format("20060102")), append(owner, bi)
+				pace = append(pace, 24*time.Hour/time.Duration(w.Limit))
 				argv = append(argv, "d", w.Limit, rcpt, end.UnixMilli(), (48 * time.Hour).Milliseconds())
 				continue
 			}
@@ -213,6 +219,7 @@ func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, n
 			// Rounded up: 60 buckets must span at least the window.
 			width := (w.Length.Milliseconds() + windowBuckets - 1) / windowBuckets
 			keys, owner = append(keys, tag+":b:"+b.Key+":"+unit+":w:"+strconv.FormatInt(w.Length.Milliseconds(), 10)), append(owner, bi)
+			pace = append(pace, w.Length/time.Duration(w.Limit))
 			argv = append(argv, "r", w.Limit, rcpt, width, (2 * w.Length).Milliseconds())
 		}
 	}
@@ -229,7 +236,7 @@ func (l *Ledger) Take(ctx context.Context, budgets []Budget, recipients []int, n
 	}
 	granted = int(res[0])
 	if w := int(res[2]); w >= 1 && w <= len(owner) {
-		refused.Budget = owner[w-1]
+		refused.Budget, refused.Pace = owner[w-1], pace[w-1]
 	}
 	switch {
 	case res[1] < 0:

@@ -37,6 +37,9 @@ type SenderOptions struct {
 	// Getenv and ReadFile resolve secret references.
 	Getenv   func(string) string
 	ReadFile func(string) ([]byte, error)
+	// Permits keeps a connector's limits.connections across every replica; nil leaves the
+	// limit unenforced (tests of other things).
+	Permits *redisstore.Permits
 }
 
 // Registry holds every tenant's connectors in memory with an SMTP sender each, for the
@@ -100,7 +103,7 @@ func (r *Registry) Load(ctx context.Context) error {
 	}
 	for k, old := range r.byID {
 		if cur, ok := next[k]; !ok || cur.sender != old.sender {
-			go old.sender.Close()
+			go old.sender.Close() //nolint:contextcheck // outlives the reload: the replaced pool closes on its own
 		}
 	}
 	r.byID, r.gen = next, gen
@@ -121,14 +124,18 @@ func (r *Registry) Lanes() []redisstore.Lane {
 
 func (r *Registry) newSender(c connector.Connector) *smtp.Sender {
 	ref, scope := c.SecretRef, r.opts.Scope.For(c.Tenant)
-	return smtp.New(smtp.Config{
+	cfg := smtp.Config{
 		Host: c.Host, Port: c.Port, TLS: c.TLS, PoolSize: c.PoolSize,
 		CommandTimeout: r.opts.CommandTimeout, SubmitTimeout: r.opts.SubmitTimeout,
 		Auth: c.Auth, Username: c.Username,
 		Secret: func() (string, error) {
 			return scope.Resolve(ref, r.opts.Getenv, r.opts.ReadFile)
 		},
-	})
+	}
+	if n := c.Limits.Connections; n > 0 && r.opts.Permits != nil {
+		cfg.Gate = r.opts.Permits.Gate(c.Tenant, c.ID, n)
+	}
+	return smtp.New(cfg)
 }
 
 // Run reloads on changes until ctx ends.
@@ -263,6 +270,8 @@ type State struct {
 	HeldUntil     time.Time
 	HeldReason    string
 	Due, DueLater int64
+	// Open is the connections open to the relay across every replica (limits.connections).
+	Open int64
 }
 
 // State reads a connector's state for GetConnector; the connector must exist (Get first).
@@ -276,7 +285,11 @@ func (a *ConnectorAdmin) State(ctx context.Context, p auth.Principal, id string)
 	if err != nil {
 		return State{}, err
 	}
-	return State{HeldUntil: until, HeldReason: why, Due: due, DueLater: later}, nil
+	open, err := a.ledger.OpenConnections(ctx, p.Tenant, id, now)
+	if err != nil {
+		return State{}, err
+	}
+	return State{HeldUntil: until, HeldReason: why, Due: due, DueLater: later, Open: open}, nil
 }
 
 // List returns a page of connectors by id.

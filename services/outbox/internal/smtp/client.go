@@ -130,6 +130,10 @@ type conn struct {
 	// ctx is the running transaction's context: once it ends, no new deadline is set in the
 	// future, so interrupt's deadline in the past sticks.
 	ctx context.Context
+	// permit is the Gate's permit the connection holds while open ("" without a gate); gen is
+	// the Sender's generation it was dialled in (Sender.Close).
+	permit string
+	gen    uint64
 }
 
 // interrupt makes every blocked read and write of the connection fail now; the transaction's

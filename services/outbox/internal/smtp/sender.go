@@ -9,7 +9,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,6 +74,26 @@ type Config struct {
 	Auth     AuthMechanism
 	Username string
 	Secret   func() (string, error)
+	// Gate, when set, shares a limit on the connections open to the relay with other
+	// processes: a connection is dialled only with its permit and gives it back when it closes,
+	// and an idle one is closed as soon as another process waits.
+	Gate Gate
+}
+
+// Gate shares a relay's limit on open connections between the outbox's replicas (the relay
+// counts every connection of the client, idle ones too). redisstore.ConnGate is the one the
+// outbox uses.
+type Gate interface {
+	// Waiter names one conversation's wait; it keeps its turn across its asks.
+	Waiter() string
+	// Open returns a permit for one more connection in waiter's turn, or "" to wait and ask
+	// again.
+	Open(ctx context.Context, waiter string) (string, error)
+	// Keep is asked while a connection is idle: false means the permit was given back (another
+	// process waits, or it was lost) and the connection must close.
+	Keep(ctx context.Context, permit string) (bool, error)
+	// Close gives the permit of a closed connection back.
+	Close(ctx context.Context, permit string) error
 }
 
 // Result is how an attempt ended, with what the relay said, so the outbox can decide what
@@ -96,8 +118,14 @@ type Result struct {
 type Sender struct {
 	cfg   Config
 	slots chan struct{}
+	// freed wakes a conversation waiting for the Gate when a connection goes idle or closes.
+	freed chan struct{}
 	mu    sync.Mutex
 	idle  []pooled
+	// gen counts Close calls: a connection dialled before the last one is not pooled again.
+	gen uint64
+	// watching is set while a goroutine asks the Gate whether the idle connections may stay.
+	watching bool
 }
 
 // pooled is an idle connection and when its last transaction ended.
@@ -110,6 +138,13 @@ type pooled struct {
 // RSET probe: the relay just answered on it, and a transaction that completed leaves no state.
 // Older connections are probed, since relays close idle ones.
 const freshFor = 2 * time.Second
+
+// gateAsk bounds each call to the Gate, and gateIdleCheck is how often an idle gated
+// connection asks whether another process waits for it.
+const (
+	gateAsk       = 2 * time.Second
+	gateIdleCheck = 500 * time.Millisecond
+)
 
 // New returns a Sender for cfg; it dials nothing until the first Send.
 func New(cfg Config) *Sender {
@@ -125,49 +160,186 @@ func New(cfg Config) *Sender {
 	if cfg.LocalName == "" {
 		cfg.LocalName = "localhost"
 	}
-	return &Sender{cfg: cfg, slots: make(chan struct{}, cfg.PoolSize)}
+	return &Sender{cfg: cfg, slots: make(chan struct{}, cfg.PoolSize), freed: make(chan struct{}, 1)}
 }
 
-// Close quits the idle connections, when the connector changes or the service stops. A Send
-// after Close dials again.
+// Close quits the idle connections, when the connector changes or the service stops; those in
+// a transaction now close when it ends. A Send after Close dials again.
 func (s *Sender) Close() {
 	s.mu.Lock()
 	idle := s.idle
 	s.idle = nil
+	s.gen++
 	s.mu.Unlock()
 	for _, p := range idle {
-		p.c.quit()
+		s.discard(context.Background(), p.c, true)
 	}
 }
 
-func (s *Sender) get(ctx context.Context) (*conn, error) {
-	s.mu.Lock()
-	if n := len(s.idle); n > 0 {
+// errGate is a Gate that could not be asked (its store is down): nothing reached the relay.
+var errGate = errors.New("the relay's connection limit could not be checked")
+
+// get returns a connection for one transaction: an idle one that is still open, else a new one
+// once the Gate (if any) has a permit for it. began is when the wait for the Gate ended: the
+// attempt starts there.
+func (s *Sender) get(ctx context.Context) (c *conn, began time.Time, err error) {
+	var waiter string
+	pause := 10 * time.Millisecond
+	for {
+		if c := s.takeIdle(ctx); c != nil {
+			return c, time.Now(), nil
+		}
+		g := s.cfg.Gate
+		if g == nil {
+			began = time.Now()
+			c, err := dialConn(ctx, s.cfg)
+			return c, began, err
+		}
+		if waiter == "" {
+			waiter = g.Waiter()
+		}
+		askCtx, cancel := context.WithTimeout(ctx, gateAsk)
+		permit, err := g.Open(askCtx, waiter)
+		cancel()
+		if err != nil {
+			return nil, time.Now(), fmt.Errorf("%w: %w", errGate, err)
+		}
+		if permit != "" {
+			began = time.Now()
+			c, err := dialConn(ctx, s.cfg)
+			if err != nil {
+				s.release(ctx, permit)
+				return nil, began, err
+			}
+			s.mu.Lock()
+			c.permit, c.gen = permit, s.gen
+			s.mu.Unlock()
+			return c, began, nil
+		}
+		// Every connection the relay allows is open: wait for one of ours to come free or for
+		// our turn at another replica's.
+		select {
+		case <-ctx.Done():
+			return nil, time.Now(), ctx.Err()
+		case <-s.freed:
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 250*time.Millisecond)
+	}
+}
+
+// takeIdle returns an idle connection that is still open, or nil.
+func (s *Sender) takeIdle(ctx context.Context) *conn {
+	for {
+		s.mu.Lock()
+		n := len(s.idle)
+		if n == 0 {
+			s.mu.Unlock()
+			return nil
+		}
 		p := s.idle[n-1]
 		s.idle = s.idle[:n-1]
 		s.mu.Unlock()
 		if time.Since(p.used) < freshFor {
-			return p.c, nil
+			return p.c
 		}
 		// A pooled connection may have been closed by the relay meanwhile; RSET finds out.
 		if err := p.c.reset(); err == nil {
-			return p.c, nil
+			return p.c
 		}
-		p.c.close()
-		return dialConn(ctx, s.cfg)
+		s.discard(ctx, p.c, false)
 	}
-	s.mu.Unlock()
-	return dialConn(ctx, s.cfg)
 }
 
-func (s *Sender) put(c *conn) {
+// put keeps c idle for the next transaction, unless the pool is full, c was dialled before the
+// last Close, or the Gate wants its permit for another replica.
+func (s *Sender) put(ctx context.Context, c *conn) {
+	if c.permit != "" {
+		askCtx, cancel := context.WithTimeout(ctx, gateAsk)
+		keep, err := s.cfg.Gate.Keep(askCtx, c.permit)
+		cancel()
+		if err != nil || !keep {
+			go s.discard(ctx, c, true)
+			return
+		}
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.idle) < s.cfg.PoolSize {
-		s.idle = append(s.idle, pooled{c: c, used: time.Now()})
+	if c.gen != s.gen || len(s.idle) >= s.cfg.PoolSize {
+		s.mu.Unlock()
+		go s.discard(ctx, c, true)
 		return
 	}
-	go c.quit()
+	s.idle = append(s.idle, pooled{c: c, used: time.Now()})
+	watch := c.permit != "" && !s.watching
+	if watch {
+		s.watching = true
+	}
+	s.mu.Unlock()
+	s.signal()
+	if watch {
+		go s.watchIdle(ctx)
+	}
+}
+
+// discard closes c (politely with QUIT when quit is set) and gives its permit back; ctx must
+// not be one that ends with the transaction (the permit is given back whatever happened).
+func (s *Sender) discard(ctx context.Context, c *conn, quit bool) {
+	if quit {
+		c.quit()
+	} else {
+		c.close()
+	}
+	if c.permit != "" {
+		s.release(ctx, c.permit)
+	}
+}
+
+func (s *Sender) release(ctx context.Context, permit string) {
+	ctx, cancel := context.WithTimeout(ctx, gateAsk)
+	defer cancel()
+	// A permit that cannot be given back now runs out by itself (redisstore.PermitTTL).
+	_ = s.cfg.Gate.Close(ctx, permit)
+	s.signal()
+}
+
+func (s *Sender) signal() {
+	select {
+	case s.freed <- struct{}{}:
+	default:
+	}
+}
+
+// watchIdle asks the Gate, while gated connections are idle, whether they may stay open: when
+// another replica waits for the relay, an idle connection here is closed for it.
+func (s *Sender) watchIdle(ctx context.Context) {
+	for {
+		time.Sleep(gateIdleCheck)
+		s.mu.Lock()
+		idle := slices.Clone(s.idle)
+		if len(idle) == 0 {
+			s.watching = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		for _, p := range idle {
+			askCtx, cancel := context.WithTimeout(ctx, gateAsk)
+			keep, err := s.cfg.Gate.Keep(askCtx, p.c.permit)
+			cancel()
+			if err == nil && keep {
+				continue
+			}
+			s.mu.Lock()
+			i := slices.IndexFunc(s.idle, func(q pooled) bool { return q.c == p.c })
+			if i >= 0 {
+				s.idle = slices.Delete(s.idle, i, i+1)
+			}
+			s.mu.Unlock()
+			if i >= 0 { // else a transaction took it meanwhile: put asks again when it ends
+				s.discard(ctx, p.c, true)
+			}
+		}
+	}
 }
 
 // PoolSize is how many conversations the relay gets at once: the connector's concurrency.
@@ -201,10 +373,13 @@ func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, m
 			return Result{Outcome: outbox.OutcomeNotSent, Message: err.Error(), Started: started}
 		}
 	}
-	c, err := s.get(ctx)
+	// keep is for what follows the transaction whatever ended it: pooling or closing the
+	// connection and giving its permit back.
+	keep := context.WithoutCancel(ctx)
+	c, started, err := s.get(ctx)
 	if err != nil {
 		r := classify(err, false)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errGate) {
 			r.Outcome = outbox.OutcomeNotSent
 		}
 		r.Started = started
@@ -215,11 +390,11 @@ func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, m
 	if !stop() && err == nil {
 		// ctx ended as the transaction completed: the interruption may still land on this
 		// connection, so it is not pooled.
-		c.close()
+		s.discard(keep, c, false)
 		return sent(code, text, started)
 	}
 	if err != nil {
-		c.close()
+		s.discard(keep, c, false)
 		r := classify(err, dataSent)
 		if errors.Is(err, errNotSent) || (ctx.Err() != nil && !dataSent) {
 			r.Outcome = outbox.OutcomeNotSent
@@ -227,7 +402,7 @@ func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, m
 		r.Started = started
 		return r
 	}
-	s.put(c)
+	s.put(keep, c)
 	return sent(code, text, started)
 }
 

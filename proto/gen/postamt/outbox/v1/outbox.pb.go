@@ -1893,9 +1893,12 @@ type GetConnectorResponse struct {
 	DueCount int64 `protobuf:"varint,4,opt,name=due_count,json=dueCount,proto3" json:"due_count,omitempty"`
 	// Its open mail that comes due later: scheduled, or waiting for a retry, a back-off or a
 	// limit. Mail in CONNECTOR_DISABLED and FAILED is in neither count.
-	LaterCount    int64 `protobuf:"varint,5,opt,name=later_count,json=laterCount,proto3" json:"later_count,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LaterCount int64 `protobuf:"varint,5,opt,name=later_count,json=laterCount,proto3" json:"later_count,omitempty"`
+	// Connections open to the relay now across every replica, idle ones included, when
+	// Connector.limits.connections is set (0 otherwise).
+	OpenConnections int64 `protobuf:"varint,6,opt,name=open_connections,json=openConnections,proto3" json:"open_connections,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetConnectorResponse) Reset() {
@@ -1959,6 +1962,13 @@ func (x *GetConnectorResponse) GetDueCount() int64 {
 func (x *GetConnectorResponse) GetLaterCount() int64 {
 	if x != nil {
 		return x.LaterCount
+	}
+	return 0
+}
+
+func (x *GetConnectorResponse) GetOpenConnections() int64 {
+	if x != nil {
+		return x.OpenConnections
 	}
 	return 0
 }
@@ -3047,7 +3057,7 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x17CreateConnectorResponse\x12:\n" +
 	"\tconnector\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.ConnectorR\tconnector\"8\n" +
 	"\x13GetConnectorRequest\x12!\n" +
-	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\"\xec\x01\n" +
+	"\fconnector_id\x18\x01 \x01(\tR\vconnectorId\"\x97\x02\n" +
 	"\x14GetConnectorResponse\x12:\n" +
 	"\tconnector\x18\x01 \x01(\v2\x1c.postamt.outbox.v1.ConnectorR\tconnector\x129\n" +
 	"\n" +
@@ -3056,7 +3066,8 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"heldReason\x12\x1b\n" +
 	"\tdue_count\x18\x04 \x01(\x03R\bdueCount\x12\x1f\n" +
 	"\vlater_count\x18\x05 \x01(\x03R\n" +
-	"laterCount\"S\n" +
+	"laterCount\x12)\n" +
+	"\x10open_connections\x18\x06 \x01(\x03R\x0fopenConnections\"S\n" +
 	"\x15ListConnectorsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +

@@ -1406,7 +1406,8 @@ type Connector struct {
 	UnknownOutcomePolicy UnknownOutcomePolicy `protobuf:"varint,12,opt,name=unknown_outcome_policy,json=unknownOutcomePolicy,proto3,enum=postamt.outbox.v1.UnknownOutcomePolicy" json:"unknown_outcome_policy,omitempty"`
 	// Largest message accepted for this connector; 0 means the service default (25 MiB).
 	MaxMessageBytes int64 `protobuf:"varint,13,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
-	// Connections kept open to the relay; 0 means the service default.
+	// Connections each replica keeps open to the relay, and conversations it holds at once; 0
+	// means the service default. limits.connections bounds them across all replicas.
 	PoolSize int32 `protobuf:"varint,14,opt,name=pool_size,json=poolSize,proto3" json:"pool_size,omitempty"`
 	// Increases by one with every change.
 	Version int64 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
@@ -1603,7 +1604,14 @@ type RelayLimits struct {
 	DayCount DayCount `protobuf:"varint,5,opt,name=day_count,json=dayCount,proto3,enum=postamt.outbox.v1.DayCount" json:"day_count,omitempty"`
 	// The IANA time zone of a calendar day, e.g. Europe/Vienna; required with
 	// DAY_COUNT_CALENDAR, empty otherwise.
-	TimeZone      string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	TimeZone string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// Connections open to the relay at once, idle ones included, across every replica of the
+	// outbox, 0-1,000; only on a connector's limits (a relay counts connections per client, not
+	// per sender). Relays that cap them refuse the next one (Postfix's
+	// smtpd_client_connection_count_limit, 50 by default). Mail waits for a free connection in
+	// QUEUED; a replica closes an idle connection as soon as another one waits, and replicas
+	// take turns in the order they asked.
+	Connections   int32 `protobuf:"varint,7,opt,name=connections,proto3" json:"connections,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1678,6 +1686,13 @@ func (x *RelayLimits) GetTimeZone() string {
 		return x.TimeZone
 	}
 	return ""
+}
+
+func (x *RelayLimits) GetConnections() int32 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
 }
 
 // UserSettings are a user's outbox preferences.
@@ -1877,14 +1892,15 @@ const file_postamt_outbox_v1_resources_proto_rawDesc = "" +
 	"\x06limits\x18\x12 \x01(\v2\x1e.postamt.outbox.v1.RelayLimitsR\x06limits\x12C\n" +
 	"\rsender_limits\x18\x13 \x01(\v2\x1e.postamt.outbox.v1.RelayLimitsR\fsenderLimitsB\n" +
 	"\n" +
-	"\b_enabled\"\xa6\x02\n" +
+	"\b_enabled\"\xc8\x02\n" +
 	"\vRelayLimits\x12.\n" +
 	"\x13messages_per_second\x18\x01 \x01(\x05R\x11messagesPerSecond\x12.\n" +
 	"\x13messages_per_minute\x18\x02 \x01(\x05R\x11messagesPerMinute\x122\n" +
 	"\x15recipients_per_minute\x18\x03 \x01(\x05R\x13recipientsPerMinute\x12,\n" +
 	"\x12recipients_per_day\x18\x04 \x01(\x05R\x10recipientsPerDay\x128\n" +
 	"\tday_count\x18\x05 \x01(\x0e2\x1b.postamt.outbox.v1.DayCountR\bdayCount\x12\x1b\n" +
-	"\ttime_zone\x18\x06 \x01(\tR\btimeZone\"\x98\x02\n" +
+	"\ttime_zone\x18\x06 \x01(\tR\btimeZone\x12 \n" +
+	"\vconnections\x18\a \x01(\x05R\vconnections\"\x98\x02\n" +
 	"\fUserSettings\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x128\n" +
 	"\n" +
