@@ -157,6 +157,14 @@ func (g *ConnGate) Open(ctx context.Context, waiter string) (string, error) {
 	return permit, nil
 }
 
+// Leave ends waiter's wait without a permit.
+func (g *ConnGate) Leave(ctx context.Context, waiter string) error {
+	if err := g.p.l.rdb.ZRem(ctx, connwKey(g.tenant, g.connector), waiter).Err(); err != nil {
+		return fmt.Errorf("end a wait for a connection permit: %w", err)
+	}
+	return nil
+}
+
 // Keep is asked when permit's connection goes idle: false means it was given back, because
 // another replica waits for the relay or the permit was lost, and the connection must close.
 func (g *ConnGate) Keep(ctx context.Context, permit string) (bool, error) {

@@ -94,4 +94,16 @@ func TestConnectionPermits(t *testing.T) {
 	if p := open(t, b, b.Waiter()); p == "" {
 		t.Fatal("the permit of the replica that died did not come back")
 	}
+	// Both permits are b's now. A waiter of a that leaves (it found an idle connection of its
+	// own) no longer makes b give its connections up, nor holds up a later waiter's turn.
+	gone := a.Waiter()
+	if p := open(t, a, gone); p != "" {
+		t.Fatal("granted over the limit")
+	}
+	if err := a.Leave(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if keep, err := b.Keep(ctx, b1); err != nil || !keep {
+		t.Fatalf("Keep after the only other waiter left = %v, %v; want kept", keep, err)
+	}
 }

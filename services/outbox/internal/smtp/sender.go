@@ -89,6 +89,9 @@ type Gate interface {
 	// Open returns a permit for one more connection in waiter's turn, or "" to wait and ask
 	// again.
 	Open(ctx context.Context, waiter string) (string, error)
+	// Leave ends waiter's wait without a permit (it got an idle connection, or gave up), so it
+	// holds up neither the turns nor other processes' idle connections.
+	Leave(ctx context.Context, waiter string) error
 	// Keep is asked while a connection is idle: false means the permit was given back (another
 	// process waits, or it was lost) and the connection must close.
 	Keep(ctx context.Context, permit string) (bool, error)
@@ -184,6 +187,14 @@ var errGate = errors.New("the relay's connection limit could not be checked")
 // attempt starts there.
 func (s *Sender) get(ctx context.Context) (c *conn, began time.Time, err error) {
 	var waiter string
+	granted := false
+	defer func() {
+		if waiter != "" && !granted {
+			leaveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gateAsk)
+			_ = s.cfg.Gate.Leave(leaveCtx, waiter) // else it lapses by itself within seconds
+			cancel()
+		}
+	}()
 	pause := 10 * time.Millisecond
 	for {
 		if c := s.takeIdle(ctx); c != nil {
@@ -205,6 +216,7 @@ func (s *Sender) get(ctx context.Context) (c *conn, began time.Time, err error) 
 			return nil, time.Now(), fmt.Errorf("%w: %w", errGate, err)
 		}
 		if permit != "" {
+			granted = true // the grant ended the wait in the same step
 			began = time.Now()
 			c, err := dialConn(ctx, s.cfg)
 			if err != nil {
