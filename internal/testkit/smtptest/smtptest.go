@@ -264,8 +264,8 @@ type Sink struct {
 	throttled int
 	// open, peak and refusedConns count TCP connections (WithConnectionLimit).
 	open, peak, refusedConns int
-	changed   chan struct{} // closed and replaced whenever a message is recorded
-	tb        testing.TB
+	changed                  chan struct{} // closed and replaced whenever a message is recorded
+	tb                       testing.TB
 }
 
 // Start runs a sink on 127.0.0.1 with a random port for tb and closes it at tb's cleanup.
