@@ -39,7 +39,8 @@ var (
 	// KEYS[1] entry hash, [2] revisions hash, [3] owner index, [4] event stream, [5] queue zset,
 	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash,
 	// [11] owner's series index (recurring entries by the start of their last occurrence),
-	// [12] ERROR answers per entry (cleared: they count for one revision), [13] remote hash.
+	// [12] ERROR answers per entry (cleared: they count for one revision), [13] remote hash,
+	// [14] the partition's dead index of the target (the dead item it clears leaves it too).
 	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision,
 	// [5] entry id, [6] index score, [7] target ("" queues nothing), [8] log "1"/"0", [9] log
 	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14] series score
@@ -85,7 +86,7 @@ if ARGV[7] ~= '' and not withdraw then
     held = (ost == 'inflight')
     cal_log(ARGV[8], KEYS[8], ARGV[9], 'SUPERSEDED', ARGV[5], orev, ARGV[7], opos, 'by revision ' .. ARGV[2])
   end
-  redis.call('HDEL', KEYS[10], ARGV[5])
+  if redis.call('HDEL', KEYS[10], ARGV[5]) == 1 then redis.call('ZREM', KEYS[14], ARGV[11]) end
   redis.call('HDEL', KEYS[12], ARGV[5])
   redis.call('ZADD', KEYS[5], pos, ARGV[5])
   redis.call('HSET', KEYS[6], ARGV[5], pos .. '|' .. ARGV[2] .. '|pending|0|')
@@ -206,7 +207,8 @@ return {rev, att}
 	// the attempts.
 	// KEYS[1] queue zset, [2] queue items, [3] dead hash, [4] acked position, [5] remote hash,
 	// [6] event stream, [7] sync log, [8] agent presence, [9] position counter, [10] push due,
-	// [11] ERROR answers per entry.
+	// [11] ERROR answers per entry, [12] the partition's dead index of the target (a dead item
+	// joins it, scored by ARGV[15]).
 	// ARGV[1] position, [2] entry, [3] outcome, [4] remote id, [5] remote version, [6] message,
 	// [7] session ("" for push), [8] max attempts, [9] log, [10] log maxlen, [11] target,
 	// [12] retry due ms or "dead", [13] due member, [14] revision, [15] now ms, [16] channel,
@@ -248,6 +250,7 @@ if ARGV[12] == 'dead' or used >= tonumber(ARGV[8]) then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[11], ARGV[2])
   redis.call('HSET', KEYS[3], ARGV[2], pos .. '|' .. rev .. '|dead|' .. att .. '|' .. ARGV[6])
+  redis.call('ZADD', KEYS[12], ARGV[15], ARGV[13])
   if not agent then redis.call('ZREM', KEYS[10], ARGV[13]) end
   cal_log(ARGV[9], KEYS[7], ARGV[10], 'DEAD', ARGV[2], rev, ARGV[11], pos, ARGV[6])
   postamt_emit(KEYS[6], ARGV[24], ARGV[25], ARGV[26], ARGV[27], ARGV[28], ARGV[29])
@@ -295,6 +298,20 @@ return 1
 if redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 's', '', 'seen', ARGV[2])
 return 1
+`)
+
+	// indexDeadScript adds the dead items of one dead hash to the partition's dead index, which
+	// dead items written before the index existed are missing from (Store.IndexDeadItems). It
+	// reads the hash and writes the index in one step, so an item cleared meanwhile by
+	// writeScript is not added back. Items already indexed keep their score.
+	// KEYS[1] dead hash, [2] dead index. ARGV[1] due member prefix "T|U|", [2] score (now ms).
+	// Returns how many it added.
+	indexDeadScript = redis.NewScript(`
+local added = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  added = added + redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1] .. id)
+end
+return added
 `)
 
 	// claimDueScript leases the push deliveries of a partition that are due: their due time
