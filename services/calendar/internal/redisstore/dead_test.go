@@ -92,7 +92,7 @@ func TestDeadItemsIndexed(t *testing.T) {
 	}
 	var indexes []string
 	for n := range s.Partitions() {
-		for _, g := range redisstore.DeadTargets {
+		for _, g := range redisstore.DeadTargets() {
 			indexes = append(indexes, "pm:cal:{cal"+strconv.Itoa(n)+"}:dead:"+string(g))
 		}
 	}

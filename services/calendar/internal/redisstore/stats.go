@@ -57,8 +57,11 @@ func (s *Store) PushBacklog(ctx context.Context, now time.Time) (PushBacklog, er
 	return b, nil
 }
 
-// DeadTargets are the targets whose dead items are indexed, in the order DeadItems reports them.
-var DeadTargets = []calendar.Target{calendar.TargetAgent, calendar.TargetCalDAV}
+// DeadTargets are the targets whose dead items are indexed, in the order DeadItems reports them
+// (a new slice each call: the gauges' label values, bounded by the code).
+func DeadTargets() []calendar.Target {
+	return []calendar.Target{calendar.TargetAgent, calendar.TargetCalDAV}
+}
 
 // DeadItems are the dead deliveries of one target over every partition: revisions given up that
 // wait for a person (a new revision of the entry clears them).
@@ -74,10 +77,11 @@ type DeadItems struct {
 // DeadItems reads the partitions' dead indexes with ZCARD and ZRANGE 0 0 per partition and
 // target (O(1) and O(log n), one pipeline), for the metrics sampler.
 func (s *Store) DeadItems(ctx context.Context) ([]DeadItems, error) {
+	targets := DeadTargets()
 	pipe := s.rdb.Pipeline()
-	cards := make([][]*redis.IntCmd, len(DeadTargets))
-	heads := make([][]*redis.ZSliceCmd, len(DeadTargets))
-	for i, g := range DeadTargets {
+	cards := make([][]*redis.IntCmd, len(targets))
+	heads := make([][]*redis.ZSliceCmd, len(targets))
+	for i, g := range targets {
 		cards[i] = make([]*redis.IntCmd, s.parts)
 		heads[i] = make([]*redis.ZSliceCmd, s.parts)
 		for n := range s.parts {
@@ -88,8 +92,8 @@ func (s *Store) DeadItems(ctx context.Context) ([]DeadItems, error) {
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("dead items: %w", err)
 	}
-	out := make([]DeadItems, len(DeadTargets))
-	for i, g := range DeadTargets {
+	out := make([]DeadItems, len(targets))
+	for i, g := range targets {
 		out[i].Target = g
 		oldest := int64(-1)
 		for n := range s.parts {
