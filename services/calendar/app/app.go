@@ -61,7 +61,7 @@ type Config struct {
 	SyncLogRetention   time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age after which sync log lines are dropped (and no longer read back)"`
 	RelayBatch         int           `env:"CALENDAR_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle     time.Duration `env:"CALENDAR_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
-	MetricsInterval    time.Duration `env:"CALENDAR_METRICS_INTERVAL, default=15s" desc:"how often each replica reads the push backlog and the dead items from Redis for the gauges (a scrape reads memory only); 0 means 15s"`
+	MetricsInterval    time.Duration `env:"CALENDAR_METRICS_INTERVAL, default=15s" desc:"how often each replica reads the push backlog and the queued and dead totals from Redis for the gauges (a scrape reads memory only); 0 means 15s"`
 }
 
 // ParseRetry reads CALENDAR_PUSH_RETRY: positive durations separated by commas.
@@ -277,15 +277,15 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 		work.Go(func() error { return a.worker.Run(workCtx) })
 	}
 	work.Go(func() error {
-		// Once per deployment (a marker records it): dead items written by a version without the
-		// dead index. In the background, since it scans the keyspace; the gauge counts them from
-		// the next sample on. A failure is retried at the next start.
-		n, err := a.store.IndexDeadItems(workCtx, a.now())
+		// Once per deployment (a marker records it): queue and dead items written by a version
+		// without the pending and dead indexes. In the background, since it scans the keyspace;
+		// the gauges count them from the next sample on. A failure is retried at the next start.
+		n, err := a.store.IndexQueues(workCtx, a.now())
 		switch {
 		case err != nil && workCtx.Err() == nil:
-			a.deps.Logger.Warn("calendar: indexing the dead items written before the dead index failed; retried at the next start", "error", err)
+			a.deps.Logger.Warn("calendar: indexing the queues written before the queue indexes failed; retried at the next start", "error", err)
 		case n > 0:
-			a.deps.Logger.Info("calendar: indexed the dead items written before the dead index", "items", n)
+			a.deps.Logger.Info("calendar: indexed the queue and dead items written before the queue indexes", "items", n)
 		}
 		return nil
 	})
@@ -326,6 +326,8 @@ func (a *App) now() time.Time {
 //	postamt_calendar_push_pending_entries            deliveries waiting for CalDAV push
 //	postamt_calendar_push_due_entries                of those, due now
 //	postamt_calendar_push_oldest_due_age_seconds     how long the oldest due one has waited
+//	postamt_calendar_pending_entries{target}         deliveries queued, not yet acknowledged
+//	postamt_calendar_oldest_pending_age_seconds{target} how long the oldest of them has waited
 //	postamt_calendar_dead_items{target}              deliveries given up, waiting for a person
 //	postamt_calendar_oldest_dead_age_seconds{target} how long the oldest of them has waited
 func (a *App) registerMetrics() error {
@@ -348,9 +350,14 @@ func (a *App) registerMetrics() error {
 		[]string{"target"}, nil)
 	deadAge := prometheus.NewDesc("postamt_calendar_oldest_dead_age_seconds",
 		"Seconds since the oldest dead delivery of the target died; 0 when there is none.", []string{"target"}, nil)
+	queued := prometheus.NewDesc("postamt_calendar_pending_entries",
+		"Deliveries queued for the target and not yet acknowledged (agent: most wait for their user's agent to connect; caldav: due, retrying or being pushed).",
+		[]string{"target"}, nil)
+	queuedAge := prometheus.NewDesc("postamt_calendar_oldest_pending_age_seconds",
+		"Seconds since the longest-waiting queued delivery of the target was queued; 0 when none waits.", []string{"target"}, nil)
 	now := a.now
 	backlog := &gauges.Sampler{
-		Name: Name + "-push", Descs: []*prometheus.Desc{pending, due, age, dead, deadAge}, Logger: a.deps.Logger,
+		Name: Name + "-push", Descs: []*prometheus.Desc{pending, due, age, dead, deadAge, queued, queuedAge}, Logger: a.deps.Logger,
 		Interval: a.cfg.MetricsInterval,
 		Sample: func(ctx context.Context, emit func(*prometheus.Desc, float64, ...string)) error {
 			t := now()
@@ -358,17 +365,21 @@ func (a *App) registerMetrics() error {
 			if err != nil {
 				return err
 			}
-			items, err := a.store.DeadItems(ctx)
+			totals, err := a.store.QueueTotals(ctx)
 			if err != nil {
 				return err
 			}
-			for _, d := range items {
-				emit(dead, float64(d.Count), string(d.Target))
-				oldest := 0.0
-				if !d.OldestDied.IsZero() {
-					oldest = max(t.Sub(d.OldestDied).Seconds(), 0)
+			since := func(at time.Time) float64 {
+				if at.IsZero() {
+					return 0
 				}
-				emit(deadAge, oldest, string(d.Target))
+				return max(t.Sub(at).Seconds(), 0)
+			}
+			for _, q := range totals {
+				emit(queued, float64(q.Pending), string(q.Target))
+				emit(queuedAge, since(q.OldestQueued), string(q.Target))
+				emit(dead, float64(q.Dead), string(q.Target))
+				emit(deadAge, since(q.OldestDied), string(q.Target))
 			}
 			emit(pending, float64(b.Pending))
 			emit(due, float64(b.Due))

@@ -257,7 +257,8 @@ func TestCalDAVPushBadCredentials(t *testing.T) {
 		page = scrape(t, ops.URL)
 		return strings.Contains(page, "\npostamt_calendar_dead_items{target=\"caldav\"} 1\n")
 	})
-	for _, line := range []string{`postamt_calendar_dead_items{target="agent"} 0`, `postamt_calendar_push_pending_entries 0`} {
+	for _, line := range []string{`postamt_calendar_dead_items{target="agent"} 0`, `postamt_calendar_push_pending_entries 0`,
+		`postamt_calendar_pending_entries{target="caldav"} 0`, `postamt_calendar_pending_entries{target="agent"} 0`} {
 		if !strings.Contains(page, "\n"+line+"\n") {
 			t.Errorf("/metrics lacks %q", line)
 		}
