@@ -20,6 +20,8 @@ need() { # need WHAT-NEEDS-IT HOW-TO-INSTALL TOOL [ALTERNATIVE...]
 
 need "the tests' own Redis servers and postamt up" \
   "Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis" redis-server
+need "the restore drill's Redis backup (faults: TestRestoreDrill, redis-cli --rdb)" \
+  "Debian/Ubuntu: sudo apt-get install redis-tools (redis-server depends on it); macOS: brew install redis" redis-cli
 need "the calendar's CalDAV tests against a real Radicale server" \
   "Debian/Ubuntu: sudo apt-get install radicale; elsewhere: pip install radicale" radicale
 need "the version stamp and the generated-code check" \

@@ -127,6 +127,9 @@ func TestUp(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Error("up did not stop within 30s of its context ending")
 		}
+		if !strings.Contains(out.String(), "stopping: the services drain") {
+			t.Errorf("the terminal does not say that up stops:\n%s", out.String())
+		}
 		logs, err := os.ReadFile(filepath.Join(dataDir, "postamt.log"))
 		if err != nil {
 			t.Fatalf("the log file: %v", err)

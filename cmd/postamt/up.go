@@ -191,6 +191,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer, lookup 
 	printQuickStart(stdout, *gatewayAddr, *gatewayHTTP, token, catch.dir, code, term.where)
 	term.show()
 	err = <-errc
+	if ctx.Err() != nil {
+		term.printf("stopping: the services drain, then NATS and Redis stop; the data stays in %s (make clean deletes it)", displayPath(dir))
+	}
 	for range 4 {
 		if err2 := <-errc; err == nil {
 			err = err2
@@ -213,13 +216,17 @@ func openLog(path, dir string, stdout, stderr io.Writer) (io.Writer, *terminal, 
 		return nil, nil, nil, fmt.Errorf("open the log file: %w", err)
 	}
 	c := &console{file: f, term: stdout}
-	where := path
+	return c, &terminal{c: c, where: displayPath(path)}, func() { _ = f.Close() }, nil
+}
+
+// displayPath is path as the terminal names it: ./rel below the working directory, else as is.
+func displayPath(path string) string {
 	if wd, err := os.Getwd(); err == nil {
 		if rel, err := filepath.Rel(wd, path); err == nil && !strings.HasPrefix(rel, "..") {
-			where = "./" + rel
+			return "./" + rel
 		}
 	}
-	return c, &terminal{c: c, where: where}, func() { _ = f.Close() }, nil
+	return path
 }
 
 // terminal is up's voice on the terminal: its own lines, and the console's delivery lines once

@@ -122,6 +122,14 @@ func (s *Server) JetStream(tb testing.TB) jetstream.JetStream {
 	return js
 }
 
+// StoreDir is the server's JetStream store directory (its streams under jetstream/), for a test
+// that copies or destroys it while the server is down (a backup and restore drill).
+func (s *Server) StoreDir() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.StoreDir
+}
+
 // Shutdown stops the server and waits until it is down; clients start reconnecting. It does
 // nothing when the server is not running.
 func (s *Server) Shutdown() {

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,6 +452,25 @@ func (s *Server) Restart(tb testing.TB) {
 		tb.Fatalf("redistest: restart: %v", err)
 	}
 }
+
+// RestartWith is Restart with args added to the command line for this start only (a later
+// Restart starts the server as configured again), for a test that starts it as an operator
+// would in a recovery: say, on a restored RDB with the append-only file off
+// ("--appendonly", "no"), since a server with AOF on and no AOF starts empty instead of loading
+// the RDB.
+func (s *Server) RestartWith(tb testing.TB, args ...string) {
+	tb.Helper()
+	s.mu.Lock()
+	configured := s.extra
+	s.mu.Unlock()
+	s.setExtra(append(slices.Clone(configured), args...))
+	defer s.setExtra(configured)
+	s.Restart(tb)
+}
+
+// Dir is the server's data directory (--dir): its RDB and append-only files, for a test that
+// copies or destroys them (a backup and restore drill) while the server is down.
+func (s *Server) Dir() string { return s.dir }
 
 // StartReplica spawns a replica of s (--replicaof, with opts) and returns once it is linked to
 // s, for tests of replication without a Sentinel set or a Cluster (redisx's replica

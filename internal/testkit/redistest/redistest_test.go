@@ -91,6 +91,28 @@ func TestKillAndRestart(t *testing.T) {
 	}
 }
 
+// TestRestartWith: the extra arguments apply to that one start only. Started with the AOF off
+// (and no RDB), the server holds nothing of its AOF; restarted as configured, it has it again.
+func TestRestartWith(t *testing.T) {
+	ctx := context.Background()
+	s := redistest.Start(t, redistest.WithAOF())
+	c := s.Client(t)
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.RestartWith(t, "--appendonly", "no")
+	if n, err := c.DBSize(ctx).Result(); err != nil || n != 0 {
+		t.Errorf("with --appendonly no: %d keys, %v; want none (the AOF not read)", n, err)
+	}
+	s.Restart(t)
+	if v, err := c.Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Errorf("restarted as configured: k = %q, %v; want the AOF's v", v, err)
+	}
+	if s.Dir() == "" {
+		t.Error("no data directory")
+	}
+}
+
 func TestKillTwiceIsHarmless(t *testing.T) {
 	s := redistest.Start(t)
 	s.Kill()

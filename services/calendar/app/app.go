@@ -61,6 +61,7 @@ type Config struct {
 	SyncLogRetention   time.Duration `env:"CALENDAR_SYNC_LOG_RETENTION, default=720h" desc:"age after which sync log lines are dropped (and no longer read back)"`
 	RelayBatch         int           `env:"CALENDAR_RELAY_BATCH, default=256" desc:"events the relay publishes to JetStream per round"`
 	RelayClaimIdle     time.Duration `env:"CALENDAR_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
+	MetricsInterval    time.Duration `env:"CALENDAR_METRICS_INTERVAL, default=15s" desc:"how often each replica reads the push backlog and the queued and dead totals from Redis for the gauges (a scrape reads memory only); 0 means 15s"`
 }
 
 // ParseRetry reads CALENDAR_PUSH_RETRY: positive durations separated by commas.
@@ -101,6 +102,7 @@ func (c *Config) Validate() error {
 	check(c.SyncLogRetention >= time.Hour, "CALENDAR_SYNC_LOG_RETENTION must be at least 1h, got %s", c.SyncLogRetention)
 	check(c.RelayBatch >= 1 && c.RelayBatch <= 10000, "CALENDAR_RELAY_BATCH must be between 1 and 10000, got %d", c.RelayBatch)
 	check(c.RelayClaimIdle >= time.Second, "CALENDAR_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle)
+	check(c.MetricsInterval == 0 || c.MetricsInterval >= 100*time.Millisecond, "CALENDAR_METRICS_INTERVAL must be at least 100ms, got %s", c.MetricsInterval)
 	return errors.Join(errList...)
 }
 
@@ -274,6 +276,19 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	if a.worker != nil {
 		work.Go(func() error { return a.worker.Run(workCtx) })
 	}
+	work.Go(func() error {
+		// Once per deployment (a marker records it): queue and dead items written by a version
+		// without the pending and dead indexes. In the background, since it scans the keyspace;
+		// the gauges count them from the next sample on. A failure is retried at the next start.
+		n, err := a.store.IndexQueues(workCtx, a.now())
+		switch {
+		case err != nil && workCtx.Err() == nil:
+			a.deps.Logger.Warn("calendar: indexing the queues written before the queue indexes failed; retried at the next start", "error", err)
+		case n > 0:
+			a.deps.Logger.Info("calendar: indexed the queue and dead items written before the queue indexes", "items", n)
+		}
+		return nil
+	})
 	for _, s := range a.samplers {
 		work.Go(func() error { return s.Run(workCtx) })
 	}
@@ -295,6 +310,14 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	return errors.Join(serveErr, workErr, relayErr)
 }
 
+// now is the calendar's clock.
+func (a *App) now() time.Time {
+	if a.deps.Now != nil {
+		return a.deps.Now()
+	}
+	return time.Now()
+}
+
 // registerMetrics registers the relay's counters, the push attempts by result and the samplers
 // of the event lag (the calendar owns no durable consumer: its followers are ordered consumers
 // that start at the stream's end) and of the CalDAV push backlog:
@@ -303,6 +326,10 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 //	postamt_calendar_push_pending_entries            deliveries waiting for CalDAV push
 //	postamt_calendar_push_due_entries                of those, due now
 //	postamt_calendar_push_oldest_due_age_seconds     how long the oldest due one has waited
+//	postamt_calendar_pending_entries{target}         deliveries queued, not yet acknowledged
+//	postamt_calendar_oldest_pending_age_seconds{target} how long the oldest of them has waited
+//	postamt_calendar_dead_items{target}              deliveries given up, waiting for a person
+//	postamt_calendar_oldest_dead_age_seconds{target} how long the oldest of them has waited
 func (a *App) registerMetrics() error {
 	reg := a.deps.Metrics
 	pushes := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -318,17 +345,41 @@ func (a *App) registerMetrics() error {
 	pending := prometheus.NewDesc("postamt_calendar_push_pending_entries", "Deliveries waiting for server-side (CalDAV) push: due, retrying later or held by a worker.", nil, nil)
 	due := prometheus.NewDesc("postamt_calendar_push_due_entries", "CalDAV deliveries due now and not yet pushed.", nil, nil)
 	age := prometheus.NewDesc("postamt_calendar_push_oldest_due_age_seconds", "Seconds since the oldest due CalDAV delivery became due; 0 when none is due.", nil, nil)
-	now := a.deps.Now
-	if now == nil {
-		now = time.Now
-	}
+	dead := prometheus.NewDesc("postamt_calendar_dead_items",
+		"Deliveries given up (agent: too many ERROR answers or unanswered hand-outs; caldav: rejected, unauthorised, too many attempts); each waits for a person or a new revision of its entry.",
+		[]string{"target"}, nil)
+	deadAge := prometheus.NewDesc("postamt_calendar_oldest_dead_age_seconds",
+		"Seconds since the oldest dead delivery of the target died; 0 when there is none.", []string{"target"}, nil)
+	queued := prometheus.NewDesc("postamt_calendar_pending_entries",
+		"Deliveries queued for the target and not yet acknowledged (agent: most wait for their user's agent to connect; caldav: due, retrying or being pushed).",
+		[]string{"target"}, nil)
+	queuedAge := prometheus.NewDesc("postamt_calendar_oldest_pending_age_seconds",
+		"Seconds since the longest-waiting queued delivery of the target was queued; 0 when none waits.", []string{"target"}, nil)
+	now := a.now
 	backlog := &gauges.Sampler{
-		Name: Name + "-push", Descs: []*prometheus.Desc{pending, due, age}, Logger: a.deps.Logger,
+		Name: Name + "-push", Descs: []*prometheus.Desc{pending, due, age, dead, deadAge, queued, queuedAge}, Logger: a.deps.Logger,
+		Interval: a.cfg.MetricsInterval,
 		Sample: func(ctx context.Context, emit func(*prometheus.Desc, float64, ...string)) error {
 			t := now()
 			b, err := a.store.PushBacklog(ctx, t)
 			if err != nil {
 				return err
+			}
+			totals, err := a.store.QueueTotals(ctx)
+			if err != nil {
+				return err
+			}
+			since := func(at time.Time) float64 {
+				if at.IsZero() {
+					return 0
+				}
+				return max(t.Sub(at).Seconds(), 0)
+			}
+			for _, q := range totals {
+				emit(queued, float64(q.Pending), string(q.Target))
+				emit(queuedAge, since(q.OldestQueued), string(q.Target))
+				emit(dead, float64(q.Dead), string(q.Target))
+				emit(deadAge, since(q.OldestDied), string(q.Target))
 			}
 			emit(pending, float64(b.Pending))
 			emit(due, float64(b.Due))

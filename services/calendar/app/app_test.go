@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -368,13 +371,22 @@ func TestOneStreamPerUser(t *testing.T) {
 // TestAgentErrorsRetryThenDead: an agent's ERROR answers bring a delivery again, until the
 // attempts are used up; then it is dead, DeliveryFailed goes out and the status warns.
 func TestAgentErrorsRetryThenDead(t *testing.T) {
-	e := startEnv(t, envOptions{})
+	reg := prometheus.NewRegistry()
+	e := startEnv(t, envOptions{deps: func(d *app.Deps) { d.Metrics = reg }})
+	ops := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(ops.Close)
 	if _, err := e.calendar.UpdateUserSettings(e.as("huber"), &calendarv1.UpdateUserSettingsRequest{Settings: &calendarv1.UserSettings{SyncLogEnabled: true}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.calendar.CreateEntry(e.as("maier"), &calendarv1.CreateEntryRequest{Entry: deadline("frist-1", "huber", "Frist", 31)}); err != nil {
 		t.Fatal(err)
 	}
+	// Dr. Huber's agent has not connected: the deadline waits for it, and /metrics says so.
+	poll.Eventually(t, "/metrics shows the entry waiting for the agent", func() bool {
+		page := scrape(t, ops.URL)
+		return strings.Contains(page, "\npostamt_calendar_pending_entries{target=\"agent\"} 1\n") &&
+			strings.Contains(page, "\npostamt_calendar_dead_items{target=\"agent\"} 0\n")
+	})
 	a, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "pc"})
 	if err != nil {
 		t.Fatal(err)
@@ -397,6 +409,11 @@ func TestAgentErrorsRetryThenDead(t *testing.T) {
 	})
 	poll.Eventually(t, "DeliveryFailed", func() bool {
 		return len(e.events("postamt.calendar.v1.DeliveryFailed", func() proto.Message { return &calendarv1.DeliveryFailed{} })) == 1
+	})
+	poll.Eventually(t, "/metrics shows the dead delivery and nothing pending", func() bool {
+		page := scrape(t, ops.URL)
+		return strings.Contains(page, "\npostamt_calendar_pending_entries{target=\"agent\"} 0\n") &&
+			strings.Contains(page, "\npostamt_calendar_dead_items{target=\"agent\"} 1\n")
 	})
 	log, err := e.calendar.ListSyncLog(e.as("huber"), &calendarv1.ListSyncLogRequest{PageSize: 3})
 	if err != nil {

@@ -53,7 +53,7 @@ func testConfig(mailboxAddr string) app.Config {
 		MailboxAddr: mailboxAddr, UserCacheTTL: time.Hour, Heartbeat: time.Second, AgentMaxAttempts: 3, AgentMaxUnanswered: 3, DeliveryBatch: 64,
 		Push: true, PushRetry: "50ms,100ms,200ms,400ms", PushMaxAttempts: 100, PushTimeout: 2 * time.Second, PushLease: 10 * time.Second,
 		SecretEnvPrefix: "POSTAMT_CALDAV_", SecretDir: "/run/secrets/postamt", SyncLogMaxLines: 1000, SyncLogRetention: 24 * time.Hour,
-		RelayBatch: 256, RelayClaimIdle: time.Second,
+		RelayBatch: 256, RelayClaimIdle: time.Second, MetricsInterval: 100 * time.Millisecond,
 	}
 }
 

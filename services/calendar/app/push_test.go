@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/postamt/postamt/internal/testkit/poll"
@@ -219,8 +222,8 @@ func TestCalDAVPush(t *testing.T) {
 }
 
 // TestCalDAVPushBadCredentials: rejected credentials are permanent: the delivery is dead at
-// once (retrying only locks accounts), DeliveryFailed goes out, and the metrics count a dead
-// push.
+// once (retrying only locks accounts), DeliveryFailed goes out, the metrics count a dead push,
+// and /metrics shows the dead item waiting for a person.
 func TestCalDAVPushBadCredentials(t *testing.T) {
 	dav := radicaletest.Start(t, radicaletest.WithUser("anwalt", davPassword))
 	reg := prometheus.NewRegistry()
@@ -247,6 +250,37 @@ func TestCalDAVPushBadCredentials(t *testing.T) {
 	if got := pushAttempts(t, reg); got["ok"] != 0 || got["retry"] != 0 {
 		t.Errorf("push attempts %v, want one dead only", got)
 	}
+	ops := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(ops.Close)
+	var page string
+	poll.Eventually(t, "/metrics shows the dead item", func() bool {
+		page = scrape(t, ops.URL)
+		return strings.Contains(page, "\npostamt_calendar_dead_items{target=\"caldav\"} 1\n")
+	})
+	for _, line := range []string{`postamt_calendar_dead_items{target="agent"} 0`, `postamt_calendar_push_pending_entries 0`,
+		`postamt_calendar_pending_entries{target="caldav"} 0`, `postamt_calendar_pending_entries{target="agent"} 0`} {
+		if !strings.Contains(page, "\n"+line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+	if !strings.Contains(page, "\npostamt_calendar_oldest_dead_age_seconds{target=\"caldav\"} ") {
+		t.Error("/metrics lacks the dead item's age")
+	}
+}
+
+// scrape reads a /metrics page as Prometheus does.
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 // pushAttempts reads postamt_calendar_push_attempts_total by result.

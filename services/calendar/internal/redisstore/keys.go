@@ -10,6 +10,8 @@
 //
 //	pm:cal:{calN}:events              stream  events waiting for the relay
 //	pm:cal:{calN}:pushdue             zset    CalDAV deliveries by due time (ms); member T|U|E
+//	pm:cal:{calN}:dead:G              zset    the partition's dead items of target G by when they died (ms); member T|U|E
+//	pm:cal:{calN}:pending:G           zset    the partition's queue items of target G by when they were queued (ms); member T|U|E
 //	pm:cal:{calN}:t:T:set             string  tenant settings (JSON)
 //	pm:cal:{calN}:t:T:e:E             hash    entry E: rev (latest revision), cur (its JSON), warn (open CalDAV conflict "rev|note")
 //	pm:cal:{calN}:t:T:e:E:revs        hash    revision number -> the entry as JSON, a line break, the iCalendar text
@@ -17,9 +19,9 @@
 //	pm:cal:{calN}:t:T:os:U            zset    owner U's recurring entries by the start of their last occurrence (ms, +inf: no end)
 //	pm:cal:{calN}:t:T:u:U:set         string  user U's options (JSON)
 //	pm:cal:{calN}:t:T:u:U:pos         string  U's last queue position (all targets)
-//	pm:cal:{calN}:t:T:u:U:q:G         zset    U's queue for target G: entry id by position
+//	pm:cal:{calN}:t:T:u:U:q:G         zset    U's queue for target G: entry id by position (each also in pm:cal:{calN}:pending:G)
 //	pm:cal:{calN}:t:T:u:U:q:G:items   hash    entry id -> "pos|rev|state|attempts|last error"
-//	pm:cal:{calN}:t:T:u:U:q:G:dead    hash    entry id -> the dead item
+//	pm:cal:{calN}:t:T:u:U:q:G:dead    hash    entry id -> the dead item (each also in pm:cal:{calN}:dead:G)
 //	pm:cal:{calN}:t:T:u:U:q:G:errs    hash    entry id -> the agent's ERROR answers to its queued revision
 //	pm:cal:{calN}:t:T:u:U:remote:G    hash    entry id -> "remote id\nremote version" (CalDAV: name, ETag; agent: "\n" once handed out)
 //	pm:cal:{calN}:t:T:u:U:pushbase    hash    entry id -> the iCalendar object last pushed to or adopted from U's CalDAV calendar (merge base)
@@ -27,6 +29,7 @@
 //	pm:cal:{calN}:t:T:u:U:acked       string  highest position U's agent acknowledged
 //	pm:cal:{calN}:t:T:u:U:agent       hash    U's agent: s (session, "" when gone), a, since, seen (ms)
 //	pm:cal:{calN}:t:T:u:U:log         stream  U's sync log (MAXLEN ~ bounded)
+//	pm:cal:{cal0}:queuesindexed       string  set once the dead items and queues written before their indexes existed were indexed
 //
 // Notifications go out on the Pub/Sub channel NotifyChannel from the scripts that cause them:
 // "w|T|U" (deliveries for U's agent), "k|T|U|S" (session S is now U's agent), "p|N" (CalDAV
@@ -78,6 +81,18 @@ func (s *Store) EventStreams() []string {
 
 func pushDueKey(n int) string { return partKey(n) + ":pushdue" }
 
+// deadIndexKey is partition n's index of the dead items of target g: the dead hashes of all its
+// users in one sorted set, so the metrics read a count per partition instead of scanning users.
+func deadIndexKey(n int, g calendar.Target) string { return partKey(n) + ":dead:" + string(g) }
+
+// pendingIndexKey is partition n's index of the queue items of target g: every user's queue in
+// one sorted set, scored by when the item was queued, for the pending gauges.
+func pendingIndexKey(n int, g calendar.Target) string { return partKey(n) + ":pending:" + string(g) }
+
+// queuesIndexedKey marks that the dead items and queue items written before their indexes
+// existed have been indexed (Store.IndexQueues).
+var queuesIndexedKey = partKey(0) + ":queuesindexed"
+
 // keys builds the keys of one tenant.
 type keys struct {
 	part string
@@ -93,6 +108,8 @@ func (s *Store) tenantKeys(tenant string) keys {
 
 func (k keys) events() string                            { return k.part + ":events" }
 func (k keys) pushDue() string                           { return k.part + ":pushdue" }
+func (k keys) deadIndex(g calendar.Target) string        { return deadIndexKey(k.n, g) }
+func (k keys) pendingIndex(g calendar.Target) string     { return pendingIndexKey(k.n, g) }
 func (k keys) settings() string                          { return k.base + ":set" }
 func (k keys) entry(id string) string                    { return k.base + ":e:" + id }
 func (k keys) revs(id string) string                     { return k.entry(id) + ":revs" }

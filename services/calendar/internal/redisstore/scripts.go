@@ -39,7 +39,10 @@ var (
 	// KEYS[1] entry hash, [2] revisions hash, [3] owner index, [4] event stream, [5] queue zset,
 	// [6] queue items, [7] user position counter, [8] sync log, [9] push due index, [10] dead hash,
 	// [11] owner's series index (recurring entries by the start of their last occurrence),
-	// [12] ERROR answers per entry (cleared: they count for one revision), [13] remote hash.
+	// [12] ERROR answers per entry (cleared: they count for one revision), [13] remote hash,
+	// [14] the partition's dead index of the target (the dead item it clears leaves it too),
+	// [15] the partition's pending index of the target (the queue item joins it, scored by
+	// ARGV[10] when it was not in the queue yet; a withdrawn one leaves it).
 	// ARGV[1] revision read (0: create), [2] new revision, [3] entry JSON, [4] revision,
 	// [5] entry id, [6] index score, [7] target ("" queues nothing), [8] log "1"/"0", [9] log
 	// maxlen, [10] now ms, [11] due member, [12] channel, [13] wake payload, [14] series score
@@ -70,6 +73,7 @@ if ARGV[7] == 'agent' and ARGV[21] == '1' and redis.call('HEXISTS', KEYS[13], AR
     if ost == 'pending' and oatt == '0' then
       withdraw = true
       redis.call('ZREM', KEYS[5], ARGV[5])
+      redis.call('ZREM', KEYS[15], ARGV[11])
       redis.call('HDEL', KEYS[6], ARGV[5])
       redis.call('HDEL', KEYS[12], ARGV[5])
       cal_log(ARGV[8], KEYS[8], ARGV[9], 'WITHDRAWN', ARGV[5], orev, ARGV[7], opos, 'cancelled by revision ' .. ARGV[2] .. ' before the agent received it')
@@ -85,9 +89,10 @@ if ARGV[7] ~= '' and not withdraw then
     held = (ost == 'inflight')
     cal_log(ARGV[8], KEYS[8], ARGV[9], 'SUPERSEDED', ARGV[5], orev, ARGV[7], opos, 'by revision ' .. ARGV[2])
   end
-  redis.call('HDEL', KEYS[10], ARGV[5])
+  if redis.call('HDEL', KEYS[10], ARGV[5]) == 1 then redis.call('ZREM', KEYS[14], ARGV[11]) end
   redis.call('HDEL', KEYS[12], ARGV[5])
   redis.call('ZADD', KEYS[5], pos, ARGV[5])
+  redis.call('ZADD', KEYS[15], 'NX', ARGV[10], ARGV[11])
   redis.call('HSET', KEYS[6], ARGV[5], pos .. '|' .. ARGV[2] .. '|pending|0|')
   if ARGV[7] == 'caldav' then
     if held then
@@ -111,7 +116,8 @@ return {1, pos}
 	// the target never received anything of (no remote record, and no item or only one never
 	// handed out): that older item is removed.
 	// KEYS[1] queue zset, [2] queue items, [3] position counter, [4] sync log, [5] push due
-	// index, [6] dead hash, [7] remote hash, [8] ERROR answers per entry.
+	// index, [6] dead hash, [7] remote hash, [8] ERROR answers per entry, [9] the partition's
+	// pending index of the target (as writeScript keeps it).
 	// ARGV[1] entry id, [2] revision, [3] cancelled "1"/"0", [4] target, [5] log "1"/"0",
 	// [6] log bound, [7] now ms, [8] due member, [9] channel, [10] wake payload, [11] detail.
 	// Returns the position, 0 when nothing was queued.
@@ -129,6 +135,7 @@ if dead and tonumber(string.match(dead, '^%d+|(%d+)|')) >= tonumber(ARGV[2]) the
 if ARGV[3] == '1' and fresh and redis.call('HEXISTS', KEYS[7], ARGV[1]) == 0 then
   if old then
     redis.call('ZREM', KEYS[1], ARGV[1])
+    redis.call('ZREM', KEYS[9], ARGV[8])
     redis.call('HDEL', KEYS[2], ARGV[1])
   end
   return 0
@@ -136,6 +143,7 @@ end
 local pos = redis.call('INCR', KEYS[3])
 redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('ZADD', KEYS[1], pos, ARGV[1])
+redis.call('ZADD', KEYS[9], 'NX', ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[2], ARGV[1], pos .. '|' .. ARGV[2] .. '|pending|0|')
 if ARGV[4] == 'caldav' then
   if held then
@@ -206,7 +214,9 @@ return {rev, att}
 	// the attempts.
 	// KEYS[1] queue zset, [2] queue items, [3] dead hash, [4] acked position, [5] remote hash,
 	// [6] event stream, [7] sync log, [8] agent presence, [9] position counter, [10] push due,
-	// [11] ERROR answers per entry.
+	// [11] ERROR answers per entry, [12] the partition's dead index of the target (a dead item
+	// joins it, scored by ARGV[15]), [13] the partition's pending index of the target (an item
+	// that leaves the queue leaves it).
 	// ARGV[1] position, [2] entry, [3] outcome, [4] remote id, [5] remote version, [6] message,
 	// [7] session ("" for push), [8] max attempts, [9] log, [10] log maxlen, [11] target,
 	// [12] retry due ms or "dead", [13] due member, [14] revision, [15] now ms, [16] channel,
@@ -228,6 +238,7 @@ local pos, rev, st, att, err = string.match(item, '^(%d+)|(%d+)|(%a+)|(%d+)|(.*)
 att = tonumber(att)
 if ARGV[3] ~= 'error' then
   redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[13], ARGV[13])
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[11], ARGV[2])
   if agent then
@@ -245,9 +256,11 @@ local used = att
 if agent then used = redis.call('HINCRBY', KEYS[11], ARGV[2], 1) end
 if ARGV[12] == 'dead' or used >= tonumber(ARGV[8]) then
   redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[13], ARGV[13])
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[11], ARGV[2])
   redis.call('HSET', KEYS[3], ARGV[2], pos .. '|' .. rev .. '|dead|' .. att .. '|' .. ARGV[6])
+  redis.call('ZADD', KEYS[12], ARGV[15], ARGV[13])
   if not agent then redis.call('ZREM', KEYS[10], ARGV[13]) end
   cal_log(ARGV[9], KEYS[7], ARGV[10], 'DEAD', ARGV[2], rev, ARGV[11], pos, ARGV[6])
   postamt_emit(KEYS[6], ARGV[24], ARGV[25], ARGV[26], ARGV[27], ARGV[28], ARGV[29])
@@ -295,6 +308,22 @@ return 1
 if redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 's', '', 'seen', ARGV[2])
 return 1
+`)
+
+	// indexQueueScript adds the entries of one user's dead hash or queue to the partition's dead
+	// or pending index, which what was written before the indexes existed is missing from
+	// (Store.IndexQueues). It reads and writes in one step, so an item removed meanwhile by
+	// another script is not added back. Items already indexed keep their score.
+	// KEYS[1] dead hash or queue zset, [2] the index. ARGV[1] "hash" or "zset", [2] member
+	// prefix "T|U|", [3] score (now ms). Returns how many it added.
+	indexQueueScript = redis.NewScript(`
+local ids
+if ARGV[1] == 'hash' then ids = redis.call('HKEYS', KEYS[1]) else ids = redis.call('ZRANGE', KEYS[1], 0, -1) end
+local added = 0
+for _, id in ipairs(ids) do
+  added = added + redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[2] .. id)
+end
+return added
 `)
 
 	// claimDueScript leases the push deliveries of a partition that are due: their due time

@@ -149,7 +149,8 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 		return 0, err
 	}
 	keys := []string{k.entry(e.ID), k.revs(e.ID), k.owner(e.Owner), k.events(), k.queue(e.Owner, qt), k.items(e.Owner, qt),
-		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner), k.errs(e.Owner, qt), k.remote(e.Owner, qt)}
+		k.pos(e.Owner), k.log(e.Owner), k.pushDue(), k.dead(e.Owner, qt), k.series(e.Owner), k.errs(e.Owner, qt), k.remote(e.Owner, qt),
+		k.deadIndex(qt), k.pendingIndex(qt)}
 	argv := append([]any{w.Prev, e.Revision, cur, rev, e.ID, e.Score(), string(target), flag(w.Log), s.logBound, ms(w.Now),
 		dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, series}, append(env, flag(e.Cancelled))...)
 	res, err := writeScript.Run(ctx, s.rdb, keys, argv...).Slice()
@@ -178,7 +179,7 @@ func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, t
 		wake = pushPayload(k.n)
 	}
 	keys := []string{k.queue(e.Owner, target), k.items(e.Owner, target), k.pos(e.Owner), k.log(e.Owner), k.pushDue(),
-		k.dead(e.Owner, target), k.remote(e.Owner, target), k.errs(e.Owner, target)}
+		k.dead(e.Owner, target), k.remote(e.Owner, target), k.errs(e.Owner, target), k.pendingIndex(target)}
 	pos, err := enqueueScript.Run(ctx, s.rdb, keys, e.ID, e.Revision, flag(e.Cancelled), string(target), flag(log), s.logBound,
 		ms(now), dueMember(tenant, e.Owner, e.ID), NotifyChannel, wake, detail).Int64()
 	if err != nil {
@@ -555,7 +556,7 @@ func (s *Store) ackArgs(ctx context.Context, tenant, user string, a calendar.Ack
 	}
 	wake := wakePayload(tenant, user)
 	keys := []string{k.queue(user, a.Target), k.items(user, a.Target), k.dead(user, a.Target), k.acked(user), k.remote(user, a.Target),
-		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue(), k.errs(user, a.Target)}
+		k.events(), k.log(user), k.agent(user), k.pos(user), k.pushDue(), k.errs(user, a.Target), k.deadIndex(a.Target), k.pendingIndex(a.Target)}
 	argv := []any{a.Position, a.EntryID, string(a.Outcome), a.RemoteID, a.RemoteVersion, a.Message, a.Session, maxAttempts,
 		flag(a.Log), s.logBound, string(a.Target), retry, dueMember(tenant, user, a.EntryID), a.Revision, ms(a.Now), NotifyChannel, wake}
 	return keys, append(append(argv, denv...), fenv...), nil
