@@ -149,6 +149,11 @@ func TestConnectionLimitAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	maxOpen := int64(0)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the relay: %d messages, %d connections refused, %d open at most", len(sink.Messages()), sink.RefusedConnections(), sink.PeakConnections())
+		}
+	})
 	poll.Eventually(t, "40 messages at the relay", func() bool {
 		if r, err := second.GetConnector(e.admin(), &outboxv1.GetConnectorRequest{ConnectorId: "narrow"}); err == nil {
 			maxOpen = max(maxOpen, r.GetOpenConnections())

@@ -443,6 +443,17 @@ func (c *conn) quit() {
 
 func (c *conn) close() { _ = c.nc.Close() }
 
+// quitAndWait is quit that returns only once the relay has closed its end (or after wait): a
+// relay that counts its clients' connections still counts this one until then, so a permit for
+// it (Gate) is given back only afterwards.
+func (c *conn) quitAndWait(wait time.Duration) {
+	if _, _, err := c.cmd(221, "QUIT"); err == nil {
+		_ = c.nc.SetReadDeadline(time.Now().Add(wait))
+		_, _ = io.Copy(io.Discard, c.r.R)
+	}
+	_ = c.nc.Close()
+}
+
 // cmd writes one command line and reads its reply within the command timeout. expect is a
 // reply code, or its first digit, that counts as success; 0 accepts any reply.
 func (c *conn) cmd(expect int, line string) (int, string, error) {

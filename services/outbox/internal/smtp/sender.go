@@ -147,6 +147,8 @@ const freshFor = 2 * time.Second
 const (
 	gateAsk       = 2 * time.Second
 	gateIdleCheck = 500 * time.Millisecond
+	// abruptGrace is how long a permit is kept after its connection was closed without QUIT.
+	abruptGrace = 250 * time.Millisecond
 )
 
 // New returns a Sender for cfg; it dials nothing until the first Send.
@@ -296,13 +298,20 @@ func (s *Sender) put(ctx context.Context, c *conn) {
 // discard closes c (politely with QUIT when quit is set) and gives its permit back; ctx must
 // not be one that ends with the transaction (the permit is given back whatever happened).
 func (s *Sender) discard(ctx context.Context, c *conn, quit bool) {
-	if quit {
+	switch {
+	case c.permit == "" && quit:
 		c.quit()
-	} else {
+	case c.permit == "":
 		c.close()
-	}
-	if c.permit != "" {
+	case quit:
+		// The relay counts the connection until it has closed its end.
+		c.quitAndWait(gateAsk)
 		s.release(ctx, c.permit)
+	default:
+		// Closed without goodbye (a failure): the relay notices when it next reads; give it a
+		// moment before another replica may dial in this connection's place.
+		c.close()
+		time.AfterFunc(abruptGrace, func() { s.release(ctx, c.permit) })
 	}
 }
 
