@@ -176,6 +176,15 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			if err != nil {
 				continue // gone after its retention: nothing to show
 			}
+			// The record at the event's version is the email exactly as List and GetEmail show
+			// it. EmailSent, made for the sent view and the tracker, lacks what a list row shows
+			// (last attempt, first failure, priority, work item, attempts allowed, ...): a live
+			// row must read like a reloaded one.
+			if rec.Version == v {
+				if full, err := wire.Email(rec); err == nil {
+					e = full
+				}
+			}
 			if err := emit(e, rec); err != nil {
 				return err
 			}
