@@ -579,29 +579,66 @@ func TestConsole(t *testing.T) {
 		admin.do(t, "Enter", chromedp.KeyEvent(kb.Enter))
 		admin.waitJS(t, "the retry's result in the popup", `document.getElementById('detail-result').textContent.includes('1 of 1')`)
 		admin.do(t, "Escape", chromedp.KeyEvent(kb.Escape))
-		admin.waitJS(t, "the popup closed, the focus back on the row", `!document.getElementById('detail').open && `+isRow)
+		// Back on the row, or, when the retry has sent it out of the open mail already, on the
+		// row now in its place.
+		gone := fmt.Sprintf(`!document.querySelector('#grid-body tr[data-id=%q]') && (document.activeElement?.matches?.('#grid-body tr') || document.activeElement?.id === 'main')`, id)
+		admin.waitJS(t, "the popup closed, the focus back on the row", `!document.getElementById('detail').open && (`+isRow+` || `+gone+`)`)
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 	})
 
-	t.Run("live updates keep the selection; reschedule and send now", func(t *testing.T) {
+	t.Run("live updates keep the selection, take out what leaves the filter; reschedule and send now", func(t *testing.T) {
 		sink.SetBehavior(smtptest.PermFailData)
 		later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
-		a := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
-			"subject": "Selected", "textBody": "x", "connectorId": "flaky", "sendAt": later})
-		b := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
-			"subject": "Changes live", "textBody": "x", "connectorId": "flaky", "sendAt": later})
-		admin.waitJS(t, "both scheduled rows, with who scheduled them", rowStatus("Selected")+` === 'SCHEDULED' && `+rowStatus("Changes live")+` === 'SCHEDULED'`+
+		scheduled := func(subject string) string {
+			return s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+				"subject": subject, "textBody": "x", "connectorId": "flaky", "sendAt": later})
+		}
+		a, b, c, d := scheduled("Selected"), scheduled("Changes live"), scheduled("Leaves when sent"), scheduled("Retried elsewhere")
+		admin.waitJS(t, "the scheduled rows, with who scheduled them", rowStatus("Selected")+` === 'SCHEDULED' && `+rowStatus("Changes live")+` === 'SCHEDULED'`+
+			` && `+rowStatus("Leaves when sent")+` === 'SCHEDULED' && `+rowStatus("Retried elsewhere")+` === 'SCHEDULED'`+
 			` && `+rowJS("Selected")+`.querySelector('[data-status] .reason').textContent.includes('dev-admin')`)
+		admin.waitJS(t, "the live stream open", `document.getElementById('grid').dataset.live === 'on'`)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, a))
 		admin.waitJS(t, "one selected", `document.getElementById('sel-count').textContent === '1 selected'`)
 		// A row the page re-renders loses this mark; a reload of the grid would drop it.
 		evalJS[chromedp.Void](t, admin, rowJS("Selected")+`.dataset.mark = 'kept'`)
-		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
-		s.waitStatus(t, b, "EMAIL_STATUS_FAILED")
-		admin.waitJS(t, "the other row to turn Failed in place", rowStatus("Changes live")+` === 'FAILED'`)
-		if !evalJS[bool](t, admin, rowJS("Selected")+`.dataset.mark === 'kept' && `+rowJS("Selected")+`.querySelector('td.sel input').checked`) {
-			t.Error("the live update re-rendered the grid or lost the selection")
+		kept := func(what string) {
+			t.Helper()
+			if !evalJS[bool](t, admin, rowJS("Selected")+`?.dataset.mark === 'kept' && `+rowJS("Selected")+`.querySelector('td.sel input').checked`+
+				` && document.getElementById('sel-count').textContent === '1 selected'`) {
+				t.Errorf("%s re-rendered the grid or lost the selection", what)
+			}
 		}
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{b, d}}})
+		s.waitStatus(t, b, "EMAIL_STATUS_FAILED")
+		admin.waitJS(t, "the other row to turn Failed in place, with its last attempt", rowStatus("Changes live")+` === 'FAILED'`+
+			` && `+rowJS("Changes live")+`.querySelector('[data-col=LAST_ATTEMPT_TIME]').textContent !== ''`)
+		kept("a live change of another row")
+		live := evalJS[string](t, admin, rowJS("Changes live")+`.textContent`)
+
+		// Sent elsewhere: the row leaves "All open" by itself.
+		sink.SetBehavior(smtptest.Accept)
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{c}}})
+		s.waitStatus(t, c, "EMAIL_STATUS_SENT")
+		admin.waitJS(t, "the sent row gone from the open mail", `!(`+rowJS("Leaves when sent")+`)`)
+		kept("a row leaving the list")
+
+		// Retried elsewhere: the row leaves the Failed filter by itself.
+		s.waitStatus(t, d, "EMAIL_STATUS_FAILED")
+		admin.choose(t, "#f-status", "FAILED")
+		admin.waitJS(t, "the failed rows", rowStatus("Retried elsewhere")+` === 'FAILED' && !(`+rowJS("Selected")+`)`)
+		evalJS[chromedp.Void](t, admin, rowJS("Changes live")+`.dataset.mark = 'kept'`)
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, b))
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:retry", map[string]any{"selection": map[string]any{"emailIds": []string{d}}})
+		admin.waitJS(t, "the retried row gone from Failed", `!(`+rowJS("Retried elsewhere")+`)`)
+		if !evalJS[bool](t, admin, rowJS("Changes live")+`?.dataset.mark === 'kept' && `+rowJS("Changes live")+`.querySelector('td.sel input').checked`) {
+			t.Error("a row leaving the Failed filter re-rendered the grid or lost the selection")
+		}
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, b))
+		s.waitStatus(t, d, "EMAIL_STATUS_SENT")
+		admin.choose(t, "#f-status", "")
+		admin.waitJS(t, "all open again", rowJS("Selected")+` && `+rowStatus("Changes live")+` === 'FAILED'`)
+
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Reschedule]`, a))
 		admin.waitJS(t, "the reschedule dialog", `document.getElementById('reschedule').open`)
 		when := evalJS[string](t, admin, `(() => { const d = new Date(Date.now() + 2 * 3600e3); d.setSeconds(0, 0); const p = (n) => String(n).padStart(2, '0');`+
@@ -613,9 +650,17 @@ func TestConsole(t *testing.T) {
 		if gotT, err := time.Parse(time.RFC3339, got); err != nil || !gotT.Equal(wantT) {
 			t.Errorf("send_at after reschedule = %q, want %s", got, when)
 		}
-		sink.SetBehavior(smtptest.Accept)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=SendNow]`, a))
 		s.waitStatus(t, a, "EMAIL_STATUS_SENT")
+		admin.waitJS(t, "the sent row gone, and out of the selection", `!(`+rowJS("Selected")+`) && document.getElementById('sel-count').textContent === '0 selected'`)
+
+		// The live row reads as a reloaded one: every column, the last attempt's time among them.
+		admin.do(t, "reload", chromedp.Reload())
+		admin.ready(t)
+		admin.waitJS(t, "the failed row after a reload", rowStatus("Changes live")+` === 'FAILED'`)
+		if reloaded := evalJS[string](t, admin, rowJS("Changes live")+`.textContent`); reloaded != live {
+			t.Errorf("the row as the live update showed it:\n%s\nafter a reload:\n%s", live, reloaded)
+		}
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
 	})
 

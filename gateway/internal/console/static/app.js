@@ -32,7 +32,10 @@ const short = (s) => (s || '').replace(/^(EMAIL_STATUS_|COLUMN_)/, '');
 const state = {
   session: null, access: null, settings: null, views: [], view: null,
   columns: DEFAULT_COLUMNS, pageSize: 50, rows: [], selected: new Set(), matching: false, matchCount: 0,
-  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null,
+  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null, watchView: null,
+  // latest: the newest version of each email the live stream has shown, so that a list answer
+  // older than a live change does not put the older state back.
+  latest: new Map(),
 };
 
 // ---- actions: each takes a selection, and shows what the API says it did ----
@@ -82,6 +85,26 @@ function apiFilter(f) {
   return { ...f, statuses: (f.statuses || []).map((s) => 'EMAIL_STATUS_' + s) };
 }
 
+/**
+ * matches says whether an email belongs in the list of filter f, as the outbox decides it
+ * (services/outbox/internal/service query.match): its status among the chosen ones (unset: any
+ * open one), then connector, work item, and the text in the subject or a recipient the caller
+ * sees. The live stream watches the whole view, so that mail leaving the filter (sent, retried
+ * out of Failed, moved to another connector) leaves the grid too.
+ */
+function matches(e, f) {
+  const st = short(e.status);
+  if (!(f.statuses?.length ? f.statuses.includes(st) : OPEN.includes(st))) return false;
+  if (f.connectorId && e.connectorId !== f.connectorId) return false;
+  if (f.workItem?.id && e.workItem?.id !== f.workItem.id) return false;
+  if (f.text) {
+    const q = f.text.toLowerCase();
+    const hay = [e.subject || '', ...(e.to || []), ...(e.cc || []), ...(e.bcc || [])];
+    if (!hay.some((x) => x.toLowerCase().includes(q))) return false;
+  }
+  return true;
+}
+
 async function loadList() {
   const order = $('f-order').value;
   const q = query({
@@ -90,7 +113,13 @@ async function loadList() {
   });
   try {
     const res = await call('GET', '/v1/outbox/emails' + q);
-    state.rows = res.emails || [];
+    // A live change newer than the list's answer wins: it replaces the listed state, or takes
+    // the row out when it no longer matches.
+    const f = filter();
+    state.rows = (res.emails || []).map((e) => {
+      const l = state.latest.get(e.emailId);
+      return l && Number(l.version) > Number(e.version) ? l : e;
+    }).filter((e) => matches(e, f));
     state.nextToken = res.nextPageToken || '';
     // The selection is of rows on the page: one that left it (sent, cancelled, another page) is
     // no longer selected, so a bulk action never reaches mail the user cannot see.
@@ -234,19 +263,42 @@ function renderGrid() {
   restoreFocus(fk);
 }
 
-/** applyLive puts a watched change into the grid without a reload: the row in place, selection kept. */
+/**
+ * applyLive puts a watched change into the grid without a reload: a row that still matches the
+ * filter is replaced in place, one that no longer does (sent, cancelled, retried out of Failed)
+ * is taken out, and the selection and focus of the other rows stay. Mail that enters the
+ * filter reloads the page of the grid: where it sorts is the server's answer.
+ */
 function applyLive(e) {
+  const prev = state.latest.get(e.emailId);
+  if (prev && Number(prev.version) >= Number(e.version)) return;
+  if (state.latest.size >= 10000) state.latest.clear();
+  state.latest.set(e.emailId, e);
   const i = state.rows.findIndex((r) => r.emailId === e.emailId);
-  if (i >= 0 && Number(e.version) >= Number(state.rows[i].version)) {
-    state.rows[i] = e;
+  const fits = matches(e, filter());
+  if (i >= 0 && Number(e.version) > Number(state.rows[i].version)) {
     const old = $('grid-body').querySelector(`tr[data-id="${CSS.escape(e.emailId)}"]`);
-    if (old) {
-      const fk = focusKey();
-      old.replaceWith(row(e));
-      restoreFocus(fk);
+    if (fits) {
+      state.rows[i] = e;
+      if (old) {
+        const fk = focusKey();
+        old.replaceWith(row(e));
+        restoreFocus(fk);
+      }
+    } else {
+      state.rows.splice(i, 1);
+      if (old) {
+        // The focus moves on to the next row (or the one before) rather than to the page.
+        const had = old.contains(document.activeElement);
+        const next = old.nextElementSibling || old.previousElementSibling;
+        old.remove();
+        if (had) (next || $('main')).focus();
+      }
+      if (state.selected.delete(e.emailId)) updateSelection();
+      $('grid-empty').hidden = state.rows.length > 0;
     }
-  } else if (i < 0 && !FINAL.includes(short(e.status))) {
-    reloadSoon(); // a new email of this view: where it sorts is the server's answer
+  } else if (i < 0 && fits) {
+    reloadSoon();
     return;
   }
   clearTimeout(countTimer);
@@ -296,8 +348,10 @@ async function bulk(action) {
 // ---- the detail popup ----
 
 let detailId = '';
+let detailIndex = 0;
 async function openDetail(id) {
   detailId = id;
+  detailIndex = Math.max(0, state.rows.findIndex((e) => e.emailId === id));
   const dlg = $('detail');
   $('detail-result').replaceChildren();
   let e;
@@ -486,32 +540,45 @@ function setWorkItem(id) {
   refresh();
 }
 
-/** refresh reloads the list and the count and restarts the live stream for the current view and filter. */
+/** refresh reloads the list and the count, and watches the current view live. */
 function refresh() {
   loadList();
   loadCount();
   startWatch();
 }
 
+/**
+ * startWatch follows the changes of the view (all of it: the filter is applied here, see
+ * matches) until the view changes. Each time the stream opens, the list and the count are
+ * loaded again, since changes may have been missed before it did; then the grid is marked
+ * data-live="on" (for screen readers' status line as much as for tests).
+ */
 async function startWatch() {
+  if (state.watchView === state.view && state.watchAbort && !state.watchAbort.signal.aborted) return;
   state.watchAbort?.abort();
   const ac = new AbortController();
   state.watchAbort = ac;
+  state.watchView = state.view;
+  delete $('grid').dataset.live;
   let backoff = 500;
   while (!ac.signal.aborted) {
-    let opened = false;
+    const onOpen = async () => {
+      backoff = 500;
+      $('live-status').textContent = '';
+      await Promise.all([loadList(), loadCount()]);
+      if (!ac.signal.aborted) $('grid').dataset.live = 'on';
+    };
     try {
-      await watch('/v1/outbox/emails:watch' + query({ view: state.view, ...filterQuery(filter()) }), applyLive,
-        () => { opened = true; backoff = 500; $('live-status').textContent = ''; }, ac.signal);
+      await watch('/v1/outbox/emails:watch' + query({ view: state.view }), applyLive, onOpen, ac.signal);
     } catch (err) {
       if (ac.signal.aborted) return;
       if (err instanceof ApiError && err.status === 401) return;
     }
     if (ac.signal.aborted) return;
+    delete $('grid').dataset.live;
     $('live-status').textContent = t('live.lost');
     await new Promise((r) => setTimeout(r, backoff));
     backoff = Math.min(backoff * 2, 15000);
-    if (opened) reloadSoon(); // changes may have been missed while disconnected
   }
 }
 
@@ -674,7 +741,13 @@ async function main() {
   $('detail-retry').addEventListener('click', () => detailAction('Retry'));
   $('detail-cancel').addEventListener('click', () => detailAction('Cancel'));
   $('detail-close').addEventListener('click', () => $('detail').close());
-  $('detail').addEventListener('close', () => restoreFocus({ id: detailId }));
+  $('detail').addEventListener('close', () => {
+    // Back to the row; if it left the list meanwhile (sent after a retry), to the row now in
+    // its place.
+    const rows = $('grid-body').rows;
+    const tr = $('grid-body').querySelector(`tr[data-id="${CSS.escape(detailId)}"]`) || rows[Math.min(detailIndex, rows.length - 1)];
+    (tr || $('main')).focus();
+  });
   $('bulk-retry').addEventListener('click', () => bulk('Retry'));
   $('bulk-cancel').addEventListener('click', () => bulk('Cancel'));
   $('sel-matching').addEventListener('change', (ev) => {
