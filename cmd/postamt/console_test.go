@@ -406,7 +406,8 @@ func TestConsole(t *testing.T) {
 			chromedp.SetValue(chromedp.CSS("#c-subject"), "Undo me", chromedp.NodeVisible),
 			chromedp.SetValue(chromedp.CSS("#c-body"), "Please do not send", chromedp.NodeVisible))
 		admin.click(t, "#compose-form button[type=submit]")
-		admin.waitJS(t, "the undo popup with its countdown", `document.getElementById('undo').open && /\d/.test(document.getElementById('undo-text').textContent)`)
+		admin.waitJS(t, "the undo popup with its countdown", `document.getElementById('undo').open && /\d/.test(document.getElementById('undo-text').textContent)`+
+			` && document.getElementById('undo-what').textContent === '“Undo me” to client@example.com' && document.activeElement.id === 'undo-cancel'`)
 		admin.waitJS(t, "the email listed as Queued", rowStatus("Undo me")+` === 'QUEUED'`)
 		id := evalJS[string](t, admin, rowJS("Undo me")+`.dataset.id`)
 		admin.screenshot(t, "undo-1280", 1280, 900)
@@ -465,10 +466,22 @@ func TestConsole(t *testing.T) {
 		admin.screenshot(t, "detail-375", 375, 800)
 		admin.click(t, "#detail-close")
 		admin.click(t, "#sel-matching")
-		admin.waitJS(t, "the matching count", `document.getElementById('sel-matching-label').textContent.includes('3')`)
+		admin.waitJS(t, "the matching count, every row shown selected", `document.getElementById('sel-matching-label').textContent.includes('3')`+
+			` && [...document.querySelectorAll('#grid-body td.sel input')].every((b) => b.checked && b.disabled)`+
+			` && document.getElementById('bulk-retry').textContent === 'Retry all matching'`)
 		sink.SetBehavior(smtptest.Accept)
+		// Asked first, with the count and the filter; "Back" has the focus and changes nothing.
 		admin.click(t, "#bulk-retry")
-		admin.waitJS(t, "the bulk result", `document.getElementById('bulk-result').textContent.includes('3 of 3')`)
+		admin.waitJS(t, "the confirmation", `document.getElementById('confirm').open && document.activeElement.id === 'confirm-no'`+
+			` && document.getElementById('confirm-title').textContent === 'Retry all 3 emails matching the filter?'`+
+			` && document.getElementById('confirm-scope').textContent.includes('Connector: Flaky relay')`)
+		admin.do(t, "Back", chromedp.KeyEvent(kb.Enter))
+		admin.waitJS(t, "the confirmation closed, nothing done", `!document.getElementById('confirm').open && document.activeElement.id === 'bulk-retry'`+
+			` && document.querySelectorAll('#grid-body tr').length === 3`)
+		admin.click(t, "#bulk-retry")
+		admin.waitJS(t, "the confirmation", `document.getElementById('confirm').open`)
+		admin.click(t, "#confirm-yes")
+		admin.waitJS(t, "the bulk result", `document.getElementById('bulk-result').textContent.includes('3 of 3') && !document.getElementById('sel-matching').checked`)
 		for _, id := range ids {
 			s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 		}
@@ -693,6 +706,10 @@ func TestConsole(t *testing.T) {
 			t.Errorf("undo delay = %v, want 42s", got)
 		}
 		s.api(t, s.adminTok, http.MethodPatch, "/v1/outbox/users/me/settings", map[string]any{"undoDelay": "0s"})
+		// Rows per page from the settings page: the outbox follows without a reload.
+		admin.do(t, "set rows per page", chromedp.SetValue(chromedp.CSS("#s-pagesize"), "25", chromedp.NodeVisible))
+		admin.click(t, "#settings-form button[type=submit]")
+		admin.waitJS(t, "the outbox's rows per page", `document.getElementById('f-pagesize').value === '25'`)
 		admin.click(t, "#nav-outbox")
 	})
 
@@ -709,11 +726,33 @@ func TestConsole(t *testing.T) {
 		admin.click(t, "#nav-connectors")
 		// The page renders its table anew once its list arrives (aria-busy until then): click in
 		// that table, not in the one it replaces, whose node is gone by the time the click lands.
+		admin.waitJS(t, "the connectors page again, with the mail it holds", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`+
+			` && document.querySelector('#connectors tr[data-id=flaky] a[data-held]')?.textContent === '1 email held'`)
+		admin.click(t, "#connectors tr[data-id=flaky] a[data-held]")
+		admin.waitJS(t, "the held mail in the outbox", `!document.getElementById('page-outbox').hidden && document.getElementById('f-status').value === 'CONNECTOR_DISABLED'`+
+			` && document.getElementById('f-connector').value === 'flaky' && document.querySelectorAll('#grid-body tr').length === 1 && `+rowJS("Held"))
+		admin.click(t, "#nav-connectors")
 		admin.waitJS(t, "the connectors page again", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
 		admin.click(t, "#connectors tr[data-id=flaky] button")
-		admin.waitJS(t, "how much mail was queued again", `document.getElementById('connectors-result').textContent.includes('1 emails queued again')`)
+		admin.waitJS(t, "how much mail was queued again", `document.getElementById('connectors-result').textContent.includes('1 email queued again')`)
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 		admin.click(t, "#nav-outbox")
+		admin.choose(t, "#f-status", "")
+		admin.choose(t, "#f-connector", "")
+	})
+
+	t.Run("an admin of another tenant sees nothing of this one", func(t *testing.T) {
+		tok, err := s.signer.Mint(auth.Principal{Tenant: "other", User: "dev-admin", Roles: []string{"admin"}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := s.newBrowser(t)
+		other.signIn(t, tok)
+		other.click(t, `#views button[data-view=VIEW_ALL]`)
+		other.waitJS(t, "an empty outbox of tenant other", `document.getElementById('who').textContent.includes('(other)') && document.getElementById('grid').dataset.live === 'on'`+
+			` && !document.getElementById('grid-empty').hidden && document.getElementById('nav-count').textContent === '0'`)
+		other.click(t, "#nav-connectors")
+		other.waitJS(t, "no connectors of this tenant", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelectorAll('#connectors tbody tr').length === 0`)
 	})
 
 	t.Run("German from the switch, and back", func(t *testing.T) {

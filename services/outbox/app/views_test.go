@@ -317,6 +317,13 @@ func TestWatchEmails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The header says the watch is in place before anything changes.
+	if md, err := stream.Header(); err != nil || len(md.Get("postamt-watch-open")) != 1 {
+		t.Fatalf("watch header %v (%v), want postamt-watch-open", md, err)
+	}
+	if got := e.consumersOf(t); got <= consumers {
+		t.Errorf("the watch said it was in place before its consumer existed")
+	}
 	got := make(chan *outboxv1.Email, 16)
 	go func() {
 		for {
@@ -328,11 +335,6 @@ func TestWatchEmails(t *testing.T) {
 			got <- r.GetEmail()
 		}
 	}()
-	// The watch starts at new messages; wait until its consumer exists before changing anything.
-	poll.Eventually(t, "the watch's consumer", func() bool {
-		info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
-		return err == nil && info.CachedInfo().State.Consumers > consumers
-	})
 	e.submit(e.as("eva", nil), email("eva@kanzlei.example", "client@example.com", "Nicht fuer Max"))
 	m := e.submit(e.as("max", []string{"empfang"}), email("max@kanzlei.example", "client@example.com", "Fuer Max"))
 	var statuses []outboxv1.EmailStatus
@@ -369,6 +371,16 @@ func TestWatchEmails(t *testing.T) {
 	if !proto.Equal(sent, want.GetEmail()) || sent.GetLastAttemptTime() == nil {
 		t.Errorf("sent on the watch:\n%v\nGetEmail:\n%v", sent, want.GetEmail())
 	}
+}
+
+// consumersOf counts the consumers of the outbox's stream.
+func (e *env) consumersOf(t *testing.T) int {
+	t.Helper()
+	info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.CachedInfo().State.Consumers
 }
 
 // TestCancelWhileSendingFailsCleanly: an email a worker holds is refused per email with

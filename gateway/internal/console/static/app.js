@@ -211,10 +211,11 @@ function can(e) {
 function row(e) {
   const id = e.emailId;
   const ok = can(e);
-  const tr = h('tr', { 'data-id': id, tabindex: '0', 'aria-selected': state.selected.has(id) ? 'true' : 'false',
+  const on = state.matching || state.selected.has(id);
+  const tr = h('tr', { 'data-id': id, tabindex: '0', 'aria-selected': on ? 'true' : 'false',
     class: FINAL.includes(short(e.status)) ? 'final' : '' },
-  h('td', { class: 'sel' }, h('input', { type: 'checkbox', checked: state.selected.has(id), 'aria-label': t('grid.select', { subject: e.subject }),
-    onchange: (ev) => { toggle(id, ev.target.checked); } })),
+  h('td', { class: 'sel' }, h('input', { type: 'checkbox', checked: on, disabled: state.matching || finalFilter(),
+    'aria-label': t('grid.select', { subject: e.subject }), onchange: (ev) => { toggle(id, ev.target.checked); } })),
   state.columns.map((c) => h('td', { 'data-col': c, 'data-label': t('col.' + c) }, cell(c, e))),
   h('td', { class: 'acts' }, Object.keys(actions).filter((a) => ok[a]).map((a) => h('button', {
     type: 'button', 'data-act': a, 'aria-label': t('act.for', { action: t('act.' + a), subject: e.subject }),
@@ -224,7 +225,7 @@ function row(e) {
   tr.addEventListener('keydown', (ev) => {
     if (ev.target !== tr) return;
     if (ev.key === 'Enter') { ev.preventDefault(); openDetail(id); }
-    if (ev.key === ' ') { ev.preventDefault(); toggle(id, !state.selected.has(id)); }
+    if (ev.key === ' ') { ev.preventDefault(); if (!state.matching && !finalFilter()) toggle(id, !state.selected.has(id)); }
     if (ev.key === 'ArrowDown') { ev.preventDefault(); tr.nextElementSibling?.focus(); }
     if (ev.key === 'ArrowUp') { ev.preventDefault(); tr.previousElementSibling?.focus(); }
   });
@@ -251,7 +252,8 @@ function renderGrid() {
   const fk = focusKey();
   $('grid-head').replaceChildren(
     h('th', { scope: 'col', class: 'sel' }, h('input', { type: 'checkbox', id: 'sel-page', 'aria-label': t('grid.selectpage'),
-      checked: state.rows.length > 0 && state.rows.every((e) => state.selected.has(e.emailId)),
+      checked: state.rows.length > 0 && (state.matching || state.rows.every((e) => state.selected.has(e.emailId))),
+      disabled: state.matching || finalFilter(),
       onchange: (ev) => { for (const e of state.rows) toggle(e.emailId, ev.target.checked, true); renderGrid(); updateSelection(); } })),
     ...state.columns.map((c) => h('th', { scope: 'col', 'data-col': c }, t('col.' + c))),
     h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, t('actions'))));
@@ -316,9 +318,37 @@ function toggle(id, on, quiet) {
   if (!quiet) updateSelection();
 }
 
+/** finalFilter: the list shows Sent or Cancelled mail, to which no action applies. */
+function finalFilter() {
+  return (filter().statuses || []).some((s) => FINAL.includes(s));
+}
+
+/**
+ * updateSelection shows what a bulk action would reach: the rows selected on the page, or,
+ * with "all matching the filter", every email of the view that matches (counted by the API;
+ * the rows are shown selected and cannot be picked one by one).
+ */
 function updateSelection() {
+  const fin = finalFilter();
   $('sel-count').textContent = state.matching ? '' : t('bulk.selected', { n: state.selected.size });
   $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? state.matchCount : '' }).replace('  ', ' ');
+  $('sel-matching').disabled = fin;
+  $('bulk-retry').disabled = $('bulk-cancel').disabled = fin;
+  $('bulk-retry').textContent = t(state.matching ? 'bulk.retryall' : 'bulk.retry');
+  $('bulk-cancel').textContent = t(state.matching ? 'bulk.cancelall' : 'bulk.cancel');
+  $('bulk-final').textContent = fin ? t('bulk.final') : '';
+  for (const tr of $('grid-body').rows) {
+    const on = state.matching || state.selected.has(tr.dataset.id);
+    tr.setAttribute('aria-selected', on ? 'true' : 'false');
+    const box = tr.querySelector('td.sel input');
+    box.checked = on;
+    box.disabled = state.matching || fin;
+  }
+  const page = $('sel-page');
+  if (page) {
+    page.checked = state.rows.length > 0 && (state.matching || state.rows.every((e) => state.selected.has(e.emailId)));
+    page.disabled = state.matching || fin;
+  }
 }
 
 // ---- actions on rows and selections ----
@@ -332,16 +362,45 @@ async function rowAction(action, e) {
   reloadSoon();
 }
 
+/**
+ * confirmMatching asks before an action reaches every email matching the filter: more than the
+ * page shows, and a cancellation cannot be undone. It names the count and the filter; the
+ * focus starts on "Back".
+ */
+function confirmMatching(action) {
+  const f = filter();
+  const n = state.matchCount;
+  $('confirm-title').textContent = t('confirm.' + action, { n });
+  $('confirm-text').textContent = t('confirm.' + action + '.text');
+  const conn = state.connectors.find((c) => c.connectorId === f.connectorId);
+  $('confirm-scope').textContent = [
+    t('confirm.scope', { view: t('view.' + state.view), status: f.statuses?.length ? t('status.' + f.statuses[0]) : t('filter.allopen'),
+      connector: f.connectorId ? (conn?.displayName || f.connectorId) : t('filter.allconnectors') }),
+    f.text ? t('confirm.text', { text: f.text }) : '', f.workItem?.id ? t('confirm.workitem', { id: f.workItem.id }) : '',
+  ].filter(Boolean).join(' ');
+  $('confirm-yes').textContent = t('confirm.yes.' + action, { n });
+  const dlg = $('confirm');
+  dlg.returnValue = '';
+  dlg.showModal();
+  $('confirm-no').focus();
+  return new Promise((resolve) => dlg.addEventListener('close', () => resolve(dlg.returnValue === 'yes'), { once: true }));
+}
+
 async function bulk(action) {
   let sel;
-  if (state.matching) sel = { view: state.view, filter: apiFilter(filter()) };
-  else if (state.selected.size) sel = { emailIds: [...state.selected] };
+  if (state.matching) {
+    await countMatching();
+    if (!(await confirmMatching(action))) { $('bulk-' + action.toLowerCase()).focus(); return; }
+    sel = { view: state.view, filter: apiFilter(filter()) };
+  } else if (state.selected.size) sel = { emailIds: [...state.selected] };
   else { $('bulk-result').textContent = t('bulk.none'); return; }
   try {
     const res = await actions[action](sel);
     $('bulk-result').replaceChildren(resultView(action, res));
   } catch (err) { showError($('bulk-result'), err); }
   state.selected.clear();
+  if (state.matching) { state.matching = false; $('sel-matching').checked = false; }
+  updateSelection();
   reloadSoon();
 }
 
@@ -431,6 +490,7 @@ let undoTimer = 0;
 let undoId = '';
 function openUndo(e) {
   undoId = e.emailId;
+  $('undo-what').textContent = t('undo.what', { subject: e.subject, to: (e.to || []).join(', ') });
   const until = new Date(e.nextAttemptTime).getTime();
   const tick = () => {
     const n = Math.max(0, Math.ceil((until - Date.now()) / 1000));
@@ -610,10 +670,40 @@ async function loadConnectors() {
     return h('tr', { 'data-id': c.connectorId },
       h('td', {}, h('strong', {}, c.displayName || c.connectorId), h('br'), h('small', {}, c.connectorId)),
       h('td', {}, `${c.host}:${c.port}`), h('td', {}, (c.retryPattern || []).map(dur).join(', ')),
-      h('td', {}, String(c.maxAttempts || '')), h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled')),
+      h('td', {}, String(c.maxAttempts || '')),
+      h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled'), h('span', { class: 'held' })),
       h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
   }));
   if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
+  await Promise.all(state.connectors.filter((c) => c.enabled === false).map(showHeld));
+}
+
+/**
+ * showHeld says how much mail a disabled connector holds (CONNECTOR_DISABLED, in the whole
+ * tenant), with a link to it in the outbox. Left out when the API cannot count it (a filter
+ * beyond the scan bound).
+ */
+async function showHeld(c) {
+  let n;
+  try {
+    n = Number((await call('GET', '/v1/outbox/emails:count' + query({ view: 'VIEW_ALL', 'filter.connector_id': c.connectorId,
+      'filter.statuses': 'EMAIL_STATUS_CONNECTOR_DISABLED' }))).total || 0);
+  } catch { return; }
+  const cell = $('connectors').querySelector(`tr[data-id="${CSS.escape(c.connectorId)}"] .held`);
+  if (!cell) return;
+  const name = c.displayName || c.connectorId;
+  cell.replaceChildren(' — ', n ? h('a', { href: '#outbox', 'data-held': String(n), 'aria-label': t('connectors.show', { name }) + ': ' + t('connectors.held', { n }),
+    onclick: () => showHeldMail(c.connectorId) }, t('connectors.held', { n })) : h('span', { 'data-held': '0' }, t('connectors.held', { n })));
+}
+
+/** showHeldMail lists a connector's held mail in the outbox (view ALL, the connector, Connector disabled). */
+function showHeldMail(connectorId) {
+  $('f-status').value = 'CONNECTOR_DISABLED';
+  $('f-connector').value = connectorId;
+  if (state.views.includes('VIEW_ALL')) state.view = 'VIEW_ALL';
+  renderViews();
+  resetPaging();
+  refresh();
 }
 
 async function toggleConnector(c, enable) {
@@ -634,7 +724,13 @@ function fillSettingsForm() {
 async function submitSettings(ev) {
   ev.preventDefault();
   await saveSettings({ undoDelay: `${Number($('s-undo').value)}s`, pageSize: Number($('s-pagesize').value) });
-  state.pageSize = state.settings?.pageSize || state.pageSize;
+  // The outbox follows at once: its rows-per-page choice and its page.
+  if (state.settings?.pageSize && state.settings.pageSize !== state.pageSize) {
+    state.pageSize = state.settings.pageSize;
+    fillSelects();
+    resetPaging();
+    loadList();
+  }
   $('settings-result').textContent = t('settings.saved');
 }
 
