@@ -697,19 +697,18 @@ func TestConsole(t *testing.T) {
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{scheduled}}})
 	})
 
-	t.Run("settings: the undo delay from the settings page", func(t *testing.T) {
+	t.Run("settings: the undo delay and rows per page from the settings page", func(t *testing.T) {
 		admin.click(t, "#nav-settings")
-		admin.do(t, "set the undo delay", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible))
+		admin.do(t, "set the undo delay and rows per page", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible),
+			chromedp.SetValue(chromedp.CSS("#s-pagesize"), "25", chromedp.NodeVisible))
 		admin.click(t, "#settings-form button[type=submit]")
 		admin.waitJS(t, "saved", `document.getElementById('settings-result').textContent === 'Settings saved.'`)
-		if got := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/users/me/settings", nil)["settings"].(map[string]any)["undoDelay"]; got != "42s" {
-			t.Errorf("undo delay = %v, want 42s", got)
+		if got := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/users/me/settings", nil)["settings"].(map[string]any); got["undoDelay"] != "42s" || got["pageSize"] != float64(25) {
+			t.Errorf("settings = %v, want an undo delay of 42s and 25 rows per page", got)
 		}
-		s.api(t, s.adminTok, http.MethodPatch, "/v1/outbox/users/me/settings", map[string]any{"undoDelay": "0s"})
-		// Rows per page from the settings page: the outbox follows without a reload.
-		admin.do(t, "set rows per page", chromedp.SetValue(chromedp.CSS("#s-pagesize"), "25", chromedp.NodeVisible))
-		admin.click(t, "#settings-form button[type=submit]")
+		// The outbox follows without a reload.
 		admin.waitJS(t, "the outbox's rows per page", `document.getElementById('f-pagesize').value === '25'`)
+		s.api(t, s.adminTok, http.MethodPatch, "/v1/outbox/users/me/settings", map[string]any{"undoDelay": "0s"})
 		admin.click(t, "#nav-outbox")
 	})
 

@@ -715,6 +715,15 @@ async function toggleConnector(c, enable) {
   loadConnectors();
 }
 
+/** loadSettingsForm shows the settings as saved now (another tab or the API may have changed them). */
+async function loadSettingsForm() {
+  fillSettingsForm();
+  try {
+    state.settings = (await call('GET', '/v1/outbox/users/me/settings')).settings;
+  } catch { return; }
+  fillSettingsForm();
+}
+
 function fillSettingsForm() {
   const s = state.settings || {};
   $('s-undo').value = parseFloat(s.undoDelay || '0') || 0;
@@ -746,7 +755,7 @@ function route() {
   // A hidden connectors table goes stale: busy until the next visit has shown a fresh list.
   if (page !== 'connectors') $('connectors').setAttribute('aria-busy', 'true');
   if (page === 'connectors') loadConnectors();
-  if (page === 'settings') fillSettingsForm();
+  if (page === 'settings') loadSettingsForm();
 }
 
 function fillSelects() {
