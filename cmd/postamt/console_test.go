@@ -699,6 +699,7 @@ func TestConsole(t *testing.T) {
 
 	t.Run("settings: the undo delay and rows per page from the settings page", func(t *testing.T) {
 		admin.click(t, "#nav-settings")
+		admin.waitJS(t, "the settings as saved", `!document.getElementById('settings-form').hasAttribute('aria-busy') && document.getElementById('s-undo').value === '0'`)
 		admin.do(t, "set the undo delay and rows per page", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible),
 			chromedp.SetValue(chromedp.CSS("#s-pagesize"), "25", chromedp.NodeVisible))
 		admin.click(t, "#settings-form button[type=submit]")

@@ -715,13 +715,18 @@ async function toggleConnector(c, enable) {
   loadConnectors();
 }
 
-/** loadSettingsForm shows the settings as saved now (another tab or the API may have changed them). */
+/**
+ * loadSettingsForm shows the settings as saved now (another tab or the API may have changed
+ * them); the form is aria-busy until they are in it.
+ */
 async function loadSettingsForm() {
-  fillSettingsForm();
+  const form = $('settings-form');
+  form.setAttribute('aria-busy', 'true');
   try {
     state.settings = (await call('GET', '/v1/outbox/users/me/settings')).settings;
-  } catch { return; }
+  } catch { /* the settings of the page's start */ }
   fillSettingsForm();
+  form.removeAttribute('aria-busy');
 }
 
 function fillSettingsForm() {
