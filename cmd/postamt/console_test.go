@@ -715,7 +715,8 @@ func TestConsole(t *testing.T) {
 
 	t.Run("connectors: disabled holds mail with its reason, enabled queues it again", func(t *testing.T) {
 		admin.click(t, "#nav-connectors")
-		admin.waitJS(t, "the connectors page", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`)
+		admin.waitJS(t, "the connectors page, its heading focused", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`+
+			` && document.activeElement.id === 'connectors-title'`)
 		admin.click(t, "#connectors tr[data-id=flaky] button")
 		admin.waitJS(t, "the connector disabled", `document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
 		id := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
@@ -728,6 +729,12 @@ func TestConsole(t *testing.T) {
 		// that table, not in the one it replaces, whose node is gone by the time the click lands.
 		admin.waitJS(t, "the connectors page again, with the mail it holds", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`+
 			` && document.querySelector('#connectors tr[data-id=flaky] a[data-held]')?.textContent === '1 email held'`)
+		// At 375 px the connectors are cards: the switch is on screen, nothing scrolls sideways.
+		admin.do(t, "375 px", chromedp.EmulateViewport(375, 800))
+		if !evalJS[bool](t, admin, `document.querySelector('#connectors tr[data-id=flaky] button').getBoundingClientRect().right <= 375 && document.documentElement.scrollWidth <= 375`) {
+			t.Error("at 375 px the connector's switch is off screen, or the page scrolls sideways")
+		}
+		admin.screenshot(t, "connectors-375", 375, 800)
 		admin.click(t, "#connectors tr[data-id=flaky] a[data-held]")
 		admin.waitJS(t, "the held mail in the outbox", `!document.getElementById('page-outbox').hidden && document.getElementById('f-status').value === 'CONNECTOR_DISABLED'`+
 			` && document.getElementById('f-connector').value === 'flaky' && document.querySelectorAll('#grid-body tr').length === 1 && `+rowJS("Held"))

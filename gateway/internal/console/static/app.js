@@ -669,9 +669,11 @@ async function loadConnectors() {
     const enabled = c.enabled !== false;
     return h('tr', { 'data-id': c.connectorId },
       h('td', {}, h('strong', {}, c.displayName || c.connectorId), h('br'), h('small', {}, c.connectorId)),
-      h('td', {}, `${c.host}:${c.port}`), h('td', {}, (c.retryPattern || []).map(dur).join(', ')),
-      h('td', {}, String(c.maxAttempts || '')),
-      h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled'), h('span', { class: 'held' })),
+      h('td', { 'data-label': t('connectors.relay') }, `${c.host}:${c.port}`),
+      h('td', { 'data-label': t('connectors.pattern') }, (c.retryPattern || []).map(dur).join(', ')),
+      h('td', { 'data-label': t('connectors.attempts') }, String(c.maxAttempts || '')),
+      h('td', { 'data-state': enabled ? 'enabled' : 'disabled', 'data-label': t('connectors.state') },
+        enabled ? t('connectors.enabled') : t('connectors.disabled'), h('span', { class: 'held' })),
       h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
   }));
   if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
@@ -750,7 +752,12 @@ async function submitSettings(ev) {
 
 // ---- pages and language ----
 
-function route() {
+/**
+ * route shows the page the hash names. A page chosen by the user (focus) gets the focus on its
+ * heading, so screen readers announce it and the view starts at its top (#connectors would
+ * otherwise scroll to the table of that id, past the page's heading and help).
+ */
+function route(focus) {
   const page = (location.hash || '#outbox').slice(1);
   for (const p of ['outbox', 'connectors', 'settings']) {
     $('page-' + p).hidden = p !== page;
@@ -761,6 +768,10 @@ function route() {
   if (page !== 'connectors') $('connectors').setAttribute('aria-busy', 'true');
   if (page === 'connectors') loadConnectors();
   if (page === 'settings') loadSettingsForm();
+  if (focus === true) {
+    $(page + '-title')?.focus();
+    window.scrollTo(0, 0);
+  }
 }
 
 function fillSelects() {
@@ -872,7 +883,7 @@ async function main() {
     loadList();
   });
   $('settings-form').addEventListener('submit', submitSettings);
-  window.addEventListener('hashchange', route);
+  window.addEventListener('hashchange', () => route(true));
 
   applyLanguage();
   route();
