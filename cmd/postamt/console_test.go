@@ -475,6 +475,7 @@ func TestConsole(t *testing.T) {
 		admin.waitJS(t, "the confirmation", `document.getElementById('confirm').open && document.activeElement.id === 'confirm-no'`+
 			` && document.getElementById('confirm-title').textContent === 'Retry all 3 emails matching the filter?'`+
 			` && document.getElementById('confirm-scope').textContent.includes('Connector: Flaky relay')`)
+		admin.screenshot(t, "bulk-confirm-1280", 1280, 900)
 		admin.do(t, "Back", chromedp.KeyEvent(kb.Enter))
 		admin.waitJS(t, "the confirmation closed, nothing done", `!document.getElementById('confirm').open && document.activeElement.id === 'bulk-retry'`+
 			` && document.querySelectorAll('#grid-body tr').length === 3`)

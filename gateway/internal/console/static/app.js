@@ -152,8 +152,10 @@ async function countMatching() {
 let reloadTimer = 0;
 /** reloadSoon gathers bursts of live events into one reload of the page and the count. */
 function reloadSoon() {
-  clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(() => { loadList(); loadCount(); }, 250);
+  // Gathered, not postponed: a steady stream of changes (each sooner than 250 ms after the
+  // last) must not keep the reload from ever happening.
+  if (reloadTimer) return;
+  reloadTimer = setTimeout(() => { reloadTimer = 0; loadList(); loadCount(); }, 250);
 }
 
 // ---- the grid ----
@@ -303,8 +305,7 @@ function applyLive(e) {
     reloadSoon();
     return;
   }
-  clearTimeout(countTimer);
-  countTimer = setTimeout(loadCount, 250);
+  if (!countTimer) countTimer = setTimeout(() => { countTimer = 0; loadCount(); }, 250);
 }
 let countTimer = 0;
 
