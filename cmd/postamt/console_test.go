@@ -592,6 +592,11 @@ func TestConsole(t *testing.T) {
 		}
 		admin.do(t, "Enter", chromedp.KeyEvent(kb.Enter))
 		admin.waitJS(t, "the retry's result in the popup", `document.getElementById('detail-result').textContent.includes('1 of 1')`)
+		// The open popup follows the email live: Sent, with the manual attempt, and the focus
+		// still in the popup although Retry no longer applies.
+		admin.waitJS(t, "the popup showing it sent", `document.querySelector('#detail-fields [data-status]')?.dataset.status === 'SENT'`+
+			` && document.querySelectorAll('#detail-attempts tbody tr').length === 2 && document.getElementById('detail-retry').hidden`+
+			` && document.getElementById('detail').contains(document.activeElement)`)
 		admin.do(t, "Escape", chromedp.KeyEvent(kb.Escape))
 		// Back on the row, or, when the retry has sent it out of the open mail already, on the
 		// row now in its place.

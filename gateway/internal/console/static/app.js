@@ -278,6 +278,7 @@ function applyLive(e) {
   if (prev && Number(prev.version) >= Number(e.version)) return;
   if (state.latest.size >= 10000) state.latest.clear();
   state.latest.set(e.emailId, e);
+  if ($('detail').open && e.emailId === detailId) openDetail(e.emailId, true);
   const i = state.rows.findIndex((r) => r.emailId === e.emailId);
   const fits = matches(e, filter());
   if (i >= 0 && Number(e.version) > Number(state.rows[i].version)) {
@@ -409,15 +410,27 @@ async function bulk(action) {
 
 let detailId = '';
 let detailIndex = 0;
-async function openDetail(id) {
-  detailId = id;
-  detailIndex = Math.max(0, state.rows.findIndex((e) => e.emailId === id));
+let detailVersion = 0;
+/**
+ * openDetail opens the read-only popup of an email. With refresh (a live change of the email
+ * while its popup is open) it shows the email anew in place: status, attempts and the actions
+ * that apply, leaving the focus where it is unless its button no longer applies.
+ */
+async function openDetail(id, refresh = false) {
   const dlg = $('detail');
-  $('detail-result').replaceChildren();
+  if (!refresh) {
+    detailId = id;
+    detailVersion = 0;
+    detailIndex = Math.max(0, state.rows.findIndex((e) => e.emailId === id));
+    $('detail-result').replaceChildren();
+  }
   let e;
   try {
     e = (await call('GET', `/v1/outbox/emails/${encodeURIComponent(id)}?include_bodies=true`)).email;
-  } catch (err) { showError($('bulk-result'), err); return; }
+  } catch (err) { if (!refresh) showError($('bulk-result'), err); return; }
+  if (refresh && (!dlg.open || detailId !== id)) return;
+  if (Number(e.version) < detailVersion) return; // an answer overtaken by a newer one
+  detailVersion = Number(e.version);
   $('detail-title').textContent = e.subject;
   const field = (k, v) => (v === undefined || v === '' || (Array.isArray(v) && !v.length)) ? [] : [h('dt', {}, t(k)), h('dd', { 'data-field': k }, v)];
   $('detail-fields').replaceChildren(
@@ -437,6 +450,11 @@ async function openDetail(id) {
   const ok = can(e);
   $('detail-retry').hidden = !ok.Retry;
   $('detail-cancel').hidden = !ok.Cancel;
+  $('detail-fields').dataset.version = String(e.version);
+  if (refresh) {
+    if (!dlg.contains(document.activeElement) || document.activeElement.hidden) $('detail-close').focus();
+    return;
+  }
   if (!dlg.open) dlg.showModal();
   $('detail-close').focus();
 }
