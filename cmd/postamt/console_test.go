@@ -407,7 +407,8 @@ func TestConsole(t *testing.T) {
 			chromedp.SetValue(chromedp.CSS("#c-body"), "Please do not send", chromedp.NodeVisible))
 		admin.click(t, "#compose-form button[type=submit]")
 		admin.waitJS(t, "the undo popup with its countdown", `document.getElementById('undo').open && /\d/.test(document.getElementById('undo-text').textContent)`+
-			` && document.getElementById('undo-what').textContent === '“Undo me” to client@example.com' && document.activeElement.id === 'undo-cancel'`)
+			` && document.getElementById('undo-what').textContent === '“Undo me” to client@example.com' && document.activeElement.id === 'undo-cancel'`+
+			` && document.getElementById('undo-live').textContent.startsWith('Sending in')`) // the live region screen readers hear
 		admin.waitJS(t, "the email listed as Queued", rowStatus("Undo me")+` === 'QUEUED'`)
 		id := evalJS[string](t, admin, rowJS("Undo me")+`.dataset.id`)
 		admin.screenshot(t, "undo-1280", 1280, 900)
@@ -778,6 +779,9 @@ func TestConsole(t *testing.T) {
 		admin.waitJS(t, "German texts", `document.documentElement.lang === 'de' && document.getElementById('nav-outbox').textContent.includes('Postausgang')`+
 			` && document.querySelector('#grid-head th[data-col=STATUS]').textContent === 'Sendestatus'`)
 		admin.waitJS(t, "the failed row", rowStatus("Frist 12.01.")+` === 'FAILED'`)
+		admin.waitJS(t, "the connectors in German too", `document.querySelector('#connectors tr[data-id=flaky] [data-state]')?.textContent === 'Aktiviert'`+
+			` && document.querySelectorAll('#connectors tr[data-id=flaky] [data-label]')[1]?.dataset.label === 'Fehlerwiederholungsmuster'`+
+			` && document.querySelector('#f-connector option[value=""]').textContent === 'Alle Connectoren'`)
 		admin.screenshot(t, "outbox-de-1280", 1280, 900)
 		admin.choose(t, "#lang", "en")
 		admin.waitJS(t, "English texts", `document.documentElement.lang === 'en' && document.getElementById('nav-outbox').textContent.includes('Outbox')`)

@@ -678,6 +678,12 @@ async function loadConnectors() {
     const res = await call('GET', '/v1/outbox/connectors?page_size=500');
     state.connectors = res.connectors || [];
   } catch { state.connectors = []; }
+  await renderConnectors();
+  if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
+}
+
+/** renderConnectors shows the connectors loaded last (again after a language switch). */
+async function renderConnectors() {
   const sel = $('f-connector');
   const cur = sel.value;
   sel.replaceChildren(h('option', { value: '' }, t('filter.allconnectors')),
@@ -695,7 +701,6 @@ async function loadConnectors() {
         enabled ? t('connectors.enabled') : t('connectors.disabled'), h('span', { class: 'held' })),
       h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
   }));
-  if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
   await Promise.all(state.connectors.filter((c) => c.enabled === false).map(showHeld));
 }
 
@@ -810,8 +815,7 @@ function fillSelects() {
 
 function applyLanguage() {
   i18n.apply(document);
-  const any = $('f-connector').querySelector('option[value=""]');
-  if (any) any.textContent = t('filter.allconnectors');
+  renderConnectors();
   $('lang').value = i18n.lang;
   $('tz').textContent = t('tz', { tz: Intl.DateTimeFormat().resolvedOptions().timeZone });
   fillSelects();
