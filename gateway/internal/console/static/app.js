@@ -145,7 +145,11 @@ async function countMatching() {
   try {
     const res = await call('GET', '/v1/outbox/emails:count' + query({ view: state.view, ...filterQuery(filter()) }));
     state.matchCount = Number(res.total || 0);
-  } catch { state.matchCount = 0; }
+  } catch {
+    // Not countable (FILTER_TOO_BROAD: a connector or text filter over more mail than the
+    // scan bound); the action itself still reaches every match, in batches.
+    state.matchCount = null;
+  }
   updateSelection();
 }
 
@@ -333,7 +337,7 @@ function finalFilter() {
 function updateSelection() {
   const fin = finalFilter();
   $('sel-count').textContent = state.matching ? '' : t('bulk.selected', { n: state.selected.size });
-  $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? state.matchCount : '' }).replace('  ', ' ');
+  $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? (state.matchCount ?? '') : '' }).replace('  ', ' ');
   $('sel-matching').disabled = fin;
   $('bulk-retry').disabled = $('bulk-cancel').disabled = fin;
   $('bulk-retry').textContent = t(state.matching ? 'bulk.retryall' : 'bulk.retry');
@@ -372,7 +376,8 @@ async function rowAction(action, e) {
 function confirmMatching(action) {
   const f = filter();
   const n = state.matchCount;
-  $('confirm-title').textContent = t('confirm.' + action, { n });
+  const any = n === null ? '.any' : '';
+  $('confirm-title').textContent = t('confirm.' + action + any, { n });
   $('confirm-text').textContent = t('confirm.' + action + '.text');
   const conn = state.connectors.find((c) => c.connectorId === f.connectorId);
   $('confirm-scope').textContent = [
@@ -380,7 +385,7 @@ function confirmMatching(action) {
       connector: f.connectorId ? (conn?.displayName || f.connectorId) : t('filter.allconnectors') }),
     f.text ? t('confirm.text', { text: f.text }) : '', f.workItem?.id ? t('confirm.workitem', { id: f.workItem.id }) : '',
   ].filter(Boolean).join(' ');
-  $('confirm-yes').textContent = t('confirm.yes.' + action, { n });
+  $('confirm-yes').textContent = t('confirm.yes.' + action + any, { n });
   const dlg = $('confirm');
   dlg.returnValue = '';
   dlg.showModal();
