@@ -364,6 +364,14 @@ func (b *browser) choose(t *testing.T, sel, value string) {
 	evalJS[chromedp.Void](t, b, fmt.Sprintf(`(() => { const el = document.querySelector(%q); el.value = %s; el.dispatchEvent(new Event('change')); })()`, sel, q))
 }
 
+// setLocalTime puts a time whole hours ahead, to the minute, into the datetime-local input with
+// this id, as the browser's local time (as a person would type it), and returns it as RFC 3339.
+func (b *browser) setLocalTime(t *testing.T, id string, hours int) string {
+	t.Helper()
+	return evalJS[string](t, b, fmt.Sprintf(`(() => { const d = new Date(Date.now() + %d * 3600e3); d.setSeconds(0, 0); const p = (n) => String(n).padStart(2, '0');`+
+		" document.getElementById(%q).value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; return d.toISOString(); })()", hours, id))
+}
+
 // TestConsole drives the outbox console in chromium against `postamt up`, as issue 18 lists.
 func TestConsole(t *testing.T) {
 	s := startConsoleSuite(t)
@@ -661,8 +669,7 @@ func TestConsole(t *testing.T) {
 
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Reschedule]`, a))
 		admin.waitJS(t, "the reschedule dialog", `document.getElementById('reschedule').open`)
-		when := evalJS[string](t, admin, `(() => { const d = new Date(Date.now() + 2 * 3600e3); d.setSeconds(0, 0); const p = (n) => String(n).padStart(2, '0');`+
-			" document.getElementById('r-at').value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; return d.toISOString(); })()")
+		when := admin.setLocalTime(t, "r-at", 2)
 		admin.click(t, "#reschedule-form button[type=submit]")
 		admin.waitJS(t, "the reschedule's result", `!document.getElementById('reschedule').open && document.getElementById('bulk-result').textContent.includes('1 of 1')`)
 		got, _ := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/emails/"+a, nil)["email"].(map[string]any)["sendAt"].(string)
@@ -702,6 +709,42 @@ func TestConsole(t *testing.T) {
 			` && document.querySelector('#bulk-result .failures li')?.textContent.startsWith('Not retryable: ')`)
 		s.waitStatus(t, failed, "EMAIL_STATUS_SENT")
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{scheduled}}})
+
+		// Reschedule and send now of a selection.
+		later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		var both []string
+		for _, subject := range []string{"Later 1", "Later 2"} {
+			both = append(both, s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+				"subject": subject, "textBody": "x", "connectorId": "flaky", "sendAt": later}))
+		}
+		admin.waitJS(t, "both scheduled rows", rowStatus("Later 1")+` === 'SCHEDULED' && `+rowStatus("Later 2")+` === 'SCHEDULED'`)
+		selectBoth := func() {
+			t.Helper()
+			for _, id := range both {
+				admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, id))
+			}
+			admin.waitJS(t, "two selected", `document.getElementById('sel-count').textContent === '2 selected'`)
+		}
+		selectBoth()
+		admin.click(t, "#bulk-reschedule")
+		admin.waitJS(t, "the reschedule dialog", `document.getElementById('reschedule').open`)
+		when := admin.setLocalTime(t, "r-at", 3)
+		admin.click(t, "#reschedule-form button[type=submit]")
+		admin.waitJS(t, "the bulk reschedule's result, the selection cleared", `!document.getElementById('reschedule').open`+
+			` && document.getElementById('bulk-result').textContent.includes('Reschedule: 2 of 2') && document.getElementById('sel-count').textContent === '0 selected'`)
+		wantT, _ := time.Parse(time.RFC3339, when)
+		for _, id := range both {
+			got, _ := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/emails/"+id, nil)["email"].(map[string]any)["sendAt"].(string)
+			if gotT, err := time.Parse(time.RFC3339, got); err != nil || !gotT.Equal(wantT) {
+				t.Errorf("send_at of %s after the bulk reschedule = %q, want %s", id, got, when)
+			}
+		}
+		selectBoth()
+		admin.click(t, "#bulk-sendnow")
+		admin.waitJS(t, "the bulk send now's result", `document.getElementById('bulk-result').textContent.includes('Send now: 2 of 2')`)
+		for _, id := range both {
+			s.waitStatus(t, id, "EMAIL_STATUS_SENT")
+		}
 	})
 
 	t.Run("settings: the undo delay and rows per page from the settings page", func(t *testing.T) {

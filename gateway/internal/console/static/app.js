@@ -339,9 +339,11 @@ function updateSelection() {
   $('sel-count').textContent = state.matching ? '' : t('bulk.selected', { n: state.selected.size });
   $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? (state.matchCount ?? '') : '' }).replace('  ', ' ');
   $('sel-matching').disabled = fin;
-  $('bulk-retry').disabled = $('bulk-cancel').disabled = fin;
-  $('bulk-retry').textContent = t(state.matching ? 'bulk.retryall' : 'bulk.retry');
-  $('bulk-cancel').textContent = t(state.matching ? 'bulk.cancelall' : 'bulk.cancel');
+  for (const a of BULK) {
+    const b = $('bulk-' + a.toLowerCase());
+    b.disabled = fin;
+    b.textContent = t('bulk.' + a.toLowerCase() + (state.matching ? 'all' : ''));
+  }
   $('bulk-final').textContent = fin ? t('bulk.final') : '';
   for (const tr of $('grid-body').rows) {
     const on = state.matching || state.selected.has(tr.dataset.id);
@@ -360,7 +362,7 @@ function updateSelection() {
 // ---- actions on rows and selections ----
 
 async function rowAction(action, e) {
-  if (action === 'Reschedule') return openReschedule([e.emailId]);
+  if (action === 'Reschedule') return openReschedule({ emailIds: [e.emailId] }, false);
   try {
     const res = await actions[action]({ emailIds: [e.emailId] });
     $('bulk-result').replaceChildren(resultView(action, res));
@@ -393,6 +395,9 @@ function confirmMatching(action) {
   return new Promise((resolve) => dlg.addEventListener('close', () => resolve(dlg.returnValue === 'yes'), { once: true }));
 }
 
+/** BULK are the actions of the bulk bar, each on the selection or on all matching the filter. */
+const BULK = ['Retry', 'Cancel', 'SendNow', 'Reschedule'];
+
 async function bulk(action) {
   let sel;
   if (state.matching) {
@@ -401,10 +406,17 @@ async function bulk(action) {
     sel = { view: state.view, filter: apiFilter(filter()) };
   } else if (state.selected.size) sel = { emailIds: [...state.selected] };
   else { $('bulk-result').textContent = t('bulk.none'); return; }
+  // Reschedule asks for the time first; the selection is cleared once it is done.
+  if (action === 'Reschedule') return openReschedule(sel, true);
   try {
     const res = await actions[action](sel);
     $('bulk-result').replaceChildren(resultView(action, res));
   } catch (err) { showError($('bulk-result'), err); }
+  bulkDone();
+}
+
+/** bulkDone clears the selection (and "all matching") after a bulk action and reloads. */
+function bulkDone() {
   state.selected.clear();
   if (state.matching) { state.matching = false; $('sel-matching').checked = false; }
   updateSelection();
@@ -552,9 +564,12 @@ async function undoAction(action) {
 
 // ---- reschedule ----
 
-let rescheduleIds = [];
-function openReschedule(ids) {
-  rescheduleIds = ids;
+let rescheduleSel = null;
+let rescheduleBulk = false;
+/** openReschedule asks for the new send time of a selection (one row's, or the bulk bar's). */
+function openReschedule(sel, isBulk) {
+  rescheduleSel = sel;
+  rescheduleBulk = isBulk;
   $('reschedule-error').replaceChildren();
   $('reschedule').showModal();
 }
@@ -562,10 +577,10 @@ function openReschedule(ids) {
 async function submitReschedule(ev) {
   ev.preventDefault();
   try {
-    const res = await actions.Reschedule({ emailIds: rescheduleIds }, new Date($('r-at').value).toISOString());
+    const res = await actions.Reschedule(rescheduleSel, new Date($('r-at').value).toISOString());
     $('reschedule').close();
     $('bulk-result').replaceChildren(resultView('Reschedule', res));
-    reloadSoon();
+    if (rescheduleBulk) bulkDone(); else reloadSoon();
   } catch (err) { showError($('reschedule-error'), err); }
 }
 
@@ -897,8 +912,7 @@ async function main() {
     const tr = $('grid-body').querySelector(`tr[data-id="${CSS.escape(detailId)}"]`) || rows[Math.min(detailIndex, rows.length - 1)];
     (tr || $('main')).focus();
   });
-  $('bulk-retry').addEventListener('click', () => bulk('Retry'));
-  $('bulk-cancel').addEventListener('click', () => bulk('Cancel'));
+  for (const a of BULK) $('bulk-' + a.toLowerCase()).addEventListener('click', () => bulk(a));
   $('sel-matching').addEventListener('change', (ev) => {
     state.matching = ev.target.checked;
     if (state.matching) countMatching(); else updateSelection();
