@@ -445,6 +445,10 @@ func TestConsole(t *testing.T) {
 			t.Errorf("status reason %q, last error %q; want the relay's 554 shown", reason, lastErr)
 		}
 		admin.screenshot(t, "outbox-1280", 1280, 900)
+		admin.do(t, "375 px", chromedp.EmulateViewport(375, 800))
+		if w := evalJS[int](t, admin, `document.documentElement.scrollWidth`); w > 375 {
+			t.Errorf("at 375 px the outbox is %d px wide: it scrolls sideways", w)
+		}
 		admin.screenshot(t, "outbox-375", 375, 800)
 		sink.SetBehavior(smtptest.Accept)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Retry]`, id))
