@@ -227,9 +227,28 @@ func (b *browser) waitJS(t *testing.T, what, expr string) {
 	}
 }
 
+// click clicks the element sel, as a person would; in the grid only once it has settled (a
+// row of a list about to be replaced would be gone by the time the click lands).
 func (b *browser) click(t *testing.T, sel string) {
 	t.Helper()
+	if strings.Contains(sel, "tr[data-id") || strings.HasPrefix(sel, "#grid") {
+		b.settled(t)
+	}
 	b.do(t, "click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+}
+
+// dblclick double-clicks a cell of the grid once the grid has settled.
+func (b *browser) dblclick(t *testing.T, what, sel string) {
+	t.Helper()
+	b.settled(t)
+	b.do(t, what, chromedp.DoubleClick(chromedp.CSS(sel), chromedp.NodeVisible))
+}
+
+// settled waits until the grid shows its newest list (the page marks it aria-busy while a list
+// loads).
+func (b *browser) settled(t *testing.T) {
+	t.Helper()
+	b.waitJS(t, "the grid to settle", `!document.getElementById('grid').hasAttribute('aria-busy')`)
 }
 
 func (b *browser) ready(t *testing.T) {
@@ -473,7 +492,7 @@ func TestConsole(t *testing.T) {
 		admin.choose(t, "#f-connector", "flaky")
 		admin.waitJS(t, "the three failed rows", `document.querySelectorAll('#grid-body tr').length === 3`)
 		admin.waitJS(t, "the count of three", `document.getElementById('nav-count').textContent === '3'`)
-		admin.do(t, "open a row's details", chromedp.DoubleClick(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, ids[0])), chromedp.NodeVisible))
+		admin.dblclick(t, "open a row's details", fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, ids[0]))
 		admin.waitJS(t, "the detail popup", `document.getElementById('detail').open && document.querySelectorAll('#detail-attempts tbody tr').length > 0`)
 		admin.screenshot(t, "detail-1280", 1280, 900)
 		admin.screenshot(t, "detail-375", 375, 800)
@@ -553,10 +572,10 @@ func TestConsole(t *testing.T) {
 		lead.signIn(t, lea)
 		lead.waitJS(t, "the lead's first view: MY TEAM", `document.querySelector('#views button[aria-pressed=true]')?.dataset.view === 'VIEW_TEAM'`)
 		lead.waitJS(t, "both team's mail", rowJS("Litigation only")+` && `+rowJS("Front desk note"))
-		lead.do(t, "open the lead's own email", chromedp.DoubleClick(chromedp.CSS(`#grid-body tr td[data-col=SUBJECT]`), chromedp.NodeVisible))
+		lead.dblclick(t, "open the lead's own email", `#grid-body tr td[data-col=SUBJECT]`)
 		lead.waitJS(t, "the detail popup", `document.getElementById('detail').open`)
 		lead.do(t, "close", chromedp.KeyEvent(kb.Escape))
-		lead.do(t, "open the lead's own email", chromedp.DoubleClick(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, evalJS[string](t, lead, rowJS("Front desk note")+`.dataset.id`))), chromedp.NodeVisible))
+		lead.dblclick(t, "open the lead's own email", fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, evalJS[string](t, lead, rowJS("Front desk note")+`.dataset.id`)))
 		lead.waitJS(t, "the sender's own Bcc", `document.querySelector('#detail-fields [data-field="detail.bcc"]')?.textContent === 'secret@example.com'`)
 
 		member := s.newBrowser(t)
@@ -568,7 +587,7 @@ func TestConsole(t *testing.T) {
 			t.Error("the member sees mail of a team they are not in")
 		}
 		id := evalJS[string](t, member, rowJS("Front desk note")+`.dataset.id`)
-		member.do(t, "open the lead's email", chromedp.DoubleClick(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, id)), chromedp.NodeVisible))
+		member.dblclick(t, "open the lead's email", fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, id))
 		member.waitJS(t, "the detail popup", `document.getElementById('detail').open && document.getElementById('detail-title').textContent === 'Front desk note'`)
 		if evalJS[bool](t, member, `!!document.querySelector('#detail-fields [data-field="detail.bcc"]') || document.body.innerText.includes('secret@example.com')`) {
 			t.Error("the member sees the lead's Bcc")
@@ -633,6 +652,7 @@ func TestConsole(t *testing.T) {
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, a))
 		admin.waitJS(t, "one selected", `document.getElementById('sel-count').textContent === '1 selected'`)
 		// A row the page re-renders loses this mark; a reload of the grid would drop it.
+		admin.settled(t)
 		evalJS[chromedp.Void](t, admin, rowJS("Selected")+`.dataset.mark = 'kept'`)
 		kept := func(what string) {
 			t.Helper()
@@ -659,6 +679,7 @@ func TestConsole(t *testing.T) {
 		s.waitStatus(t, d, "EMAIL_STATUS_FAILED")
 		admin.choose(t, "#f-status", "FAILED")
 		admin.waitJS(t, "the failed rows", rowStatus("Retried elsewhere")+` === 'FAILED' && !(`+rowJS("Selected")+`)`)
+		admin.settled(t)
 		evalJS[chromedp.Void](t, admin, rowJS("Changes live")+`.dataset.mark = 'kept'`)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, b))
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:retry", map[string]any{"selection": map[string]any{"emailIds": []string{d}}})

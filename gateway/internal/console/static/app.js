@@ -105,7 +105,15 @@ function matches(e, f) {
   return true;
 }
 
+let listSeq = 0;
+/**
+ * loadList shows the page of the view and filter. Only the newest load renders: an answer for an
+ * older filter or page that arrives late is dropped. The grid is aria-busy until the newest
+ * load has rendered (screen readers wait for it, and so can a test before it acts on a row).
+ */
 async function loadList() {
+  const seq = ++listSeq;
+  $('grid').setAttribute('aria-busy', 'true');
   const order = $('f-order').value;
   const q = query({
     view: state.view, ...filterQuery(filter()), order: order === 'EMAIL_ORDER_UNSPECIFIED' ? '' : order,
@@ -113,6 +121,7 @@ async function loadList() {
   });
   try {
     const res = await call('GET', '/v1/outbox/emails' + q);
+    if (seq !== listSeq) return;
     // A live change newer than the list's answer wins: it replaces the listed state, or takes
     // the row out when it no longer matches.
     const f = filter();
@@ -127,8 +136,10 @@ async function loadList() {
     for (const id of state.selected) if (!shown.has(id)) state.selected.delete(id);
     renderGrid();
   } catch (err) {
+    if (seq !== listSeq) return;
     showError($('bulk-result'), err);
   }
+  if (!reloadTimer) $('grid').removeAttribute('aria-busy'); // unless another reload is coming
   updateSelection();
 }
 
@@ -159,6 +170,7 @@ function reloadSoon() {
   // Gathered, not postponed: a steady stream of changes (each sooner than 250 ms after the
   // last) must not keep the reload from ever happening.
   if (reloadTimer) return;
+  $('grid').setAttribute('aria-busy', 'true'); // a reload is coming: busy from now on
   reloadTimer = setTimeout(() => { reloadTimer = 0; loadList(); loadCount(); }, 250);
 }
 
