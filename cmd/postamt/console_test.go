@@ -68,8 +68,16 @@ func startConsoleSuite(t *testing.T) *consoleSuite {
 	}
 	rs := redistest.Start(t)
 	addrs := map[string]string{}
+	taken := map[string]bool{}
 	for _, f := range []string{"grpc", "ops", "outbox-grpc", "outbox-ops", "tracker-grpc", "tracker-ops", "calendar-grpc", "calendar-ops", "gateway-grpc", "gateway-http", "gateway-ops"} {
-		addrs[f] = freeAddr(t)
+		// Ports are drawn at random: eleven of them may meet (the gateway and an ops server got
+		// one port under parallel runs).
+		a := freeAddr(t)
+		for taken[a] {
+			a = freeAddr(t)
+		}
+		taken[a] = true
+		addrs[f] = a
 	}
 	dataDir := t.TempDir()
 	args := []string{"up", "-data", dataDir}
