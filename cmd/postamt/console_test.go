@@ -68,8 +68,16 @@ func startConsoleSuite(t *testing.T) *consoleSuite {
 	}
 	rs := redistest.Start(t)
 	addrs := map[string]string{}
+	taken := map[string]bool{}
 	for _, f := range []string{"grpc", "ops", "outbox-grpc", "outbox-ops", "tracker-grpc", "tracker-ops", "calendar-grpc", "calendar-ops", "gateway-grpc", "gateway-http", "gateway-ops"} {
-		addrs[f] = freeAddr(t)
+		// Ports are drawn at random: eleven of them may meet (the gateway and an ops server got
+		// one port under parallel runs).
+		a := freeAddr(t)
+		for taken[a] {
+			a = freeAddr(t)
+		}
+		taken[a] = true
+		addrs[f] = a
 	}
 	dataDir := t.TempDir()
 	args := []string{"up", "-data", dataDir}
@@ -227,9 +235,28 @@ func (b *browser) waitJS(t *testing.T, what, expr string) {
 	}
 }
 
+// click clicks the element sel, as a person would; in the grid only once it has settled (a
+// row of a list about to be replaced would be gone by the time the click lands).
 func (b *browser) click(t *testing.T, sel string) {
 	t.Helper()
+	if strings.Contains(sel, "tr[data-id") || strings.HasPrefix(sel, "#grid") {
+		b.settled(t)
+	}
 	b.do(t, "click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+}
+
+// dblclick double-clicks a cell of the grid once the grid has settled.
+func (b *browser) dblclick(t *testing.T, what, sel string) {
+	t.Helper()
+	b.settled(t)
+	b.do(t, what, chromedp.DoubleClick(chromedp.CSS(sel), chromedp.NodeVisible))
+}
+
+// settled waits until the grid shows its newest list (the page marks it aria-busy while a list
+// loads).
+func (b *browser) settled(t *testing.T) {
+	t.Helper()
+	b.waitJS(t, "the grid to settle", `!document.getElementById('grid').hasAttribute('aria-busy')`)
 }
 
 func (b *browser) ready(t *testing.T) {
@@ -364,6 +391,14 @@ func (b *browser) choose(t *testing.T, sel, value string) {
 	evalJS[chromedp.Void](t, b, fmt.Sprintf(`(() => { const el = document.querySelector(%q); el.value = %s; el.dispatchEvent(new Event('change')); })()`, sel, q))
 }
 
+// setLocalTime puts a time whole hours ahead, to the minute, into the datetime-local input with
+// this id, as the browser's local time (as a person would type it), and returns it as RFC 3339.
+func (b *browser) setLocalTime(t *testing.T, id string, hours int) string {
+	t.Helper()
+	return evalJS[string](t, b, fmt.Sprintf(`(() => { const d = new Date(Date.now() + %d * 3600e3); d.setSeconds(0, 0); const p = (n) => String(n).padStart(2, '0');`+
+		" document.getElementById(%q).value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; return d.toISOString(); })()", hours, id))
+}
+
 // TestConsole drives the outbox console in chromium against `postamt up`, as issue 18 lists.
 func TestConsole(t *testing.T) {
 	s := startConsoleSuite(t)
@@ -406,7 +441,9 @@ func TestConsole(t *testing.T) {
 			chromedp.SetValue(chromedp.CSS("#c-subject"), "Undo me", chromedp.NodeVisible),
 			chromedp.SetValue(chromedp.CSS("#c-body"), "Please do not send", chromedp.NodeVisible))
 		admin.click(t, "#compose-form button[type=submit]")
-		admin.waitJS(t, "the undo popup with its countdown", `document.getElementById('undo').open && /\d/.test(document.getElementById('undo-text').textContent)`)
+		admin.waitJS(t, "the undo popup with its countdown", `document.getElementById('undo').open && /\d/.test(document.getElementById('undo-text').textContent)`+
+			` && document.getElementById('undo-what').textContent === '“Undo me” to client@example.com' && document.activeElement.id === 'undo-cancel'`+
+			` && document.getElementById('undo-live').textContent.startsWith('Sending in')`) // the live region screen readers hear
 		admin.waitJS(t, "the email listed as Queued", rowStatus("Undo me")+` === 'QUEUED'`)
 		id := evalJS[string](t, admin, rowJS("Undo me")+`.dataset.id`)
 		admin.screenshot(t, "undo-1280", 1280, 900)
@@ -435,6 +472,10 @@ func TestConsole(t *testing.T) {
 			t.Errorf("status reason %q, last error %q; want the relay's 554 shown", reason, lastErr)
 		}
 		admin.screenshot(t, "outbox-1280", 1280, 900)
+		admin.do(t, "375 px", chromedp.EmulateViewport(375, 800))
+		if w := evalJS[int](t, admin, `document.documentElement.scrollWidth`); w > 375 {
+			t.Errorf("at 375 px the outbox is %d px wide: it scrolls sideways", w)
+		}
 		admin.screenshot(t, "outbox-375", 375, 800)
 		sink.SetBehavior(smtptest.Accept)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Retry]`, id))
@@ -459,16 +500,29 @@ func TestConsole(t *testing.T) {
 		admin.choose(t, "#f-connector", "flaky")
 		admin.waitJS(t, "the three failed rows", `document.querySelectorAll('#grid-body tr').length === 3`)
 		admin.waitJS(t, "the count of three", `document.getElementById('nav-count').textContent === '3'`)
-		admin.do(t, "open a row's details", chromedp.DoubleClick(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, ids[0])), chromedp.NodeVisible))
+		admin.dblclick(t, "open a row's details", fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, ids[0]))
 		admin.waitJS(t, "the detail popup", `document.getElementById('detail').open && document.querySelectorAll('#detail-attempts tbody tr').length > 0`)
 		admin.screenshot(t, "detail-1280", 1280, 900)
 		admin.screenshot(t, "detail-375", 375, 800)
 		admin.click(t, "#detail-close")
 		admin.click(t, "#sel-matching")
-		admin.waitJS(t, "the matching count", `document.getElementById('sel-matching-label').textContent.includes('3')`)
+		admin.waitJS(t, "the matching count, every row shown selected", `document.getElementById('sel-matching-label').textContent.includes('3')`+
+			` && [...document.querySelectorAll('#grid-body td.sel input')].every((b) => b.checked && b.disabled)`+
+			` && document.getElementById('bulk-retry').textContent === 'Retry all matching'`)
 		sink.SetBehavior(smtptest.Accept)
+		// Asked first, with the count and the filter; "Back" has the focus and changes nothing.
 		admin.click(t, "#bulk-retry")
-		admin.waitJS(t, "the bulk result", `document.getElementById('bulk-result').textContent.includes('3 of 3')`)
+		admin.waitJS(t, "the confirmation", `document.getElementById('confirm').open && document.activeElement.id === 'confirm-no'`+
+			` && document.getElementById('confirm-title').textContent === 'Retry all 3 emails matching the filter?'`+
+			` && document.getElementById('confirm-scope').textContent.includes('Connector: Flaky relay')`)
+		admin.screenshot(t, "bulk-confirm-1280", 1280, 900)
+		admin.do(t, "Back", chromedp.KeyEvent(kb.Enter))
+		admin.waitJS(t, "the confirmation closed, nothing done", `!document.getElementById('confirm').open && document.activeElement.id === 'bulk-retry'`+
+			` && document.querySelectorAll('#grid-body tr').length === 3`)
+		admin.click(t, "#bulk-retry")
+		admin.waitJS(t, "the confirmation", `document.getElementById('confirm').open`)
+		admin.click(t, "#confirm-yes")
+		admin.waitJS(t, "the bulk result", `document.getElementById('bulk-result').textContent.includes('3 of 3') && !document.getElementById('sel-matching').checked`)
 		for _, id := range ids {
 			s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 		}
@@ -526,10 +580,10 @@ func TestConsole(t *testing.T) {
 		lead.signIn(t, lea)
 		lead.waitJS(t, "the lead's first view: MY TEAM", `document.querySelector('#views button[aria-pressed=true]')?.dataset.view === 'VIEW_TEAM'`)
 		lead.waitJS(t, "both team's mail", rowJS("Litigation only")+` && `+rowJS("Front desk note"))
-		lead.do(t, "open the lead's own email", chromedp.DoubleClick(chromedp.CSS(`#grid-body tr td[data-col=SUBJECT]`), chromedp.NodeVisible))
+		lead.dblclick(t, "open the lead's own email", `#grid-body tr td[data-col=SUBJECT]`)
 		lead.waitJS(t, "the detail popup", `document.getElementById('detail').open`)
 		lead.do(t, "close", chromedp.KeyEvent(kb.Escape))
-		lead.do(t, "open the lead's own email", chromedp.DoubleClick(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, evalJS[string](t, lead, rowJS("Front desk note")+`.dataset.id`))), chromedp.NodeVisible))
+		lead.dblclick(t, "open the lead's own email", fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, evalJS[string](t, lead, rowJS("Front desk note")+`.dataset.id`)))
 		lead.waitJS(t, "the sender's own Bcc", `document.querySelector('#detail-fields [data-field="detail.bcc"]')?.textContent === 'secret@example.com'`)
 
 		member := s.newBrowser(t)
@@ -541,7 +595,7 @@ func TestConsole(t *testing.T) {
 			t.Error("the member sees mail of a team they are not in")
 		}
 		id := evalJS[string](t, member, rowJS("Front desk note")+`.dataset.id`)
-		member.do(t, "open the lead's email", chromedp.DoubleClick(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, id)), chromedp.NodeVisible))
+		member.dblclick(t, "open the lead's email", fmt.Sprintf(`tr[data-id=%q] td[data-col=SUBJECT]`, id))
 		member.waitJS(t, "the detail popup", `document.getElementById('detail').open && document.getElementById('detail-title').textContent === 'Front desk note'`)
 		if evalJS[bool](t, member, `!!document.querySelector('#detail-fields [data-field="detail.bcc"]') || document.body.innerText.includes('secret@example.com')`) {
 			t.Error("the member sees the lead's Bcc")
@@ -578,34 +632,77 @@ func TestConsole(t *testing.T) {
 		}
 		admin.do(t, "Enter", chromedp.KeyEvent(kb.Enter))
 		admin.waitJS(t, "the retry's result in the popup", `document.getElementById('detail-result').textContent.includes('1 of 1')`)
+		// The open popup follows the email live: Sent, with the manual attempt, and the focus
+		// still in the popup although Retry no longer applies.
+		admin.waitJS(t, "the popup showing it sent", `document.querySelector('#detail-fields [data-status]')?.dataset.status === 'SENT'`+
+			` && document.querySelectorAll('#detail-attempts tbody tr').length === 2 && document.getElementById('detail-retry').hidden`+
+			` && document.getElementById('detail').contains(document.activeElement)`)
 		admin.do(t, "Escape", chromedp.KeyEvent(kb.Escape))
-		admin.waitJS(t, "the popup closed, the focus back on the row", `!document.getElementById('detail').open && `+isRow)
+		// Back on the row, or, when the retry has sent it out of the open mail already, on the
+		// row now in its place.
+		gone := fmt.Sprintf(`!document.querySelector('#grid-body tr[data-id=%q]') && (document.activeElement?.matches?.('#grid-body tr') || document.activeElement?.id === 'main')`, id)
+		admin.waitJS(t, "the popup closed, the focus back on the row", `!document.getElementById('detail').open && (`+isRow+` || `+gone+`)`)
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 	})
 
-	t.Run("live updates keep the selection; reschedule and send now", func(t *testing.T) {
+	t.Run("live updates keep the selection, take out what leaves the filter; reschedule and send now", func(t *testing.T) {
 		sink.SetBehavior(smtptest.PermFailData)
 		later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
-		a := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
-			"subject": "Selected", "textBody": "x", "connectorId": "flaky", "sendAt": later})
-		b := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
-			"subject": "Changes live", "textBody": "x", "connectorId": "flaky", "sendAt": later})
-		admin.waitJS(t, "both scheduled rows, with who scheduled them", rowStatus("Selected")+` === 'SCHEDULED' && `+rowStatus("Changes live")+` === 'SCHEDULED'`+
+		scheduled := func(subject string) string {
+			return s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+				"subject": subject, "textBody": "x", "connectorId": "flaky", "sendAt": later})
+		}
+		a, b, c, d := scheduled("Selected"), scheduled("Changes live"), scheduled("Leaves when sent"), scheduled("Retried elsewhere")
+		admin.waitJS(t, "the scheduled rows, with who scheduled them", rowStatus("Selected")+` === 'SCHEDULED' && `+rowStatus("Changes live")+` === 'SCHEDULED'`+
+			` && `+rowStatus("Leaves when sent")+` === 'SCHEDULED' && `+rowStatus("Retried elsewhere")+` === 'SCHEDULED'`+
 			` && `+rowJS("Selected")+`.querySelector('[data-status] .reason').textContent.includes('dev-admin')`)
+		admin.waitJS(t, "the live stream open", `document.getElementById('grid').dataset.live === 'on'`)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, a))
 		admin.waitJS(t, "one selected", `document.getElementById('sel-count').textContent === '1 selected'`)
 		// A row the page re-renders loses this mark; a reload of the grid would drop it.
+		admin.settled(t)
 		evalJS[chromedp.Void](t, admin, rowJS("Selected")+`.dataset.mark = 'kept'`)
-		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
-		s.waitStatus(t, b, "EMAIL_STATUS_FAILED")
-		admin.waitJS(t, "the other row to turn Failed in place", rowStatus("Changes live")+` === 'FAILED'`)
-		if !evalJS[bool](t, admin, rowJS("Selected")+`.dataset.mark === 'kept' && `+rowJS("Selected")+`.querySelector('td.sel input').checked`) {
-			t.Error("the live update re-rendered the grid or lost the selection")
+		kept := func(what string) {
+			t.Helper()
+			if !evalJS[bool](t, admin, rowJS("Selected")+`?.dataset.mark === 'kept' && `+rowJS("Selected")+`.querySelector('td.sel input').checked`+
+				` && document.getElementById('sel-count').textContent === '1 selected'`) {
+				t.Errorf("%s re-rendered the grid or lost the selection", what)
+			}
 		}
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{b, d}}})
+		s.waitStatus(t, b, "EMAIL_STATUS_FAILED")
+		admin.waitJS(t, "the other row to turn Failed in place, with its last attempt", rowStatus("Changes live")+` === 'FAILED'`+
+			` && `+rowJS("Changes live")+`.querySelector('[data-col=LAST_ATTEMPT_TIME]').textContent !== ''`)
+		kept("a live change of another row")
+		live := evalJS[string](t, admin, rowJS("Changes live")+`.textContent`)
+
+		// Sent elsewhere: the row leaves "All open" by itself.
+		sink.SetBehavior(smtptest.Accept)
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:sendNow", map[string]any{"selection": map[string]any{"emailIds": []string{c}}})
+		s.waitStatus(t, c, "EMAIL_STATUS_SENT")
+		admin.waitJS(t, "the sent row gone from the open mail", `!(`+rowJS("Leaves when sent")+`)`)
+		kept("a row leaving the list")
+
+		// Retried elsewhere: the row leaves the Failed filter by itself.
+		s.waitStatus(t, d, "EMAIL_STATUS_FAILED")
+		admin.choose(t, "#f-status", "FAILED")
+		admin.waitJS(t, "the failed rows", rowStatus("Retried elsewhere")+` === 'FAILED' && !(`+rowJS("Selected")+`)`)
+		admin.settled(t)
+		evalJS[chromedp.Void](t, admin, rowJS("Changes live")+`.dataset.mark = 'kept'`)
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, b))
+		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:retry", map[string]any{"selection": map[string]any{"emailIds": []string{d}}})
+		admin.waitJS(t, "the retried row gone from Failed", `!(`+rowJS("Retried elsewhere")+`)`)
+		if !evalJS[bool](t, admin, rowJS("Changes live")+`?.dataset.mark === 'kept' && `+rowJS("Changes live")+`.querySelector('td.sel input').checked`) {
+			t.Error("a row leaving the Failed filter re-rendered the grid or lost the selection")
+		}
+		admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, b))
+		s.waitStatus(t, d, "EMAIL_STATUS_SENT")
+		admin.choose(t, "#f-status", "")
+		admin.waitJS(t, "all open again", rowJS("Selected")+` && `+rowStatus("Changes live")+` === 'FAILED'`)
+
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=Reschedule]`, a))
 		admin.waitJS(t, "the reschedule dialog", `document.getElementById('reschedule').open`)
-		when := evalJS[string](t, admin, `(() => { const d = new Date(Date.now() + 2 * 3600e3); d.setSeconds(0, 0); const p = (n) => String(n).padStart(2, '0');`+
-			" document.getElementById('r-at').value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; return d.toISOString(); })()")
+		when := admin.setLocalTime(t, "r-at", 2)
 		admin.click(t, "#reschedule-form button[type=submit]")
 		admin.waitJS(t, "the reschedule's result", `!document.getElementById('reschedule').open && document.getElementById('bulk-result').textContent.includes('1 of 1')`)
 		got, _ := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/emails/"+a, nil)["email"].(map[string]any)["sendAt"].(string)
@@ -613,9 +710,17 @@ func TestConsole(t *testing.T) {
 		if gotT, err := time.Parse(time.RFC3339, got); err != nil || !gotT.Equal(wantT) {
 			t.Errorf("send_at after reschedule = %q, want %s", got, when)
 		}
-		sink.SetBehavior(smtptest.Accept)
 		admin.click(t, fmt.Sprintf(`tr[data-id=%q] button[data-act=SendNow]`, a))
 		s.waitStatus(t, a, "EMAIL_STATUS_SENT")
+		admin.waitJS(t, "the sent row gone, and out of the selection", `!(`+rowJS("Selected")+`) && document.getElementById('sel-count').textContent === '0 selected'`)
+
+		// The live row reads as a reloaded one: every column, the last attempt's time among them.
+		admin.do(t, "reload", chromedp.Reload())
+		admin.ready(t)
+		admin.waitJS(t, "the failed row after a reload", rowStatus("Changes live")+` === 'FAILED'`)
+		if reloaded := evalJS[string](t, admin, rowJS("Changes live")+`.textContent`); reloaded != live {
+			t.Errorf("the row as the live update showed it:\n%s\nafter a reload:\n%s", live, reloaded)
+		}
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{b}}})
 	})
 
@@ -637,23 +742,64 @@ func TestConsole(t *testing.T) {
 			` && document.querySelector('#bulk-result .failures li')?.textContent.startsWith('Not retryable: ')`)
 		s.waitStatus(t, failed, "EMAIL_STATUS_SENT")
 		s.api(t, s.adminTok, http.MethodPost, "/v1/outbox/emails:cancel", map[string]any{"selection": map[string]any{"emailIds": []string{scheduled}}})
+
+		// Reschedule and send now of a selection.
+		later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		var both []string
+		for _, subject := range []string{"Later 1", "Later 2"} {
+			both = append(both, s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
+				"subject": subject, "textBody": "x", "connectorId": "flaky", "sendAt": later}))
+		}
+		admin.waitJS(t, "both scheduled rows", rowStatus("Later 1")+` === 'SCHEDULED' && `+rowStatus("Later 2")+` === 'SCHEDULED'`)
+		selectBoth := func() {
+			t.Helper()
+			for _, id := range both {
+				admin.click(t, fmt.Sprintf(`tr[data-id=%q] td.sel input`, id))
+			}
+			admin.waitJS(t, "two selected", `document.getElementById('sel-count').textContent === '2 selected'`)
+		}
+		selectBoth()
+		admin.click(t, "#bulk-reschedule")
+		admin.waitJS(t, "the reschedule dialog", `document.getElementById('reschedule').open`)
+		when := admin.setLocalTime(t, "r-at", 3)
+		admin.click(t, "#reschedule-form button[type=submit]")
+		admin.waitJS(t, "the bulk reschedule's result, the selection cleared", `!document.getElementById('reschedule').open`+
+			` && document.getElementById('bulk-result').textContent.includes('Reschedule: 2 of 2') && document.getElementById('sel-count').textContent === '0 selected'`)
+		wantT, _ := time.Parse(time.RFC3339, when)
+		for _, id := range both {
+			got, _ := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/emails/"+id, nil)["email"].(map[string]any)["sendAt"].(string)
+			if gotT, err := time.Parse(time.RFC3339, got); err != nil || !gotT.Equal(wantT) {
+				t.Errorf("send_at of %s after the bulk reschedule = %q, want %s", id, got, when)
+			}
+		}
+		selectBoth()
+		admin.click(t, "#bulk-sendnow")
+		admin.waitJS(t, "the bulk send now's result", `document.getElementById('bulk-result').textContent.includes('Send now: 2 of 2')`)
+		for _, id := range both {
+			s.waitStatus(t, id, "EMAIL_STATUS_SENT")
+		}
 	})
 
-	t.Run("settings: the undo delay from the settings page", func(t *testing.T) {
+	t.Run("settings: the undo delay and rows per page from the settings page", func(t *testing.T) {
 		admin.click(t, "#nav-settings")
-		admin.do(t, "set the undo delay", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible))
+		admin.waitJS(t, "the settings as saved", `!document.getElementById('settings-form').hasAttribute('aria-busy') && document.getElementById('s-undo').value === '0'`)
+		admin.do(t, "set the undo delay and rows per page", chromedp.SetValue(chromedp.CSS("#s-undo"), "42", chromedp.NodeVisible),
+			chromedp.SetValue(chromedp.CSS("#s-pagesize"), "25", chromedp.NodeVisible))
 		admin.click(t, "#settings-form button[type=submit]")
 		admin.waitJS(t, "saved", `document.getElementById('settings-result').textContent === 'Settings saved.'`)
-		if got := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/users/me/settings", nil)["settings"].(map[string]any)["undoDelay"]; got != "42s" {
-			t.Errorf("undo delay = %v, want 42s", got)
+		if got := s.api(t, s.adminTok, http.MethodGet, "/v1/outbox/users/me/settings", nil)["settings"].(map[string]any); got["undoDelay"] != "42s" || got["pageSize"] != float64(25) {
+			t.Errorf("settings = %v, want an undo delay of 42s and 25 rows per page", got)
 		}
+		// The outbox follows without a reload.
+		admin.waitJS(t, "the outbox's rows per page", `document.getElementById('f-pagesize').value === '25'`)
 		s.api(t, s.adminTok, http.MethodPatch, "/v1/outbox/users/me/settings", map[string]any{"undoDelay": "0s"})
 		admin.click(t, "#nav-outbox")
 	})
 
 	t.Run("connectors: disabled holds mail with its reason, enabled queues it again", func(t *testing.T) {
 		admin.click(t, "#nav-connectors")
-		admin.waitJS(t, "the connectors page", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`)
+		admin.waitJS(t, "the connectors page, its heading focused", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=enabled]')`+
+			` && document.activeElement.id === 'connectors-title'`)
 		admin.click(t, "#connectors tr[data-id=flaky] button")
 		admin.waitJS(t, "the connector disabled", `document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
 		id := s.submit(t, s.adminTok, map[string]any{"fromAddress": "dev-admin@postamt.localhost", "to": []string{"client@example.com"},
@@ -664,11 +810,39 @@ func TestConsole(t *testing.T) {
 		admin.click(t, "#nav-connectors")
 		// The page renders its table anew once its list arrives (aria-busy until then): click in
 		// that table, not in the one it replaces, whose node is gone by the time the click lands.
+		admin.waitJS(t, "the connectors page again, with the mail it holds", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`+
+			` && document.querySelector('#connectors tr[data-id=flaky] a[data-held]')?.textContent === '1 email held'`)
+		// At 375 px the connectors are cards: the switch is on screen, nothing scrolls sideways.
+		admin.do(t, "375 px", chromedp.EmulateViewport(375, 800))
+		if !evalJS[bool](t, admin, `document.querySelector('#connectors tr[data-id=flaky] button').getBoundingClientRect().right <= 375 && document.documentElement.scrollWidth <= 375`) {
+			t.Error("at 375 px the connector's switch is off screen, or the page scrolls sideways")
+		}
+		admin.screenshot(t, "connectors-375", 375, 800)
+		admin.click(t, "#connectors tr[data-id=flaky] a[data-held]")
+		admin.waitJS(t, "the held mail in the outbox", `!document.getElementById('page-outbox').hidden && document.getElementById('f-status').value === 'CONNECTOR_DISABLED'`+
+			` && document.getElementById('f-connector').value === 'flaky' && document.querySelectorAll('#grid-body tr').length === 1 && `+rowJS("Held"))
+		admin.click(t, "#nav-connectors")
 		admin.waitJS(t, "the connectors page again", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelector('#connectors tr[data-id=flaky] [data-state=disabled]')`)
 		admin.click(t, "#connectors tr[data-id=flaky] button")
-		admin.waitJS(t, "how much mail was queued again", `document.getElementById('connectors-result').textContent.includes('1 emails queued again')`)
+		admin.waitJS(t, "how much mail was queued again", `document.getElementById('connectors-result').textContent.includes('1 email queued again')`)
 		s.waitStatus(t, id, "EMAIL_STATUS_SENT")
 		admin.click(t, "#nav-outbox")
+		admin.choose(t, "#f-status", "")
+		admin.choose(t, "#f-connector", "")
+	})
+
+	t.Run("an admin of another tenant sees nothing of this one", func(t *testing.T) {
+		tok, err := s.signer.Mint(auth.Principal{Tenant: "other", User: "dev-admin", Roles: []string{"admin"}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := s.newBrowser(t)
+		other.signIn(t, tok)
+		other.click(t, `#views button[data-view=VIEW_ALL]`)
+		other.waitJS(t, "an empty outbox of tenant other", `document.getElementById('who').textContent.includes('(other)') && document.getElementById('grid').dataset.live === 'on'`+
+			` && !document.getElementById('grid-empty').hidden && document.getElementById('nav-count').textContent === '0'`)
+		other.click(t, "#nav-connectors")
+		other.waitJS(t, "no connectors of this tenant", `!document.getElementById('connectors').hasAttribute('aria-busy') && document.querySelectorAll('#connectors tbody tr').length === 0`)
 	})
 
 	t.Run("German from the switch, and back", func(t *testing.T) {
@@ -681,6 +855,9 @@ func TestConsole(t *testing.T) {
 		admin.waitJS(t, "German texts", `document.documentElement.lang === 'de' && document.getElementById('nav-outbox').textContent.includes('Postausgang')`+
 			` && document.querySelector('#grid-head th[data-col=STATUS]').textContent === 'Sendestatus'`)
 		admin.waitJS(t, "the failed row", rowStatus("Frist 12.01.")+` === 'FAILED'`)
+		admin.waitJS(t, "the connectors in German too", `document.querySelector('#connectors tr[data-id=flaky] [data-state]')?.textContent === 'Aktiviert'`+
+			` && document.querySelectorAll('#connectors tr[data-id=flaky] [data-label]')[1]?.dataset.label === 'Fehlerwiederholungsmuster'`+
+			` && document.querySelector('#f-connector option[value=""]').textContent === 'Alle Connectoren'`)
 		admin.screenshot(t, "outbox-de-1280", 1280, 900)
 		admin.choose(t, "#lang", "en")
 		admin.waitJS(t, "English texts", `document.documentElement.lang === 'en' && document.getElementById('nav-outbox').textContent.includes('Outbox')`)

@@ -619,7 +619,8 @@ func (e *env) consumers() int {
 }
 
 // TestWatchOverHTTP: a server stream over HTTP as newline-delimited JSON, and as server-sent
-// events when asked for.
+// events when asked for; its response starts as soon as the watch is in place, before any change
+// (server-sent events with a comment line), so a client of a quiet outbox knows it is watching.
 func TestWatchOverHTTP(t *testing.T) {
 	e := startEnv(t, nil)
 	e.seed()
@@ -641,25 +642,34 @@ func TestWatchOverHTTP(t *testing.T) {
 				req.Header.Set("Accept", tc.accept)
 			}
 			lines := make(chan string, 16)
+			opened := make(chan string, 1)
 			go func() {
 				defer close(lines)
 				resp, err := http.DefaultClient.Do(req)
 				if err != nil {
+					opened <- err.Error()
 					return
 				}
 				defer resp.Body.Close()
-				if got := resp.Header.Get("Content-Type"); got != tc.contentType {
-					lines <- "content type " + got
-					return
-				}
+				opened <- resp.Status + " " + resp.Header.Get("Content-Type")
 				sc := bufio.NewScanner(resp.Body)
 				for sc.Scan() {
-					if sc.Text() != "" {
+					if sc.Text() != "" && !strings.HasPrefix(sc.Text(), ":") {
 						lines <- sc.Text()
 					}
 				}
 			}()
-			poll.Eventually(t, "the watch's consumer", func() bool { return e.consumers() > before })
+			select {
+			case got := <-opened:
+				if want := "200 OK " + tc.contentType; got != want {
+					t.Fatalf("the watch's response: %s, want %s", got, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no response headers from a watch in place while nothing changes")
+			}
+			if got := e.consumers(); got <= before {
+				t.Errorf("the watch answered before its consumer existed (%d consumers, %d before)", got, before)
+			}
 			var sub struct {
 				Email struct {
 					EmailID string `json:"emailId"`

@@ -85,6 +85,12 @@ type Options struct {
 	// DrainTimeout bounds how long running calls may take to finish once the drain refuses new
 	// ones; then they are cut. 0 means DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// EndOnDrain lists the full names of server streams that never end by themselves (watches,
+	// e.g. "/postamt.outbox.v1.OutboxService/WatchEmails"): when the drain refuses new calls,
+	// their context ends, so that an open watch does not hold the drain for DrainTimeout (a
+	// browser tab on the console kept `postamt up` from stopping for 30 s). Their clients
+	// reconnect, to another replica.
+	EndOnDrain []string
 	// Metrics receives the request counters and latencies; nil skips them. Servers of one process
 	// may share a registerer: the collectors are registered once and shared.
 	Metrics prometheus.Registerer
@@ -115,6 +121,9 @@ type Server struct {
 	mu      sync.Mutex
 	ready   bool
 	serving bool
+
+	// draining is closed when the drain refuses new calls; the streams of EndOnDrain end then.
+	draining chan struct{}
 }
 
 // New builds the server and registers health, reflection and opts.Register's services; nothing
@@ -177,12 +186,16 @@ func New(opts Options) (*Server, error) {
 	}
 	unary = append(unary, rememberUnary())
 	stream = append(stream, rememberStream())
+	draining := make(chan struct{})
+	if len(opts.EndOnDrain) > 0 {
+		stream = append(stream, endOnDrainStream(opts.EndOnDrain, draining))
+	}
 
 	otelOpts := []otelgrpc.Option{otelgrpc.WithFilter(notHealth)}
 	if opts.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
 	}
-	s := &Server{opts: opts, log: opts.Logger, health: health.NewServer()}
+	s := &Server{opts: opts, log: opts.Logger, health: health.NewServer(), draining: draining}
 	serverOpts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.ChainUnaryInterceptor(unary...),
@@ -340,6 +353,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.log.Warn("drain timeout: cutting running calls", "timeout", s.opts.DrainTimeout)
 		s.grpc.Stop()
 	})
+	close(s.draining)
 	s.grpc.GracefulStop()
 	cut.Stop()
 	if err := <-serveErr; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -365,3 +379,38 @@ func (r reflected) GetServiceInfo() map[string]grpc.ServiceInfo {
 	}
 	return out
 }
+
+// endOnDrainStream ends the context of the streams named in methods when draining closes (see
+// Options.EndOnDrain). It is the innermost interceptor: the handler's context is the caller's,
+// authenticated, and ends with the drain as well.
+//
+//nolint:contextcheck // a stream interceptor's context is the stream's (ss.Context()), not its builder's
+func endOnDrainStream(methods []string, draining <-chan struct{}) grpc.StreamServerInterceptor {
+	names := make(map[string]bool, len(methods))
+	for _, m := range methods {
+		names[m] = true
+	}
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !names[info.FullMethod] {
+			return handler(srv, ss)
+		}
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		go func() {
+			select {
+			case <-draining:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		return handler(srv, &drainingStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+// drainingStream is a stream whose context ends with the drain.
+type drainingStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *drainingStream) Context() context.Context { return s.ctx }

@@ -37,8 +37,9 @@ import (
 const serviceName = "postamt.test.v1.TestService"
 
 // testService answers Echo and Watch by the request's value: "panic" panics, "notfound" and
-// "internal" return domain errors, "slow" blocks until released (or cut), "request-id" answers
-// with the request id, anything else is echoed.
+// "internal" return domain errors, "slow" blocks until released (or cut), "watch" until its
+// context ends and then answers "ended", "request-id" answers with the request id, anything else
+// is echoed.
 type testService struct {
 	started chan struct{} // receives when a slow call has started
 	release chan struct{} // closed to let slow calls finish
@@ -56,6 +57,10 @@ func (s *testService) handle(ctx context.Context, in *wrapperspb.StringValue) (*
 		return nil, errs.NotFound("mailbox", "mb-1")
 	case "internal":
 		return nil, fmt.Errorf("store: %w", errors.New("redis: connection pool exhausted at 10.0.0.7"))
+	case "watch":
+		s.started <- struct{}{}
+		<-ctx.Done()
+		return wrapperspb.String("ended"), nil
 	case "slow":
 		s.started <- struct{}{}
 		select {
@@ -578,6 +583,37 @@ func TestDrain(t *testing.T) {
 			t.Errorf("Serve() = %v, want nil", err)
 		}
 	})
+}
+
+// TestDrainEndsWatches: a stream of EndOnDrain ends when the drain starts, so an open watch
+// does not hold the drain until its timeout (an hour here: the test would time out first).
+func TestDrainEndsWatches(t *testing.T) {
+	r := start(t, grpcserver.Options{DrainTimeout: time.Hour, EndOnDrain: []string{"/" + serviceName + "/Watch"}})
+	ctx := testCtx(t)
+	ended := make(chan error, 1)
+	go func() {
+		got, err := watch(ctx, r.conn, "watch")
+		if err == nil && got != "ended" {
+			err = fmt.Errorf("watch answered %q", got)
+		}
+		ended <- err
+	}()
+	<-r.svc.started
+	r.cancel()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Errorf("the watch: %v, want it ended by the drain (its handler answering), not cut", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the watch held the drain")
+	}
+	if err := r.wait(); err != nil {
+		t.Errorf("Serve() = %v, want nil", err)
+	}
+	if strings.Contains(r.logs.String(), "drain timeout") {
+		t.Error("the drain timed out")
+	}
 }
 
 func TestDrainTimeoutCutsCalls(t *testing.T) {

@@ -38,7 +38,9 @@ type exchange struct {
 	route        route
 	bodyTooLarge bool
 	failed       *status.Status
-	probe        *probe
+	// eventStream: the answer is server-sent events (Accept: text/event-stream; see openStream).
+	eventStream bool
+	probe       *probe
 }
 
 // probe marks a request the edge makes of the mux to learn whether a method routes (allowed).
@@ -166,6 +168,7 @@ func (c *contract) middleware(next runtime.HandlerFunc) runtime.HandlerFunc {
 			rt, known = c.routes[r.Method+" "+pat.String()]
 		}
 		x.route = rt
+		x.eventStream = acceptsEventStream(r)
 		var v errs.Violations
 		names := make([]string, 0, len(params))
 		for name := range params {
@@ -303,6 +306,7 @@ func NewMux(services []string, opts ...runtime.ServeMuxOption) (*runtime.ServeMu
 		runtime.WithErrorHandler(errorHandler),
 		runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithMiddlewares(c.middleware),
+		runtime.WithForwardResponseOption(openStream),
 	}, opts...)...)
 	return c.mux, nil
 }

@@ -97,11 +97,21 @@ func Handler(o Options) http.Handler {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	wrote  bool // the header is out: a later status (a stream's error after openStream) is logged only
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
+	if w.wrote {
+		return
+	}
+	w.wrote = true
 	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
 }
 
 func (w *statusWriter) Flush() {

@@ -220,6 +220,8 @@ func New(cfg Config, deps Deps) (*App, error) {
 	opts.Metrics = deps.Metrics
 	opts.Readiness = append(opts.Readiness, grpcserver.Check{Name: "redis", Probe: redisx.Probe(deps.Redis)})
 	opts.Register = func(s *grpc.Server) { outboxv1.RegisterOutboxServiceServer(s, handler) }
+	// A watch never ends by itself: the drain ends it (its client reconnects) instead of waiting.
+	opts.EndOnDrain = append(opts.EndOnDrain, outboxv1.OutboxService_WatchEmails_FullMethodName)
 	srv, err := grpcserver.New(opts)
 	if err != nil {
 		_ = conn.Close()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -316,6 +317,13 @@ func TestWatchEmails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The header says the watch is in place before anything changes.
+	if md, err := stream.Header(); err != nil || len(md.Get("postamt-watch-open")) != 1 {
+		t.Fatalf("watch header %v (%v), want postamt-watch-open", md, err)
+	}
+	if got := e.consumersOf(t); got <= consumers {
+		t.Errorf("the watch said it was in place before its consumer existed")
+	}
 	got := make(chan *outboxv1.Email, 16)
 	go func() {
 		for {
@@ -327,14 +335,10 @@ func TestWatchEmails(t *testing.T) {
 			got <- r.GetEmail()
 		}
 	}()
-	// The watch starts at new messages; wait until its consumer exists before changing anything.
-	poll.Eventually(t, "the watch's consumer", func() bool {
-		info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
-		return err == nil && info.CachedInfo().State.Consumers > consumers
-	})
 	e.submit(e.as("eva", nil), email("eva@kanzlei.example", "client@example.com", "Nicht fuer Max"))
 	m := e.submit(e.as("max", []string{"empfang"}), email("max@kanzlei.example", "client@example.com", "Fuer Max"))
 	var statuses []outboxv1.EmailStatus
+	var sent *outboxv1.Email
 	poll.Eventually(t, "max's email submitted, claimed and sent on the watch", func() bool {
 		for {
 			select {
@@ -346,14 +350,37 @@ func TestWatchEmails(t *testing.T) {
 					t.Fatalf("watch of max's mail shows %v", em)
 				}
 				statuses = append(statuses, em.GetStatus())
+				if em.GetStatus() == outboxv1.EmailStatus_EMAIL_STATUS_SENT {
+					sent = em
+				}
 			default:
-				return slices.Contains(statuses, outboxv1.EmailStatus_EMAIL_STATUS_SENT)
+				return sent != nil
 			}
 		}
 	})
 	if statuses[0] != outboxv1.EmailStatus_EMAIL_STATUS_QUEUED {
 		t.Errorf("statuses %v", statuses)
 	}
+	// The sent email reads on the watch as it does in GetEmail (less the attempts): a live
+	// list row has every column a reloaded one has, the last attempt's time among them.
+	want, err := e.outbox.GetEmail(e.as("max", []string{"empfang"}), &outboxv1.GetEmailRequest{EmailId: m.GetEmailId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.Email.Attempts = nil
+	if !proto.Equal(sent, want.GetEmail()) || sent.GetLastAttemptTime() == nil {
+		t.Errorf("sent on the watch:\n%v\nGetEmail:\n%v", sent, want.GetEmail())
+	}
+}
+
+// consumersOf counts the consumers of the outbox's stream.
+func (e *env) consumersOf(t *testing.T) int {
+	t.Helper()
+	info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.CachedInfo().State.Consumers
 }
 
 // TestCancelWhileSendingFailsCleanly: an email a worker holds is refused per email with

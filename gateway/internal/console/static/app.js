@@ -32,7 +32,10 @@ const short = (s) => (s || '').replace(/^(EMAIL_STATUS_|COLUMN_)/, '');
 const state = {
   session: null, access: null, settings: null, views: [], view: null,
   columns: DEFAULT_COLUMNS, pageSize: 50, rows: [], selected: new Set(), matching: false, matchCount: 0,
-  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null,
+  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null, watchView: null,
+  // latest: the newest version of each email the live stream has shown, so that a list answer
+  // older than a live change does not put the older state back.
+  latest: new Map(),
 };
 
 // ---- actions: each takes a selection, and shows what the API says it did ----
@@ -82,7 +85,35 @@ function apiFilter(f) {
   return { ...f, statuses: (f.statuses || []).map((s) => 'EMAIL_STATUS_' + s) };
 }
 
+/**
+ * matches says whether an email belongs in the list of filter f, as the outbox decides it
+ * (services/outbox/internal/service query.match): its status among the chosen ones (unset: any
+ * open one), then connector, work item, and the text in the subject or a recipient the caller
+ * sees. The live stream watches the whole view, so that mail leaving the filter (sent, retried
+ * out of Failed, moved to another connector) leaves the grid too.
+ */
+function matches(e, f) {
+  const st = short(e.status);
+  if (!(f.statuses?.length ? f.statuses.includes(st) : OPEN.includes(st))) return false;
+  if (f.connectorId && e.connectorId !== f.connectorId) return false;
+  if (f.workItem?.id && e.workItem?.id !== f.workItem.id) return false;
+  if (f.text) {
+    const q = f.text.toLowerCase();
+    const hay = [e.subject || '', ...(e.to || []), ...(e.cc || []), ...(e.bcc || [])];
+    if (!hay.some((x) => x.toLowerCase().includes(q))) return false;
+  }
+  return true;
+}
+
+let listSeq = 0;
+/**
+ * loadList shows the page of the view and filter. Only the newest load renders: an answer for an
+ * older filter or page that arrives late is dropped. The grid is aria-busy until the newest
+ * load has rendered (screen readers wait for it, and so can a test before it acts on a row).
+ */
 async function loadList() {
+  const seq = ++listSeq;
+  $('grid').setAttribute('aria-busy', 'true');
   const order = $('f-order').value;
   const q = query({
     view: state.view, ...filterQuery(filter()), order: order === 'EMAIL_ORDER_UNSPECIFIED' ? '' : order,
@@ -90,7 +121,14 @@ async function loadList() {
   });
   try {
     const res = await call('GET', '/v1/outbox/emails' + q);
-    state.rows = res.emails || [];
+    if (seq !== listSeq) return;
+    // A live change newer than the list's answer wins: it replaces the listed state, or takes
+    // the row out when it no longer matches.
+    const f = filter();
+    state.rows = (res.emails || []).map((e) => {
+      const l = state.latest.get(e.emailId);
+      return l && Number(l.version) > Number(e.version) ? l : e;
+    }).filter((e) => matches(e, f));
     state.nextToken = res.nextPageToken || '';
     // The selection is of rows on the page: one that left it (sent, cancelled, another page) is
     // no longer selected, so a bulk action never reaches mail the user cannot see.
@@ -98,8 +136,10 @@ async function loadList() {
     for (const id of state.selected) if (!shown.has(id)) state.selected.delete(id);
     renderGrid();
   } catch (err) {
+    if (seq !== listSeq) return;
     showError($('bulk-result'), err);
   }
+  if (!reloadTimer) $('grid').removeAttribute('aria-busy'); // unless another reload is coming
   updateSelection();
 }
 
@@ -116,15 +156,22 @@ async function countMatching() {
   try {
     const res = await call('GET', '/v1/outbox/emails:count' + query({ view: state.view, ...filterQuery(filter()) }));
     state.matchCount = Number(res.total || 0);
-  } catch { state.matchCount = 0; }
+  } catch {
+    // Not countable (FILTER_TOO_BROAD: a connector or text filter over more mail than the
+    // scan bound); the action itself still reaches every match, in batches.
+    state.matchCount = null;
+  }
   updateSelection();
 }
 
 let reloadTimer = 0;
 /** reloadSoon gathers bursts of live events into one reload of the page and the count. */
 function reloadSoon() {
-  clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(() => { loadList(); loadCount(); }, 250);
+  // Gathered, not postponed: a steady stream of changes (each sooner than 250 ms after the
+  // last) must not keep the reload from ever happening.
+  if (reloadTimer) return;
+  $('grid').setAttribute('aria-busy', 'true'); // a reload is coming: busy from now on
+  reloadTimer = setTimeout(() => { reloadTimer = 0; loadList(); loadCount(); }, 250);
 }
 
 // ---- the grid ----
@@ -182,10 +229,11 @@ function can(e) {
 function row(e) {
   const id = e.emailId;
   const ok = can(e);
-  const tr = h('tr', { 'data-id': id, tabindex: '0', 'aria-selected': state.selected.has(id) ? 'true' : 'false',
+  const on = state.matching || state.selected.has(id);
+  const tr = h('tr', { 'data-id': id, tabindex: '0', 'aria-selected': on ? 'true' : 'false',
     class: FINAL.includes(short(e.status)) ? 'final' : '' },
-  h('td', { class: 'sel' }, h('input', { type: 'checkbox', checked: state.selected.has(id), 'aria-label': t('grid.select', { subject: e.subject }),
-    onchange: (ev) => { toggle(id, ev.target.checked); } })),
+  h('td', { class: 'sel' }, h('input', { type: 'checkbox', checked: on, disabled: state.matching || finalFilter(),
+    'aria-label': t('grid.select', { subject: e.subject }), onchange: (ev) => { toggle(id, ev.target.checked); } })),
   state.columns.map((c) => h('td', { 'data-col': c, 'data-label': t('col.' + c) }, cell(c, e))),
   h('td', { class: 'acts' }, Object.keys(actions).filter((a) => ok[a]).map((a) => h('button', {
     type: 'button', 'data-act': a, 'aria-label': t('act.for', { action: t('act.' + a), subject: e.subject }),
@@ -195,7 +243,7 @@ function row(e) {
   tr.addEventListener('keydown', (ev) => {
     if (ev.target !== tr) return;
     if (ev.key === 'Enter') { ev.preventDefault(); openDetail(id); }
-    if (ev.key === ' ') { ev.preventDefault(); toggle(id, !state.selected.has(id)); }
+    if (ev.key === ' ') { ev.preventDefault(); if (!state.matching && !finalFilter()) toggle(id, !state.selected.has(id)); }
     if (ev.key === 'ArrowDown') { ev.preventDefault(); tr.nextElementSibling?.focus(); }
     if (ev.key === 'ArrowUp') { ev.preventDefault(); tr.previousElementSibling?.focus(); }
   });
@@ -222,7 +270,8 @@ function renderGrid() {
   const fk = focusKey();
   $('grid-head').replaceChildren(
     h('th', { scope: 'col', class: 'sel' }, h('input', { type: 'checkbox', id: 'sel-page', 'aria-label': t('grid.selectpage'),
-      checked: state.rows.length > 0 && state.rows.every((e) => state.selected.has(e.emailId)),
+      checked: state.rows.length > 0 && (state.matching || state.rows.every((e) => state.selected.has(e.emailId))),
+      disabled: state.matching || finalFilter(),
       onchange: (ev) => { for (const e of state.rows) toggle(e.emailId, ev.target.checked, true); renderGrid(); updateSelection(); } })),
     ...state.columns.map((c) => h('th', { scope: 'col', 'data-col': c }, t('col.' + c))),
     h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, t('actions'))));
@@ -234,23 +283,46 @@ function renderGrid() {
   restoreFocus(fk);
 }
 
-/** applyLive puts a watched change into the grid without a reload: the row in place, selection kept. */
+/**
+ * applyLive puts a watched change into the grid without a reload: a row that still matches the
+ * filter is replaced in place, one that no longer does (sent, cancelled, retried out of Failed)
+ * is taken out, and the selection and focus of the other rows stay. Mail that enters the
+ * filter reloads the page of the grid: where it sorts is the server's answer.
+ */
 function applyLive(e) {
+  const prev = state.latest.get(e.emailId);
+  if (prev && Number(prev.version) >= Number(e.version)) return;
+  if (state.latest.size >= 10000) state.latest.clear();
+  state.latest.set(e.emailId, e);
+  if ($('detail').open && e.emailId === detailId) openDetail(e.emailId, true);
   const i = state.rows.findIndex((r) => r.emailId === e.emailId);
-  if (i >= 0 && Number(e.version) >= Number(state.rows[i].version)) {
-    state.rows[i] = e;
+  const fits = matches(e, filter());
+  if (i >= 0 && Number(e.version) > Number(state.rows[i].version)) {
     const old = $('grid-body').querySelector(`tr[data-id="${CSS.escape(e.emailId)}"]`);
-    if (old) {
-      const fk = focusKey();
-      old.replaceWith(row(e));
-      restoreFocus(fk);
+    if (fits) {
+      state.rows[i] = e;
+      if (old) {
+        const fk = focusKey();
+        old.replaceWith(row(e));
+        restoreFocus(fk);
+      }
+    } else {
+      state.rows.splice(i, 1);
+      if (old) {
+        // The focus moves on to the next row (or the one before) rather than to the page.
+        const had = old.contains(document.activeElement);
+        const next = old.nextElementSibling || old.previousElementSibling;
+        old.remove();
+        if (had) (next || $('main')).focus();
+      }
+      if (state.selected.delete(e.emailId)) updateSelection();
+      $('grid-empty').hidden = state.rows.length > 0;
     }
-  } else if (i < 0 && !FINAL.includes(short(e.status))) {
-    reloadSoon(); // a new email of this view: where it sorts is the server's answer
+  } else if (i < 0 && fits) {
+    reloadSoon();
     return;
   }
-  clearTimeout(countTimer);
-  countTimer = setTimeout(loadCount, 250);
+  if (!countTimer) countTimer = setTimeout(() => { countTimer = 0; loadCount(); }, 250);
 }
 let countTimer = 0;
 
@@ -264,15 +336,45 @@ function toggle(id, on, quiet) {
   if (!quiet) updateSelection();
 }
 
+/** finalFilter: the list shows Sent or Cancelled mail, to which no action applies. */
+function finalFilter() {
+  return (filter().statuses || []).some((s) => FINAL.includes(s));
+}
+
+/**
+ * updateSelection shows what a bulk action would reach: the rows selected on the page, or,
+ * with "all matching the filter", every email of the view that matches (counted by the API;
+ * the rows are shown selected and cannot be picked one by one).
+ */
 function updateSelection() {
+  const fin = finalFilter();
   $('sel-count').textContent = state.matching ? '' : t('bulk.selected', { n: state.selected.size });
-  $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? state.matchCount : '' }).replace('  ', ' ');
+  $('sel-matching-label').textContent = t('bulk.matching', { n: state.matching ? (state.matchCount ?? '') : '' }).replace('  ', ' ');
+  $('sel-matching').disabled = fin;
+  for (const a of BULK) {
+    const b = $('bulk-' + a.toLowerCase());
+    b.disabled = fin;
+    b.textContent = t('bulk.' + a.toLowerCase() + (state.matching ? 'all' : ''));
+  }
+  $('bulk-final').textContent = fin ? t('bulk.final') : '';
+  for (const tr of $('grid-body').rows) {
+    const on = state.matching || state.selected.has(tr.dataset.id);
+    tr.setAttribute('aria-selected', on ? 'true' : 'false');
+    const box = tr.querySelector('td.sel input');
+    box.checked = on;
+    box.disabled = state.matching || fin;
+  }
+  const page = $('sel-page');
+  if (page) {
+    page.checked = state.rows.length > 0 && (state.matching || state.rows.every((e) => state.selected.has(e.emailId)));
+    page.disabled = state.matching || fin;
+  }
 }
 
 // ---- actions on rows and selections ----
 
 async function rowAction(action, e) {
-  if (action === 'Reschedule') return openReschedule([e.emailId]);
+  if (action === 'Reschedule') return openReschedule({ emailIds: [e.emailId] }, false);
   try {
     const res = await actions[action]({ emailIds: [e.emailId] });
     $('bulk-result').replaceChildren(resultView(action, res));
@@ -280,30 +382,84 @@ async function rowAction(action, e) {
   reloadSoon();
 }
 
+/**
+ * confirmMatching asks before an action reaches every email matching the filter: more than the
+ * page shows, and a cancellation cannot be undone. It names the count and the filter; the
+ * focus starts on "Back".
+ */
+function confirmMatching(action) {
+  const f = filter();
+  const n = state.matchCount;
+  const any = n === null ? '.any' : '';
+  $('confirm-title').textContent = t('confirm.' + action + any, { n });
+  $('confirm-text').textContent = t('confirm.' + action + '.text');
+  const conn = state.connectors.find((c) => c.connectorId === f.connectorId);
+  $('confirm-scope').textContent = [
+    t('confirm.scope', { view: t('view.' + state.view), status: f.statuses?.length ? t('status.' + f.statuses[0]) : t('filter.allopen'),
+      connector: f.connectorId ? (conn?.displayName || f.connectorId) : t('filter.allconnectors') }),
+    f.text ? t('confirm.text', { text: f.text }) : '', f.workItem?.id ? t('confirm.workitem', { id: f.workItem.id }) : '',
+  ].filter(Boolean).join(' ');
+  $('confirm-yes').textContent = t('confirm.yes.' + action + any, { n });
+  const dlg = $('confirm');
+  dlg.returnValue = '';
+  dlg.showModal();
+  $('confirm-no').focus();
+  return new Promise((resolve) => dlg.addEventListener('close', () => resolve(dlg.returnValue === 'yes'), { once: true }));
+}
+
+/** BULK are the actions of the bulk bar, each on the selection or on all matching the filter. */
+const BULK = ['Retry', 'Cancel', 'SendNow', 'Reschedule'];
+
 async function bulk(action) {
   let sel;
-  if (state.matching) sel = { view: state.view, filter: apiFilter(filter()) };
-  else if (state.selected.size) sel = { emailIds: [...state.selected] };
+  if (state.matching) {
+    await countMatching();
+    if (!(await confirmMatching(action))) { $('bulk-' + action.toLowerCase()).focus(); return; }
+    sel = { view: state.view, filter: apiFilter(filter()) };
+  } else if (state.selected.size) sel = { emailIds: [...state.selected] };
   else { $('bulk-result').textContent = t('bulk.none'); return; }
+  // Reschedule asks for the time first; the selection is cleared once it is done.
+  if (action === 'Reschedule') return openReschedule(sel, true);
   try {
     const res = await actions[action](sel);
     $('bulk-result').replaceChildren(resultView(action, res));
   } catch (err) { showError($('bulk-result'), err); }
+  bulkDone();
+}
+
+/** bulkDone clears the selection (and "all matching") after a bulk action and reloads. */
+function bulkDone() {
   state.selected.clear();
+  if (state.matching) { state.matching = false; $('sel-matching').checked = false; }
+  updateSelection();
   reloadSoon();
 }
 
 // ---- the detail popup ----
 
 let detailId = '';
-async function openDetail(id) {
-  detailId = id;
+let detailIndex = 0;
+let detailVersion = 0;
+/**
+ * openDetail opens the read-only popup of an email. With refresh (a live change of the email
+ * while its popup is open) it shows the email anew in place: status, attempts and the actions
+ * that apply, leaving the focus where it is unless its button no longer applies.
+ */
+async function openDetail(id, refresh = false) {
   const dlg = $('detail');
-  $('detail-result').replaceChildren();
+  if (!refresh) {
+    detailId = id;
+    detailVersion = 0;
+    detailIndex = Math.max(0, state.rows.findIndex((e) => e.emailId === id));
+    $('detail-result').replaceChildren();
+  }
   let e;
   try {
     e = (await call('GET', `/v1/outbox/emails/${encodeURIComponent(id)}?include_bodies=true`)).email;
-  } catch (err) { showError($('bulk-result'), err); return; }
+  } catch (err) { if (!refresh) showError($('bulk-result'), err); return; }
+  if (refresh && (!dlg.open || detailId !== id)) return;
+  if (Number(e.version) < detailVersion) return; // an answer overtaken by a newer one
+  detailVersion = Number(e.version);
   $('detail-title').textContent = e.subject;
   const field = (k, v) => (v === undefined || v === '' || (Array.isArray(v) && !v.length)) ? [] : [h('dt', {}, t(k)), h('dd', { 'data-field': k }, v)];
   $('detail-fields').replaceChildren(
@@ -323,6 +479,11 @@ async function openDetail(id) {
   const ok = can(e);
   $('detail-retry').hidden = !ok.Retry;
   $('detail-cancel').hidden = !ok.Cancel;
+  $('detail-fields').dataset.version = String(e.version);
+  if (refresh) {
+    if (!dlg.contains(document.activeElement) || document.activeElement.hidden) $('detail-close').focus();
+    return;
+  }
   if (!dlg.open) dlg.showModal();
   $('detail-close').focus();
 }
@@ -377,6 +538,7 @@ let undoTimer = 0;
 let undoId = '';
 function openUndo(e) {
   undoId = e.emailId;
+  $('undo-what').textContent = t('undo.what', { subject: e.subject, to: (e.to || []).join(', ') });
   const until = new Date(e.nextAttemptTime).getTime();
   const tick = () => {
     const n = Math.max(0, Math.ceil((until - Date.now()) / 1000));
@@ -414,9 +576,12 @@ async function undoAction(action) {
 
 // ---- reschedule ----
 
-let rescheduleIds = [];
-function openReschedule(ids) {
-  rescheduleIds = ids;
+let rescheduleSel = null;
+let rescheduleBulk = false;
+/** openReschedule asks for the new send time of a selection (one row's, or the bulk bar's). */
+function openReschedule(sel, isBulk) {
+  rescheduleSel = sel;
+  rescheduleBulk = isBulk;
   $('reschedule-error').replaceChildren();
   $('reschedule').showModal();
 }
@@ -424,10 +589,10 @@ function openReschedule(ids) {
 async function submitReschedule(ev) {
   ev.preventDefault();
   try {
-    const res = await actions.Reschedule({ emailIds: rescheduleIds }, new Date($('r-at').value).toISOString());
+    const res = await actions.Reschedule(rescheduleSel, new Date($('r-at').value).toISOString());
     $('reschedule').close();
     $('bulk-result').replaceChildren(resultView('Reschedule', res));
-    reloadSoon();
+    if (rescheduleBulk) bulkDone(); else reloadSoon();
   } catch (err) { showError($('reschedule-error'), err); }
 }
 
@@ -486,32 +651,45 @@ function setWorkItem(id) {
   refresh();
 }
 
-/** refresh reloads the list and the count and restarts the live stream for the current view and filter. */
+/** refresh reloads the list and the count, and watches the current view live. */
 function refresh() {
   loadList();
   loadCount();
   startWatch();
 }
 
+/**
+ * startWatch follows the changes of the view (all of it: the filter is applied here, see
+ * matches) until the view changes. Each time the stream opens, the list and the count are
+ * loaded again, since changes may have been missed before it did; then the grid is marked
+ * data-live="on" (for screen readers' status line as much as for tests).
+ */
 async function startWatch() {
+  if (state.watchView === state.view && state.watchAbort && !state.watchAbort.signal.aborted) return;
   state.watchAbort?.abort();
   const ac = new AbortController();
   state.watchAbort = ac;
+  state.watchView = state.view;
+  delete $('grid').dataset.live;
   let backoff = 500;
   while (!ac.signal.aborted) {
-    let opened = false;
+    const onOpen = async () => {
+      backoff = 500;
+      $('live-status').textContent = '';
+      await Promise.all([loadList(), loadCount()]);
+      if (!ac.signal.aborted) $('grid').dataset.live = 'on';
+    };
     try {
-      await watch('/v1/outbox/emails:watch' + query({ view: state.view, ...filterQuery(filter()) }), applyLive,
-        () => { opened = true; backoff = 500; $('live-status').textContent = ''; }, ac.signal);
+      await watch('/v1/outbox/emails:watch' + query({ view: state.view }), applyLive, onOpen, ac.signal);
     } catch (err) {
       if (ac.signal.aborted) return;
       if (err instanceof ApiError && err.status === 401) return;
     }
     if (ac.signal.aborted) return;
+    delete $('grid').dataset.live;
     $('live-status').textContent = t('live.lost');
     await new Promise((r) => setTimeout(r, backoff));
     backoff = Math.min(backoff * 2, 15000);
-    if (opened) reloadSoon(); // changes may have been missed while disconnected
   }
 }
 
@@ -532,6 +710,12 @@ async function loadConnectors() {
     const res = await call('GET', '/v1/outbox/connectors?page_size=500');
     state.connectors = res.connectors || [];
   } catch { state.connectors = []; }
+  await renderConnectors();
+  if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
+}
+
+/** renderConnectors shows the connectors loaded last (again after a language switch). */
+async function renderConnectors() {
   const sel = $('f-connector');
   const cur = sel.value;
   sel.replaceChildren(h('option', { value: '' }, t('filter.allconnectors')),
@@ -542,11 +726,42 @@ async function loadConnectors() {
     const enabled = c.enabled !== false;
     return h('tr', { 'data-id': c.connectorId },
       h('td', {}, h('strong', {}, c.displayName || c.connectorId), h('br'), h('small', {}, c.connectorId)),
-      h('td', {}, `${c.host}:${c.port}`), h('td', {}, (c.retryPattern || []).map(dur).join(', ')),
-      h('td', {}, String(c.maxAttempts || '')), h('td', { 'data-state': enabled ? 'enabled' : 'disabled' }, enabled ? t('connectors.enabled') : t('connectors.disabled')),
+      h('td', { 'data-label': t('connectors.relay') }, `${c.host}:${c.port}`),
+      h('td', { 'data-label': t('connectors.pattern') }, (c.retryPattern || []).map(dur).join(', ')),
+      h('td', { 'data-label': t('connectors.attempts') }, String(c.maxAttempts || '')),
+      h('td', { 'data-state': enabled ? 'enabled' : 'disabled', 'data-label': t('connectors.state') },
+        enabled ? t('connectors.enabled') : t('connectors.disabled'), h('span', { class: 'held' })),
       h('td', {}, h('button', { type: 'button', onclick: () => toggleConnector(c, !enabled) }, enabled ? t('connectors.disable') : t('connectors.enable'))));
   }));
-  if (!$('page-connectors').hidden) $('connectors').removeAttribute('aria-busy');
+  await Promise.all(state.connectors.filter((c) => c.enabled === false).map(showHeld));
+}
+
+/**
+ * showHeld says how much mail a disabled connector holds (CONNECTOR_DISABLED, in the whole
+ * tenant), with a link to it in the outbox. Left out when the API cannot count it (a filter
+ * beyond the scan bound).
+ */
+async function showHeld(c) {
+  let n;
+  try {
+    n = Number((await call('GET', '/v1/outbox/emails:count' + query({ view: 'VIEW_ALL', 'filter.connector_id': c.connectorId,
+      'filter.statuses': 'EMAIL_STATUS_CONNECTOR_DISABLED' }))).total || 0);
+  } catch { return; }
+  const cell = $('connectors').querySelector(`tr[data-id="${CSS.escape(c.connectorId)}"] .held`);
+  if (!cell) return;
+  const name = c.displayName || c.connectorId;
+  cell.replaceChildren(' — ', n ? h('a', { href: '#outbox', 'data-held': String(n), 'aria-label': t('connectors.show', { name }) + ': ' + t('connectors.held', { n }),
+    onclick: () => showHeldMail(c.connectorId) }, t('connectors.held', { n })) : h('span', { 'data-held': '0' }, t('connectors.held', { n })));
+}
+
+/** showHeldMail lists a connector's held mail in the outbox (view ALL, the connector, Connector disabled). */
+function showHeldMail(connectorId) {
+  $('f-status').value = 'CONNECTOR_DISABLED';
+  $('f-connector').value = connectorId;
+  if (state.views.includes('VIEW_ALL')) state.view = 'VIEW_ALL';
+  renderViews();
+  resetPaging();
+  refresh();
 }
 
 async function toggleConnector(c, enable) {
@@ -558,6 +773,20 @@ async function toggleConnector(c, enable) {
   loadConnectors();
 }
 
+/**
+ * loadSettingsForm shows the settings as saved now (another tab or the API may have changed
+ * them); the form is aria-busy until they are in it.
+ */
+async function loadSettingsForm() {
+  const form = $('settings-form');
+  form.setAttribute('aria-busy', 'true');
+  try {
+    state.settings = (await call('GET', '/v1/outbox/users/me/settings')).settings;
+  } catch { /* the settings of the page's start */ }
+  fillSettingsForm();
+  form.removeAttribute('aria-busy');
+}
+
 function fillSettingsForm() {
   const s = state.settings || {};
   $('s-undo').value = parseFloat(s.undoDelay || '0') || 0;
@@ -567,13 +796,24 @@ function fillSettingsForm() {
 async function submitSettings(ev) {
   ev.preventDefault();
   await saveSettings({ undoDelay: `${Number($('s-undo').value)}s`, pageSize: Number($('s-pagesize').value) });
-  state.pageSize = state.settings?.pageSize || state.pageSize;
+  // The outbox follows at once: its rows-per-page choice and its page.
+  if (state.settings?.pageSize && state.settings.pageSize !== state.pageSize) {
+    state.pageSize = state.settings.pageSize;
+    fillSelects();
+    resetPaging();
+    loadList();
+  }
   $('settings-result').textContent = t('settings.saved');
 }
 
 // ---- pages and language ----
 
-function route() {
+/**
+ * route shows the page the hash names. A page chosen by the user (focus) gets the focus on its
+ * heading, so screen readers announce it and the view starts at its top (#connectors would
+ * otherwise scroll to the table of that id, past the page's heading and help).
+ */
+function route(focus) {
   const page = (location.hash || '#outbox').slice(1);
   for (const p of ['outbox', 'connectors', 'settings']) {
     $('page-' + p).hidden = p !== page;
@@ -583,7 +823,11 @@ function route() {
   // A hidden connectors table goes stale: busy until the next visit has shown a fresh list.
   if (page !== 'connectors') $('connectors').setAttribute('aria-busy', 'true');
   if (page === 'connectors') loadConnectors();
-  if (page === 'settings') fillSettingsForm();
+  if (page === 'settings') loadSettingsForm();
+  if (focus === true) {
+    $(page + '-title')?.focus();
+    window.scrollTo(0, 0);
+  }
 }
 
 function fillSelects() {
@@ -603,8 +847,7 @@ function fillSelects() {
 
 function applyLanguage() {
   i18n.apply(document);
-  const any = $('f-connector').querySelector('option[value=""]');
-  if (any) any.textContent = t('filter.allconnectors');
+  renderConnectors();
   $('lang').value = i18n.lang;
   $('tz').textContent = t('tz', { tz: Intl.DateTimeFormat().resolvedOptions().timeZone });
   fillSelects();
@@ -674,9 +917,14 @@ async function main() {
   $('detail-retry').addEventListener('click', () => detailAction('Retry'));
   $('detail-cancel').addEventListener('click', () => detailAction('Cancel'));
   $('detail-close').addEventListener('click', () => $('detail').close());
-  $('detail').addEventListener('close', () => restoreFocus({ id: detailId }));
-  $('bulk-retry').addEventListener('click', () => bulk('Retry'));
-  $('bulk-cancel').addEventListener('click', () => bulk('Cancel'));
+  $('detail').addEventListener('close', () => {
+    // Back to the row; if it left the list meanwhile (sent after a retry), to the row now in
+    // its place.
+    const rows = $('grid-body').rows;
+    const tr = $('grid-body').querySelector(`tr[data-id="${CSS.escape(detailId)}"]`) || rows[Math.min(detailIndex, rows.length - 1)];
+    (tr || $('main')).focus();
+  });
+  for (const a of BULK) $('bulk-' + a.toLowerCase()).addEventListener('click', () => bulk(a));
   $('sel-matching').addEventListener('change', (ev) => {
     state.matching = ev.target.checked;
     if (state.matching) countMatching(); else updateSelection();
@@ -689,7 +937,7 @@ async function main() {
     loadList();
   });
   $('settings-form').addEventListener('submit', submitSettings);
-  window.addEventListener('hashchange', route);
+  window.addEventListener('hashchange', () => route(true));
 
   applyLanguage();
   route();

@@ -6,6 +6,8 @@ package grpcapi
 import (
 	"context"
 
+	"google.golang.org/grpc/metadata"
+
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/errs"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
@@ -146,13 +148,21 @@ func (h *Handler) ImportEmails(ctx context.Context, req *outboxv1.ImportEmailsRe
 	return h.svc.Import(ctx, p, req.GetEmails())
 }
 
+// WatchOpenHeader is the response header metadata key WatchEmails sends once its watch is in
+// place, before the first change.
+const WatchOpenHeader = "postamt-watch-open"
+
 // WatchEmails implements OutboxServiceServer.
 func (h *Handler) WatchEmails(req *outboxv1.WatchEmailsRequest, stream outboxv1.OutboxService_WatchEmailsServer) error {
 	p, err := principal(stream.Context())
 	if err != nil {
 		return err
 	}
-	return h.watch.Watch(stream.Context(), p, req.GetView(), req.GetFilter(), func(e *outboxv1.Email) error {
+	// The header goes out as soon as the watch is in place, before any change, so that a client
+	// (the gateway's HTTP stream, and through it the console) knows from when on nothing is
+	// missed, even while nothing changes.
+	ready := func() error { return stream.SendHeader(metadata.Pairs(WatchOpenHeader, "1")) }
+	return h.watch.Watch(stream.Context(), p, req.GetView(), req.GetFilter(), ready, func(e *outboxv1.Email) error {
 		return stream.Send(&outboxv1.WatchEmailsResponse{Email: e})
 	})
 }

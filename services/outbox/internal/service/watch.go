@@ -46,8 +46,10 @@ const maxWatchVersions = 10_000
 // ends or send fails, each as the caller may see it (Present). Emails leaving the outbox (SENT,
 // CANCELLED) are sent too, so a list can drop them; a status filter limits the changes to those
 // statuses. Every state is sent, SENDING included; versions only increase per email (a change
-// that arrives after a newer one is dropped).
-func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter, send func(*outboxv1.Email) error) error {
+// that arrives after a newer one is dropped). ready, when set, is called once the watch is in
+// place, before any change: from then on no change is missed, so a client may (re)load its list
+// then.
+func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter, ready func() error, send func(*outboxv1.Email) error) error {
 	q, err := w.svc.resolve(ctx, p, view, f)
 	if err != nil {
 		return err
@@ -73,6 +75,11 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
+	if ready != nil {
+		if err := ready(); err != nil {
+			return err
+		}
+	}
 	events := make(chan jetstream.Msg)
 	failed := make(chan error, 1)
 	go func() {
@@ -175,6 +182,15 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			rec, err := w.svc.ledger.Get(ctx, id)
 			if err != nil {
 				continue // gone after its retention: nothing to show
+			}
+			// The record at the event's version is the email exactly as List and GetEmail show
+			// it. EmailSent, made for the sent view and the tracker, lacks what a list row shows
+			// (last attempt, first failure, priority, work item, attempts allowed, ...): a live
+			// row must read like a reloaded one.
+			if rec.Version == v {
+				if full, err := wire.Email(rec); err == nil {
+					e = full
+				}
 			}
 			if err := emit(e, rec); err != nil {
 				return err

@@ -98,7 +98,9 @@ type OutboxServiceClient interface {
 	// included, each email's versions in increasing order (a change older than one already sent is
 	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
 	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
-	// and attempts).
+	// and attempts). The header metadata postamt-watch-open: 1 comes as soon as the watch is in
+	// place, before the first change (no change after it is missed); over HTTP the response starts
+	// then, as server-sent events with a comment line.
 	WatchEmails(ctx context.Context, in *WatchEmailsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEmailsResponse], error)
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(ctx context.Context, in *ImportEmailsRequest, opts ...grpc.CallOption) (*ImportEmailsResponse, error)
@@ -426,7 +428,9 @@ type OutboxServiceServer interface {
 	// included, each email's versions in increasing order (a change older than one already sent is
 	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
 	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
-	// and attempts).
+	// and attempts). The header metadata postamt-watch-open: 1 comes as soon as the watch is in
+	// place, before the first change (no change after it is missed); over HTTP the response starts
+	// then, as server-sent events with a comment line.
 	WatchEmails(*WatchEmailsRequest, grpc.ServerStreamingServer[WatchEmailsResponse]) error
 	// Imports emails from a legacy outbox. Imported mail is never retried automatically.
 	ImportEmails(context.Context, *ImportEmailsRequest) (*ImportEmailsResponse, error)
