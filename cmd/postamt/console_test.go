@@ -22,6 +22,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/testkit/freeport"
 	"github.com/postamt/postamt/internal/testkit/logtest"
 	"github.com/postamt/postamt/internal/testkit/redistest"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
@@ -68,16 +69,9 @@ func startConsoleSuite(t *testing.T) *consoleSuite {
 	}
 	rs := redistest.Start(t)
 	addrs := map[string]string{}
-	taken := map[string]bool{}
-	for _, f := range []string{"grpc", "ops", "outbox-grpc", "outbox-ops", "tracker-grpc", "tracker-ops", "calendar-grpc", "calendar-ops", "gateway-grpc", "gateway-http", "gateway-ops"} {
-		// Ports are drawn at random: eleven of them may meet (the gateway and an ops server got
-		// one port under parallel runs).
-		a := freeAddr(t)
-		for taken[a] {
-			a = freeAddr(t)
-		}
-		taken[a] = true
-		addrs[f] = a
+	flags := []string{"grpc", "ops", "outbox-grpc", "outbox-ops", "tracker-grpc", "tracker-ops", "calendar-grpc", "calendar-ops", "gateway-grpc", "gateway-http", "gateway-ops"}
+	for i, a := range freeport.Addrs(t, len(flags)) {
+		addrs[flags[i]] = a
 	}
 	dataDir := t.TempDir()
 	args := []string{"up", "-data", dataDir}

@@ -105,9 +105,10 @@ func TestUp(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed")
 	}
-	grpcAddr, opsAddr, outboxAddr, outboxOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	calendarAddr, calendarOps := freeAddr(t), freeAddr(t)
+	a := freeport.Addrs(t, 11) // distinct: eleven random ports meet now and then
+	grpcAddr, opsAddr, outboxAddr, outboxOps := a[0], a[1], a[2], a[3]
+	trackerAddr, trackerOps, gwAddr, gwHTTP, gwOps := a[4], a[5], a[6], a[7], a[8]
+	calendarAddr, calendarOps := a[9], a[10]
 	dataDir := t.TempDir()
 	var out logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
@@ -354,6 +355,3 @@ func ready(ctx context.Context, addr string) bool {
 	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: grpcserver.ReadinessService})
 	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
 }
-
-// freeAddr is a loopback address for a server up binds later (freeport says why not port 0).
-func freeAddr(t *testing.T) string { return freeport.Addr(t) }

@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -52,6 +53,19 @@ func Addr(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	return "127.0.0.1:" + strconv.Itoa(p)
+}
+
+// Addrs returns n distinct addresses from Addr, for a test that starts several servers at once:
+// ports drawn at random from one range meet now and then (eleven of them did in CI).
+func Addrs(tb testing.TB, n int) []string {
+	tb.Helper()
+	out := make([]string, 0, n)
+	for len(out) < n {
+		if a := Addr(tb); !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux), 32768 elsewhere.
