@@ -69,19 +69,20 @@ return 0
 
 // keepScript renews a permit whose connection is about to go idle, unless a conversation of
 // another replica waits. KEYS as openScript's. ARGV: now ms, permit TTL ms, permit, this
-// replica's waiter prefix. Returns 1 when kept, 0 when given back (or already lost).
+// replica's waiter prefix. Returns 1 when kept, 0 when the connection should close for another
+// replica (the permit stays held until Close gives it back: the relay counts the connection
+// until it has closed), -1 when the permit was lost (its lease had ended).
 var keepScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[3]) or 0) <= now then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  return -1
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, w in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if string.sub(w, 18, 17 + #ARGV[4]) ~= ARGV[4] then
-    redis.call('ZREM', KEYS[1], ARGV[3])
     return 0
   end
-end
-if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[3]) or 0) <= now then
-  redis.call('ZREM', KEYS[1], ARGV[3])
-  return 0
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -165,8 +166,9 @@ func (g *ConnGate) Leave(ctx context.Context, waiter string) error {
 	return nil
 }
 
-// Keep is asked when permit's connection goes idle: false means it was given back, because
-// another replica waits for the relay or the permit was lost, and the connection must close.
+// Keep is asked when permit's connection goes idle: false means the connection must close,
+// because another replica waits for the relay (Close gives the permit back once it has) or the
+// permit was lost.
 func (g *ConnGate) Keep(ctx context.Context, permit string) (bool, error) {
 	p := g.p
 	keys := []string{connsKey(g.tenant, g.connector), connwKey(g.tenant, g.connector)}
@@ -174,7 +176,7 @@ func (g *ConnGate) Keep(ctx context.Context, permit string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("renew a connection permit: %w", err)
 	}
-	if ok == 0 {
+	if ok < 0 {
 		p.forget(keys[0], permit)
 	}
 	return ok == 1, nil

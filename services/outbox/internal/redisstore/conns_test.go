@@ -56,7 +56,14 @@ func TestConnectionPermits(t *testing.T) {
 		t.Fatalf("b granted %q while both are held", p)
 	}
 	if keep, err := a.Keep(ctx, a1); err != nil || keep {
-		t.Fatalf("Keep while another replica waits = %v, %v; want given back", keep, err)
+		t.Fatalf("Keep while another replica waits = %v, %v; want the connection closed", keep, err)
+	}
+	// The connection is still open until it has closed: its permit still counts.
+	if p := open(t, b, bw); p != "" {
+		t.Fatal("b granted while a's connection, told to close, had not given its permit back")
+	}
+	if err := a.Close(ctx, a1); err != nil {
+		t.Fatal(err)
 	}
 	if n, _ := l.OpenConnections(ctx, "kanzlei", "exo", clk.now()); n != 1 {
 		t.Fatalf("%d connections counted after one was given back, want 1", n)

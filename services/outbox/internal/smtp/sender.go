@@ -92,8 +92,8 @@ type Gate interface {
 	// Leave ends waiter's wait without a permit (it got an idle connection, or gave up), so it
 	// holds up neither the turns nor other processes' idle connections.
 	Leave(ctx context.Context, waiter string) error
-	// Keep is asked while a connection is idle: false means the permit was given back (another
-	// process waits, or it was lost) and the connection must close.
+	// Keep is asked while a connection is idle: false means the connection must close (another
+	// process waits, or the permit was lost); Close gives the permit back once it has.
 	Keep(ctx context.Context, permit string) (bool, error)
 	// Close gives the permit of a closed connection back.
 	Close(ctx context.Context, permit string) error
