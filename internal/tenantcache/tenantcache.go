@@ -42,10 +42,13 @@ type Cache[V any] struct {
 }
 
 // Gen is a tenant's generation: what a caller saw before it fetched a value, so PutAt can tell
-// whether an event of the tenant arrived while the fetch ran.
+// whether an event of the tenant arrived while the fetch ran. It also holds the time it was
+// taken, from which PutAt counts the TTL: a value read before a change is then never kept longer
+// than the TTL after that change, however long the fetch took.
 type Gen struct {
 	epoch, n uint64
 	ok       bool
+	at       time.Time
 }
 
 type item[V any] struct {
@@ -97,19 +100,20 @@ func (c *Cache[V]) Get(tenant, key string) (V, bool) {
 
 // Gen returns tenant's generation now; take it before fetching a value to keep with PutAt.
 func (c *Cache[V]) Gen(tenant string) Gen {
+	at := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return Gen{epoch: c.epoch, n: c.gens[tenant], ok: c.serving()}
+	return Gen{epoch: c.epoch, n: c.gens[tenant], ok: c.serving(), at: at}
 }
 
-// PutAt keeps v for the TTL from now, unless the tenant's generation moved past g (an event of
-// the tenant, or a Clear, came in while v was fetched: v may predate it) or the cache is not
-// serving.
+// PutAt keeps v for the TTL from the moment g was taken (before the fetch), unless the tenant's
+// generation moved past g (an event of the tenant, or a Clear, came in while v was fetched: v may
+// predate it) or the cache is not serving.
 func (c *Cache[V]) PutAt(tenant, key string, v V, g Gen) {
 	if c.ttl <= 0 || !g.ok {
 		return
 	}
-	expires := c.now().Add(c.ttl)
+	expires := g.at.Add(c.ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if g.epoch != c.epoch || g.n != c.gens[tenant] || !c.serving() {
