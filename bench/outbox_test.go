@@ -53,21 +53,34 @@ var benchPartitions = envInt("POSTAMT_BENCH_PARTITIONS", 16)
 // JetStream and an SMTP sink, all on this machine. POSTAMT_BENCH_NO_SENT_VIEW=1 leaves out
 // mailbox's EmailSent consumer, to show its share of the machine.
 type suite struct {
-	rdb    *redis.Client
-	sink   *smtptest.Sink
-	outbox outboxv1.OutboxServiceClient
-	user   context.Context
-	admin  context.Context
+	rdb *redis.Client
+	// sink is the in-process SMTP sink; nil when the suite sends to a sink process (sinkProc).
+	sink     *smtptest.Sink
+	sinkProc *sinkProcess
+	outbox   outboxv1.OutboxServiceClient
+	user     context.Context
+	admin    context.Context
 }
 
-func startSuite(b *testing.B) *suite {
+func startSuite(b *testing.B) *suite { return startSuiteWith(b, nil) }
+
+// startSuiteWith starts a suite whose connector sends to sinkProc, a sink in a process of its
+// own, or (nil) to a sink in this process.
+func startSuiteWith(b *testing.B, sinkProc *sinkProcess) *suite {
 	b.Helper()
 	rs := redistest.Start(b)
 	ns := natstest.Start(b)
 	js := ns.JetStream(b)
 	verifier, signer := authtest.Keys(b)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s := &suite{rdb: rs.Client(b), sink: smtptest.Start(b)}
+	s := &suite{rdb: rs.Client(b), sinkProc: sinkProc}
+	sinkAddr := ""
+	if sinkProc != nil {
+		sinkAddr = sinkProc.addr
+	} else {
+		s.sink = smtptest.Start(b)
+		sinkAddr = s.sink.Addr()
+	}
 	svc := servicesRedis(b, rs)
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: os.Getenv("POSTAMT_BENCH_NO_SENT_VIEW") == ""}, mailboxapp.Deps{
 		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions,
@@ -104,7 +117,7 @@ func startSuite(b *testing.B) *suite {
 		MailboxId: "info", Address: "info@kanzlei.example", DisplayName: "Kanzlei Muster", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_SHARED,
 	}}))
 	must(mbc.AddMember(s.admin, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "max", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}))
-	host, port, _ := net.SplitHostPort(s.sink.Addr())
+	host, port, _ := net.SplitHostPort(sinkAddr)
 	p, _ := strconv.Atoi(port)
 	conn := &outboxv1.Connector{
 		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, PoolSize: int32(envInt("POSTAMT_BENCH_POOL", 32)),
@@ -214,11 +227,19 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // BenchmarkP1Delivery measures DESIGN.md §5 P1: emails delivered per second to a local SMTP
 // sink. n emails are submitted due at one instant t; the figure is n / (last arrival − t). The
 // mailbox service consumes every EmailSent into the sent view meanwhile, as in production.
-// POSTAMT_BENCH_P1_CPUPROFILE=file profiles the delivery window only; POSTAMT_BENCH_P1_STATS=file
-// writes Redis's command statistics of it there.
+// The sink runs in a process of its own (this binary re-run, TestSinkProcess), so the CPU per
+// email of this process is Postamt's: outbox, mailbox, the embedded NATS server (the submits
+// are done before the window starts); the sink's own is reported apart (sink-cpu-µs/email).
+// POSTAMT_BENCH_P1_INPROC_SINK=1 runs the sink in this process as before (its CPU counted in
+// proc-cpu-µs/email). POSTAMT_BENCH_P1_CPUPROFILE=file profiles the delivery window only;
+// POSTAMT_BENCH_P1_STATS=file writes Redis's command statistics of it there.
 func BenchmarkP1Delivery(b *testing.B) {
-	s := startSuite(b)
 	n := envInt("POSTAMT_BENCH_P1_N", 20_000)
+	var sinkProc *sinkProcess
+	if os.Getenv("POSTAMT_BENCH_P1_INPROC_SINK") == "" {
+		sinkProc = startSinkProcess(b, n)
+	}
+	s := startSuiteWith(b, sinkProc)
 	b.ResetTimer()
 	for round := range b.N {
 		at := time.Now().Add(time.Duration(n/2000+3) * time.Second) // after the submits are in, even on a busy machine
@@ -228,6 +249,10 @@ func BenchmarkP1Delivery(b *testing.B) {
 		}
 		time.Sleep(time.Until(at))
 		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+		var scpu0 time.Duration
+		if sinkProc != nil {
+			scpu0 = procCPU(b, sinkProc.pid())
+		}
 		stop := func() {}
 		if os.Getenv("POSTAMT_BENCH_P1_STATS") != "" {
 			s.rdb.ConfigResetStat(context.Background())
@@ -235,20 +260,30 @@ func BenchmarkP1Delivery(b *testing.B) {
 		if f := os.Getenv("POSTAMT_BENCH_P1_CPUPROFILE"); f != "" {
 			stop = startCPUProfile(b, f)
 		}
-		msgs := s.sink.WaitForMessages(b, (round+1)*n, 5*time.Minute)
+		var last time.Time
+		if sinkProc != nil {
+			last = sinkProc.waitRound(b)
+		} else {
+			msgs := s.sink.WaitForMessages(b, (round+1)*n, 5*time.Minute)
+			last = slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
+		}
 		stop()
 		cpu1, rcpu1 := processCPU(), redisCPU(b, s.rdb)
+		if sinkProc != nil {
+			b.ReportMetric(float64((procCPU(b, sinkProc.pid())-scpu0).Microseconds())/float64(n), "sink-cpu-µs/email")
+		}
 		if f := os.Getenv("POSTAMT_BENCH_P1_STATS"); f != "" {
 			if err := os.WriteFile(f, []byte(s.rdb.Info(context.Background(), "commandstats").Val()), 0o644); err != nil {
 				b.Fatal(err)
 			}
 		}
-		last := slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
 		b.ReportMetric(float64(n)/last.Sub(at).Seconds(), "emails/s")
 		// CPU per delivered email while the delivery ran: the Go process (outbox, mailbox and its
-		// sent-view consumer, the NATS server, the SMTP sink) and redis-server.
+		// sent-view consumer, the NATS server; the SMTP sink only with
+		// POSTAMT_BENCH_P1_INPROC_SINK) and redis-server.
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(n), "proc-cpu-µs/email")
 		b.ReportMetric(float64((rcpu1-rcpu0).Microseconds())/float64(n), "redis-cpu-µs/email")
+		b.ReportMetric(float64((cpu1-cpu0+rcpu1-rcpu0).Microseconds())/float64(n), "postamt-cpu-µs/email")
 	}
 }
 
