@@ -82,7 +82,7 @@ func startSuiteWith(b *testing.B, sinkProc *sinkProcess) *suite {
 	verifier, signer := authtest.Keys(b)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := &suite{rdb: rs.Client(b), sinkProc: sinkProc}
-	sinkAddr := ""
+	var sinkAddr string
 	if sinkProc != nil {
 		sinkAddr = sinkProc.addr
 	} else {
