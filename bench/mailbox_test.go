@@ -78,7 +78,8 @@ const (
 // Users are members of a shared all-users mailbox, of an explicit shared mailbox, or ask about
 // their own personal address, in equal parts. POSTAMT_BENCH_GRANT_CACHE_TTL sets mailbox's
 // MAILBOX_GRANT_CACHE_TTL (default its production default, 5s; 0 turns the send-grant cache
-// off, the figure before it).
+// off, the figure before it). POSTAMT_BENCH_P5_CPUPROFILE=file profiles the service process
+// from the load generator's first phase to its last (not the seeding).
 func BenchmarkP5CheckSend(b *testing.B) {
 	addr, token, rdb := startMailbox(b)
 	b.ResetTimer()
@@ -241,6 +242,8 @@ func runLoadGen(b *testing.B, addr, mode, token string, redisCPU func() time.Dur
 		proc0, redis0 time.Duration
 		total         int64
 	)
+	stopProfile := func() {}
+	defer func() { stopProfile() }()
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var l loadGenLine
@@ -248,6 +251,9 @@ func runLoadGen(b *testing.B, addr, mode, token string, redisCPU func() time.Dur
 			b.Fatalf("load generator wrote %q: %v", sc.Text(), err)
 		}
 		if l.Start {
+			if f := os.Getenv("POSTAMT_BENCH_P5_CPUPROFILE"); f != "" && total == 0 && l.Phase == "@max" {
+				stopProfile = startCPUProfile(b, f)
+			}
 			proc0, redis0 = processCPU(), redisCPU()
 			continue
 		}
