@@ -42,13 +42,10 @@ type Cache[V any] struct {
 }
 
 // Gen is a tenant's generation: what a caller saw before it fetched a value, so PutAt can tell
-// whether an event of the tenant arrived while the fetch ran. It also holds the time it was
-// taken, from which PutAt counts the TTL: a value read before a change is then never kept longer
-// than the TTL after that change, however long the fetch took.
+// whether an event of the tenant arrived while the fetch ran.
 type Gen struct {
 	epoch, n uint64
 	ok       bool
-	at       time.Time
 }
 
 type item[V any] struct {
@@ -100,20 +97,27 @@ func (c *Cache[V]) Get(tenant, key string) (V, bool) {
 
 // Gen returns tenant's generation now; take it before fetching a value to keep with PutAt.
 func (c *Cache[V]) Gen(tenant string) Gen {
-	at := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return Gen{epoch: c.epoch, n: c.gens[tenant], ok: c.serving(), at: at}
+	return Gen{epoch: c.epoch, n: c.gens[tenant], ok: c.serving()}
 }
 
-// PutAt keeps v for the TTL from the moment g was taken (before the fetch), unless the tenant's
-// generation moved past g (an event of the tenant, or a Clear, came in while v was fetched: v may
-// predate it) or the cache is not serving.
+// PutAt keeps v for the TTL from now, unless the tenant's generation moved past g (an event of
+// the tenant, or a Clear, came in while v was fetched: v may predate it) or the cache is not
+// serving.
 func (c *Cache[V]) PutAt(tenant, key string, v V, g Gen) {
+	c.PutAtFrom(tenant, key, v, g, c.now())
+}
+
+// PutAtFrom is PutAt with the TTL counted from `from`, the moment the fetch of v began (on the
+// cache's clock), instead of from now: a value read before a change then never outlives the
+// TTL after that change, however long the fetch took. Caches that promise a staleness bound use
+// it.
+func (c *Cache[V]) PutAtFrom(tenant, key string, v V, g Gen, from time.Time) {
 	if c.ttl <= 0 || !g.ok {
 		return
 	}
-	expires := g.at.Add(c.ttl)
+	expires := from.Add(c.ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if g.epoch != c.epoch || g.n != c.gens[tenant] || !c.serving() {

@@ -47,7 +47,7 @@ func (s *Store) sendGrant(ctx context.Context, k keys, user, addr string) (mailb
 //   - when any event of the tenant arrives from mailbox's JetStream stream (FollowGrants), which
 //     is how every other replica learns of the change: milliseconds after the commit, the relay's
 //     latency;
-//   - in any case Options.GrantTTL after the read began (tenantcache.Gen), which bounds the
+//   - in any case Options.GrantTTL after the read began (tenantcache.PutAtFrom), which bounds the
 //     staleness when events are late (a relay that died holds its streams until
 //     MAILBOX_RELAY_CLAIM_IDLE; a NATS connection that hangs without failing).
 //
@@ -67,12 +67,12 @@ func (s *Store) cachedGrant(ctx context.Context, tenant, userID, address string)
 		return g, nil
 	}
 	s.misses.Add(1)
-	gen := s.cache.Gen(tenant)
+	from, gen := s.now(), s.cache.Gen(tenant)
 	g, err := s.sendGrant(ctx, s.tenantKeys(tenant), userID, address)
 	if err != nil {
 		return g, err
 	}
-	s.cache.PutAt(tenant, key, g, gen)
+	s.cache.PutAtFrom(tenant, key, g, gen, from)
 	return g, nil
 }
 

@@ -34,8 +34,10 @@ type Store struct {
 	rdb    redis.UniversalClient
 	grants *redisx.Coalescer
 	parts  int
-	// cache holds send grants by tenant and (user, address); nil without Options.GrantTTL.
+	// cache holds send grants by tenant and (user, address); nil without Options.GrantTTL. now
+	// is its clock, read when a grant's fetch begins (the TTL counts from there).
 	cache *tenantcache.Cache[mailbox.SendGrant]
+	now   func() time.Time
 	// hits and misses count the cache's answers, for /metrics.
 	hits, misses atomic.Uint64
 }
@@ -65,7 +67,11 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	}
 	s := &Store{rdb: rdb, grants: redisx.NewCoalescer(rdb), parts: parts}
 	if opts.GrantTTL > 0 {
-		s.cache = tenantcache.NewFollowed[mailbox.SendGrant](opts.GrantTTL, 0, opts.Now)
+		s.now = opts.Now
+		if s.now == nil {
+			s.now = time.Now
+		}
+		s.cache = tenantcache.NewFollowed[mailbox.SendGrant](opts.GrantTTL, 0, s.now)
 	}
 	return s
 }
