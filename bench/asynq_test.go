@@ -83,12 +83,12 @@ func (p *smtpPool) send(m asynqMail) error {
 	return nil
 }
 
-// startAsynq returns a server with asynq's defaults (only its log level quieted) on a Redis of
-// its own.
-func startAsynq(b *testing.B) (*asynq.Server, asynq.RedisClientOpt) {
+// startAsynq returns a server with asynq's defaults (only its log level quieted, and its
+// Concurrency when concurrency is not 0) on a Redis of its own.
+func startAsynq(b *testing.B, concurrency int) (*asynq.Server, asynq.RedisClientOpt) {
 	b.Helper()
 	opt := asynq.RedisClientOpt{Addr: redistest.Start(b).Addr()}
-	return asynq.NewServer(opt, asynq.Config{LogLevel: asynq.ErrorLevel}), opt
+	return asynq.NewServer(opt, asynq.Config{Concurrency: concurrency, LogLevel: asynq.ErrorLevel}), opt
 }
 
 // enqueueAll enqueues n tasks from 50 goroutines.
@@ -122,28 +122,37 @@ func mailTask(m asynqMail) *asynq.Task {
 }
 
 // BenchmarkP1Asynq is P1's baseline: n emails queued before the server starts; emails per
-// second from its start to the last arrival at the sink.
+// second from its start to the last arrival at the sink. Two set-ups (DESIGN.md §5 P1): asynq's
+// default concurrency (one worker per CPU), and Concurrency equal to the outbox connector's pool
+// (POSTAMT_BENCH_POOL, 32), which the bar compares with.
 func BenchmarkP1Asynq(b *testing.B) {
 	n := envInt("POSTAMT_BENCH_P1_N", 20_000)
-	sink := smtptest.Start(b)
-	pool := &smtpPool{addr: sink.Addr(), idle: make(chan *gosmtp.Client, 32)}
-	b.ResetTimer()
-	for round := range b.N {
-		srv, opt := startAsynq(b)
-		client := asynq.NewClient(opt)
-		enqueueAll(b, client, n, func(i int) (*asynq.Task, []asynq.Option) {
-			return mailTask(asynqMail{From: "info@kanzlei.example", To: "mandant@example.com", ID: i}), nil
+	pool := envInt("POSTAMT_BENCH_POOL", 32)
+	for _, c := range []struct {
+		name        string
+		concurrency int
+	}{{"concurrency=default", 0}, {fmt.Sprintf("concurrency=%d", pool), pool}} {
+		b.Run(c.name, func(b *testing.B) {
+			sink := smtptest.Start(b)
+			conns := &smtpPool{addr: sink.Addr(), idle: make(chan *gosmtp.Client, max(32, c.concurrency))}
+			for round := range b.N {
+				srv, opt := startAsynq(b, c.concurrency)
+				client := asynq.NewClient(opt)
+				enqueueAll(b, client, n, func(i int) (*asynq.Task, []asynq.Option) {
+					return mailTask(asynqMail{From: "info@kanzlei.example", To: "mandant@example.com", ID: i}), nil
+				})
+				_ = client.Close()
+				mux := emailMux(conns)
+				start := time.Now()
+				if err := srv.Start(mux); err != nil {
+					b.Fatal(err)
+				}
+				msgs := sink.WaitForMessages(b, (round+1)*n, 10*time.Minute)
+				last := slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
+				b.ReportMetric(float64(n)/last.Sub(start).Seconds(), "emails/s")
+				srv.Shutdown()
+			}
 		})
-		_ = client.Close()
-		mux := emailMux(pool)
-		start := time.Now()
-		if err := srv.Start(mux); err != nil {
-			b.Fatal(err)
-		}
-		msgs := sink.WaitForMessages(b, (round+1)*n, 10*time.Minute)
-		last := slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
-		b.ReportMetric(float64(n)/last.Sub(start).Seconds(), "emails/s")
-		srv.Shutdown()
 	}
 }
 
@@ -157,7 +166,7 @@ func BenchmarkP2Asynq(b *testing.B) {
 	for range b.N {
 		var mu sync.Mutex
 		var late []time.Duration
-		srv, opt := startAsynq(b)
+		srv, opt := startAsynq(b, 0)
 		mux := asynq.NewServeMux()
 		mux.HandleFunc("email:send", func(_ context.Context, t *asynq.Task) error {
 			var m asynqMail

@@ -1,14 +1,17 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/mail"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +22,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -53,21 +59,36 @@ var benchPartitions = envInt("POSTAMT_BENCH_PARTITIONS", 16)
 // JetStream and an SMTP sink, all on this machine. POSTAMT_BENCH_NO_SENT_VIEW=1 leaves out
 // mailbox's EmailSent consumer, to show its share of the machine.
 type suite struct {
-	rdb    *redis.Client
-	sink   *smtptest.Sink
-	outbox outboxv1.OutboxServiceClient
-	user   context.Context
-	admin  context.Context
+	rdb *redis.Client
+	// sink is the in-process SMTP sink; nil when the suite sends to a sink process (sinkProc).
+	sink     *smtptest.Sink
+	sinkProc *sinkProcess
+	// outboxAddr and userToken let a process of its own submit as user (P3's load generator).
+	outboxAddr, userToken string
+	outbox                outboxv1.OutboxServiceClient
+	user                  context.Context
+	admin                 context.Context
 }
 
-func startSuite(b *testing.B) *suite {
+func startSuite(b *testing.B) *suite { return startSuiteWith(b, nil) }
+
+// startSuiteWith starts a suite whose connector sends to sinkProc, a sink in a process of its
+// own, or (nil) to a sink in this process.
+func startSuiteWith(b *testing.B, sinkProc *sinkProcess) *suite {
 	b.Helper()
 	rs := redistest.Start(b)
 	ns := natstest.Start(b)
 	js := ns.JetStream(b)
 	verifier, signer := authtest.Keys(b)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s := &suite{rdb: rs.Client(b), sink: smtptest.Start(b)}
+	s := &suite{rdb: rs.Client(b), sinkProc: sinkProc}
+	var sinkAddr string
+	if sinkProc != nil {
+		sinkAddr = sinkProc.addr
+	} else {
+		s.sink = smtptest.Start(b)
+		sinkAddr = s.sink.Addr()
+	}
 	svc := servicesRedis(b, rs)
 	mb, err := mailboxapp.New(mailboxapp.Config{RelayBatch: 256, RelayClaimIdle: 30 * time.Second, SentView: os.Getenv("POSTAMT_BENCH_NO_SENT_VIEW") == ""}, mailboxapp.Deps{
 		Logger: logger, Redis: svc, JS: js, Verifier: verifier, Metrics: prometheus.NewRegistry(), Partitions: benchPartitions,
@@ -90,9 +111,15 @@ func startSuite(b *testing.B) *suite {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s.outbox = outboxv1.NewOutboxServiceClient(servetest.Dial(b, servetest.Run(b, ob.Run)))
+	s.outboxAddr = servetest.Run(b, ob.Run)
+	s.outbox = outboxv1.NewOutboxServiceClient(servetest.Dial(b, s.outboxAddr))
 	s.admin = authtest.Outgoing(b, signer, auth.Principal{Tenant: "kanzlei", User: "admin", Roles: []string{auth.RoleAdmin, "operator"}})
-	s.user = authtest.Outgoing(b, signer, auth.Principal{Tenant: "kanzlei", User: "max", Teams: []string{"empfang"}})
+	userToken, err := signer.Mint(auth.Principal{Tenant: "kanzlei", User: "max", Teams: []string{"empfang"}}, 2*time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.userToken = userToken
+	s.user = metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+userToken)
 	must := func(_ any, err error) {
 		if err != nil {
 			b.Fatal(err)
@@ -104,7 +131,7 @@ func startSuite(b *testing.B) *suite {
 		MailboxId: "info", Address: "info@kanzlei.example", DisplayName: "Kanzlei Muster", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_SHARED,
 	}}))
 	must(mbc.AddMember(s.admin, &mailboxv1.AddMemberRequest{MailboxId: "info", UserId: "max", Rights: []mailboxv1.Right{mailboxv1.Right_RIGHT_SEND_AS}}))
-	host, port, _ := net.SplitHostPort(s.sink.Addr())
+	host, port, _ := net.SplitHostPort(sinkAddr)
 	p, _ := strconv.Atoi(port)
 	conn := &outboxv1.Connector{
 		ConnectorId: "default", Host: host, Port: int32(p), TlsMode: outboxv1.TlsMode_TLS_MODE_NONE, PoolSize: int32(envInt("POSTAMT_BENCH_POOL", 32)),
@@ -160,9 +187,19 @@ func benchEmail(i int, sendAt time.Time) *outboxv1.SubmitEmailRequest {
 // submitAll submits n emails from `clients` concurrent callers and returns each call's latency.
 func (s *suite) submitAll(b *testing.B, n, clients int, req func(i int) *outboxv1.SubmitEmailRequest) []time.Duration {
 	b.Helper()
+	lat, failed, firstErr := submitConcurrently(s.user, s.outbox, n, clients, req)
+	if failed > 0 {
+		b.Fatalf("%d submits failed, the first: %v", failed, firstErr)
+	}
+	return lat
+}
+
+// submitConcurrently submits n emails through c from `clients` concurrent callers and returns
+// each call's latency, the number of calls that failed and the first error.
+func submitConcurrently(ctx context.Context, c outboxv1.OutboxServiceClient, n, clients int, req func(i int) *outboxv1.SubmitEmailRequest) ([]time.Duration, int64, error) {
 	lat := make([]time.Duration, n)
-	var next atomic.Int64
-	var failed atomic.Int64
+	var next, failed atomic.Int64
+	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Go(func() {
@@ -172,9 +209,9 @@ func (s *suite) submitAll(b *testing.B, n, clients int, req func(i int) *outboxv
 					return
 				}
 				start := time.Now()
-				if _, err := s.outbox.SubmitEmail(s.user, req(i)); err != nil {
+				if _, err := c.SubmitEmail(ctx, req(i)); err != nil {
 					if failed.Add(1) == 1 {
-						b.Errorf("submit: %v", err)
+						firstErr.Store(err)
 					}
 				}
 				lat[i] = time.Since(start)
@@ -182,23 +219,31 @@ func (s *suite) submitAll(b *testing.B, n, clients int, req func(i int) *outboxv
 		})
 	}
 	wg.Wait()
-	if failed.Load() > 0 {
-		b.Fatalf("%d submits failed", failed.Load())
-	}
-	return lat
+	err, _ := firstErr.Load().(error)
+	return lat, failed.Load(), err
 }
 
 // BenchmarkP3Submit measures DESIGN.md §5 P3: SubmitEmail over gRPC from 50 concurrent clients
 // (mail scheduled an hour ahead, so the dispatcher does not compete), with every check a real
 // submit makes (the sender's right through mailbox's CheckSend, settings, the idempotency-free
-// ledger write with its event).
+// ledger write with its event). The clients run in a process of their own (this binary re-run,
+// see TestMain), so the CPU per submit of this process (outbox, mailbox, NATS) and of
+// redis-server is Postamt's; the load generator's is reported apart (loadgen-cpu-µs/submit).
+// POSTAMT_BENCH_P3_INPROC=1 runs the clients in this process as before (no CPU figures).
 func BenchmarkP3Submit(b *testing.B) {
 	s := startSuite(b)
 	n := envInt("POSTAMT_BENCH_P3_N", 30_000)
 	at := time.Now().Add(time.Hour)
-	s.submitAll(b, 2000, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) }) // warm-up
+	inproc := os.Getenv("POSTAMT_BENCH_P3_INPROC") != ""
+	if inproc {
+		s.submitAll(b, 2000, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) }) // warm-up
+	}
 	b.ResetTimer()
 	for range b.N {
+		if !inproc {
+			runSubmitLoadGen(b, s, n)
+			continue
+		}
 		start := time.Now()
 		lat := s.submitAll(b, n, 50, func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) })
 		secs := time.Since(start).Seconds()
@@ -209,16 +254,135 @@ func BenchmarkP3Submit(b *testing.B) {
 	}
 }
 
+// p3LoadGenEnv switches the bench test binary into P3's load generator (see TestMain): the value
+// is the outbox's address; p3TokenEnv carries the user's token.
+const (
+	p3LoadGenEnv = "POSTAMT_BENCH_P3_LOADGEN"
+	p3TokenEnv   = "POSTAMT_BENCH_P3_TOKEN"
+)
+
+// submitLoadGenLine is one line P3's load generator writes: the measured submits start (after
+// its warm-up), or they ended with these figures.
+type submitLoadGenLine struct {
+	Start   bool               `json:"start,omitempty"`
+	Metrics map[string]float64 `json:"metrics,omitempty"`
+	Error   string             `json:"error,omitempty"`
+}
+
+// runSubmitLoadGen runs P3's load generator in a process of its own against s, n submits after
+// a warm-up of 2,000, and reports its figures with the CPU this process and redis-server spent
+// per submit while it ran.
+func runSubmitLoadGen(b *testing.B, s *suite, n int) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), p3LoadGenEnv+"="+s.outboxAddr, p3TokenEnv+"="+s.userToken, "POSTAMT_BENCH_P3_N="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	var cpu0, rcpu0, gen0 time.Duration
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		var l submitLoadGenLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			b.Fatalf("load generator wrote %q: %v", sc.Text(), err)
+		}
+		if l.Error != "" {
+			b.Fatalf("load generator: %s", l.Error)
+		}
+		if l.Start {
+			cpu0, rcpu0, gen0 = processCPU(), redisCPU(b, s.rdb), procCPU(b, cmd.Process.Pid)
+			continue
+		}
+		cpu, rcpu, gen := processCPU()-cpu0, redisCPU(b, s.rdb)-rcpu0, procCPU(b, cmd.Process.Pid)-gen0
+		for unit, v := range l.Metrics {
+			b.ReportMetric(v, unit)
+		}
+		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+		b.ReportMetric(per(cpu), "proc-cpu-µs/submit")
+		b.ReportMetric(per(rcpu), "redis-cpu-µs/submit")
+		b.ReportMetric(per(cpu+rcpu), "postamt-cpu-µs/submit")
+		b.ReportMetric(per(gen), "loadgen-cpu-µs/submit")
+	}
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("load generator: %v", err)
+	}
+}
+
+// submitLoadGen is the body of P3's load generator process: 50 clients on one connection, as
+// the in-process benchmark had them, a warm-up of 2,000 submits, then POSTAMT_BENCH_P3_N
+// measured ones. It gives up when its parent is gone or after 10 minutes.
+func submitLoadGen(addr string) int {
+	parent := os.Getppid()
+	go func() {
+		for range 10 * 60 {
+			time.Sleep(time.Second)
+			if os.Getppid() != parent {
+				os.Exit(3)
+			}
+		}
+		os.Exit(4)
+	}()
+	enc := json.NewEncoder(os.Stdout)
+	fail := func(err error) int {
+		_ = enc.Encode(submitLoadGenLine{Error: err.Error()})
+		return 1
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fail(err)
+	}
+	defer conn.Close()
+	c := outboxv1.NewOutboxServiceClient(conn)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+os.Getenv(p3TokenEnv))
+	n := envInt("POSTAMT_BENCH_P3_N", 30_000)
+	at := time.Now().Add(time.Hour)
+	req := func(i int) *outboxv1.SubmitEmailRequest { return benchEmail(i, at) }
+	if _, failed, err := submitConcurrently(ctx, c, 2000, 50, req); failed > 0 {
+		return fail(fmt.Errorf("%d warm-up submits failed, the first: %w", failed, err))
+	}
+	if err := enc.Encode(submitLoadGenLine{Start: true}); err != nil {
+		return 1
+	}
+	start := time.Now()
+	lat, failed, err := submitConcurrently(ctx, c, n, 50, req)
+	secs := time.Since(start).Seconds()
+	if failed > 0 {
+		return fail(fmt.Errorf("%d submits failed, the first: %w", failed, err))
+	}
+	if err := enc.Encode(submitLoadGenLine{Metrics: map[string]float64{
+		"submits/s": float64(n) / secs,
+		"p50-ms":    ms(percentile(lat, 0.50)),
+		"p99-ms":    ms(percentile(lat, 0.99)),
+		"max-ms":    ms(percentile(lat, 1)),
+	}}); err != nil {
+		return 1
+	}
+	return 0
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // BenchmarkP1Delivery measures DESIGN.md §5 P1: emails delivered per second to a local SMTP
 // sink. n emails are submitted due at one instant t; the figure is n / (last arrival − t). The
 // mailbox service consumes every EmailSent into the sent view meanwhile, as in production.
-// POSTAMT_BENCH_P1_CPUPROFILE=file profiles the delivery window only; POSTAMT_BENCH_P1_STATS=file
-// writes Redis's command statistics of it there.
+// The sink runs in a process of its own (this binary re-run, TestSinkProcess), so the CPU per
+// email of this process is Postamt's: outbox, mailbox, the embedded NATS server (the submits
+// are done before the window starts); the sink's own is reported apart (sink-cpu-µs/email).
+// POSTAMT_BENCH_P1_INPROC_SINK=1 runs the sink in this process as before (its CPU counted in
+// proc-cpu-µs/email). POSTAMT_BENCH_P1_CPUPROFILE=file profiles the delivery window only;
+// POSTAMT_BENCH_P1_STATS=file writes Redis's command statistics of it there.
 func BenchmarkP1Delivery(b *testing.B) {
-	s := startSuite(b)
 	n := envInt("POSTAMT_BENCH_P1_N", 20_000)
+	var sinkProc *sinkProcess
+	if os.Getenv("POSTAMT_BENCH_P1_INPROC_SINK") == "" {
+		sinkProc = startSinkProcess(b, n)
+	}
+	s := startSuiteWith(b, sinkProc)
 	b.ResetTimer()
 	for round := range b.N {
 		at := time.Now().Add(time.Duration(n/2000+3) * time.Second) // after the submits are in, even on a busy machine
@@ -228,6 +392,10 @@ func BenchmarkP1Delivery(b *testing.B) {
 		}
 		time.Sleep(time.Until(at))
 		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+		var scpu0 time.Duration
+		if sinkProc != nil {
+			scpu0 = procCPU(b, sinkProc.pid())
+		}
 		stop := func() {}
 		if os.Getenv("POSTAMT_BENCH_P1_STATS") != "" {
 			s.rdb.ConfigResetStat(context.Background())
@@ -235,20 +403,30 @@ func BenchmarkP1Delivery(b *testing.B) {
 		if f := os.Getenv("POSTAMT_BENCH_P1_CPUPROFILE"); f != "" {
 			stop = startCPUProfile(b, f)
 		}
-		msgs := s.sink.WaitForMessages(b, (round+1)*n, 5*time.Minute)
+		var last time.Time
+		if sinkProc != nil {
+			last = sinkProc.waitRound(b)
+		} else {
+			msgs := s.sink.WaitForMessages(b, (round+1)*n, 5*time.Minute)
+			last = slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
+		}
 		stop()
 		cpu1, rcpu1 := processCPU(), redisCPU(b, s.rdb)
+		if sinkProc != nil {
+			b.ReportMetric(float64((procCPU(b, sinkProc.pid())-scpu0).Microseconds())/float64(n), "sink-cpu-µs/email")
+		}
 		if f := os.Getenv("POSTAMT_BENCH_P1_STATS"); f != "" {
 			if err := os.WriteFile(f, []byte(s.rdb.Info(context.Background(), "commandstats").Val()), 0o644); err != nil {
 				b.Fatal(err)
 			}
 		}
-		last := slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
 		b.ReportMetric(float64(n)/last.Sub(at).Seconds(), "emails/s")
 		// CPU per delivered email while the delivery ran: the Go process (outbox, mailbox and its
-		// sent-view consumer, the NATS server, the SMTP sink) and redis-server.
+		// sent-view consumer, the NATS server; the SMTP sink only with
+		// POSTAMT_BENCH_P1_INPROC_SINK) and redis-server.
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(n), "proc-cpu-µs/email")
 		b.ReportMetric(float64((rcpu1-rcpu0).Microseconds())/float64(n), "redis-cpu-µs/email")
+		b.ReportMetric(float64((cpu1-cpu0+rcpu1-rcpu0).Microseconds())/float64(n), "postamt-cpu-µs/email")
 	}
 }
 

@@ -26,11 +26,18 @@ import (
 // fetched or built besides the benchmarks. The value is the Redis address.
 const asynqWorkerEnv = "POSTAMT_BENCH_ASYNQ_WORKER"
 
-// TestMain runs the benchmarks, or an asynq worker when asynqWorkerEnv is set; harness.Main
+// TestMain runs the benchmarks, or an asynq worker when asynqWorkerEnv is set, or P5's or P3's
+// load generator when p5LoadGenEnv or p3LoadGenEnv is set; harness.Main
 // removes the postamt binary BenchmarkP9Takeover built.
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(asynqWorkerEnv); addr != "" {
 		os.Exit(asynqWorker(addr))
+	}
+	if addr := os.Getenv(p5LoadGenEnv); addr != "" {
+		os.Exit(loadGen(addr))
+	}
+	if addr := os.Getenv(p3LoadGenEnv); addr != "" {
+		os.Exit(submitLoadGen(addr))
 	}
 	os.Exit(harness.Main(m))
 }

@@ -106,10 +106,18 @@ func (c *Cache[V]) Gen(tenant string) Gen {
 // the tenant, or a Clear, came in while v was fetched: v may predate it) or the cache is not
 // serving.
 func (c *Cache[V]) PutAt(tenant, key string, v V, g Gen) {
+	c.PutAtFrom(tenant, key, v, g, c.now())
+}
+
+// PutAtFrom is PutAt with the TTL counted from `from`, the moment the fetch of v began (on the
+// cache's clock), instead of from now: a value read before a change then never outlives the
+// TTL after that change, however long the fetch took. Caches that promise a staleness bound use
+// it.
+func (c *Cache[V]) PutAtFrom(tenant, key string, v V, g Gen, from time.Time) {
 	if c.ttl <= 0 || !g.ok {
 		return
 	}
-	expires := c.now().Add(c.ttl)
+	expires := from.Add(c.ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if g.epoch != c.epoch || g.n != c.gens[tenant] || !c.serving() {

@@ -47,6 +47,24 @@ func TestTTLAndBound(t *testing.T) {
 	}
 }
 
+// TestPutAtFromCountsTTLFromTheFetch: a value kept with PutAtFrom lives the TTL from the moment
+// its fetch began, not from when it was kept, so a slow fetch of a value read before a change
+// cannot outlive the TTL after that change.
+func TestPutAtFromCountsTTLFromTheFetch(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	cache := tenantcache.New[int](time.Minute, 0, c.now)
+	from, g := c.now(), cache.Gen("kanzlei")
+	c.t = c.t.Add(50 * time.Second) // the fetch took this long
+	cache.PutAtFrom("kanzlei", "max", 1, g, from)
+	if _, ok := cache.Get("kanzlei", "max"); !ok {
+		t.Fatal("a value within its TTL missed")
+	}
+	c.t = c.t.Add(10 * time.Second) // a TTL after the fetch began, 10 s after it was kept
+	if v, ok := cache.Get("kanzlei", "max"); ok {
+		t.Errorf("Get = %d a TTL after the fetch began", v)
+	}
+}
+
 // TestFollow: an event of a tenant on the stream drops that tenant's values, not others'.
 func TestFollow(t *testing.T) {
 	ns := natstest.Start(t)

@@ -42,6 +42,11 @@ type Config struct {
 	RelayClaimIdle time.Duration `env:"MAILBOX_RELAY_CLAIM_IDLE, default=30s" desc:"idle time after which another relay takes over a crashed relay's pending events"`
 	// SentView turns the EmailSent consumer on; off only for a replica that must not consume.
 	SentView bool `env:"MAILBOX_SENT_VIEW, default=true" desc:"consume the outbox's EmailSent events into the sent view"`
+	// GrantCacheTTL bounds how long a replica keeps the answers to the send question it read
+	// (redisstore.Options.GrantTTL): they are dropped by the replica's own writes at once and by
+	// the tenant's events from the other replicas within the relay's latency, so this is the
+	// staleness left when events are late. 0 turns the cache off.
+	GrantCacheTTL time.Duration `env:"MAILBOX_GRANT_CACHE_TTL, default=5s" desc:"longest time a replica may answer CheckSend from a grant another replica changed while its events were late (0: no cache)"`
 }
 
 // Validate checks the values no default can fix.
@@ -52,6 +57,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RelayClaimIdle < time.Second {
 		errList = append(errList, fmt.Errorf("MAILBOX_RELAY_CLAIM_IDLE must be at least 1s, got %s", c.RelayClaimIdle))
+	}
+	if c.GrantCacheTTL < 0 || c.GrantCacheTTL > time.Minute {
+		errList = append(errList, fmt.Errorf("MAILBOX_GRANT_CACHE_TTL must be between 0 and 1m, got %s", c.GrantCacheTTL))
 	}
 	return errors.Join(errList...)
 }
@@ -95,7 +103,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	if err := redisx.CheckPartitionCount(deps.Partitions); err != nil {
 		return nil, fmt.Errorf("mailbox: %w", err)
 	}
-	store := redisstore.New(deps.Redis, deps.Partitions)
+	store := redisstore.New(deps.Redis, redisstore.Options{Partitions: deps.Partitions, GrantTTL: cfg.GrantCacheTTL, Now: deps.Now})
 	svc := mailbox.New(store, mailbox.Options{Now: deps.Now})
 	a := &App{cfg: cfg, deps: deps, svc: svc, store: store}
 	handler := grpcapi.New(svc)
@@ -129,7 +137,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 			durables = append(durables, eventbus.Durable{Stream: events.OutboxStreamName, Name: events.SentViewDurable})
 		}
 		a.lag = eventbus.LagSampler(Name, a.relay, deps.JS, deps.Logger, durables...)
-		for _, c := range []prometheus.Collector{a.relay.Collector(prometheus.Labels{"service": Name}), a.lag} {
+		for _, c := range []prometheus.Collector{a.relay.Collector(prometheus.Labels{"service": Name}), a.lag, grantCacheCollector(store)} {
 			if err := deps.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("register relay metrics: %w", err)
 			}
@@ -156,6 +164,7 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 	stopBG, cancelBG := context.WithCancel(bgCtx)
 	defer cancelBG()
 	bg.Go(func() error { return a.relay.Run(stopBG) })
+	bg.Go(func() error { return a.store.FollowGrants(stopBG, a.deps.JS, events.StreamName, a.deps.Logger) })
 	if a.lag != nil {
 		bg.Go(func() error { return a.lag.Run(stopBG) })
 	}
@@ -181,4 +190,30 @@ func (a *App) Run(ctx context.Context, lis net.Listener) error {
 		bgErr = nil
 	}
 	return errors.Join(serveErr, bgErr)
+}
+
+// grantCacheCollector exports the send-grant cache's hits and misses, so an operator sees what
+// share of CheckSend reaches Redis (a low hit rate under steady load means the tenant's events
+// keep dropping it, or the TTL is short for the traffic).
+func grantCacheCollector(store *redisstore.Store) prometheus.Collector {
+	return grantCache{
+		store:  store,
+		hits:   prometheus.NewDesc("postamt_mailbox_grant_cache_hits_total", "CheckSend answers served from the replica's send-grant cache.", nil, nil),
+		misses: prometheus.NewDesc("postamt_mailbox_grant_cache_misses_total", "CheckSend answers read from Redis (cache off, not following events yet, expired or dropped).", nil, nil),
+	}
+}
+
+type grantCache struct {
+	store        *redisstore.Store
+	hits, misses *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (g grantCache) Describe(ch chan<- *prometheus.Desc) { ch <- g.hits; ch <- g.misses }
+
+// Collect implements prometheus.Collector.
+func (g grantCache) Collect(ch chan<- prometheus.Metric) {
+	h, m := g.store.GrantCacheStats()
+	ch <- prometheus.MustNewConstMetric(g.hits, prometheus.CounterValue, float64(h))
+	ch <- prometheus.MustNewConstMetric(g.misses, prometheus.CounterValue, float64(m))
 }

@@ -49,7 +49,7 @@ const MailboxStream = "POSTAMT_MAILBOX"
 type Config struct {
 	MailboxAddr        string        `env:"OUTBOX_MAILBOX_ADDR, default=127.0.0.1:9090" desc:"gRPC address of the mailbox service (send rights, mailboxes, teams)"`
 	TrackerAddr        string        `env:"OUTBOX_TRACKER_ADDR" desc:"gRPC address of the tracker service, which issues the tracking tokens appended to the subjects of mail submitted with regarding_record_id when the tenant has tokens in subjects on; empty: no tokens, the record is only stored"`
-	DirectoryCacheTTL  time.Duration `env:"OUTBOX_DIRECTORY_CACHE_TTL, default=10s" desc:"how long a user's mailboxes and team leadership are cached for views (send rights are never cached)"`
+	DirectoryCacheTTL  time.Duration `env:"OUTBOX_DIRECTORY_CACHE_TTL, default=10s" desc:"longest time mailbox's answers (send rights for submits; a user's mailboxes and team leadership for views) are kept when mailbox's events do not arrive; any event of the tenant drops them earlier"`
 	DefaultConnector   string        `env:"OUTBOX_DEFAULT_CONNECTOR, default=default" desc:"connector of a submit that names none"`
 	DefaultUndoDelay   time.Duration `env:"OUTBOX_DEFAULT_UNDO_DELAY, default=10s" desc:"undo delay of users who never set one"`
 	MaxUndoDelay       time.Duration `env:"OUTBOX_MAX_UNDO_DELAY, default=10m" desc:"largest undo delay a user may set"`

@@ -37,7 +37,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
-	svc := mailbox.New(redisstore.New(rdb, 0), mailbox.Options{})
+	svc := mailbox.New(redisstore.New(rdb, redisstore.Options{}), mailbox.Options{})
 	verifier, signer := authtest.Keys(t)
 	h := grpcapi.New(svc)
 	srv, err := grpcserver.New(grpcserver.Options{

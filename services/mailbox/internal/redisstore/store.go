@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,6 +14,7 @@ import (
 	"github.com/postamt/postamt/internal/errs"
 	"github.com/postamt/postamt/internal/eventbus"
 	"github.com/postamt/postamt/internal/redisx"
+	"github.com/postamt/postamt/internal/tenantcache"
 	"github.com/postamt/postamt/services/mailbox/internal/events"
 	"github.com/postamt/postamt/services/mailbox/internal/mailbox"
 )
@@ -25,21 +27,53 @@ const maxTxAttempts = 16
 // partition's stream) go in one MULTI/EXEC, so no event exists without its state and no state
 // without its event. A concurrent write to a watched key makes EXEC fail and the write retry on
 // the new state.
+//
+// With Options.GrantTTL set, the answers to the send question are also kept in process (see
+// grants.go for what that trades and how it is bounded).
 type Store struct {
 	rdb    redis.UniversalClient
 	grants *redisx.Coalescer
 	parts  int
+	// cache holds send grants by tenant and (user, address); nil without Options.GrantTTL. now
+	// is its clock, read when a grant's fetch begins (the TTL counts from there).
+	cache *tenantcache.Cache[mailbox.SendGrant]
+	now   func() time.Time
+	// hits and misses count the cache's answers, for /metrics.
+	hits, misses atomic.Uint64
 }
 
 var _ mailbox.Store = (*Store)(nil)
 
-// New returns a Store on rdb that spreads tenants over partitions (REDIS_PARTITIONS; 0 means
-// redisx.DefaultPartitions).
-func New(rdb redis.UniversalClient, partitions int) *Store {
-	if partitions <= 0 {
-		partitions = redisx.DefaultPartitions
+// Options tune a Store; the zero value spreads tenants over redisx.DefaultPartitions and caches
+// nothing.
+type Options struct {
+	// Partitions is how many partitions tenants are spread over (REDIS_PARTITIONS; 0 means
+	// redisx.DefaultPartitions).
+	Partitions int
+	// GrantTTL, when positive, keeps the send grants this process read for at most this long,
+	// dropped earlier by this process's own writes and by any event of the tenant that FollowGrants
+	// receives; 0 reads every grant from Redis. It bounds how long a replica may still answer
+	// from a grant that another replica has changed while events did not reach it.
+	GrantTTL time.Duration
+	// Now is the cache's clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// New returns a Store on rdb.
+func New(rdb redis.UniversalClient, opts Options) *Store {
+	parts := opts.Partitions
+	if parts <= 0 {
+		parts = redisx.DefaultPartitions
 	}
-	return &Store{rdb: rdb, grants: redisx.NewCoalescer(rdb), parts: partitions}
+	s := &Store{rdb: rdb, grants: redisx.NewCoalescer(rdb), parts: parts}
+	if opts.GrantTTL > 0 {
+		s.now = opts.Now
+		if s.now == nil {
+			s.now = time.Now
+		}
+		s.cache = tenantcache.NewFollowed[mailbox.SendGrant](opts.GrantTTL, 0, s.now)
+	}
+	return s
 }
 
 // batch collects the writes of one transaction while its reads run, so all reads happen under
@@ -84,6 +118,10 @@ func (s *Store) txn(ctx context.Context, tenant string, fn func(tx *redis.Tx, b 
 			if len(b.ops) == 0 {
 				return nil
 			}
+			// Whatever EXEC's outcome (a timeout may hide a commit), this process's cached grants
+			// of the tenant go: it answers from the new state at once, other replicas when the
+			// events arrive.
+			defer s.dropGrants(tenant)
 			_, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 				for _, op := range b.ops {
 					op(p)
@@ -1011,8 +1049,11 @@ func (s *Store) SetDefaultSender(ctx context.Context, tenant, userID, mailboxID 
 
 // SendGrant implements mailbox.Store with three independent reads (the user, the address's
 // mailbox summary and the user's grant on that address), pipelined together with those of other
-// concurrent callers (see sendGrant).
+// concurrent callers (see sendGrant), or from the grant cache (see cachedGrant).
 func (s *Store) SendGrant(ctx context.Context, tenant, userID, address string) (mailbox.SendGrant, error) {
+	if s.cache != nil {
+		return s.cachedGrant(ctx, tenant, userID, address)
+	}
 	return s.sendGrant(ctx, s.tenantKeys(tenant), userID, address)
 }
 

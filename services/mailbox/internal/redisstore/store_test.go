@@ -43,7 +43,7 @@ func seed(t *testing.T, s *redisstore.Store) {
 // sender never names a mailbox they may not send from, and every change is announced.
 func TestDefaultSenderInvariantUnderConcurrency(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb, 0)
+	s := redisstore.New(rdb, redisstore.Options{})
 	seed(t, s)
 	ctx := context.Background()
 
@@ -98,7 +98,7 @@ func TestDefaultSenderInvariantUnderConcurrency(t *testing.T) {
 // adds exactly its events to the tenant partition's stream, and a failed write adds none.
 func TestEveryWriteIsAnnounced(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb, 0)
+	s := redisstore.New(rdb, redisstore.Options{})
 	ctx := context.Background()
 	seed(t, s)
 	stream := streamOf(t, rdb, s)
@@ -141,7 +141,7 @@ func streamOf(t *testing.T, rdb *redis.Client, store *redisstore.Store) string {
 // callers at once, each asking about a different user and address, each gets its own answer.
 func TestConcurrentSendGrantsGetTheirOwnAnswers(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb, 0)
+	s := redisstore.New(rdb, redisstore.Options{})
 	seed(t, s)
 	ctx := context.Background()
 	if err := s.AddMember(ctx, "kanzlei", "info", "max", mailbox.RightSendOnBehalf, t0); err != nil {
@@ -185,7 +185,7 @@ func TestConcurrentSendGrantsGetTheirOwnAnswers(t *testing.T) {
 func TestPartitionCount(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Start(t).Client(t)
-	s := redisstore.New(rdb, 64)
+	s := redisstore.New(rdb, redisstore.Options{Partitions: 64})
 	if err := s.CheckPartitions(ctx); err != nil {
 		t.Fatalf("fresh Redis with 64: %v", err)
 	}
@@ -221,7 +221,7 @@ func TestPartitionCount(t *testing.T) {
 		t.Errorf("send check with 64 partitions: %v %v", mailbox.Decide("martina", &g).Mode, err)
 	}
 	var pe *redisx.PartitionsError
-	if err := redisstore.New(rdb, 16).CheckPartitions(ctx); !errors.As(err, &pe) || pe.Recorded != 64 || pe.Configured != 16 {
+	if err := redisstore.New(rdb, redisstore.Options{Partitions: 16}).CheckPartitions(ctx); !errors.As(err, &pe) || pe.Recorded != 64 || pe.Configured != 16 {
 		t.Errorf("a store of 16 on data of 64: %v, want a PartitionsError", err)
 	}
 }

@@ -47,8 +47,8 @@ type entry struct {
 	lead      bool
 }
 
-// New returns a Client; ttl bounds how stale a user's mailboxes and team leadership may be (0
-// disables the cache).
+// New returns a Client; ttl bounds how stale its answers (send rights, a user's mailboxes and
+// team leadership) may be when mailbox's events do not arrive (0 disables the cache).
 func New(mb mailboxv1.MailboxServiceClient, ttl time.Duration) *Client {
 	return &Client{mb: mb, cache: tenantcache.NewFollowed[cached](ttl, 0, nil)}
 }

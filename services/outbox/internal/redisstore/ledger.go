@@ -592,17 +592,23 @@ var ErrChanged = errs.Aborted("CONCURRENT_CHANGE", "the email changed concurrent
 // mail in SENDING), so a worker retrying after a broken connection does not take its own write
 // for a lost lease.
 var applyScript = redis.NewScript(eventbus.LuaEmit + luaReady + `
-local cur = redis.call('HMGET', KEYS[1], 'version', 'fence')
+local cur = redis.call('HMGET', KEYS[1], 'version', 'fence', 'attempts')
 if ARGV[2] ~= '' and cur[1] == ARGV[3] and cur[2] == ARGV[2] then return -1 end
 if cur[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and cur[2] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[4], 'version', ARGV[3], 'sc', ARGV[8], 'due', ARGV[7])
-if ARGV[12] == 'inc' then redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+-- The record is written with one HSET (the attempt count from the read above, exact since the
+-- version matched): each redis.call has a cost of its own beyond its command's.
+local set = {'status', ARGV[4], 'version', ARGV[3], 'sc', ARGV[8], 'due', ARGV[7]}
+if ARGV[12] == 'inc' then
+  set[#set + 1] = 'attempts'
+  set[#set + 1] = (tonumber(cur[3]) or 0) + 1
 elseif ARGV[12] == 'reset' then
-  redis.call('HSET', KEYS[1], 'rb', redis.call('HGET', KEYS[1], 'attempts') or 0)
+  set[#set + 1] = 'rb'
+  set[#set + 1] = cur[3] or 0
   redis.call('HINCRBY', KEYS[1], 'mr', 1)
 end
-if #ARGV >= 21 then redis.call('HSET', KEYS[1], unpack(ARGV, 21)) end
+for i = 21, #ARGV do set[#set + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(set))
 if ARGV[9] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[9]) end
 redis.call('ZREM', KEYS[10], ARGV[6])
 if ARGV[7] ~= '' then

@@ -154,7 +154,11 @@ type MailboxServiceClient interface {
 	// PERMISSION_DENIED (reason CANNOT_SEND_FROM_MAILBOX) when the user may not send from it.
 	SetDefaultSender(ctx context.Context, in *SetDefaultSenderRequest, opts ...grpc.CallOption) (*SetDefaultSenderResponse, error)
 	// Answers "may user U send from address A, and how?". The hot question of every send: answered
-	// from one Redis round trip. A "no" is an answer (allowed = false with a reason), not an error.
+	// from one Redis round trip, or from the replica's cache of what it read. The replica that made
+	// a change answers from it at once; another replica when the change's event reaches it (within
+	// milliseconds), and never later than MAILBOX_GRANT_CACHE_TTL (5 s by default) after the change,
+	// which bounds the staleness while events are late.
+	// A "no" is an answer (allowed = false with a reason), not an error.
 	// Users may ask for themselves; admins and services for anyone. A service that gives no
 	// user_id asks for the system (system-generated mail): any mailbox address of the tenant is
 	// allowed, as SEND_AS.
@@ -576,7 +580,11 @@ type MailboxServiceServer interface {
 	// PERMISSION_DENIED (reason CANNOT_SEND_FROM_MAILBOX) when the user may not send from it.
 	SetDefaultSender(context.Context, *SetDefaultSenderRequest) (*SetDefaultSenderResponse, error)
 	// Answers "may user U send from address A, and how?". The hot question of every send: answered
-	// from one Redis round trip. A "no" is an answer (allowed = false with a reason), not an error.
+	// from one Redis round trip, or from the replica's cache of what it read. The replica that made
+	// a change answers from it at once; another replica when the change's event reaches it (within
+	// milliseconds), and never later than MAILBOX_GRANT_CACHE_TTL (5 s by default) after the change,
+	// which bounds the staleness while events are late.
+	// A "no" is an answer (allowed = false with a reason), not an error.
 	// Users may ask for themselves; admins and services for anyone. A service that gives no
 	// user_id asks for the system (system-generated mail): any mailbox address of the tenant is
 	// allowed, as SEND_AS.
