@@ -115,7 +115,7 @@ func (s *Sentinel) start(dir string) error {
 			return err
 		}
 	}
-	return s.waitSettled(ctx, s.data[0])
+	return s.waitSettled(ctx, s.data[0], false)
 }
 
 // Close kills every process of the set.
@@ -253,17 +253,21 @@ func (s *Sentinel) waitLinked(ctx context.Context, master *Server, except ...*Se
 }
 
 // waitSettled waits until every running sentinel reports master, knows the running replicas
-// as healthy and knows the other running sentinels, and every replica is linked to master.
-func (s *Sentinel) waitSettled(ctx context.Context, master *Server) error {
+// as healthy and knows the other running sentinels, and every replica is linked to master. With
+// follow set, a failover the sentinels make meanwhile (a master slow to answer on a loaded
+// machine is taken for down after down-after-milliseconds) is followed: the wait goes on for the
+// master they agree on now.
+func (s *Sentinel) waitSettled(ctx context.Context, master *Server, follow bool) error {
 	if err := s.waitLinked(ctx, master); err != nil {
 		return err
 	}
 	var replicas, others int
 	for _, n := range s.data {
-		if n != master && n.running() {
+		if n.running() {
 			replicas++
 		}
 	}
+	replicas-- // the master
 	for _, n := range s.sentinels {
 		if n.running() {
 			others++
@@ -271,7 +275,11 @@ func (s *Sentinel) waitSettled(ctx context.Context, master *Server) error {
 	}
 	others--
 	return waitFor(ctx, func() string {
-		if m, err := s.reportedMaster(ctx); err != nil || m != master {
+		m, err := s.reportedMaster(ctx)
+		if follow && err == nil && m != nil && m != master {
+			master = m
+		}
+		if err != nil || m != master {
 			return fmt.Sprintf("sentinels report master %v (%v), want %s", addrOf(m), err, master.Addr())
 		}
 		for _, n := range s.sentinels {
@@ -420,7 +428,7 @@ func (s *Sentinel) WaitSettled(tb testing.TB) {
 	}); err != nil {
 		tb.Fatalf("redistest: %v", err)
 	}
-	if err := s.waitSettled(ctx, master); err != nil {
+	if err := s.waitSettled(ctx, master, true); err != nil {
 		tb.Fatalf("redistest: sentinel set not settled within %s: %v", topologyTimeout, err)
 	}
 }
