@@ -280,16 +280,7 @@ func runLoadGen(b *testing.B, addr, mode, token string, redisCPU func() time.Dur
 // the open-loop rates, and writes a loadGenLine before and after each phase. It gives up when
 // its parent is gone or after 10 minutes, so an aborted benchmark leaves nothing behind.
 func loadGen(addr string) int {
-	parent := os.Getppid()
-	go func() {
-		for range 10 * 60 {
-			time.Sleep(time.Second)
-			if os.Getppid() != parent {
-				os.Exit(3)
-			}
-		}
-		os.Exit(4)
-	}()
+	exitWithParent(10 * time.Minute)
 	rr := &roundRobin{}
 	for range p5Conns {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -317,16 +317,7 @@ func runSubmitLoadGen(b *testing.B, s *suite, n int) {
 // the in-process benchmark had them, a warm-up of 2,000 submits, then POSTAMT_BENCH_P3_N
 // measured ones. It gives up when its parent is gone or after 10 minutes.
 func submitLoadGen(addr string) int {
-	parent := os.Getppid()
-	go func() {
-		for range 10 * 60 {
-			time.Sleep(time.Second)
-			if os.Getppid() != parent {
-				os.Exit(3)
-			}
-		}
-		os.Exit(4)
-	}()
+	exitWithParent(10 * time.Minute)
 	enc := json.NewEncoder(os.Stdout)
 	fail := func(err error) int {
 		_ = enc.Encode(submitLoadGenLine{Error: err.Error()})

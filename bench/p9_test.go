@@ -52,16 +52,7 @@ func asynqWorker(redisAddr string) int {
 	pool := &smtpPool{addr: os.Getenv("POSTAMT_BENCH_ASYNQ_SMTP"), idle: make(chan *gosmtp.Client, max(concurrency, 1))}
 	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: redisAddr}, asynq.Config{Concurrency: concurrency, LogLevel: asynq.ErrorLevel})
 	mux := emailMux(pool)
-	parent := os.Getppid()
-	go func() {
-		for range 15 * 60 {
-			time.Sleep(time.Second)
-			if os.Getppid() != parent {
-				os.Exit(3)
-			}
-		}
-		os.Exit(4)
-	}()
+	exitWithParent(15 * time.Minute)
 	if err := srv.Run(mux); err != nil {
 		fmt.Fprintln(os.Stderr, "asynq worker:", err)
 		return 1

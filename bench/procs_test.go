@@ -20,6 +20,21 @@ import (
 // §5: CPU per unit counts the services and redis-server, not the SMTP sink's server side nor
 // the load generator), and reads the CPU time of such a process.
 
+// exitWithParent ends a benchmark's child process (exit 3) once its parent is gone, or (exit 4)
+// after limit, so an aborted benchmark leaves no process behind.
+func exitWithParent(limit time.Duration) {
+	parent := os.Getppid()
+	go func() {
+		for range int(limit / time.Second) {
+			time.Sleep(time.Second)
+			if os.Getppid() != parent {
+				os.Exit(3)
+			}
+		}
+		os.Exit(4)
+	}()
+}
+
 // sinkProcessEnv switches the bench test binary into an SMTP sink process (TestSinkProcess): its
 // value is how many messages make one round; the process reports each round's last arrival.
 const sinkProcessEnv = "POSTAMT_BENCH_SINK_PROCESS"
