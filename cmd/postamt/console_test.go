@@ -81,10 +81,8 @@ func startConsoleSuite(t *testing.T) *consoleSuite {
 	var out logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	// runUp rather than run: run installs the libraries' process-wide loggers, which a test binary
-	// may do once (TestUp does); the suite here logs its own lines all the same.
 	go func() {
-		done <- runUp(ctx, args[1:], &out, io.Discard, env(map[string]string{"REDIS_URL": rs.URL()}), nil)
+		done <- runCmd(ctx, args, &out, io.Discard, env(map[string]string{"REDIS_URL": rs.URL()}))
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -42,7 +42,7 @@ func TestJWKSCommand(t *testing.T) {
 	}
 	outboxKey, trackerKey, idpKey := keyFile("outbox", false), keyFile("tracker", true), keyFile("idp", false)
 	var idp bytes.Buffer
-	if err := run(context.Background(), []string{"jwks", idpKey}, &idp, io.Discard, env(nil)); err != nil {
+	if err := runCmd(context.Background(), []string{"jwks", idpKey}, &idp, io.Discard, env(nil)); err != nil {
 		t.Fatal(err)
 	}
 	idpFile := filepath.Join(dir, "idp.json")
@@ -51,7 +51,7 @@ func TestJWKSCommand(t *testing.T) {
 	}
 
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"jwks", "-include", idpFile, outboxKey, strings.TrimSuffix(trackerKey, ".pem") + ".pub.pem"}, &out, io.Discard, env(nil)); err != nil {
+	if err := runCmd(context.Background(), []string{"jwks", "-include", idpFile, outboxKey, strings.TrimSuffix(trackerKey, ".pem") + ".pub.pem"}, &out, io.Discard, env(nil)); err != nil {
 		t.Fatal(err)
 	}
 	jwks := filepath.Join(dir, "jwks.json")
@@ -76,10 +76,10 @@ func TestJWKSCommand(t *testing.T) {
 		}
 	}
 
-	if err := run(context.Background(), []string{"jwks", outboxKey, outboxKey}, io.Discard, io.Discard, env(nil)); err == nil {
+	if err := runCmd(context.Background(), []string{"jwks", outboxKey, outboxKey}, io.Discard, io.Discard, env(nil)); err == nil {
 		t.Error("a key given twice was accepted")
 	}
-	if err := run(context.Background(), []string{"jwks"}, io.Discard, io.Discard, env(nil)); err == nil {
+	if err := runCmd(context.Background(), []string{"jwks"}, io.Discard, io.Discard, env(nil)); err == nil {
 		t.Error("no key files accepted")
 	}
 }

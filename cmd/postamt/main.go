@@ -15,6 +15,8 @@ import (
 	"os/signal"
 	"slices"
 	"syscall"
+
+	"github.com/postamt/postamt/internal/logging"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -56,20 +58,29 @@ func logged(stderr io.Writer, err error) error {
 	return fmt.Errorf("%w: %w", errLogged, err)
 }
 
-// run dispatches a command; everything the program does goes through here so it can be tested.
+// run installs the libraries' process-wide loggers (see installLibraryLoggers) and runs the
+// command.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) error {
+	return execute(ctx, args, stdout, stderr, lookup, installLibraryLoggers(stderr))
+}
+
+// execute dispatches a command; everything the program does goes through here so it can be
+// tested. libs are the library loggers the process installed once, before gRPC or go-redis ran:
+// a test binary installs them in TestMain and runs every command through here, since setting
+// gRPC's logger while an earlier test's connections still log is a data race.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool), libs *logging.Libraries) error {
 	if len(args) == 0 {
 		_, _ = fmt.Fprint(stderr, usage) // the error below is what counts
 		return errors.New("no command given")
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "up":
-		return runUp(ctx, rest, stdout, stderr, lookup, installLibraryLoggers(stderr))
+		return runUp(ctx, rest, stdout, stderr, lookup, libs)
 	case "serve":
 		if len(rest) == 1 && !slices.Contains(knownServices, rest[0]) {
 			return fmt.Errorf("unknown service %q; known: %v", rest[0], knownServices)
 		}
-		return logged(stderr, runServe(ctx, rest, stderr, lookup, installLibraryLoggers(stderr)))
+		return logged(stderr, runServe(ctx, rest, stderr, lookup, libs))
 	case "token":
 		return runToken(ctx, rest, stdout, stderr, lookup)
 	case "jwks":

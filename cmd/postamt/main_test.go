@@ -25,6 +25,7 @@ import (
 
 	"github.com/postamt/postamt/internal/auth"
 	"github.com/postamt/postamt/internal/grpcserver"
+	"github.com/postamt/postamt/internal/logging"
 	"github.com/postamt/postamt/internal/testkit/freeport"
 	"github.com/postamt/postamt/internal/testkit/logtest"
 	"github.com/postamt/postamt/internal/testkit/poll"
@@ -33,6 +34,20 @@ import (
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	trackerv1 "github.com/postamt/postamt/proto/gen/postamt/tracker/v1"
 )
+
+// libs are the library loggers TestMain installs for the whole test binary, once, before any
+// test runs gRPC (see execute).
+var libs *logging.Libraries
+
+func TestMain(m *testing.M) {
+	libs = installLibraryLoggers(os.Stderr)
+	os.Exit(m.Run())
+}
+
+// runCmd runs a command as run does, with the library loggers TestMain installed.
+func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) error {
+	return execute(ctx, args, stdout, stderr, lookup, libs)
+}
 
 func env(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) {
@@ -43,7 +58,7 @@ func env(m map[string]string) func(string) (string, bool) {
 
 func TestVersion(t *testing.T) {
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"version"}, &out, io.Discard, env(nil)); err != nil {
+	if err := runCmd(context.Background(), []string{"version"}, &out, io.Discard, env(nil)); err != nil {
 		t.Fatal(err)
 	}
 	if got := out.String(); got != "postamt dev\n" {
@@ -52,10 +67,10 @@ func TestVersion(t *testing.T) {
 }
 
 func TestUnknownCommand(t *testing.T) {
-	if err := run(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard, env(nil)); err == nil {
+	if err := runCmd(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard, env(nil)); err == nil {
 		t.Error("unknown command accepted")
 	}
-	if err := run(context.Background(), []string{"serve", "nosuch"}, io.Discard, io.Discard, env(nil)); err == nil {
+	if err := runCmd(context.Background(), []string{"serve", "nosuch"}, io.Discard, io.Discard, env(nil)); err == nil {
 		t.Error("unknown service accepted")
 	}
 }
@@ -74,7 +89,7 @@ func TestConfigDocIsCurrent(t *testing.T) {
 func TestTokenIsVerifiable(t *testing.T) {
 	const secret = "token-test-secret-token-test-secret!"
 	var out bytes.Buffer
-	err := run(context.Background(), []string{"token", "-tenant", "kanzlei", "-user", "max", "-roles", "admin,operator", "-teams", "t1"},
+	err := runCmd(context.Background(), []string{"token", "-tenant", "kanzlei", "-user", "max", "-roles", "admin,operator", "-teams", "t1"},
 		&out, io.Discard, env(map[string]string{"AUTH_HS256_SECRET": secret}))
 	if err != nil {
 		t.Fatal(err)
@@ -96,8 +111,7 @@ func TestTokenIsVerifiable(t *testing.T) {
 // follows its printed quick start: the grpcurl list (reflection, no token) and a call with the
 // printed token; it checks what the terminal shows (the quick start, then a calm line per
 // delivery, no JSON) and the JSON log file, and that a redis-server killed under the suite is
-// restarted and the suite serves again. It is the one test that runs a serving command through
-// run (see installLibraryLoggers).
+// restarted and the suite serves again.
 func TestUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts servers")
@@ -114,7 +128,7 @@ func TestUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps,
+		done <- runCmd(ctx, []string{"up", "-data", dataDir, "-grpc", grpcAddr, "-ops", opsAddr, "-outbox-grpc", outboxAddr, "-outbox-ops", outboxOps,
 			"-tracker-grpc", trackerAddr, "-tracker-ops", trackerOps, "-calendar-grpc", calendarAddr, "-calendar-ops", calendarOps, "-gateway-grpc", gwAddr, "-gateway-http", gwHTTP, "-gateway-ops", gwOps}, &out, io.Discard,
 			env(nil))
 	}()

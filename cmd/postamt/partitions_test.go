@@ -25,7 +25,7 @@ func TestServeRefusesAnotherPartitionCount(t *testing.T) {
 	err := serve(ctx, "mailbox", io.Discard, env(map[string]string{
 		"REDIS_URL": rs.URL(), "NATS_URL": natstest.Start(t).URL(), "AUTH_HS256_SECRET": "0123456789abcdef0123456789abcdef",
 		"GRPC_ADDR": "127.0.0.1:0", "OPS_ADDR": "", "REDIS_PARTITIONS": "32",
-	}), nil, nil, nil)
+	}), nil, libs, nil)
 	var pe *redisx.PartitionsError
 	if !errors.As(err, &pe) || pe.Configured != 32 || pe.Recorded != 16 {
 		t.Fatalf("serve mailbox with REDIS_PARTITIONS=32 on data of 16: %v, want a PartitionsError", err)

@@ -35,7 +35,7 @@ func TestServeReportsAServiceThatCannotBeBuilt(t *testing.T) {
 	err = serve(ctx, "outbox", io.Discard, env(map[string]string{
 		"REDIS_URL": redistest.Start(t).URL(), "NATS_URL": natstest.Start(t).URL(), "AUTH_JWKS_FILE": jwks,
 		"GRPC_ADDR": "127.0.0.1:0", "OPS_ADDR": "",
-	}), nil, nil, nil)
+	}), nil, libs, nil)
 	if err == nil || !strings.Contains(err.Error(), "no signing key") {
 		t.Fatalf("serve outbox without a signing key: %v, want the signer's error", err)
 	}
