@@ -607,8 +607,20 @@ func dialConn(ctx context.Context, cfg Config) (*conn, error) {
 		}
 	}
 	c := newConn(nc, cfg.CommandTimeout, cfg.SubmitTimeout)
-	if err := c.handshake(cfg.LocalName, startTLS, mech); err != nil {
+	// A relay that accepts the connection and then says nothing (or stalls in EHLO, STARTTLS or
+	// AUTH) holds the send only until ctx ends, as it does once connected: the deadline in the
+	// past is set on the TCP connection, which STARTTLS wraps, and deadline keeps it.
+	raw := nc
+	c.ctx = ctx
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	err = c.handshake(cfg.LocalName, startTLS, mech)
+	interrupted := !stop() // its deadline in the past may be set after the handshake ended
+	c.ctx = nil
+	if err != nil || interrupted {
 		c.close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: handshake interrupted: %w", addr, ctx.Err())
+		}
 		return nil, fmt.Errorf("%s: %w", addr, err) // a refusal keeps its code: 535 permanent, 454 temporary
 	}
 	return c, nil

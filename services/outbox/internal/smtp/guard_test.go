@@ -3,11 +3,17 @@ package smtp_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
+	"github.com/postamt/postamt/services/outbox/internal/smtp"
 )
 
 // TestGuardStopsBeforeTheMessage: the worker's guard is asked before MAIL and again after the
@@ -75,5 +81,97 @@ func TestCancelStopsAHungConversation(t *testing.T) {
 	}
 	if n := len(sink.Messages()); n != 0 {
 		t.Fatalf("the relay delivered %d messages", n)
+	}
+}
+
+// permitLedger is a Gate that hands out permits without limit and records the ones given back;
+// like a store, it refuses calls whose context has ended.
+type permitLedger struct {
+	mu             sync.Mutex
+	n              int
+	open, returned []string
+}
+
+func (g *permitLedger) Waiter() string { return "w" }
+
+func (g *permitLedger) Open(ctx context.Context, _ string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n++
+	p := fmt.Sprintf("p%d", g.n)
+	g.open = append(g.open, p)
+	return p, nil
+}
+
+func (g *permitLedger) Leave(ctx context.Context, _ string) error { return ctx.Err() }
+
+func (g *permitLedger) Keep(ctx context.Context, _ string) (bool, error) { return true, ctx.Err() }
+
+func (g *permitLedger) Close(ctx context.Context, permit string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.returned = append(g.returned, permit)
+	return nil
+}
+
+func (g *permitLedger) given() (open, returned []string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.open), slices.Clone(g.returned)
+}
+
+// TestCancelStopsAHungGreeting: a relay that accepts the connection and never greets holds a
+// send only until its context ends (not for the command timeout, here ten minutes), and the
+// connection's permit is given back at once although that context has ended, instead of
+// blocking other replicas until it lapses.
+func TestCancelStopsAHungGreeting(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lis.Close() })
+	go func() {
+		var held []net.Conn // accepted and never answered
+		defer func() {
+			for _, c := range held {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	host, port, _ := net.SplitHostPort(lis.Addr().String())
+	p, _ := strconv.Atoi(port)
+	gate := &permitLedger{}
+	s := smtp.New(smtp.Config{Host: host, Port: p, TLS: smtp.TLSNone, CommandTimeout: 10 * time.Minute, Gate: gate})
+	t.Cleanup(s.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan outbox.Outcome, 1)
+	go func() {
+		got <- s.Send(ctx, "info@kanzlei.example", []string{"client@example.com"}, []byte(msg)).Outcome
+	}()
+	time.AfterFunc(100*time.Millisecond, cancel)
+	select {
+	case o := <-got:
+		if o != outbox.OutcomeNotSent {
+			t.Fatalf("outcome %v, want NotSent", o)
+		}
+	case <-time.After(time.Minute): // the command timeout is ten minutes
+		t.Fatal("the send did not end when its context was cancelled")
+	}
+	open, returned := gate.given()
+	if len(open) != 1 || !slices.Equal(open, returned) {
+		t.Fatalf("permits handed out %v, given back %v; want the one given back", open, returned)
 	}
 }

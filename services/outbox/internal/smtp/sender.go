@@ -190,16 +190,19 @@ var errGate = errors.New("the relay's connection limit could not be checked")
 func (s *Sender) get(ctx context.Context) (c *conn, began time.Time, err error) {
 	var waiter string
 	granted := false
+	// after is for giving back what the wait took (its place, a permit, a dead idle connection's
+	// permit) whether or not ctx ended: else the permit would block other replicas until it lapses.
+	after := context.WithoutCancel(ctx)
 	defer func() {
 		if waiter != "" && !granted {
-			leaveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gateAsk)
+			leaveCtx, cancel := context.WithTimeout(after, gateAsk)
 			_ = s.cfg.Gate.Leave(leaveCtx, waiter) // else it lapses by itself within seconds
 			cancel()
 		}
 	}()
 	pause := 10 * time.Millisecond
 	for {
-		if c := s.takeIdle(ctx); c != nil {
+		if c := s.takeIdle(after); c != nil {
 			return c, time.Now(), nil
 		}
 		g := s.cfg.Gate
@@ -222,7 +225,7 @@ func (s *Sender) get(ctx context.Context) (c *conn, began time.Time, err error) 
 			began = time.Now()
 			c, err := dialConn(ctx, s.cfg)
 			if err != nil {
-				s.release(ctx, permit)
+				s.release(after, permit)
 				return nil, began, err
 			}
 			s.mu.Lock()
@@ -242,7 +245,8 @@ func (s *Sender) get(ctx context.Context) (c *conn, began time.Time, err error) 
 	}
 }
 
-// takeIdle returns an idle connection that is still open, or nil.
+// takeIdle returns an idle connection that is still open, or nil; ctx gives a dead one's permit
+// back, so it must not end with the transaction.
 func (s *Sender) takeIdle(ctx context.Context) *conn {
 	for {
 		s.mu.Lock()
