@@ -176,8 +176,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (_ *App, err error) {
 	opts.Name = fwd.Services()
 	slices.Sort(opts.Name)
 	opts.Reflect = opts.Name
-	// A forwarded watch ends with the gateway's drain too (its client reconnects).
-	opts.EndOnDrain = append(opts.EndOnDrain, outboxv1.OutboxService_WatchEmails_FullMethodName)
+	// A forwarded watch or agent stream ends with the gateway's drain too (its client reconnects).
+	opts.EndOnDrain = append(opts.EndOnDrain, outboxv1.OutboxService_WatchEmails_FullMethodName, calendarv1.CalendarService_Connect_FullMethodName)
 	opts.ServerOptions = append(opts.ServerOptions,
 		grpc.UnknownServiceHandler(fwd.Handler),
 		grpc.ForceServerCodecV2(proxy.NewCodec()),

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,6 +56,9 @@ type env struct {
 	conn    *grpc.ClientConn // to the gateway's gRPC port
 	sink    *smtptest.Sink
 	logs    *logtest.Buffer // the gateway's log
+	// stopGateway drains and stops the gateway (cleanup calls it too) and returns what its Run
+	// returned.
+	stopGateway func() error
 }
 
 func startEnv(t *testing.T, tune func(*app.Config)) *env {
@@ -123,7 +127,25 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.conn = servetest.Dial(t, servetest.Run(t, gw.Run))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx, lis) }()
+	var stopOnce sync.Once
+	var stopErr error
+	e.stopGateway = func() error {
+		stopOnce.Do(func() { cancel(); stopErr = <-done })
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := e.stopGateway(); err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+	})
+	e.conn = servetest.Dial(t, lis.Addr().String())
 	e.httpURL = "http://" + gw.HTTPAddr()
 	health := grpc_health_v1.NewHealthClient(e.conn)
 	poll.Eventually(t, "gateway readiness", func() bool {
@@ -605,6 +627,47 @@ func TestGRPCOnePort(t *testing.T) {
 		}
 		if r, err := rc.Recv(); err != nil || len(r.GetFileDescriptorResponse().GetFileDescriptorProto()) == 0 {
 			t.Errorf("descriptor of the outbox service: %v (%v)", r, err)
+		}
+		if err := rc.CloseSend(); err != nil { // as grpcurl does; an open one would hold the drain below
+			t.Fatal(err)
+		}
+	})
+	t.Run("the gateway's drain ends forwarded streams", func(t *testing.T) {
+		// Last: it stops the gateway. A watch and an agent's stream never end by themselves; the
+		// drain ends both (their clients reconnect) instead of holding it until it times out.
+		watch, err := outbox.WatchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
+		if err != nil {
+			t.Fatal(err)
+		}
+		agent, err := calendarv1.NewCalendarServiceClient(e.conn).Connect(authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "kanzlei", User: "huber"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := agent.Send(&calendarv1.ConnectRequest{Message: &calendarv1.ConnectRequest_Hello{Hello: &calendarv1.Hello{AgentId: "outlook-pc-1"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := agent.Recv(); err != nil {
+			t.Fatalf("the agent's Welcome: %v", err)
+		}
+		if err := e.stopGateway(); err != nil {
+			t.Fatalf("gateway: %v", err)
+		}
+		if strings.Contains(e.logs.String(), "drain timeout") {
+			t.Errorf("the gateway's drain timed out: a forwarded stream held it\n%s", e.logs.String())
+		}
+		for _, recv := range []func() error{ // UNAVAILABLE: reconnect (CANCELLED would say the client gave up)
+			func() error { _, err := watch.Recv(); return err },
+			func() error {
+				for {
+					if _, err := agent.Recv(); err != nil {
+						return err
+					}
+				}
+			},
+		} {
+			if err := recv(); status.Code(err) != codes.Unavailable {
+				t.Errorf("a forwarded stream ended with %v, want UNAVAILABLE", err)
+			}
 		}
 	})
 }

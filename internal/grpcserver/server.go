@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -27,8 +28,10 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/auth"
+	"github.com/postamt/postamt/internal/errs"
 )
 
 // ReadinessService is the health service name whose status includes the dependencies (Redis,
@@ -381,7 +384,7 @@ func (r reflected) GetServiceInfo() map[string]grpc.ServiceInfo {
 }
 
 // endOnDrainStream ends the context of the streams named in methods when draining closes (see
-// Options.EndOnDrain). It is the innermost interceptor: the handler's context is the caller's,
+// Options.EndOnDrain); one that then ends as cancelled answers UNAVAILABLE. It is the innermost interceptor: the handler's context is the caller's,
 // authenticated, and ends with the drain as well.
 //
 //nolint:contextcheck // a stream interceptor's context is the stream's (ss.Context()), not its builder's
@@ -403,7 +406,13 @@ func endOnDrainStream(methods []string, draining <-chan struct{}) grpc.StreamSer
 			case <-ctx.Done():
 			}
 		}()
-		return handler(srv, &drainingStream{ServerStream: ss, ctx: ctx})
+		err := handler(srv, &drainingStream{ServerStream: ss, ctx: ctx})
+		if err != nil && ss.Context().Err() == nil && (errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled) {
+			// Ended by the drain, not by its client (a forwarded stream's upstream call answers
+			// CANCELLED then): UNAVAILABLE tells the client to reconnect, to another replica.
+			return errs.Unavailable("the server is shutting down; reconnect", time.Second, nil)
+		}
+		return err
 	}
 }
 

@@ -38,7 +38,7 @@ const serviceName = "postamt.test.v1.TestService"
 
 // testService answers Echo and Watch by the request's value: "panic" panics, "notfound" and
 // "internal" return domain errors, "slow" blocks until released (or cut), "watch" until its
-// context ends and then answers "ended", "request-id" answers with the request id, anything else
+// context ends and then answers "ended" ("watch-err": its context's error), "request-id" answers with the request id, anything else
 // is echoed.
 type testService struct {
 	started chan struct{} // receives when a slow call has started
@@ -61,6 +61,10 @@ func (s *testService) handle(ctx context.Context, in *wrapperspb.StringValue) (*
 		s.started <- struct{}{}
 		<-ctx.Done()
 		return wrapperspb.String("ended"), nil
+	case "watch-err":
+		s.started <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
 	case "slow":
 		s.started <- struct{}{}
 		select {
@@ -613,6 +617,32 @@ func TestDrainEndsWatches(t *testing.T) {
 	}
 	if strings.Contains(r.logs.String(), "drain timeout") {
 		t.Error("the drain timed out")
+	}
+}
+
+// TestDrainEndsWatchesUnavailable: a watch that ends with its context's error when the drain
+// ends it answers UNAVAILABLE (reconnect), not CANCELLED, which would say the client gave up
+// (the gateway's test covers a forwarded stream, whose upstream call answers CANCELLED).
+func TestDrainEndsWatchesUnavailable(t *testing.T) {
+	r := start(t, grpcserver.Options{DrainTimeout: time.Hour, EndOnDrain: []string{"/" + serviceName + "/Watch"}})
+	ctx := testCtx(t)
+	ended := make(chan error, 1)
+	go func() {
+		_, err := watch(ctx, r.conn, "watch-err")
+		ended <- err
+	}()
+	<-r.svc.started
+	r.cancel()
+	select {
+	case err := <-ended:
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("the watch ended with %v, want UNAVAILABLE", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the watch held the drain")
+	}
+	if err := r.wait(); err != nil {
+		t.Errorf("Serve() = %v, want nil", err)
 	}
 }
 

@@ -572,3 +572,27 @@ func TestManyAcksAtOnce(t *testing.T) {
 		t.Errorf("after the reconnect the first delivery is %s, want the new entry", d.GetEntry().GetEntryId())
 	}
 }
+
+// TestDrainEndsAgentStreams: an agent's stream never ends by itself, so a replica's drain ends it
+// (UNAVAILABLE: reconnect, to another replica) instead of being held for the drain timeout (here
+// an hour); the service then stops cleanly.
+func TestDrainEndsAgentStreams(t *testing.T) {
+	e := startEnv(t, envOptions{deps: func(d *app.Deps) { d.Server.DrainTimeout = time.Hour }})
+	a, _, err := e.connect("huber", &calendarv1.Hello{AgentId: "outlook-pc-17"})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- e.stopCalendar() }()
+	if err := a.ended(); status.Code(err) != codes.Unavailable {
+		t.Errorf("the agent's stream ended with %v, want UNAVAILABLE", err)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("calendar stopped with %v", err)
+		}
+	case <-time.After(poll.Timeout):
+		t.Fatal("the calendar service did not stop: the agent's stream held its drain")
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +42,9 @@ type env struct {
 	signer   *auth.Signer
 	mailbox  mailboxv1.MailboxServiceClient
 	calendar calendarv1.CalendarServiceClient
+	// stopCalendar stops the calendar service (a drain, as at a pod's end) and returns what its
+	// Run returned; cleanup calls it too.
+	stopCalendar func() error
 }
 
 // envOptions adjust the calendar's configuration and dependencies.
@@ -90,7 +95,25 @@ func startEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := servetest.Dial(t, servetest.Run(t, cal.Run))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cal.Run(ctx, lis) }()
+	var stopOnce sync.Once
+	var stopErr error
+	e.stopCalendar = func() error {
+		stopOnce.Do(func() { cancel(); stopErr = <-done })
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := e.stopCalendar(); err != nil {
+			t.Errorf("calendar: %v", err)
+		}
+	})
+	conn := servetest.Dial(t, lis.Addr().String())
 	e.calendar = calendarv1.NewCalendarServiceClient(conn)
 	health := grpc_health_v1.NewHealthClient(conn)
 	poll.Eventually(t, "calendar readiness", func() bool {
