@@ -230,7 +230,8 @@ func submitConcurrently(ctx context.Context, c outboxv1.OutboxServiceClient, n, 
 // ledger write with its event). The clients run in a process of their own (this binary re-run,
 // see TestMain), so the CPU per submit of this process (outbox, mailbox, NATS) and of
 // redis-server is Postamt's; the load generator's is reported apart (loadgen-cpu-µs/submit).
-// POSTAMT_BENCH_P3_INPROC=1 runs the clients in this process as before (no CPU figures).
+// POSTAMT_BENCH_P3_INPROC=1 runs the clients in this process as before (no CPU figures);
+// POSTAMT_BENCH_P3_CPUPROFILE=file profiles this process over the measured submits.
 func BenchmarkP3Submit(b *testing.B) {
 	s := startSuite(b)
 	n := envInt("POSTAMT_BENCH_P3_N", 30_000)
@@ -286,6 +287,7 @@ func runSubmitLoadGen(b *testing.B, s *suite, n int) {
 		b.Fatal(err)
 	}
 	var cpu0, rcpu0, gen0 time.Duration
+	stopProfile := func() {}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var l submitLoadGenLine
@@ -296,10 +298,14 @@ func runSubmitLoadGen(b *testing.B, s *suite, n int) {
 			b.Fatalf("load generator: %s", l.Error)
 		}
 		if l.Start {
+			if f := os.Getenv("POSTAMT_BENCH_P3_CPUPROFILE"); f != "" {
+				stopProfile = startCPUProfile(b, f)
+			}
 			cpu0, rcpu0, gen0 = processCPU(), redisCPU(b, s.rdb), procCPU(b, cmd.Process.Pid)
 			continue
 		}
 		cpu, rcpu, gen := processCPU()-cpu0, redisCPU(b, s.rdb)-rcpu0, procCPU(b, cmd.Process.Pid)-gen0
+		stopProfile()
 		for unit, v := range l.Metrics {
 			b.ReportMetric(v, unit)
 		}
