@@ -435,7 +435,10 @@ func BenchmarkP1Delivery(b *testing.B) {
 //     emails' finished index entries cost once they are SENT (MEMORY USAGE of those indexes);
 //   - P4: a page of 50 (p50/p99 of 200 pages through the tenant's ALL view, admin) and the
 //     badge count (p50/p99 of 200 counts) with the whole backlog in one tenant, and the p99 of
-//     200 calls to a bare grpc-go server beside them (the bar on this machine is a ratio to it);
+//     200 calls to a bare grpc-go server beside them (the bar on this machine is a ratio to it),
+//     and the CPU of the services' process and redis-server per page and count;
+//     POSTAMT_BENCH_P4_STATS=file writes Redis's command statistics of those calls there and
+//     POSTAMT_BENCH_P4_CPUPROFILE=file profiles the process over them;
 //   - P2: 5,000 emails due spread over 10 s; lateness of their arrival at the sink after their
 //     send_at: early count, p50, p99, max. A window in which redis-server stalled on a fast
 //     command (latency monitor, 10 ms) is void and repeated (P2-void-windows, up to three);
@@ -463,6 +466,15 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 		bare := healthpb.NewHealthClient(servetest.Dial(b, startBareServer(b)))
 		var pages, counts, bares []time.Duration
 		tok := ""
+		p4stats := os.Getenv("POSTAMT_BENCH_P4_STATS")
+		if p4stats != "" {
+			s.rdb.ConfigResetStat(ctx)
+		}
+		stopProfile := func() {}
+		if f := os.Getenv("POSTAMT_BENCH_P4_CPUPROFILE"); f != "" {
+			stopProfile = startCPUProfile(b, f)
+		}
+		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
 		for range 200 {
 			t0 := time.Now()
 			if _, err := bare.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
@@ -481,6 +493,16 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 			counts = append(counts, time.Since(t0))
 			if err != nil || c.GetTotal() < int64(backlog) {
 				b.Fatalf("count: %v, %v", c.GetTotal(), err)
+			}
+		}
+		stopProfile()
+		// CPU per page and count together (the bare calls' share of the process is small): what
+		// the two cost the services' process and redis-server.
+		b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/200, "P4-proc-cpu-µs/page+count")
+		b.ReportMetric(float64((redisCPU(b, s.rdb)-rcpu0).Microseconds())/200, "P4-redis-cpu-µs/page+count")
+		if p4stats != "" {
+			if err := os.WriteFile(p4stats, []byte(s.rdb.Info(ctx, "commandstats").Val()), 0o644); err != nil {
+				b.Fatal(err)
 			}
 		}
 		b.ReportMetric(ms(percentile(pages, 0.50)), "P4-page-p50-ms")
