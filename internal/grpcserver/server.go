@@ -384,8 +384,9 @@ func (r reflected) GetServiceInfo() map[string]grpc.ServiceInfo {
 }
 
 // endOnDrainStream ends the context of the streams named in methods when draining closes (see
-// Options.EndOnDrain); one that then ends as cancelled answers UNAVAILABLE. It is the innermost interceptor: the handler's context is the caller's,
-// authenticated, and ends with the drain as well.
+// Options.EndOnDrain); one that then ends as cancelled answers UNAVAILABLE. It is the innermost
+// interceptor: the handler's context is the caller's, authenticated, and ends with the drain as
+// well.
 //
 //nolint:contextcheck // a stream interceptor's context is the stream's (ss.Context()), not its builder's
 func endOnDrainStream(methods []string, draining <-chan struct{}) grpc.StreamServerInterceptor {
