@@ -705,18 +705,9 @@ func redisPID(b *testing.B, rdb *redis.Client) int {
 // pages it touched that had to be read back in.
 func majorFaults(b *testing.B, pid int) int64 {
 	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	n, err := strconv.ParseInt(procStat(b, pid)[9], 10, 64)
 	if err != nil {
-		b.Fatal(err)
-	}
-	st := string(raw)
-	f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
-	if len(f) < 10 {
-		b.Fatalf("/proc/%d/stat: %q", pid, st)
-	}
-	n, err := strconv.ParseInt(f[9], 10, 64)
-	if err != nil {
-		b.Fatalf("/proc/%d/stat: %q", pid, st)
+		b.Fatalf("/proc/%d/stat majflt: %v", pid, err)
 	}
 	return n
 }

@@ -137,21 +137,27 @@ func (p *sinkProcess) pid() int { return p.cmd.Process.Pid }
 // clock ticks of 10 ms (Linux's USER_HZ of 100).
 func procCPU(b *testing.B, pid int) time.Duration {
 	b.Helper()
+	f := procStat(b, pid)
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, f)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// procStat is /proc/<pid>/stat's fields after the command name (which may hold spaces): [0] is
+// the state (field 3), [9] majflt (12), [11] utime (14), [12] stime (15).
+func procStat(b *testing.B, pid int) []string {
+	b.Helper()
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The command name (field 2) may hold spaces; the fields after its closing parenthesis are
-	// state (3), ..., utime (14), stime (15).
 	s := string(raw)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(f) < 13 {
 		b.Fatalf("/proc/%d/stat: %q", pid, s)
 	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		b.Fatalf("/proc/%d/stat: %q", pid, s)
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return f
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -127,25 +126,9 @@ func startEnv(t *testing.T, tune func(*app.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx, lis) }()
-	var stopOnce sync.Once
-	var stopErr error
-	e.stopGateway = func() error {
-		stopOnce.Do(func() { cancel(); stopErr = <-done })
-		return stopErr
-	}
-	t.Cleanup(func() {
-		if err := e.stopGateway(); err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-	})
-	e.conn = servetest.Dial(t, lis.Addr().String())
+	gwAddr, stop := servetest.Start(t, gw.Run)
+	e.stopGateway = stop
+	e.conn = servetest.Dial(t, gwAddr)
 	e.httpURL = "http://" + gw.HTTPAddr()
 	health := grpc_health_v1.NewHealthClient(e.conn)
 	poll.Eventually(t, "gateway readiness", func() bool {

@@ -5,6 +5,7 @@ package servetest
 import (
 	"context"
 	"net"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -16,6 +17,15 @@ import (
 // does not drain cleanly fails the test that used it.
 func Run(tb testing.TB, run func(ctx context.Context, lis net.Listener) error) string {
 	tb.Helper()
+	addr, _ := Start(tb, run)
+	return addr
+}
+
+// Start is Run for a test that stops the server itself (a drain with streams open, a replica
+// going away): stop cancels run's context, waits for run to return and returns its error, once;
+// later calls, and cleanup, return the same.
+func Start(tb testing.TB, run func(ctx context.Context, lis net.Listener) error) (addr string, stop func() error) {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -23,13 +33,18 @@ func Run(tb testing.TB, run func(ctx context.Context, lis net.Listener) error) s
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, lis) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
 	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			tb.Errorf("server: %v", err)
 		}
 	})
-	return lis.Addr().String()
+	return lis.Addr().String(), stop
 }
 
 // Dial returns a plaintext client connection to addr, closed at cleanup.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -95,25 +93,9 @@ func startEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cal.Run(ctx, lis) }()
-	var stopOnce sync.Once
-	var stopErr error
-	e.stopCalendar = func() error {
-		stopOnce.Do(func() { cancel(); stopErr = <-done })
-		return stopErr
-	}
-	t.Cleanup(func() {
-		if err := e.stopCalendar(); err != nil {
-			t.Errorf("calendar: %v", err)
-		}
-	})
-	conn := servetest.Dial(t, lis.Addr().String())
+	calAddr, stop := servetest.Start(t, cal.Run)
+	e.stopCalendar = stop
+	conn := servetest.Dial(t, calAddr)
 	e.calendar = calendarv1.NewCalendarServiceClient(conn)
 	health := grpc_health_v1.NewHealthClient(conn)
 	poll.Eventually(t, "calendar readiness", func() bool {
