@@ -3,6 +3,8 @@ package bench
 import (
 	"testing"
 	"time"
+
+	"github.com/postamt/postamt/internal/testkit/redistest"
 )
 
 // BenchmarkIdle measures what mailbox and outbox cost while nothing happens: the dispatcher's
@@ -14,10 +16,10 @@ func BenchmarkIdle(b *testing.B) {
 	time.Sleep(3 * time.Second) // the relays' takeovers and the first reads
 	b.ResetTimer()
 	for range b.N {
-		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+		cpu0, rcpu0 := processCPU(), redistest.CPU(b, s.rdb)
 		const window = 10 * time.Second
 		time.Sleep(window)
-		cpu1, rcpu1 := processCPU(), redisCPU(b, s.rdb)
+		cpu1, rcpu1 := processCPU(), redistest.CPU(b, s.rdb)
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/window.Seconds()/1000, "proc-cpu-ms/s")
 		b.ReportMetric(float64((rcpu1-rcpu0).Microseconds())/window.Seconds()/1000, "redis-cpu-ms/s")
 	}

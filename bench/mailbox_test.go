@@ -84,7 +84,7 @@ func BenchmarkP5CheckSend(b *testing.B) {
 	addr, token, rdb := startMailbox(b)
 	b.ResetTimer()
 	for range b.N {
-		runLoadGen(b, addr, p5ModeCheckSend, token, func() time.Duration { return redisCPU(b, rdb) })
+		runLoadGen(b, addr, p5ModeCheckSend, token, func() time.Duration { return redistest.CPU(b, rdb) })
 	}
 }
 

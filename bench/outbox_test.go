@@ -301,10 +301,10 @@ func runSubmitLoadGen(b *testing.B, s *suite, n int) {
 			if f := os.Getenv("POSTAMT_BENCH_P3_CPUPROFILE"); f != "" {
 				stopProfile = startCPUProfile(b, f)
 			}
-			cpu0, rcpu0, gen0 = processCPU(), redisCPU(b, s.rdb), procCPU(b, cmd.Process.Pid)
+			cpu0, rcpu0, gen0 = processCPU(), redistest.CPU(b, s.rdb), procCPU(b, cmd.Process.Pid)
 			continue
 		}
-		cpu, rcpu, gen := processCPU()-cpu0, redisCPU(b, s.rdb)-rcpu0, procCPU(b, cmd.Process.Pid)-gen0
+		cpu, rcpu, gen := processCPU()-cpu0, redistest.CPU(b, s.rdb)-rcpu0, procCPU(b, cmd.Process.Pid)-gen0
 		stopProfile()
 		for unit, v := range l.Metrics {
 			b.ReportMetric(v, unit)
@@ -389,7 +389,7 @@ func BenchmarkP1Delivery(b *testing.B) {
 			b.Fatalf("submitting took longer than planned; the delivery started before the clock did")
 		}
 		time.Sleep(time.Until(at))
-		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+		cpu0, rcpu0 := processCPU(), redistest.CPU(b, s.rdb)
 		var scpu0 time.Duration
 		if sinkProc != nil {
 			scpu0 = procCPU(b, sinkProc.pid())
@@ -409,7 +409,7 @@ func BenchmarkP1Delivery(b *testing.B) {
 			last = slices.MaxFunc(msgs, func(x, y smtptest.Message) int { return x.Received.Compare(y.Received) }).Received
 		}
 		stop()
-		cpu1, rcpu1 := processCPU(), redisCPU(b, s.rdb)
+		cpu1, rcpu1 := processCPU(), redistest.CPU(b, s.rdb)
 		if sinkProc != nil {
 			b.ReportMetric(float64((procCPU(b, sinkProc.pid())-scpu0).Microseconds())/float64(n), "sink-cpu-µs/email")
 		}
@@ -474,7 +474,7 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 		if f := os.Getenv("POSTAMT_BENCH_P4_CPUPROFILE"); f != "" {
 			stopProfile = startCPUProfile(b, f)
 		}
-		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+		cpu0, rcpu0 := processCPU(), redistest.CPU(b, s.rdb)
 		for range 200 {
 			t0 := time.Now()
 			if _, err := bare.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
@@ -499,7 +499,7 @@ func BenchmarkP2P4P8Backlog(b *testing.B) {
 		// CPU per page and count together (the bare calls' share of the process is small): what
 		// the two cost the services' process and redis-server.
 		b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/200, "P4-proc-cpu-µs/page+count")
-		b.ReportMetric(float64((redisCPU(b, s.rdb)-rcpu0).Microseconds())/200, "P4-redis-cpu-µs/page+count")
+		b.ReportMetric(float64((redistest.CPU(b, s.rdb)-rcpu0).Microseconds())/200, "P4-redis-cpu-µs/page+count")
 		if p4stats != "" {
 			if err := os.WriteFile(p4stats, []byte(s.rdb.Info(ctx, "commandstats").Val()), 0o644); err != nil {
 				b.Fatal(err)

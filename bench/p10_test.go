@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/postamt/postamt/internal/testkit/redistest"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
 
@@ -136,11 +137,11 @@ func BenchmarkP10HungRelay(b *testing.B) {
 				b.Fatalf("%s: submitting took longer than planned; the first emails were due before they were in", name)
 			}
 			time.Sleep(time.Until(start))
-			cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+			cpu0, rcpu0 := processCPU(), redistest.CPU(b, s.rdb)
 			l := s.latenessOf(b, from, n)
 			secs := time.Since(start).Seconds()
 			l.procCPU = float64((processCPU() - cpu0).Milliseconds()) / secs
-			l.redisCPU = float64((redisCPU(b, s.rdb) - rcpu0).Milliseconds()) / secs
+			l.redisCPU = float64((redistest.CPU(b, s.rdb) - rcpu0).Milliseconds()) / secs
 			return l
 		}
 		base := phase("baseline")

@@ -8,8 +8,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -319,25 +317,6 @@ func countKeys(b *testing.B, rdb *redis.Client, pattern string) int {
 	return n
 }
 
-// redisCPU is redis-server's CPU time so far (user + system).
-func redisCPU(b *testing.B, rdb *redis.Client) time.Duration {
-	b.Helper()
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var secs float64
-	for _, line := range strings.Split(info, "\r\n") {
-		for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
-			if v, ok := strings.CutPrefix(line, f); ok {
-				x, _ := strconv.ParseFloat(v, 64)
-				secs += x
-			}
-		}
-	}
-	return time.Duration(secs * float64(time.Second))
-}
-
 // startCPUProfile profiles this process into file until the returned function or
 // pprof.StopCPUProfile is called (POSTAMT_BENCH_P6_CPUPROFILE: only the measured window, unlike
 // go test -cpuprofile, which includes the setup).
@@ -400,7 +379,7 @@ func BenchmarkP6TrackerIngest(b *testing.B) {
 
 		var ms0, ms1 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
-		cpu0, rcpu0 := processCPU(), redisCPU(b, s.rdb)
+		cpu0, rcpu0 := processCPU(), redistest.CPU(b, s.rdb)
 		if os.Getenv("POSTAMT_BENCH_P6_STATS") != "" {
 			s.rdb.ConfigResetStat(ctx)
 		}
@@ -418,7 +397,7 @@ func BenchmarkP6TrackerIngest(b *testing.B) {
 		if f := os.Getenv("POSTAMT_BENCH_P6_CPUPROFILE"); f != "" {
 			pprof.StopCPUProfile()
 		}
-		cpu1, rcpu1 := processCPU(), redisCPU(b, s.rdb)
+		cpu1, rcpu1 := processCPU(), redistest.CPU(b, s.rdb)
 		runtime.ReadMemStats(&ms1)
 
 		if os.Getenv("POSTAMT_BENCH_P6_STATS") != "" {

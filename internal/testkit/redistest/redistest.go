@@ -505,3 +505,25 @@ func (s *Server) WaitLinked(tb testing.TB) {
 		tb.Fatalf("redistest: %v", err)
 	}
 }
+
+// CPU is the CPU time (user and system) the redis-server behind rdb has used so far, from INFO
+// cpu: what a benchmark divides by its units of work to report Redis's share of the cost.
+func CPU(tb testing.TB, rdb redis.UniversalClient) time.Duration {
+	tb.Helper()
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var secs float64
+	for _, line := range strings.Split(info, "\r\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				tb.Fatalf("INFO cpu %s: %v", k, err)
+			}
+			secs += f
+		}
+	}
+	return time.Duration(secs * float64(time.Second))
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -47,7 +46,7 @@ func BenchmarkLaneStats(b *testing.B) {
 					now := time.Now()
 					ls := benchLanes(b, rdb, lanes, withMail, parts, now)
 					l := redisstore.New(rdb, 0, parts)
-					cpu0 := redisCPU(b, rdb)
+					cpu0 := redistest.CPU(b, rdb)
 					b.ResetTimer()
 					for b.Loop() {
 						if _, err := l.LaneStats(ctx, ls, now); err != nil {
@@ -56,7 +55,7 @@ func BenchmarkLaneStats(b *testing.B) {
 					}
 					b.StopTimer()
 					b.ReportMetric(float64(parts+lanes+withMail*parts*8), "redis-cmds/op")
-					b.ReportMetric((redisCPU(b, rdb)-cpu0)*1e6/float64(b.N), "redis-cpu-µs/op")
+					b.ReportMetric(float64((redistest.CPU(b, rdb)-cpu0).Microseconds())/float64(b.N), "redis-cpu-µs/op")
 				})
 			}
 		}
@@ -93,25 +92,4 @@ func benchLanes(b *testing.B, rdb *redis.Client, lanes, withMail, parts int, now
 		b.Fatal(err)
 	}
 	return out
-}
-
-// redisCPU is redis-server's CPU time so far in seconds (user and system).
-func redisCPU(b *testing.B, rdb *redis.Client) float64 {
-	b.Helper()
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\r\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			total += f
-		}
-	}
-	return total
 }
