@@ -6,7 +6,6 @@
 package bench
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -17,7 +16,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -235,23 +233,13 @@ type loadGenLine struct {
 // each phase, measured between the generator's start and end lines.
 func runLoadGen(b *testing.B, addr, mode, token string, redisCPU func() time.Duration) {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), p5LoadGenEnv+"="+addr, p5ModeEnv+"="+mode, p5TokenEnv+"="+token)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, sc := startChild(b, p5LoadGenEnv+"="+addr, p5ModeEnv+"="+mode, p5TokenEnv+"="+token)
 	var (
 		proc0, redis0 time.Duration
 		total         int64
 	)
 	stopProfile := func() {}
 	defer func() { stopProfile() }()
-	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var l loadGenLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"net/mail"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -276,19 +274,9 @@ type submitLoadGenLine struct {
 // per submit while it ran.
 func runSubmitLoadGen(b *testing.B, s *suite, n int) {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), p3LoadGenEnv+"="+s.outboxAddr, p3TokenEnv+"="+s.userToken, "POSTAMT_BENCH_P3_N="+strconv.Itoa(n))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, sc := startChild(b, p3LoadGenEnv+"="+s.outboxAddr, p3TokenEnv+"="+s.userToken, "POSTAMT_BENCH_P3_N="+strconv.Itoa(n))
 	var cpu0, rcpu0, gen0 time.Duration
 	stopProfile := func() {}
-	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var l submitLoadGenLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {

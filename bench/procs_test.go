@@ -133,6 +133,24 @@ func (p *sinkProcess) waitRound(b *testing.B) time.Time {
 // pid is the sink process's id, for procCPU.
 func (p *sinkProcess) pid() int { return p.cmd.Process.Pid }
 
+// startChild re-runs this test binary with env added (the variables that make TestMain run a
+// load generator instead of tests), its stderr on ours, and returns it with a scanner of the
+// JSON lines it writes on stdout.
+func startChild(b *testing.B, env ...string) (*exec.Cmd, *bufio.Scanner) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return cmd, bufio.NewScanner(out)
+}
+
 // procCPU is the CPU time (user + system) process pid has used so far, from /proc/pid/stat, in
 // clock ticks of 10 ms (Linux's USER_HZ of 100).
 func procCPU(b *testing.B, pid int) time.Duration {
