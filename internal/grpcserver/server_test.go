@@ -590,59 +590,53 @@ func TestDrain(t *testing.T) {
 }
 
 // TestDrainEndsWatches: a stream of EndOnDrain ends when the drain starts, so an open watch
-// does not hold the drain until its timeout (an hour here: the test would time out first).
+// does not hold the drain until its timeout (an hour here: the test would time out first). A
+// handler that answers then ends the stream as it answers; one that returns its context's error
+// answers UNAVAILABLE (reconnect), not CANCELLED, which would say the client gave up (the
+// gateway's test covers a forwarded stream, whose upstream call answers CANCELLED).
 func TestDrainEndsWatches(t *testing.T) {
-	r := start(t, grpcserver.Options{DrainTimeout: time.Hour, EndOnDrain: []string{"/" + serviceName + "/Watch"}})
-	ctx := testCtx(t)
-	ended := make(chan error, 1)
-	go func() {
-		got, err := watch(ctx, r.conn, "watch")
-		if err == nil && got != "ended" {
-			err = fmt.Errorf("watch answered %q", got)
-		}
-		ended <- err
-	}()
-	<-r.svc.started
-	r.cancel()
-	select {
-	case err := <-ended:
-		if err != nil {
-			t.Errorf("the watch: %v, want it ended by the drain (its handler answering), not cut", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the watch held the drain")
-	}
-	if err := r.wait(); err != nil {
-		t.Errorf("Serve() = %v, want nil", err)
-	}
-	if strings.Contains(r.logs.String(), "drain timeout") {
-		t.Error("the drain timed out")
-	}
-}
-
-// TestDrainEndsWatchesUnavailable: a watch that ends with its context's error when the drain
-// ends it answers UNAVAILABLE (reconnect), not CANCELLED, which would say the client gave up
-// (the gateway's test covers a forwarded stream, whose upstream call answers CANCELLED).
-func TestDrainEndsWatchesUnavailable(t *testing.T) {
-	r := start(t, grpcserver.Options{DrainTimeout: time.Hour, EndOnDrain: []string{"/" + serviceName + "/Watch"}})
-	ctx := testCtx(t)
-	ended := make(chan error, 1)
-	go func() {
-		_, err := watch(ctx, r.conn, "watch-err")
-		ended <- err
-	}()
-	<-r.svc.started
-	r.cancel()
-	select {
-	case err := <-ended:
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("the watch ended with %v, want UNAVAILABLE", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the watch held the drain")
-	}
-	if err := r.wait(); err != nil {
-		t.Errorf("Serve() = %v, want nil", err)
+	for _, tc := range []struct {
+		value string // the handler: "watch" answers "ended", "watch-err" returns ctx.Err()
+		check func(got string, err error) error
+	}{
+		{"watch", func(got string, err error) error {
+			if err == nil && got != "ended" {
+				return fmt.Errorf("watch answered %q, want it ended by the drain (its handler answering)", got)
+			}
+			return err
+		}},
+		{"watch-err", func(_ string, err error) error {
+			if status.Code(err) != codes.Unavailable {
+				return fmt.Errorf("the watch ended with %v, want UNAVAILABLE", err)
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			r := start(t, grpcserver.Options{DrainTimeout: time.Hour, EndOnDrain: []string{"/" + serviceName + "/Watch"}})
+			ctx := testCtx(t)
+			ended := make(chan error, 1)
+			go func() {
+				got, err := watch(ctx, r.conn, tc.value)
+				ended <- tc.check(got, err)
+			}()
+			<-r.svc.started
+			r.cancel()
+			select {
+			case err := <-ended:
+				if err != nil {
+					t.Error(err)
+				}
+			case <-ctx.Done():
+				t.Fatal("the watch held the drain")
+			}
+			if err := r.wait(); err != nil {
+				t.Errorf("Serve() = %v, want nil", err)
+			}
+			if strings.Contains(r.logs.String(), "drain timeout") {
+				t.Error("the drain timed out")
+			}
+		})
 	}
 }
 
