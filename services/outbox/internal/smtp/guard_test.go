@@ -136,6 +136,7 @@ func TestCancelStopsAHungGreeting(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = lis.Close() })
+	accepted := make(chan struct{}, 1)
 	go func() {
 		var held []net.Conn // accepted and never answered
 		defer func() {
@@ -149,6 +150,10 @@ func TestCancelStopsAHungGreeting(t *testing.T) {
 				return
 			}
 			held = append(held, c)
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
 		}
 	}()
 	host, port, _ := net.SplitHostPort(lis.Addr().String())
@@ -161,7 +166,8 @@ func TestCancelStopsAHungGreeting(t *testing.T) {
 	go func() {
 		got <- s.Send(ctx, "info@kanzlei.example", []string{"client@example.com"}, []byte(msg)).Outcome
 	}()
-	time.AfterFunc(100*time.Millisecond, cancel)
+	<-accepted // the send waits for the greeting now
+	cancel()
 	select {
 	case o := <-got:
 		if o != outbox.OutcomeNotSent {
