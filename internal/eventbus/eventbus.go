@@ -185,7 +185,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, spec StreamSpec) 
 	}
 	st, err := js.Stream(ctx, spec.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		err = createStream(ctx, js, jetstream.StreamConfig{
 			Name:       spec.Name,
 			Subjects:   spec.Subjects,
 			Storage:    jetstream.FileStorage,
@@ -218,4 +218,36 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, spec StreamSpec) 
 		return fmt.Errorf("ensure stream %s: %w", spec.Name, err)
 	}
 	return nil
+}
+
+// errCodeStreamStoreFailed is JetStream's "error creating store for stream" (JSStreamStoreFailedF;
+// nats.go names no constant for it).
+const errCodeStreamStoreFailed jetstream.ErrorCode = 10049
+
+// storeFailedRetries and storeFailedPause bound how often, and how far apart, createStream tries
+// again after errCodeStreamStoreFailed: the server's cleanup runs within milliseconds.
+const (
+	storeFailedRetries = 5
+	storeFailedPause   = 20 * time.Millisecond
+)
+
+// createStream creates the stream, trying again when the server failed to create its store. A
+// nats-server (2.15) that has just deleted a stream removes the account's then-empty streams
+// directory from a goroutine of its own, which races with a new stream's MkdirAll: the create
+// fails with "could not create storage directory … no such file or directory" though nothing is
+// wrong (a stream an operator deleted and a service re-creates at once). Any other error, or
+// the failure outlasting the retries, is returned.
+func createStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	for try := 0; ; try++ {
+		_, err := js.CreateStream(ctx, cfg)
+		var apiErr *jetstream.APIError
+		if err == nil || try == storeFailedRetries || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeStreamStoreFailed {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(storeFailedPause):
+		}
+	}
 }
