@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"slices"
 	"strconv"
@@ -370,6 +371,132 @@ func TestWatchEmails(t *testing.T) {
 	want.Email.Attempts = nil
 	if !proto.Equal(sent, want.GetEmail()) || sent.GetLastAttemptTime() == nil {
 		t.Errorf("sent on the watch:\n%v\nGetEmail:\n%v", sent, want.GetEmail())
+	}
+}
+
+// watchChange is one response of a watch.
+type watchChange struct {
+	id     string
+	status outboxv1.EmailStatus
+	left   bool
+}
+
+// watchEmails starts a watch as ctx's caller and returns its changes; the watch is in place
+// when it returns.
+func (e *env) watchEmails(ctx context.Context, req *outboxv1.WatchEmailsRequest) <-chan watchChange {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	e.t.Cleanup(cancel)
+	stream, err := e.outbox.WatchEmails(ctx, req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil {
+		e.t.Fatal(err)
+	}
+	out := make(chan watchChange, 64)
+	go func() {
+		defer close(out)
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			out <- watchChange{r.GetEmail().GetEmailId(), r.GetEmail().GetStatus(), r.GetLeftFilter()}
+		}
+	}()
+	return out
+}
+
+// TestWatchEmailsLeftFilter: a filtered watch says when mail leaves its filter (left_filter),
+// and stays silent about mail that was never in it. A list of failed mail learns that a retried
+// email left it; a list of open mail (no status filter) that an email was sent or cancelled.
+func TestWatchEmailsLeftFilter(t *testing.T) {
+	e := startEnv(t)
+	eva := e.as("eva", nil)
+	e.sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
+		if slices.Contains(env.To, "unknown@example.com") {
+			return smtptest.PermFailRcpt
+		}
+		return smtptest.Accept
+	})
+	t.Cleanup(func() { e.sink.SetHook(nil) })
+	failedOnly := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: &outboxv1.EmailFilter{
+		Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_FAILED},
+	}})
+	open := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
+	var openGot []watchChange
+	// waitOpen reads the open watch until it has shown want.
+	waitOpen := func(want watchChange) {
+		t.Helper()
+		poll.Eventually(t, fmt.Sprintf("%v on the open watch", want), func() bool {
+			for {
+				select {
+				case c, ok := <-open:
+					if !ok {
+						t.Fatal("the open watch ended")
+					}
+					openGot = append(openGot, c)
+				default:
+					return slices.Contains(openGot, want)
+				}
+			}
+		})
+	}
+	const failed, sent = outboxv1.EmailStatus_EMAIL_STATUS_FAILED, outboxv1.EmailStatus_EMAIL_STATUS_SENT
+
+	a := e.submit(eva, email("eva@kanzlei.example", "unknown@example.com", "fails, then retried"))
+	b := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "goes out"))
+	waitOpen(watchChange{a.GetEmailId(), failed, false})
+	waitOpen(watchChange{b.GetEmailId(), sent, true})
+	e.sink.SetHook(nil)
+	if _, err := e.outbox.Retry(eva, &outboxv1.RetryRequest{Selection: &outboxv1.Selection{EmailIds: []string{a.GetEmailId()}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(watchChange{a.GetEmailId(), sent, true})
+	req := email("eva@kanzlei.example", "client@example.com", "scheduled, then cancelled")
+	req.SendAt = timestamppb.New(time.Now().Add(time.Hour))
+	c := e.submit(eva, req)
+	if _, err := e.outbox.Cancel(eva, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{EmailIds: []string{c.GetEmailId()}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(watchChange{c.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED, true})
+	// The last email fails after every change above is in the outbox's stream: once the filtered
+	// watch shows it, it has shown everything before it.
+	e.sink.SetHook(func(smtptest.Envelope) smtptest.Behavior { return smtptest.PermFailRcpt })
+	last := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "the last one"))
+	waitOpen(watchChange{last.GetEmailId(), failed, false})
+	var failedGot []watchChange
+	poll.Eventually(t, "the last email on the watch of failed mail", func() bool {
+		for {
+			select {
+			case c, ok := <-failedOnly:
+				if !ok {
+					t.Fatal("the watch of failed mail ended")
+				}
+				failedGot = append(failedGot, c)
+				if c.id == last.GetEmailId() {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
+	want := []watchChange{
+		{a.GetEmailId(), failed, false},
+		{a.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY, true}, // retried: out of the list
+		{last.GetEmailId(), failed, false},
+	}
+	if !slices.Equal(failedGot, want) {
+		t.Errorf("the watch of failed mail showed %v, want %v (nothing of mail that never failed)", failedGot, want)
+	}
+	// The open watch: every open state as it is, what leaves the outbox as left.
+	for _, c := range openGot {
+		final := c.status == sent || c.status == outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED
+		if c.left != final {
+			t.Errorf("the open watch showed %v: left_filter should be set exactly for sent and cancelled mail", c)
+		}
 	}
 }
 

@@ -44,8 +44,9 @@ export function query(params) {
 }
 
 /**
- * watch reads the server-sent events of a watch stream and hands each email to onEmail until
- * signal aborts or the stream ends (then it resolves; the caller reconnects). fetch, not
+ * watch reads the server-sent events of a watch stream and hands each email to onEmail, with
+ * whether the change took it out of the watch's filter (leftFilter), until signal aborts or the
+ * stream ends (then it resolves; the caller reconnects). fetch, not
  * EventSource: EventSource cannot send the header the cookie needs.
  */
 export async function watch(path, onEmail, onOpen, signal) {
@@ -66,7 +67,7 @@ export async function watch(path, onEmail, onOpen, signal) {
       for (const line of event.split('\n')) {
         if (!line.startsWith('data: ')) continue;
         const msg = JSON.parse(line.slice(6));
-        if (msg.result?.email) onEmail(msg.result.email);
+        if (msg.result?.email) onEmail(msg.result.email, msg.result.leftFilter === true);
         if (msg.error) throw new ApiError(500, msg.error);
       }
     }

@@ -32,9 +32,10 @@ const short = (s) => (s || '').replace(/^(EMAIL_STATUS_|COLUMN_)/, '');
 const state = {
   session: null, access: null, settings: null, views: [], view: null,
   columns: DEFAULT_COLUMNS, pageSize: 50, rows: [], selected: new Set(), matching: false, matchCount: 0,
-  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null, watchView: null,
-  // latest: the newest version of each email the live stream has shown, so that a list answer
-  // older than a live change does not put the older state back.
+  pageTokens: [''], page: 0, nextToken: '', connectors: [], workItem: '', watchAbort: null, watchKey: null,
+  // latest: the newest version of each email the live stream of the current view and filter has
+  // shown (left: the change took it out of the filter), so that a list answer older than a live
+  // change does not put the older state back.
   latest: new Map(),
 };
 
@@ -85,26 +86,6 @@ function apiFilter(f) {
   return { ...f, statuses: (f.statuses || []).map((s) => 'EMAIL_STATUS_' + s) };
 }
 
-/**
- * matches says whether an email belongs in the list of filter f, as the outbox decides it
- * (services/outbox/internal/service query.match): its status among the chosen ones (unset: any
- * open one), then connector, work item, and the text in the subject or a recipient the caller
- * sees. The live stream watches the whole view, so that mail leaving the filter (sent, retried
- * out of Failed, moved to another connector) leaves the grid too.
- */
-function matches(e, f) {
-  const st = short(e.status);
-  if (!(f.statuses?.length ? f.statuses.includes(st) : OPEN.includes(st))) return false;
-  if (f.connectorId && e.connectorId !== f.connectorId) return false;
-  if (f.workItem?.id && e.workItem?.id !== f.workItem.id) return false;
-  if (f.text) {
-    const q = f.text.toLowerCase();
-    const hay = [e.subject || '', ...(e.to || []), ...(e.cc || []), ...(e.bcc || [])];
-    if (!hay.some((x) => x.toLowerCase().includes(q))) return false;
-  }
-  return true;
-}
-
 let listSeq = 0;
 /**
  * loadList shows the page of the view and filter. Only the newest load renders: an answer for an
@@ -123,12 +104,11 @@ async function loadList() {
     const res = await call('GET', '/v1/outbox/emails' + q);
     if (seq !== listSeq) return;
     // A live change newer than the list's answer wins: it replaces the listed state, or takes
-    // the row out when it no longer matches.
-    const f = filter();
+    // the row out when it left the filter.
     state.rows = (res.emails || []).map((e) => {
       const l = state.latest.get(e.emailId);
-      return l && Number(l.version) > Number(e.version) ? l : e;
-    }).filter((e) => matches(e, f));
+      return l && Number(l.e.version) > Number(e.version) ? l : { e };
+    }).filter((l) => !l.left).map((l) => l.e);
     state.nextToken = res.nextPageToken || '';
     // The selection is of rows on the page: one that left it (sent, cancelled, another page) is
     // no longer selected, so a bulk action never reaches mail the user cannot see.
@@ -284,19 +264,20 @@ function renderGrid() {
 }
 
 /**
- * applyLive puts a watched change into the grid without a reload: a row that still matches the
- * filter is replaced in place, one that no longer does (sent, cancelled, retried out of Failed)
- * is taken out, and the selection and focus of the other rows stay. Mail that enters the
- * filter reloads the page of the grid: where it sorts is the server's answer.
+ * applyLive puts a watched change into the grid without a reload: a row whose email still
+ * matches the filter is replaced in place, one whose email left it (the outbox says so: sent,
+ * cancelled, retried out of Failed) is taken out, and the selection and focus of the other rows
+ * stay. Mail that enters the filter reloads the page of the grid: where it sorts is the
+ * server's answer.
  */
-function applyLive(e) {
+function applyLive(e, left) {
   const prev = state.latest.get(e.emailId);
-  if (prev && Number(prev.version) >= Number(e.version)) return;
+  if (prev && Number(prev.e.version) >= Number(e.version)) return;
   if (state.latest.size >= 10000) state.latest.clear();
-  state.latest.set(e.emailId, e);
+  state.latest.set(e.emailId, { e, left });
   if ($('detail').open && e.emailId === detailId) openDetail(e.emailId, true);
   const i = state.rows.findIndex((r) => r.emailId === e.emailId);
-  const fits = matches(e, filter());
+  const fits = !left;
   if (i >= 0 && Number(e.version) > Number(state.rows[i].version)) {
     const old = $('grid-body').querySelector(`tr[data-id="${CSS.escape(e.emailId)}"]`);
     if (fits) {
@@ -659,17 +640,19 @@ function refresh() {
 }
 
 /**
- * startWatch follows the changes of the view (all of it: the filter is applied here, see
- * matches) until the view changes. Each time the stream opens, the list and the count are
- * loaded again, since changes may have been missed before it did; then the grid is marked
- * data-live="on" (for screen readers' status line as much as for tests).
+ * startWatch follows the changes of the view and filter until either changes (the outbox says
+ * which changes take mail out of the filter). Each time the stream opens, the list and the
+ * count are loaded again, since changes may have been missed before it did; then the grid is
+ * marked data-live="on" (for screen readers' status line as much as for tests).
  */
 async function startWatch() {
-  if (state.watchView === state.view && state.watchAbort && !state.watchAbort.signal.aborted) return;
+  const path = '/v1/outbox/emails:watch' + query({ view: state.view, ...filterQuery(filter()) });
+  if (state.watchKey === path && state.watchAbort && !state.watchAbort.signal.aborted) return;
   state.watchAbort?.abort();
   const ac = new AbortController();
   state.watchAbort = ac;
-  state.watchView = state.view;
+  state.watchKey = path;
+  state.latest.clear(); // what left the old filter says nothing of the new one
   delete $('grid').dataset.live;
   let backoff = 500;
   while (!ac.signal.aborted) {
@@ -680,7 +663,7 @@ async function startWatch() {
       if (!ac.signal.aborted) $('grid').dataset.live = 'on';
     };
     try {
-      await watch('/v1/outbox/emails:watch' + query({ view: state.view }), applyLive, onOpen, ac.signal);
+      await watch(path, (e, left) => { if (!ac.signal.aborted) applyLive(e, left); }, onOpen, ac.signal);
     } catch (err) {
       if (ac.signal.aborted) return;
       if (err instanceof ApiError && err.status === 401) return;

@@ -162,8 +162,8 @@ func (h *Handler) WatchEmails(req *outboxv1.WatchEmailsRequest, stream outboxv1.
 	// (the gateway's HTTP stream, and through it the console) knows from when on nothing is
 	// missed, even while nothing changes.
 	ready := func() error { return stream.SendHeader(metadata.Pairs(WatchOpenHeader, "1")) }
-	return h.watch.Watch(stream.Context(), p, req.GetView(), req.GetFilter(), ready, func(e *outboxv1.Email) error {
-		return stream.Send(&outboxv1.WatchEmailsResponse{Email: e})
+	return h.watch.Watch(stream.Context(), p, req.GetView(), req.GetFilter(), ready, func(e *outboxv1.Email, left bool) error {
+		return stream.Send(&outboxv1.WatchEmailsResponse{Email: e, LeftFilter: left})
 	})
 }
 

@@ -196,7 +196,7 @@ func (s *Service) actOne(ctx context.Context, p auth.Principal, a Action, id str
 		prev := e.Status
 		err = s.ledger.Apply(ctx, e, c, func(next *redisstore.Email) redisstore.Event {
 			if a == ActionCancel {
-				return wire.Events{}.Cancelled(next, principalUser(p))
+				return wire.Events{}.Cancelled(prev, next, principalUser(p))
 			}
 			return wire.Events{}.Changed(prev, next, nil)
 		})

@@ -42,17 +42,27 @@ const claimGrace = 500 * time.Millisecond
 // memory starts again (a stale change may then pass once, which a client handles by version).
 const maxWatchVersions = 10_000
 
-// Watch calls send with every email of the caller's view (and filter) that changes, until ctx
-// ends or send fails, each as the caller may see it (Present). Emails leaving the outbox (SENT,
-// CANCELLED) are sent too, so a list can drop them; a status filter limits the changes to those
-// statuses. Every state is sent, SENDING included; versions only increase per email (a change
-// that arrives after a newer one is dropped). ready, when set, is called once the watch is in
-// place, before any change: from then on no change is missed, so a client may (re)load its list
-// then.
-func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter, ready func() error, send func(*outboxv1.Email) error) error {
+// Watch calls send with every email of the caller's view that changes and matches the filter,
+// until ctx ends or send fails, each as the caller may see it (Present), and with left set for a
+// change that may have taken an email out of the filter (see mayHaveMatched): a list of the
+// filter drops it, so no client copies the filter's rule. A filter without statuses means the
+// open ones, as in List: SENT and CANCELLED mail leaves it. Every state is sent, SENDING
+// included; versions only increase per email (a change that arrives after a newer one is
+// dropped). ready, when set, is called once the watch is in place, before any change: from then
+// on no change is missed, so a client may (re)load its list then.
+func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.View, f *outboxv1.EmailFilter, ready func() error, send func(e *outboxv1.Email, left bool) error) error {
 	q, err := w.svc.resolve(ctx, p, view, f)
 	if err != nil {
 		return err
+	}
+	statuses := q.idx.Statuses
+	if len(statuses) == 0 {
+		statuses = redisstore.OpenStatuses
+	}
+	// mayHaveMatched: the email's state before the change may have been in the filter, as far
+	// as its status tells (before lists the statuses it may have had; nil: unknown).
+	mayHaveMatched := func(before []outbox.Status) bool {
+		return before == nil || slices.ContainsFunc(before, func(s outbox.Status) bool { return slices.Contains(statuses, s) })
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -99,15 +109,15 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 		}
 	}()
 	seen := make(map[string]int64)
-	emit := func(e *outboxv1.Email, rec *redisstore.Email) error {
-		if len(q.idx.Statuses) > 0 && !slices.Contains(q.idx.Statuses, outbox.Status(e.GetStatus())) {
-			return nil
-		}
+	// emit sends e (of record rec) if it is in the caller's view and matches the filter, or, as
+	// left, if it does not and before (the statuses it may have had before the change) may have.
+	emit := func(e *outboxv1.Email, rec *redisstore.Email, before []outbox.Status) error {
 		if !slices.ContainsFunc(rec.Buckets, func(b string) bool { return slices.Contains(q.idx.Buckets, b) }) {
 			return nil
 		}
 		w.svc.redact(p, e)
-		if !q.match(e) {
+		left := !slices.Contains(statuses, outbox.Status(e.GetStatus())) || !q.match(e)
+		if left && !mayHaveMatched(before) {
 			return nil
 		}
 		if v, ok := seen[e.GetEmailId()]; ok && v >= e.GetVersion() {
@@ -117,7 +127,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			clear(seen)
 		}
 		seen[e.GetEmailId()] = e.GetVersion()
-		return send(e)
+		return send(e, left)
 	}
 	// A claim's announcement arrives at once, the events through the outbox's relay: an email
 	// read at a claim may be a version ahead of an event still on its way (a retry's
@@ -129,6 +139,8 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 		rec   *redisstore.Email
 		until time.Time
 	}
+	// A claim takes mail that was due, or SENDING under a lease that lapsed.
+	claimedFrom := []outbox.Status{outbox.StatusScheduled, outbox.StatusQueued, outbox.StatusPendingRetry, outbox.StatusSending}
 	known := make(map[string]int64) // the newest version each email's events have shown
 	held := make(map[string]heldEmail)
 	flush := time.NewTimer(claimGrace)
@@ -160,7 +172,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			for id, h := range held {
 				if !h.until.After(now) {
 					delete(held, id)
-					if err := emit(h.e, h.rec); err != nil {
+					if err := emit(h.e, h.rec, claimedFrom); err != nil {
 						return err
 					}
 				}
@@ -170,7 +182,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			if m.Headers().Get(eventbus.HeaderTenant) != p.Tenant {
 				continue
 			}
-			e := emailOf(m.Subject(), m.Data())
+			e, before := emailOf(m.Subject(), m.Data())
 			if e == nil {
 				continue
 			}
@@ -192,18 +204,18 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 					e = full
 				}
 			}
-			if err := emit(e, rec); err != nil {
+			if err := emit(e, rec, before); err != nil {
 				return err
 			}
 			if h, ok := held[id]; ok && h.e.GetVersion() <= v+1 {
 				delete(held, id)
-				if err := emit(h.e, h.rec); err != nil { // dropped by emit if v was newer
+				if err := emit(h.e, h.rec, claimedFrom); err != nil { // dropped by emit if v was newer
 					return err
 				}
 			}
 		case m := <-claimed:
 			tenant, ids := wire.DecodeClaimed(m.Data)
-			if tenant != p.Tenant || len(q.idx.Statuses) > 0 && !slices.Contains(q.idx.Statuses, outbox.StatusSending) {
+			if tenant != p.Tenant || !mayHaveMatched(claimedFrom) {
 				continue
 			}
 			recs, err := w.svc.ledger.GetMany(ctx, ids)
@@ -219,7 +231,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 					held[rec.ID] = heldEmail{e: e, rec: rec, until: time.Now().Add(claimGrace)}
 					continue
 				}
-				if err := emit(e, rec); err != nil {
+				if err := emit(e, rec, claimedFrom); err != nil {
 					return err
 				}
 			}
@@ -228,25 +240,43 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	}
 }
 
-// emailOf decodes the email an outbox event carries, or nil.
-func emailOf(subject string, data []byte) *outboxv1.Email {
+// emailOf decodes the email an outbox event carries, or nil, and the statuses the email may have
+// had before the change: none for a submission, nil where the event does not tell (an event
+// re-driven into a re-created stream).
+func emailOf(subject string, data []byte) (*outboxv1.Email, []outbox.Status) {
 	var msg interface {
 		proto.Message
 		GetEmail() *outboxv1.Email
 	}
+	var before []outbox.Status
 	switch subject {
 	case wire.SubjectSubmitted:
-		msg = &outboxv1.EmailSubmitted{}
+		msg, before = &outboxv1.EmailSubmitted{}, []outbox.Status{}
 	case wire.SubjectStatusChanged:
-		msg = &outboxv1.EmailStatusChanged{}
+		var c outboxv1.EmailStatusChanged
+		if proto.Unmarshal(data, &c) != nil {
+			return nil, nil
+		}
+		if c.GetPreviousStatus() != outboxv1.EmailStatus_EMAIL_STATUS_UNSPECIFIED {
+			before = []outbox.Status{outbox.Status(c.GetPreviousStatus())}
+		}
+		return c.GetEmail(), before
 	case wire.SubjectFailed:
-		msg = &outboxv1.EmailFailed{}
+		// Only an attempt fails mail, and attempts are made of SENDING mail (dispatch).
+		msg, before = &outboxv1.EmailFailed{}, sendingOnly
 	case wire.SubjectCancelled:
-		msg = &outboxv1.EmailCancelled{}
+		var c outboxv1.EmailCancelled
+		if proto.Unmarshal(data, &c) != nil {
+			return nil, nil
+		}
+		if c.GetPreviousStatus() != outboxv1.EmailStatus_EMAIL_STATUS_UNSPECIFIED {
+			before = []outbox.Status{outbox.Status(c.GetPreviousStatus())}
+		}
+		return c.GetEmail(), before
 	case wire.SubjectSent:
 		var s outboxv1.EmailSent
 		if proto.Unmarshal(data, &s) != nil {
-			return nil
+			return nil, nil
 		}
 		return &outboxv1.Email{
 			EmailId: s.GetEmailId(), Status: outboxv1.EmailStatus_EMAIL_STATUS_SENT, MessageId: s.GetMessageId(),
@@ -254,12 +284,15 @@ func emailOf(subject string, data []byte) *outboxv1.Email {
 			SendMode: s.GetMode(), To: s.GetTo(), Cc: s.GetCc(), Bcc: s.GetBcc(), Subject: s.GetSubject(),
 			ConnectorId: s.GetConnectorId(), SystemGenerated: s.GetSystemGenerated(), AttemptCount: s.GetAttempt(),
 			SentTime: s.GetSentTime(), SizeBytes: s.GetSizeBytes(), Version: s.GetVersion(),
-		}
+		}, sendingOnly // only an attempt sends mail, as it fails it
 	default:
-		return nil
+		return nil, nil
 	}
 	if proto.Unmarshal(data, msg) != nil {
-		return nil
+		return nil, nil
 	}
-	return msg.GetEmail()
+	return msg.GetEmail(), before
 }
+
+// sendingOnly is the status mail has before an attempt sends or fails it.
+var sendingOnly = []outbox.Status{outbox.StatusSending}

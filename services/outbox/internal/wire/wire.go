@@ -122,7 +122,8 @@ func (Events) Submitted(r *redisstore.Email) redisstore.Event {
 }
 
 // Changed announces a transition from prev to r's status: EmailSent, EmailFailed or
-// EmailCancelled where one applies, EmailStatusChanged otherwise.
+// EmailCancelled where one applies, EmailStatusChanged otherwise. prev 0 (unknown) leaves
+// EmailStatusChanged's and EmailCancelled's previous status unset.
 func (Events) Changed(prev outbox.Status, r *redisstore.Email, last *outboxv1.Attempt) redisstore.Event {
 	e := mustEmail(r)
 	switch r.Status {
@@ -131,7 +132,7 @@ func (Events) Changed(prev outbox.Status, r *redisstore.Email, last *outboxv1.At
 	case outbox.StatusFailed:
 		return redisstore.Event{Subject: SubjectFailed, Msg: &outboxv1.EmailFailed{TenantId: r.Tenant, Email: e, LastAttempt: last}}
 	case outbox.StatusCancelled:
-		return redisstore.Event{Subject: SubjectCancelled, Msg: &outboxv1.EmailCancelled{TenantId: r.Tenant, Email: e}}
+		return redisstore.Event{Subject: SubjectCancelled, Msg: &outboxv1.EmailCancelled{TenantId: r.Tenant, Email: e, PreviousStatus: outboxv1.EmailStatus(prev)}}
 	}
 	return redisstore.Event{Subject: SubjectStatusChanged, Msg: &outboxv1.EmailStatusChanged{TenantId: r.Tenant, PreviousStatus: outboxv1.EmailStatus(prev), Email: e}}
 }
@@ -139,8 +140,8 @@ func (Events) Changed(prev outbox.Status, r *redisstore.Email, last *outboxv1.At
 // Current is the event of an email's current state, for a re-drive into a re-created stream
 // (redisstore.Ledger.Redrive): EmailSubmitted for an email never changed since its submit, else
 // the event of the transition into its status. What only the transition knew is unset:
-// EmailStatusChanged's previous status, EmailCancelled's canceller, and the last attempt's
-// details beyond its number (EmailSent's attempt is the record's attempt count).
+// EmailStatusChanged's and EmailCancelled's previous status, EmailCancelled's canceller, and the
+// last attempt's details beyond its number (EmailSent's attempt is the record's attempt count).
 func (ev Events) Current(r *redisstore.Email) redisstore.Event {
 	if r.Version <= 1 {
 		return ev.Submitted(r)
@@ -148,9 +149,11 @@ func (ev Events) Current(r *redisstore.Email) redisstore.Event {
 	return ev.Changed(0, r, nil) // 0: EMAIL_STATUS_UNSPECIFIED, the previous status unknown
 }
 
-// Cancelled announces a cancellation by a person.
-func (Events) Cancelled(r *redisstore.Email, by string) redisstore.Event {
-	return redisstore.Event{Subject: SubjectCancelled, Msg: &outboxv1.EmailCancelled{TenantId: r.Tenant, Email: mustEmail(r), CancelledByUserId: by}}
+// Cancelled announces a cancellation by a person of mail that was in status prev.
+func (Events) Cancelled(prev outbox.Status, r *redisstore.Email, by string) redisstore.Event {
+	return redisstore.Event{Subject: SubjectCancelled, Msg: &outboxv1.EmailCancelled{
+		TenantId: r.Tenant, Email: mustEmail(r), CancelledByUserId: by, PreviousStatus: outboxv1.EmailStatus(prev),
+	}}
 }
 
 // mustEmail decodes what this service encoded itself; a record it cannot decode still gets an

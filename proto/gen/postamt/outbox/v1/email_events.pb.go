@@ -221,8 +221,11 @@ type EmailCancelled struct {
 	Email *Email `protobuf:"bytes,2,opt,name=email,proto3" json:"email,omitempty"`
 	// Who cancelled it.
 	CancelledByUserId string `protobuf:"bytes,3,opt,name=cancelled_by_user_id,json=cancelledByUserId,proto3" json:"cancelled_by_user_id,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The status before the cancellation; EMAIL_STATUS_UNSPECIFIED in an event re-driven into a
+	// re-created stream, as EmailStatusChanged's.
+	PreviousStatus EmailStatus `protobuf:"varint,4,opt,name=previous_status,json=previousStatus,proto3,enum=postamt.outbox.v1.EmailStatus" json:"previous_status,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *EmailCancelled) Reset() {
@@ -276,6 +279,13 @@ func (x *EmailCancelled) GetCancelledByUserId() string {
 	return ""
 }
 
+func (x *EmailCancelled) GetPreviousStatus() EmailStatus {
+	if x != nil {
+		return x.PreviousStatus
+	}
+	return EmailStatus_EMAIL_STATUS_UNSPECIFIED
+}
+
 var File_postamt_outbox_v1_email_events_proto protoreflect.FileDescriptor
 
 const file_postamt_outbox_v1_email_events_proto_rawDesc = "" +
@@ -291,11 +301,12 @@ const file_postamt_outbox_v1_email_events_proto_rawDesc = "" +
 	"\vEmailFailed\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12.\n" +
 	"\x05email\x18\x02 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\x12=\n" +
-	"\flast_attempt\x18\x03 \x01(\v2\x1a.postamt.outbox.v1.AttemptR\vlastAttempt\"\x8e\x01\n" +
+	"\flast_attempt\x18\x03 \x01(\v2\x1a.postamt.outbox.v1.AttemptR\vlastAttempt\"\xd7\x01\n" +
 	"\x0eEmailCancelled\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12.\n" +
 	"\x05email\x18\x02 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\x12/\n" +
-	"\x14cancelled_by_user_id\x18\x03 \x01(\tR\x11cancelledByUserIdB\xd0\x01\n" +
+	"\x14cancelled_by_user_id\x18\x03 \x01(\tR\x11cancelledByUserId\x12G\n" +
+	"\x0fprevious_status\x18\x04 \x01(\x0e2\x1e.postamt.outbox.v1.EmailStatusR\x0epreviousStatusB\xd0\x01\n" +
 	"\x15com.postamt.outbox.v1B\x10EmailEventsProtoP\x01Z?github.com/postamt/postamt/proto/gen/postamt/outbox/v1;outboxv1\xa2\x02\x03POX\xaa\x02\x11Postamt.Outbox.V1\xca\x02\x11Postamt\\Outbox\\V1\xe2\x02\x1dPostamt\\Outbox\\V1\\GPBMetadata\xea\x02\x13Postamt::Outbox::V1b\x06proto3"
 
 var (
@@ -327,11 +338,12 @@ var file_postamt_outbox_v1_email_events_proto_depIdxs = []int32{
 	4, // 3: postamt.outbox.v1.EmailFailed.email:type_name -> postamt.outbox.v1.Email
 	6, // 4: postamt.outbox.v1.EmailFailed.last_attempt:type_name -> postamt.outbox.v1.Attempt
 	4, // 5: postamt.outbox.v1.EmailCancelled.email:type_name -> postamt.outbox.v1.Email
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 6: postamt.outbox.v1.EmailCancelled.previous_status:type_name -> postamt.outbox.v1.EmailStatus
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_postamt_outbox_v1_email_events_proto_init() }

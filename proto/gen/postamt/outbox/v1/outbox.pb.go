@@ -1497,7 +1497,15 @@ func (x *WatchEmailsRequest) GetFilter() *EmailFilter {
 type WatchEmailsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The email after the change, without bodies and attempts.
-	Email         *Email `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	Email *Email `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	// The change took the email out of the watch's filter (its status, connector or
+	// may_have_been_sent changed; a filter without statuses means the open ones, so mail that is
+	// sent or cancelled leaves it): a list showing the filter drops the email. It is still in the
+	// caller's view. Set for a change of an email of the view that does not match the filter,
+	// unless the change shows the email did not match before either (a submission; a status
+	// change from a status the filter leaves out), so a client may get it for an email it never
+	// listed (one of another connector, say) and then ignores it.
+	LeftFilter    bool `protobuf:"varint,2,opt,name=left_filter,json=leftFilter,proto3" json:"left_filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1537,6 +1545,13 @@ func (x *WatchEmailsResponse) GetEmail() *Email {
 		return x.Email
 	}
 	return nil
+}
+
+func (x *WatchEmailsResponse) GetLeftFilter() bool {
+	if x != nil {
+		return x.LeftFilter
+	}
+	return false
 }
 
 // ImportedEmail is an email from a legacy outbox, with its history.
@@ -3034,9 +3049,11 @@ const file_postamt_outbox_v1_outbox_proto_rawDesc = "" +
 	"\x06result\x18\x01 \x01(\v2\x1f.postamt.outbox.v1.ActionResultR\x06result\"y\n" +
 	"\x12WatchEmailsRequest\x12+\n" +
 	"\x04view\x18\x01 \x01(\x0e2\x17.postamt.outbox.v1.ViewR\x04view\x126\n" +
-	"\x06filter\x18\x02 \x01(\v2\x1e.postamt.outbox.v1.EmailFilterR\x06filter\"E\n" +
+	"\x06filter\x18\x02 \x01(\v2\x1e.postamt.outbox.v1.EmailFilterR\x06filter\"f\n" +
 	"\x13WatchEmailsResponse\x12.\n" +
-	"\x05email\x18\x01 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\"\xd7\x02\n" +
+	"\x05email\x18\x01 \x01(\v2\x18.postamt.outbox.v1.EmailR\x05email\x12\x1f\n" +
+	"\vleft_filter\x18\x02 \x01(\bR\n" +
+	"leftFilter\"\xd7\x02\n" +
 	"\rImportedEmail\x12;\n" +
 	"\x05email\x18\x01 \x01(\v2%.postamt.outbox.v1.SubmitEmailRequestR\x05email\x12$\n" +
 	"\x0esender_user_id\x18\x02 \x01(\tR\fsenderUserId\x126\n" +

@@ -98,7 +98,9 @@ type OutboxServiceClient interface {
 	// included, each email's versions in increasing order (a change older than one already sent is
 	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
 	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
-	// and attempts). The header metadata postamt-watch-open: 1 comes as soon as the watch is in
+	// and attempts). Changes that match the filter come as they are, and a change that takes an
+	// email out of the filter comes with left_filter set, so a list of the filter stays right
+	// without applying the filter itself. The header metadata postamt-watch-open: 1 comes as soon as the watch is in
 	// place, before the first change (no change after it is missed); over HTTP the response starts
 	// then, as server-sent events with a comment line.
 	WatchEmails(ctx context.Context, in *WatchEmailsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEmailsResponse], error)
@@ -428,7 +430,9 @@ type OutboxServiceServer interface {
 	// included, each email's versions in increasing order (a change older than one already sent is
 	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
 	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
-	// and attempts). The header metadata postamt-watch-open: 1 comes as soon as the watch is in
+	// and attempts). Changes that match the filter come as they are, and a change that takes an
+	// email out of the filter comes with left_filter set, so a list of the filter stays right
+	// without applying the filter itself. The header metadata postamt-watch-open: 1 comes as soon as the watch is in
 	// place, before the first change (no change after it is missed); over HTTP the response starts
 	// then, as server-sent events with a comment line.
 	WatchEmails(*WatchEmailsRequest, grpc.ServerStreamingServer[WatchEmailsResponse]) error
