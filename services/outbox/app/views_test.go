@@ -410,9 +410,12 @@ func (e *env) watchEmails(ctx context.Context, req *outboxv1.WatchEmailsRequest)
 
 // TestWatchEmailsLeftFilter: a filtered watch says when mail leaves its filter (left_filter),
 // and stays silent about mail that was never in it. A list of failed mail learns that a retried
-// email left it; a list of open mail (no status filter) that an email was sent or cancelled.
+// email left it; a list of open mail (no status filter) that an email was sent or cancelled; a
+// list of a connector's mail that an email was moved off it.
 func TestWatchEmailsLeftFilter(t *testing.T) {
 	e := startEnv(t)
+	host, port := e.sinkHostPort()
+	e.createConnector(&outboxv1.Connector{ConnectorId: "second", Host: host, Port: port, TlsMode: outboxv1.TlsMode_TLS_MODE_NONE})
 	eva := e.as("eva", nil)
 	e.sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
 		if slices.Contains(env.To, "unknown@example.com") {
@@ -425,6 +428,7 @@ func TestWatchEmailsLeftFilter(t *testing.T) {
 		Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_FAILED},
 	}})
 	open := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
+	second := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: &outboxv1.EmailFilter{ConnectorId: "second"}})
 	var openGot []watchChange
 	// waitOpen reads the open watch until it has shown want.
 	waitOpen := func(want watchChange) {
@@ -461,35 +465,64 @@ func TestWatchEmailsLeftFilter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOpen(watchChange{c.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED, true})
+	// Scheduled mail moved to the second connector and back, then cancelled.
+	const scheduled = outboxv1.EmailStatus_EMAIL_STATUS_SCHEDULED
+	req = email("eva@kanzlei.example", "client@example.com", "moved there and back")
+	req.SendAt = timestamppb.New(time.Now().Add(time.Hour))
+	d := e.submit(eva, req)
+	for _, to := range []string{"second", "default"} {
+		if _, err := e.outbox.MoveEmails(e.admin(), &outboxv1.MoveEmailsRequest{Selection: &outboxv1.Selection{EmailIds: []string{d.GetEmailId()}}, ConnectorId: to}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.outbox.Cancel(eva, &outboxv1.CancelRequest{Selection: &outboxv1.Selection{EmailIds: []string{d.GetEmailId()}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(watchChange{d.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_CANCELLED, true})
 	// The last email fails after every change above is in the outbox's stream: once the filtered
 	// watch shows it, it has shown everything before it.
 	e.sink.SetHook(func(smtptest.Envelope) smtptest.Behavior { return smtptest.PermFailRcpt })
-	last := e.submit(eva, email("eva@kanzlei.example", "client@example.com", "the last one"))
+	lastReq := email("eva@kanzlei.example", "client@example.com", "the last one")
+	lastReq.ConnectorId = "second"
+	last := e.submit(eva, lastReq)
 	waitOpen(watchChange{last.GetEmailId(), failed, false})
-	var failedGot []watchChange
-	poll.Eventually(t, "the last email on the watch of failed mail", func() bool {
-		for {
-			select {
-			case c, ok := <-failedOnly:
-				if !ok {
-					t.Fatal("the watch of failed mail ended")
+	// upToLast reads w until it shows the last email.
+	upToLast := func(name string, w <-chan watchChange) []watchChange {
+		t.Helper()
+		var got []watchChange
+		poll.Eventually(t, "the last email on the watch of "+name, func() bool {
+			for {
+				select {
+				case c, ok := <-w:
+					if !ok {
+						t.Fatalf("the watch of %s ended", name)
+					}
+					got = append(got, c)
+					if c.id == last.GetEmailId() {
+						return true
+					}
+				default:
+					return false
 				}
-				failedGot = append(failedGot, c)
-				if c.id == last.GetEmailId() {
-					return true
-				}
-			default:
-				return false
 			}
-		}
-	})
+		})
+		return got
+	}
 	want := []watchChange{
 		{a.GetEmailId(), failed, false},
 		{a.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_PENDING_RETRY, true}, // retried: out of the list
 		{last.GetEmailId(), failed, false},
 	}
-	if !slices.Equal(failedGot, want) {
-		t.Errorf("the watch of failed mail showed %v, want %v (nothing of mail that never failed)", failedGot, want)
+	if got := upToLast("failed mail", failedOnly); !slices.Equal(got, want) {
+		t.Errorf("the watch of failed mail showed %v, want %v (nothing of mail that never failed)", got, want)
+	}
+	want = []watchChange{
+		{d.GetEmailId(), scheduled, false}, // moved here
+		{d.GetEmailId(), scheduled, true},  // moved away
+		{last.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_QUEUED, false},
+	}
+	if got := upToLast("the second connector's mail", second); !slices.Equal(got, want) {
+		t.Errorf("the watch of the second connector showed %v, want %v (nothing of the default connector's mail)", got, want)
 	}
 	// The open watch: every open state as it is, what leaves the outbox as left.
 	for _, c := range openGot {

@@ -44,7 +44,7 @@ const maxWatchVersions = 10_000
 
 // Watch calls send with every email of the caller's view that changes and matches the filter,
 // until ctx ends or send fails, each as the caller may see it (Present), and with left set for a
-// change that may have taken an email out of the filter (see mayHaveMatched): a list of the
+// change that may have taken an email out of the filter (see prior): a list of the
 // filter drops it, so no client copies the filter's rule. A filter without statuses means the
 // open ones, as in List: SENT and CANCELLED mail leaves it. Every state is sent, SENDING
 // included; versions only increase per email (a change that arrives after a newer one is
@@ -59,10 +59,10 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	if len(statuses) == 0 {
 		statuses = redisstore.OpenStatuses
 	}
-	// mayHaveMatched: the email's state before the change may have been in the filter, as far
-	// as its status tells (before lists the statuses it may have had; nil: unknown).
-	mayHaveMatched := func(before []outbox.Status) bool {
-		return before == nil || slices.ContainsFunc(before, func(s outbox.Status) bool { return slices.Contains(statuses, s) })
+	// statusMayHaveMatched: one of the statuses the email may have had before the change is in
+	// the filter.
+	statusMayHaveMatched := func(pr prior) bool {
+		return pr.statuses == nil || slices.ContainsFunc(pr.statuses, func(s outbox.Status) bool { return slices.Contains(statuses, s) })
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -108,26 +108,40 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			}
 		}
 	}()
-	seen := make(map[string]int64)
+	// judged is, per email, the newest version this watch has judged and whether it matched the
+	// filter: a change of the version after it knows exactly whether the email was in the list.
+	type verdict struct {
+		version int64
+		matched bool
+	}
+	judged := make(map[string]verdict)
 	// emit sends e (of record rec) if it is in the caller's view and matches the filter, or, as
-	// left, if it does not and before (the statuses it may have had before the change) may have.
-	emit := func(e *outboxv1.Email, rec *redisstore.Email, before []outbox.Status) error {
+	// left, if it does not and did before the change: as judged of the version before, else as
+	// far as the change tells (pr).
+	emit := func(e *outboxv1.Email, rec *redisstore.Email, pr prior) error {
 		if !slices.ContainsFunc(rec.Buckets, func(b string) bool { return slices.Contains(q.idx.Buckets, b) }) {
 			return nil
 		}
+		id, v := e.GetEmailId(), e.GetVersion()
+		before, ok := judged[id]
+		if ok && before.version >= v {
+			return nil // a newer state was judged already (a claim read after its result)
+		}
 		w.svc.redact(p, e)
-		left := !slices.Contains(statuses, outbox.Status(e.GetStatus())) || !q.match(e)
-		if left && !mayHaveMatched(before) {
-			return nil
+		fieldsMatch := q.match(e)
+		matched := fieldsMatch && slices.Contains(statuses, outbox.Status(e.GetStatus()))
+		wasIn := before.matched
+		if !ok || before.version != v-1 {
+			wasIn = statusMayHaveMatched(pr) && (fieldsMatch || !pr.sameFields)
 		}
-		if v, ok := seen[e.GetEmailId()]; ok && v >= e.GetVersion() {
-			return nil // a newer state was sent already (a claim read after its result)
+		if len(judged) >= maxWatchVersions {
+			clear(judged)
 		}
-		if len(seen) >= maxWatchVersions {
-			clear(seen)
+		judged[id] = verdict{version: v, matched: matched}
+		if !matched && !wasIn {
+			return nil // not in the filter before the change either
 		}
-		seen[e.GetEmailId()] = e.GetVersion()
-		return send(e, left)
+		return send(e, !matched)
 	}
 	// A claim's announcement arrives at once, the events through the outbox's relay: an email
 	// read at a claim may be a version ahead of an event still on its way (a retry's
@@ -140,7 +154,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 		until time.Time
 	}
 	// A claim takes mail that was due, or SENDING under a lease that lapsed.
-	claimedFrom := []outbox.Status{outbox.StatusScheduled, outbox.StatusQueued, outbox.StatusPendingRetry, outbox.StatusSending}
+	claimedFrom := prior{statuses: []outbox.Status{outbox.StatusScheduled, outbox.StatusQueued, outbox.StatusPendingRetry, outbox.StatusSending}, sameFields: true}
 	known := make(map[string]int64) // the newest version each email's events have shown
 	held := make(map[string]heldEmail)
 	flush := time.NewTimer(claimGrace)
@@ -182,7 +196,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			if m.Headers().Get(eventbus.HeaderTenant) != p.Tenant {
 				continue
 			}
-			e, before := emailOf(m.Subject(), m.Data())
+			e, pr := emailOf(m.Subject(), m.Data())
 			if e == nil {
 				continue
 			}
@@ -204,7 +218,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 					e = full
 				}
 			}
-			if err := emit(e, rec, before); err != nil {
+			if err := emit(e, rec, pr); err != nil {
 				return err
 			}
 			if h, ok := held[id]; ok && h.e.GetVersion() <= v+1 {
@@ -215,7 +229,7 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 			}
 		case m := <-claimed:
 			tenant, ids := wire.DecodeClaimed(m.Data)
-			if tenant != p.Tenant || !mayHaveMatched(claimedFrom) {
+			if tenant != p.Tenant || !statusMayHaveMatched(claimedFrom) {
 				continue
 			}
 			recs, err := w.svc.ledger.GetMany(ctx, ids)
@@ -240,43 +254,48 @@ func (w *Watcher) Watch(ctx context.Context, p auth.Principal, view outboxv1.Vie
 	}
 }
 
-// emailOf decodes the email an outbox event carries, or nil, and the statuses the email may have
-// had before the change: none for a submission, nil where the event does not tell (an event
-// re-driven into a re-created stream).
-func emailOf(subject string, data []byte) (*outboxv1.Email, []outbox.Status) {
+// prior is what a change tells of the email's state before it, for a watch to tell whether the
+// change may have taken the email out of its filter.
+type prior struct {
+	// statuses the email may have had; nil: unknown, any.
+	statuses []outbox.Status
+	// sameFields: the change left the fields a filter names besides the status alone
+	// (connector, may_have_been_sent; the others never change). Only a person's action (a move
+	// to another connector, a retry) changes them, with an EmailStatusChanged.
+	sameFields bool
+}
+
+// emailOf decodes the email an outbox event carries, or nil, and what the event tells of the
+// email before the change.
+func emailOf(subject string, data []byte) (*outboxv1.Email, prior) {
 	var msg interface {
 		proto.Message
 		GetEmail() *outboxv1.Email
 	}
-	var before []outbox.Status
+	// Only an attempt sends or fails mail, and attempts are made of SENDING mail (dispatch).
+	afterAttempt := prior{statuses: []outbox.Status{outbox.StatusSending}, sameFields: true}
+	var pr prior
 	switch subject {
 	case wire.SubjectSubmitted:
-		msg, before = &outboxv1.EmailSubmitted{}, []outbox.Status{}
+		msg, pr = &outboxv1.EmailSubmitted{}, prior{statuses: []outbox.Status{}, sameFields: true} // new: in no list
 	case wire.SubjectStatusChanged:
 		var c outboxv1.EmailStatusChanged
 		if proto.Unmarshal(data, &c) != nil {
-			return nil, nil
+			return nil, prior{}
 		}
-		if c.GetPreviousStatus() != outboxv1.EmailStatus_EMAIL_STATUS_UNSPECIFIED {
-			before = []outbox.Status{outbox.Status(c.GetPreviousStatus())}
-		}
-		return c.GetEmail(), before
+		return c.GetEmail(), prior{statuses: known(c.GetPreviousStatus())}
 	case wire.SubjectFailed:
-		// Only an attempt fails mail, and attempts are made of SENDING mail (dispatch).
-		msg, before = &outboxv1.EmailFailed{}, sendingOnly
+		msg, pr = &outboxv1.EmailFailed{}, afterAttempt
 	case wire.SubjectCancelled:
 		var c outboxv1.EmailCancelled
 		if proto.Unmarshal(data, &c) != nil {
-			return nil, nil
+			return nil, prior{}
 		}
-		if c.GetPreviousStatus() != outboxv1.EmailStatus_EMAIL_STATUS_UNSPECIFIED {
-			before = []outbox.Status{outbox.Status(c.GetPreviousStatus())}
-		}
-		return c.GetEmail(), before
+		return c.GetEmail(), prior{statuses: known(c.GetPreviousStatus()), sameFields: true}
 	case wire.SubjectSent:
 		var s outboxv1.EmailSent
 		if proto.Unmarshal(data, &s) != nil {
-			return nil, nil
+			return nil, prior{}
 		}
 		return &outboxv1.Email{
 			EmailId: s.GetEmailId(), Status: outboxv1.EmailStatus_EMAIL_STATUS_SENT, MessageId: s.GetMessageId(),
@@ -284,15 +303,21 @@ func emailOf(subject string, data []byte) (*outboxv1.Email, []outbox.Status) {
 			SendMode: s.GetMode(), To: s.GetTo(), Cc: s.GetCc(), Bcc: s.GetBcc(), Subject: s.GetSubject(),
 			ConnectorId: s.GetConnectorId(), SystemGenerated: s.GetSystemGenerated(), AttemptCount: s.GetAttempt(),
 			SentTime: s.GetSentTime(), SizeBytes: s.GetSizeBytes(), Version: s.GetVersion(),
-		}, sendingOnly // only an attempt sends mail, as it fails it
+		}, afterAttempt
 	default:
-		return nil, nil
+		return nil, prior{}
 	}
 	if proto.Unmarshal(data, msg) != nil {
-		return nil, nil
+		return nil, prior{}
 	}
-	return msg.GetEmail(), before
+	return msg.GetEmail(), pr
 }
 
-// sendingOnly is the status mail has before an attempt sends or fails it.
-var sendingOnly = []outbox.Status{outbox.StatusSending}
+// known is the one status an event names as the one before, or nil (unknown) for
+// EMAIL_STATUS_UNSPECIFIED, which an event re-driven into a re-created stream carries.
+func known(s outboxv1.EmailStatus) []outbox.Status {
+	if s == outboxv1.EmailStatus_EMAIL_STATUS_UNSPECIFIED {
+		return nil
+	}
+	return []outbox.Status{outbox.Status(s)}
+}

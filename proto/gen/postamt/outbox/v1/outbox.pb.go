@@ -1501,10 +1501,11 @@ type WatchEmailsResponse struct {
 	// The change took the email out of the watch's filter (its status, connector or
 	// may_have_been_sent changed; a filter without statuses means the open ones, so mail that is
 	// sent or cancelled leaves it): a list showing the filter drops the email. It is still in the
-	// caller's view. Set for a change of an email of the view that does not match the filter,
-	// unless the change shows the email did not match before either (a submission; a status
-	// change from a status the filter leaves out), so a client may get it for an email it never
-	// listed (one of another connector, say) and then ignores it.
+	// caller's view. Set for a change of an email of the view that does not match the filter when
+	// the email matched before it: as the watch saw the version before, or, for an email it has
+	// not seen since it opened, as far as the change tells (the status before it; whether it can
+	// have changed the connector). A client may so get it for an email it never listed (a retry
+	// of another connector's mail the watch had not seen before) and then ignores it.
 	LeftFilter    bool `protobuf:"varint,2,opt,name=left_filter,json=leftFilter,proto3" json:"left_filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -95,7 +95,7 @@ type OutboxServiceClient interface {
 	// Moves the send time of SCHEDULED or QUEUED emails.
 	Reschedule(ctx context.Context, in *RescheduleRequest, opts ...grpc.CallOption) (*RescheduleResponse, error)
 	// Streams changes of the emails of a view, for live user interfaces: every state, SENDING
-	// included, each email's versions in increasing order (a change older than one already sent is
+	// included, each email's versions in increasing order (a change older than one already seen is
 	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
 	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
 	// and attempts). Changes that match the filter come as they are, and a change that takes an
@@ -427,7 +427,7 @@ type OutboxServiceServer interface {
 	// Moves the send time of SCHEDULED or QUEUED emails.
 	Reschedule(context.Context, *RescheduleRequest) (*RescheduleResponse, error)
 	// Streams changes of the emails of a view, for live user interfaces: every state, SENDING
-	// included, each email's versions in increasing order (a change older than one already sent is
+	// included, each email's versions in increasing order (a change older than one already seen is
 	// dropped; SENDING, read when a dispatcher claims the email, waits up to half a second for the
 	// event of the state before it), each email as GetEmail shows it to the caller (without bodies
 	// and attempts). Changes that match the filter come as they are, and a change that takes an
