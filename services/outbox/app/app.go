@@ -62,7 +62,7 @@ type Config struct {
 	ClaimBatch         int           `env:"OUTBOX_CLAIM_BATCH, default=64" desc:"most emails one connector's lane claims in one round trip"`
 	Lease              time.Duration `env:"OUTBOX_LEASE, default=8s" desc:"how long a claim holds without renewal; held mail is renewed every quarter of it, so a crashed replica's mail is due again at most this long after the crash"`
 	ClaimAhead         float64       `env:"OUTBOX_CLAIM_AHEAD, default=1" desc:"emails a connector's lane claims beyond its free connections, as a multiple of its pool size (0-4), so a connection that frees up finds its next email waiting"`
-	StopTimeout        time.Duration `env:"OUTBOX_STOP_TIMEOUT, default=60s" desc:"on SIGTERM, how long SMTP conversations in progress get to finish; claims not started are handed back at once"`
+	StopTimeout        time.Duration `env:"OUTBOX_STOP_TIMEOUT, default=60s" desc:"on SIGTERM, how long SMTP conversations that are writing their message or awaiting the relay's answer get to finish; claims not started and conversations that have not begun their message are handed back at once"`
 	SMTPCommandTimeout time.Duration `env:"OUTBOX_SMTP_COMMAND_TIMEOUT, default=30s" desc:"deadline of each SMTP command's reply, and of each 64 KiB of a message while it is written"`
 	SMTPSubmitTimeout  time.Duration `env:"OUTBOX_SMTP_SUBMIT_TIMEOUT, default=100s" desc:"deadline of the reply to the final dot of DATA"`
 	SecretEnvPrefix    string        `env:"OUTBOX_SECRET_ENV_PREFIX, default=POSTAMT_SMTP_" desc:"prefix of the environment variables a connector's secret_ref may name, followed by the tenant and __ (env:POSTAMT_SMTP_KANZLEI__RELAY)"`
@@ -249,7 +249,7 @@ func New(cfg Config, deps Deps) (*App, error) {
 	attempts := dispatch.NewMetrics(cfg.MetricsConnectors)
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postamt_outbox_dispatch_events_total",
-		Help: "Dispatcher events besides attempts: reclaimed (mail taken over after a lease ran out), lease_lost, handed_back (claims given back unstarted), limited (of those, handed back to wait for the relay's limits), record_retried (results kept while Redis was away), unrecorded (results dropped because their claim was lost).",
+		Help: "Dispatcher events besides attempts: reclaimed (mail taken over after a lease ran out), lease_lost, handed_back (claims given back without an attempt: not started, or stopped before their message), limited (of those, handed back to wait for the relay's limits), record_retried (results kept while Redis was away), unrecorded (results dropped because their claim was lost).",
 	}, []string{"event"})
 	a.dispatcher = &dispatch.Dispatcher{
 		Ledger: ledger, Connector: a.registry.Lookup, Reload: a.registry.Load, Clock: realClock{}, Logger: deps.Logger,

@@ -158,9 +158,10 @@ type Dispatcher struct {
 	// MaxIdle bounds a sleep even when nothing is due, as a safety net for a lost wake-up; 0 means
 	// 5 seconds.
 	MaxIdle time.Duration
-	// StopTimeout bounds how long Run waits, once ctx ends, for conversations in progress; then
-	// they are stopped (before their final "." they are handed back, after it they end as the
-	// relay's answer or unknown). Their results then get 10 seconds more to be recorded. 0 means
+	// StopTimeout bounds how long Run waits, once ctx ends, for conversations writing their
+	// message or awaiting the relay's answer (the others are stopped at once); then they are
+	// stopped (before their final "." they are handed back, after it they end as the relay's
+	// answer or unknown). Their results then get 10 seconds more to be recorded. 0 means
 	// 60 seconds.
 	StopTimeout time.Duration
 	// Claimed, when set, is told the ids of every batch a lane claims (now SENDING), for live
@@ -242,8 +243,10 @@ func (d *Dispatcher) count(event string, n int) {
 }
 
 // Run dispatches every partition until ctx ends, then stops in order: no new claims; claims not
-// started are handed back at once; conversations in progress get StopTimeout to end; their
-// results are recorded; leases are renewed until then.
+// started are handed back at once, and so are conversations that have not begun to write their
+// message (they are stopped: the relay has nothing to deliver); conversations writing their
+// message or awaiting the relay's answer get StopTimeout to end; their results are recorded;
+// leases are renewed until then.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	d.init()
 	base := context.WithoutCancel(ctx)
@@ -309,14 +312,18 @@ func (d *Dispatcher) stop(ctx context.Context) {
 		handed += h
 		inProgress += n
 	}
-	d.Logger.Info("dispatcher stopping", "in_progress", inProgress, "handed_back", handed)
+	// A conversation that has not begun its message is stopped rather than awaited: a relay that
+	// hangs in the handshake would hold the stop for its command timeout, and the mail goes from
+	// another replica at once (no attempt counted; the relay discards what it has).
+	early := d.cancelSends(func(c *claim) bool { return !c.writing.Load() })
+	d.Logger.Info("dispatcher stopping", "in_progress", inProgress, "stopped_before_message", early, "handed_back", handed)
 	ended := make(chan struct{})
 	go func() { d.sends.Wait(); close(ended) }()
 	select {
 	case <-ended:
 	case <-d.Clock.After(d.StopTimeout):
 		d.Logger.Warn("stopping conversations still in progress", "after", d.StopTimeout)
-		d.cancelSends()
+		d.cancelSends(func(*claim) bool { return true })
 		<-ended
 	}
 	// Whatever the conversations produced is recorded before the process goes; a record Redis
@@ -328,14 +335,18 @@ func (d *Dispatcher) stop(ctx context.Context) {
 	}
 }
 
-func (d *Dispatcher) cancelSends() {
+// cancelSends stops the conversations in progress that which selects, and says how many.
+func (d *Dispatcher) cancelSends(which func(*claim) bool) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	n := 0
 	for c := range d.held {
-		if c.cancel != nil {
+		if c.cancel != nil && which(c) {
 			c.cancel()
+			n++
 		}
 	}
+	return n
 }
 
 func (d *Dispatcher) runPartition(ctx context.Context, p int) {

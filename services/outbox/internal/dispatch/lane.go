@@ -73,6 +73,9 @@ type claim struct {
 	unconfirmed atomic.Bool
 	// cancel stops the conversation in progress (nil before it starts); under Dispatcher.mu.
 	cancel context.CancelFunc
+	// writing is set once the conversation begins to write the message (smtp.Guard): a stopping
+	// dispatcher lets it finish, and stops the others at once.
+	writing atomic.Bool
 	queued bool // in the lane's queue; under lane.mu
 }
 
@@ -613,7 +616,15 @@ func (l *lane) deliver(ctx context.Context, c *claim) {
 			res = *limited
 			break
 		}
-		res = conn.Sender.SendGuarded(sendCtx, e.From, e.Rcpts, body, func() error { return d.vouch(c) })
+		res = conn.Sender.SendGuarded(sendCtx, e.From, e.Rcpts, body, func(message bool) error {
+			if err := d.vouch(c); err != nil {
+				return err
+			}
+			if message {
+				c.writing.Store(true)
+			}
+			return nil
+		})
 		if res.Outcome != outbox.OutcomeNotSent {
 			began := start
 			if !res.Started.IsZero() {

@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,6 +42,8 @@ type rig struct {
 	ledger *redisstore.Ledger
 	sinks  map[string]*smtptest.Sink // by connector id
 	pool   map[string]int
+	// stopTimeout is the replicas' StopTimeout; 0 means 3 s.
+	stopTimeout time.Duration
 }
 
 func newRig(t *testing.T, opts ...redistest.Option) *rig {
@@ -95,7 +99,7 @@ func (r *rig) replica(lease time.Duration, ahead float64) *replica {
 			return dispatch.Connector{Sender: s, Policy: policy, Enabled: true}, ok && tenant == "kanzlei"
 		},
 		Clock: realClock{}, Logger: slog.New(slog.NewJSONHandler(p.log, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: p.outcomes, Events: p.events,
-		Lease: lease, ClaimAhead: ahead, MaxIdle: time.Second, StopTimeout: 3 * time.Second,
+		Lease: lease, ClaimAhead: ahead, MaxIdle: time.Second, StopTimeout: cmp.Or(r.stopTimeout, 3*time.Second),
 		Redis: r.redis.Client(r.t),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -442,8 +446,8 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 	gate := make(chan struct{})
 	var once sync.Once
 	sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
-		if len(env.To) > 0 && env.From != "" {
-			<-gate // the first conversation waits until the replica is told to stop
+		if env.Stage == smtptest.StageData {
+			<-gate // the first message is in; its answer waits until the replica is told to stop
 		}
 		return smtptest.Accept
 	})
@@ -469,17 +473,20 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 	once.Do(func() { close(gate) })
 	<-first.done
 	log := first.log.String()
-	if !strings.Contains(log, `"in_progress":1`) || !strings.Contains(log, `"handed_back":4`) {
-		t.Errorf("stop log does not say 1 in progress and 4 handed back:\n%s", log)
+	if !strings.Contains(log, `"in_progress":1`) || !strings.Contains(log, `"stopped_before_message":0`) || !strings.Contains(log, `"handed_back":4`) {
+		t.Errorf("stop log does not say 1 in progress (past its message, so awaited) and 4 handed back:\n%s", log)
 	}
-	queued := 0
+	queued, sent := 0, 0
 	for _, id := range ids {
-		if e := r.email(id); e.Status == outbox.StatusQueued && e.Attempts == 0 {
+		switch e := r.email(id); {
+		case e.Status == outbox.StatusQueued && e.Attempts == 0:
 			queued++
+		case e.Status == outbox.StatusSent && e.Attempts == 1:
+			sent++
 		}
 	}
-	if queued != n-1 {
-		t.Errorf("%d emails QUEUED without an attempt after the stop, want %d", queued, n-1)
+	if queued != n-1 || sent != 1 {
+		t.Errorf("after the stop %d emails QUEUED without an attempt and %d SENT, want %d and 1 (the awaited one)", queued, sent, n-1)
 	}
 	r.replica(5*time.Second, 1)
 	msgs := sink.WaitForMessages(t, n, 30*time.Second)
@@ -488,6 +495,52 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 			t.Errorf("%s reached the relay %d times", id, c)
 		}
 	}
+}
+
+// TestStopCutsConversationsBeforeTheMessage: a stopping replica does not wait for a conversation
+// that has not begun to write its message (here a relay that hangs after RCPT, and a stop
+// timeout of ten minutes): it stops it at once and hands its email back without an attempt, and
+// another replica sends it once.
+func TestStopCutsConversationsBeforeTheMessage(t *testing.T) {
+	r := newRig(t)
+	r.stopTimeout = 10 * time.Minute
+	sink := r.connector("relay", 1)
+	gate := make(chan struct{})
+	var hung atomic.Bool
+	sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
+		if env.Stage == smtptest.StageRcpt && hung.CompareAndSwap(false, true) {
+			<-gate // the first conversation hangs in its RCPT until the test ends
+		}
+		return smtptest.Accept
+	})
+	t.Cleanup(func() { close(gate) })
+	r.submit("cut", "relay", 2, time.Now())
+	first := r.replica(5*time.Second, 0)
+	poll.Eventually(t, "the conversation to hang", func() bool { return hung.Load() })
+	first.cancel()
+	poll.Eventually(t, "the replica to stop while the relay still hangs", func() bool {
+		select {
+		case <-first.done:
+			return true
+		default:
+			return false
+		}
+	})
+	if log := first.log.String(); !strings.Contains(log, `"in_progress":1`) || !strings.Contains(log, `"stopped_before_message":1`) {
+		t.Errorf("stop log does not say 1 in progress, stopped before its message:\n%s", log)
+	}
+	if e := r.email("cut"); e.Status != outbox.StatusQueued || e.Attempts != 0 {
+		t.Fatalf("after the stop: %s with %d attempts, want QUEUED without an attempt", e.Status, e.Attempts)
+	}
+	r.replica(5*time.Second, 0)
+	msgs := sink.WaitForMessages(t, 1, 30*time.Second)
+	if c := copies(t, msgs)["cut"]; c != 1 {
+		t.Errorf("the email reached the relay %d times", c)
+	}
+	poll.Eventually(t, "SENT after one attempt", func() bool {
+		e := r.email("cut")
+		return e.Status == outbox.StatusSent && e.Attempts == 1
+	})
 }
 
 // TestDispatchOnRedisCluster: every script of the dispatch path (submit, claim, renew, record)

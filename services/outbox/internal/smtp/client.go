@@ -271,7 +271,7 @@ func (c *conn) auth(m sasl.Client) error {
 // After any error the connection is in an unknown state and must be closed.
 // guard, when set, is asked before MAIL and before the message is written; its error, or ctx
 // ending before the final ".", stops the transaction with errNotSent.
-func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte, guard func() error) (code int, text string, dataSent bool, err error) {
+func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte, guard Guard) (code int, text string, dataSent bool, err error) {
 	if err := checkLine(from); err != nil {
 		return 0, "", false, err
 	}
@@ -282,18 +282,18 @@ func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte
 	}
 	c.ctx = ctx
 	defer func() { c.ctx = nil }()
-	vouch := func() error {
+	vouch := func(message bool) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%w: %w", errNotSent, err)
 		}
 		if guard != nil {
-			if err := guard(); err != nil {
+			if err := guard(message); err != nil {
 				return fmt.Errorf("%w: %w", errNotSent, err)
 			}
 		}
 		return nil
 	}
-	if err := vouch(); err != nil {
+	if err := vouch(false); err != nil {
 		return 0, "", false, err
 	}
 	c.deadline(c.cmdTO)
@@ -323,8 +323,9 @@ func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte
 	if err != nil {
 		return 0, "", false, err
 	}
-	// The relay accepted DATA and waits for the message: the last moment to stop without sending.
-	if err := vouch(); err != nil {
+	// The relay accepted DATA and waits for the message: the last moment to stop without sending
+	// that does not cut a message short.
+	if err := vouch(true); err != nil {
 		return 0, "", false, err
 	}
 
@@ -335,7 +336,9 @@ func (c *conn) send(ctx context.Context, from string, rcpts []string, msg []byte
 		n := min(len(rest), dataChunk)
 		c.deadline(c.cmdTO)
 		if _, err := dw.Write(rest[:n]); err != nil {
-			return 0, "", true, err
+			// The final "." has not left (Close writes it, and dot-stuffing keeps it out of the
+			// message): the relay discards the transaction, so nothing was sent.
+			return 0, "", false, err
 		}
 		rest = rest[n:]
 	}

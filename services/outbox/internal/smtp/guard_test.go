@@ -17,25 +17,26 @@ import (
 )
 
 // TestGuardStopsBeforeTheMessage: the worker's guard is asked before MAIL and again after the
-// relay accepted DATA; a refusal at either point ends the conversation without the message, so
-// the relay delivers nothing, and the outcome says nothing was sent (no attempt). The next send
-// on the same sender works.
+// relay accepted DATA (message true); a refusal at either point ends the conversation without
+// the message, so the relay delivers nothing, and the outcome says nothing was sent (no
+// attempt). The next send on the same sender works.
 func TestGuardStopsBeforeTheMessage(t *testing.T) {
 	refuse := errors.New("lease about to run out")
 	for _, tc := range []struct {
-		name     string
-		refuseAt int // the guard call (1: before MAIL, 2: before the message) that refuses
+		name      string
+		atMessage bool // the guard refuses when asked before the message, else at its first call
+		asked     []bool
 	}{
-		{"before MAIL", 1},
-		{"after DATA was accepted", 2},
+		{"before MAIL", false, []bool{false}},
+		{"after DATA was accepted", true, []bool{false, false, true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sink := smtptest.Start(t)
 			s := sender(t, sink)
-			calls := 0
-			got := s.SendGuarded(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg), func() error {
-				calls++
-				if calls == tc.refuseAt {
+			var asked []bool
+			got := s.SendGuarded(context.Background(), "info@kanzlei.example", []string{"client@example.com"}, []byte(msg), func(message bool) error {
+				asked = append(asked, message)
+				if message == tc.atMessage {
 					return refuse
 				}
 				return nil
@@ -43,8 +44,8 @@ func TestGuardStopsBeforeTheMessage(t *testing.T) {
 			if got.Outcome != outbox.OutcomeNotSent || got.Started.IsZero() {
 				t.Fatalf("outcome %+v, want NotSent with a start time", got)
 			}
-			if calls != tc.refuseAt {
-				t.Errorf("guard asked %d times, want %d", calls, tc.refuseAt)
+			if !slices.Equal(asked, tc.asked) {
+				t.Errorf("guard asked with message %v, want %v (before the connection, before MAIL, before the message)", asked, tc.asked)
 			}
 			if n := len(sink.Messages()); n != 0 {
 				t.Fatalf("the relay delivered %d messages", n)

@@ -380,12 +380,18 @@ func (s *Sender) Send(ctx context.Context, from string, rcpts []string, msg []by
 // errNotSent is a guard's refusal or a cancellation before the message could have left.
 var errNotSent = errors.New("the conversation was stopped before the message was sent")
 
-// SendGuarded is Send with a guard the worker uses to vouch for its claim: it is asked right
-// before MAIL and again right before the message is written (after the relay accepted DATA), and
-// an error from it ends the conversation with OutcomeNotSent; the relay discards a transaction
-// whose message never ended with ".". Cancelling ctx does the same until the final "." has left;
-// after it, the outcome is what the relay answers, or unknown when the answer cannot be read.
-func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, msg []byte, guard func() error) Result {
+// A Guard vouches for the worker's claim where a transaction can stop without a trace: before
+// the connection and again before MAIL (message false), and once the relay has accepted DATA,
+// right before the message is written (message true). Its error ends the conversation with
+// OutcomeNotSent. A guard that returns nil with message true marks the conversation as one that
+// is writing its message: a stopping worker lets such conversations finish.
+type Guard func(message bool) error
+
+// SendGuarded is Send with a guard (see Guard); the relay discards a transaction whose message
+// never ended with ".". Cancelling ctx also ends the conversation with OutcomeNotSent until the
+// final "." has left (a message cut short is discarded); after it, the outcome is what the relay
+// answers, or unknown when the answer cannot be read.
+func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, msg []byte, guard Guard) Result {
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -394,7 +400,7 @@ func (s *Sender) SendGuarded(ctx context.Context, from string, rcpts []string, m
 	defer func() { <-s.slots }()
 	started := time.Now()
 	if guard != nil {
-		if err := guard(); err != nil {
+		if err := guard(false); err != nil {
 			return Result{Outcome: outbox.OutcomeNotSent, Message: err.Error(), Started: started}
 		}
 	}
