@@ -143,7 +143,7 @@ type Dispatcher struct {
 	LogRecipients bool
 	// Events counts what the dispatcher did besides attempts, by event: "reclaimed" (mail taken
 	// over after a lease ran out), "lease_lost" (a held claim found claimed again),
-	// "handed_back" (claims given back unstarted), "record_retried" (results kept while Redis
+	// "handed_back" (claims given back without an attempt), "record_retried" (results kept while Redis
 	// was away), "unrecorded" (results dropped because the claim was lost); nil counts nothing.
 	Events *prometheus.CounterVec
 	// Batch bounds the emails one lane claims in one round; 0 means 64.
