@@ -12,24 +12,27 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/postamt/postamt/internal/testkit/poll"
 	"github.com/postamt/postamt/internal/testkit/smtptest"
 	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 )
 
-// watch starts a WatchEmails stream as ctx and returns its emails; it waits until the watch's
-// consumer exists, so changes made after it returns are seen.
+// watch starts a WatchEmails stream as ctx and returns its emails; the watch is in place when it
+// returns (its header came), so changes made after it are seen.
 func (e *env) watch(ctx context.Context, req *outboxv1.WatchEmailsRequest) <-chan *outboxv1.Email {
+	return watchAs(e, ctx, req, (*outboxv1.WatchEmailsResponse).GetEmail)
+}
+
+// watchAs is watch with each response turned into a T.
+func watchAs[T any](e *env, ctx context.Context, req *outboxv1.WatchEmailsRequest, as func(*outboxv1.WatchEmailsResponse) T) <-chan T {
 	e.t.Helper()
-	before := 0
-	if info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX"); err == nil {
-		before = info.CachedInfo().State.Consumers
-	}
 	stream, err := e.outbox.WatchEmails(ctx, req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	got := make(chan *outboxv1.Email, 64)
+	if _, err := stream.Header(); err != nil {
+		e.t.Fatal(err)
+	}
+	got := make(chan T, 64)
 	go func() {
 		defer close(got)
 		for {
@@ -37,13 +40,9 @@ func (e *env) watch(ctx context.Context, req *outboxv1.WatchEmailsRequest) <-cha
 			if err != nil {
 				return
 			}
-			got <- r.GetEmail()
+			got <- as(r)
 		}
 	}()
-	poll.Eventually(e.t, "the watch's consumer", func() bool {
-		info, err := e.js.Stream(context.Background(), "POSTAMT_OUTBOX")
-		return err == nil && info.CachedInfo().State.Consumers > before
-	})
 	return got
 }
 

@@ -381,31 +381,13 @@ type watchChange struct {
 	left   bool
 }
 
-// watchEmails starts a watch as ctx's caller and returns its changes; the watch is in place
-// when it returns.
-func (e *env) watchEmails(ctx context.Context, req *outboxv1.WatchEmailsRequest) <-chan watchChange {
-	e.t.Helper()
+// watchChanges starts a watch as ctx's caller (see watch) and returns its changes.
+func (e *env) watchChanges(ctx context.Context, req *outboxv1.WatchEmailsRequest) <-chan watchChange {
 	ctx, cancel := context.WithCancel(ctx)
 	e.t.Cleanup(cancel)
-	stream, err := e.outbox.WatchEmails(ctx, req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := stream.Header(); err != nil {
-		e.t.Fatal(err)
-	}
-	out := make(chan watchChange, 64)
-	go func() {
-		defer close(out)
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			out <- watchChange{r.GetEmail().GetEmailId(), r.GetEmail().GetStatus(), r.GetLeftFilter()}
-		}
-	}()
-	return out
+	return watchAs(e, ctx, req, func(r *outboxv1.WatchEmailsResponse) watchChange {
+		return watchChange{r.GetEmail().GetEmailId(), r.GetEmail().GetStatus(), r.GetLeftFilter()}
+	})
 }
 
 // TestWatchEmailsLeftFilter: a filtered watch says when mail leaves its filter (left_filter),
@@ -424,11 +406,11 @@ func TestWatchEmailsLeftFilter(t *testing.T) {
 		return smtptest.Accept
 	})
 	t.Cleanup(func() { e.sink.SetHook(nil) })
-	failedOnly := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: &outboxv1.EmailFilter{
+	failedOnly := e.watchChanges(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: &outboxv1.EmailFilter{
 		Statuses: []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_FAILED},
 	}})
-	open := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
-	second := e.watchEmails(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: &outboxv1.EmailFilter{ConnectorId: "second"}})
+	open := e.watchChanges(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE})
+	second := e.watchChanges(eva, &outboxv1.WatchEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: &outboxv1.EmailFilter{ConnectorId: "second"}})
 	var openGot []watchChange
 	// waitOpen reads the open watch until it has shown want.
 	waitOpen := func(want watchChange) {
