@@ -76,7 +76,7 @@ type claim struct {
 	// writing is set once the conversation begins to write the message (smtp.Guard): a stopping
 	// dispatcher lets it finish, and stops the others at once.
 	writing atomic.Bool
-	queued bool // in the lane's queue; under lane.mu
+	queued  bool // in the lane's queue; under lane.mu
 }
 
 // lane is one connector of one tenant in this replica: its due mail across all partitions, its
