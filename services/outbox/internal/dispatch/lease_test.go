@@ -516,7 +516,7 @@ func TestStopCutsConversationsBeforeTheMessage(t *testing.T) {
 	t.Cleanup(func() { close(gate) })
 	r.submit("cut", "relay", 2, time.Now())
 	first := r.replica(5*time.Second, 0)
-	poll.Eventually(t, "the conversation to hang", func() bool { return hung.Load() })
+	poll.Eventually(t, "the conversation to hang", hung.Load)
 	first.cancel()
 	poll.Eventually(t, "the replica to stop while the relay still hangs", func() bool {
 		select {
