@@ -5,7 +5,11 @@
 //     page_size; a page_size above MaxSize is clamped to MaxSize (AIP-158: "clamp", not refuse);
 //   - page_token is opaque: the service issues it (Token) and reads it back (Cursor); a token it
 //     did not issue — garbage, a hand-edited token, a token of another list — is InvalidArgument
-//     naming page_token.
+//     naming page_token;
+//   - a token continues the query that issued it: a list whose request has filters, a range, an
+//     owner or an order names its list with Scope, so a token used with other values of those
+//     fields is InvalidArgument too (AIP-158: the other fields must match), instead of a page
+//     of one query continued at a cursor of another, which skips or repeats items silently.
 //
 // A token carries the cursor (whatever the list keys on: an id, a score and an id), the name of
 // the list that issued it and a checksum. The checksum is not a signature: a token gives access to
@@ -18,6 +22,8 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"hash/crc32"
+	"hash/fnv"
+	"strconv"
 	"strings"
 
 	"github.com/postamt/postamt/internal/errs"
@@ -66,6 +72,20 @@ func Size(v *errs.Violations, requested int, def int) int {
 		return MaxSize
 	}
 	return requested
+}
+
+// Scope names list for one query: the list and the values of the request fields (other than
+// page_size and page_token) that select and order its items, in a fixed order. The name is short
+// (a hash of the values), so a token stays within MaxTokenBytes whatever the fields hold.
+func Scope(list string, fields ...string) string {
+	h := fnv.New64a()
+	for _, f := range fields {
+		// Each value with its length, so that ("ab", "c") and ("a", "bc") differ.
+		var n [binary.MaxVarintLen64]byte
+		_, _ = h.Write(n[:binary.PutUvarint(n[:], uint64(len(f)))])
+		_, _ = h.Write([]byte(f))
+	}
+	return list + "." + strconv.FormatUint(h.Sum64(), 36)
 }
 
 // Token encodes cursor as the page token of list; an empty cursor is the empty token (no next

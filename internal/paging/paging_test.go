@@ -87,3 +87,33 @@ func nonCanonical(tok string) string {
 	last := strings.IndexByte(alphabet, tok[len(tok)-1])
 	return tok[:len(tok)-1] + string(alphabet[last|unused])
 }
+
+// TestScope: a token issued for one query of a list is refused for another query of it, and
+// read back for the same one.
+func TestScope(t *testing.T) {
+	anna := paging.Scope("entries", "anna", "2026-12-16", "")
+	tok := paging.Token(anna, "1798934400000|p03")
+	for _, tc := range []struct {
+		name  string
+		list  string
+		valid bool
+	}{
+		{"the same query", paging.Scope("entries", "anna", "2026-12-16", ""), true},
+		{"another owner", paging.Scope("entries", "huber", "2026-12-16", ""), false},
+		{"another range", paging.Scope("entries", "anna", "2026-12-17", ""), false},
+		{"values moved between fields", paging.Scope("entries", "ann", "a2026-12-16", ""), false},
+		{"another list", paging.Scope("sync-log", "anna", "2026-12-16", ""), false},
+		{"the list unscoped", "entries", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var v errs.Violations
+			got := paging.Cursor(&v, tc.list, tok)
+			if tc.valid != (len(v) == 0) || tc.valid && got != "1798934400000|p03" {
+				t.Errorf("Cursor = %q, violations %v; want valid %v", got, v, tc.valid)
+			}
+		})
+	}
+	if long := paging.Scope("entries", strings.Repeat("x", 10_000)); len(long) > 64 {
+		t.Errorf("a scope of long values is %d bytes, want at most the 64 a list name may have", len(long))
+	}
+}
