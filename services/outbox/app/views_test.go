@@ -664,6 +664,33 @@ func TestListOrders(t *testing.T) {
 		_, err = e.outbox.ListEmails(eva, &outboxv1.ListEmailsRequest{Order: outboxv1.EmailOrder(99)})
 		code(t, err, codes.InvalidArgument)
 	})
+	t.Run("a token is bound to its view and filter", func(t *testing.T) {
+		first := &outboxv1.ListEmailsRequest{View: outboxv1.View_VIEW_MINE, Filter: heldOnly, PageSize: 1}
+		r, err := e.outbox.ListEmails(eva, first)
+		if err != nil || r.GetNextPageToken() == "" {
+			t.Fatalf("first page: %v (%v)", r, err)
+		}
+		next := proto.CloneOf(first)
+		next.PageToken = r.GetNextPageToken()
+		if _, err := e.outbox.ListEmails(eva, next); err != nil {
+			t.Fatalf("the same query's next page: %v", err)
+		}
+		for name, change := range map[string]func(*outboxv1.ListEmailsRequest){
+			"another view": func(r *outboxv1.ListEmailsRequest) { r.View = outboxv1.View_VIEW_ALL },
+			"no filter":    func(r *outboxv1.ListEmailsRequest) { r.Filter = nil },
+			"another status": func(r *outboxv1.ListEmailsRequest) {
+				r.Filter.Statuses = []outboxv1.EmailStatus{outboxv1.EmailStatus_EMAIL_STATUS_FAILED}
+			},
+			"a text filter besides": func(r *outboxv1.ListEmailsRequest) { r.Filter.Text = "held" },
+		} {
+			req := proto.CloneOf(next)
+			change(req)
+			_, err := e.outbox.ListEmails(eva, req)
+			if got := fields(code(t, err, codes.InvalidArgument)); !slices.Equal(got, []string{"page_token"}) {
+				t.Errorf("%s: violations %v, want page_token", name, got)
+			}
+		}
+	})
 	t.Run("more than the scan bound", func(t *testing.T) {
 		for i := range 100 {
 			req := email("eva@kanzlei.example", "client@example.com", "many "+strconv.Itoa(i))

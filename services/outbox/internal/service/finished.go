@@ -2,11 +2,14 @@ package service
 
 import (
 	"context"
-	"encoding/base64"
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/postamt/postamt/internal/errs"
+	"github.com/postamt/postamt/internal/paging"
+	outboxv1 "github.com/postamt/postamt/proto/gen/postamt/outbox/v1"
 	"github.com/postamt/postamt/services/outbox/internal/outbox"
 	"github.com/postamt/postamt/services/outbox/internal/redisstore"
 )
@@ -60,33 +63,39 @@ func (s *Service) countIndexes(ctx context.Context, q *query) (map[outbox.Status
 	return s.ledger.Count(ctx, q.idx)
 }
 
-// pageToken encodes a position in q's list. Finished mail's tokens are a kind of their own
-// ("3"): a cursor in its descending order means nothing in the open mail's ascending one, so
-// each kind refuses the other's tokens.
-func (q *query) pageToken(c redisstore.Cursor) string {
-	if !q.finished {
-		return pageToken(c)
+// list names q's list for its page tokens (paging.Scope): the kind of list — open mail in due
+// order ("emails"), finished mail newest first ("emails-finished", whose cursor means nothing in
+// the open mail's ascending order), an unindexed order ("emails-by-<order>") — with the view and
+// the filter, so a token continues only the query that issued it.
+func (q *query) list(order outboxv1.EmailOrder) string {
+	kind := "emails"
+	switch {
+	case order == outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC || order == outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC:
+		kind = "emails-by-" + strconv.Itoa(int(order))
+	case q.finished:
+		kind = "emails-finished"
 	}
-	return base64.RawURLEncoding.EncodeToString([]byte("3|" + strconv.FormatInt(c.Score, 10) + "|" + c.ID))
+	// Deterministic: one filter, one encoding.
+	f, _ := proto.MarshalOptions{Deterministic: true}.Marshal(q.filter)
+	return paging.Scope(kind, q.view.String(), string(f))
 }
 
-// parseToken reads a token pageToken issued for a query of q's kind.
-func (q *query) parseToken(tok string) (redisstore.Cursor, error) {
-	if !q.finished {
-		return parseToken(tok)
+// pageToken encodes a position in q's list in order.
+func (q *query) pageToken(order outboxv1.EmailOrder, c redisstore.Cursor) string {
+	return paging.Token(q.list(order), strconv.FormatInt(c.Score, 10)+"|"+c.ID)
+}
+
+// parseToken reads a token pageToken issued for q's list in order; the empty token is the start.
+func (q *query) parseToken(order outboxv1.EmailOrder, tok string) (redisstore.Cursor, error) {
+	var v errs.Violations
+	raw := paging.Cursor(&v, q.list(order), tok)
+	if err := v.Err(); err != nil || raw == "" {
+		return redisstore.Cursor{}, err
 	}
-	if tok == "" {
-		return redisstore.Cursor{}, nil
+	score, id, ok := strings.Cut(raw, "|")
+	n, err := strconv.ParseInt(score, 10, 64)
+	if !ok || err != nil || id == "" {
+		return redisstore.Cursor{}, errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
 	}
-	bad := errs.Invalid("page_token", "not a token this service issued for SENT or CANCELLED mail")
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	parts := strings.SplitN(string(b), "|", 3)
-	if err != nil || len(parts) != 3 || parts[0] != "3" || parts[2] == "" {
-		return redisstore.Cursor{}, bad
-	}
-	n, err := strconv.ParseInt(parts[1], 10, 64)
-	if err != nil {
-		return redisstore.Cursor{}, bad
-	}
-	return redisstore.Cursor{Score: n, ID: parts[2]}, nil
+	return redisstore.Cursor{Score: n, ID: id}, nil
 }

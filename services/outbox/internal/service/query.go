@@ -214,29 +214,6 @@ func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(
 	}
 }
 
-// pageToken encodes a cursor of the due-time order as a page token (internal/paging).
-func pageToken(c redisstore.Cursor) string { return paging.Token("emails", cursorString(c)) }
-
-func parseToken(tok string) (redisstore.Cursor, error) { return parseCursor("emails", tok) }
-
-// cursorString and parseCursor are the cursor inside a page token: score and id.
-func cursorString(c redisstore.Cursor) string {
-	return strconv.FormatInt(c.Score, 10) + "|" + c.ID
-}
-
-func parseCursor(list, tok string) (redisstore.Cursor, error) {
-	var v errs.Violations
-	raw := paging.Cursor(&v, list, tok)
-	if err := v.Err(); err != nil || raw == "" {
-		return redisstore.Cursor{}, err
-	}
-	score, id, ok := strings.Cut(raw, "|")
-	n, err := strconv.ParseInt(score, 10, 64)
-	if !ok || err != nil || id == "" {
-		return redisstore.Cursor{}, errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
-	}
-	return redisstore.Cursor{Score: n, ID: id}, nil
-}
 
 // List returns one page of a view, soonest due first (mail without a due time by its last
 // change) unless another order is asked for. Filters the indexes answer (view, status) cost
@@ -277,7 +254,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 	if order == outboxv1.EmailOrder_EMAIL_ORDER_SUBMIT_TIME_DESC || order == outboxv1.EmailOrder_EMAIL_ORDER_LAST_ATTEMPT_TIME_DESC {
 		return s.listSorted(ctx, q, order, size, req.GetPageToken())
 	}
-	cur, err := q.parseToken(req.GetPageToken())
+	cur, err := q.parseToken(order, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -316,7 +293,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 				continue
 			}
 			if len(out.Emails) == size {
-				out.NextPageToken = q.pageToken(cur)
+				out.NextPageToken = q.pageToken(order, cur)
 				return out, nil
 			}
 			out.Emails = append(out.Emails, e)
@@ -326,7 +303,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, req *outboxv1.List
 			return out, nil
 		}
 		if scanned >= s.opts.MaxFilterScan {
-			out.NextPageToken = q.pageToken(cur)
+			out.NextPageToken = q.pageToken(order, cur)
 			return out, nil
 		}
 	}
@@ -380,7 +357,7 @@ type sortedEntry struct {
 // FILTER_TOO_BROAD rather than sorting a sample. The outbox lists open mail only, which in a
 // practice is hundreds of emails, not millions; the due-time order serves any size.
 func (s *Service) listSorted(ctx context.Context, q *query, order outboxv1.EmailOrder, size int, token string) (*outboxv1.ListEmailsResponse, error) {
-	after, err := parseSortedToken(token, order)
+	after, err := q.parseToken(order, token)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +394,7 @@ func (s *Service) listSorted(ctx context.Context, q *query, order outboxv1.Email
 	for i, se := range all {
 		if i == size {
 			last := all[i-1]
-			out.NextPageToken = sortedToken(order, redisstore.Cursor{Score: last.key, ID: last.e.GetEmailId()})
+			out.NextPageToken = q.pageToken(order, redisstore.Cursor{Score: last.key, ID: last.e.GetEmailId()})
 			break
 		}
 		out.Emails = append(out.Emails, se.e)
@@ -425,15 +402,3 @@ func (s *Service) listSorted(ctx context.Context, q *query, order outboxv1.Email
 	return out, nil
 }
 
-// sortedToken encodes a position in a sorted order; the order is part of the token, so that a
-// token is never read in another order.
-func sortedToken(order outboxv1.EmailOrder, c redisstore.Cursor) string {
-	return paging.Token(sortedList(order), cursorString(c))
-}
-
-func parseSortedToken(tok string, order outboxv1.EmailOrder) (redisstore.Cursor, error) {
-	return parseCursor(sortedList(order), tok)
-}
-
-// sortedList names the list of an unindexed order, so a token of one order is not one of another.
-func sortedList(order outboxv1.EmailOrder) string { return "emails-by-" + strconv.Itoa(int(order)) }
