@@ -214,7 +214,6 @@ func (s *Service) eachMatch(ctx context.Context, q *query, maxRead int, fn func(
 	}
 }
 
-
 // List returns one page of a view, soonest due first (mail without a due time by its last
 // change) unless another order is asked for. Filters the indexes answer (view, status) cost
 // nothing extra; the others are applied to the records, reading at most MaxFilterScan of them per
@@ -401,4 +400,3 @@ func (s *Service) listSorted(ctx context.Context, q *query, order outboxv1.Email
 	}
 	return out, nil
 }
-
