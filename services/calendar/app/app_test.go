@@ -519,6 +519,48 @@ func TestListEntriesByRange(t *testing.T) {
 	}
 }
 
+// TestListEntriesSeriesEastOfUTC: a series is found by its last occurrence as its own zone
+// counts: BYDAY names Auckland's days, so the second occurrence of a Monday-and-Sunday series
+// that starts on Monday 14 December, 09:00 NZDT (Sunday the 13th in UTC) is Sunday the 20th,
+// 09:00 NZDT (the 19th, 20:00 UTC) — inside a range that begins after the first.
+func TestListEntriesSeriesEastOfUTC(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	sek := e.as("maier")
+	nz := &calendarv1.Entry{
+		EntryId: "nz1", OwnerUserId: "huber", Kind: calendarv1.EntryKind_ENTRY_KIND_APPOINTMENT, Summary: "Weekly call Auckland",
+		StartTime: timestamppb.New(time.Date(2026, 12, 13, 20, 0, 0, 0, time.UTC)),
+		EndTime:   timestamppb.New(time.Date(2026, 12, 13, 21, 0, 0, 0, time.UTC)),
+		TimeZone:  "Pacific/Auckland", Rrule: "FREQ=WEEKLY;BYDAY=MO,SU;COUNT=2",
+	}
+	if _, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: nz}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		from, to time.Time
+		want     []string
+	}{
+		{"the second occurrence", time.Date(2026, 12, 16, 0, 0, 0, 0, time.UTC), time.Date(2026, 12, 21, 0, 0, 0, 0, time.UTC), []string{"nz1"}},
+		{"after the last occurrence", time.Date(2026, 12, 19, 20, 0, 1, 0, time.UTC), time.Date(2026, 12, 31, 0, 0, 0, 0, time.UTC), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := e.calendar.ListEntries(sek, &calendarv1.ListEntriesRequest{
+				OwnerUserId: "huber", StartTime: timestamppb.New(tc.from), EndTime: timestamppb.New(tc.to),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, en := range r.GetEntries() {
+				got = append(got, en.GetEntryId())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("listed %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestManyAcksAtOnce: an agent that acknowledges a backlog as fast as it arrives (the acks are
 // recorded in batches) leaves nothing pending, and a reconnect delivers nothing again; acks sent
 // just before the agent closes its side are recorded too.

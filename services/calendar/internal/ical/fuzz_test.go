@@ -52,7 +52,7 @@ func FuzzValidateRRule(f *testing.F) {
 			t.Fatalf("ValidateRRule(%q) = %q", rule, got)
 		}
 		timer := time.AfterFunc(10*time.Second, func() { panic("SeriesEnd(" + got + ") takes over 10s") })
-		last, ok, err := SeriesEnd(got, start)
+		last, ok, err := SeriesEnd(got, start, start.Location())
 		timer.Stop()
 		bounded := strings.Contains(got, "UNTIL=") || strings.Contains(got, "COUNT=")
 		switch {

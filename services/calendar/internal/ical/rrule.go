@@ -1,6 +1,7 @@
 package ical
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -160,7 +161,17 @@ const maxSeriesCount = 10_000
 // SeriesEnd returns when the last occurrence of a validated rule starts, so that a series can be
 // found by the ranges it reaches: UNTIL's instant, the last of COUNT occurrences, or open-ended
 // (ok false) when the rule has neither.
-func SeriesEnd(rule string, start time.Time) (last time.Time, ok bool, err error) {
+//
+// The rule is expanded on the clock of loc, the entry's zone (UTC for all-day entries, whose
+// start is midnight UTC of their day), as ValidateRRule and every calendar expand it: BYDAY,
+// BYMONTHDAY and the like name local days, so the same rule from the same instant gives other
+// occurrences in UTC than in Pacific/Auckland. A nil loc is an error, not UTC, so no caller
+// forgets the zone.
+func SeriesEnd(rule string, start time.Time, loc *time.Location) (last time.Time, ok bool, err error) {
+	if loc == nil {
+		return time.Time{}, false, errors.New("ical: SeriesEnd needs the entry's time zone")
+	}
+	start = start.In(loc)
 	opt, err := rrule.StrToROption(strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(rule)), "RRULE:"))
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("%w: %w", ErrInvalidRRule, err)

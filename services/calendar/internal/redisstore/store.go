@@ -189,12 +189,23 @@ func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, t
 }
 
 // seriesScore is a recurring entry's place in the owner's series index: the start of its last
-// occurrence in Unix milliseconds, "+inf" when it has no end, "" when it does not recur.
+// occurrence in Unix milliseconds, "+inf" when it has no end, "" when it does not recur. The
+// rule is expanded in the entry's zone, as it was validated and is written in iCalendar (an
+// all-day entry's rule in UTC, from midnight of its day).
 func seriesScore(e *calendar.Entry) (string, error) {
 	if e.RRule == "" {
 		return "", nil
 	}
-	last, ok, err := ical.SeriesEnd(e.RRule, time.UnixMilli(e.Score()).UTC())
+	loc := time.UTC
+	if !e.Kind.AllDay() {
+		// The stored zone is the IANA name the entry was validated with.
+		l, err := time.LoadLocation(e.TimeZone)
+		if err != nil {
+			return "", fmt.Errorf("series end of %s: zone: %w", e.ID, err)
+		}
+		loc = l
+	}
+	last, ok, err := ical.SeriesEnd(e.RRule, time.UnixMilli(e.Score()), loc)
 	if err != nil {
 		return "", fmt.Errorf("series end of %s: %w", e.ID, err)
 	}
