@@ -315,6 +315,24 @@ func TestPaging(t *testing.T) {
 			return err
 		}(), codes.InvalidArgument)
 	})
+	t.Run("a token of one mailbox's members is not one of another's", func(t *testing.T) {
+		if _, err := e.c.CreateMailbox(ctx, &mailboxv1.CreateMailboxRequest{Mailbox: &mailboxv1.Mailbox{
+			MailboxId: "empfang", Address: "empfang@kanzlei.example", DisplayName: "Empfang", Kind: mailboxv1.MailboxKind_MAILBOX_KIND_SHARED, AllUsers: true,
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := e.c.ListMembers(ctx, &mailboxv1.ListMembersRequest{MailboxId: "info", PageSize: 1})
+		if err != nil || r.GetNextPageToken() == "" {
+			t.Fatalf("ListMembers: %v, token %q", err, r.GetNextPageToken())
+		}
+		if _, err := e.c.ListMembers(ctx, &mailboxv1.ListMembersRequest{MailboxId: "info", PageSize: 1, PageToken: r.GetNextPageToken()}); err != nil {
+			t.Errorf("own token: %v", err)
+		}
+		_, err = e.c.ListMembers(ctx, &mailboxv1.ListMembersRequest{MailboxId: "empfang", PageToken: r.GetNextPageToken()})
+		if got := badFields(wantCode(t, err, codes.InvalidArgument)); len(got) != 1 || got[0] != "page_token" {
+			t.Errorf("another mailbox's token: fields %v", got)
+		}
+	})
 }
 
 // TestAllUsersMembershipCannotBeRemoved: removing a user who is a member only because the

@@ -743,7 +743,7 @@ func (s *Service) ListMembers(ctx context.Context, p auth.Principal, mailboxID s
 	if err := ids.Err("mailbox_id", mailboxID); err != nil {
 		return nil, "", err
 	}
-	size, after, err := pageArgs("members", pr)
+	size, after, err := pageArgs(paging.Scope("members", mailboxID), pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -785,7 +785,7 @@ func (s *Service) ListMembers(ctx context.Context, p auth.Principal, mailboxID s
 			}
 		}
 	}
-	out, next := page("members", out, size, func(m *Member) string { return m.UserID })
+	out, next := page(paging.Scope("members", mailboxID), out, size, func(m *Member) string { return m.UserID })
 	return out, next, nil
 }
 
@@ -1039,7 +1039,7 @@ func (s *Service) ListSentItems(ctx context.Context, p auth.Principal, userID st
 	if err != nil {
 		return nil, "", err
 	}
-	size, after, err := pageArgs("sent", pr)
+	size, after, err := pageArgs(paging.Scope("sent", userID), pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -1063,7 +1063,7 @@ func (s *Service) ListSentItems(ctx context.Context, p auth.Principal, userID st
 	if err != nil {
 		return nil, "", fmt.Errorf("list sent items: %w", err)
 	}
-	items, next := page("sent", items, size, SentCursor)
+	items, next := page(paging.Scope("sent", userID), items, size, SentCursor)
 	return items, next, nil
 }
 

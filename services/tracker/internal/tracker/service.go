@@ -122,17 +122,13 @@ type PageRequest struct {
 	Token string
 }
 
-// pageArgs and encodeToken apply the suite's paging rule (internal/paging). Both lists of the
-// tracker share one token namespace: their cursors are keyset cursors over ids, harmless in the
-// other list, and one name keeps the signatures the read RPCs call unchanged.
-func pageArgs(pr PageRequest) (int, string, error) {
-	return paging.Request(pageList, pr.Size, pr.Token, 0)
+// pageArgs and encodeToken apply the suite's paging rule (internal/paging) to the list named
+// list (paging.Scope for a list of one record's mail, so a token continues only its record).
+func pageArgs(list string, pr PageRequest) (int, string, error) {
+	return paging.Request(list, pr.Size, pr.Token, 0)
 }
 
-func encodeToken(after string) string { return paging.Token(pageList, after) }
-
-// pageList names the tracker's lists in their page tokens.
-const pageList = "tracker"
+func encodeToken(list, after string) string { return paging.Token(list, after) }
 
 // ---- settings ----
 
@@ -336,7 +332,7 @@ func (s *Service) ListRecords(ctx context.Context, p auth.Principal, pr PageRequ
 		}
 		return rs, "", nil
 	}
-	size, after, err := pageArgs(pr)
+	size, after, err := pageArgs("records", pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -348,7 +344,7 @@ func (s *Service) ListRecords(ctx context.Context, p auth.Principal, pr PageRequ
 		return rs, "", nil
 	}
 	rs = rs[:size]
-	return rs, encodeToken(rs[size-1].ID), nil
+	return rs, encodeToken("records", rs[size-1].ID), nil
 }
 
 // ---- tokens ----
@@ -585,7 +581,8 @@ func (s *Service) ListTrackedEmails(ctx context.Context, p auth.Principal, recor
 	if err := v.Err(); err != nil {
 		return nil, "", err
 	}
-	size, after, err := pageArgs(pr)
+	list := paging.Scope("tracked", recordID)
+	size, after, err := pageArgs(list, pr)
 	if err != nil {
 		return nil, "", err
 	}
@@ -603,7 +600,7 @@ func (s *Service) ListTrackedEmails(ctx context.Context, p auth.Principal, recor
 			out = append(out, *e)
 		}
 	}
-	return out, encodeToken(next), nil
+	return out, encodeToken(list, next), nil
 }
 
 // ExplainMessage returns the decision recorded for a Message-ID: the tracked email's, or the
