@@ -52,11 +52,17 @@ func deadline(id, owner, summary string, day int) *calendarv1.Entry {
 
 func fieldViolations(err error) []string {
 	var out []string
+	for _, v := range violations(err) {
+		out = append(out, v.GetField())
+	}
+	return out
+}
+
+func violations(err error) []*errdetails.BadRequest_FieldViolation {
+	var out []*errdetails.BadRequest_FieldViolation
 	for _, d := range status.Convert(err).Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				out = append(out, v.GetField())
-			}
+			out = append(out, br.GetFieldViolations()...)
 		}
 	}
 	return out
@@ -222,6 +228,19 @@ func TestBadInput(t *testing.T) {
 	prelim.Kind = calendarv1.EntryKind_ENTRY_KIND_PRELIMINARY_DEADLINE
 	prelim.DeadlineEntryId = "a-1"
 	long := appointment("x", "huber", strings.Repeat("x", 2000), 10, "Europe/Vienna")
+	// iCalendar writes four-digit years: the next day after 9999-12-31 (a deadline's exclusive
+	// DTEND) or 9999-12-31T23:59:59Z on Vienna's clock would be the year 10000.
+	lastDay := deadline("x", "huber", "Frist", 1)
+	lastDay.Day = &calendarv1.Date{Year: 9999, Month: 12, Day: 31}
+	lateEnd := appointment("x", "huber", "Termin", 10, "Europe/Vienna")
+	lateEnd.StartTime = timestamppb.New(time.Date(9999, 12, 31, 20, 0, 0, 0, time.UTC))
+	lateEnd.EndTime = timestamppb.New(time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC))
+	lateException := appointment("x", "huber", "Serie", 10, "Europe/Vienna")
+	lateException.Rrule = "FREQ=YEARLY"
+	lateException.ExceptStartTimes = []*timestamppb.Timestamp{timestamppb.New(time.Date(9999, 12, 31, 23, 30, 0, 0, time.UTC))}
+	early := appointment("x", "huber", "Termin", 10, "America/New_York")
+	early.StartTime = timestamppb.New(time.Date(1, 1, 1, 2, 0, 0, 0, time.UTC)) // the year 0 in New York
+	early.EndTime = timestamppb.New(time.Date(1, 1, 1, 12, 0, 0, 0, time.UTC))
 	for _, tc := range []struct {
 		name   string
 		entry  *calendarv1.Entry
@@ -238,6 +257,10 @@ func TestBadInput(t *testing.T) {
 		{"zone on a deadline", deadlineWithZone, codes.InvalidArgument, []string{"entry.time_zone"}},
 		{"preliminary deadline linked to an appointment", prelim, codes.InvalidArgument, []string{"entry.deadline_entry_id"}},
 		{"owner unknown in the tenant", appointment("x", "nobody", "Termin", 10, "Europe/Vienna"), codes.NotFound, nil},
+		{"a deadline on 9999-12-31", lastDay, codes.InvalidArgument, []string{"entry.day"}},
+		{"an end in the year 10000 in the entry's zone", lateEnd, codes.InvalidArgument, []string{"entry.end_time"}},
+		{"an exception in the year 10000 in the entry's zone", lateException, codes.InvalidArgument, []string{"entry.except_start_times"}},
+		{"a start in the year 0 in the entry's zone", early, codes.InvalidArgument, []string{"entry.start_time"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: tc.entry})
@@ -249,6 +272,32 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("the zero instant is out of range, not missing", func(t *testing.T) {
+		zero := appointment("x", "huber", "Termin", 10, "UTC")
+		zero.StartTime = timestamppb.New(time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC))
+		zero.EndTime = timestamppb.New(time.Date(1, 1, 1, 1, 0, 0, 0, time.UTC))
+		for _, call := range []struct {
+			name string
+			do   func() error
+		}{
+			{"CreateEntry", func() error {
+				_, err := e.calendar.CreateEntry(sek, &calendarv1.CreateEntryRequest{Entry: zero})
+				return err
+			}},
+			{"UpdateEntry", func() error {
+				zero.EntryId = "a-1"
+				_, err := e.calendar.UpdateEntry(sek, &calendarv1.UpdateEntryRequest{Entry: zero})
+				return err
+			}},
+		} {
+			err := call.do()
+			got := violations(err)
+			if status.Code(err) != codes.InvalidArgument || len(got) != 1 || got[0].GetField() != "entry.start_time" ||
+				got[0].GetDescription() == "is required" {
+				t.Errorf("%s with start 0001-01-01T00:00:00Z = %v, want InvalidArgument on entry.start_time (out of range, not required)", call.name, err)
+			}
+		}
+	})
 	t.Run("a tenant that does not exist", func(t *testing.T) {
 		nobody := authtest.Outgoing(t, e.signer, auth.Principal{Tenant: "niemand", User: "huber", Roles: []string{auth.RoleAdmin}})
 		_, err := e.calendar.CreateEntry(nobody, &calendarv1.CreateEntryRequest{Entry: appointment("x", "huber", "Termin", 10, "Europe/Vienna")})

@@ -38,7 +38,11 @@ func (h *Handler) CreateEntry(ctx context.Context, req *calendarv1.CreateEntryRe
 	if err != nil {
 		return nil, err
 	}
-	e, existed, err := h.svc.CreateEntry(ctx, p, wire.EntryFrom(req.GetEntry()))
+	in, err := wire.EntryFrom(req.GetEntry())
+	if err != nil {
+		return nil, err
+	}
+	e, existed, err := h.svc.CreateEntry(ctx, p, in)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +55,11 @@ func (h *Handler) UpdateEntry(ctx context.Context, req *calendarv1.UpdateEntryRe
 	if err != nil {
 		return nil, err
 	}
-	e, err := h.svc.UpdateEntry(ctx, p, wire.EntryFrom(req.GetEntry()), req.GetExpectedRevision())
+	in, err := wire.EntryFrom(req.GetEntry())
+	if err != nil {
+		return nil, err
+	}
+	e, err := h.svc.UpdateEntry(ctx, p, in, req.GetExpectedRevision())
 	if err != nil {
 		return nil, err
 	}

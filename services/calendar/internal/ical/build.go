@@ -143,14 +143,14 @@ func (b *Builder) check(e Entry) (checked, error) {
 		switch {
 		case e.Start.IsZero():
 			fail("start", ErrRequired)
-		case !inRange(e.Start):
-			fail("start", fmt.Errorf("%w: year out of range", ErrInvalid))
+		case !inRangeIn(e.Start, c.loc):
+			fail("start", errOutOfRange)
 		}
 		switch {
 		case e.End.IsZero():
 			fail("end", ErrRequired)
-		case !inRange(e.End):
-			fail("end", fmt.Errorf("%w: year out of range", ErrInvalid))
+		case !inRangeIn(e.End, c.loc):
+			fail("end", errOutOfRange)
 		case !e.Start.IsZero() && e.End.Before(e.Start):
 			fail("end", ErrEndBeforeStart)
 		}
@@ -158,8 +158,8 @@ func (b *Builder) check(e Entry) (checked, error) {
 			fail("except_starts", fmt.Errorf("%w: more than %d", ErrTooLong, maxExceptions))
 		}
 		for _, x := range e.ExceptStarts {
-			if !inRange(x) {
-				fail("except_starts", fmt.Errorf("%w: %v", ErrInvalid, x))
+			if !inRangeIn(x, c.loc) {
+				fail("except_starts", fmt.Errorf("%w: %s", errOutOfRange, x.UTC().Format(time.RFC3339)))
 				break
 			}
 		}
@@ -185,6 +185,9 @@ func (b *Builder) check(e Entry) (checked, error) {
 			fail("day", ErrRequired)
 		case !e.Day.Valid():
 			fail("day", fmt.Errorf("%w: no such day %s", ErrInvalid, e.Day))
+		case !e.Day.AddDays(1).Valid():
+			// DTEND is the next day (exclusive), which must be a DATE too.
+			fail("day", fmt.Errorf("%w: the last day is 9998-12-31 (the event ends on the next day, which iCalendar must be able to write)", ErrInvalid))
 		}
 		if len(e.ExceptDays) > maxExceptions {
 			fail("except_days", fmt.Errorf("%w: more than %d", ErrTooLong, maxExceptions))
@@ -240,8 +243,25 @@ func (b *Builder) check(e Entry) (checked, error) {
 	return c, nil
 }
 
-// inRange reports whether t can be written as an iCalendar DATE-TIME (years 1..9999).
+// errOutOfRange says an instant cannot be written as an iCalendar DATE-TIME.
+var errOutOfRange = fmt.Errorf("%w: out of range: iCalendar writes years 1-9999, in UTC and on the clock of the entry's time zone", ErrInvalid)
+
+// inRange reports whether t can be written as an iCalendar DATE-TIME in UTC (years 1..9999).
 func inRange(t time.Time) bool { y := t.UTC().Year(); return y >= 1 && y <= 9999 }
+
+// inRangeIn reports whether t can be written as an iCalendar DATE-TIME both in UTC and on the
+// clock of loc (when known), where an appointment's times are written: 9999-12-31T23:30:00Z is
+// in the year 10000 in Vienna, 0001-01-01T02:00:00Z in the year 0 in New York.
+func inRangeIn(t time.Time, loc *time.Location) bool {
+	if !inRange(t) {
+		return false
+	}
+	if loc == nil {
+		return true
+	}
+	y := t.In(loc).Year()
+	return y >= 1 && y <= 9999
+}
 
 // checkUID accepts printable ASCII without spaces, the characters every client copes with.
 func checkUID(field, uid string) *FieldError {

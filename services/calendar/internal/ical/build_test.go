@@ -269,6 +269,23 @@ func TestValidate(t *testing.T) {
 		{"deadline rrule with hours", deadline(func(e *ical.Entry) { e.RRule = "FREQ=DAILY;BYHOUR=9" }), "rrule", ical.ErrInvalidRRule},
 		{"deadline rrule until a date-time", deadline(func(e *ical.Entry) { e.RRule = "FREQ=DAILY;UNTIL=20260501T000000Z" }), "rrule", ical.ErrInvalidRRule},
 		{"deadline exceptions without rrule", deadline(func(e *ical.Entry) { e.ExceptDays = []ical.Date{e.Day} }), "except_days", ical.ErrInvalid},
+		// iCalendar writes four-digit years: what would leave 1..9999 is refused, not written as
+		// DTEND;VALUE=DATE:100000101 for a server to reject.
+		{"deadline whose exclusive end is in the year 10000", deadline(func(e *ical.Entry) { e.Day = ical.Date{Year: 9999, Month: 12, Day: 31} }), "day", ical.ErrInvalid},
+		{"end in the year 10000 on the zone's clock", appt(func(e *ical.Entry) {
+			e.Start, e.End = time.Date(9999, 12, 31, 20, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+		}), "end", ical.ErrInvalid},
+		{"start in the year 0 on the zone's clock", appt(func(e *ical.Entry) {
+			e.TimeZone = "America/New_York"
+			e.Start, e.End = time.Date(1, 1, 1, 2, 0, 0, 0, time.UTC), time.Date(1, 1, 1, 12, 0, 0, 0, time.UTC)
+		}), "start", ical.ErrInvalid},
+		{"start after 9999 in UTC", appt(func(e *ical.Entry) { e.Start = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }), "start", ical.ErrInvalid},
+		{"exception in the year 10000 on the zone's clock", appt(func(e *ical.Entry) {
+			e.RRule = "FREQ=YEARLY"
+			e.ExceptStarts = []time.Time{time.Date(9999, 12, 31, 23, 30, 0, 0, time.UTC)}
+		}), "except_starts", ical.ErrInvalid},
+		{"rrule until the year 0", appt(func(e *ical.Entry) { e.RRule = "FREQ=DAILY;UNTIL=00001231T000000Z" }), "rrule", ical.ErrInvalidRRule},
+		{"rrule until the year 10000", appt(func(e *ical.Entry) { e.RRule = "FREQ=DAILY;UNTIL=100000101T000000Z" }), "rrule", ical.ErrInvalidRRule},
 	}
 	b := newBuilder(t, ical.Config{})
 	for _, tt := range tests {
@@ -305,6 +322,25 @@ func TestValidate(t *testing.T) {
 	t.Run("a valid entry passes", func(t *testing.T) {
 		if err := b.Validate(appt(func(*ical.Entry) {})); err != nil {
 			t.Errorf("Validate = %v, want nil", err)
+		}
+	})
+	t.Run("the last days iCalendar can write pass", func(t *testing.T) {
+		for _, e := range []ical.Entry{
+			deadline(func(e *ical.Entry) { e.Day = ical.Date{Year: 9998, Month: 12, Day: 31} }),
+			deadline(func(e *ical.Entry) { e.Day = ical.Date{Year: 1, Month: 1, Day: 1} }),
+			appt(func(e *ical.Entry) {
+				e.Start, e.End = time.Date(9999, 12, 31, 20, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 22, 59, 59, 0, time.UTC)
+			}),
+		} {
+			ics, err := b.Build(e)
+			if err != nil {
+				t.Errorf("Build(%v %v %v) = %v, want nil", e.Day, e.Start, e.End, err)
+			}
+			for _, line := range strings.Split(string(ics), "\r\n") {
+				if v, ok := strings.CutPrefix(line, "DTEND"); ok && len(v[strings.LastIndex(v, ":")+1:]) > len("99991231T235959") {
+					t.Errorf("Build wrote %s", line)
+				}
+			}
 		}
 	})
 	t.Run("zero-length appointment passes", func(t *testing.T) {

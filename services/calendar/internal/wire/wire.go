@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/postamt/postamt/internal/errs"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 	"github.com/postamt/postamt/services/calendar/internal/calendar"
 	"github.com/postamt/postamt/services/calendar/internal/ical"
@@ -65,8 +66,20 @@ func Entry(tenant string, e *calendar.Entry) *calendarv1.Entry {
 }
 
 // EntryFrom converts a request's entry; output-only fields are ignored. Kind numbers match
-// ical.Kind.
-func EntryFrom(e *calendarv1.Entry) calendar.Entry {
+// ical.Kind. A timestamp that is set to 0001-01-01T00:00:00Z, the instant the domain reads as
+// unset, is InvalidArgument naming its field: it is out of range, not missing.
+func EntryFrom(e *calendarv1.Entry) (calendar.Entry, error) {
+	var v errs.Violations
+	checkSet(&v, "entry.start_time", e.GetStartTime())
+	checkSet(&v, "entry.end_time", e.GetEndTime())
+	for _, x := range e.GetExceptStartTimes() {
+		if checkSet(&v, "entry.except_start_times", x) {
+			break
+		}
+	}
+	if err := v.Err(); err != nil {
+		return calendar.Entry{}, err
+	}
 	out := calendar.Entry{
 		ID: e.GetEntryId(), Owner: e.GetOwnerUserId(), Kind: ical.Kind(e.GetKind()), Summary: e.GetSummary(),
 		Desc: e.GetDescription(), Location: e.GetLocation(), Start: fromTS(e.GetStartTime()), End: fromTS(e.GetEndTime()),
@@ -78,7 +91,17 @@ func EntryFrom(e *calendarv1.Entry) calendar.Entry {
 	for _, d := range e.GetExceptDays() {
 		out.ExDays = append(out.ExDays, fromDate(d))
 	}
-	return out
+	return out, nil
+}
+
+// checkSet records a violation of field when t is set to the zero time.Time, which the domain
+// cannot tell from an unset field, and reports whether it did.
+func checkSet(v *errs.Violations, field string, t *timestamppb.Timestamp) bool {
+	if t == nil || !t.AsTime().IsZero() {
+		return false
+	}
+	v.Add(field, "is out of range: the earliest instant accepted is after 0001-01-01T00:00:00Z")
+	return true
 }
 
 // TenantSettings converts a tenant's settings.
