@@ -302,10 +302,13 @@ func (s *Service) prepare(ctx context.Context, tenant string, e *Entry) (*Revisi
 			e.TimeZone = loc.String()
 		}
 	}
-	if e.Kind == ical.Appointment && e.Deadline != "" {
-		v.Add("entry.deadline_entry_id", "only preliminary deadlines link to a deadline")
+	if e.Kind != ical.PreliminaryDeadline && e.Deadline != "" {
+		// A field that does not apply to the kind (calendar.proto): a deadline or an
+		// appointment would store a link that no calendar ever sees.
+		v.Add("entry.deadline_entry_id", "does not apply to this kind of entry: only preliminary deadlines link to a deadline")
 	}
 	ie := icalEntry(tenant, e)
+	var missing error // the linked deadline is unknown: NotFound, once the input is valid
 	if e.Kind == ical.PreliminaryDeadline && e.Deadline != "" {
 		if !ids.Valid(e.Deadline) || e.Deadline == e.ID {
 			v.Add("entry.deadline_entry_id", "is not another entry's id")
@@ -313,7 +316,7 @@ func (s *Service) prepare(ctx context.Context, tenant string, e *Entry) (*Revisi
 			d, err := s.store.GetEntry(ctx, tenant, e.Deadline)
 			switch {
 			case errors.Is(err, errs.ErrNotFound):
-				v.Add("entry.deadline_entry_id", "no such deadline")
+				missing = errs.NotFound("deadline", e.Deadline)
 			case err != nil:
 				return nil, err
 			case d.Kind != ical.Deadline || d.Owner != e.Owner:
@@ -342,6 +345,9 @@ func (s *Service) prepare(ctx context.Context, tenant string, e *Entry) (*Revisi
 	}
 	if err := v.Err(); err != nil {
 		return nil, err
+	}
+	if missing != nil {
+		return nil, missing
 	}
 	ics, err := s.b.Build(ie)
 	if err != nil {
@@ -450,6 +456,7 @@ func (s *Service) CancelEntry(ctx context.Context, p auth.Principal, id string, 
 			return false, nil
 		}
 		next.Cancelled = true
+		dropStrayLink(next)
 		return true, nil
 	})
 }
@@ -467,8 +474,19 @@ func (s *Service) MarkDone(ctx context.Context, p auth.Principal, id string, don
 			return false, nil
 		}
 		next.Done = done
+		dropStrayLink(next)
 		return true, nil
 	})
+}
+
+// dropStrayLink removes a deadline link from an entry whose kind takes none: a deadline stored
+// with one before prepare refused it (the link was never written to iCalendar). Cancelling or
+// marking such an entry done is not the caller's mistake, so the revision leaves it out instead
+// of being refused; an update that sends the link again is refused.
+func dropStrayLink(e *Entry) {
+	if e.Kind != ical.PreliminaryDeadline {
+		e.Deadline = ""
+	}
 }
 
 // GetEntry returns the latest revision (rev 0) or an earlier one.
