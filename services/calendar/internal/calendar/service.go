@@ -217,12 +217,20 @@ func (s *Service) CreateEntry(ctx context.Context, p auth.Principal, in Entry) (
 		v.Add("entry.owner_user_id", "is not a user id")
 	}
 	checkLines(&v, in)
+	checkRRule(&v, in.RRule)
 	if err := v.Err(); err != nil {
 		return nil, false, err
 	}
 	in.Done, in.Cancelled = false, false
+	// A request repeated from before rules were stored normalised carries the fingerprint of
+	// its rule as written.
+	asWritten := fingerprint(in)
+	in.RRule = normalRRule(in.RRule)
 	fp := fingerprint(in)
 	if cur, err := s.store.GetEntry(ctx, p.Tenant, in.ID); err == nil {
+		if cur.Fingerprint == asWritten {
+			return cur, true, nil
+		}
 		return s.repeated(cur, fp)
 	} else if !errors.Is(err, errs.ErrNotFound) {
 		return nil, false, err
@@ -286,6 +294,25 @@ func checkLines(v *errs.Violations, in Entry) {
 	v.Line("entry.location", in.Location, maxLineLen)
 }
 
+// checkRRule holds a caller's rule to calendar.proto's form: an RRULE value, without the
+// property name. Rules stored with the prefix before this check still validate (ical accepts
+// it) and lose it in their next revision.
+func checkRRule(v *errs.Violations, rule string) {
+	if strings.HasPrefix(strings.ToUpper(strings.TrimSpace(rule)), "RRULE:") {
+		v.Add("entry.rrule", `must be given without the "RRULE:" prefix, e.g. FREQ=WEEKLY;BYDAY=MO`)
+	}
+}
+
+// normalRRule is the form a rule is stored, returned and fingerprinted in (ical.NormalRRule:
+// upper case, trimmed), so a rule written in lower case and in upper case is one rule. A rule
+// that is only space is left as it is, for validation to refuse.
+func normalRRule(rule string) string {
+	if n := ical.NormalRRule(rule); n != "" {
+		return n
+	}
+	return rule
+}
+
 // fieldNames maps ical's field names to the API's request paths.
 var fieldNames = map[string]string{
 	"uid": "entry.entry_id", "kind": "entry.kind", "summary": "entry.summary", "description": "entry.description",
@@ -307,6 +334,7 @@ func (s *Service) prepare(ctx context.Context, tenant string, e *Entry) (*Revisi
 		// appointment would store a link that no calendar ever sees.
 		v.Add("entry.deadline_entry_id", "does not apply to this kind of entry: only preliminary deadlines link to a deadline")
 	}
+	e.RRule = normalRRule(e.RRule)
 	ie := icalEntry(tenant, e)
 	var missing error // the linked deadline is unknown: NotFound, once the input is valid
 	if e.Kind == ical.PreliminaryDeadline && e.Deadline != "" {
@@ -436,6 +464,7 @@ func (s *Service) UpdateEntry(ctx context.Context, p auth.Principal, in Entry, e
 			v.Add("entry.kind", "cannot change")
 		}
 		checkLines(&v, in)
+		checkRRule(&v, in.RRule)
 		if err := v.Err(); err != nil {
 			return false, err
 		}

@@ -30,8 +30,7 @@ func isRRulePart(k string) bool {
 // the start, and no BYHOUR/BYMINUTE/BYSECOND on all-day entries. FREQ must be DAILY, WEEKLY,
 // MONTHLY or YEARLY: Outlook, where the live agent writes, cannot store sub-daily recurrences.
 func ValidateRRule(rule string, allDay bool, start time.Time) (string, error) {
-	s := strings.ToUpper(strings.TrimSpace(rule))
-	s = strings.TrimPrefix(s, "RRULE:")
+	s := NormalRRule(rule)
 	if s == "" {
 		return "", fmt.Errorf("%w: empty", ErrInvalidRRule)
 	}
@@ -109,6 +108,13 @@ func ValidateRRule(rule string, allDay bool, start time.Time) (string, error) {
 	return s, nil
 }
 
+// NormalRRule is the form of rule that ValidateRRule returns for a valid rule, without checking
+// it: upper case (RFC 5545's names and values are case-insensitive), without surrounding space
+// or an "RRULE:" prefix. Rules written alike in this form are the same rule.
+func NormalRRule(rule string) string {
+	return strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(rule)), "RRULE:")
+}
+
 // checkByDayOrdinals checks the ordinals of BYDAY ("2MO", "-1FR") as RFC 5545 §3.3.10 allows
 // them: only in MONTHLY and YEARLY rules (not beside BYWEEKNO), 1 to 5 weeks of a month (MONTHLY,
 // or YEARLY with BYMONTH) or 1 to 53 of a year, counted from the start or, negative, the end.
@@ -172,7 +178,7 @@ func SeriesEnd(rule string, start time.Time, loc *time.Location) (last time.Time
 		return time.Time{}, false, errors.New("ical: SeriesEnd needs the entry's time zone")
 	}
 	start = start.In(loc)
-	opt, err := rrule.StrToROption(strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(rule)), "RRULE:"))
+	opt, err := rrule.StrToROption(NormalRRule(rule))
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("%w: %w", ErrInvalidRRule, err)
 	}
