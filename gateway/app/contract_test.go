@@ -101,6 +101,119 @@ func TestHTTPStrictInput(t *testing.T) {
 	}
 }
 
+// TestHTTPMalformedValues: a query or body value that does not parse as its field's type is 400
+// INVALID_ARGUMENT with a BadRequest naming the field by its proto path and saying what it takes,
+// not grpc-gateway's parser error ("strconv.ParseInt: ...", "proto: (line 1:97): ...") without
+// details; a body that is not JSON at all names the body.
+func TestHTTPMalformedValues(t *testing.T) {
+	e := startEnv(t, nil)
+	e.seed()
+	eva := e.as("eva")
+	const timestamp = "not a valid timestamp (RFC 3339, e.g. 2026-12-08T09:00:00Z)"
+	entry := func(k string, v any) map[string]any {
+		return map[string]any{"entryId": "t-1", "kind": "ENTRY_KIND_APPOINTMENT", "summary": "Termin", "timeZone": "Europe/Vienna",
+			"startTime": "2026-12-08T09:00:00Z", "endTime": "2026-12-08T10:00:00Z", k: v}
+	}
+	for _, tc := range []struct {
+		name, method, path string
+		body               any
+		wantField          string
+		wantDesc           string
+	}{
+		{"a timestamp in the query", http.MethodGet, "/v1/calendar/users/me/entries?startTime=yesterday", nil, "start_time", timestamp},
+		{"an integer in the query", http.MethodGet, "/v1/calendar/users/me/entries?pageSize=abc", nil, "page_size", "not an integer"},
+		{"an integer out of range in the query", http.MethodGet, "/v1/calendar/users/me/entries?page_size=99999999999", nil, "page_size", "out of range for a 32-bit integer"},
+		{"a bool in the query", http.MethodGet, "/v1/calendar/users/me/entries?includeCancelled=maybe", nil, "include_cancelled", "not true or false"},
+		{"an enum number in the query", http.MethodGet, "/v1/outbox/emails?view=99", nil, "view", `unknown value "99" of View`},
+		{"a singular query field twice", http.MethodGet, "/v1/calendar/users/me/entries?pageSize=1&pageSize=2", nil, "page_size", "given 2 times; it takes one value"},
+		{"a query field under both names", http.MethodGet, "/v1/calendar/users/me/entries?pageSize=1&page_size=2", nil, "page_size", "given twice, as pageSize and page_size"},
+		{"a timestamp in a body field's message", http.MethodPost, "/v1/calendar/entries", entry("startTime", "nope"), "entry.start_time", timestamp},
+		{"a timestamp in a list", http.MethodPost, "/v1/calendar/entries", entry("exceptStartTimes", []string{"2026-12-15T09:00:00Z", "nope"}),
+			"entry.except_start_times[1]", timestamp},
+		{"a nested message that is not an object", http.MethodPost, "/v1/calendar/entries", entry("day", 5), "entry.day", "not a JSON object"},
+		{"a timestamp in a whole-request body", http.MethodPost, "/v1/outbox/emails",
+			map[string]any{"to": []string{"client@example.com"}, "subject": "Hallo", "send_at": "nope"}, "send_at", timestamp},
+		{"a bool in a whole-request body", http.MethodPost, "/v1/outbox/emails",
+			map[string]any{"to": []string{"client@example.com"}, "subject": "Hallo", "systemGenerated": "yes"}, "system_generated", "not true or false"},
+		{"an integer in a nested message", http.MethodPost, "/v1/calendar/entries", entry("day", map[string]any{"year": "abc"}), "entry.day.year", "not an integer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st rpcStatus
+			resp := e.call(tc.method, tc.path, eva, tc.body, &st)
+			if resp.StatusCode != http.StatusBadRequest || codes.Code(st.Code) != codes.InvalidArgument {
+				t.Fatalf("%s %+v, want 400 INVALID_ARGUMENT", resp.Status, st)
+			}
+			if got := st.violations(); got[tc.wantField] != tc.wantDesc {
+				t.Errorf("field violations %q, want %s: %q (message %q)", got, tc.wantField, tc.wantDesc, st.Message)
+			}
+			for _, internal := range []string{"strconv", "parsing", "proto:", "2006-01-02"} {
+				if strings.Contains(st.Message, internal) {
+					t.Errorf("message %q says %q", st.Message, internal)
+				}
+			}
+		})
+	}
+
+	// A body that is no JSON, or repeats a key, names the body: its field on a body-field route,
+	// no field (and "the request body" in the message) on a whole-request one.
+	for _, tc := range []struct{ name, path, body, wantField, wantMessage string }{
+		{"not JSON, whole-request body", "/v1/outbox/emails", `{"to": [`, "", "the request body is not valid JSON"},
+		{"a repeated key, whole-request body", "/v1/outbox/emails", `{"subject": "a", "subject": "b"}`, "", "the request body is not valid JSON"},
+		{"not JSON, body field", "/v1/calendar/entries", `{"entryId" "t-1"}`, "entry", "invalid request: entry"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodPost, e.httpURL+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+eva)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var st rpcStatus
+			if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+				t.Fatal(err)
+			}
+			got := st.violations()
+			if _, ok := got[tc.wantField]; resp.StatusCode != http.StatusBadRequest || codes.Code(st.Code) != codes.InvalidArgument ||
+				!ok || !strings.HasPrefix(st.Message, tc.wantMessage) {
+				t.Errorf("%s %+v, want 400 INVALID_ARGUMENT naming %q, message %q...", resp.Status, st, tc.wantField, tc.wantMessage)
+			}
+		})
+	}
+
+	// Good values in either spelling still pass.
+	for _, path := range []string{
+		"/v1/calendar/users/me/entries?startTime=2026-12-08T09:00:00Z&page_size=5&includeCancelled=true",
+		"/v1/outbox/emails?view=1&pageSize=5",
+	} {
+		if resp := e.call(http.MethodGet, path, eva, nil, nil); resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %s", path, resp.Status)
+		}
+	}
+}
+
+// violations are the field violations of a status's BadRequest, by field.
+func (s rpcStatus) violations() map[string]string {
+	out := map[string]string{}
+	for _, d := range s.Details {
+		var br struct {
+			FieldViolations []struct {
+				Field       string `json:"field"`
+				Description string `json:"description"`
+			} `json:"fieldViolations"`
+		}
+		if json.Unmarshal(d, &br) == nil {
+			for _, v := range br.FieldViolations {
+				out[v.Field] = v.Description
+			}
+		}
+	}
+	return out
+}
+
 // TestHTTPInvalidUTF8: invalid UTF-8 in a path variable or a query value is 400 naming the
 // parameter (it was a 500 from the client's proto encoding).
 func TestHTTPInvalidUTF8(t *testing.T) {

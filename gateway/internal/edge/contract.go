@@ -154,8 +154,9 @@ type contract struct {
 // middleware checks the path and the query of a matched route: text is valid UTF-8 (else the
 // call fails in the client's proto encoding, a 500), every query parameter is a field of the
 // request outside the path and the body (grpc-gateway ignores others silently, so `?veiw=` would
-// list the default view), an enum value is one the enum defines; and it puts the caller's id in
-// place of "me". A probe (allowed) stops here.
+// list the default view), each value parses as its field's type (checkQueryValues: ?pageSize=abc
+// is a violation of page_size, not a parser's error message), no field is set twice; and it puts
+// the caller's id in place of "me". A probe (allowed) stops here.
 func (c *contract) middleware(next runtime.HandlerFunc) runtime.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
 		x := exchangeFrom(r.Context())
@@ -211,6 +212,7 @@ func (c *contract) checkQuery(r *http.Request, rt route, known bool, params map[
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
+	seen := map[string]string{} // the key that set each field
 	for _, key := range keys {
 		if !utf8.ValidString(key) {
 			v.Add(strings.ToValidUTF8(key, "\uFFFD"), "is not valid UTF-8")
@@ -227,11 +229,12 @@ func (c *contract) checkQuery(r *http.Request, rt route, known bool, params map[
 			v.Add(key, "is not a query parameter of this method: it takes its input in the JSON body")
 			continue
 		}
-		field, mapKey := key, false
+		field, mapKey, set := key, false, ""
 		if m := mapKeyRE.FindStringSubmatch(key); m != nil {
-			field, mapKey = m[1], true
+			field, mapKey, set = m[1], true, "["+m[2]+"]"
 		}
 		path, fd := resolve(rt.input, field)
+		set = path + set // what the key sets: the field, or one entry of a map
 		switch {
 		case fd == nil || mapKey != fd.IsMap():
 			v.Add(key, "is not a query parameter of this method")
@@ -239,12 +242,12 @@ func (c *contract) checkQuery(r *http.Request, rt route, known bool, params map[
 			v.Add(key, "is part of the JSON body of this method")
 		case inPath(params, path):
 			v.Add(key, "is given in the path")
-		case fd.Kind() == protoreflect.EnumKind && !fd.IsMap():
-			for _, s := range query[key] {
-				if !enumValue(fd.Enum(), s) {
-					v.Addf(key, "unknown value %q of %s", s, fd.Enum().Name())
-				}
-			}
+		case seen[set] != "":
+			// grpc-gateway refuses a field set twice, under its proto and its JSON name
+			v.Addf(set, "given twice, as %s and %s", seen[set], key)
+		default:
+			seen[set] = key
+			checkQueryValues(rt.input, key, path, fd, query[key], v)
 		}
 	}
 }
@@ -278,15 +281,6 @@ func resolve(md protoreflect.MessageDescriptor, key string) (string, protoreflec
 		path = append(path, string(fd.Name()))
 	}
 	return strings.Join(path, "."), fd
-}
-
-// enumValue tells whether s names a value of ed, by name or number, as grpc-gateway parses it.
-func enumValue(ed protoreflect.EnumDescriptor, s string) bool {
-	if ed.Values().ByName(protoreflect.Name(s)) != nil {
-		return true
-	}
-	n, err := strconv.ParseInt(s, 10, 32)
-	return err == nil && ed.Values().ByNumber(protoreflect.EnumNumber(n)) != nil
 }
 
 // NewMux returns the grpc-gateway mux of the HTTP side with the suite's contract: the strict JSON

@@ -3,9 +3,11 @@ package edge
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,7 +42,10 @@ func (j *JSON) NewDecoder(r io.Reader) runtime.Decoder {
 	return runtime.DecoderFunc(func(v any) error {
 		var raw json.RawMessage
 		if err := d.Decode(&raw); err != nil {
-			return err // unwrapped: the generated handlers look for io.EOF
+			if errors.Is(err, io.EOF) {
+				return err // unwrapped: the generated handlers look for io.EOF
+			}
+			return notJSON(err)
 		}
 		return j.Unmarshal(raw, v)
 	})
@@ -63,7 +68,9 @@ func (j *JSON) Unmarshal(data []byte, v any) error {
 		if fe := findBadJSON(data, m.ProtoReflect().Descriptor()); fe != nil {
 			return fe
 		}
-		return fmt.Errorf("the body is not valid JSON for this request: %w", err)
+		// No one field is to blame (a repeated key, invalid UTF-8): protojson's own words, with
+		// the position, name the body.
+		return &bodyFieldError{desc: "not valid JSON for this request " + protojsonWords(err)}
 	}
 	// protojson takes any number for an open enum; a number the enum does not define is as much a
 	// typo as an unknown name.
@@ -98,7 +105,7 @@ const bodyFieldPrefix = "body field "
 // bodyFieldError is a field of the JSON body the request's message cannot take.
 type bodyFieldError struct {
 	// path is the field's path in the decoded message: proto names, then the unknown key as the
-	// caller wrote it; list elements as [i], map entries as [key].
+	// caller wrote it; list elements as [i], map entries as [key]. Empty: the whole body.
 	path string
 	desc string
 }
@@ -126,7 +133,8 @@ func parseBodyFieldError(msg string) (path, desc string, ok bool) {
 }
 
 // findBadJSON names the first unknown field or unknown enum name in data (keys in sorted order),
-// once protojson refused it; nil when the problem is another one (syntax, a wrong type).
+// else the first value of a wrong type (findBadValue), once protojson refused it; nil when the
+// problem is another one (syntax, a repeated key).
 func findBadJSON(data []byte, md protoreflect.MessageDescriptor) *bodyFieldError {
 	d := json.NewDecoder(bytes.NewReader(data))
 	d.UseNumber()
@@ -134,7 +142,36 @@ func findBadJSON(data []byte, md protoreflect.MessageDescriptor) *bodyFieldError
 	if err := d.Decode(&v); err != nil {
 		return nil //nolint:nilerr // a syntax error is "another problem": protojson's message stands
 	}
-	return walkMessage(md, v, "")
+	if fe := walkMessage(md, v, ""); fe != nil {
+		return fe
+	}
+	return findBadValue(md, v, "")
+}
+
+// protojsonPosRE matches protojson's position, "(line 1:17): ", in its error text.
+var protojsonPosRE = regexp.MustCompile(`\s*\(line (\d+):(\d+)\):?\s*`)
+
+// protojsonWords is protojson's error text without its package prefix, the position first:
+// "proto: (line 1:17): duplicate field "to"" is `at line 1, column 17: duplicate field "to"`.
+func protojsonWords(err error) string {
+	msg := strings.TrimLeft(strings.TrimPrefix(err.Error(), "proto:"), " \u00a0")
+	if m := protojsonPosRE.FindStringSubmatchIndex(msg); m != nil {
+		rest := strings.TrimSpace(msg[:m[0]] + ": " + msg[m[1]:])
+		return "at line " + msg[m[2]:m[3]] + ", column " + msg[m[4]:m[5]] + ": " + strings.TrimPrefix(rest, ": ")
+	}
+	return "(" + msg + ")"
+}
+
+// notJSON is the error of a body that is not JSON at all, naming the body; the decoder's
+// description is plain enough, its offset is added.
+func notJSON(err error) *bodyFieldError {
+	if se := (*json.SyntaxError)(nil); errors.As(err, &se) {
+		return &bodyFieldError{desc: fmt.Sprintf("not valid JSON: %s (at byte %d)", se.Error(), se.Offset)}
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return &bodyFieldError{desc: "not valid JSON: it ends too early"}
+	}
+	return &bodyFieldError{desc: "not valid JSON: " + err.Error()}
 }
 
 func joinPath(path, name string) string {

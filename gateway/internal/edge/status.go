@@ -148,8 +148,9 @@ func (w challengeWriter) WriteHeader(code int) {
 
 // explain turns the statuses grpc-gateway makes of the gateway's own reading of a request into
 // the suite's: a body over the bound is BODY_TOO_LARGE (413, not 400), and a body field the
-// strict JSON decoder refused is an InvalidArgument with a BadRequest field violation, its path
-// in the request message.
+// strict JSON decoder refused (unknown, or a value of the wrong type) is an InvalidArgument with a
+// BadRequest field violation, its path in the request message; a body that is not JSON at all
+// names the body field of the route, or no field when the body is the whole request.
 func (x *exchange) explain(st *status.Status) *status.Status {
 	if st.Code() != codes.InvalidArgument || len(st.Details()) > 0 {
 		return st
@@ -162,7 +163,14 @@ func (x *exchange) explain(st *status.Status) *status.Status {
 		return st
 	}
 	if x.route.body != "" && x.route.body != "*" {
-		path = x.route.body + "." + path
+		path = strings.TrimSuffix(x.route.body+"."+path, ".")
+	}
+	if path == "" {
+		// the whole request is the body: the violation names no field, the message the body
+		return errs.ToStatus(&errs.Error{
+			Kind: errs.KindInvalid, Msg: "the request body is " + desc,
+			Violations: []errs.FieldViolation{{Description: "the request body is " + desc}},
+		})
 	}
 	return errs.ToStatus(errs.Invalid(path, desc))
 }

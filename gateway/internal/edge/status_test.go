@@ -1,7 +1,9 @@
 package edge
 
 import (
+	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/postamt/postamt/internal/errs"
+	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
 )
 
 func TestHTTPStatus(t *testing.T) {
@@ -47,5 +50,44 @@ func TestBodyFieldErrorRoundTrip(t *testing.T) {
 	}
 	if _, _, ok := parseBodyFieldError("proto: syntax error"); ok {
 		t.Error("a message of another form parsed")
+	}
+}
+
+func TestProtojsonWords(t *testing.T) {
+	for in, want := range map[string]string{
+		`proto: (line 1:17): duplicate field "to"`:              `at line 1, column 17: duplicate field "to"`,
+		"proto:\u00a0syntax error (line 1:5): unexpected token": `at line 1, column 5: syntax error: unexpected token`,
+		`proto: invalid UTF-8`:                                  `(invalid UTF-8)`,
+	} {
+		if got := protojsonWords(errors.New(in)); got != want {
+			t.Errorf("protojsonWords(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestBodyValueErrors: a body value of the wrong type names its field by proto path (list elements
+// [i]) with what the field takes; a body protojson refuses for no one field names none.
+func TestBodyValueErrors(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"startTime": "nope"}`:                               `body field "start_time": not a valid timestamp (RFC 3339, e.g. 2026-12-08T09:00:00Z)`,
+		`{"except_start_times": ["2026-12-08T09:00:00Z", 1]}`: `body field "except_start_times[1]": not a valid timestamp (RFC 3339, e.g. 2026-12-08T09:00:00Z)`,
+		`{"day": {"year": 1.5}}`:                              `body field "day.year": not an integer`,
+		`{"day": {"year": "3000000000"}}`:                     `body field "day.year": out of range for a 32-bit integer`,
+		`{"done": "yes"}`:                                     `body field "done": not true or false`,
+		`{"summary": 5}`:                                      `body field "summary": not a string`,
+		`{"kind": true}`:                                      `body field "kind": not a value of EntryKind (a name or a number)`,
+		`{"summary": "a", "summary": "b"}`:                    `body field "": not valid JSON for this request at line 1, column 18: duplicate field "summary"`,
+	} {
+		var m calendarv1.Entry
+		err := NewJSON().NewDecoder(strings.NewReader(body)).Decode(&m)
+		if err == nil || err.Error() != want {
+			t.Errorf("%s: %v, want %s", body, err, want)
+		}
+	}
+	for _, body := range []string{`{"summary": `, `{"summary" "a"}`} {
+		var fe *bodyFieldError
+		if err := NewJSON().NewDecoder(strings.NewReader(body)).Decode(&calendarv1.Entry{}); !errors.As(err, &fe) || fe.path != "" {
+			t.Errorf("%s: %v, want an error of the whole body", body, err)
+		}
 	}
 }
