@@ -1,11 +1,15 @@
 package app_test
 
 import (
+	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/postamt/postamt/internal/testkit/authtest"
 	calendarv1 "github.com/postamt/postamt/proto/gen/postamt/calendar/v1"
@@ -116,6 +120,120 @@ func TestPaging(t *testing.T) {
 			err := list(-1, "")
 			if got := fieldViolations(err); status.Code(err) != codes.InvalidArgument || len(got) != 1 || got[0] != "page_size" {
 				t.Errorf("negative page size: %v, fields %v", err, got)
+			}
+		})
+	}
+}
+
+// TestPageTokensBelongToTheirQuery: a page token continues the query that issued it (AIP-158):
+// used with another owner, range, include_cancelled or user it is INVALID_ARGUMENT naming
+// page_token, instead of a page of one list continued at another's cursor.
+func TestPageTokensBelongToTheirQuery(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	ctx := e.admin()
+	for _, owner := range []string{"huber", "anwalt"} {
+		for _, day := range []int{10, 11} {
+			en := deadline(fmt.Sprintf("%s-%d", owner, day), owner, "Frist", day)
+			if _, err := e.calendar.CreateEntry(ctx, &calendarv1.CreateEntryRequest{Entry: en}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	march := func(owner string) *calendarv1.ListEntriesRequest {
+		return &calendarv1.ListEntriesRequest{
+			OwnerUserId: owner, StartTime: timestamppb.New(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)),
+			EndTime: timestamppb.New(time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)), PageSize: 1,
+		}
+	}
+	first, err := e.calendar.ListEntries(ctx, march("huber"))
+	if err != nil || first.GetNextPageToken() == "" {
+		t.Fatalf("ListEntries(huber, page size 1) = %v, %v; want a next page", first, err)
+	}
+	tok := first.GetNextPageToken()
+
+	t.Run("ListEntries", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			ctx  context.Context
+			req  func() *calendarv1.ListEntriesRequest
+			ok   bool
+		}{
+			{"the same query", ctx, func() *calendarv1.ListEntriesRequest { return march("huber") }, true},
+			{"the same owner as the caller", e.as("huber"), func() *calendarv1.ListEntriesRequest { return march("") }, true},
+			{"another owner", ctx, func() *calendarv1.ListEntriesRequest { return march("anwalt") }, false},
+			{"another start", ctx, func() *calendarv1.ListEntriesRequest {
+				r := march("huber")
+				r.StartTime = timestamppb.New(time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC))
+				return r
+			}, false},
+			{"another end", ctx, func() *calendarv1.ListEntriesRequest {
+				r := march("huber")
+				r.EndTime = nil
+				return r
+			}, false},
+			{"cancelled ones included", ctx, func() *calendarv1.ListEntriesRequest {
+				r := march("huber")
+				r.IncludeCancelled = true
+				return r
+			}, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				req := tc.req()
+				req.PageToken = tok
+				r, err := e.calendar.ListEntries(tc.ctx, req)
+				if tc.ok {
+					if err != nil || len(r.GetEntries()) != 1 || r.GetEntries()[0].GetEntryId() != "huber-11" {
+						t.Errorf("ListEntries = %v, %v; want the second page, huber-11", r, err)
+					}
+					return
+				}
+				if got := fieldViolations(err); status.Code(err) != codes.InvalidArgument || len(got) != 1 || got[0] != "page_token" {
+					t.Errorf("ListEntries = %v, %v (fields %v); want InvalidArgument on page_token", r, err, got)
+				}
+			})
+		}
+	})
+	t.Run("ListSyncLog", func(t *testing.T) {
+		r, err := e.calendar.ListSyncLog(ctx, &calendarv1.ListSyncLogRequest{UserId: "huber", PageSize: 1})
+		if err != nil || r.GetNextPageToken() == "" {
+			t.Fatalf("ListSyncLog(huber, page size 1) = %v, %v; want a next page", r, err)
+		}
+		if _, err := e.calendar.ListSyncLog(ctx, &calendarv1.ListSyncLogRequest{UserId: "huber", PageSize: 1, PageToken: r.GetNextPageToken()}); err != nil {
+			t.Errorf("ListSyncLog(huber, its own token) = %v", err)
+		}
+		_, err = e.calendar.ListSyncLog(ctx, &calendarv1.ListSyncLogRequest{UserId: "anwalt", PageSize: 1, PageToken: r.GetNextPageToken()})
+		if got := fieldViolations(err); status.Code(err) != codes.InvalidArgument || len(got) != 1 || got[0] != "page_token" {
+			t.Errorf("ListSyncLog(anwalt, huber's token) = %v (fields %v), want InvalidArgument on page_token", err, got)
+		}
+	})
+}
+
+// TestUnknownUserIsNotFound: every call about a user who is not in the tenant answers
+// NOT_FOUND alike; the sync log too, rather than an empty log.
+func TestUnknownUserIsNotFound(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	ctx := e.admin()
+	for name, call := range map[string]func() error{
+		"ListSyncLog": func() error {
+			_, err := e.calendar.ListSyncLog(ctx, &calendarv1.ListSyncLogRequest{UserId: "nobody"})
+			return err
+		},
+		"GetSyncStatus": func() error {
+			_, err := e.calendar.GetSyncStatus(ctx, &calendarv1.GetSyncStatusRequest{UserId: "nobody"})
+			return err
+		},
+		"GetUserSettings": func() error {
+			_, err := e.calendar.GetUserSettings(ctx, &calendarv1.GetUserSettingsRequest{UserId: "nobody"})
+			return err
+		},
+		"ListEntries": func() error {
+			_, err := e.calendar.ListEntries(ctx, &calendarv1.ListEntriesRequest{OwnerUserId: "nobody"})
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := call(); status.Code(err) != codes.NotFound {
+				t.Errorf("%s(nobody) = %v, want NotFound", name, err)
 			}
 		})
 	}

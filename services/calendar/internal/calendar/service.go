@@ -569,8 +569,9 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 	if to < from {
 		v.Add("end_time", "must not be before start_time")
 	}
+	list := entriesList(q.Owner, from, to, q.IncludeCancelled)
 	afterScore, afterID := int64(math.MinInt64), "" // before everything, series that began before from too
-	if c := paging.Cursor(&v, "entries", q.PageToken); c != "" {
+	if c := paging.Cursor(&v, list, q.PageToken); c != "" {
 		sc, id, ok := decodeCursor(c)
 		if !ok {
 			v.Add(paging.TokenField, "is not a page token this service issued for this list")
@@ -602,15 +603,23 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 		}
 		if len(out) == size {
 			// More may follow; a token that leads to an empty page is harmless.
-			return out, encodeToken(afterScore, afterID), nil
+			return out, encodeToken(list, afterScore, afterID), nil
 		}
 	}
 }
 
-// encodeToken makes the page token of ListEntries (internal/paging) from its keyset cursor: the
-// score and id of the last entry returned.
-func encodeToken(score int64, id string) string {
-	return paging.Token("entries", strconv.FormatInt(score, 10)+"|"+id)
+// entriesList names the list of one ListEntries query (paging.Scope): every request field that
+// selects its entries — the owner (the caller when the request names none), the range (unset
+// bounds as their defaults) and include_cancelled — so a page token continues only the query
+// that issued it.
+func entriesList(owner string, from, to int64, includeCancelled bool) string {
+	return paging.Scope("entries", owner, strconv.FormatInt(from, 10), strconv.FormatInt(to, 10), strconv.FormatBool(includeCancelled))
+}
+
+// encodeToken makes the page token of list, a ListEntries query (internal/paging), from its
+// keyset cursor: the score and id of the last entry returned.
+func encodeToken(list string, score int64, id string) string {
+	return paging.Token(list, strconv.FormatInt(score, 10)+"|"+id)
 }
 
 func decodeCursor(c string) (int64, string, bool) {

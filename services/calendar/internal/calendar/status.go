@@ -80,12 +80,18 @@ func (s *Service) ListSyncLog(ctx context.Context, p auth.Principal, userID stri
 	if err != nil {
 		return nil, "", err
 	}
-	size, after, err := paging.Request("sync-log", size, token, 0)
+	// The list of one user's log (paging.Scope): a token continues that user's log only.
+	list := paging.Scope("sync-log", id)
+	size, after, err := paging.Request(list, size, token, 0)
 	if err != nil {
 		return nil, "", err
 	}
 	if after != "" && !logIDPattern.MatchString(after) {
 		return nil, "", errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
+	}
+	// An unknown user is NotFound, as for GetSyncStatus and ListEntries, not an empty log.
+	if _, err := s.user(ctx, p.Tenant, id); err != nil {
+		return nil, "", err
 	}
 	lines, err := s.store.SyncLog(ctx, p.Tenant, id, after, s.now().Add(-s.opts.LogRetention), size)
 	if err != nil {
@@ -93,7 +99,7 @@ func (s *Service) ListSyncLog(ctx context.Context, p auth.Principal, userID stri
 	}
 	next := ""
 	if len(lines) == size {
-		next = paging.Token("sync-log", lines[len(lines)-1].ID)
+		next = paging.Token(list, lines[len(lines)-1].ID)
 	}
 	return lines, next, nil
 }
