@@ -410,7 +410,9 @@ type Entry struct {
 	Description string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
 	// Optional place: one line of at most 1024 bytes.
 	Location string `protobuf:"bytes,6,opt,name=location,proto3" json:"location,omitempty"`
-	// Appointments: the start instant; required.
+	// Appointments: the start instant; required. Like every time of an entry it must be written
+	// in iCalendar: after 0001-01-01T00:00:00Z and in the years 1-9999 both in UTC and on the
+	// clock of time_zone (INVALID_ARGUMENT otherwise).
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// Appointments: the end instant; required, not before start_time.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
@@ -418,10 +420,12 @@ type Entry struct {
 	// an IANA name ("Europe/Vienna") or a Windows name ("W. Europe Standard Time"), which is
 	// mapped to its IANA zone. Responses carry the IANA name.
 	TimeZone string `protobuf:"bytes,9,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
-	// Deadlines and preliminary deadlines: the day.
+	// Deadlines and preliminary deadlines: the day, at most 9998-12-31 (the all-day event ends,
+	// exclusively, on the next day, which iCalendar must be able to write).
 	Day *Date `protobuf:"bytes,10,opt,name=day,proto3" json:"day,omitempty"`
-	// Optional recurrence rule (RFC 5545 RRULE without the "RRULE:" prefix), e.g.
-	// "FREQ=WEEKLY;BYDAY=MO;COUNT=10". Rules that never end must be unambiguous; see the design.
+	// Optional recurrence rule (RFC 5545 RRULE without the "RRULE:" prefix, which is
+	// INVALID_ARGUMENT), e.g. "FREQ=WEEKLY;BYDAY=MO;COUNT=10"; stored and returned in upper case.
+	// Rules that never end must be unambiguous; see the design.
 	Rrule string `protobuf:"bytes,11,opt,name=rrule,proto3" json:"rrule,omitempty"`
 	// Appointments with an rrule: starts of occurrences that do not take place (EXDATE), at most
 	// 1000.
@@ -429,7 +433,8 @@ type Entry struct {
 	// All-day entries with an rrule: days of occurrences that do not take place, at most 1000.
 	ExceptDays []*Date `protobuf:"bytes,13,rep,name=except_days,json=exceptDays,proto3" json:"except_days,omitempty"`
 	// Preliminary deadlines: the entry_id of the deadline they precede (a deadline of the same
-	// owner). Written as RELATED-TO;RELTYPE=PARENT with the deadline's UID.
+	// owner; NOT_FOUND when there is no such entry). Written as RELATED-TO;RELTYPE=PARENT with
+	// the deadline's UID. INVALID_ARGUMENT on other kinds.
 	DeadlineEntryId string `protobuf:"bytes,14,opt,name=deadline_entry_id,json=deadlineEntryId,proto3" json:"deadline_entry_id,omitempty"`
 	// Output only for updates (use MarkDone): a deadline or preliminary deadline that was dealt
 	// with. It stays in the calendar.
