@@ -182,11 +182,24 @@ func joinPath(path, name string) string {
 }
 
 func walkMessage(md protoreflect.MessageDescriptor, v any, path string) *bodyFieldError {
-	if strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
-		return nil // well-known types have JSON forms of their own (strings, any value)
-	}
+	return eachField(md, v, func(k string, fd protoreflect.FieldDescriptor, x any) *bodyFieldError {
+		if fd == nil {
+			if strings.HasPrefix(k, "[") {
+				return nil // an extension; protojson has judged it
+			}
+			return &bodyFieldError{path: joinPath(path, k), desc: "unknown field"}
+		}
+		return walkField(fd, x, joinPath(path, string(fd.Name())))
+	})
+}
+
+// eachField calls fn for each key of the JSON object v, a message of type md, in key order, with
+// the key's field (by JSON or proto name; nil when md has none) and value, until fn returns an
+// error. Well-known types, which have JSON forms of their own (strings, any value), and values
+// that are not objects have no fields to walk.
+func eachField(md protoreflect.MessageDescriptor, v any, fn func(k string, fd protoreflect.FieldDescriptor, x any) *bodyFieldError) *bodyFieldError {
 	obj, ok := v.(map[string]any)
-	if !ok {
+	if !ok || strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
 		return nil
 	}
 	keys := make([]string, 0, len(obj))
@@ -199,13 +212,7 @@ func walkMessage(md protoreflect.MessageDescriptor, v any, path string) *bodyFie
 		if fd == nil {
 			fd = md.Fields().ByTextName(k)
 		}
-		if fd == nil {
-			if strings.HasPrefix(k, "[") {
-				continue // an extension; protojson has judged it
-			}
-			return &bodyFieldError{path: joinPath(path, k), desc: "unknown field"}
-		}
-		if fe := walkField(fd, obj[k], joinPath(path, string(fd.Name()))); fe != nil {
+		if fe := fn(k, fd, obj[k]); fe != nil {
 			return fe
 		}
 	}

@@ -157,30 +157,16 @@ func describeMessage(md protoreflect.MessageDescriptor, s string, err error, inB
 // refused value. nil when every field parses alone (the problem is of the whole body, such as a
 // repeated key).
 func findBadValue(md protoreflect.MessageDescriptor, v any, path string) *bodyFieldError {
-	obj, ok := v.(map[string]any)
-	if !ok || strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
-		return nil
-	}
-	keys := make([]string, 0, len(obj))
-	for k := range obj {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		fd := md.Fields().ByJSONName(k)
-		if fd == nil {
-			fd = md.Fields().ByTextName(k)
-		}
-		if fd == nil || fieldParses(md, k, obj[k]) {
-			continue
+	return eachField(md, v, func(k string, fd protoreflect.FieldDescriptor, x any) *bodyFieldError {
+		if fd == nil || fieldParses(md, k, x) {
+			return nil
 		}
 		p := joinPath(path, string(fd.Name()))
-		if fe := badFieldValue(md, k, fd, obj[k], p); fe != nil {
+		if fe := badFieldValue(md, k, fd, x, p); fe != nil {
 			return fe
 		}
 		return &bodyFieldError{path: p, desc: "not a valid value for this field"}
-	}
-	return nil
+	})
 }
 
 // badFieldValue finds the refused value within the value x of field fd, written as key k of a
