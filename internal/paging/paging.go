@@ -53,7 +53,9 @@ const (
 // version prefixes every token, so a later format can still recognise this one.
 const version = "p1"
 
-const notIssued = "is not a page token this service issued for this list (start again without one)"
+// NotIssued is the description of a page_token violation: the token was not issued for this list
+// and these request fields. Every list that checks a cursor of its own says it alike.
+const NotIssued = "is not a page token this service issued for this list and query (start again without one)"
 
 // Size applies the rule to a requested page size: 0 is def (DefaultSize when def is 0), above
 // MaxSize is MaxSize, negative is a violation of page_size (recorded in v; the result is then
@@ -108,7 +110,7 @@ func Cursor(v *errs.Violations, list, token string) string {
 	}
 	c, ok := decode(list, token)
 	if !ok {
-		v.Add(TokenField, notIssued)
+		v.Add(TokenField, NotIssued)
 		return ""
 	}
 	return c

@@ -574,7 +574,7 @@ func (s *Service) ListEntries(ctx context.Context, p auth.Principal, q ListQuery
 	if c := paging.Cursor(&v, list, q.PageToken); c != "" {
 		sc, id, ok := decodeCursor(c)
 		if !ok {
-			v.Add(paging.TokenField, "is not a page token this service issued for this list")
+			v.Add(paging.TokenField, paging.NotIssued)
 		}
 		afterScore, afterID = sc, id
 	}

@@ -87,7 +87,7 @@ func (s *Service) ListSyncLog(ctx context.Context, p auth.Principal, userID stri
 		return nil, "", err
 	}
 	if after != "" && !logIDPattern.MatchString(after) {
-		return nil, "", errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
+		return nil, "", errs.Invalid(paging.TokenField, paging.NotIssued)
 	}
 	// An unknown user is NotFound, as for GetSyncStatus and ListEntries, not an empty log.
 	if _, err := s.user(ctx, p.Tenant, id); err != nil {

@@ -95,7 +95,7 @@ func (q *query) parseToken(order outboxv1.EmailOrder, tok string) (redisstore.Cu
 	score, id, ok := strings.Cut(raw, "|")
 	n, err := strconv.ParseInt(score, 10, 64)
 	if !ok || err != nil || id == "" {
-		return redisstore.Cursor{}, errs.Invalid(paging.TokenField, "is not a page token this service issued for this list")
+		return redisstore.Cursor{}, errs.Invalid(paging.TokenField, paging.NotIssued)
 	}
 	return redisstore.Cursor{Score: n, ID: id}, nil
 }
