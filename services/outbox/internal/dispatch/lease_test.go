@@ -445,8 +445,10 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 	sink := r.connector("relay", 1)
 	gate := make(chan struct{})
 	var once sync.Once
+	var answering atomic.Bool
 	sink.SetHook(func(env smtptest.Envelope) smtptest.Behavior {
 		if env.Stage == smtptest.StageData {
+			answering.Store(true)
 			<-gate // the first message is in; its answer waits until the replica is told to stop
 		}
 		return smtptest.Accept
@@ -468,6 +470,7 @@ func TestStopHandsBackUnstarted(t *testing.T) {
 		}
 		return held == 5
 	})
+	poll.Eventually(t, "the first message at the relay, its answer pending", answering.Load)
 	first.cancel()
 	poll.Eventually(t, "the stop to be logged", func() bool { return strings.Contains(first.log.String(), `"msg":"dispatcher stopping"`) })
 	once.Do(func() { close(gate) })
