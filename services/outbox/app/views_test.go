@@ -501,10 +501,14 @@ func TestWatchEmailsLeftFilter(t *testing.T) {
 	want = []watchChange{
 		{d.GetEmailId(), scheduled, false}, // moved here
 		{d.GetEmailId(), scheduled, true},  // moved away
-		{last.GetEmailId(), outboxv1.EmailStatus_EMAIL_STATUS_QUEUED, false},
 	}
-	if got := upToLast("the second connector's mail", second); !slices.Equal(got, want) {
-		t.Errorf("the watch of the second connector showed %v, want %v (nothing of the default connector's mail)", got, want)
+	got := upToLast("the second connector's mail", second)
+	// The last email's first state there is QUEUED, or SENDING when its claim's announcement
+	// overtook the submission's event by more than the watch's grace (a loaded machine).
+	if n := len(got); n == 0 || got[n-1].left {
+		t.Errorf("the watch of the second connector ended with %v, want the last email in the filter", got)
+	} else if got = got[:n-1]; !slices.Equal(got, want) {
+		t.Errorf("the watch of the second connector showed %v before the last email, want %v (nothing of the default connector's mail)", got, want)
 	}
 	// The open watch: every open state as it is, what leaves the outbox as left.
 	for _, c := range openGot {
