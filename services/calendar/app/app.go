@@ -34,6 +34,7 @@ import (
 	"github.com/postamt/postamt/services/calendar/internal/directory"
 	"github.com/postamt/postamt/services/calendar/internal/events"
 	"github.com/postamt/postamt/services/calendar/internal/grpcapi"
+	"github.com/postamt/postamt/services/calendar/internal/ical"
 	"github.com/postamt/postamt/services/calendar/internal/push"
 	"github.com/postamt/postamt/services/calendar/internal/redisstore"
 )
@@ -172,13 +173,21 @@ func New(cfg Config, deps Deps) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, deps: deps, mailbox: conn, hub: calendar.NewHub()}
-	store := redisstore.New(deps.Redis, redisstore.Options{LogMaxLen: cfg.SyncLogMaxLines, LogRetention: cfg.SyncLogRetention, Partitions: deps.Partitions})
+	// One zone cache for the builder (validation, iCalendar) and the store (the series index).
+	builder, err := ical.NewBuilder(ical.Config{})
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("calendar: %w", err)
+	}
+	store := redisstore.New(deps.Redis, redisstore.Options{
+		LogMaxLen: cfg.SyncLogMaxLines, LogRetention: cfg.SyncLogRetention, Partitions: deps.Partitions, Zones: builder.Zones(),
+	})
 	a.store = store
 	scope := secretref.Scope{EnvPrefix: cfg.SecretEnvPrefix, Dir: cfg.SecretDir}
 	a.users = directory.New(mailboxv1.NewMailboxServiceClient(conn), cfg.UserCacheTTL, deps.Now)
 	a.svc, err = calendar.New(store, a.users, calendar.Options{
 		Now: deps.Now, Secrets: scope, MaxAgentAttempts: cfg.AgentMaxAttempts, MaxAgentUnanswered: cfg.AgentMaxUnanswered, Heartbeat: cfg.Heartbeat,
-		DeliveryBatch: cfg.DeliveryBatch, LogRetention: cfg.SyncLogRetention, Hub: a.hub,
+		DeliveryBatch: cfg.DeliveryBatch, LogRetention: cfg.SyncLogRetention, Hub: a.hub, Builder: builder,
 	})
 	if err != nil {
 		_ = conn.Close()

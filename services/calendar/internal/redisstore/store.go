@@ -31,6 +31,9 @@ type Options struct {
 	// Partitions is how many partitions tenants are spread over (REDIS_PARTITIONS); 0 means
 	// redisx.DefaultPartitions. Part of the data layout (CheckPartitions).
 	Partitions int
+	// Zones resolves entries' time zones for the series index (cached); nil means
+	// ical.NewZones(). The service's builder's, so one cache serves both.
+	Zones *ical.Zones
 }
 
 // Store implements calendar.Store on Redis.
@@ -41,6 +44,7 @@ type Store struct {
 	keep   time.Duration
 	// logBound is the scripts' sync log bound, "maxlen:retention ms" (cal_log).
 	logBound string
+	zones    *ical.Zones
 }
 
 var _ calendar.Store = (*Store)(nil)
@@ -56,8 +60,13 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.Partitions <= 0 {
 		opts.Partitions = redisx.DefaultPartitions
 	}
+	if opts.Zones == nil {
+		if z, err := ical.NewZones(); err == nil { // the embedded table, checked by ical's tests
+			opts.Zones = z
+		}
+	}
 	return &Store{rdb: rdb, parts: opts.Partitions, logMax: int64(opts.LogMaxLen), keep: opts.LogRetention,
-		logBound: strconv.Itoa(opts.LogMaxLen) + ":" + strconv.FormatInt(opts.LogRetention.Milliseconds(), 10)}
+		logBound: strconv.Itoa(opts.LogMaxLen) + ":" + strconv.FormatInt(opts.LogRetention.Milliseconds(), 10), zones: opts.Zones}
 }
 
 func flag(b bool) string {
@@ -144,7 +153,7 @@ func (s *Store) WriteEntry(ctx context.Context, tenant string, w calendar.Write)
 	if target == calendar.TargetCalDAV {
 		wake = pushPayload(k.n)
 	}
-	series, err := seriesScore(e)
+	series, err := s.seriesScore(e)
 	if err != nil {
 		return 0, err
 	}
@@ -192,14 +201,17 @@ func (s *Store) Enqueue(ctx context.Context, tenant string, e *calendar.Entry, t
 // occurrence in Unix milliseconds, "+inf" when it has no end, "" when it does not recur. The
 // rule is expanded in the entry's zone, as it was validated and is written in iCalendar (an
 // all-day entry's rule in UTC, from midnight of its day).
-func seriesScore(e *calendar.Entry) (string, error) {
+func (s *Store) seriesScore(e *calendar.Entry) (string, error) {
 	if e.RRule == "" {
 		return "", nil
 	}
 	loc := time.UTC
 	if !e.Kind.AllDay() {
+		if s.zones == nil {
+			return "", fmt.Errorf("series end of %s: no time zone table", e.ID)
+		}
 		// The stored zone is the IANA name the entry was validated with.
-		l, err := time.LoadLocation(e.TimeZone)
+		l, err := s.zones.Load(e.TimeZone)
 		if err != nil {
 			return "", fmt.Errorf("series end of %s: zone: %w", e.ID, err)
 		}
